@@ -1,0 +1,613 @@
+//! sluice-config: PowerMTA-style configuration → typed, validated [`Config`].
+//! Errors carry file:line and a hint; the only file access is the include loader the caller
+//! passes in.
+
+pub mod ast;
+pub mod units;
+
+use ast::{Node, Span};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+pub use units::{Cidr, HostPort, Rate};
+
+/// The configuration used when `sluice run` gets no `-c`: listen on loopback, spool in
+/// ./spool, relay for 127.0.0.1, deliver by MX.
+pub const DEFAULT_CONFIG: &str = include_str!("default.conf");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: u32,
+    pub message: String,
+    pub hint: String,
+}
+
+impl ConfigError {
+    pub fn at(span: &Span, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        ConfigError { file: span.file.to_string(), line: span.line, message: message.into(), hint: hint.into() }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)?;
+        if !self.hint.is_empty() {
+            write!(f, " (hint: {})", self.hint)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Policy for clients matching a `<source CIDR>`.
+#[derive(Debug, Clone)]
+pub struct SourcePolicy {
+    pub always_allow_relaying: bool,
+    pub smtp_service: bool,
+    pub max_message_size: u64,
+    pub max_rcpt_per_message: u32,
+    pub process_x_virtual_mta: bool,
+    pub default_virtual_mta: Option<String>,
+    pub add_received_header: bool,
+    pub hide_message_source: bool,
+}
+
+impl Default for SourcePolicy {
+    fn default() -> Self {
+        SourcePolicy {
+            always_allow_relaying: false,
+            smtp_service: true,
+            max_message_size: 50 << 20,
+            max_rcpt_per_message: 1000,
+            process_x_virtual_mta: false,
+            default_virtual_mta: None,
+            add_received_header: true,
+            hide_message_source: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceRule {
+    pub cidr: Cidr,
+    pub policy: SourcePolicy,
+}
+
+/// Effective per-destination settings (after `*` → parent → exact merging).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainSettings {
+    pub max_smtp_out: u32,
+    pub max_msg_per_connection: u32,
+    pub max_rcpt_per_message: u32,
+    pub retry_after: Vec<Duration>,
+    pub bounce_after: Duration,
+    pub smtp_hosts: Option<Vec<Vec<HostPort>>>,
+}
+
+impl Default for DomainSettings {
+    fn default() -> Self {
+        DomainSettings {
+            max_smtp_out: 20,
+            max_msg_per_connection: 0,
+            max_rcpt_per_message: 0,
+            retry_after: vec![Duration::from_secs(600)],
+            bounce_after: Duration::from_secs(4 * 86400 + 12 * 3600),
+            smtp_hosts: None,
+        }
+    }
+}
+
+/// What one `<domain>` block sets; unset fields inherit.
+#[derive(Debug, Clone, Default)]
+struct DomainOverrides {
+    max_smtp_out: Option<u32>,
+    max_msg_per_connection: Option<u32>,
+    max_rcpt_per_message: Option<u32>,
+    retry_after: Option<Vec<Duration>>,
+    bounce_after: Option<Duration>,
+    smtp_hosts: Option<Vec<Vec<HostPort>>>,
+}
+
+impl DomainOverrides {
+    fn apply(&self, to: &mut DomainSettings) {
+        if let Some(v) = self.max_smtp_out {
+            to.max_smtp_out = v;
+        }
+        if let Some(v) = self.max_msg_per_connection {
+            to.max_msg_per_connection = v;
+        }
+        if let Some(v) = self.max_rcpt_per_message {
+            to.max_rcpt_per_message = v;
+        }
+        if let Some(v) = &self.retry_after {
+            to.retry_after = v.clone();
+        }
+        if let Some(v) = self.bounce_after {
+            to.bounce_after = v;
+        }
+        if let Some(v) = &self.smtp_hosts {
+            to.smtp_hosts = Some(v.clone());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    Delivered,
+    Bounced,
+    Transient,
+}
+
+impl RecordType {
+    pub fn code(self) -> &'static str {
+        match self {
+            RecordType::Delivered => "d",
+            RecordType::Bounced => "b",
+            RecordType::Transient => "t",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AcctFile {
+    pub path: PathBuf,
+    pub records: Vec<RecordType>,
+}
+
+/// A warning: a directive that sluice knows from PowerMTA but does not implement yet.
+#[derive(Debug, Clone)]
+pub struct Warning {
+    pub span: Span,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.span, self.message)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host_name: String,
+    pub postmaster: Option<String>,
+    pub listeners: Vec<SocketAddr>,
+    pub spool_dir: PathBuf,
+    /// `spool-sync no` drops the fsync before 250; for benchmarks only.
+    pub spool_sync: bool,
+    pub spool_segment_bytes: u64,
+    pub shards: Option<usize>,
+    pub dns_server: Option<SocketAddr>,
+    pub total_max_smtp_in: u32,
+    pub smtp_command_timeout: Duration,
+    pub smtp_data_timeout: Duration,
+    sources: Vec<SourceRule>,
+    domain_wildcard: DomainOverrides,
+    domains: HashMap<String, DomainOverrides>,
+    pub acct_files: Vec<AcctFile>,
+    pub warnings: Vec<Warning>,
+}
+
+impl Config {
+    /// The policy for a client address: longest-prefix `<source>` wins; none → defaults.
+    pub fn source_policy(&self, ip: IpAddr) -> &SourcePolicy {
+        static DEFAULT: std::sync::OnceLock<SourcePolicy> = std::sync::OnceLock::new();
+        self.sources
+            .iter()
+            .filter(|r| r.cidr.contains(ip))
+            .max_by_key(|r| r.cidr.prefix)
+            .map(|r| &r.policy)
+            .unwrap_or_else(|| DEFAULT.get_or_init(SourcePolicy::default))
+    }
+
+    /// Settings for a destination domain: `*`, then each parent from the farthest, then exact.
+    pub fn domain_settings(&self, domain: &str) -> DomainSettings {
+        let mut settings = DomainSettings::default();
+        self.domain_wildcard.apply(&mut settings);
+        let labels: Vec<&str> = domain.split('.').collect();
+        for start in (0..labels.len()).rev() {
+            if let Some(o) = self.domains.get(&labels[start..].join(".")) {
+                o.apply(&mut settings);
+            }
+        }
+        settings
+    }
+}
+
+/// Names sluice accepts but does not implement yet, with the issue that brings them.
+const NOT_YET: &[(&str, &str)] = &[
+    ("http-mgmt-port", "the management API"),
+    ("http-access", "the management API"),
+    ("http-api-key", "the management API"),
+    ("domain-key", "DKIM signing"),
+    ("smtp-user", "SMTP AUTH"),
+    ("virtual-mta", "virtual MTAs"),
+    ("virtual-mta-pool", "virtual MTAs"),
+    ("source-ip-max-msg-rate", "source-IP limits"),
+    ("source-ip-max-connect-rate", "source-IP limits"),
+    ("source-ip-max-smtp-out", "source-IP limits"),
+    ("smtp-pattern-list", "adaptive backoff"),
+    ("bounce-category-patterns", "bounce classification"),
+    ("address-list", "suppression lists"),
+    ("feedback-loop-processor", "feedback loops"),
+    ("bounce-processor", "bounce processing"),
+    ("allow-auth", "SMTP AUTH"),
+    ("require-auth", "SMTP AUTH"),
+    ("require-starttls-before-auth", "SMTP AUTH"),
+    ("allow-starttls", "TLS"),
+    ("smtp-server-tls-certificate", "TLS"),
+    ("process-x-job", "jobs"),
+    ("suppression-lists", "suppression lists"),
+    ("use-starttls", "TLS"),
+    ("require-starttls", "TLS"),
+    ("dkim-sign", "DKIM signing"),
+    ("max-msg-rate", "traffic shaping"),
+    ("max-connect-rate", "traffic shaping"),
+    ("backoff-max-msg-rate", "adaptive backoff"),
+    ("backoff-max-smtp-out", "adaptive backoff"),
+    ("backoff-retry-after", "adaptive backoff"),
+    ("backoff-to-normal-after", "adaptive backoff"),
+    ("queue-priority", "traffic shaping"),
+    ("queue-to", "traffic shaping"),
+    ("record-fields", "accounting field selection"),
+    ("max-size", "accounting rotation"),
+    ("delete-after", "accounting rotation"),
+    ("min-free-space", "spool space limits"),
+    ("deliver-unmatched-email", "feedback loops"),
+];
+
+const GLOBAL: &[&str] = &[
+    "host-name", "postmaster", "smtp-listener", "spool", "spool-sync", "spool-segment-size", "shards",
+    "dns-server", "total-max-smtp-in", "smtp-command-timeout", "smtp-data-timeout",
+];
+const SOURCE: &[&str] = &[
+    "always-allow-relaying", "smtp-service", "max-message-size", "max-rcpt-per-message",
+    "process-x-virtual-mta", "default-virtual-mta", "add-received-header", "hide-message-source",
+];
+const DOMAIN: &[&str] = &[
+    "max-smtp-out", "max-msg-per-connection", "max-rcpt-per-message", "retry-after", "bounce-after",
+    "smtp-hosts", "route",
+];
+const BLOCKS: &[&str] = &["source", "domain", "acct-file", "spool"];
+
+/// Levenshtein distance, for "did you mean" hints.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + usize::from(ca != *cb));
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+fn nearest_hint(name: &str, known: &[&str]) -> String {
+    let all = known.iter().copied().chain(NOT_YET.iter().map(|(n, _)| *n));
+    match all.map(|k| (distance(name, k), k)).min() {
+        Some((d, k)) if d <= 3 || k.contains(name) => format!("did you mean `{k}`?"),
+        _ => "see reference/powermta-compat.md for the directives sluice reads".into(),
+    }
+}
+
+struct Builder {
+    config: Config,
+}
+
+fn one_arg<'a>(name: &str, args: &'a [String], span: &Span) -> Result<&'a str, ConfigError> {
+    match args {
+        [v] => Ok(v.as_str()),
+        _ => Err(ConfigError::at(span, format!("`{name}` takes exactly one value, got {}", args.len()), format!("write `{name} VALUE`"))),
+    }
+}
+
+fn value<T>(span: &Span, parsed: Result<T, String>) -> Result<T, ConfigError> {
+    parsed.map_err(|m| ConfigError::at(span, m, ""))
+}
+
+fn count(v: &str) -> Result<u32, String> {
+    v.parse().map_err(|_| format!("`{v}` is not a whole number"))
+}
+
+impl Builder {
+    fn not_yet(&mut self, name: &str, span: &Span) -> bool {
+        match NOT_YET.iter().find(|(n, _)| *n == name) {
+            Some((_, what)) => {
+                self.config.warnings.push(Warning {
+                    span: span.clone(),
+                    message: format!("`{name}` is not supported yet ({what}); ignored"),
+                });
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn unknown(&mut self, name: &str, span: &Span, known: &[&str], context: &str) -> Result<(), ConfigError> {
+        if self.not_yet(name, span) {
+            return Ok(());
+        }
+        Err(ConfigError::at(span, format!("unknown directive `{name}` in {context}"), nearest_hint(name, known)))
+    }
+
+    fn global(&mut self, nodes: &[Node]) -> Result<(), ConfigError> {
+        for node in nodes {
+            match node {
+                Node::Directive { name, args, span } => self.global_directive(name, args, span)?,
+                Node::Block { name, arg, children, span } => self.block(name, arg.as_deref(), children, span)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn global_directive(&mut self, name: &str, args: &[String], span: &Span) -> Result<(), ConfigError> {
+        let c = &mut self.config;
+        match name {
+            "host-name" => c.host_name = one_arg(name, args, span)?.to_string(),
+            "postmaster" => c.postmaster = Some(one_arg(name, args, span)?.to_string()),
+            "smtp-listener" => c.listeners.push(value(span, units::parse_listen(one_arg(name, args, span)?))?),
+            "spool" => c.spool_dir = PathBuf::from(one_arg(name, args, span)?),
+            "spool-sync" => c.spool_sync = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+            "spool-segment-size" => {
+                let size = value(span, units::parse_size(one_arg(name, args, span)?))?;
+                if !(1 << 20..=1 << 32).contains(&size) {
+                    return Err(ConfigError::at(span, "spool-segment-size must be between 1M and 4G", "the default 64M suits most hosts"));
+                }
+                c.spool_segment_bytes = size;
+            }
+            "shards" => {
+                let n = value(span, count(one_arg(name, args, span)?))?;
+                if !(1..=1024).contains(&n) {
+                    return Err(ConfigError::at(span, "shards must be between 1 and 1024", "leave it out for one shard per CPU"));
+                }
+                c.shards = Some(n as usize);
+            }
+            "dns-server" => {
+                let v = one_arg(name, args, span)?;
+                let addr = v
+                    .parse::<SocketAddr>()
+                    .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| ConfigError::at(span, format!("`{v}` is not IP or IP:PORT"), "write e.g. 127.0.0.1:5353"))?;
+                c.dns_server = Some(addr);
+            }
+            "total-max-smtp-in" => c.total_max_smtp_in = value(span, count(one_arg(name, args, span)?))?,
+            "smtp-command-timeout" => c.smtp_command_timeout = value(span, units::parse_duration(one_arg(name, args, span)?))?,
+            "smtp-data-timeout" => c.smtp_data_timeout = value(span, units::parse_duration(one_arg(name, args, span)?))?,
+            _ => return self.unknown(name, span, GLOBAL, "the global section"),
+        }
+        Ok(())
+    }
+
+    fn block(&mut self, name: &str, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        match name {
+            "source" => self.source(arg, children, span),
+            "domain" => {
+                let domain = arg.ok_or_else(|| ConfigError::at(span, "`<domain>` needs a name", "write `<domain example.com>` or `<domain *>`"))?;
+                let overrides = self.domain(children)?;
+                if domain == "*" {
+                    self.config.domain_wildcard = overrides;
+                } else {
+                    self.config.domains.insert(domain.to_ascii_lowercase(), overrides);
+                }
+                Ok(())
+            }
+            "acct-file" => self.acct_file(arg, children, span),
+            "spool" => {
+                let dir = arg.ok_or_else(|| ConfigError::at(span, "`<spool>` needs a directory", "write `<spool /var/spool/sluice>`"))?;
+                self.config.spool_dir = PathBuf::from(dir);
+                for child in children {
+                    match child {
+                        Node::Directive { name, span, .. } => self.unknown(name, span, &[], "<spool>")?,
+                        Node::Block { name, span, .. } => self.unknown(name, span, &[], "<spool>")?,
+                    }
+                }
+                Ok(())
+            }
+            _ => self.unknown(name, span, BLOCKS, "the global section"),
+        }
+    }
+
+    fn source(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        let arg = arg.ok_or_else(|| ConfigError::at(span, "`<source>` needs a CIDR", "write `<source 10.0.0.0/8>` or `<source 0/0>`"))?;
+        if arg.starts_with('{') {
+            // `{auth}` and friends are policies for authenticated sessions: SMTP AUTH's issue.
+            self.config.warnings.push(Warning { span: span.clone(), message: format!("`<source {arg}>` is not supported yet (SMTP AUTH); ignored") });
+            return Ok(());
+        }
+        let cidr = value(span, units::parse_cidr(arg))?;
+        let mut policy = SourcePolicy::default();
+        for child in children {
+            let (name, args, span) = match child {
+                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
+                Node::Block { name, span, .. } => {
+                    self.unknown(name, span, &[], "<source>")?;
+                    continue;
+                }
+            };
+            match name {
+                "always-allow-relaying" => policy.always_allow_relaying = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "smtp-service" => policy.smtp_service = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "max-message-size" => policy.max_message_size = value(span, units::parse_size(one_arg(name, args, span)?))?,
+                "max-rcpt-per-message" => policy.max_rcpt_per_message = value(span, count(one_arg(name, args, span)?))?,
+                "process-x-virtual-mta" => policy.process_x_virtual_mta = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "default-virtual-mta" => policy.default_virtual_mta = Some(one_arg(name, args, span)?.to_string()),
+                "add-received-header" => policy.add_received_header = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "hide-message-source" => policy.hide_message_source = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                _ => self.unknown(name, span, SOURCE, "<source>")?,
+            }
+        }
+        self.config.sources.retain(|r| r.cidr != cidr);
+        self.config.sources.push(SourceRule { cidr, policy });
+        Ok(())
+    }
+
+    fn domain(&mut self, children: &[Node]) -> Result<DomainOverrides, ConfigError> {
+        let mut o = DomainOverrides::default();
+        for child in children {
+            let (name, args, span) = match child {
+                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
+                Node::Block { name, span, .. } => {
+                    self.unknown(name, span, &[], "<domain>")?;
+                    continue;
+                }
+            };
+            match name {
+                "max-smtp-out" => {
+                    let n = value(span, count(one_arg(name, args, span)?))?;
+                    if n == 0 {
+                        return Err(ConfigError::at(span, "max-smtp-out 0 would never deliver", "use at least 1"));
+                    }
+                    o.max_smtp_out = Some(n);
+                }
+                "max-msg-per-connection" => o.max_msg_per_connection = Some(value(span, count(one_arg(name, args, span)?))?),
+                "max-rcpt-per-message" => o.max_rcpt_per_message = Some(value(span, count(one_arg(name, args, span)?))?),
+                "retry-after" => {
+                    let list = one_arg(name, args, span)?;
+                    let durations: Result<Vec<_>, _> = list.split(',').map(|d| units::parse_duration(d.trim())).collect();
+                    o.retry_after = Some(value(span, durations)?);
+                }
+                "bounce-after" => o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?),
+                "smtp-hosts" | "route" => o.smtp_hosts = Some(value(span, units::parse_smtp_hosts(&args.join("")))?),
+                _ => self.unknown(name, span, DOMAIN, "<domain>")?,
+            }
+        }
+        Ok(o)
+    }
+
+    fn acct_file(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        let path = arg.ok_or_else(|| ConfigError::at(span, "`<acct-file>` needs a path", "write `<acct-file /var/log/sluice/acct.csv>`"))?;
+        let mut records = vec![RecordType::Delivered, RecordType::Bounced, RecordType::Transient];
+        for child in children {
+            let (name, args, span) = match child {
+                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
+                Node::Block { name, span, .. } => {
+                    self.unknown(name, span, &[], "<acct-file>")?;
+                    continue;
+                }
+            };
+            match name {
+                "records" => {
+                    records.clear();
+                    for r in args.join(",").split(',').filter(|r| !r.is_empty()) {
+                        match r.trim() {
+                            "d" => records.push(RecordType::Delivered),
+                            "b" => records.push(RecordType::Bounced),
+                            "t" => records.push(RecordType::Transient),
+                            "tq" | "f" | "rb" | "r" | "rs" => self.config.warnings.push(Warning {
+                                span: span.clone(),
+                                message: format!("accounting record type `{r}` is not written yet; ignored"),
+                            }),
+                            other => return Err(ConfigError::at(span, format!("unknown record type `{other}`"), "use d, b, t, tq, f, rb, r or rs")),
+                        }
+                    }
+                }
+                _ => self.unknown(name, span, &["records"], "<acct-file>")?,
+            }
+        }
+        self.config.acct_files.push(AcctFile { path: PathBuf::from(path), records });
+        Ok(())
+    }
+}
+
+/// Parses and validates a whole configuration.
+pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<Config, ConfigError> {
+    let nodes = ast::parse(file, text, include)?;
+    let mut b = Builder {
+        config: Config {
+            host_name: "localhost".into(),
+            postmaster: None,
+            listeners: Vec::new(),
+            spool_dir: PathBuf::from("spool"),
+            spool_sync: true,
+            spool_segment_bytes: 64 << 20,
+            shards: None,
+            dns_server: None,
+            total_max_smtp_in: 10_000,
+            smtp_command_timeout: Duration::from_secs(300),
+            smtp_data_timeout: Duration::from_secs(600),
+            sources: Vec::new(),
+            domain_wildcard: DomainOverrides::default(),
+            domains: HashMap::new(),
+            acct_files: Vec::new(),
+            warnings: Vec::new(),
+        },
+    };
+    b.global(&nodes)?;
+    if b.config.listeners.is_empty() {
+        return Err(ConfigError {
+            file: file.into(),
+            line: 0,
+            message: "no `smtp-listener` configured".into(),
+            hint: "add `smtp-listener 127.0.0.1:2525`".into(),
+        });
+    }
+    Ok(b.config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        load("t.conf", text, &mut |_| Err("no includes".into()))
+    }
+
+    #[test]
+    fn default_config_parses() {
+        let c = parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(c.listeners, vec!["127.0.0.1:2525".parse().unwrap()]);
+        assert!(c.source_policy("127.0.0.1".parse().unwrap()).always_allow_relaying);
+        assert!(!c.source_policy("192.0.2.1".parse().unwrap()).always_allow_relaying);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn unknown_directive_names_line_and_nearest() {
+        let err = parse("smtp-listener 127.0.0.1:25\n<domain *>\n  max-smtp-outt 3\n</domain>\n").unwrap_err();
+        assert_eq!(err.to_string(), "t.conf:3: unknown directive `max-smtp-outt` in <domain> (hint: did you mean `max-smtp-out`?)");
+    }
+
+    #[test]
+    fn bad_values_name_line() {
+        let err = parse("smtp-listener 127.0.0.1:25\n<domain *>\nretry-after 10m,zz\n</domain>\n").unwrap_err();
+        assert_eq!(err.line, 3);
+        assert!(err.message.contains("`zz` is not a duration"), "{err}");
+        let err = parse("smtp-listener nowhere\n").unwrap_err();
+        assert_eq!((err.line, err.message.contains("IP:PORT")), (1, true));
+    }
+
+    #[test]
+    fn domain_settings_merge_wildcard_parent_exact() {
+        let c = parse(
+            "smtp-listener 127.0.0.1:25\n<domain *>\nmax-smtp-out 5\nretry-after 1m,2m\n</domain>\n<domain example.com>\nmax-smtp-out 7\n</domain>\n<domain a.example.com>\nsmtp-hosts [127.0.0.1]:2526\n</domain>\n",
+        )
+        .unwrap();
+        let s = c.domain_settings("a.example.com");
+        assert_eq!(s.max_smtp_out, 7);
+        assert_eq!(s.retry_after, vec![Duration::from_secs(60), Duration::from_secs(120)]);
+        assert_eq!(s.smtp_hosts.unwrap()[0][0].port, 2526);
+        assert_eq!(c.domain_settings("other.org").max_smtp_out, 5);
+    }
+
+    #[test]
+    fn source_longest_prefix_wins() {
+        let c = parse("smtp-listener 127.0.0.1:25\n<source 0/0>\nalways-allow-relaying no\n</source>\n<source 127.0.0.0/8>\nalways-allow-relaying yes\nmax-message-size 1M\n</source>\n").unwrap();
+        let p = c.source_policy("127.0.0.9".parse().unwrap());
+        assert!(p.always_allow_relaying);
+        assert_eq!(p.max_message_size, 1 << 20);
+        assert!(!c.source_policy("8.8.8.8".parse().unwrap()).always_allow_relaying);
+    }
+
+    #[test]
+    fn acct_file_records() {
+        let c = parse("smtp-listener 127.0.0.1:25\n<acct-file /tmp/a.csv>\nrecords d,b\n</acct-file>\n").unwrap();
+        assert_eq!(c.acct_files[0].records, vec![RecordType::Delivered, RecordType::Bounced]);
+    }
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the real peers the integration tests talk to: Postfix (smtpd, smtp-source,
+# smtp-sink), swaks, dnsmasq. Idempotent; each machine is fresh, so CI runs this every time.
+set -euo pipefail
+need=()
+command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
+command -v swaks >/dev/null 2>&1 || need+=(swaks)
+command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    echo "postfix postfix/mailname string sluice.test" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# Postfix's own daemon is never started by the package here; tests start private instances.
+for t in smtp-source smtp-sink swaks dnsmasq; do
+    command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
+done
+echo "test peers ready: $(command -v smtp-source smtp-sink swaks dnsmasq | tr '\n' ' ')"
