@@ -1,1 +1,8 @@
+//! sluice-engine: the sans-IO heart. SMTP machines, queues, bounce classification and
+//! accounting records; takes `now` and bytes, returns values, never touches IO.
 
+pub mod acct;
+pub mod bounce;
+pub mod queue;
+pub mod smtp;
+pub mod time;

@@ -1,0 +1,343 @@
+//! Outbound ESMTP client (RFC 5321, RFC 2920 PIPELINING), sans-IO. The caller connects,
+//! feeds replies in, writes `output()` out, and sends the message body (from the spool)
+//! when told to; the client tracks which reply belongs to which recipient.
+
+use super::reply::{parse_reply, Reply};
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    Greeting,
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt(usize),
+    Data,
+    Final,
+    Rset,
+    Quit,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Capabilities {
+    pub pipelining: bool,
+    pub size_max: Option<u64>,
+    pub eight_bit_mime: bool,
+    pub esmtp: bool,
+}
+
+/// What the caller must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientEvent {
+    /// Idle and ready for `start` (or `quit`).
+    Ready,
+    /// The server said 354: send the message body, then `.\r\n` (see `END_OF_DATA`).
+    SendBody,
+    /// The transaction finished: one reply per recipient, in order.
+    Done(Vec<Reply>),
+    /// The session failed; a transaction in progress gets this reply for every recipient.
+    Failed(Reply),
+    /// QUIT answered; close the socket.
+    Closed,
+}
+
+pub const END_OF_DATA: &[u8] = b".\r\n";
+
+struct Txn {
+    rcpts: usize,
+    mail: Option<Reply>,
+    rcpt_replies: Vec<Option<Reply>>,
+    data: Option<Reply>,
+    /// Commands not yet sent when the server does not pipeline.
+    unsent: VecDeque<(String, Expect)>,
+}
+
+pub struct Client {
+    ehlo_name: String,
+    expect: VecDeque<Expect>,
+    caps: Capabilities,
+    txn: Option<Txn>,
+    out: Vec<u8>,
+    failed: bool,
+}
+
+impl Client {
+    pub fn new(ehlo_name: &str) -> Self {
+        Client {
+            ehlo_name: ehlo_name.to_string(),
+            expect: VecDeque::from([Expect::Greeting]),
+            caps: Capabilities::default(),
+            txn: None,
+            out: Vec::with_capacity(1024),
+            failed: false,
+        }
+    }
+
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.txn.is_some()
+    }
+
+    fn send(&mut self, line: &str, expect: Expect) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        self.expect.push_back(expect);
+    }
+
+    /// Starts a transaction. With PIPELINING, MAIL, every RCPT and DATA go in one write.
+    pub fn start(&mut self, mail_from: &str, rcpts: &[&str], size: u64) {
+        assert!(self.txn.is_none() && self.expect.is_empty() && !rcpts.is_empty());
+        let mut cmds = VecDeque::new();
+        let mut mail = format!("MAIL FROM:<{mail_from}>");
+        if self.caps.size_max.is_some() {
+            mail.push_str(&format!(" SIZE={size}"));
+        }
+        if self.caps.eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        cmds.push_back((mail, Expect::Mail));
+        for (i, r) in rcpts.iter().enumerate() {
+            cmds.push_back((format!("RCPT TO:<{r}>"), Expect::Rcpt(i)));
+        }
+        cmds.push_back(("DATA".to_string(), Expect::Data));
+        let mut txn = Txn { rcpts: rcpts.len(), mail: None, rcpt_replies: vec![None; rcpts.len()], data: None, unsent: cmds };
+        if self.caps.pipelining {
+            for (line, e) in txn.unsent.drain(..) {
+                self.out.extend_from_slice(line.as_bytes());
+                self.out.extend_from_slice(b"\r\n");
+                self.expect.push_back(e);
+            }
+        } else if let Some((line, e)) = txn.unsent.pop_front() {
+            self.send(&line, e);
+        }
+        self.txn = Some(txn);
+    }
+
+    /// The body and `.\r\n` were sent.
+    pub fn body_sent(&mut self) {
+        self.expect.push_back(Expect::Final);
+    }
+
+    pub fn quit(&mut self) {
+        assert!(self.txn.is_none());
+        self.send("QUIT", Expect::Quit);
+    }
+
+    /// Consumes replies from `input`; returns bytes used and at most one event.
+    pub fn receive(&mut self, input: &[u8]) -> (usize, Option<ClientEvent>) {
+        if self.failed {
+            return (input.len(), None);
+        }
+        let (reply, used) = match parse_reply(input) {
+            Ok(Some(v)) => v,
+            Ok(None) => return (0, None),
+            Err(e) => return (input.len(), Some(self.fail(Reply::new(421, format!("4.4.0 malformed reply from server ({e:?})"))))),
+        };
+        let Some(expect) = self.expect.pop_front() else {
+            return (used, Some(self.fail(Reply::new(421, format!("4.4.0 unexpected reply from server: {}", reply.line())))));
+        };
+        (used, self.on_reply(expect, reply))
+    }
+
+    fn fail(&mut self, reply: Reply) -> ClientEvent {
+        self.failed = true;
+        self.txn = None;
+        self.expect.clear();
+        ClientEvent::Failed(reply)
+    }
+
+    fn on_reply(&mut self, expect: Expect, reply: Reply) -> Option<ClientEvent> {
+        match expect {
+            Expect::Greeting if reply.code == 220 => {
+                let line = format!("EHLO {}", self.ehlo_name);
+                self.send(&line, Expect::Ehlo);
+                None
+            }
+            Expect::Greeting => Some(self.fail(reply)),
+            Expect::Ehlo if reply.code == 250 => {
+                self.caps = parse_ehlo(&reply.text);
+                Some(ClientEvent::Ready)
+            }
+            // RFC 5321 §3.2: fall back to HELO when EHLO is not understood.
+            Expect::Ehlo if reply.is_permanent() => {
+                let line = format!("HELO {}", self.ehlo_name);
+                self.send(&line, Expect::Helo);
+                None
+            }
+            Expect::Ehlo | Expect::Helo if reply.code != 250 => Some(self.fail(reply)),
+            Expect::Helo => Some(ClientEvent::Ready),
+            Expect::Mail | Expect::Rcpt(_) | Expect::Data => self.txn_reply(expect, reply),
+            Expect::Final => {
+                let txn = self.txn.take().expect("final reply inside a transaction");
+                Some(ClientEvent::Done(results(txn, Some(reply))))
+            }
+            Expect::Rset if reply.code == 250 => Some(ClientEvent::Ready),
+            Expect::Rset => Some(self.fail(reply)),
+            Expect::Quit => Some(ClientEvent::Closed),
+            Expect::Ehlo => unreachable!("covered above"),
+        }
+    }
+
+    fn txn_reply(&mut self, expect: Expect, reply: Reply) -> Option<ClientEvent> {
+        let txn = self.txn.as_mut().expect("transaction reply inside a transaction");
+        match expect {
+            Expect::Mail => txn.mail = Some(reply.clone()),
+            Expect::Rcpt(i) => txn.rcpt_replies[i] = Some(reply.clone()),
+            Expect::Data => txn.data = Some(reply.clone()),
+            _ => unreachable!(),
+        }
+        if expect == Expect::Data {
+            if reply.code == 354 {
+                return Some(ClientEvent::SendBody);
+            }
+            // DATA refused (no accepted recipient, or the server failed): reset and go on.
+            let txn = self.txn.take().expect("checked");
+            self.send("RSET", Expect::Rset);
+            return Some(ClientEvent::Done(results(txn, None)));
+        }
+        // Without pipelining: a failed MAIL ends the transaction; otherwise send the next.
+        if expect == Expect::Mail && !reply.is_positive() && !self.caps.pipelining {
+            let txn = self.txn.take().expect("checked");
+            self.send("RSET", Expect::Rset);
+            return Some(ClientEvent::Done(results(txn, None)));
+        }
+        let all_rcpts_failed = matches!(expect, Expect::Rcpt(i) if i + 1 == txn.rcpts)
+            && txn.rcpt_replies.iter().all(|r| r.as_ref().is_some_and(|r| !r.is_positive()));
+        if all_rcpts_failed && !self.caps.pipelining {
+            let txn = self.txn.take().expect("checked");
+            self.send("RSET", Expect::Rset);
+            return Some(ClientEvent::Done(results(txn, None)));
+        }
+        if let Some((line, e)) = txn.unsent.pop_front() {
+            self.send(&line, e);
+        }
+        None
+    }
+}
+
+/// Each recipient's outcome: MAIL's failure, else its RCPT's failure, else DATA's, else the
+/// reply to the end of data.
+fn results(txn: Txn, last: Option<Reply>) -> Vec<Reply> {
+    let fallback = || Reply::new(451, "4.4.0 transaction ended before a reply");
+    txn.rcpt_replies
+        .into_iter()
+        .map(|rcpt| {
+            if let Some(m) = txn.mail.as_ref().filter(|m| !m.is_positive()) {
+                return m.clone();
+            }
+            match rcpt {
+                Some(r) if !r.is_positive() => r,
+                None => fallback(),
+                Some(_) => match (&txn.data, &last) {
+                    (Some(d), _) if d.code != 354 => d.clone(),
+                    (_, Some(l)) => l.clone(),
+                    _ => fallback(),
+                },
+            }
+        })
+        .collect()
+}
+
+fn parse_ehlo(text: &str) -> Capabilities {
+    let words: Vec<String> = text.split_ascii_whitespace().map(|w| w.to_ascii_uppercase()).collect();
+    let mut caps = Capabilities { esmtp: true, ..Default::default() };
+    for (i, w) in words.iter().enumerate() {
+        match w.as_str() {
+            "PIPELINING" => caps.pipelining = true,
+            "8BITMIME" => caps.eight_bit_mime = true,
+            "SIZE" => caps.size_max = Some(words.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(0)),
+            _ => {}
+        }
+    }
+    caps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(c: &mut Client, s: &str) -> Option<ClientEvent> {
+        let (used, ev) = c.receive(s.as_bytes());
+        assert_eq!(used, s.len(), "whole reply consumed: {s:?}");
+        ev
+    }
+
+    fn ready(pipelining: bool) -> Client {
+        let mut c = Client::new("me.test");
+        assert_eq!(feed(&mut c, "220 hi\r\n"), None);
+        assert_eq!(c.output(), b"EHLO me.test\r\n");
+        c.clear_output();
+        let ehlo = if pipelining { "250-x\r\n250-PIPELINING\r\n250 SIZE 100\r\n" } else { "250-x\r\n250 SIZE 100\r\n" };
+        assert_eq!(feed(&mut c, ehlo), Some(ClientEvent::Ready));
+        c
+    }
+
+    #[test]
+    fn pipelined_transaction_maps_replies_to_recipients() {
+        let mut c = ready(true);
+        c.start("s@a.test", &["x@b.test", "y@b.test"], 42);
+        assert_eq!(c.output(), b"MAIL FROM:<s@a.test> SIZE=42\r\nRCPT TO:<x@b.test>\r\nRCPT TO:<y@b.test>\r\nDATA\r\n");
+        assert_eq!(feed(&mut c, "250 ok\r\n"), None);
+        assert_eq!(feed(&mut c, "250 ok\r\n"), None);
+        assert_eq!(feed(&mut c, "550 5.1.1 no such user\r\n"), None);
+        assert_eq!(feed(&mut c, "354 go\r\n"), Some(ClientEvent::SendBody));
+        c.body_sent();
+        let done = feed(&mut c, "250 2.0.0 queued\r\n");
+        assert_eq!(done, Some(ClientEvent::Done(vec![Reply::new(250, "2.0.0 queued"), Reply::new(550, "5.1.1 no such user")])));
+    }
+
+    #[test]
+    fn all_recipients_refused_resets() {
+        let mut c = ready(true);
+        c.start("s@a.test", &["x@b.test"], 1);
+        c.clear_output();
+        feed(&mut c, "250 ok\r\n");
+        feed(&mut c, "450 4.2.1 later\r\n");
+        let ev = feed(&mut c, "554 5.5.1 no valid recipients\r\n");
+        assert_eq!(ev, Some(ClientEvent::Done(vec![Reply::new(450, "4.2.1 later")])));
+        assert_eq!(c.output(), b"RSET\r\n");
+        assert_eq!(feed(&mut c, "250 ok\r\n"), Some(ClientEvent::Ready));
+    }
+
+    #[test]
+    fn without_pipelining_one_command_at_a_time() {
+        let mut c = ready(false);
+        c.start("s@a.test", &["x@b.test"], 1);
+        assert_eq!(c.output(), b"MAIL FROM:<s@a.test> SIZE=1\r\n");
+        c.clear_output();
+        feed(&mut c, "250 ok\r\n");
+        assert_eq!(c.output(), b"RCPT TO:<x@b.test>\r\n");
+        c.clear_output();
+        feed(&mut c, "250 ok\r\n");
+        assert_eq!(c.output(), b"DATA\r\n");
+    }
+
+    #[test]
+    fn greeting_refusal_fails_session() {
+        let mut c = Client::new("me.test");
+        assert_eq!(feed(&mut c, "554 go away\r\n"), Some(ClientEvent::Failed(Reply::new(554, "go away"))));
+    }
+
+    #[test]
+    fn mail_refusal_applies_to_every_recipient() {
+        let mut c = ready(true);
+        c.start("s@a.test", &["x@b.test", "y@b.test"], 1);
+        feed(&mut c, "550 5.7.1 sender refused\r\n");
+        feed(&mut c, "503 5.5.1 need mail\r\n");
+        feed(&mut c, "503 5.5.1 need mail\r\n");
+        let ev = feed(&mut c, "503 5.5.1 need mail\r\n");
+        let r = Reply::new(550, "5.7.1 sender refused");
+        assert_eq!(ev, Some(ClientEvent::Done(vec![r.clone(), r])));
+    }
+}

@@ -1,0 +1,7 @@
+//! SMTP protocol machines: the inbound session, the outbound client, and their shared
+//! grammar pieces. No sockets here.
+
+pub mod addr;
+pub mod client;
+pub mod reply;
+pub mod server;

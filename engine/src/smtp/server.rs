@@ -1,0 +1,527 @@
+//! Inbound ESMTP session (RFC 5321), sans-IO: bytes in, replies and events out. The caller
+//! owns the socket, the clock and the spool; `Event::Message` hands it a complete message,
+//! and `message_stored` sends the reply once the bytes are durable.
+
+use super::addr::{parse_path, PathError};
+use crate::time::rfc5322_date;
+use std::net::IpAddr;
+
+/// RFC 5321 §4.5.3.1.4 allows 512 octets; SMTP extensions (SIZE, BODY, ENVID...) raise it,
+/// so we take up to 1024 before answering 500.
+pub const COMMAND_LINE_BYTES_MAX: usize = 1024;
+/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF.
+pub const TEXT_LINE_BYTES_MAX: usize = 1000;
+/// Protocol errors tolerated before the session is closed with 421.
+pub const SESSION_ERRORS_MAX: u32 = 10;
+/// Replies buffered before the caller must flush (pipelined commands).
+pub const OUTPUT_BYTES_MAX: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    pub host_name: String,
+    pub relay_allowed: bool,
+    pub smtp_service: bool,
+    pub max_message_size: u64,
+    pub max_rcpt_per_message: u32,
+    pub add_received_header: bool,
+    pub hide_message_source: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for commands (before or after HELO).
+    Command,
+    /// Inside DATA, receiving the message.
+    Data,
+    /// The message is complete; waiting for the spool to say it is durable.
+    Storing,
+    /// QUIT answered or fatal error sent; the caller closes after flushing.
+    Closing,
+}
+
+/// DATA end-of-message automaton (RFC 5321 §4.1.1.4). Only CRLF "." CRLF, where the CRLF
+/// ends a line that itself began after CRLF, ends the message: bare CR or LF never does
+/// (SMTP smuggling, CVE-2023-51764 and friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eom {
+    LineStart,
+    Dot,
+    DotCr,
+    Mid,
+    MidCr,
+    /// After a bare LF: a new line, but not one that may end the message.
+    BareLineStart,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct DataFaults {
+    bare_newline: bool,
+    long_line: bool,
+    too_big: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A message is complete: take it with `take_message`, store it, call `message_stored`.
+    Message,
+    /// Flush the output and close the connection.
+    Close,
+}
+
+/// A complete message: envelope and the data in transparency form (dot-stuffed, CRLF).
+#[derive(Debug, Default)]
+pub struct Message {
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub data: Vec<u8>,
+    pub helo: String,
+}
+
+pub struct Session {
+    policy: SessionPolicy,
+    client_ip: IpAddr,
+    session_id: u64,
+    state: State,
+    helo: Option<String>,
+    esmtp: bool,
+    mail_from: Option<String>,
+    recipients: Vec<String>,
+    data: Vec<u8>,
+    eom: Eom,
+    line_bytes: usize,
+    faults: DataFaults,
+    errors: u32,
+    /// Skipping the rest of an over-long command line.
+    discarding_line: bool,
+    now_unix_ms: u64,
+    out: Vec<u8>,
+}
+
+fn token(word: &[u8]) -> u32 {
+    let mut t = [b' '; 4];
+    for (i, b) in word.iter().take(4).enumerate() {
+        t[i] = b.to_ascii_uppercase();
+    }
+    u32::from_le_bytes(t)
+}
+
+const fn tok(s: &[u8; 4]) -> u32 {
+    u32::from_le_bytes(*s)
+}
+
+const EHLO: u32 = tok(b"EHLO");
+const HELO: u32 = tok(b"HELO");
+const MAIL: u32 = tok(b"MAIL");
+const RCPT: u32 = tok(b"RCPT");
+const DATA: u32 = tok(b"DATA");
+const RSET: u32 = tok(b"RSET");
+const NOOP: u32 = tok(b"NOOP");
+const QUIT: u32 = tok(b"QUIT");
+const VRFY: u32 = tok(b"VRFY");
+const EXPN: u32 = tok(b"EXPN");
+const HELP: u32 = tok(b"HELP");
+
+impl Session {
+    /// Starts a session and writes the greeting (RFC 5321 §4.3.1: 220, or 554 when the
+    /// source may not use the service).
+    pub fn new(policy: SessionPolicy, client_ip: IpAddr, session_id: u64) -> Self {
+        let mut s = Session {
+            policy,
+            client_ip,
+            session_id,
+            state: State::Command,
+            helo: None,
+            esmtp: false,
+            mail_from: None,
+            recipients: Vec::new(),
+            data: Vec::new(),
+            eom: Eom::LineStart,
+            line_bytes: 0,
+            faults: DataFaults::default(),
+            errors: 0,
+            discarding_line: false,
+            now_unix_ms: 0,
+            out: Vec::with_capacity(512),
+        };
+        if s.policy.smtp_service {
+            let greeting = format!("220 {} ESMTP sluice\r\n", s.policy.host_name);
+            s.out.extend_from_slice(greeting.as_bytes());
+        } else {
+            s.reply(&format!("554 5.7.1 {} does not accept mail from you", s.policy.host_name));
+            s.state = State::Closing;
+        }
+        s
+    }
+
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    pub fn is_in_data(&self) -> bool {
+        self.state == State::Data
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state == State::Closing
+    }
+
+    fn reply(&mut self, line: &str) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn error(&mut self, line: &str) {
+        self.reply(line);
+        self.errors += 1;
+        if self.errors >= SESSION_ERRORS_MAX {
+            self.reply("421 4.7.0 Too many errors, closing connection");
+            self.state = State::Closing;
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.mail_from = None;
+        self.recipients.clear();
+        self.data.clear();
+    }
+
+    /// Consumes input. Returns how many bytes were used and an event, if any. Call again with
+    /// the rest while it makes progress and returns no event.
+    pub fn receive(&mut self, now_unix_ms: u64, input: &[u8]) -> (usize, Option<Event>) {
+        self.now_unix_ms = now_unix_ms;
+        match self.state {
+            State::Command => self.receive_command(input),
+            State::Data => self.receive_data(input),
+            State::Storing => (0, None),
+            State::Closing => (0, Some(Event::Close)),
+        }
+    }
+
+    fn receive_command(&mut self, input: &[u8]) -> (usize, Option<Event>) {
+        let Some(lf) = input.iter().position(|&b| b == b'\n') else {
+            if input.len() >= COMMAND_LINE_BYTES_MAX {
+                if !self.discarding_line {
+                    self.error("500 5.5.2 Line too long (RFC 5321 4.5.3.1.4)");
+                }
+                self.discarding_line = true;
+                return (input.len(), None);
+            }
+            return (0, None);
+        };
+        let used = lf + 1;
+        if self.discarding_line {
+            self.discarding_line = false;
+            return (used, None);
+        }
+        if used > COMMAND_LINE_BYTES_MAX {
+            self.error("500 5.5.2 Line too long (RFC 5321 4.5.3.1.4)");
+            return (used, None);
+        }
+        let line = &input[..lf];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.command(line);
+        let event = if self.state == State::Closing { Some(Event::Close) } else { None };
+        (used, event)
+    }
+
+    fn command(&mut self, line: &[u8]) {
+        let Ok(line) = std::str::from_utf8(line) else {
+            return self.error("500 5.5.2 Command contains invalid bytes");
+        };
+        if line.bytes().any(|b| b == 0 || b == b'\r') {
+            return self.error("500 5.5.2 Command contains NUL or bare CR");
+        }
+        let (verb, arg) = match line.find(' ') {
+            Some(i) => (&line[..i], line[i + 1..].trim()),
+            None => (line, ""),
+        };
+        if verb.len() != 4 {
+            return self.error("500 5.5.2 Command unrecognized");
+        }
+        match token(verb.as_bytes()) {
+            EHLO => self.helo(arg, true),
+            HELO => self.helo(arg, false),
+            MAIL => self.mail(arg),
+            RCPT => self.rcpt(arg),
+            DATA => self.data_command(arg),
+            RSET => {
+                self.reset_transaction();
+                self.reply("250 2.0.0 Reset");
+            }
+            NOOP => self.reply("250 2.0.0 OK"),
+            QUIT => {
+                self.reply(&format!("221 2.0.0 {} closing connection", self.policy.host_name));
+                self.state = State::Closing;
+            }
+            // RFC 5321 §3.5.3: 252 when we will not verify but would try delivery.
+            VRFY => self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
+            EXPN => self.reply("502 5.5.1 EXPN not available"),
+            HELP => self.reply("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
+            _ => self.error("500 5.5.2 Command unrecognized"),
+        }
+    }
+
+    fn helo(&mut self, arg: &str, esmtp: bool) {
+        if arg.is_empty() || arg.contains(' ') {
+            let verb = if esmtp { "EHLO" } else { "HELO" };
+            return self.error(&format!("501 5.5.4 Syntax: {verb} hostname"));
+        }
+        self.reset_transaction();
+        self.helo = Some(arg.to_string());
+        self.esmtp = esmtp;
+        let host = self.policy.host_name.clone();
+        if esmtp {
+            let size = self.policy.max_message_size;
+            self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES"));
+        } else {
+            self.reply(&format!("250 {host} Hello {arg}"));
+        }
+    }
+
+    fn mail(&mut self, arg: &str) {
+        if self.helo.is_none() {
+            return self.error("503 5.5.1 Send EHLO or HELO first");
+        }
+        if self.mail_from.is_some() {
+            return self.error("503 5.5.1 Nested MAIL command");
+        }
+        let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
+            return self.error("501 5.5.4 Syntax: MAIL FROM:<reverse-path> [parameters]");
+        };
+        let (path, params) = match parse_path(rest.trim_start(), true) {
+            Ok(v) => v,
+            Err(e) => return self.error(&path_error_reply(e, "MAIL FROM:<reverse-path> [parameters]")),
+        };
+        for param in params.split_ascii_whitespace() {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                // RFC 1870 §6: a declared size over the limit is refused at MAIL.
+                "SIZE" => match value.parse::<u64>() {
+                    Ok(n) if n > self.policy.max_message_size => {
+                        return self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.error("501 5.5.4 Syntax: SIZE=<size>"),
+                },
+                "BODY" if value.eq_ignore_ascii_case("8BITMIME") || value.eq_ignore_ascii_case("7BIT") => {}
+                _ => return self.error(&format!("555 5.5.4 Unsupported MAIL parameter {key}")),
+            }
+        }
+        self.mail_from = Some(path.to_string());
+        self.reply("250 2.1.0 Sender OK");
+    }
+
+    fn rcpt(&mut self, arg: &str) {
+        if self.mail_from.is_none() {
+            return self.error("503 5.5.1 Need MAIL before RCPT");
+        }
+        let Some(rest) = strip_prefix_ci(arg, "TO:") else {
+            return self.error("501 5.5.4 Syntax: RCPT TO:<forward-path> [parameters]");
+        };
+        let (path, params) = match parse_path(rest.trim_start(), false) {
+            Ok(v) => v,
+            Err(e) => return self.error(&path_error_reply(e, "RCPT TO:<forward-path> [parameters]")),
+        };
+        if !params.trim().is_empty() {
+            return self.error("555 5.5.4 RCPT parameters are not supported");
+        }
+        if !self.policy.relay_allowed {
+            return self.reply("550 5.7.1 Relaying denied");
+        }
+        // RFC 5321 §4.5.3.1.10: too many recipients is answered 452 and the client retries.
+        if self.recipients.len() >= self.policy.max_rcpt_per_message as usize {
+            return self.reply("452 4.5.3 Too many recipients");
+        }
+        self.recipients.push(path.to_string());
+        self.reply("250 2.1.5 Recipient OK");
+    }
+
+    fn data_command(&mut self, arg: &str) {
+        if !arg.is_empty() {
+            return self.error("501 5.5.4 Syntax: DATA");
+        }
+        if self.mail_from.is_none() {
+            return self.error("503 5.5.1 Need MAIL command");
+        }
+        if self.recipients.is_empty() {
+            return self.error("554 5.5.1 No valid recipients");
+        }
+        self.data.clear();
+        if self.policy.add_received_header {
+            self.prepend_received();
+        }
+        self.eom = Eom::LineStart;
+        self.line_bytes = 0;
+        self.faults = DataFaults::default();
+        self.state = State::Data;
+        self.reply("354 End data with <CR><LF>.<CR><LF>");
+    }
+
+    fn prepend_received(&mut self) {
+        let helo = self.helo.as_deref().unwrap_or("unknown");
+        let with = if self.esmtp { "ESMTP" } else { "SMTP" };
+        let from = if self.policy.hide_message_source {
+            format!("Received: by {}", self.policy.host_name)
+        } else {
+            format!("Received: from {} ([{}])\r\n\tby {}", helo, self.client_ip, self.policy.host_name)
+        };
+        let for_clause = if self.recipients.len() == 1 { format!("\r\n\tfor <{}>", self.recipients[0]) } else { String::new() };
+        let header = format!(
+            "{from} (sluice) with {with} id {:016x}{for_clause};\r\n\t{}\r\n",
+            self.session_id,
+            rfc5322_date(self.now_unix_ms)
+        );
+        self.data.extend_from_slice(header.as_bytes());
+    }
+
+    fn receive_data(&mut self, input: &[u8]) -> (usize, Option<Event>) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            self.line_bytes += 1;
+            self.eom = match (self.eom, b) {
+                (Eom::LineStart, b'.') => Eom::Dot,
+                (Eom::Dot, b'\r') => Eom::DotCr,
+                (Eom::DotCr, b'\n') => {
+                    self.keep(&input[..i]);
+                    // Drop the terminating ".\r\n"; the CRLF before it ends the last line.
+                    if !self.faults.too_big {
+                        let len = self.data.len();
+                        assert!(len >= 3 && &self.data[len - 3..] == b".\r\n");
+                        self.data.truncate(len - 3);
+                    }
+                    return (i, self.finish_data());
+                }
+                (Eom::MidCr, b'\n') => {
+                    self.end_line();
+                    Eom::LineStart
+                }
+                (Eom::MidCr | Eom::DotCr, _) => {
+                    self.faults.bare_newline = true;
+                    if b == b'\r' { Eom::MidCr } else { Eom::Mid }
+                }
+                (_, b'\r') => Eom::MidCr,
+                (_, b'\n') => {
+                    self.faults.bare_newline = true;
+                    self.end_line();
+                    Eom::BareLineStart
+                }
+                _ => Eom::Mid,
+            };
+            if self.eom == Eom::Mid {
+                // Fast path: skip the run of ordinary bytes up to the next CR or LF.
+                let run = input[i..].iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(input.len() - i);
+                i += run;
+                self.line_bytes += run;
+            }
+        }
+        self.keep(input);
+        (input.len(), None)
+    }
+
+    /// Appends received bytes to the message unless it already exceeded the size limit.
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.faults.too_big {
+            return;
+        }
+        self.data.extend_from_slice(bytes);
+        if self.data.len() as u64 > self.policy.max_message_size + 3 {
+            self.faults.too_big = true;
+            self.data = Vec::new();
+        }
+    }
+
+    fn end_line(&mut self) {
+        if self.line_bytes > TEXT_LINE_BYTES_MAX {
+            self.faults.long_line = true;
+        }
+        self.line_bytes = 0;
+    }
+
+    /// End of data: a faulty message is refused and the session goes on; a good one waits
+    /// for the spool.
+    fn finish_data(&mut self) -> Option<Event> {
+        let faults = self.faults;
+        if faults.too_big || faults.bare_newline || faults.long_line {
+            self.reset_transaction();
+            self.state = State::Command;
+            if faults.too_big {
+                self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+            } else if faults.bare_newline {
+                self.reply("550 5.6.0 Message contains bare CR or LF (RFC 5321 2.3.8); use CRLF line endings");
+            } else {
+                self.reply("550 5.6.0 Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)");
+            }
+            return None;
+        }
+        self.state = State::Storing;
+        Some(Event::Message)
+    }
+
+    /// Hands over the complete message (call after `Event::Message`).
+    pub fn take_message(&mut self) -> Message {
+        assert_eq!(self.state, State::Storing);
+        Message {
+            mail_from: self.mail_from.take().unwrap_or_default(),
+            recipients: std::mem::take(&mut self.recipients),
+            data: std::mem::take(&mut self.data),
+            helo: self.helo.clone().unwrap_or_default(),
+        }
+    }
+
+    /// The spool answered: durable (250) or not (452), per RFC 5321 §4.2.5 the reply to the
+    /// end of data comes only now.
+    pub fn message_stored(&mut self, durable: bool, queue_id: &str) {
+        assert_eq!(self.state, State::Storing);
+        self.state = State::Command;
+        self.reset_transaction();
+        if durable {
+            self.reply(&format!("250 2.0.0 Ok: queued as {queue_id}"));
+        } else {
+            self.reply("452 4.3.1 Insufficient system storage, try again later");
+        }
+    }
+
+    /// The client was idle past the limit (RFC 5321 §4.5.3.2).
+    pub fn timed_out(&mut self) {
+        self.reply("421 4.4.2 Timeout, closing connection");
+        self.state = State::Closing;
+    }
+
+    /// The server is shutting down.
+    pub fn shutdown(&mut self) {
+        if self.state != State::Closing {
+            self.reply(&format!("421 4.3.2 {} shutting down", self.policy.host_name));
+            self.state = State::Closing;
+        }
+    }
+
+    /// Gives back a spent data buffer so its capacity is reused for the next message.
+    pub fn recycle_data_buffer(&mut self, mut buf: Vec<u8>) {
+        if self.data.capacity() == 0 {
+            buf.clear();
+            self.data = buf;
+        }
+    }
+}
+
+fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
+    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        Some(&s[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+fn path_error_reply(e: PathError, syntax: &str) -> String {
+    match e {
+        PathError::TooLong => "501 5.1.3 Path too long (RFC 5321 4.5.3.1.3)".into(),
+        PathError::BadDomain => "501 5.1.2 Bad destination domain syntax".into(),
+        PathError::Syntax => format!("501 5.1.3 Syntax: {syntax}"),
+    }
+}

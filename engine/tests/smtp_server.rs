@@ -1,0 +1,159 @@
+//! Inbound session behaviour, as (input, expected replies) tables. Each case names the RFC
+//! rule or the published attack it checks.
+
+use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+
+fn policy(relay: bool) -> SessionPolicy {
+    SessionPolicy {
+        host_name: "mx.test".into(),
+        relay_allowed: relay,
+        smtp_service: true,
+        max_message_size: 2000,
+        max_rcpt_per_message: 3,
+        add_received_header: false,
+        hide_message_source: false,
+    }
+}
+
+/// Feeds `input` (all at once, or byte by byte) and returns the replies' codes, and the
+/// messages that completed (each stored at once as durable).
+fn run(policy: SessionPolicy, input: &[u8], byte_by_byte: bool) -> (Vec<u16>, Vec<Vec<u8>>) {
+    let mut s = Session::new(policy, "127.0.0.1".parse().unwrap(), 1);
+    let mut messages = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let chunks: Vec<&[u8]> = if byte_by_byte { input.chunks(1).collect() } else { vec![input] };
+    'outer: for chunk in chunks {
+        pending.extend_from_slice(chunk);
+        loop {
+            let (used, ev) = s.receive(0, &pending);
+            pending.drain(..used);
+            match ev {
+                Some(Event::Message) => {
+                    messages.push(s.take_message().data);
+                    s.message_stored(true, "Q1");
+                }
+                Some(Event::Close) => break 'outer,
+                None if used == 0 => break,
+                None => {}
+            }
+        }
+    }
+    let out = String::from_utf8(s.output().to_vec()).unwrap();
+    let codes = out.lines().filter(|l| l.len() >= 4 && &l[3..4] == " ").map(|l| l[..3].parse().unwrap()).collect();
+    (codes, messages)
+}
+
+const ENVELOPE: &str = "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n";
+
+#[test]
+fn pipelined_transaction_rfc2920() {
+    for bb in [false, true] {
+        let input = format!("{ENVELOPE}Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
+        let (codes, msgs) = run(policy(true), input.as_bytes(), bb);
+        assert_eq!(codes, vec![220, 250, 250, 250, 354, 250, 221]);
+        // Stored in transparency form: the dot-stuffed line stays stuffed.
+        assert_eq!(msgs, vec![b"Subject: x\r\n\r\n..dot\r\n".to_vec()]);
+    }
+}
+
+#[test]
+fn smuggling_variants_never_end_data() {
+    // Published SMTP smuggling end-of-data variants (SEC Consult, 2023). None may end the
+    // message; the message is refused for its bare line ends, and the smuggled MAIL inside is
+    // never executed as a command.
+    let variants: &[&[u8]] = &[b"\n.\n", b"\n.\r\n", b"\r.\r\n", b"\r\n.\r", b"\r\n.\n", b"\r.\n", b"\n.\r"];
+    for v in variants {
+        let mut input = format!("{ENVELOPE}Subject: x\r\n\r\nbody").into_bytes();
+        input.extend_from_slice(v);
+        input.extend_from_slice(b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\nQUIT\r\n");
+        for bb in [false, true] {
+            let (codes, msgs) = run(policy(true), &input, bb);
+            assert!(msgs.is_empty(), "variant {v:?} let a message through");
+            assert_eq!(codes, vec![220, 250, 250, 250, 354, 550, 221], "variant {v:?}");
+        }
+    }
+}
+
+#[test]
+fn relay_denied_without_permission_rfc5321_3_6() {
+    let (codes, _) = run(policy(false), format!("{ENVELOPE}QUIT\r\n").as_bytes(), false);
+    assert_eq!(codes, vec![220, 250, 250, 550, 554, 221]);
+}
+
+#[test]
+fn too_many_recipients_gets_452_rfc5321_4_5_3_1_10() {
+    let input = "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<1@y.test>\r\nRCPT TO:<2@y.test>\r\nRCPT TO:<3@y.test>\r\nRCPT TO:<4@y.test>\r\n";
+    let (codes, _) = run(policy(true), input.as_bytes(), false);
+    assert_eq!(codes, vec![220, 250, 250, 250, 250, 250, 452]);
+}
+
+#[test]
+fn size_limits_rfc1870() {
+    let (codes, _) = run(policy(true), b"EHLO c\r\nMAIL FROM:<a@b.test> SIZE=999999\r\n", false);
+    assert_eq!(codes, vec![220, 250, 552]);
+    let big = format!("{ENVELOPE}{}\r\n.\r\nNOOP\r\n", "x\r\n".repeat(1000));
+    let (codes, msgs) = run(policy(true), big.as_bytes(), false);
+    assert_eq!((codes, msgs.len()), (vec![220, 250, 250, 250, 354, 552, 250], 0));
+}
+
+#[test]
+fn line_limits_rfc5321_4_5_3_1() {
+    let long_cmd = format!("EHLO {}\r\nNOOP\r\n", "a".repeat(2000));
+    let (codes, _) = run(policy(true), long_cmd.as_bytes(), false);
+    assert_eq!(codes, vec![220, 500, 250]);
+    let long_text = format!("{ENVELOPE}{}\r\n.\r\n", "y".repeat(1200));
+    let (codes, msgs) = run(policy(true), long_text.as_bytes(), true);
+    assert_eq!((codes, msgs.len()), (vec![220, 250, 250, 250, 354, 550], 0));
+}
+
+#[test]
+fn command_sequence_errors_rfc5321_4_1_4() {
+    let cases: &[(&str, &[u16])] = &[
+        ("MAIL FROM:<a@b.test>\r\n", &[220, 503]),
+        ("EHLO c\r\nRCPT TO:<x@y.test>\r\n", &[220, 250, 503]),
+        ("EHLO c\r\nMAIL FROM:<a@b.test>\r\nDATA\r\n", &[220, 250, 250, 554]),
+        ("EHLO c\r\nMAIL FROM:<a@b.test>\r\nMAIL FROM:<a@b.test>\r\n", &[220, 250, 250, 503]),
+        ("EHLO c\r\nMAIL FROM:a@b.test\r\n", &[220, 250, 501]),
+        ("EHLO c\r\nMAIL FROM:<a@b.test> FOO=1\r\n", &[220, 250, 555]),
+        ("VRFY x\r\nHELP\r\nNOOP\r\nRSET\r\n", &[220, 252, 214, 250, 250]),
+        ("HELO\r\n", &[220, 501]),
+        ("XYZW\r\n", &[220, 500]),
+        ("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<x@y.test>\r\n", &[220, 250, 250, 250]),
+    ];
+    for (input, expected) in cases {
+        let (codes, _) = run(policy(true), input.as_bytes(), false);
+        assert_eq!(&codes, expected, "{input:?}");
+    }
+}
+
+#[test]
+fn unknown_command_flood_disconnects() {
+    let input = "BLAH\r\n".repeat(20);
+    let (codes, _) = run(policy(true), input.as_bytes(), false);
+    assert_eq!(codes.len(), 1 + 10 + 1);
+    assert_eq!(*codes.last().unwrap(), 421);
+}
+
+#[test]
+fn nul_in_command_is_refused() {
+    let (codes, _) = run(policy(true), b"EHLO c\0x\r\n", false);
+    assert_eq!(codes, vec![220, 500]);
+}
+
+#[test]
+fn received_header_is_prepended() {
+    let mut p = policy(true);
+    p.add_received_header = true;
+    let (_, msgs) = run(p, format!("{ENVELOPE}Subject: x\r\n\r\nb\r\n.\r\n").as_bytes(), false);
+    let text = String::from_utf8(msgs[0].clone()).unwrap();
+    assert!(text.starts_with("Received: from c.test ([127.0.0.1])\r\n\tby mx.test (sluice) with ESMTP id "), "{text}");
+    assert!(text.ends_with("\r\nSubject: x\r\n\r\nb\r\n"), "{text}");
+}
+
+#[test]
+fn smtp_service_no_refuses_at_greeting() {
+    let mut p = policy(true);
+    p.smtp_service = false;
+    let (codes, _) = run(p, b"EHLO c\r\n", false);
+    assert_eq!(codes, vec![554]);
+}
