@@ -1,1 +1,171 @@
-fn main(){}
+//! sluice: the binary. CLI, daemon wiring and the control-plane thread; the data plane is
+//! `sluice-netio`'s shards.
+
+mod control;
+
+use clap::{Parser, Subcommand};
+use sluice_config::{Config, ConfigError, DEFAULT_CONFIG};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "High-volume mail transfer agent with PowerMTA-style configuration")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay (the embedded default configuration when no -c is given).
+    Run {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file: prints its errors and warnings, or "ok".
+    CheckConfig {
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Print the embedded default configuration.
+    DefaultConfig,
+}
+
+/// Loads a configuration file, following includes relative to its directory.
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let Some(path) = path else {
+        return sluice_config::load("<embedded default>", DEFAULT_CONFIG, &mut |_| Err("the default has no includes".into()));
+    };
+    let display = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: display.clone(),
+        line: 0,
+        message: format!("cannot read: {e}"),
+        hint: "check the path given to -c".into(),
+    })?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut include = |name: &str| -> Result<(String, String), String> {
+        let p = base.join(name);
+        std::fs::read_to_string(&p).map(|t| (p.display().to_string(), t)).map_err(|e| e.to_string())
+    };
+    sluice_config::load(&display, &text, &mut include)
+}
+
+fn check_config(path: Option<&Path>) -> ExitCode {
+    match load_config(path) {
+        Ok(config) => {
+            for w in &config.warnings {
+                println!("warning: {w}");
+            }
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("{e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(path: Option<&Path>) -> ExitCode {
+    let config = match load_config(path) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    let acct = match control::AcctWriter::open(&config) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
+    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), tx) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(
+        shards = runtime.shards,
+        listeners = ?config.listeners,
+        spool = %config.spool_dir.display(),
+        recovered = runtime.recovered_messages,
+        "sluice running"
+    );
+    let control_config = config.clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let control_stop = stop.clone();
+    let control = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || control::run(control_config, rx, responder, acct, control_stop))
+        .expect("spawn control thread");
+    wait_for_signal();
+    tracing::info!("signal received: stopping");
+    runtime.shutdown();
+    runtime.join();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    match control.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "control plane failed"),
+        Err(_) => tracing::error!("control plane panicked"),
+    }
+    tracing::info!("sluice stopped");
+    ExitCode::SUCCESS
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_signal() {
+    // SAFETY: sigset manipulation and sigwait on this thread; the signals are blocked in
+    // every thread (the mask is inherited by threads spawned later, and shards were spawned
+    // after main blocked it in `main`).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+}
+
+fn block_signals() {
+    // SAFETY: as above; done before any thread starts so all threads inherit the mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => {
+            block_signals();
+            run(config.as_deref())
+        }
+        Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::DefaultConfig => {
+            print!("{DEFAULT_CONFIG}");
+            ExitCode::SUCCESS
+        }
+    }
+}

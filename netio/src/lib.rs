@@ -1,1 +1,209 @@
+//! sluice-netio: the only room that does IO. One pinned thread per CPU, each with its own
+//! io_uring, SO_REUSEPORT listeners, spool segments and the delivery queues of the domains
+//! hashed to it; the engine's sans-IO machines run inside.
 
+pub mod mailbox;
+mod shard;
+pub mod store;
+
+pub use mailbox::{Hop, Resolution};
+use mailbox::{Mailbox, ShardMsg};
+use sluice_config::{Config, HostPort};
+use sluice_engine::acct::Record;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// What shards ask of the control plane.
+pub enum ControlRequest {
+    /// Resolve next hops for a domain: MX (or the static `smtp-hosts` names) to addresses.
+    Resolve { shard: u32, domain: String, static_hosts: Option<Vec<Vec<HostPort>>> },
+    /// Accounting records to append.
+    Acct(Vec<Record>),
+}
+
+/// Requests in flight to the control plane before shards hold theirs back.
+pub const CONTROL_CHANNEL_CAPACITY: usize = 16 * 1024;
+
+#[derive(Debug)]
+pub enum StartError {
+    IoUring(std::io::Error),
+    Listen(SocketAddr, std::io::Error),
+    Spool(std::path::PathBuf, std::io::Error),
+    Thread(std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::IoUring(e) => write!(
+                f,
+                "io_uring is not available ({e}). sluice runs on io_uring and cannot start without it. \
+                 Check `sysctl kernel.io_uring_disabled` (must be 0), and, in a container, a seccomp profile \
+                 that allows io_uring_setup, io_uring_enter and io_uring_register \
+                 (docker: --security-opt seccomp=unconfined or a custom profile); Linux 5.19 or newer is required"
+            ),
+            StartError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            StartError::Spool(p, e) => write!(f, "spool {}: {e}", p.display()),
+            StartError::Thread(e) => write!(f, "cannot start shard thread: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Which shard owns a destination domain's queues. Stable across runs (no random seed).
+pub fn owner_shard(domain: &str, shards: u32) -> u32 {
+    let mut h = std::hash::DefaultHasher::new();
+    domain.hash(&mut h);
+    (h.finish() % shards as u64) as u32
+}
+
+/// State every shard shares.
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub mailboxes: Vec<Mailbox>,
+    pub control: crossbeam_channel::Sender<ControlRequest>,
+    pub shutdown: AtomicBool,
+    pub inbound_connections: AtomicU32,
+}
+
+/// The running data plane.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    pub shards: u32,
+    pub recovered_messages: usize,
+}
+
+/// A handle the control plane uses to answer shards.
+#[derive(Clone)]
+pub struct Responder {
+    shared: Arc<Shared>,
+}
+
+impl Responder {
+    /// Delivers a resolution to the shard that asked. Retries briefly if its mailbox is full.
+    pub fn resolved(&self, shard: u32, domain: String, resolution: Resolution, ttl_ms: u64) {
+        let mut msg = ShardMsg::Resolved { domain, resolution, ttl_ms };
+        for _ in 0..1000 {
+            match self.shared.mailboxes[shard as usize].send(msg) {
+                Ok(()) => return,
+                Err(back) => msg = back,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        tracing::error!(shard, "shard mailbox full for 1s; resolution dropped, the queue will ask again");
+    }
+}
+
+fn listen(addr: SocketAddr) -> std::io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls; the descriptor is owned immediately.
+    unsafe {
+        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
+            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&one as *const libc::c_int).cast(), 4);
+        }
+        let (storage, len) = shard::sockaddr(addr);
+        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::listen(fd, 1024) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+impl Runtime {
+    /// Recovers the spool, binds the listeners on every shard, and starts the shards.
+    pub fn start(config: Arc<Config>, control: crossbeam_channel::Sender<ControlRequest>) -> Result<(Runtime, Responder), StartError> {
+        // Probe io_uring before anything else, so the failure says what it is.
+        io_uring::IoUring::new(8).map_err(StartError::IoUring)?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let shards = config.shards.unwrap_or(cores.len().max(1)) as u32;
+        let spool = config.spool_dir.clone();
+        let recovered = store::recover(&spool).map_err(|e| StartError::Spool(spool.clone(), e))?;
+        if recovered.torn_records > 0 {
+            tracing::info!(torn = recovered.torn_records, "spool recovery skipped torn (never acknowledged) records");
+        }
+        let mut mailboxes = Vec::new();
+        for _ in 0..shards {
+            mailboxes.push(Mailbox::new().map_err(StartError::Thread)?);
+        }
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            mailboxes,
+            control,
+            shutdown: AtomicBool::new(false),
+            inbound_connections: AtomicU32::new(0),
+        });
+        // Listeners: one SO_REUSEPORT socket per listener per shard.
+        let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+        for addr in &config.listeners {
+            for l in listeners.iter_mut() {
+                l.push(listen(*addr).map_err(|e| StartError::Listen(*addr, e))?);
+            }
+        }
+        // Recovered work goes to the shard that owns each recipient's domain.
+        let recovered_messages = recovered.messages.len();
+        let mut initial: Vec<Vec<shard::Initial>> = (0..shards).map(|_| Vec::new()).collect();
+        for m in recovered.messages {
+            for (domain, job) in shard::jobs_for(&m.segment, m.offset, &m.pending, 1) {
+                initial[owner_shard(&domain, shards) as usize].push((domain, job));
+            }
+        }
+        let mut old_journals: Vec<Vec<store::Journal>> = (0..shards).map(|_| Vec::new()).collect();
+        for (i, j) in recovered.old_journals.into_iter().enumerate() {
+            old_journals[i % shards as usize].push(j);
+        }
+        let mut threads = Vec::new();
+        for (id, ((fds, jobs), journals)) in listeners.into_iter().zip(initial).zip(old_journals).enumerate() {
+            let id = id as u32;
+            let shared = shared.clone();
+            let core = cores.get(id as usize % cores.len().max(1)).copied();
+            let next_seq = recovered.next_seq.get(&id).copied().unwrap_or(1);
+            let fds: Vec<RawFd> = fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
+            let handle = std::thread::Builder::new()
+                .name(format!("shard-{id}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        core_affinity::set_for_current(core);
+                    }
+                    match shard::Shard::new(id, shards, shared, fds, jobs, journals, next_seq) {
+                        Ok(mut s) => s.run(),
+                        Err(e) => {
+                            tracing::error!(shard = id, error = %e, "shard failed to start");
+                            std::process::exit(1);
+                        }
+                    }
+                })
+                .map_err(StartError::Thread)?;
+            threads.push(handle);
+        }
+        let responder = Responder { shared: shared.clone() };
+        Ok((Runtime { shared, threads, shards, recovered_messages }, responder))
+    }
+
+    /// Stops accepting, finishes or abandons in-flight work safely, and lets shards exit.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::SeqCst);
+        for m in &self.shared.mailboxes {
+            m.wake();
+        }
+    }
+
+    pub fn join(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

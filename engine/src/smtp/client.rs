@@ -89,6 +89,16 @@ impl Client {
         self.txn.is_some()
     }
 
+    /// No transaction and no reply outstanding: ready for `start` or `quit`.
+    pub fn is_idle(&self) -> bool {
+        self.txn.is_none() && self.expect.is_empty() && !self.failed
+    }
+
+    /// Replies are outstanding: the caller should be reading.
+    pub fn awaiting_reply(&self) -> bool {
+        !self.expect.is_empty()
+    }
+
     fn send(&mut self, line: &str, expect: Expect) {
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");

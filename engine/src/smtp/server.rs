@@ -493,6 +493,13 @@ impl Session {
         self.state = State::Closing;
     }
 
+    /// The server is at its connection limit (`total-max-smtp-in`): RFC 5321 §3.8 421.
+    pub fn too_busy(&mut self) {
+        self.out.clear();
+        self.reply(&format!("421 4.7.0 {} too many connections, try again later", self.policy.host_name));
+        self.state = State::Closing;
+    }
+
     /// The server is shutting down.
     pub fn shutdown(&mut self) {
         if self.state != State::Closing {

@@ -1,0 +1,91 @@
+//! Cross-shard and control-plane → shard messages: a bounded lock-free queue per shard and
+//! an eventfd the shard's ring keeps a read armed on. A wake is written only when the shard
+//! may be asleep (the `notified` flag), so a burst of hand-offs costs one syscall.
+
+use crate::store::Segment;
+use crossbeam_queue::ArrayQueue;
+use sluice_engine::queue::Job;
+use sluice_engine::smtp::reply::Reply;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Messages waiting for one shard before senders must hold theirs back.
+pub const MAILBOX_CAPACITY: usize = 64 * 1024;
+
+/// A message in a segment: what a queued job refers to.
+#[derive(Clone)]
+pub struct MsgRef {
+    pub segment: Arc<Segment>,
+    pub offset: u64,
+}
+
+/// One next hop: the host name (for accounting) and an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Preference levels, most preferred first.
+    Hops(Vec<Vec<Hop>>),
+    /// The domain cannot receive mail (NXDOMAIN, null MX): bounce.
+    Permanent(Reply),
+    /// Try again later (SERVFAIL, timeout).
+    Temporary(Reply),
+}
+
+pub enum ShardMsg {
+    Job { domain: String, job: Job<MsgRef> },
+    Resolved { domain: String, resolution: Resolution, ttl_ms: u64 },
+}
+
+pub struct Mailbox {
+    queue: ArrayQueue<ShardMsg>,
+    notified: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl Mailbox {
+    pub fn new() -> std::io::Result<Mailbox> {
+        // SAFETY: plain syscall; the descriptor is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Mailbox { queue: ArrayQueue::new(MAILBOX_CAPACITY), notified: AtomicBool::new(false), eventfd })
+    }
+
+    /// Pushes a message; gives it back when the mailbox is full.
+    pub fn send(&self, msg: ShardMsg) -> Result<(), ShardMsg> {
+        self.queue.push(msg)?;
+        self.wake();
+        Ok(())
+    }
+
+    pub fn wake(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes to an eventfd we own.
+            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Called by the owning shard when its eventfd read completes, before draining.
+    pub fn clear_notified(&self) {
+        self.notified.store(false, Ordering::SeqCst);
+    }
+
+    pub fn pop(&self) -> Option<ShardMsg> {
+        self.queue.pop()
+    }
+
+    pub fn eventfd(&self) -> i32 {
+        self.eventfd.as_raw_fd()
+    }
+}

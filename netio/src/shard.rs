@@ -1,0 +1,1532 @@
+//! One shard: a pinned thread with its own io_uring. Its loop reaps completions, advances the
+//! engine's machines, submits new operations and runs due timers. It owns its listeners'
+//! accepted connections, its spool segments and journal, and the delivery queues of the
+//! domains hashed to it.
+
+use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
+use crate::store::{self, Journal, Segment};
+use crate::{owner_shard, ControlRequest, Shared};
+use io_uring::{opcode, squeue, types, IoUring};
+use sluice_engine::acct::Record;
+use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, Recipient};
+use sluice_engine::smtp::addr::domain_of;
+use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
+use sluice_engine::smtp::reply::Reply;
+use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
+use sluice_spool::{Appender, TicketResult};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const RING_ENTRIES: u32 = 4096;
+/// Connection slots per shard, inbound and outbound together.
+const CONNS_MAX: usize = 1 << 20;
+const TICK_MS: u64 = 50;
+const RECV_BYTES: usize = 64 * 1024;
+const OUT_CONNECT_TIMEOUT_MS: u64 = 30_000;
+/// RFC 5321 §4.5.3.2 suggests 5 minutes for most replies and 10 for the end of data.
+const OUT_REPLY_TIMEOUT_MS: u64 = 300_000;
+const OUT_FINAL_TIMEOUT_MS: u64 = 600_000;
+/// An outbound connection with nothing to send waits this long for new work, then QUITs.
+const OUT_IDLE_MS: u64 = 2_000;
+const SHUTDOWN_GRACE_MS: u64 = 3_000;
+/// An active segment with no live recipients is retired after this much quiet.
+const EMPTY_SEGMENT_IDLE_MS: u64 = 1_000;
+/// Journal writes in flight per journal file.
+const JOURNAL_WRITES_IN_FLIGHT_MAX: usize = 64;
+/// How long a failed resolution is remembered before asking again.
+const RESOLVE_FAILURE_TTL_MS: u64 = 60_000;
+/// Accounting records held locally while the control plane is busy.
+const ACCT_PENDING_MAX: usize = 1 << 20;
+
+const _: () = assert!(RECV_BYTES > sluice_engine::smtp::server::COMMAND_LINE_BYTES_MAX);
+const _: () = assert!(OUT_IDLE_MS < OUT_REPLY_TIMEOUT_MS);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    Recv,
+    Send,
+    Connect,
+    SegWrite,
+    SegSync,
+    JnlWrite,
+    JnlSync,
+    Event,
+    Tick,
+    Cancel,
+}
+
+impl Op {
+    fn from(v: u8) -> Op {
+        match v {
+            1 => Op::Accept,
+            2 => Op::Recv,
+            3 => Op::Send,
+            4 => Op::Connect,
+            5 => Op::SegWrite,
+            6 => Op::SegSync,
+            7 => Op::JnlWrite,
+            8 => Op::JnlSync,
+            9 => Op::Event,
+            10 => Op::Tick,
+            _ => Op::Cancel,
+        }
+    }
+}
+
+/// user_data: op (8 bits) | generation (16) | slot or payload (40).
+fn ud(op: Op, gen: u16, slot: u64) -> u64 {
+    assert!(slot < 1 << 40);
+    (op as u64) << 56 | (gen as u64) << 40 | slot
+}
+
+fn ud_split(v: u64) -> (Op, u16, u64) {
+    (Op::from((v >> 56) as u8), (v >> 40) as u16, v & ((1 << 40) - 1))
+}
+
+pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn ip_of(storage: &libc::sockaddr_storage) -> IpAddr {
+    // SAFETY: the family field says which struct the kernel wrote.
+    unsafe {
+        match storage.ss_family as i32 {
+            libc::AF_INET => {
+                let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes())
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                let v6 = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            }
+            _ => IpAddr::from([0, 0, 0, 0]),
+        }
+    }
+}
+
+fn local_ip(fd: RawFd) -> String {
+    // SAFETY: getsockname into a zeroed storage of the right size.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+            return String::new();
+        }
+        ip_of(&storage).to_string()
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) type Initial = (String, Job<MsgRef>);
+
+/// Groups a message's recipients by destination domain: one job per domain.
+fn group_jobs<'a>(
+    msg: &MsgRef,
+    mail_from: &str,
+    rcpts: impl Iterator<Item = (u32, &'a str)>,
+    queued_unix_ms: u64,
+    size: u64,
+    attempts: u32,
+) -> Vec<Initial> {
+    let mut jobs: Vec<Initial> = Vec::new();
+    for (index, address) in rcpts {
+        let domain = domain_of(address);
+        let rcpt = Recipient { index, address: address.to_string() };
+        match jobs.iter_mut().find(|(d, _)| *d == domain) {
+            Some((_, job)) => job.rcpts.push(rcpt),
+            None => jobs.push((
+                domain,
+                Job { msg: msg.clone(), mail_from: mail_from.to_string(), rcpts: vec![rcpt], attempts, queued_unix_ms, size },
+            )),
+        }
+    }
+    jobs
+}
+
+/// Jobs for a message found in a segment (recovery).
+pub(crate) fn jobs_for(segment: &Arc<Segment>, offset: u64, pending: &[u32], attempts: u32) -> Vec<Initial> {
+    let view = segment.message(offset);
+    let msg = MsgRef { segment: segment.clone(), offset };
+    let env = &view.envelope;
+    let rcpts = pending.iter().map(|&i| (i, env.recipients[i as usize]));
+    group_jobs(&msg, env.mail_from, rcpts, env.queued_unix_ms, view.data.len() as u64, attempts)
+}
+
+/// An accepted message on its way to disk.
+struct Store {
+    head: Vec<u8>,
+    data: Vec<u8>,
+    iov: [libc::iovec; 2],
+    seq: u64,
+    offset: u64,
+    mail_from: String,
+    recipients: Vec<String>,
+    queued_unix_ms: u64,
+}
+
+struct Inbound {
+    session: Session,
+    client_ip: IpAddr,
+    store: Option<Box<Store>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutPhase {
+    Connecting,
+    Session,
+    /// Sending the body: `body_sent` bytes of body + ".\r\n" are out.
+    Body,
+}
+
+struct Outbound {
+    domain: String,
+    client: Client,
+    hops: Vec<Hop>,
+    hop_index: usize,
+    addr: (libc::sockaddr_storage, libc::socklen_t),
+    job: Option<Job<MsgRef>>,
+    messages_sent: u32,
+    phase: OutPhase,
+    ever_ready: bool,
+    idle: bool,
+    body_sent: usize,
+    iov: [libc::iovec; 2],
+    msghdr: libc::msghdr,
+    info: AttemptInfo,
+}
+
+enum Kind {
+    In(Inbound),
+    Out(Box<Outbound>),
+}
+
+struct Conn {
+    gen: u16,
+    fd: RawFd,
+    /// The socket operation in flight, if any (at most one).
+    op: Option<Op>,
+    cancelling: bool,
+    deadline_ms: u64,
+    inbuf: Vec<u8>,
+    in_len: usize,
+    out: Vec<u8>,
+    out_off: usize,
+    kind: Kind,
+}
+
+enum HopState {
+    Unknown,
+    Resolving,
+    Ready { levels: Vec<Vec<Hop>>, expires_ms: u64 },
+    Failed { resolution: Resolution, expires_ms: u64 },
+}
+
+struct QueueState {
+    q: Queue<MsgRef>,
+    hops: HopState,
+    idle: Vec<u32>,
+    rotation: usize,
+}
+
+struct JournalBatch {
+    jseq: u64,
+    bytes: Vec<u8>,
+    segments: Vec<Arc<Segment>>,
+}
+
+pub(crate) struct Shard {
+    id: u32,
+    shards: u32,
+    shared: Arc<Shared>,
+    ring: IoUring,
+    dir: PathBuf,
+    listeners: Vec<RawFd>,
+    accept_addrs: Box<[(libc::sockaddr_storage, libc::socklen_t)]>,
+    accept_rearm: Vec<usize>,
+    conns: Vec<Option<Box<Conn>>>,
+    gens: Vec<u16>,
+    free: Vec<u32>,
+    session_counter: u64,
+    // Spool.
+    appender: Appender,
+    segments: HashMap<u64, Arc<Segment>>,
+    active_empty_since_ms: Option<u64>,
+    spool_broken_until_ms: u64,
+    spool_refusals: Vec<u32>,
+    journal: Option<Journal>,
+    closed_journals: Vec<Journal>,
+    next_journal_seq: u64,
+    jnl_pending: Vec<u8>,
+    jnl_pending_segments: Vec<Arc<Segment>>,
+    jnl_batches: HashMap<u64, JournalBatch>,
+    next_batch: u64,
+    // Delivery.
+    queues: HashMap<String, QueueState>,
+    dirty: Vec<String>,
+    acct: Vec<Record>,
+    // Loop.
+    timespec: Box<types::Timespec>,
+    event_buf: Box<u64>,
+    completions: Vec<(u64, i32)>,
+    tickets: Vec<(u64, TicketResult)>,
+    stopping_since_ms: Option<u64>,
+}
+
+impl Shard {
+    pub fn new(
+        id: u32,
+        shards: u32,
+        shared: Arc<Shared>,
+        listeners: Vec<RawFd>,
+        initial: Vec<Initial>,
+        old_journals: Vec<Journal>,
+        next_seq: u64,
+    ) -> std::io::Result<Shard> {
+        let ring = IoUring::builder().build(RING_ENTRIES)?;
+        let dir = store::shard_dir(&shared.config.spool_dir, id);
+        std::fs::create_dir_all(&dir)?;
+        let journal = Journal::create(&dir, id, next_seq)?;
+        let segment_bytes = shared.config.spool_segment_bytes;
+        // SAFETY: zeroed sockaddr storage is valid.
+        let zero: (libc::sockaddr_storage, libc::socklen_t) = (unsafe { std::mem::zeroed() }, 0);
+        let mut shard = Shard {
+            id,
+            shards,
+            accept_addrs: vec![zero; listeners.len()].into_boxed_slice(),
+            listeners,
+            accept_rearm: Vec::new(),
+            shared,
+            ring,
+            dir,
+            conns: Vec::new(),
+            gens: Vec::new(),
+            free: Vec::new(),
+            session_counter: 0,
+            appender: Appender::new(segment_bytes, next_seq),
+            segments: HashMap::new(),
+            active_empty_since_ms: None,
+            spool_broken_until_ms: 0,
+            spool_refusals: Vec::new(),
+            journal: Some(journal),
+            closed_journals: old_journals,
+            next_journal_seq: next_seq + 1,
+            jnl_pending: Vec::new(),
+            jnl_pending_segments: Vec::new(),
+            jnl_batches: HashMap::new(),
+            next_batch: 1,
+            queues: HashMap::new(),
+            dirty: Vec::new(),
+            acct: Vec::new(),
+            timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
+            event_buf: Box::new(0),
+            completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            tickets: Vec::new(),
+            stopping_since_ms: None,
+        };
+        // Segments (.seg) and journals (.jnl) number independently from the first free
+        // sequence of this directory; their extensions keep the names apart.
+        for (domain, job) in initial {
+            shard.enqueue(domain, job);
+        }
+        Ok(shard)
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        // SAFETY: every pointer in an entry refers to memory this shard keeps alive until
+        // the operation completes (boxed connections, boxed stores, batches, buffers).
+        unsafe {
+            while self.ring.submission().push(&entry).is_err() {
+                self.ring.submit().expect("io_uring submit");
+            }
+        }
+    }
+
+    /// The shard loop: the one unbounded loop, ending only at shutdown.
+    pub fn run(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        self.arm_event();
+        self.arm_tick();
+        loop {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                Err(e) => panic!("io_uring_enter failed: {e}"),
+            }
+            // Drain the completion queue first; handle afterwards, never re-entrantly.
+            self.completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            let completions = std::mem::take(&mut self.completions);
+            for &(user_data, result) in &completions {
+                self.complete(user_data, result);
+            }
+            self.completions = completions;
+            self.completions.clear();
+            self.after_completions();
+            if self.finished() {
+                break;
+            }
+        }
+        self.flush_acct(true);
+        // In-flight operations may still reference connection buffers: never free them.
+        std::mem::forget(std::mem::take(&mut self.conns));
+        tracing::debug!(shard = self.id, "shard stopped");
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32) {
+        let (op, gen, slot) = ud_split(user_data);
+        match op {
+            Op::Accept => self.on_accept(slot as usize, result),
+            Op::Recv | Op::Send | Op::Connect => {
+                let slot = slot as u32;
+                let live = self.conns.get(slot as usize).and_then(|c| c.as_ref()).is_some_and(|c| c.gen == gen);
+                assert!(live, "completion for a freed connection slot {slot}");
+                self.conn_mut(slot).op = None;
+                match op {
+                    Op::Recv => self.on_recv(slot, result),
+                    Op::Send => self.on_send(slot, result),
+                    _ => self.on_connect(slot, result),
+                }
+            }
+            Op::SegWrite => self.on_seg_write(gen, slot as u32, result),
+            Op::SegSync => {
+                let mut tickets = std::mem::take(&mut self.tickets);
+                self.appender.sync_completed(slot, result >= 0, &mut tickets);
+                if result < 0 {
+                    tracing::error!(shard = self.id, seq = slot, errno = -result, "segment fdatasync failed; segment retired");
+                }
+                self.tickets = tickets;
+            }
+            Op::JnlWrite => self.on_jnl_write(slot, result),
+            Op::JnlSync => self.on_jnl_sync(slot, result),
+            Op::Event => {
+                self.shared.mailboxes[self.id as usize].clear_notified();
+                self.drain_mailbox();
+                self.arm_event();
+            }
+            Op::Tick => {
+                self.on_tick();
+                self.arm_tick();
+            }
+            Op::Cancel => {}
+        }
+    }
+
+    fn after_completions(&mut self) {
+        self.drain_mailbox();
+        self.commit_spool();
+        self.flush_journal();
+        let dirty = std::mem::take(&mut self.dirty);
+        for domain in &dirty {
+            self.pump(domain);
+        }
+        self.flush_acct(false);
+    }
+
+    // ---- Connection slots -------------------------------------------------------------
+
+    fn conn_mut(&mut self, slot: u32) -> &mut Conn {
+        self.conns[slot as usize].as_mut().expect("live connection")
+    }
+
+    fn alloc(&mut self, fd: RawFd, kind: Kind) -> Option<u32> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.conns.len() < CONNS_MAX => {
+                self.conns.push(None);
+                self.gens.push(0);
+                (self.conns.len() - 1) as u32
+            }
+            None => return None,
+        };
+        let gen = self.gens[slot as usize];
+        self.conns[slot as usize] = Some(Box::new(Conn {
+            gen,
+            fd,
+            op: None,
+            cancelling: false,
+            deadline_ms: u64::MAX,
+            inbuf: vec![0; RECV_BYTES],
+            in_len: 0,
+            out: Vec::new(),
+            out_off: 0,
+            kind,
+        }));
+        Some(slot)
+    }
+
+    fn close(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].take().expect("closing a live connection");
+        assert!(conn.op.is_none(), "closing a connection with an operation in flight");
+        // SAFETY: the descriptor is ours and no operation uses it any more.
+        unsafe { libc::close(conn.fd) };
+        self.gens[slot as usize] = self.gens[slot as usize].wrapping_add(1);
+        self.free.push(slot);
+        match conn.kind {
+            Kind::In(_) => {
+                self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+            }
+            Kind::Out(out) => {
+                if let Some(st) = self.queues.get_mut(&out.domain) {
+                    st.q.connections -= 1;
+                    st.idle.retain(|s| *s != slot);
+                }
+                if let Some(job) = out.job {
+                    // Unreachable by construction: jobs are settled before a close.
+                    self.requeue(&out.domain, job);
+                }
+                self.dirty.push(out.domain);
+            }
+        }
+    }
+
+    fn submit_recv(&mut self, slot: u32, timeout_ms: u64) {
+        let now = now_ms();
+        let conn = self.conn_mut(slot);
+        assert!(conn.op.is_none());
+        if conn.in_len == conn.inbuf.len() {
+            conn.inbuf.resize(conn.inbuf.len() * 2, 0);
+        }
+        let buf = conn.inbuf[conn.in_len..].as_mut_ptr();
+        let len = (conn.inbuf.len() - conn.in_len) as u32;
+        conn.op = Some(Op::Recv);
+        conn.deadline_ms = now + timeout_ms;
+        let entry = opcode::Recv::new(types::Fd(conn.fd), buf, len).build().user_data(ud(Op::Recv, conn.gen, slot as u64));
+        self.push(entry);
+    }
+
+    fn submit_send(&mut self, slot: u32) {
+        let now = now_ms();
+        let conn = self.conn_mut(slot);
+        assert!(conn.op.is_none() && conn.out_off < conn.out.len());
+        let buf = conn.out[conn.out_off..].as_ptr();
+        let len = (conn.out.len() - conn.out_off) as u32;
+        conn.op = Some(Op::Send);
+        conn.deadline_ms = now + OUT_REPLY_TIMEOUT_MS;
+        let entry = opcode::Send::new(types::Fd(conn.fd), buf, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud(Op::Send, conn.gen, slot as u64));
+        self.push(entry);
+    }
+
+    fn cancel(&mut self, slot: u32) {
+        let conn = self.conn_mut(slot);
+        let Some(op) = conn.op else { return };
+        if conn.cancelling {
+            return;
+        }
+        conn.cancelling = true;
+        let target = ud(op, conn.gen, slot as u64);
+        self.push(opcode::AsyncCancel::new(target).build().user_data(ud(Op::Cancel, 0, 0)));
+    }
+
+    // ---- Inbound ----------------------------------------------------------------------
+
+    fn arm_accept(&mut self, i: usize) {
+        if self.stopping_since_ms.is_some() {
+            return;
+        }
+        let (storage, len) = &mut self.accept_addrs[i];
+        *len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let entry = opcode::Accept::new(types::Fd(self.listeners[i]), (storage as *mut libc::sockaddr_storage).cast(), len)
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ud(Op::Accept, 0, i as u64));
+        self.push(entry);
+    }
+
+    fn on_accept(&mut self, i: usize, result: i32) {
+        if self.stopping_since_ms.is_some() {
+            if result >= 0 {
+                // SAFETY: a descriptor accepted after shutdown began; nobody else has it.
+                unsafe { libc::close(result) };
+            }
+            return;
+        }
+        if result < 0 {
+            if result != -libc::ECANCELED {
+                tracing::warn!(shard = self.id, errno = -result, "accept failed; retrying on the next tick");
+            }
+            self.accept_rearm.push(i);
+            return;
+        }
+        self.arm_accept(i);
+        let fd = result;
+        let ip = ip_of(&self.accept_addrs[i].0);
+        let config = self.shared.config.clone();
+        let policy = config.source_policy(ip);
+        self.session_counter += 1;
+        let session_id = (self.id as u64) << 48 | self.session_counter;
+        let mut session = Session::new(
+            SessionPolicy {
+                host_name: config.host_name.clone(),
+                relay_allowed: policy.always_allow_relaying,
+                smtp_service: policy.smtp_service,
+                max_message_size: policy.max_message_size,
+                max_rcpt_per_message: policy.max_rcpt_per_message,
+                add_received_header: policy.add_received_header,
+                hide_message_source: policy.hide_message_source,
+            },
+            ip,
+            session_id,
+        );
+        let count = self.shared.inbound_connections.fetch_add(1, Ordering::SeqCst);
+        if count >= config.total_max_smtp_in {
+            session.too_busy();
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on our descriptor.
+        unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), 4) };
+        match self.alloc(fd, Kind::In(Inbound { session, client_ip: ip, store: None })) {
+            Some(slot) => self.in_drive(slot),
+            None => {
+                tracing::error!(shard = self.id, "connection slots exhausted");
+                self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                // SAFETY: our descriptor, never registered.
+                unsafe { libc::close(fd) };
+            }
+        }
+    }
+
+    fn on_recv(&mut self, slot: u32, result: i32) {
+        let stopping = self.stopping_since_ms.is_some();
+        let conn = self.conn_mut(slot);
+        let cancelled = std::mem::take(&mut conn.cancelling);
+        let inbound = matches!(conn.kind, Kind::In(_));
+        if result > 0 {
+            conn.in_len += result as usize;
+            return if inbound { self.in_drive(slot) } else { self.out_drive(slot) };
+        }
+        if !inbound {
+            let reason = if cancelled { "4.4.2 timeout waiting for the server" } else { "4.4.2 connection closed by the server" };
+            return self.out_fail(slot, Reply::new(451, reason));
+        }
+        if result == -libc::ECANCELED || cancelled {
+            // Our own cancel: an idle timeout or shutdown. Say why, then close.
+            let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+            if stopping {
+                inb.session.shutdown();
+            } else {
+                inb.session.timed_out();
+            }
+            return self.in_drive(slot);
+        }
+        // The client went away; anything not yet acknowledged is not ours to keep.
+        self.close(slot);
+    }
+
+    fn on_send(&mut self, slot: u32, result: i32) {
+        let conn = self.conn_mut(slot);
+        conn.cancelling = false;
+        if result <= 0 {
+            return if matches!(conn.kind, Kind::In(_)) {
+                self.close(slot)
+            } else {
+                self.out_fail(slot, Reply::new(451, "4.4.2 connection lost while sending"))
+            };
+        }
+        let sent = result as usize;
+        if let Kind::Out(out) = &mut conn.kind {
+            if out.phase == OutPhase::Body {
+                out.body_sent += sent;
+                let total = out.iov[0].iov_len + out.iov[1].iov_len;
+                if out.body_sent < total {
+                    return self.submit_body(slot);
+                }
+                out.phase = OutPhase::Session;
+                out.client.body_sent();
+                return self.submit_recv(slot, OUT_FINAL_TIMEOUT_MS);
+            }
+        }
+        conn.out_off += sent;
+        if conn.out_off < conn.out.len() {
+            return self.submit_send(slot);
+        }
+        conn.out.clear();
+        conn.out_off = 0;
+        if matches!(conn.kind, Kind::In(_)) {
+            self.in_drive(slot)
+        } else {
+            self.out_drive(slot)
+        }
+    }
+
+    /// Advances an inbound session as far as its input allows, then submits the next op.
+    fn in_drive(&mut self, slot: u32) {
+        let now = now_ms();
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        if conn.op.is_some() {
+            return;
+        }
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+        let mut consumed = 0;
+        let mut message = false;
+        if inb.store.is_none() {
+            loop {
+                let (used, event) = inb.session.receive(now, &conn.inbuf[consumed..conn.in_len]);
+                consumed += used;
+                match event {
+                    Some(Event::Message) => {
+                        message = true;
+                        break;
+                    }
+                    Some(Event::Close) => break,
+                    None if used == 0 || consumed == conn.in_len => break,
+                    None => {}
+                }
+            }
+            conn.inbuf.copy_within(consumed..conn.in_len, 0);
+            conn.in_len -= consumed;
+        }
+        let pending_out = !inb.session.output().is_empty();
+        if pending_out {
+            conn.out.extend_from_slice(inb.session.output());
+            inb.session.clear_output();
+        }
+        let closing = inb.session.is_closing();
+        let in_data = inb.session.is_in_data();
+        let storing = inb.store.is_some();
+        if message {
+            self.store_message(slot, now);
+        }
+        let conn = self.conn_mut(slot);
+        if conn.out_off < conn.out.len() {
+            return self.submit_send(slot);
+        }
+        if message || storing {
+            return; // waiting for the spool
+        }
+        if closing {
+            return self.close(slot);
+        }
+        let config = &self.shared.config;
+        let timeout = if in_data { config.smtp_data_timeout } else { config.smtp_command_timeout }.as_millis() as u64;
+        self.submit_recv(slot, timeout);
+    }
+
+    // ---- Spool: accepting a message ---------------------------------------------------
+
+    fn store_message(&mut self, slot: u32, now: u64) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        let gen = conn.gen;
+        let ticket = (gen as u64) << 32 | slot as u64;
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+        let m = inb.session.take_message();
+        let mut store = Box::new(Store {
+            head: Vec::new(),
+            data: m.data,
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            seq: 0,
+            offset: 0,
+            mail_from: m.mail_from,
+            recipients: m.recipients,
+            queued_unix_ms: now,
+        });
+        if now < self.spool_broken_until_ms {
+            inb.store = Some(store);
+            self.spool_refusals.push(slot);
+            return;
+        }
+        let env = Envelope {
+            queued_unix_ms: now,
+            client_ip: inb.client_ip,
+            mail_from: &store.mail_from,
+            envid: "",
+            vmta: "",
+            recipients: store.recipients.iter().map(String::as_str).collect(),
+        };
+        store.head = codec::encode_message_head(&env, &store.data);
+        let total = (store.head.len() + store.data.len()) as u64;
+        let placement = self.appender.place(total, ticket);
+        store.seq = placement.seg_seq;
+        store.offset = placement.offset;
+        inb.store = Some(store);
+        if placement.new_segment {
+            let size = self.appender.segment_bytes_for(total);
+            match Segment::create(&self.dir, self.id, placement.seg_seq, size) {
+                Ok(seg) => {
+                    self.segments.insert(placement.seg_seq, seg);
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "cannot create spool segment; answering 452 for a second");
+                    self.spool_broken_until_ms = now + 1_000;
+                    // The failed ticket comes back through the commit as Failed (452).
+                    self.appender.write_completed(placement.seg_seq, ticket, false);
+                    return;
+                }
+            }
+        }
+        let seg = self.segments[&placement.seg_seq].clone();
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+        let store = inb.store.as_mut().expect("set above");
+        seg.add_live(store.recipients.len() as u64);
+        store.iov = [
+            libc::iovec { iov_base: store.head.as_mut_ptr().cast(), iov_len: store.head.len() },
+            libc::iovec { iov_base: store.data.as_mut_ptr().cast(), iov_len: store.data.len() },
+        ];
+        let entry = opcode::Writev::new(types::Fd(seg.fd()), store.iov.as_ptr(), 2)
+            .offset(placement.offset)
+            .build()
+            .user_data(ud(Op::SegWrite, gen, slot as u64));
+        self.push(entry);
+    }
+
+    fn on_seg_write(&mut self, gen: u16, slot: u32, result: i32) {
+        let conn = self.conns[slot as usize].as_ref().expect("storing connection is live");
+        assert_eq!(conn.gen, gen);
+        let Kind::In(inb) = &conn.kind else { unreachable!() };
+        let store = inb.store.as_ref().expect("write belongs to a store");
+        let expected = store.head.len() + store.data.len();
+        let ok = result >= 0 && result as usize == expected;
+        if !ok {
+            tracing::error!(shard = self.id, result, expected, "segment write failed");
+        }
+        let ticket = (gen as u64) << 32 | slot as u64;
+        self.appender.write_completed(store.seq, ticket, ok);
+    }
+
+    /// Submits due fdatasyncs and answers clients whose messages are now durable or failed.
+    fn commit_spool(&mut self) {
+        let mut seqs = Vec::new();
+        self.appender.poll_syncs(&mut seqs);
+        let sync = self.shared.config.spool_sync;
+        let mut tickets = std::mem::take(&mut self.tickets);
+        for seq in seqs {
+            match (sync, self.segments.get(&seq)) {
+                (true, Some(seg)) => {
+                    let entry = opcode::Fsync::new(types::Fd(seg.fd()))
+                        .flags(types::FsyncFlags::DATASYNC)
+                        .build()
+                        .user_data(ud(Op::SegSync, 0, seq));
+                    self.push(entry);
+                }
+                // `spool-sync no` (benchmarks only): written counts as durable.
+                _ => self.appender.sync_completed(seq, true, &mut tickets),
+            }
+        }
+        let mut closed = Vec::new();
+        self.appender.reap(&mut tickets, &mut closed);
+        for (ticket, result) in tickets.drain(..) {
+            let slot = (ticket & 0xffff_ffff) as u32;
+            assert_eq!(self.conns[slot as usize].as_ref().map(|c| c.gen as u64), Some(ticket >> 32), "ticket for a live connection");
+            self.stored(slot, result == TicketResult::Durable);
+        }
+        for slot in std::mem::take(&mut self.spool_refusals) {
+            self.stored(slot, false);
+        }
+        self.tickets = tickets;
+        for seq in closed {
+            if let Some(seg) = self.segments.remove(&seq) {
+                seg.seal();
+            }
+        }
+    }
+
+    /// The spool answered for the message on `slot`.
+    fn stored(&mut self, slot: u32, durable: bool) {
+        let conn = self.conns[slot as usize].as_mut().expect("storing connection is live");
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+        let store = inb.store.take().expect("a store in progress");
+        let segment = self.segments.get(&store.seq).cloned();
+        let queue_id = format!("{:x}.{:x}.{:x}", self.id, store.seq, store.offset);
+        inb.session.message_stored(durable, &queue_id);
+        let store = *store;
+        if let Some(seg) = segment {
+            if durable {
+                let msg = MsgRef { segment: seg, offset: store.offset };
+                let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
+                let size = store.data.len() as u64;
+                for (domain, job) in group_jobs(&msg, &store.mail_from, rcpts, store.queued_unix_ms, size, 1) {
+                    self.dispatch(domain, job);
+                }
+            } else {
+                seg.release(store.recipients.len() as u64);
+            }
+        }
+        let Kind::In(inb) = &mut self.conn_mut(slot).kind else { unreachable!() };
+        inb.session.recycle_data_buffer(store.data);
+        self.in_drive(slot);
+    }
+
+    /// Hands a job to the shard that owns its domain.
+    fn dispatch(&mut self, domain: String, job: Job<MsgRef>) {
+        let owner = owner_shard(&domain, self.shards);
+        if owner == self.id {
+            return self.enqueue(domain, job);
+        }
+        let mut msg = ShardMsg::Job { domain, job };
+        // A full mailbox means the owner is far behind: wait for it rather than drop work.
+        loop {
+            match self.shared.mailboxes[owner as usize].send(msg) {
+                Ok(()) => return,
+                Err(back) => msg = back,
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    fn drain_mailbox(&mut self) {
+        let me = self.id as usize;
+        while let Some(msg) = self.shared.mailboxes[me].pop() {
+            match msg {
+                ShardMsg::Job { domain, job } => self.enqueue(domain, job),
+                ShardMsg::Resolved { domain, resolution, ttl_ms } => self.on_resolved(domain, resolution, ttl_ms),
+            }
+        }
+    }
+
+    // ---- Delivery queues --------------------------------------------------------------
+
+    fn queue(&mut self, domain: &str) -> &mut QueueState {
+        if !self.queues.contains_key(domain) {
+            let settings = self.shared.config.domain_settings(domain);
+            let st = QueueState { q: Queue::new(domain, "", settings), hops: HopState::Unknown, idle: Vec::new(), rotation: 0 };
+            self.queues.insert(domain.to_string(), st);
+        }
+        self.queues.get_mut(domain).expect("inserted above")
+    }
+
+    fn enqueue(&mut self, domain: String, job: Job<MsgRef>) {
+        tracing::trace!(shard = self.id, %domain, rcpts = job.rcpts.len(), "enqueue");
+        self.queue(&domain).q.push(job);
+        self.dirty.push(domain);
+    }
+
+    fn requeue(&mut self, domain: &str, job: Job<MsgRef>) {
+        self.queue(domain).q.push(job);
+    }
+
+    fn pump(&mut self, domain: &str) {
+        let now = now_ms();
+        if self.stopping_since_ms.is_some() {
+            return;
+        }
+        let Some(st) = self.queues.get_mut(domain) else { return };
+        st.q.promote_due(now);
+        loop {
+            let Some(st) = self.queues.get_mut(domain) else { return };
+            if st.q.ready_jobs() == 0 {
+                break;
+            }
+            let Some(slot) = st.idle.pop() else { break };
+            let job = st.q.take().expect("ready job");
+            self.start_txn(slot, job);
+        }
+        let Some(st) = self.queues.get_mut(domain) else { return };
+        tracing::trace!(shard = self.id, %domain, ready = st.q.ready_jobs(), connections = st.q.connections, "pump");
+        if !st.q.wants_connection() {
+            return;
+        }
+        let expired = match &st.hops {
+            HopState::Ready { expires_ms, .. } | HopState::Failed { expires_ms, .. } => now >= *expires_ms,
+            _ => false,
+        };
+        if expired {
+            st.hops = HopState::Unknown;
+        }
+        match &st.hops {
+            HopState::Unknown => {
+                let static_hosts = st.q.settings.smtp_hosts.clone();
+                if let Some(levels) = static_hosts.as_ref().and_then(|l| literal_hops(l)) {
+                    st.hops = HopState::Ready { levels, expires_ms: u64::MAX };
+                    return self.pump(domain);
+                }
+                st.hops = HopState::Resolving;
+                let req = ControlRequest::Resolve { shard: self.id, domain: domain.to_string(), static_hosts };
+                if self.shared.control.try_send(req).is_err() {
+                    // Control plane busy: ask again on the next tick.
+                    st.hops = HopState::Unknown;
+                }
+            }
+            HopState::Resolving => {}
+            HopState::Ready { levels, .. } => {
+                let levels = levels.clone();
+                while self.queues.get(domain).is_some_and(|st| st.q.wants_connection()) {
+                    self.open_connection(domain, &levels);
+                }
+            }
+            HopState::Failed { resolution, .. } => {
+                let reply = match resolution {
+                    Resolution::Permanent(r) | Resolution::Temporary(r) => r.clone(),
+                    Resolution::Hops(_) => unreachable!("hops are Ready"),
+                };
+                self.fail_ready(domain, &reply, &AttemptInfo::default());
+            }
+        }
+    }
+
+    /// Every ready job of the queue gets `reply`: a bounce for 5xx, a deferral for 4xx.
+    fn fail_ready(&mut self, domain: &str, reply: &Reply, info: &AttemptInfo) {
+        while let Some(job) = self.queues.get_mut(domain).and_then(|st| st.q.take()) {
+            let replies = vec![reply.clone(); job.rcpts.len()];
+            self.settle(domain, job, &replies, info);
+        }
+    }
+
+    fn on_resolved(&mut self, domain: String, resolution: Resolution, ttl_ms: u64) {
+        let now = now_ms();
+        let st = self.queue(&domain);
+        st.hops = match resolution {
+            Resolution::Hops(levels) if levels.iter().any(|l| !l.is_empty()) => {
+                HopState::Ready { levels, expires_ms: now + ttl_ms.max(1_000) }
+            }
+            Resolution::Hops(_) => HopState::Failed {
+                resolution: Resolution::Temporary(Reply::new(451, "4.4.4 no address found for the next hop")),
+                expires_ms: now + RESOLVE_FAILURE_TTL_MS,
+            },
+            other => HopState::Failed { resolution: other, expires_ms: now + RESOLVE_FAILURE_TTL_MS.min(ttl_ms.max(1_000)) },
+        };
+        self.dirty.push(domain);
+    }
+
+    /// Records outcomes: accounting for all, a journal entry for final ones.
+    fn settle(&mut self, domain: &str, job: Job<MsgRef>, replies: &[Reply], info: &AttemptInfo) {
+        let now = now_ms();
+        let msg = job.msg.clone();
+        let st = self.queue(domain);
+        let outcomes = st.q.settle(job, replies, info, now);
+        for (rcpt, fate, record) in outcomes {
+            if fate == Fate::Final {
+                let o = Outcome { seg_shard: msg.segment.shard, seg_seq: msg.segment.seq, offset: msg.offset, rcpt: rcpt.index };
+                self.jnl_pending.extend_from_slice(&codec::encode_outcome(&o));
+                self.jnl_pending_segments.push(msg.segment.clone());
+            }
+            if self.acct.len() < ACCT_PENDING_MAX {
+                self.acct.push(record);
+            }
+        }
+    }
+
+    // ---- Outbound connections ---------------------------------------------------------
+
+    fn open_connection(&mut self, domain: &str, levels: &[Vec<Hop>]) {
+        let st = self.queues.get_mut(domain).expect("queue exists");
+        st.rotation = st.rotation.wrapping_add(1);
+        // Preference levels in order; within a level, rotate so connections spread.
+        let mut hops = Vec::new();
+        for level in levels {
+            if level.is_empty() {
+                continue;
+            }
+            let r = st.rotation % level.len();
+            hops.extend(level[r..].iter().cloned());
+            hops.extend(level[..r].iter().cloned());
+        }
+        st.q.connections += 1;
+        let config = self.shared.config.clone();
+        let out = Box::new(Outbound {
+            domain: domain.to_string(),
+            client: Client::new(&config.host_name),
+            hops,
+            hop_index: 0,
+            // SAFETY: zeroed storage is valid.
+            addr: (unsafe { std::mem::zeroed() }, 0),
+            job: None,
+            messages_sent: 0,
+            phase: OutPhase::Connecting,
+            ever_ready: false,
+            idle: false,
+            body_sent: 0,
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            // SAFETY: zeroed msghdr is valid.
+            msghdr: unsafe { std::mem::zeroed() },
+            info: AttemptInfo::default(),
+        });
+        match self.alloc(-1, Kind::Out(out)) {
+            Some(slot) => self.connect_next(slot),
+            None => {
+                tracing::error!(shard = self.id, "connection slots exhausted");
+                self.queues.get_mut(domain).expect("exists").q.connections -= 1;
+            }
+        }
+    }
+
+    /// Connects to the next hop in the list (or fails the connection when none is left).
+    fn connect_next(&mut self, slot: u32) {
+        let now = now_ms();
+        let conn = self.conn_mut(slot);
+        if conn.fd >= 0 {
+            // SAFETY: our descriptor; the failed connect is complete.
+            unsafe { libc::close(conn.fd) };
+            conn.fd = -1;
+        }
+        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        let Some(hop) = out.hops.get(out.hop_index).cloned() else {
+            let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}", out.domain));
+            return self.out_fail(slot, reply);
+        };
+        out.hop_index += 1;
+        out.info = AttemptInfo { source_ip: String::new(), destination_ip: hop.addr.ip().to_string(), mx_host: hop.host.clone(), esmtp: false };
+        out.addr = sockaddr(hop.addr);
+        let family = if hop.addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        // SAFETY: plain socket syscall.
+        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            let reply = Reply::new(451, format!("4.4.1 cannot create socket: {}", std::io::Error::last_os_error()));
+            return self.out_fail(slot, reply);
+        }
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt on our descriptor.
+        unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), 4) };
+        conn.fd = fd;
+        conn.op = Some(Op::Connect);
+        conn.deadline_ms = now + OUT_CONNECT_TIMEOUT_MS;
+        let entry = opcode::Connect::new(types::Fd(fd), (&out.addr.0 as *const libc::sockaddr_storage).cast(), out.addr.1)
+            .build()
+            .user_data(ud(Op::Connect, conn.gen, slot as u64));
+        self.push(entry);
+    }
+
+    fn on_connect(&mut self, slot: u32, result: i32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.cancelling = false;
+        if result < 0 {
+            let Kind::Out(out) = &conn.kind else { unreachable!() };
+            tracing::debug!(shard = self.id, domain = %out.domain, errno = -result, "connect failed; trying the next host");
+            return self.connect_next(slot);
+        }
+        let fd = conn.fd;
+        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        tracing::trace!(shard = self.id, domain = %out.domain, "connected");
+        out.phase = OutPhase::Session;
+        out.info.source_ip = local_ip(fd);
+        self.submit_recv(slot, OUT_REPLY_TIMEOUT_MS);
+    }
+
+    fn submit_body(&mut self, slot: u32) {
+        let now = now_ms();
+        let conn = self.conn_mut(slot);
+        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        let job = out.job.as_ref().expect("body belongs to a job");
+        let data = job.msg.segment.message(job.msg.offset).data;
+        // Rebuild the two iovecs past what is already sent: the body (from the mapped
+        // segment, no copy) and the terminating ".\r\n".
+        let sent = out.body_sent;
+        let body_left = data.len().saturating_sub(sent);
+        let end_skip = sent.saturating_sub(data.len());
+        out.iov = [
+            libc::iovec { iov_base: data[data.len() - body_left..].as_ptr() as *mut _, iov_len: body_left },
+            libc::iovec { iov_base: END_OF_DATA[end_skip..].as_ptr() as *mut _, iov_len: END_OF_DATA.len() - end_skip },
+        ];
+        out.body_sent = 0;
+        out.msghdr.msg_iov = out.iov.as_mut_ptr();
+        out.msghdr.msg_iovlen = 2;
+        conn.op = Some(Op::Send);
+        conn.deadline_ms = now + OUT_REPLY_TIMEOUT_MS;
+        let entry = opcode::SendMsg::new(types::Fd(conn.fd), &out.msghdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(ud(Op::Send, conn.gen, slot as u64));
+        self.push(entry);
+    }
+
+    fn start_txn(&mut self, slot: u32, job: Job<MsgRef>) {
+        let conn = self.conn_mut(slot);
+        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        out.idle = false;
+        let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
+        out.client.start(&job.mail_from, &rcpts, job.size);
+        out.job = Some(job);
+        out.messages_sent += 1;
+        self.out_drive(slot);
+    }
+
+    /// Feeds replies to the client machine and acts on its events.
+    fn out_drive(&mut self, slot: u32) {
+        loop {
+            let conn = self.conns[slot as usize].as_mut().expect("live connection");
+            if conn.op.is_some() {
+                return;
+            }
+            let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+            let (used, event) = out.client.receive(&conn.inbuf[..conn.in_len]);
+            conn.inbuf.copy_within(used..conn.in_len, 0);
+            conn.in_len -= used;
+            if !out.client.output().is_empty() {
+                conn.out.extend_from_slice(out.client.output());
+                out.client.clear_output();
+            }
+            let progressed = used > 0 || event.is_some();
+            match event {
+                None => {}
+                Some(ClientEvent::Ready) => {
+                    out.ever_ready = true;
+                    out.info.esmtp = out.client.capabilities().esmtp;
+                    self.out_next_work(slot);
+                }
+                Some(ClientEvent::SendBody) => {
+                    assert!(conn.out_off == conn.out.len(), "the client writes nothing before the body");
+                    out.phase = OutPhase::Body;
+                    out.body_sent = 0;
+                    return self.submit_body(slot);
+                }
+                Some(ClientEvent::Done(replies)) => {
+                    let job = out.job.take().expect("a transaction had a job");
+                    let domain = out.domain.clone();
+                    let info = out.info.clone();
+                    let idle = out.client.is_idle();
+                    self.settle(&domain, job, &replies, &info);
+                    if idle {
+                        self.out_next_work(slot);
+                    }
+                }
+                Some(ClientEvent::Failed(reply)) => return self.out_fail(slot, reply),
+                Some(ClientEvent::Closed) => return self.close(slot),
+            }
+            let conn = self.conn_mut(slot);
+            if conn.out_off < conn.out.len() {
+                return self.submit_send(slot);
+            }
+            let Kind::Out(out) = &conn.kind else { unreachable!() };
+            if out.idle {
+                return;
+            }
+            if !progressed || conn.in_len == 0 {
+                if out.client.awaiting_reply() {
+                    self.submit_recv(slot, OUT_REPLY_TIMEOUT_MS);
+                }
+                return;
+            }
+        }
+    }
+
+    /// The connection is ready: take the next job, wait idle, or QUIT.
+    fn out_next_work(&mut self, slot: u32) {
+        let now = now_ms();
+        let stopping = self.stopping_since_ms.is_some();
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        let domain = out.domain.clone();
+        let st = self.queues.get_mut(&domain).expect("queue of a connection exists");
+        let limit = st.q.settings.max_msg_per_connection;
+        let at_limit = limit != 0 && out.messages_sent >= limit;
+        if !at_limit && !stopping {
+            st.q.promote_due(now);
+            if let Some(job) = st.q.take() {
+                out.idle = false;
+                let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
+                out.client.start(&job.mail_from, &rcpts, job.size);
+                out.job = Some(job);
+                out.messages_sent += 1;
+                conn.out.extend_from_slice(out.client.output());
+                out.client.clear_output();
+                return;
+            }
+        }
+        if at_limit || stopping {
+            out.client.quit();
+            conn.out.extend_from_slice(out.client.output());
+            out.client.clear_output();
+            return;
+        }
+        out.idle = true;
+        conn.deadline_ms = now + OUT_IDLE_MS;
+        st.idle.push(slot);
+    }
+
+    /// The connection failed: its job (if any) is deferred; if the queue has no connection
+    /// left that ever worked, the whole ready list is deferred too.
+    fn out_fail(&mut self, slot: u32, reply: Reply) {
+        let conn = self.conn_mut(slot);
+        if conn.op.is_some() {
+            // Wait for the in-flight op to finish; it will fail and call us again.
+            self.cancel(slot);
+            return;
+        }
+        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
+        let domain = out.domain.clone();
+        let info = out.info.clone();
+        let ever_ready = out.ever_ready;
+        if let Some(job) = out.job.take() {
+            let replies = vec![transient.clone(); job.rcpts.len()];
+            self.settle(&domain, job, &replies, &info);
+        }
+        self.close(slot);
+        let others = self.queues.get(&domain).map(|st| st.q.connections).unwrap_or(0);
+        if !ever_ready && others == 0 && self.stopping_since_ms.is_none() {
+            tracing::info!(shard = self.id, %domain, reply = %transient.line(), "deferring queue");
+            self.fail_ready(&domain, &transient, &info);
+        }
+    }
+
+    // ---- Journal ----------------------------------------------------------------------
+
+    fn flush_journal(&mut self) {
+        if !self.jnl_pending.is_empty() {
+            self.write_journal_batch();
+        }
+        let sync = self.shared.config.spool_sync;
+        let mut to_sync = Vec::new();
+        for j in self.journal.iter_mut().chain(self.closed_journals.iter_mut()) {
+            if j.commit.poll_sync() {
+                to_sync.push((j.seq, j.fd()));
+            }
+        }
+        for (jseq, fd) in to_sync {
+            if sync {
+                let entry = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(ud(Op::JnlSync, 0, jseq));
+                self.push(entry);
+            } else {
+                self.on_jnl_sync(jseq, 0);
+            }
+        }
+    }
+
+    fn write_journal_batch(&mut self) {
+        let len = self.jnl_pending.len() as u64;
+        let needs_rotation = !self.journal.as_ref().is_some_and(|j| j.has_room(len));
+        if needs_rotation {
+            match Journal::create(&self.dir, self.id, self.next_journal_seq) {
+                Ok(j) => {
+                    self.next_journal_seq += 1;
+                    if let Some(old) = self.journal.replace(j) {
+                        self.closed_journals.push(old);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "cannot create journal; outcomes stay pending");
+                    return;
+                }
+            }
+        }
+        let j = self.journal.as_mut().expect("a journal");
+        if j.commit.idle() || self.jnl_batches.len() < JOURNAL_WRITES_IN_FLIGHT_MAX {
+            let batch_id = self.next_batch;
+            self.next_batch += 1;
+            let bytes = std::mem::take(&mut self.jnl_pending);
+            let segments = std::mem::take(&mut self.jnl_pending_segments);
+            assert_eq!(bytes.len(), segments.len() * OUTCOME_BYTES);
+            for s in &segments {
+                j.reference(s);
+            }
+            let offset = j.next_offset;
+            j.next_offset += len;
+            j.commit.write_submitted(batch_id);
+            let batch = JournalBatch { jseq: j.seq, bytes, segments };
+            let entry = opcode::Write::new(types::Fd(j.fd()), batch.bytes.as_ptr(), batch.bytes.len() as u32)
+                .offset(offset)
+                .build()
+                .user_data(ud(Op::JnlWrite, 0, batch_id));
+            self.jnl_batches.insert(batch_id, batch);
+            self.push(entry);
+        }
+    }
+
+    fn journal_by_seq(&mut self, jseq: u64) -> &mut Journal {
+        if self.journal.as_ref().is_some_and(|j| j.seq == jseq) {
+            return self.journal.as_mut().expect("checked");
+        }
+        self.closed_journals.iter_mut().find(|j| j.seq == jseq).expect("journal of a batch exists")
+    }
+
+    fn on_jnl_write(&mut self, batch_id: u64, result: i32) {
+        let batch = &self.jnl_batches[&batch_id];
+        let ok = result >= 0 && result as usize == batch.bytes.len();
+        if !ok {
+            tracing::error!(shard = self.id, result, "journal write failed; these outcomes may be redelivered after a restart");
+        }
+        let jseq = batch.jseq;
+        self.journal_by_seq(jseq).commit.write_completed(batch_id, ok);
+    }
+
+    fn on_jnl_sync(&mut self, jseq: u64, result: i32) {
+        let mut done = Vec::new();
+        let j = self.journal_by_seq(jseq);
+        j.commit.sync_completed(result >= 0, &mut done);
+        j.commit.take_failed(&mut done);
+        for (batch_id, r) in done {
+            let batch = self.jnl_batches.remove(&batch_id).expect("batch in flight");
+            if r == TicketResult::Durable {
+                for seg in batch.segments {
+                    seg.release(1);
+                }
+            }
+        }
+    }
+
+    // ---- Timers -----------------------------------------------------------------------
+
+    fn arm_tick(&mut self) {
+        let entry = opcode::Timeout::new(&*self.timespec).build().user_data(ud(Op::Tick, 0, 0));
+        self.push(entry);
+    }
+
+    fn arm_event(&mut self) {
+        let fd = self.shared.mailboxes[self.id as usize].eventfd();
+        let entry = opcode::Read::new(types::Fd(fd), (&mut *self.event_buf as *mut u64).cast(), 8).build().user_data(ud(Op::Event, 0, 0));
+        self.push(entry);
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        for i in std::mem::take(&mut self.accept_rearm) {
+            self.arm_accept(i);
+        }
+        if self.shared.shutdown.load(Ordering::SeqCst) && self.stopping_since_ms.is_none() {
+            self.begin_shutdown(now);
+        }
+        // Connection deadlines.
+        let mut expired = Vec::new();
+        for (slot, conn) in self.conns.iter().enumerate() {
+            if let Some(c) = conn {
+                if now >= c.deadline_ms {
+                    expired.push(slot as u32);
+                }
+            }
+        }
+        for slot in expired {
+            let conn = self.conns[slot as usize].as_mut().expect("live connection");
+            conn.deadline_ms = u64::MAX;
+            match &mut conn.kind {
+                Kind::Out(out) if out.idle => {
+                    // Idle long enough: say QUIT (RFC 5321 §4.1.1.10) and close.
+                    out.idle = false;
+                    if let Some(st) = self.queues.get_mut(&out.domain) {
+                        st.idle.retain(|s| *s != slot);
+                    }
+                    out.client.quit();
+                    conn.out.extend_from_slice(out.client.output());
+                    out.client.clear_output();
+                    self.submit_send(slot);
+                }
+                _ => self.cancel(slot),
+            }
+        }
+        // Retries that came due.
+        let due: Vec<String> =
+            self.queues.iter().filter(|(_, st)| st.q.next_retry_ms().is_some_and(|t| t <= now) || st.q.wants_connection()).map(|(d, _)| d.clone()).collect();
+        self.dirty.extend(due);
+        // Forget empty queues with no connections.
+        self.queues.retain(|_, st| !(st.q.is_empty() && st.q.connections == 0 && matches!(st.hops, HopState::Unknown | HopState::Ready { .. })) || !st.idle.is_empty());
+        self.retire_empty_segment(now);
+        self.closed_journals.retain_mut(|j| !j.try_retire());
+    }
+
+    /// Deletes the active segment once it has held no live recipient for a while, so an idle
+    /// relay's spool empties.
+    fn retire_empty_segment(&mut self, now: u64) {
+        let Some(seq) = self.appender.active_seq() else {
+            self.active_empty_since_ms = None;
+            return;
+        };
+        let empty = self.segments.get(&seq).is_some_and(|s| s.live() == 0) && !self.appender.in_flight();
+        if !empty {
+            self.active_empty_since_ms = None;
+            return;
+        }
+        let since = *self.active_empty_since_ms.get_or_insert(now);
+        if now - since >= EMPTY_SEGMENT_IDLE_MS {
+            self.appender.seal_active();
+            self.active_empty_since_ms = None;
+            let mut tickets = Vec::new();
+            let mut closed = Vec::new();
+            self.appender.reap(&mut tickets, &mut closed);
+            assert!(tickets.is_empty());
+            for seq in closed {
+                if let Some(seg) = self.segments.remove(&seq) {
+                    seg.seal();
+                }
+            }
+        }
+    }
+
+    // ---- Shutdown ---------------------------------------------------------------------
+
+    fn begin_shutdown(&mut self, now: u64) {
+        tracing::info!(shard = self.id, "shutting down: no new connections");
+        self.stopping_since_ms = Some(now);
+        for i in 0..self.listeners.len() {
+            self.push(opcode::AsyncCancel::new(ud(Op::Accept, 0, i as u64)).build().user_data(ud(Op::Cancel, 0, 0)));
+        }
+        let slots: Vec<u32> = (0..self.conns.len() as u32).filter(|s| self.conns[*s as usize].is_some()).collect();
+        for slot in slots {
+            let conn = self.conns[slot as usize].as_ref().expect("live connection");
+            let (cancel, close) = match &conn.kind {
+                // Sessions between commands get 421; sessions mid-message may finish.
+                Kind::In(inb) => (inb.store.is_none() && !inb.session.is_in_data() && conn.op == Some(Op::Recv), false),
+                Kind::Out(out) => (conn.op.is_some(), out.idle && conn.op.is_none()),
+            };
+            if cancel {
+                self.cancel(slot);
+            } else if close {
+                self.close(slot);
+            }
+        }
+    }
+
+    fn finished(&mut self) -> bool {
+        let Some(since) = self.stopping_since_ms else { return false };
+        let spool_quiet = !self.appender.in_flight() && self.jnl_batches.is_empty() && self.jnl_pending.is_empty();
+        let inbound_left = self.conns.iter().flatten().any(|c| matches!(c.kind, Kind::In(_)));
+        let outbound_left = self.conns.iter().flatten().any(|c| matches!(c.kind, Kind::Out(_)));
+        let grace_over = now_ms() >= since + SHUTDOWN_GRACE_MS;
+        spool_quiet && ((!inbound_left && !outbound_left) || grace_over)
+    }
+
+    fn flush_acct(&mut self, blocking: bool) {
+        if self.acct.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.acct);
+        let req = ControlRequest::Acct(batch);
+        let result = if blocking {
+            self.shared.control.send_timeout(req, std::time::Duration::from_secs(2)).map_err(|e| e.into_inner())
+        } else {
+            self.shared.control.try_send(req).map_err(|e| e.into_inner())
+        };
+        if let Err(ControlRequest::Acct(batch)) = result {
+            self.acct = batch;
+        }
+    }
+}
+
+/// `smtp-hosts` whose hosts are all IP literals need no DNS.
+fn literal_hops(levels: &[Vec<sluice_config::HostPort>]) -> Option<Vec<Vec<Hop>>> {
+    levels
+        .iter()
+        .map(|level| {
+            level.iter().map(|h| h.host.parse::<IpAddr>().ok().map(|ip| Hop { host: h.host.clone(), addr: SocketAddr::new(ip, h.port) })).collect()
+        })
+        .collect()
+}

@@ -1,0 +1,275 @@
+//! Spool files on disk: segments (preallocated, written through io_uring, read through
+//! memmap2) and outcome journals, plus start-up recovery. The byte format and commit logic
+//! live in `sluice-spool`; this module owns file descriptors and mappings.
+
+use memmap2::{Mmap, MmapOptions};
+use sluice_spool::codec::{self, Decoded, FileHeader, FileKind, MessageView, FILE_HEADER_BYTES};
+use sluice_spool::{recover, segment_name, FileCommit, Outcome};
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Journal file size: 512 Ki outcome entries.
+pub const JOURNAL_BYTES: u64 = 16 << 20;
+
+/// One segment file. Shared by every shard that delivers a message stored in it; deleted by
+/// whoever releases its last live recipient after it is sealed.
+pub struct Segment {
+    pub shard: u32,
+    pub seq: u64,
+    path: PathBuf,
+    file: File,
+    map: Mmap,
+    live: AtomicU64,
+    sealed: AtomicBool,
+    deleted: AtomicBool,
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn preallocate(file: &File, size: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an owned descriptor.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Segment {
+    /// Creates, preallocates (so ENOSPC shows here, not in a later write) and maps a new
+    /// segment, writes its header, and makes its directory entry durable.
+    pub fn create(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Arc<Segment>> {
+        let path = dir.join(segment_name(seq));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
+        let result = (|| {
+            preallocate(&file, size)?;
+            file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Segment, shard, seq }), 0)?;
+            fsync_dir(dir)?;
+            // SAFETY: the file is ours; other processes must not truncate spool files.
+            let map = unsafe { MmapOptions::new().len(size as usize).map(&file)? };
+            Ok(map)
+        })();
+        match result {
+            Ok(map) => Ok(Arc::new(Segment {
+                shard,
+                seq,
+                path,
+                file,
+                map,
+                live: AtomicU64::new(0),
+                sealed: AtomicBool::new(false),
+                deleted: AtomicBool::new(false),
+            })),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    fn open(path: &Path, shard: u32, seq: u64) -> io::Result<Arc<Segment>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        // SAFETY: as in `create`.
+        let map = unsafe { MmapOptions::new().map(&file)? };
+        Ok(Arc::new(Segment {
+            shard,
+            seq,
+            path: path.to_path_buf(),
+            file,
+            map,
+            live: AtomicU64::new(0),
+            sealed: AtomicBool::new(true),
+            deleted: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
+    /// The record at `offset`. Only called for records whose write completed.
+    pub fn message(&self, offset: u64) -> MessageView<'_> {
+        match codec::decode_message(&self.map[offset as usize..]) {
+            Decoded::Record(view, _) => view,
+            other => panic!("segment {}/{} offset {offset}: expected a record, found {other:?}", self.shard, self.seq),
+        }
+    }
+
+    pub fn add_live(&self, n: u64) {
+        assert!(!self.sealed.load(Ordering::SeqCst), "records added to a sealed segment");
+        self.live.fetch_add(n, Ordering::SeqCst);
+    }
+
+    pub fn live(&self) -> u64 {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// `n` recipients reached a final, journaled outcome.
+    pub fn release(&self, n: u64) {
+        let before = self.live.fetch_sub(n, Ordering::SeqCst);
+        assert!(before >= n, "segment {}/{} released below zero", self.shard, self.seq);
+        if before == n && self.sealed.load(Ordering::SeqCst) {
+            self.delete();
+        }
+    }
+
+    /// No more records will be added.
+    pub fn seal(&self) {
+        self.sealed.store(true, Ordering::SeqCst);
+        if self.live.load(Ordering::SeqCst) == 0 {
+            self.delete();
+        }
+    }
+
+    fn delete(&self) {
+        if self.deleted.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            if let Err(e) = fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment");
+            }
+        }
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::SeqCst)
+    }
+}
+
+/// A shard's outcome journal file.
+pub struct Journal {
+    pub seq: u64,
+    path: PathBuf,
+    file: File,
+    pub next_offset: u64,
+    pub commit: FileCommit,
+    /// Segments with entries in this journal: it may go once they are all deleted.
+    refs: HashMap<(u32, u64), Arc<Segment>>,
+}
+
+impl Journal {
+    pub fn create(dir: &Path, shard: u32, seq: u64) -> io::Result<Journal> {
+        let path = dir.join(sluice_spool::journal_name(seq));
+        let file = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
+        preallocate(&file, JOURNAL_BYTES)?;
+        file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Journal, shard, seq }), 0)?;
+        file.sync_data()?;
+        fsync_dir(dir)?;
+        Ok(Journal { seq, path, file, next_offset: FILE_HEADER_BYTES as u64, commit: FileCommit::default(), refs: HashMap::new() })
+    }
+
+    pub fn fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
+    pub fn has_room(&self, bytes: u64) -> bool {
+        !self.commit.poisoned() && self.next_offset + bytes <= JOURNAL_BYTES
+    }
+
+    pub fn reference(&mut self, seg: &Arc<Segment>) {
+        self.refs.entry((seg.shard, seg.seq)).or_insert_with(|| seg.clone());
+    }
+
+    /// A closed journal whose segments are all gone is deleted; returns true when it was.
+    pub fn try_retire(&mut self) -> bool {
+        self.refs.retain(|_, s| !s.is_deleted());
+        if self.refs.is_empty() && self.commit.idle() {
+            if let Err(e) = fs::remove_file(&self.path) {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete retired journal");
+            }
+            return true;
+        }
+        false
+    }
+}
+
+/// A message found on disk at start-up with recipients still owed.
+pub struct RecoveredMessage {
+    pub segment: Arc<Segment>,
+    pub offset: u64,
+    pub pending: Vec<u32>,
+}
+
+pub struct Recovered {
+    pub messages: Vec<RecoveredMessage>,
+    /// Next free segment and journal sequence per shard directory.
+    pub next_seq: HashMap<u32, u64>,
+    /// Journals from before the restart, to retire once their segments are gone.
+    pub old_journals: Vec<Journal>,
+    pub torn_records: usize,
+}
+
+pub fn shard_dir(spool: &Path, shard: u32) -> PathBuf {
+    spool.join(shard.to_string())
+}
+
+/// Scans every shard directory under `spool`, applies the journals, deletes segments with
+/// nothing left to deliver, and returns the rest.
+pub fn recover(spool: &Path) -> io::Result<Recovered> {
+    fs::create_dir_all(spool)?;
+    let mut segments: Vec<(Arc<Segment>, recover::ScannedSegment)> = Vec::new();
+    let mut journals: Vec<(PathBuf, u32, u64, Vec<Outcome>)> = Vec::new();
+    let mut next_seq: HashMap<u32, u64> = HashMap::new();
+    let mut torn_records = 0;
+    for entry in fs::read_dir(spool)? {
+        let entry = entry?;
+        let Some(dir_shard) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        for file in fs::read_dir(entry.path())? {
+            let path = file?.path();
+            let Some(seq) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| u64::from_str_radix(s, 16).ok()) else { continue };
+            let next = next_seq.entry(dir_shard).or_insert(1);
+            *next = (*next).max(seq + 1);
+            let bytes = fs::read(&path)?;
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("seg") => match recover::scan_segment(&bytes).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))? {
+                    Some(scanned) => {
+                        torn_records += usize::from(scanned.torn_at.is_some());
+                        let seg = Segment::open(&path, scanned.shard, scanned.seq)?;
+                        segments.push((seg, scanned));
+                    }
+                    None => fs::remove_file(&path)?,
+                },
+                Some("jnl") => {
+                    let (shard, jseq, outcomes) = recover::scan_journal(&bytes).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+                    journals.push((path, shard, jseq, outcomes));
+                }
+                _ => {}
+            }
+        }
+    }
+    let scanned: Vec<recover::ScannedSegment> = segments.iter().map(|(_, s)| s.clone()).collect();
+    let outcomes: Vec<Outcome> = journals.iter().flat_map(|j| j.3.iter().copied()).collect();
+    let plan = recover::plan(&scanned, &outcomes);
+    let by_key: HashMap<(u32, u64), Arc<Segment>> = segments.iter().map(|(s, _)| ((s.shard, s.seq), s.clone())).collect();
+    let mut messages = Vec::with_capacity(plan.pending.len());
+    for p in plan.pending {
+        let seg = by_key[&(p.seg_shard, p.seg_seq)].clone();
+        seg.live.fetch_add(p.pending.len() as u64, Ordering::SeqCst);
+        messages.push(RecoveredMessage { segment: seg, offset: p.offset, pending: p.pending });
+    }
+    for seg in by_key.values() {
+        if seg.live() == 0 {
+            seg.delete();
+        }
+    }
+    let mut old_journals = Vec::new();
+    for (path, _shard, jseq, outcomes) in journals {
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let mut j = Journal { seq: jseq, path, file, next_offset: JOURNAL_BYTES, commit: FileCommit::default(), refs: HashMap::new() };
+        for o in outcomes {
+            if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)) {
+                j.reference(seg);
+            }
+        }
+        if !j.try_retire() {
+            old_journals.push(j);
+        }
+    }
+    Ok(Recovered { messages, next_seq, old_journals, torn_records })
+}

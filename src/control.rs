@@ -1,0 +1,226 @@
+//! The control plane: one thread with a small tokio runtime for work that is not hot —
+//! DNS (hickory), the accounting writer, signals. Shards reach it through a bounded
+//! crossbeam channel and are answered through their mailboxes.
+
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::error::ResolveErrorKind;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::TokioAsyncResolver;
+use sluice_config::{Config, HostPort, RecordType};
+use sluice_engine::acct::{self, Kind, Record};
+use sluice_engine::smtp::reply::Reply;
+use sluice_netio::{ControlRequest, Hop, Resolution, Responder};
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long a resolution is cached by the asking shard when DNS gives no better TTL.
+const RESOLVE_TTL_DEFAULT_MS: u64 = 300_000;
+
+pub fn resolver(config: &Config) -> std::io::Result<TokioAsyncResolver> {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(3);
+    opts.attempts = 2;
+    opts.ndots = 0;
+    match config.dns_server {
+        Some(addr) => {
+            let group = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
+            Ok(TokioAsyncResolver::tokio(ResolverConfig::from_parts(None, vec![], group), opts))
+        }
+        None => {
+            let (conf, mut sys_opts) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| std::io::Error::other(format!("cannot read the system resolver configuration: {e}")))?;
+            sys_opts.timeout = opts.timeout;
+            sys_opts.attempts = opts.attempts;
+            Ok(TokioAsyncResolver::tokio(conf, sys_opts))
+        }
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+async fn addresses(resolver: &TokioAsyncResolver, host: &str, port: u16) -> Vec<Hop> {
+    if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+        return vec![Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) }];
+    }
+    match resolver.lookup_ip(fqdn(host)).await {
+        Ok(ips) => ips.iter().map(|ip| Hop { host: host.trim_end_matches('.').to_string(), addr: SocketAddr::new(ip, port) }).collect(),
+        Err(e) => {
+            tracing::debug!(host, error = %e, "address lookup failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Next hops for a domain: static `smtp-hosts`, else MX (RFC 5321 §5.1) with the implicit
+/// MX fallback to A/AAAA, and RFC 7505 null MX as a permanent failure.
+pub async fn resolve(resolver: &TokioAsyncResolver, domain: &str, static_hosts: Option<Vec<Vec<HostPort>>>) -> (Resolution, u64) {
+    if let Some(levels) = static_hosts {
+        let mut out = Vec::new();
+        for level in levels {
+            let mut hops = Vec::new();
+            for h in level {
+                hops.extend(addresses(resolver, &h.host, h.port).await);
+            }
+            out.push(hops);
+        }
+        return (Resolution::Hops(out), RESOLVE_TTL_DEFAULT_MS);
+    }
+    match resolver.mx_lookup(fqdn(domain)).await {
+        Ok(mx) => {
+            let ttl_ms = mx.as_lookup().valid_until().saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
+            let mut records: Vec<(u16, String)> = mx.iter().map(|r| (r.preference(), r.exchange().to_utf8())).collect();
+            if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
+                let reply = Reply::new(556, format!("5.1.10 {domain} does not accept mail (null MX, RFC 7505)"));
+                return (Resolution::Permanent(reply), ttl_ms.max(1_000));
+            }
+            records.sort();
+            let mut levels: Vec<Vec<Hop>> = Vec::new();
+            let mut last_pref = None;
+            for (pref, host) in records {
+                if host == "." {
+                    continue;
+                }
+                let hops = addresses(resolver, &host, 25).await;
+                if last_pref != Some(pref) {
+                    levels.push(Vec::new());
+                    last_pref = Some(pref);
+                }
+                levels.last_mut().expect("pushed").extend(hops);
+            }
+            (Resolution::Hops(levels), ttl_ms.clamp(1_000, 86_400_000))
+        }
+        Err(e) => match e.kind() {
+            ResolveErrorKind::NoRecordsFound { response_code, .. } if *response_code == ResponseCode::NXDomain => {
+                let reply = Reply::new(550, format!("5.1.2 {domain}: no such domain"));
+                (Resolution::Permanent(reply), 60_000)
+            }
+            ResolveErrorKind::NoRecordsFound { .. } => {
+                // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+                let hops = addresses(resolver, domain, 25).await;
+                if hops.is_empty() {
+                    let reply = Reply::new(550, format!("5.1.2 {domain}: no MX and no address"));
+                    return (Resolution::Permanent(reply), 60_000);
+                }
+                (Resolution::Hops(vec![hops]), RESOLVE_TTL_DEFAULT_MS)
+            }
+            _ => {
+                let reply = Reply::new(451, format!("4.4.3 DNS lookup for {domain} failed: {e}"));
+                (Resolution::Temporary(reply), 30_000)
+            }
+        },
+    }
+}
+
+/// Appends accounting records to every `<acct-file>`, each with its header line once.
+pub struct AcctWriter {
+    files: Vec<(Vec<RecordType>, BufWriter<File>)>,
+}
+
+impl AcctWriter {
+    pub fn open(config: &Config) -> std::io::Result<AcctWriter> {
+        let mut files = Vec::new();
+        for a in &config.acct_files {
+            if let Some(dir) = a.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&a.path)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("accounting file {}: {e}", a.path.display())))?;
+            let empty = file.metadata()?.len() == 0;
+            let mut w = BufWriter::with_capacity(256 * 1024, file);
+            if empty {
+                w.write_all(acct::header_line().as_bytes())?;
+            }
+            files.push((a.records.clone(), w));
+        }
+        Ok(AcctWriter { files })
+    }
+
+    pub fn write(&mut self, records: &[Record]) {
+        for (types, w) in &mut self.files {
+            for r in records {
+                let t = match r.kind {
+                    Kind::Delivered => RecordType::Delivered,
+                    Kind::Bounced => RecordType::Bounced,
+                    Kind::Transient => RecordType::Transient,
+                };
+                if types.contains(&t) {
+                    if let Err(e) = w.write_all(r.csv_line().as_bytes()) {
+                        tracing::error!(error = %e, "accounting write failed");
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn flush(&mut self) {
+        for (_, w) in &mut self.files {
+            if let Err(e) = w.flush() {
+                tracing::error!(error = %e, "accounting flush failed");
+            }
+        }
+    }
+}
+
+/// Runs the control plane until `stop` closes. Resolutions run as tokio tasks; accounting
+/// records are written as they come and flushed when the channel goes quiet.
+pub fn run(
+    config: Arc<Config>,
+    requests: crossbeam_channel::Receiver<ControlRequest>,
+    responder: Responder,
+    mut acct: AcctWriter,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let resolver = Arc::new(resolver(&config)?);
+    let handle = rt.handle().clone();
+    // The channel is read on a blocking thread so the runtime stays free for DNS.
+    let reader = std::thread::Builder::new().name("control-reader".into()).spawn(move || {
+        loop {
+            match requests.recv_timeout(Duration::from_millis(100)) {
+                Ok(ControlRequest::Acct(records)) => acct.write(&records),
+                Ok(ControlRequest::Resolve { shard, domain, static_hosts }) => {
+                    let resolver = resolver.clone();
+                    let responder = responder.clone();
+                    handle.spawn(async move {
+                        let (resolution, ttl_ms) = resolve(&resolver, &domain, static_hosts).await;
+                        tracing::debug!(%domain, ?resolution, "resolved");
+                        responder.resolved(shard, domain, resolution, ttl_ms);
+                    });
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    acct.flush();
+                    // Shards have all stopped: take what they sent last, then end.
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        while let Ok(req) = requests.try_recv() {
+                            if let ControlRequest::Acct(records) = req {
+                                acct.write(&records);
+                            }
+                        }
+                        break;
+                    }
+                }
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        acct.flush();
+    })?;
+    rt.block_on(async {
+        // Resolutions run here until the reader ends (every shard has stopped).
+        while !reader.is_finished() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    Ok(())
+}
