@@ -22,6 +22,8 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// The virtual MTA of every queue until `<virtual-mta>` support lands.
+const DEFAULT_VMTA: &str = "default";
 const RING_ENTRIES: u32 = 4096;
 /// Connection slots per shard, inbound and outbound together.
 const CONNS_MAX: usize = 1 << 20;
@@ -920,7 +922,7 @@ impl Shard {
     fn queue(&mut self, domain: &str) -> &mut QueueState {
         if !self.queues.contains_key(domain) {
             let settings = self.shared.config.domain_settings(domain);
-            let st = QueueState { q: Queue::new(domain, "", settings), hops: HopState::Unknown, idle: Vec::new(), rotation: 0 };
+            let st = QueueState { q: Queue::new(domain, DEFAULT_VMTA, settings), hops: HopState::Unknown, idle: Vec::new(), rotation: 0 };
             self.queues.insert(domain.to_string(), st);
         }
         self.queues.get_mut(domain).expect("inserted above")

@@ -1,0 +1,345 @@
+//! Shared harness for integration tests: starts the real `sluice` binary and real peers
+//! (Postfix's smtp-sink, dnsmasq ...) on loopback, and reads what a user would read:
+//! accounting rows, dumped messages, spool files, SMTP replies.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+/// The shard settings every relay scenario runs under: one shard, and the default (one per
+/// CPU).
+pub const SHARD_MODES: [Option<u32>; 2] = [Some(1), None];
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let p = std::env::temp_dir().join(format!("sluice-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::env::var_os("SLUICE_KEEP_TEST_DIRS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A free TCP port on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+pub fn require(tool: &str) {
+    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().unwrap().success();
+    assert!(found, "`{tool}` is not installed: run scripts/install-test-deps.sh (the README's test command does)");
+}
+
+/// Polls `f` every 50 ms until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn wait_port(addr: SocketAddr, timeout: Duration) {
+    wait_for(&format!("{addr} to accept connections"), timeout, || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok().map(|_| ()));
+}
+
+/// A running sluice.
+pub struct Relay {
+    pub dir: TempDir,
+    pub port: u16,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Relay {
+    /// Writes a config (listener, spool, accounting file, `shards` when given, then `body`)
+    /// and starts sluice with it.
+    pub fn start(body: &str, shards: Option<u32>) -> Relay {
+        let dir = TempDir::new("relay");
+        let port = free_port("127.0.0.1");
+        let shards_line = shards.map(|n| format!("shards {n}\n")).unwrap_or_default();
+        let config = format!(
+            "host-name relay.test\nsmtp-listener 127.0.0.1:{port}\nspool {spool}\n{shards_line}<acct-file {acct}>\n  records d,b,t\n</acct-file>\n{body}\n",
+            spool = dir.path().join("spool").display(),
+            acct = dir.path().join("acct.csv").display(),
+        );
+        let path = dir.path().join("sluice.conf");
+        std::fs::write(&path, config).unwrap();
+        let mut relay = Relay { dir, port, config: path, child: None };
+        relay.spawn();
+        relay
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sluice.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "-c"])
+            .arg(&self.config)
+            .env("SLUICE_LOG", std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice");
+        self.child = Some(child);
+        wait_port(self.addr(), Duration::from_secs(20));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: a crash at whatever instant this is.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status code.
+    pub fn terminate(&mut self, timeout: Duration) -> i32 {
+        let mut c = self.child.take().expect("relay running");
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(c.id() as i32, 15) };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            if start.elapsed() > timeout {
+                c.kill().unwrap();
+                panic!("sluice did not exit within {timeout:?} of SIGTERM\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn acct_path(&self) -> PathBuf {
+        self.dir.path().join("acct.csv")
+    }
+
+    /// Accounting rows as maps from column name to value.
+    pub fn acct_rows(&self) -> Vec<HashMap<String, String>> {
+        parse_csv_rows(&std::fs::read_to_string(self.acct_path()).unwrap_or_default())
+    }
+
+    pub fn rows_of(&self, kind: &str) -> Vec<HashMap<String, String>> {
+        self.acct_rows().into_iter().filter(|r| r["type"] == kind).collect()
+    }
+
+    /// Waits until at least `n` rows of `kind` exist.
+    pub fn wait_rows(&self, kind: &str, n: usize, timeout: Duration) -> Vec<HashMap<String, String>> {
+        let mut last = 0;
+        let start = Instant::now();
+        loop {
+            let rows = self.rows_of(kind);
+            if rows.len() >= n {
+                return rows;
+            }
+            last = rows.len().max(last);
+            if start.elapsed() > timeout {
+                panic!("timed out waiting for {n} `{kind}` rows (have {last})\nlog:\n{}", tail(&self.log(), 40));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Segment files left in the spool.
+    pub fn segments(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        let spool = self.dir.path().join("spool");
+        for shard in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                if f.path().extension().is_some_and(|e| e == "seg") {
+                    out.push(f.path());
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub fn tail(s: &str, lines: usize) -> String {
+    let v: Vec<&str> = s.lines().collect();
+    v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// RFC 4180 CSV with a header line → rows keyed by column.
+pub fn parse_csv_rows(text: &str) -> Vec<HashMap<String, String>> {
+    let mut records = Vec::new();
+    let mut field = String::new();
+    let mut record = Vec::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                field.push('"');
+            }
+            ('"', true) => quoted = false,
+            ('"', false) if field.is_empty() => quoted = true,
+            (',', false) => record.push(std::mem::take(&mut field)),
+            ('\n', false) => {
+                record.push(std::mem::take(&mut field));
+                records.push(std::mem::take(&mut record));
+            }
+            (c, _) => field.push(c),
+        }
+    }
+    let Some((header, rows)) = records.split_first() else { return Vec::new() };
+    rows.iter()
+        .map(|r| {
+            assert_eq!(r.len(), header.len(), "accounting row has {} fields, header {}: {r:?}", r.len(), header.len());
+            header.iter().cloned().zip(r.iter().cloned()).collect()
+        })
+        .collect()
+}
+
+/// Postfix's smtp-sink on `ip:port`, optionally dumping every message into `dump_dir`.
+pub struct SmtpSink {
+    pub addr: SocketAddr,
+    child: Child,
+    pub dump: Option<TempDir>,
+}
+
+impl SmtpSink {
+    pub fn start(ip: &str, port: u16, extra: &[&str], dump: bool) -> SmtpSink {
+        require("smtp-sink");
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let dump = dump.then(|| {
+            let d = TempDir::new("sink");
+            // smtp-sink drops to `nobody` before writing dumps.
+            Command::new("chmod").arg("777").arg(d.path()).status().unwrap();
+            d
+        });
+        let mut cmd = Command::new("smtp-sink");
+        cmd.args(["-u", "nobody", "-m", "1000"]);
+        if let Some(d) = &dump {
+            cmd.arg("-d").arg(d.path().join("%Y%m%d%H%M%S.").to_str().unwrap());
+        }
+        cmd.args(extra).arg(addr.to_string()).arg("1024").stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd.spawn().expect("start smtp-sink");
+        wait_port(addr, Duration::from_secs(10));
+        SmtpSink { addr, child, dump }
+    }
+
+    /// Messages dumped so far (each file: smtp-sink's envelope lines, then the message).
+    pub fn messages(&self) -> Vec<String> {
+        let d = self.dump.as_ref().expect("sink started with dump");
+        let mut out = Vec::new();
+        for f in std::fs::read_dir(d.path()).unwrap().flatten() {
+            if let Ok(s) = std::fs::read_to_string(f.path()) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal SMTP client for asserting replies: sends one line, returns the reply.
+pub struct Talk {
+    stream: BufReader<TcpStream>,
+}
+
+impl Talk {
+    pub fn connect(addr: SocketAddr) -> (Talk, String) {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut t = Talk { stream: BufReader::new(s) };
+        let greeting = t.reply();
+        (t, greeting)
+    }
+
+    pub fn reply(&mut self) -> String {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stream.read_line(&mut line).unwrap() == 0 {
+                return all;
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] == b' ' {
+                return all;
+            }
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.get_mut().write_all(bytes).unwrap();
+    }
+
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    pub fn rest(&mut self) -> String {
+        let mut s = String::new();
+        let _ = self.stream.read_to_string(&mut s);
+        s
+    }
+}
+
+/// Runs a command and returns (status code, stdout+stderr).
+pub fn run(cmd: &mut Command) -> (i32, String) {
+    let out = cmd.output().expect("run command");
+    let mut text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
