@@ -1,0 +1,86 @@
+//! Next hops from DNS (RFC 5321 §5.1) against a real dnsmasq on loopback: MX hosts tried in
+//! preference order (a dead first choice falls through to the next), the implicit MX (A
+//! record) when there is no MX, RFC 7505 null MX and NXDOMAIN bounced as bad-domain.
+//! Delivery goes to port 25 on 127.0.x.y, so this test runs as root (as CI does).
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Dnsmasq(Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dnsmasq(port: u16, net: u8) -> Dnsmasq {
+    require("dnsmasq");
+    let ip = |host: u8| format!("127.0.{net}.{host}");
+    let child = Command::new("dnsmasq")
+        .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1", "--pid-file="])
+        .arg(format!("--port={port}"))
+        // mx.test: preference 10 is dead, preference 20 answers.
+        .arg("--mx-host=mx.test,dead.mx.test,10")
+        .arg("--mx-host=mx.test,live.mx.test,20")
+        .arg(format!("--host-record=dead.mx.test,{}", ip(6)))
+        .arg(format!("--host-record=live.mx.test,{}", ip(5)))
+        // amx.test: no MX, only an address: the implicit MX.
+        .arg(format!("--host-record=amx.test,{}", ip(7)))
+        // nullmx.test: MX 0 "." (RFC 7505).
+        .arg("--dns-rr=nullmx.test,15,000000")
+        .arg("--address=/nxdomain.test/")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq");
+    std::thread::sleep(Duration::from_millis(300));
+    Dnsmasq(child)
+}
+
+fn scenario(shards: Option<u32>, net: u8) {
+    require("swaks");
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { geteuid() }, 0, "this test binds port 25 on loopback and must run as root (CI does)");
+    let dns_port = free_port("127.0.0.1");
+    let _dns = dnsmasq(dns_port, net);
+    let live = SmtpSink::start(&format!("127.0.{net}.5"), 25, &[], true);
+    let implicit = SmtpSink::start(&format!("127.0.{net}.7"), 25, &[], true);
+    let relay = Relay::start(
+        &format!("dns-server 127.0.0.1:{dns_port}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n retry-after 1s\n</domain>\n"),
+        shards,
+    );
+    for rcpt in ["a@mx.test", "b@amx.test", "c@nullmx.test", "d@nxdomain.test"] {
+        let (code, out) = run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
+        assert_eq!(code, 0, "{out}");
+    }
+    let row = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);
+    let d = wait_for("delivery via the second MX", Duration::from_secs(20), || row("d", "a@mx.test"));
+    assert_eq!(d["dlvDestinationIp"], format!("127.0.{net}.5"));
+    assert_eq!(d["dsnMta"], format!("live.mx.test (127.0.{net}.5)"));
+    let d = wait_for("delivery via the implicit MX", Duration::from_secs(20), || row("d", "b@amx.test"));
+    assert_eq!(d["dlvDestinationIp"], format!("127.0.{net}.7"));
+    let b = wait_for("null MX bounce", Duration::from_secs(20), || row("b", "c@nullmx.test"));
+    assert_eq!((b["dsnStatus"].as_str(), b["bounceCat"].as_str()), ("5.1.10", "bad-domain"), "{b:?}");
+    let b = wait_for("NXDOMAIN bounce", Duration::from_secs(20), || row("b", "d@nxdomain.test"));
+    assert_eq!((b["dsnStatus"].as_str(), b["bounceCat"].as_str()), ("5.1.2", "bad-domain"), "{b:?}");
+    assert_eq!(live.messages().len(), 1);
+    assert_eq!(implicit.messages().len(), 1);
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+}
+
+#[test]
+fn mx_resolution_one_shard() {
+    scenario(Some(1), 31);
+}
+
+#[test]
+fn mx_resolution_default_shards() {
+    scenario(None, 32);
+}
