@@ -14,7 +14,13 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# Postfix's own daemon is never started by the package here; tests start private instances.
+# Postfix's own daemon is never started; tests start a private instance whose configuration
+# lives in $POSTFIX_TEST_DIR/etc, which Postfix only accepts when the default main.cf lists it.
+POSTFIX_TEST_DIR=/tmp/sluice-postfix
+if ! grep -qs "$POSTFIX_TEST_DIR/etc" /etc/postfix/main.cf; then
+    grep -qs '^compatibility_level' /etc/postfix/main.cf || echo "compatibility_level = 3.6" >> /etc/postfix/main.cf
+    echo "alternate_config_directories = $POSTFIX_TEST_DIR/etc" >> /etc/postfix/main.cf
+fi
 for t in smtp-source smtp-sink swaks dnsmasq; do
     command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
 done
