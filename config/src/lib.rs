@@ -540,6 +540,9 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
         },
     };
     b.global(&nodes)?;
+    // A `<domain $macro>` block is parsed once per domain; report each warning once.
+    let mut seen = std::collections::HashSet::new();
+    b.config.warnings.retain(|w| seen.insert((w.span.to_string(), w.message.clone())));
     if b.config.listeners.is_empty() {
         return Err(ConfigError {
             file: file.into(),

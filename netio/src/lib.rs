@@ -99,6 +99,12 @@ impl Responder {
     }
 }
 
+/// Fails with EADDRINUSE when anything already listens on `addr`. The shards' listeners use
+/// SO_REUSEPORT, which would otherwise let a second sluice share the port silently.
+fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
+    std::net::TcpListener::bind(addr).map(drop)
+}
+
 fn listen(addr: SocketAddr) -> std::io::Result<OwnedFd> {
     let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
     // SAFETY: plain socket syscalls; the descriptor is owned immediately.
@@ -149,6 +155,7 @@ impl Runtime {
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
         for addr in &config.listeners {
+            probe_free(*addr).map_err(|e| StartError::Listen(*addr, e))?;
             for l in listeners.iter_mut() {
                 l.push(listen(*addr).map_err(|e| StartError::Listen(*addr, e))?);
             }

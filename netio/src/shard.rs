@@ -325,8 +325,8 @@ impl Shard {
         let ring = IoUring::builder().build(RING_ENTRIES)?;
         let dir = store::shard_dir(&shared.config.spool_dir, id);
         std::fs::create_dir_all(&dir)?;
-        let journal = Journal::create(&dir, id, next_seq)?;
         let segment_bytes = shared.config.spool_segment_bytes;
+        let journal = Journal::create(&dir, id, next_seq, store::journal_bytes(segment_bytes))?;
         // SAFETY: zeroed sockaddr storage is valid.
         let zero: (libc::sockaddr_storage, libc::socklen_t) = (unsafe { std::mem::zeroed() }, 0);
         let mut shard = Shard {
@@ -1319,7 +1319,7 @@ impl Shard {
         let len = self.jnl_pending.len() as u64;
         let needs_rotation = !self.journal.as_ref().is_some_and(|j| j.has_room(len));
         if needs_rotation {
-            match Journal::create(&self.dir, self.id, self.next_journal_seq) {
+            match Journal::create(&self.dir, self.id, self.next_journal_seq, store::journal_bytes(self.shared.config.spool_segment_bytes)) {
                 Ok(j) => {
                     self.next_journal_seq += 1;
                     if let Some(old) = self.journal.replace(j) {

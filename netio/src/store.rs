@@ -14,8 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// Journal file size: 512 Ki outcome entries.
-pub const JOURNAL_BYTES: u64 = 16 << 20;
+/// Journal file size bounds: a quarter of the segment size, within these.
+pub const JOURNAL_BYTES_MAX: u64 = 16 << 20;
+pub const JOURNAL_BYTES_MIN: u64 = 64 << 10;
+
+pub fn journal_bytes(segment_bytes: u64) -> u64 {
+    (segment_bytes / 4).clamp(JOURNAL_BYTES_MIN, JOURNAL_BYTES_MAX)
+}
 
 /// One segment file. Shared by every shard that delivers a message stored in it; deleted by
 /// whoever releases its last live recipient after it is sealed.
@@ -27,7 +32,9 @@ pub struct Segment {
     map: Mmap,
     live: AtomicU64,
     sealed: AtomicBool,
-    deleted: AtomicBool,
+    /// Shared with journals, which need to know when the segment is gone but must not keep
+    /// its file (and so its disk space) alive.
+    deleted: Arc<AtomicBool>,
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -66,7 +73,7 @@ impl Segment {
                 map,
                 live: AtomicU64::new(0),
                 sealed: AtomicBool::new(false),
-                deleted: AtomicBool::new(false),
+                deleted: Arc::new(AtomicBool::new(false)),
             })),
             Err(e) => {
                 let _ = fs::remove_file(&path);
@@ -87,7 +94,7 @@ impl Segment {
             map,
             live: AtomicU64::new(0),
             sealed: AtomicBool::new(true),
-            deleted: AtomicBool::new(false),
+            deleted: Arc::new(AtomicBool::new(false)),
         }))
     }
 
@@ -147,21 +154,28 @@ pub struct Journal {
     pub seq: u64,
     path: PathBuf,
     file: File,
+    size: u64,
     pub next_offset: u64,
     pub commit: FileCommit,
-    /// Segments with entries in this journal: it may go once they are all deleted.
-    refs: HashMap<(u32, u64), Arc<Segment>>,
+    /// Deleted-flags of segments with entries in this journal: it may go once all are set.
+    refs: HashMap<(u32, u64), Arc<AtomicBool>>,
 }
 
 impl Journal {
-    pub fn create(dir: &Path, shard: u32, seq: u64) -> io::Result<Journal> {
+    pub fn create(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Journal> {
         let path = dir.join(sluice_spool::journal_name(seq));
         let file = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
-        preallocate(&file, JOURNAL_BYTES)?;
-        file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Journal, shard, seq }), 0)?;
-        file.sync_data()?;
-        fsync_dir(dir)?;
-        Ok(Journal { seq, path, file, next_offset: FILE_HEADER_BYTES as u64, commit: FileCommit::default(), refs: HashMap::new() })
+        let result = (|| {
+            preallocate(&file, size)?;
+            file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Journal, shard, seq }), 0)?;
+            file.sync_data()?;
+            fsync_dir(dir)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(Journal { seq, path, file, size, next_offset: FILE_HEADER_BYTES as u64, commit: FileCommit::default(), refs: HashMap::new() })
     }
 
     pub fn fd(&self) -> i32 {
@@ -169,16 +183,16 @@ impl Journal {
     }
 
     pub fn has_room(&self, bytes: u64) -> bool {
-        !self.commit.poisoned() && self.next_offset + bytes <= JOURNAL_BYTES
+        !self.commit.poisoned() && self.next_offset + bytes <= self.size
     }
 
     pub fn reference(&mut self, seg: &Arc<Segment>) {
-        self.refs.entry((seg.shard, seg.seq)).or_insert_with(|| seg.clone());
+        self.refs.entry((seg.shard, seg.seq)).or_insert_with(|| seg.deleted.clone());
     }
 
     /// A closed journal whose segments are all gone is deleted; returns true when it was.
     pub fn try_retire(&mut self) -> bool {
-        self.refs.retain(|_, s| !s.is_deleted());
+        self.refs.retain(|_, deleted| !deleted.load(Ordering::SeqCst));
         if self.refs.is_empty() && self.commit.idle() {
             if let Err(e) = fs::remove_file(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot delete retired journal");
@@ -261,7 +275,8 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
     let mut old_journals = Vec::new();
     for (path, _shard, jseq, outcomes) in journals {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let mut j = Journal { seq: jseq, path, file, next_offset: JOURNAL_BYTES, commit: FileCommit::default(), refs: HashMap::new() };
+        let size = file.metadata()?.len();
+        let mut j = Journal { seq: jseq, path, file, size, next_offset: size, commit: FileCommit::default(), refs: HashMap::new() };
         for o in outcomes {
             if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)) {
                 j.reference(seg);

@@ -41,9 +41,18 @@ impl Drop for TempDir {
     }
 }
 
-/// A free TCP port on `ip`.
+/// A free TCP port on `ip`, never the same twice in one test process (tests in a file run
+/// in parallel, and a port handed out is not bound until its server starts).
 pub fn free_port(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub fn require(tool: &str) {
