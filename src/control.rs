@@ -52,7 +52,10 @@ async fn addresses(resolver: &TokioAsyncResolver, host: &str, port: u16) -> Vec<
         return vec![Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) }];
     }
     match resolver.lookup_ip(fqdn(host)).await {
-        Ok(ips) => ips.iter().map(|ip| Hop { host: host.trim_end_matches('.').to_string(), addr: SocketAddr::new(ip, port) }).collect(),
+        Ok(ips) => ips
+            .iter()
+            .map(|ip| Hop { host: host.trim_end_matches('.').to_string(), addr: SocketAddr::new(ip, port) })
+            .collect(),
         Err(e) => {
             tracing::debug!(host, error = %e, "address lookup failed");
             Vec::new()
@@ -62,7 +65,11 @@ async fn addresses(resolver: &TokioAsyncResolver, host: &str, port: u16) -> Vec<
 
 /// Next hops for a domain: static `smtp-hosts`, else MX (RFC 5321 §5.1) with the implicit
 /// MX fallback to A/AAAA, and RFC 7505 null MX as a permanent failure.
-pub async fn resolve(resolver: &TokioAsyncResolver, domain: &str, static_hosts: Option<Vec<Vec<HostPort>>>) -> (Resolution, u64) {
+pub async fn resolve(
+    resolver: &TokioAsyncResolver,
+    domain: &str,
+    static_hosts: Option<Vec<Vec<HostPort>>>,
+) -> (Resolution, u64) {
     if let Some(levels) = static_hosts {
         let mut out = Vec::new();
         for level in levels {
@@ -76,7 +83,8 @@ pub async fn resolve(resolver: &TokioAsyncResolver, domain: &str, static_hosts: 
     }
     match resolver.mx_lookup(fqdn(domain)).await {
         Ok(mx) => {
-            let ttl_ms = mx.as_lookup().valid_until().saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
+            let ttl_ms =
+                mx.as_lookup().valid_until().saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
             let mut records: Vec<(u16, String)> = mx.iter().map(|r| (r.preference(), r.exchange().to_utf8())).collect();
             if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
                 let reply = Reply::new(556, format!("5.1.10 {domain} does not accept mail (null MX, RFC 7505)"));

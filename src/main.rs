@@ -38,7 +38,9 @@ enum Command {
 /// Loads a configuration file, following includes relative to its directory.
 fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     let Some(path) = path else {
-        return sluice_config::load("<embedded default>", DEFAULT_CONFIG, &mut |_| Err("the default has no includes".into()));
+        return sluice_config::load("<embedded default>", DEFAULT_CONFIG, &mut |_| {
+            Err("the default has no includes".into())
+        });
     };
     let display = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {

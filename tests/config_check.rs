@@ -17,7 +17,10 @@ fn sample_powermta_config_parses_and_reports_what_is_not_supported_yet() {
     let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(sample()));
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().last(), Some("ok"));
-    assert!(out.contains("sample-powermta.conf:21: `domain-key` is not supported yet (DKIM signing); ignored"), "{out}");
+    assert!(
+        out.contains("sample-powermta.conf:21: `domain-key` is not supported yet (DKIM signing); ignored"),
+        "{out}"
+    );
     assert!(out.contains("sample-powermta.conf:50: `virtual-mta` is not supported yet"), "{out}");
     let mut lines: Vec<&str> = out.lines().collect();
     let before = lines.len();
@@ -53,7 +56,11 @@ fn errors_name_file_line_and_a_hint() {
 #[test]
 fn include_and_domain_macro() {
     let dir = TempDir::new("cfg");
-    std::fs::write(dir.path().join("domains.conf"), "domain-macro big a.test,b.test\n<domain $big>\n max-smtp-out 3\n</domain>\n").unwrap();
+    std::fs::write(
+        dir.path().join("domains.conf"),
+        "domain-macro big a.test,b.test\n<domain $big>\n max-smtp-out 3\n</domain>\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("main.conf"), "smtp-listener 127.0.0.1:2525\ninclude domains.conf\n").unwrap();
     let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(dir.path().join("main.conf")));
     assert_eq!((code, out.trim()), (0, "ok"));
@@ -66,7 +73,8 @@ fn include_and_domain_macro() {
 #[test]
 fn run_without_config_serves_the_embedded_default() {
     let dir = TempDir::new("default");
-    let mut child = Command::new(BIN).arg("run").current_dir(dir.path()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child =
+        Command::new(BIN).arg("run").current_dir(dir.path()).stderr(std::process::Stdio::null()).spawn().unwrap();
     let addr = "127.0.0.1:2525".parse().unwrap();
     wait_port(addr, Duration::from_secs(20));
     let (mut t, greeting) = Talk::connect(addr);
@@ -93,7 +101,14 @@ fn a_second_instance_on_the_same_port_is_refused() {
     let port = free_port("127.0.0.1");
     let conf = |name: &str| {
         let p = dir.path().join(name);
-        std::fs::write(&p, format!("smtp-listener 127.0.0.1:{port}\nspool {}\n", dir.path().join(name).with_extension("spool").display())).unwrap();
+        std::fs::write(
+            &p,
+            format!(
+                "smtp-listener 127.0.0.1:{port}\nspool {}\n",
+                dir.path().join(name).with_extension("spool").display()
+            ),
+        )
+        .unwrap();
         p
     };
     let (a, b) = (conf("a.conf"), conf("b.conf"));

@@ -50,7 +50,10 @@ fn session(addr: SocketAddr, next: &AtomicU64, acked: &Mutex<HashSet<u64>>, stop
                 return Err(std::io::Error::other(line));
             }
         }
-        let body = format!("Subject: crash {id}\r\nX-Crash-Id: {id}\r\n\r\n{}\r\n.\r\n", "x".repeat(200 + (id as usize % 700)));
+        let body = format!(
+            "Subject: crash {id}\r\nX-Crash-Id: {id}\r\n\r\n{}\r\n.\r\n",
+            "x".repeat(200 + (id as usize % 700))
+        );
         w.write_all(body.as_bytes())?;
         let line = reply(&mut r)?;
         if line.starts_with("250") {
@@ -102,7 +105,8 @@ fn scenario(shards: Option<u32>) {
     let delivered = wait_for("every acknowledged message at the sink", Duration::from_secs(90), || {
         let mut seen: HashMap<u64, usize> = HashMap::new();
         for m in sink.messages() {
-            if let Some(id) = m.lines().find_map(|l| l.strip_prefix("X-Crash-Id: ")).and_then(|v| v.trim().parse().ok()) {
+            if let Some(id) = m.lines().find_map(|l| l.strip_prefix("X-Crash-Id: ")).and_then(|v| v.trim().parse().ok())
+            {
                 *seen.entry(id).or_default() += 1;
             }
         }

@@ -70,7 +70,11 @@ fn full_disk_answers_452_and_recovers() {
     });
     assert!(reply.starts_with("250"));
     relay.wait_rows("d", accepted + 1, Duration::from_secs(30));
-    let mut ids: Vec<usize> = sink.messages().iter().filter_map(|m| m.lines().find_map(|l| l.strip_prefix("X-Fill: ")).map(|v| v.trim().parse().unwrap())).collect();
+    let mut ids: Vec<usize> = sink
+        .messages()
+        .iter()
+        .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("X-Fill: ")).map(|v| v.trim().parse().unwrap()))
+        .collect();
     ids.sort();
     ids.dedup();
     let mut expected: Vec<usize> = (0..accepted).collect();

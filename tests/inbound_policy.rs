@@ -60,7 +60,9 @@ fn scenario(shards: Option<u32>) {
     assert!(t.cmd("MAIL FROM:<a@src.test>").starts_with("250"));
     assert!(t.cmd("RCPT TO:<big@sink.test>").starts_with("250"));
     assert!(t.cmd("DATA").starts_with("354"));
-    t.send(format!("Subject: big\r\n\r\n{}.\r\n", "0123456789012345678901234567890123456789\r\n".repeat(400)).as_bytes());
+    t.send(
+        format!("Subject: big\r\n\r\n{}.\r\n", "0123456789012345678901234567890123456789\r\n".repeat(400)).as_bytes(),
+    );
     assert!(t.reply().starts_with("552 5.3.4"));
     assert!(t.cmd("QUIT").starts_with("221"));
 

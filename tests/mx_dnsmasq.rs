@@ -21,7 +21,15 @@ fn dnsmasq(port: u16, net: u8) -> Dnsmasq {
     require("dnsmasq");
     let ip = |host: u8| format!("127.0.{net}.{host}");
     let child = Command::new("dnsmasq")
-        .args(["--no-daemon", "--conf-file=/dev/null", "--no-resolv", "--no-hosts", "--bind-interfaces", "--listen-address=127.0.0.1", "--pid-file="])
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--pid-file=",
+        ])
         .arg(format!("--port={port}"))
         // mx.test: preference 10 is dead, preference 20 answers.
         .arg("--mx-host=mx.test,dead.mx.test,10")
@@ -54,7 +62,14 @@ fn scenario(shards: Option<u32>, net: u8) {
         shards,
     );
     for rcpt in ["a@mx.test", "b@amx.test", "c@nullmx.test", "d@nxdomain.test"] {
-        let (code, out) = run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
+        let (code, out) = run(Command::new("swaks").args([
+            "--server",
+            &relay.addr().to_string(),
+            "--from",
+            "s@src.test",
+            "--to",
+            rcpt,
+        ]));
         assert_eq!(code, 0, "{out}");
     }
     let row = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);

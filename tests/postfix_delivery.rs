@@ -40,16 +40,30 @@ impl Postfix {
         ok(Command::new("chown").arg("65534").arg(dir.join("mail")));
         ok(Command::new("postconf").arg("-c").arg(&etc).args(["-F", "*/*/chroot = n"]));
         ok(Command::new("postconf").arg("-c").arg(&etc).args(["-M#", "smtp/inet"]));
-        ok(Command::new("postconf").arg("-c").arg(&etc).arg("-Me").arg(format!("127.0.0.1:{port}/inet = 127.0.0.1:{port} inet n - n - - smtpd")));
+        ok(Command::new("postconf")
+            .arg("-c")
+            .arg(&etc)
+            .arg("-Me")
+            .arg(format!("127.0.0.1:{port}/inet = 127.0.0.1:{port} inet n - n - - smtpd")));
         let (code, out) = run(Command::new("postfix").arg("-c").arg(&etc).arg("start"));
-        assert_eq!(code, 0, "postfix start failed: {out}\n{}", std::fs::read_to_string(dir.join("maillog")).unwrap_or_default());
+        assert_eq!(
+            code,
+            0,
+            "postfix start failed: {out}\n{}",
+            std::fs::read_to_string(dir.join("maillog")).unwrap_or_default()
+        );
         wait_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(20));
         Postfix { dir }
     }
 
     fn maildir_messages(&self) -> Vec<String> {
         let new = self.dir.join("mail/box/new");
-        std::fs::read_dir(&new).into_iter().flatten().flatten().map(|f| std::fs::read_to_string(f.path()).unwrap()).collect()
+        std::fs::read_dir(&new)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|f| std::fs::read_to_string(f.path()).unwrap())
+            .collect()
     }
 }
 
@@ -75,7 +89,13 @@ fn delivers_exact_bytes_into_postfix() {
             "import smtplib,sys\nbody=sys.stdin.buffer.read()\nwith smtplib.SMTP('127.0.0.1',{}) as s:\n  s.sendmail('s@src.test',['u@pf.test'],body)\nprint('sent')\n",
             relay.port
         );
-        let mut child = Command::new("python3").arg("-c").arg(script).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         std::io::Write::write_all(child.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
         let out = child.wait_with_output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 fn send(relay: &Relay, rcpt: &str) {
-    let (code, out) = run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
+    let (code, out) =
+        run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
     assert_eq!(code, 0, "{out}");
 }
 
@@ -16,9 +17,12 @@ fn scenario(shards: Option<u32>) {
     require("swaks");
     let retry_port = free_port("127.0.0.1");
     let dead_port = free_port("127.0.0.1");
-    let greylist = SmtpSink::start("127.0.0.1", retry_port, &["-r", "RCPT", "-b", "451 4.7.1 greylisted, try later"], false);
-    let hard = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &["-f", "RCPT", "-B", "550 5.1.1 user unknown"], false);
-    let expire = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &["-r", "RCPT", "-b", "452 4.2.2 mailbox full"], false);
+    let greylist =
+        SmtpSink::start("127.0.0.1", retry_port, &["-r", "RCPT", "-b", "451 4.7.1 greylisted, try later"], false);
+    let hard =
+        SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &["-f", "RCPT", "-B", "550 5.1.1 user unknown"], false);
+    let expire =
+        SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &["-r", "RCPT", "-b", "452 4.2.2 mailbox full"], false);
     let relay = Relay::start(
         &format!(
             "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
@@ -38,7 +42,8 @@ fn scenario(shards: Option<u32>) {
 
     // 4xx → a `t` row, then, once the receiver accepts, a `d` row.
     let row_for = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);
-    let t = wait_for("t row for the greylisted recipient", Duration::from_secs(15), || row_for("t", "later@retry.test"));
+    let t =
+        wait_for("t row for the greylisted recipient", Duration::from_secs(15), || row_for("t", "later@retry.test"));
     assert_eq!((t["dsnAction"].as_str(), t["dsnStatus"].as_str()), ("delayed", "4.7.1"));
     assert_eq!(t["dsnDiag"], "smtp;451 4.7.1 greylisted, try later");
     greylist.stop();
@@ -48,13 +53,19 @@ fn scenario(shards: Option<u32>) {
 
     // 5xx → one `b` row, classified, and no further attempt.
     let b = wait_for("b row for the unknown user", Duration::from_secs(15), || row_for("b", "nobody@bounce.test"));
-    assert_eq!((b["dsnAction"].as_str(), b["dsnStatus"].as_str(), b["bounceCat"].as_str()), ("failed", "5.1.1", "bad-mailbox"));
+    assert_eq!(
+        (b["dsnAction"].as_str(), b["dsnStatus"].as_str(), b["bounceCat"].as_str()),
+        ("failed", "5.1.1", "bad-mailbox")
+    );
     assert_eq!(b["dsnDiag"], "smtp;550 5.1.1 user unknown");
 
     // Deferred past bounce-after → expired.
     let e = wait_for("expiry bounce", Duration::from_secs(20), || row_for("b", "full@expire.test"));
     assert_eq!(e["bounceCat"], "message-expired");
-    assert!(relay.rows_of("t").iter().filter(|r| r["rcpt"] == "full@expire.test").count() >= 1, "deferred before expiring");
+    assert!(
+        relay.rows_of("t").iter().filter(|r| r["rcpt"] == "full@expire.test").count() >= 1,
+        "deferred before expiring"
+    );
 
     // Nobody listening: deferred as a connection failure, then expired.
     let dead_t = wait_for("deferral for the dead host", Duration::from_secs(15), || row_for("t", "x@dead.test"));

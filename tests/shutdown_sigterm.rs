@@ -15,7 +15,14 @@ fn scenario(shards: Option<u32>) {
         shards,
     );
     for i in 0..3 {
-        let (code, out) = run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", &format!("r{i}@later.test")]));
+        let (code, out) = run(Command::new("swaks").args([
+            "--server",
+            &relay.addr().to_string(),
+            "--from",
+            "s@src.test",
+            "--to",
+            &format!("r{i}@later.test"),
+        ]));
         assert_eq!(code, 0, "{out}");
     }
     // Nothing listens at the next hop yet: the messages wait in the spool.

@@ -24,17 +24,8 @@ impl std::fmt::Display for Span {
 
 #[derive(Debug, Clone)]
 pub enum Node {
-    Directive {
-        name: String,
-        args: Vec<String>,
-        span: Span,
-    },
-    Block {
-        name: String,
-        arg: Option<String>,
-        children: Vec<Node>,
-        span: Span,
-    },
+    Directive { name: String, args: Vec<String>, span: Span },
+    Block { name: String, arg: Option<String>, children: Vec<Node>, span: Span },
 }
 
 impl Node {
@@ -142,9 +133,9 @@ fn parse_file(
             continue;
         }
         if let Some(rest) = line.strip_prefix('<') {
-            let inner = rest.strip_suffix('>').ok_or_else(|| {
-                ConfigError::at(&span, "block opening without `>`", "write `<name arg>`")
-            })?;
+            let inner = rest
+                .strip_suffix('>')
+                .ok_or_else(|| ConfigError::at(&span, "block opening without `>`", "write `<name arg>`"))?;
             let mut words = split_words(inner, &span)?;
             if words.is_empty() {
                 return Err(ConfigError::at(&span, "empty block name `<>`", "write `<name arg>`"));
@@ -170,9 +161,8 @@ fn parse_file(
                 let target = words.first().ok_or_else(|| {
                     ConfigError::at(&span, "`include` needs a file name", "write `include /path/file.conf`")
                 })?;
-                let (path, body) = load(target).map_err(|e| {
-                    ConfigError::at(&span, format!("cannot include `{target}`: {e}"), "check the path")
-                })?;
+                let (path, body) = load(target)
+                    .map_err(|e| ConfigError::at(&span, format!("cannot include `{target}`: {e}"), "check the path"))?;
                 let nodes = parse_file(&path, &body, load, depth + 1, macros)?;
                 stack.last_mut().expect("root frame stays").children.extend(nodes);
             }
@@ -187,11 +177,7 @@ fn parse_file(
                 let list = words[1].split(',').map(|d| d.trim().to_ascii_lowercase()).filter(|d| !d.is_empty());
                 macros.insert(words[0].clone(), list.collect());
             }
-            _ => stack.last_mut().expect("root frame stays").children.push(Node::Directive {
-                name,
-                args: words,
-                span,
-            }),
+            _ => stack.last_mut().expect("root frame stays").children.push(Node::Directive { name, args: words, span }),
         }
     }
     if stack.len() > 1 {
@@ -233,12 +219,7 @@ fn push_block(
         }
     }
     let _ = close_span;
-    parent.children.push(Node::Block {
-        name: frame.name,
-        arg: frame.arg,
-        children: frame.children,
-        span: frame.span,
-    });
+    parent.children.push(Node::Block { name: frame.name, arg: frame.arg, children: frame.children, span: frame.span });
     Ok(())
 }
 

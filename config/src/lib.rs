@@ -260,16 +260,36 @@ const NOT_YET: &[(&str, &str)] = &[
 ];
 
 const GLOBAL: &[&str] = &[
-    "host-name", "postmaster", "smtp-listener", "spool", "spool-sync", "spool-segment-size", "shards",
-    "dns-server", "total-max-smtp-in", "smtp-command-timeout", "smtp-data-timeout",
+    "host-name",
+    "postmaster",
+    "smtp-listener",
+    "spool",
+    "spool-sync",
+    "spool-segment-size",
+    "shards",
+    "dns-server",
+    "total-max-smtp-in",
+    "smtp-command-timeout",
+    "smtp-data-timeout",
 ];
 const SOURCE: &[&str] = &[
-    "always-allow-relaying", "smtp-service", "max-message-size", "max-rcpt-per-message",
-    "process-x-virtual-mta", "default-virtual-mta", "add-received-header", "hide-message-source",
+    "always-allow-relaying",
+    "smtp-service",
+    "max-message-size",
+    "max-rcpt-per-message",
+    "process-x-virtual-mta",
+    "default-virtual-mta",
+    "add-received-header",
+    "hide-message-source",
 ];
 const DOMAIN: &[&str] = &[
-    "max-smtp-out", "max-msg-per-connection", "max-rcpt-per-message", "retry-after", "bounce-after",
-    "smtp-hosts", "route",
+    "max-smtp-out",
+    "max-msg-per-connection",
+    "max-rcpt-per-message",
+    "retry-after",
+    "bounce-after",
+    "smtp-hosts",
+    "route",
 ];
 const BLOCKS: &[&str] = &["source", "domain", "acct-file", "spool"];
 
@@ -304,7 +324,11 @@ struct Builder {
 fn one_arg<'a>(name: &str, args: &'a [String], span: &Span) -> Result<&'a str, ConfigError> {
     match args {
         [v] => Ok(v.as_str()),
-        _ => Err(ConfigError::at(span, format!("`{name}` takes exactly one value, got {}", args.len()), format!("write `{name} VALUE`"))),
+        _ => Err(ConfigError::at(
+            span,
+            format!("`{name}` takes exactly one value, got {}", args.len()),
+            format!("write `{name} VALUE`"),
+        )),
     }
 }
 
@@ -358,14 +382,22 @@ impl Builder {
             "spool-segment-size" => {
                 let size = value(span, units::parse_size(one_arg(name, args, span)?))?;
                 if !(1 << 20..=1 << 32).contains(&size) {
-                    return Err(ConfigError::at(span, "spool-segment-size must be between 1M and 4G", "the default 64M suits most hosts"));
+                    return Err(ConfigError::at(
+                        span,
+                        "spool-segment-size must be between 1M and 4G",
+                        "the default 64M suits most hosts",
+                    ));
                 }
                 c.spool_segment_bytes = size;
             }
             "shards" => {
                 let n = value(span, count(one_arg(name, args, span)?))?;
                 if !(1..=1024).contains(&n) {
-                    return Err(ConfigError::at(span, "shards must be between 1 and 1024", "leave it out for one shard per CPU"));
+                    return Err(ConfigError::at(
+                        span,
+                        "shards must be between 1 and 1024",
+                        "leave it out for one shard per CPU",
+                    ));
                 }
                 c.shards = Some(n as usize);
             }
@@ -374,12 +406,18 @@ impl Builder {
                 let addr = v
                     .parse::<SocketAddr>()
                     .or_else(|_| v.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                    .map_err(|_| ConfigError::at(span, format!("`{v}` is not IP or IP:PORT"), "write e.g. 127.0.0.1:5353"))?;
+                    .map_err(|_| {
+                    ConfigError::at(span, format!("`{v}` is not IP or IP:PORT"), "write e.g. 127.0.0.1:5353")
+                })?;
                 c.dns_server = Some(addr);
             }
             "total-max-smtp-in" => c.total_max_smtp_in = value(span, count(one_arg(name, args, span)?))?,
-            "smtp-command-timeout" => c.smtp_command_timeout = value(span, units::parse_duration(one_arg(name, args, span)?))?,
-            "smtp-data-timeout" => c.smtp_data_timeout = value(span, units::parse_duration(one_arg(name, args, span)?))?,
+            "smtp-command-timeout" => {
+                c.smtp_command_timeout = value(span, units::parse_duration(one_arg(name, args, span)?))?
+            }
+            "smtp-data-timeout" => {
+                c.smtp_data_timeout = value(span, units::parse_duration(one_arg(name, args, span)?))?
+            }
             _ => return self.unknown(name, span, GLOBAL, "the global section"),
         }
         Ok(())
@@ -389,7 +427,9 @@ impl Builder {
         match name {
             "source" => self.source(arg, children, span),
             "domain" => {
-                let domain = arg.ok_or_else(|| ConfigError::at(span, "`<domain>` needs a name", "write `<domain example.com>` or `<domain *>`"))?;
+                let domain = arg.ok_or_else(|| {
+                    ConfigError::at(span, "`<domain>` needs a name", "write `<domain example.com>` or `<domain *>`")
+                })?;
                 let overrides = self.domain(children)?;
                 if domain == "*" {
                     self.config.domain_wildcard = overrides;
@@ -400,7 +440,9 @@ impl Builder {
             }
             "acct-file" => self.acct_file(arg, children, span),
             "spool" => {
-                let dir = arg.ok_or_else(|| ConfigError::at(span, "`<spool>` needs a directory", "write `<spool /var/spool/sluice>`"))?;
+                let dir = arg.ok_or_else(|| {
+                    ConfigError::at(span, "`<spool>` needs a directory", "write `<spool /var/spool/sluice>`")
+                })?;
                 self.config.spool_dir = PathBuf::from(dir);
                 for child in children {
                     match child {
@@ -415,10 +457,15 @@ impl Builder {
     }
 
     fn source(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
-        let arg = arg.ok_or_else(|| ConfigError::at(span, "`<source>` needs a CIDR", "write `<source 10.0.0.0/8>` or `<source 0/0>`"))?;
+        let arg = arg.ok_or_else(|| {
+            ConfigError::at(span, "`<source>` needs a CIDR", "write `<source 10.0.0.0/8>` or `<source 0/0>`")
+        })?;
         if arg.starts_with('{') {
             // `{auth}` and friends are policies for authenticated sessions: SMTP AUTH's issue.
-            self.config.warnings.push(Warning { span: span.clone(), message: format!("`<source {arg}>` is not supported yet (SMTP AUTH); ignored") });
+            self.config.warnings.push(Warning {
+                span: span.clone(),
+                message: format!("`<source {arg}>` is not supported yet (SMTP AUTH); ignored"),
+            });
             return Ok(());
         }
         let cidr = value(span, units::parse_cidr(arg))?;
@@ -432,14 +479,24 @@ impl Builder {
                 }
             };
             match name {
-                "always-allow-relaying" => policy.always_allow_relaying = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "always-allow-relaying" => {
+                    policy.always_allow_relaying = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
                 "smtp-service" => policy.smtp_service = value(span, units::parse_bool(one_arg(name, args, span)?))?,
-                "max-message-size" => policy.max_message_size = value(span, units::parse_size(one_arg(name, args, span)?))?,
+                "max-message-size" => {
+                    policy.max_message_size = value(span, units::parse_size(one_arg(name, args, span)?))?
+                }
                 "max-rcpt-per-message" => policy.max_rcpt_per_message = value(span, count(one_arg(name, args, span)?))?,
-                "process-x-virtual-mta" => policy.process_x_virtual_mta = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "process-x-virtual-mta" => {
+                    policy.process_x_virtual_mta = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
                 "default-virtual-mta" => policy.default_virtual_mta = Some(one_arg(name, args, span)?.to_string()),
-                "add-received-header" => policy.add_received_header = value(span, units::parse_bool(one_arg(name, args, span)?))?,
-                "hide-message-source" => policy.hide_message_source = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "add-received-header" => {
+                    policy.add_received_header = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
+                "hide-message-source" => {
+                    policy.hide_message_source = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
                 _ => self.unknown(name, span, SOURCE, "<source>")?,
             }
         }
@@ -466,14 +523,21 @@ impl Builder {
                     }
                     o.max_smtp_out = Some(n);
                 }
-                "max-msg-per-connection" => o.max_msg_per_connection = Some(value(span, count(one_arg(name, args, span)?))?),
-                "max-rcpt-per-message" => o.max_rcpt_per_message = Some(value(span, count(one_arg(name, args, span)?))?),
+                "max-msg-per-connection" => {
+                    o.max_msg_per_connection = Some(value(span, count(one_arg(name, args, span)?))?)
+                }
+                "max-rcpt-per-message" => {
+                    o.max_rcpt_per_message = Some(value(span, count(one_arg(name, args, span)?))?)
+                }
                 "retry-after" => {
                     let list = one_arg(name, args, span)?;
-                    let durations: Result<Vec<_>, _> = list.split(',').map(|d| units::parse_duration(d.trim())).collect();
+                    let durations: Result<Vec<_>, _> =
+                        list.split(',').map(|d| units::parse_duration(d.trim())).collect();
                     o.retry_after = Some(value(span, durations)?);
                 }
-                "bounce-after" => o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?),
+                "bounce-after" => {
+                    o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
+                }
                 "smtp-hosts" | "route" => o.smtp_hosts = Some(value(span, units::parse_smtp_hosts(&args.join("")))?),
                 _ => self.unknown(name, span, DOMAIN, "<domain>")?,
             }
@@ -482,7 +546,9 @@ impl Builder {
     }
 
     fn acct_file(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
-        let path = arg.ok_or_else(|| ConfigError::at(span, "`<acct-file>` needs a path", "write `<acct-file /var/log/sluice/acct.csv>`"))?;
+        let path = arg.ok_or_else(|| {
+            ConfigError::at(span, "`<acct-file>` needs a path", "write `<acct-file /var/log/sluice/acct.csv>`")
+        })?;
         let mut records = vec![RecordType::Delivered, RecordType::Bounced, RecordType::Transient];
         for child in children {
             let (name, args, span) = match child {
@@ -504,7 +570,13 @@ impl Builder {
                                 span: span.clone(),
                                 message: format!("accounting record type `{r}` is not written yet; ignored"),
                             }),
-                            other => return Err(ConfigError::at(span, format!("unknown record type `{other}`"), "use d, b, t, tq, f, rb, r or rs")),
+                            other => {
+                                return Err(ConfigError::at(
+                                    span,
+                                    format!("unknown record type `{other}`"),
+                                    "use d, b, t, tq, f, rb, r or rs",
+                                ))
+                            }
                         }
                     }
                 }
@@ -574,7 +646,10 @@ mod tests {
     #[test]
     fn unknown_directive_names_line_and_nearest() {
         let err = parse("smtp-listener 127.0.0.1:25\n<domain *>\n  max-smtp-outt 3\n</domain>\n").unwrap_err();
-        assert_eq!(err.to_string(), "t.conf:3: unknown directive `max-smtp-outt` in <domain> (hint: did you mean `max-smtp-out`?)");
+        assert_eq!(
+            err.to_string(),
+            "t.conf:3: unknown directive `max-smtp-outt` in <domain> (hint: did you mean `max-smtp-out`?)"
+        );
     }
 
     #[test]

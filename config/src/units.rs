@@ -178,7 +178,14 @@ mod tests {
 
     #[test]
     fn sizes() {
-        for (input, expected) in [("40K", Some(40 << 10)), ("20M", Some(20 << 20)), ("1G", Some(1 << 30)), ("512", Some(512)), ("1X", None), ("M", None)] {
+        for (input, expected) in [
+            ("40K", Some(40 << 10)),
+            ("20M", Some(20 << 20)),
+            ("1G", Some(1 << 30)),
+            ("512", Some(512)),
+            ("1X", None),
+            ("M", None),
+        ] {
             assert_eq!(parse_size(input).ok(), expected, "{input}");
         }
     }
@@ -186,7 +193,16 @@ mod tests {
     #[test]
     fn durations() {
         let s = Duration::from_secs;
-        for (input, expected) in [("30s", Some(s(30))), ("10m", Some(s(600))), ("4d12h", Some(s(4 * 86400 + 12 * 3600))), ("90", Some(s(90))), ("250ms", Some(Duration::from_millis(250))), ("4x", None), ("h", None), ("1h3", None)] {
+        for (input, expected) in [
+            ("30s", Some(s(30))),
+            ("10m", Some(s(600))),
+            ("4d12h", Some(s(4 * 86400 + 12 * 3600))),
+            ("90", Some(s(90))),
+            ("250ms", Some(Duration::from_millis(250))),
+            ("4x", None),
+            ("h", None),
+            ("1h3", None),
+        ] {
             assert_eq!(parse_duration(input).ok(), expected, "{input}");
         }
     }

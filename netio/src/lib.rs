@@ -131,7 +131,10 @@ fn listen(addr: SocketAddr) -> std::io::Result<OwnedFd> {
 
 impl Runtime {
     /// Recovers the spool, binds the listeners on every shard, and starts the shards.
-    pub fn start(config: Arc<Config>, control: crossbeam_channel::Sender<ControlRequest>) -> Result<(Runtime, Responder), StartError> {
+    pub fn start(
+        config: Arc<Config>,
+        control: crossbeam_channel::Sender<ControlRequest>,
+    ) -> Result<(Runtime, Responder), StartError> {
         // Probe io_uring before anything else, so the failure says what it is.
         io_uring::IoUring::new(8).map_err(StartError::IoUring)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();

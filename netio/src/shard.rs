@@ -176,7 +176,14 @@ fn group_jobs<'a>(
             Some((_, job)) => job.rcpts.push(rcpt),
             None => jobs.push((
                 domain,
-                Job { msg: msg.clone(), mail_from: mail_from.to_string(), rcpts: vec![rcpt], attempts, queued_unix_ms, size },
+                Job {
+                    msg: msg.clone(),
+                    mail_from: mail_from.to_string(),
+                    rcpts: vec![rcpt],
+                    attempts,
+                    queued_unix_ms,
+                    size,
+                },
             )),
         }
     }
@@ -235,9 +242,11 @@ struct Outbound {
     info: AttemptInfo,
 }
 
+// Connections are boxed once each and never moved, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     In(Inbound),
-    Out(Box<Outbound>),
+    Out(Outbound),
 }
 
 struct Conn {
@@ -303,6 +312,7 @@ pub(crate) struct Shard {
     // Delivery.
     queues: HashMap<String, QueueState>,
     dirty: Vec<String>,
+    outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
     // Loop.
     timespec: Box<types::Timespec>,
@@ -356,6 +366,7 @@ impl Shard {
             next_batch: 1,
             queues: HashMap::new(),
             dirty: Vec::new(),
+            outbox: Vec::new(),
             acct: Vec::new(),
             timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
             event_buf: Box::new(0),
@@ -433,7 +444,12 @@ impl Shard {
                 let mut tickets = std::mem::take(&mut self.tickets);
                 self.appender.sync_completed(slot, result >= 0, &mut tickets);
                 if result < 0 {
-                    tracing::error!(shard = self.id, seq = slot, errno = -result, "segment fdatasync failed; segment retired");
+                    tracing::error!(
+                        shard = self.id,
+                        seq = slot,
+                        errno = -result,
+                        "segment fdatasync failed; segment retired"
+                    );
                 }
                 self.tickets = tickets;
             }
@@ -460,6 +476,7 @@ impl Shard {
         for domain in &dirty {
             self.pump(domain);
         }
+        self.flush_outbox();
         self.flush_acct(false);
     }
 
@@ -531,7 +548,8 @@ impl Shard {
         let len = (conn.inbuf.len() - conn.in_len) as u32;
         conn.op = Some(Op::Recv);
         conn.deadline_ms = now + timeout_ms;
-        let entry = opcode::Recv::new(types::Fd(conn.fd), buf, len).build().user_data(ud(Op::Recv, conn.gen, slot as u64));
+        let entry =
+            opcode::Recv::new(types::Fd(conn.fd), buf, len).build().user_data(ud(Op::Recv, conn.gen, slot as u64));
         self.push(entry);
     }
 
@@ -543,10 +561,11 @@ impl Shard {
         let len = (conn.out.len() - conn.out_off) as u32;
         conn.op = Some(Op::Send);
         conn.deadline_ms = now + OUT_REPLY_TIMEOUT_MS;
-        let entry = opcode::Send::new(types::Fd(conn.fd), buf, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(Op::Send, conn.gen, slot as u64));
+        let entry = opcode::Send::new(types::Fd(conn.fd), buf, len).flags(libc::MSG_NOSIGNAL).build().user_data(ud(
+            Op::Send,
+            conn.gen,
+            slot as u64,
+        ));
         self.push(entry);
     }
 
@@ -569,10 +588,11 @@ impl Shard {
         }
         let (storage, len) = &mut self.accept_addrs[i];
         *len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let entry = opcode::Accept::new(types::Fd(self.listeners[i]), (storage as *mut libc::sockaddr_storage).cast(), len)
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud(Op::Accept, 0, i as u64));
+        let entry =
+            opcode::Accept::new(types::Fd(self.listeners[i]), (storage as *mut libc::sockaddr_storage).cast(), len)
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ud(Op::Accept, 0, i as u64));
         self.push(entry);
     }
 
@@ -639,7 +659,11 @@ impl Shard {
             return if inbound { self.in_drive(slot) } else { self.out_drive(slot) };
         }
         if !inbound {
-            let reason = if cancelled { "4.4.2 timeout waiting for the server" } else { "4.4.2 connection closed by the server" };
+            let reason = if cancelled {
+                "4.4.2 timeout waiting for the server"
+            } else {
+                "4.4.2 connection closed by the server"
+            };
             return self.out_fail(slot, Reply::new(451, reason));
         }
         if result == -libc::ECANCELED || cancelled {
@@ -850,7 +874,11 @@ impl Shard {
         self.appender.reap(&mut tickets, &mut closed);
         for (ticket, result) in tickets.drain(..) {
             let slot = (ticket & 0xffff_ffff) as u32;
-            assert_eq!(self.conns[slot as usize].as_ref().map(|c| c.gen as u64), Some(ticket >> 32), "ticket for a live connection");
+            assert_eq!(
+                self.conns[slot as usize].as_ref().map(|c| c.gen as u64),
+                Some(ticket >> 32),
+                "ticket for a live connection"
+            );
             self.stored(slot, result == TicketResult::Durable);
         }
         for slot in std::mem::take(&mut self.spool_refusals) {
@@ -890,20 +918,26 @@ impl Shard {
         self.in_drive(slot);
     }
 
-    /// Hands a job to the shard that owns its domain.
+    /// Hands a job to the shard that owns its domain. When the owner's mailbox is full the
+    /// job waits in this shard's outbox (never spin: two shards full of each other's work
+    /// would wait forever).
     fn dispatch(&mut self, domain: String, job: Job<MsgRef>) {
         let owner = owner_shard(&domain, self.shards);
         if owner == self.id {
             return self.enqueue(domain, job);
         }
-        let mut msg = ShardMsg::Job { domain, job };
-        // A full mailbox means the owner is far behind: wait for it rather than drop work.
-        loop {
-            match self.shared.mailboxes[owner as usize].send(msg) {
-                Ok(()) => return,
-                Err(back) => msg = back,
+        self.outbox.push((owner, ShardMsg::Job { domain, job }));
+    }
+
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.outbox);
+        for (owner, msg) in pending {
+            if let Err(back) = self.shared.mailboxes[owner as usize].send(msg) {
+                self.outbox.push((owner, back));
             }
-            std::thread::yield_now();
         }
     }
 
@@ -922,7 +956,12 @@ impl Shard {
     fn queue(&mut self, domain: &str) -> &mut QueueState {
         if !self.queues.contains_key(domain) {
             let settings = self.shared.config.domain_settings(domain);
-            let st = QueueState { q: Queue::new(domain, DEFAULT_VMTA, settings), hops: HopState::Unknown, idle: Vec::new(), rotation: 0 };
+            let st = QueueState {
+                q: Queue::new(domain, DEFAULT_VMTA, settings),
+                hops: HopState::Unknown,
+                idle: Vec::new(),
+                rotation: 0,
+            };
             self.queues.insert(domain.to_string(), st);
         }
         self.queues.get_mut(domain).expect("inserted above")
@@ -1016,7 +1055,9 @@ impl Shard {
                 resolution: Resolution::Temporary(Reply::new(451, "4.4.4 no address found for the next hop")),
                 expires_ms: now + RESOLVE_FAILURE_TTL_MS,
             },
-            other => HopState::Failed { resolution: other, expires_ms: now + RESOLVE_FAILURE_TTL_MS.min(ttl_ms.max(1_000)) },
+            other => {
+                HopState::Failed { resolution: other, expires_ms: now + RESOLVE_FAILURE_TTL_MS.min(ttl_ms.max(1_000)) }
+            }
         };
         self.dirty.push(domain);
     }
@@ -1029,7 +1070,12 @@ impl Shard {
         let outcomes = st.q.settle(job, replies, info, now);
         for (rcpt, fate, record) in outcomes {
             if fate == Fate::Final {
-                let o = Outcome { seg_shard: msg.segment.shard, seg_seq: msg.segment.seq, offset: msg.offset, rcpt: rcpt.index };
+                let o = Outcome {
+                    seg_shard: msg.segment.shard,
+                    seg_seq: msg.segment.seq,
+                    offset: msg.offset,
+                    rcpt: rcpt.index,
+                };
                 self.jnl_pending.extend_from_slice(&codec::encode_outcome(&o));
                 self.jnl_pending_segments.push(msg.segment.clone());
             }
@@ -1056,7 +1102,7 @@ impl Shard {
         }
         st.q.connections += 1;
         let config = self.shared.config.clone();
-        let out = Box::new(Outbound {
+        let out = Outbound {
             domain: domain.to_string(),
             client: Client::new(&config.host_name),
             hops,
@@ -1073,7 +1119,7 @@ impl Shard {
             // SAFETY: zeroed msghdr is valid.
             msghdr: unsafe { std::mem::zeroed() },
             info: AttemptInfo::default(),
-        });
+        };
         match self.alloc(-1, Kind::Out(out)) {
             Some(slot) => self.connect_next(slot),
             None => {
@@ -1098,7 +1144,12 @@ impl Shard {
             return self.out_fail(slot, reply);
         };
         out.hop_index += 1;
-        out.info = AttemptInfo { source_ip: String::new(), destination_ip: hop.addr.ip().to_string(), mx_host: hop.host.clone(), esmtp: false };
+        out.info = AttemptInfo {
+            source_ip: String::new(),
+            destination_ip: hop.addr.ip().to_string(),
+            mx_host: hop.host.clone(),
+            esmtp: false,
+        };
         out.addr = sockaddr(hop.addr);
         let family = if hop.addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
         // SAFETY: plain socket syscall.
@@ -1113,9 +1164,10 @@ impl Shard {
         conn.fd = fd;
         conn.op = Some(Op::Connect);
         conn.deadline_ms = now + OUT_CONNECT_TIMEOUT_MS;
-        let entry = opcode::Connect::new(types::Fd(fd), (&out.addr.0 as *const libc::sockaddr_storage).cast(), out.addr.1)
-            .build()
-            .user_data(ud(Op::Connect, conn.gen, slot as u64));
+        let entry =
+            opcode::Connect::new(types::Fd(fd), (&out.addr.0 as *const libc::sockaddr_storage).cast(), out.addr.1)
+                .build()
+                .user_data(ud(Op::Connect, conn.gen, slot as u64));
         self.push(entry);
     }
 
@@ -1307,7 +1359,11 @@ impl Shard {
         }
         for (jseq, fd) in to_sync {
             if sync {
-                let entry = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(ud(Op::JnlSync, 0, jseq));
+                let entry = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(ud(
+                    Op::JnlSync,
+                    0,
+                    jseq,
+                ));
                 self.push(entry);
             } else {
                 self.on_jnl_sync(jseq, 0);
@@ -1319,7 +1375,12 @@ impl Shard {
         let len = self.jnl_pending.len() as u64;
         let needs_rotation = !self.journal.as_ref().is_some_and(|j| j.has_room(len));
         if needs_rotation {
-            match Journal::create(&self.dir, self.id, self.next_journal_seq, store::journal_bytes(self.shared.config.spool_segment_bytes)) {
+            match Journal::create(
+                &self.dir,
+                self.id,
+                self.next_journal_seq,
+                store::journal_bytes(self.shared.config.spool_segment_bytes),
+            ) {
                 Ok(j) => {
                     self.next_journal_seq += 1;
                     if let Some(old) = self.journal.replace(j) {
@@ -1366,7 +1427,11 @@ impl Shard {
         let batch = &self.jnl_batches[&batch_id];
         let ok = result >= 0 && result as usize == batch.bytes.len();
         if !ok {
-            tracing::error!(shard = self.id, result, "journal write failed; these outcomes may be redelivered after a restart");
+            tracing::error!(
+                shard = self.id,
+                result,
+                "journal write failed; these outcomes may be redelivered after a restart"
+            );
         }
         let jseq = batch.jseq;
         self.journal_by_seq(jseq).commit.write_completed(batch_id, ok);
@@ -1396,7 +1461,9 @@ impl Shard {
 
     fn arm_event(&mut self) {
         let fd = self.shared.mailboxes[self.id as usize].eventfd();
-        let entry = opcode::Read::new(types::Fd(fd), (&mut *self.event_buf as *mut u64).cast(), 8).build().user_data(ud(Op::Event, 0, 0));
+        let entry = opcode::Read::new(types::Fd(fd), (&mut *self.event_buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(ud(Op::Event, 0, 0));
         self.push(entry);
     }
 
@@ -1436,11 +1503,17 @@ impl Shard {
             }
         }
         // Retries that came due.
-        let due: Vec<String> =
-            self.queues.iter().filter(|(_, st)| st.q.next_retry_ms().is_some_and(|t| t <= now) || st.q.wants_connection()).map(|(d, _)| d.clone()).collect();
+        let due: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, st)| st.q.next_retry_ms().is_some_and(|t| t <= now) || st.q.wants_connection())
+            .map(|(d, _)| d.clone())
+            .collect();
         self.dirty.extend(due);
-        // Forget empty queues with no connections.
-        self.queues.retain(|_, st| !(st.q.is_empty() && st.q.connections == 0 && matches!(st.hops, HopState::Unknown | HopState::Ready { .. })) || !st.idle.is_empty());
+        // Forget queues with nothing queued and no connection (a resolution in flight keeps
+        // its queue, so the answer has somewhere to land).
+        self.queues
+            .retain(|_, st| !(st.q.is_empty() && st.q.connections == 0 && !matches!(st.hops, HopState::Resolving)));
         self.retire_empty_segment(now);
         self.closed_journals.retain_mut(|j| !j.try_retire());
     }
@@ -1528,7 +1601,15 @@ fn literal_hops(levels: &[Vec<sluice_config::HostPort>]) -> Option<Vec<Vec<Hop>>
     levels
         .iter()
         .map(|level| {
-            level.iter().map(|h| h.host.parse::<IpAddr>().ok().map(|ip| Hop { host: h.host.clone(), addr: SocketAddr::new(ip, h.port) })).collect()
+            level
+                .iter()
+                .map(|h| {
+                    h.host
+                        .parse::<IpAddr>()
+                        .ok()
+                        .map(|ip| Hop { host: h.host.clone(), addr: SocketAddr::new(ip, h.port) })
+                })
+                .collect()
         })
         .collect()
 }

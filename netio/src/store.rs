@@ -55,7 +55,8 @@ impl Segment {
     /// segment, writes its header, and makes its directory entry durable.
     pub fn create(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Arc<Segment>> {
         let path = dir.join(segment_name(seq));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
         let result = (|| {
             preallocate(&file, size)?;
             file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Segment, shard, seq }), 0)?;
@@ -164,7 +165,8 @@ pub struct Journal {
 impl Journal {
     pub fn create(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Journal> {
         let path = dir.join(sluice_spool::journal_name(seq));
-        let file = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
+        let file =
+            OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
         let result = (|| {
             preallocate(&file, size)?;
             file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Journal, shard, seq }), 0)?;
@@ -175,7 +177,15 @@ impl Journal {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        Ok(Journal { seq, path, file, size, next_offset: FILE_HEADER_BYTES as u64, commit: FileCommit::default(), refs: HashMap::new() })
+        Ok(Journal {
+            seq,
+            path,
+            file,
+            size,
+            next_offset: FILE_HEADER_BYTES as u64,
+            commit: FileCommit::default(),
+            refs: HashMap::new(),
+        })
     }
 
     pub fn fd(&self) -> i32 {
@@ -236,12 +246,17 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
         let Some(dir_shard) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         for file in fs::read_dir(entry.path())? {
             let path = file?.path();
-            let Some(seq) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| u64::from_str_radix(s, 16).ok()) else { continue };
+            let Some(seq) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| u64::from_str_radix(s, 16).ok())
+            else {
+                continue;
+            };
             let next = next_seq.entry(dir_shard).or_insert(1);
             *next = (*next).max(seq + 1);
             let bytes = fs::read(&path)?;
             match path.extension().and_then(|e| e.to_str()) {
-                Some("seg") => match recover::scan_segment(&bytes).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))? {
+                Some("seg") => match recover::scan_segment(&bytes)
+                    .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?
+                {
                     Some(scanned) => {
                         torn_records += usize::from(scanned.torn_at.is_some());
                         let seg = Segment::open(&path, scanned.shard, scanned.seq)?;
@@ -250,7 +265,8 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
                     None => fs::remove_file(&path)?,
                 },
                 Some("jnl") => {
-                    let (shard, jseq, outcomes) = recover::scan_journal(&bytes).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
+                    let (shard, jseq, outcomes) = recover::scan_journal(&bytes)
+                        .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?;
                     journals.push((path, shard, jseq, outcomes));
                 }
                 _ => {}
@@ -260,7 +276,8 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
     let scanned: Vec<recover::ScannedSegment> = segments.iter().map(|(_, s)| s.clone()).collect();
     let outcomes: Vec<Outcome> = journals.iter().flat_map(|j| j.3.iter().copied()).collect();
     let plan = recover::plan(&scanned, &outcomes);
-    let by_key: HashMap<(u32, u64), Arc<Segment>> = segments.iter().map(|(s, _)| ((s.shard, s.seq), s.clone())).collect();
+    let by_key: HashMap<(u32, u64), Arc<Segment>> =
+        segments.iter().map(|(s, _)| ((s.shard, s.seq), s.clone())).collect();
     let mut messages = Vec::with_capacity(plan.pending.len());
     for p in plan.pending {
         let seg = by_key[&(p.seg_shard, p.seg_seq)].clone();
@@ -276,7 +293,15 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
     for (path, _shard, jseq, outcomes) in journals {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let size = file.metadata()?.len();
-        let mut j = Journal { seq: jseq, path, file, size, next_offset: size, commit: FileCommit::default(), refs: HashMap::new() };
+        let mut j = Journal {
+            seq: jseq,
+            path,
+            file,
+            size,
+            next_offset: size,
+            commit: FileCommit::default(),
+            refs: HashMap::new(),
+        };
         for o in outcomes {
             if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)) {
                 j.reference(seg);

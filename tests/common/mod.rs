@@ -24,7 +24,11 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static N: AtomicU32 = AtomicU32::new(0);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!("sluice-{tag}-{}-{}-{nanos}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+        let p = std::env::temp_dir().join(format!(
+            "sluice-{tag}-{}-{}-{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -56,7 +60,13 @@ pub fn free_port(ip: &str) -> u16 {
 }
 
 pub fn require(tool: &str) {
-    let found = Command::new("sh").arg("-c").arg(format!("command -v {tool}")).stdout(Stdio::null()).status().unwrap().success();
+    let found = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
     assert!(found, "`{tool}` is not installed: run scripts/install-test-deps.sh (the README's test command does)");
 }
 
@@ -73,7 +83,9 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 }
 
 pub fn wait_port(addr: SocketAddr, timeout: Duration) {
-    wait_for(&format!("{addr} to accept connections"), timeout, || TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok().map(|_| ()));
+    wait_for(&format!("{addr} to accept connections"), timeout, || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok().map(|_| ())
+    });
 }
 
 /// A running sluice.
@@ -109,7 +121,8 @@ impl Relay {
 
     pub fn spawn(&mut self) {
         assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sluice.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sluice.log")).unwrap();
         let child = Command::new(BIN)
             .args(["run", "-c"])
             .arg(&self.config)

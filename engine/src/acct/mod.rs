@@ -4,9 +4,29 @@ use crate::time::iso8601;
 
 /// The columns of `d`, `b` and `t` records, in PowerMTA's order.
 pub const COLUMNS: &[&str] = &[
-    "type", "timeLogged", "timeQueued", "orig", "rcpt", "orcpt", "dsnAction", "dsnStatus", "dsnDiag", "dsnMta",
-    "bounceCat", "srcType", "srcMta", "dlvType", "dlvSourceIp", "dlvDestinationIp", "dlvEsmtpAvailable", "dlvSize",
-    "vmta", "jobId", "envId", "queue", "vmtaPool",
+    "type",
+    "timeLogged",
+    "timeQueued",
+    "orig",
+    "rcpt",
+    "orcpt",
+    "dsnAction",
+    "dsnStatus",
+    "dsnDiag",
+    "dsnMta",
+    "bounceCat",
+    "srcType",
+    "srcMta",
+    "dlvType",
+    "dlvSourceIp",
+    "dlvDestinationIp",
+    "dlvEsmtpAvailable",
+    "dlvSize",
+    "vmta",
+    "jobId",
+    "envId",
+    "queue",
+    "vmtaPool",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

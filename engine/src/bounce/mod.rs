@@ -4,9 +4,23 @@
 use crate::smtp::reply::Reply;
 
 pub const CATEGORIES: &[&str] = &[
-    "bad-configuration", "bad-connection", "bad-domain", "bad-mailbox", "content-related", "inactive-mailbox",
-    "invalid-sender", "message-expired", "no-answer-from-host", "other", "policy-related", "protocol-errors",
-    "quota-issues", "relaying-issues", "routing-errors", "spam-related", "virus-related",
+    "bad-configuration",
+    "bad-connection",
+    "bad-domain",
+    "bad-mailbox",
+    "content-related",
+    "inactive-mailbox",
+    "invalid-sender",
+    "message-expired",
+    "no-answer-from-host",
+    "other",
+    "policy-related",
+    "protocol-errors",
+    "quota-issues",
+    "relaying-issues",
+    "routing-errors",
+    "spam-related",
+    "virus-related",
 ];
 
 pub fn classify(reply: &Reply) -> &'static str {

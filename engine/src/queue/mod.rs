@@ -147,7 +147,13 @@ impl<M> Queue<M> {
     /// Decides each recipient's fate from its reply (RFC 5321 §4.2.1: 2yz done, 4yz retry,
     /// 5yz bounce; a 4yz past `bounce-after` expires). Returns one accounting record per
     /// recipient, with its fate.
-    pub fn settle(&mut self, mut job: Job<M>, replies: &[Reply], info: &AttemptInfo, now_ms: u64) -> Vec<(Recipient, Fate, Record)>
+    pub fn settle(
+        &mut self,
+        mut job: Job<M>,
+        replies: &[Reply],
+        info: &AttemptInfo,
+        now_ms: u64,
+    ) -> Vec<(Recipient, Fate, Record)>
     where
         M: Clone,
     {
@@ -179,7 +185,16 @@ impl<M> Queue<M> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn record(&self, job: &Job<M>, rcpt: &Recipient, kind: Kind, reply: &Reply, category: &str, info: &AttemptInfo, now_ms: u64) -> Record {
+    fn record(
+        &self,
+        job: &Job<M>,
+        rcpt: &Recipient,
+        kind: Kind,
+        reply: &Reply,
+        category: &str,
+        info: &AttemptInfo,
+        now_ms: u64,
+    ) -> Record {
         let status = reply.enhanced().map(str::to_string).unwrap_or_else(|| {
             match kind {
                 Kind::Delivered => "2.0.0",
@@ -188,11 +203,8 @@ impl<M> Queue<M> {
             }
             .to_string()
         });
-        let dsn_mta = if info.mx_host.is_empty() {
-            String::new()
-        } else {
-            format!("{} ({})", info.mx_host, info.destination_ip)
-        };
+        let dsn_mta =
+            if info.mx_host.is_empty() { String::new() } else { format!("{} ({})", info.mx_host, info.destination_ip) };
         Record {
             kind,
             time_logged_ms: now_ms,
@@ -254,10 +266,14 @@ mod tests {
     #[test]
     fn settle_delivers_bounces_defers_and_follows_retry_list() {
         let mut q = queue();
-        let replies = [Reply::new(250, "2.0.0 ok"), Reply::new(550, "5.1.1 no such user"), Reply::new(451, "4.3.0 later")];
+        let replies =
+            [Reply::new(250, "2.0.0 ok"), Reply::new(550, "5.1.1 no such user"), Reply::new(451, "4.3.0 later")];
         let out = q.settle(job(3), &replies, &AttemptInfo::default(), 2_000);
         let kinds: Vec<(Kind, Fate)> = out.iter().map(|(_, f, r)| (r.kind, f.clone())).collect();
-        assert_eq!(kinds, vec![(Kind::Delivered, Fate::Final), (Kind::Bounced, Fate::Final), (Kind::Transient, Fate::Retry)]);
+        assert_eq!(
+            kinds,
+            vec![(Kind::Delivered, Fate::Final), (Kind::Bounced, Fate::Final), (Kind::Transient, Fate::Retry)]
+        );
         assert_eq!(out[1].2.bounce_cat, "bad-mailbox");
         assert_eq!(q.next_retry_ms(), Some(12_000), "first retry after 10s");
         q.promote_due(11_999);

@@ -121,7 +121,8 @@ impl Client {
             cmds.push_back((format!("RCPT TO:<{r}>"), Expect::Rcpt(i)));
         }
         cmds.push_back(("DATA".to_string(), Expect::Data));
-        let mut txn = Txn { rcpts: rcpts.len(), mail: None, rcpt_replies: vec![None; rcpts.len()], data: None, unsent: cmds };
+        let mut txn =
+            Txn { rcpts: rcpts.len(), mail: None, rcpt_replies: vec![None; rcpts.len()], data: None, unsent: cmds };
         if self.caps.pipelining {
             for (line, e) in txn.unsent.drain(..) {
                 self.out.extend_from_slice(line.as_bytes());
@@ -152,10 +153,18 @@ impl Client {
         let (reply, used) = match parse_reply(input) {
             Ok(Some(v)) => v,
             Ok(None) => return (0, None),
-            Err(e) => return (input.len(), Some(self.fail(Reply::new(421, format!("4.4.0 malformed reply from server ({e:?})"))))),
+            Err(e) => {
+                return (
+                    input.len(),
+                    Some(self.fail(Reply::new(421, format!("4.4.0 malformed reply from server ({e:?})")))),
+                )
+            }
         };
         let Some(expect) = self.expect.pop_front() else {
-            return (used, Some(self.fail(Reply::new(421, format!("4.4.0 unexpected reply from server: {}", reply.line())))));
+            return (
+                used,
+                Some(self.fail(Reply::new(421, format!("4.4.0 unexpected reply from server: {}", reply.line())))),
+            );
         };
         (used, self.on_reply(expect, reply))
     }
@@ -304,7 +313,10 @@ mod tests {
         assert_eq!(feed(&mut c, "354 go\r\n"), Some(ClientEvent::SendBody));
         c.body_sent();
         let done = feed(&mut c, "250 2.0.0 queued\r\n");
-        assert_eq!(done, Some(ClientEvent::Done(vec![Reply::new(250, "2.0.0 queued"), Reply::new(550, "5.1.1 no such user")])));
+        assert_eq!(
+            done,
+            Some(ClientEvent::Done(vec![Reply::new(250, "2.0.0 queued"), Reply::new(550, "5.1.1 no such user")]))
+        );
     }
 
     #[test]

@@ -369,7 +369,8 @@ impl Session {
         } else {
             format!("Received: from {} ([{}])\r\n\tby {}", helo, self.client_ip, self.policy.host_name)
         };
-        let for_clause = if self.recipients.len() == 1 { format!("\r\n\tfor <{}>", self.recipients[0]) } else { String::new() };
+        let for_clause =
+            if self.recipients.len() == 1 { format!("\r\n\tfor <{}>", self.recipients[0]) } else { String::new() };
         let header = format!(
             "{from} (sluice) with {with} id {:016x}{for_clause};\r\n\t{}\r\n",
             self.session_id,
@@ -403,7 +404,11 @@ impl Session {
                 }
                 (Eom::MidCr | Eom::DotCr, _) => {
                     self.faults.bare_newline = true;
-                    if b == b'\r' { Eom::MidCr } else { Eom::Mid }
+                    if b == b'\r' {
+                        Eom::MidCr
+                    } else {
+                        Eom::Mid
+                    }
                 }
                 (_, b'\r') => Eom::MidCr,
                 (_, b'\n') => {
