@@ -1,0 +1,375 @@
+//! Byte codec for segment and journal files. The layout is documented in `spool/FORMAT.md`;
+//! offsets here are built from the previous field so code and document agree.
+//! All integers are little-endian.
+
+use std::net::{IpAddr, Ipv6Addr};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const SEGMENT_MAGIC: [u8; 8] = *b"SLUSEG\0\0";
+pub const JOURNAL_MAGIC: [u8; 8] = *b"SLUJNL\0\0";
+/// File header: magic(8) version(4) shard(4) seq(8) reserved(4) crc32c(4) of bytes 0..28.
+pub const FILE_HEADER_BYTES: usize = 32;
+pub const RECORD_MAGIC: u32 = 0x4352_4c53; // "SLRC"
+/// Record header: magic(4) payload_len(4) crc32c(4).
+pub const RECORD_HEADER_BYTES: usize = 12;
+/// A record's payload is bounded so a torn length can never send recovery past the file.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 1 << 30;
+pub const ADDRESS_BYTES_MAX: usize = u16::MAX as usize;
+pub const RECIPIENTS_MAX: usize = 100_000;
+/// Journal entry: crc32c(4) kind(1) pad(3) seg_shard(4) rcpt(4) seg_seq(8) offset(8).
+pub const OUTCOME_BYTES: usize = 32;
+
+const _: () = assert!(FILE_HEADER_BYTES.is_multiple_of(8) && OUTCOME_BYTES.is_multiple_of(8));
+const _: () = assert!(RECORD_HEADER_BYTES == 4 + 4 + 4);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Segment,
+    Journal,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileHeader {
+    pub kind: FileKind,
+    pub shard: u32,
+    pub seq: u64,
+}
+
+pub fn encode_file_header(h: FileHeader) -> [u8; FILE_HEADER_BYTES] {
+    let mut out = [0u8; FILE_HEADER_BYTES];
+    out[0..8].copy_from_slice(match h.kind {
+        FileKind::Segment => &SEGMENT_MAGIC,
+        FileKind::Journal => &JOURNAL_MAGIC,
+    });
+    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&h.shard.to_le_bytes());
+    out[16..24].copy_from_slice(&h.seq.to_le_bytes());
+    let crc = crc32c::crc32c(&out[..28]);
+    out[28..32].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// True when the header's checksum holds (a header torn by a crash fails it).
+pub fn file_header_intact(buf: &[u8]) -> bool {
+    buf.len() >= FILE_HEADER_BYTES
+        && crc32c::crc32c(&buf[..28]) == u32::from_le_bytes(buf[28..32].try_into().expect("4 bytes"))
+}
+
+pub fn decode_file_header(buf: &[u8]) -> Result<FileHeader, String> {
+    if buf.len() < FILE_HEADER_BYTES {
+        return Err("file shorter than its header".into());
+    }
+    if !file_header_intact(buf) {
+        return Err("file header checksum mismatch".into());
+    }
+    let kind = match &buf[0..8] {
+        m if m == SEGMENT_MAGIC => FileKind::Segment,
+        m if m == JOURNAL_MAGIC => FileKind::Journal,
+        _ => return Err("not a sluice spool file (bad magic)".into()),
+    };
+    let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!("spool format version {version}, this sluice reads {FORMAT_VERSION}"));
+    }
+    Ok(FileHeader {
+        kind,
+        shard: u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")),
+        seq: u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes")),
+    })
+}
+
+/// The envelope of one accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope<'a> {
+    pub queued_unix_ms: u64,
+    pub client_ip: IpAddr,
+    pub mail_from: &'a str,
+    pub envid: &'a str,
+    pub vmta: &'a str,
+    pub recipients: Vec<&'a str>,
+}
+
+fn ip_bytes(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+fn ip_from(bytes: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(bytes);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// Payload bytes for an envelope (without the message data).
+pub fn envelope_bytes(env: &Envelope) -> usize {
+    8 + 16
+        + 2
+        + env.mail_from.len()
+        + 2
+        + env.envid.len()
+        + 2
+        + env.vmta.len()
+        + 4
+        + env.recipients.iter().map(|r| 2 + r.len()).sum::<usize>()
+        + 4
+}
+
+/// Appends one message record (header + envelope + data) to `out`. `data` is the message
+/// in SMTP transparency form (RFC 5321 §4.5.2: dot-stuffed, CRLF lines, without the final
+/// `.CRLF`), so delivery sends it straight from the segment.
+pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
+    assert!(env.recipients.len() <= RECIPIENTS_MAX && !env.recipients.is_empty());
+    for s in [env.mail_from, env.envid, env.vmta].iter().chain(env.recipients.iter()) {
+        assert!(s.len() <= ADDRESS_BYTES_MAX);
+    }
+    let payload_len = envelope_bytes(env) + data.len();
+    assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
+    let start = out.len();
+    out.reserve(RECORD_HEADER_BYTES + payload_len);
+    out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
+    out.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    out.extend_from_slice(&[0; 4]); // crc, filled below
+    let payload_start = out.len();
+    out.extend_from_slice(&env.queued_unix_ms.to_le_bytes());
+    out.extend_from_slice(&ip_bytes(env.client_ip));
+    for s in [env.mail_from, env.envid, env.vmta] {
+        out.extend_from_slice(&(s.len() as u16).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    out.extend_from_slice(&(env.recipients.len() as u32).to_le_bytes());
+    for r in &env.recipients {
+        out.extend_from_slice(&(r.len() as u16).to_le_bytes());
+        out.extend_from_slice(r.as_bytes());
+    }
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+    assert_eq!(out.len() - payload_start, payload_len);
+    let crc = crc32c::crc32c(&out[payload_start..]);
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The record header and envelope for `data`, with the checksum covering both, so the
+/// runtime can write `[head, data]` with one vectored write and no copy of the data.
+pub fn encode_message_head(env: &Envelope, data: &[u8]) -> Vec<u8> {
+    let mut head = Vec::with_capacity(RECORD_HEADER_BYTES + envelope_bytes(env));
+    encode_message(env, &[], &mut head);
+    let payload_len = head.len() - RECORD_HEADER_BYTES + data.len();
+    assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
+    head.truncate(head.len() - 4);
+    head.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    head[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&head[RECORD_HEADER_BYTES..]), data);
+    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    head
+}
+
+/// A decoded message record, borrowing from the segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageView<'a> {
+    pub envelope: Envelope<'a>,
+    pub data: &'a [u8],
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    /// A whole, checksummed record and its total length in bytes.
+    Record(MessageView<'a>, usize),
+    /// Zeroes where the next record would start: the clean end of the written part.
+    End,
+    /// A record that is cut short or fails its checksum: a write torn by a crash.
+    Torn,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(s)
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str16(&mut self) -> Option<&'a str> {
+        let n = self.u16()? as usize;
+        std::str::from_utf8(self.take(n)?).ok()
+    }
+}
+
+/// Decodes the record starting at `buf[0]`.
+pub fn decode_message(buf: &[u8]) -> Decoded<'_> {
+    if buf.len() < RECORD_HEADER_BYTES {
+        return if buf.iter().all(|&b| b == 0) { Decoded::End } else { Decoded::Torn };
+    }
+    let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    if magic == 0 {
+        return Decoded::End;
+    }
+    let payload_len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
+    if magic != RECORD_MAGIC || payload_len > RECORD_PAYLOAD_BYTES_MAX {
+        return Decoded::Torn;
+    }
+    let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    let Some(payload) = buf.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len) else {
+        return Decoded::Torn;
+    };
+    if crc32c::crc32c(payload) != crc {
+        return Decoded::Torn;
+    }
+    match decode_payload(payload) {
+        Some(view) => Decoded::Record(view, RECORD_HEADER_BYTES + payload_len),
+        None => Decoded::Torn,
+    }
+}
+
+fn decode_payload(payload: &[u8]) -> Option<MessageView<'_>> {
+    let mut r = Reader { buf: payload, at: 0 };
+    let queued_unix_ms = r.u64()?;
+    let client_ip = ip_from(r.take(16)?.try_into().ok()?);
+    let mail_from = r.str16()?;
+    let envid = r.str16()?;
+    let vmta = r.str16()?;
+    let count = r.u32()? as usize;
+    if count == 0 || count > RECIPIENTS_MAX {
+        return None;
+    }
+    let mut recipients = Vec::with_capacity(count);
+    for _ in 0..count {
+        recipients.push(r.str16()?);
+    }
+    let data_len = r.u32()? as usize;
+    let data = r.take(data_len)?;
+    if r.at != payload.len() {
+        return None;
+    }
+    Some(MessageView { envelope: Envelope { queued_unix_ms, client_ip, mail_from, envid, vmta, recipients }, data })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Delivered, bounced or expired: the recipient needs no more work.
+    Final = 1,
+}
+
+/// One journal entry: recipient `rcpt` of the message at `offset` in segment
+/// (`seg_shard`, `seg_seq`) reached an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Outcome {
+    pub seg_shard: u32,
+    pub seg_seq: u64,
+    pub offset: u64,
+    pub rcpt: u32,
+}
+
+pub fn encode_outcome(o: &Outcome) -> [u8; OUTCOME_BYTES] {
+    let mut out = [0u8; OUTCOME_BYTES];
+    out[4] = OutcomeKind::Final as u8;
+    out[8..12].copy_from_slice(&o.seg_shard.to_le_bytes());
+    out[12..16].copy_from_slice(&o.rcpt.to_le_bytes());
+    out[16..24].copy_from_slice(&o.seg_seq.to_le_bytes());
+    out[24..32].copy_from_slice(&o.offset.to_le_bytes());
+    let crc = crc32c::crc32c(&out[4..]);
+    out[0..4].copy_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// `None` for a zeroed (never written) or torn entry.
+pub fn decode_outcome(buf: &[u8; OUTCOME_BYTES]) -> Option<Outcome> {
+    if buf[4] != OutcomeKind::Final as u8 {
+        return None;
+    }
+    let crc = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    if crc32c::crc32c(&buf[4..]) != crc {
+        return None;
+    }
+    Some(Outcome {
+        seg_shard: u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes")),
+        rcpt: u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")),
+        seg_seq: u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes")),
+        offset: u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Envelope<'static> {
+        Envelope {
+            queued_unix_ms: 1_700_000_000_000,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            mail_from: "a@b.test",
+            envid: "",
+            vmta: "",
+            recipients: vec!["x@y.test", "z@y.test"],
+        }
+    }
+
+    #[test]
+    fn message_round_trip_and_torn_detection() {
+        let mut buf = Vec::new();
+        encode_message(&env(), b"Subject: hi\r\n\r\nbody\r\n", &mut buf);
+        let len = buf.len();
+        match decode_message(&buf) {
+            Decoded::Record(view, n) => {
+                assert_eq!(n, len);
+                assert_eq!(view.envelope, env());
+                assert_eq!(view.data, b"Subject: hi\r\n\r\nbody\r\n");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Every strict prefix is torn (or, for an empty one, the end).
+        for cut in 1..len {
+            assert_eq!(decode_message(&buf[..cut]), Decoded::Torn, "cut at {cut}");
+        }
+        // Any flipped byte is caught by the checksum or the structure checks.
+        for i in 0..len {
+            let mut bad = buf.clone();
+            bad[i] ^= 0x40;
+            assert!(!matches!(decode_message(&bad), Decoded::Record(..)), "flip at {i}");
+        }
+        assert_eq!(decode_message(&[0u8; 64]), Decoded::End);
+    }
+
+    #[test]
+    fn head_plus_data_equals_whole_record() {
+        let data = b"Subject: hi\r\n\r\nbody\r\n";
+        let mut whole = Vec::new();
+        encode_message(&env(), data, &mut whole);
+        let mut split = encode_message_head(&env(), data);
+        split.extend_from_slice(data);
+        assert_eq!(whole, split);
+    }
+
+    #[test]
+    fn outcome_round_trip() {
+        let o = Outcome { seg_shard: 3, seg_seq: 9, offset: 4096, rcpt: 2 };
+        let bytes = encode_outcome(&o);
+        assert_eq!(decode_outcome(&bytes), Some(o));
+        let mut bad = bytes;
+        bad[20] ^= 1;
+        assert_eq!(decode_outcome(&bad), None);
+        assert_eq!(decode_outcome(&[0; OUTCOME_BYTES]), None);
+    }
+
+    #[test]
+    fn file_header_round_trip() {
+        let h = FileHeader { kind: FileKind::Journal, shard: 1, seq: 77 };
+        assert_eq!(decode_file_header(&encode_file_header(h)).unwrap(), h);
+        assert!(decode_file_header(&[0; 32]).is_err());
+    }
+}

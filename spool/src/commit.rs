@@ -1,0 +1,286 @@
+//! Group-commit bookkeeping, sans-IO. The shard submits writes and syncs; this module decides
+//! when a sync is due and which tickets a finished sync makes durable.
+//!
+//! Acknowledged records always form a prefix of the file: a write that completes before an
+//! earlier one is held back until the earlier one completes, so a crash can never leave a
+//! hole before an acknowledged record (recovery stops at the first torn record).
+
+use crate::codec::FILE_HEADER_BYTES;
+use std::collections::VecDeque;
+
+/// Writes in flight per file; the shard stops accepting DATA when it is reached.
+pub const FILE_WRITES_IN_FLIGHT_MAX: usize = 4096;
+/// Alignment of records in a segment, so offsets are always 8-byte aligned.
+pub const RECORD_ALIGN: u64 = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketResult {
+    Durable,
+    Failed,
+}
+
+/// One file's group commit: writes in submission order, the completed prefix waiting for a
+/// sync, and the batch covered by the sync in flight.
+#[derive(Debug, Default)]
+pub struct FileCommit {
+    in_flight: VecDeque<(u64, Option<bool>)>,
+    written: Vec<u64>,
+    syncing: Vec<u64>,
+    sync_in_flight: bool,
+    /// A write or sync failed: nothing after it can be trusted, the file takes no more writes.
+    poisoned: bool,
+    failed: Vec<u64>,
+}
+
+impl FileCommit {
+    pub fn write_submitted(&mut self, ticket: u64) {
+        assert!(self.in_flight.len() < FILE_WRITES_IN_FLIGHT_MAX);
+        assert!(!self.poisoned, "write submitted to a poisoned file");
+        self.in_flight.push_back((ticket, None));
+    }
+
+    pub fn write_completed(&mut self, ticket: u64, ok: bool) {
+        let slot = self.in_flight.iter_mut().find(|(t, _)| *t == ticket).expect("completion for a submitted write");
+        assert!(slot.1.is_none(), "write completed twice");
+        slot.1 = Some(ok);
+        while let Some(&(t, Some(ok))) = self.in_flight.front() {
+            self.in_flight.pop_front();
+            if ok && !self.poisoned {
+                self.written.push(t);
+            } else {
+                self.poisoned = true;
+                self.failed.push(t);
+            }
+        }
+    }
+
+    /// True when the caller must submit a sync of this file now.
+    pub fn poll_sync(&mut self) -> bool {
+        if self.sync_in_flight || self.written.is_empty() {
+            return false;
+        }
+        assert!(self.syncing.is_empty());
+        std::mem::swap(&mut self.syncing, &mut self.written);
+        self.sync_in_flight = true;
+        true
+    }
+
+    /// A sync finished: its tickets are durable, or (on error) failed and the file poisoned.
+    pub fn sync_completed(&mut self, ok: bool, out: &mut Vec<(u64, TicketResult)>) {
+        assert!(self.sync_in_flight, "sync completion without a sync");
+        self.sync_in_flight = false;
+        let result = if ok { TicketResult::Durable } else { TicketResult::Failed };
+        if !ok {
+            // After a failed fsync the kernel may have dropped the dirty pages: never retry it.
+            self.poisoned = true;
+            self.failed.append(&mut self.written);
+        }
+        out.extend(self.syncing.drain(..).map(|t| (t, result)));
+    }
+
+    /// Tickets that failed since the last call (their client gets a 4xx).
+    pub fn take_failed(&mut self, out: &mut Vec<(u64, TicketResult)>) {
+        out.extend(self.failed.drain(..).map(|t| (t, TicketResult::Failed)));
+    }
+
+    pub fn poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// Nothing in flight, nothing waiting: the file may be closed.
+    pub fn idle(&self) -> bool {
+        self.in_flight.is_empty() && self.written.is_empty() && !self.sync_in_flight && self.failed.is_empty()
+    }
+}
+
+/// Where a record goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub seg_seq: u64,
+    pub offset: u64,
+    /// The caller must create this segment (header at 0) before writing the record.
+    pub new_segment: bool,
+}
+
+/// One shard's segment appender: picks the segment and offset for each record, rotates full
+/// or poisoned segments, and tracks the group commit of every segment still syncing.
+#[derive(Debug)]
+pub struct Appender {
+    segment_bytes: u64,
+    next_seq: u64,
+    active: Option<(u64, u64)>, // (seq, next offset)
+    files: Vec<(u64, FileCommit)>,
+}
+
+/// Segments whose commits are still draining after rotation; bounded by how fast rotation
+/// can happen relative to syncs (one sync drains a segment).
+pub const SEGMENTS_DRAINING_MAX: usize = 64;
+
+impl Appender {
+    pub fn new(segment_bytes: u64, first_seq: u64) -> Self {
+        assert!(segment_bytes >= 1 << 16);
+        Appender { segment_bytes, next_seq: first_seq, active: None, files: Vec::new() }
+    }
+
+    fn commit(&mut self, seq: u64) -> &mut FileCommit {
+        &mut self.files.iter_mut().find(|(s, _)| *s == seq).expect("segment has a commit").1
+    }
+
+    /// Bytes a record of `len` takes in a segment, padding included.
+    pub fn aligned(len: u64) -> u64 {
+        len.div_ceil(RECORD_ALIGN) * RECORD_ALIGN
+    }
+
+    /// Segment size needed for a record of `len` bytes (a message larger than a standard
+    /// segment gets a segment of its own).
+    pub fn segment_bytes_for(&self, len: u64) -> u64 {
+        self.segment_bytes.max(FILE_HEADER_BYTES as u64 + Self::aligned(len))
+    }
+
+    /// Chooses where a record of `len` bytes goes, and registers the write as submitted.
+    pub fn place(&mut self, len: u64, ticket: u64) -> Placement {
+        let aligned = Self::aligned(len);
+        let mut new_segment = false;
+        let fits = match self.active {
+            Some((seq, off)) => !self.commit(seq).poisoned() && off + aligned <= self.segment_bytes,
+            None => false,
+        };
+        if !fits {
+            self.active = Some((self.next_seq, FILE_HEADER_BYTES as u64));
+            self.files.push((self.next_seq, FileCommit::default()));
+            assert!(self.files.len() <= SEGMENTS_DRAINING_MAX + 1, "segments draining unboundedly");
+            self.next_seq += 1;
+            new_segment = true;
+        }
+        let (seq, off) = self.active.expect("set above");
+        self.active = Some((seq, off + aligned));
+        self.commit(seq).write_submitted(ticket);
+        Placement { seg_seq: seq, offset: off, new_segment }
+    }
+
+    /// The active segment takes no more records (it is about to be deleted, or is poisoned).
+    pub fn seal_active(&mut self) -> Option<u64> {
+        self.active.take().map(|(seq, _)| seq)
+    }
+
+    pub fn active_seq(&self) -> Option<u64> {
+        self.active.map(|(seq, _)| seq)
+    }
+
+    pub fn write_completed(&mut self, seq: u64, ticket: u64, ok: bool) {
+        self.commit(seq).write_completed(ticket, ok);
+    }
+
+    /// Segments that need a sync submitted now.
+    pub fn poll_syncs(&mut self, out: &mut Vec<u64>) {
+        for (seq, c) in &mut self.files {
+            if c.poll_sync() {
+                out.push(*seq);
+            }
+        }
+    }
+
+    pub fn sync_completed(&mut self, seq: u64, ok: bool, out: &mut Vec<(u64, TicketResult)>) {
+        self.commit(seq).sync_completed(ok, out);
+    }
+
+    /// Collects failed tickets and forgets rotated segments whose commits are done.
+    /// Returns the segments forgotten (the caller may close its write handle).
+    pub fn reap(&mut self, out: &mut Vec<(u64, TicketResult)>, closed: &mut Vec<u64>) {
+        let active = self.active.map(|(s, _)| s);
+        for (_, c) in &mut self.files {
+            c.take_failed(out);
+        }
+        self.files.retain(|(seq, c)| {
+            let keep = Some(*seq) == active || !c.idle();
+            if !keep {
+                closed.push(*seq);
+            }
+            keep
+        });
+    }
+
+    pub fn in_flight(&self) -> bool {
+        self.files.iter().any(|(_, c)| !c.idle())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_order_completion_waits_for_prefix() {
+        let mut c = FileCommit::default();
+        c.write_submitted(1);
+        c.write_submitted(2);
+        c.write_completed(2, true);
+        assert!(!c.poll_sync(), "2 must wait for 1");
+        c.write_completed(1, true);
+        assert!(c.poll_sync());
+        let mut out = Vec::new();
+        c.sync_completed(true, &mut out);
+        assert_eq!(out, vec![(1, TicketResult::Durable), (2, TicketResult::Durable)]);
+        assert!(c.idle());
+    }
+
+    #[test]
+    fn writes_during_sync_join_next_batch() {
+        let mut c = FileCommit::default();
+        let mut out = Vec::new();
+        c.write_submitted(1);
+        c.write_completed(1, true);
+        assert!(c.poll_sync());
+        c.write_submitted(2);
+        c.write_completed(2, true);
+        assert!(!c.poll_sync(), "one sync at a time");
+        c.sync_completed(true, &mut out);
+        assert_eq!(out, vec![(1, TicketResult::Durable)]);
+        assert!(c.poll_sync());
+        c.sync_completed(true, &mut out);
+        assert_eq!(out[1], (2, TicketResult::Durable));
+    }
+
+    #[test]
+    fn failed_write_poisons_everything_after_it() {
+        let mut c = FileCommit::default();
+        let mut out = Vec::new();
+        for t in 1..=3 {
+            c.write_submitted(t);
+        }
+        c.write_completed(3, true);
+        c.write_completed(2, false);
+        c.write_completed(1, true);
+        assert!(c.poisoned());
+        assert!(c.poll_sync());
+        c.sync_completed(true, &mut out);
+        c.take_failed(&mut out);
+        assert_eq!(out, vec![(1, TicketResult::Durable), (2, TicketResult::Failed), (3, TicketResult::Failed)]);
+    }
+
+    #[test]
+    fn failed_sync_fails_its_batch() {
+        let mut c = FileCommit::default();
+        let mut out = Vec::new();
+        c.write_submitted(1);
+        c.write_completed(1, true);
+        assert!(c.poll_sync());
+        c.sync_completed(false, &mut out);
+        assert_eq!(out, vec![(1, TicketResult::Failed)]);
+        assert!(c.poisoned());
+    }
+
+    #[test]
+    fn appender_rotates_full_and_poisoned_segments() {
+        let mut a = Appender::new(1 << 16, 1);
+        let p = a.place(1000, 1);
+        assert_eq!((p.seg_seq, p.offset, p.new_segment), (1, FILE_HEADER_BYTES as u64, true));
+        let p2 = a.place(1000, 2);
+        assert_eq!((p2.seg_seq, p2.offset, p2.new_segment), (1, FILE_HEADER_BYTES as u64 + 1000, false));
+        let p3 = a.place(1 << 16, 3);
+        assert!(p3.new_segment && p3.seg_seq == 2);
+        a.write_completed(2, 3, false);
+        let p4 = a.place(10, 4);
+        assert!(p4.new_segment && p4.seg_seq == 3, "poisoned segment is rotated");
+    }
+}
