@@ -6,7 +6,8 @@ use common::*;
 use std::time::{Duration, Instant};
 
 fn scenario(shards: Option<u32>) {
-    let relay = Relay::start("smtp-command-timeout 1s\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n", shards);
+    let relay =
+        Relay::start("smtp-command-timeout 1s\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n", shards);
     let (mut idle, _) = Talk::connect(relay.addr());
     assert!(idle.cmd("EHLO idle.test").starts_with("250"));
     let started = Instant::now();
