@@ -3,5 +3,6 @@
 
 pub mod addr;
 pub mod client;
+pub mod data;
 pub mod reply;
 pub mod server;

@@ -3,14 +3,13 @@
 //! and `message_stored` sends the reply once the bytes are durable.
 
 use super::addr::{parse_path, PathError};
+use super::data::DataScanner;
 use crate::time::rfc5322_date;
 use std::net::IpAddr;
 
 /// RFC 5321 §4.5.3.1.4 allows 512 octets; SMTP extensions (SIZE, BODY, ENVID...) raise it,
 /// so we take up to 1024 before answering 500.
 pub const COMMAND_LINE_BYTES_MAX: usize = 1024;
-/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF.
-pub const TEXT_LINE_BYTES_MAX: usize = 1000;
 /// Protocol errors tolerated before the session is closed with 421.
 pub const SESSION_ERRORS_MAX: u32 = 10;
 /// Replies buffered before the caller must flush (pipelined commands).
@@ -37,27 +36,6 @@ enum State {
     Storing,
     /// QUIT answered or fatal error sent; the caller closes after flushing.
     Closing,
-}
-
-/// DATA end-of-message automaton (RFC 5321 §4.1.1.4). Only CRLF "." CRLF, where the CRLF
-/// ends a line that itself began after CRLF, ends the message: bare CR or LF never does
-/// (SMTP smuggling, CVE-2023-51764 and friends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Eom {
-    LineStart,
-    Dot,
-    DotCr,
-    Mid,
-    MidCr,
-    /// After a bare LF: a new line, but not one that may end the message.
-    BareLineStart,
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-struct DataFaults {
-    bare_newline: bool,
-    long_line: bool,
-    too_big: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -87,9 +65,8 @@ pub struct Session {
     mail_from: Option<String>,
     recipients: Vec<String>,
     data: Vec<u8>,
-    eom: Eom,
-    line_bytes: usize,
-    faults: DataFaults,
+    scanner: DataScanner,
+    too_big: bool,
     errors: u32,
     /// Skipping the rest of an over-long command line.
     discarding_line: bool,
@@ -135,9 +112,8 @@ impl Session {
             mail_from: None,
             recipients: Vec::new(),
             data: Vec::new(),
-            eom: Eom::LineStart,
-            line_bytes: 0,
-            faults: DataFaults::default(),
+            scanner: DataScanner::default(),
+            too_big: false,
             errors: 0,
             discarding_line: false,
             now_unix_ms: 0,
@@ -354,9 +330,8 @@ impl Session {
         if self.policy.add_received_header {
             self.prepend_received();
         }
-        self.eom = Eom::LineStart;
-        self.line_bytes = 0;
-        self.faults = DataFaults::default();
+        self.scanner = DataScanner::default();
+        self.too_big = false;
         self.state = State::Data;
         self.reply("354 End data with <CR><LF>.<CR><LF>");
     }
@@ -380,84 +355,31 @@ impl Session {
     }
 
     fn receive_data(&mut self, input: &[u8]) -> (usize, Option<Event>) {
-        let mut i = 0;
-        while i < input.len() {
-            let b = input[i];
-            i += 1;
-            self.line_bytes += 1;
-            self.eom = match (self.eom, b) {
-                (Eom::LineStart, b'.') => Eom::Dot,
-                (Eom::Dot, b'\r') => Eom::DotCr,
-                (Eom::DotCr, b'\n') => {
-                    self.keep(&input[..i]);
-                    // Drop the terminating ".\r\n"; the CRLF before it ends the last line.
-                    if !self.faults.too_big {
-                        let len = self.data.len();
-                        assert!(len >= 3 && &self.data[len - 3..] == b".\r\n");
-                        self.data.truncate(len - 3);
-                    }
-                    return (i, self.finish_data());
-                }
-                (Eom::MidCr, b'\n') => {
-                    self.end_line();
-                    Eom::LineStart
-                }
-                (Eom::MidCr | Eom::DotCr, _) => {
-                    self.faults.bare_newline = true;
-                    if b == b'\r' {
-                        Eom::MidCr
-                    } else {
-                        Eom::Mid
-                    }
-                }
-                (_, b'\r') => Eom::MidCr,
-                (_, b'\n') => {
-                    self.faults.bare_newline = true;
-                    self.end_line();
-                    Eom::BareLineStart
-                }
-                _ => Eom::Mid,
-            };
-            if self.eom == Eom::Mid {
-                // Fast path: skip the run of ordinary bytes up to the next CR or LF.
-                let run = input[i..].iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(input.len() - i);
-                i += run;
-                self.line_bytes += run;
+        let max = self.policy.max_message_size;
+        let (data, too_big) = (&mut self.data, &mut self.too_big);
+        let (used, done) = self.scanner.scan(input, |content| {
+            if *too_big {
+                return;
             }
-        }
-        self.keep(input);
-        (input.len(), None)
-    }
-
-    /// Appends received bytes to the message unless it already exceeded the size limit.
-    fn keep(&mut self, bytes: &[u8]) {
-        if self.faults.too_big {
-            return;
-        }
-        self.data.extend_from_slice(bytes);
-        if self.data.len() as u64 > self.policy.max_message_size + 3 {
-            self.faults.too_big = true;
-            self.data = Vec::new();
-        }
-    }
-
-    fn end_line(&mut self) {
-        if self.line_bytes > TEXT_LINE_BYTES_MAX {
-            self.faults.long_line = true;
-        }
-        self.line_bytes = 0;
+            data.extend_from_slice(content);
+            if data.len() as u64 > max {
+                *too_big = true;
+                *data = Vec::new();
+            }
+        });
+        (used, if done { self.finish_data() } else { None })
     }
 
     /// End of data: a faulty message is refused and the session goes on; a good one waits
     /// for the spool.
     fn finish_data(&mut self) -> Option<Event> {
-        let faults = self.faults;
-        if faults.too_big || faults.bare_newline || faults.long_line {
+        let (too_big, bare, long) = (self.too_big, self.scanner.bare_newline, self.scanner.long_line);
+        if too_big || bare || long {
             self.reset_transaction();
             self.state = State::Command;
-            if faults.too_big {
+            if too_big {
                 self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
-            } else if faults.bare_newline {
+            } else if bare {
                 self.reply("550 5.6.0 Message contains bare CR or LF (RFC 5321 2.3.8); use CRLF line endings");
             } else {
                 self.reply("550 5.6.0 Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)");

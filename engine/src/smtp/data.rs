@@ -1,0 +1,160 @@
+//! The DATA receiver shared by the relay's inbound session and the benchmark sink: finds the
+//! end of data (RFC 5321 §4.1.1.4) incrementally and hands the content on in transparency
+//! form, without the terminating `.CRLF`.
+//!
+//! Only CRLF "." CRLF, where the first CRLF ends a line that itself began after CRLF, ends
+//! the message. Bare CR or LF never does (SMTP smuggling, CVE-2023-51764 and relatives); they
+//! are recorded so the caller can refuse the message.
+
+/// RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets including CRLF.
+pub const TEXT_LINE_BYTES_MAX: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eom {
+    LineStart,
+    Dot,
+    DotCr,
+    Mid,
+    MidCr,
+    /// After a bare LF: a new line, but not one that may end the message.
+    BareLineStart,
+}
+
+const TERMINATOR: &[u8] = b".\r\n";
+
+#[derive(Debug, Clone)]
+pub struct DataScanner {
+    eom: Eom,
+    line_bytes: usize,
+    /// Bytes of a possible terminator (".", ".\r") seen in earlier input and not yet emitted.
+    carried: usize,
+    pub bare_newline: bool,
+    pub long_line: bool,
+}
+
+impl Default for DataScanner {
+    fn default() -> Self {
+        DataScanner { eom: Eom::LineStart, line_bytes: 0, carried: 0, bare_newline: false, long_line: false }
+    }
+}
+
+impl DataScanner {
+    fn end_line(&mut self) {
+        if self.line_bytes > TEXT_LINE_BYTES_MAX {
+            self.long_line = true;
+        }
+        self.line_bytes = 0;
+    }
+
+    /// Scans `input`; content goes to `emit` (possibly in several pieces). Returns the bytes
+    /// consumed and whether the end of data was reached (then nothing after it is consumed).
+    pub fn scan(&mut self, input: &[u8], mut emit: impl FnMut(&[u8])) -> (usize, bool) {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            self.line_bytes += 1;
+            let was_pending = matches!(self.eom, Eom::Dot | Eom::DotCr);
+            self.eom = match (self.eom, b) {
+                (Eom::LineStart, b'.') => Eom::Dot,
+                (Eom::Dot, b'\r') => Eom::DotCr,
+                (Eom::DotCr, b'\n') => {
+                    let in_chunk = TERMINATOR.len() - self.carried;
+                    emit(&input[..i - in_chunk]);
+                    self.carried = 0;
+                    self.end_line();
+                    self.eom = Eom::LineStart;
+                    return (i, true);
+                }
+                (Eom::MidCr, b'\n') => {
+                    self.end_line();
+                    Eom::LineStart
+                }
+                (Eom::MidCr | Eom::DotCr, _) => {
+                    self.bare_newline = true;
+                    if b == b'\r' {
+                        Eom::MidCr
+                    } else {
+                        Eom::Mid
+                    }
+                }
+                (_, b'\r') => Eom::MidCr,
+                (_, b'\n') => {
+                    self.bare_newline = true;
+                    self.end_line();
+                    Eom::BareLineStart
+                }
+                _ => Eom::Mid,
+            };
+            if was_pending && !matches!(self.eom, Eom::Dot | Eom::DotCr) && self.carried > 0 {
+                // Not a terminator after all: what earlier input held back is content, and
+                // it precedes everything in this input.
+                emit(&TERMINATOR[..self.carried]);
+                self.carried = 0;
+            }
+            if self.eom == Eom::Mid {
+                // Fast path: skip the run of ordinary bytes up to the next CR or LF.
+                let run = input[i..].iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(input.len() - i);
+                i += run;
+                self.line_bytes += run;
+            }
+        }
+        let pending = match self.eom {
+            Eom::Dot => 1,
+            Eom::DotCr => 2,
+            _ => 0,
+        };
+        let withheld_here = pending - self.carried;
+        emit(&input[..input.len() - withheld_here]);
+        self.carried = pending;
+        (input.len(), false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_chunked(input: &[u8], chunk: usize) -> (Vec<u8>, Option<usize>, DataScanner) {
+        let mut s = DataScanner::default();
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            let end = (at + chunk).min(input.len());
+            let (used, done) = s.scan(&input[at..end], |c| out.extend_from_slice(c));
+            at += used;
+            if done {
+                return (out, Some(at), s);
+            }
+        }
+        (out, None, s)
+    }
+
+    #[test]
+    fn every_chunking_gives_the_same_content_and_end() {
+        let cases: &[(&[u8], &[u8], Option<usize>)] = &[
+            (b"a\r\n.\r\nNEXT", b"a\r\n", Some(6)),
+            (b".\r\n", b"", Some(3)),
+            (b"..x\r\n.\r\n", b"..x\r\n", Some(8)),
+            (b"a\r\n.\rb\r\n.\r\n", b"a\r\n.\rb\r\n", Some(11)),
+            (b"a\r\n.x\r\n.\r\n", b"a\r\n.x\r\n", Some(10)),
+            (b"a\n.\nb", b"a\n.\nb", None),
+            (b"a\r\n.", b"a\r\n", None),
+        ];
+        for (input, content, end) in cases {
+            for chunk in 1..=input.len() {
+                let (out, got_end, _) = scan_chunked(input, chunk);
+                assert_eq!((out.as_slice(), got_end), (*content, *end), "input {input:?} chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn faults_are_recorded() {
+        let (_, end, s) = scan_chunked(b"a\nb\r\n.\r\n", 3);
+        assert_eq!((end, s.bare_newline, s.long_line), (Some(8), true, false));
+        let long = [vec![b'x'; 1200], b"\r\n.\r\n".to_vec()].concat();
+        let (_, _, s) = scan_chunked(&long, 100);
+        assert!(s.long_line && !s.bare_newline);
+    }
+}
