@@ -2,6 +2,7 @@
 //! `sluice-netio`'s shards.
 
 mod control;
+mod tools;
 
 use clap::{Parser, Subcommand};
 use sluice_config::{Config, ConfigError, DEFAULT_CONFIG};
@@ -33,6 +34,10 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Inject load over SMTP (io_uring) and report rates and latencies.
+    Loadgen(tools::LoadgenArgs),
+    /// Accept and count mail over SMTP (io_uring), verifying loadgen's checksums.
+    Sink(tools::SinkArgs),
 }
 
 /// Loads a configuration file, following includes relative to its directory.
@@ -169,5 +174,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
+        Command::Loadgen(args) => tools::loadgen(args),
+        Command::Sink(args) => tools::sink(args),
     }
 }

@@ -5,6 +5,8 @@
 pub mod mailbox;
 mod shard;
 pub mod store;
+mod sys;
+pub mod tools;
 
 pub use mailbox::{Hop, Resolution};
 use mailbox::{Mailbox, ShardMsg};
@@ -12,7 +14,7 @@ use sluice_config::{Config, HostPort};
 use sluice_engine::acct::Record;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
@@ -105,30 +107,6 @@ fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
     std::net::TcpListener::bind(addr).map(drop)
 }
 
-fn listen(addr: SocketAddr) -> std::io::Result<OwnedFd> {
-    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket syscalls; the descriptor is owned immediately.
-    unsafe {
-        let fd = libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let owned = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        for opt in [libc::SO_REUSEADDR, libc::SO_REUSEPORT] {
-            libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&one as *const libc::c_int).cast(), 4);
-        }
-        let (storage, len) = shard::sockaddr(addr);
-        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::listen(fd, 1024) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(owned)
-    }
-}
-
 impl Runtime {
     /// Recovers the spool, binds the listeners on every shard, and starts the shards.
     pub fn start(
@@ -160,7 +138,7 @@ impl Runtime {
         for addr in &config.listeners {
             probe_free(*addr).map_err(|e| StartError::Listen(*addr, e))?;
             for l in listeners.iter_mut() {
-                l.push(listen(*addr).map_err(|e| StartError::Listen(*addr, e))?);
+                l.push(sys::listen(*addr, true).map_err(|e| StartError::Listen(*addr, e))?);
             }
         }
         // Recovered work goes to the shard that owns each recipient's domain.

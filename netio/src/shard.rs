@@ -5,6 +5,7 @@
 
 use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
 use crate::store::{self, Journal, Segment};
+use crate::sys::{ip_of, local_ip, now_ms, sockaddr};
 use crate::{owner_shard, ControlRequest, Shared};
 use io_uring::{opcode, squeue, types, IoUring};
 use sluice_engine::acct::Record;
@@ -90,71 +91,6 @@ fn ud(op: Op, gen: u16, slot: u64) -> u64 {
 
 fn ud_split(v: u64) -> (Op, u16, u64) {
     (Op::from((v >> 56) as u8), (v >> 40) as u16, v & ((1 << 40) - 1))
-}
-
-pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_in fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
-                sin6_scope_id: a.scope_id(),
-            };
-            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
-            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-fn ip_of(storage: &libc::sockaddr_storage) -> IpAddr {
-    // SAFETY: the family field says which struct the kernel wrote.
-    unsafe {
-        match storage.ss_family as i32 {
-            libc::AF_INET => {
-                let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
-                IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes())
-            }
-            libc::AF_INET6 => {
-                let sin6 = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
-                let v6 = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-                v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
-            }
-            _ => IpAddr::from([0, 0, 0, 0]),
-        }
-    }
-}
-
-fn local_ip(fd: RawFd) -> String {
-    // SAFETY: getsockname into a zeroed storage of the right size.
-    unsafe {
-        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
-            return String::new();
-        }
-        ip_of(&storage).to_string()
-    }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 pub(crate) type Initial = (String, Job<MsgRef>);

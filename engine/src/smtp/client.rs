@@ -59,6 +59,7 @@ pub struct Client {
     txn: Option<Txn>,
     out: Vec<u8>,
     failed: bool,
+    pipelining_allowed: bool,
 }
 
 impl Client {
@@ -70,7 +71,13 @@ impl Client {
             txn: None,
             out: Vec::with_capacity(1024),
             failed: false,
+            pipelining_allowed: true,
         }
+    }
+
+    /// Never pipeline, even when the server offers it (load generation without PIPELINING).
+    pub fn disable_pipelining(&mut self) {
+        self.pipelining_allowed = false;
     }
 
     pub fn output(&self) -> &[u8] {
@@ -186,6 +193,7 @@ impl Client {
             Expect::Greeting => Some(self.fail(reply)),
             Expect::Ehlo if reply.code == 250 => {
                 self.caps = parse_ehlo(&reply.text);
+                self.caps.pipelining &= self.pipelining_allowed;
                 Some(ClientEvent::Ready)
             }
             // RFC 5321 §3.2: fall back to HELO when EHLO is not understood.

@@ -6,3 +6,4 @@ pub mod client;
 pub mod data;
 pub mod reply;
 pub mod server;
+pub mod sink;

@@ -1,0 +1,359 @@
+//! The benchmark sink's SMTP server machine, sans-IO: accepts and counts, checks each
+//! message's `X-Sluice-Id` / `X-Sluice-Sum` (CRC-32C of the body, written by `sluice
+//! loadgen`), and can play a receiver with scripted per-domain replies at RCPT.
+
+use super::addr::{domain_of, parse_path};
+use super::data::DataScanner;
+
+/// Header bytes searched for the id and checksum before giving up on them.
+pub const HEADER_BYTES_MAX: usize = 64 * 1024;
+pub const ID_HEADER: &str = "X-Sluice-Id";
+pub const SUM_HEADER: &str = "X-Sluice-Sum";
+
+/// `DOMAIN:REPLY:PERCENT%`, e.g. `gmail.test:421 4.7.0 try later:5%` or `*:550 5.1.1 no:1%`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplyRule {
+    pub domain: String,
+    pub code: u16,
+    pub line: String,
+    pub percent: f64,
+}
+
+pub fn parse_rule(s: &str) -> Result<ReplyRule, String> {
+    let bad = || format!("`{s}` is not DOMAIN:REPLY:PERCENT% (e.g. 'gmail.test:421 4.7.0 try later:5%')");
+    let (domain, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (line, percent) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let percent: f64 = percent.trim().trim_end_matches('%').parse().map_err(|_| bad())?;
+    let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
+    if !(200..600).contains(&code) || !(0.0..=100.0).contains(&percent) || domain.is_empty() {
+        return Err(bad());
+    }
+    Ok(ReplyRule { domain: domain.to_ascii_lowercase(), code, line: line.trim().to_string(), percent })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    /// No `X-Sluice-Sum` header: not a loadgen message.
+    Absent,
+    Good,
+    Bad,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub id: Option<u64>,
+    pub checksum: Checksum,
+    /// Content bytes (transparency form, without the terminator).
+    pub bytes: u64,
+    pub recipients: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum SinkEvent {
+    /// A message arrived; call `ack` (now, or after a simulated delay).
+    Message(Report),
+    /// Reply codes given to recipients by the scripted rules.
+    Scripted(u16),
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Command,
+    Data,
+    Acking,
+    Closing,
+}
+
+pub struct SinkSession {
+    host: String,
+    rules: std::sync::Arc<Vec<ReplyRule>>,
+    rng: u64,
+    state: State,
+    recipients: u32,
+    scanner: DataScanner,
+    headers: Vec<u8>,
+    in_headers: bool,
+    body_crc: u32,
+    bytes: u64,
+    out: Vec<u8>,
+}
+
+impl SinkSession {
+    pub fn new(host: &str, rules: std::sync::Arc<Vec<ReplyRule>>, seed: u64) -> Self {
+        let mut s = SinkSession {
+            host: host.to_string(),
+            rules,
+            rng: seed | 1,
+            state: State::Command,
+            recipients: 0,
+            scanner: DataScanner::default(),
+            headers: Vec::new(),
+            in_headers: true,
+            body_crc: 0,
+            bytes: 0,
+            out: Vec::with_capacity(256),
+        };
+        s.out.extend_from_slice(format!("220 {} ESMTP sluice-sink\r\n", s.host).as_bytes());
+        s
+    }
+
+    /// Refuses the connection at the greeting (the sink's connection cap).
+    pub fn refuse(&mut self) {
+        self.out.clear();
+        self.out.extend_from_slice(b"421 4.7.0 too many connections\r\n");
+        self.state = State::Closing;
+    }
+
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    pub fn clear_output(&mut self) {
+        self.out.clear();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.state == State::Closing
+    }
+
+    pub fn is_acking(&self) -> bool {
+        self.state == State::Acking
+    }
+
+    fn reply(&mut self, line: &str) {
+        self.out.extend_from_slice(line.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    fn roll(&mut self) -> f64 {
+        // xorshift64*: reproducible per connection seed.
+        let mut x = self.rng;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng = x;
+        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64 * 100.0
+    }
+
+    pub fn receive(&mut self, input: &[u8]) -> (usize, Option<SinkEvent>) {
+        match self.state {
+            State::Command => self.command(input),
+            State::Data => self.data(input),
+            State::Acking => (0, None),
+            State::Closing => (0, Some(SinkEvent::Close)),
+        }
+    }
+
+    fn command(&mut self, input: &[u8]) -> (usize, Option<SinkEvent>) {
+        let Some(lf) = input.iter().position(|&b| b == b'\n') else {
+            return (if input.len() > 4096 { input.len() } else { 0 }, None);
+        };
+        let line = String::from_utf8_lossy(&input[..lf]).trim_end().to_string();
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        let mut event = None;
+        match verb.as_str() {
+            "EHLO" => self.reply(&format!(
+                "250-{} greets you\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES",
+                self.host
+            )),
+            "HELO" => self.reply(&format!("250 {}", self.host)),
+            "MAIL" => {
+                self.recipients = 0;
+                self.reply("250 2.1.0 Ok");
+            }
+            "RCPT" => event = self.rcpt(&line),
+            "DATA" if self.recipients == 0 => self.reply("554 5.5.1 No valid recipients"),
+            "DATA" => {
+                self.reply("354 End data with <CR><LF>.<CR><LF>");
+                self.state = State::Data;
+                self.scanner = DataScanner::default();
+                self.headers.clear();
+                self.in_headers = true;
+                self.body_crc = 0;
+                self.bytes = 0;
+            }
+            "RSET" => {
+                self.recipients = 0;
+                self.reply("250 2.0.0 Ok");
+            }
+            "NOOP" => self.reply("250 2.0.0 Ok"),
+            "QUIT" => {
+                self.reply("221 2.0.0 Bye");
+                self.state = State::Closing;
+            }
+            _ => self.reply("500 5.5.2 Command unrecognized"),
+        }
+        let closing = self.state == State::Closing;
+        (lf + 1, event.or(closing.then_some(SinkEvent::Close)))
+    }
+
+    fn rcpt(&mut self, line: &str) -> Option<SinkEvent> {
+        let arg = line.get(8..).unwrap_or("").trim_start();
+        let domain = parse_path(arg, false).map(|(a, _)| domain_of(a)).unwrap_or_default();
+        let rules = self.rules.clone();
+        for rule in rules.iter().filter(|r| r.domain == "*" || r.domain == domain) {
+            if self.roll() < rule.percent {
+                self.reply(&rule.line);
+                if rule.code == 421 {
+                    self.state = State::Closing;
+                }
+                return Some(SinkEvent::Scripted(rule.code));
+            }
+        }
+        self.recipients += 1;
+        self.reply("250 2.1.5 Ok");
+        None
+    }
+
+    fn data(&mut self, input: &[u8]) -> (usize, Option<SinkEvent>) {
+        let (headers, in_headers, crc, bytes) =
+            (&mut self.headers, &mut self.in_headers, &mut self.body_crc, &mut self.bytes);
+        let (used, done) = self.scanner.scan(input, |content| {
+            *bytes += content.len() as u64;
+            if !*in_headers {
+                *crc = crc32c::crc32c_append(*crc, content);
+                return;
+            }
+            let from = headers.len().saturating_sub(3);
+            headers.extend_from_slice(content);
+            if let Some(k) = find(&headers[from..], b"\r\n\r\n").map(|k| k + from) {
+                *in_headers = false;
+                *crc = crc32c::crc32c_append(*crc, &headers[k + 4..]);
+                headers.truncate(k + 2);
+            } else if headers.len() > HEADER_BYTES_MAX {
+                *in_headers = false;
+                headers.clear();
+            }
+        });
+        if !done {
+            return (used, None);
+        }
+        let report = Report {
+            id: header_value(&self.headers, ID_HEADER).and_then(|v| v.parse().ok()),
+            checksum: match header_value(&self.headers, SUM_HEADER) {
+                None => Checksum::Absent,
+                Some(v) if u32::from_str_radix(v, 16) == Ok(self.body_crc) && !self.in_headers => Checksum::Good,
+                Some(_) => Checksum::Bad,
+            },
+            bytes: self.bytes,
+            recipients: self.recipients,
+        };
+        self.state = State::Acking;
+        (used, Some(SinkEvent::Message(report)))
+    }
+
+    /// Accepts the message that `SinkEvent::Message` reported.
+    pub fn ack(&mut self) {
+        assert_eq!(self.state, State::Acking);
+        self.reply("250 2.0.0 Ok: queued");
+        self.recipients = 0;
+        self.state = State::Command;
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn header_value<'a>(headers: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(headers).ok()?;
+    text.split("\r\n").find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// The loadgen side: CRC-32C of a body, as written in `X-Sluice-Sum`.
+pub fn body_checksum(body: &[u8]) -> u32 {
+    crc32c::crc32c(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn feed(s: &mut SinkSession, input: &[u8]) -> Vec<SinkEvent> {
+        let mut events = Vec::new();
+        let mut at = 0;
+        while at < input.len() {
+            let (used, ev) = s.receive(&input[at..]);
+            at += used;
+            match ev {
+                Some(SinkEvent::Message(r)) => {
+                    events.push(SinkEvent::Message(r));
+                    s.ack();
+                }
+                Some(SinkEvent::Close) => {
+                    events.push(SinkEvent::Close);
+                    break;
+                }
+                Some(e) => events.push(e),
+                None if used == 0 => break,
+                None => {}
+            }
+        }
+        events
+    }
+
+    #[test]
+    fn rules_parse() {
+        let r = parse_rule("gmail.test:421 4.7.0 try later:5%").unwrap();
+        assert_eq!(
+            (r.domain.as_str(), r.code, r.line.as_str(), r.percent),
+            ("gmail.test", 421, "421 4.7.0 try later", 5.0)
+        );
+        assert!(parse_rule("*:550 5.1.1 no such user:1%").is_ok());
+        assert!(parse_rule("x:hello:5%").is_err());
+        assert!(parse_rule("x:250 ok:500%").is_err());
+    }
+
+    #[test]
+    fn verifies_checksum_and_id() {
+        let body = b"id 7\r\nhello world\r\n";
+        let msg = format!(
+            "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nReceived: by relay\r\n{ID_HEADER}: 7\r\n{SUM_HEADER}: {:08x}\r\n\r\n{}.\r\n",
+            body_checksum(body),
+            String::from_utf8_lossy(body)
+        );
+        let expected_bytes = (msg.len() - msg.find("Received").unwrap() - 3) as u64;
+        for chunk in [1, 2, 3, 7, 64, msg.len()] {
+            let mut s = SinkSession::new("sink", Arc::new(vec![]), 1);
+            let mut reports = Vec::new();
+            let mut pending: Vec<u8> = Vec::new();
+            for c in msg.as_bytes().chunks(chunk) {
+                pending.extend_from_slice(c);
+                loop {
+                    let (used, ev) = s.receive(&pending);
+                    pending.drain(..used);
+                    if let Some(SinkEvent::Message(r)) = ev {
+                        reports.push(r);
+                        s.ack();
+                    } else if used == 0 || pending.is_empty() {
+                        break;
+                    }
+                }
+            }
+            let want = Report { id: Some(7), checksum: Checksum::Good, bytes: expected_bytes, recipients: 1 };
+            assert_eq!(reports, vec![want], "chunk {chunk}");
+        }
+        let corrupt = "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nX-Sluice-Id: 8\r\nX-Sluice-Sum: 00000000\r\n\r\nbody\r\n.\r\n";
+        let mut s = SinkSession::new("sink", Arc::new(vec![]), 1);
+        let ev = feed(&mut s, corrupt.as_bytes());
+        assert!(matches!(&ev[0], SinkEvent::Message(Report { id: Some(8), checksum: Checksum::Bad, .. })), "{ev:?}");
+    }
+
+    #[test]
+    fn scripted_replies_follow_their_odds() {
+        let rules = Arc::new(vec![parse_rule("busy.test:451 4.7.1 later:25%").unwrap()]);
+        let mut s = SinkSession::new("sink", rules, 42);
+        let mut scripted = 0;
+        feed(&mut s, b"EHLO x\r\nMAIL FROM:<a@b>\r\n");
+        for _ in 0..4000 {
+            let ev = feed(&mut s, b"RCPT TO:<u@busy.test>\r\nRCPT TO:<u@other.test>\r\n");
+            scripted += ev.iter().filter(|e| **e == SinkEvent::Scripted(451)).count();
+        }
+        assert!((800..1200).contains(&scripted), "about 25% of 4000: {scripted}");
+    }
+}

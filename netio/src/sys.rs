@@ -1,0 +1,153 @@
+//! Small system helpers shared by the shards and the benchmark tools: socket addresses,
+//! sockets, the wall clock, and a thin io_uring wrapper.
+
+use io_uring::{squeue, IoUring};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+pub(crate) fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+pub(crate) fn ip_of(storage: &libc::sockaddr_storage) -> IpAddr {
+    // SAFETY: the family field says which struct the kernel wrote.
+    unsafe {
+        match storage.ss_family as i32 {
+            libc::AF_INET => {
+                let sin = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>();
+                IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes())
+            }
+            libc::AF_INET6 => {
+                let sin6 = &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>();
+                let v6 = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
+            }
+            _ => IpAddr::from([0, 0, 0, 0]),
+        }
+    }
+}
+
+pub(crate) fn local_ip(fd: RawFd) -> String {
+    // SAFETY: getsockname into a zeroed storage of the right size.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+            return String::new();
+        }
+        ip_of(&storage).to_string()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub(crate) fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor the caller owns.
+    unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), 4) };
+}
+
+/// A TCP socket for `addr`'s family (blocking: io_uring drives it).
+pub(crate) fn tcp_socket(addr: SocketAddr) -> std::io::Result<RawFd> {
+    let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscall.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    set_nodelay(fd);
+    Ok(fd)
+}
+
+/// A listening socket; `reuse_port` lets every shard bind the same address.
+pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd> {
+    let fd = tcp_socket(addr)?;
+    // SAFETY: fd is fresh and ours; plain socket syscalls follow.
+    unsafe {
+        let owned = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+        if reuse_port {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, (&one as *const libc::c_int).cast(), 4);
+        }
+        let (storage, len) = sockaddr(addr);
+        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::listen(fd, 4096) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+/// The address a listening socket got (for port 0).
+pub(crate) fn bound_addr(fd: RawFd) -> SocketAddr {
+    // SAFETY: getsockname into zeroed storage of the right size.
+    unsafe {
+        let mut storage: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len);
+        let port = match storage.ss_family as i32 {
+            libc::AF_INET => {
+                u16::from_be((*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()).sin_port)
+            }
+            _ => u16::from_be((*(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()).sin6_port),
+        };
+        SocketAddr::new(ip_of(&storage), port)
+    }
+}
+
+/// Pushes an entry, submitting first when the submission queue is full.
+///
+/// # Safety
+/// Every pointer in `entry` must stay valid until its completion is reaped.
+pub(crate) unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) {
+    while ring.submission().push(entry).is_err() {
+        ring.submit().expect("io_uring submit");
+    }
+}
+
+/// Waits for at least one completion and moves all ready ones into `out`.
+pub(crate) fn wait(ring: &mut IoUring, out: &mut Vec<(u64, i32)>) {
+    match ring.submit_and_wait(1) {
+        Ok(_) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+        Err(e) => panic!("io_uring_enter failed: {e}"),
+    }
+    out.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+}
+
+pub(crate) fn close(fd: RawFd) {
+    // SAFETY: the caller owns fd and no operation uses it any more.
+    unsafe { libc::close(fd) };
+}

@@ -1,0 +1,547 @@
+//! `sluice loadgen`: an io_uring SMTP client that injects as fast as asked. Each message
+//! carries `X-Sluice-Id` and `X-Sluice-Sum` (CRC-32C of the body) so `sluice sink` can find
+//! corrupt and duplicate messages; connect and DATA-acknowledgement latencies go to HDR
+//! histograms.
+
+use crate::sys::{self, now_ms};
+use hdrhistogram::Histogram;
+use io_uring::{opcode, types, IoUring};
+use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
+use sluice_engine::smtp::reply::Reply;
+use sluice_engine::smtp::sink::{body_checksum, ID_HEADER, SUM_HEADER};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+const RING_ENTRIES: u32 = 4096;
+const RECV_BYTES: usize = 16 * 1024;
+const TICK: Duration = Duration::from_millis(1);
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// After a failed connect, wait this long before the next try.
+const RECONNECT_DELAY_MS: u64 = 100;
+/// Body lines are this long (plus CRLF); no line starts with a dot, so the body's checksum
+/// is the same before and after SMTP transparency.
+const BODY_LINE_BYTES: usize = 76;
+const CONNECTIONS_MAX: u32 = 1 << 15;
+
+#[derive(Debug, Clone)]
+pub struct LoadgenOptions {
+    pub target: SocketAddr,
+    /// Stop after this many messages (and/or after `duration`).
+    pub messages: Option<u64>,
+    pub duration: Option<Duration>,
+    pub connections: u32,
+    /// Messages per connection before QUIT and reconnect (0: no limit).
+    pub per_connection: u32,
+    /// Message sizes with weights; one entry is a fixed size.
+    pub sizes: Vec<(usize, u32)>,
+    pub domains: u32,
+    pub domain_suffix: String,
+    pub rcpts: u32,
+    pub pipelining: bool,
+    /// Open-loop target rate, messages per second.
+    pub rate: Option<f64>,
+    pub headers: Vec<String>,
+    pub from: String,
+    pub ehlo: String,
+}
+
+#[derive(Debug)]
+pub struct LoadgenReport {
+    pub messages_ok: u64,
+    pub messages_failed: u64,
+    pub recipients_ok: u64,
+    pub recipients_failed: u64,
+    pub bytes: u64,
+    pub start_unix_ms: u64,
+    pub end_unix_ms: u64,
+    pub elapsed: Duration,
+    pub replies: BTreeMap<u16, u64>,
+    pub connect_errors: u64,
+    pub connect_us: Histogram<u64>,
+    pub ack_us: Histogram<u64>,
+}
+
+impl LoadgenReport {
+    pub fn messages_per_second(&self) -> f64 {
+        (self.messages_ok + self.messages_failed) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn to_json(&self) -> String {
+        let pct = |h: &Histogram<u64>| {
+            format!(
+                "{{\"count\":{},\"p50_us\":{},\"p90_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.value_at_quantile(0.999),
+                h.max()
+            )
+        };
+        let replies: Vec<String> = self.replies.iter().map(|(c, n)| format!("\"{c}\":{n}")).collect();
+        format!(
+            "{{\"messages_ok\":{},\"messages_failed\":{},\"recipients_ok\":{},\"recipients_failed\":{},\"bytes\":{},\"elapsed_s\":{:.3},\"messages_per_s\":{:.1},\"bytes_per_s\":{:.0},\"start_unix_ms\":{},\"end_unix_ms\":{},\"connect_errors\":{},\"replies\":{{{}}},\"connect\":{},\"data_ack\":{}}}",
+            self.messages_ok,
+            self.messages_failed,
+            self.recipients_ok,
+            self.recipients_failed,
+            self.bytes,
+            self.elapsed.as_secs_f64(),
+            self.messages_per_second(),
+            self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9),
+            self.start_unix_ms,
+            self.end_unix_ms,
+            self.connect_errors,
+            replies.join(","),
+            pct(&self.connect_us),
+            pct(&self.ack_us),
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Connect = 1,
+    Recv,
+    Send,
+    Tick,
+}
+
+fn ud(op: Op, slot: u32) -> u64 {
+    (op as u64) << 56 | slot as u64
+}
+
+struct Conn {
+    fd: RawFd,
+    client: Client,
+    addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    inbuf: Vec<u8>,
+    in_len: usize,
+    out: Vec<u8>,
+    out_off: usize,
+    body: Vec<u8>,
+    busy: bool,
+    sending_body: bool,
+    sent_here: u32,
+    /// Waiting for the rate limiter (ready, no transaction).
+    parked: bool,
+    started_at: Instant,
+    body_done_at: Instant,
+    message_bytes: u64,
+}
+
+struct Loadgen {
+    opts: LoadgenOptions,
+    ring: IoUring,
+    conns: Vec<Option<Box<Conn>>>,
+    filler: Vec<u8>,
+    started: u64,
+    done: u64,
+    reconnect_at: Vec<u64>,
+    start: Instant,
+    deadline: Option<Instant>,
+    timespec: Box<types::Timespec>,
+    size_pick: u64,
+    report: LoadgenReport,
+}
+
+fn filler(bytes: usize) -> Vec<u8> {
+    let alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let mut out = Vec::with_capacity(bytes + BODY_LINE_BYTES + 2);
+    let mut i = 0usize;
+    while out.len() < bytes {
+        for _ in 0..BODY_LINE_BYTES {
+            out.push(alphabet[i % alphabet.len()]);
+            i = i.wrapping_mul(31).wrapping_add(7);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Runs the load. `progress(done, elapsed)` is called about once a second.
+pub fn run_loadgen(opts: LoadgenOptions, mut progress: impl FnMut(u64, Duration)) -> std::io::Result<LoadgenReport> {
+    assert!(opts.connections >= 1 && opts.connections <= CONNECTIONS_MAX && opts.rcpts >= 1 && opts.domains >= 1);
+    assert!(opts.messages.is_some() || opts.duration.is_some(), "bounded by count or time");
+    let largest = opts.sizes.iter().map(|s| s.0).max().unwrap_or(1024);
+    let start = Instant::now();
+    let mut lg = Loadgen {
+        filler: filler(largest),
+        ring: IoUring::new(RING_ENTRIES)?,
+        conns: Vec::new(),
+        started: 0,
+        done: 0,
+        reconnect_at: Vec::new(),
+        start,
+        deadline: opts.duration.map(|d| start + d),
+        timespec: Box::new(types::Timespec::from(TICK)),
+        size_pick: 0,
+        report: LoadgenReport {
+            messages_ok: 0,
+            messages_failed: 0,
+            recipients_ok: 0,
+            recipients_failed: 0,
+            bytes: 0,
+            start_unix_ms: now_ms(),
+            end_unix_ms: 0,
+            elapsed: Duration::ZERO,
+            replies: BTreeMap::new(),
+            connect_errors: 0,
+            connect_us: Histogram::new(3).expect("histogram"),
+            ack_us: Histogram::new(3).expect("histogram"),
+        },
+        opts,
+    };
+    for _ in 0..lg.opts.connections {
+        lg.conns.push(None);
+    }
+    for slot in 0..lg.opts.connections {
+        lg.connect(slot);
+    }
+    lg.arm_tick();
+    let mut completions = Vec::new();
+    let mut last_progress = Instant::now();
+    while lg.conns.iter().any(Option::is_some) || (lg.more_work() && !lg.reconnect_at.is_empty()) {
+        sys::wait(&mut lg.ring, &mut completions);
+        for (user_data, result) in completions.drain(..) {
+            lg.complete(user_data, result);
+        }
+        if last_progress.elapsed() >= PROGRESS_EVERY {
+            last_progress = Instant::now();
+            progress(lg.done, lg.start.elapsed());
+        }
+    }
+    lg.report.elapsed = lg.start.elapsed();
+    lg.report.end_unix_ms = now_ms();
+    std::mem::forget(std::mem::take(&mut lg.conns));
+    Ok(lg.report)
+}
+
+impl Loadgen {
+    fn push(&mut self, entry: io_uring::squeue::Entry) {
+        // SAFETY: buffers referenced by entries live in boxed connections that are never freed
+        // while an operation is in flight.
+        unsafe { sys::push(&mut self.ring, &entry) };
+    }
+
+    fn arm_tick(&mut self) {
+        let entry = opcode::Timeout::new(&*self.timespec).build().user_data(ud(Op::Tick, 0));
+        self.push(entry);
+    }
+
+    fn more_work(&self) -> bool {
+        let by_count = self.opts.messages.is_none_or(|m| self.started < m);
+        let by_time = self.deadline.is_none_or(|d| Instant::now() < d);
+        by_count && by_time
+    }
+
+    fn rate_allows(&self) -> bool {
+        self.opts.rate.is_none_or(|r| (self.started as f64) < r * self.start.elapsed().as_secs_f64() + 1.0)
+    }
+
+    fn connect(&mut self, slot: u32) {
+        let fd = match sys::tcp_socket(self.opts.target) {
+            Ok(fd) => fd,
+            Err(_) => {
+                self.report.connect_errors += 1;
+                self.reconnect_at.push(now_ms() + RECONNECT_DELAY_MS);
+                return;
+            }
+        };
+        let mut client = Client::new(&self.opts.ehlo);
+        if !self.opts.pipelining {
+            client.disable_pipelining();
+        }
+        let conn = Box::new(Conn {
+            fd,
+            client,
+            addr: Box::new(sys::sockaddr(self.opts.target)),
+            inbuf: vec![0; RECV_BYTES],
+            in_len: 0,
+            out: Vec::with_capacity(4096),
+            out_off: 0,
+            body: Vec::new(),
+            busy: true,
+            sending_body: false,
+            sent_here: 0,
+            parked: false,
+            started_at: Instant::now(),
+            body_done_at: Instant::now(),
+            message_bytes: 0,
+        });
+        let entry =
+            opcode::Connect::new(types::Fd(fd), (&conn.addr.0 as *const libc::sockaddr_storage).cast(), conn.addr.1)
+                .build()
+                .user_data(ud(Op::Connect, slot));
+        self.conns[slot as usize] = Some(conn);
+        self.push(entry);
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32) {
+        let slot = (user_data & 0xffff_ffff) as u32;
+        match (user_data >> 56) as u8 {
+            1 => self.on_connect(slot, result),
+            2 => self.on_recv(slot, result),
+            3 => self.on_send(slot, result),
+            _ => {
+                self.on_tick();
+                self.arm_tick();
+            }
+        }
+    }
+
+    fn close(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].take().expect("live connection");
+        sys::close(conn.fd);
+        if self.more_work() {
+            self.connect(slot);
+        }
+    }
+
+    fn on_connect(&mut self, slot: u32, result: i32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.busy = false;
+        if result < 0 {
+            self.report.connect_errors += 1;
+            let conn = self.conns[slot as usize].take().expect("live connection");
+            sys::close(conn.fd);
+            self.reconnect_at.push(now_ms() + RECONNECT_DELAY_MS);
+            return;
+        }
+        let us = conn.started_at.elapsed().as_micros() as u64;
+        let _ = self.report.connect_us.record(us.max(1));
+        self.recv(slot);
+    }
+
+    fn recv(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        if conn.in_len == conn.inbuf.len() {
+            conn.inbuf.resize(conn.inbuf.len() * 2, 0);
+        }
+        conn.busy = true;
+        let entry = opcode::Recv::new(
+            types::Fd(conn.fd),
+            conn.inbuf[conn.in_len..].as_mut_ptr(),
+            (conn.inbuf.len() - conn.in_len) as u32,
+        )
+        .build()
+        .user_data(ud(Op::Recv, slot));
+        self.push(entry);
+    }
+
+    fn send(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.busy = true;
+        let entry = opcode::Send::new(
+            types::Fd(conn.fd),
+            conn.out[conn.out_off..].as_ptr(),
+            (conn.out.len() - conn.out_off) as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(ud(Op::Send, slot));
+        self.push(entry);
+    }
+
+    fn on_recv(&mut self, slot: u32, result: i32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.busy = false;
+        if result <= 0 {
+            return self.fail(slot, Reply::new(421, "connection closed"));
+        }
+        conn.in_len += result as usize;
+        self.drive(slot);
+    }
+
+    fn on_send(&mut self, slot: u32, result: i32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.busy = false;
+        if result <= 0 {
+            return self.fail(slot, Reply::new(421, "connection lost while sending"));
+        }
+        conn.out_off += result as usize;
+        if conn.out_off < conn.out.len() {
+            return self.send(slot);
+        }
+        conn.out.clear();
+        conn.out_off = 0;
+        if std::mem::take(&mut conn.sending_body) {
+            conn.client.body_sent();
+            conn.body_done_at = Instant::now();
+        }
+        self.drive(slot);
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        let due = self.reconnect_at.iter().filter(|t| **t <= now).count();
+        self.reconnect_at.retain(|t| *t > now);
+        for _ in 0..due {
+            if let Some(slot) = self.conns.iter().position(Option::is_none) {
+                if self.more_work() {
+                    self.connect(slot as u32);
+                }
+            }
+        }
+        for slot in 0..self.conns.len() as u32 {
+            if self.conns[slot as usize].as_ref().is_some_and(|c| c.parked) {
+                self.conns[slot as usize].as_mut().expect("checked").parked = false;
+                self.next_work(slot);
+            }
+        }
+    }
+
+    /// The session failed (or the server closed): count the message in flight as failed.
+    fn fail(&mut self, slot: u32, reply: Reply) {
+        let conn = self.conns[slot as usize].as_ref().expect("live connection");
+        if conn.client.in_transaction() {
+            self.done += 1;
+            self.report.messages_failed += 1;
+            self.report.recipients_failed += self.opts.rcpts as u64;
+            *self.report.replies.entry(reply.code).or_default() += self.opts.rcpts as u64;
+        }
+        self.close(slot);
+    }
+
+    fn drive(&mut self, slot: u32) {
+        loop {
+            let conn = self.conns[slot as usize].as_mut().expect("live connection");
+            if conn.busy || conn.parked {
+                return;
+            }
+            let (used, event) = conn.client.receive(&conn.inbuf[..conn.in_len]);
+            conn.inbuf.copy_within(used..conn.in_len, 0);
+            conn.in_len -= used;
+            conn.out.extend_from_slice(conn.client.output());
+            conn.client.clear_output();
+            let progressed = used > 0 || event.is_some();
+            match event {
+                None => {}
+                Some(ClientEvent::Ready) => self.next_work(slot),
+                Some(ClientEvent::SendBody) => {
+                    assert!(conn.out.is_empty(), "the client writes nothing before the body");
+                    std::mem::swap(&mut conn.out, &mut conn.body);
+                    conn.sending_body = true;
+                    return self.send(slot);
+                }
+                Some(ClientEvent::Done(replies)) => {
+                    let us = conn.body_done_at.elapsed().as_micros() as u64;
+                    let idle = conn.client.is_idle();
+                    let bytes = conn.message_bytes;
+                    let _ = self.report.ack_us.record(us.max(1));
+                    self.done += 1;
+                    let all_ok = replies.iter().all(Reply::is_positive);
+                    for r in &replies {
+                        *self.report.replies.entry(r.code).or_default() += 1;
+                        if r.is_positive() {
+                            self.report.recipients_ok += 1;
+                        } else {
+                            self.report.recipients_failed += 1;
+                        }
+                    }
+                    if all_ok {
+                        self.report.messages_ok += 1;
+                        self.report.bytes += bytes;
+                    } else {
+                        self.report.messages_failed += 1;
+                    }
+                    if idle {
+                        self.next_work(slot);
+                    }
+                }
+                Some(ClientEvent::Failed(reply)) => return self.fail(slot, reply),
+                Some(ClientEvent::Closed) => return self.close(slot),
+            }
+            let conn = self.conns[slot as usize].as_mut().expect("live connection");
+            if conn.out_off < conn.out.len() {
+                return self.send(slot);
+            }
+            if conn.parked {
+                return;
+            }
+            if !progressed || conn.in_len == 0 {
+                if conn.client.awaiting_reply() {
+                    self.recv(slot);
+                }
+                return;
+            }
+        }
+    }
+
+    fn pick_size(&mut self) -> usize {
+        let total: u64 = self.opts.sizes.iter().map(|s| s.1 as u64).sum();
+        self.size_pick = self.size_pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut roll = (self.size_pick >> 33) % total.max(1);
+        for (size, weight) in &self.opts.sizes {
+            if roll < *weight as u64 {
+                return *size;
+            }
+            roll -= *weight as u64;
+        }
+        self.opts.sizes[0].0
+    }
+
+    /// Starts the next message on a ready connection, parks it for the rate limiter, or QUITs.
+    fn next_work(&mut self, slot: u32) {
+        let limit = self.opts.per_connection;
+        let sent_here = self.conns[slot as usize].as_ref().expect("live connection").sent_here;
+        if !self.more_work() || (limit != 0 && sent_here >= limit) {
+            let conn = self.conns[slot as usize].as_mut().expect("live connection");
+            conn.client.quit();
+            conn.out.extend_from_slice(conn.client.output());
+            conn.client.clear_output();
+            return;
+        }
+        if !self.rate_allows() {
+            self.conns[slot as usize].as_mut().expect("live connection").parked = true;
+            return;
+        }
+        let n = self.started;
+        self.started += 1;
+        let size = self.pick_size();
+        let rcpts: Vec<String> = (0..self.opts.rcpts)
+            .map(|j| {
+                let d = (n * self.opts.rcpts as u64 + j as u64) % self.opts.domains as u64;
+                let domain = if self.opts.domains == 1 {
+                    self.opts.domain_suffix.clone()
+                } else {
+                    format!("d{d}.{}", self.opts.domain_suffix)
+                };
+                format!("u{n}.{j}@{domain}")
+            })
+            .collect();
+        let first_line = format!("id {n}\r\n");
+        let filler_len = size.saturating_sub(first_line.len());
+        let lines = filler_len.div_ceil(BODY_LINE_BYTES + 2);
+        let filler = &self.filler[..(lines * (BODY_LINE_BYTES + 2)).min(self.filler.len())];
+        let sum = crc32c::crc32c_append(body_checksum(first_line.as_bytes()), filler);
+        let mut extra = String::new();
+        for h in &self.opts.headers {
+            extra.push_str(h);
+            extra.push_str("\r\n");
+        }
+        let head = format!(
+            "From: <{from}>\r\nTo: <{to}>\r\nSubject: sluice loadgen {n}\r\nMessage-Id: <{n}.{t}@loadgen.sluice>\r\n{ID_HEADER}: {n}\r\n{SUM_HEADER}: {sum:08x}\r\n{extra}\r\n",
+            from = self.opts.from,
+            to = rcpts[0],
+            t = self.report.start_unix_ms,
+        );
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.sent_here += 1;
+        let rcpt_refs: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+        let total = head.len() + first_line.len() + filler.len();
+        conn.message_bytes = total as u64;
+        conn.client.start(&self.opts.from, &rcpt_refs, total as u64);
+        conn.out.extend_from_slice(conn.client.output());
+        conn.client.clear_output();
+        // The body waits in its own buffer until the server says 354.
+        conn.body.clear();
+        conn.body.extend_from_slice(head.as_bytes());
+        conn.body.extend_from_slice(first_line.as_bytes());
+        conn.body.extend_from_slice(filler);
+        conn.body.extend_from_slice(END_OF_DATA);
+    }
+}

@@ -1,0 +1,361 @@
+//! `sluice sink`: an io_uring SMTP server that accepts and counts, verifies loadgen's
+//! checksums (corrupt and duplicate messages), and can play a receiver: scripted replies per
+//! domain, added latency, a connection cap answered with 421.
+
+use crate::sys::{self, now_ms};
+use io_uring::{opcode, types, IoUring};
+use sluice_engine::smtp::sink::{Checksum, ReplyRule, SinkEvent, SinkSession};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const RING_ENTRIES: u32 = 4096;
+const RECV_BYTES: usize = 64 * 1024;
+/// Connection slots; far above any `--max-connections` a test uses.
+const CONNS_MAX: usize = 1 << 16;
+const TICK_IDLE: Duration = Duration::from_millis(50);
+const TICK_LATENCY: Duration = Duration::from_millis(1);
+
+#[derive(Debug, Clone)]
+pub struct SinkOptions {
+    pub listen: SocketAddr,
+    pub host_name: String,
+    pub rules: Vec<ReplyRule>,
+    /// Delay before the reply to the end of data.
+    pub latency: Duration,
+    /// Connections beyond this get `421` at the greeting (0: no cap).
+    pub max_connections: u32,
+}
+
+/// Totals, readable from other threads (the stats port) while the sink runs.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    pub connections: AtomicU64,
+    pub refused_connections: AtomicU64,
+    pub messages: AtomicU64,
+    pub recipients: AtomicU64,
+    pub bytes: AtomicU64,
+    pub corrupt: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub without_id: AtomicU64,
+    pub scripted_4xx: AtomicU64,
+    pub scripted_5xx: AtomicU64,
+    pub first_message_unix_ms: AtomicU64,
+    pub last_message_unix_ms: AtomicU64,
+}
+
+impl SinkStats {
+    pub fn to_json(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        format!(
+            "{{\"connections\":{},\"refused_connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"corrupt\":{},\"duplicates\":{},\"without_id\":{},\"scripted_4xx\":{},\"scripted_5xx\":{},\"first_message_unix_ms\":{},\"last_message_unix_ms\":{}}}",
+            g(&self.connections),
+            g(&self.refused_connections),
+            g(&self.messages),
+            g(&self.recipients),
+            g(&self.bytes),
+            g(&self.corrupt),
+            g(&self.duplicates),
+            g(&self.without_id),
+            g(&self.scripted_4xx),
+            g(&self.scripted_5xx),
+            g(&self.first_message_unix_ms),
+            g(&self.last_message_unix_ms),
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    Recv,
+    Send,
+    Tick,
+}
+
+fn ud(op: Op, slot: u32) -> u64 {
+    (op as u64) << 56 | slot as u64
+}
+
+struct Conn {
+    fd: RawFd,
+    session: SinkSession,
+    inbuf: Vec<u8>,
+    in_len: usize,
+    out: Vec<u8>,
+    out_off: usize,
+    busy: bool,
+    ack_due_ms: Option<u64>,
+}
+
+struct Sink {
+    opts: SinkOptions,
+    rules: Arc<Vec<ReplyRule>>,
+    stats: Arc<SinkStats>,
+    ring: IoUring,
+    listener: RawFd,
+    accept_addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    conns: Vec<Option<Box<Conn>>>,
+    free: Vec<u32>,
+    open: u32,
+    seen: HashSet<u64>,
+    timespec: Box<types::Timespec>,
+    seed: u64,
+}
+
+/// Binds `opts.listen` and serves until `stop` is set. `ready` gets the bound address.
+pub fn run_sink(
+    opts: SinkOptions,
+    stats: Arc<SinkStats>,
+    stop: Arc<AtomicBool>,
+    ready: impl FnOnce(SocketAddr),
+) -> std::io::Result<()> {
+    let listener = sys::listen(opts.listen, false)?;
+    ready(sys::bound_addr(listener.as_raw_fd()));
+    let tick = if opts.latency.is_zero() { TICK_IDLE } else { TICK_LATENCY };
+    let mut sink = Sink {
+        rules: Arc::new(opts.rules.clone()),
+        opts,
+        stats,
+        ring: IoUring::new(RING_ENTRIES)?,
+        listener: listener.as_raw_fd(),
+        // SAFETY: zeroed storage is valid.
+        accept_addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
+        conns: Vec::new(),
+        free: Vec::new(),
+        open: 0,
+        seen: HashSet::new(),
+        timespec: Box::new(types::Timespec::from(tick)),
+        seed: 0x5eed,
+    };
+    sink.arm_accept();
+    sink.arm_tick();
+    let mut completions = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        sys::wait(&mut sink.ring, &mut completions);
+        for (user_data, result) in completions.drain(..) {
+            sink.complete(user_data, result);
+        }
+    }
+    // Operations may still reference connection buffers: never free them.
+    std::mem::forget(std::mem::take(&mut sink.conns));
+    drop(listener);
+    Ok(())
+}
+
+impl Sink {
+    fn push(&mut self, entry: io_uring::squeue::Entry) {
+        // SAFETY: buffers referenced by entries live in boxed connections that are never freed
+        // while an operation is in flight.
+        unsafe { sys::push(&mut self.ring, &entry) };
+    }
+
+    fn arm_accept(&mut self) {
+        let (storage, len) = &mut *self.accept_addr;
+        *len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let entry = opcode::Accept::new(types::Fd(self.listener), (storage as *mut libc::sockaddr_storage).cast(), len)
+            .flags(libc::SOCK_CLOEXEC)
+            .build()
+            .user_data(ud(Op::Accept, 0));
+        self.push(entry);
+    }
+
+    fn arm_tick(&mut self) {
+        let entry = opcode::Timeout::new(&*self.timespec).build().user_data(ud(Op::Tick, 0));
+        self.push(entry);
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32) {
+        let slot = (user_data & 0xffff_ffff) as u32;
+        match (user_data >> 56) as u8 {
+            1 => self.on_accept(result),
+            2 => self.on_recv(slot, result),
+            3 => self.on_send(slot, result),
+            _ => {
+                self.on_tick();
+                self.arm_tick();
+            }
+        }
+    }
+
+    fn on_accept(&mut self, result: i32) {
+        self.arm_accept();
+        if result < 0 {
+            return;
+        }
+        sys::set_nodelay(result);
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.seed);
+        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+        if self.opts.max_connections != 0 && self.open >= self.opts.max_connections {
+            self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
+            session.refuse();
+        }
+        let conn = Box::new(Conn {
+            fd: result,
+            session,
+            inbuf: vec![0; RECV_BYTES],
+            in_len: 0,
+            out: Vec::new(),
+            out_off: 0,
+            busy: false,
+            ack_due_ms: None,
+        });
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.conns.len() < CONNS_MAX => {
+                self.conns.push(None);
+                (self.conns.len() - 1) as u32
+            }
+            None => return sys::close(result),
+        };
+        self.conns[slot as usize] = Some(conn);
+        self.open += 1;
+        self.drive(slot);
+    }
+
+    fn close(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].take().expect("live connection");
+        sys::close(conn.fd);
+        self.free.push(slot);
+        self.open -= 1;
+    }
+
+    fn on_recv(&mut self, slot: u32, result: i32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.busy = false;
+        if result <= 0 {
+            return self.close(slot);
+        }
+        conn.in_len += result as usize;
+        self.drive(slot);
+    }
+
+    fn on_send(&mut self, slot: u32, result: i32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.busy = false;
+        if result <= 0 {
+            return self.close(slot);
+        }
+        conn.out_off += result as usize;
+        if conn.out_off == conn.out.len() {
+            conn.out.clear();
+            conn.out_off = 0;
+        }
+        self.drive(slot);
+    }
+
+    fn on_tick(&mut self) {
+        let now = now_ms();
+        for slot in 0..self.conns.len() as u32 {
+            let due = self.conns[slot as usize].as_ref().and_then(|c| c.ack_due_ms).is_some_and(|t| t <= now);
+            if due {
+                let conn = self.conns[slot as usize].as_mut().expect("checked");
+                conn.ack_due_ms = None;
+                conn.session.ack();
+                self.drive(slot);
+            }
+        }
+    }
+
+    fn record(&mut self, report: &sluice_engine::smtp::sink::Report) {
+        let s = &self.stats;
+        let now = now_ms();
+        s.messages.fetch_add(1, Ordering::Relaxed);
+        s.recipients.fetch_add(report.recipients as u64, Ordering::Relaxed);
+        s.bytes.fetch_add(report.bytes, Ordering::Relaxed);
+        let _ = s.first_message_unix_ms.compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst);
+        s.last_message_unix_ms.store(now, Ordering::SeqCst);
+        if report.checksum == Checksum::Bad {
+            s.corrupt.fetch_add(1, Ordering::Relaxed);
+        }
+        match report.id {
+            Some(id) if !self.seen.insert(id) => {
+                s.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(_) => {}
+            None => {
+                s.without_id.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn drive(&mut self, slot: u32) {
+        let latency_ms = self.opts.latency.as_millis() as u64;
+        loop {
+            let conn = self.conns[slot as usize].as_mut().expect("live connection");
+            if conn.busy {
+                return;
+            }
+            let mut consumed = 0;
+            let mut report = None;
+            let mut scripted = Vec::new();
+            while conn.ack_due_ms.is_none() {
+                let (used, event) = conn.session.receive(&conn.inbuf[consumed..conn.in_len]);
+                consumed += used;
+                match event {
+                    Some(SinkEvent::Message(r)) => {
+                        if latency_ms == 0 {
+                            conn.session.ack();
+                        } else {
+                            conn.ack_due_ms = Some(now_ms() + latency_ms);
+                        }
+                        report = Some(r);
+                        break;
+                    }
+                    Some(SinkEvent::Scripted(code)) => scripted.push(code),
+                    Some(SinkEvent::Close) => break,
+                    None if used == 0 || consumed == conn.in_len => break,
+                    None => {}
+                }
+            }
+            conn.inbuf.copy_within(consumed..conn.in_len, 0);
+            conn.in_len -= consumed;
+            conn.out.extend_from_slice(conn.session.output());
+            conn.session.clear_output();
+            let (fd, closing, waiting) = (conn.fd, conn.session.is_closing(), conn.ack_due_ms.is_some());
+            let more = report.is_some() && conn.in_len > 0 && !waiting;
+            for code in scripted {
+                let counter = if code >= 500 { &self.stats.scripted_5xx } else { &self.stats.scripted_4xx };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(r) = report {
+                self.record(&r);
+            }
+            let conn = self.conns[slot as usize].as_mut().expect("live connection");
+            if conn.out_off < conn.out.len() {
+                conn.busy = true;
+                let entry = opcode::Send::new(
+                    types::Fd(fd),
+                    conn.out[conn.out_off..].as_ptr(),
+                    (conn.out.len() - conn.out_off) as u32,
+                )
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+                .user_data(ud(Op::Send, slot));
+                return self.push(entry);
+            }
+            if closing {
+                return self.close(slot);
+            }
+            if waiting {
+                return;
+            }
+            if more {
+                continue;
+            }
+            if conn.in_len == conn.inbuf.len() {
+                conn.inbuf.resize(conn.inbuf.len() * 2, 0);
+            }
+            conn.busy = true;
+            let buf = conn.inbuf[conn.in_len..].as_mut_ptr();
+            let len = (conn.inbuf.len() - conn.in_len) as u32;
+            let entry = opcode::Recv::new(types::Fd(fd), buf, len).build().user_data(ud(Op::Recv, slot));
+            return self.push(entry);
+        }
+    }
+}
