@@ -147,6 +147,19 @@ fn wait_for_signal() {
     }
 }
 
+/// Raises the open-file soft limit to the hard limit: every connection is a descriptor, and
+/// the usual default of 1024 is far below what a relay with many queues holds open.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn block_signals() {
     // SAFETY: as above; done before any thread starts so all threads inherit the mask.
     unsafe {
@@ -166,6 +179,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
+            raise_fd_limit();
             block_signals();
             run(config.as_deref())
         }
@@ -174,7 +188,13 @@ fn main() -> ExitCode {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS
         }
-        Command::Loadgen(args) => tools::loadgen(args),
-        Command::Sink(args) => tools::sink(args),
+        Command::Loadgen(args) => {
+            raise_fd_limit();
+            tools::loadgen(args)
+        }
+        Command::Sink(args) => {
+            raise_fd_limit();
+            tools::sink(args)
+        }
     }
 }

@@ -128,6 +128,8 @@ struct Conn {
     sent_here: u32,
     /// Waiting for the rate limiter (ready, no transaction).
     parked: bool,
+    /// The server greeted and answered EHLO at least once on this connection.
+    ready_once: bool,
     started_at: Instant,
     body_done_at: Instant,
     message_bytes: u64,
@@ -268,6 +270,7 @@ impl Loadgen {
             sending_body: false,
             sent_here: 0,
             parked: false,
+            ready_once: false,
             started_at: Instant::now(),
             body_done_at: Instant::now(),
             message_bytes: 0,
@@ -403,6 +406,14 @@ impl Loadgen {
             self.report.recipients_failed += self.opts.rcpts as u64;
             *self.report.replies.entry(reply.code).or_default() += self.opts.rcpts as u64;
         }
+        if !conn.ready_once {
+            // Refused before EHLO (a 421 greeting): back off instead of hammering.
+            self.report.connect_errors += 1;
+            let conn = self.conns[slot as usize].take().expect("live connection");
+            sys::close(conn.fd);
+            self.reconnect_at.push(now_ms() + RECONNECT_DELAY_MS);
+            return;
+        }
         self.close(slot);
     }
 
@@ -420,7 +431,10 @@ impl Loadgen {
             let progressed = used > 0 || event.is_some();
             match event {
                 None => {}
-                Some(ClientEvent::Ready) => self.next_work(slot),
+                Some(ClientEvent::Ready) => {
+                    conn.ready_once = true;
+                    self.next_work(slot)
+                }
                 Some(ClientEvent::SendBody) => {
                     assert!(conn.out.is_empty(), "the client writes nothing before the body");
                     std::mem::swap(&mut conn.out, &mut conn.body);
