@@ -160,6 +160,13 @@ fn raise_fd_limit() {
     }
 }
 
+/// Command-line tools piped into `head` should end quietly, as Unix tools do, rather than
+/// panic on EPIPE (Rust ignores SIGPIPE by default).
+fn default_sigpipe() {
+    // SAFETY: restoring the default disposition of one signal.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 fn block_signals() {
     // SAFETY: as above; done before any thread starts so all threads inherit the mask.
     unsafe {
@@ -190,10 +197,12 @@ fn main() -> ExitCode {
         }
         Command::Loadgen(args) => {
             raise_fd_limit();
+            default_sigpipe();
             tools::loadgen(args)
         }
         Command::Sink(args) => {
             raise_fd_limit();
+            default_sigpipe();
             tools::sink(args)
         }
     }

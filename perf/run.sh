@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: sluice versus Postfix on this machine, same load generator
+# (sluice loadgen) and the same sink (sluice sink), both relays with durable spools (fsync on).
+# Runs alternate (sluice, Postfix, sluice, ...) so drift on a shared machine hits both alike.
+# Rate = messages / (first injection .. last delivery at the sink). Relay CPU time is the
+# machine's busy time during the run minus loadgen's and the sink's own CPU time.
+#
+#   perf/run.sh                 # main comparison (RUNS each, 1 KiB) + size and domain sweeps
+#   RUNS=5 MESSAGES=50000 perf/run.sh
+#   QUICK=1 perf/run.sh         # main comparison only
+#
+# Results (with date, commit and machine) are appended to perf/RESULTS.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+MESSAGES=${MESSAGES:-20000}
+CONNECTIONS=${CONNECTIONS:-20}
+OUT=perf/out
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
+
+bash scripts/install-test-deps.sh >/dev/null
+cargo build --release --locked -q
+BIN=$PWD/target/release/sluice
+RELAY_PORT=${RELAY_PORT:-2625}
+SINK_PORT=${SINK_PORT:-2626}
+PF_DIR=/tmp/sluice-postfix # must match scripts/install-test-deps.sh
+
+busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+hz=$(getconf CLK_TCK)
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+json() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
+
+start_sluice() {
+    rm -rf /tmp/sluice-perf && mkdir -p /tmp/sluice-perf
+    cat >/tmp/sluice-perf/sluice.conf <<EOF
+host-name perf.sluice
+smtp-listener 127.0.0.1:$RELAY_PORT
+spool /tmp/sluice-perf/spool
+<source 127.0.0.1>
+    always-allow-relaying yes
+    max-message-size 200M
+</source>
+<domain *>
+    smtp-hosts [127.0.0.1]:$SINK_PORT
+    max-smtp-out $CONNECTIONS
+</domain>
+<acct-file /tmp/sluice-perf/acct.csv>
+    records d,b,t
+</acct-file>
+EOF
+    "$BIN" run -c /tmp/sluice-perf/sluice.conf 2>/tmp/sluice-perf/sluice.log &
+    RELAY_PID=$!
+    wait_port "$RELAY_PORT"
+}
+stop_sluice() { kill "$RELAY_PID"; wait "$RELAY_PID" || true; }
+
+start_postfix() {
+    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+    rm -rf "$PF_DIR" && mkdir -p "$PF_DIR"/{etc,queue,data}
+    cat >"$PF_DIR/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $PF_DIR/queue
+data_directory = $PF_DIR/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = perf.postfix
+mydestination =
+mynetworks = 127.0.0.0/8
+relayhost = [127.0.0.1]:$SINK_PORT
+default_destination_concurrency_limit = $CONNECTIONS
+smtp_destination_concurrency_limit = $CONNECTIONS
+default_process_limit = 200
+message_size_limit = 209715200
+alias_maps =
+alias_database =
+maillog_file_prefixes = $PF_DIR
+maillog_file = $PF_DIR/maillog
+smtputf8_enable = no
+EOF
+    cp /etc/postfix/master.cf "$PF_DIR/etc/master.cf"
+    chown postfix "$PF_DIR/data"
+    postconf -c "$PF_DIR/etc" -F '*/*/chroot = n'
+    postconf -c "$PF_DIR/etc" -M# smtp/inet
+    postconf -c "$PF_DIR/etc" -Me "127.0.0.1:$RELAY_PORT/inet = 127.0.0.1:$RELAY_PORT inet n - n - - smtpd"
+    postfix -c "$PF_DIR/etc" start >/dev/null
+    wait_port "$RELAY_PORT"
+}
+stop_postfix() { postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true; sleep 1; }
+
+# run_one RELAY SIZE DOMAINS MESSAGES → prints "rate cpu_us_per_msg"
+run_one() {
+    local relay=$1 size=$2 domains=$3 messages=$4
+    "start_$relay"
+    /usr/bin/time -f "%U %S" -o "$OUT/sink.time" "$BIN" sink --listen "127.0.0.1:$SINK_PORT" \
+        --exit-after "$messages" --json "$OUT/sink.json" >/dev/null 2>&1 &
+    local sink_pid=$!
+    wait_port "$SINK_PORT"
+    local busy0; busy0=$(busy_jiffies)
+    /usr/bin/time -f "%U %S" -o "$OUT/loadgen.time" "$BIN" loadgen --quiet --target "127.0.0.1:$RELAY_PORT" \
+        --messages "$messages" --connections "$CONNECTIONS" --size "$size" --domains "$domains" \
+        --json "$OUT/loadgen.json" >/dev/null
+    wait "$sink_pid"
+    local busy1; busy1=$(busy_jiffies)
+    "stop_$relay"
+    local start last delivered
+    start=$(json "$OUT/loadgen.json" start_unix_ms)
+    last=$(json "$OUT/sink.json" last_message_unix_ms)
+    delivered=$(json "$OUT/sink.json" messages)
+    local corrupt; corrupt=$(json "$OUT/sink.json" corrupt)
+    [ "$delivered" = "$messages" ] || { echo "$relay delivered $delivered of $messages" >&2; exit 1; }
+    [ "$corrupt" = "0" ] || { echo "$relay corrupted $corrupt messages" >&2; exit 1; }
+    awk -v n="$messages" -v s="$start" -v l="$last" -v b0="$busy0" -v b1="$busy1" -v hz="$hz" \
+        -v lt="$(cat "$OUT/loadgen.time")" -v st="$(cat "$OUT/sink.time")" 'BEGIN {
+            split(lt, a, " "); split(st, c, " ");
+            tools = a[1] + a[2] + c[1] + c[2];
+            relay_cpu = (b1 - b0) / hz - tools; if (relay_cpu < 0) relay_cpu = 0;
+            printf "%.0f %.1f\n", n / ((l - s) / 1000), relay_cpu / n * 1e6 }'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+machine="$(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
+commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo "+dirty")
+report=$OUT/report.md
+{
+    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
+    echo
+    echo "Machine: $machine. Loadgen: $CONNECTIONS connections, pipelining; both relays fsync their queues."
+    echo
+    echo "### 1 KiB messages, 1 domain, $MESSAGES messages, $RUNS alternating runs each"
+    echo
+    echo "| run | sluice msg/s | sluice CPU µs/msg | Postfix msg/s | Postfix CPU µs/msg |"
+    echo "|---|---|---|---|---|"
+} >"$report"
+: >"$OUT/sluice.rates"; : >"$OUT/postfix.rates"
+for i in $(seq 1 "$RUNS"); do
+    read -r s_rate s_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+    read -r p_rate p_cpu < <(run_one postfix 1K 1 "$MESSAGES")
+    echo "$s_rate" >>"$OUT/sluice.rates"; echo "$p_rate" >>"$OUT/postfix.rates"
+    echo "| $i | $s_rate | $s_cpu | $p_rate | $p_cpu |" >>"$report"
+    echo "run $i: sluice $s_rate msg/s ($s_cpu µs CPU/msg), Postfix $p_rate msg/s ($p_cpu µs CPU/msg)" >&2
+done
+s_med=$(median <"$OUT/sluice.rates"); p_med=$(median <"$OUT/postfix.rates")
+ratio=$(awk -v a="$s_med" -v b="$p_med" 'BEGIN{printf "%.1f", a/b}')
+{
+    echo
+    echo "Median: sluice $s_med msg/s, Postfix $p_med msg/s: **sluice/Postfix = ${ratio}×**."
+} >>"$report"
+echo "median: sluice $s_med msg/s, Postfix $p_med msg/s, ratio ${ratio}x" >&2
+
+if [ -z "${QUICK:-}" ]; then
+    {
+        echo
+        echo "### Size sweep (1 domain; one run each)"
+        echo
+        echo "| size | messages | sluice msg/s | sluice CPU µs/msg | Postfix msg/s | Postfix CPU µs/msg | ratio |"
+        echo "|---|---|---|---|---|---|---|"
+    } >>"$report"
+    for spec in "1K $MESSAGES" "10K $((MESSAGES / 2))" "100K $((MESSAGES / 10))"; do
+        read -r size n <<<"$spec"
+        read -r s_rate s_cpu < <(run_one sluice "$size" 1 "$n")
+        read -r p_rate p_cpu < <(run_one postfix "$size" 1 "$n")
+        echo "| $size | $n | $s_rate | $s_cpu | $p_rate | $p_cpu | $(awk -v a="$s_rate" -v b="$p_rate" 'BEGIN{printf "%.1f", a/b}')× |" >>"$report"
+        echo "size $size: sluice $s_rate, Postfix $p_rate" >&2
+    done
+    {
+        echo
+        echo "### Domain sweep (1 KiB; one run each)"
+        echo
+        echo "| domains | messages | sluice msg/s | sluice CPU µs/msg | Postfix msg/s | Postfix CPU µs/msg | ratio |"
+        echo "|---|---|---|---|---|---|---|"
+    } >>"$report"
+    for domains in 1 100 10000; do
+        read -r s_rate s_cpu < <(run_one sluice 1K "$domains" "$MESSAGES")
+        read -r p_rate p_cpu < <(run_one postfix 1K "$domains" "$MESSAGES")
+        echo "| $domains | $MESSAGES | $s_rate | $s_cpu | $p_rate | $p_cpu | $(awk -v a="$s_rate" -v b="$p_rate" 'BEGIN{printf "%.1f", a/b}')× |" >>"$report"
+        echo "domains $domains: sluice $s_rate, Postfix $p_rate" >&2
+    done
+fi
+echo >>"$report"
+cat "$report"
+{ echo; cat "$report"; } >>perf/RESULTS.md
