@@ -121,6 +121,26 @@ run_one() {
             printf "%.0f %.1f\n", n / ((l - s) / 1000), relay_cpu / n * 1e6 }'
 }
 
+# The tools must never be the bottleneck: loadgen → sink against smtp-source → smtp-sink.
+tools_compare() {
+    local n=$((MESSAGES * 5))
+    "$BIN" sink --listen "127.0.0.1:$SINK_PORT" --exit-after "$n" >/dev/null 2>&1 &
+    local sink_pid=$!
+    wait_port "$SINK_PORT"
+    local t0; t0=$(date +%s.%N)
+    "$BIN" loadgen --quiet --target "127.0.0.1:$SINK_PORT" --messages "$n" --connections "$CONNECTIONS" --size 1K >/dev/null
+    wait "$sink_pid"
+    local ours; ours=$(awk -v n="$n" -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN{printf "%.0f", n/(t1-t0)}')
+    smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 1024 >/dev/null 2>&1 &
+    local pf_sink=$!
+    wait_port "$SINK_PORT"
+    t0=$(date +%s.%N)
+    smtp-source -s "$CONNECTIONS" -m "$n" -l 1024 -f a@src.test -t r@sink.test "127.0.0.1:$SINK_PORT"
+    local theirs; theirs=$(awk -v n="$n" -v t0="$t0" -v t1="$(date +%s.%N)" 'BEGIN{printf "%.0f", n/(t1-t0)}')
+    kill "$pf_sink"; wait "$pf_sink" 2>/dev/null || true
+    echo "$ours $theirs"
+}
+
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 machine="$(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
@@ -151,6 +171,16 @@ ratio=$(awk -v a="$s_med" -v b="$p_med" 'BEGIN{printf "%.1f", a/b}')
     echo "Median: sluice $s_med msg/s, Postfix $p_med msg/s: **sluice/Postfix = ${ratio}×**."
 } >>"$report"
 echo "median: sluice $s_med msg/s, Postfix $p_med msg/s, ratio ${ratio}x" >&2
+
+read -r lg_rate ss_rate < <(tools_compare)
+{
+    echo
+    echo "### The tools alone ($((MESSAGES * 5)) × 1 KiB, $CONNECTIONS connections)"
+    echo
+    echo "sluice loadgen → sluice sink: $lg_rate msg/s; Postfix smtp-source → smtp-sink: $ss_rate msg/s:" \
+        "**$(awk -v a="$lg_rate" -v b="$ss_rate" 'BEGIN{printf "%.1f", a/b}')×** (must be ≥ 3×)."
+} >>"$report"
+echo "tools: loadgen→sink $lg_rate msg/s, smtp-source→smtp-sink $ss_rate msg/s" >&2
 
 if [ -z "${QUICK:-}" ]; then
     {

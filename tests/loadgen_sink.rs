@@ -30,6 +30,13 @@ fn sink(args: &[&str], exit_after: u64) -> Sink {
     Sink { child, port, json, _dir: dir }
 }
 
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn json_u64(json: &str, key: &str) -> u64 {
     let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 3;
     json[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap()
@@ -56,7 +63,8 @@ fn loadgen(target: u16, args: &[&str]) -> String {
     let dir = TempDir::new("lg");
     let json = dir.path().join("lg.json");
     let (code, out) = run(Command::new(BIN)
-        .args(["loadgen", "--quiet", "--target", &format!("127.0.0.1:{target}"), "--json"])
+        // Bounded in time as well as count, so a fault can never hang the suite.
+        .args(["loadgen", "--quiet", "--duration", "60s", "--target", &format!("127.0.0.1:{target}"), "--json"])
         .arg(&json)
         .args(args));
     assert_eq!(code, 0, "{out}");
@@ -120,4 +128,22 @@ fn latency_is_added_and_measured() {
     let p50 = lg.split("\"data_ack\":").nth(1).map(|d| json_u64(d, "p50_us")).unwrap();
     assert!(p50 >= 20_000, "data-ack p50 includes the sink's 20ms: {p50}us");
     finish(s);
+}
+
+#[test]
+fn open_loop_rate_and_extra_headers() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let started = std::time::Instant::now();
+    let lg = loadgen(
+        sink.addr.port(),
+        &["--messages", "60", "--rate", "100", "--header", "X-Virtual-MTA: mta7", "--connections", "4"],
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(json_u64(&lg, "messages_ok"), 60);
+    assert!(elapsed >= Duration::from_millis(550), "60 messages at 100/s take at least ~0.6s: {elapsed:?}");
+    let messages = wait_for("60 dumped messages", Duration::from_secs(10), || {
+        let m = sink.messages();
+        (m.len() == 60).then_some(m)
+    });
+    assert!(messages.iter().all(|m| m.contains("\nX-Virtual-MTA: mta7\n") && m.contains("\nX-Sluice-Sum: ")));
 }

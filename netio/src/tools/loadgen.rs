@@ -393,6 +393,10 @@ impl Loadgen {
             if self.conns[slot as usize].as_ref().is_some_and(|c| c.parked) {
                 self.conns[slot as usize].as_mut().expect("checked").parked = false;
                 self.next_work(slot);
+                let conn = self.conns[slot as usize].as_ref().expect("live connection");
+                if !conn.busy && conn.out_off < conn.out.len() {
+                    self.send(slot);
+                }
             }
         }
     }
