@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const INJECTORS: usize = 6;
-const MESSAGES_MAX: u64 = 12_000;
+/// Injectors run until the last kill; these bound them in any case.
+const MESSAGES_MAX: u64 = 200_000;
 const KILLS: usize = 4;
 const INJECT_TIME_MAX: Duration = Duration::from_secs(40);
 

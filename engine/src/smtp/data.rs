@@ -93,8 +93,8 @@ impl DataScanner {
                 self.carried = 0;
             }
             if self.eom == Eom::Mid {
-                // Fast path: skip the run of ordinary bytes up to the next CR or LF.
-                let run = input[i..].iter().position(|&c| c == b'\r' || c == b'\n').unwrap_or(input.len() - i);
+                // Fast path: skip the run of ordinary bytes up to the next CR or LF (SIMD).
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
                 i += run;
                 self.line_bytes += run;
             }
