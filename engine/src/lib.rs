@@ -4,5 +4,6 @@
 pub mod acct;
 pub mod bounce;
 pub mod queue;
+pub mod shape;
 pub mod smtp;
 pub mod time;
