@@ -43,6 +43,10 @@ const EMPTY_SEGMENT_IDLE_MS: u64 = 1_000;
 const JOURNAL_WRITES_IN_FLIGHT_MAX: usize = 64;
 /// How long a failed resolution is remembered before asking again.
 const RESOLVE_FAILURE_TTL_MS: u64 = 60_000;
+/// Backoff after a connection fails before its session is ready: doubles from the first to
+/// the last value while failures continue.
+const CONNECT_BACKOFF_FIRST_MS: u64 = 100;
+const CONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 /// Accounting records held locally while the control plane is busy.
 const ACCT_PENDING_MAX: usize = 1 << 20;
 
@@ -211,6 +215,10 @@ struct QueueState {
     hops: HopState,
     idle: Vec<u32>,
     rotation: usize,
+    /// Connections that failed before their session was ready, in a row; no new connection
+    /// is opened before `connect_backoff_until_ms` (a receiver answering 421 is not hammered).
+    connect_failures: u32,
+    connect_backoff_until_ms: u64,
 }
 
 struct JournalBatch {
@@ -897,6 +905,8 @@ impl Shard {
                 hops: HopState::Unknown,
                 idle: Vec::new(),
                 rotation: 0,
+                connect_failures: 0,
+                connect_backoff_until_ms: 0,
             };
             self.queues.insert(domain.to_string(), st);
         }
@@ -956,6 +966,7 @@ impl Shard {
                 }
             }
             HopState::Resolving => {}
+            HopState::Ready { .. } if now < st.connect_backoff_until_ms => {}
             HopState::Ready { levels, .. } => {
                 let levels = levels.clone();
                 while self.queues.get(domain).is_some_and(|st| st.q.wants_connection()) {
@@ -1182,6 +1193,10 @@ impl Shard {
                 Some(ClientEvent::Ready) => {
                     out.ever_ready = true;
                     out.info.esmtp = out.client.capabilities().esmtp;
+                    if let Some(st) = self.queues.get_mut(&out.domain) {
+                        st.connect_failures = 0;
+                        st.connect_backoff_until_ms = 0;
+                    }
                     self.out_next_work(slot);
                 }
                 Some(ClientEvent::SendBody) => {
@@ -1273,6 +1288,13 @@ impl Shard {
             self.settle(&domain, job, &replies, &info);
         }
         self.close(slot);
+        if !ever_ready {
+            if let Some(st) = self.queues.get_mut(&domain) {
+                let backoff = (CONNECT_BACKOFF_FIRST_MS << st.connect_failures.min(16)).min(CONNECT_BACKOFF_MAX_MS);
+                st.connect_failures += 1;
+                st.connect_backoff_until_ms = now_ms() + backoff;
+            }
+        }
         let others = self.queues.get(&domain).map(|st| st.q.connections).unwrap_or(0);
         if !ever_ready && others == 0 && self.stopping_since_ms.is_none() {
             tracing::info!(shard = self.id, %domain, reply = %transient.line(), "deferring queue");

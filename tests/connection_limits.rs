@@ -1,0 +1,98 @@
+//! Per-destination connection limits as PowerMTA users rely on them: `max-smtp-out` caps
+//! concurrent connections to a destination (the sink's own cap answers 421 to any extra one),
+//! and `max-msg-per-connection` makes sluice close and reopen connections.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const MESSAGES: u64 = 300;
+
+fn json_u64(json: &str, key: &str) -> u64 {
+    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 3;
+    json[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap()
+}
+
+fn scenario(shards: Option<u32>) {
+    let dir = TempDir::new("limits");
+    let sink_port = free_port("127.0.0.1");
+    let json = dir.path().join("sink.json");
+    let mut sink = Command::new(BIN)
+        .args(["sink", "--listen", &format!("127.0.0.1:{sink_port}"), "--max-connections", "3", "--latency", "2ms"])
+        .args(["--exit-after", &MESSAGES.to_string(), "--json"])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(format!("127.0.0.1:{sink_port}").parse().unwrap(), Duration::from_secs(10));
+    let relay = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain sink.test>\n smtp-hosts [127.0.0.1]:{sink_port}\n max-smtp-out 3\n max-msg-per-connection 10\n</domain>\n"
+        ),
+        shards,
+    );
+    let (code, out) = run(Command::new(BIN)
+        .args(["loadgen", "--quiet", "--duration", "60s", "--messages", &MESSAGES.to_string(), "--connections", "20"])
+        .args(["--target", &relay.addr().to_string()]));
+    assert_eq!(code, 0, "{out}");
+    let status = wait_for("the sink to take every message", Duration::from_secs(60), || sink.try_wait().unwrap());
+    assert!(status.success());
+    let totals = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(json_u64(&totals, "messages"), MESSAGES);
+    assert_eq!(json_u64(&totals, "refused_connections"), 0, "never more than max-smtp-out at once: {totals}");
+    assert!(json_u64(&totals, "connections") >= MESSAGES / 10, "a new connection every 10 messages: {totals}");
+    assert_eq!(relay.wait_rows("d", MESSAGES as usize, Duration::from_secs(10)).len(), MESSAGES as usize);
+}
+
+#[test]
+fn connection_limits_one_shard() {
+    scenario(Some(1));
+}
+
+#[test]
+fn connection_limits_default_shards() {
+    scenario(None);
+}
+
+/// A receiver that answers 421 at the greeting to every connection beyond one: sluice backs
+/// off instead of reconnecting in a loop, and still delivers everything over the connection
+/// that is allowed.
+fn refusing_receiver(shards: Option<u32>) {
+    let dir = TempDir::new("refusing");
+    let sink_port = free_port("127.0.0.1");
+    let json = dir.path().join("sink.json");
+    let mut sink = Command::new(BIN)
+        .args(["sink", "--listen", &format!("127.0.0.1:{sink_port}"), "--max-connections", "1", "--latency", "5ms"])
+        .args(["--exit-after", "200", "--json"])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(format!("127.0.0.1:{sink_port}").parse().unwrap(), Duration::from_secs(10));
+    let relay = Relay::start(
+        &format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain sink.test>\n smtp-hosts [127.0.0.1]:{sink_port}\n max-smtp-out 5\n retry-after 1s\n</domain>\n"),
+        shards,
+    );
+    let (code, out) = run(Command::new(BIN)
+        .args(["loadgen", "--quiet", "--duration", "60s", "--messages", "200", "--connections", "10"])
+        .args(["--target", &relay.addr().to_string()]));
+    assert_eq!(code, 0, "{out}");
+    let status = wait_for("the sink to take every message", Duration::from_secs(60), || sink.try_wait().unwrap());
+    assert!(status.success());
+    let totals = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(json_u64(&totals, "messages"), 200);
+    assert!(json_u64(&totals, "refused_connections") < 40, "backed off after 421 greetings: {totals}");
+}
+
+#[test]
+fn refusing_receiver_one_shard() {
+    refusing_receiver(Some(1));
+}
+
+#[test]
+fn refusing_receiver_default_shards() {
+    refusing_receiver(None);
+}
