@@ -18,6 +18,8 @@ const RECV_BYTES: usize = 64 * 1024;
 const CONNS_MAX: usize = 1 << 16;
 const TICK_IDLE: Duration = Duration::from_millis(50);
 const TICK_LATENCY: Duration = Duration::from_millis(1);
+/// On stop, how long replies already owed may take to go out.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
@@ -90,6 +92,8 @@ struct Conn {
     out_off: usize,
     busy: bool,
     ack_due_ms: Option<u64>,
+    /// The message waiting for its (delayed) 250: counted when acknowledged.
+    pending: Option<sluice_engine::smtp::sink::Report>,
 }
 
 struct Sink {
@@ -135,10 +139,19 @@ pub fn run_sink(
     sink.arm_accept();
     sink.arm_tick();
     let mut completions = Vec::new();
-    while !stop.load(Ordering::SeqCst) {
+    let mut stopping_since = None;
+    loop {
         sys::wait(&mut sink.ring, &mut completions);
         for (user_data, result) in completions.drain(..) {
             sink.complete(user_data, result);
+        }
+        // On stop, let replies already owed (a delayed 250, a send in flight) go out first.
+        if stop.load(Ordering::SeqCst) {
+            let since = *stopping_since.get_or_insert_with(std::time::Instant::now);
+            let owed = sink.conns.iter().flatten().any(|c| c.ack_due_ms.is_some() || c.out_off < c.out.len());
+            if !owed || since.elapsed() > STOP_GRACE {
+                break;
+            }
         }
     }
     // Operations may still reference connection buffers: never free them.
@@ -204,6 +217,7 @@ impl Sink {
             out_off: 0,
             busy: false,
             ack_due_ms: None,
+            pending: None,
         });
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -257,6 +271,8 @@ impl Sink {
                 let conn = self.conns[slot as usize].as_mut().expect("checked");
                 conn.ack_due_ms = None;
                 conn.session.ack();
+                let report = conn.pending.take().expect("a delayed ack has its report");
+                self.record(&report);
                 self.drive(slot);
             }
         }
@@ -299,12 +315,14 @@ impl Sink {
                 consumed += used;
                 match event {
                     Some(SinkEvent::Message(r)) => {
+                        // Counted when acknowledged: a delayed ack is counted on the tick.
                         if latency_ms == 0 {
                             conn.session.ack();
+                            report = Some(r);
                         } else {
                             conn.ack_due_ms = Some(now_ms() + latency_ms);
+                            conn.pending = Some(r);
                         }
-                        report = Some(r);
                         break;
                     }
                     Some(SinkEvent::Scripted(code)) => scripted.push(code),
@@ -318,7 +336,7 @@ impl Sink {
             conn.out.extend_from_slice(conn.session.output());
             conn.session.clear_output();
             let (fd, closing, waiting) = (conn.fd, conn.session.is_closing(), conn.ack_due_ms.is_some());
-            let more = report.is_some() && conn.in_len > 0 && !waiting;
+            let more = report.is_some() && conn.in_len > 0;
             for code in scripted {
                 let counter = if code >= 500 { &self.stats.scripted_5xx } else { &self.stats.scripted_4xx };
                 counter.fetch_add(1, Ordering::Relaxed);
