@@ -51,6 +51,10 @@ pub struct SourcePolicy {
     pub max_rcpt_per_message: u32,
     pub process_x_virtual_mta: bool,
     pub default_virtual_mta: Option<String>,
+    /// Keep the `x-virtual-mta:` header when relaying (it is removed by default).
+    pub retain_x_virtual_mta: bool,
+    /// Refuse a message whose `x-virtual-mta:` names no VMTA or pool (else: the default).
+    pub reject_invalid_virtual_mta: bool,
     pub add_received_header: bool,
     pub hide_message_source: bool,
 }
@@ -64,6 +68,8 @@ impl Default for SourcePolicy {
             max_rcpt_per_message: 1000,
             process_x_virtual_mta: false,
             default_virtual_mta: None,
+            retain_x_virtual_mta: false,
+            reject_invalid_virtual_mta: false,
             add_received_header: true,
             hide_message_source: false,
         }
@@ -170,6 +176,24 @@ impl std::fmt::Display for Warning {
     }
 }
 
+/// A `<virtual-mta NAME>`: where its connections come from, and its own `<domain>` settings.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualMta {
+    pub name: String,
+    /// `smtp-source-host IP HOSTNAME`: bind this address, say this name in EHLO.
+    pub source_ip: Option<IpAddr>,
+    pub host_name: Option<String>,
+    domain_wildcard: DomainOverrides,
+    domains: HashMap<String, DomainOverrides>,
+}
+
+/// What an `x-virtual-mta:` header or `default-virtual-mta` may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmtaTarget {
+    Vmta(String),
+    Pool(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host_name: String,
@@ -187,6 +211,9 @@ pub struct Config {
     sources: Vec<SourceRule>,
     domain_wildcard: DomainOverrides,
     domains: HashMap<String, DomainOverrides>,
+    pub vmtas: HashMap<String, VirtualMta>,
+    /// `<virtual-mta-pool NAME>` → members, used round-robin per connection.
+    pub pools: HashMap<String, Vec<String>>,
     pub acct_files: Vec<AcctFile>,
     pub warnings: Vec<Warning>,
 }
@@ -206,14 +233,45 @@ impl Config {
     /// Settings for a destination domain: `*`, then each parent from the farthest, then exact.
     pub fn domain_settings(&self, domain: &str) -> DomainSettings {
         let mut settings = DomainSettings::default();
-        self.domain_wildcard.apply(&mut settings);
-        let labels: Vec<&str> = domain.split('.').collect();
-        for start in (0..labels.len()).rev() {
-            if let Some(o) = self.domains.get(&labels[start..].join(".")) {
-                o.apply(&mut settings);
-            }
+        apply_domain_blocks(&self.domain_wildcard, &self.domains, domain, &mut settings);
+        settings
+    }
+
+    /// As `domain_settings`, then the `<domain>` blocks inside the VMTA (or, for a pool, its
+    /// first member) override the global ones.
+    pub fn queue_settings(&self, domain: &str, vmta: &str) -> DomainSettings {
+        let mut settings = self.domain_settings(domain);
+        let vmta = self.pools.get(vmta).and_then(|m| m.first()).map(String::as_str).unwrap_or(vmta);
+        if let Some(v) = self.vmtas.get(vmta) {
+            apply_domain_blocks(&v.domain_wildcard, &v.domains, domain, &mut settings);
         }
         settings
+    }
+
+    /// Resolves a VMTA or pool name.
+    pub fn vmta_target(&self, name: &str) -> Option<VmtaTarget> {
+        if self.vmtas.contains_key(name) {
+            Some(VmtaTarget::Vmta(name.to_string()))
+        } else if self.pools.contains_key(name) {
+            Some(VmtaTarget::Pool(name.to_string()))
+        } else {
+            None
+        }
+    }
+}
+
+fn apply_domain_blocks(
+    wildcard: &DomainOverrides,
+    domains: &HashMap<String, DomainOverrides>,
+    domain: &str,
+    settings: &mut DomainSettings,
+) {
+    wildcard.apply(settings);
+    let labels: Vec<&str> = domain.split('.').collect();
+    for start in (0..labels.len()).rev() {
+        if let Some(o) = domains.get(&labels[start..].join(".")) {
+            o.apply(settings);
+        }
     }
 }
 
@@ -224,8 +282,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-api-key", "the management API"),
     ("domain-key", "DKIM signing"),
     ("smtp-user", "SMTP AUTH"),
-    ("virtual-mta", "virtual MTAs"),
-    ("virtual-mta-pool", "virtual MTAs"),
     ("source-ip-max-msg-rate", "source-IP limits"),
     ("source-ip-max-connect-rate", "source-IP limits"),
     ("source-ip-max-smtp-out", "source-IP limits"),
@@ -281,6 +337,8 @@ const SOURCE: &[&str] = &[
     "default-virtual-mta",
     "add-received-header",
     "hide-message-source",
+    "retain-x-virtual-mta",
+    "reject-invalid-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
     "max-smtp-out",
@@ -291,7 +349,7 @@ const DOMAIN: &[&str] = &[
     "smtp-hosts",
     "route",
 ];
-const BLOCKS: &[&str] = &["source", "domain", "acct-file", "spool"];
+const BLOCKS: &[&str] = &["source", "domain", "acct-file", "spool", "virtual-mta", "virtual-mta-pool"];
 
 /// Levenshtein distance, for "did you mean" hints.
 fn distance(a: &str, b: &str) -> usize {
@@ -319,6 +377,8 @@ fn nearest_hint(name: &str, known: &[&str]) -> String {
 
 struct Builder {
     config: Config,
+    /// VMTA names used (`default-virtual-mta`, pool members), checked once all is read.
+    vmta_refs: Vec<(String, Span)>,
 }
 
 fn one_arg<'a>(name: &str, args: &'a [String], span: &Span) -> Result<&'a str, ConfigError> {
@@ -439,6 +499,8 @@ impl Builder {
                 Ok(())
             }
             "acct-file" => self.acct_file(arg, children, span),
+            "virtual-mta" => self.virtual_mta(arg, children, span),
+            "virtual-mta-pool" => self.vmta_pool(arg, children, span),
             "spool" => {
                 let dir = arg.ok_or_else(|| {
                     ConfigError::at(span, "`<spool>` needs a directory", "write `<spool /var/spool/sluice>`")
@@ -490,7 +552,17 @@ impl Builder {
                 "process-x-virtual-mta" => {
                     policy.process_x_virtual_mta = value(span, units::parse_bool(one_arg(name, args, span)?))?
                 }
-                "default-virtual-mta" => policy.default_virtual_mta = Some(one_arg(name, args, span)?.to_string()),
+                "default-virtual-mta" => {
+                    let target = one_arg(name, args, span)?.to_string();
+                    self.vmta_refs.push((target.clone(), span.clone()));
+                    policy.default_virtual_mta = Some(target);
+                }
+                "retain-x-virtual-mta" => {
+                    policy.retain_x_virtual_mta = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
+                "reject-invalid-virtual-mta" => {
+                    policy.reject_invalid_virtual_mta = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
                 "add-received-header" => {
                     policy.add_received_header = value(span, units::parse_bool(one_arg(name, args, span)?))?
                 }
@@ -543,6 +615,109 @@ impl Builder {
             }
         }
         Ok(o)
+    }
+
+    fn virtual_mta(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        let name =
+            arg.ok_or_else(|| ConfigError::at(span, "`<virtual-mta>` needs a name", "write `<virtual-mta mta1>`"))?;
+        let mut vmta = VirtualMta { name: name.to_string(), ..Default::default() };
+        for child in children {
+            match child {
+                Node::Directive { name: d, args, span } if d == "smtp-source-host" => {
+                    let [ip, host] = args.as_slice() else {
+                        return Err(ConfigError::at(
+                            span,
+                            "`smtp-source-host` takes an IP address and a host name",
+                            "write `smtp-source-host 192.0.2.10 mta1.example.com`",
+                        ));
+                    };
+                    let parsed = ip.parse().map_err(|_| {
+                        ConfigError::at(span, format!("`{ip}` is not an IP address"), "write e.g. 192.0.2.10")
+                    })?;
+                    vmta.source_ip = Some(parsed);
+                    vmta.host_name = Some(host.clone());
+                }
+                Node::Directive { name: d, span, .. } => {
+                    self.unknown(d, span, &["smtp-source-host"], "<virtual-mta>")?
+                }
+                Node::Block { name: b, arg, children, span } if b == "domain" => {
+                    let domain = arg.as_deref().ok_or_else(|| {
+                        ConfigError::at(span, "`<domain>` needs a name", "write `<domain example.com>`")
+                    })?;
+                    let overrides = self.domain(children)?;
+                    if domain == "*" {
+                        vmta.domain_wildcard = overrides;
+                    } else {
+                        vmta.domains.insert(domain.to_ascii_lowercase(), overrides);
+                    }
+                }
+                Node::Block { name: b, span, .. } => self.unknown(b, span, &["domain"], "<virtual-mta>")?,
+            }
+        }
+        if self.config.pools.contains_key(name) || self.config.vmtas.insert(name.to_string(), vmta).is_some() {
+            return Err(ConfigError::at(
+                span,
+                format!("`{name}` is defined twice"),
+                "give each virtual MTA and pool its own name",
+            ));
+        }
+        Ok(())
+    }
+
+    fn vmta_pool(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        let name = arg.ok_or_else(|| {
+            ConfigError::at(span, "`<virtual-mta-pool>` needs a name", "write `<virtual-mta-pool pool1>`")
+        })?;
+        let mut members = Vec::new();
+        for child in children {
+            match child {
+                Node::Directive { name: d, args, span } if d == "virtual-mta" => {
+                    let member = one_arg(d, args, span)?.to_string();
+                    self.vmta_refs.push((format!("\0{member}"), span.clone()));
+                    members.push(member);
+                }
+                Node::Directive { name: d, span, .. } => {
+                    self.unknown(d, span, &["virtual-mta"], "<virtual-mta-pool>")?
+                }
+                Node::Block { name: b, span, .. } => self.unknown(b, span, &[], "<virtual-mta-pool>")?,
+            }
+        }
+        if members.is_empty() {
+            return Err(ConfigError::at(span, format!("pool `{name}` has no members"), "add `virtual-mta NAME` lines"));
+        }
+        if self.config.vmtas.contains_key(name) || self.config.pools.insert(name.to_string(), members).is_some() {
+            return Err(ConfigError::at(
+                span,
+                format!("`{name}` is defined twice"),
+                "give each virtual MTA and pool its own name",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Names used before their definitions are checked once the whole file is read.
+    fn check_vmta_refs(&self) -> Result<(), ConfigError> {
+        for (name, span) in &self.vmta_refs {
+            // A leading NUL marks a pool member, which must be a VMTA (not another pool).
+            let (name, member) = match name.strip_prefix('\0') {
+                Some(n) => (n, true),
+                None => (name.as_str(), false),
+            };
+            if self.config.vmtas.contains_key(name) || (!member && self.config.pools.contains_key(name)) {
+                continue;
+            }
+            let mut known: Vec<&str> = self.config.vmtas.keys().map(String::as_str).collect();
+            if !member {
+                known.extend(self.config.pools.keys().map(String::as_str));
+            }
+            let hint = match known.iter().map(|k| (distance(name, k), *k)).min() {
+                Some((d, k)) if d <= 3 => format!("did you mean `{k}`?"),
+                _ => "define it with `<virtual-mta NAME>` or `<virtual-mta-pool NAME>`".into(),
+            };
+            let what = if member { "pool member" } else { "virtual MTA or pool" };
+            return Err(ConfigError::at(span, format!("{what} `{name}` is not defined"), hint));
+        }
+        Ok(())
     }
 
     fn acct_file(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
@@ -608,10 +783,14 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             domain_wildcard: DomainOverrides::default(),
             domains: HashMap::new(),
             acct_files: Vec::new(),
+            vmtas: HashMap::new(),
+            pools: HashMap::new(),
             warnings: Vec::new(),
         },
+        vmta_refs: Vec::new(),
     };
     b.global(&nodes)?;
+    b.check_vmta_refs()?;
     // A `<domain $macro>` block is parsed once per domain; report each warning once.
     let mut seen = std::collections::HashSet::new();
     b.config.warnings.retain(|w| seen.insert((w.span.to_string(), w.message.clone())));
@@ -687,5 +866,50 @@ mod tests {
     fn acct_file_records() {
         let c = parse("smtp-listener 127.0.0.1:25\n<acct-file /tmp/a.csv>\nrecords d,b\n</acct-file>\n").unwrap();
         assert_eq!(c.acct_files[0].records, vec![RecordType::Delivered, RecordType::Bounced]);
+    }
+}
+
+#[cfg(test)]
+mod vmta_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        load("v.conf", text, &mut |_| Err("no includes".into()))
+    }
+
+    const BASE: &str = "smtp-listener 127.0.0.1:25\n\
+        <virtual-mta mta1>\n smtp-source-host 127.0.0.2 mta1.test\n <domain slow.test>\n  max-smtp-out 2\n </domain>\n</virtual-mta>\n\
+        <virtual-mta mta2>\n smtp-source-host 127.0.0.3 mta2.test\n</virtual-mta>\n\
+        <virtual-mta-pool pool1>\n virtual-mta mta1\n virtual-mta mta2\n</virtual-mta-pool>\n";
+
+    #[test]
+    fn vmtas_pools_and_overrides() {
+        let c = parse(&format!("{BASE}<source 127.0.0.1>\n default-virtual-mta pool1\n</source>\n<domain slow.test>\n max-smtp-out 9\n</domain>\n")).unwrap();
+        assert_eq!(c.vmtas["mta1"].source_ip, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(c.vmtas["mta2"].host_name.as_deref(), Some("mta2.test"));
+        assert_eq!(c.pools["pool1"], vec!["mta1".to_string(), "mta2".to_string()]);
+        assert_eq!(c.vmta_target("pool1"), Some(VmtaTarget::Pool("pool1".into())));
+        assert_eq!(c.vmta_target("mta2"), Some(VmtaTarget::Vmta("mta2".into())));
+        assert_eq!(c.vmta_target("nope"), None);
+        assert_eq!(c.queue_settings("slow.test", "mta1").max_smtp_out, 2, "VMTA's <domain> wins");
+        assert_eq!(c.queue_settings("slow.test", "mta2").max_smtp_out, 9);
+        assert_eq!(c.queue_settings("slow.test", "default").max_smtp_out, 9);
+        assert_eq!(c.source_policy("127.0.0.1".parse().unwrap()).default_virtual_mta.as_deref(), Some("pool1"));
+    }
+
+    #[test]
+    fn undefined_names_are_errors_with_hints() {
+        let err = parse(&format!("{BASE}<source 127.0.0.1>\n default-virtual-mta pool2\n</source>\n")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "v.conf:16: virtual MTA or pool `pool2` is not defined (hint: did you mean `pool1`?)"
+        );
+        let err = parse("smtp-listener 127.0.0.1:25\n<virtual-mta-pool p>\n virtual-mta ghost\n</virtual-mta-pool>\n")
+            .unwrap_err();
+        assert_eq!((err.line, err.message.as_str()), (3, "pool member `ghost` is not defined"));
+        let err =
+            parse("smtp-listener 127.0.0.1:25\n<virtual-mta m>\n smtp-source-host nowhere m.test\n</virtual-mta>\n")
+                .unwrap_err();
+        assert_eq!((err.line, err.message.as_str()), (3, "`nowhere` is not an IP address"));
     }
 }

@@ -145,8 +145,8 @@ impl Runtime {
         let recovered_messages = recovered.messages.len();
         let mut initial: Vec<Vec<shard::Initial>> = (0..shards).map(|_| Vec::new()).collect();
         for m in recovered.messages {
-            for (domain, job) in shard::jobs_for(&m.segment, m.offset, &m.pending, 1) {
-                initial[owner_shard(&domain, shards) as usize].push((domain, job));
+            for (domain, vmta, job) in shard::jobs_for(&m.segment, m.offset, &m.pending, 1) {
+                initial[owner_shard(&domain, shards) as usize].push((domain, vmta, job));
             }
         }
         let mut old_journals: Vec<Vec<store::Journal>> = (0..shards).map(|_| Vec::new()).collect();

@@ -39,7 +39,7 @@ pub enum Resolution {
 }
 
 pub enum ShardMsg {
-    Job { domain: String, job: Job<MsgRef> },
+    Job { domain: String, vmta: String, job: Job<MsgRef> },
     Resolved { domain: String, resolution: Resolution, ttl_ms: u64 },
 }
 

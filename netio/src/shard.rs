@@ -12,6 +12,7 @@ use sluice_engine::acct::Record;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, Recipient};
 use sluice_engine::smtp::addr::domain_of;
 use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
+use sluice_engine::smtp::headers::take_header;
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
@@ -97,11 +98,13 @@ fn ud_split(v: u64) -> (Op, u16, u64) {
     (Op::from((v >> 56) as u8), (v >> 40) as u16, v & ((1 << 40) - 1))
 }
 
-pub(crate) type Initial = (String, Job<MsgRef>);
+/// (destination domain, VMTA or pool, job).
+pub(crate) type Initial = (String, String, Job<MsgRef>);
 
 /// Groups a message's recipients by destination domain: one job per domain.
 fn group_jobs<'a>(
     msg: &MsgRef,
+    vmta: &str,
     mail_from: &str,
     rcpts: impl Iterator<Item = (u32, &'a str)>,
     queued_unix_ms: u64,
@@ -112,10 +115,11 @@ fn group_jobs<'a>(
     for (index, address) in rcpts {
         let domain = domain_of(address);
         let rcpt = Recipient { index, address: address.to_string() };
-        match jobs.iter_mut().find(|(d, _)| *d == domain) {
-            Some((_, job)) => job.rcpts.push(rcpt),
+        match jobs.iter_mut().find(|(d, _, _)| *d == domain) {
+            Some((_, _, job)) => job.rcpts.push(rcpt),
             None => jobs.push((
                 domain,
+                vmta.to_string(),
                 Job {
                     msg: msg.clone(),
                     mail_from: mail_from.to_string(),
@@ -136,7 +140,8 @@ pub(crate) fn jobs_for(segment: &Arc<Segment>, offset: u64, pending: &[u32], att
     let msg = MsgRef { segment: segment.clone(), offset };
     let env = &view.envelope;
     let rcpts = pending.iter().map(|&i| (i, env.recipients[i as usize]));
-    group_jobs(&msg, env.mail_from, rcpts, env.queued_unix_ms, view.data.len() as u64, attempts)
+    let vmta = if env.vmta.is_empty() { DEFAULT_VMTA } else { env.vmta };
+    group_jobs(&msg, vmta, env.mail_from, rcpts, env.queued_unix_ms, view.data.len() as u64, attempts)
 }
 
 /// An accepted message on its way to disk.
@@ -149,6 +154,8 @@ struct Store {
     mail_from: String,
     recipients: Vec<String>,
     queued_unix_ms: u64,
+    /// The VMTA or pool the message goes out through.
+    vmta: String,
 }
 
 struct Inbound {
@@ -166,7 +173,12 @@ enum OutPhase {
 }
 
 struct Outbound {
-    domain: String,
+    /// The queue key, `domain/vmta`.
+    queue: String,
+    /// The VMTA this connection speaks for (a pool's member), and the pool if any.
+    vmta: String,
+    pool: String,
+    source_ip: Option<IpAddr>,
     client: Client,
     hops: Vec<Hop>,
     hop_index: usize,
@@ -215,6 +227,8 @@ struct QueueState {
     hops: HopState,
     idle: Vec<u32>,
     rotation: usize,
+    /// Which pool member the next connection uses.
+    pool_rotation: usize,
     /// Connections that failed before their session was ready, in a row; no new connection
     /// is opened before `connect_backoff_until_ms` (a receiver answering 421 is not hammered).
     connect_failures: u32,
@@ -320,8 +334,8 @@ impl Shard {
         };
         // Segments (.seg) and journals (.jnl) number independently from the first free
         // sequence of this directory; their extensions keep the names apart.
-        for (domain, job) in initial {
-            shard.enqueue(domain, job);
+        for (domain, vmta, job) in initial {
+            shard.enqueue(domain, vmta, job);
         }
         Ok(shard)
     }
@@ -468,15 +482,15 @@ impl Shard {
                 self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
             }
             Kind::Out(out) => {
-                if let Some(st) = self.queues.get_mut(&out.domain) {
+                if let Some(st) = self.queues.get_mut(&out.queue) {
                     st.q.connections -= 1;
                     st.idle.retain(|s| *s != slot);
                 }
                 if let Some(job) = out.job {
                     // Unreachable by construction: jobs are settled before a close.
-                    self.requeue(&out.domain, job);
+                    self.requeue(&out.queue, job);
                 }
-                self.dirty.push(out.domain);
+                self.dirty.push(out.queue);
             }
         }
     }
@@ -687,22 +701,23 @@ impl Shard {
             conn.inbuf.copy_within(consumed..conn.in_len, 0);
             conn.in_len -= consumed;
         }
-        let pending_out = !inb.session.output().is_empty();
-        if pending_out {
+        if message {
+            // Stores the message, or refuses it (then the reply is in the session's output).
+            self.store_message(slot, now);
+        }
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+        if !inb.session.output().is_empty() {
             conn.out.extend_from_slice(inb.session.output());
             inb.session.clear_output();
         }
         let closing = inb.session.is_closing();
         let in_data = inb.session.is_in_data();
         let storing = inb.store.is_some();
-        if message {
-            self.store_message(slot, now);
-        }
-        let conn = self.conn_mut(slot);
         if conn.out_off < conn.out.len() {
             return self.submit_send(slot);
         }
-        if message || storing {
+        if storing {
             return; // waiting for the spool
         }
         if closing {
@@ -720,7 +735,14 @@ impl Shard {
         let gen = conn.gen;
         let ticket = (gen as u64) << 32 | slot as u64;
         let Kind::In(inb) = &mut conn.kind else { unreachable!() };
-        let m = inb.session.take_message();
+        let mut m = inb.session.take_message();
+        let vmta = match select_vmta(&self.shared.config, inb.client_ip, &mut m.data) {
+            Ok(v) => v,
+            Err(reply) => {
+                inb.session.message_refused(&reply);
+                return;
+            }
+        };
         let mut store = Box::new(Store {
             head: Vec::new(),
             data: m.data,
@@ -730,6 +752,7 @@ impl Shard {
             mail_from: m.mail_from,
             recipients: m.recipients,
             queued_unix_ms: now,
+            vmta,
         });
         if now < self.spool_broken_until_ms {
             inb.store = Some(store);
@@ -741,7 +764,7 @@ impl Shard {
             client_ip: inb.client_ip,
             mail_from: &store.mail_from,
             envid: "",
-            vmta: "",
+            vmta: &store.vmta,
             recipients: store.recipients.iter().map(String::as_str).collect(),
         };
         store.head = codec::encode_message_head(&env, &store.data);
@@ -850,8 +873,10 @@ impl Shard {
                 let msg = MsgRef { segment: seg, offset: store.offset };
                 let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
                 let size = store.data.len() as u64;
-                for (domain, job) in group_jobs(&msg, &store.mail_from, rcpts, store.queued_unix_ms, size, 1) {
-                    self.dispatch(domain, job);
+                for (domain, vmta, job) in
+                    group_jobs(&msg, &store.vmta, &store.mail_from, rcpts, store.queued_unix_ms, size, 1)
+                {
+                    self.dispatch(domain, vmta, job);
                 }
             } else {
                 seg.release(store.recipients.len() as u64);
@@ -865,12 +890,12 @@ impl Shard {
     /// Hands a job to the shard that owns its domain. When the owner's mailbox is full the
     /// job waits in this shard's outbox (never spin: two shards full of each other's work
     /// would wait forever).
-    fn dispatch(&mut self, domain: String, job: Job<MsgRef>) {
+    fn dispatch(&mut self, domain: String, vmta: String, job: Job<MsgRef>) {
         let owner = owner_shard(&domain, self.shards);
         if owner == self.id {
-            return self.enqueue(domain, job);
+            return self.enqueue(domain, vmta, job);
         }
-        self.outbox.push((owner, ShardMsg::Job { domain, job }));
+        self.outbox.push((owner, ShardMsg::Job { domain, vmta, job }));
     }
 
     fn flush_outbox(&mut self) {
@@ -889,7 +914,7 @@ impl Shard {
         let me = self.id as usize;
         while let Some(msg) = self.shared.mailboxes[me].pop() {
             match msg {
-                ShardMsg::Job { domain, job } => self.enqueue(domain, job),
+                ShardMsg::Job { domain, vmta, job } => self.enqueue(domain, vmta, job),
                 ShardMsg::Resolved { domain, resolution, ttl_ms } => self.on_resolved(domain, resolution, ttl_ms),
             }
         }
@@ -897,30 +922,37 @@ impl Shard {
 
     // ---- Delivery queues --------------------------------------------------------------
 
-    fn queue(&mut self, domain: &str) -> &mut QueueState {
-        if !self.queues.contains_key(domain) {
-            let settings = self.shared.config.domain_settings(domain);
+    /// The queue `domain/vmta`, created on first use.
+    fn queue_for(&mut self, domain: &str, vmta: &str) -> (String, &mut QueueState) {
+        let key = format!("{domain}/{vmta}");
+        if !self.queues.contains_key(&key) {
+            let settings = self.shared.config.queue_settings(domain, vmta);
             let st = QueueState {
-                q: Queue::new(domain, DEFAULT_VMTA, settings),
+                q: Queue::new(domain, vmta, settings),
                 hops: HopState::Unknown,
                 idle: Vec::new(),
                 rotation: 0,
+                pool_rotation: 0,
                 connect_failures: 0,
                 connect_backoff_until_ms: 0,
             };
-            self.queues.insert(domain.to_string(), st);
+            self.queues.insert(key.clone(), st);
         }
-        self.queues.get_mut(domain).expect("inserted above")
+        let st = self.queues.get_mut(&key).expect("inserted above");
+        (key, st)
     }
 
-    fn enqueue(&mut self, domain: String, job: Job<MsgRef>) {
-        tracing::trace!(shard = self.id, %domain, rcpts = job.rcpts.len(), "enqueue");
-        self.queue(&domain).q.push(job);
-        self.dirty.push(domain);
+    fn enqueue(&mut self, domain: String, vmta: String, job: Job<MsgRef>) {
+        tracing::trace!(shard = self.id, %domain, %vmta, rcpts = job.rcpts.len(), "enqueue");
+        let (key, st) = self.queue_for(&domain, &vmta);
+        st.q.push(job);
+        self.dirty.push(key);
     }
 
-    fn requeue(&mut self, domain: &str, job: Job<MsgRef>) {
-        self.queue(domain).q.push(job);
+    fn requeue(&mut self, key: &str, job: Job<MsgRef>) {
+        if let Some(st) = self.queues.get_mut(key) {
+            st.q.push(job);
+        }
     }
 
     fn pump(&mut self, domain: &str) {
@@ -959,7 +991,7 @@ impl Shard {
                     return self.pump(domain);
                 }
                 st.hops = HopState::Resolving;
-                let req = ControlRequest::Resolve { shard: self.id, domain: domain.to_string(), static_hosts };
+                let req = ControlRequest::Resolve { shard: self.id, domain: st.q.domain.clone(), static_hosts };
                 if self.shared.control.try_send(req).is_err() {
                     // Control plane busy: ask again on the next tick.
                     st.hops = HopState::Unknown;
@@ -991,29 +1023,33 @@ impl Shard {
         }
     }
 
+    /// A resolution applies to every queue of that domain (one per VMTA).
     fn on_resolved(&mut self, domain: String, resolution: Resolution, ttl_ms: u64) {
         let now = now_ms();
-        let st = self.queue(&domain);
-        st.hops = match resolution {
+        let hops = |resolution: &Resolution| match resolution {
             Resolution::Hops(levels) if levels.iter().any(|l| !l.is_empty()) => {
-                HopState::Ready { levels, expires_ms: now + ttl_ms.max(1_000) }
+                HopState::Ready { levels: levels.clone(), expires_ms: now + ttl_ms.max(1_000) }
             }
             Resolution::Hops(_) => HopState::Failed {
                 resolution: Resolution::Temporary(Reply::new(451, "4.4.4 no address found for the next hop")),
                 expires_ms: now + RESOLVE_FAILURE_TTL_MS,
             },
-            other => {
-                HopState::Failed { resolution: other, expires_ms: now + RESOLVE_FAILURE_TTL_MS.min(ttl_ms.max(1_000)) }
-            }
+            other => HopState::Failed {
+                resolution: other.clone(),
+                expires_ms: now + RESOLVE_FAILURE_TTL_MS.min(ttl_ms.max(1_000)),
+            },
         };
-        self.dirty.push(domain);
+        for (key, st) in self.queues.iter_mut().filter(|(_, st)| st.q.domain == domain) {
+            st.hops = hops(&resolution);
+            self.dirty.push(key.clone());
+        }
     }
 
     /// Records outcomes: accounting for all, a journal entry for final ones.
     fn settle(&mut self, domain: &str, job: Job<MsgRef>, replies: &[Reply], info: &AttemptInfo) {
         let now = now_ms();
         let msg = job.msg.clone();
-        let st = self.queue(domain);
+        let st = self.queues.get_mut(domain).expect("a settled job's queue exists");
         let outcomes = st.q.settle(job, replies, info, now);
         for (rcpt, fate, record) in outcomes {
             if fate == Fate::Final {
@@ -1049,9 +1085,22 @@ impl Shard {
         }
         st.q.connections += 1;
         let config = self.shared.config.clone();
+        // A pool's members take turns, one per connection.
+        let (vmta, pool) = match config.pools.get(&st.q.vmta) {
+            Some(members) => {
+                st.pool_rotation = st.pool_rotation.wrapping_add(1);
+                (members[st.pool_rotation % members.len()].clone(), st.q.vmta.clone())
+            }
+            None => (st.q.vmta.clone(), String::new()),
+        };
+        let settings = config.vmtas.get(&vmta);
+        let ehlo = settings.and_then(|v| v.host_name.as_deref()).unwrap_or(&config.host_name);
         let out = Outbound {
-            domain: domain.to_string(),
-            client: Client::new(&config.host_name),
+            queue: domain.to_string(),
+            source_ip: settings.and_then(|v| v.source_ip),
+            client: Client::new(ehlo),
+            vmta,
+            pool,
             hops,
             hop_index: 0,
             // SAFETY: zeroed storage is valid.
@@ -1087,7 +1136,7 @@ impl Shard {
         }
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
         let Some(hop) = out.hops.get(out.hop_index).cloned() else {
-            let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}", out.domain));
+            let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}", out.queue));
             return self.out_fail(slot, reply);
         };
         out.hop_index += 1;
@@ -1096,18 +1145,24 @@ impl Shard {
             destination_ip: hop.addr.ip().to_string(),
             mx_host: hop.host.clone(),
             esmtp: false,
+            vmta: out.vmta.clone(),
+            vmta_pool: out.pool.clone(),
         };
         out.addr = sockaddr(hop.addr);
-        let family = if hop.addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-        // SAFETY: plain socket syscall.
-        let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            let reply = Reply::new(451, format!("4.4.1 cannot create socket: {}", std::io::Error::last_os_error()));
-            return self.out_fail(slot, reply);
+        let fd = match crate::sys::tcp_socket(hop.addr) {
+            Ok(fd) => fd,
+            Err(e) => return self.out_fail(slot, Reply::new(451, format!("4.4.1 cannot create socket: {e}"))),
+        };
+        if let Some(ip) = out.source_ip {
+            // The VMTA's `smtp-source-host`: connect from this address.
+            let (addr, len) = sockaddr(SocketAddr::new(ip, 0));
+            // SAFETY: bind on our fresh descriptor with a valid address.
+            if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) } != 0 {
+                let e = std::io::Error::last_os_error();
+                crate::sys::close(fd);
+                return self.out_fail(slot, Reply::new(451, format!("4.4.1 cannot bind source address {ip}: {e}")));
+            }
         }
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on our descriptor.
-        unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), 4) };
         conn.fd = fd;
         conn.op = Some(Op::Connect);
         conn.deadline_ms = now + OUT_CONNECT_TIMEOUT_MS;
@@ -1123,12 +1178,12 @@ impl Shard {
         conn.cancelling = false;
         if result < 0 {
             let Kind::Out(out) = &conn.kind else { unreachable!() };
-            tracing::debug!(shard = self.id, domain = %out.domain, errno = -result, "connect failed; trying the next host");
+            tracing::debug!(shard = self.id, domain = %out.queue, errno = -result, "connect failed; trying the next host");
             return self.connect_next(slot);
         }
         let fd = conn.fd;
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
-        tracing::trace!(shard = self.id, domain = %out.domain, "connected");
+        tracing::trace!(shard = self.id, domain = %out.queue, "connected");
         out.phase = OutPhase::Session;
         out.info.source_ip = local_ip(fd);
         self.submit_recv(slot, OUT_REPLY_TIMEOUT_MS);
@@ -1193,7 +1248,7 @@ impl Shard {
                 Some(ClientEvent::Ready) => {
                     out.ever_ready = true;
                     out.info.esmtp = out.client.capabilities().esmtp;
-                    if let Some(st) = self.queues.get_mut(&out.domain) {
+                    if let Some(st) = self.queues.get_mut(&out.queue) {
                         st.connect_failures = 0;
                         st.connect_backoff_until_ms = 0;
                     }
@@ -1207,7 +1262,7 @@ impl Shard {
                 }
                 Some(ClientEvent::Done(replies)) => {
                     let job = out.job.take().expect("a transaction had a job");
-                    let domain = out.domain.clone();
+                    let domain = out.queue.clone();
                     let info = out.info.clone();
                     let idle = out.client.is_idle();
                     self.settle(&domain, job, &replies, &info);
@@ -1241,7 +1296,7 @@ impl Shard {
         let stopping = self.stopping_since_ms.is_some();
         let conn = self.conns[slot as usize].as_mut().expect("live connection");
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
-        let domain = out.domain.clone();
+        let domain = out.queue.clone();
         let st = self.queues.get_mut(&domain).expect("queue of a connection exists");
         let limit = st.q.settings.max_msg_per_connection;
         let at_limit = limit != 0 && out.messages_sent >= limit;
@@ -1280,7 +1335,7 @@ impl Shard {
         }
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
         let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
-        let domain = out.domain.clone();
+        let domain = out.queue.clone();
         let info = out.info.clone();
         let ever_ready = out.ever_ready;
         if let Some(job) = out.job.take() {
@@ -1449,7 +1504,7 @@ impl Shard {
                 Kind::Out(out) if out.idle => {
                     // Idle long enough: say QUIT (RFC 5321 §4.1.1.10) and close.
                     out.idle = false;
-                    if let Some(st) = self.queues.get_mut(&out.domain) {
+                    if let Some(st) = self.queues.get_mut(&out.queue) {
                         st.idle.retain(|s| *s != slot);
                     }
                     out.client.quit();
@@ -1570,4 +1625,27 @@ fn literal_hops(levels: &[Vec<sluice_config::HostPort>]) -> Option<Vec<Vec<Hop>>
                 .collect()
         })
         .collect()
+}
+
+/// The VMTA or pool for an accepted message: its `x-virtual-mta:` header when the source
+/// allows it (the header is removed unless `retain-x-virtual-mta`), else the source's
+/// `default-virtual-mta`, else the default. An unknown name is refused with 550 when the
+/// source says `reject-invalid-virtual-mta`, and otherwise falls back.
+fn select_vmta(config: &sluice_config::Config, client_ip: IpAddr, data: &mut Vec<u8>) -> Result<String, String> {
+    let policy = config.source_policy(client_ip);
+    let fallback = policy.default_virtual_mta.clone().unwrap_or_else(|| DEFAULT_VMTA.to_string());
+    if !policy.process_x_virtual_mta {
+        return Ok(fallback);
+    }
+    let Some(name) = take_header(data, "x-virtual-mta", !policy.retain_x_virtual_mta) else {
+        return Ok(fallback);
+    };
+    if config.vmta_target(&name).is_some() {
+        return Ok(name);
+    }
+    if policy.reject_invalid_virtual_mta {
+        return Err(format!("550 5.7.1 Unknown virtual MTA `{name}` (x-virtual-mta header)"));
+    }
+    tracing::warn!(%name, %client_ip, "unknown virtual MTA in x-virtual-mta; using the default");
+    Ok(fallback)
 }

@@ -31,6 +31,9 @@ pub struct Job<M> {
 #[derive(Debug, Clone, Default)]
 pub struct AttemptInfo {
     pub source_ip: String,
+    /// The VMTA that made the attempt (a pool's member) and its pool, if any.
+    pub vmta: String,
+    pub vmta_pool: String,
     pub destination_ip: String,
     pub mx_host: String,
     pub esmtp: bool,
@@ -48,6 +51,8 @@ pub enum Fate {
 pub struct Queue<M> {
     pub name: String,
     pub domain: String,
+    /// The VMTA or pool this queue sends through.
+    pub vmta: String,
     pub settings: DomainSettings,
     ready: VecDeque<Job<M>>,
     retry: BTreeMap<(u64, u64), Job<M>>,
@@ -61,6 +66,7 @@ impl<M> Queue<M> {
         Queue {
             name: format!("{domain}/{vmta}"),
             domain: domain.to_string(),
+            vmta: vmta.to_string(),
             settings,
             ready: VecDeque::new(),
             retry: BTreeMap::new(),
@@ -220,11 +226,11 @@ impl<M> Queue<M> {
             dlv_destination_ip: info.destination_ip.clone(),
             dlv_esmtp_available: info.esmtp,
             dlv_size: job.size,
-            vmta: self.name.rsplit_once('/').map(|(_, v)| v.to_string()).unwrap_or_default(),
+            vmta: if info.vmta.is_empty() { self.vmta.clone() } else { info.vmta.clone() },
             job_id: String::new(),
             env_id: String::new(),
             queue: self.name.clone(),
-            vmta_pool: String::new(),
+            vmta_pool: info.vmta_pool.clone(),
         }
     }
 }

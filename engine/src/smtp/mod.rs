@@ -4,6 +4,7 @@
 pub mod addr;
 pub mod client;
 pub mod data;
+pub mod headers;
 pub mod reply;
 pub mod server;
 pub mod sink;

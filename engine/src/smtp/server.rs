@@ -414,6 +414,15 @@ impl Session {
         }
     }
 
+    /// The message is refused after its data (e.g. an unknown virtual MTA): `reply` is a
+    /// whole reply line such as `550 5.7.1 ...`.
+    pub fn message_refused(&mut self, reply: &str) {
+        assert_eq!(self.state, State::Storing);
+        self.state = State::Command;
+        self.reset_transaction();
+        self.reply(reply);
+    }
+
     /// The client was idle past the limit (RFC 5321 §4.5.3.2).
     pub fn timed_out(&mut self) {
         self.reply("421 4.4.2 Timeout, closing connection");
