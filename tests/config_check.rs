@@ -23,7 +23,10 @@ fn sample_powermta_config_parses_and_reports_what_is_not_supported_yet() {
     );
     assert!(out.contains("sample-powermta.conf:71: `source-ip-max-msg-rate` is not supported yet"), "{out}");
     // Virtual MTAs and pools are read now: no warning for them.
-    assert!(!out.contains("`virtual-mta` is not supported") && !out.contains("`virtual-mta-pool` is not supported"), "{out}");
+    assert!(
+        !out.contains("`virtual-mta` is not supported") && !out.contains("`virtual-mta-pool` is not supported"),
+        "{out}"
+    );
     let mut lines: Vec<&str> = out.lines().collect();
     let before = lines.len();
     lines.dedup();
