@@ -227,8 +227,6 @@ struct QueueState {
     hops: HopState,
     idle: Vec<u32>,
     rotation: usize,
-    /// Which pool member the next connection uses.
-    pool_rotation: usize,
     /// Connections that failed before their session was ready, in a row; no new connection
     /// is opened before `connect_backoff_until_ms` (a receiver answering 421 is not hammered).
     connect_failures: u32,
@@ -270,6 +268,9 @@ pub(crate) struct Shard {
     // Delivery.
     queues: HashMap<String, QueueState>,
     dirty: Vec<String>,
+    /// Per pool, which member the next connection uses (outlives the pool's queues, which
+    /// come and go as they empty).
+    pool_rotation: HashMap<String, usize>,
     outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
     // Loop.
@@ -324,6 +325,7 @@ impl Shard {
             next_batch: 1,
             queues: HashMap::new(),
             dirty: Vec::new(),
+            pool_rotation: HashMap::new(),
             outbox: Vec::new(),
             acct: Vec::new(),
             timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
@@ -932,7 +934,6 @@ impl Shard {
                 hops: HopState::Unknown,
                 idle: Vec::new(),
                 rotation: 0,
-                pool_rotation: 0,
                 connect_failures: 0,
                 connect_backoff_until_ms: 0,
             };
@@ -1088,8 +1089,9 @@ impl Shard {
         // A pool's members take turns, one per connection.
         let (vmta, pool) = match config.pools.get(&st.q.vmta) {
             Some(members) => {
-                st.pool_rotation = st.pool_rotation.wrapping_add(1);
-                (members[st.pool_rotation % members.len()].clone(), st.q.vmta.clone())
+                let turn = self.pool_rotation.entry(st.q.vmta.clone()).or_insert(0);
+                *turn = turn.wrapping_add(1);
+                (members[*turn % members.len()].clone(), st.q.vmta.clone())
             }
             None => (st.q.vmta.clone(), String::new()),
         };
