@@ -4,29 +4,14 @@
 
 mod common;
 use common::*;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const MESSAGES: u64 = 300;
 
-fn json_u64(json: &str, key: &str) -> u64 {
-    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 3;
-    json[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap()
-}
-
 fn scenario(shards: Option<u32>) {
-    let dir = TempDir::new("limits");
-    let sink_port = free_port("127.0.0.1");
-    let json = dir.path().join("sink.json");
-    let mut sink = Command::new(BIN)
-        .args(["sink", "--listen", &format!("127.0.0.1:{sink_port}"), "--max-connections", "3", "--latency", "2ms"])
-        .args(["--exit-after", &MESSAGES.to_string(), "--json"])
-        .arg(&json)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(format!("127.0.0.1:{sink_port}").parse().unwrap(), Duration::from_secs(10));
+    let sink = SluiceSink::start(&["--max-connections", "3", "--latency", "2ms"], MESSAGES);
+    let sink_port = sink.port;
     let relay = Relay::start(
         &format!(
             "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain sink.test>\n smtp-hosts [127.0.0.1]:{sink_port}\n max-smtp-out 3\n max-msg-per-connection 10\n</domain>\n"
@@ -37,9 +22,7 @@ fn scenario(shards: Option<u32>) {
         .args(["loadgen", "--quiet", "--duration", "60s", "--messages", &MESSAGES.to_string(), "--connections", "20"])
         .args(["--target", &relay.addr().to_string()]));
     assert_eq!(code, 0, "{out}");
-    let status = wait_for("the sink to take every message", Duration::from_secs(60), || sink.try_wait().unwrap());
-    assert!(status.success());
-    let totals = std::fs::read_to_string(&json).unwrap();
+    let totals = sink.finish();
     assert_eq!(json_u64(&totals, "messages"), MESSAGES);
     assert_eq!(json_u64(&totals, "refused_connections"), 0, "never more than max-smtp-out at once: {totals}");
     assert!(json_u64(&totals, "connections") >= MESSAGES / 10, "a new connection every 10 messages: {totals}");
@@ -60,18 +43,8 @@ fn connection_limits_default_shards() {
 /// off instead of reconnecting in a loop, and still delivers everything over the connection
 /// that is allowed.
 fn refusing_receiver(shards: Option<u32>) {
-    let dir = TempDir::new("refusing");
-    let sink_port = free_port("127.0.0.1");
-    let json = dir.path().join("sink.json");
-    let mut sink = Command::new(BIN)
-        .args(["sink", "--listen", &format!("127.0.0.1:{sink_port}"), "--max-connections", "1", "--latency", "5ms"])
-        .args(["--exit-after", "200", "--json"])
-        .arg(&json)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(format!("127.0.0.1:{sink_port}").parse().unwrap(), Duration::from_secs(10));
+    let sink = SluiceSink::start(&["--max-connections", "1", "--latency", "5ms"], 200);
+    let sink_port = sink.port;
     let relay = Relay::start(
         &format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain sink.test>\n smtp-hosts [127.0.0.1]:{sink_port}\n max-smtp-out 5\n retry-after 1s\n</domain>\n"),
         shards,
@@ -80,9 +53,7 @@ fn refusing_receiver(shards: Option<u32>) {
         .args(["loadgen", "--quiet", "--duration", "60s", "--messages", "200", "--connections", "10"])
         .args(["--target", &relay.addr().to_string()]));
     assert_eq!(code, 0, "{out}");
-    let status = wait_for("the sink to take every message", Duration::from_secs(60), || sink.try_wait().unwrap());
-    assert!(status.success());
-    let totals = std::fs::read_to_string(&json).unwrap();
+    let totals = sink.finish();
     assert_eq!(json_u64(&totals, "messages"), 200);
     assert!(json_u64(&totals, "refused_connections") < 40, "backed off after 421 greetings: {totals}");
 }

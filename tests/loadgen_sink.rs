@@ -4,60 +4,8 @@
 
 mod common;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
-
-struct Sink {
-    child: Child,
-    port: u16,
-    json: std::path::PathBuf,
-    _dir: TempDir,
-}
-
-fn sink(args: &[&str], exit_after: u64) -> Sink {
-    let dir = TempDir::new("sink");
-    let port = free_port("127.0.0.1");
-    let json = dir.path().join("sink.json");
-    let child = Command::new(BIN)
-        .args(["sink", "--listen", &format!("127.0.0.1:{port}"), "--exit-after", &exit_after.to_string(), "--json"])
-        .arg(&json)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(10));
-    Sink { child, port, json, _dir: dir }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn json_u64(json: &str, key: &str) -> u64 {
-    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 3;
-    json[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap()
-}
-
-/// Stops the sink with SIGTERM (it writes its totals on the way out).
-fn terminate(s: Sink) -> String {
-    // SAFETY: signalling our own child.
-    unsafe { kill(s.child.id() as i32, 15) };
-    finish(s)
-}
-
-extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
-}
-
-fn finish(mut s: Sink) -> String {
-    let status = wait_for("the sink to exit", Duration::from_secs(30), || s.child.try_wait().unwrap());
-    assert!(status.success());
-    std::fs::read_to_string(&s.json).unwrap()
-}
 
 fn loadgen(target: u16, args: &[&str]) -> String {
     let dir = TempDir::new("lg");
@@ -74,13 +22,13 @@ fn loadgen(target: u16, args: &[&str]) -> String {
 
 #[test]
 fn direct_counts_and_checksums_match() {
-    let s = sink(&[], 3000);
+    let s = SluiceSink::start(&[], 3000);
     let lg = loadgen(
         s.port,
         &["--messages", "3000", "--connections", "8", "--size", "512:1,5K:1,50K:1", "--per-connection", "100"],
     );
     assert_eq!(json_u64(&lg, "messages_ok"), 3000);
-    let st = finish(s);
+    let st = s.finish();
     assert_eq!(
         (json_u64(&st, "messages"), json_u64(&st, "corrupt"), json_u64(&st, "duplicates"), json_u64(&st, "without_id")),
         (3000, 0, 0, 0)
@@ -90,14 +38,14 @@ fn direct_counts_and_checksums_match() {
 
 #[test]
 fn through_sluice_checksums_survive_and_domains_spread() {
-    let s = sink(&[], 2000);
+    let s = SluiceSink::start(&[], 2000);
     let relay = Relay::start(&format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n", s.port), None);
     let lg = loadgen(
         relay.port,
         &["--messages", "1000", "--rcpts", "2", "--domains", "50", "--size", "2K", "--no-pipelining"],
     );
     assert_eq!(json_u64(&lg, "recipients_ok"), 2000);
-    let st = finish(s);
+    let st = s.finish();
     assert_eq!(json_u64(&st, "corrupt"), 0, "{st}");
     assert_eq!(json_u64(&st, "recipients"), 2000);
     let queues: std::collections::HashSet<String> =
@@ -107,7 +55,7 @@ fn through_sluice_checksums_survive_and_domains_spread() {
 
 #[test]
 fn scripted_replies_and_connection_cap() {
-    let s = sink(&["--reply", "sink.test:451 4.7.1 try later:20%", "--max-connections", "2"], u64::MAX);
+    let s = SluiceSink::start(&["--reply", "sink.test:451 4.7.1 try later:20%", "--max-connections", "2"], u64::MAX);
     let lg = loadgen(s.port, &["--messages", "1000", "--connections", "4"]);
     let deferred = json_u64(&lg, "451");
     assert!((120..=280).contains(&deferred), "about 20% of 1000 deferred: {lg}");
@@ -115,7 +63,7 @@ fn scripted_replies_and_connection_cap() {
     let refused = json_u64(&lg, "connect_errors");
     assert!(refused >= 2, "{lg}");
     assert!(json_u64(&lg, "messages_ok") + json_u64(&lg, "messages_failed") >= 1000, "{lg}");
-    let st = terminate(s);
+    let st = s.terminate();
     assert_eq!(json_u64(&st, "refused_connections"), refused, "{st}");
     assert_eq!(json_u64(&st, "messages"), json_u64(&lg, "messages_ok"));
     assert_eq!(json_u64(&st, "scripted_4xx"), deferred);
@@ -123,11 +71,11 @@ fn scripted_replies_and_connection_cap() {
 
 #[test]
 fn latency_is_added_and_measured() {
-    let s = sink(&["--latency", "20ms"], 40);
+    let s = SluiceSink::start(&["--latency", "20ms"], 40);
     let lg = loadgen(s.port, &["--messages", "40", "--connections", "2"]);
     let p50 = lg.split("\"data_ack\":").nth(1).map(|d| json_u64(d, "p50_us")).unwrap();
     assert!(p50 >= 20_000, "data-ack p50 includes the sink's 20ms: {p50}us");
-    finish(s);
+    s.finish();
 }
 
 #[test]

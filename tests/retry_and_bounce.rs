@@ -4,14 +4,7 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
-
-fn send(relay: &Relay, rcpt: &str) {
-    let (code, out) =
-        run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
-    assert_eq!(code, 0, "{out}");
-}
 
 fn scenario(shards: Option<u32>) {
     require("swaks");
@@ -35,10 +28,10 @@ fn scenario(shards: Option<u32>) {
         ),
         shards,
     );
-    send(&relay, "later@retry.test");
-    send(&relay, "nobody@bounce.test");
-    send(&relay, "full@expire.test");
-    send(&relay, "x@dead.test");
+    swaks_send(&relay, "later@retry.test");
+    swaks_send(&relay, "nobody@bounce.test");
+    swaks_send(&relay, "full@expire.test");
+    swaks_send(&relay, "x@dead.test");
 
     // 4xx → a `t` row, then, once the receiver accepts, a `d` row.
     let row_for = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);

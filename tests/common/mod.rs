@@ -365,3 +365,65 @@ pub fn run(cmd: &mut Command) -> (i32, String) {
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// `sluice sink` on a free loopback port, writing its totals as JSON when it exits.
+pub struct SluiceSink {
+    child: Child,
+    pub port: u16,
+    json: PathBuf,
+    _dir: TempDir,
+}
+
+impl SluiceSink {
+    /// Starts the sink with extra `args`; it exits by itself after `exit_after` messages.
+    pub fn start(args: &[&str], exit_after: u64) -> SluiceSink {
+        let dir = TempDir::new("sink");
+        let port = free_port("127.0.0.1");
+        let json = dir.path().join("sink.json");
+        let child = Command::new(BIN)
+            .args(["sink", "--listen", &format!("127.0.0.1:{port}"), "--exit-after", &exit_after.to_string(), "--json"])
+            .arg(&json)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(10));
+        SluiceSink { child, port, json, _dir: dir }
+    }
+
+    /// Waits for the sink to exit by itself and returns its totals.
+    pub fn finish(mut self) -> String {
+        let status = wait_for("the sink to exit", Duration::from_secs(60), || self.child.try_wait().unwrap());
+        assert!(status.success());
+        std::fs::read_to_string(&self.json).unwrap()
+    }
+
+    /// Stops the sink with SIGTERM (it writes its totals on the way out).
+    pub fn terminate(self) -> String {
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(self.child.id() as i32, 15) };
+        self.finish()
+    }
+}
+
+impl Drop for SluiceSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A number from the tools' flat JSON summaries.
+pub fn json_u64(json: &str, key: &str) -> u64 {
+    let at = json.find(&format!("\"{key}\":")).unwrap_or_else(|| panic!("{key} in {json}")) + key.len() + 3;
+    json[at..].chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap()
+}
+
+/// One message through swaks from `s@src.test` to `rcpt`; panics unless swaks succeeds.
+pub fn swaks_send(relay: &Relay, rcpt: &str) {
+    require("swaks");
+    let (code, out) =
+        run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
+    assert_eq!(code, 0, "swaks to {rcpt}: {out}");
+}
