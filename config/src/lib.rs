@@ -91,6 +91,10 @@ pub struct DomainSettings {
     pub retry_after: Vec<Duration>,
     pub bounce_after: Duration,
     pub smtp_hosts: Option<Vec<Vec<HostPort>>>,
+    /// `max-msg-rate`: messages per period for the queue (None: unlimited).
+    pub max_msg_rate: Option<Rate>,
+    /// `max-connect-rate`: new connections per period for the queue.
+    pub max_connect_rate: Option<Rate>,
 }
 
 impl Default for DomainSettings {
@@ -102,6 +106,8 @@ impl Default for DomainSettings {
             retry_after: vec![Duration::from_secs(600)],
             bounce_after: Duration::from_secs(4 * 86400 + 12 * 3600),
             smtp_hosts: None,
+            max_msg_rate: None,
+            max_connect_rate: None,
         }
     }
 }
@@ -115,6 +121,8 @@ struct DomainOverrides {
     retry_after: Option<Vec<Duration>>,
     bounce_after: Option<Duration>,
     smtp_hosts: Option<Vec<Vec<HostPort>>>,
+    max_msg_rate: Option<Rate>,
+    max_connect_rate: Option<Rate>,
 }
 
 impl DomainOverrides {
@@ -136,6 +144,12 @@ impl DomainOverrides {
         }
         if let Some(v) = &self.smtp_hosts {
             to.smtp_hosts = Some(v.clone());
+        }
+        if let Some(v) = self.max_msg_rate {
+            to.max_msg_rate = Some(v);
+        }
+        if let Some(v) = self.max_connect_rate {
+            to.max_connect_rate = Some(v);
         }
     }
 }
@@ -176,6 +190,14 @@ impl std::fmt::Display for Warning {
     }
 }
 
+/// `source-ip-max-msg-rate`, `source-ip-max-connect-rate`, `source-ip-max-smtp-out` for one IP.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceIpLimits {
+    pub max_msg_rate: Option<Rate>,
+    pub max_connect_rate: Option<Rate>,
+    pub max_smtp_out: Option<u32>,
+}
+
 /// A `<virtual-mta NAME>`: where its connections come from, and its own `<domain>` settings.
 #[derive(Debug, Clone, Default)]
 pub struct VirtualMta {
@@ -206,6 +228,8 @@ pub struct Config {
     pub shards: Option<usize>,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
+    /// Limits per source IP, shared by every shard and every VMTA using that address.
+    pub source_ip_limits: HashMap<IpAddr, SourceIpLimits>,
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
     sources: Vec<SourceRule>,
@@ -282,9 +306,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-api-key", "the management API"),
     ("domain-key", "DKIM signing"),
     ("smtp-user", "SMTP AUTH"),
-    ("source-ip-max-msg-rate", "source-IP limits"),
-    ("source-ip-max-connect-rate", "source-IP limits"),
-    ("source-ip-max-smtp-out", "source-IP limits"),
     ("smtp-pattern-list", "adaptive backoff"),
     ("bounce-category-patterns", "bounce classification"),
     ("address-list", "suppression lists"),
@@ -300,8 +321,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("use-starttls", "TLS"),
     ("require-starttls", "TLS"),
     ("dkim-sign", "DKIM signing"),
-    ("max-msg-rate", "traffic shaping"),
-    ("max-connect-rate", "traffic shaping"),
     ("backoff-max-msg-rate", "adaptive backoff"),
     ("backoff-max-smtp-out", "adaptive backoff"),
     ("backoff-retry-after", "adaptive backoff"),
@@ -327,6 +346,9 @@ const GLOBAL: &[&str] = &[
     "total-max-smtp-in",
     "smtp-command-timeout",
     "smtp-data-timeout",
+    "source-ip-max-msg-rate",
+    "source-ip-max-connect-rate",
+    "source-ip-max-smtp-out",
 ];
 const SOURCE: &[&str] = &[
     "always-allow-relaying",
@@ -341,6 +363,8 @@ const SOURCE: &[&str] = &[
     "reject-invalid-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
+    "max-msg-rate",
+    "max-connect-rate",
     "max-smtp-out",
     "max-msg-per-connection",
     "max-rcpt-per-message",
@@ -472,6 +496,26 @@ impl Builder {
                 c.dns_server = Some(addr);
             }
             "total-max-smtp-in" => c.total_max_smtp_in = value(span, count(one_arg(name, args, span)?))?,
+            "source-ip-max-msg-rate" | "source-ip-max-connect-rate" | "source-ip-max-smtp-out" => {
+                let [ip, limit] = args else {
+                    return Err(ConfigError::at(
+                        span,
+                        format!("`{name}` takes an IP address and a limit"),
+                        format!("write `{name} 192.0.2.10 600/m`"),
+                    ));
+                };
+                let ip: IpAddr = ip.parse().map_err(|_| {
+                    ConfigError::at(span, format!("`{ip}` is not an IP address"), "write e.g. 192.0.2.10")
+                })?;
+                let entry = c.source_ip_limits.entry(ip).or_default();
+                match name {
+                    "source-ip-max-msg-rate" => entry.max_msg_rate = Some(value(span, units::parse_rate(limit))?),
+                    "source-ip-max-connect-rate" => {
+                        entry.max_connect_rate = Some(value(span, units::parse_rate(limit))?)
+                    }
+                    _ => entry.max_smtp_out = Some(value(span, count(limit))?),
+                }
+            }
             "smtp-command-timeout" => {
                 c.smtp_command_timeout = value(span, units::parse_duration(one_arg(name, args, span)?))?
             }
@@ -609,6 +653,10 @@ impl Builder {
                 }
                 "bounce-after" => {
                     o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
+                }
+                "max-msg-rate" => o.max_msg_rate = Some(value(span, units::parse_rate(one_arg(name, args, span)?))?),
+                "max-connect-rate" => {
+                    o.max_connect_rate = Some(value(span, units::parse_rate(one_arg(name, args, span)?))?)
                 }
                 "smtp-hosts" | "route" => o.smtp_hosts = Some(value(span, units::parse_smtp_hosts(&args.join("")))?),
                 _ => self.unknown(name, span, DOMAIN, "<domain>")?,
@@ -777,6 +825,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             shards: None,
             dns_server: None,
             total_max_smtp_in: 10_000,
+            source_ip_limits: HashMap::new(),
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),
             sources: Vec::new(),

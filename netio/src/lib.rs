@@ -12,6 +12,7 @@ pub use mailbox::{Hop, Resolution};
 use mailbox::{Mailbox, ShardMsg};
 use sluice_config::{Config, HostPort};
 use sluice_engine::acct::Record;
+use sluice_engine::shape::gcra::{GcraCell, Limit};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
@@ -63,6 +64,20 @@ pub fn owner_shard(domain: &str, shards: u32) -> u32 {
     (h.finish() % shards as u64) as u32
 }
 
+/// Limits on one source IP, shared by every shard: GCRA cells and a connection count, all
+/// atomics in a map built once at start-up (no lock anywhere).
+#[derive(Default)]
+pub(crate) struct SourceCells {
+    pub msg: Option<(GcraCell, Limit)>,
+    pub connect: Option<(GcraCell, Limit)>,
+    pub smtp_out: Option<(AtomicU32, u32)>,
+}
+
+/// A config rate as a GCRA limit. PowerMTA's rates have no burst: one at a time.
+pub(crate) fn limit_of(rate: sluice_config::Rate) -> Limit {
+    Limit::new(rate.count, rate.period, 1)
+}
+
 /// State every shard shares.
 pub(crate) struct Shared {
     pub config: Arc<Config>,
@@ -70,6 +85,7 @@ pub(crate) struct Shared {
     pub control: crossbeam_channel::Sender<ControlRequest>,
     pub shutdown: AtomicBool,
     pub inbound_connections: AtomicU32,
+    pub source_limits: std::collections::HashMap<std::net::IpAddr, SourceCells>,
 }
 
 /// The running data plane.
@@ -132,6 +148,18 @@ impl Runtime {
             control,
             shutdown: AtomicBool::new(false),
             inbound_connections: AtomicU32::new(0),
+            source_limits: config
+                .source_ip_limits
+                .iter()
+                .map(|(ip, l)| {
+                    let cells = SourceCells {
+                        msg: l.max_msg_rate.map(|r| (GcraCell::new(), limit_of(r))),
+                        connect: l.max_connect_rate.map(|r| (GcraCell::new(), limit_of(r))),
+                        smtp_out: l.max_smtp_out.map(|n| (AtomicU32::new(0), n)),
+                    };
+                    (*ip, cells)
+                })
+                .collect(),
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

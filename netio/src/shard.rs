@@ -5,11 +5,12 @@
 
 use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
 use crate::store::{self, Journal, Segment};
-use crate::sys::{ip_of, local_ip, now_ms, sockaddr};
-use crate::{owner_shard, ControlRequest, Shared};
+use crate::sys::{ip_of, local_ip, mono_ns, now_ms, sockaddr};
+use crate::{limit_of, owner_shard, ControlRequest, Shared};
 use io_uring::{opcode, squeue, types, IoUring};
 use sluice_engine::acct::Record;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, Recipient};
+use sluice_engine::shape::gcra::{GcraCell, Limit};
 use sluice_engine::smtp::addr::domain_of;
 use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
 use sluice_engine::smtp::headers::take_header;
@@ -179,6 +180,8 @@ struct Outbound {
     vmta: String,
     pool: String,
     source_ip: Option<IpAddr>,
+    /// This connection holds one of its source IP's `source-ip-max-smtp-out` places.
+    holds_smtp_out: bool,
     client: Client,
     hops: Vec<Hop>,
     hop_index: usize,
@@ -233,6 +236,18 @@ struct QueueState {
     connect_backoff_until_ms: u64,
 }
 
+#[derive(Clone, Copy)]
+enum Grant {
+    Message,
+    Connect,
+}
+
+#[derive(Default)]
+struct QueueCells {
+    msg: Option<(GcraCell, Limit)>,
+    connect: Option<(GcraCell, Limit)>,
+}
+
 struct JournalBatch {
     jseq: u64,
     bytes: Vec<u8>,
@@ -268,6 +283,9 @@ pub(crate) struct Shard {
     // Delivery.
     queues: HashMap<String, QueueState>,
     dirty: Vec<String>,
+    /// Per queue, its `max-msg-rate` and `max-connect-rate` cells (outlive the queue state,
+    /// so a queue that empties and refills does not get a fresh burst).
+    queue_cells: HashMap<String, QueueCells>,
     /// Per pool, which member the next connection uses (outlives the pool's queues, which
     /// come and go as they empty).
     pool_rotation: HashMap<String, usize>,
@@ -326,6 +344,7 @@ impl Shard {
             queues: HashMap::new(),
             dirty: Vec::new(),
             pool_rotation: HashMap::new(),
+            queue_cells: HashMap::new(),
             outbox: Vec::new(),
             acct: Vec::new(),
             timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
@@ -484,6 +503,7 @@ impl Shard {
                 self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
             }
             Kind::Out(out) => {
+                self.release_smtp_out(out.source_ip, out.holds_smtp_out);
                 if let Some(st) = self.queues.get_mut(&out.queue) {
                     st.q.connections -= 1;
                     st.idle.retain(|s| *s != slot);
@@ -969,7 +989,12 @@ impl Shard {
                 break;
             }
             let Some(slot) = st.idle.pop() else { break };
-            let job = st.q.take().expect("ready job");
+            let Some(Kind::Out(out)) = self.conns[slot as usize].as_ref().map(|c| &c.kind) else { unreachable!() };
+            if !self.rate_grant(domain, out.source_ip, Grant::Message) {
+                self.queues.get_mut(domain).expect("exists").idle.push(slot);
+                break; // rate-limited: the tick pumps again
+            }
+            let job = self.queues.get_mut(domain).expect("exists").q.take().expect("ready job");
             self.start_txn(slot, job);
         }
         let Some(st) = self.queues.get_mut(domain) else { return };
@@ -1003,7 +1028,9 @@ impl Shard {
             HopState::Ready { levels, .. } => {
                 let levels = levels.clone();
                 while self.queues.get(domain).is_some_and(|st| st.q.wants_connection()) {
-                    self.open_connection(domain, &levels);
+                    if !self.open_connection(domain, &levels) {
+                        break; // a limit says not now; the tick pumps again
+                    }
                 }
             }
             HopState::Failed { resolution, .. } => {
@@ -1071,7 +1098,29 @@ impl Shard {
 
     // ---- Outbound connections ---------------------------------------------------------
 
-    fn open_connection(&mut self, domain: &str, levels: &[Vec<Hop>]) {
+    /// Opens a connection for queue `domain` (its key) unless a limit says not now; returns
+    /// whether it did.
+    fn open_connection(&mut self, domain: &str, levels: &[Vec<Hop>]) -> bool {
+        let config = self.shared.config.clone();
+        let st = self.queues.get(domain).expect("queue exists");
+        // A pool's members take turns, one per connection (a member held back by its limits
+        // loses its turn).
+        let (vmta, pool) = match config.pools.get(&st.q.vmta) {
+            Some(members) => {
+                let turn = self.pool_rotation.entry(st.q.vmta.clone()).or_insert(0);
+                *turn = turn.wrapping_add(1);
+                (members[*turn % members.len()].clone(), st.q.vmta.clone())
+            }
+            None => (st.q.vmta.clone(), String::new()),
+        };
+        let settings = config.vmtas.get(&vmta);
+        let source_ip = settings.and_then(|v| v.source_ip);
+        if !self.rate_grant(domain, source_ip, Grant::Connect) {
+            return false;
+        }
+        let Ok(holds_smtp_out) = self.take_smtp_out(source_ip) else {
+            return false;
+        };
         let st = self.queues.get_mut(domain).expect("queue exists");
         st.rotation = st.rotation.wrapping_add(1);
         // Preference levels in order; within a level, rotate so connections spread.
@@ -1085,21 +1134,11 @@ impl Shard {
             hops.extend(level[..r].iter().cloned());
         }
         st.q.connections += 1;
-        let config = self.shared.config.clone();
-        // A pool's members take turns, one per connection.
-        let (vmta, pool) = match config.pools.get(&st.q.vmta) {
-            Some(members) => {
-                let turn = self.pool_rotation.entry(st.q.vmta.clone()).or_insert(0);
-                *turn = turn.wrapping_add(1);
-                (members[*turn % members.len()].clone(), st.q.vmta.clone())
-            }
-            None => (st.q.vmta.clone(), String::new()),
-        };
-        let settings = config.vmtas.get(&vmta);
         let ehlo = settings.and_then(|v| v.host_name.as_deref()).unwrap_or(&config.host_name);
         let out = Outbound {
             queue: domain.to_string(),
-            source_ip: settings.and_then(|v| v.source_ip),
+            source_ip,
+            holds_smtp_out,
             client: Client::new(ehlo),
             vmta,
             pool,
@@ -1119,11 +1158,67 @@ impl Shard {
             info: AttemptInfo::default(),
         };
         match self.alloc(-1, Kind::Out(out)) {
-            Some(slot) => self.connect_next(slot),
+            Some(slot) => {
+                self.connect_next(slot);
+                true
+            }
             None => {
                 tracing::error!(shard = self.id, "connection slots exhausted");
                 self.queues.get_mut(domain).expect("exists").q.connections -= 1;
+                self.release_smtp_out(source_ip, holds_smtp_out);
+                false
             }
+        }
+    }
+
+    /// One grant from the queue's cell, then the source IP's (messages or connections).
+    fn rate_grant(&mut self, key: &str, source_ip: Option<IpAddr>, grant: Grant) -> bool {
+        let now = mono_ns();
+        let Some(st) = self.queues.get(key) else { return false };
+        let rate = match grant {
+            Grant::Message => st.q.settings.max_msg_rate,
+            Grant::Connect => st.q.settings.max_connect_rate,
+        };
+        if let Some(rate) = rate {
+            let cells = self.queue_cells.entry(key.to_string()).or_default();
+            let slot = match grant {
+                Grant::Message => &mut cells.msg,
+                Grant::Connect => &mut cells.connect,
+            };
+            let (cell, limit) = slot.get_or_insert_with(|| (GcraCell::new(), limit_of(rate)));
+            if cell.try_acquire(now, *limit).is_err() {
+                return false;
+            }
+        }
+        let Some(cells) = source_ip.and_then(|ip| self.shared.source_limits.get(&ip)) else { return true };
+        let cell = match grant {
+            Grant::Message => &cells.msg,
+            Grant::Connect => &cells.connect,
+        };
+        cell.as_ref().is_none_or(|(cell, limit)| cell.try_acquire(now, *limit).is_ok())
+    }
+
+    /// Takes a `source-ip-max-smtp-out` place for `source_ip` (Ok(true)), or there is no such
+    /// limit (Ok(false)), or it is full (Err).
+    fn take_smtp_out(&self, source_ip: Option<IpAddr>) -> Result<bool, ()> {
+        let Some((count, max)) =
+            source_ip.and_then(|ip| self.shared.source_limits.get(&ip)).and_then(|c| c.smtp_out.as_ref())
+        else {
+            return Ok(false);
+        };
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < *max).then_some(n + 1))
+            .map(|_| true)
+            .map_err(|_| ())
+    }
+
+    fn release_smtp_out(&self, source_ip: Option<IpAddr>, held: bool) {
+        if !held {
+            return;
+        }
+        let count = source_ip.and_then(|ip| self.shared.source_limits.get(&ip)).and_then(|c| c.smtp_out.as_ref());
+        if let Some((count, _)) = count {
+            count.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
@@ -1296,24 +1391,30 @@ impl Shard {
     fn out_next_work(&mut self, slot: u32) {
         let now = now_ms();
         let stopping = self.stopping_since_ms.is_some();
-        let conn = self.conns[slot as usize].as_mut().expect("live connection");
-        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
-        let domain = out.queue.clone();
+        let Some(Kind::Out(out)) = self.conns[slot as usize].as_ref().map(|c| &c.kind) else { unreachable!() };
+        let (domain, source_ip, sent) = (out.queue.clone(), out.source_ip, out.messages_sent);
         let st = self.queues.get_mut(&domain).expect("queue of a connection exists");
         let limit = st.q.settings.max_msg_per_connection;
-        let at_limit = limit != 0 && out.messages_sent >= limit;
+        let at_limit = limit != 0 && sent >= limit;
+        let mut job = None;
         if !at_limit && !stopping {
             st.q.promote_due(now);
-            if let Some(job) = st.q.take() {
-                out.idle = false;
-                let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
-                out.client.start(&job.mail_from, &rcpts, job.size);
-                out.job = Some(job);
-                out.messages_sent += 1;
-                conn.out.extend_from_slice(out.client.output());
-                out.client.clear_output();
-                return;
+            // A message starts only with a grant from the queue's and the source IP's rates.
+            if st.q.ready_jobs() > 0 && self.rate_grant(&domain, source_ip, Grant::Message) {
+                job = self.queues.get_mut(&domain).expect("exists").q.take();
             }
+        }
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        if let Some(job) = job {
+            out.idle = false;
+            let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
+            out.client.start(&job.mail_from, &rcpts, job.size);
+            out.job = Some(job);
+            out.messages_sent += 1;
+            conn.out.extend_from_slice(out.client.output());
+            out.client.clear_output();
+            return;
         }
         if at_limit || stopping {
             out.client.quit();
@@ -1323,7 +1424,7 @@ impl Shard {
         }
         out.idle = true;
         conn.deadline_ms = now + OUT_IDLE_MS;
-        st.idle.push(slot);
+        self.queues.get_mut(&domain).expect("exists").idle.push(slot);
     }
 
     /// The connection failed: its job (if any) is deferred; if the queue has no connection
@@ -1521,7 +1622,7 @@ impl Shard {
         let due: Vec<String> = self
             .queues
             .iter()
-            .filter(|(_, st)| st.q.next_retry_ms().is_some_and(|t| t <= now) || st.q.wants_connection())
+            .filter(|(_, st)| st.q.next_retry_ms().is_some_and(|t| t <= now) || st.q.ready_jobs() > 0)
             .map(|(d, _)| d.clone())
             .collect();
         self.dirty.extend(due);
