@@ -152,7 +152,10 @@ fn parse_file(
         if words.is_empty() {
             continue;
         }
-        let name = words.remove(0).to_ascii_lowercase();
+        // Directive names are case-insensitive; a leading regex (`/spam/ spam-related` in
+        // `<bounce-category-patterns>`) keeps its case.
+        let first = words.remove(0);
+        let name = if first.starts_with('/') { first } else { first.to_ascii_lowercase() };
         match name.as_str() {
             "include" => {
                 if depth >= INCLUDE_DEPTH_MAX {

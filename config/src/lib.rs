@@ -190,6 +190,37 @@ impl std::fmt::Display for Warning {
     }
 }
 
+/// PowerMTA's bounce categories, the values of the accounting `bounceCat` column.
+pub const BOUNCE_CATEGORIES: &[&str] = &[
+    "bad-configuration",
+    "bad-connection",
+    "bad-domain",
+    "bad-mailbox",
+    "content-related",
+    "inactive-mailbox",
+    "invalid-sender",
+    "message-expired",
+    "no-answer-from-host",
+    "other",
+    "policy-related",
+    "protocol-errors",
+    "quota-issues",
+    "relaying-issues",
+    "routing-errors",
+    "spam-related",
+    "virus-related",
+];
+
+/// The regex type of bounce patterns (re-exported so callers need no regex dependency).
+pub type BouncePatternRegex = regex::Regex;
+
+/// One `<bounce-category-patterns>` line: a reply matching `regex` gets `category`.
+#[derive(Debug, Clone)]
+pub struct BouncePattern {
+    pub regex: regex::Regex,
+    pub category: &'static str,
+}
+
 /// `source-ip-max-msg-rate`, `source-ip-max-connect-rate`, `source-ip-max-smtp-out` for one IP.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceIpLimits {
@@ -236,6 +267,8 @@ pub struct Config {
     domain_wildcard: DomainOverrides,
     domains: HashMap<String, DomainOverrides>,
     pub vmtas: HashMap<String, VirtualMta>,
+    /// `<bounce-category-patterns>`, tried in order before the built-in rules.
+    pub bounce_patterns: std::sync::Arc<Vec<BouncePattern>>,
     /// `<virtual-mta-pool NAME>` → members, used round-robin per connection.
     pub pools: HashMap<String, Vec<String>>,
     pub acct_files: Vec<AcctFile>,
@@ -307,7 +340,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("domain-key", "DKIM signing"),
     ("smtp-user", "SMTP AUTH"),
     ("smtp-pattern-list", "adaptive backoff"),
-    ("bounce-category-patterns", "bounce classification"),
     ("address-list", "suppression lists"),
     ("feedback-loop-processor", "feedback loops"),
     ("bounce-processor", "bounce processing"),
@@ -373,7 +405,8 @@ const DOMAIN: &[&str] = &[
     "smtp-hosts",
     "route",
 ];
-const BLOCKS: &[&str] = &["source", "domain", "acct-file", "spool", "virtual-mta", "virtual-mta-pool"];
+const BLOCKS: &[&str] =
+    &["source", "domain", "acct-file", "spool", "virtual-mta", "virtual-mta-pool", "bounce-category-patterns"];
 
 /// Levenshtein distance, for "did you mean" hints.
 fn distance(a: &str, b: &str) -> usize {
@@ -545,6 +578,7 @@ impl Builder {
             "acct-file" => self.acct_file(arg, children, span),
             "virtual-mta" => self.virtual_mta(arg, children, span),
             "virtual-mta-pool" => self.vmta_pool(arg, children, span),
+            "bounce-category-patterns" => self.bounce_patterns(children),
             "spool" => {
                 let dir = arg.ok_or_else(|| {
                     ConfigError::at(span, "`<spool>` needs a directory", "write `<spool /var/spool/sluice>`")
@@ -743,6 +777,45 @@ impl Builder {
         Ok(())
     }
 
+    /// `/regex/ category` lines (`/regex/i` for case-insensitive).
+    fn bounce_patterns(&mut self, children: &[Node]) -> Result<(), ConfigError> {
+        let mut patterns = Vec::new();
+        for child in children {
+            let (pattern, args, span) = match child {
+                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
+                Node::Block { name, span, .. } => {
+                    self.unknown(name, span, &[], "<bounce-category-patterns>")?;
+                    continue;
+                }
+            };
+            let syntax = "write `/regex/ category`, e.g. `/mailbox.*full/ quota-issues`";
+            let (body, insensitive) = match pattern.strip_prefix('/') {
+                Some(rest) if rest.ends_with("/i") => (&rest[..rest.len() - 2], true),
+                Some(rest) if rest.ends_with('/') => (&rest[..rest.len() - 1], false),
+                _ => return Err(ConfigError::at(span, format!("`{pattern}` is not a /regex/"), syntax)),
+            };
+            let [category] = args else {
+                return Err(ConfigError::at(span, "a pattern takes one category", syntax));
+            };
+            let Some(category) = BOUNCE_CATEGORIES.iter().find(|c| **c == category.as_str()) else {
+                let hint = match BOUNCE_CATEGORIES.iter().map(|k| (distance(category, k), *k)).min() {
+                    Some((d, k)) if d <= 4 => format!("did you mean `{k}`?"),
+                    _ => format!("one of: {}", BOUNCE_CATEGORIES.join(", ")),
+                };
+                return Err(ConfigError::at(span, format!("unknown bounce category `{category}`"), hint));
+            };
+            let regex = regex::RegexBuilder::new(body)
+                .case_insensitive(insensitive)
+                .build()
+                .map_err(|e| ConfigError::at(span, format!("bad regex `{pattern}`: {e}"), syntax))?;
+            patterns.push(BouncePattern { regex, category });
+        }
+        let mut all = (*self.config.bounce_patterns).clone();
+        all.extend(patterns);
+        self.config.bounce_patterns = std::sync::Arc::new(all);
+        Ok(())
+    }
+
     /// Names used before their definitions are checked once the whole file is read.
     fn check_vmta_refs(&self) -> Result<(), ConfigError> {
         for (name, span) in &self.vmta_refs {
@@ -833,6 +906,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             domains: HashMap::new(),
             acct_files: Vec::new(),
             vmtas: HashMap::new(),
+            bounce_patterns: std::sync::Arc::new(Vec::new()),
             pools: HashMap::new(),
             warnings: Vec::new(),
         },
@@ -960,5 +1034,36 @@ mod vmta_tests {
             parse("smtp-listener 127.0.0.1:25\n<virtual-mta m>\n smtp-source-host nowhere m.test\n</virtual-mta>\n")
                 .unwrap_err();
         assert_eq!((err.line, err.message.as_str()), (3, "`nowhere` is not an IP address"));
+    }
+}
+
+#[cfg(test)]
+mod bounce_pattern_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        load("b.conf", text, &mut |_| Err("no includes".into()))
+    }
+
+    #[test]
+    fn patterns_keep_case_and_validate_categories() {
+        let c = parse("smtp-listener 127.0.0.1:25\n<bounce-category-patterns>\n /[Rr]esources/ bad-connection\n /SPAM/i spam-related\n</bounce-category-patterns>\n").unwrap();
+        assert_eq!(c.bounce_patterns.len(), 2);
+        assert!(
+            c.bounce_patterns[0].regex.is_match("Resources gone") && !c.bounce_patterns[0].regex.is_match("RESOURCES")
+        );
+        assert!(c.bounce_patterns[1].regex.is_match("looks like spam"));
+        let err = parse(
+            "smtp-listener 127.0.0.1:25\n<bounce-category-patterns>\n /x/ spam-relatd\n</bounce-category-patterns>\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "b.conf:3: unknown bounce category `spam-relatd` (hint: did you mean `spam-related`?)"
+        );
+        let err =
+            parse("smtp-listener 127.0.0.1:25\n<bounce-category-patterns>\n /(/ other\n</bounce-category-patterns>\n")
+                .unwrap_err();
+        assert!(err.message.starts_with("bad regex `/(/`"), "{err}");
     }
 }

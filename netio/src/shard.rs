@@ -950,7 +950,7 @@ impl Shard {
         if !self.queues.contains_key(&key) {
             let settings = self.shared.config.queue_settings(domain, vmta);
             let st = QueueState {
-                q: Queue::new(domain, vmta, settings),
+                q: Queue::new(domain, vmta, settings).with_bounce_patterns(self.shared.config.bounce_patterns.clone()),
                 hops: HopState::Unknown,
                 idle: Vec::new(),
                 rotation: 0,

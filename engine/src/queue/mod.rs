@@ -59,6 +59,8 @@ pub struct Queue<M> {
     retry_seq: u64,
     /// Connections open or opening for this queue.
     pub connections: u32,
+    /// `<bounce-category-patterns>`, tried before the built-in rules.
+    bounce_patterns: std::sync::Arc<Vec<sluice_config::BouncePattern>>,
 }
 
 impl<M> Queue<M> {
@@ -72,7 +74,13 @@ impl<M> Queue<M> {
             retry: BTreeMap::new(),
             retry_seq: 0,
             connections: 0,
+            bounce_patterns: Default::default(),
         }
+    }
+
+    pub fn with_bounce_patterns(mut self, patterns: std::sync::Arc<Vec<sluice_config::BouncePattern>>) -> Self {
+        self.bounce_patterns = patterns;
+        self
     }
 
     pub fn push(&mut self, job: Job<M>) {
@@ -171,7 +179,7 @@ impl<M> Queue<M> {
             let (kind, fate, category) = if reply.is_positive() {
                 (Kind::Delivered, Fate::Final, "")
             } else if reply.is_permanent() {
-                (Kind::Bounced, Fate::Final, bounce::classify(reply))
+                (Kind::Bounced, Fate::Final, bounce::classify(reply, &self.bounce_patterns))
             } else if expired {
                 (Kind::Bounced, Fate::Final, "message-expired")
             } else {
