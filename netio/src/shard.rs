@@ -364,11 +364,7 @@ impl Shard {
     fn push(&mut self, entry: squeue::Entry) {
         // SAFETY: every pointer in an entry refers to memory this shard keeps alive until
         // the operation completes (boxed connections, boxed stores, batches, buffers).
-        unsafe {
-            while self.ring.submission().push(&entry).is_err() {
-                self.ring.submit().expect("io_uring submit");
-            }
-        }
+        unsafe { crate::sys::push(&mut self.ring, &entry) };
     }
 
     /// The shard loop: the one unbounded loop, ending only at shutdown.
@@ -379,13 +375,8 @@ impl Shard {
         self.arm_event();
         self.arm_tick();
         loop {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
-                Err(e) => panic!("io_uring_enter failed: {e}"),
-            }
             // Drain the completion queue first; handle afterwards, never re-entrantly.
-            self.completions.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+            crate::sys::wait(&mut self.ring, &mut self.completions);
             let completions = std::mem::take(&mut self.completions);
             for &(user_data, result) in &completions {
                 self.complete(user_data, result);
@@ -451,7 +442,10 @@ impl Shard {
         self.drain_mailbox();
         self.commit_spool();
         self.flush_journal();
-        let dirty = std::mem::take(&mut self.dirty);
+        // Every message marks its queue; pump each queue once per turn of the loop.
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
         for domain in &dirty {
             self.pump(domain);
         }
@@ -494,8 +488,7 @@ impl Shard {
     fn close(&mut self, slot: u32) {
         let conn = self.conns[slot as usize].take().expect("closing a live connection");
         assert!(conn.op.is_none(), "closing a connection with an operation in flight");
-        // SAFETY: the descriptor is ours and no operation uses it any more.
-        unsafe { libc::close(conn.fd) };
+        crate::sys::close(conn.fd);
         self.gens[slot as usize] = self.gens[slot as usize].wrapping_add(1);
         self.free.push(slot);
         match conn.kind {
@@ -579,8 +572,7 @@ impl Shard {
     fn on_accept(&mut self, i: usize, result: i32) {
         if self.stopping_since_ms.is_some() {
             if result >= 0 {
-                // SAFETY: a descriptor accepted after shutdown began; nobody else has it.
-                unsafe { libc::close(result) };
+                crate::sys::close(result); // accepted after shutdown began
             }
             return;
         }
@@ -615,16 +607,13 @@ impl Shard {
         if count >= config.total_max_smtp_in {
             session.too_busy();
         }
-        let one: libc::c_int = 1;
-        // SAFETY: setsockopt on our descriptor.
-        unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, (&one as *const libc::c_int).cast(), 4) };
+        crate::sys::set_nodelay(fd);
         match self.alloc(fd, Kind::In(Inbound { session, client_ip: ip, store: None })) {
             Some(slot) => self.in_drive(slot),
             None => {
                 tracing::error!(shard = self.id, "connection slots exhausted");
                 self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
-                // SAFETY: our descriptor, never registered.
-                unsafe { libc::close(fd) };
+                crate::sys::close(fd);
             }
         }
     }
@@ -1227,8 +1216,7 @@ impl Shard {
         let now = now_ms();
         let conn = self.conn_mut(slot);
         if conn.fd >= 0 {
-            // SAFETY: our descriptor; the failed connect is complete.
-            unsafe { libc::close(conn.fd) };
+            crate::sys::close(conn.fd); // the failed connect is complete
             conn.fd = -1;
         }
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
