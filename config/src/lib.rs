@@ -95,6 +95,14 @@ pub struct DomainSettings {
     pub max_msg_rate: Option<Rate>,
     /// `max-connect-rate`: new connections per period for the queue.
     pub max_connect_rate: Option<Rate>,
+    /// `smtp-pattern-list NAME`: the rules every reply for this queue is checked against.
+    pub pattern_list: Option<String>,
+    /// Limits while the queue is in backoff mode.
+    pub backoff_max_msg_rate: Option<Rate>,
+    pub backoff_max_smtp_out: Option<u32>,
+    pub backoff_retry_after: Vec<Duration>,
+    /// How long backoff lasts when the pattern does not say (`backoff-to-normal-after`).
+    pub backoff_to_normal_after: Duration,
 }
 
 impl Default for DomainSettings {
@@ -108,6 +116,11 @@ impl Default for DomainSettings {
             smtp_hosts: None,
             max_msg_rate: None,
             max_connect_rate: None,
+            pattern_list: None,
+            backoff_max_msg_rate: None,
+            backoff_max_smtp_out: None,
+            backoff_retry_after: vec![Duration::from_secs(3600)],
+            backoff_to_normal_after: Duration::from_secs(3600),
         }
     }
 }
@@ -123,6 +136,11 @@ struct DomainOverrides {
     smtp_hosts: Option<Vec<Vec<HostPort>>>,
     max_msg_rate: Option<Rate>,
     max_connect_rate: Option<Rate>,
+    pattern_list: Option<String>,
+    backoff_max_msg_rate: Option<Rate>,
+    backoff_max_smtp_out: Option<u32>,
+    backoff_retry_after: Option<Vec<Duration>>,
+    backoff_to_normal_after: Option<Duration>,
 }
 
 impl DomainOverrides {
@@ -150,6 +168,21 @@ impl DomainOverrides {
         }
         if let Some(v) = self.max_connect_rate {
             to.max_connect_rate = Some(v);
+        }
+        if let Some(v) = &self.pattern_list {
+            to.pattern_list = Some(v.clone());
+        }
+        if let Some(v) = self.backoff_max_msg_rate {
+            to.backoff_max_msg_rate = Some(v);
+        }
+        if let Some(v) = self.backoff_max_smtp_out {
+            to.backoff_max_smtp_out = Some(v);
+        }
+        if let Some(v) = &self.backoff_retry_after {
+            to.backoff_retry_after = v.clone();
+        }
+        if let Some(v) = self.backoff_to_normal_after {
+            to.backoff_to_normal_after = v;
         }
     }
 }
@@ -221,6 +254,28 @@ pub struct BouncePattern {
     pub category: &'static str,
 }
 
+/// What a matching reply does to its queue (PowerMTA's smtp-pattern-list actions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternAction {
+    /// `mode=backoff`, with `backoff-to-normal-after=D` when given.
+    Backoff(Option<Duration>),
+    /// `mode=normal`.
+    Normal,
+    /// `bounce-rcpt`: this recipient bounces whatever the reply code.
+    BounceRcpt,
+    /// `defer-queue`: every ready recipient of the queue waits for its retry.
+    DeferQueue,
+    /// `bounce-queue`: every ready recipient of the queue bounces.
+    BounceQueue,
+}
+
+/// `reply /regex/ ACTIONS` in an `<smtp-pattern-list>`.
+#[derive(Debug, Clone)]
+pub struct PatternRule {
+    pub regex: regex::Regex,
+    pub actions: Vec<PatternAction>,
+}
+
 /// `source-ip-max-msg-rate`, `source-ip-max-connect-rate`, `source-ip-max-smtp-out` for one IP.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SourceIpLimits {
@@ -267,6 +322,8 @@ pub struct Config {
     domain_wildcard: DomainOverrides,
     domains: HashMap<String, DomainOverrides>,
     pub vmtas: HashMap<String, VirtualMta>,
+    /// `<smtp-pattern-list NAME>` blocks.
+    pub pattern_lists: HashMap<String, std::sync::Arc<Vec<PatternRule>>>,
     /// `<bounce-category-patterns>`, tried in order before the built-in rules.
     pub bounce_patterns: std::sync::Arc<Vec<BouncePattern>>,
     /// `<virtual-mta-pool NAME>` → members, used round-robin per connection.
@@ -339,7 +396,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-api-key", "the management API"),
     ("domain-key", "DKIM signing"),
     ("smtp-user", "SMTP AUTH"),
-    ("smtp-pattern-list", "adaptive backoff"),
     ("address-list", "suppression lists"),
     ("feedback-loop-processor", "feedback loops"),
     ("bounce-processor", "bounce processing"),
@@ -353,10 +409,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("use-starttls", "TLS"),
     ("require-starttls", "TLS"),
     ("dkim-sign", "DKIM signing"),
-    ("backoff-max-msg-rate", "adaptive backoff"),
-    ("backoff-max-smtp-out", "adaptive backoff"),
-    ("backoff-retry-after", "adaptive backoff"),
-    ("backoff-to-normal-after", "adaptive backoff"),
     ("queue-priority", "traffic shaping"),
     ("queue-to", "traffic shaping"),
     ("record-fields", "accounting field selection"),
@@ -395,6 +447,11 @@ const SOURCE: &[&str] = &[
     "reject-invalid-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
+    "smtp-pattern-list",
+    "backoff-max-msg-rate",
+    "backoff-max-smtp-out",
+    "backoff-retry-after",
+    "backoff-to-normal-after",
     "max-msg-rate",
     "max-connect-rate",
     "max-smtp-out",
@@ -405,8 +462,16 @@ const DOMAIN: &[&str] = &[
     "smtp-hosts",
     "route",
 ];
-const BLOCKS: &[&str] =
-    &["source", "domain", "acct-file", "spool", "virtual-mta", "virtual-mta-pool", "bounce-category-patterns"];
+const BLOCKS: &[&str] = &[
+    "source",
+    "domain",
+    "acct-file",
+    "spool",
+    "virtual-mta",
+    "virtual-mta-pool",
+    "bounce-category-patterns",
+    "smtp-pattern-list",
+];
 
 /// Levenshtein distance, for "did you mean" hints.
 fn distance(a: &str, b: &str) -> usize {
@@ -434,6 +499,8 @@ fn nearest_hint(name: &str, known: &[&str]) -> String {
 
 struct Builder {
     config: Config,
+    /// `smtp-pattern-list` names used in `<domain>` blocks, checked once all is read.
+    pattern_refs: Vec<(String, Span)>,
     /// VMTA names used (`default-virtual-mta`, pool members), checked once all is read.
     vmta_refs: Vec<(String, Span)>,
 }
@@ -579,6 +646,7 @@ impl Builder {
             "virtual-mta" => self.virtual_mta(arg, children, span),
             "virtual-mta-pool" => self.vmta_pool(arg, children, span),
             "bounce-category-patterns" => self.bounce_patterns(children),
+            "smtp-pattern-list" => self.pattern_list(arg, children, span),
             "spool" => {
                 let dir = arg.ok_or_else(|| {
                     ConfigError::at(span, "`<spool>` needs a directory", "write `<spool /var/spool/sluice>`")
@@ -688,6 +756,26 @@ impl Builder {
                 "bounce-after" => {
                     o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
                 }
+                "smtp-pattern-list" => {
+                    let list = one_arg(name, args, span)?.to_string();
+                    self.pattern_refs.push((list.clone(), span.clone()));
+                    o.pattern_list = Some(list);
+                }
+                "backoff-max-msg-rate" => {
+                    o.backoff_max_msg_rate = Some(value(span, units::parse_rate(one_arg(name, args, span)?))?)
+                }
+                "backoff-max-smtp-out" => {
+                    o.backoff_max_smtp_out = Some(value(span, count(one_arg(name, args, span)?))?)
+                }
+                "backoff-retry-after" => {
+                    let list = one_arg(name, args, span)?;
+                    let durations: Result<Vec<_>, _> =
+                        list.split(',').map(|d| units::parse_duration(d.trim())).collect();
+                    o.backoff_retry_after = Some(value(span, durations)?);
+                }
+                "backoff-to-normal-after" => {
+                    o.backoff_to_normal_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
+                }
                 "max-msg-rate" => o.max_msg_rate = Some(value(span, units::parse_rate(one_arg(name, args, span)?))?),
                 "max-connect-rate" => {
                     o.max_connect_rate = Some(value(span, units::parse_rate(one_arg(name, args, span)?))?)
@@ -774,6 +862,69 @@ impl Builder {
                 "give each virtual MTA and pool its own name",
             ));
         }
+        Ok(())
+    }
+
+    /// `reply /regex/ action[,action...]` lines.
+    fn pattern_list(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        let name = arg.ok_or_else(|| {
+            ConfigError::at(span, "`<smtp-pattern-list>` needs a name", "write `<smtp-pattern-list errors>`")
+        })?;
+        let syntax = "write `reply /regex/ mode=backoff,backoff-to-normal-after=30m`";
+        let mut rules = Vec::new();
+        for child in children {
+            let (directive, args, span) = match child {
+                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
+                Node::Block { name, span, .. } => {
+                    self.unknown(name, span, &[], "<smtp-pattern-list>")?;
+                    continue;
+                }
+            };
+            if directive != "reply" {
+                self.unknown(directive, span, &["reply"], "<smtp-pattern-list>")?;
+                continue;
+            }
+            let [pattern, actions @ ..] = args else {
+                return Err(ConfigError::at(span, "`reply` needs a /regex/ and actions", syntax));
+            };
+            let body = pattern
+                .strip_prefix('/')
+                .and_then(|p| p.strip_suffix('/'))
+                .ok_or_else(|| ConfigError::at(span, format!("`{pattern}` is not a /regex/"), syntax))?;
+            let regex = regex::Regex::new(body)
+                .map_err(|e| ConfigError::at(span, format!("bad regex `{pattern}`: {e}"), syntax))?;
+            let mut parsed = Vec::new();
+            let mut to_normal = None;
+            let mut backoff = false;
+            for action in actions.join(",").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+                match action.split_once('=') {
+                    Some(("mode", "backoff")) => backoff = true,
+                    Some(("mode", "normal")) => parsed.push(PatternAction::Normal),
+                    Some(("backoff-to-normal-after", d)) => to_normal = Some(value(span, units::parse_duration(d))?),
+                    None if action == "bounce-rcpt" => parsed.push(PatternAction::BounceRcpt),
+                    None if action == "defer-queue" => parsed.push(PatternAction::DeferQueue),
+                    None if action == "bounce-queue" => parsed.push(PatternAction::BounceQueue),
+                    _ if ["skip-mx", "disable-source-ip"].contains(&action) || action.starts_with("reenable-after=") => {
+                        self.config.warnings.push(Warning {
+                            span: span.clone(),
+                            message: format!("pattern action `{action}` is not supported yet; ignored"),
+                        });
+                    }
+                    _ => {
+                        return Err(ConfigError::at(
+                            span,
+                            format!("unknown pattern action `{action}`"),
+                            "use mode=backoff, mode=normal, backoff-to-normal-after=D, bounce-rcpt, defer-queue or bounce-queue",
+                        ))
+                    }
+                }
+            }
+            if backoff {
+                parsed.insert(0, PatternAction::Backoff(to_normal));
+            }
+            rules.push(PatternRule { regex, actions: parsed });
+        }
+        self.config.pattern_lists.insert(name.to_string(), std::sync::Arc::new(rules));
         Ok(())
     }
 
@@ -906,14 +1057,25 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             domains: HashMap::new(),
             acct_files: Vec::new(),
             vmtas: HashMap::new(),
+            pattern_lists: HashMap::new(),
             bounce_patterns: std::sync::Arc::new(Vec::new()),
             pools: HashMap::new(),
             warnings: Vec::new(),
         },
         vmta_refs: Vec::new(),
+        pattern_refs: Vec::new(),
     };
     b.global(&nodes)?;
     b.check_vmta_refs()?;
+    for (name, span) in &b.pattern_refs {
+        if !b.config.pattern_lists.contains_key(name) {
+            return Err(ConfigError::at(
+                span,
+                format!("smtp-pattern-list `{name}` is not defined"),
+                "define it with `<smtp-pattern-list NAME>`",
+            ));
+        }
+    }
     // A `<domain $macro>` block is parsed once per domain; report each warning once.
     let mut seen = std::collections::HashSet::new();
     b.config.warnings.retain(|w| seen.insert((w.span.to_string(), w.message.clone())));
@@ -1065,5 +1227,35 @@ mod bounce_pattern_tests {
             parse("smtp-listener 127.0.0.1:25\n<bounce-category-patterns>\n /(/ other\n</bounce-category-patterns>\n")
                 .unwrap_err();
         assert!(err.message.starts_with("bad regex `/(/`"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod pattern_list_tests {
+    use super::*;
+
+    #[test]
+    fn pattern_lists_parse_and_are_checked() {
+        let text = "smtp-listener 127.0.0.1:25\n<smtp-pattern-list errs>\n reply /^421 .* too many errors/ mode=backoff,backoff-to-normal-after=30m\n reply /^452 4\\.2\\.2/ bounce-rcpt\n reply /x/ skip-mx\n</smtp-pattern-list>\n<domain *>\n smtp-pattern-list errs\n backoff-max-msg-rate 10/s\n</domain>\n";
+        let c = load("p.conf", text, &mut |_| Err("no".into())).unwrap();
+        let rules = &c.pattern_lists["errs"];
+        assert_eq!(rules[0].actions, vec![PatternAction::Backoff(Some(Duration::from_secs(1800)))]);
+        assert!(rules[0].regex.is_match("421 4.7.0 too many errors"));
+        assert_eq!(rules[1].actions, vec![PatternAction::BounceRcpt]);
+        assert!(c.warnings.iter().any(|w| w.message.contains("`skip-mx` is not supported yet")));
+        assert_eq!(c.domain_settings("a.test").pattern_list.as_deref(), Some("errs"));
+        assert_eq!(
+            c.domain_settings("a.test").backoff_max_msg_rate,
+            Some(Rate { count: 10, period: Duration::from_secs(1) })
+        );
+        let err =
+            load("p.conf", "smtp-listener 127.0.0.1:25\n<domain *>\n smtp-pattern-list nope\n</domain>\n", &mut |_| {
+                Err("no".into())
+            })
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "p.conf:3: smtp-pattern-list `nope` is not defined (hint: define it with `<smtp-pattern-list NAME>`)"
+        );
     }
 }

@@ -9,7 +9,7 @@ use crate::sys::{ip_of, local_ip, mono_ns, now_ms, sockaddr};
 use crate::{limit_of, owner_shard, ControlRequest, Shared};
 use io_uring::{opcode, squeue, types, IoUring};
 use sluice_engine::acct::Record;
-use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, Recipient};
+use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, QueueAction, Recipient};
 use sluice_engine::shape::gcra::{GcraCell, Limit};
 use sluice_engine::smtp::addr::domain_of;
 use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
@@ -286,6 +286,8 @@ pub(crate) struct Shard {
     /// Per queue, its `max-msg-rate` and `max-connect-rate` cells (outlive the queue state,
     /// so a queue that empties and refills does not get a fresh burst).
     queue_cells: HashMap<String, QueueCells>,
+    /// Set while a queue-wide pattern action runs (its own replies must not re-trigger it).
+    applying_queue_action: bool,
     /// Per pool, which member the next connection uses (outlives the pool's queues, which
     /// come and go as they empty).
     pool_rotation: HashMap<String, usize>,
@@ -344,6 +346,7 @@ impl Shard {
             queues: HashMap::new(),
             dirty: Vec::new(),
             pool_rotation: HashMap::new(),
+            applying_queue_action: false,
             queue_cells: HashMap::new(),
             outbox: Vec::new(),
             acct: Vec::new(),
@@ -937,9 +940,13 @@ impl Shard {
     fn queue_for(&mut self, domain: &str, vmta: &str) -> (String, &mut QueueState) {
         let key = format!("{domain}/{vmta}");
         if !self.queues.contains_key(&key) {
-            let settings = self.shared.config.queue_settings(domain, vmta);
+            let config = &self.shared.config;
+            let settings = config.queue_settings(domain, vmta);
+            let patterns = settings.pattern_list.as_ref().and_then(|n| config.pattern_lists.get(n).cloned());
             let st = QueueState {
-                q: Queue::new(domain, vmta, settings).with_bounce_patterns(self.shared.config.bounce_patterns.clone()),
+                q: Queue::new(domain, vmta, settings)
+                    .with_bounce_patterns(config.bounce_patterns.clone())
+                    .with_patterns(patterns),
                 hops: HopState::Unknown,
                 idle: Vec::new(),
                 rotation: 0,
@@ -1067,7 +1074,12 @@ impl Shard {
         let now = now_ms();
         let msg = job.msg.clone();
         let st = self.queues.get_mut(domain).expect("a settled job's queue exists");
+        let mode_before = st.q.mode();
         let outcomes = st.q.settle(job, replies, info, now);
+        let (mode_after, action) = (st.q.mode(), st.q.take_queue_action());
+        if mode_after != mode_before {
+            tracing::info!(shard = self.id, queue = domain, mode = ?mode_after, reply = %replies[0].line(), "queue mode changed");
+        }
         for (rcpt, fate, record) in outcomes {
             if fate == Fate::Final {
                 let o = Outcome {
@@ -1083,6 +1095,24 @@ impl Shard {
                 self.acct.push(record);
             }
         }
+        if let Some(action) = action {
+            self.apply_queue_action(domain, action, info);
+        }
+    }
+
+    /// `defer-queue` / `bounce-queue` from a pattern: every ready recipient of the queue.
+    fn apply_queue_action(&mut self, key: &str, action: QueueAction, info: &AttemptInfo) {
+        if self.applying_queue_action {
+            return; // the synthetic replies below must not trigger it again
+        }
+        self.applying_queue_action = true;
+        let reply = match action {
+            QueueAction::Defer => Reply::new(451, "4.7.0 queue deferred by smtp-pattern-list"),
+            QueueAction::Bounce => Reply::new(554, "5.7.0 queue bounced by smtp-pattern-list"),
+        };
+        tracing::info!(shard = self.id, queue = key, ?action, "pattern action on the whole queue");
+        self.fail_ready(key, &reply, info);
+        self.applying_queue_action = false;
     }
 
     // ---- Outbound connections ---------------------------------------------------------
@@ -1165,7 +1195,7 @@ impl Shard {
         let now = mono_ns();
         let Some(st) = self.queues.get(key) else { return false };
         let rate = match grant {
-            Grant::Message => st.q.settings.max_msg_rate,
+            Grant::Message => st.q.msg_rate(), // backoff-max-msg-rate while backing off
             Grant::Connect => st.q.settings.max_connect_rate,
         };
         if let Some(rate) = rate {
@@ -1174,7 +1204,11 @@ impl Shard {
                 Grant::Message => &mut cells.msg,
                 Grant::Connect => &mut cells.connect,
             };
-            let (cell, limit) = slot.get_or_insert_with(|| (GcraCell::new(), limit_of(rate)));
+            let wanted = limit_of(rate);
+            if slot.as_ref().is_some_and(|(_, limit)| *limit != wanted) {
+                *slot = None; // the mode changed: start the new rate afresh
+            }
+            let (cell, limit) = slot.get_or_insert_with(|| (GcraCell::new(), wanted));
             if cell.try_acquire(now, *limit).is_err() {
                 return false;
             }
@@ -1418,13 +1452,22 @@ impl Shard {
     /// The connection failed: its job (if any) is deferred; if the queue has no connection
     /// left that ever worked, the whole ready list is deferred too.
     fn out_fail(&mut self, slot: u32, reply: Reply) {
-        let conn = self.conn_mut(slot);
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
         if conn.op.is_some() {
             // Wait for the in-flight op to finish; it will fail and call us again.
             self.cancel(slot);
             return;
         }
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        // The pattern list sees the receiver's own words (a 421 greeting, say).
+        let shard = self.id;
+        if let Some(st) = self.queues.get_mut(&out.queue) {
+            let before = st.q.mode();
+            st.q.observe(&reply, now_ms());
+            if st.q.mode() != before {
+                tracing::info!(shard, queue = %st.q.name, mode = ?st.q.mode(), reply = %reply.line(), "queue mode changed");
+            }
+        }
         let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
         let domain = out.queue.clone();
         let info = out.info.clone();
@@ -1604,6 +1647,12 @@ impl Shard {
                     self.submit_send(slot);
                 }
                 _ => self.cancel(slot),
+            }
+        }
+        // Backoff that has run its time.
+        for st in self.queues.values_mut() {
+            if st.q.check_mode(now) {
+                tracing::info!(shard = self.id, queue = %st.q.name, "queue mode changed: back to normal");
             }
         }
         // Retries that came due.

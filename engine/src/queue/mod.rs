@@ -5,8 +5,10 @@
 use crate::acct::{Kind, Record};
 use crate::bounce;
 use crate::smtp::reply::Reply;
-use sluice_config::DomainSettings;
+use sluice_config::{DomainSettings, PatternAction, PatternRule, Rate};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Recipients in one transaction when `max-rcpt-per-message` is 0 (no limit configured).
 pub const TXN_RCPTS_MAX: usize = 100;
@@ -61,6 +63,24 @@ pub struct Queue<M> {
     pub connections: u32,
     /// `<bounce-category-patterns>`, tried before the built-in rules.
     bounce_patterns: std::sync::Arc<Vec<sluice_config::BouncePattern>>,
+    /// The queue's `smtp-pattern-list`, checked against every reply.
+    patterns: Option<Arc<Vec<PatternRule>>>,
+    mode: Mode,
+    queue_action: Option<QueueAction>,
+}
+
+/// Normal, or backing off until a time (PowerMTA's queue modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Backoff { until_ms: u64 },
+}
+
+/// A pattern asked for something done to the whole queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueAction {
+    Defer,
+    Bounce,
 }
 
 impl<M> Queue<M> {
@@ -75,12 +95,85 @@ impl<M> Queue<M> {
             retry_seq: 0,
             connections: 0,
             bounce_patterns: Default::default(),
+            patterns: None,
+            mode: Mode::Normal,
+            queue_action: None,
         }
     }
 
     pub fn with_bounce_patterns(mut self, patterns: std::sync::Arc<Vec<sluice_config::BouncePattern>>) -> Self {
         self.bounce_patterns = patterns;
         self
+    }
+
+    pub fn with_patterns(mut self, patterns: Option<Arc<Vec<PatternRule>>>) -> Self {
+        self.patterns = patterns;
+        self
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// `max-smtp-out`, or `backoff-max-smtp-out` while backing off.
+    pub fn max_smtp_out(&self) -> u32 {
+        match self.mode {
+            Mode::Backoff { .. } => self.settings.backoff_max_smtp_out.unwrap_or(self.settings.max_smtp_out),
+            Mode::Normal => self.settings.max_smtp_out,
+        }
+    }
+
+    /// `max-msg-rate`, or `backoff-max-msg-rate` while backing off.
+    pub fn msg_rate(&self) -> Option<Rate> {
+        match self.mode {
+            Mode::Backoff { .. } => self.settings.backoff_max_msg_rate.or(self.settings.max_msg_rate),
+            Mode::Normal => self.settings.max_msg_rate,
+        }
+    }
+
+    fn retry_list(&self) -> &[Duration] {
+        match self.mode {
+            Mode::Backoff { .. } => &self.settings.backoff_retry_after,
+            Mode::Normal => &self.settings.retry_after,
+        }
+    }
+
+    /// Checks a reply against the pattern list and applies its mode changes. Returns whether
+    /// the recipient must bounce (`bounce-rcpt`); queue-wide actions wait in
+    /// `take_queue_action`.
+    pub fn observe(&mut self, reply: &Reply, now_ms: u64) -> bool {
+        let Some(patterns) = self.patterns.clone() else { return false };
+        let line = reply.line();
+        let Some(rule) = patterns.iter().find(|r| r.regex.is_match(&line)) else { return false };
+        let mut bounce = false;
+        for action in &rule.actions {
+            match action {
+                PatternAction::Backoff(after) => {
+                    let after = after.unwrap_or(self.settings.backoff_to_normal_after);
+                    self.mode = Mode::Backoff { until_ms: now_ms + after.as_millis() as u64 };
+                }
+                PatternAction::Normal => self.mode = Mode::Normal,
+                PatternAction::BounceRcpt => bounce = true,
+                PatternAction::DeferQueue => self.queue_action = Some(QueueAction::Defer),
+                PatternAction::BounceQueue => self.queue_action = Some(QueueAction::Bounce),
+            }
+        }
+        bounce
+    }
+
+    pub fn take_queue_action(&mut self) -> Option<QueueAction> {
+        self.queue_action.take()
+    }
+
+    /// Leaves backoff when its time is up; returns true when it did.
+    pub fn check_mode(&mut self, now_ms: u64) -> bool {
+        match self.mode {
+            Mode::Backoff { until_ms } if now_ms >= until_ms => {
+                self.mode = Mode::Normal;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn push(&mut self, job: Job<M>) {
@@ -116,7 +209,7 @@ impl<M> Queue<M> {
     /// Should another connection be opened? One per ready job, up to `max-smtp-out`.
     pub fn wants_connection(&self) -> bool {
         !self.ready.is_empty()
-            && self.connections < self.settings.max_smtp_out
+            && self.connections < self.max_smtp_out()
             && (self.connections as usize) < self.ready.len()
     }
 
@@ -151,7 +244,7 @@ impl<M> Queue<M> {
     }
 
     fn schedule_retry(&mut self, mut job: Job<M>, now_ms: u64) {
-        let list = &self.settings.retry_after;
+        let list = self.retry_list();
         let delay = list[(job.attempts as usize).saturating_sub(1).min(list.len() - 1)];
         job.attempts += 1;
         self.retry_seq += 1;
@@ -176,9 +269,10 @@ impl<M> Queue<M> {
         let mut out = Vec::with_capacity(replies.len());
         let mut deferred = Vec::new();
         for (rcpt, reply) in std::mem::take(&mut job.rcpts).into_iter().zip(replies) {
+            let bounce_rcpt = self.observe(reply, now_ms);
             let (kind, fate, category) = if reply.is_positive() {
                 (Kind::Delivered, Fate::Final, "")
-            } else if reply.is_permanent() {
+            } else if reply.is_permanent() || bounce_rcpt {
                 (Kind::Bounced, Fate::Final, bounce::classify(reply, &self.bounce_patterns))
             } else if expired {
                 (Kind::Bounced, Fate::Final, "message-expired")
@@ -305,5 +399,61 @@ mod tests {
         let out = q.settle(job(1), &[Reply::new(451, "4.3.0 later")], &AttemptInfo::default(), 1_000 + 3_600_000);
         assert_eq!((out[0].2.kind, out[0].2.bounce_cat.as_str()), (Kind::Bounced, "message-expired"));
         assert!(q.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use sluice_config::PatternAction;
+
+    fn queue(actions: Vec<PatternAction>) -> Queue<u32> {
+        let settings = DomainSettings {
+            max_smtp_out: 20,
+            backoff_max_smtp_out: Some(2),
+            max_msg_rate: None,
+            backoff_max_msg_rate: Some(Rate { count: 10, period: Duration::from_secs(1) }),
+            retry_after: vec![Duration::from_secs(600)],
+            backoff_retry_after: vec![Duration::from_secs(5)],
+            backoff_to_normal_after: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let rule = PatternRule { regex: sluice_config::BouncePatternRegex::new("^421 .*too many").unwrap(), actions };
+        Queue::new("b.test", "default", settings).with_patterns(Some(Arc::new(vec![rule])))
+    }
+
+    #[test]
+    fn backoff_changes_limits_and_expires() {
+        let mut q = queue(vec![PatternAction::Backoff(Some(Duration::from_secs(3)))]);
+        assert_eq!((q.max_smtp_out(), q.msg_rate()), (20, None));
+        assert!(!q.observe(&Reply::new(250, "ok"), 0));
+        assert_eq!(q.mode(), Mode::Normal);
+        q.observe(&Reply::new(421, "4.7.0 too many errors"), 1_000);
+        assert_eq!(q.mode(), Mode::Backoff { until_ms: 4_000 });
+        assert_eq!((q.max_smtp_out(), q.msg_rate().map(|r| r.count)), (2, Some(10)));
+        assert!(!q.check_mode(3_999));
+        assert!(q.check_mode(4_000));
+        assert_eq!(q.mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn bounce_rcpt_and_queue_actions() {
+        let mut q = queue(vec![PatternAction::BounceRcpt, PatternAction::DeferQueue]);
+        let job = Job {
+            msg: 1,
+            mail_from: "a@b".into(),
+            rcpts: vec![Recipient { index: 0, address: "x@b.test".into() }],
+            attempts: 1,
+            queued_unix_ms: 0,
+            size: 1,
+        };
+        let out = q.settle(job, &[Reply::new(421, "4.7.0 too many errors")], &AttemptInfo::default(), 10);
+        assert_eq!(
+            (out[0].1.clone(), out[0].2.kind),
+            (Fate::Final, Kind::Bounced),
+            "bounce-rcpt turns a 4xx into a bounce"
+        );
+        assert_eq!(q.take_queue_action(), Some(QueueAction::Defer));
+        assert_eq!(q.take_queue_action(), None);
     }
 }

@@ -184,6 +184,11 @@ impl Client {
     }
 
     fn on_reply(&mut self, expect: Expect, reply: Reply) -> Option<ClientEvent> {
+        // RFC 5321 §3.8: 421 means the server is closing the channel, whatever the command;
+        // the session ends with the server's own words (backoff patterns match them).
+        if reply.code == 421 && expect != Expect::Quit {
+            return Some(self.fail(reply));
+        }
         match expect {
             Expect::Greeting if reply.code == 220 => {
                 let line = format!("EHLO {}", self.ehlo_name);
@@ -351,6 +356,16 @@ mod tests {
         c.clear_output();
         feed(&mut c, "250 ok\r\n");
         assert_eq!(c.output(), b"DATA\r\n");
+    }
+
+    #[test]
+    fn a_421_anywhere_ends_the_session_with_its_text() {
+        let mut c = ready(true);
+        c.start("s@a.test", &["x@b.test"], 1);
+        feed(&mut c, "250 ok\r\n");
+        let ev = feed(&mut c, "421 4.7.0 too many errors\r\n");
+        assert_eq!(ev, Some(ClientEvent::Failed(Reply::new(421, "4.7.0 too many errors"))));
+        assert!(!c.in_transaction());
     }
 
     #[test]

@@ -10,25 +10,36 @@ pub const HEADER_BYTES_MAX: usize = 64 * 1024;
 pub const ID_HEADER: &str = "X-Sluice-Id";
 pub const SUM_HEADER: &str = "X-Sluice-Sum";
 
-/// `DOMAIN:REPLY:PERCENT%`, e.g. `gmail.test:421 4.7.0 try later:5%` or `*:550 5.1.1 no:1%`.
+/// `DOMAIN:REPLY:PERCENT%[@FROM-TO]`, e.g. `gmail.test:421 4.7.0 try later:5%` or
+/// `*:550 5.1.1 no:1%`. With `@FROM-TO` the rule applies only to the sink's RCPT commands
+/// number FROM to TO-1 (counted across all connections): a receiver that starts refusing
+/// after FROM recipients and recovers at TO.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyRule {
     pub domain: String,
     pub code: u16,
     pub line: String,
     pub percent: f64,
+    pub window: Option<(u64, u64)>,
 }
 
 pub fn parse_rule(s: &str) -> Result<ReplyRule, String> {
     let bad = || format!("`{s}` is not DOMAIN:REPLY:PERCENT% (e.g. 'gmail.test:421 4.7.0 try later:5%')");
     let (domain, rest) = s.split_once(':').ok_or_else(bad)?;
-    let (line, percent) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let (line, odds) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let (percent, window) = match odds.split_once('@') {
+        Some((p, w)) => {
+            let (from, to) = w.split_once('-').ok_or_else(bad)?;
+            (p, Some((from.trim().parse().map_err(|_| bad())?, to.trim().parse().map_err(|_| bad())?)))
+        }
+        None => (odds, None),
+    };
     let percent: f64 = percent.trim().trim_end_matches('%').parse().map_err(|_| bad())?;
     let code: u16 = line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(bad)?;
     if !(200..600).contains(&code) || !(0.0..=100.0).contains(&percent) || domain.is_empty() {
         return Err(bad());
     }
-    Ok(ReplyRule { domain: domain.to_ascii_lowercase(), code, line: line.trim().to_string(), percent })
+    Ok(ReplyRule { domain: domain.to_ascii_lowercase(), code, line: line.trim().to_string(), percent, window })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +79,8 @@ enum State {
 pub struct SinkSession {
     host: String,
     rules: std::sync::Arc<Vec<ReplyRule>>,
+    /// RCPT commands seen by the whole sink, for rules with a window.
+    rcpt_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
     rng: u64,
     state: State,
     recipients: u32,
@@ -80,10 +93,16 @@ pub struct SinkSession {
 }
 
 impl SinkSession {
-    pub fn new(host: &str, rules: std::sync::Arc<Vec<ReplyRule>>, seed: u64) -> Self {
+    pub fn new(
+        host: &str,
+        rules: std::sync::Arc<Vec<ReplyRule>>,
+        rcpt_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+        seed: u64,
+    ) -> Self {
         let mut s = SinkSession {
             host: host.to_string(),
             rules,
+            rcpt_seen,
             rng: seed | 1,
             state: State::Command,
             recipients: 0,
@@ -192,7 +211,9 @@ impl SinkSession {
         let arg = line.get(8..).unwrap_or("").trim_start();
         let domain = parse_path(arg, false).map(|(a, _)| domain_of(a)).unwrap_or_default();
         let rules = self.rules.clone();
-        for rule in rules.iter().filter(|r| r.domain == "*" || r.domain == domain) {
+        let n = self.rcpt_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let in_window = |r: &ReplyRule| r.window.is_none_or(|(from, to)| (from..to).contains(&n));
+        for rule in rules.iter().filter(|r| (r.domain == "*" || r.domain == domain) && in_window(r)) {
             if self.roll() < rule.percent {
                 self.reply(&rule.line);
                 if rule.code == 421 {
@@ -307,6 +328,7 @@ mod tests {
         assert!(parse_rule("*:550 5.1.1 no such user:1%").is_ok());
         assert!(parse_rule("x:hello:5%").is_err());
         assert!(parse_rule("x:250 ok:500%").is_err());
+        assert_eq!(parse_rule("b.test:421 4.7.0 too many errors:100%@10-20").unwrap().window, Some((10, 20)));
     }
 
     #[test]
@@ -319,7 +341,7 @@ mod tests {
         );
         let expected_bytes = (msg.len() - msg.find("Received").unwrap() - 3) as u64;
         for chunk in [1, 2, 3, 7, 64, msg.len()] {
-            let mut s = SinkSession::new("sink", Arc::new(vec![]), 1);
+            let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1);
             let mut reports = Vec::new();
             let mut pending: Vec<u8> = Vec::new();
             for c in msg.as_bytes().chunks(chunk) {
@@ -339,7 +361,7 @@ mod tests {
             assert_eq!(reports, vec![want], "chunk {chunk}");
         }
         let corrupt = "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nX-Sluice-Id: 8\r\nX-Sluice-Sum: 00000000\r\n\r\nbody\r\n.\r\n";
-        let mut s = SinkSession::new("sink", Arc::new(vec![]), 1);
+        let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1);
         let ev = feed(&mut s, corrupt.as_bytes());
         assert!(matches!(&ev[0], SinkEvent::Message(Report { id: Some(8), checksum: Checksum::Bad, .. })), "{ev:?}");
     }
@@ -347,7 +369,7 @@ mod tests {
     #[test]
     fn scripted_replies_follow_their_odds() {
         let rules = Arc::new(vec![parse_rule("busy.test:451 4.7.1 later:25%").unwrap()]);
-        let mut s = SinkSession::new("sink", rules, 42);
+        let mut s = SinkSession::new("sink", rules, Default::default(), 42);
         let mut scripted = 0;
         feed(&mut s, b"EHLO x\r\nMAIL FROM:<a@b>\r\n");
         for _ in 0..4000 {

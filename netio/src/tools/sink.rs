@@ -107,6 +107,7 @@ struct Sink {
     free: Vec<u32>,
     open: u32,
     seen: HashSet<u64>,
+    rcpt_seen: Arc<AtomicU64>,
     timespec: Box<types::Timespec>,
     seed: u64,
 }
@@ -133,6 +134,7 @@ pub fn run_sink(
         free: Vec::new(),
         open: 0,
         seen: HashSet::new(),
+        rcpt_seen: Arc::new(AtomicU64::new(0)),
         timespec: Box::new(types::Timespec::from(tick)),
         seed: 0x5eed,
     };
@@ -202,7 +204,7 @@ impl Sink {
         }
         sys::set_nodelay(result);
         self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.seed);
+        let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.rcpt_seen.clone(), self.seed);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         if self.opts.max_connections != 0 && self.open >= self.opts.max_connections {
             self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
