@@ -169,6 +169,10 @@ pub struct SinkArgs {
     /// Connections beyond this are answered 421 (0: no cap).
     #[arg(long, default_value_t = 0)]
     max_connections: u32,
+    /// Play a receiver that accepts at most this rate, e.g. 40/s, with 100 ms worth of burst
+    /// (beyond: 451 4.7.1).
+    #[arg(long, value_parser = sluice_config::units::parse_rate)]
+    accept_rate: Option<sluice_config::Rate>,
     /// Serve the totals as JSON over HTTP on this address.
     #[arg(long)]
     stats: Option<SocketAddr>,
@@ -234,6 +238,11 @@ pub fn sink(args: SinkArgs) -> ExitCode {
         rules,
         latency: args.latency,
         max_connections: args.max_connections,
+        // A receiver tolerates a little burst: 100 ms worth of its rate.
+        accept_rate: args.accept_rate.map(|r| {
+            let burst = (r.count as u128 * 100 / r.period.as_millis().max(1)).max(1) as u32;
+            sluice_engine::shape::gcra::Limit::new(r.count, r.period, burst)
+        }),
     };
     let (loop_stats, loop_stop) = (stats.clone(), stop.clone());
     let (tx, rx) = std::sync::mpsc::channel();

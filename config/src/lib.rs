@@ -103,6 +103,8 @@ pub struct DomainSettings {
     pub backoff_retry_after: Vec<Duration>,
     /// How long backoff lasts when the pattern does not say (`backoff-to-normal-after`).
     pub backoff_to_normal_after: Duration,
+    /// `adaptive-rate yes`: the message rate follows the receiver (AIMD), up to `max-msg-rate`.
+    pub adaptive_rate: bool,
 }
 
 impl Default for DomainSettings {
@@ -121,6 +123,7 @@ impl Default for DomainSettings {
             backoff_max_smtp_out: None,
             backoff_retry_after: vec![Duration::from_secs(3600)],
             backoff_to_normal_after: Duration::from_secs(3600),
+            adaptive_rate: false,
         }
     }
 }
@@ -141,6 +144,7 @@ struct DomainOverrides {
     backoff_max_smtp_out: Option<u32>,
     backoff_retry_after: Option<Vec<Duration>>,
     backoff_to_normal_after: Option<Duration>,
+    adaptive_rate: Option<bool>,
 }
 
 impl DomainOverrides {
@@ -183,6 +187,9 @@ impl DomainOverrides {
         }
         if let Some(v) = self.backoff_to_normal_after {
             to.backoff_to_normal_after = v;
+        }
+        if let Some(v) = self.adaptive_rate {
+            to.adaptive_rate = v;
         }
     }
 }
@@ -447,6 +454,7 @@ const SOURCE: &[&str] = &[
     "reject-invalid-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
+    "adaptive-rate",
     "smtp-pattern-list",
     "backoff-max-msg-rate",
     "backoff-max-smtp-out",
@@ -756,6 +764,7 @@ impl Builder {
                 "bounce-after" => {
                     o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
                 }
+                "adaptive-rate" => o.adaptive_rate = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),
                 "smtp-pattern-list" => {
                     let list = one_arg(name, args, span)?.to_string();
                     self.pattern_refs.push((list.clone(), span.clone()));

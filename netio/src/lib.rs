@@ -73,9 +73,16 @@ pub(crate) struct SourceCells {
     pub smtp_out: Option<(AtomicU32, u32)>,
 }
 
-/// A config rate as a GCRA limit. PowerMTA's rates have no burst: one at a time.
+/// Throttled work is re-tried on the shard's tick; a limit may grant what one tick's worth of
+/// its rate allows at once, so rates above one per tick are reachable. Slower rates (below
+/// 40/s) keep a burst of one, as PowerMTA's rates have no burst.
+pub(crate) const RATE_BURST_WINDOW_MS: u64 = 50;
+
+/// A config rate as a GCRA limit.
 pub(crate) fn limit_of(rate: sluice_config::Rate) -> Limit {
-    Limit::new(rate.count, rate.period, 1)
+    let per_ms = rate.count as f64 / rate.period.as_millis().max(1) as f64;
+    let burst = ((per_ms * RATE_BURST_WINDOW_MS as f64).floor() as u32).max(1);
+    Limit::new(rate.count, rate.period, burst)
 }
 
 /// State every shard shares.

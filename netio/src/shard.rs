@@ -54,6 +54,7 @@ const ACCT_PENDING_MAX: usize = 1 << 20;
 
 const _: () = assert!(RECV_BYTES > sluice_engine::smtp::server::COMMAND_LINE_BYTES_MAX);
 const _: () = assert!(OUT_IDLE_MS < OUT_REPLY_TIMEOUT_MS);
+const _: () = assert!(TICK_MS == crate::RATE_BURST_WINDOW_MS, "rate bursts cover exactly one tick");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -1204,11 +1205,10 @@ impl Shard {
                 Grant::Message => &mut cells.msg,
                 Grant::Connect => &mut cells.connect,
             };
-            let wanted = limit_of(rate);
-            if slot.as_ref().is_some_and(|(_, limit)| *limit != wanted) {
-                *slot = None; // the mode changed: start the new rate afresh
-            }
-            let (cell, limit) = slot.get_or_insert_with(|| (GcraCell::new(), wanted));
+            // The cell keeps its state when the limit changes (backoff, adaptive rate): a
+            // fresh cell would grant at once.
+            let (cell, limit) = slot.get_or_insert_with(|| (GcraCell::new(), limit_of(rate)));
+            *limit = limit_of(rate);
             if cell.try_acquire(now, *limit).is_err() {
                 return false;
             }

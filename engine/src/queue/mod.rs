@@ -67,7 +67,17 @@ pub struct Queue<M> {
     patterns: Option<Arc<Vec<PatternRule>>>,
     mode: Mode,
     queue_action: Option<QueueAction>,
+    /// `adaptive-rate`: the current rate in messages per second (AIMD), if adaptive.
+    adaptive_per_s: Option<f64>,
 }
+
+/// Adaptive rate: the floor, the start when `max-msg-rate` is unset, the additive step (per
+/// second of clean deliveries, like TCP's one segment per round trip) and the cut on a
+/// throttling reply.
+pub const ADAPTIVE_MIN_PER_S: f64 = 1.0;
+pub const ADAPTIVE_START_PER_S: f64 = 100.0;
+pub const ADAPTIVE_INCREASE_PER_S: f64 = 5.0;
+pub const ADAPTIVE_DECREASE: f64 = 0.5;
 
 /// Normal, or backing off until a time (PowerMTA's queue modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +108,7 @@ impl<M> Queue<M> {
             patterns: None,
             mode: Mode::Normal,
             queue_action: None,
+            adaptive_per_s: None,
         }
     }
 
@@ -123,11 +134,46 @@ impl<M> Queue<M> {
         }
     }
 
-    /// `max-msg-rate`, or `backoff-max-msg-rate` while backing off.
+    /// `max-msg-rate`, or `backoff-max-msg-rate` while backing off; with `adaptive-rate`,
+    /// the adaptive rate (never above `max-msg-rate`).
     pub fn msg_rate(&self) -> Option<Rate> {
-        match self.mode {
+        let configured = match self.mode {
             Mode::Backoff { .. } => self.settings.backoff_max_msg_rate.or(self.settings.max_msg_rate),
             Mode::Normal => self.settings.max_msg_rate,
+        };
+        match self.adaptive_per_s {
+            // Expressed per 100 s so fractional rates keep their precision.
+            Some(per_s) => {
+                let adaptive =
+                    Rate { count: (per_s * 100.0).round().max(1.0) as u32, period: Duration::from_secs(100) };
+                Some(match configured {
+                    Some(c) if rate_per_s(c) < per_s => c,
+                    _ => adaptive,
+                })
+            }
+            None => configured,
+        }
+    }
+
+    pub fn adaptive_per_s(&self) -> Option<f64> {
+        self.adaptive_per_s
+    }
+
+    /// AIMD on each reply: a clean delivery adds a little, a throttling reply (421, 4.7.x,
+    /// or any pattern-list match) halves the rate.
+    fn adapt(&mut self, reply: &Reply, pattern_matched: bool) {
+        if !self.settings.adaptive_rate {
+            return;
+        }
+        let ceiling = self.settings.max_msg_rate.map(rate_per_s).unwrap_or(f64::INFINITY);
+        let rate = self.adaptive_per_s.get_or_insert(ceiling.min(ADAPTIVE_START_PER_S));
+        let throttled = pattern_matched
+            || reply.code == 421
+            || (reply.is_transient() && reply.enhanced().is_some_and(|e| e.starts_with("4.7.")));
+        if throttled {
+            *rate = (*rate * ADAPTIVE_DECREASE).max(ADAPTIVE_MIN_PER_S);
+        } else if reply.is_positive() {
+            *rate = (*rate + ADAPTIVE_INCREASE_PER_S / *rate).min(ceiling);
         }
     }
 
@@ -142,9 +188,11 @@ impl<M> Queue<M> {
     /// the recipient must bounce (`bounce-rcpt`); queue-wide actions wait in
     /// `take_queue_action`.
     pub fn observe(&mut self, reply: &Reply, now_ms: u64) -> bool {
-        let Some(patterns) = self.patterns.clone() else { return false };
         let line = reply.line();
-        let Some(rule) = patterns.iter().find(|r| r.regex.is_match(&line)) else { return false };
+        let patterns = self.patterns.clone();
+        let rule = patterns.as_ref().and_then(|p| p.iter().find(|r| r.regex.is_match(&line)));
+        self.adapt(reply, rule.is_some());
+        let Some(rule) = rule else { return false };
         let mut bounce = false;
         for action in &rule.actions {
             match action {
@@ -337,6 +385,10 @@ impl<M> Queue<M> {
     }
 }
 
+fn rate_per_s(r: Rate) -> f64 {
+    r.count as f64 / r.period.as_secs_f64()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -455,5 +507,34 @@ mod mode_tests {
         );
         assert_eq!(q.take_queue_action(), Some(QueueAction::Defer));
         assert_eq!(q.take_queue_action(), None);
+    }
+}
+
+#[cfg(test)]
+mod adaptive_tests {
+    use super::*;
+
+    #[test]
+    fn aimd_follows_replies_within_the_ceiling() {
+        let settings = DomainSettings {
+            adaptive_rate: true,
+            max_msg_rate: Some(Rate { count: 200, period: Duration::from_secs(1) }),
+            ..Default::default()
+        };
+        let mut q: Queue<u32> = Queue::new("b.test", "default", settings);
+        assert_eq!(q.adaptive_per_s(), None);
+        q.observe(&Reply::new(250, "ok"), 0);
+        let start = q.adaptive_per_s().unwrap();
+        assert!((100.0..100.1).contains(&start), "starts at min(ceiling, 100): {start}");
+        q.observe(&Reply::new(451, "4.7.1 slow down"), 0);
+        assert!((q.adaptive_per_s().unwrap() - start / 2.0).abs() < 0.1, "halved on 4.7.x");
+        q.observe(&Reply::new(421, "try later"), 0);
+        q.observe(&Reply::new(451, "4.3.0 disk full"), 0);
+        assert!((q.adaptive_per_s().unwrap() - start / 4.0).abs() < 0.1, "421 halves; a non-throttling 4xx does not");
+        for _ in 0..100_000 {
+            q.observe(&Reply::new(250, "ok"), 0);
+        }
+        assert_eq!(q.adaptive_per_s(), Some(200.0), "bounded by max-msg-rate");
+        assert_eq!(q.msg_rate().map(rate_per_s), Some(200.0));
     }
 }

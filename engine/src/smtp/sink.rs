@@ -81,6 +81,9 @@ pub struct SinkSession {
     rules: std::sync::Arc<Vec<ReplyRule>>,
     /// RCPT commands seen by the whole sink, for rules with a window.
     rcpt_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// A receiver's hidden acceptance rate: RCPTs beyond it get 451 4.7.1.
+    accept: Option<std::sync::Arc<(crate::shape::gcra::GcraCell, crate::shape::gcra::Limit)>>,
+    now_ns: u64,
     rng: u64,
     state: State,
     recipients: u32,
@@ -103,6 +106,8 @@ impl SinkSession {
             host: host.to_string(),
             rules,
             rcpt_seen,
+            accept: None,
+            now_ns: 0,
             rng: seed | 1,
             state: State::Command,
             recipients: 0,
@@ -115,6 +120,20 @@ impl SinkSession {
         };
         s.out.extend_from_slice(format!("220 {} ESMTP sluice-sink\r\n", s.host).as_bytes());
         s
+    }
+
+    /// Shares the sink-wide acceptance-rate cell with this session.
+    pub fn with_accept_rate(
+        mut self,
+        accept: Option<std::sync::Arc<(crate::shape::gcra::GcraCell, crate::shape::gcra::Limit)>>,
+    ) -> Self {
+        self.accept = accept;
+        self
+    }
+
+    /// The caller's monotonic clock, for the acceptance rate.
+    pub fn set_now(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
     }
 
     /// Refuses the connection at the greeting (the sink's connection cap).
@@ -220,6 +239,12 @@ impl SinkSession {
                     self.state = State::Closing;
                 }
                 return Some(SinkEvent::Scripted(rule.code));
+            }
+        }
+        if let Some(accept) = &self.accept {
+            if accept.0.try_acquire(self.now_ns, accept.1).is_err() {
+                self.reply("451 4.7.1 Rate limit exceeded, slow down");
+                return Some(SinkEvent::Scripted(451));
             }
         }
         self.recipients += 1;

@@ -30,6 +30,8 @@ pub struct SinkOptions {
     pub latency: Duration,
     /// Connections beyond this get `421` at the greeting (0: no cap).
     pub max_connections: u32,
+    /// A hidden acceptance rate: recipients beyond it get `451 4.7.1`.
+    pub accept_rate: Option<sluice_engine::shape::gcra::Limit>,
 }
 
 /// Totals, readable from other threads (the stats port) while the sink runs.
@@ -108,6 +110,7 @@ struct Sink {
     open: u32,
     seen: HashSet<u64>,
     rcpt_seen: Arc<AtomicU64>,
+    accept: Option<Arc<(sluice_engine::shape::gcra::GcraCell, sluice_engine::shape::gcra::Limit)>>,
     timespec: Box<types::Timespec>,
     seed: u64,
 }
@@ -122,6 +125,7 @@ pub fn run_sink(
     let listener = sys::listen(opts.listen, false)?;
     ready(sys::bound_addr(listener.as_raw_fd()));
     let tick = if opts.latency.is_zero() { TICK_IDLE } else { TICK_LATENCY };
+    let accept_rate = opts.accept_rate;
     let mut sink = Sink {
         rules: Arc::new(opts.rules.clone()),
         opts,
@@ -135,6 +139,7 @@ pub fn run_sink(
         open: 0,
         seen: HashSet::new(),
         rcpt_seen: Arc::new(AtomicU64::new(0)),
+        accept: accept_rate.map(|l| Arc::new((sluice_engine::shape::gcra::GcraCell::new(), l))),
         timespec: Box::new(types::Timespec::from(tick)),
         seed: 0x5eed,
     };
@@ -204,7 +209,8 @@ impl Sink {
         }
         sys::set_nodelay(result);
         self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.rcpt_seen.clone(), self.seed);
+        let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.rcpt_seen.clone(), self.seed)
+            .with_accept_rate(self.accept.clone());
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         if self.opts.max_connections != 0 && self.open >= self.opts.max_connections {
             self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
@@ -312,6 +318,7 @@ impl Sink {
             let mut consumed = 0;
             let mut report = None;
             let mut scripted = Vec::new();
+            conn.session.set_now(sys::mono_ns());
             while conn.ack_due_ms.is_none() {
                 let (used, event) = conn.session.receive(&conn.inbuf[consumed..conn.in_len]);
                 consumed += used;
