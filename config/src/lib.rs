@@ -105,6 +105,8 @@ pub struct DomainSettings {
     pub backoff_to_normal_after: Duration,
     /// `adaptive-rate yes`: the message rate follows the receiver (AIMD), up to `max-msg-rate`.
     pub adaptive_rate: bool,
+    /// `queue-to D`: this domain's mail goes into D's queue, with D's settings and next hops.
+    pub queue_to: Option<String>,
 }
 
 impl Default for DomainSettings {
@@ -124,6 +126,7 @@ impl Default for DomainSettings {
             backoff_retry_after: vec![Duration::from_secs(3600)],
             backoff_to_normal_after: Duration::from_secs(3600),
             adaptive_rate: false,
+            queue_to: None,
         }
     }
 }
@@ -145,6 +148,7 @@ struct DomainOverrides {
     backoff_retry_after: Option<Vec<Duration>>,
     backoff_to_normal_after: Option<Duration>,
     adaptive_rate: Option<bool>,
+    queue_to: Option<String>,
 }
 
 impl DomainOverrides {
@@ -190,6 +194,9 @@ impl DomainOverrides {
         }
         if let Some(v) = self.adaptive_rate {
             to.adaptive_rate = v;
+        }
+        if let Some(v) = &self.queue_to {
+            to.queue_to = Some(v.clone());
         }
     }
 }
@@ -369,6 +376,11 @@ impl Config {
         settings
     }
 
+    /// The domain whose queue a destination's mail joins: itself, or its `queue-to` target.
+    pub fn queue_domain(&self, domain: &str) -> String {
+        self.domain_settings(domain).queue_to.unwrap_or_else(|| domain.to_string())
+    }
+
     /// Resolves a VMTA or pool name.
     pub fn vmta_target(&self, name: &str) -> Option<VmtaTarget> {
         if self.vmtas.contains_key(name) {
@@ -417,7 +429,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("require-starttls", "TLS"),
     ("dkim-sign", "DKIM signing"),
     ("queue-priority", "traffic shaping"),
-    ("queue-to", "traffic shaping"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
     ("delete-after", "accounting rotation"),
@@ -454,6 +465,7 @@ const SOURCE: &[&str] = &[
     "reject-invalid-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
+    "queue-to",
     "adaptive-rate",
     "smtp-pattern-list",
     "backoff-max-msg-rate",
@@ -764,6 +776,7 @@ impl Builder {
                 "bounce-after" => {
                     o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
                 }
+                "queue-to" => o.queue_to = Some(one_arg(name, args, span)?.to_ascii_lowercase()),
                 "adaptive-rate" => o.adaptive_rate = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),
                 "smtp-pattern-list" => {
                     let list = one_arg(name, args, span)?.to_string();

@@ -181,6 +181,7 @@ impl Runtime {
         let mut initial: Vec<Vec<shard::Initial>> = (0..shards).map(|_| Vec::new()).collect();
         for m in recovered.messages {
             for (domain, vmta, job) in shard::jobs_for(&m.segment, m.offset, &m.pending, 1) {
+                let domain = config.queue_domain(&domain);
                 initial[owner_shard(&domain, shards) as usize].push((domain, vmta, job));
             }
         }

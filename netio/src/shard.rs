@@ -906,6 +906,7 @@ impl Shard {
     /// job waits in this shard's outbox (never spin: two shards full of each other's work
     /// would wait forever).
     fn dispatch(&mut self, domain: String, vmta: String, job: Job<MsgRef>) {
+        let domain = self.shared.config.queue_domain(&domain);
         let owner = owner_shard(&domain, self.shards);
         if owner == self.id {
             return self.enqueue(domain, vmta, job);
