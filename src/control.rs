@@ -162,6 +162,7 @@ impl AcctWriter {
                     Kind::Delivered => RecordType::Delivered,
                     Kind::Bounced => RecordType::Bounced,
                     Kind::Transient => RecordType::Transient,
+                    Kind::QueueEvent => RecordType::QueueEvent,
                 };
                 if types.contains(&t) {
                     if let Err(e) = w.write_all(r.csv_line().as_bytes()) {

@@ -48,6 +48,12 @@ fn backoff_slows_to_its_rate_and_recovers() {
         "full speed again after backoff-to-normal-after: {per_second:?}"
     );
     assert!(counts[..slow[0]].iter().any(|&n| n > 30), "full speed before the 421s: {per_second:?}");
-    assert!(relay.log().contains("queue mode changed"), "mode changes are logged");
+    assert!(relay.log().contains("queue mode or rate changed"), "mode changes are logged");
+    let tq: Vec<String> = relay.rows_of("tq").iter().map(|r| format!("{} {}", r["queue"], r["dsnDiag"])).collect();
+    assert!(
+        tq.iter().any(|t| t.starts_with("bo.test/default mode=backoff for 3s (on: 421 4.7.0 too many errors)")),
+        "{tq:?}"
+    );
+    assert!(tq.iter().any(|t| t == "bo.test/default mode=normal (backoff-to-normal-after)"), "{tq:?}");
     let _ = sink.terminate();
 }

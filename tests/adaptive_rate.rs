@@ -32,6 +32,8 @@ fn run_with(adaptive: bool) -> (BTreeMap<String, usize>, usize) {
         *per_second.entry(r["timeLogged"].clone()).or_default() += 1;
     }
     let deferred = relay.rows_of("t").len();
+    let rate_changes = relay.rows_of("tq").iter().filter(|r| r["dsnDiag"].starts_with("rate=")).count();
+    assert_eq!(rate_changes > 0, adaptive, "adaptive rate changes are tq records");
     let _ = sink.terminate();
     (per_second, deferred)
 }

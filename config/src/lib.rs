@@ -206,6 +206,7 @@ pub enum RecordType {
     Delivered,
     Bounced,
     Transient,
+    QueueEvent,
 }
 
 impl RecordType {
@@ -214,6 +215,7 @@ impl RecordType {
             RecordType::Delivered => "d",
             RecordType::Bounced => "b",
             RecordType::Transient => "t",
+            RecordType::QueueEvent => "tq",
         }
     }
 }
@@ -1035,7 +1037,8 @@ impl Builder {
                             "d" => records.push(RecordType::Delivered),
                             "b" => records.push(RecordType::Bounced),
                             "t" => records.push(RecordType::Transient),
-                            "tq" | "f" | "rb" | "r" | "rs" => self.config.warnings.push(Warning {
+                            "tq" => records.push(RecordType::QueueEvent),
+                            "f" | "rb" | "r" | "rs" => self.config.warnings.push(Warning {
                                 span: span.clone(),
                                 message: format!("accounting record type `{r}` is not written yet; ignored"),
                             }),

@@ -1076,12 +1076,9 @@ impl Shard {
         let now = now_ms();
         let msg = job.msg.clone();
         let st = self.queues.get_mut(domain).expect("a settled job's queue exists");
-        let mode_before = st.q.mode();
         let outcomes = st.q.settle(job, replies, info, now);
-        let (mode_after, action) = (st.q.mode(), st.q.take_queue_action());
-        if mode_after != mode_before {
-            tracing::info!(shard = self.id, queue = domain, mode = ?mode_after, reply = %replies[0].line(), "queue mode changed");
-        }
+        let action = st.q.take_queue_action();
+        self.queue_events(domain, now);
         for (rcpt, fate, record) in outcomes {
             if fate == Fate::Final {
                 let o = Outcome {
@@ -1099,6 +1096,18 @@ impl Shard {
         }
         if let Some(action) = action {
             self.apply_queue_action(domain, action, info);
+        }
+    }
+
+    /// Writes the queue's mode and rate changes as `tq` accounting records and log lines.
+    fn queue_events(&mut self, key: &str, now: u64) {
+        let Some(st) = self.queues.get_mut(key) else { return };
+        let vmta = st.q.vmta.clone();
+        for diag in st.q.take_events() {
+            tracing::info!(shard = self.id, queue = key, change = %diag, "queue mode or rate changed");
+            if self.acct.len() < ACCT_PENDING_MAX {
+                self.acct.push(Record::queue_event(now, key, &vmta, diag));
+            }
         }
     }
 
@@ -1460,20 +1469,17 @@ impl Shard {
             return;
         }
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
-        // The pattern list sees the receiver's own words (a 421 greeting, say).
-        let shard = self.id;
-        if let Some(st) = self.queues.get_mut(&out.queue) {
-            let before = st.q.mode();
-            st.q.observe(&reply, now_ms());
-            if st.q.mode() != before {
-                tracing::info!(shard, queue = %st.q.name, mode = ?st.q.mode(), reply = %reply.line(), "queue mode changed");
-            }
-        }
-        let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
         let domain = out.queue.clone();
         let info = out.info.clone();
         let ever_ready = out.ever_ready;
-        if let Some(job) = out.job.take() {
+        let job = out.job.take();
+        // The pattern list sees the receiver's own words (a 421 greeting, say).
+        if let Some(st) = self.queues.get_mut(&domain) {
+            st.q.observe(&reply, now_ms());
+            self.queue_events(&domain, now_ms());
+        }
+        let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
+        if let Some(job) = job {
             let replies = vec![transient.clone(); job.rcpts.len()];
             self.settle(&domain, job, &replies, &info);
         }
@@ -1651,10 +1657,14 @@ impl Shard {
             }
         }
         // Backoff that has run its time.
-        for st in self.queues.values_mut() {
+        let mut changed = Vec::new();
+        for (key, st) in self.queues.iter_mut() {
             if st.q.check_mode(now) {
-                tracing::info!(shard = self.id, queue = %st.q.name, "queue mode changed: back to normal");
+                changed.push(key.clone());
             }
+        }
+        for key in changed {
+            self.queue_events(&key, now);
         }
         // Retries that came due.
         let due: Vec<String> = self

@@ -34,6 +34,8 @@ pub enum Kind {
     Delivered,
     Bounced,
     Transient,
+    /// `tq`: something happened to a whole queue (mode or rate change).
+    QueueEvent,
 }
 
 impl Kind {
@@ -42,6 +44,7 @@ impl Kind {
             Kind::Delivered => "d",
             Kind::Bounced => "b",
             Kind::Transient => "t",
+            Kind::QueueEvent => "tq",
         }
     }
 }
@@ -92,6 +95,32 @@ impl Record {
             Kind::Delivered => "relayed",
             Kind::Bounced => "failed",
             Kind::Transient => "delayed",
+            Kind::QueueEvent => "",
+        }
+    }
+
+    /// A `tq` row: `diag` says what changed and why; the queue columns say where.
+    pub fn queue_event(now_ms: u64, queue: &str, vmta: &str, diag: String) -> Record {
+        Record {
+            kind: Kind::QueueEvent,
+            time_logged_ms: now_ms,
+            time_queued_ms: now_ms,
+            orig: String::new(),
+            rcpt: String::new(),
+            dsn_status: String::new(),
+            dsn_diag: diag,
+            dsn_mta: String::new(),
+            bounce_cat: String::new(),
+            src_mta: String::new(),
+            dlv_source_ip: String::new(),
+            dlv_destination_ip: String::new(),
+            dlv_esmtp_available: false,
+            dlv_size: 0,
+            vmta: vmta.to_string(),
+            job_id: String::new(),
+            env_id: String::new(),
+            queue: queue.to_string(),
+            vmta_pool: String::new(),
         }
     }
 

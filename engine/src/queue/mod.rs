@@ -69,6 +69,10 @@ pub struct Queue<M> {
     queue_action: Option<QueueAction>,
     /// `adaptive-rate`: the current rate in messages per second (AIMD), if adaptive.
     adaptive_per_s: Option<f64>,
+    /// The adaptive rate last reported, so increases are reported in 10% steps.
+    adaptive_reported_per_s: f64,
+    /// Mode and rate changes not yet written as `tq` records.
+    events: Vec<String>,
 }
 
 /// Adaptive rate: the floor, the start when `max-msg-rate` is unset, the additive step (per
@@ -109,6 +113,8 @@ impl<M> Queue<M> {
             mode: Mode::Normal,
             queue_action: None,
             adaptive_per_s: None,
+            adaptive_reported_per_s: 0.0,
+            events: Vec::new(),
         }
     }
 
@@ -170,11 +176,25 @@ impl<M> Queue<M> {
         let throttled = pattern_matched
             || reply.code == 421
             || (reply.is_transient() && reply.enhanced().is_some_and(|e| e.starts_with("4.7.")));
+        let before = *rate;
         if throttled {
             *rate = (*rate * ADAPTIVE_DECREASE).max(ADAPTIVE_MIN_PER_S);
         } else if reply.is_positive() {
             *rate = (*rate + ADAPTIVE_INCREASE_PER_S / *rate).min(ceiling);
         }
+        let now = *rate;
+        if now < before {
+            self.events.push(format!("rate={now:.1}/s (decrease on: {})", reply.line()));
+            self.adaptive_reported_per_s = now;
+        } else if now >= self.adaptive_reported_per_s * 1.1 {
+            self.events.push(format!("rate={now:.1}/s (increase)"));
+            self.adaptive_reported_per_s = now;
+        }
+    }
+
+    /// Mode and rate changes since the last call, for `tq` records and the log.
+    pub fn take_events(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.events)
     }
 
     fn retry_list(&self) -> &[Duration] {
@@ -198,9 +218,17 @@ impl<M> Queue<M> {
             match action {
                 PatternAction::Backoff(after) => {
                     let after = after.unwrap_or(self.settings.backoff_to_normal_after);
+                    if self.mode == Mode::Normal {
+                        self.events.push(format!("mode=backoff for {}s (on: {line})", after.as_secs()));
+                    }
                     self.mode = Mode::Backoff { until_ms: now_ms + after.as_millis() as u64 };
                 }
-                PatternAction::Normal => self.mode = Mode::Normal,
+                PatternAction::Normal => {
+                    if self.mode != Mode::Normal {
+                        self.events.push(format!("mode=normal (on: {line})"));
+                    }
+                    self.mode = Mode::Normal;
+                }
                 PatternAction::BounceRcpt => bounce = true,
                 PatternAction::DeferQueue => self.queue_action = Some(QueueAction::Defer),
                 PatternAction::BounceQueue => self.queue_action = Some(QueueAction::Bounce),
@@ -218,6 +246,7 @@ impl<M> Queue<M> {
         match self.mode {
             Mode::Backoff { until_ms } if now_ms >= until_ms => {
                 self.mode = Mode::Normal;
+                self.events.push("mode=normal (backoff-to-normal-after)".into());
                 true
             }
             _ => false,
@@ -355,7 +384,7 @@ impl<M> Queue<M> {
             match kind {
                 Kind::Delivered => "2.0.0",
                 Kind::Bounced => "5.0.0",
-                Kind::Transient => "4.0.0",
+                Kind::Transient | Kind::QueueEvent => "4.0.0",
             }
             .to_string()
         });
