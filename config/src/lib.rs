@@ -519,6 +519,9 @@ fn nearest_hint(name: &str, known: &[&str]) -> String {
     }
 }
 
+/// A directive inside a block: its name, its values, where it is.
+type DirectiveRef<'a> = (&'a str, &'a [String], &'a Span);
+
 struct Builder {
     config: Config,
     /// `smtp-pattern-list` names used in `<domain>` blocks, checked once all is read.
@@ -565,6 +568,19 @@ impl Builder {
             return Ok(());
         }
         Err(ConfigError::at(span, format!("unknown directive `{name}` in {context}"), nearest_hint(name, known)))
+    }
+
+    /// The directives of a block that holds no blocks: a nested block is reported (an
+    /// error, or a warning for known PowerMTA blocks) and skipped.
+    fn directives<'a>(&mut self, children: &'a [Node], context: &str) -> Result<Vec<DirectiveRef<'a>>, ConfigError> {
+        let mut out = Vec::with_capacity(children.len());
+        for child in children {
+            match child {
+                Node::Directive { name, args, span } => out.push((name.as_str(), args.as_slice(), span)),
+                Node::Block { name, span, .. } => self.unknown(name, span, &[], context)?,
+            }
+        }
+        Ok(out)
     }
 
     fn global(&mut self, nodes: &[Node]) -> Result<(), ConfigError> {
@@ -700,14 +716,7 @@ impl Builder {
         }
         let cidr = value(span, units::parse_cidr(arg))?;
         let mut policy = SourcePolicy::default();
-        for child in children {
-            let (name, args, span) = match child {
-                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
-                Node::Block { name, span, .. } => {
-                    self.unknown(name, span, &[], "<source>")?;
-                    continue;
-                }
-            };
+        for (name, args, span) in self.directives(children, "<source>")? {
             match name {
                 "always-allow-relaying" => {
                     policy.always_allow_relaying = value(span, units::parse_bool(one_arg(name, args, span)?))?
@@ -747,14 +756,7 @@ impl Builder {
 
     fn domain(&mut self, children: &[Node]) -> Result<DomainOverrides, ConfigError> {
         let mut o = DomainOverrides::default();
-        for child in children {
-            let (name, args, span) = match child {
-                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
-                Node::Block { name, span, .. } => {
-                    self.unknown(name, span, &[], "<domain>")?;
-                    continue;
-                }
-            };
+        for (name, args, span) in self.directives(children, "<domain>")? {
             match name {
                 "max-smtp-out" => {
                     let n = value(span, count(one_arg(name, args, span)?))?;
@@ -896,14 +898,7 @@ impl Builder {
         })?;
         let syntax = "write `reply /regex/ mode=backoff,backoff-to-normal-after=30m`";
         let mut rules = Vec::new();
-        for child in children {
-            let (directive, args, span) = match child {
-                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
-                Node::Block { name, span, .. } => {
-                    self.unknown(name, span, &[], "<smtp-pattern-list>")?;
-                    continue;
-                }
-            };
+        for (directive, args, span) in self.directives(children, "<smtp-pattern-list>")? {
             if directive != "reply" {
                 self.unknown(directive, span, &["reply"], "<smtp-pattern-list>")?;
                 continue;
@@ -955,14 +950,7 @@ impl Builder {
     /// `/regex/ category` lines (`/regex/i` for case-insensitive).
     fn bounce_patterns(&mut self, children: &[Node]) -> Result<(), ConfigError> {
         let mut patterns = Vec::new();
-        for child in children {
-            let (pattern, args, span) = match child {
-                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
-                Node::Block { name, span, .. } => {
-                    self.unknown(name, span, &[], "<bounce-category-patterns>")?;
-                    continue;
-                }
-            };
+        for (pattern, args, span) in self.directives(children, "<bounce-category-patterns>")? {
             let syntax = "write `/regex/ category`, e.g. `/mailbox.*full/ quota-issues`";
             let (body, insensitive) = match pattern.strip_prefix('/') {
                 Some(rest) if rest.ends_with("/i") => (&rest[..rest.len() - 2], true),
@@ -1021,14 +1009,7 @@ impl Builder {
             ConfigError::at(span, "`<acct-file>` needs a path", "write `<acct-file /var/log/sluice/acct.csv>`")
         })?;
         let mut records = vec![RecordType::Delivered, RecordType::Bounced, RecordType::Transient];
-        for child in children {
-            let (name, args, span) = match child {
-                Node::Directive { name, args, span } => (name.as_str(), args.as_slice(), span),
-                Node::Block { name, span, .. } => {
-                    self.unknown(name, span, &[], "<acct-file>")?;
-                    continue;
-                }
-            };
+        for (name, args, span) in self.directives(children, "<acct-file>")? {
             match name {
                 "records" => {
                     records.clear();
