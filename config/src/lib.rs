@@ -103,6 +103,8 @@ pub struct DomainSettings {
     pub backoff_retry_after: Vec<Duration>,
     /// How long backoff lasts when the pattern does not say (`backoff-to-normal-after`).
     pub backoff_to_normal_after: Duration,
+    /// `backoff-to-normal-after-delivery yes`: the first clean delivery ends backoff.
+    pub backoff_to_normal_after_delivery: bool,
     /// `adaptive-rate yes`: the message rate follows the receiver (AIMD), up to `max-msg-rate`.
     pub adaptive_rate: bool,
     /// `queue-to D`: this domain's mail goes into D's queue, with D's settings and next hops.
@@ -125,6 +127,7 @@ impl Default for DomainSettings {
             backoff_max_smtp_out: None,
             backoff_retry_after: vec![Duration::from_secs(3600)],
             backoff_to_normal_after: Duration::from_secs(3600),
+            backoff_to_normal_after_delivery: false,
             adaptive_rate: false,
             queue_to: None,
         }
@@ -147,6 +150,7 @@ struct DomainOverrides {
     backoff_max_smtp_out: Option<u32>,
     backoff_retry_after: Option<Vec<Duration>>,
     backoff_to_normal_after: Option<Duration>,
+    backoff_to_normal_after_delivery: Option<bool>,
     adaptive_rate: Option<bool>,
     queue_to: Option<String>,
 }
@@ -194,6 +198,9 @@ impl DomainOverrides {
         }
         if let Some(v) = self.adaptive_rate {
             to.adaptive_rate = v;
+        }
+        if let Some(v) = self.backoff_to_normal_after_delivery {
+            to.backoff_to_normal_after_delivery = v;
         }
         if let Some(v) = &self.queue_to {
             to.queue_to = Some(v.clone());
@@ -467,6 +474,7 @@ const SOURCE: &[&str] = &[
     "reject-invalid-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
+    "backoff-to-normal-after-delivery",
     "queue-to",
     "adaptive-rate",
     "smtp-pattern-list",
@@ -779,6 +787,10 @@ impl Builder {
                 }
                 "bounce-after" => {
                     o.bounce_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
+                }
+                "backoff-to-normal-after-delivery" => {
+                    o.backoff_to_normal_after_delivery =
+                        Some(value(span, units::parse_bool(one_arg(name, args, span)?))?)
                 }
                 "queue-to" => o.queue_to = Some(one_arg(name, args, span)?.to_ascii_lowercase()),
                 "adaptive-rate" => o.adaptive_rate = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),

@@ -212,6 +212,10 @@ impl<M> Queue<M> {
         let patterns = self.patterns.clone();
         let rule = patterns.as_ref().and_then(|p| p.iter().find(|r| r.regex.is_match(&line)));
         self.adapt(reply, rule.is_some());
+        if reply.is_positive() && self.settings.backoff_to_normal_after_delivery && self.mode != Mode::Normal {
+            self.mode = Mode::Normal;
+            self.events.push(format!("mode=normal (clean delivery: {line})"));
+        }
         let Some(rule) = rule else { return false };
         let mut bounce = false;
         for action in &rule.actions {
@@ -515,6 +519,18 @@ mod mode_tests {
         assert!(!q.check_mode(3_999));
         assert!(q.check_mode(4_000));
         assert_eq!(q.mode(), Mode::Normal);
+    }
+
+    #[test]
+    fn first_clean_delivery_ends_backoff_when_so_set() {
+        let mut q = queue(vec![PatternAction::Backoff(None)]);
+        q.observe(&Reply::new(421, "4.7.0 too many errors"), 0);
+        q.observe(&Reply::new(250, "2.0.0 ok"), 10);
+        assert!(matches!(q.mode(), Mode::Backoff { .. }), "not set: backoff lasts its time");
+        q.settings.backoff_to_normal_after_delivery = true;
+        q.observe(&Reply::new(250, "2.0.0 ok"), 20);
+        assert_eq!(q.mode(), Mode::Normal);
+        assert!(q.take_events().iter().any(|e| e.starts_with("mode=normal (clean delivery")));
     }
 
     #[test]
