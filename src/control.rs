@@ -163,6 +163,7 @@ impl AcctWriter {
                     Kind::Bounced => RecordType::Bounced,
                     Kind::Transient => RecordType::Transient,
                     Kind::QueueEvent => RecordType::QueueEvent,
+                    Kind::Received => RecordType::Received,
                 };
                 if types.contains(&t) {
                     if let Err(e) = w.write_all(r.csv_line().as_bytes()) {

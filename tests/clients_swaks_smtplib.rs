@@ -38,6 +38,13 @@ print("sent")
     let (code, out) = run(Command::new("python3").arg("-c").arg(script));
     assert_eq!((code, out.trim()), (0, "sent"), "{out}");
     let rows = relay.wait_rows("d", 3, Duration::from_secs(30));
+    // One `r` row per accepted recipient, saying who sent it.
+    let received = relay.rows_of("r");
+    let mut r_rcpts: Vec<&str> = received.iter().map(|r| r["rcpt"].as_str()).collect();
+    r_rcpts.sort();
+    assert_eq!(r_rcpts, ["a@sink.test", "b@sink.test", "c@sink.test"]);
+    let py = received.iter().find(|r| r["rcpt"] == "c@sink.test").unwrap();
+    assert_eq!((py["orig"].as_str(), py["srcMta"].as_str()), ("py@src.test", "py.client (127.0.0.1)"));
     let mut rcpts: Vec<&str> = rows.iter().map(|r| r["rcpt"].as_str()).collect();
     rcpts.sort();
     assert_eq!(rcpts, ["a@sink.test", "b@sink.test", "c@sink.test"]);

@@ -68,8 +68,10 @@ fn scenario(shards: Option<u32>) {
 
     let rows = relay.wait_rows("d", 1, Duration::from_secs(20));
     std::thread::sleep(Duration::from_millis(500));
-    let all: Vec<String> = relay.acct_rows().iter().map(|r| r["rcpt"].clone()).collect();
-    assert_eq!(all, vec!["ok@sink.test".to_string()], "only the accepted message is delivered");
+    let rcpts_of = |kind: &str| -> Vec<String> { relay.rows_of(kind).iter().map(|r| r["rcpt"].clone()).collect() };
+    assert_eq!(rcpts_of("d"), vec!["ok@sink.test".to_string()], "only the accepted message is delivered");
+    assert_eq!(rcpts_of("r"), vec!["ok@sink.test".to_string()], "nothing refused was recorded as received");
+    assert_eq!(relay.acct_rows().len(), 2);
     assert_eq!(rows.len(), 1);
     let msgs = sink.messages();
     assert_eq!(msgs.len(), 1);

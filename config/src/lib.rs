@@ -214,6 +214,7 @@ pub enum RecordType {
     Bounced,
     Transient,
     QueueEvent,
+    Received,
 }
 
 impl RecordType {
@@ -223,6 +224,7 @@ impl RecordType {
             RecordType::Bounced => "b",
             RecordType::Transient => "t",
             RecordType::QueueEvent => "tq",
+            RecordType::Received => "r",
         }
     }
 }
@@ -1031,7 +1033,8 @@ impl Builder {
                             "b" => records.push(RecordType::Bounced),
                             "t" => records.push(RecordType::Transient),
                             "tq" => records.push(RecordType::QueueEvent),
-                            "f" | "rb" | "r" | "rs" => self.config.warnings.push(Warning {
+                            "r" => records.push(RecordType::Received),
+                            "f" | "rb" | "rs" => self.config.warnings.push(Warning {
                                 span: span.clone(),
                                 message: format!("accounting record type `{r}` is not written yet; ignored"),
                             }),

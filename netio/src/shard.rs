@@ -158,6 +158,8 @@ struct Store {
     queued_unix_ms: u64,
     /// The VMTA or pool the message goes out through.
     vmta: String,
+    /// Who sent it, for `r` records: `helo (ip)`.
+    src_mta: String,
 }
 
 struct Inbound {
@@ -768,6 +770,7 @@ impl Shard {
             recipients: m.recipients,
             queued_unix_ms: now,
             vmta,
+            src_mta: format!("{} ({})", m.helo, inb.client_ip),
         });
         if now < self.spool_broken_until_ms {
             inb.store = Some(store);
@@ -885,6 +888,19 @@ impl Shard {
         let store = *store;
         if let Some(seg) = segment {
             if durable {
+                let size = store.data.len() as u64;
+                for rcpt in &store.recipients {
+                    if self.acct.len() < ACCT_PENDING_MAX {
+                        self.acct.push(Record::received(
+                            store.queued_unix_ms,
+                            &store.mail_from,
+                            rcpt,
+                            &store.src_mta,
+                            size,
+                            &store.vmta,
+                        ));
+                    }
+                }
                 let msg = MsgRef { segment: seg, offset: store.offset };
                 let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
                 let size = store.data.len() as u64;

@@ -36,6 +36,8 @@ pub enum Kind {
     Transient,
     /// `tq`: something happened to a whole queue (mode or rate change).
     QueueEvent,
+    /// `r`: a recipient was accepted (its message is on disk).
+    Received,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Kind::Bounced => "b",
             Kind::Transient => "t",
             Kind::QueueEvent => "tq",
+            Kind::Received => "r",
         }
     }
 }
@@ -95,8 +98,19 @@ impl Record {
             Kind::Delivered => "relayed",
             Kind::Bounced => "failed",
             Kind::Transient => "delayed",
-            Kind::QueueEvent => "",
+            Kind::QueueEvent | Kind::Received => "",
         }
+    }
+
+    /// An `r` row: `rcpt` of a message from `orig`, accepted from `src_mta`.
+    pub fn received(now_ms: u64, orig: &str, rcpt: &str, src_mta: &str, size: u64, vmta: &str) -> Record {
+        let mut r = Record::queue_event(now_ms, "", vmta, String::new());
+        r.kind = Kind::Received;
+        r.orig = orig.to_string();
+        r.rcpt = rcpt.to_string();
+        r.src_mta = src_mta.to_string();
+        r.dlv_size = size;
+        r
     }
 
     /// A `tq` row: `diag` says what changed and why; the queue columns say where.
