@@ -389,7 +389,12 @@ impl Config {
 
     /// The domain whose queue a destination's mail joins: itself, or its `queue-to` target.
     pub fn queue_domain(&self, domain: &str) -> String {
-        self.domain_settings(domain).queue_to.unwrap_or_else(|| domain.to_string())
+        // Only `queue-to` matters here, and this runs per message: no full settings.
+        let mut target = self.domain_wildcard.queue_to.as_ref();
+        for o in suffixes_farthest_first(domain).filter_map(|d| self.domains.get(d)) {
+            target = o.queue_to.as_ref().or(target);
+        }
+        target.cloned().unwrap_or_else(|| domain.to_string())
     }
 
     /// Resolves a VMTA or pool name.
@@ -411,12 +416,15 @@ fn apply_domain_blocks(
     settings: &mut DomainSettings,
 ) {
     wildcard.apply(settings);
-    let labels: Vec<&str> = domain.split('.').collect();
-    for start in (0..labels.len()).rev() {
-        if let Some(o) = domains.get(&labels[start..].join(".")) {
-            o.apply(settings);
-        }
+    for o in suffixes_farthest_first(domain).filter_map(|d| domains.get(d)) {
+        o.apply(settings);
     }
+}
+
+/// `a.b.c` → `c`, `b.c`, `a.b.c`: each parent from the farthest, then the domain itself.
+/// Slices of `domain`, no allocation: this runs for every message.
+fn suffixes_farthest_first(domain: &str) -> impl Iterator<Item = &str> {
+    domain.rmatch_indices('.').map(move |(i, _)| &domain[i + 1..]).chain(std::iter::once(domain))
 }
 
 /// Names sluice accepts but does not implement yet, with the issue that brings them.
@@ -879,18 +887,14 @@ impl Builder {
             ConfigError::at(span, "`<virtual-mta-pool>` needs a name", "write `<virtual-mta-pool pool1>`")
         })?;
         let mut members = Vec::new();
-        for child in children {
-            match child {
-                Node::Directive { name: d, args, span } if d == "virtual-mta" => {
-                    let member = one_arg(d, args, span)?.to_string();
-                    self.vmta_refs.push((format!("\0{member}"), span.clone()));
-                    members.push(member);
-                }
-                Node::Directive { name: d, span, .. } => {
-                    self.unknown(d, span, &["virtual-mta"], "<virtual-mta-pool>")?
-                }
-                Node::Block { name: b, span, .. } => self.unknown(b, span, &[], "<virtual-mta-pool>")?,
+        for (d, args, span) in self.directives(children, "<virtual-mta-pool>")? {
+            if d != "virtual-mta" {
+                self.unknown(d, span, &["virtual-mta"], "<virtual-mta-pool>")?;
+                continue;
             }
+            let member = one_arg(d, args, span)?.to_string();
+            self.vmta_refs.push((format!("\0{member}"), span.clone()));
+            members.push(member);
         }
         if members.is_empty() {
             return Err(ConfigError::at(span, format!("pool `{name}` has no members"), "add `virtual-mta NAME` lines"));
@@ -1277,6 +1281,30 @@ mod pattern_list_tests {
         assert_eq!(
             err.to_string(),
             "p.conf:3: smtp-pattern-list `nope` is not defined (hint: define it with `<smtp-pattern-list NAME>`)"
+        );
+    }
+}
+
+#[cfg(test)]
+mod suffix_tests {
+    use super::*;
+
+    #[test]
+    fn suffixes_and_queue_to_follow_the_most_specific_block() {
+        assert_eq!(suffixes_farthest_first("a.b.c").collect::<Vec<_>>(), ["c", "b.c", "a.b.c"]);
+        assert_eq!(suffixes_farthest_first("x").collect::<Vec<_>>(), ["x"]);
+        let c = load(
+            "q.conf",
+            "smtp-listener 127.0.0.1:25\n<domain *>\n queue-to all.test\n</domain>\n<domain b.test>\n queue-to bee.test\n</domain>\n",
+            &mut |_| Err("no".into()),
+        )
+        .unwrap();
+        assert_eq!(c.queue_domain("x.b.test"), "bee.test", "parent beats wildcard");
+        assert_eq!(c.queue_domain("other.test"), "all.test");
+        assert_eq!(
+            c.queue_domain("x.b.test"),
+            c.domain_settings("x.b.test").queue_to.unwrap(),
+            "same answer as the full settings"
         );
     }
 }

@@ -1226,7 +1226,11 @@ impl Shard {
             Grant::Connect => st.q.settings.max_connect_rate,
         };
         if let Some(rate) = rate {
-            let cells = self.queue_cells.entry(key.to_string()).or_default();
+            // Looked up by &str first: no allocation per grant on the hot path.
+            if !self.queue_cells.contains_key(key) {
+                self.queue_cells.insert(key.to_string(), QueueCells::default());
+            }
+            let cells = self.queue_cells.get_mut(key).expect("inserted above");
             let slot = match grant {
                 Grant::Message => &mut cells.msg,
                 Grant::Connect => &mut cells.connect,
