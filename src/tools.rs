@@ -160,7 +160,7 @@ pub struct SinkArgs {
     /// Where to listen: IP:PORT (port 0 picks one and prints it).
     #[arg(long, default_value = "127.0.0.1:2526")]
     listen: SocketAddr,
-    /// Scripted reply 'DOMAIN:REPLY:PERCENT%' (repeatable; DOMAIN may be '*').
+    /// Scripted reply 'DOMAIN[/CLIENT-IP]:REPLY:PERCENT%[@FROM-TO]' at RCPT (repeatable; DOMAIN may be '*').
     #[arg(long = "reply")]
     replies: Vec<String>,
     /// Delay before answering the end of data, e.g. 5ms.

@@ -57,6 +57,9 @@ pub struct SourcePolicy {
     pub reject_invalid_virtual_mta: bool,
     pub add_received_header: bool,
     pub hide_message_source: bool,
+    /// `generate-bounces yes`: a recipient that bounces gets an RFC 3464 DSN sent to the
+    /// message's envelope sender (never for a null sender).
+    pub generate_bounces: bool,
 }
 
 impl Default for SourcePolicy {
@@ -72,6 +75,7 @@ impl Default for SourcePolicy {
             reject_invalid_virtual_mta: false,
             add_received_header: true,
             hide_message_source: false,
+            generate_bounces: false,
         }
     }
 }
@@ -109,6 +113,12 @@ pub struct DomainSettings {
     pub adaptive_rate: bool,
     /// `queue-to D`: this domain's mail goes into D's queue, with D's settings and next hops.
     pub queue_to: Option<String>,
+    /// `queue-priority N` (0-100): when queues compete for the same source IPs' connections,
+    /// higher ones get them first.
+    pub queue_priority: u8,
+    /// MX rollup (on unless `disable-mx-rollup yes`): domains whose MX sets are equal, and
+    /// whose settings are equal, share one queue.
+    pub mx_rollup: bool,
 }
 
 impl Default for DomainSettings {
@@ -130,6 +140,8 @@ impl Default for DomainSettings {
             backoff_to_normal_after_delivery: false,
             adaptive_rate: false,
             queue_to: None,
+            queue_priority: 50,
+            mx_rollup: true,
         }
     }
 }
@@ -153,6 +165,8 @@ struct DomainOverrides {
     backoff_to_normal_after_delivery: Option<bool>,
     adaptive_rate: Option<bool>,
     queue_to: Option<String>,
+    queue_priority: Option<u8>,
+    mx_rollup: Option<bool>,
 }
 
 impl DomainOverrides {
@@ -204,6 +218,12 @@ impl DomainOverrides {
         }
         if let Some(v) = &self.queue_to {
             to.queue_to = Some(v.clone());
+        }
+        if let Some(v) = self.queue_priority {
+            to.queue_priority = v;
+        }
+        if let Some(v) = self.mx_rollup {
+            to.mx_rollup = v;
         }
     }
 }
@@ -292,7 +312,15 @@ pub enum PatternAction {
     DeferQueue,
     /// `bounce-queue`: every ready recipient of the queue bounces.
     BounceQueue,
+    /// `skip-mx`: leave this next hop; the recipient is tried at once on the next one.
+    SkipMx,
+    /// `disable-source-ip` (with `reenable-after=D`, else an hour): this queue stops using
+    /// the connection's source IP (its VMTA) for that long; a pool's other members carry on.
+    DisableSourceIp(Duration),
 }
+
+/// How long `disable-source-ip` lasts without `reenable-after`.
+pub const REENABLE_AFTER_DEFAULT: Duration = Duration::from_secs(3600);
 
 /// `reply /regex/ ACTIONS` in an `<smtp-pattern-list>`.
 #[derive(Debug, Clone)]
@@ -447,7 +475,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("use-starttls", "TLS"),
     ("require-starttls", "TLS"),
     ("dkim-sign", "DKIM signing"),
-    ("queue-priority", "traffic shaping"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
     ("delete-after", "accounting rotation"),
@@ -482,8 +509,11 @@ const SOURCE: &[&str] = &[
     "hide-message-source",
     "retain-x-virtual-mta",
     "reject-invalid-virtual-mta",
+    "generate-bounces",
 ];
 const DOMAIN: &[&str] = &[
+    "queue-priority",
+    "disable-mx-rollup",
     "backoff-to-normal-after-delivery",
     "queue-to",
     "adaptive-rate",
@@ -764,6 +794,9 @@ impl Builder {
                 "hide-message-source" => {
                     policy.hide_message_source = value(span, units::parse_bool(one_arg(name, args, span)?))?
                 }
+                "generate-bounces" => {
+                    policy.generate_bounces = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
                 _ => self.unknown(name, span, SOURCE, "<source>")?,
             }
         }
@@ -804,6 +837,18 @@ impl Builder {
                 }
                 "queue-to" => o.queue_to = Some(one_arg(name, args, span)?.to_ascii_lowercase()),
                 "adaptive-rate" => o.adaptive_rate = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),
+                "queue-priority" => {
+                    let n = value(span, count(one_arg(name, args, span)?))?;
+                    if n > 100 {
+                        return Err(ConfigError::at(
+                            span,
+                            format!("queue-priority {n} is out of range"),
+                            "use 0 to 100",
+                        ));
+                    }
+                    o.queue_priority = Some(n as u8);
+                }
+                "disable-mx-rollup" => o.mx_rollup = Some(!value(span, units::parse_bool(one_arg(name, args, span)?))?),
                 "smtp-pattern-list" => {
                     let list = one_arg(name, args, span)?.to_string();
                     self.pattern_refs.push((list.clone(), span.clone()));
@@ -933,6 +978,8 @@ impl Builder {
             let mut parsed = Vec::new();
             let mut to_normal = None;
             let mut backoff = false;
+            let mut disable = false;
+            let mut reenable = None;
             for action in actions.join(",").split(',').map(str::trim).filter(|a| !a.is_empty()) {
                 match action.split_once('=') {
                     Some(("mode", "backoff")) => backoff = true,
@@ -941,23 +988,29 @@ impl Builder {
                     None if action == "bounce-rcpt" => parsed.push(PatternAction::BounceRcpt),
                     None if action == "defer-queue" => parsed.push(PatternAction::DeferQueue),
                     None if action == "bounce-queue" => parsed.push(PatternAction::BounceQueue),
-                    _ if ["skip-mx", "disable-source-ip"].contains(&action) || action.starts_with("reenable-after=") => {
-                        self.config.warnings.push(Warning {
-                            span: span.clone(),
-                            message: format!("pattern action `{action}` is not supported yet; ignored"),
-                        });
-                    }
+                    None if action == "skip-mx" => parsed.push(PatternAction::SkipMx),
+                    None if action == "disable-source-ip" => disable = true,
+                    Some(("reenable-after", d)) => reenable = Some(value(span, units::parse_duration(d))?),
                     _ => {
                         return Err(ConfigError::at(
                             span,
                             format!("unknown pattern action `{action}`"),
-                            "use mode=backoff, mode=normal, backoff-to-normal-after=D, bounce-rcpt, defer-queue or bounce-queue",
+                            "use mode=backoff, mode=normal, backoff-to-normal-after=D, bounce-rcpt, defer-queue, bounce-queue, skip-mx, disable-source-ip or reenable-after=D",
                         ))
                     }
                 }
             }
             if backoff {
                 parsed.insert(0, PatternAction::Backoff(to_normal));
+            }
+            if disable {
+                parsed.push(PatternAction::DisableSourceIp(reenable.unwrap_or(REENABLE_AFTER_DEFAULT)));
+            } else if reenable.is_some() {
+                return Err(ConfigError::at(
+                    span,
+                    "`reenable-after` without `disable-source-ip`",
+                    "write `disable-source-ip,reenable-after=30m`",
+                ));
             }
             rules.push(PatternRule { regex, actions: parsed });
         }
@@ -1261,13 +1314,18 @@ mod pattern_list_tests {
 
     #[test]
     fn pattern_lists_parse_and_are_checked() {
-        let text = "smtp-listener 127.0.0.1:25\n<smtp-pattern-list errs>\n reply /^421 .* too many errors/ mode=backoff,backoff-to-normal-after=30m\n reply /^452 4\\.2\\.2/ bounce-rcpt\n reply /x/ skip-mx\n</smtp-pattern-list>\n<domain *>\n smtp-pattern-list errs\n backoff-max-msg-rate 10/s\n</domain>\n";
+        let text = "smtp-listener 127.0.0.1:25\n<smtp-pattern-list errs>\n reply /^421 .* too many errors/ mode=backoff,backoff-to-normal-after=30m\n reply /^452 4\\.2\\.2/ bounce-rcpt\n reply /x/ skip-mx\n reply /y/ disable-source-ip,reenable-after=5m\n reply /z/ disable-source-ip\n</smtp-pattern-list>\n<domain *>\n smtp-pattern-list errs\n backoff-max-msg-rate 10/s\n queue-priority 80\n</domain>\n<domain b.test>\n disable-mx-rollup yes\n</domain>\n";
         let c = load("p.conf", text, &mut |_| Err("no".into())).unwrap();
         let rules = &c.pattern_lists["errs"];
         assert_eq!(rules[0].actions, vec![PatternAction::Backoff(Some(Duration::from_secs(1800)))]);
         assert!(rules[0].regex.is_match("421 4.7.0 too many errors"));
         assert_eq!(rules[1].actions, vec![PatternAction::BounceRcpt]);
-        assert!(c.warnings.iter().any(|w| w.message.contains("`skip-mx` is not supported yet")));
+        assert_eq!(rules[2].actions, vec![PatternAction::SkipMx]);
+        assert_eq!(rules[3].actions, vec![PatternAction::DisableSourceIp(Duration::from_secs(300))]);
+        assert_eq!(rules[4].actions, vec![PatternAction::DisableSourceIp(REENABLE_AFTER_DEFAULT)]);
+        let (a, b) = (c.domain_settings("a.test"), c.domain_settings("b.test"));
+        assert_eq!((a.queue_priority, a.mx_rollup, b.mx_rollup), (80, true, false));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         assert_eq!(c.domain_settings("a.test").pattern_list.as_deref(), Some("errs"));
         assert_eq!(
             c.domain_settings("a.test").backoff_max_msg_rate,

@@ -16,7 +16,7 @@ use sluice_engine::shape::gcra::{GcraCell, Limit};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What shards ask of the control plane.
@@ -71,6 +71,10 @@ pub(crate) struct SourceCells {
     pub msg: Option<(GcraCell, Limit)>,
     pub connect: Option<(GcraCell, Limit)>,
     pub smtp_out: Option<(AtomicU32, u32)>,
+    /// `queue-priority` for the `smtp_out` places: the highest priority that found them full
+    /// lately, as `(priority + 1) << 56 | until_ms` (monotonic). Lower queues leave freed
+    /// places to it until the claim lapses; waiting queues renew it on every tick.
+    pub smtp_out_claim: AtomicU64,
 }
 
 /// Throttled work is re-tried on the shard's tick; a limit may grant what one tick's worth of
@@ -163,6 +167,7 @@ impl Runtime {
                         msg: l.max_msg_rate.map(|r| (GcraCell::new(), limit_of(r))),
                         connect: l.max_connect_rate.map(|r| (GcraCell::new(), limit_of(r))),
                         smtp_out: l.max_smtp_out.map(|n| (AtomicU32::new(0), n)),
+                        smtp_out_claim: AtomicU64::new(0),
                     };
                     (*ip, cells)
                 })

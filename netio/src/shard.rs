@@ -239,6 +239,18 @@ struct QueueState {
     connect_backoff_until_ms: u64,
 }
 
+/// What a queue's pattern list told it to stop using (`skip-mx`, `disable-source-ip`), each
+/// until a monotonic-clock time. Kept apart from the queue state, which comes and goes as the
+/// queue empties: a disabled source IP stays disabled for its whole time.
+#[derive(Default)]
+struct Avoided {
+    hops: Vec<(SocketAddr, u64)>,
+    vmtas: Vec<(String, u64)>,
+}
+
+/// How long a `smtp_out_claim` holds without renewal: two ticks.
+const SMTP_OUT_CLAIM_MS: u64 = 2 * TICK_MS;
+
 #[derive(Clone, Copy)]
 enum Grant {
     Message,
@@ -294,6 +306,8 @@ pub(crate) struct Shard {
     /// Per pool, which member the next connection uses (outlives the pool's queues, which
     /// come and go as they empty).
     pool_rotation: HashMap<String, usize>,
+    /// Per queue key, the next hops and VMTAs its pattern list set aside.
+    avoided: HashMap<String, Avoided>,
     outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
     // Loop.
@@ -349,6 +363,7 @@ impl Shard {
             queues: HashMap::new(),
             dirty: Vec::new(),
             pool_rotation: HashMap::new(),
+            avoided: HashMap::new(),
             applying_queue_action: false,
             queue_cells: HashMap::new(),
             outbox: Vec::new(),
@@ -448,10 +463,13 @@ impl Shard {
         self.drain_mailbox();
         self.commit_spool();
         self.flush_journal();
-        // Every message marks its queue; pump each queue once per turn of the loop.
+        // Every message marks its queue; pump each queue once per turn of the loop, higher
+        // `queue-priority` first (they get the shared source IPs' places first).
         let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
         dirty.dedup();
+        let priority = |k: &String| self.queues.get(k).map_or(0, |st| st.q.settings.queue_priority);
+        dirty.sort_by_key(|k| std::cmp::Reverse(priority(k)));
         for domain in &dirty {
             self.pump(domain);
         }
@@ -1063,6 +1081,10 @@ impl Shard {
             let replies = vec![reply.clone(); job.rcpts.len()];
             self.settle(domain, job, &replies, info);
         }
+        // Not a reply from a host on a connection: nothing to skip or disable.
+        if let Some(st) = self.queues.get_mut(domain) {
+            st.q.take_avoid();
+        }
     }
 
     /// A resolution applies to every queue of that domain (one per VMTA).
@@ -1148,25 +1170,44 @@ impl Shard {
     /// whether it did.
     fn open_connection(&mut self, domain: &str, levels: &[Vec<Hop>]) -> bool {
         let config = self.shared.config.clone();
+        self.reenable(domain);
         let st = self.queues.get(domain).expect("queue exists");
+        let avoided = self.avoided.get(domain);
+        let disabled = |v: &str| avoided.is_some_and(|a| a.vmtas.iter().any(|(n, _)| n == v));
         // A pool's members take turns, one per connection (a member held back by its limits
-        // loses its turn).
+        // loses its turn; one disabled by `disable-source-ip` is passed over).
         let (vmta, pool) = match config.pools.get(&st.q.vmta) {
             Some(members) => {
                 let turn = self.pool_rotation.entry(st.q.vmta.clone()).or_insert(0);
-                *turn = turn.wrapping_add(1);
-                (members[*turn % members.len()].clone(), st.q.vmta.clone())
+                let mut pick = None;
+                for _ in 0..members.len() {
+                    *turn = turn.wrapping_add(1);
+                    let member = &members[*turn % members.len()];
+                    if !disabled(member) {
+                        pick = Some(member.clone());
+                        break;
+                    }
+                }
+                let Some(member) = pick else { return false }; // all disabled: wait
+                (member, st.q.vmta.clone())
             }
+            None if disabled(&st.q.vmta) => return false,
             None => (st.q.vmta.clone(), String::new()),
         };
+        // Hops set aside by `skip-mx`, unless that would leave none.
+        let skipped = |addr: &SocketAddr| avoided.is_some_and(|a| a.hops.iter().any(|(h, _)| h == addr));
+        let all_skipped = levels.iter().flatten().all(|h| skipped(&h.addr));
+        let priority = st.q.settings.queue_priority;
         let settings = config.vmtas.get(&vmta);
         let source_ip = settings.and_then(|v| v.source_ip);
         if !self.rate_grant(domain, source_ip, Grant::Connect) {
             return false;
         }
-        let Ok(holds_smtp_out) = self.take_smtp_out(source_ip) else {
+        let Ok(holds_smtp_out) = self.take_smtp_out(source_ip, priority) else {
             return false;
         };
+        let avoided = self.avoided.get(domain);
+        let skipped = |addr: &SocketAddr| avoided.is_some_and(|a| a.hops.iter().any(|(h, _)| h == addr));
         let st = self.queues.get_mut(domain).expect("queue exists");
         st.rotation = st.rotation.wrapping_add(1);
         // Preference levels in order; within a level, rotate so connections spread.
@@ -1176,8 +1217,9 @@ impl Shard {
                 continue;
             }
             let r = st.rotation % level.len();
-            hops.extend(level[r..].iter().cloned());
-            hops.extend(level[..r].iter().cloned());
+            let usable = |h: &&Hop| all_skipped || !skipped(&h.addr);
+            hops.extend(level[r..].iter().filter(usable).cloned());
+            hops.extend(level[..r].iter().filter(usable).cloned());
         }
         st.q.connections += 1;
         let ehlo = settings.and_then(|v| v.host_name.as_deref()).unwrap_or(&config.host_name);
@@ -1252,17 +1294,105 @@ impl Shard {
     }
 
     /// Takes a `source-ip-max-smtp-out` place for `source_ip` (Ok(true)), or there is no such
-    /// limit (Ok(false)), or it is full (Err).
-    fn take_smtp_out(&self, source_ip: Option<IpAddr>) -> Result<bool, ()> {
-        let Some((count, max)) =
-            source_ip.and_then(|ip| self.shared.source_limits.get(&ip)).and_then(|c| c.smtp_out.as_ref())
-        else {
-            return Ok(false);
+    /// limit (Ok(false)), or it is full or claimed by a higher `queue-priority` (Err). A queue
+    /// that finds it full claims the next free place for its priority, across all shards.
+    fn take_smtp_out(&self, source_ip: Option<IpAddr>, priority: u8) -> Result<bool, ()> {
+        let Some(cells) = source_ip.and_then(|ip| self.shared.source_limits.get(&ip)) else { return Ok(false) };
+        let Some((count, max)) = cells.smtp_out.as_ref() else { return Ok(false) };
+        let now = mono_ns() / 1_000_000;
+        let ours = (priority as u64 + 1) << 56;
+        let live = |claim: u64| claim & ((1 << 56) - 1) > now;
+        let claim = cells.smtp_out_claim.load(Ordering::Acquire);
+        if claim >> 56 > ours >> 56 && live(claim) {
+            return Err(()); // a higher-priority queue is waiting for this place
+        }
+        match count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < *max).then_some(n + 1)) {
+            Ok(_) => Ok(true),
+            Err(_) => {
+                let mine = ours | (now + SMTP_OUT_CLAIM_MS);
+                let _ = cells.smtp_out_claim.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                    (c >> 56 <= ours >> 56 || !live(c)).then_some(mine)
+                });
+                Err(())
+            }
+        }
+    }
+
+    /// Drops the queue's `skip-mx` and `disable-source-ip` marks whose time is up; a source
+    /// IP coming back is written as a `tq` record.
+    fn reenable(&mut self, key: &str) {
+        let Some(a) = self.avoided.get_mut(key) else { return };
+        let now = mono_ns() / 1_000_000;
+        a.hops.retain(|(_, until)| *until > now);
+        let (kept, back): (Vec<_>, Vec<_>) = std::mem::take(&mut a.vmtas).into_iter().partition(|(_, t)| *t > now);
+        a.vmtas = kept;
+        if a.hops.is_empty() && a.vmtas.is_empty() {
+            self.avoided.remove(key);
+        }
+        for (vmta, _) in back {
+            self.queue_note(key, &vmta, format!("source-ip re-enabled: {vmta} ({})", self.source_ip_text(&vmta)));
+        }
+    }
+
+    fn source_ip_text(&self, vmta: &str) -> String {
+        let ip = self.shared.config.vmtas.get(vmta).and_then(|v| v.source_ip);
+        ip.map(|ip| ip.to_string()).unwrap_or_else(|| "default source".into())
+    }
+
+    /// A queue event as a `tq` accounting record and a log line.
+    fn queue_note(&mut self, key: &str, vmta: &str, diag: String) {
+        tracing::info!(shard = self.id, queue = key, change = %diag, "queue routing changed");
+        if self.acct.len() < ACCT_PENDING_MAX {
+            self.acct.push(Record::queue_event(now_ms(), key, vmta, diag));
+        }
+    }
+
+    /// Could a recipient refused on this connection go out at once another way: another
+    /// next hop not skipped (for `skip-mx`), another pool member not disabled (for
+    /// `disable-source-ip`)?
+    fn alternatives(&self, key: &str, hop: Option<SocketAddr>, vmta: &str) -> (bool, bool) {
+        let Some(st) = self.queues.get(key) else { return (false, false) };
+        let avoided = self.avoided.get(key);
+        let other_hop = match &st.hops {
+            HopState::Ready { levels, .. } => levels
+                .iter()
+                .flatten()
+                .any(|h| Some(h.addr) != hop && !avoided.is_some_and(|a| a.hops.iter().any(|(s, _)| *s == h.addr))),
+            _ => false,
         };
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < *max).then_some(n + 1))
-            .map(|_| true)
-            .map_err(|_| ())
+        let other_source = self.shared.config.pools.get(&st.q.vmta).is_some_and(|members| {
+            members.iter().any(|m| m != vmta && !avoided.is_some_and(|a| a.vmtas.iter().any(|(d, _)| d == m)))
+        });
+        (other_hop, other_source)
+    }
+
+    /// Applies what the queue's pattern list asked to stop using after a reply on `slot`'s
+    /// connection; returns whether it did (the connection then leaves).
+    fn apply_avoid(&mut self, slot: u32) -> bool {
+        let Some(Kind::Out(out)) = self.conns[slot as usize].as_ref().map(|c| &c.kind) else { return false };
+        let key = out.queue.clone();
+        let Some(avoid) = self.queues.get_mut(&key).and_then(|st| st.q.take_avoid()) else { return false };
+        let (vmta, hop) = (out.vmta.clone(), out.hop_index.checked_sub(1).and_then(|i| out.hops.get(i)).cloned());
+        let now = mono_ns() / 1_000_000;
+        let skip_ms = self.queues.get(&key).map_or(600_000, |st| {
+            st.q.settings.retry_after.first().map_or(600_000, |d| d.as_millis() as u64).clamp(1_000, 3_600_000)
+        });
+        let entry = self.avoided.entry(key.clone()).or_default();
+        let mut notes = Vec::new();
+        if let (true, Some(hop)) = (avoid.skip_mx, &hop) {
+            entry.hops.retain(|(a, _)| *a != hop.addr);
+            entry.hops.push((hop.addr, now + skip_ms));
+            notes.push(format!("skip-mx: {} ({}) skipped for {}s", hop.host, hop.addr.ip(), skip_ms / 1000));
+        }
+        if let Some(d) = avoid.disable_source_ip {
+            entry.vmtas.retain(|(v, _)| *v != vmta);
+            entry.vmtas.push((vmta.clone(), now + d.as_millis() as u64));
+            notes.push(format!("source-ip disabled: {vmta} ({}) for {}s", self.source_ip_text(&vmta), d.as_secs()));
+        }
+        for note in notes {
+            self.queue_note(&key, &vmta, note);
+        }
+        true
     }
 
     fn release_smtp_out(&self, source_ip: Option<IpAddr>, held: bool) {
@@ -1296,6 +1426,8 @@ impl Shard {
             esmtp: false,
             vmta: out.vmta.clone(),
             vmta_pool: out.pool.clone(),
+            other_hop: false,
+            other_source: false,
         };
         out.addr = sockaddr(hop.addr);
         let fd = match crate::sys::tcp_socket(hop.addr) {
@@ -1412,10 +1544,21 @@ impl Shard {
                 Some(ClientEvent::Done(replies)) => {
                     let job = out.job.take().expect("a transaction had a job");
                     let domain = out.queue.clone();
-                    let info = out.info.clone();
+                    let mut info = out.info.clone();
                     let idle = out.client.is_idle();
+                    let hop = out.hop_index.checked_sub(1).and_then(|i| out.hops.get(i)).map(|h| h.addr);
+                    let vmta = out.vmta.clone();
+                    (info.other_hop, info.other_source) = self.alternatives(&domain, hop, &vmta);
                     self.settle(&domain, job, &replies, &info);
-                    if idle {
+                    let leave = self.apply_avoid(slot);
+                    if idle && leave {
+                        // `skip-mx` / `disable-source-ip`: this connection is done.
+                        let conn = self.conn_mut(slot);
+                        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+                        out.client.quit();
+                        conn.out.extend_from_slice(out.client.output());
+                        out.client.clear_output();
+                    } else if idle {
                         self.out_next_work(slot);
                     }
                 }
@@ -1490,9 +1633,12 @@ impl Shard {
         }
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
         let domain = out.queue.clone();
-        let info = out.info.clone();
+        let mut info = out.info.clone();
         let ever_ready = out.ever_ready;
         let job = out.job.take();
+        let hop = out.hop_index.checked_sub(1).and_then(|i| out.hops.get(i)).map(|h| h.addr);
+        let vmta = out.vmta.clone();
+        (info.other_hop, info.other_source) = self.alternatives(&domain, hop, &vmta);
         // The pattern list sees the receiver's own words (a 421 greeting, say).
         if let Some(st) = self.queues.get_mut(&domain) {
             st.q.observe(&reply, now_ms());
@@ -1503,7 +1649,14 @@ impl Shard {
             let replies = vec![transient.clone(); job.rcpts.len()];
             self.settle(&domain, job, &replies, &info);
         }
+        // `skip-mx` / `disable-source-ip` on this reply, with somewhere else to go: the next
+        // connection goes there at once, without a backoff or deferring the queue.
+        let elsewhere = self.apply_avoid(slot) && (info.other_hop || info.other_source);
         self.close(slot);
+        if elsewhere {
+            self.dirty.push(domain);
+            return;
+        }
         if !ever_ready {
             if let Some(st) = self.queues.get_mut(&domain) {
                 let backoff = (CONNECT_BACKOFF_FIRST_MS << st.connect_failures.min(16)).min(CONNECT_BACKOFF_MAX_MS);

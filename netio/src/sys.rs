@@ -55,14 +55,25 @@ pub(crate) fn ip_of(storage: &libc::sockaddr_storage) -> IpAddr {
 }
 
 pub(crate) fn local_ip(fd: RawFd) -> String {
-    // SAFETY: getsockname into a zeroed storage of the right size.
+    sock_ip(fd, libc::getsockname).map(|ip| ip.to_string()).unwrap_or_default()
+}
+
+/// The address of the other end of a connected socket.
+pub(crate) fn peer_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    sock_ip(fd, libc::getpeername)
+}
+
+type SockNameFn = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn sock_ip(fd: RawFd, call: SockNameFn) -> Option<std::net::IpAddr> {
+    // SAFETY: getsockname/getpeername into a zeroed storage of the right size.
     unsafe {
         let mut storage: libc::sockaddr_storage = std::mem::zeroed();
         let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getsockname(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
-            return String::new();
+        if call(fd, (&mut storage as *mut libc::sockaddr_storage).cast(), &mut len) != 0 {
+            return None;
         }
-        ip_of(&storage).to_string()
+        Some(ip_of(&storage))
     }
 }
 

@@ -39,6 +39,20 @@ pub struct AttemptInfo {
     pub destination_ip: String,
     pub mx_host: String,
     pub esmtp: bool,
+    /// Another next hop (not skipped) could take a recipient refused here: `skip-mx` then
+    /// retries it at once there.
+    pub other_hop: bool,
+    /// Another source IP (a pool member not disabled) could: `disable-source-ip` then
+    /// retries the recipient at once through it.
+    pub other_source: bool,
+}
+
+/// What the pattern list asked to stop using after a reply (`skip-mx`, `disable-source-ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Avoid {
+    pub skip_mx: bool,
+    /// Disable the connection's source IP for this queue for this long.
+    pub disable_source_ip: Option<Duration>,
 }
 
 /// What became of one recipient after an attempt.
@@ -67,6 +81,7 @@ pub struct Queue<M> {
     patterns: Option<Arc<Vec<PatternRule>>>,
     mode: Mode,
     queue_action: Option<QueueAction>,
+    avoid: Avoid,
     /// `adaptive-rate`: the current rate in messages per second (AIMD), if adaptive.
     adaptive_per_s: Option<f64>,
     /// The adaptive rate last reported, so increases are reported in 10% steps.
@@ -112,6 +127,7 @@ impl<M> Queue<M> {
             patterns: None,
             mode: Mode::Normal,
             queue_action: None,
+            avoid: Avoid::default(),
             adaptive_per_s: None,
             adaptive_reported_per_s: 0.0,
             events: Vec::new(),
@@ -208,6 +224,11 @@ impl<M> Queue<M> {
     /// the recipient must bounce (`bounce-rcpt`); queue-wide actions wait in
     /// `take_queue_action`.
     pub fn observe(&mut self, reply: &Reply, now_ms: u64) -> bool {
+        self.observe_rule(reply, now_ms).0
+    }
+
+    /// As `observe`; also says whether the rule asked to leave this hop or source IP.
+    fn observe_rule(&mut self, reply: &Reply, now_ms: u64) -> (bool, Avoid) {
         let line = reply.line();
         let patterns = self.patterns.clone();
         let rule = patterns.as_ref().and_then(|p| p.iter().find(|r| r.regex.is_match(&line)));
@@ -216,8 +237,9 @@ impl<M> Queue<M> {
             self.mode = Mode::Normal;
             self.events.push(format!("mode=normal (clean delivery: {line})"));
         }
-        let Some(rule) = rule else { return false };
+        let Some(rule) = rule else { return (false, Avoid::default()) };
         let mut bounce = false;
+        let mut avoid = Avoid::default();
         for action in &rule.actions {
             match action {
                 PatternAction::Backoff(after) => {
@@ -236,9 +258,19 @@ impl<M> Queue<M> {
                 PatternAction::BounceRcpt => bounce = true,
                 PatternAction::DeferQueue => self.queue_action = Some(QueueAction::Defer),
                 PatternAction::BounceQueue => self.queue_action = Some(QueueAction::Bounce),
+                PatternAction::SkipMx => avoid.skip_mx = true,
+                PatternAction::DisableSourceIp(d) => avoid.disable_source_ip = Some(*d),
             }
         }
-        bounce
+        self.avoid.skip_mx |= avoid.skip_mx;
+        self.avoid.disable_source_ip = avoid.disable_source_ip.or(self.avoid.disable_source_ip);
+        (bounce, avoid)
+    }
+
+    /// What the pattern list asked to stop using since the last call.
+    pub fn take_avoid(&mut self) -> Option<Avoid> {
+        let avoid = std::mem::take(&mut self.avoid);
+        (avoid != Avoid::default()).then_some(avoid)
     }
 
     pub fn take_queue_action(&mut self) -> Option<QueueAction> {
@@ -349,9 +381,16 @@ impl<M> Queue<M> {
         let expired = now_ms >= job.queued_unix_ms + self.settings.bounce_after.as_millis() as u64;
         let mut out = Vec::with_capacity(replies.len());
         let mut deferred = Vec::new();
+        let mut elsewhere = Vec::new();
         for (rcpt, reply) in std::mem::take(&mut job.rcpts).into_iter().zip(replies) {
-            let bounce_rcpt = self.observe(reply, now_ms);
-            let (kind, fate, category) = if reply.is_positive() {
+            let (bounce_rcpt, avoid) = self.observe_rule(reply, now_ms);
+            let go_elsewhere = !reply.is_positive()
+                && !bounce_rcpt
+                && ((avoid.skip_mx && info.other_hop) || (avoid.disable_source_ip.is_some() && info.other_source));
+            let (kind, fate, category) = if go_elsewhere {
+                // Not this host or this IP: another one takes it at once (no retry delay).
+                (Kind::Transient, Fate::Retry, "")
+            } else if reply.is_positive() {
                 (Kind::Delivered, Fate::Final, "")
             } else if reply.is_permanent() || bounce_rcpt {
                 (Kind::Bounced, Fate::Final, bounce::classify(reply, &self.bounce_patterns))
@@ -361,10 +400,17 @@ impl<M> Queue<M> {
                 (Kind::Transient, Fate::Retry, "")
             };
             let record = self.record(&job, &rcpt, kind, reply, category, info, now_ms);
-            if fate == Fate::Retry {
+            if go_elsewhere {
+                elsewhere.push(rcpt.clone());
+            } else if fate == Fate::Retry {
                 deferred.push(rcpt.clone());
             }
             out.push((rcpt, fate, record));
+        }
+        if !elsewhere.is_empty() {
+            let mut again = job.clone();
+            again.rcpts = elsewhere;
+            self.ready.push_front(again);
         }
         if !deferred.is_empty() {
             job.rcpts = deferred;
@@ -552,6 +598,46 @@ mod mode_tests {
         );
         assert_eq!(q.take_queue_action(), Some(QueueAction::Defer));
         assert_eq!(q.take_queue_action(), None);
+    }
+
+    fn one_rcpt() -> Job<u32> {
+        Job {
+            msg: 1,
+            mail_from: "a@b".into(),
+            rcpts: vec![Recipient { index: 0, address: "x@b.test".into() }],
+            attempts: 1,
+            queued_unix_ms: 0,
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn skip_mx_retries_at_once_only_when_another_hop_exists() {
+        let mut q = queue(vec![PatternAction::SkipMx]);
+        let refused = [Reply::new(421, "4.7.0 too many connections")];
+        let info = AttemptInfo { other_hop: true, ..Default::default() };
+        let out = q.settle(one_rcpt(), &refused, &info, 10);
+        assert_eq!((out[0].1.clone(), out[0].2.kind), (Fate::Retry, Kind::Transient));
+        assert_eq!((q.ready_jobs(), q.retry_jobs()), (1, 0), "back in the ready list, no retry delay");
+        assert_eq!(q.take().unwrap().attempts, 1, "not counted as an attempt");
+        assert_eq!(q.take_avoid(), Some(Avoid { skip_mx: true, disable_source_ip: None }));
+        assert_eq!(q.take_avoid(), None);
+        // The last hop: an ordinary deferral.
+        q.settle(one_rcpt(), &refused, &AttemptInfo::default(), 10);
+        assert_eq!((q.ready_jobs(), q.retry_jobs()), (0, 1));
+    }
+
+    #[test]
+    fn disable_source_ip_needs_another_source() {
+        let mut q = queue(vec![PatternAction::DisableSourceIp(Duration::from_secs(90))]);
+        let refused = [Reply::new(421, "4.7.0 too many from your IP")];
+        let info = AttemptInfo { other_hop: true, ..Default::default() };
+        q.settle(one_rcpt(), &refused, &info, 10);
+        assert_eq!((q.ready_jobs(), q.retry_jobs()), (0, 1), "another hop does not help a disabled IP");
+        let info = AttemptInfo { other_source: true, ..Default::default() };
+        q.settle(one_rcpt(), &refused, &info, 10);
+        assert_eq!(q.ready_jobs(), 1);
+        assert_eq!(q.take_avoid().and_then(|a| a.disable_source_ip), Some(Duration::from_secs(90)));
     }
 }
 

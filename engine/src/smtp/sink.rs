@@ -10,13 +10,15 @@ pub const HEADER_BYTES_MAX: usize = 64 * 1024;
 pub const ID_HEADER: &str = "X-Sluice-Id";
 pub const SUM_HEADER: &str = "X-Sluice-Sum";
 
-/// `DOMAIN:REPLY:PERCENT%[@FROM-TO]`, e.g. `gmail.test:421 4.7.0 try later:5%` or
-/// `*:550 5.1.1 no:1%`. With `@FROM-TO` the rule applies only to the sink's RCPT commands
-/// number FROM to TO-1 (counted across all connections): a receiver that starts refusing
-/// after FROM recipients and recovers at TO.
+/// `DOMAIN[/CLIENT-IP]:REPLY:PERCENT%[@FROM-TO]`, e.g. `gmail.test:421 4.7.0 try later:5%` or
+/// `*:550 5.1.1 no:1%`. With `/CLIENT-IP` the rule applies only to connections from that
+/// address (a receiver that blocks one sending IP). With `@FROM-TO` it applies only to the
+/// sink's RCPT commands number FROM to TO-1 (counted across all connections): a receiver
+/// that starts refusing after FROM recipients and recovers at TO.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplyRule {
     pub domain: String,
+    pub client: Option<std::net::IpAddr>,
     pub code: u16,
     pub line: String,
     pub percent: f64,
@@ -26,6 +28,10 @@ pub struct ReplyRule {
 pub fn parse_rule(s: &str) -> Result<ReplyRule, String> {
     let bad = || format!("`{s}` is not DOMAIN:REPLY:PERCENT% (e.g. 'gmail.test:421 4.7.0 try later:5%')");
     let (domain, rest) = s.split_once(':').ok_or_else(bad)?;
+    let (domain, client) = match domain.split_once('/') {
+        Some((d, ip)) => (d, Some(ip.trim().parse().map_err(|_| bad())?)),
+        None => (domain, None),
+    };
     let (line, odds) = rest.rsplit_once(':').ok_or_else(bad)?;
     let (percent, window) = match odds.split_once('@') {
         Some((p, w)) => {
@@ -39,7 +45,7 @@ pub fn parse_rule(s: &str) -> Result<ReplyRule, String> {
     if !(200..600).contains(&code) || !(0.0..=100.0).contains(&percent) || domain.is_empty() {
         return Err(bad());
     }
-    Ok(ReplyRule { domain: domain.to_ascii_lowercase(), code, line: line.trim().to_string(), percent, window })
+    Ok(ReplyRule { domain: domain.to_ascii_lowercase(), client, code, line: line.trim().to_string(), percent, window })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +89,8 @@ pub struct SinkSession {
     rcpt_seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// A receiver's hidden acceptance rate: RCPTs beyond it get 451 4.7.1.
     accept: Option<std::sync::Arc<(crate::shape::gcra::GcraCell, crate::shape::gcra::Limit)>>,
+    /// The client's address, for rules that name one.
+    client: Option<std::net::IpAddr>,
     now_ns: u64,
     rng: u64,
     state: State,
@@ -107,6 +115,7 @@ impl SinkSession {
             rules,
             rcpt_seen,
             accept: None,
+            client: None,
             now_ns: 0,
             rng: seed | 1,
             state: State::Command,
@@ -128,6 +137,12 @@ impl SinkSession {
         accept: Option<std::sync::Arc<(crate::shape::gcra::GcraCell, crate::shape::gcra::Limit)>>,
     ) -> Self {
         self.accept = accept;
+        self
+    }
+
+    /// The client's address, for rules that apply to one sending IP.
+    pub fn with_client(mut self, client: Option<std::net::IpAddr>) -> Self {
+        self.client = client;
         self
     }
 
@@ -232,7 +247,11 @@ impl SinkSession {
         let rules = self.rules.clone();
         let n = self.rcpt_seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let in_window = |r: &ReplyRule| r.window.is_none_or(|(from, to)| (from..to).contains(&n));
-        for rule in rules.iter().filter(|r| (r.domain == "*" || r.domain == domain) && in_window(r)) {
+        let client = self.client;
+        let applies = |r: &ReplyRule| {
+            (r.domain == "*" || r.domain == domain) && in_window(r) && r.client.is_none_or(|c| Some(c) == client)
+        };
+        for rule in rules.iter().filter(|r| applies(r)) {
             if self.roll() < rule.percent {
                 self.reply(&rule.line);
                 if rule.code == 421 {
@@ -402,5 +421,19 @@ mod tests {
             scripted += ev.iter().filter(|e| **e == SinkEvent::Scripted(451)).count();
         }
         assert!((800..1200).contains(&scripted), "about 25% of 4000: {scripted}");
+    }
+
+    #[test]
+    fn client_rules_apply_to_their_address_only() {
+        let rule = parse_rule("*/127.0.0.2:421 4.7.0 [127.0.0.2] blocked:100%").unwrap();
+        assert_eq!(rule.client, Some("127.0.0.2".parse().unwrap()));
+        assert!(parse_rule("*/nope:421 x:100%").is_err());
+        let rules = Arc::new(vec![rule]);
+        for (ip, blocked) in [("127.0.0.2", true), ("127.0.0.3", false)] {
+            let mut s =
+                SinkSession::new("sink", rules.clone(), Default::default(), 1).with_client(Some(ip.parse().unwrap()));
+            let ev = feed(&mut s, b"EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@x.test>\r\n");
+            assert_eq!(ev.contains(&SinkEvent::Scripted(421)), blocked, "{ip}");
+        }
     }
 }

@@ -210,7 +210,8 @@ impl Sink {
         sys::set_nodelay(result);
         self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.rcpt_seen.clone(), self.seed)
-            .with_accept_rate(self.accept.clone());
+            .with_accept_rate(self.accept.clone())
+            .with_client(sys::peer_ip(result));
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         if self.opts.max_connections != 0 && self.open >= self.opts.max_connections {
             self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
