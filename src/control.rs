@@ -10,10 +10,11 @@ use sluice_config::{Config, HostPort, RecordType};
 use sluice_engine::acct::{self, Kind, Record};
 use sluice_engine::smtp::reply::Reply;
 use sluice_netio::{ControlRequest, Hop, Resolution, Responder};
+use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How long a resolution is cached by the asking shard when DNS gives no better TTL.
@@ -63,13 +64,41 @@ async fn addresses(resolver: &TokioAsyncResolver, host: &str, port: u16) -> Vec<
     }
 }
 
+/// A domain's MX records as (preference, lower-case host), sorted: what MX rollup compares.
+pub type MxSet = Vec<(u16, String)>;
+
+/// MX rollup: domains whose MX sets (and settings) are equal share the queue of the first
+/// of them to resolve, its leader. A leader whose own MX set changes leaves its group.
+#[derive(Default)]
+pub struct Rollups {
+    leaders: HashMap<(MxSet, String), String>,
+    led: HashMap<String, (MxSet, String)>,
+}
+
+impl Rollups {
+    /// The domain whose queue `domain`'s mail joins, given its MX set and settings
+    /// fingerprint: itself when it leads (or starts) the group.
+    pub fn leader(&mut self, domain: &str, key: (MxSet, String)) -> String {
+        if self.led.get(domain).is_some_and(|k| *k != key) {
+            let old = self.led.remove(domain).expect("checked");
+            self.leaders.remove(&old);
+        }
+        let leader = self.leaders.entry(key.clone()).or_insert_with(|| domain.to_string()).clone();
+        if leader == domain {
+            self.led.insert(leader.clone(), key);
+        }
+        leader
+    }
+}
+
 /// Next hops for a domain: static `smtp-hosts`, else MX (RFC 5321 §5.1) with the implicit
-/// MX fallback to A/AAAA, and RFC 7505 null MX as a permanent failure.
+/// MX fallback to A/AAAA, and RFC 7505 null MX as a permanent failure. Also the MX set when
+/// the hops came from MX records.
 pub async fn resolve(
     resolver: &TokioAsyncResolver,
     domain: &str,
     static_hosts: Option<Vec<Vec<HostPort>>>,
-) -> (Resolution, u64) {
+) -> (Resolution, u64, Option<MxSet>) {
     if let Some(levels) = static_hosts {
         let mut out = Vec::new();
         for level in levels {
@@ -79,7 +108,7 @@ pub async fn resolve(
             }
             out.push(hops);
         }
-        return (Resolution::Hops(out), RESOLVE_TTL_DEFAULT_MS);
+        return (Resolution::Hops(out), RESOLVE_TTL_DEFAULT_MS, None);
     }
     match resolver.mx_lookup(fqdn(domain)).await {
         Ok(mx) => {
@@ -88,9 +117,13 @@ pub async fn resolve(
             let mut records: Vec<(u16, String)> = mx.iter().map(|r| (r.preference(), r.exchange().to_utf8())).collect();
             if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
                 let reply = Reply::new(556, format!("5.1.10 {domain} does not accept mail (null MX, RFC 7505)"));
-                return (Resolution::Permanent(reply), ttl_ms.max(1_000));
+                return (Resolution::Permanent(reply), ttl_ms.max(1_000), None);
+            }
+            for r in &mut records {
+                r.1 = r.1.trim_end_matches('.').to_ascii_lowercase();
             }
             records.sort();
+            let mx_set = records.clone();
             let mut levels: Vec<Vec<Hop>> = Vec::new();
             let mut last_pref = None;
             for (pref, host) in records {
@@ -104,25 +137,25 @@ pub async fn resolve(
                 }
                 levels.last_mut().expect("pushed").extend(hops);
             }
-            (Resolution::Hops(levels), ttl_ms.clamp(1_000, 86_400_000))
+            (Resolution::Hops(levels), ttl_ms.clamp(1_000, 86_400_000), Some(mx_set))
         }
         Err(e) => match e.kind() {
             ResolveErrorKind::NoRecordsFound { response_code, .. } if *response_code == ResponseCode::NXDomain => {
                 let reply = Reply::new(550, format!("5.1.2 {domain}: no such domain"));
-                (Resolution::Permanent(reply), 60_000)
+                (Resolution::Permanent(reply), 60_000, None)
             }
             ResolveErrorKind::NoRecordsFound { .. } => {
                 // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
                 let hops = addresses(resolver, domain, 25).await;
                 if hops.is_empty() {
                     let reply = Reply::new(550, format!("5.1.2 {domain}: no MX and no address"));
-                    return (Resolution::Permanent(reply), 60_000);
+                    return (Resolution::Permanent(reply), 60_000, None);
                 }
-                (Resolution::Hops(vec![hops]), RESOLVE_TTL_DEFAULT_MS)
+                (Resolution::Hops(vec![hops]), RESOLVE_TTL_DEFAULT_MS, None)
             }
             _ => {
                 let reply = Reply::new(451, format!("4.4.3 DNS lookup for {domain} failed: {e}"));
-                (Resolution::Temporary(reply), 30_000)
+                (Resolution::Temporary(reply), 30_000, None)
             }
         },
     }
@@ -194,6 +227,7 @@ pub fn run(
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let resolver = Arc::new(resolver(&config)?);
+    let rollups = Arc::new(Mutex::new(Rollups::default()));
     let handle = rt.handle().clone();
     // The channel is read on a blocking thread so the runtime stays free for DNS.
     let reader = std::thread::Builder::new().name("control-reader".into()).spawn(move || {
@@ -203,10 +237,16 @@ pub fn run(
                 Ok(ControlRequest::Resolve { shard, domain, static_hosts }) => {
                     let resolver = resolver.clone();
                     let responder = responder.clone();
+                    let (config, rollups) = (config.clone(), rollups.clone());
                     handle.spawn(async move {
-                        let (resolution, ttl_ms) = resolve(&resolver, &domain, static_hosts).await;
-                        tracing::debug!(%domain, ?resolution, "resolved");
-                        responder.resolved(shard, domain, resolution, ttl_ms);
+                        let (resolution, ttl_ms, mx) = resolve(&resolver, &domain, static_hosts).await;
+                        // A lock on the control plane only, once per resolution.
+                        let rollup = mx
+                            .zip(config.rollup_fingerprint(&domain))
+                            .map(|key| rollups.lock().expect("not poisoned").leader(&domain, key))
+                            .filter(|leader| *leader != domain);
+                        tracing::debug!(%domain, ?resolution, ?rollup, "resolved");
+                        responder.resolved(shard, domain, resolution, ttl_ms, rollup);
                     });
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
@@ -233,4 +273,38 @@ pub fn run(
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(hosts: &[&str], settings: &str) -> (MxSet, String) {
+        (hosts.iter().map(|h| (10, h.to_string())).collect(), settings.to_string())
+    }
+
+    #[test]
+    fn rollup_groups_equal_mx_sets_and_settings_under_the_first() {
+        let mut r = Rollups::default();
+        assert_eq!(r.leader("a.test", key(&["mx.shared"], "s")), "a.test");
+        assert_eq!(r.leader("b.test", key(&["mx.shared"], "s")), "a.test");
+        assert_eq!(r.leader("c.test", key(&["mx.shared"], "other settings")), "c.test");
+        assert_eq!(r.leader("d.test", key(&["mx.shared", "mx2.shared"], "s")), "d.test");
+        assert_eq!(r.leader("a.test", key(&["mx.shared"], "s")), "a.test", "stable");
+        // The leader moves away: the group gets a new leader, and the old one leads its own.
+        assert_eq!(r.leader("a.test", key(&["mx.elsewhere"], "s")), "a.test");
+        assert_eq!(r.leader("b.test", key(&["mx.shared"], "s")), "b.test");
+        assert_eq!(r.leader("e.test", key(&["mx.shared"], "s")), "b.test");
+    }
+
+    #[test]
+    fn rollup_fingerprint_follows_settings_and_the_opt_out() {
+        let text = "smtp-listener 127.0.0.1:25\n<virtual-mta v1>\n <domain c.test>\n max-smtp-out 3\n </domain>\n</virtual-mta>\n<domain b.test>\n max-smtp-out 5\n</domain>\n<domain off.test>\n disable-mx-rollup yes\n</domain>\n";
+        let c = sluice_config::load("t.conf", text, &mut |_| Err("no".into())).unwrap();
+        let f = |d: &str| c.rollup_fingerprint(d);
+        assert_eq!(f("a.test"), f("z.test"));
+        assert_ne!(f("a.test"), f("b.test"), "a global <domain> block differs");
+        assert_ne!(f("a.test"), f("c.test"), "a VMTA's <domain> block differs");
+        assert_eq!(f("off.test"), None);
+    }
 }

@@ -5,54 +5,30 @@
 
 mod common;
 use common::*;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-struct Dnsmasq(Child);
-
-impl Drop for Dnsmasq {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn dnsmasq(port: u16, net: u8) -> Dnsmasq {
-    require("dnsmasq");
     let ip = |host: u8| format!("127.0.{net}.{host}");
-    let child = Command::new("dnsmasq")
-        .args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--pid-file=",
-        ])
-        .arg(format!("--port={port}"))
-        // mx.test: preference 10 is dead, preference 20 answers.
-        .arg("--mx-host=mx.test,dead.mx.test,10")
-        .arg("--mx-host=mx.test,live.mx.test,20")
-        .arg(format!("--host-record=dead.mx.test,{}", ip(6)))
-        .arg(format!("--host-record=live.mx.test,{}", ip(5)))
-        // amx.test: no MX, only an address: the implicit MX.
-        .arg(format!("--host-record=amx.test,{}", ip(7)))
-        // nullmx.test: MX 0 "." (RFC 7505).
-        .arg("--dns-rr=nullmx.test,15,000000")
-        .arg("--address=/nxdomain.test/")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start dnsmasq");
-    std::thread::sleep(Duration::from_millis(300));
-    Dnsmasq(child)
+    Dnsmasq::start(
+        port,
+        &[
+            // mx.test: preference 10 is dead, preference 20 answers.
+            "--mx-host=mx.test,dead.mx.test,10".into(),
+            "--mx-host=mx.test,live.mx.test,20".into(),
+            format!("--host-record=dead.mx.test,{}", ip(6)),
+            format!("--host-record=live.mx.test,{}", ip(5)),
+            // amx.test: no MX, only an address: the implicit MX.
+            format!("--host-record=amx.test,{}", ip(7)),
+            // nullmx.test: MX 0 "." (RFC 7505).
+            "--dns-rr=nullmx.test,15,000000".into(),
+            "--address=/nxdomain.test/".into(),
+        ],
+    )
 }
 
 fn scenario(shards: Option<u32>, net: u8) {
     require("swaks");
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { geteuid() }, 0, "this test binds port 25 on loopback and must run as root (CI does)");
+    require_root("this test binds port 25 on loopback");
     let dns_port = free_port("127.0.0.1");
     let _dns = dnsmasq(dns_port, net);
     let live = SmtpSink::start(&format!("127.0.{net}.5"), 25, &[], true);
@@ -76,10 +52,6 @@ fn scenario(shards: Option<u32>, net: u8) {
     assert_eq!((b["dsnStatus"].as_str(), b["bounceCat"].as_str()), ("5.1.2", "bad-domain"), "{b:?}");
     assert_eq!(live.messages().len(), 1);
     assert_eq!(implicit.messages().len(), 1);
-}
-
-extern "C" {
-    fn geteuid() -> u32;
 }
 
 #[test]

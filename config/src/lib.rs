@@ -415,6 +415,29 @@ impl Config {
         settings
     }
 
+    /// What must be equal for two domains with the same MX hosts to share a queue (MX
+    /// rollup): their settings for every VMTA and pool. None when the domain opts out
+    /// (`disable-mx-rollup yes`).
+    pub fn rollup_fingerprint(&self, domain: &str) -> Option<String> {
+        let global = self.domain_settings(domain);
+        if !global.mx_rollup {
+            return None;
+        }
+        let mut names: Vec<&String> = self.vmtas.keys().chain(self.pools.keys()).collect();
+        names.sort();
+        let mut fingerprint = format!("{global:?}");
+        for name in names {
+            let settings = self.queue_settings(domain, name);
+            if !settings.mx_rollup {
+                return None;
+            }
+            if settings != global {
+                fingerprint.push_str(&format!("|{name}:{settings:?}"));
+            }
+        }
+        Some(fingerprint)
+    }
+
     /// The domain whose queue a destination's mail joins: itself, or its `queue-to` target.
     pub fn queue_domain(&self, domain: &str) -> String {
         // Only `queue-to` matters here, and this runs per message: no full settings.

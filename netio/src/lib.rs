@@ -115,8 +115,9 @@ pub struct Responder {
 
 impl Responder {
     /// Delivers a resolution to the shard that asked. Retries briefly if its mailbox is full.
-    pub fn resolved(&self, shard: u32, domain: String, resolution: Resolution, ttl_ms: u64) {
-        let mut msg = ShardMsg::Resolved { domain, resolution, ttl_ms };
+    /// `rollup`: the domain whose queue this one's mail joins (MX rollup), if not its own.
+    pub fn resolved(&self, shard: u32, domain: String, resolution: Resolution, ttl_ms: u64, rollup: Option<String>) {
+        let mut msg = ShardMsg::Resolved { domain, resolution, ttl_ms, rollup };
         for _ in 0..1000 {
             match self.shared.mailboxes[shard as usize].send(msg) {
                 Ok(()) => return,

@@ -39,8 +39,19 @@ pub enum Resolution {
 }
 
 pub enum ShardMsg {
-    Job { domain: String, vmta: String, job: Job<MsgRef> },
-    Resolved { domain: String, resolution: Resolution, ttl_ms: u64 },
+    Job {
+        domain: String,
+        vmta: String,
+        job: Job<MsgRef>,
+    },
+    /// Next hops for a domain; with `rollup`, the domain whose queue its mail joins instead
+    /// (its MX hosts and settings are the same: MX rollup).
+    Resolved {
+        domain: String,
+        resolution: Resolution,
+        ttl_ms: u64,
+        rollup: Option<String>,
+    },
 }
 
 pub struct Mailbox {

@@ -224,8 +224,20 @@ struct Conn {
 enum HopState {
     Unknown,
     Resolving,
-    Ready { levels: Vec<Vec<Hop>>, expires_ms: u64 },
-    Failed { resolution: Resolution, expires_ms: u64 },
+    Ready {
+        levels: Vec<Vec<Hop>>,
+        expires_ms: u64,
+    },
+    /// MX rollup: this domain's mail joins the queue of domain `into` (same MX hosts, same
+    /// settings), which delivers it.
+    RolledUp {
+        into: String,
+        expires_ms: u64,
+    },
+    Failed {
+        resolution: Resolution,
+        expires_ms: u64,
+    },
 }
 
 struct QueueState {
@@ -965,7 +977,9 @@ impl Shard {
         while let Some(msg) = self.shared.mailboxes[me].pop() {
             match msg {
                 ShardMsg::Job { domain, vmta, job } => self.enqueue(domain, vmta, job),
-                ShardMsg::Resolved { domain, resolution, ttl_ms } => self.on_resolved(domain, resolution, ttl_ms),
+                ShardMsg::Resolved { domain, resolution, ttl_ms, rollup } => {
+                    self.on_resolved(domain, resolution, ttl_ms, rollup)
+                }
             }
         }
     }
@@ -1035,7 +1049,9 @@ impl Shard {
             return;
         }
         let expired = match &st.hops {
-            HopState::Ready { expires_ms, .. } | HopState::Failed { expires_ms, .. } => now >= *expires_ms,
+            HopState::Ready { expires_ms, .. }
+            | HopState::RolledUp { expires_ms, .. }
+            | HopState::Failed { expires_ms, .. } => now >= *expires_ms,
             _ => false,
         };
         if expired {
@@ -1065,6 +1081,12 @@ impl Shard {
                     }
                 }
             }
+            HopState::RolledUp { into, .. } => {
+                let (into, vmta) = (into.clone(), st.q.vmta.clone());
+                for job in st.q.take_ready() {
+                    self.dispatch(into.clone(), vmta.clone(), job);
+                }
+            }
             HopState::Failed { resolution, .. } => {
                 let reply = match resolution {
                     Resolution::Permanent(r) | Resolution::Temporary(r) => r.clone(),
@@ -1088,9 +1110,12 @@ impl Shard {
     }
 
     /// A resolution applies to every queue of that domain (one per VMTA).
-    fn on_resolved(&mut self, domain: String, resolution: Resolution, ttl_ms: u64) {
+    fn on_resolved(&mut self, domain: String, resolution: Resolution, ttl_ms: u64, rollup: Option<String>) {
         let now = now_ms();
         let hops = |resolution: &Resolution| match resolution {
+            Resolution::Hops(_) if rollup.is_some() => {
+                HopState::RolledUp { into: rollup.clone().expect("checked"), expires_ms: now + ttl_ms.max(1_000) }
+            }
             Resolution::Hops(levels) if levels.iter().any(|l| !l.is_empty()) => {
                 HopState::Ready { levels: levels.clone(), expires_ms: now + ttl_ms.max(1_000) }
             }

@@ -377,19 +377,24 @@ pub struct SluiceSink {
 impl SluiceSink {
     /// Starts the sink with extra `args`; it exits by itself after `exit_after` messages.
     pub fn start(args: &[&str], exit_after: u64) -> SluiceSink {
+        SluiceSink::start_on(&format!("127.0.0.1:{}", free_port("127.0.0.1")), args, exit_after)
+    }
+
+    /// As `start`, listening on `addr` (`IP:PORT`).
+    pub fn start_on(addr: &str, args: &[&str], exit_after: u64) -> SluiceSink {
         let dir = TempDir::new("sink");
-        let port = free_port("127.0.0.1");
         let json = dir.path().join("sink.json");
         let child = Command::new(BIN)
-            .args(["sink", "--listen", &format!("127.0.0.1:{port}"), "--exit-after", &exit_after.to_string(), "--json"])
+            .args(["sink", "--listen", addr, "--exit-after", &exit_after.to_string(), "--json"])
             .arg(&json)
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        wait_port(format!("127.0.0.1:{port}").parse().unwrap(), Duration::from_secs(10));
-        SluiceSink { child, port, json, _dir: dir }
+        let addr: SocketAddr = addr.parse().unwrap();
+        wait_port(addr, Duration::from_secs(10));
+        SluiceSink { child, port: addr.port(), json, _dir: dir }
     }
 
     /// Waits for the sink to exit by itself and returns its totals.
@@ -426,4 +431,48 @@ pub fn swaks_send(relay: &Relay, rcpt: &str) {
     let (code, out) =
         run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
     assert_eq!(code, 0, "swaks to {rcpt}: {out}");
+}
+
+/// dnsmasq answering on 127.0.0.1:`port` from `records` only (no upstream, no hosts file).
+pub struct Dnsmasq(Child);
+
+impl Dnsmasq {
+    pub fn start(port: u16, records: &[String]) -> Dnsmasq {
+        require("dnsmasq");
+        let child = Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--pid-file=",
+            ])
+            .arg(format!("--port={port}"))
+            .args(records)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq");
+        std::thread::sleep(Duration::from_millis(300));
+        Dnsmasq(child)
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+extern "C" {
+    fn geteuid() -> u32;
+}
+
+/// Panics unless the test runs as root (CI does), saying why it must.
+pub fn require_root(why: &str) {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { geteuid() }, 0, "{why}, so it must run as root (CI does)");
 }

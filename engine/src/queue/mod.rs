@@ -349,6 +349,11 @@ impl<M> Queue<M> {
         Some(job)
     }
 
+    /// Every ready job (a queue handing its mail to another: MX rollup).
+    pub fn take_ready(&mut self) -> Vec<Job<M>> {
+        self.ready.drain(..).collect()
+    }
+
     /// Every job, ready or waiting: used when a queue is drained on shutdown or reload.
     pub fn drain(&mut self) -> Vec<Job<M>> {
         let mut all: Vec<Job<M>> = self.ready.drain(..).collect();
