@@ -8,7 +8,8 @@ use crate::store::{self, Journal, Segment};
 use crate::sys::{ip_of, local_ip, mono_ns, now_ms, sockaddr};
 use crate::{limit_of, owner_shard, ControlRequest, Shared};
 use io_uring::{opcode, squeue, types, IoUring};
-use sluice_engine::acct::Record;
+use sluice_engine::acct::{Kind as RecordKind, Record};
+use sluice_engine::bounce::dsn;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, QueueAction, Recipient};
 use sluice_engine::shape::gcra::{GcraCell, Limit};
 use sluice_engine::smtp::addr::domain_of;
@@ -70,6 +71,7 @@ enum Op {
     Event,
     Tick,
     Cancel,
+    LocalWrite,
 }
 
 impl Op {
@@ -85,6 +87,7 @@ impl Op {
             8 => Op::JnlSync,
             9 => Op::Event,
             10 => Op::Tick,
+            12 => Op::LocalWrite,
             _ => Op::Cancel,
         }
     }
@@ -160,6 +163,20 @@ struct Store {
     vmta: String,
     /// Who sent it, for `r` records: `helo (ip)`.
     src_mta: String,
+}
+
+/// Spool tickets of locally made messages (DSNs) have this bit; connections' tickets are
+/// `generation << 32 | slot`, far below it.
+const LOCAL_TICKET: u64 = 1 << 63;
+/// A DSN the spool could not take is offered again after this long.
+const LOCAL_RETRY_MS: u64 = 1_000;
+
+/// A message sluice makes itself (an RFC 3464 DSN) on its way into the spool. The bounces it
+/// reports are journaled only once it is durable: a crash before then bounces, and reports,
+/// them again (at least once, never lost).
+struct LocalMessage {
+    store: Box<Store>,
+    outcomes: Vec<(Outcome, Arc<Segment>)>,
 }
 
 struct Inbound {
@@ -322,6 +339,10 @@ pub(crate) struct Shard {
     avoided: HashMap<String, Avoided>,
     outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
+    /// DSNs being written (by ticket id), and those waiting to be offered to the spool again.
+    local: HashMap<u64, LocalMessage>,
+    local_retry: Vec<(u64, LocalMessage)>,
+    next_local: u64,
     // Loop.
     timespec: Box<types::Timespec>,
     event_buf: Box<u64>,
@@ -376,6 +397,9 @@ impl Shard {
             dirty: Vec::new(),
             pool_rotation: HashMap::new(),
             avoided: HashMap::new(),
+            local: HashMap::new(),
+            local_retry: Vec::new(),
+            next_local: 0,
             applying_queue_action: false,
             queue_cells: HashMap::new(),
             outbox: Vec::new(),
@@ -424,6 +448,7 @@ impl Shard {
         self.flush_acct(true);
         // In-flight operations may still reference connection buffers: never free them.
         std::mem::forget(std::mem::take(&mut self.conns));
+        std::mem::forget(std::mem::take(&mut self.local));
         tracing::debug!(shard = self.id, "shard stopped");
     }
 
@@ -443,6 +468,7 @@ impl Shard {
                 }
             }
             Op::SegWrite => self.on_seg_write(gen, slot as u32, result),
+            Op::LocalWrite => self.on_local_write(slot, result),
             Op::SegSync => {
                 let mut tickets = std::mem::take(&mut self.tickets);
                 self.appender.sync_completed(slot, result >= 0, &mut tickets);
@@ -807,9 +833,20 @@ impl Shard {
             self.spool_refusals.push(slot);
             return;
         }
+        let client_ip = inb.client_ip;
+        self.spool_write(&mut store, client_ip, ticket, ud(Op::SegWrite, gen, slot as u64));
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+        inb.store = Some(store);
+    }
+
+    /// Places a message in the active segment and submits its write. Whatever happens, its
+    /// `ticket` comes back through the commit: Durable, or Failed (then 452 / retry).
+    fn spool_write(&mut self, store: &mut Store, client_ip: IpAddr, ticket: u64, user_data: u64) {
+        let now = now_ms();
         let env = Envelope {
-            queued_unix_ms: now,
-            client_ip: inb.client_ip,
+            queued_unix_ms: store.queued_unix_ms,
+            client_ip,
             mail_from: &store.mail_from,
             envid: "",
             vmta: &store.vmta,
@@ -820,7 +857,6 @@ impl Shard {
         let placement = self.appender.place(total, ticket);
         store.seq = placement.seg_seq;
         store.offset = placement.offset;
-        inb.store = Some(store);
         if placement.new_segment {
             let size = self.appender.segment_bytes_for(total);
             match Segment::create(&self.dir, self.id, placement.seg_seq, size) {
@@ -830,17 +866,14 @@ impl Shard {
                 Err(e) => {
                     tracing::error!(shard = self.id, error = %e, "cannot create spool segment; answering 452 for a second");
                     self.spool_broken_until_ms = now + 1_000;
-                    // The failed ticket comes back through the commit as Failed (452).
                     self.appender.write_completed(placement.seg_seq, ticket, false);
                     return;
                 }
             }
         }
         let seg = self.segments[&placement.seg_seq].clone();
-        let conn = self.conns[slot as usize].as_mut().expect("live connection");
-        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
-        let store = inb.store.as_mut().expect("set above");
         seg.add_live(store.recipients.len() as u64);
+        // The store is boxed: these pointers stay valid until the write completes.
         store.iov = [
             libc::iovec { iov_base: store.head.as_mut_ptr().cast(), iov_len: store.head.len() },
             libc::iovec { iov_base: store.data.as_mut_ptr().cast(), iov_len: store.data.len() },
@@ -848,8 +881,103 @@ impl Shard {
         let entry = opcode::Writev::new(types::Fd(seg.fd()), store.iov.as_ptr(), 2)
             .offset(placement.offset)
             .build()
-            .user_data(ud(Op::SegWrite, gen, slot as u64));
+            .user_data(user_data);
         self.push(entry);
+    }
+
+    // ---- Spool: DSNs (RFC 3464) -------------------------------------------------------
+
+    /// Does the message's source want DSNs, and is there a sender to send one to?
+    fn wants_dsn(&self, msg: &MsgRef) -> bool {
+        let envelope = msg.segment.message(msg.offset).envelope;
+        !envelope.mail_from.is_empty() && self.shared.config.source_policy(envelope.client_ip).generate_bounces
+    }
+
+    /// Makes the DSN for `failed` recipients of `msg` and spools it; their journal entries
+    /// wait for it.
+    fn spool_dsn(&mut self, msg: &MsgRef, failed: Vec<(Outcome, dsn::Failed)>) {
+        let now = now_ms();
+        let view = msg.segment.message(msg.offset);
+        self.next_local += 1;
+        let id = format!("{:x}.{:x}.{:x}.{:x}", self.id, msg.segment.seq, msg.offset, self.next_local);
+        let (outcomes, failed): (Vec<_>, Vec<_>) = failed.into_iter().unzip();
+        let data = dsn::build(&dsn::Report {
+            reporting_mta: &self.shared.config.host_name,
+            sender: view.envelope.mail_from,
+            arrival_unix_ms: view.envelope.queued_unix_ms,
+            now_unix_ms: now,
+            id: &id,
+            original: view.data,
+            failed: &failed,
+        });
+        let vmta = if view.envelope.vmta.is_empty() { DEFAULT_VMTA } else { view.envelope.vmta };
+        let store = Box::new(Store {
+            head: Vec::new(),
+            data,
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            seq: 0,
+            offset: 0,
+            mail_from: String::new(), // a DSN has the null sender: nothing bounces back
+            recipients: vec![view.envelope.mail_from.to_string()],
+            queued_unix_ms: now,
+            vmta: vmta.to_string(),
+            src_mta: String::new(),
+        });
+        tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
+        let outcomes = outcomes.into_iter().map(|o| (o, msg.segment.clone())).collect();
+        self.write_local(LocalMessage { store, outcomes });
+    }
+
+    fn write_local(&mut self, mut local: LocalMessage) {
+        let now = now_ms();
+        if now < self.spool_broken_until_ms {
+            self.local_retry.push((now + LOCAL_RETRY_MS, local));
+            return;
+        }
+        self.next_local += 1;
+        let id = self.next_local;
+        let ticket = LOCAL_TICKET | id;
+        let client_ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED); // made here
+        self.spool_write(&mut local.store, client_ip, ticket, ud(Op::LocalWrite, 0, id));
+        self.local.insert(id, local);
+    }
+
+    fn on_local_write(&mut self, id: u64, result: i32) {
+        let local = self.local.get(&id).expect("write belongs to a local message");
+        let expected = local.store.head.len() + local.store.data.len();
+        let ok = result >= 0 && result as usize == expected;
+        if !ok {
+            tracing::error!(shard = self.id, result, expected, "segment write failed (DSN)");
+        }
+        self.appender.write_completed(local.store.seq, LOCAL_TICKET | id, ok);
+    }
+
+    /// The spool answered for a DSN: durable, it is queued for delivery and the bounces it
+    /// reports are journaled; refused, it is offered again shortly.
+    fn local_stored(&mut self, id: u64, durable: bool) {
+        let local = self.local.remove(&id).expect("a local message for the ticket");
+        let segment = self.segments.get(&local.store.seq).cloned();
+        match (durable, segment) {
+            (true, Some(seg)) => {
+                for (o, s) in &local.outcomes {
+                    self.jnl_pending.extend_from_slice(&codec::encode_outcome(o));
+                    self.jnl_pending_segments.push(s.clone());
+                }
+                let store = local.store;
+                let msg = MsgRef { segment: seg, offset: store.offset };
+                let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
+                let size = store.data.len() as u64;
+                for (domain, vmta, job) in group_jobs(&msg, &store.vmta, "", rcpts, store.queued_unix_ms, size, 1) {
+                    self.dispatch(domain, vmta, job);
+                }
+            }
+            (_, segment) => {
+                if let Some(seg) = segment {
+                    seg.release(local.store.recipients.len() as u64);
+                }
+                self.local_retry.push((now_ms() + LOCAL_RETRY_MS, local));
+            }
+        }
     }
 
     fn on_seg_write(&mut self, gen: u16, slot: u32, result: i32) {
@@ -888,6 +1016,10 @@ impl Shard {
         let mut closed = Vec::new();
         self.appender.reap(&mut tickets, &mut closed);
         for (ticket, result) in tickets.drain(..) {
+            if ticket & LOCAL_TICKET != 0 {
+                self.local_stored(ticket & !LOCAL_TICKET, result == TicketResult::Durable);
+                continue;
+            }
             let slot = (ticket & 0xffff_ffff) as u32;
             assert_eq!(
                 self.conns[slot as usize].as_ref().map(|c| c.gen as u64),
@@ -1142,6 +1274,8 @@ impl Shard {
         let outcomes = st.q.settle(job, replies, info, now);
         let action = st.q.take_queue_action();
         self.queue_events(domain, now);
+        let mut dsn_wanted = None;
+        let mut failed = Vec::new();
         for (rcpt, fate, record) in outcomes {
             if fate == Fate::Final {
                 let o = Outcome {
@@ -1150,12 +1284,29 @@ impl Shard {
                     offset: msg.offset,
                     rcpt: rcpt.index,
                 };
-                self.jnl_pending.extend_from_slice(&codec::encode_outcome(&o));
-                self.jnl_pending_segments.push(msg.segment.clone());
+                if record.kind == RecordKind::Bounced && *dsn_wanted.get_or_insert_with(|| self.wants_dsn(&msg)) {
+                    // Journaled once the DSN reporting it is durable.
+                    let expired = record.bounce_cat == "message-expired";
+                    failed.push((
+                        o,
+                        dsn::Failed {
+                            rcpt: record.rcpt.clone(),
+                            status: if expired { "5.4.7".into() } else { record.dsn_status.clone() },
+                            diagnostic: record.dsn_diag.trim_start_matches("smtp;").to_string(),
+                            remote_mta: info.mx_host.clone(),
+                        },
+                    ));
+                } else {
+                    self.jnl_pending.extend_from_slice(&codec::encode_outcome(&o));
+                    self.jnl_pending_segments.push(msg.segment.clone());
+                }
             }
             if self.acct.len() < ACCT_PENDING_MAX {
                 self.acct.push(record);
             }
+        }
+        if !failed.is_empty() {
+            self.spool_dsn(&msg, failed);
         }
         if let Some(action) = action {
             self.apply_queue_action(domain, action, info);
@@ -1876,6 +2027,13 @@ impl Shard {
         // its queue, so the answer has somewhere to land).
         self.queues
             .retain(|_, st| !(st.q.is_empty() && st.q.connections == 0 && !matches!(st.hops, HopState::Resolving)));
+        // DSNs the spool could not take: offer them again.
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.local_retry).into_iter().partition(|(t, _)| *t <= now);
+        self.local_retry = later;
+        for (_, local) in due {
+            self.write_local(local);
+        }
         self.retire_empty_segment(now);
         self.closed_journals.retain_mut(|j| !j.try_retire());
     }

@@ -6,6 +6,8 @@ use crate::smtp::reply::Reply;
 use sluice_config::BouncePattern;
 pub use sluice_config::BOUNCE_CATEGORIES as CATEGORIES;
 
+pub mod dsn;
+
 /// Words in a reply that say more than its status code does; checked in this order.
 const TEXT_RULES: &[(&str, &str)] = &[
     ("virus", "virus-related"),

@@ -1,0 +1,153 @@
+//! RFC 3464 delivery status notifications: the bounce message sent to a message's envelope
+//! sender when recipients fail (a `<source>` with `generate-bounces yes`). Built as a
+//! multipart/report (RFC 6522) with a human-readable part, the message/delivery-status part
+//! and the original header (text/rfc822-headers), in SMTP transparency form, as the spool
+//! keeps every message.
+
+use crate::time::rfc5322_date;
+
+/// Original header bytes returned at most (RET=HDRS is what a bulk sender wants back).
+pub const RETURNED_HEADER_BYTES_MAX: usize = 64 * 1024;
+
+/// One recipient that failed, as the accounting `b` record has it.
+#[derive(Debug, Clone)]
+pub struct Failed {
+    pub rcpt: String,
+    /// RFC 3463 status, e.g. `5.1.1`.
+    pub status: String,
+    /// The receiver's reply line, e.g. `550 5.1.1 no such user`.
+    pub diagnostic: String,
+    /// The host that gave the reply (empty when none did, e.g. expiry in the queue).
+    pub remote_mta: String,
+}
+
+pub struct Report<'a> {
+    /// This relay's name (`host-name`).
+    pub reporting_mta: &'a str,
+    pub sender: &'a str,
+    pub arrival_unix_ms: u64,
+    pub now_unix_ms: u64,
+    /// Makes the Message-ID and the MIME boundary unique.
+    pub id: &'a str,
+    /// The original message, in transparency form.
+    pub original: &'a [u8],
+    pub failed: &'a [Failed],
+}
+
+/// No control characters (a CR or LF would end the field early) and no line longer than
+/// RFC 5322 allows.
+fn field(value: &str) -> String {
+    value.chars().map(|c| if c.is_control() { ' ' } else { c }).take(900).collect()
+}
+
+/// The DSN, ready to be spooled: CRLF lines with leading dots doubled (RFC 5321 §4.5.2).
+pub fn build(r: &Report) -> Vec<u8> {
+    let boundary = format!("sluice-dsn-{}", r.id);
+    let date = rfc5322_date(r.now_unix_ms);
+    let mut text = String::with_capacity(2048);
+    let mut line = |l: &str| {
+        if l.starts_with('.') {
+            text.push('.');
+        }
+        text.push_str(l);
+        text.push_str("\r\n");
+    };
+    line(&format!("From: Mail Delivery System <MAILER-DAEMON@{}>", r.reporting_mta));
+    line(&format!("To: <{}>", field(r.sender)));
+    line("Subject: Undelivered Mail Returned to Sender");
+    line(&format!("Date: {date}"));
+    line(&format!("Message-ID: <{}.dsn@{}>", r.id, r.reporting_mta));
+    line("Auto-Submitted: auto-replied");
+    line("MIME-Version: 1.0");
+    line(&format!("Content-Type: multipart/report; report-type=delivery-status; boundary=\"{boundary}\""));
+    line("");
+    line("This is a MIME-encapsulated message.");
+    line("");
+    line(&format!("--{boundary}"));
+    line("Content-Type: text/plain; charset=utf-8");
+    line("");
+    line(&format!("This is the mail system at {}.", r.reporting_mta));
+    line("");
+    line("Your message could not be delivered to one or more recipients:");
+    line("");
+    for f in r.failed {
+        line(&format!("<{}>: {}", field(&f.rcpt), field(&f.diagnostic)));
+    }
+    line("");
+    line(&format!("--{boundary}"));
+    line("Content-Type: message/delivery-status");
+    line("");
+    line(&format!("Reporting-MTA: dns; {}", r.reporting_mta));
+    line(&format!("Arrival-Date: {}", rfc5322_date(r.arrival_unix_ms)));
+    for f in r.failed {
+        line("");
+        line(&format!("Final-Recipient: rfc822; {}", field(&f.rcpt)));
+        line("Action: failed");
+        line(&format!("Status: {}", field(&f.status)));
+        if !f.remote_mta.is_empty() {
+            line(&format!("Remote-MTA: dns; {}", field(&f.remote_mta)));
+        }
+        line(&format!("Diagnostic-Code: smtp; {}", field(&f.diagnostic)));
+        line(&format!("Last-Attempt-Date: {date}"));
+    }
+    line("");
+    line(&format!("--{boundary}"));
+    line("Content-Type: text/rfc822-headers");
+    line("");
+    let mut out = text.into_bytes();
+    // The original header, already in transparency form: copied as it is.
+    let header_end = memchr::memmem::find(r.original, b"\r\n\r\n").map_or(r.original.len(), |i| i + 2);
+    let mut header = &r.original[..header_end.min(RETURNED_HEADER_BYTES_MAX)];
+    if let Some(last_crlf) = memchr::memmem::rfind(header, b"\r\n") {
+        header = &header[..last_crlf + 2]; // whole lines only
+    }
+    out.extend_from_slice(header);
+    out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_has_the_rfc3464_fields_and_the_original_header() {
+        let original = b"Received: by relay\r\nSubject: hello\r\n..dotted: header\r\n\r\nbody\r\n..body dot\r\n";
+        let failed = vec![
+            Failed {
+                rcpt: "a@b.test".into(),
+                status: "5.1.1".into(),
+                diagnostic: "550 5.1.1 no such user".into(),
+                remote_mta: "mx.b.test".into(),
+            },
+            Failed {
+                rcpt: "c@b.test".into(),
+                status: "4.4.7".into(),
+                diagnostic: "451 4.4.1 expired\r\nInjected: x".into(),
+                remote_mta: String::new(),
+            },
+        ];
+        let dsn = build(&Report {
+            reporting_mta: "relay.test",
+            sender: "s@src.test",
+            arrival_unix_ms: 0,
+            now_unix_ms: 1_000,
+            id: "0.1.2",
+            original,
+            failed: &failed,
+        });
+        let text = String::from_utf8(dsn).unwrap();
+        for want in [
+            "To: <s@src.test>\r\n",
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=\"sluice-dsn-0.1.2\"\r\n",
+            "Reporting-MTA: dns; relay.test\r\n",
+            "Final-Recipient: rfc822; a@b.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.b.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
+            "Final-Recipient: rfc822; c@b.test\r\nAction: failed\r\nStatus: 4.4.7\r\nDiagnostic-Code: smtp; 451 4.4.1 expired  Injected: x\r\n",
+            "Content-Type: text/rfc822-headers\r\n\r\nReceived: by relay\r\nSubject: hello\r\n..dotted: header\r\n\r\n--sluice-dsn-0.1.2--\r\n",
+        ] {
+            assert!(text.contains(want), "{want:?} in\n{text}");
+        }
+        assert!(!text.contains("body"), "headers only");
+        assert!(text.lines().all(|l| !l.starts_with('.') || l.starts_with("..")), "dot-stuffed");
+    }
+}
