@@ -32,6 +32,18 @@ fn skip_mx(shards: Option<u32>) {
     );
     inject(&relay, MESSAGES);
     // With retry-after 1h, only skip-mx can get these delivered within the test.
+    let start = std::time::Instant::now();
+    while relay.rows_of("d").len() < MESSAGES as usize && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let delivered = relay.rows_of("d").len() == MESSAGES as usize;
+    assert!(
+        delivered,
+        "not all delivered; t: {:?}\ntq: {:?}\n{}",
+        relay.rows_of("t"),
+        relay.rows_of("tq"),
+        tail(&relay.log(), 40)
+    );
     let totals = accepting.finish();
     assert_eq!(json_u64(&totals, "messages"), MESSAGES, "{totals}");
     let d = relay.wait_rows("d", MESSAGES as usize, Duration::from_secs(10));

@@ -344,8 +344,24 @@ pub struct VirtualMta {
     /// `smtp-source-host IP HOSTNAME`: bind this address, say this name in EHLO.
     pub source_ip: Option<IpAddr>,
     pub host_name: Option<String>,
-    domain_wildcard: DomainOverrides,
-    domains: HashMap<String, DomainOverrides>,
+    domains: DomainBlocks,
+}
+
+/// `<domain *>` and `<domain NAME>` blocks at one level (global, a VMTA, a pool).
+#[derive(Debug, Clone, Default)]
+struct DomainBlocks {
+    wildcard: DomainOverrides,
+    named: HashMap<String, DomainOverrides>,
+}
+
+impl DomainBlocks {
+    /// `*` first, then each parent from the farthest, then the domain itself.
+    fn apply(&self, domain: &str, settings: &mut DomainSettings) {
+        self.wildcard.apply(settings);
+        for o in suffixes_farthest_first(domain).filter_map(|d| self.named.get(d)) {
+            o.apply(settings);
+        }
+    }
 }
 
 /// What an `x-virtual-mta:` header or `default-virtual-mta` may name.
@@ -372,8 +388,9 @@ pub struct Config {
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
     sources: Vec<SourceRule>,
-    domain_wildcard: DomainOverrides,
-    domains: HashMap<String, DomainOverrides>,
+    domains: DomainBlocks,
+    /// `<domain>` blocks inside `<virtual-mta-pool>` blocks.
+    pool_domains: HashMap<String, DomainBlocks>,
     pub vmtas: HashMap<String, VirtualMta>,
     /// `<smtp-pattern-list NAME>` blocks.
     pub pattern_lists: HashMap<String, std::sync::Arc<Vec<PatternRule>>>,
@@ -400,17 +417,20 @@ impl Config {
     /// Settings for a destination domain: `*`, then each parent from the farthest, then exact.
     pub fn domain_settings(&self, domain: &str) -> DomainSettings {
         let mut settings = DomainSettings::default();
-        apply_domain_blocks(&self.domain_wildcard, &self.domains, domain, &mut settings);
+        self.domains.apply(domain, &mut settings);
         settings
     }
 
-    /// As `domain_settings`, then the `<domain>` blocks inside the VMTA (or, for a pool, its
-    /// first member) override the global ones.
+    /// As `domain_settings`, then the `<domain>` blocks inside the VMTA override the global
+    /// ones. For a pool: its first member's, then the pool's own.
     pub fn queue_settings(&self, domain: &str, vmta: &str) -> DomainSettings {
         let mut settings = self.domain_settings(domain);
-        let vmta = self.pools.get(vmta).and_then(|m| m.first()).map(String::as_str).unwrap_or(vmta);
-        if let Some(v) = self.vmtas.get(vmta) {
-            apply_domain_blocks(&v.domain_wildcard, &v.domains, domain, &mut settings);
+        let member = self.pools.get(vmta).and_then(|m| m.first()).map(String::as_str).unwrap_or(vmta);
+        if let Some(v) = self.vmtas.get(member) {
+            v.domains.apply(domain, &mut settings);
+        }
+        if let Some(blocks) = self.pool_domains.get(vmta) {
+            blocks.apply(domain, &mut settings);
         }
         settings
     }
@@ -441,8 +461,8 @@ impl Config {
     /// The domain whose queue a destination's mail joins: itself, or its `queue-to` target.
     pub fn queue_domain(&self, domain: &str) -> String {
         // Only `queue-to` matters here, and this runs per message: no full settings.
-        let mut target = self.domain_wildcard.queue_to.as_ref();
-        for o in suffixes_farthest_first(domain).filter_map(|d| self.domains.get(d)) {
+        let mut target = self.domains.wildcard.queue_to.as_ref();
+        for o in suffixes_farthest_first(domain).filter_map(|d| self.domains.named.get(d)) {
             target = o.queue_to.as_ref().or(target);
         }
         target.cloned().unwrap_or_else(|| domain.to_string())
@@ -457,18 +477,6 @@ impl Config {
         } else {
             None
         }
-    }
-}
-
-fn apply_domain_blocks(
-    wildcard: &DomainOverrides,
-    domains: &HashMap<String, DomainOverrides>,
-    domain: &str,
-    settings: &mut DomainSettings,
-) {
-    wildcard.apply(settings);
-    for o in suffixes_farthest_first(domain).filter_map(|d| domains.get(d)) {
-        o.apply(settings);
     }
 }
 
@@ -740,16 +748,10 @@ impl Builder {
         match name {
             "source" => self.source(arg, children, span),
             "domain" => {
-                let domain = arg.ok_or_else(|| {
-                    ConfigError::at(span, "`<domain>` needs a name", "write `<domain example.com>` or `<domain *>`")
-                })?;
-                let overrides = self.domain(children)?;
-                if domain == "*" {
-                    self.config.domain_wildcard = overrides;
-                } else {
-                    self.config.domains.insert(domain.to_ascii_lowercase(), overrides);
-                }
-                Ok(())
+                let mut blocks = std::mem::take(&mut self.config.domains);
+                let result = self.domain_block(arg, children, span, &mut blocks);
+                self.config.domains = blocks;
+                result
             }
             "acct-file" => self.acct_file(arg, children, span),
             "virtual-mta" => self.virtual_mta(arg, children, span),
@@ -903,6 +905,26 @@ impl Builder {
         Ok(o)
     }
 
+    /// A `<domain NAME|*>` block into the blocks of its level.
+    fn domain_block(
+        &mut self,
+        arg: Option<&str>,
+        children: &[Node],
+        span: &Span,
+        into: &mut DomainBlocks,
+    ) -> Result<(), ConfigError> {
+        let domain = arg.ok_or_else(|| {
+            ConfigError::at(span, "`<domain>` needs a name", "write `<domain example.com>` or `<domain *>`")
+        })?;
+        let overrides = self.domain(children)?;
+        if domain == "*" {
+            into.wildcard = overrides;
+        } else {
+            into.named.insert(domain.to_ascii_lowercase(), overrides);
+        }
+        Ok(())
+    }
+
     fn virtual_mta(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
         let name =
             arg.ok_or_else(|| ConfigError::at(span, "`<virtual-mta>` needs a name", "write `<virtual-mta mta1>`"))?;
@@ -927,15 +949,7 @@ impl Builder {
                     self.unknown(d, span, &["smtp-source-host"], "<virtual-mta>")?
                 }
                 Node::Block { name: b, arg, children, span } if b == "domain" => {
-                    let domain = arg.as_deref().ok_or_else(|| {
-                        ConfigError::at(span, "`<domain>` needs a name", "write `<domain example.com>`")
-                    })?;
-                    let overrides = self.domain(children)?;
-                    if domain == "*" {
-                        vmta.domain_wildcard = overrides;
-                    } else {
-                        vmta.domains.insert(domain.to_ascii_lowercase(), overrides);
-                    }
+                    self.domain_block(arg.as_deref(), children, span, &mut vmta.domains)?
                 }
                 Node::Block { name: b, span, .. } => self.unknown(b, span, &["domain"], "<virtual-mta>")?,
             }
@@ -955,15 +969,24 @@ impl Builder {
             ConfigError::at(span, "`<virtual-mta-pool>` needs a name", "write `<virtual-mta-pool pool1>`")
         })?;
         let mut members = Vec::new();
-        for (d, args, span) in self.directives(children, "<virtual-mta-pool>")? {
-            if d != "virtual-mta" {
-                self.unknown(d, span, &["virtual-mta"], "<virtual-mta-pool>")?;
-                continue;
+        let mut domains = DomainBlocks::default();
+        for child in children {
+            match child {
+                Node::Directive { name: d, args, span } if d == "virtual-mta" => {
+                    let member = one_arg(d, args, span)?.to_string();
+                    self.vmta_refs.push((format!("\0{member}"), span.clone()));
+                    members.push(member);
+                }
+                Node::Directive { name: d, span, .. } => {
+                    self.unknown(d, span, &["virtual-mta"], "<virtual-mta-pool>")?
+                }
+                Node::Block { name: b, arg, children, span } if b == "domain" => {
+                    self.domain_block(arg.as_deref(), children, span, &mut domains)?
+                }
+                Node::Block { name: b, span, .. } => self.unknown(b, span, &["domain"], "<virtual-mta-pool>")?,
             }
-            let member = one_arg(d, args, span)?.to_string();
-            self.vmta_refs.push((format!("\0{member}"), span.clone()));
-            members.push(member);
         }
+        self.config.pool_domains.insert(name.to_string(), domains);
         if members.is_empty() {
             return Err(ConfigError::at(span, format!("pool `{name}` has no members"), "add `virtual-mta NAME` lines"));
         }
@@ -1154,8 +1177,8 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),
             sources: Vec::new(),
-            domain_wildcard: DomainOverrides::default(),
-            domains: HashMap::new(),
+            domains: DomainBlocks::default(),
+            pool_domains: HashMap::new(),
             acct_files: Vec::new(),
             vmtas: HashMap::new(),
             pattern_lists: HashMap::new(),
@@ -1369,6 +1392,25 @@ mod pattern_list_tests {
 #[cfg(test)]
 mod suffix_tests {
     use super::*;
+
+    #[test]
+    fn pool_domain_blocks_override_members_and_global() {
+        let text = "smtp-listener 127.0.0.1:25\n<domain *>\n max-smtp-out 10\n</domain>\n<virtual-mta m1>\n <domain b.test>\n max-smtp-out 5\n max-msg-per-connection 7\n </domain>\n</virtual-mta>\n<virtual-mta-pool p1>\n virtual-mta m1\n <domain b.test>\n max-smtp-out 2\n </domain>\n</virtual-mta-pool>\n";
+        let c = load("t.conf", text, &mut |_| Err("no".into())).unwrap();
+        let s = |d: &str, v: &str| {
+            let s = c.queue_settings(d, v);
+            (s.max_smtp_out, s.max_msg_per_connection)
+        };
+        assert_eq!(s("b.test", "p1"), (2, 7), "the pool's block, over its member's");
+        assert_eq!(s("b.test", "m1"), (5, 7));
+        assert_eq!(s("a.test", "p1"), (10, 0));
+        let err = load(
+            "t.conf",
+            "<virtual-mta-pool p1>\n virtual-mta m1\n <source 0/0>\n </source>\n</virtual-mta-pool>\n",
+            &mut |_| Err("no".into()),
+        );
+        assert!(err.is_err());
+    }
 
     #[test]
     fn suffixes_and_queue_to_follow_the_most_specific_block() {

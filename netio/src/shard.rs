@@ -211,6 +211,8 @@ struct Outbound {
     phase: OutPhase,
     ever_ready: bool,
     idle: bool,
+    /// The pattern list set this connection's host or source IP aside: no more work on it.
+    leaving: bool,
     body_sent: usize,
     iov: [libc::iovec; 2],
     msghdr: libc::msghdr,
@@ -1415,6 +1417,7 @@ impl Shard {
             phase: OutPhase::Connecting,
             ever_ready: false,
             idle: false,
+            leaving: false,
             body_sent: 0,
             iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
             // SAFETY: zeroed msghdr is valid.
@@ -1726,15 +1729,13 @@ impl Shard {
                     let vmta = out.vmta.clone();
                     (info.other_hop, info.other_source) = self.alternatives(&domain, hop, &vmta);
                     self.settle(&domain, job, &replies, &info);
-                    let leave = self.apply_avoid(slot);
-                    if idle && leave {
-                        // `skip-mx` / `disable-source-ip`: this connection is done.
-                        let conn = self.conn_mut(slot);
-                        let Kind::Out(out) = &mut conn.kind else { unreachable!() };
-                        out.client.quit();
-                        conn.out.extend_from_slice(out.client.output());
-                        out.client.clear_output();
-                    } else if idle {
+                    if self.apply_avoid(slot) {
+                        // `skip-mx` / `disable-source-ip`: this connection takes no more work
+                        // (the refused job must not come straight back to it after RSET).
+                        let Kind::Out(out) = &mut self.conn_mut(slot).kind else { unreachable!() };
+                        out.leaving = true;
+                    }
+                    if idle {
                         self.out_next_work(slot);
                     }
                 }
@@ -1766,7 +1767,7 @@ impl Shard {
         let (domain, source_ip, sent) = (out.queue.clone(), out.source_ip, out.messages_sent);
         let st = self.queues.get_mut(&domain).expect("queue of a connection exists");
         let limit = st.q.settings.max_msg_per_connection;
-        let at_limit = limit != 0 && sent >= limit;
+        let at_limit = (limit != 0 && sent >= limit) || out.leaving;
         let mut job = None;
         if !at_limit && !stopping {
             st.q.promote_due(now);
