@@ -21,7 +21,14 @@ if ! grep -qs "$POSTFIX_TEST_DIR/etc" /etc/postfix/main.cf; then
     grep -qs '^compatibility_level' /etc/postfix/main.cf || echo "compatibility_level = 3.6" >> /etc/postfix/main.cf
     echo "alternate_config_directories = $POSTFIX_TEST_DIR/etc" >> /etc/postfix/main.cf
 fi
+# Independent DKIM/ARC verification (dkimpy, with PyNaCl for ed25519) and a byte-exact
+# SMTP receiver (aiosmtpd), in a venv of their own.
+VENV=/opt/sluice-test-venv
+if ! "$VENV/bin/python" -c "import dkim, nacl, aiosmtpd" >/dev/null 2>&1; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "dkimpy==1.1.8" "PyNaCl==1.6.2" "aiosmtpd==1.4.6"
+fi
 for t in smtp-source smtp-sink swaks dnsmasq; do
     command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
 done
-echo "test peers ready: $(command -v smtp-source smtp-sink swaks dnsmasq | tr '\n' ' ')"
+echo "test peers ready: $(command -v smtp-source smtp-sink swaks dnsmasq | tr '\n' ' ')$VENV"

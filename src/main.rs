@@ -63,7 +63,8 @@ fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 }
 
 fn check_config(path: Option<&Path>) -> ExitCode {
-    match load_config(path) {
+    // Key files are read too: a `domain-key` whose file is missing fails here, not at start.
+    match load_config(path).and_then(|c| sluice_engine::dkim::Keys::load(&c).map(|_| c)) {
         Ok(config) => {
             for w in &config.warnings {
                 println!("warning: {w}");
@@ -89,6 +90,13 @@ fn run(path: Option<&Path>) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
+    let dkim = match sluice_engine::dkim::Keys::load(&config) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let acct = match control::AcctWriter::open(&config) {
         Ok(a) => a,
         Err(e) => {
@@ -97,7 +105,7 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
-    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), tx) {
+    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), dkim, tx) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: {e}");

@@ -8,7 +8,7 @@ pub mod units;
 use ast::{Node, Span};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 pub use units::{Cidr, HostPort, Rate};
 
@@ -119,6 +119,83 @@ pub struct DomainSettings {
     /// MX rollup (on unless `disable-mx-rollup yes`): domains whose MX sets are equal, and
     /// whose settings are equal, share one queue.
     pub mx_rollup: bool,
+    /// `dkim-sign yes`: mail to this domain is signed with the `domain-key` matching its
+    /// From domain.
+    pub dkim_sign: bool,
+    pub dkim: DkimOptions,
+}
+
+/// How a signature is made (`dkim-headers`, `dkim-header-canon`, `dkim-body-canon`,
+/// `dkim-identity`, `dkim-expire-after`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DkimOptions {
+    /// Header fields signed when present.
+    pub headers: Vec<String>,
+    /// relaxed (true, the default) or simple.
+    pub header_relaxed: bool,
+    pub body_relaxed: bool,
+    /// `i=`: the agent or user identifier.
+    pub identity: Option<String>,
+    /// `x=`: the signature expires this long after signing.
+    pub expire_after: Option<Duration>,
+}
+
+/// Header fields signed by default: the ones RFC 6376 §5.4.1 recommends, plus the list and
+/// unsubscribe headers that mailbox providers require of bulk mail (RFC 8058).
+pub const DKIM_HEADERS_DEFAULT: &[&str] = &[
+    "From",
+    "Sender",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "To",
+    "Cc",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-ID",
+    "Content-Description",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Message-ID",
+    "In-Reply-To",
+    "References",
+    "List-Id",
+    "List-Help",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Subscribe",
+    "List-Post",
+    "List-Owner",
+    "List-Archive",
+    "Feedback-ID",
+];
+
+impl Default for DkimOptions {
+    fn default() -> Self {
+        DkimOptions {
+            headers: DKIM_HEADERS_DEFAULT.iter().map(|h| h.to_string()).collect(),
+            header_relaxed: true,
+            body_relaxed: true,
+            identity: None,
+            expire_after: None,
+        }
+    }
+}
+
+/// `domain-key SELECTOR,DOMAIN|*,KEYFILE`: a signing key for a domain (and its subdomains),
+/// or for any domain (`*`). Read and checked when sluice starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainKey {
+    pub selector: String,
+    /// Lower case; `*` for any From domain (then `d=` is the From domain).
+    pub domain: String,
+    pub path: PathBuf,
+    pub span: Span,
 }
 
 impl Default for DomainSettings {
@@ -142,6 +219,8 @@ impl Default for DomainSettings {
             queue_to: None,
             queue_priority: 50,
             mx_rollup: true,
+            dkim_sign: false,
+            dkim: DkimOptions::default(),
         }
     }
 }
@@ -167,6 +246,12 @@ struct DomainOverrides {
     queue_to: Option<String>,
     queue_priority: Option<u8>,
     mx_rollup: Option<bool>,
+    dkim_sign: Option<bool>,
+    dkim_headers: Option<Vec<String>>,
+    dkim_header_relaxed: Option<bool>,
+    dkim_body_relaxed: Option<bool>,
+    dkim_identity: Option<String>,
+    dkim_expire_after: Option<Duration>,
 }
 
 impl DomainOverrides {
@@ -224,6 +309,24 @@ impl DomainOverrides {
         }
         if let Some(v) = self.mx_rollup {
             to.mx_rollup = v;
+        }
+        if let Some(v) = self.dkim_sign {
+            to.dkim_sign = v;
+        }
+        if let Some(v) = &self.dkim_headers {
+            to.dkim.headers = v.clone();
+        }
+        if let Some(v) = self.dkim_header_relaxed {
+            to.dkim.header_relaxed = v;
+        }
+        if let Some(v) = self.dkim_body_relaxed {
+            to.dkim.body_relaxed = v;
+        }
+        if let Some(v) = &self.dkim_identity {
+            to.dkim.identity = Some(v.clone());
+        }
+        if let Some(v) = self.dkim_expire_after {
+            to.dkim.expire_after = Some(v);
         }
     }
 }
@@ -344,6 +447,8 @@ pub struct VirtualMta {
     /// `smtp-source-host IP HOSTNAME`: bind this address, say this name in EHLO.
     pub source_ip: Option<IpAddr>,
     pub host_name: Option<String>,
+    /// `domain-key` lines inside the VMTA: tried before the global ones.
+    pub domain_keys: Vec<DomainKey>,
     domains: DomainBlocks,
 }
 
@@ -391,6 +496,9 @@ pub struct Config {
     domains: DomainBlocks,
     /// `<domain>` blocks inside `<virtual-mta-pool>` blocks.
     pool_domains: HashMap<String, DomainBlocks>,
+    /// `domain-key` lines: global, and per pool (per VMTA: in `VirtualMta`).
+    pub domain_keys: Vec<DomainKey>,
+    pub pool_domain_keys: HashMap<String, Vec<DomainKey>>,
     pub vmtas: HashMap<String, VirtualMta>,
     /// `<smtp-pattern-list NAME>` blocks.
     pub pattern_lists: HashMap<String, std::sync::Arc<Vec<PatternRule>>>,
@@ -480,6 +588,41 @@ impl Config {
     }
 }
 
+/// `relaxed` or `simple` (RFC 6376 §3.4) as "is relaxed".
+fn canon(v: &str, span: &Span) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "relaxed" => Ok(true),
+        "simple" => Ok(false),
+        _ => Err(ConfigError::at(span, format!("`{v}` is not a canonicalization"), "use relaxed or simple")),
+    }
+}
+
+/// `domain-key SELECTOR,DOMAIN|*,KEYFILE`; a relative KEYFILE is found next to the config
+/// file that names it.
+fn domain_key(args: &[String], span: &Span) -> Result<DomainKey, ConfigError> {
+    let joined = args.join("");
+    let hint = "write `domain-key SELECTOR,DOMAIN,/path/to/key.pem` (DOMAIN may be *)";
+    let parts: Vec<&str> = joined.split(',').map(str::trim).collect();
+    let [selector, domain, path] = parts.as_slice() else {
+        return Err(ConfigError::at(span, format!("`{joined}` is not SELECTOR,DOMAIN,KEYFILE"), hint));
+    };
+    if selector.is_empty() || domain.is_empty() || path.is_empty() {
+        return Err(ConfigError::at(span, format!("`{joined}` has an empty part"), hint));
+    }
+    let mut path = PathBuf::from(path);
+    if path.is_relative() {
+        if let Some(dir) = Path::new(&*span.file).parent() {
+            path = dir.join(path);
+        }
+    }
+    Ok(DomainKey {
+        selector: selector.to_string(),
+        domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+        path,
+        span: span.clone(),
+    })
+}
+
 /// `a.b.c` → `c`, `b.c`, `a.b.c`: each parent from the farthest, then the domain itself.
 /// Slices of `domain`, no allocation: this runs for every message.
 fn suffixes_farthest_first(domain: &str) -> impl Iterator<Item = &str> {
@@ -491,7 +634,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-mgmt-port", "the management API"),
     ("http-access", "the management API"),
     ("http-api-key", "the management API"),
-    ("domain-key", "DKIM signing"),
     ("smtp-user", "SMTP AUTH"),
     ("address-list", "suppression lists"),
     ("feedback-loop-processor", "feedback loops"),
@@ -505,7 +647,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("suppression-lists", "suppression lists"),
     ("use-starttls", "TLS"),
     ("require-starttls", "TLS"),
-    ("dkim-sign", "DKIM signing"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
     ("delete-after", "accounting rotation"),
@@ -528,6 +669,7 @@ const GLOBAL: &[&str] = &[
     "source-ip-max-msg-rate",
     "source-ip-max-connect-rate",
     "source-ip-max-smtp-out",
+    "domain-key",
 ];
 const SOURCE: &[&str] = &[
     "always-allow-relaying",
@@ -543,6 +685,12 @@ const SOURCE: &[&str] = &[
     "generate-bounces",
 ];
 const DOMAIN: &[&str] = &[
+    "dkim-sign",
+    "dkim-headers",
+    "dkim-header-canon",
+    "dkim-body-canon",
+    "dkim-identity",
+    "dkim-expire-after",
     "queue-priority",
     "disable-mx-rollup",
     "backoff-to-normal-after-delivery",
@@ -677,6 +825,7 @@ impl Builder {
         match name {
             "host-name" => c.host_name = one_arg(name, args, span)?.to_string(),
             "postmaster" => c.postmaster = Some(one_arg(name, args, span)?.to_string()),
+            "domain-key" => c.domain_keys.push(domain_key(args, span)?),
             "smtp-listener" => c.listeners.push(value(span, units::parse_listen(one_arg(name, args, span)?))?),
             "spool" => c.spool_dir = PathBuf::from(one_arg(name, args, span)?),
             "spool-sync" => c.spool_sync = value(span, units::parse_bool(one_arg(name, args, span)?))?,
@@ -874,6 +1023,30 @@ impl Builder {
                     o.queue_priority = Some(n as u8);
                 }
                 "disable-mx-rollup" => o.mx_rollup = Some(!value(span, units::parse_bool(one_arg(name, args, span)?))?),
+                "dkim-sign" => o.dkim_sign = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),
+                "dkim-headers" => {
+                    let list: Vec<String> = args
+                        .join(",")
+                        .split([',', ':'])
+                        .map(str::trim)
+                        .filter(|h| !h.is_empty())
+                        .map(str::to_string)
+                        .collect();
+                    if !list.iter().any(|h| h.eq_ignore_ascii_case("from")) {
+                        return Err(ConfigError::at(
+                            span,
+                            "dkim-headers must include From (RFC 6376 §5.4)",
+                            "write e.g. `dkim-headers From,To,Subject,Date,Message-ID`",
+                        ));
+                    }
+                    o.dkim_headers = Some(list);
+                }
+                "dkim-header-canon" => o.dkim_header_relaxed = Some(canon(one_arg(name, args, span)?, span)?),
+                "dkim-body-canon" => o.dkim_body_relaxed = Some(canon(one_arg(name, args, span)?, span)?),
+                "dkim-identity" => o.dkim_identity = Some(one_arg(name, args, span)?.to_string()),
+                "dkim-expire-after" => {
+                    o.dkim_expire_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?)
+                }
                 "smtp-pattern-list" => {
                     let list = one_arg(name, args, span)?.to_string();
                     self.pattern_refs.push((list.clone(), span.clone()));
@@ -945,8 +1118,11 @@ impl Builder {
                     vmta.source_ip = Some(parsed);
                     vmta.host_name = Some(host.clone());
                 }
+                Node::Directive { name: d, args, span } if d == "domain-key" => {
+                    vmta.domain_keys.push(domain_key(args, span)?)
+                }
                 Node::Directive { name: d, span, .. } => {
-                    self.unknown(d, span, &["smtp-source-host"], "<virtual-mta>")?
+                    self.unknown(d, span, &["smtp-source-host", "domain-key"], "<virtual-mta>")?
                 }
                 Node::Block { name: b, arg, children, span } if b == "domain" => {
                     self.domain_block(arg.as_deref(), children, span, &mut vmta.domains)?
@@ -970,6 +1146,7 @@ impl Builder {
         })?;
         let mut members = Vec::new();
         let mut domains = DomainBlocks::default();
+        let mut keys = Vec::new();
         for child in children {
             match child {
                 Node::Directive { name: d, args, span } if d == "virtual-mta" => {
@@ -977,8 +1154,9 @@ impl Builder {
                     self.vmta_refs.push((format!("\0{member}"), span.clone()));
                     members.push(member);
                 }
+                Node::Directive { name: d, args, span } if d == "domain-key" => keys.push(domain_key(args, span)?),
                 Node::Directive { name: d, span, .. } => {
-                    self.unknown(d, span, &["virtual-mta"], "<virtual-mta-pool>")?
+                    self.unknown(d, span, &["virtual-mta", "domain-key"], "<virtual-mta-pool>")?
                 }
                 Node::Block { name: b, arg, children, span } if b == "domain" => {
                     self.domain_block(arg.as_deref(), children, span, &mut domains)?
@@ -987,6 +1165,7 @@ impl Builder {
             }
         }
         self.config.pool_domains.insert(name.to_string(), domains);
+        self.config.pool_domain_keys.insert(name.to_string(), keys);
         if members.is_empty() {
             return Err(ConfigError::at(span, format!("pool `{name}` has no members"), "add `virtual-mta NAME` lines"));
         }
@@ -1179,6 +1358,8 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             sources: Vec::new(),
             domains: DomainBlocks::default(),
             pool_domains: HashMap::new(),
+            domain_keys: Vec::new(),
+            pool_domain_keys: HashMap::new(),
             acct_files: Vec::new(),
             vmtas: HashMap::new(),
             pattern_lists: HashMap::new(),

@@ -3,6 +3,7 @@
 
 pub mod acct;
 pub mod bounce;
+pub mod dkim;
 pub mod queue;
 pub mod shape;
 pub mod smtp;

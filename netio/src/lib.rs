@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub shutdown: AtomicBool,
     pub inbound_connections: AtomicU32,
     pub source_limits: std::collections::HashMap<std::net::IpAddr, SourceCells>,
+    /// DKIM signing keys (`domain-key`), read once at start.
+    pub dkim: sluice_engine::dkim::Keys,
 }
 
 /// The running data plane.
@@ -139,6 +141,7 @@ impl Runtime {
     /// Recovers the spool, binds the listeners on every shard, and starts the shards.
     pub fn start(
         config: Arc<Config>,
+        dkim: sluice_engine::dkim::Keys,
         control: crossbeam_channel::Sender<ControlRequest>,
     ) -> Result<(Runtime, Responder), StartError> {
         // Probe io_uring before anything else, so the failure says what it is.
@@ -173,6 +176,7 @@ impl Runtime {
                     (*ip, cells)
                 })
                 .collect(),
+            dkim,
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

@@ -818,6 +818,10 @@ impl Shard {
                 return;
             }
         };
+        // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
+        if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &m.data) {
+            m.data.splice(0..0, header);
+        }
         let mut store = Box::new(Store {
             head: Vec::new(),
             data: m.data,
@@ -2139,6 +2143,31 @@ fn literal_hops(levels: &[Vec<sluice_config::HostPort>]) -> Option<Vec<Vec<Hop>>
 /// allows it (the header is removed unless `retain-x-virtual-mta`), else the source's
 /// `default-virtual-mta`, else the default. An unknown name is refused with 550 when the
 /// source says `reject-invalid-virtual-mta`, and otherwise falls back.
+/// The `DKIM-Signature:` field for a message when one of its recipient domains has
+/// `dkim-sign yes` and a `domain-key` covers its From domain (signing errors are logged and
+/// the message goes unsigned rather than refused).
+fn dkim_signature(shared: &Shared, recipients: &[String], vmta: &str, data: &[u8]) -> Option<Vec<u8>> {
+    if shared.dkim.is_empty() {
+        return None;
+    }
+    let mut seen: Vec<String> = Vec::with_capacity(1);
+    let settings = recipients.iter().map(|r| domain_of(r).to_ascii_lowercase()).find_map(|d| {
+        if seen.contains(&d) {
+            return None;
+        }
+        let s = shared.config.queue_settings(&d, vmta);
+        seen.push(d);
+        s.dkim_sign.then_some(s)
+    })?;
+    match shared.dkim.sign(vmta, data, &settings.dkim) {
+        Ok(header) => header,
+        Err(e) => {
+            tracing::error!(error = %e, "message left unsigned");
+            None
+        }
+    }
+}
+
 fn select_vmta(config: &sluice_config::Config, client_ip: IpAddr, data: &mut Vec<u8>) -> Result<String, String> {
     let policy = config.source_policy(client_ip);
     let fallback = policy.default_virtual_mta.clone().unwrap_or_else(|| DEFAULT_VMTA.to_string());

@@ -476,3 +476,77 @@ pub fn require_root(why: &str) {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { geteuid() }, 0, "{why}, so it must run as root (CI does)");
 }
+
+/// The test venv's Python (dkimpy, PyNaCl, aiosmtpd), installed by scripts/install-test-deps.sh.
+pub const VENV_PYTHON: &str = "/opt/sluice-test-venv/bin/python";
+
+/// A script in tests/py.
+pub fn py_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(name)
+}
+
+/// A byte-exact receiver (tests/py/receiver.py on aiosmtpd): messages land in `dir` as received.
+pub struct PyReceiver {
+    pub addr: SocketAddr,
+    pub dir: TempDir,
+    child: Child,
+}
+
+impl PyReceiver {
+    pub fn start() -> PyReceiver {
+        assert!(Path::new(VENV_PYTHON).exists(), "{VENV_PYTHON} missing: run scripts/install-test-deps.sh");
+        let dir = TempDir::new("received");
+        let port = free_port("127.0.0.1");
+        let child = Command::new(VENV_PYTHON)
+            .arg(py_script("receiver.py"))
+            .args(["127.0.0.1", &port.to_string()])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start receiver.py");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_port(addr, Duration::from_secs(20));
+        PyReceiver { addr, dir, child }
+    }
+
+    /// The received message files, in arrival order.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        files.sort();
+        files
+    }
+}
+
+impl Drop for PyReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A DKIM key pair made with openssl: the private key file and the TXT record to publish.
+/// `kind`: "rsa-pkcs1", "rsa-pkcs8" or "ed25519".
+pub fn dkim_keypair(dir: &Path, name: &str, kind: &str) -> (PathBuf, String) {
+    let pem = dir.join(format!("{name}.pem"));
+    let make = match kind {
+        "rsa-pkcs1" => format!("openssl genrsa -traditional -out {} 2048", pem.display()),
+        "rsa-pkcs8" => format!("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out {}", pem.display()),
+        "ed25519" => format!("openssl genpkey -algorithm ed25519 -out {}", pem.display()),
+        _ => panic!("unknown key kind {kind}"),
+    };
+    let (code, out) = run(Command::new("sh").arg("-c").arg(format!("{make} 2>&1")));
+    assert_eq!(code, 0, "{out}");
+    // RFC 6376 §3.6.1: p= is the SubjectPublicKeyInfo for RSA; RFC 8463: the raw 32 bytes.
+    let (k, raw) = if kind == "ed25519" { ("ed25519", "| tail -c 32") } else { ("rsa", "") };
+    let (code, p) = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl pkey -in {} -pubout -outform DER {raw} | base64 -w0", pem.display())));
+    assert_eq!(code, 0, "{p}");
+    (pem, format!("v=DKIM1; k={k}; p={}", p.trim()))
+}

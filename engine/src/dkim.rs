@@ -1,0 +1,264 @@
+//! DKIM signing (RFC 6376; ed25519-sha256 per RFC 8463) through mail-auth: keys from
+//! `domain-key` lines, the key chosen by the message's From domain, one signature per message
+//! made over its bytes as the spool keeps them (transparency form, un-stuffed on the fly
+//! through chunk boundaries: the body is streamed into the hash, never copied).
+
+use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::headers::HeaderWriter;
+use mail_auth::dkim::{Canonicalization, DkimSigner};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivateKeyDer;
+use sluice_config::{Config, ConfigError, DkimOptions, DomainKey};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A loaded `domain-key`.
+struct Key {
+    selector: String,
+    /// Lower case, or `*`.
+    domain: String,
+    key: Arc<DkimKey>,
+}
+
+/// Every signing key of a configuration: global, per VMTA, per pool.
+#[derive(Default)]
+pub struct Keys {
+    global: Vec<Key>,
+    by_vmta: HashMap<String, Vec<Key>>,
+}
+
+/// Reads a PEM private key as openssl writes it: PKCS#1 RSA (`BEGIN RSA PRIVATE KEY`), or
+/// PKCS#8 (`BEGIN PRIVATE KEY`) holding RSA or Ed25519.
+pub fn read_key(pem: &[u8]) -> Result<DkimKey, String> {
+    let der = PrivateKeyDer::from_pem_slice(pem).map_err(|e| format!("not a PEM private key ({e})"))?;
+    if let PrivateKeyDer::Pkcs8(p8) = &der {
+        if let Ok(k) = Ed25519Key::from_pkcs8_maybe_unchecked_der(p8.secret_pkcs8_der()) {
+            return Ok(DkimKey::Ed25519(k));
+        }
+    }
+    RsaKey::<Sha256>::from_key_der(der)
+        .map(DkimKey::Rsa)
+        .map_err(|e| format!("neither an RSA nor an Ed25519 key ({e})"))
+}
+
+/// A key file that cannot be used, as a config error at its `domain-key` line.
+fn key_error(k: &DomainKey, message: String) -> ConfigError {
+    ConfigError::at(
+        &k.span,
+        message,
+        "give a PEM private key: RSA (openssl genrsa, PKCS#1 or PKCS#8) or Ed25519 (openssl genpkey -algorithm ed25519)",
+    )
+}
+
+fn load_all(
+    list: &[DomainKey],
+    cache: &mut HashMap<std::path::PathBuf, Arc<DkimKey>>,
+) -> Result<Vec<Key>, ConfigError> {
+    let mut out = Vec::with_capacity(list.len());
+    for k in list {
+        let key = match cache.get(&k.path) {
+            Some(key) => key.clone(),
+            None => {
+                let pem = std::fs::read(&k.path)
+                    .map_err(|e| key_error(k, format!("cannot read DKIM key {}: {e}", k.path.display())))?;
+                let key = Arc::new(read_key(&pem).map_err(|e| key_error(k, format!("{}: {e}", k.path.display())))?);
+                cache.insert(k.path.clone(), key.clone());
+                key
+            }
+        };
+        out.push(Key { selector: k.selector.clone(), domain: k.domain.clone(), key });
+    }
+    Ok(out)
+}
+
+impl Keys {
+    /// Reads every key file the configuration names; the error names the `domain-key` line.
+    pub fn load(config: &Config) -> Result<Keys, ConfigError> {
+        let mut cache = HashMap::new();
+        let mut keys = Keys { global: load_all(&config.domain_keys, &mut cache)?, by_vmta: HashMap::new() };
+        for (name, v) in &config.vmtas {
+            if !v.domain_keys.is_empty() {
+                keys.by_vmta.insert(name.clone(), load_all(&v.domain_keys, &mut cache)?);
+            }
+        }
+        for (name, list) in &config.pool_domain_keys {
+            if !list.is_empty() {
+                keys.by_vmta.insert(name.clone(), load_all(list, &mut cache)?);
+            }
+        }
+        Ok(keys)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.global.is_empty() && self.by_vmta.is_empty()
+    }
+
+    /// The key for a From domain and its `d=`: the VMTA's (or pool's) keys first, then the
+    /// global ones; within each, the domain itself, then the nearest parent, then `*`.
+    fn find(&self, vmta: &str, from_domain: &str) -> Option<(&Key, String)> {
+        let lists = self.by_vmta.get(vmta).into_iter().chain(std::iter::once(&self.global));
+        for list in lists {
+            let mut candidates = std::iter::successors(Some(from_domain), |d| d.split_once('.').map(|(_, p)| p));
+            if let Some(found) = candidates.find_map(|d| list.iter().find(|k| k.domain == d)) {
+                return Some((found, found.domain.clone()));
+            }
+            if let Some(any) = list.iter().find(|k| k.domain == "*") {
+                return Some((any, from_domain.to_string()));
+            }
+        }
+        None
+    }
+
+    /// A `DKIM-Signature:` header field (CRLF-terminated, continuation lines start with a
+    /// tab: safe in transparency form) for a message in transparency form, or None when no
+    /// key covers its From domain (or it has no From).
+    pub fn sign(&self, vmta: &str, data: &[u8], opts: &DkimOptions) -> Result<Option<Vec<u8>>, String> {
+        let Some(from_domain) = from_domain(data) else { return Ok(None) };
+        let Some((key, d)) = self.find(vmta, &from_domain) else { return Ok(None) };
+        let canon = |relaxed: bool| if relaxed { Canonicalization::Relaxed } else { Canonicalization::Simple };
+        let mut signer = DkimSigner::from_key(KeyRef(key.key.clone()))
+            .domain(d)
+            .selector(key.selector.clone())
+            .headers(opts.headers.iter().cloned())
+            .header_canonicalization(canon(opts.header_relaxed))
+            .body_canonicalization(canon(opts.body_relaxed));
+        if let Some(i) = &opts.identity {
+            signer = signer.agent_user_identifier(i.clone());
+        }
+        if let Some(x) = opts.expire_after {
+            signer = signer.expiration(x.as_secs());
+        }
+        // Streamed: the header section is buffered, the body hashed chunk by chunk.
+        let mut stream = signer.sign_streaming();
+        for chunk in unstuffed(data) {
+            stream.write(chunk);
+        }
+        let signature = stream.finish().map_err(|e| format!("DKIM signing failed: {e}"))?;
+        let mut header = signature.to_header().into_bytes();
+        if !header.ends_with(b"\r\n") {
+            header.extend_from_slice(b"\r\n");
+        }
+        Ok(Some(header))
+    }
+}
+
+/// A shared key as mail-auth's signing key (the signer takes its key by value).
+struct KeyRef(Arc<DkimKey>);
+
+impl mail_auth::common::crypto::SigningKey for KeyRef {
+    type Hasher = Sha256;
+
+    fn sign(&self, input: impl mail_auth::common::headers::Writable) -> mail_auth::Result<Vec<u8>> {
+        self.0.sign(input)
+    }
+
+    fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
+        self.0.algorithm()
+    }
+}
+
+/// The message as it was meant (RFC 5321 §4.5.2 undone): chunks of `data` that skip the
+/// doubled dot at the start of each line.
+pub fn unstuffed(data: &[u8]) -> Vec<&[u8]> {
+    let mut chunks = Vec::with_capacity(2);
+    let mut start = usize::from(data.starts_with(b".."));
+    for i in memchr::memmem::find_iter(data, b"\r\n..") {
+        chunks.push(&data[start..i + 2]);
+        start = i + 3;
+    }
+    chunks.push(&data[start..]);
+    chunks
+}
+
+/// The domain of the first address in the (unfolded) From header field, lower case.
+pub fn from_domain(data: &[u8]) -> Option<String> {
+    let header_end = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 2);
+    let header = &data[..header_end];
+    let mut at = 0;
+    while at < header.len() {
+        let end = memchr::memmem::find(&header[at..], b"\r\n").map_or(header.len(), |i| at + i);
+        let line = &header[at..end];
+        if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"from:") {
+            // Unfold: continuation lines start with a space or a tab.
+            let mut value = line[5..].to_vec();
+            let mut next = end + 2;
+            while next < header.len() && matches!(header[next], b' ' | b'\t') {
+                let e = memchr::memmem::find(&header[next..], b"\r\n").map_or(header.len(), |i| next + i);
+                value.extend_from_slice(&header[next..e]);
+                next = e + 2;
+            }
+            let value = String::from_utf8_lossy(&value);
+            let addr = match (value.find('<'), value.rfind('>')) {
+                (Some(a), Some(b)) if a < b => &value[a + 1..b],
+                _ => value.trim(),
+            };
+            let domain = addr.rsplit_once('@')?.1.trim().trim_end_matches('.');
+            return (!domain.is_empty()).then(|| domain.to_ascii_lowercase());
+        }
+        at = end + 2;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unstuffing_by_chunks() {
+        let data = b"..a\r\nb\r\n..c\r\n...d\r\n";
+        assert_eq!(unstuffed(data).concat(), b".a\r\nb\r\n.c\r\n..d\r\n");
+        assert_eq!(unstuffed(b"plain\r\n").concat(), b"plain\r\n");
+    }
+
+    #[test]
+    fn from_domain_reads_the_header() {
+        let msg = b"Subject: x\r\nFROM: \"Shop\"\r\n <news@Mail.Example.COM>\r\nTo: a@b\r\n\r\nFrom: body@not.this\r\n";
+        assert_eq!(from_domain(msg).as_deref(), Some("mail.example.com"));
+        assert_eq!(from_domain(b"From: a@b.test\r\n\r\n").as_deref(), Some("b.test"));
+        assert_eq!(from_domain(b"To: a@b.test\r\n\r\nFrom: x@y\r\n"), None);
+    }
+}
+
+#[cfg(test)]
+mod signing_tests {
+    use super::*;
+
+    fn keys(files: &[(&str, &str)]) -> Keys {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+        let global = files
+            .iter()
+            .map(|(domain, file)| Key {
+                selector: file.trim_end_matches(".pem").to_string(),
+                domain: domain.to_string(),
+                key: Arc::new(read_key(&std::fs::read(dir.join(file)).unwrap()).unwrap()),
+            })
+            .collect();
+        Keys { global, by_vmta: HashMap::new() }
+    }
+
+    const MSG: &[u8] = b"From: Shop <news@mail.shop.test>\r\nTo: a@b.test\r\nSubject: hi\r\n\r\n..dot line\r\nbody\r\n";
+
+    #[test]
+    fn every_key_format_signs_and_the_nearest_domain_wins() {
+        let k = keys(&[("*", "rsa-pkcs8.pem"), ("shop.test", "rsa-pkcs1.pem"), ("mail.shop.test", "ed25519.pem")]);
+        let h = String::from_utf8(k.sign("", MSG, &DkimOptions::default()).unwrap().unwrap()).unwrap();
+        assert!(h.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=ed25519; d=mail.shop.test; c=relaxed/relaxed;"));
+        assert!(h.ends_with("\r\n") && h.lines().skip(1).all(|l| l.starts_with('\t')), "{h}");
+        assert!(h.contains("h=") && !h.contains("Received"), "{h}");
+        let msg = b"From: a@x.shop.test\r\n\r\nbody\r\n";
+        let h = String::from_utf8(k.sign("", msg, &DkimOptions::default()).unwrap().unwrap()).unwrap();
+        assert!(h.contains("a=rsa-sha256; s=rsa-pkcs1; d=shop.test;"), "a parent's key: {h}");
+        let msg = b"From: a@other.test\r\n\r\nbody\r\n";
+        let h = String::from_utf8(k.sign("", msg, &DkimOptions::default()).unwrap().unwrap()).unwrap();
+        assert!(h.contains("s=rsa-pkcs8; d=other.test;"), "`*` signs as the From domain: {h}");
+    }
+
+    #[test]
+    fn no_key_or_no_from_means_no_signature() {
+        let k = keys(&[("shop.test", "rsa-pkcs1.pem")]);
+        assert!(k.sign("", b"From: a@other.test\r\n\r\nx\r\n", &DkimOptions::default()).unwrap().is_none());
+        assert!(k.sign("", b"To: a@shop.test\r\n\r\nx\r\n", &DkimOptions::default()).unwrap().is_none());
+        assert!(read_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
+    }
+}
