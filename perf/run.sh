@@ -8,6 +8,7 @@
 #   perf/run.sh                 # main comparison (RUNS each, 1 KiB) + size and domain sweeps
 #   RUNS=5 MESSAGES=50000 perf/run.sh
 #   QUICK=1 perf/run.sh         # main comparison only
+#   DKIM_ONLY=1 perf/run.sh     # only sluice with DKIM signing off, RSA-2048, Ed25519
 #
 # Results (with date, commit and machine) are appended to perf/RESULTS.md.
 set -euo pipefail
@@ -32,10 +33,17 @@ hz=$(getconf CLK_TCK)
 wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 json() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
 
+DKIM_KEY="" # a key file: sluice signs every message with it (domain-key for src.test)
 start_sluice() {
     rm -rf /tmp/sluice-perf && mkdir -p /tmp/sluice-perf
+    local dkim_key="" dkim_sign=""
+    if [ -n "$DKIM_KEY" ]; then
+        dkim_key="domain-key perf,src.test,$DKIM_KEY"
+        dkim_sign="dkim-sign yes"
+    fi
     cat >/tmp/sluice-perf/sluice.conf <<EOF
 host-name perf.sluice
+$dkim_key
 smtp-listener 127.0.0.1:$RELAY_PORT
 spool /tmp/sluice-perf/spool
 <source 127.0.0.1>
@@ -45,6 +53,7 @@ spool /tmp/sluice-perf/spool
 <domain *>
     smtp-hosts [127.0.0.1]:$SINK_PORT
     max-smtp-out $CONNECTIONS
+    $dkim_sign
 </domain>
 <acct-file /tmp/sluice-perf/acct.csv>
     records d,b,t
@@ -143,6 +152,38 @@ tools_compare() {
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
+# Sluice alone: DKIM off, RSA-2048, Ed25519, alternating, 1 KiB.
+dkim_compare() {
+    local keys=/tmp/sluice-perf-keys
+    mkdir -p "$keys"
+    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$keys/rsa.pem" 2>/dev/null
+    openssl genpkey -algorithm ed25519 -out "$keys/ed.pem"
+    {
+        echo
+        echo "### DKIM signing on vs off (sluice, 1 KiB, 1 domain, $MESSAGES messages, $RUNS alternating runs)"
+        echo
+        echo "| run | off msg/s | off CPU µs/msg | RSA-2048 msg/s | RSA CPU µs/msg | Ed25519 msg/s | Ed25519 CPU µs/msg |"
+        echo "|---|---|---|---|---|---|---|"
+    } >>"$report"
+    : >"$OUT/dkim.off"; : >"$OUT/dkim.rsa"; : >"$OUT/dkim.ed"
+    for i in $(seq 1 "$RUNS"); do
+        DKIM_KEY=""; read -r o_rate o_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        DKIM_KEY="$keys/rsa.pem"; read -r r_rate r_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        DKIM_KEY="$keys/ed.pem"; read -r e_rate e_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        DKIM_KEY=""
+        echo "$o_rate" >>"$OUT/dkim.off"; echo "$r_rate" >>"$OUT/dkim.rsa"; echo "$e_rate" >>"$OUT/dkim.ed"
+        echo "| $i | $o_rate | $o_cpu | $r_rate | $r_cpu | $e_rate | $e_cpu |" >>"$report"
+        echo "dkim run $i: off $o_rate, rsa $r_rate, ed25519 $e_rate msg/s" >&2
+    done
+    local off rsa ed
+    off=$(median <"$OUT/dkim.off"); rsa=$(median <"$OUT/dkim.rsa"); ed=$(median <"$OUT/dkim.ed")
+    {
+        echo
+        echo "Median: off $off msg/s, RSA-2048 $rsa msg/s ($(awk -v a="$rsa" -v b="$off" 'BEGIN{printf "%.2f", a/b}')× of off)," \
+            "Ed25519 $ed msg/s ($(awk -v a="$ed" -v b="$off" 'BEGIN{printf "%.2f", a/b}')× of off)."
+    } >>"$report"
+}
+
 machine="$(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
 commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo "+dirty")
 report=$OUT/report.md
@@ -150,12 +191,21 @@ report=$OUT/report.md
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
     echo
     echo "Machine: $machine. Loadgen: $CONNECTIONS connections, pipelining; both relays fsync their queues."
+} >"$report"
+if [ -n "${DKIM_ONLY:-}" ]; then
+    dkim_compare
+    echo >>"$report"
+    cat "$report"
+    { echo; cat "$report"; } >>perf/RESULTS.md
+    exit 0
+fi
+{
     echo
     echo "### 1 KiB messages, 1 domain, $MESSAGES messages, $RUNS alternating runs each"
     echo
     echo "| run | sluice msg/s | sluice CPU µs/msg | Postfix msg/s | Postfix CPU µs/msg |"
     echo "|---|---|---|---|---|"
-} >"$report"
+} >>"$report"
 : >"$OUT/sluice.rates"; : >"$OUT/postfix.rates"
 for i in $(seq 1 "$RUNS"); do
     read -r s_rate s_cpu < <(run_one sluice 1K 1 "$MESSAGES")
@@ -183,6 +233,7 @@ read -r lg_rate ss_rate < <(tools_compare)
 echo "tools: loadgen→sink $lg_rate msg/s, smtp-source→smtp-sink $ss_rate msg/s" >&2
 
 if [ -z "${QUICK:-}" ]; then
+    dkim_compare
     {
         echo
         echo "### Size sweep (1 domain; one run each)"
