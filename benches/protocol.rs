@@ -15,6 +15,7 @@ fn policy() -> SessionPolicy {
         max_rcpt_per_message: 1000,
         add_received_header: false,
         hide_message_source: false,
+        ..Default::default()
     }
 }
 

@@ -60,6 +60,50 @@ pub struct SourcePolicy {
     /// `generate-bounces yes`: a recipient that bounces gets an RFC 3464 DSN sent to the
     /// message's envelope sender (never for a null sender).
     pub generate_bounces: bool,
+    /// `allow-auth yes`: AUTH is offered (PLAIN, LOGIN, CRAM-MD5).
+    pub allow_auth: bool,
+    /// `require-auth yes`: MAIL is refused until the client has authenticated.
+    pub require_auth: bool,
+    /// `require-starttls-before-auth yes`: AUTH only inside TLS.
+    pub require_starttls_before_auth: bool,
+    /// `smtp-max-auth-failure-rate`: failed AUTH attempts allowed per client IP.
+    pub max_auth_failure_rate: Rate,
+    /// Sender restrictions (empty: any): `allowed-mail-from-domain`, `allowed-virtual-mta`.
+    pub restrictions: SenderRestrictions,
+}
+
+/// Who may be named as the sender, and which VMTAs a message may use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenderRestrictions {
+    /// Lower-case domains; a MAIL FROM domain must be one of them or a subdomain.
+    pub mail_from_domains: Vec<String>,
+    /// VMTA or pool names a message may select.
+    pub virtual_mtas: Vec<String>,
+}
+
+impl SenderRestrictions {
+    pub fn mail_from_allowed(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.mail_from_domains.is_empty()
+            || self.mail_from_domains.iter().any(|d| domain == *d || domain.ends_with(&format!(".{d}")))
+    }
+
+    pub fn vmta_allowed(&self, vmta: &str) -> bool {
+        self.virtual_mtas.is_empty() || self.virtual_mtas.iter().any(|v| v == vmta)
+    }
+}
+
+/// `<smtp-user NAME>`: credentials for SMTP AUTH and what the user gets once authenticated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpUser {
+    pub name: String,
+    /// As written: plain text, or a hash (`$argon2id$...`, `$6$...` SHA-512-crypt).
+    pub password: String,
+    /// The named `<source {NAME}>` whose policy the session takes (default `{auth}`).
+    pub source: String,
+    /// Restrictions of the user's own (beside the source's).
+    pub restrictions: SenderRestrictions,
+    pub span: Span,
 }
 
 impl Default for SourcePolicy {
@@ -76,6 +120,11 @@ impl Default for SourcePolicy {
             add_received_header: true,
             hide_message_source: false,
             generate_bounces: false,
+            allow_auth: false,
+            require_auth: false,
+            require_starttls_before_auth: false,
+            max_auth_failure_rate: Rate { count: 3, period: Duration::from_secs(300) },
+            restrictions: SenderRestrictions::default(),
         }
     }
 }
@@ -493,6 +542,10 @@ pub struct Config {
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
     sources: Vec<SourceRule>,
+    /// `<source {NAME}>` blocks.
+    named_sources: HashMap<String, SourcePolicy>,
+    /// `<smtp-user NAME>` blocks.
+    pub smtp_users: HashMap<String, SmtpUser>,
     domains: DomainBlocks,
     /// `<domain>` blocks inside `<virtual-mta-pool>` blocks.
     pool_domains: HashMap<String, DomainBlocks>,
@@ -512,6 +565,11 @@ pub struct Config {
 
 impl Config {
     /// The policy for a client address: longest-prefix `<source>` wins; none → defaults.
+    /// A named `<source {NAME}>` (the policies of authenticated sessions).
+    pub fn named_source(&self, name: &str) -> Option<&SourcePolicy> {
+        self.named_sources.get(name)
+    }
+
     pub fn source_policy(&self, ip: IpAddr) -> &SourcePolicy {
         static DEFAULT: std::sync::OnceLock<SourcePolicy> = std::sync::OnceLock::new();
         self.sources
@@ -634,13 +692,9 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-mgmt-port", "the management API"),
     ("http-access", "the management API"),
     ("http-api-key", "the management API"),
-    ("smtp-user", "SMTP AUTH"),
     ("address-list", "suppression lists"),
     ("feedback-loop-processor", "feedback loops"),
     ("bounce-processor", "bounce processing"),
-    ("allow-auth", "SMTP AUTH"),
-    ("require-auth", "SMTP AUTH"),
-    ("require-starttls-before-auth", "SMTP AUTH"),
     ("allow-starttls", "TLS"),
     ("smtp-server-tls-certificate", "TLS"),
     ("process-x-job", "jobs"),
@@ -683,6 +737,12 @@ const SOURCE: &[&str] = &[
     "retain-x-virtual-mta",
     "reject-invalid-virtual-mta",
     "generate-bounces",
+    "allow-auth",
+    "require-auth",
+    "require-starttls-before-auth",
+    "smtp-max-auth-failure-rate",
+    "allowed-mail-from-domain",
+    "allowed-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
     "dkim-sign",
@@ -755,6 +815,8 @@ struct Builder {
     pattern_refs: Vec<(String, Span)>,
     /// VMTA names used (`default-virtual-mta`, pool members), checked once all is read.
     vmta_refs: Vec<(String, Span)>,
+    /// Named sources used by `<smtp-user>` (`source {NAME}`), checked once all is read.
+    source_refs: Vec<(String, Span)>,
 }
 
 fn one_arg<'a>(name: &str, args: &'a [String], span: &Span) -> Result<&'a str, ConfigError> {
@@ -905,6 +967,7 @@ impl Builder {
             "acct-file" => self.acct_file(arg, children, span),
             "virtual-mta" => self.virtual_mta(arg, children, span),
             "virtual-mta-pool" => self.vmta_pool(arg, children, span),
+            "smtp-user" => self.smtp_user(arg, children, span),
             "bounce-category-patterns" => self.bounce_patterns(children),
             "smtp-pattern-list" => self.pattern_list(arg, children, span),
             "spool" => {
@@ -928,15 +991,12 @@ impl Builder {
         let arg = arg.ok_or_else(|| {
             ConfigError::at(span, "`<source>` needs a CIDR", "write `<source 10.0.0.0/8>` or `<source 0/0>`")
         })?;
-        if arg.starts_with('{') {
-            // `{auth}` and friends are policies for authenticated sessions: SMTP AUTH's issue.
-            self.config.warnings.push(Warning {
-                span: span.clone(),
-                message: format!("`<source {arg}>` is not supported yet (SMTP AUTH); ignored"),
-            });
-            return Ok(());
-        }
-        let cidr = value(span, units::parse_cidr(arg))?;
+        // `{auth}` and other names: policies that authenticated sessions take.
+        let named = arg.starts_with('{').then(|| arg.to_string());
+        let cidr = match named {
+            Some(_) => None,
+            None => Some(value(span, units::parse_cidr(arg))?),
+        };
         let mut policy = SourcePolicy::default();
         for (name, args, span) in self.directives(children, "<source>")? {
             match name {
@@ -971,11 +1031,81 @@ impl Builder {
                 "generate-bounces" => {
                     policy.generate_bounces = value(span, units::parse_bool(one_arg(name, args, span)?))?
                 }
+                "allow-auth" => policy.allow_auth = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "require-auth" => policy.require_auth = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "require-starttls-before-auth" => {
+                    policy.require_starttls_before_auth = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
+                "smtp-max-auth-failure-rate" => {
+                    policy.max_auth_failure_rate = value(span, units::parse_rate(one_arg(name, args, span)?))?
+                }
+                "allowed-mail-from-domain" | "allowed-virtual-mta" => {
+                    self.restriction(name, args, span, &mut policy.restrictions)
+                }
                 _ => self.unknown(name, span, SOURCE, "<source>")?,
             }
         }
-        self.config.sources.retain(|r| r.cidr != cidr);
-        self.config.sources.push(SourceRule { cidr, policy });
+        match (cidr, named) {
+            (Some(cidr), _) => {
+                self.config.sources.retain(|r| r.cidr != cidr);
+                self.config.sources.push(SourceRule { cidr, policy });
+            }
+            (None, Some(name)) => {
+                self.config.named_sources.insert(name, policy);
+            }
+            (None, None) => unreachable!("a source is a CIDR or a name"),
+        }
+        Ok(())
+    }
+
+    /// `allowed-mail-from-domain D[,D...]` / `allowed-virtual-mta V[,V...]`, repeatable.
+    fn restriction(&mut self, name: &str, args: &[String], span: &Span, into: &mut SenderRestrictions) {
+        let items = args.join(",");
+        let items = items.split(',').map(str::trim).filter(|i| !i.is_empty());
+        if name == "allowed-mail-from-domain" {
+            into.mail_from_domains.extend(items.map(|d| d.trim_end_matches('.').to_ascii_lowercase()));
+        } else {
+            for v in items {
+                self.vmta_refs.push((v.to_string(), span.clone()));
+                into.virtual_mtas.push(v.to_string());
+            }
+        }
+    }
+
+    fn smtp_user(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        let name =
+            arg.ok_or_else(|| ConfigError::at(span, "`<smtp-user>` needs a name", "write `<smtp-user injector1>`"))?;
+        let mut user = SmtpUser {
+            name: name.to_string(),
+            password: String::new(),
+            source: "{auth}".into(),
+            restrictions: SenderRestrictions::default(),
+            span: span.clone(),
+        };
+        for (d, args, dspan) in self.directives(children, "<smtp-user>")? {
+            match d {
+                "password" => user.password = one_arg(d, args, dspan)?.to_string(),
+                "source" => user.source = one_arg(d, args, dspan)?.to_string(),
+                "allowed-mail-from-domain" | "allowed-virtual-mta" => {
+                    self.restriction(d, args, dspan, &mut user.restrictions)
+                }
+                _ => self.unknown(
+                    d,
+                    dspan,
+                    &["password", "source", "allowed-mail-from-domain", "allowed-virtual-mta"],
+                    "<smtp-user>",
+                )?,
+            }
+        }
+        if user.password.is_empty() {
+            return Err(ConfigError::at(
+                span,
+                format!("smtp-user `{name}` has no password"),
+                "add `password SECRET` (or a $argon2id$/$6$ hash)",
+            ));
+        }
+        self.source_refs.push((user.source.clone(), span.clone()));
+        self.config.smtp_users.insert(name.to_string(), user);
         Ok(())
     }
 
@@ -1356,6 +1486,8 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),
             sources: Vec::new(),
+            named_sources: HashMap::new(),
+            smtp_users: HashMap::new(),
             domains: DomainBlocks::default(),
             pool_domains: HashMap::new(),
             domain_keys: Vec::new(),
@@ -1369,8 +1501,18 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
         },
         vmta_refs: Vec::new(),
         pattern_refs: Vec::new(),
+        source_refs: Vec::new(),
     };
     b.global(&nodes)?;
+    for (name, span) in &b.source_refs {
+        if name != "{auth}" && !b.config.named_sources.contains_key(name) {
+            return Err(ConfigError::at(
+                span,
+                format!("source `{name}` is not defined"),
+                format!("define it with `<source {name}>`"),
+            ));
+        }
+    }
     b.check_vmta_refs()?;
     for (name, span) in &b.pattern_refs {
         if !b.config.pattern_lists.contains_key(name) {

@@ -12,6 +12,7 @@ fn policy(relay: bool) -> SessionPolicy {
         max_rcpt_per_message: 3,
         add_received_header: false,
         hide_message_source: false,
+        ..Default::default()
     }
 }
 

@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub source_limits: std::collections::HashMap<std::net::IpAddr, SourceCells>,
     /// DKIM signing keys (`domain-key`), read once at start.
     pub dkim: sluice_engine::dkim::Keys,
+    /// `<smtp-user>` credentials for SMTP AUTH.
+    pub users: Arc<sluice_engine::smtp::auth::Users>,
 }
 
 /// The running data plane.
@@ -177,6 +179,7 @@ impl Runtime {
                 })
                 .collect(),
             dkim,
+            users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&config)),
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

@@ -161,8 +161,9 @@ struct Store {
     queued_unix_ms: u64,
     /// The VMTA or pool the message goes out through.
     vmta: String,
-    /// Who sent it, for `r` records: `helo (ip)`.
+    /// Who sent it, for `r` records: `helo (ip)`, and the AUTH user if any.
     src_mta: String,
+    smtp_user: String,
 }
 
 /// Spool tickets of locally made messages (DSNs) have this bit; connections' tickets are
@@ -341,6 +342,8 @@ pub(crate) struct Shard {
     avoided: HashMap<String, Avoided>,
     outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
+    /// Failed AUTH attempts per client address: (window start, count).
+    auth_failures: HashMap<IpAddr, (u64, u32)>,
     /// DSNs being written (by ticket id), and those waiting to be offered to the spool again.
     local: HashMap<u64, LocalMessage>,
     local_retry: Vec<(u64, LocalMessage)>,
@@ -400,6 +403,7 @@ impl Shard {
             pool_rotation: HashMap::new(),
             avoided: HashMap::new(),
             local: HashMap::new(),
+            auth_failures: HashMap::new(),
             local_retry: Vec::new(),
             next_local: 0,
             applying_queue_action: false,
@@ -654,6 +658,8 @@ impl Shard {
         let policy = config.source_policy(ip);
         self.session_counter += 1;
         let session_id = (self.id as u64) << 48 | self.session_counter;
+        let auth = (policy.allow_auth && !self.shared.users.is_empty()).then(|| self.shared.users.clone());
+        let auth_blocked = auth.is_some() && self.auth_failures_over(ip, policy.max_auth_failure_rate, 0);
         let mut session = Session::new(
             SessionPolicy {
                 host_name: config.host_name.clone(),
@@ -663,6 +669,12 @@ impl Shard {
                 max_rcpt_per_message: policy.max_rcpt_per_message,
                 add_received_header: policy.add_received_header,
                 hide_message_source: policy.hide_message_source,
+                auth,
+                require_auth: policy.require_auth,
+                auth_needs_tls: policy.require_starttls_before_auth,
+                auth_blocked,
+                auth_failures_max: policy.max_auth_failure_rate.count,
+                restrictions: policy.restrictions.clone(),
             },
             ip,
             session_id,
@@ -776,6 +788,15 @@ impl Shard {
             conn.inbuf.copy_within(consumed..conn.in_len, 0);
             conn.in_len -= consumed;
         }
+        let failures = inb.session.take_auth_failures();
+        if failures > 0 {
+            let (ip, rate) = (inb.client_ip, self.shared.config.source_policy(inb.client_ip).max_auth_failure_rate);
+            if self.auth_failures_over(ip, rate, failures) {
+                let conn = self.conns[slot as usize].as_mut().expect("live connection");
+                let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+                inb.session.block_auth();
+            }
+        }
         if message {
             // Stores the message, or refuses it (then the reply is in the session's output).
             self.store_message(slot, now);
@@ -803,6 +824,23 @@ impl Shard {
         self.submit_recv(slot, timeout);
     }
 
+    /// Adds `new` AUTH failures for `ip` (per shard) and says whether it is over
+    /// `smtp-max-auth-failure-rate` within the rate's period.
+    fn auth_failures_over(&mut self, ip: IpAddr, rate: sluice_config::Rate, new: u32) -> bool {
+        let now = now_ms();
+        let period = rate.period.as_millis() as u64;
+        let entry = self.auth_failures.entry(ip).or_insert((now, 0));
+        if now >= entry.0 + period {
+            *entry = (now, 0);
+        }
+        entry.1 += new;
+        let over = entry.1 >= rate.count;
+        if entry.1 == 0 {
+            self.auth_failures.remove(&ip);
+        }
+        over
+    }
+
     // ---- Spool: accepting a message ---------------------------------------------------
 
     fn store_message(&mut self, slot: u32, now: u64) {
@@ -811,13 +849,23 @@ impl Shard {
         let ticket = (gen as u64) << 32 | slot as u64;
         let Kind::In(inb) = &mut conn.kind else { unreachable!() };
         let mut m = inb.session.take_message();
-        let vmta = match select_vmta(&self.shared.config, inb.client_ip, &mut m.data) {
+        let config = &self.shared.config;
+        // An authenticated session takes its user's named source (`{auth}`).
+        let user_source =
+            m.auth_user.as_deref().and_then(|u| self.shared.users.get(u)).and_then(|u| config.named_source(&u.source));
+        let policy = user_source.unwrap_or_else(|| config.source_policy(inb.client_ip));
+        let vmta = match select_vmta(config, policy, inb.client_ip, &mut m.data) {
             Ok(v) => v,
             Err(reply) => {
                 inb.session.message_refused(&reply);
                 return;
             }
         };
+        if !inb.session.restrictions().vmta_allowed(&vmta) {
+            let reply = format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)");
+            inb.session.message_refused(&reply);
+            return;
+        }
         // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
         if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &m.data) {
             m.data.splice(0..0, header);
@@ -833,6 +881,7 @@ impl Shard {
             queued_unix_ms: now,
             vmta,
             src_mta: format!("{} ({})", m.helo, inb.client_ip),
+            smtp_user: m.auth_user.unwrap_or_default(),
         });
         if now < self.spool_broken_until_ms {
             inb.store = Some(store);
@@ -928,6 +977,7 @@ impl Shard {
             queued_unix_ms: now,
             vmta: vmta.to_string(),
             src_mta: String::new(),
+            smtp_user: String::new(),
         });
         tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
         let outcomes = outcomes.into_iter().map(|o| (o, msg.segment.clone())).collect();
@@ -1066,6 +1116,7 @@ impl Shard {
                             &store.src_mta,
                             size,
                             &store.vmta,
+                            &store.smtp_user,
                         ));
                     }
                 }
@@ -2168,8 +2219,12 @@ fn dkim_signature(shared: &Shared, recipients: &[String], vmta: &str, data: &[u8
     }
 }
 
-fn select_vmta(config: &sluice_config::Config, client_ip: IpAddr, data: &mut Vec<u8>) -> Result<String, String> {
-    let policy = config.source_policy(client_ip);
+fn select_vmta(
+    config: &sluice_config::Config,
+    policy: &sluice_config::SourcePolicy,
+    client_ip: IpAddr,
+    data: &mut Vec<u8>,
+) -> Result<String, String> {
     let fallback = policy.default_virtual_mta.clone().unwrap_or_else(|| DEFAULT_VMTA.to_string());
     if !policy.process_x_virtual_mta {
         return Ok(fallback);

@@ -27,6 +27,7 @@ pub const COLUMNS: &[&str] = &[
     "envId",
     "queue",
     "vmtaPool",
+    "rcvSmtpUser",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +74,8 @@ pub struct Record {
     pub env_id: String,
     pub queue: String,
     pub vmta_pool: String,
+    /// The SMTP AUTH user who injected the message (`r` records).
+    pub rcv_smtp_user: String,
 }
 
 pub fn header_line() -> String {
@@ -103,8 +106,17 @@ impl Record {
     }
 
     /// An `r` row: `rcpt` of a message from `orig`, accepted from `src_mta`.
-    pub fn received(now_ms: u64, orig: &str, rcpt: &str, src_mta: &str, size: u64, vmta: &str) -> Record {
+    pub fn received(
+        now_ms: u64,
+        orig: &str,
+        rcpt: &str,
+        src_mta: &str,
+        size: u64,
+        vmta: &str,
+        smtp_user: &str,
+    ) -> Record {
         let mut r = Record::queue_event(now_ms, "", vmta, String::new());
+        r.rcv_smtp_user = smtp_user.to_string();
         r.kind = Kind::Received;
         r.orig = orig.to_string();
         r.rcpt = rcpt.to_string();
@@ -135,13 +147,14 @@ impl Record {
             env_id: String::new(),
             queue: queue.to_string(),
             vmta_pool: String::new(),
+            rcv_smtp_user: String::new(),
         }
     }
 
     /// One CSV line (with the newline).
     pub fn csv_line(&self) -> String {
         let size = self.dlv_size.to_string();
-        let fields: [&str; 23] = [
+        let fields: [&str; 24] = [
             self.kind.code(),
             &iso8601(self.time_logged_ms),
             &iso8601(self.time_queued_ms),
@@ -165,6 +178,7 @@ impl Record {
             &self.env_id,
             &self.queue,
             &self.vmta_pool,
+            &self.rcv_smtp_user,
         ];
         let mut out = String::with_capacity(256);
         for (i, f) in fields.iter().enumerate() {
@@ -204,6 +218,7 @@ mod tests {
             env_id: "".into(),
             queue: "d/".into(),
             vmta_pool: "".into(),
+            rcv_smtp_user: "".into(),
         };
         let line = r.csv_line();
         assert!(line.starts_with("b,1970-01-01 00:00:00+0000,1970-01-01 00:00:00+0000,a@b,c@d,,failed,"), "{line}");

@@ -465,6 +465,7 @@ impl<M> Queue<M> {
             env_id: String::new(),
             queue: self.name.clone(),
             vmta_pool: info.vmta_pool.clone(),
+            rcv_smtp_user: String::new(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! grammar pieces. No sockets here.
 
 pub mod addr;
+pub mod auth;
 pub mod client;
 pub mod data;
 pub mod headers;

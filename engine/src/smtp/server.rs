@@ -2,10 +2,13 @@
 //! owns the socket, the clock and the spool; `Event::Message` hands it a complete message,
 //! and `message_stored` sends the reply once the bytes are durable.
 
-use super::addr::{parse_path, PathError};
+use super::addr::{domain_of, parse_path, PathError};
+use super::auth::{b64_decode, b64_encode, parse_plain, Users};
 use super::data::DataScanner;
 use crate::time::rfc5322_date;
+use sluice_config::SenderRestrictions;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// RFC 5321 §4.5.3.1.4 allows 512 octets; SMTP extensions (SIZE, BODY, ENVID...) raise it,
 /// so we take up to 1024 before answering 500.
@@ -24,6 +27,55 @@ pub struct SessionPolicy {
     pub max_rcpt_per_message: u32,
     pub add_received_header: bool,
     pub hide_message_source: bool,
+    /// AUTH is offered with these users (`allow-auth yes` and at least one `<smtp-user>`).
+    pub auth: Option<Arc<Users>>,
+    /// `require-auth yes`: no MAIL before AUTH.
+    pub require_auth: bool,
+    /// `require-starttls-before-auth yes`: AUTH only inside TLS (refused on a plain session).
+    pub auth_needs_tls: bool,
+    /// This client's address failed AUTH too often lately (`smtp-max-auth-failure-rate`).
+    pub auth_blocked: bool,
+    /// Failed AUTH attempts before the session is closed.
+    pub auth_failures_max: u32,
+    /// `allowed-mail-from-domain` / `allowed-virtual-mta`; an authenticated user's replace
+    /// its source's.
+    pub restrictions: SenderRestrictions,
+}
+
+impl Default for SessionPolicy {
+    /// A source with no rights: no relaying, no AUTH, the default limits.
+    fn default() -> Self {
+        SessionPolicy {
+            host_name: "localhost".into(),
+            relay_allowed: false,
+            smtp_service: true,
+            max_message_size: 50 << 20,
+            max_rcpt_per_message: 1000,
+            add_received_header: true,
+            hide_message_source: false,
+            auth: None,
+            require_auth: false,
+            auth_needs_tls: false,
+            auth_blocked: false,
+            auth_failures_max: 3,
+            restrictions: SenderRestrictions::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Users(..)")
+    }
+}
+
+/// Where an AUTH exchange stands (RFC 4954 §4: 334 continuations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum AuthStep {
+    Plain,
+    LoginUser,
+    LoginPassword(String),
+    Cram(Vec<u8>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +105,8 @@ pub struct Message {
     pub recipients: Vec<String>,
     pub data: Vec<u8>,
     pub helo: String,
+    /// The AUTH user who sent it (accounting's rcvSmtpUser).
+    pub auth_user: Option<String>,
 }
 
 pub struct Session {
@@ -72,6 +126,11 @@ pub struct Session {
     discarding_line: bool,
     now_unix_ms: u64,
     out: Vec<u8>,
+    auth_step: Option<AuthStep>,
+    auth_user: Option<String>,
+    auth_failures: u32,
+    /// Failures not yet taken by the caller (for its per-address failure rate).
+    new_auth_failures: u32,
 }
 
 fn token(word: &[u8]) -> u32 {
@@ -97,6 +156,7 @@ const QUIT: u32 = tok(b"QUIT");
 const VRFY: u32 = tok(b"VRFY");
 const EXPN: u32 = tok(b"EXPN");
 const HELP: u32 = tok(b"HELP");
+const AUTH: u32 = tok(b"AUTH");
 
 impl Session {
     /// Starts a session and writes the greeting (RFC 5321 §4.3.1: 220, or 554 when the
@@ -118,6 +178,10 @@ impl Session {
             discarding_line: false,
             now_unix_ms: 0,
             out: Vec::with_capacity(512),
+            auth_step: None,
+            auth_user: None,
+            auth_failures: 0,
+            new_auth_failures: 0,
         };
         if s.policy.smtp_service {
             let greeting = format!("220 {} ESMTP sluice\r\n", s.policy.host_name);
@@ -199,7 +263,11 @@ impl Session {
         }
         let line = &input[..lf];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        self.command(line);
+        if self.auth_step.is_some() {
+            self.auth_response(line);
+        } else {
+            self.command(line);
+        }
         let event = if self.state == State::Closing { Some(Event::Close) } else { None };
         (used, event)
     }
@@ -236,7 +304,8 @@ impl Session {
             // RFC 5321 §3.5.3: 252 when we will not verify but would try delivery.
             VRFY => self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
             EXPN => self.reply("502 5.5.1 EXPN not available"),
-            HELP => self.reply("214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
+            HELP => self.reply("214 2.0.0 Commands: EHLO HELO AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
+            AUTH => self.auth(arg),
             _ => self.error("500 5.5.2 Command unrecognized"),
         }
     }
@@ -252,7 +321,9 @@ impl Session {
         let host = self.policy.host_name.clone();
         if esmtp {
             let size = self.policy.max_message_size;
-            self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES"));
+            // RFC 4954 §3: AUTH is advertised only where it may be used.
+            let auth = if self.auth_offered() { "250-AUTH PLAIN LOGIN CRAM-MD5\r\n" } else { "" };
+            self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n{auth}250 ENHANCEDSTATUSCODES"));
         } else {
             self.reply(&format!("250 {host} Hello {arg}"));
         }
@@ -264,6 +335,9 @@ impl Session {
         }
         if self.mail_from.is_some() {
             return self.error("503 5.5.1 Nested MAIL command");
+        }
+        if self.policy.require_auth && self.auth_user.is_none() {
+            return self.reply("530 5.7.0 Authentication required");
         }
         let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
             return self.error("501 5.5.4 Syntax: MAIL FROM:<reverse-path> [parameters]");
@@ -286,6 +360,14 @@ impl Session {
                 "BODY" if value.eq_ignore_ascii_case("8BITMIME") || value.eq_ignore_ascii_case("7BIT") => {}
                 _ => return self.error(&format!("555 5.5.4 Unsupported MAIL parameter {key}")),
             }
+        }
+        // Sender restrictions: the domain must be an allowed one (or under one).
+        let restrictions = &self.policy.restrictions;
+        if !restrictions.mail_from_domains.is_empty()
+            && (path.is_empty() || !restrictions.mail_from_allowed(&domain_of(path)))
+        {
+            let sender = if path.is_empty() { "<>".to_string() } else { path.to_string() };
+            return self.reply(&format!("550 5.7.1 Sender {sender} is not allowed here (allowed-mail-from-domain)"));
         }
         self.mail_from = Some(path.to_string());
         self.reply("250 2.1.0 Sender OK");
@@ -338,7 +420,12 @@ impl Session {
 
     fn prepend_received(&mut self) {
         let helo = self.helo.as_deref().unwrap_or("unknown");
-        let with = if self.esmtp { "ESMTP" } else { "SMTP" };
+        // RFC 3848: ESMTPA for an authenticated session.
+        let with = match (self.esmtp, self.auth_user.is_some()) {
+            (true, true) => "ESMTPA",
+            (true, false) => "ESMTP",
+            (false, _) => "SMTP",
+        };
         let from = if self.policy.hide_message_source {
             format!("Received: by {}", self.policy.host_name)
         } else {
@@ -398,6 +485,120 @@ impl Session {
             recipients: std::mem::take(&mut self.recipients),
             data: std::mem::take(&mut self.data),
             helo: self.helo.clone().unwrap_or_default(),
+            auth_user: self.auth_user.clone(),
+        }
+    }
+
+    /// The authenticated user, if any.
+    pub fn auth_user(&self) -> Option<&str> {
+        self.auth_user.as_deref()
+    }
+
+    /// The restrictions in force (the user's once authenticated).
+    pub fn restrictions(&self) -> &SenderRestrictions {
+        &self.policy.restrictions
+    }
+
+    /// AUTH failures since the last call, for the caller's per-address failure rate.
+    pub fn take_auth_failures(&mut self) -> u32 {
+        std::mem::take(&mut self.new_auth_failures)
+    }
+
+    /// The client's address is over its failure rate: further AUTH gets 454.
+    pub fn block_auth(&mut self) {
+        self.policy.auth_blocked = true;
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.policy.auth.is_some() && !self.policy.auth_needs_tls && self.auth_user.is_none()
+    }
+
+    /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
+    fn auth(&mut self, arg: &str) {
+        if self.policy.auth.is_none() {
+            return self.error("503 5.5.1 AUTH not available");
+        }
+        if self.policy.auth_needs_tls {
+            return self.reply("538 5.7.11 Encryption required for requested authentication mechanism");
+        }
+        if self.helo.is_none() {
+            return self.error("503 5.5.1 Send EHLO first");
+        }
+        if self.auth_user.is_some() {
+            return self.error("503 5.5.1 Already authenticated");
+        }
+        if self.mail_from.is_some() {
+            return self.error("503 5.5.1 AUTH not permitted during a mail transaction");
+        }
+        if self.policy.auth_blocked {
+            return self.reply("454 4.7.0 Too many authentication failures from your address, try again later");
+        }
+        let (mechanism, initial) = match arg.split_once(' ') {
+            Some((m, i)) => (m, Some(i.trim())),
+            None => (arg, None),
+        };
+        match (mechanism.to_ascii_uppercase().as_str(), initial) {
+            ("PLAIN", None) => {
+                self.auth_step = Some(AuthStep::Plain);
+                self.reply("334 ");
+            }
+            // RFC 4954 §4: "=" is an empty initial response.
+            ("PLAIN", Some(i)) => self.auth_answer(AuthStep::Plain, if i == "=" { "" } else { i }),
+            ("LOGIN", None) => {
+                self.auth_step = Some(AuthStep::LoginUser);
+                self.reply("334 VXNlcm5hbWU6"); // "Username:"
+            }
+            ("LOGIN", Some(i)) => self.auth_answer(AuthStep::LoginUser, i),
+            ("CRAM-MD5", None) => {
+                let challenge =
+                    format!("<{:x}.{}@{}>", self.session_id, self.now_unix_ms, self.policy.host_name).into_bytes();
+                self.reply(&format!("334 {}", b64_encode(&challenge)));
+                self.auth_step = Some(AuthStep::Cram(challenge));
+            }
+            _ => self.error("504 5.5.4 Unrecognized authentication mechanism"),
+        }
+    }
+
+    fn auth_response(&mut self, line: &[u8]) {
+        let step = self.auth_step.take().expect("in an AUTH exchange");
+        if line == b"*" {
+            return self.error("501 5.7.0 Authentication cancelled");
+        }
+        match std::str::from_utf8(line) {
+            Ok(text) => self.auth_answer(step, text),
+            Err(_) => self.error("501 5.5.2 Invalid base64 data"),
+        }
+    }
+
+    fn auth_answer(&mut self, step: AuthStep, text: &str) {
+        let Some(data) = b64_decode(text) else { return self.error("501 5.5.2 Invalid base64 data") };
+        let users = self.policy.auth.clone().expect("AUTH offered");
+        let outcome = match step {
+            AuthStep::Plain => parse_plain(&data).and_then(|(name, pw)| users.check(&name, &pw).map(|u| (name, u))),
+            AuthStep::LoginUser => {
+                let name = String::from_utf8_lossy(&data).into_owned();
+                self.auth_step = Some(AuthStep::LoginPassword(name));
+                return self.reply("334 UGFzc3dvcmQ6"); // "Password:"
+            }
+            AuthStep::LoginPassword(name) => users.check(&name, &data).map(|u| (name, u)),
+            AuthStep::Cram(challenge) => users.check_cram(&challenge, &data).map(|(n, u)| (n.to_string(), u)),
+        };
+        match outcome {
+            Some((name, user)) => {
+                self.policy.relay_allowed = user.relay_allowed;
+                self.policy.restrictions = user.restrictions.clone();
+                self.auth_user = Some(name);
+                self.reply("235 2.7.0 Authentication successful");
+            }
+            None => {
+                self.auth_failures += 1;
+                self.new_auth_failures += 1;
+                self.reply("535 5.7.8 Authentication credentials invalid");
+                if self.auth_failures >= self.policy.auth_failures_max.max(1) {
+                    self.reply("421 4.7.0 Too many authentication failures, closing connection");
+                    self.state = State::Closing;
+                }
+            }
         }
     }
 

@@ -1,0 +1,154 @@
+//! SMTP AUTH and sender restrictions against the running relay: swaks completes AUTH PLAIN,
+//! LOGIN and CRAM-MD5 (and a SHA-512-crypt password) and the `r` records name the user; a
+//! table over sources, auth state and senders proves that only allowed clients relay and that
+//! each refusal is the documented reply; failed AUTH is limited per client address across
+//! connections.
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn probe(relay: &Relay, source: &str, from: &str, to: &str, extra: &[&str]) -> String {
+    let (code, out) = run(Command::new("python3")
+        .arg(py_script("smtp_probe.py"))
+        .args([&relay.port.to_string(), source, from, to])
+        .args(extra));
+    assert_eq!(code, 0, "{out}");
+    out.trim().to_string()
+}
+
+fn start(sink_port: u16, shards: Option<u32>) -> Relay {
+    // SHA-512-crypt of "hashed-pw", as `openssl passwd -6` writes it.
+    let (code, hash) = run(Command::new("openssl").args(["passwd", "-6", "-salt", "sluicetest", "hashed-pw"]));
+    assert_eq!(code, 0, "{hash}");
+    Relay::start(
+        &format!(
+            "<smtp-user alice>\n password s3cret\n</smtp-user>\n\
+             <smtp-user hashed>\n password {}\n</smtp-user>\n\
+             <smtp-user bulk>\n password pw2\n allowed-mail-from-domain news.test\n</smtp-user>\n\
+             <smtp-user limited>\n password pw3\n source {{limited}}\n</smtp-user>\n\
+             <source {{auth}}>\n always-allow-relaying yes\n</source>\n\
+             <source {{limited}}>\n always-allow-relaying yes\n process-x-virtual-mta yes\n allowed-virtual-mta mta1\n</source>\n\
+             <virtual-mta mta1>\n smtp-source-host 127.0.0.1 mta1.test\n</virtual-mta>\n\
+             <virtual-mta mta2>\n smtp-source-host 127.0.0.1 mta2.test\n</virtual-mta>\n\
+             <source 127.0.0.1>\n allow-auth yes\n</source>\n\
+             <source 127.0.0.2>\n always-allow-relaying yes\n</source>\n\
+             <source 127.0.0.3>\n allow-auth yes\n require-auth yes\n</source>\n\
+             <source 127.0.0.4>\n smtp-service yes\n</source>\n\
+             <source 127.0.0.5>\n allow-auth yes\n require-starttls-before-auth yes\n</source>\n\
+             <source 127.0.0.6>\n allow-auth yes\n smtp-max-auth-failure-rate 2/1m\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{sink_port}\n</domain>\n",
+            hash.trim()
+        ),
+        shards,
+    )
+}
+
+#[test]
+fn swaks_authenticates_with_each_mechanism() {
+    require("swaks");
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let relay = start(sink.addr.port(), Some(1));
+    for (mech, user, password) in [
+        ("PLAIN", "alice", "s3cret"),
+        ("LOGIN", "alice", "s3cret"),
+        ("CRAM-MD5", "alice", "s3cret"),
+        ("PLAIN", "hashed", "hashed-pw"),
+        ("LOGIN", "hashed", "hashed-pw"),
+    ] {
+        let (code, out) = run(Command::new("swaks").args([
+            "--server",
+            &relay.addr().to_string(),
+            "--from",
+            "s@src.test",
+            "--to",
+            &format!("{mech}-{user}@far.test"),
+            "--auth",
+            mech,
+            "--auth-user",
+            user,
+            "--auth-password",
+            password,
+        ]));
+        assert_eq!(code, 0, "{mech} {user}: {out}");
+        assert!(out.contains("<-  235 2.7.0 Authentication successful"), "{out}");
+    }
+    let rows = relay.wait_rows("r", 5, Duration::from_secs(10));
+    let users: Vec<(&str, &str)> = rows.iter().map(|r| (r["rcpt"].as_str(), r["rcvSmtpUser"].as_str())).collect();
+    assert!(users.contains(&("CRAM-MD5-alice@far.test", "alice")), "{users:?}");
+    assert!(users.contains(&("PLAIN-hashed@far.test", "hashed")), "{users:?}");
+    relay.wait_rows("d", 5, Duration::from_secs(10));
+    // CRAM-MD5 needs the plain password on the server: a hashed user cannot use it.
+    let (code, out) = run(Command::new("swaks").args([
+        "--server",
+        &relay.addr().to_string(),
+        "--to",
+        "x@far.test",
+        "--auth",
+        "CRAM-MD5",
+        "--auth-user",
+        "hashed",
+        "--auth-password",
+        "hashed-pw",
+    ]));
+    assert_ne!(code, 0);
+    assert!(out.contains("535 5.7.8"), "{out}");
+}
+
+#[test]
+fn only_allowed_clients_relay() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let relay = start(sink.addr.port(), None);
+    let none: &[&str] = &[];
+    let cases: &[(&str, &[&str], &str, &str)] = &[
+        // No relaying rights, no AUTH: the recipient is refused (open-relay test).
+        ("127.0.0.4", none, "s@src.test", "mail=250 rcpt=550"),
+        ("127.0.0.4", &["--auth", "alice:s3cret"], "s@src.test", "auth=503 mail=250 rcpt=550"),
+        // AUTH allowed: without it no relaying; with good credentials, relaying.
+        ("127.0.0.1", none, "s@src.test", "mail=250 rcpt=550"),
+        ("127.0.0.1", &["--auth", "alice:s3cret"], "s@src.test", "auth=235 mail=250 rcpt=250 data=250"),
+        ("127.0.0.1", &["--auth", "alice:wrong"], "s@src.test", "auth=535 mail=250 rcpt=550"),
+        ("127.0.0.1", &["--auth", "nobody:s3cret"], "s@src.test", "auth=535 mail=250 rcpt=550"),
+        // A user limited to news.test as sender.
+        ("127.0.0.1", &["--auth", "bulk:pw2"], "s@src.test", "auth=235 mail=550"),
+        ("127.0.0.1", &["--auth", "bulk:pw2"], "s@mail.news.test", "auth=235 mail=250 rcpt=250 data=250"),
+        // require-auth: MAIL waits for AUTH.
+        ("127.0.0.3", none, "s@src.test", "mail=530"),
+        ("127.0.0.3", &["--auth", "alice:s3cret"], "s@src.test", "auth=235 mail=250 rcpt=250 data=250"),
+        // Relaying by address, no AUTH needed.
+        ("127.0.0.2", none, "s@src.test", "mail=250 rcpt=250 data=250"),
+        // AUTH only inside TLS: refused on a plain connection.
+        ("127.0.0.5", &["--auth", "alice:s3cret"], "s@src.test", "auth=538 mail=250 rcpt=550"),
+    ];
+    for (source, extra, from, want) in cases {
+        let mut args: Vec<&str> = extra.to_vec();
+        args.push("--data");
+        assert_eq!(probe(&relay, source, from, "x@far.test", &args), *want, "{source} {extra:?} {from}");
+    }
+    // allowed-virtual-mta: the user's source allows mta1 only.
+    let limited = ["--auth", "limited:pw3", "--data", "--header"];
+    let ok = probe(&relay, "127.0.0.1", "s@src.test", "x@far.test", &[&limited[..], &["X-Virtual-MTA: mta1"]].concat());
+    assert_eq!(ok, "auth=235 mail=250 rcpt=250 data=250");
+    let refused =
+        probe(&relay, "127.0.0.1", "s@src.test", "x@far.test", &[&limited[..], &["X-Virtual-MTA: mta2"]].concat());
+    assert_eq!(refused, "auth=235 mail=250 rcpt=250 data=550");
+    let d = relay.wait_rows("d", 5, Duration::from_secs(10));
+    assert_eq!(d.len(), 5, "only the allowed ones were relayed: {d:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 5);
+}
+
+#[test]
+fn failed_auth_is_limited_per_address_across_connections() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], false);
+    let relay = start(sink.addr.port(), Some(1));
+    let bad = ["--auth", "alice:wrong", "--auth", "alice:wrong", "--auth", "alice:wrong"];
+    // smtp-max-auth-failure-rate 2/1m: the second failure closes the session...
+    assert_eq!(probe(&relay, "127.0.0.6", "s@src.test", "x@far.test", &bad), "auth=535 auth=535 auth=421 closed");
+    // ...and the address gets 454 for a while, even with the right password.
+    let good = ["--auth", "alice:s3cret"];
+    assert_eq!(probe(&relay, "127.0.0.6", "s@src.test", "x@far.test", &good), "auth=454 mail=250 rcpt=550");
+    // Other addresses are not affected.
+    assert_eq!(probe(&relay, "127.0.0.1", "s@src.test", "x@far.test", &good), "auth=235 mail=250 rcpt=250");
+}
