@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the real peers the integration tests talk to: Postfix (smtpd, smtp-source,
-# smtp-sink), swaks, dnsmasq. Idempotent; each machine is fresh, so CI runs this every time.
+# smtp-sink), swaks (with TLS), dnsmasq. Idempotent; each machine is fresh, so CI runs this every time.
 set -euo pipefail
 need=()
 command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# swaks's --tls and --tlsc.
+perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections

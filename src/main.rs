@@ -64,7 +64,10 @@ fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 
 fn check_config(path: Option<&Path>) -> ExitCode {
     // Key files are read too: a `domain-key` whose file is missing fails here, not at start.
-    match load_config(path).and_then(|c| sluice_engine::dkim::Keys::load(&c).map(|_| c)) {
+    let checked = load_config(path)
+        .and_then(|c| sluice_engine::dkim::Keys::load(&c).map(|_| c))
+        .and_then(|c| sluice_netio::tls::server_config(&c).map(|_| c));
+    match checked {
         Ok(config) => {
             for w in &config.warnings {
                 println!("warning: {w}");
@@ -97,6 +100,13 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match sluice_netio::tls::server_config(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let acct = match control::AcctWriter::open(&config) {
         Ok(a) => a,
         Err(e) => {
@@ -105,7 +115,7 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
-    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), dkim, tx) {
+    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), dkim, tls, tx) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: {e}");

@@ -62,6 +62,8 @@ pub struct SourcePolicy {
     pub generate_bounces: bool,
     /// `allow-auth yes`: AUTH is offered (PLAIN, LOGIN, CRAM-MD5).
     pub allow_auth: bool,
+    /// `allow-starttls` (default yes): STARTTLS is offered when a certificate is configured.
+    pub allow_starttls: bool,
     /// `require-auth yes`: MAIL is refused until the client has authenticated.
     pub require_auth: bool,
     /// `require-starttls-before-auth yes`: AUTH only inside TLS.
@@ -70,6 +72,14 @@ pub struct SourcePolicy {
     pub max_auth_failure_rate: Rate,
     /// Sender restrictions (empty: any): `allowed-mail-from-domain`, `allowed-virtual-mta`.
     pub restrictions: SenderRestrictions,
+}
+
+/// A certificate chain and its private key (PEM files), and the line that named them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub span: Span,
 }
 
 /// Who may be named as the sender, and which VMTAs a message may use.
@@ -121,6 +131,7 @@ impl Default for SourcePolicy {
             hide_message_source: false,
             generate_bounces: false,
             allow_auth: false,
+            allow_starttls: true,
             require_auth: false,
             require_starttls_before_auth: false,
             max_auth_failure_rate: Rate { count: 3, period: Duration::from_secs(300) },
@@ -530,6 +541,10 @@ pub struct Config {
     pub host_name: String,
     pub postmaster: Option<String>,
     pub listeners: Vec<SocketAddr>,
+    /// Listeners where TLS starts at connect (`<smtp-listener ADDR> immediate-tls yes`).
+    pub immediate_tls: Vec<SocketAddr>,
+    /// `smtp-server-tls-certificate CERT KEY`: PEM files for inbound TLS.
+    pub tls_certificate: Option<TlsCertificate>,
     pub spool_dir: PathBuf,
     /// `spool-sync no` drops the fsync before 250; for benchmarks only.
     pub spool_sync: bool,
@@ -646,6 +661,15 @@ impl Config {
     }
 }
 
+/// A file named in the config: a relative path is found next to the config file naming it.
+fn relative_to(span: &Span, path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    match Path::new(&*span.file).parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
+}
+
 /// `relaxed` or `simple` (RFC 6376 §3.4) as "is relaxed".
 fn canon(v: &str, span: &Span) -> Result<bool, ConfigError> {
     match v.to_ascii_lowercase().as_str() {
@@ -667,12 +691,7 @@ fn domain_key(args: &[String], span: &Span) -> Result<DomainKey, ConfigError> {
     if selector.is_empty() || domain.is_empty() || path.is_empty() {
         return Err(ConfigError::at(span, format!("`{joined}` has an empty part"), hint));
     }
-    let mut path = PathBuf::from(path);
-    if path.is_relative() {
-        if let Some(dir) = Path::new(&*span.file).parent() {
-            path = dir.join(path);
-        }
-    }
+    let path = relative_to(span, path);
     Ok(DomainKey {
         selector: selector.to_string(),
         domain: domain.trim_end_matches('.').to_ascii_lowercase(),
@@ -695,8 +714,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("address-list", "suppression lists"),
     ("feedback-loop-processor", "feedback loops"),
     ("bounce-processor", "bounce processing"),
-    ("allow-starttls", "TLS"),
-    ("smtp-server-tls-certificate", "TLS"),
     ("process-x-job", "jobs"),
     ("suppression-lists", "suppression lists"),
     ("use-starttls", "TLS"),
@@ -724,6 +741,7 @@ const GLOBAL: &[&str] = &[
     "source-ip-max-connect-rate",
     "source-ip-max-smtp-out",
     "domain-key",
+    "smtp-server-tls-certificate",
 ];
 const SOURCE: &[&str] = &[
     "always-allow-relaying",
@@ -738,6 +756,7 @@ const SOURCE: &[&str] = &[
     "reject-invalid-virtual-mta",
     "generate-bounces",
     "allow-auth",
+    "allow-starttls",
     "require-auth",
     "require-starttls-before-auth",
     "smtp-max-auth-failure-rate",
@@ -780,6 +799,8 @@ const BLOCKS: &[&str] = &[
     "virtual-mta-pool",
     "bounce-category-patterns",
     "smtp-pattern-list",
+    "smtp-user",
+    "smtp-listener",
 ];
 
 /// Levenshtein distance, for "did you mean" hints.
@@ -888,6 +909,20 @@ impl Builder {
             "host-name" => c.host_name = one_arg(name, args, span)?.to_string(),
             "postmaster" => c.postmaster = Some(one_arg(name, args, span)?.to_string()),
             "domain-key" => c.domain_keys.push(domain_key(args, span)?),
+            "smtp-server-tls-certificate" => {
+                let [cert, key] = args else {
+                    return Err(ConfigError::at(
+                        span,
+                        "`smtp-server-tls-certificate` takes a certificate file and a key file",
+                        "write `smtp-server-tls-certificate /etc/sluice/cert.pem /etc/sluice/key.pem`",
+                    ));
+                };
+                c.tls_certificate = Some(TlsCertificate {
+                    cert: relative_to(span, cert),
+                    key: relative_to(span, key),
+                    span: span.clone(),
+                });
+            }
             "smtp-listener" => c.listeners.push(value(span, units::parse_listen(one_arg(name, args, span)?))?),
             "spool" => c.spool_dir = PathBuf::from(one_arg(name, args, span)?),
             "spool-sync" => c.spool_sync = value(span, units::parse_bool(one_arg(name, args, span)?))?,
@@ -968,6 +1003,24 @@ impl Builder {
             "virtual-mta" => self.virtual_mta(arg, children, span),
             "virtual-mta-pool" => self.vmta_pool(arg, children, span),
             "smtp-user" => self.smtp_user(arg, children, span),
+            "smtp-listener" => {
+                let addr = arg.ok_or_else(|| {
+                    ConfigError::at(span, "`<smtp-listener>` needs an address", "write `<smtp-listener 0/0:465>`")
+                })?;
+                let addr = value(span, units::parse_listen(addr))?;
+                self.config.listeners.push(addr);
+                for (d, args, dspan) in self.directives(children, "<smtp-listener>")? {
+                    match d {
+                        "immediate-tls" => {
+                            if value(dspan, units::parse_bool(one_arg(d, args, dspan)?))? {
+                                self.config.immediate_tls.push(addr);
+                            }
+                        }
+                        _ => self.unknown(d, dspan, &["immediate-tls"], "<smtp-listener>")?,
+                    }
+                }
+                Ok(())
+            }
             "bounce-category-patterns" => self.bounce_patterns(children),
             "smtp-pattern-list" => self.pattern_list(arg, children, span),
             "spool" => {
@@ -1032,6 +1085,7 @@ impl Builder {
                     policy.generate_bounces = value(span, units::parse_bool(one_arg(name, args, span)?))?
                 }
                 "allow-auth" => policy.allow_auth = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "allow-starttls" => policy.allow_starttls = value(span, units::parse_bool(one_arg(name, args, span)?))?,
                 "require-auth" => policy.require_auth = value(span, units::parse_bool(one_arg(name, args, span)?))?,
                 "require-starttls-before-auth" => {
                     policy.require_starttls_before_auth = value(span, units::parse_bool(one_arg(name, args, span)?))?
@@ -1476,6 +1530,8 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             host_name: "localhost".into(),
             postmaster: None,
             listeners: Vec::new(),
+            immediate_tls: Vec::new(),
+            tls_certificate: None,
             spool_dir: PathBuf::from("spool"),
             spool_sync: true,
             spool_segment_bytes: 64 << 20,

@@ -35,6 +35,8 @@ fn run(policy: SessionPolicy, input: &str) -> (Vec<String>, Vec<Vec<u8>>) {
                 messages.push(s.take_message().data);
                 s.message_stored(true, "Q1");
             }
+            // The caller would start TLS here; the session is told it is up.
+            Some(Event::StartTls) => s.tls_started(),
             Some(Event::Close) => break,
             None if used == 0 => break,
             None => {}
@@ -166,4 +168,35 @@ fn authenticated_received_header_says_esmtpa_rfc3848() {
     let (_, msgs) = run(p, &format!("EHLO c\r\nAUTH PLAIN {}\r\n{TXN}", b64("\0alice\0s3cret")));
     let text = String::from_utf8(msgs[0].clone()).unwrap();
     assert!(text.contains("(sluice) with ESMTPA id"), "{text}");
+}
+
+#[test]
+fn starttls_then_auth_rfc3207() {
+    let p = SessionPolicy { starttls: true, auth_needs_tls: true, add_received_header: true, ..policy() };
+    let creds = b64("\0alice\0s3cret");
+    let input =
+        format!("EHLO a\r\nAUTH PLAIN {creds}\r\nSTARTTLS\r\nEHLO b\r\nSTARTTLS\r\nAUTH PLAIN {creds}\r\n{TXN}");
+    let (lines, msgs) = run(p, &input);
+    assert_eq!(codes(&lines), vec![220, 250, 538, 220, 250, 502, 235, 250, 250, 354, 250], "{lines:?}");
+    // Before TLS: STARTTLS offered, AUTH not; inside TLS: the reverse.
+    let ehlo: Vec<&String> = lines.iter().filter(|l| l.starts_with("250-")).collect();
+    let first_end = ehlo.iter().position(|l| l.contains("Hello b")).unwrap();
+    assert!(
+        ehlo[..first_end].iter().any(|l| l.contains("STARTTLS"))
+            && !ehlo[..first_end].iter().any(|l| l.contains("AUTH"))
+    );
+    assert!(
+        !ehlo[first_end..].iter().any(|l| l.contains("STARTTLS"))
+            && ehlo[first_end..].iter().any(|l| l.contains("AUTH"))
+    );
+    let text = String::from_utf8(msgs[0].clone()).unwrap();
+    assert!(text.contains("with ESMTPSA id"), "{text}");
+}
+
+#[test]
+fn starttls_refused_when_not_offered_or_with_arguments() {
+    let (lines, _) = run(policy(), "EHLO a\r\nSTARTTLS\r\n");
+    assert_eq!(codes(&lines), vec![220, 250, 502]);
+    let (lines, _) = run(SessionPolicy { starttls: true, ..policy() }, "EHLO a\r\nSTARTTLS now\r\n");
+    assert_eq!(codes(&lines), vec![220, 250, 501]);
 }

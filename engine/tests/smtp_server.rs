@@ -33,6 +33,7 @@ fn run(policy: SessionPolicy, input: &[u8], byte_by_byte: bool) -> (Vec<u16>, Ve
                     messages.push(s.take_message().data);
                     s.message_stored(true, "Q1");
                 }
+                Some(Event::StartTls) => s.tls_started(),
                 Some(Event::Close) => break 'outer,
                 None if used == 0 => break,
                 None => {}

@@ -6,6 +6,7 @@ pub mod mailbox;
 mod shard;
 pub mod store;
 mod sys;
+pub mod tls;
 pub mod tools;
 
 pub use mailbox::{Hop, Resolution};
@@ -101,6 +102,8 @@ pub(crate) struct Shared {
     pub dkim: sluice_engine::dkim::Keys,
     /// `<smtp-user>` credentials for SMTP AUTH.
     pub users: Arc<sluice_engine::smtp::auth::Users>,
+    /// Inbound TLS (`smtp-server-tls-certificate`), if configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// The running data plane.
@@ -144,6 +147,7 @@ impl Runtime {
     pub fn start(
         config: Arc<Config>,
         dkim: sluice_engine::dkim::Keys,
+        tls: Option<Arc<rustls::ServerConfig>>,
         control: crossbeam_channel::Sender<ControlRequest>,
     ) -> Result<(Runtime, Responder), StartError> {
         // Probe io_uring before anything else, so the failure says what it is.
@@ -180,6 +184,7 @@ impl Runtime {
                 .collect(),
             dkim,
             users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&config)),
+            tls,
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

@@ -184,6 +184,13 @@ struct Inbound {
     session: Session,
     client_ip: IpAddr,
     store: Option<Box<Store>>,
+    /// rustls's state once TLS is on (STARTTLS or an implicit-TLS listener).
+    tls: Option<Box<rustls::ServerConnection>>,
+    /// With TLS: bytes at the front of the input buffer that are decrypted (the rest, up to
+    /// its length, is ciphertext just received).
+    plain_len: usize,
+    /// Ciphertext rustls could not take yet (its buffer was full).
+    tls_pending: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -659,6 +666,8 @@ impl Shard {
         self.session_counter += 1;
         let session_id = (self.id as u64) << 48 | self.session_counter;
         let auth = (policy.allow_auth && !self.shared.users.is_empty()).then(|| self.shared.users.clone());
+        let immediate_tls = config.listeners.get(i).is_some_and(|a| config.immediate_tls.contains(a));
+        let starttls = self.shared.tls.is_some() && policy.allow_starttls && !immediate_tls;
         let auth_blocked = auth.is_some() && self.auth_failures_over(ip, policy.max_auth_failure_rate, 0);
         let mut session = Session::new(
             SessionPolicy {
@@ -669,6 +678,7 @@ impl Shard {
                 max_rcpt_per_message: policy.max_rcpt_per_message,
                 add_received_header: policy.add_received_header,
                 hide_message_source: policy.hide_message_source,
+                starttls,
                 auth,
                 require_auth: policy.require_auth,
                 auth_needs_tls: policy.require_starttls_before_auth,
@@ -684,7 +694,23 @@ impl Shard {
             session.too_busy();
         }
         crate::sys::set_nodelay(fd);
-        match self.alloc(fd, Kind::In(Inbound { session, client_ip: ip, store: None })) {
+        let tls = match (self.shared.tls.as_ref(), immediate_tls) {
+            (Some(config), true) => match rustls::ServerConnection::new(config.clone()) {
+                Ok(tls) => {
+                    session.set_tls();
+                    Some(Box::new(tls))
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "cannot start TLS");
+                    crate::sys::close(fd);
+                    self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let inbound = Inbound { session, client_ip: ip, store: None, tls, plain_len: 0, tls_pending: Vec::new() };
+        match self.alloc(fd, Kind::In(inbound)) {
             Some(slot) => self.in_drive(slot),
             None => {
                 tracing::error!(shard = self.id, "connection slots exhausted");
@@ -769,15 +795,30 @@ impl Shard {
             return;
         }
         let Kind::In(inb) = &mut conn.kind else { unreachable!() };
-        let mut consumed = 0;
         let mut message = false;
-        if inb.store.is_none() {
+        let mut start_tls = false;
+        while inb.store.is_none() {
+            // TLS: what arrived after the waiting plaintext is ciphertext; decrypt it in place.
+            if let Some(tls) = inb.tls.as_mut() {
+                if let Err(e) = tls_decrypt(tls, &mut inb.tls_pending, &mut conn.inbuf, inb.plain_len, &mut conn.in_len)
+                {
+                    tracing::debug!(shard = self.id, error = %e, "TLS failed; closing");
+                    let _ = tls.write_tls(&mut conn.out); // the alert, if any
+                    inb.session.shutdown();
+                }
+                while tls.wants_write() && tls.write_tls(&mut conn.out).is_ok() {}
+            }
+            let mut consumed = 0;
             loop {
                 let (used, event) = inb.session.receive(now, &conn.inbuf[consumed..conn.in_len]);
                 consumed += used;
                 match event {
                     Some(Event::Message) => {
                         message = true;
+                        break;
+                    }
+                    Some(Event::StartTls) => {
+                        start_tls = true;
                         break;
                     }
                     Some(Event::Close) => break,
@@ -787,6 +828,20 @@ impl Shard {
             }
             conn.inbuf.copy_within(consumed..conn.in_len, 0);
             conn.in_len -= consumed;
+            if start_tls {
+                // RFC 3207 §5: anything pipelined after STARTTLS is dropped, never acted on
+                // (the 2011 STARTTLS command-injection attacks).
+                conn.in_len = 0;
+            }
+            inb.plain_len = conn.in_len;
+            // More plaintext may wait inside rustls (the buffer was full): go round again.
+            let more = inb.tls.as_mut().is_some_and(|t| {
+                let waiting = t.process_new_packets().is_ok_and(|s| s.plaintext_bytes_to_read() > 0);
+                (waiting || (t.wants_read() && !inb.tls_pending.is_empty())) && conn.in_len < conn.inbuf.len()
+            });
+            if message || start_tls || inb.session.is_closing() || !more {
+                break;
+            }
         }
         let failures = inb.session.take_auth_failures();
         if failures > 0 {
@@ -804,8 +859,30 @@ impl Shard {
         let conn = self.conns[slot as usize].as_mut().expect("live connection");
         let Kind::In(inb) = &mut conn.kind else { unreachable!() };
         if !inb.session.output().is_empty() {
-            conn.out.extend_from_slice(inb.session.output());
+            match inb.tls.as_mut() {
+                Some(tls) => {
+                    use std::io::Write;
+                    let _ = tls.writer().write_all(inb.session.output());
+                    while tls.wants_write() && tls.write_tls(&mut conn.out).is_ok() {}
+                }
+                None => conn.out.extend_from_slice(inb.session.output()),
+            }
             inb.session.clear_output();
+        }
+        if start_tls {
+            // The 220 went out above in plaintext; from here on the bytes are TLS.
+            let config = self.shared.tls.clone().expect("STARTTLS is offered only with a certificate");
+            match rustls::ServerConnection::new(config) {
+                Ok(tls) => {
+                    inb.tls = Some(Box::new(tls));
+                    inb.plain_len = 0;
+                    inb.session.tls_started();
+                }
+                Err(e) => {
+                    tracing::error!(shard = self.id, error = %e, "cannot start TLS");
+                    inb.session.shutdown();
+                }
+            }
         }
         let closing = inb.session.is_closing();
         let in_data = inb.session.is_in_data();
@@ -2194,6 +2271,43 @@ fn literal_hops(levels: &[Vec<sluice_config::HostPort>]) -> Option<Vec<Vec<Hop>>
 /// allows it (the header is removed unless `retain-x-virtual-mta`), else the source's
 /// `default-virtual-mta`, else the default. An unknown name is refused with 550 when the
 /// source says `reject-invalid-virtual-mta`, and otherwise falls back.
+/// Feeds the ciphertext after `plain_len` in `buf` (and any left from before) to rustls and
+/// writes the plaintext it yields back into `buf` from `plain_len` on; `len` ends as the
+/// plaintext's end. Ciphertext rustls cannot take yet waits in `pending`.
+fn tls_decrypt(
+    tls: &mut rustls::ServerConnection,
+    pending: &mut Vec<u8>,
+    buf: &mut [u8],
+    plain_len: usize,
+    len: &mut usize,
+) -> Result<(), rustls::Error> {
+    use std::io::Read;
+    pending.extend_from_slice(&buf[plain_len..*len]);
+    *len = plain_len;
+    let mut fed = 0;
+    loop {
+        // Plaintext out first, so rustls has room for more ciphertext.
+        loop {
+            match tls.reader().read(&mut buf[*len..]) {
+                Ok(0) => break, // clean close_notify, or no room: the session sees what it has
+                Ok(n) => *len += n,
+                Err(_) => break, // WouldBlock: nothing more decrypted yet
+            }
+        }
+        if fed == pending.len() || !tls.wants_read() {
+            break;
+        }
+        let mut rd = &pending[fed..];
+        match tls.read_tls(&mut rd) {
+            Ok(0) | Err(_) => break, // rustls is full: the rest waits
+            Ok(n) => fed += n,
+        }
+        tls.process_new_packets()?;
+    }
+    pending.drain(..fed);
+    Ok(())
+}
+
 /// The `DKIM-Signature:` field for a message when one of its recipient domains has
 /// `dkim-sign yes` and a `domain-key` covers its From domain (signing errors are logged and
 /// the message goes unsigned rather than refused).

@@ -27,6 +27,8 @@ pub struct SessionPolicy {
     pub max_rcpt_per_message: u32,
     pub add_received_header: bool,
     pub hide_message_source: bool,
+    /// STARTTLS is offered (a certificate is configured and `allow-starttls` is on).
+    pub starttls: bool,
     /// AUTH is offered with these users (`allow-auth yes` and at least one `<smtp-user>`).
     pub auth: Option<Arc<Users>>,
     /// `require-auth yes`: no MAIL before AUTH.
@@ -53,6 +55,7 @@ impl Default for SessionPolicy {
             max_rcpt_per_message: 1000,
             add_received_header: true,
             hide_message_source: false,
+            starttls: false,
             auth: None,
             require_auth: false,
             auth_needs_tls: false,
@@ -94,6 +97,9 @@ enum State {
 pub enum Event {
     /// A message is complete: take it with `take_message`, store it, call `message_stored`.
     Message,
+    /// STARTTLS was answered 220: send the output, drop any input already received (RFC 3207
+    /// §5: nothing pipelined after STARTTLS may be acted on), start TLS, call `tls_started`.
+    StartTls,
     /// Flush the output and close the connection.
     Close,
 }
@@ -131,6 +137,9 @@ pub struct Session {
     auth_failures: u32,
     /// Failures not yet taken by the caller (for its per-address failure rate).
     new_auth_failures: u32,
+    /// The session runs inside TLS (after STARTTLS, or on an implicit-TLS listener).
+    tls: bool,
+    starting_tls: bool,
 }
 
 fn token(word: &[u8]) -> u32 {
@@ -182,6 +191,8 @@ impl Session {
             auth_user: None,
             auth_failures: 0,
             new_auth_failures: 0,
+            tls: false,
+            starting_tls: false,
         };
         if s.policy.smtp_service {
             let greeting = format!("220 {} ESMTP sluice\r\n", s.policy.host_name);
@@ -268,7 +279,13 @@ impl Session {
         } else {
             self.command(line);
         }
-        let event = if self.state == State::Closing { Some(Event::Close) } else { None };
+        let event = if self.state == State::Closing {
+            Some(Event::Close)
+        } else if std::mem::take(&mut self.starting_tls) {
+            Some(Event::StartTls)
+        } else {
+            None
+        };
         (used, event)
     }
 
@@ -283,6 +300,9 @@ impl Session {
             Some(i) => (&line[..i], line[i + 1..].trim()),
             None => (line, ""),
         };
+        if verb.eq_ignore_ascii_case("STARTTLS") {
+            return self.starttls(arg);
+        }
         if verb.len() != 4 {
             return self.error("500 5.5.2 Command unrecognized");
         }
@@ -304,7 +324,7 @@ impl Session {
             // RFC 5321 §3.5.3: 252 when we will not verify but would try delivery.
             VRFY => self.reply("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
             EXPN => self.reply("502 5.5.1 EXPN not available"),
-            HELP => self.reply("214 2.0.0 Commands: EHLO HELO AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
+            HELP => self.reply("214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
             AUTH => self.auth(arg),
             _ => self.error("500 5.5.2 Command unrecognized"),
         }
@@ -323,7 +343,8 @@ impl Session {
             let size = self.policy.max_message_size;
             // RFC 4954 §3: AUTH is advertised only where it may be used.
             let auth = if self.auth_offered() { "250-AUTH PLAIN LOGIN CRAM-MD5\r\n" } else { "" };
-            self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n{auth}250 ENHANCEDSTATUSCODES"));
+            let tls = if self.policy.starttls && !self.tls { "250-STARTTLS\r\n" } else { "" };
+            self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n{tls}{auth}250 ENHANCEDSTATUSCODES"));
         } else {
             self.reply(&format!("250 {host} Hello {arg}"));
         }
@@ -420,11 +441,13 @@ impl Session {
 
     fn prepend_received(&mut self) {
         let helo = self.helo.as_deref().unwrap_or("unknown");
-        // RFC 3848: ESMTPA for an authenticated session.
-        let with = match (self.esmtp, self.auth_user.is_some()) {
-            (true, true) => "ESMTPA",
-            (true, false) => "ESMTP",
-            (false, _) => "SMTP",
+        // RFC 3848: ESMTPS inside TLS, ESMTPA when authenticated, ESMTPSA both.
+        let with = match (self.esmtp, self.tls, self.auth_user.is_some()) {
+            (true, true, true) => "ESMTPSA",
+            (true, true, false) => "ESMTPS",
+            (true, false, true) => "ESMTPA",
+            (true, false, false) => "ESMTP",
+            (false, _, _) => "SMTP",
         };
         let from = if self.policy.hide_message_source {
             format!("Received: by {}", self.policy.host_name)
@@ -510,7 +533,35 @@ impl Session {
     }
 
     fn auth_offered(&self) -> bool {
-        self.policy.auth.is_some() && !self.policy.auth_needs_tls && self.auth_user.is_none()
+        self.policy.auth.is_some() && (self.tls || !self.policy.auth_needs_tls) && self.auth_user.is_none()
+    }
+
+    /// RFC 3207 §4: `STARTTLS` (no parameters), then the handshake.
+    fn starttls(&mut self, arg: &str) {
+        if !arg.is_empty() {
+            return self.error("501 5.5.4 Syntax: STARTTLS");
+        }
+        if !self.policy.starttls || self.tls {
+            return self.error("502 5.5.1 STARTTLS not available");
+        }
+        self.reply("220 2.0.0 Ready to start TLS");
+        self.starting_tls = true;
+    }
+
+    /// TLS is up (after STARTTLS): RFC 3207 §4.2, the client must start over with EHLO, and
+    /// nothing learnt before (HELO name, transaction, authentication) is kept.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.esmtp = false;
+        self.auth_user = None;
+        self.auth_step = None;
+        self.reset_transaction();
+    }
+
+    /// An implicit-TLS listener: the whole session is inside TLS from the start.
+    pub fn set_tls(&mut self) {
+        self.tls = true;
     }
 
     /// `AUTH mechanism [initial-response]` (RFC 4954 §4).
@@ -518,7 +569,7 @@ impl Session {
         if self.policy.auth.is_none() {
             return self.error("503 5.5.1 AUTH not available");
         }
-        if self.policy.auth_needs_tls {
+        if self.policy.auth_needs_tls && !self.tls {
             return self.reply("538 5.7.11 Encryption required for requested authentication mechanism");
         }
         if self.helo.is_none() {

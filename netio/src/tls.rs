@@ -1,0 +1,45 @@
+//! Inbound TLS (RFC 3207 STARTTLS and implicit TLS) with rustls: the certificate from
+//! `smtp-server-tls-certificate`, TLS 1.2 and 1.3. Connections drive rustls's buffer-level
+//! API (`read_tls` / `write_tls`) from the shard's own io_uring buffers: no blocking adapter.
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sluice_config::{Config, ConfigError};
+use std::sync::Arc;
+
+/// The server side of TLS, or None when no certificate is configured. Errors name the
+/// `smtp-server-tls-certificate` line.
+pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
+    let Some(t) = &config.tls_certificate else { return Ok(None) };
+    let hint = "give PEM files: the certificate chain, then its private key (e.g. from openssl req -x509)";
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&t.cert).and_then(|it| it.collect::<Result<Vec<_>, _>>()).map_err(|e| {
+            ConfigError::at(&t.span, format!("cannot read certificates from {}: {e}", t.cert.display()), hint)
+        })?;
+    if certs.is_empty() {
+        return Err(ConfigError::at(&t.span, format!("no certificate in {}", t.cert.display()), hint));
+    }
+    let key = PrivateKeyDer::from_pem_file(&t.key).map_err(|e| {
+        ConfigError::at(&t.span, format!("cannot read a private key from {}: {e}", t.key.display()), hint)
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| ConfigError::at(&t.span, format!("TLS setup failed: {e}"), hint))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| ConfigError::at(&t.span, format!("the certificate and key do not go together: {e}"), hint))?;
+    Ok(Some(Arc::new(server)))
+}
+
+/// The negotiated protocol and cipher suite, e.g. ("TLSv1.3", "TLS13_AES_256_GCM_SHA384").
+pub fn describe(conn: &rustls::ServerConnection) -> (String, String) {
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => format!("{v:?}"),
+        None => String::new(),
+    };
+    let cipher = conn.negotiated_cipher_suite().map(|c| format!("{:?}", c.suite())).unwrap_or_default();
+    (version, cipher)
+}

@@ -1,0 +1,120 @@
+//! Inbound TLS as clients use it: swaks completes STARTTLS and then AUTH on a source that
+//! requires TLS before AUTH, and TLS on connect on an implicit-TLS listener; the delivered
+//! message's Received header says ESMTPSA / ESMTPS (RFC 3848); a command pipelined after
+//! STARTTLS is dropped (RFC 3207 §5, the 2011 command-injection attacks).
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn cert(dir: &std::path::Path) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (code, out) = run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert_eq!(code, 0, "{out}");
+    (cert.display().to_string(), key.display().to_string())
+}
+
+fn scenario(shards: Option<u32>) {
+    require("swaks");
+    let dir = TempDir::new("tls");
+    let (cert, key) = cert(dir.path());
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let implicit_port = free_port("127.0.0.1");
+    let relay = Relay::start(
+        &format!(
+            "smtp-server-tls-certificate {cert} {key}\n\
+             <smtp-listener 127.0.0.1:{implicit_port}>\n immediate-tls yes\n</smtp-listener>\n\
+             <smtp-user alice>\n password s3cret\n</smtp-user>\n\
+             <source 127.0.0.1>\n allow-auth yes\n require-starttls-before-auth yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        shards,
+    );
+    // STARTTLS, then AUTH (refused before TLS: 538, covered by tests/smtp_auth.rs).
+    let (code, out) = run(Command::new("swaks").args([
+        "--server",
+        &relay.addr().to_string(),
+        "--from",
+        "s@src.test",
+        "--to",
+        "starttls@far.test",
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "s3cret",
+    ]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("=== TLS started with cipher TLSv1."), "{out}");
+    assert!(out.contains("<~  235 2.7.0 Authentication successful"), "AUTH inside TLS: {out}");
+    // TLS on connect.
+    let (code, out) = run(Command::new("swaks").args([
+        "--server",
+        &format!("127.0.0.1:{implicit_port}"),
+        "--from",
+        "s@src.test",
+        "--to",
+        "implicit@far.test",
+        "--tlsc",
+        "--auth",
+        "LOGIN",
+        "--auth-user",
+        "alice",
+        "--auth-password",
+        "s3cret",
+    ]));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("<~  220 relay.test ESMTP sluice"), "the greeting inside TLS: {out}");
+    // A 2 MB message through STARTTLS: many TLS records, rustls's buffers filling and draining.
+    let (code, out) = run(Command::new("python3").arg(py_script("send_tls.py")).args([
+        &relay.port.to_string(),
+        "alice",
+        "s3cret",
+        "big@far.test",
+        "30000",
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let messages = wait_for("all delivered", Duration::from_secs(20), || {
+        let m = sink.messages();
+        (m.len() == 3).then_some(m)
+    });
+    let big = messages.iter().find(|m| m.contains("Subject: big")).expect("the big message");
+    assert!(big.contains("line 0000000 ") && big.contains("line 0029999 "), "whole");
+    assert_eq!(big.matches("line ").count(), 30000);
+    assert!(messages.iter().all(|m| m.contains("(sluice) with ESMTPSA id")), "{messages:?}");
+    // The injection attempt.
+    let (code, out) = run(Command::new("python3").arg(py_script("starttls_injection.py")).arg(relay.port.to_string()));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("starttls: 220 2.0.0 Ready to start TLS"), "{out}");
+    assert!(out.contains("first in tls: 250-relay.test Hello b.test"), "the injected NOOP was dropped: {out}");
+    assert!(out.contains("version: TLSv1.3"), "{out}");
+}
+
+#[test]
+fn tls_inbound_one_shard() {
+    scenario(Some(1));
+}
+
+#[test]
+fn tls_inbound_default_shards() {
+    scenario(None);
+}
+
+/// A certificate that cannot be read stops check-config with the line that named it.
+#[test]
+fn bad_certificate_is_a_config_error() {
+    let dir = TempDir::new("tls-bad");
+    let conf = dir.path().join("t.conf");
+    std::fs::write(&conf, "smtp-listener 127.0.0.1:1\nsmtp-server-tls-certificate nope.pem nope.key\n").unwrap();
+    let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&conf));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("t.conf:2: cannot read certificates from"), "{out}");
+}
