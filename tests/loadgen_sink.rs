@@ -74,7 +74,8 @@ fn latency_is_added_and_measured() {
     let s = SluiceSink::start(&["--latency", "20ms"], 40);
     let lg = loadgen(s.port, &["--messages", "40", "--connections", "2"]);
     let p50 = lg.split("\"data_ack\":").nth(1).map(|d| json_u64(d, "p50_us")).unwrap();
-    assert!(p50 >= 20_000, "data-ack p50 includes the sink's 20ms: {p50}us");
+    // The histogram keeps 3 significant digits and the two clocks start a few µs apart.
+    assert!(p50 >= 19_500, "data-ack p50 includes the sink's 20ms: {p50}us");
     s.finish();
 }
 

@@ -1,6 +1,7 @@
-//! Delivery into a real Postfix smtpd (a private instance delivering to a maildir): the
-//! stored message has the client's bytes, dot-stuffing undone exactly once, and sluice's
-//! Received header below Postfix's.
+//! Delivery into a real Postfix smtpd (a private instance delivering to a maildir, offering
+//! STARTTLS with a self-signed certificate): sluice delivers over TLS (opportunistic, the
+//! default), the stored message has the client's bytes, dot-stuffing undone exactly once, and
+//! sluice's Received header below Postfix's, which names the TLS protocol and cipher.
 
 mod common;
 use common::*;
@@ -31,8 +32,16 @@ impl Postfix {
              setgid_group = postdrop\ninet_interfaces = 127.0.0.1\ninet_protocols = ipv4\nmyhostname = pf.test\n\
              mydestination =\nmynetworks = 127.0.0.0/8\nvirtual_mailbox_domains = pf.test\nvirtual_mailbox_base = {d}/mail\n\
              virtual_mailbox_maps = static:box/\nvirtual_uid_maps = static:65534\nvirtual_gid_maps = static:65534\n\
-             alias_maps =\nalias_database =\nmaillog_file_prefixes = {d}\nmaillog_file = {d}/maillog\nsmtputf8_enable = no\n"
+             alias_maps =\nalias_database =\nmaillog_file_prefixes = {d}\nmaillog_file = {d}/maillog\nsmtputf8_enable = no\n\
+             smtpd_tls_cert_file = {d}/etc/cert.pem\nsmtpd_tls_key_file = {d}/etc/key.pem\n\
+             smtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\n"
         );
+        let (code, out) = run(Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=pf.test", "-keyout"])
+            .arg(etc.join("key.pem"))
+            .arg("-out")
+            .arg(etc.join("cert.pem")));
+        assert_eq!(code, 0, "{out}");
         std::fs::write(etc.join("main.cf"), main_cf).unwrap();
         std::fs::copy("/etc/postfix/master.cf", etc.join("master.cf")).expect("Postfix's master.cf");
         let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
@@ -113,5 +122,9 @@ fn delivers_exact_bytes_into_postfix() {
         let sluice_received = stored.find("by relay.test (sluice)").expect("sluice's Received");
         assert!(postfix_received < sluice_received && sluice_received < stored.find("Subject:").unwrap());
         assert!(stored.contains("Received: from relay.test (localhost [127.0.0.1])"), "{stored}");
+        // Over STARTTLS: Postfix says so, and so does the accounting record.
+        assert!(stored.contains("(using TLSv1.3 with cipher "), "{stored}");
+        assert_eq!(d[0]["dlvTlsProtocol"], "TLSv1.3", "{:?}", d[0]);
+        assert!(d[0]["dlvTlsCipher"].starts_with("TLS13_"), "{:?}", d[0]);
     }
 }

@@ -183,6 +183,10 @@ pub struct DomainSettings {
     /// From domain.
     pub dkim_sign: bool,
     pub dkim: DkimOptions,
+    /// `use-starttls` (default yes): STARTTLS when the receiver offers it.
+    pub use_starttls: bool,
+    /// `require-starttls`: no delivery without TLS (deferred with 4.7.10).
+    pub require_starttls: bool,
 }
 
 /// How a signature is made (`dkim-headers`, `dkim-header-canon`, `dkim-body-canon`,
@@ -281,6 +285,8 @@ impl Default for DomainSettings {
             mx_rollup: true,
             dkim_sign: false,
             dkim: DkimOptions::default(),
+            use_starttls: true,
+            require_starttls: false,
         }
     }
 }
@@ -312,6 +318,8 @@ struct DomainOverrides {
     dkim_body_relaxed: Option<bool>,
     dkim_identity: Option<String>,
     dkim_expire_after: Option<Duration>,
+    use_starttls: Option<bool>,
+    require_starttls: Option<bool>,
 }
 
 impl DomainOverrides {
@@ -387,6 +395,12 @@ impl DomainOverrides {
         }
         if let Some(v) = self.dkim_expire_after {
             to.dkim.expire_after = Some(v);
+        }
+        if let Some(v) = self.use_starttls {
+            to.use_starttls = v;
+        }
+        if let Some(v) = self.require_starttls {
+            to.require_starttls = v;
         }
     }
 }
@@ -716,8 +730,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("bounce-processor", "bounce processing"),
     ("process-x-job", "jobs"),
     ("suppression-lists", "suppression lists"),
-    ("use-starttls", "TLS"),
-    ("require-starttls", "TLS"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
     ("delete-after", "accounting rotation"),
@@ -764,6 +776,8 @@ const SOURCE: &[&str] = &[
     "allowed-virtual-mta",
 ];
 const DOMAIN: &[&str] = &[
+    "use-starttls",
+    "require-starttls",
     "dkim-sign",
     "dkim-headers",
     "dkim-header-canon",
@@ -1208,6 +1222,10 @@ impl Builder {
                 }
                 "disable-mx-rollup" => o.mx_rollup = Some(!value(span, units::parse_bool(one_arg(name, args, span)?))?),
                 "dkim-sign" => o.dkim_sign = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),
+                "use-starttls" => o.use_starttls = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),
+                "require-starttls" => {
+                    o.require_starttls = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?)
+                }
                 "dkim-headers" => {
                     let list: Vec<String> = args
                         .join(",")

@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub users: Arc<sluice_engine::smtp::auth::Users>,
     /// Inbound TLS (`smtp-server-tls-certificate`), if configured.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Outbound STARTTLS (opportunistic: certificates are not checked, RFC 7435).
+    pub tls_client: Arc<rustls::ClientConfig>,
 }
 
 /// The running data plane.
@@ -185,6 +187,7 @@ impl Runtime {
             dkim,
             users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&config)),
             tls,
+            tls_client: tls::client_config(),
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

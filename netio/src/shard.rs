@@ -13,7 +13,7 @@ use sluice_engine::bounce::dsn;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, QueueAction, Recipient};
 use sluice_engine::shape::gcra::{GcraCell, Limit};
 use sluice_engine::smtp::addr::domain_of;
-use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
+use sluice_engine::smtp::client::{Client, ClientEvent, TlsMode, END_OF_DATA};
 use sluice_engine::smtp::headers::take_header;
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
@@ -221,6 +221,10 @@ struct Outbound {
     idle: bool,
     /// The pattern list set this connection's host or source IP aside: no more work on it.
     leaving: bool,
+    /// rustls's state after STARTTLS, and the decryption bookkeeping (as for inbound).
+    tls: Option<Box<rustls::ClientConnection>>,
+    plain_len: usize,
+    tls_pending: Vec<u8>,
     body_sent: usize,
     iov: [libc::iovec; 2],
     msghdr: libc::msghdr,
@@ -1532,12 +1536,21 @@ impl Shard {
             hops.extend(level[..r].iter().filter(usable).cloned());
         }
         st.q.connections += 1;
+        let tls_mode = match (st.q.settings.require_starttls, st.q.settings.use_starttls) {
+            (true, _) => TlsMode::Required,
+            (false, true) => TlsMode::Opportunistic,
+            (false, false) => TlsMode::Off,
+        };
         let ehlo = settings.and_then(|v| v.host_name.as_deref()).unwrap_or(&config.host_name);
         let out = Outbound {
             queue: domain.to_string(),
             source_ip,
             holds_smtp_out,
-            client: Client::new(ehlo),
+            client: {
+                let mut c = Client::new(ehlo);
+                c.set_tls_mode(tls_mode);
+                c
+            },
             vmta,
             pool,
             hops,
@@ -1550,6 +1563,9 @@ impl Shard {
             ever_ready: false,
             idle: false,
             leaving: false,
+            tls: None,
+            plain_len: 0,
+            tls_pending: Vec::new(),
             body_sent: 0,
             iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
             // SAFETY: zeroed msghdr is valid.
@@ -1739,6 +1755,8 @@ impl Shard {
             vmta_pool: out.pool.clone(),
             other_hop: false,
             other_source: false,
+            tls_protocol: String::new(),
+            tls_cipher: String::new(),
         };
         out.addr = sockaddr(hop.addr);
         let fd = match crate::sys::tcp_socket(hop.addr) {
@@ -1827,13 +1845,22 @@ impl Shard {
                 return;
             }
             let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+            if let Some(tls) = out.tls.as_mut() {
+                let decrypted =
+                    tls_decrypt(tls, &mut out.tls_pending, &mut conn.inbuf, out.plain_len, &mut conn.in_len);
+                while tls.wants_write() && tls.write_tls(&mut conn.out).is_ok() {}
+                if let Err(e) = decrypted {
+                    return self.out_fail(slot, Reply::new(451, format!("4.7.5 TLS with the server failed: {e}")));
+                }
+                if out.info.tls_protocol.is_empty() && !tls.is_handshaking() {
+                    (out.info.tls_protocol, out.info.tls_cipher) = crate::tls::describe(tls);
+                }
+            }
             let (used, event) = out.client.receive(&conn.inbuf[..conn.in_len]);
             conn.inbuf.copy_within(used..conn.in_len, 0);
             conn.in_len -= used;
-            if !out.client.output().is_empty() {
-                conn.out.extend_from_slice(out.client.output());
-                out.client.clear_output();
-            }
+            out.plain_len = conn.in_len;
+            move_client_output(out, &mut conn.out);
             let progressed = used > 0 || event.is_some();
             match event {
                 None => {}
@@ -1846,11 +1873,45 @@ impl Shard {
                     }
                     self.out_next_work(slot);
                 }
+                Some(ClientEvent::SendBody) if out.tls.is_some() => {
+                    // Inside TLS the body is encrypted into the send buffer (no zero-copy).
+                    let tls = out.tls.as_mut().expect("checked");
+                    let job = out.job.as_ref().expect("body belongs to a job");
+                    let data = job.msg.segment.message(job.msg.offset).data;
+                    use std::io::Write;
+                    let written = tls.writer().write_all(data).and_then(|_| tls.writer().write_all(END_OF_DATA));
+                    while tls.wants_write() && tls.write_tls(&mut conn.out).is_ok() {}
+                    if let Err(e) = written {
+                        return self.out_fail(slot, Reply::new(451, format!("4.7.5 TLS write failed: {e}")));
+                    }
+                    out.client.body_sent();
+                }
                 Some(ClientEvent::SendBody) => {
                     assert!(conn.out_off == conn.out.len(), "the client writes nothing before the body");
                     out.phase = OutPhase::Body;
                     out.body_sent = 0;
                     return self.submit_body(slot);
+                }
+                Some(ClientEvent::StartTls) => {
+                    let hop = out.hop_index.checked_sub(1).and_then(|i| out.hops.get(i));
+                    let name = hop
+                        .and_then(|h| rustls::pki_types::ServerName::try_from(h.host.clone()).ok())
+                        .or_else(|| hop.map(|h| rustls::pki_types::ServerName::IpAddress(h.addr.ip().into())))
+                        .expect("a connected hop");
+                    match rustls::ClientConnection::new(self.shared.tls_client.clone(), name) {
+                        Ok(mut tls) => {
+                            tls.set_buffer_limit(None); // a whole message may be written at once
+                            conn.in_len = 0; // nothing the server sent in plain text after 220 counts
+                            out.plain_len = 0;
+                            while tls.wants_write() && tls.write_tls(&mut conn.out).is_ok() {}
+                            out.tls = Some(Box::new(tls));
+                            out.client.tls_started(); // EHLO again, sent once the handshake is done
+                            move_client_output(out, &mut conn.out);
+                        }
+                        Err(e) => {
+                            return self.out_fail(slot, Reply::new(451, format!("4.7.5 cannot start TLS: {e}")));
+                        }
+                    }
                 }
                 Some(ClientEvent::Done(replies)) => {
                     let job = out.job.take().expect("a transaction had a job");
@@ -1916,14 +1977,12 @@ impl Shard {
             out.client.start(&job.mail_from, &rcpts, job.size);
             out.job = Some(job);
             out.messages_sent += 1;
-            conn.out.extend_from_slice(out.client.output());
-            out.client.clear_output();
+            move_client_output(out, &mut conn.out);
             return;
         }
         if at_limit || stopping {
             out.client.quit();
-            conn.out.extend_from_slice(out.client.output());
-            out.client.clear_output();
+            move_client_output(out, &mut conn.out);
             return;
         }
         out.idle = true;
@@ -2131,8 +2190,7 @@ impl Shard {
                         st.idle.retain(|s| *s != slot);
                     }
                     out.client.quit();
-                    conn.out.extend_from_slice(out.client.output());
-                    out.client.clear_output();
+                    move_client_output(out, &mut conn.out);
                     self.submit_send(slot);
                 }
                 _ => self.cancel(slot),
@@ -2274,8 +2332,8 @@ fn literal_hops(levels: &[Vec<sluice_config::HostPort>]) -> Option<Vec<Vec<Hop>>
 /// Feeds the ciphertext after `plain_len` in `buf` (and any left from before) to rustls and
 /// writes the plaintext it yields back into `buf` from `plain_len` on; `len` ends as the
 /// plaintext's end. Ciphertext rustls cannot take yet waits in `pending`.
-fn tls_decrypt(
-    tls: &mut rustls::ServerConnection,
+fn tls_decrypt<D>(
+    tls: &mut rustls::ConnectionCommon<D>,
     pending: &mut Vec<u8>,
     buf: &mut [u8],
     plain_len: usize,
@@ -2306,6 +2364,22 @@ fn tls_decrypt(
     }
     pending.drain(..fed);
     Ok(())
+}
+
+/// Moves the SMTP client's commands to the wire: encrypted when the connection is in TLS.
+fn move_client_output(out: &mut Outbound, wire: &mut Vec<u8>) {
+    if out.client.output().is_empty() {
+        return;
+    }
+    match out.tls.as_mut() {
+        Some(tls) => {
+            use std::io::Write;
+            let _ = tls.writer().write_all(out.client.output()); // no buffer limit: never short
+            while tls.wants_write() && tls.write_tls(wire).is_ok() {}
+        }
+        None => wire.extend_from_slice(out.client.output()),
+    }
+    out.client.clear_output();
 }
 
 /// The `DKIM-Signature:` field for a message when one of its recipient domains has

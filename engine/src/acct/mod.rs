@@ -28,6 +28,8 @@ pub const COLUMNS: &[&str] = &[
     "queue",
     "vmtaPool",
     "rcvSmtpUser",
+    "dlvTlsProtocol",
+    "dlvTlsCipher",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,9 @@ pub struct Record {
     pub vmta_pool: String,
     /// The SMTP AUTH user who injected the message (`r` records).
     pub rcv_smtp_user: String,
+    /// The delivery's TLS protocol and cipher suite (empty: plain text).
+    pub dlv_tls_protocol: String,
+    pub dlv_tls_cipher: String,
 }
 
 pub fn header_line() -> String {
@@ -148,13 +153,15 @@ impl Record {
             queue: queue.to_string(),
             vmta_pool: String::new(),
             rcv_smtp_user: String::new(),
+            dlv_tls_protocol: String::new(),
+            dlv_tls_cipher: String::new(),
         }
     }
 
     /// One CSV line (with the newline).
     pub fn csv_line(&self) -> String {
         let size = self.dlv_size.to_string();
-        let fields: [&str; 24] = [
+        let fields: [&str; 26] = [
             self.kind.code(),
             &iso8601(self.time_logged_ms),
             &iso8601(self.time_queued_ms),
@@ -179,6 +186,8 @@ impl Record {
             &self.queue,
             &self.vmta_pool,
             &self.rcv_smtp_user,
+            &self.dlv_tls_protocol,
+            &self.dlv_tls_cipher,
         ];
         let mut out = String::with_capacity(256);
         for (i, f) in fields.iter().enumerate() {
@@ -219,6 +228,8 @@ mod tests {
             queue: "d/".into(),
             vmta_pool: "".into(),
             rcv_smtp_user: "".into(),
+            dlv_tls_protocol: "".into(),
+            dlv_tls_cipher: "".into(),
         };
         let line = r.csv_line();
         assert!(line.starts_with("b,1970-01-01 00:00:00+0000,1970-01-01 00:00:00+0000,a@b,c@d,,failed,"), "{line}");

@@ -45,6 +45,9 @@ pub struct AttemptInfo {
     /// Another source IP (a pool member not disabled) could: `disable-source-ip` then
     /// retries the recipient at once through it.
     pub other_source: bool,
+    /// TLS on the connection: protocol and cipher suite (empty: plain text).
+    pub tls_protocol: String,
+    pub tls_cipher: String,
 }
 
 /// What the pattern list asked to stop using after a reply (`skip-mx`, `disable-source-ip`).
@@ -466,6 +469,8 @@ impl<M> Queue<M> {
             queue: self.name.clone(),
             vmta_pool: info.vmta_pool.clone(),
             rcv_smtp_user: String::new(),
+            dlv_tls_protocol: info.tls_protocol.clone(),
+            dlv_tls_cipher: info.tls_cipher.clone(),
         }
     }
 }

@@ -16,6 +16,7 @@ enum Expect {
     Final,
     Rset,
     Quit,
+    StartTls,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -24,6 +25,15 @@ pub struct Capabilities {
     pub size_max: Option<u64>,
     pub eight_bit_mime: bool,
     pub esmtp: bool,
+    pub starttls: bool,
+}
+
+/// Outbound TLS: `use-starttls` (opportunistic, the default) and `require-starttls`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    Off,
+    Opportunistic,
+    Required,
 }
 
 /// What the caller must do next.
@@ -33,6 +43,8 @@ pub enum ClientEvent {
     Ready,
     /// The server said 354: send the message body, then `.\r\n` (see `END_OF_DATA`).
     SendBody,
+    /// The server said 220 to STARTTLS: run the TLS handshake, then call `tls_started`.
+    StartTls,
     /// The transaction finished: one reply per recipient, in order.
     Done(Vec<Reply>),
     /// The session failed; a transaction in progress gets this reply for every recipient.
@@ -60,6 +72,8 @@ pub struct Client {
     out: Vec<u8>,
     failed: bool,
     pipelining_allowed: bool,
+    tls_mode: TlsMode,
+    tls: bool,
 }
 
 impl Client {
@@ -72,7 +86,25 @@ impl Client {
             out: Vec::with_capacity(1024),
             failed: false,
             pipelining_allowed: true,
+            tls_mode: TlsMode::Off,
+            tls: false,
         }
+    }
+
+    /// Whether to ask for STARTTLS (RFC 3207) when the server offers it, or insist on it.
+    pub fn set_tls_mode(&mut self, mode: TlsMode) {
+        self.tls_mode = mode;
+    }
+
+    /// TLS is up: say EHLO again (RFC 3207 §4.2), inside TLS.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        let line = format!("EHLO {}", self.ehlo_name);
+        self.send(&line, Expect::Ehlo);
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Never pipeline, even when the server offers it (load generation without PIPELINING).
@@ -199,8 +231,19 @@ impl Client {
             Expect::Ehlo if reply.code == 250 => {
                 self.caps = parse_ehlo(&reply.text);
                 self.caps.pipelining &= self.pipelining_allowed;
+                if !self.tls && self.tls_mode != TlsMode::Off && self.caps.starttls {
+                    self.send("STARTTLS", Expect::StartTls);
+                    return None;
+                }
+                if !self.tls && self.tls_mode == TlsMode::Required {
+                    return Some(self.fail(Reply::new(451, "4.7.10 TLS required (require-starttls) but not offered")));
+                }
                 Some(ClientEvent::Ready)
             }
+            Expect::StartTls if reply.code == 220 => Some(ClientEvent::StartTls),
+            // Opportunistic: a refused STARTTLS leaves the session in plain text.
+            Expect::StartTls if self.tls_mode == TlsMode::Opportunistic => Some(ClientEvent::Ready),
+            Expect::StartTls => Some(self.fail(reply)),
             // RFC 5321 §3.2: fall back to HELO when EHLO is not understood.
             Expect::Ehlo if reply.is_permanent() => {
                 let line = format!("HELO {}", self.ehlo_name);
@@ -288,6 +331,7 @@ fn parse_ehlo(text: &str) -> Capabilities {
         match w.as_str() {
             "PIPELINING" => caps.pipelining = true,
             "8BITMIME" => caps.eight_bit_mime = true,
+            "STARTTLS" => caps.starttls = true,
             "SIZE" => caps.size_max = Some(words.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(0)),
             _ => {}
         }
@@ -384,5 +428,41 @@ mod tests {
         let ev = feed(&mut c, "503 5.5.1 need mail\r\n");
         let r = Reply::new(550, "5.7.1 sender refused");
         assert_eq!(ev, Some(ClientEvent::Done(vec![r.clone(), r])));
+    }
+
+    #[test]
+    fn starttls_rfc3207() {
+        let ehlo = "250-x\r\n250-STARTTLS\r\n250 PIPELINING\r\n";
+        for mode in [TlsMode::Opportunistic, TlsMode::Required] {
+            let mut c = Client::new("me.test");
+            c.set_tls_mode(mode);
+            feed(&mut c, "220 hi\r\n");
+            c.clear_output();
+            assert_eq!(feed(&mut c, ehlo), None);
+            assert_eq!(c.output(), b"STARTTLS\r\n");
+            c.clear_output();
+            assert_eq!(feed(&mut c, "220 go ahead\r\n"), Some(ClientEvent::StartTls));
+            c.tls_started();
+            assert_eq!(c.output(), b"EHLO me.test\r\n", "EHLO again inside TLS");
+            c.clear_output();
+            assert_eq!(feed(&mut c, ehlo), Some(ClientEvent::Ready), "no second STARTTLS");
+            assert!(c.is_tls());
+        }
+        // Not offered: opportunistic goes on in plain text, required fails with 4.7.10.
+        let plain = "250-x\r\n250 PIPELINING\r\n";
+        let mut c = Client::new("me.test");
+        c.set_tls_mode(TlsMode::Opportunistic);
+        feed(&mut c, "220 hi\r\n");
+        assert_eq!(feed(&mut c, plain), Some(ClientEvent::Ready));
+        let mut c = Client::new("me.test");
+        c.set_tls_mode(TlsMode::Required);
+        feed(&mut c, "220 hi\r\n");
+        assert!(matches!(feed(&mut c, plain), Some(ClientEvent::Failed(r)) if r.enhanced() == Some("4.7.10")));
+        // Refused STARTTLS: opportunistic carries on.
+        let mut c = Client::new("me.test");
+        c.set_tls_mode(TlsMode::Opportunistic);
+        feed(&mut c, "220 hi\r\n");
+        feed(&mut c, ehlo);
+        assert_eq!(feed(&mut c, "454 4.7.0 TLS not available\r\n"), Some(ClientEvent::Ready));
     }
 }

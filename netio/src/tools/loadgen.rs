@@ -471,6 +471,7 @@ impl Loadgen {
                     }
                 }
                 Some(ClientEvent::Failed(reply)) => return self.fail(slot, reply),
+                Some(ClientEvent::StartTls) => unreachable!("loadgen never asks for STARTTLS"),
                 Some(ClientEvent::Closed) => return self.close(slot),
             }
             let conn = self.conns[slot as usize].as_mut().expect("live connection");

@@ -1,4 +1,4 @@
-//! Inbound TLS as clients use it: swaks completes STARTTLS and then AUTH on a source that
+//! TLS as clients and receivers use it: inbound, swaks completes STARTTLS and then AUTH on a source that
 //! requires TLS before AUTH, and TLS on connect on an implicit-TLS listener; the delivered
 //! message's Received header says ESMTPSA / ESMTPS (RFC 3848); a command pipelined after
 //! STARTTLS is dropped (RFC 3207 §5, the 2011 command-injection attacks).
@@ -82,9 +82,10 @@ fn scenario(shards: Option<u32>) {
         "30000",
     ]));
     assert_eq!(code, 0, "{out}");
+    // smtp-sink writes its dump files as the bytes come: wait for the big one's last line.
     let messages = wait_for("all delivered", Duration::from_secs(20), || {
         let m = sink.messages();
-        (m.len() == 3).then_some(m)
+        (m.len() == 3 && m.iter().any(|m| m.contains("line 0029999 "))).then_some(m)
     });
     let big = messages.iter().find(|m| m.contains("Subject: big")).expect("the big message");
     assert!(big.contains("line 0000000 ") && big.contains("line 0029999 "), "whole");
@@ -117,4 +118,57 @@ fn bad_certificate_is_a_config_error() {
     let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&conf));
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("t.conf:2: cannot read certificates from"), "{out}");
+}
+
+/// Relay to relay over STARTTLS (sluice's client and server sides of TLS together), with a
+/// 2 MB message; and `require-starttls` towards a receiver without STARTTLS defers (4.7.10).
+#[test]
+fn relay_to_relay_over_starttls_and_require_starttls() {
+    let dir = TempDir::new("tls2");
+    let (cert, key) = cert(dir.path());
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let plain = SluiceSink::start(&[], u64::MAX);
+    let b = Relay::start(
+        &format!(
+            "smtp-server-tls-certificate {cert} {key}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        Some(1),
+    );
+    let a = Relay::start(
+        &format!(
+            "smtp-server-tls-certificate {cert} {key}\n<smtp-user alice>\n password s3cret\n</smtp-user>\n\
+             <source 127.0.0.1>\n allow-auth yes\n</source>\n\
+             <domain far.test>\n smtp-hosts [127.0.0.1]:{}\n require-starttls yes\n</domain>\n\
+             <domain nosec.test>\n smtp-hosts [127.0.0.1]:{}\n require-starttls yes\n retry-after 1h\n</domain>\n",
+            b.port, plain.port
+        ),
+        None,
+    );
+    let (code, out) = run(Command::new("python3").arg(py_script("send_tls.py")).args([
+        &a.port.to_string(),
+        "alice",
+        "s3cret",
+        "big@far.test",
+        "30000",
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(Command::new("python3").arg(py_script("send_tls.py")).args([
+        &a.port.to_string(),
+        "alice",
+        "s3cret",
+        "x@nosec.test",
+        "10",
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let d = a.wait_rows("d", 1, Duration::from_secs(20));
+    assert_eq!((d[0]["rcpt"].as_str(), d[0]["dlvTlsProtocol"].as_str()), ("big@far.test", "TLSv1.3"), "{d:?}");
+    let m = wait_for("the big message at the end", Duration::from_secs(20), || {
+        sink.messages().into_iter().find(|m| m.contains("line 0029999 "))
+    });
+    assert_eq!(m.matches("line ").count(), 30000);
+    assert!(m.contains("(sluice) with ESMTPS id"), "B received it inside TLS");
+    let t = a.wait_rows("t", 1, Duration::from_secs(20));
+    assert_eq!((t[0]["rcpt"].as_str(), t[0]["dsnStatus"].as_str()), ("x@nosec.test", "4.7.10"), "{t:?}");
 }
