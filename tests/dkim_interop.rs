@@ -45,10 +45,11 @@ fn scenario(shards: Option<u32>) {
     let ed = key("ed", "ed25519", "ed.test");
     let star = key("star", "rsa-pkcs8", "any.test");
     let vmta_key = key("v1sel", "ed25519", "shop.test");
+    let second = key("shop2", "ed25519", "shop.test");
     let receiver = PyReceiver::start();
     let relay = Relay::start(
         &format!(
-            "domain-key s1,shop.test,{shop}\ndomain-key ed,ed.test,{ed}\ndomain-key star,*,{star}\n\
+            "domain-key s1,shop.test,{shop}\ndomain-key shop2,shop.test,{second}\ndomain-key ed,ed.test,{ed}\ndomain-key star,*,{star}\n\
              <virtual-mta v1>\n domain-key v1sel,shop.test,{vmta_key}\n</virtual-mta>\n\
              <source 127.0.0.1>\n always-allow-relaying yes\n process-x-virtual-mta yes\n</source>\n\
              <domain *>\n smtp-hosts [127.0.0.1]:{}\n dkim-sign yes\n</domain>\n\
@@ -64,6 +65,8 @@ fn scenario(shards: Option<u32>) {
         ("star", "c@any.test", "r@dest.test", ""),
         ("vmta", "d@shop.test", "r@dest.test", "X-Virtual-MTA: v1\r\n"),
         ("unsigned", "e@shop.test", "r@nosign.test", ""),
+        ("xoptions", "f@shop.test", "r@dest.test", "X-DKIM-Options: s=shop2\r\n"),
+        ("optout", "g@shop.test", "r@dest.test", "X-DKIM-Options: sign=no\r\n"),
     ];
     for (tag, from, rcpt, extra) in cases {
         send(&relay, rcpt, &message(from, tag, extra));
@@ -105,6 +108,11 @@ fn scenario(shards: Option<u32>) {
     assert_eq!(result("star"), "d=any.test s=star a=rsa-sha256 verified=True", "{out}");
     assert_eq!(result("vmta"), "d=shop.test s=v1sel a=ed25519-sha256 verified=True", "{out}");
     assert_eq!(result("unsigned"), "none", "{out}");
+    assert_eq!(result("xoptions"), "d=shop.test s=shop2 a=ed25519-sha256 verified=True", "{out}");
+    assert_eq!(result("optout"), "none", "{out}");
+    for tag in ["xoptions", "optout"] {
+        assert!(!std::fs::read_to_string(by_tag(tag)).unwrap().contains("X-DKIM-Options"), "removed");
+    }
     assert_eq!(results[&tampered.display().to_string()], "d=shop.test s=s1 a=rsa-sha256 verified=False", "{out}");
     // One signature per message, on top (above sluice's Received header).
     let exact = std::fs::read_to_string(by_tag("exact")).unwrap();

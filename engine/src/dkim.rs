@@ -94,15 +94,17 @@ impl Keys {
     }
 
     /// The key for a From domain and its `d=`: the VMTA's (or pool's) keys first, then the
-    /// global ones; within each, the domain itself, then the nearest parent, then `*`.
-    fn find(&self, vmta: &str, from_domain: &str) -> Option<(&Key, String)> {
+    /// global ones; within each, the domain itself, then the nearest parent, then `*`. With
+    /// a `selector` (X-DKIM-Options `s=`), only keys with that selector count.
+    fn find(&self, vmta: &str, from_domain: &str, selector: Option<&str>) -> Option<(&Key, String)> {
         let lists = self.by_vmta.get(vmta).into_iter().chain(std::iter::once(&self.global));
+        let wanted = |k: &&Key| selector.is_none_or(|s| k.selector == s);
         for list in lists {
             let mut candidates = std::iter::successors(Some(from_domain), |d| d.split_once('.').map(|(_, p)| p));
-            if let Some(found) = candidates.find_map(|d| list.iter().find(|k| k.domain == d)) {
+            if let Some(found) = candidates.find_map(|d| list.iter().filter(wanted).find(|k| k.domain == d)) {
                 return Some((found, found.domain.clone()));
             }
-            if let Some(any) = list.iter().find(|k| k.domain == "*") {
+            if let Some(any) = list.iter().filter(wanted).find(|k| k.domain == "*") {
                 return Some((any, from_domain.to_string()));
             }
         }
@@ -113,8 +115,22 @@ impl Keys {
     /// tab: safe in transparency form) for a message in transparency form, or None when no
     /// key covers its From domain (or it has no From).
     pub fn sign(&self, vmta: &str, data: &[u8], opts: &DkimOptions) -> Result<Option<Vec<u8>>, String> {
-        let Some(from_domain) = from_domain(data) else { return Ok(None) };
-        let Some((key, d)) = self.find(vmta, &from_domain) else { return Ok(None) };
+        self.sign_with(vmta, data, opts, &MessageOptions::default())
+    }
+
+    /// As `sign`, with a message's own `X-DKIM-Options`.
+    pub fn sign_with(
+        &self,
+        vmta: &str,
+        data: &[u8],
+        opts: &DkimOptions,
+        message: &MessageOptions,
+    ) -> Result<Option<Vec<u8>>, String> {
+        if message.no_sign {
+            return Ok(None);
+        }
+        let Some(from_domain) = message.domain.clone().or_else(|| from_domain(data)) else { return Ok(None) };
+        let Some((key, d)) = self.find(vmta, &from_domain, message.selector.as_deref()) else { return Ok(None) };
         let canon = |relaxed: bool| if relaxed { Canonicalization::Relaxed } else { Canonicalization::Simple };
         let mut signer = DkimSigner::from_key(KeyRef(key.key.clone()))
             .domain(d)
@@ -139,6 +155,31 @@ impl Keys {
             header.extend_from_slice(b"\r\n");
         }
         Ok(Some(header))
+    }
+}
+
+/// A message's `X-DKIM-Options:` header (removed before delivery): `s=SELECTOR` picks the key
+/// by selector, `d=DOMAIN` signs for that domain instead of the From domain's, `sign=no`
+/// leaves the message unsigned. Tags are separated by `;`.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MessageOptions {
+    pub selector: Option<String>,
+    pub domain: Option<String>,
+    pub no_sign: bool,
+}
+
+impl MessageOptions {
+    pub fn parse(value: &str) -> MessageOptions {
+        let mut o = MessageOptions::default();
+        for tag in value.split(';') {
+            match tag.split_once('=').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim())) {
+                Some((k, v)) if k == "s" && !v.is_empty() => o.selector = Some(v.to_string()),
+                Some((k, v)) if k == "d" && !v.is_empty() => o.domain = Some(v.to_ascii_lowercase()),
+                Some((k, v)) if k == "sign" => o.no_sign = v.eq_ignore_ascii_case("no"),
+                _ => {}
+            }
+        }
+        o
     }
 }
 
@@ -252,6 +293,21 @@ mod signing_tests {
         let msg = b"From: a@other.test\r\n\r\nbody\r\n";
         let h = String::from_utf8(k.sign("", msg, &DkimOptions::default()).unwrap().unwrap()).unwrap();
         assert!(h.contains("s=rsa-pkcs8; d=other.test;"), "`*` signs as the From domain: {h}");
+    }
+
+    #[test]
+    fn x_dkim_options_pick_the_selector_or_the_domain_or_no_signature() {
+        let k = keys(&[("shop.test", "rsa-pkcs1.pem"), ("shop.test", "ed25519.pem")]);
+        let sign = |opts: &str| {
+            k.sign_with("", MSG, &DkimOptions::default(), &MessageOptions::parse(opts))
+                .unwrap()
+                .map(|h| String::from_utf8(h).unwrap())
+        };
+        assert!(sign("").unwrap().contains("s=rsa-pkcs1; d=shop.test;"), "first matching key by default");
+        assert!(sign("s=ed25519").unwrap().contains("a=ed25519-sha256; s=ed25519; d=shop.test;"));
+        assert!(sign(" d=shop.test ; s=ed25519").unwrap().contains("s=ed25519; d=shop.test;"));
+        assert_eq!(sign("s=nope"), None, "no key with that selector");
+        assert_eq!(sign("sign=no"), None);
     }
 
     #[test]

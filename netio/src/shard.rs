@@ -948,7 +948,7 @@ impl Shard {
             return;
         }
         // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
-        if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &m.data) {
+        if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &mut m.data) {
             m.data.splice(0..0, header);
         }
         let mut store = Box::new(Store {
@@ -2385,10 +2385,14 @@ fn move_client_output(out: &mut Outbound, wire: &mut Vec<u8>) {
 /// The `DKIM-Signature:` field for a message when one of its recipient domains has
 /// `dkim-sign yes` and a `domain-key` covers its From domain (signing errors are logged and
 /// the message goes unsigned rather than refused).
-fn dkim_signature(shared: &Shared, recipients: &[String], vmta: &str, data: &[u8]) -> Option<Vec<u8>> {
+fn dkim_signature(shared: &Shared, recipients: &[String], vmta: &str, data: &mut Vec<u8>) -> Option<Vec<u8>> {
     if shared.dkim.is_empty() {
         return None;
     }
+    // X-DKIM-Options is for sluice alone: never delivered.
+    let message = take_header(data, "x-dkim-options", true)
+        .map(|v| sluice_engine::dkim::MessageOptions::parse(&v))
+        .unwrap_or_default();
     let mut seen: Vec<String> = Vec::with_capacity(1);
     let settings = recipients.iter().map(|r| domain_of(r).to_ascii_lowercase()).find_map(|d| {
         if seen.contains(&d) {
@@ -2398,7 +2402,7 @@ fn dkim_signature(shared: &Shared, recipients: &[String], vmta: &str, data: &[u8
         seen.push(d);
         s.dkim_sign.then_some(s)
     })?;
-    match shared.dkim.sign(vmta, data, &settings.dkim) {
+    match shared.dkim.sign_with(vmta, data, &settings.dkim, &message) {
         Ok(header) => header,
         Err(e) => {
             tracing::error!(error = %e, "message left unsigned");
