@@ -23,12 +23,12 @@ if ! grep -qs "$POSTFIX_TEST_DIR/etc" /etc/postfix/main.cf; then
     grep -qs '^compatibility_level' /etc/postfix/main.cf || echo "compatibility_level = 3.6" >> /etc/postfix/main.cf
     echo "alternate_config_directories = $POSTFIX_TEST_DIR/etc" >> /etc/postfix/main.cf
 fi
-# Independent DKIM/ARC verification (dkimpy, with PyNaCl for ed25519) and a byte-exact
+# Independent DKIM/ARC verification (dkimpy, with PyNaCl for ed25519 and authres for ARC) and a byte-exact
 # SMTP receiver (aiosmtpd), in a venv of their own.
 VENV=/opt/sluice-test-venv
-if ! "$VENV/bin/python" -c "import dkim, nacl, aiosmtpd" >/dev/null 2>&1; then
+if ! "$VENV/bin/python" -c "import dkim, nacl, aiosmtpd, authres" >/dev/null 2>&1; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check "dkimpy==1.1.8" "PyNaCl==1.6.2" "aiosmtpd==1.4.6"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "dkimpy==1.1.8" "PyNaCl==1.6.2" "aiosmtpd==1.4.6" "authres==1.2.0"
 fi
 for t in smtp-source smtp-sink swaks dnsmasq; do
     command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }

@@ -223,10 +223,15 @@ pub fn run(
     requests: crossbeam_channel::Receiver<ControlRequest>,
     responder: Responder,
     mut acct: AcctWriter,
+    arc_key: Option<sluice_engine::dkim::ArcKey>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let resolver = Arc::new(resolver(&config)?);
+    let checker = {
+        let _in_runtime = rt.enter();
+        Arc::new(crate::authcheck::Checker::new(&config, arc_key)?)
+    };
     let rollups = Arc::new(Mutex::new(Rollups::default()));
     let handle = rt.handle().clone();
     // The channel is read on a blocking thread so the runtime stays free for DNS.
@@ -234,6 +239,15 @@ pub fn run(
         loop {
             match requests.recv_timeout(Duration::from_millis(100)) {
                 Ok(ControlRequest::Acct(records)) => acct.write(&records),
+                Ok(ControlRequest::Verify(req)) => {
+                    let (checker, responder) = (checker.clone(), responder.clone());
+                    handle.spawn(async move {
+                        let (headers, summary) = checker.check(&req).await;
+                        tracing::debug!(%summary, "inbound authentication checked");
+                        let req = *req;
+                        responder.verified(req.shard, req.slot, req.gen, req.data, headers, summary);
+                    });
+                }
                 Ok(ControlRequest::Resolve { shard, domain, static_hosts }) => {
                     let resolver = resolver.clone();
                     let responder = responder.clone();

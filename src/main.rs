@@ -1,6 +1,7 @@
 //! sluice: the binary. CLI, daemon wiring and the control-plane thread; the data plane is
 //! `sluice-netio`'s shards.
 
+mod authcheck;
 mod control;
 mod tools;
 
@@ -66,7 +67,8 @@ fn check_config(path: Option<&Path>) -> ExitCode {
     // Key files are read too: a `domain-key` whose file is missing fails here, not at start.
     let checked = load_config(path)
         .and_then(|c| sluice_engine::dkim::Keys::load(&c).map(|_| c))
-        .and_then(|c| sluice_netio::tls::server_config(&c).map(|_| c));
+        .and_then(|c| sluice_netio::tls::server_config(&c).map(|_| c))
+        .and_then(|c| sluice_engine::dkim::ArcKey::load(&c).map(|_| c));
     match checked {
         Ok(config) => {
             for w in &config.warnings {
@@ -94,6 +96,13 @@ fn run(path: Option<&Path>) -> ExitCode {
         tracing::warn!("{w}");
     }
     let dkim = match sluice_engine::dkim::Keys::load(&config) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let arc_key = match sluice_engine::dkim::ArcKey::load(&config) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("sluice: {e}");
@@ -134,7 +143,7 @@ fn run(path: Option<&Path>) -> ExitCode {
     let control_stop = stop.clone();
     let control = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || control::run(control_config, rx, responder, acct, control_stop))
+        .spawn(move || control::run(control_config, rx, responder, acct, arc_key, control_stop))
         .expect("spawn control thread");
     wait_for_signal();
     tracing::info!("signal received: stopping");

@@ -72,6 +72,21 @@ pub struct SourcePolicy {
     pub max_auth_failure_rate: Rate,
     /// Sender restrictions (empty: any): `allowed-mail-from-domain`, `allowed-virtual-mta`.
     pub restrictions: SenderRestrictions,
+    /// `check-spf-inbound`, `check-dkim-inbound`, `check-dmarc-inbound`,
+    /// `check-arc-inbound`: verify and add an Authentication-Results header.
+    pub check_spf: bool,
+    pub check_dkim: bool,
+    pub check_dmarc: bool,
+    pub check_arc: bool,
+    /// `arc-sign yes`: ARC-seal what this source relays (with the global `arc-key`).
+    pub arc_sign: bool,
+}
+
+impl SourcePolicy {
+    /// Does a message from this source need the (DNS-backed) authentication checks?
+    pub fn checks_inbound(&self) -> bool {
+        self.check_spf || self.check_dkim || self.check_dmarc || self.check_arc || self.arc_sign
+    }
 }
 
 /// A certificate chain and its private key (PEM files), and the line that named them.
@@ -136,6 +151,11 @@ impl Default for SourcePolicy {
             require_starttls_before_auth: false,
             max_auth_failure_rate: Rate { count: 3, period: Duration::from_secs(300) },
             restrictions: SenderRestrictions::default(),
+            check_spf: false,
+            check_dkim: false,
+            check_dmarc: false,
+            check_arc: false,
+            arc_sign: false,
         }
     }
 }
@@ -580,6 +600,8 @@ pub struct Config {
     pool_domains: HashMap<String, DomainBlocks>,
     /// `domain-key` lines: global, and per pool (per VMTA: in `VirtualMta`).
     pub domain_keys: Vec<DomainKey>,
+    /// `arc-key SELECTOR,DOMAIN,KEYFILE`: the key ARC seals are made with.
+    pub arc_key: Option<DomainKey>,
     pub pool_domain_keys: HashMap<String, Vec<DomainKey>>,
     pub vmtas: HashMap<String, VirtualMta>,
     /// `<smtp-pattern-list NAME>` blocks.
@@ -753,6 +775,7 @@ const GLOBAL: &[&str] = &[
     "source-ip-max-connect-rate",
     "source-ip-max-smtp-out",
     "domain-key",
+    "arc-key",
     "smtp-server-tls-certificate",
 ];
 const SOURCE: &[&str] = &[
@@ -774,6 +797,11 @@ const SOURCE: &[&str] = &[
     "smtp-max-auth-failure-rate",
     "allowed-mail-from-domain",
     "allowed-virtual-mta",
+    "check-spf-inbound",
+    "check-dkim-inbound",
+    "check-dmarc-inbound",
+    "check-arc-inbound",
+    "arc-sign",
 ];
 const DOMAIN: &[&str] = &[
     "use-starttls",
@@ -852,6 +880,8 @@ struct Builder {
     vmta_refs: Vec<(String, Span)>,
     /// Named sources used by `<smtp-user>` (`source {NAME}`), checked once all is read.
     source_refs: Vec<(String, Span)>,
+    /// `arc-sign yes` lines: they need an `arc-key`.
+    arc_sign_refs: Vec<Span>,
 }
 
 fn one_arg<'a>(name: &str, args: &'a [String], span: &Span) -> Result<&'a str, ConfigError> {
@@ -923,6 +953,17 @@ impl Builder {
             "host-name" => c.host_name = one_arg(name, args, span)?.to_string(),
             "postmaster" => c.postmaster = Some(one_arg(name, args, span)?.to_string()),
             "domain-key" => c.domain_keys.push(domain_key(args, span)?),
+            "arc-key" => {
+                let key = domain_key(args, span)?;
+                if key.domain == "*" {
+                    return Err(ConfigError::at(
+                        span,
+                        "an ARC key needs its domain",
+                        "write `arc-key s1,relay.example.com,/path/key.pem`",
+                    ));
+                }
+                c.arc_key = Some(key);
+            }
             "smtp-server-tls-certificate" => {
                 let [cert, key] = args else {
                     return Err(ConfigError::at(
@@ -1109,6 +1150,18 @@ impl Builder {
                 }
                 "allowed-mail-from-domain" | "allowed-virtual-mta" => {
                     self.restriction(name, args, span, &mut policy.restrictions)
+                }
+                "check-spf-inbound" => policy.check_spf = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "check-dkim-inbound" => policy.check_dkim = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "check-dmarc-inbound" => {
+                    policy.check_dmarc = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
+                "check-arc-inbound" => policy.check_arc = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "arc-sign" => {
+                    policy.arc_sign = value(span, units::parse_bool(one_arg(name, args, span)?))?;
+                    if policy.arc_sign {
+                        self.arc_sign_refs.push(span.clone());
+                    }
                 }
                 _ => self.unknown(name, span, SOURCE, "<source>")?,
             }
@@ -1565,6 +1618,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             domains: DomainBlocks::default(),
             pool_domains: HashMap::new(),
             domain_keys: Vec::new(),
+            arc_key: None,
             pool_domain_keys: HashMap::new(),
             acct_files: Vec::new(),
             vmtas: HashMap::new(),
@@ -1576,8 +1630,16 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
         vmta_refs: Vec::new(),
         pattern_refs: Vec::new(),
         source_refs: Vec::new(),
+        arc_sign_refs: Vec::new(),
     };
     b.global(&nodes)?;
+    if let (Some(span), None) = (b.arc_sign_refs.first(), &b.config.arc_key) {
+        return Err(ConfigError::at(
+            span,
+            "`arc-sign yes` needs an `arc-key`",
+            "add `arc-key SELECTOR,DOMAIN,KEYFILE` (an RSA key)",
+        ));
+    }
     for (name, span) in &b.source_refs {
         if name != "{auth}" && !b.config.named_sources.contains_key(name) {
             return Err(ConfigError::at(

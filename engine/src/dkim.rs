@@ -318,3 +318,57 @@ mod signing_tests {
         assert!(read_key(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n").is_err());
     }
 }
+
+/// The `arc-key`: ARC seals (RFC 8617) are made with it, relaxed/relaxed, rsa-sha256.
+pub struct ArcKey {
+    selector: String,
+    domain: String,
+    key: Arc<DkimKey>,
+}
+
+/// Headers an ARC-Message-Signature covers (when present).
+pub const ARC_HEADERS: &[&str] = &[
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "MIME-Version",
+    "Content-Type",
+    "Reply-To",
+    "List-Unsubscribe",
+];
+
+impl ArcKey {
+    /// The configured `arc-key`, read from its file (errors name its line).
+    pub fn load(config: &Config) -> Result<Option<ArcKey>, ConfigError> {
+        let Some(k) = &config.arc_key else { return Ok(None) };
+        let key = load_all(std::slice::from_ref(k), &mut HashMap::new())?.pop().expect("one key");
+        if !matches!(*key.key, DkimKey::Rsa(_)) {
+            return Err(key_error(k, "ARC seals are rsa-sha256 (RFC 8617 §4.1.3): use an RSA key".into()));
+        }
+        Ok(Some(ArcKey { selector: key.selector, domain: key.domain, key: key.key }))
+    }
+
+    /// The next ARC set (ARC-Seal, ARC-Message-Signature, ARC-Authentication-Results) for a
+    /// message whose chain validated as `arc` (none, or pass), over `results`; None when the
+    /// chain failed (RFC 8617 §5.1: a failed chain is not sealed).
+    pub fn seal(
+        &self,
+        message: &mail_auth::AuthenticatedMessage<'_>,
+        results: &mail_auth::AuthenticationResults<'_>,
+        arc: &mail_auth::ArcOutput<'_>,
+    ) -> Result<Option<String>, String> {
+        if !arc.can_be_sealed() {
+            return Ok(None);
+        }
+        let set = mail_auth::arc::ArcSealer::from_key(KeyRef(self.key.clone()))
+            .domain(self.domain.clone())
+            .selector(self.selector.clone())
+            .headers(ARC_HEADERS.iter().copied())
+            .seal(message, results, arc)
+            .map_err(|e| format!("ARC sealing failed: {e}"))?;
+        Ok(Some(set.to_header()))
+    }
+}

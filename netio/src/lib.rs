@@ -26,6 +26,26 @@ pub enum ControlRequest {
     Resolve { shard: u32, domain: String, static_hosts: Option<Vec<Vec<HostPort>>> },
     /// Accounting records to append.
     Acct(Vec<Record>),
+    /// Authentication checks (SPF, DKIM, DMARC, ARC) and ARC sealing of a message before it
+    /// is spooled; answered with `ShardMsg::Verified`. The data travels and comes back.
+    Verify(Box<VerifyRequest>),
+}
+
+/// A message to check: its bytes (transparency form) and what the checks need.
+pub struct VerifyRequest {
+    pub shard: u32,
+    /// The connection waiting: slot and generation.
+    pub slot: u32,
+    pub gen: u16,
+    pub data: Vec<u8>,
+    pub client_ip: std::net::IpAddr,
+    pub helo: String,
+    pub mail_from: String,
+    pub spf: bool,
+    pub dkim: bool,
+    pub dmarc: bool,
+    pub arc: bool,
+    pub seal: bool,
 }
 
 /// Requests in flight to the control plane before shards hold theirs back.
@@ -124,6 +144,23 @@ pub struct Responder {
 
 impl Responder {
     /// Delivers a resolution to the shard that asked. Retries briefly if its mailbox is full.
+    /// Hands a checked message back to its shard, with the headers to put on top
+    /// (Authentication-Results, and an ARC set when sealed) and a one-line summary.
+    pub fn verified(&self, shard: u32, slot: u32, gen: u16, data: Vec<u8>, headers: Vec<u8>, summary: String) {
+        let mut msg = ShardMsg::Verified { slot, gen, data, headers, summary };
+        for _ in 0..1000 {
+            match self.shared.mailboxes[shard as usize].send(msg) {
+                Ok(()) => return,
+                Err(back) => msg = back,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        tracing::error!(
+            shard,
+            "shard mailbox full for 1s; a checked message was dropped (its client gets no reply and retries)"
+        );
+    }
+
     /// `rollup`: the domain whose queue this one's mail joins (MX rollup), if not its own.
     pub fn resolved(&self, shard: u32, domain: String, resolution: Resolution, ttl_ms: u64, rollup: Option<String>) {
         let mut msg = ShardMsg::Resolved { domain, resolution, ttl_ms, rollup };

@@ -52,6 +52,14 @@ pub enum ShardMsg {
         ttl_ms: u64,
         rollup: Option<String>,
     },
+    /// A message back from the authentication checks, with the headers to prepend.
+    Verified {
+        slot: u32,
+        gen: u16,
+        data: Vec<u8>,
+        headers: Vec<u8>,
+        summary: String,
+    },
 }
 
 pub struct Mailbox {

@@ -161,9 +161,11 @@ struct Store {
     queued_unix_ms: u64,
     /// The VMTA or pool the message goes out through.
     vmta: String,
-    /// Who sent it, for `r` records: `helo (ip)`, and the AUTH user if any.
+    /// Who sent it, for `r` records: `helo (ip)`, the AUTH user if any, and the inbound
+    /// authentication results.
     src_mta: String,
     smtp_user: String,
+    auth_results: String,
 }
 
 /// Spool tickets of locally made messages (DSNs) have this bit; connections' tickets are
@@ -191,6 +193,8 @@ struct Inbound {
     plain_len: usize,
     /// Ciphertext rustls could not take yet (its buffer was full).
     tls_pending: Vec<u8>,
+    /// A message out for authentication checks (its data is with the control plane).
+    verifying: Option<Box<(sluice_engine::smtp::server::Message, String)>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -713,7 +717,15 @@ impl Shard {
             },
             _ => None,
         };
-        let inbound = Inbound { session, client_ip: ip, store: None, tls, plain_len: 0, tls_pending: Vec::new() };
+        let inbound = Inbound {
+            session,
+            client_ip: ip,
+            store: None,
+            tls,
+            plain_len: 0,
+            tls_pending: Vec::new(),
+            verifying: None,
+        };
         match self.alloc(fd, Kind::In(inbound)) {
             Some(slot) => self.in_drive(slot),
             None => {
@@ -890,7 +902,7 @@ impl Shard {
         }
         let closing = inb.session.is_closing();
         let in_data = inb.session.is_in_data();
-        let storing = inb.store.is_some();
+        let storing = inb.store.is_some() || inb.verifying.is_some();
         if conn.out_off < conn.out.len() {
             return self.submit_send(slot);
         }
@@ -927,7 +939,6 @@ impl Shard {
     fn store_message(&mut self, slot: u32, now: u64) {
         let conn = self.conns[slot as usize].as_mut().expect("live connection");
         let gen = conn.gen;
-        let ticket = (gen as u64) << 32 | slot as u64;
         let Kind::In(inb) = &mut conn.kind else { unreachable!() };
         let mut m = inb.session.take_message();
         let config = &self.shared.config;
@@ -947,6 +958,59 @@ impl Shard {
             inb.session.message_refused(&reply);
             return;
         }
+        if policy.checks_inbound() {
+            // SPF/DKIM/DMARC/ARC need DNS: the control plane checks, then `on_verified` goes on.
+            let req = crate::VerifyRequest {
+                shard: self.id,
+                slot,
+                gen,
+                data: std::mem::take(&mut m.data),
+                client_ip: inb.client_ip,
+                helo: m.helo.clone(),
+                mail_from: m.mail_from.clone(),
+                spf: policy.check_spf || policy.check_dmarc,
+                dkim: policy.check_dkim || policy.check_dmarc,
+                dmarc: policy.check_dmarc,
+                arc: policy.check_arc || policy.arc_sign,
+                seal: policy.arc_sign,
+            };
+            match self.shared.control.try_send(ControlRequest::Verify(Box::new(req))) {
+                Ok(()) => inb.verifying = Some(Box::new((m, vmta))),
+                Err(_) => inb.session.message_refused("451 4.3.0 Authentication checks are busy, try again later"),
+            }
+            return;
+        }
+        self.spool_message(slot, m, vmta, String::new(), now);
+    }
+
+    /// The authentication checks are done: their headers go on top, then the message is
+    /// signed and spooled. A connection gone in the meantime drops it (never acknowledged).
+    fn on_verified(&mut self, slot: u32, gen: u16, data: Vec<u8>, headers: Vec<u8>, summary: String) {
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()).filter(|c| c.gen == gen) else {
+            return;
+        };
+        let Kind::In(inb) = &mut conn.kind else { return };
+        let Some(waiting) = inb.verifying.take() else { return };
+        let (mut m, vmta) = *waiting;
+        m.data = headers;
+        m.data.extend_from_slice(&data);
+        self.spool_message(slot, m, vmta, summary, now_ms());
+        self.in_drive(slot);
+    }
+
+    /// Signs (DKIM) and spools an accepted message; the reply waits for its fsync.
+    fn spool_message(
+        &mut self,
+        slot: u32,
+        mut m: sluice_engine::smtp::server::Message,
+        vmta: String,
+        auth: String,
+        now: u64,
+    ) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        let gen = conn.gen;
+        let ticket = (gen as u64) << 32 | slot as u64;
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
         // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
         if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &mut m.data) {
             m.data.splice(0..0, header);
@@ -963,6 +1027,7 @@ impl Shard {
             vmta,
             src_mta: format!("{} ({})", m.helo, inb.client_ip),
             smtp_user: m.auth_user.unwrap_or_default(),
+            auth_results: auth,
         });
         if now < self.spool_broken_until_ms {
             inb.store = Some(store);
@@ -1059,6 +1124,7 @@ impl Shard {
             vmta: vmta.to_string(),
             src_mta: String::new(),
             smtp_user: String::new(),
+            auth_results: String::new(),
         });
         tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
         let outcomes = outcomes.into_iter().map(|o| (o, msg.segment.clone())).collect();
@@ -1190,15 +1256,15 @@ impl Shard {
                 let size = store.data.len() as u64;
                 for rcpt in &store.recipients {
                     if self.acct.len() < ACCT_PENDING_MAX {
-                        self.acct.push(Record::received(
-                            store.queued_unix_ms,
-                            &store.mail_from,
-                            rcpt,
-                            &store.src_mta,
+                        let received = sluice_engine::acct::Received {
+                            orig: &store.mail_from,
+                            src_mta: &store.src_mta,
                             size,
-                            &store.vmta,
-                            &store.smtp_user,
-                        ));
+                            vmta: &store.vmta,
+                            smtp_user: &store.smtp_user,
+                            auth_results: &store.auth_results,
+                        };
+                        self.acct.push(Record::received(store.queued_unix_ms, rcpt, &received));
                     }
                 }
                 let msg = MsgRef { segment: seg, offset: store.offset };
@@ -1249,6 +1315,9 @@ impl Shard {
                 ShardMsg::Job { domain, vmta, job } => self.enqueue(domain, vmta, job),
                 ShardMsg::Resolved { domain, resolution, ttl_ms, rollup } => {
                     self.on_resolved(domain, resolution, ttl_ms, rollup)
+                }
+                ShardMsg::Verified { slot, gen, data, headers, summary } => {
+                    self.on_verified(slot, gen, data, headers, summary)
                 }
             }
         }

@@ -30,6 +30,7 @@ pub const COLUMNS: &[&str] = &[
     "rcvSmtpUser",
     "dlvTlsProtocol",
     "dlvTlsCipher",
+    "authResults",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,8 @@ pub struct Record {
     /// The delivery's TLS protocol and cipher suite (empty: plain text).
     pub dlv_tls_protocol: String,
     pub dlv_tls_cipher: String,
+    /// Inbound authentication results (`r` records): `spf=pass dkim=pass dmarc=pass arc=none`.
+    pub auth_results: String,
 }
 
 pub fn header_line() -> String {
@@ -99,6 +102,17 @@ fn push_field(out: &mut String, field: &str) {
     }
 }
 
+/// What an `r` record says of the message its recipient came in.
+pub struct Received<'a> {
+    pub orig: &'a str,
+    /// `helo (ip)` of the client.
+    pub src_mta: &'a str,
+    pub size: u64,
+    pub vmta: &'a str,
+    pub smtp_user: &'a str,
+    pub auth_results: &'a str,
+}
+
 impl Record {
     /// RFC 3464 action for this record.
     pub fn dsn_action(&self) -> &'static str {
@@ -111,22 +125,15 @@ impl Record {
     }
 
     /// An `r` row: `rcpt` of a message from `orig`, accepted from `src_mta`.
-    pub fn received(
-        now_ms: u64,
-        orig: &str,
-        rcpt: &str,
-        src_mta: &str,
-        size: u64,
-        vmta: &str,
-        smtp_user: &str,
-    ) -> Record {
-        let mut r = Record::queue_event(now_ms, "", vmta, String::new());
-        r.rcv_smtp_user = smtp_user.to_string();
+    pub fn received(now_ms: u64, rcpt: &str, m: &Received) -> Record {
+        let mut r = Record::queue_event(now_ms, "", m.vmta, String::new());
         r.kind = Kind::Received;
-        r.orig = orig.to_string();
+        r.orig = m.orig.to_string();
         r.rcpt = rcpt.to_string();
-        r.src_mta = src_mta.to_string();
-        r.dlv_size = size;
+        r.src_mta = m.src_mta.to_string();
+        r.dlv_size = m.size;
+        r.rcv_smtp_user = m.smtp_user.to_string();
+        r.auth_results = m.auth_results.to_string();
         r
     }
 
@@ -155,13 +162,14 @@ impl Record {
             rcv_smtp_user: String::new(),
             dlv_tls_protocol: String::new(),
             dlv_tls_cipher: String::new(),
+            auth_results: String::new(),
         }
     }
 
     /// One CSV line (with the newline).
     pub fn csv_line(&self) -> String {
         let size = self.dlv_size.to_string();
-        let fields: [&str; 26] = [
+        let fields: [&str; 27] = [
             self.kind.code(),
             &iso8601(self.time_logged_ms),
             &iso8601(self.time_queued_ms),
@@ -188,6 +196,7 @@ impl Record {
             &self.rcv_smtp_user,
             &self.dlv_tls_protocol,
             &self.dlv_tls_cipher,
+            &self.auth_results,
         ];
         let mut out = String::with_capacity(256);
         for (i, f) in fields.iter().enumerate() {
@@ -230,6 +239,7 @@ mod tests {
             rcv_smtp_user: "".into(),
             dlv_tls_protocol: "".into(),
             dlv_tls_cipher: "".into(),
+            auth_results: "".into(),
         };
         let line = r.csv_line();
         assert!(line.starts_with("b,1970-01-01 00:00:00+0000,1970-01-01 00:00:00+0000,a@b,c@d,,failed,"), "{line}");

@@ -471,6 +471,7 @@ impl<M> Queue<M> {
             rcv_smtp_user: String::new(),
             dlv_tls_protocol: info.tls_protocol.clone(),
             dlv_tls_cipher: info.tls_cipher.clone(),
+            auth_results: String::new(),
         }
     }
 }

@@ -1,0 +1,138 @@
+//! Inbound authentication and ARC, against real DNS (dnsmasq) and an independent
+//! implementation (dkimpy): a message DKIM-signed by its author's domain and ARC-sealed by a
+//! first relay reaches sluice; sluice checks SPF, DKIM, DMARC and the ARC chain, writes
+//! Authentication-Results (and `authResults` in the `r` record), and adds its own ARC set
+//! (instance 2), which dkimpy validates as a passing chain. A message altered in transit fails
+//! DKIM and ARC; sluice seals it with cv=fail, which ends the chain for every later verifier
+//! (RFC 8617 §5.1).
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn send(relay: &Relay, message: &[u8]) {
+    let script = format!(
+        "import smtplib,sys\nwith smtplib.SMTP('127.0.0.1', {}) as s:\n    s.sendmail('a@sender.test', ['r@dest.test'], sys.stdin.buffer.read())\n",
+        relay.port
+    );
+    let mut child = Command::new("python3").arg("-c").arg(script).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The upstream message (DKIM + ARC i=1 by dkimpy), optionally altered after sealing.
+fn prepared(keys: &std::path::Path, subject: &str, tamper: bool) -> Vec<u8> {
+    let raw = format!(
+        "From: Author <a@sender.test>\r\nTo: r@dest.test\r\nSubject: {subject}\r\nDate: Sat, 28 Nov 2026 00:00:00 +0000\r\n\
+         Message-ID: <{subject}@sender.test>\r\n\r\nHello from the author.\r\n"
+    );
+    let mut child = Command::new(VENV_PYTHON)
+        .arg(py_script("arc_prepare.py"))
+        .arg(keys.join("d1.pem"))
+        .arg(keys.join("arc1.pem"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(raw.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let mut m = out.stdout;
+    if tamper {
+        let text = String::from_utf8(m).unwrap().replace("Hello from the author.", "Hello from someone else.");
+        m = text.into_bytes();
+    }
+    m
+}
+
+#[test]
+fn spf_dkim_dmarc_arc_checked_and_sealed() {
+    let keys = TempDir::new("arc-keys");
+    // Upstream keys are 1024-bit so their TXT records fit one DNS string.
+    for name in ["d1", "arc1"] {
+        let (code, out) = run(Command::new("openssl")
+            .args(["genrsa", "-traditional", "-out"])
+            .arg(keys.path().join(format!("{name}.pem")))
+            .arg("1024"));
+        assert_eq!(code, 0, "{out}");
+    }
+    let public = |name: &str| {
+        let (code, p) = run(Command::new("sh").arg("-c").arg(format!(
+            "openssl pkey -in {} -pubout -outform DER | base64 -w0",
+            keys.path().join(format!("{name}.pem")).display()
+        )));
+        assert_eq!(code, 0, "{p}");
+        format!("v=DKIM1; k=rsa; p={}", p.trim())
+    };
+    let (d1, arc1) = (public("d1"), public("arc1"));
+    let (sluice_key, sluice_txt) = dkim_keypair(keys.path(), "relay-arc", "rsa-pkcs8");
+    let dns_port = free_port("127.0.0.1");
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            format!("--txt-record=d1._domainkey.sender.test,{}", d1),
+            format!("--txt-record=arc1._domainkey.hop1.test,{}", arc1),
+            "--txt-record=sender.test,v=spf1 ip4:127.0.0.0/8 -all".into(),
+            "--txt-record=_dmarc.sender.test,v=DMARC1; p=reject".into(),
+            // Everything else under .test does not exist (the DMARC tree walk asks).
+            "--local=/test/".into(),
+        ],
+    );
+    let receiver = PyReceiver::start();
+    let relay = Relay::start(
+        &format!(
+            "dns-server 127.0.0.1:{dns_port}\narc-key relay-arc,relay.test,{}\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n check-spf-inbound yes\n check-dkim-inbound yes\n\
+             check-dmarc-inbound yes\n check-arc-inbound yes\n arc-sign yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sluice_key.display(),
+            receiver.addr.port()
+        ),
+        Some(1),
+    );
+    send(&relay, &prepared(keys.path(), "good", false));
+    send(&relay, &prepared(keys.path(), "tampered", true));
+    let files = wait_for("both received", Duration::from_secs(30), || {
+        let f = receiver.files();
+        (f.len() == 2).then_some(f)
+    });
+    let keys_file = keys.path().join("txt.tsv");
+    std::fs::write(
+        &keys_file,
+        format!("arc1._domainkey.hop1.test\t{arc1}\nd1._domainkey.sender.test\t{d1}\nrelay-arc._domainkey.relay.test\t{sluice_txt}\n"),
+    )
+    .unwrap();
+    let by_subject = |s: &str| {
+        files.iter().find(|f| std::fs::read_to_string(f).unwrap().contains(&format!("Subject: {s}"))).unwrap().clone()
+    };
+    let (code, good) =
+        run(Command::new(VENV_PYTHON).arg(py_script("arc_check.py")).arg(&keys_file).arg(by_subject("good")));
+    assert_eq!(code, 0, "{good}");
+    assert!(good.contains("cv pass"), "dkimpy validates sluice's seal: {good}");
+    assert!(good.contains("instances 2 1") || good.contains("instances 1 2"), "{good}");
+    for want in ["spf=pass", "dkim=pass", "dmarc=pass", "arc=pass"] {
+        assert!(good.lines().any(|l| l.starts_with("ar ") && l.contains(want)), "{want}: {good}");
+    }
+    let (code, bad) =
+        run(Command::new(VENV_PYTHON).arg(py_script("arc_check.py")).arg(&keys_file).arg(by_subject("tampered")));
+    assert_eq!(code, 0, "{bad}");
+    assert!(bad.contains("dkim=neutral (body hash did not verify)") && bad.contains("arc=neutral"), "{bad}");
+    assert!(bad.contains("cv fail ARC-Seal[2] reported failure"), "sealed as failed: {bad}");
+    let r = relay.wait_rows("r", 2, Duration::from_secs(10));
+    let summaries: Vec<&str> = r.iter().map(|row| row["authResults"].as_str()).collect();
+    assert!(summaries.contains(&"spf=pass dkim=pass arc=pass dmarc=pass sealed"), "{summaries:?}");
+    assert!(summaries.contains(&"spf=pass dkim=fail arc=neutral dmarc=pass sealed"), "{summaries:?}");
+}
+
+#[test]
+fn arc_sign_without_a_key_is_a_config_error() {
+    let dir = TempDir::new("arc-cfg");
+    let conf = dir.path().join("a.conf");
+    std::fs::write(&conf, "smtp-listener 127.0.0.1:1\n<source 0/0>\n arc-sign yes\n</source>\n").unwrap();
+    let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&conf));
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("a.conf:3: `arc-sign yes` needs an `arc-key`"), "{out}");
+}
