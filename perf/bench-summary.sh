@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${NO_RUN:-}" ]; then
-    cargo bench --locked --bench protocol --bench spool_codec --bench limiter --bench dkim -- --warm-up-time 1 --measurement-time 3 >/dev/null 2>&1
+    cargo bench --locked --bench protocol --bench spool_codec --bench limiter --bench dkim --bench suppress -- --warm-up-time 1 --measurement-time 3 >/dev/null 2>&1
 fi
 python3 - <<'PY'
 import json, pathlib

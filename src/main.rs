@@ -39,6 +39,20 @@ enum Command {
     Loadgen(tools::LoadgenArgs),
     /// Accept and count mail over SMTP (io_uring), verifying loadgen's checksums.
     Sink(tools::SinkArgs),
+    /// Suppression-list helpers.
+    #[command(subcommand)]
+    Suppress(Suppress),
+}
+
+#[derive(Subcommand)]
+enum Suppress {
+    /// Print the hash of an address for an `address-hash-file` (SHA-256 of the lower-cased
+    /// address), or with --hmac for an `address-hmac-file`.
+    Hash {
+        address: String,
+        #[arg(long)]
+        hmac: Option<String>,
+    },
 }
 
 /// Loads a configuration file, following includes relative to its directory.
@@ -68,7 +82,8 @@ fn check_config(path: Option<&Path>) -> ExitCode {
     let checked = load_config(path)
         .and_then(|c| sluice_engine::dkim::Keys::load(&c).map(|_| c))
         .and_then(|c| sluice_netio::tls::server_config(&c).map(|_| c))
-        .and_then(|c| sluice_engine::dkim::ArcKey::load(&c).map(|_| c));
+        .and_then(|c| sluice_engine::dkim::ArcKey::load(&c).map(|_| c))
+        .and_then(|c| sluice_netio::suppress::load_lists(&c).map(|_| c));
     match checked {
         Ok(config) => {
             for w in &config.warnings {
@@ -109,6 +124,19 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let lists = match sluice_netio::suppress::load_lists(&config) {
+        Ok(l) => {
+            for (name, list) in &l {
+                let hashed: usize = list.hashed.iter().map(|h| h.len()).sum();
+                tracing::info!(list = %name, addresses = list.addresses.len(), hashed, "suppression list loaded");
+            }
+            l
+        }
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let tls = match sluice_netio::tls::server_config(&config) {
         Ok(t) => t,
         Err(e) => {
@@ -124,7 +152,7 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
-    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), dkim, tls, tx) {
+    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), dkim, tls, lists.clone(), tx) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: {e}");
@@ -154,6 +182,9 @@ fn run(path: Option<&Path>) -> ExitCode {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "control plane failed"),
         Err(_) => tracing::error!("control plane panicked"),
+    }
+    for (name, list) in &lists {
+        tracing::info!(list = %name, refused = list.hits(), "suppression list hits");
     }
     tracing::info!("sluice stopped");
     ExitCode::SUCCESS
@@ -231,6 +262,10 @@ fn main() -> ExitCode {
             raise_fd_limit();
             default_sigpipe();
             tools::sink(args)
+        }
+        Command::Suppress(Suppress::Hash { address, hmac }) => {
+            println!("{}", sluice_engine::suppress::address_hash(&address, hmac.as_deref().map(str::as_bytes)));
+            ExitCode::SUCCESS
         }
     }
 }

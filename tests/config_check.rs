@@ -25,9 +25,18 @@ fn sample_powermta_config_parses_and_reports_what_is_not_supported_yet() {
     );
     let dir = TempDir::new("sample");
     let (key, _) = dkim_keypair(dir.path(), "example", "rsa-pkcs8");
-    let text = std::fs::read_to_string(sample()).unwrap();
+    // The sample's suppression files, as an operator would have them.
+    let plain = dir.path().join("plain.txt");
+    std::fs::write(&plain, "someone@example.com\n").unwrap();
+    let hashed = dir.path().join("sha256.txt");
+    std::fs::write(&hashed, sluice_engine::suppress::address_hash("someone@example.com", None) + "\n").unwrap();
+    let text = std::fs::read_to_string(sample())
+        .unwrap()
+        .replace("/etc/sluice/dkim/example.com.pem", key.to_str().unwrap())
+        .replace("/etc/sluice/suppress/plain.txt", plain.to_str().unwrap())
+        .replace("/etc/sluice/suppress/sha256.txt", hashed.to_str().unwrap());
     let conf = dir.path().join("sample-powermta.conf");
-    std::fs::write(&conf, text.replace("/etc/sluice/dkim/example.com.pem", key.to_str().unwrap())).unwrap();
+    std::fs::write(&conf, text).unwrap();
     let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&conf));
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().last(), Some("ok"));

@@ -80,6 +80,32 @@ pub struct SourcePolicy {
     pub check_arc: bool,
     /// `arc-sign yes`: ARC-seal what this source relays (with the global `arc-key`).
     pub arc_sign: bool,
+    /// `suppression-lists NAME[,NAME]`: recipients on these `<address-list>`s are refused.
+    pub suppression_lists: Vec<String>,
+}
+
+/// One line of an `<address-list>`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListEntry {
+    /// `address a@b.com` (or a local part, `address abuse`: any domain).
+    Address(String),
+    /// `address /regex/`.
+    Regex(String),
+    /// `address-file F`: one address or local part per line.
+    File(PathBuf),
+    /// `domain d.com`.
+    Domain(String),
+    /// `address-hash-file F`: lower-case hex SHA-256 of the lower-cased address per line.
+    HashFile(PathBuf),
+    /// `address-hmac-file F KEY`: the same with HMAC-SHA256 and KEY.
+    HmacFile(PathBuf, String),
+}
+
+/// `<address-list NAME>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddressListConfig {
+    pub name: String,
+    pub entries: Vec<(ListEntry, Span)>,
 }
 
 impl SourcePolicy {
@@ -156,6 +182,7 @@ impl Default for SourcePolicy {
             check_dmarc: false,
             check_arc: false,
             arc_sign: false,
+            suppression_lists: Vec::new(),
         }
     }
 }
@@ -595,6 +622,8 @@ pub struct Config {
     named_sources: HashMap<String, SourcePolicy>,
     /// `<smtp-user NAME>` blocks.
     pub smtp_users: HashMap<String, SmtpUser>,
+    /// `<address-list NAME>` blocks (suppression lists).
+    pub address_lists: HashMap<String, AddressListConfig>,
     domains: DomainBlocks,
     /// `<domain>` blocks inside `<virtual-mta-pool>` blocks.
     pool_domains: HashMap<String, DomainBlocks>,
@@ -747,11 +776,9 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-mgmt-port", "the management API"),
     ("http-access", "the management API"),
     ("http-api-key", "the management API"),
-    ("address-list", "suppression lists"),
     ("feedback-loop-processor", "feedback loops"),
     ("bounce-processor", "bounce processing"),
     ("process-x-job", "jobs"),
-    ("suppression-lists", "suppression lists"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
     ("delete-after", "accounting rotation"),
@@ -802,6 +829,7 @@ const SOURCE: &[&str] = &[
     "check-dmarc-inbound",
     "check-arc-inbound",
     "arc-sign",
+    "suppression-lists",
 ];
 const DOMAIN: &[&str] = &[
     "use-starttls",
@@ -843,6 +871,7 @@ const BLOCKS: &[&str] = &[
     "smtp-pattern-list",
     "smtp-user",
     "smtp-listener",
+    "address-list",
 ];
 
 /// Levenshtein distance, for "did you mean" hints.
@@ -882,6 +911,8 @@ struct Builder {
     source_refs: Vec<(String, Span)>,
     /// `arc-sign yes` lines: they need an `arc-key`.
     arc_sign_refs: Vec<Span>,
+    /// `suppression-lists` names, checked once all is read.
+    list_refs: Vec<(String, Span)>,
 }
 
 fn one_arg<'a>(name: &str, args: &'a [String], span: &Span) -> Result<&'a str, ConfigError> {
@@ -1058,6 +1089,7 @@ impl Builder {
             "virtual-mta" => self.virtual_mta(arg, children, span),
             "virtual-mta-pool" => self.vmta_pool(arg, children, span),
             "smtp-user" => self.smtp_user(arg, children, span),
+            "address-list" => self.address_list(arg, children, span),
             "smtp-listener" => {
                 let addr = arg.ok_or_else(|| {
                     ConfigError::at(span, "`<smtp-listener>` needs an address", "write `<smtp-listener 0/0:465>`")
@@ -1157,6 +1189,12 @@ impl Builder {
                     policy.check_dmarc = value(span, units::parse_bool(one_arg(name, args, span)?))?
                 }
                 "check-arc-inbound" => policy.check_arc = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "suppression-lists" => {
+                    for list in args.join(",").split(',').map(str::trim).filter(|l| !l.is_empty()) {
+                        self.list_refs.push((list.to_string(), span.clone()));
+                        policy.suppression_lists.push(list.to_string());
+                    }
+                }
                 "arc-sign" => {
                     policy.arc_sign = value(span, units::parse_bool(one_arg(name, args, span)?))?;
                     if policy.arc_sign {
@@ -1176,6 +1214,50 @@ impl Builder {
             }
             (None, None) => unreachable!("a source is a CIDR or a name"),
         }
+        Ok(())
+    }
+
+    fn address_list(&mut self, arg: Option<&str>, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        let name = arg.ok_or_else(|| {
+            ConfigError::at(span, "`<address-list>` needs a name", "write `<address-list suppress1>`")
+        })?;
+        let known = ["address", "address-file", "domain", "address-hash-file", "address-hmac-file"];
+        let mut entries = Vec::new();
+        for (d, args, dspan) in self.directives(children, "<address-list>")? {
+            let entry = match d {
+                "address" => {
+                    let a = one_arg(d, args, dspan)?;
+                    match a.strip_prefix('/').and_then(|r| r.strip_suffix('/')) {
+                        Some(re) => {
+                            regex::Regex::new(re).map_err(|e| {
+                                ConfigError::at(dspan, format!("bad regex `{a}`: {e}"), "write `address /^bounce-.*@/`")
+                            })?;
+                            ListEntry::Regex(re.to_string())
+                        }
+                        None => ListEntry::Address(a.to_ascii_lowercase()),
+                    }
+                }
+                "address-file" => ListEntry::File(relative_to(dspan, one_arg(d, args, dspan)?)),
+                "domain" => ListEntry::Domain(one_arg(d, args, dspan)?.trim_end_matches('.').to_ascii_lowercase()),
+                "address-hash-file" => ListEntry::HashFile(relative_to(dspan, one_arg(d, args, dspan)?)),
+                "address-hmac-file" => {
+                    let [file, key] = args else {
+                        return Err(ConfigError::at(
+                            dspan,
+                            "`address-hmac-file` takes a file and a key",
+                            "write `address-hmac-file /etc/sluice/hmac.txt SECRETKEY`",
+                        ));
+                    };
+                    ListEntry::HmacFile(relative_to(dspan, file), key.clone())
+                }
+                _ => {
+                    self.unknown(d, dspan, &known, "<address-list>")?;
+                    continue;
+                }
+            };
+            entries.push((entry, dspan.clone()));
+        }
+        self.config.address_lists.insert(name.to_string(), AddressListConfig { name: name.to_string(), entries });
         Ok(())
     }
 
@@ -1615,6 +1697,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             sources: Vec::new(),
             named_sources: HashMap::new(),
             smtp_users: HashMap::new(),
+            address_lists: HashMap::new(),
             domains: DomainBlocks::default(),
             pool_domains: HashMap::new(),
             domain_keys: Vec::new(),
@@ -1631,8 +1714,18 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
         pattern_refs: Vec::new(),
         source_refs: Vec::new(),
         arc_sign_refs: Vec::new(),
+        list_refs: Vec::new(),
     };
     b.global(&nodes)?;
+    for (name, span) in &b.list_refs {
+        if !b.config.address_lists.contains_key(name) {
+            return Err(ConfigError::at(
+                span,
+                format!("address-list `{name}` is not defined"),
+                format!("define it with `<address-list {name}>`"),
+            ));
+        }
+    }
     if let (Some(span), None) = (b.arc_sign_refs.first(), &b.config.arc_key) {
         return Err(ConfigError::at(
             span,

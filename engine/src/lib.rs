@@ -7,4 +7,5 @@ pub mod dkim;
 pub mod queue;
 pub mod shape;
 pub mod smtp;
+pub mod suppress;
 pub mod time;

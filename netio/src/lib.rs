@@ -5,6 +5,7 @@
 pub mod mailbox;
 mod shard;
 pub mod store;
+pub mod suppress;
 mod sys;
 pub mod tls;
 pub mod tools;
@@ -126,6 +127,8 @@ pub(crate) struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Outbound STARTTLS (opportunistic: certificates are not checked, RFC 7435).
     pub tls_client: Arc<rustls::ClientConfig>,
+    /// `<address-list>`s by name.
+    pub lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
 }
 
 /// The running data plane.
@@ -187,6 +190,7 @@ impl Runtime {
         config: Arc<Config>,
         dkim: sluice_engine::dkim::Keys,
         tls: Option<Arc<rustls::ServerConfig>>,
+        lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
         control: crossbeam_channel::Sender<ControlRequest>,
     ) -> Result<(Runtime, Responder), StartError> {
         // Probe io_uring before anything else, so the failure says what it is.
@@ -225,6 +229,7 @@ impl Runtime {
             users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&config)),
             tls,
             tls_client: tls::client_config(),
+            lists,
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

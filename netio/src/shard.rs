@@ -693,6 +693,11 @@ impl Shard {
                 auth_blocked,
                 auth_failures_max: policy.max_auth_failure_rate.count,
                 restrictions: policy.restrictions.clone(),
+                suppression: policy
+                    .suppression_lists
+                    .iter()
+                    .filter_map(|n| self.shared.lists.get(n).cloned())
+                    .collect(),
             },
             ip,
             session_id,

@@ -42,6 +42,8 @@ pub struct SessionPolicy {
     /// `allowed-mail-from-domain` / `allowed-virtual-mta`; an authenticated user's replace
     /// its source's.
     pub restrictions: SenderRestrictions,
+    /// `suppression-lists`: a recipient on one of these is refused at RCPT.
+    pub suppression: Vec<Arc<crate::suppress::AddressList>>,
 }
 
 impl Default for SessionPolicy {
@@ -62,6 +64,7 @@ impl Default for SessionPolicy {
             auth_blocked: false,
             auth_failures_max: 3,
             restrictions: SenderRestrictions::default(),
+            suppression: Vec::new(),
         }
     }
 }
@@ -410,6 +413,10 @@ impl Session {
         }
         if !self.policy.relay_allowed {
             return self.reply("550 5.7.1 Relaying denied");
+        }
+        if let Some(list) = self.policy.suppression.iter().find(|l| l.suppresses(path)) {
+            let reply = format!("550 5.7.1 <{path}> is suppressed (address-list {})", list.name);
+            return self.reply(&reply);
         }
         // RFC 5321 §4.5.3.1.10: too many recipients is answered 452 and the client retries.
         if self.recipients.len() >= self.policy.max_rcpt_per_message as usize {
