@@ -197,6 +197,7 @@ impl AcctWriter {
                     Kind::Transient => RecordType::Transient,
                     Kind::QueueEvent => RecordType::QueueEvent,
                     Kind::Received => RecordType::Received,
+                    Kind::Feedback => RecordType::Feedback,
                 };
                 if types.contains(&t) {
                     if let Err(e) = w.write_all(r.csv_line().as_bytes()) {
@@ -239,6 +240,17 @@ pub fn run(
         loop {
             match requests.recv_timeout(Duration::from_millis(100)) {
                 Ok(ControlRequest::Acct(records)) => acct.write(&records),
+                Ok(ControlRequest::SuppressAdd { path, address }) => {
+                    // One line, fsynced: the complainer stays suppressed across restarts.
+                    let added = OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
+                        f.write_all(format!("{address}\n").as_bytes())?;
+                        f.sync_data()
+                    });
+                    match added {
+                        Ok(()) => tracing::info!(%address, file = %path.display(), "complainer suppressed"),
+                        Err(e) => tracing::error!(%address, file = %path.display(), error = %e, "cannot add to the suppression file"),
+                    }
+                }
                 Ok(ControlRequest::Verify(req)) => {
                     let (checker, responder) = (checker.clone(), responder.clone());
                     handle.spawn(async move {

@@ -83,7 +83,8 @@ fn check_config(path: Option<&Path>) -> ExitCode {
         .and_then(|c| sluice_engine::dkim::Keys::load(&c).map(|_| c))
         .and_then(|c| sluice_netio::tls::server_config(&c).map(|_| c))
         .and_then(|c| sluice_engine::dkim::ArcKey::load(&c).map(|_| c))
-        .and_then(|c| sluice_netio::suppress::load_lists(&c).map(|_| c));
+        .and_then(|c| sluice_netio::suppress::load_lists(&c).map(|_| c))
+        .and_then(|c| sluice_netio::suppress::load_feedback(&c).map(|_| c));
     match checked {
         Ok(config) => {
             for w in &config.warnings {
@@ -137,6 +138,13 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let feedback = match sluice_netio::suppress::load_feedback(&config) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let tls = match sluice_netio::tls::server_config(&config) {
         Ok(t) => t,
         Err(e) => {
@@ -152,13 +160,14 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
-    let (runtime, responder) = match sluice_netio::Runtime::start(config.clone(), dkim, tls, lists.clone(), tx) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    let (runtime, responder) =
+        match sluice_netio::Runtime::start(config.clone(), dkim, tls, lists.clone(), feedback, tx) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                return ExitCode::from(1);
+            }
+        };
     tracing::info!(
         shards = runtime.shards,
         listeners = ?config.listeners,

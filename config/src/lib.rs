@@ -101,6 +101,19 @@ pub enum ListEntry {
     HmacFile(PathBuf, String),
 }
 
+/// `<feedback-loop-processor>`: reports sent to its addresses become `f` records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackProcessor {
+    /// The report addresses (its nested `<address-list>`).
+    pub addresses: AddressListConfig,
+    /// `deliver-unmatched-email yes`: mail to those addresses that is no report is relayed
+    /// (default: accepted and dropped).
+    pub deliver_unmatched: bool,
+    /// `auto-suppress-list NAME`: complaining recipients are appended to that list's
+    /// `address-file`.
+    pub auto_suppress: Option<String>,
+}
+
 /// `<address-list NAME>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AddressListConfig {
@@ -459,6 +472,7 @@ pub enum RecordType {
     Transient,
     QueueEvent,
     Received,
+    Feedback,
 }
 
 impl RecordType {
@@ -469,6 +483,7 @@ impl RecordType {
             RecordType::Transient => "t",
             RecordType::QueueEvent => "tq",
             RecordType::Received => "r",
+            RecordType::Feedback => "f",
         }
     }
 }
@@ -624,6 +639,7 @@ pub struct Config {
     pub smtp_users: HashMap<String, SmtpUser>,
     /// `<address-list NAME>` blocks (suppression lists).
     pub address_lists: HashMap<String, AddressListConfig>,
+    pub feedback_processor: Option<FeedbackProcessor>,
     domains: DomainBlocks,
     /// `<domain>` blocks inside `<virtual-mta-pool>` blocks.
     pool_domains: HashMap<String, DomainBlocks>,
@@ -776,14 +792,12 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-mgmt-port", "the management API"),
     ("http-access", "the management API"),
     ("http-api-key", "the management API"),
-    ("feedback-loop-processor", "feedback loops"),
     ("bounce-processor", "bounce processing"),
     ("process-x-job", "jobs"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
     ("delete-after", "accounting rotation"),
     ("min-free-space", "spool space limits"),
-    ("deliver-unmatched-email", "feedback loops"),
 ];
 
 const GLOBAL: &[&str] = &[
@@ -872,6 +886,7 @@ const BLOCKS: &[&str] = &[
     "smtp-user",
     "smtp-listener",
     "address-list",
+    "feedback-loop-processor",
 ];
 
 /// Levenshtein distance, for "did you mean" hints.
@@ -1090,6 +1105,7 @@ impl Builder {
             "virtual-mta-pool" => self.vmta_pool(arg, children, span),
             "smtp-user" => self.smtp_user(arg, children, span),
             "address-list" => self.address_list(arg, children, span),
+            "feedback-loop-processor" => self.feedback_processor(children, span),
             "smtp-listener" => {
                 let addr = arg.ok_or_else(|| {
                     ConfigError::at(span, "`<smtp-listener>` needs an address", "write `<smtp-listener 0/0:465>`")
@@ -1258,6 +1274,48 @@ impl Builder {
             entries.push((entry, dspan.clone()));
         }
         self.config.address_lists.insert(name.to_string(), AddressListConfig { name: name.to_string(), entries });
+        Ok(())
+    }
+
+    fn feedback_processor(&mut self, children: &[Node], span: &Span) -> Result<(), ConfigError> {
+        const ANON: &str = "{feedback-loop-processor}";
+        let mut deliver_unmatched = false;
+        let mut auto_suppress = None;
+        let mut has_list = false;
+        for child in children {
+            match child {
+                Node::Directive { name, args, span } if name == "deliver-unmatched-email" => {
+                    deliver_unmatched = value(span, units::parse_bool(one_arg(name, args, span)?))?
+                }
+                Node::Directive { name, args, span } if name == "auto-suppress-list" => {
+                    let list = one_arg(name, args, span)?.to_string();
+                    self.list_refs.push((list.clone(), span.clone()));
+                    auto_suppress = Some(list);
+                }
+                Node::Directive { name, span, .. } => self.unknown(
+                    name,
+                    span,
+                    &["deliver-unmatched-email", "auto-suppress-list"],
+                    "<feedback-loop-processor>",
+                )?,
+                Node::Block { name, children, span, .. } if name == "address-list" => {
+                    self.address_list(Some(ANON), children, span)?;
+                    has_list = true;
+                }
+                Node::Block { name, span, .. } => {
+                    self.unknown(name, span, &["address-list"], "<feedback-loop-processor>")?
+                }
+            }
+        }
+        if !has_list {
+            return Err(ConfigError::at(
+                span,
+                "`<feedback-loop-processor>` needs an `<address-list>` of report addresses",
+                "add `<address-list> address fbl@example.com </address-list>` inside it",
+            ));
+        }
+        let addresses = self.config.address_lists.remove(ANON).expect("parsed above");
+        self.config.feedback_processor = Some(FeedbackProcessor { addresses, deliver_unmatched, auto_suppress });
         Ok(())
     }
 
@@ -1653,7 +1711,8 @@ impl Builder {
                             "t" => records.push(RecordType::Transient),
                             "tq" => records.push(RecordType::QueueEvent),
                             "r" => records.push(RecordType::Received),
-                            "f" | "rb" | "rs" => self.config.warnings.push(Warning {
+                            "f" => records.push(RecordType::Feedback),
+                            "rb" | "rs" => self.config.warnings.push(Warning {
                                 span: span.clone(),
                                 message: format!("accounting record type `{r}` is not written yet; ignored"),
                             }),
@@ -1698,6 +1757,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             named_sources: HashMap::new(),
             smtp_users: HashMap::new(),
             address_lists: HashMap::new(),
+            feedback_processor: None,
             domains: DomainBlocks::default(),
             pool_domains: HashMap::new(),
             domain_keys: Vec::new(),

@@ -4,6 +4,7 @@
 pub mod acct;
 pub mod bounce;
 pub mod dkim;
+pub mod feedback;
 pub mod queue;
 pub mod shape;
 pub mod smtp;

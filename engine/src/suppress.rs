@@ -132,6 +132,15 @@ impl AddressList {
 
     /// Is `address` on the list? Counts a hit when it is.
     pub fn suppresses(&self, address: &str) -> bool {
+        let hit = self.contains(address);
+        if hit {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// Is `address` on the list (no hit counted)?
+    pub fn contains(&self, address: &str) -> bool {
         let mut buf = [0u8; ADDRESS_BYTES_MAX];
         let n = address.len();
         if n > ADDRESS_BYTES_MAX {
@@ -146,9 +155,6 @@ impl AddressList {
             || self.domains.contains(domain)
             || self.hashed.iter().any(|h| h.contains(lower.as_bytes()))
             || self.regexes.iter().any(|r| r.is_match(lower));
-        if hit {
-            self.hits.fetch_add(1, Ordering::Relaxed);
-        }
         hit
     }
 

@@ -27,6 +27,8 @@ pub enum ControlRequest {
     Resolve { shard: u32, domain: String, static_hosts: Option<Vec<Vec<HostPort>>> },
     /// Accounting records to append.
     Acct(Vec<Record>),
+    /// Append a complaining recipient to an `auto-suppress-list`'s file (and fsync it).
+    SuppressAdd { path: std::path::PathBuf, address: String },
     /// Authentication checks (SPF, DKIM, DMARC, ARC) and ARC sealing of a message before it
     /// is spooled; answered with `ShardMsg::Verified`. The data travels and comes back.
     Verify(Box<VerifyRequest>),
@@ -129,6 +131,8 @@ pub(crate) struct Shared {
     pub tls_client: Arc<rustls::ClientConfig>,
     /// `<address-list>`s by name.
     pub lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
+    /// `<feedback-loop-processor>`, if configured.
+    pub feedback: Option<suppress::FeedbackLoop>,
 }
 
 /// The running data plane.
@@ -191,6 +195,7 @@ impl Runtime {
         dkim: sluice_engine::dkim::Keys,
         tls: Option<Arc<rustls::ServerConfig>>,
         lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
+        feedback: Option<suppress::FeedbackLoop>,
         control: crossbeam_channel::Sender<ControlRequest>,
     ) -> Result<(Runtime, Responder), StartError> {
         // Probe io_uring before anything else, so the failure says what it is.
@@ -230,6 +235,7 @@ impl Runtime {
             tls,
             tls_client: tls::client_config(),
             lists,
+            feedback,
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

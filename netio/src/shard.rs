@@ -10,6 +10,7 @@ use crate::{limit_of, owner_shard, ControlRequest, Shared};
 use io_uring::{opcode, squeue, types, IoUring};
 use sluice_engine::acct::{Kind as RecordKind, Record};
 use sluice_engine::bounce::dsn;
+use sluice_engine::dkim::unstuffed as dkim_unstuffed;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, QueueAction, Recipient};
 use sluice_engine::shape::gcra::{GcraCell, Limit};
 use sluice_engine::smtp::addr::domain_of;
@@ -698,6 +699,7 @@ impl Shard {
                     .iter()
                     .filter_map(|n| self.shared.lists.get(n).cloned())
                     .collect(),
+                local: self.shared.feedback.as_ref().map(|f| f.addresses.clone()),
             },
             ip,
             session_id,
@@ -962,6 +964,35 @@ impl Shard {
             let reply = format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)");
             inb.session.message_refused(&reply);
             return;
+        }
+        // Feedback-loop reports: consumed here, written as `f` records, never relayed.
+        if let Some(fbl) = &self.shared.feedback {
+            let (reports, rest): (Vec<String>, Vec<String>) =
+                m.recipients.iter().cloned().partition(|r| fbl.addresses.contains(r));
+            if !reports.is_empty() {
+                let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
+                m.recipients = rest;
+                match sluice_engine::feedback::parse(&text) {
+                    Some(f) => {
+                        tracing::info!(shard = self.id, rcpt = %f.rcpt, kind = %f.feedback_type, "feedback report");
+                        if let (Some(path), false) = (&fbl.auto_suppress, f.rcpt.is_empty()) {
+                            let req = ControlRequest::SuppressAdd { path: path.clone(), address: f.rcpt.clone() };
+                            if self.shared.control.try_send(req).is_err() {
+                                tracing::error!(rcpt = %f.rcpt, "control plane busy: complainer not added to the suppression file");
+                            }
+                        }
+                        if self.acct.len() < ACCT_PENDING_MAX {
+                            self.acct.push(Record::feedback(now, &f));
+                        }
+                    }
+                    None if fbl.deliver_unmatched => m.recipients.extend(reports),
+                    None => tracing::info!(shard = self.id, from = %m.mail_from, "not a feedback report; dropped"),
+                }
+                if m.recipients.is_empty() {
+                    inb.session.message_stored(true, "feedback");
+                    return;
+                }
+            }
         }
         if policy.checks_inbound() {
             // SPF/DKIM/DMARC/ARC need DNS: the control plane checks, then `on_verified` goes on.

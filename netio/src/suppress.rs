@@ -87,11 +87,52 @@ pub fn hash_table(path: &Path) -> std::io::Result<Box<dyn HashTable>> {
     }
 }
 
+/// The `<feedback-loop-processor>`: its report addresses, and where complainers go.
+pub struct FeedbackLoop {
+    pub addresses: Arc<AddressList>,
+    pub deliver_unmatched: bool,
+    /// The `address-file` of the `auto-suppress-list`.
+    pub auto_suppress: Option<PathBuf>,
+}
+
+pub fn load_feedback(config: &Config) -> Result<Option<FeedbackLoop>, ConfigError> {
+    let Some(p) = &config.feedback_processor else { return Ok(None) };
+    let addresses = load_one(&p.addresses)?;
+    let auto_suppress = match &p.auto_suppress {
+        None => None,
+        Some(name) => {
+            let list = &config.address_lists[name];
+            let file = list.entries.iter().find_map(|(e, _)| match e {
+                ListEntry::File(path) => Some(path.clone()),
+                _ => None,
+            });
+            let Some(file) = file else {
+                let span = list.entries.first().map(|(_, s)| s.clone());
+                let message = format!("auto-suppress-list `{name}` has no `address-file` to add complainers to");
+                return Err(match span {
+                    Some(span) => ConfigError::at(&span, message, "add `address-file /path/complainers.txt` to it"),
+                    None => ConfigError { file: String::new(), line: 0, message, hint: "add an address-file".into() },
+                });
+            };
+            Some(file)
+        }
+    };
+    Ok(Some(FeedbackLoop { addresses, deliver_unmatched: p.deliver_unmatched, auto_suppress }))
+}
+
 /// Every `<address-list>`, ready for lookups; a file that cannot be read is a config error
 /// at its line.
 pub fn load_lists(config: &Config) -> Result<HashMap<String, Arc<AddressList>>, ConfigError> {
     let mut out = HashMap::new();
     for (name, list) in &config.address_lists {
+        out.insert(name.clone(), load_one(list)?);
+    }
+    Ok(out)
+}
+
+fn load_one(list: &sluice_config::AddressListConfig) -> Result<Arc<AddressList>, ConfigError> {
+    let name = &list.name;
+    {
         let mut l = AddressList::new(name);
         for (entry, span) in &list.entries {
             let fail = |path: &Path, e: std::io::Error| {
@@ -134,7 +175,6 @@ pub fn load_lists(config: &Config) -> Result<HashMap<String, Arc<AddressList>>, 
                 }),
             }
         }
-        out.insert(name.clone(), Arc::new(l));
+        Ok(Arc::new(l))
     }
-    Ok(out)
 }

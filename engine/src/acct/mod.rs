@@ -31,6 +31,11 @@ pub const COLUMNS: &[&str] = &[
     "dlvTlsProtocol",
     "dlvTlsCipher",
     "authResults",
+    "format",
+    "feedbackType",
+    "userAgent",
+    "reportingMta",
+    "sourceIp",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +47,8 @@ pub enum Kind {
     QueueEvent,
     /// `r`: a recipient was accepted (its message is on disk).
     Received,
+    /// `f`: a feedback-loop (complaint) report.
+    Feedback,
 }
 
 impl Kind {
@@ -52,6 +59,7 @@ impl Kind {
             Kind::Transient => "t",
             Kind::QueueEvent => "tq",
             Kind::Received => "r",
+            Kind::Feedback => "f",
         }
     }
 }
@@ -84,6 +92,12 @@ pub struct Record {
     pub dlv_tls_cipher: String,
     /// Inbound authentication results (`r` records): `spf=pass dkim=pass dmarc=pass arc=none`.
     pub auth_results: String,
+    /// `f` records: the report's format (arf, xarf) and what it says.
+    pub format: String,
+    pub feedback_type: String,
+    pub user_agent: String,
+    pub reporting_mta: String,
+    pub source_ip: String,
 }
 
 pub fn header_line() -> String {
@@ -120,11 +134,26 @@ impl Record {
             Kind::Delivered => "relayed",
             Kind::Bounced => "failed",
             Kind::Transient => "delayed",
-            Kind::QueueEvent | Kind::Received => "",
+            Kind::QueueEvent | Kind::Received | Kind::Feedback => "",
         }
     }
 
     /// An `r` row: `rcpt` of a message from `orig`, accepted from `src_mta`.
+    /// An `f` row from a feedback report.
+    pub fn feedback(now_ms: u64, f: &crate::feedback::Feedback) -> Record {
+        let mut r = Record::queue_event(now_ms, "", "", String::new());
+        r.kind = Kind::Feedback;
+        r.orig = f.orig.clone();
+        r.rcpt = f.rcpt.clone();
+        r.job_id = f.job_id.clone();
+        r.format = f.format.to_string();
+        r.feedback_type = f.feedback_type.clone();
+        r.user_agent = f.user_agent.clone();
+        r.reporting_mta = f.reporting_mta.clone();
+        r.source_ip = f.source_ip.clone();
+        r
+    }
+
     pub fn received(now_ms: u64, rcpt: &str, m: &Received) -> Record {
         let mut r = Record::queue_event(now_ms, "", m.vmta, String::new());
         r.kind = Kind::Received;
@@ -163,13 +192,18 @@ impl Record {
             dlv_tls_protocol: String::new(),
             dlv_tls_cipher: String::new(),
             auth_results: String::new(),
+            format: String::new(),
+            feedback_type: String::new(),
+            user_agent: String::new(),
+            reporting_mta: String::new(),
+            source_ip: String::new(),
         }
     }
 
     /// One CSV line (with the newline).
     pub fn csv_line(&self) -> String {
         let size = self.dlv_size.to_string();
-        let fields: [&str; 27] = [
+        let fields: [&str; 32] = [
             self.kind.code(),
             &iso8601(self.time_logged_ms),
             &iso8601(self.time_queued_ms),
@@ -197,6 +231,11 @@ impl Record {
             &self.dlv_tls_protocol,
             &self.dlv_tls_cipher,
             &self.auth_results,
+            &self.format,
+            &self.feedback_type,
+            &self.user_agent,
+            &self.reporting_mta,
+            &self.source_ip,
         ];
         let mut out = String::with_capacity(256);
         for (i, f) in fields.iter().enumerate() {
@@ -240,6 +279,11 @@ mod tests {
             dlv_tls_protocol: "".into(),
             dlv_tls_cipher: "".into(),
             auth_results: "".into(),
+            format: "".into(),
+            feedback_type: "".into(),
+            user_agent: "".into(),
+            reporting_mta: "".into(),
+            source_ip: "".into(),
         };
         let line = r.csv_line();
         assert!(line.starts_with("b,1970-01-01 00:00:00+0000,1970-01-01 00:00:00+0000,a@b,c@d,,failed,"), "{line}");

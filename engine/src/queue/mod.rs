@@ -442,7 +442,7 @@ impl<M> Queue<M> {
             match kind {
                 Kind::Delivered => "2.0.0",
                 Kind::Bounced => "5.0.0",
-                Kind::Transient | Kind::QueueEvent | Kind::Received => "4.0.0",
+                Kind::Transient | Kind::QueueEvent | Kind::Received | Kind::Feedback => "4.0.0",
             }
             .to_string()
         });
@@ -472,6 +472,11 @@ impl<M> Queue<M> {
             dlv_tls_protocol: info.tls_protocol.clone(),
             dlv_tls_cipher: info.tls_cipher.clone(),
             auth_results: String::new(),
+            format: String::new(),
+            feedback_type: String::new(),
+            user_agent: String::new(),
+            reporting_mta: String::new(),
+            source_ip: String::new(),
         }
     }
 }

@@ -44,6 +44,8 @@ pub struct SessionPolicy {
     pub restrictions: SenderRestrictions,
     /// `suppression-lists`: a recipient on one of these is refused at RCPT.
     pub suppression: Vec<Arc<crate::suppress::AddressList>>,
+    /// Addresses the relay takes for itself from anyone (the feedback-loop processor's).
+    pub local: Option<Arc<crate::suppress::AddressList>>,
 }
 
 impl Default for SessionPolicy {
@@ -65,6 +67,7 @@ impl Default for SessionPolicy {
             auth_failures_max: 3,
             restrictions: SenderRestrictions::default(),
             suppression: Vec::new(),
+            local: None,
         }
     }
 }
@@ -411,7 +414,8 @@ impl Session {
         if !params.trim().is_empty() {
             return self.error("555 5.5.4 RCPT parameters are not supported");
         }
-        if !self.policy.relay_allowed {
+        let local = self.policy.local.as_ref().is_some_and(|l| l.contains(path));
+        if !self.policy.relay_allowed && !local {
             return self.reply("550 5.7.1 Relaying denied");
         }
         if let Some(list) = self.policy.suppression.iter().find(|l| l.suppresses(path)) {

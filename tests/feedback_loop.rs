@@ -1,0 +1,94 @@
+//! Feedback loops: ARF reports (the RFC 5965 layout and a provider's, with a redacted
+//! recipient) and an XARF report sent to the `<feedback-loop-processor>` address are taken by
+//! sluice itself, even from a source without relaying rights, and become `f` accounting
+//! records instead of being relayed; the complaining recipient is appended, fsynced, to the
+//! `auto-suppress-list`'s file, so after a restart mail to them is refused at RCPT. Mail to
+//! the address that is no report is dropped (`deliver-unmatched-email no`).
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// Sends `message` from 127.0.0.5 (no relaying rights) to the FBL address; returns smtplib's
+/// outcome line.
+fn send(relay: &Relay, message: &str) -> String {
+    let script = format!(
+        "import smtplib,sys\nm=sys.stdin.buffer.read()\ntry:\n    with smtplib.SMTP('127.0.0.1', {}, source_address=('127.0.0.5', 0)) as s:\n        s.sendmail('reports@provider.example', ['fbl@fbl.example.com'], m)\n    print('sent')\nexcept smtplib.SMTPException as e:\n    print('refused', e)\n",
+        relay.port
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(message.replace('\n', "\r\n").replace("\r\r\n", "\r\n").as_bytes()).unwrap();
+    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn reports_become_f_records_and_complainers_are_suppressed() {
+    let dir = TempDir::new("fbl");
+    let complainers = dir.path().join("complainers.txt");
+    std::fs::write(&complainers, "").unwrap();
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let mut relay = Relay::start(
+        &format!(
+            "<address-list complainers>\n address-file {}\n</address-list>\n\
+             <feedback-loop-processor>\n deliver-unmatched-email no\n auto-suppress-list complainers\n\
+             <address-list>\n address /^fbl@fbl\\.example\\.com$/\n </address-list>\n</feedback-loop-processor>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n suppression-lists complainers\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            complainers.display(),
+            sink.addr.port()
+        ),
+        Some(1),
+    );
+    let json = fixture("xarf/spam_spamcop_sample.json");
+    let xarf = format!("From: reports@antispam-service.example\nTo: fbl@fbl.example.com\nSubject: XARF report\nContent-Type: application/json\n\n{json}");
+    for m in [fixture("arf/rfc5965-style-abuse.eml"), fixture("arf/redacted-provider-style.eml"), xarf] {
+        assert_eq!(send(&relay, &m), "sent");
+    }
+    let f = relay.wait_rows("f", 3, Duration::from_secs(10));
+    let row = |rcpt: &str| f.iter().find(|r| r["rcpt"] == rcpt).unwrap_or_else(|| panic!("{rcpt} in {f:?}"));
+    let a = row("complainer@mailbox-provider.example");
+    assert_eq!(
+        (a["format"].as_str(), a["feedbackType"].as_str(), a["userAgent"].as_str(), a["jobId"].as_str()),
+        ("arf", "abuse", "SomeGenerator/1.0", "job42")
+    );
+    assert_eq!((a["reportingMta"].as_str(), a["sourceIp"].as_str()), ("mail.mailbox-provider.example", "192.0.2.10"));
+    assert_eq!(a["orig"], "bounces+job42@bounces.example.com");
+    let b = row("redacted@mailbox-provider.example");
+    assert_eq!((b["userAgent"].as_str(), b["jobId"].as_str()), ("ProviderFBL/0.1", "job7"));
+    let x = f.iter().find(|r| r["format"] == "xarf").expect("the XARF report");
+    assert_eq!((x["feedbackType"].as_str(), x["orig"].as_str()), ("messaging/spam", "marketing@example.com"));
+    // Not a report: accepted and dropped.
+    assert_eq!(send(&relay, "From: someone@x.test\nSubject: hello\n\nnot a report\n"), "sent");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(relay.rows_of("f").len(), 3);
+    assert!(sink.messages().is_empty(), "nothing sent to the FBL address is relayed");
+    // The complainer was written to the list's file, and is refused after a restart.
+    let text = wait_for("the complainer in the file", Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(&complainers).unwrap();
+        t.contains("complainer@mailbox-provider.example").then_some(t)
+    });
+    assert!(text.lines().all(|l| !l.is_empty()));
+    assert_eq!(relay.terminate(Duration::from_secs(10)), 0);
+    relay.spawn();
+    let (mut t, _) = Talk::connect(relay.addr());
+    t.cmd("EHLO c.test");
+    t.cmd("MAIL FROM:<news@example.com>");
+    let reply = t.cmd("RCPT TO:<complainer@mailbox-provider.example>");
+    assert!(
+        reply.starts_with("550 5.7.1 <complainer@mailbox-provider.example> is suppressed (address-list complainers)"),
+        "{reply}"
+    );
+    assert!(t.cmd("RCPT TO:<someone-else@mailbox-provider.example>").starts_with("250"));
+}
