@@ -198,6 +198,7 @@ impl AcctWriter {
                     Kind::QueueEvent => RecordType::QueueEvent,
                     Kind::Received => RecordType::Received,
                     Kind::Feedback => RecordType::Feedback,
+                    Kind::RemoteBounce => RecordType::RemoteBounce,
                 };
                 if types.contains(&t) {
                     if let Err(e) = w.write_all(r.csv_line().as_bytes()) {

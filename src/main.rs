@@ -84,7 +84,8 @@ fn check_config(path: Option<&Path>) -> ExitCode {
         .and_then(|c| sluice_netio::tls::server_config(&c).map(|_| c))
         .and_then(|c| sluice_engine::dkim::ArcKey::load(&c).map(|_| c))
         .and_then(|c| sluice_netio::suppress::load_lists(&c).map(|_| c))
-        .and_then(|c| sluice_netio::suppress::load_feedback(&c).map(|_| c));
+        .and_then(|c| sluice_netio::suppress::load_feedback(&c).map(|_| c))
+        .and_then(|c| sluice_netio::suppress::load_bounces(&c).map(|_| c));
     match checked {
         Ok(config) => {
             for w in &config.warnings {
@@ -138,8 +139,10 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let feedback = match sluice_netio::suppress::load_feedback(&config) {
-        Ok(f) => f,
+    let processors = match sluice_netio::suppress::load_feedback(&config)
+        .and_then(|f| sluice_netio::suppress::load_bounces(&config).map(|b| (f, b)))
+    {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("sluice: {e}");
             return ExitCode::from(2);
@@ -161,7 +164,7 @@ fn run(path: Option<&Path>) -> ExitCode {
     };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
     let (runtime, responder) =
-        match sluice_netio::Runtime::start(config.clone(), dkim, tls, lists.clone(), feedback, tx) {
+        match sluice_netio::Runtime::start(config.clone(), dkim, tls, lists.clone(), processors, tx) {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("sluice: {e}");

@@ -3,7 +3,9 @@
 //! sluice itself, even from a source without relaying rights, and become `f` accounting
 //! records instead of being relayed; the complaining recipient is appended, fsynced, to the
 //! `auto-suppress-list`'s file, so after a restart mail to them is refused at RCPT. Mail to
-//! the address that is no report is dropped (`deliver-unmatched-email no`).
+//! the address that is no report is dropped (`deliver-unmatched-email no`). Asynchronous
+//! bounces (Postfix and Exchange DSNs) sent to the `<bounce-processor>` become `rb` records with
+//! their bounce category, the recipient recovered from a VERP address.
 
 mod common;
 use common::*;
@@ -17,8 +19,12 @@ fn fixture(name: &str) -> String {
 /// Sends `message` from 127.0.0.5 (no relaying rights) to the FBL address; returns smtplib's
 /// outcome line.
 fn send(relay: &Relay, message: &str) -> String {
+    send_to(relay, "reports@provider.example", "fbl@fbl.example.com", message)
+}
+
+fn send_to(relay: &Relay, from: &str, to: &str, message: &str) -> String {
     let script = format!(
-        "import smtplib,sys\nm=sys.stdin.buffer.read()\ntry:\n    with smtplib.SMTP('127.0.0.1', {}, source_address=('127.0.0.5', 0)) as s:\n        s.sendmail('reports@provider.example', ['fbl@fbl.example.com'], m)\n    print('sent')\nexcept smtplib.SMTPException as e:\n    print('refused', e)\n",
+        "import smtplib,sys\nm=sys.stdin.buffer.read()\ntry:\n    with smtplib.SMTP('127.0.0.1', {}, source_address=('127.0.0.5', 0)) as s:\n        s.sendmail('{from}', ['{to}'], m)\n    print('sent')\nexcept smtplib.SMTPException as e:\n    print('refused', e)\n",
         relay.port
     );
     let mut child = Command::new("python3")
@@ -91,4 +97,35 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
         "{reply}"
     );
     assert!(t.cmd("RCPT TO:<someone-else@mailbox-provider.example>").starts_with("250"));
+}
+
+#[test]
+fn asynchronous_bounces_become_rb_records() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let relay = Relay::start(
+        &format!(
+            "<bounce-processor>\n <address-list>\n domain bounces.example.com\n </address-list>\n</bounce-processor>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        None,
+    );
+    let dsn = |name: &str| {
+        std::fs::read_to_string(format!("{}/tests/fixtures/dsn/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let verp = "bounces+gone.user=receiver.example@bounces.example.com";
+    assert_eq!(send_to(&relay, "", verp, &dsn("postfix.eml")), "sent");
+    assert_eq!(send_to(&relay, "", "bounces@bounces.example.com", &dsn("exchange.eml")), "sent");
+    let rb = relay.wait_rows("rb", 2, Duration::from_secs(10));
+    let row = |rcpt: &str| rb.iter().find(|r| r["rcpt"] == rcpt).unwrap_or_else(|| panic!("{rcpt} in {rb:?}"));
+    let p = row("gone.user@receiver.example");
+    assert_eq!(
+        (p["dsnStatus"].as_str(), p["bounceCat"].as_str(), p["jobId"].as_str(), p["dsnMta"].as_str()),
+        ("5.1.1", "bad-mailbox", "job-2026-11", "store.receiver.example")
+    );
+    let e = row("full.box@corp.example");
+    assert_eq!((e["dsnStatus"].as_str(), e["bounceCat"].as_str()), ("5.2.2", "quota-issues"));
+    assert!(e["dsnDiag"].starts_with("smtp;552 5.2.2 mailbox full"), "{e:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(sink.messages().is_empty(), "bounces are taken, not relayed");
 }

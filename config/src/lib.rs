@@ -473,6 +473,7 @@ pub enum RecordType {
     QueueEvent,
     Received,
     Feedback,
+    RemoteBounce,
 }
 
 impl RecordType {
@@ -484,6 +485,7 @@ impl RecordType {
             RecordType::QueueEvent => "tq",
             RecordType::Received => "r",
             RecordType::Feedback => "f",
+            RecordType::RemoteBounce => "rb",
         }
     }
 }
@@ -640,6 +642,8 @@ pub struct Config {
     /// `<address-list NAME>` blocks (suppression lists).
     pub address_lists: HashMap<String, AddressListConfig>,
     pub feedback_processor: Option<FeedbackProcessor>,
+    /// `<bounce-processor>` (same shape; no auto-suppress list).
+    pub bounce_processor: Option<FeedbackProcessor>,
     domains: DomainBlocks,
     /// `<domain>` blocks inside `<virtual-mta-pool>` blocks.
     pool_domains: HashMap<String, DomainBlocks>,
@@ -792,7 +796,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-mgmt-port", "the management API"),
     ("http-access", "the management API"),
     ("http-api-key", "the management API"),
-    ("bounce-processor", "bounce processing"),
     ("process-x-job", "jobs"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
@@ -887,6 +890,7 @@ const BLOCKS: &[&str] = &[
     "smtp-listener",
     "address-list",
     "feedback-loop-processor",
+    "bounce-processor",
 ];
 
 /// Levenshtein distance, for "did you mean" hints.
@@ -1105,7 +1109,16 @@ impl Builder {
             "virtual-mta-pool" => self.vmta_pool(arg, children, span),
             "smtp-user" => self.smtp_user(arg, children, span),
             "address-list" => self.address_list(arg, children, span),
-            "feedback-loop-processor" => self.feedback_processor(children, span),
+            "feedback-loop-processor" => {
+                let p = self.report_processor("<feedback-loop-processor>", children, span)?;
+                self.config.feedback_processor = Some(p);
+                Ok(())
+            }
+            "bounce-processor" => {
+                let p = self.report_processor("<bounce-processor>", children, span)?;
+                self.config.bounce_processor = Some(p);
+                Ok(())
+            }
             "smtp-listener" => {
                 let addr = arg.ok_or_else(|| {
                     ConfigError::at(span, "`<smtp-listener>` needs an address", "write `<smtp-listener 0/0:465>`")
@@ -1277,8 +1290,13 @@ impl Builder {
         Ok(())
     }
 
-    fn feedback_processor(&mut self, children: &[Node], span: &Span) -> Result<(), ConfigError> {
-        const ANON: &str = "{feedback-loop-processor}";
+    fn report_processor(
+        &mut self,
+        context: &str,
+        children: &[Node],
+        span: &Span,
+    ) -> Result<FeedbackProcessor, ConfigError> {
+        const ANON: &str = "{report-processor}";
         let mut deliver_unmatched = false;
         let mut auto_suppress = None;
         let mut has_list = false;
@@ -1292,31 +1310,25 @@ impl Builder {
                     self.list_refs.push((list.clone(), span.clone()));
                     auto_suppress = Some(list);
                 }
-                Node::Directive { name, span, .. } => self.unknown(
-                    name,
-                    span,
-                    &["deliver-unmatched-email", "auto-suppress-list"],
-                    "<feedback-loop-processor>",
-                )?,
+                Node::Directive { name, span, .. } => {
+                    self.unknown(name, span, &["deliver-unmatched-email", "auto-suppress-list"], context)?
+                }
                 Node::Block { name, children, span, .. } if name == "address-list" => {
                     self.address_list(Some(ANON), children, span)?;
                     has_list = true;
                 }
-                Node::Block { name, span, .. } => {
-                    self.unknown(name, span, &["address-list"], "<feedback-loop-processor>")?
-                }
+                Node::Block { name, span, .. } => self.unknown(name, span, &["address-list"], context)?,
             }
         }
         if !has_list {
             return Err(ConfigError::at(
                 span,
-                "`<feedback-loop-processor>` needs an `<address-list>` of report addresses",
+                format!("`{context}` needs an `<address-list>` of the addresses reports come to"),
                 "add `<address-list> address fbl@example.com </address-list>` inside it",
             ));
         }
         let addresses = self.config.address_lists.remove(ANON).expect("parsed above");
-        self.config.feedback_processor = Some(FeedbackProcessor { addresses, deliver_unmatched, auto_suppress });
-        Ok(())
+        Ok(FeedbackProcessor { addresses, deliver_unmatched, auto_suppress })
     }
 
     /// `allowed-mail-from-domain D[,D...]` / `allowed-virtual-mta V[,V...]`, repeatable.
@@ -1712,7 +1724,8 @@ impl Builder {
                             "tq" => records.push(RecordType::QueueEvent),
                             "r" => records.push(RecordType::Received),
                             "f" => records.push(RecordType::Feedback),
-                            "rb" | "rs" => self.config.warnings.push(Warning {
+                            "rb" => records.push(RecordType::RemoteBounce),
+                            "rs" => self.config.warnings.push(Warning {
                                 span: span.clone(),
                                 message: format!("accounting record type `{r}` is not written yet; ignored"),
                             }),
@@ -1758,6 +1771,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             smtp_users: HashMap::new(),
             address_lists: HashMap::new(),
             feedback_processor: None,
+            bounce_processor: None,
             domains: DomainBlocks::default(),
             pool_domains: HashMap::new(),
             domain_keys: Vec::new(),

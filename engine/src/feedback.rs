@@ -1,7 +1,9 @@
-//! Feedback-loop reports: ARF (RFC 5965, multipart/report with a message/feedback-report part
-//! and the returned message or its headers) and XARF v4 (JSON, as the body or an attachment).
-//! Each report becomes the fields of an `f` accounting record. Recipients that providers
-//! redact are recovered from a VERP return path (`prefix+local=domain@host`) when there is one.
+//! Reports that come back to a sender: feedback-loop reports — ARF (RFC 5965, multipart/report
+//! with a message/feedback-report part and the returned message or its headers) and XARF v4
+//! (JSON, as the body or an attachment) — each becoming an `f` accounting record; and
+//! asynchronous bounces — DSNs (RFC 3464) as Postfix, Exchange and others write them — each
+//! failed recipient becoming an `rb` record. Recipients that are redacted or missing are
+//! recovered from a VERP address (`prefix+local=domain@host`) when there is one.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -174,6 +176,64 @@ fn xarf(text: &str) -> Option<Feedback> {
     })
 }
 
+/// One recipient of an asynchronous bounce.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RemoteBounce {
+    pub rcpt: String,
+    /// RFC 3463 status, e.g. `5.1.1`.
+    pub status: String,
+    /// The receiver's words (`smtp; 550 5.1.1 ...` without the type).
+    pub diagnostic: String,
+    /// The host that refused (Remote-MTA, else Reporting-MTA).
+    pub mta: String,
+    pub job_id: String,
+}
+
+/// The failed recipients of a DSN (`Action: failed`); None when the message is no DSN.
+/// `envelope_rcpt` is the address the bounce came to: a VERP one names the recipient when
+/// the report does not.
+pub fn parse_dsn(message: &str, envelope_rcpt: &str) -> Option<Vec<RemoteBounce>> {
+    let (head, body) = split(message);
+    let headers = fields(head);
+    let parts = parts(&headers, body);
+    let (_, status) = parts.iter().find(|(h, _)| mime_type(h) == "message/delivery-status")?;
+    let original = parts
+        .iter()
+        .find(|(h, _)| matches!(mime_type(h).as_str(), "message/rfc822" | "text/rfc822-headers"))
+        .map(|(_, b)| fields(split(b).0))
+        .unwrap_or_default();
+    let job_id = field(&original, "x-job").unwrap_or("").to_string();
+    // Blocks separated by blank lines: the per-message one, then one per recipient.
+    let text = status.replace("\r\n", "\n");
+    let mut blocks = text.split("\n\n").map(fields).filter(|b| !b.is_empty());
+    let per_message = blocks.next().unwrap_or_default();
+    let reporting = field(&per_message, "reporting-mta").map(type_value).unwrap_or_default();
+    let verp = verp_recipient(envelope_rcpt);
+    let mut out = Vec::new();
+    for b in blocks {
+        if !field(&b, "action").is_some_and(|a| a.eq_ignore_ascii_case("failed")) {
+            continue;
+        }
+        let mut rcpt = field(&b, "final-recipient").or_else(|| field(&b, "original-recipient")).map(type_value);
+        if rcpt.as_deref().is_none_or(is_redacted) {
+            rcpt = verp.clone().or(rcpt);
+        }
+        out.push(RemoteBounce {
+            rcpt: rcpt.unwrap_or_default().to_ascii_lowercase(),
+            status: field(&b, "status").unwrap_or("5.0.0").to_string(),
+            diagnostic: field(&b, "diagnostic-code").map(type_value).unwrap_or_default(),
+            mta: field(&b, "remote-mta").map(type_value).unwrap_or_else(|| reporting.clone()),
+            job_id: job_id.clone(),
+        });
+    }
+    Some(out)
+}
+
+/// `rfc822; a@b` / `dns; host` / `smtp;550 ...` → the value.
+fn type_value(v: &str) -> String {
+    v.split_once(';').map_or(v, |(_, x)| x).trim().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +285,27 @@ mod tests {
         );
         assert_eq!(parse(&mime).unwrap(), f);
         assert_eq!(parse("From: a@b\r\nSubject: hello\r\n\r\njust mail\r\n"), None);
+    }
+
+    fn dsn_fixture(name: &str) -> String {
+        std::fs::read_to_string(format!("{}/../tests/fixtures/dsn/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn postfix_and_exchange_dsns() {
+        let p =
+            parse_dsn(&dsn_fixture("postfix.eml"), "bounces+gone.user=receiver.example@bounces.example.com").unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].rcpt.as_str(), p[0].status.as_str()), ("gone.user@receiver.example", "5.1.1"));
+        assert_eq!(p[0].mta, "store.receiver.example");
+        assert!(p[0].diagnostic.starts_with("550 5.1.1 <gone.user@receiver.example>: Recipient address rejected"));
+        assert_eq!(p[0].job_id, "job-2026-11");
+        let e = parse_dsn(&dsn_fixture("exchange.eml"), "bounces@bounces.example.com").unwrap();
+        assert_eq!(
+            (e[0].rcpt.as_str(), e[0].status.as_str(), e[0].mta.as_str()),
+            ("full.box@corp.example", "5.2.2", "EX01.corp.example")
+        );
+        assert!(e[0].diagnostic.starts_with("552 5.2.2 mailbox full"));
+        assert_eq!(parse_dsn("From: a@b\r\n\r\nhello\r\n", ""), None);
     }
 }

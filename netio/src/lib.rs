@@ -131,8 +131,9 @@ pub(crate) struct Shared {
     pub tls_client: Arc<rustls::ClientConfig>,
     /// `<address-list>`s by name.
     pub lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
-    /// `<feedback-loop-processor>`, if configured.
+    /// `<feedback-loop-processor>` and `<bounce-processor>`, if configured.
     pub feedback: Option<suppress::FeedbackLoop>,
+    pub bounces: Option<suppress::FeedbackLoop>,
 }
 
 /// The running data plane.
@@ -195,7 +196,7 @@ impl Runtime {
         dkim: sluice_engine::dkim::Keys,
         tls: Option<Arc<rustls::ServerConfig>>,
         lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
-        feedback: Option<suppress::FeedbackLoop>,
+        processors: (Option<suppress::FeedbackLoop>, Option<suppress::FeedbackLoop>),
         control: crossbeam_channel::Sender<ControlRequest>,
     ) -> Result<(Runtime, Responder), StartError> {
         // Probe io_uring before anything else, so the failure says what it is.
@@ -235,7 +236,8 @@ impl Runtime {
             tls,
             tls_client: tls::client_config(),
             lists,
-            feedback,
+            feedback: processors.0,
+            bounces: processors.1,
         });
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();

@@ -699,7 +699,11 @@ impl Shard {
                     .iter()
                     .filter_map(|n| self.shared.lists.get(n).cloned())
                     .collect(),
-                local: self.shared.feedback.as_ref().map(|f| f.addresses.clone()),
+                local: [&self.shared.feedback, &self.shared.bounces]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.addresses.clone())
+                    .collect(),
             },
             ip,
             session_id,
@@ -990,6 +994,38 @@ impl Shard {
                 }
                 if m.recipients.is_empty() {
                     inb.session.message_stored(true, "feedback");
+                    return;
+                }
+            }
+        }
+        // Asynchronous bounces: each failed recipient becomes an `rb` record.
+        if let Some(bp) = &self.shared.bounces {
+            let (reports, rest): (Vec<String>, Vec<String>) =
+                m.recipients.iter().cloned().partition(|r| bp.addresses.contains(r));
+            if !reports.is_empty() {
+                let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
+                m.recipients = rest;
+                match sluice_engine::feedback::parse_dsn(&text, &reports[0]) {
+                    Some(bounces) => {
+                        for b in bounces {
+                            let line = format!("{}\r\n", b.diagnostic);
+                            let reply = sluice_engine::smtp::reply::parse_reply(line.as_bytes())
+                                .ok()
+                                .flatten()
+                                .map(|(r, _)| r)
+                                .unwrap_or_else(|| Reply::new(550, format!("{} {}", b.status, b.diagnostic)));
+                            let category = sluice_engine::bounce::classify(&reply, &self.shared.config.bounce_patterns);
+                            tracing::info!(shard = self.id, rcpt = %b.rcpt, %category, "remote bounce");
+                            if self.acct.len() < ACCT_PENDING_MAX {
+                                self.acct.push(Record::remote_bounce(now, &b, category));
+                            }
+                        }
+                    }
+                    None if bp.deliver_unmatched => m.recipients.extend(reports),
+                    None => tracing::info!(shard = self.id, from = %m.mail_from, "not a DSN; dropped"),
+                }
+                if m.recipients.is_empty() {
+                    inb.session.message_stored(true, "bounce");
                     return;
                 }
             }

@@ -96,7 +96,19 @@ pub struct FeedbackLoop {
 }
 
 pub fn load_feedback(config: &Config) -> Result<Option<FeedbackLoop>, ConfigError> {
-    let Some(p) = &config.feedback_processor else { return Ok(None) };
+    load_processor(config, config.feedback_processor.as_ref())
+}
+
+/// The `<bounce-processor>`: the addresses asynchronous bounces come to.
+pub fn load_bounces(config: &Config) -> Result<Option<FeedbackLoop>, ConfigError> {
+    load_processor(config, config.bounce_processor.as_ref())
+}
+
+fn load_processor(
+    config: &Config,
+    p: Option<&sluice_config::FeedbackProcessor>,
+) -> Result<Option<FeedbackLoop>, ConfigError> {
+    let Some(p) = p else { return Ok(None) };
     let addresses = load_one(&p.addresses)?;
     let auto_suppress = match &p.auto_suppress {
         None => None,

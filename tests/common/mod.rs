@@ -104,7 +104,7 @@ impl Relay {
         let port = free_port("127.0.0.1");
         let shards_line = shards.map(|n| format!("shards {n}\n")).unwrap_or_default();
         let config = format!(
-            "host-name relay.test\nsmtp-listener 127.0.0.1:{port}\nspool {spool}\n{shards_line}<acct-file {acct}>\n  records d,b,t,tq,r,f\n</acct-file>\n{body}\n",
+            "host-name relay.test\nsmtp-listener 127.0.0.1:{port}\nspool {spool}\n{shards_line}<acct-file {acct}>\n  records d,b,t,tq,r,f,rb\n</acct-file>\n{body}\n",
             spool = dir.path().join("spool").display(),
             acct = dir.path().join("acct.csv").display(),
         );

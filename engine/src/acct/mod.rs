@@ -49,6 +49,8 @@ pub enum Kind {
     Received,
     /// `f`: a feedback-loop (complaint) report.
     Feedback,
+    /// `rb`: an asynchronous (remote) bounce.
+    RemoteBounce,
 }
 
 impl Kind {
@@ -60,6 +62,7 @@ impl Kind {
             Kind::QueueEvent => "tq",
             Kind::Received => "r",
             Kind::Feedback => "f",
+            Kind::RemoteBounce => "rb",
         }
     }
 }
@@ -134,6 +137,7 @@ impl Record {
             Kind::Delivered => "relayed",
             Kind::Bounced => "failed",
             Kind::Transient => "delayed",
+            Kind::RemoteBounce => "failed",
             Kind::QueueEvent | Kind::Received | Kind::Feedback => "",
         }
     }
@@ -151,6 +155,19 @@ impl Record {
         r.user_agent = f.user_agent.clone();
         r.reporting_mta = f.reporting_mta.clone();
         r.source_ip = f.source_ip.clone();
+        r
+    }
+
+    /// An `rb` row for one recipient of an asynchronous bounce, with its category.
+    pub fn remote_bounce(now_ms: u64, b: &crate::feedback::RemoteBounce, category: &str) -> Record {
+        let mut r = Record::queue_event(now_ms, "", "", String::new());
+        r.kind = Kind::RemoteBounce;
+        r.rcpt = b.rcpt.clone();
+        r.dsn_status = b.status.clone();
+        r.dsn_diag = format!("smtp;{}", b.diagnostic);
+        r.dsn_mta = b.mta.clone();
+        r.bounce_cat = category.to_string();
+        r.job_id = b.job_id.clone();
         r
     }
 

@@ -442,7 +442,7 @@ impl<M> Queue<M> {
             match kind {
                 Kind::Delivered => "2.0.0",
                 Kind::Bounced => "5.0.0",
-                Kind::Transient | Kind::QueueEvent | Kind::Received | Kind::Feedback => "4.0.0",
+                Kind::Transient | Kind::QueueEvent | Kind::Received | Kind::Feedback | Kind::RemoteBounce => "4.0.0",
             }
             .to_string()
         });

@@ -44,8 +44,8 @@ pub struct SessionPolicy {
     pub restrictions: SenderRestrictions,
     /// `suppression-lists`: a recipient on one of these is refused at RCPT.
     pub suppression: Vec<Arc<crate::suppress::AddressList>>,
-    /// Addresses the relay takes for itself from anyone (the feedback-loop processor's).
-    pub local: Option<Arc<crate::suppress::AddressList>>,
+    /// Addresses the relay takes for itself from anyone (the report processors').
+    pub local: Vec<Arc<crate::suppress::AddressList>>,
 }
 
 impl Default for SessionPolicy {
@@ -67,7 +67,7 @@ impl Default for SessionPolicy {
             auth_failures_max: 3,
             restrictions: SenderRestrictions::default(),
             suppression: Vec::new(),
-            local: None,
+            local: Vec::new(),
         }
     }
 }
@@ -414,7 +414,7 @@ impl Session {
         if !params.trim().is_empty() {
             return self.error("555 5.5.4 RCPT parameters are not supported");
         }
-        let local = self.policy.local.as_ref().is_some_and(|l| l.contains(path));
+        let local = self.policy.local.iter().any(|l| l.contains(path));
         if !self.policy.relay_allowed && !local {
             return self.reply("550 5.7.1 Relaying denied");
         }
