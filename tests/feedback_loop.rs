@@ -9,7 +9,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 fn fixture(name: &str) -> String {
@@ -23,20 +22,9 @@ fn send(relay: &Relay, message: &str) -> String {
 }
 
 fn send_to(relay: &Relay, from: &str, to: &str, message: &str) -> String {
-    let script = format!(
-        "import smtplib,sys\nm=sys.stdin.buffer.read()\ntry:\n    with smtplib.SMTP('127.0.0.1', {}, source_address=('127.0.0.5', 0)) as s:\n        s.sendmail('{from}', ['{to}'], m)\n    print('sent')\nexcept smtplib.SMTPException as e:\n    print('refused', e)\n",
-        relay.port
-    );
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(message.replace('\n', "\r\n").replace("\r\r\n", "\r\n").as_bytes()).unwrap();
-    String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap().trim().to_string()
+    // The fixtures have LF line ends; SMTP wants CRLF.
+    let message = message.replace("\r\n", "\n").replace('\n', "\r\n");
+    smtplib_send(relay, "127.0.0.5", from, &[to], message.as_bytes())
 }
 
 #[test]

@@ -94,20 +94,7 @@ fn delivers_exact_bytes_into_postfix() {
             "Subject: exact bytes {i}\r\nFrom: s@src.test\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-Id: <m{i}@src.test>\r\nX-Mode: {i}\r\n\r\n.leading dot\r\n..two dots\r\n.\r\n \r\ntabs\tand trailing space \r\n8bit: caf\u{e9}\r\nlast line\r\n"
         );
         // smtplib dot-stuffs on the way in; Postfix must see the original lines.
-        let script = format!(
-            "import smtplib,sys\nbody=sys.stdin.buffer.read()\nwith smtplib.SMTP('127.0.0.1',{}) as s:\n  s.sendmail('s@src.test',['u@pf.test'],body)\nprint('sent')\n",
-            relay.port
-        );
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), body.as_bytes()).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "sent");
+        assert_eq!(smtplib_send(&relay, "127.0.0.1", "s@src.test", &["u@pf.test"], body.as_bytes()), "sent");
         let d = relay.wait_rows("d", 1, Duration::from_secs(30));
         assert_eq!(d[0]["rcpt"], "u@pf.test");
         assert!(d[0]["dsnDiag"].starts_with("smtp;250 2.0.0 Ok: queued as"), "{:?}", d[0]);

@@ -969,66 +969,35 @@ impl Shard {
             inb.session.message_refused(&reply);
             return;
         }
-        // Feedback-loop reports: consumed here, written as `f` records, never relayed.
-        if let Some(fbl) = &self.shared.feedback {
+        // Reports to the feedback-loop and bounce processors: taken here as `f` / `rb`
+        // records, never relayed.
+        let shared = self.shared.clone();
+        for (processor, feedback) in [(&shared.feedback, true), (&shared.bounces, false)] {
+            let Some(p) = processor else { continue };
             let (reports, rest): (Vec<String>, Vec<String>) =
-                m.recipients.iter().cloned().partition(|r| fbl.addresses.contains(r));
-            if !reports.is_empty() {
-                let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
-                m.recipients = rest;
-                match sluice_engine::feedback::parse(&text) {
-                    Some(f) => {
-                        tracing::info!(shard = self.id, rcpt = %f.rcpt, kind = %f.feedback_type, "feedback report");
-                        if let (Some(path), false) = (&fbl.auto_suppress, f.rcpt.is_empty()) {
-                            let req = ControlRequest::SuppressAdd { path: path.clone(), address: f.rcpt.clone() };
-                            if self.shared.control.try_send(req).is_err() {
-                                tracing::error!(rcpt = %f.rcpt, "control plane busy: complainer not added to the suppression file");
-                            }
-                        }
-                        if self.acct.len() < ACCT_PENDING_MAX {
-                            self.acct.push(Record::feedback(now, &f));
-                        }
-                    }
-                    None if fbl.deliver_unmatched => m.recipients.extend(reports),
-                    None => tracing::info!(shard = self.id, from = %m.mail_from, "not a feedback report; dropped"),
+                m.recipients.iter().cloned().partition(|r| p.addresses.contains(r));
+            if reports.is_empty() {
+                continue;
+            }
+            m.recipients = rest;
+            let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
+            let records = if feedback {
+                feedback_records(&shared, p, &text, now)
+            } else {
+                bounce_records(&shared, &text, &reports[0], now)
+            };
+            match records {
+                Some(records) => {
+                    let room = ACCT_PENDING_MAX.saturating_sub(self.acct.len());
+                    self.acct.extend(records.into_iter().take(room));
                 }
-                if m.recipients.is_empty() {
-                    inb.session.message_stored(true, "feedback");
-                    return;
-                }
+                None if p.deliver_unmatched => m.recipients.extend(reports),
+                None => tracing::info!(shard = self.id, from = %m.mail_from, feedback, "not a report; dropped"),
             }
         }
-        // Asynchronous bounces: each failed recipient becomes an `rb` record.
-        if let Some(bp) = &self.shared.bounces {
-            let (reports, rest): (Vec<String>, Vec<String>) =
-                m.recipients.iter().cloned().partition(|r| bp.addresses.contains(r));
-            if !reports.is_empty() {
-                let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
-                m.recipients = rest;
-                match sluice_engine::feedback::parse_dsn(&text, &reports[0]) {
-                    Some(bounces) => {
-                        for b in bounces {
-                            let line = format!("{}\r\n", b.diagnostic);
-                            let reply = sluice_engine::smtp::reply::parse_reply(line.as_bytes())
-                                .ok()
-                                .flatten()
-                                .map(|(r, _)| r)
-                                .unwrap_or_else(|| Reply::new(550, format!("{} {}", b.status, b.diagnostic)));
-                            let category = sluice_engine::bounce::classify(&reply, &self.shared.config.bounce_patterns);
-                            tracing::info!(shard = self.id, rcpt = %b.rcpt, %category, "remote bounce");
-                            if self.acct.len() < ACCT_PENDING_MAX {
-                                self.acct.push(Record::remote_bounce(now, &b, category));
-                            }
-                        }
-                    }
-                    None if bp.deliver_unmatched => m.recipients.extend(reports),
-                    None => tracing::info!(shard = self.id, from = %m.mail_from, "not a DSN; dropped"),
-                }
-                if m.recipients.is_empty() {
-                    inb.session.message_stored(true, "bounce");
-                    return;
-                }
-            }
+        if m.recipients.is_empty() {
+            inb.session.message_stored(true, "report");
+            return;
         }
         if policy.checks_inbound() {
             // SPF/DKIM/DMARC/ARC need DNS: the control plane checks, then `on_verified` goes on.
@@ -2505,6 +2474,41 @@ fn tls_decrypt<D>(
     }
     pending.drain(..fed);
     Ok(())
+}
+
+/// A feedback report's `f` record (None: not a report); the complainer goes to the
+/// auto-suppress list's file through the control plane.
+fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &str, now: u64) -> Option<Vec<Record>> {
+    let f = sluice_engine::feedback::parse(text)?;
+    tracing::info!(rcpt = %f.rcpt, kind = %f.feedback_type, "feedback report");
+    if let (Some(path), false) = (&p.auto_suppress, f.rcpt.is_empty()) {
+        let req = ControlRequest::SuppressAdd { path: path.clone(), address: f.rcpt.clone() };
+        if shared.control.try_send(req).is_err() {
+            tracing::error!(rcpt = %f.rcpt, "control plane busy: complainer not added to the suppression file");
+        }
+    }
+    Some(vec![Record::feedback(now, &f)])
+}
+
+/// An asynchronous bounce's `rb` records, one per failed recipient, with their category
+/// (None: not a DSN). `to` is the address it came to (VERP names the recipient).
+fn bounce_records(shared: &Shared, text: &str, to: &str, now: u64) -> Option<Vec<Record>> {
+    let bounces = sluice_engine::feedback::parse_dsn(text, to)?;
+    let records = bounces
+        .iter()
+        .map(|b| {
+            let line = format!("{}\r\n", b.diagnostic);
+            let reply = sluice_engine::smtp::reply::parse_reply(line.as_bytes())
+                .ok()
+                .flatten()
+                .map(|(r, _)| r)
+                .unwrap_or_else(|| Reply::new(550, format!("{} {}", b.status, b.diagnostic)));
+            let category = sluice_engine::bounce::classify(&reply, &shared.config.bounce_patterns);
+            tracing::info!(rcpt = %b.rcpt, %category, "remote bounce");
+            Record::remote_bounce(now, b, category)
+        })
+        .collect();
+    Some(records)
 }
 
 /// Moves the SMTP client's commands to the wire: encrypted when the connection is in TLS.

@@ -550,3 +550,24 @@ pub fn dkim_keypair(dir: &Path, name: &str, kind: &str) -> (PathBuf, String) {
     assert_eq!(code, 0, "{p}");
     (pem, format!("v=DKIM1; k={k}; p={}", p.trim()))
 }
+
+/// Sends `message` (bytes as a client writes them; smtplib dot-stuffs) through the relay with
+/// Python's smtplib, from `source_ip`; returns `sent`, or `refused ...` with the error.
+pub fn smtplib_send(relay: &Relay, source_ip: &str, from: &str, rcpts: &[&str], message: &[u8]) -> String {
+    let rcpts: Vec<String> = rcpts.iter().map(|r| format!("'{r}'")).collect();
+    let script = format!(
+        "import smtplib,sys\nm=sys.stdin.buffer.read()\ntry:\n    with smtplib.SMTP('127.0.0.1', {}, source_address=('{source_ip}', 0)) as s:\n        s.sendmail('{from}', [{}], m)\n    print('sent')\nexcept smtplib.SMTPException as e:\n    print('refused', e)\n",
+        relay.port,
+        rcpts.join(",")
+    );
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child.stdin.take().expect("stdin").write_all(message).expect("write the message");
+    let out = child.wait_with_output().expect("python3 runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -448,36 +448,23 @@ impl<M> Queue<M> {
         });
         let dsn_mta =
             if info.mx_host.is_empty() { String::new() } else { format!("{} ({})", info.mx_host, info.destination_ip) };
-        Record {
-            kind,
-            time_logged_ms: now_ms,
-            time_queued_ms: job.queued_unix_ms,
-            orig: job.mail_from.clone(),
-            rcpt: rcpt.address.clone(),
-            dsn_status: status,
-            dsn_diag: format!("smtp;{}", reply.line()),
-            dsn_mta,
-            bounce_cat: category.to_string(),
-            src_mta: String::new(),
-            dlv_source_ip: info.source_ip.clone(),
-            dlv_destination_ip: info.destination_ip.clone(),
-            dlv_esmtp_available: info.esmtp,
-            dlv_size: job.size,
-            vmta: if info.vmta.is_empty() { self.vmta.clone() } else { info.vmta.clone() },
-            job_id: String::new(),
-            env_id: String::new(),
-            queue: self.name.clone(),
-            vmta_pool: info.vmta_pool.clone(),
-            rcv_smtp_user: String::new(),
-            dlv_tls_protocol: info.tls_protocol.clone(),
-            dlv_tls_cipher: info.tls_cipher.clone(),
-            auth_results: String::new(),
-            format: String::new(),
-            feedback_type: String::new(),
-            user_agent: String::new(),
-            reporting_mta: String::new(),
-            source_ip: String::new(),
-        }
+        let vmta = if info.vmta.is_empty() { self.vmta.as_str() } else { info.vmta.as_str() };
+        let mut r = Record::queue_event(now_ms, &self.name, vmta, format!("smtp;{}", reply.line()));
+        r.kind = kind;
+        r.time_queued_ms = job.queued_unix_ms;
+        r.orig = job.mail_from.clone();
+        r.rcpt = rcpt.address.clone();
+        r.dsn_status = status;
+        r.dsn_mta = dsn_mta;
+        r.bounce_cat = category.to_string();
+        r.dlv_source_ip = info.source_ip.clone();
+        r.dlv_destination_ip = info.destination_ip.clone();
+        r.dlv_esmtp_available = info.esmtp;
+        r.dlv_size = job.size;
+        r.vmta_pool = info.vmta_pool.clone();
+        r.dlv_tls_protocol = info.tls_protocol.clone();
+        r.dlv_tls_cipher = info.tls_cipher.clone();
+        r
     }
 }
 
