@@ -971,8 +971,14 @@ impl Shard {
         }
         // Reports to the feedback-loop and bounce processors: taken here as `f` / `rb`
         // records, never relayed.
-        let shared = self.shared.clone();
-        for (processor, feedback) in [(&shared.feedback, true), (&shared.bounces, false)] {
+        let shared = if self.shared.feedback.is_some() || self.shared.bounces.is_some() {
+            Some(self.shared.clone())
+        } else {
+            None // the common case: no Arc traffic per message
+        };
+        let processors = shared.as_ref().map(|s| [(&s.feedback, true), (&s.bounces, false)]);
+        for (processor, feedback) in processors.into_iter().flatten() {
+            let shared = shared.as_ref().expect("processors come from it");
             let Some(p) = processor else { continue };
             let (reports, rest): (Vec<String>, Vec<String>) =
                 m.recipients.iter().cloned().partition(|r| p.addresses.contains(r));
@@ -982,9 +988,9 @@ impl Shard {
             m.recipients = rest;
             let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
             let records = if feedback {
-                feedback_records(&shared, p, &text, now)
+                feedback_records(shared, p, &text, now)
             } else {
-                bounce_records(&shared, &text, &reports[0], now)
+                bounce_records(shared, &text, &reports[0], now)
             };
             match records {
                 Some(records) => {
