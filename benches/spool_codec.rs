@@ -12,6 +12,7 @@ fn envelope(rcpts: &[String]) -> Envelope<'_> {
         envid: "",
         vmta: "",
         recipients: rcpts.iter().map(String::as_str).collect(),
+        job_id: "campaign-2026-11",
     }
 }
 

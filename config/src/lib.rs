@@ -82,6 +82,11 @@ pub struct SourcePolicy {
     pub arc_sign: bool,
     /// `suppression-lists NAME[,NAME]`: recipients on these `<address-list>`s are refused.
     pub suppression_lists: Vec<String>,
+    /// `process-x-job yes`: the `jobid-header` (default `x-job`) names the message's job,
+    /// which every accounting record carries; the header is removed unless `retain-x-job`.
+    pub process_x_job: bool,
+    pub jobid_header: String,
+    pub retain_x_job: bool,
 }
 
 /// One line of an `<address-list>`.
@@ -196,6 +201,9 @@ impl Default for SourcePolicy {
             check_arc: false,
             arc_sign: false,
             suppression_lists: Vec::new(),
+            process_x_job: false,
+            jobid_header: "x-job".into(),
+            retain_x_job: false,
         }
     }
 }
@@ -796,7 +804,6 @@ const NOT_YET: &[(&str, &str)] = &[
     ("http-mgmt-port", "the management API"),
     ("http-access", "the management API"),
     ("http-api-key", "the management API"),
-    ("process-x-job", "jobs"),
     ("record-fields", "accounting field selection"),
     ("max-size", "accounting rotation"),
     ("delete-after", "accounting rotation"),
@@ -847,6 +854,9 @@ const SOURCE: &[&str] = &[
     "check-arc-inbound",
     "arc-sign",
     "suppression-lists",
+    "process-x-job",
+    "jobid-header",
+    "retain-x-job",
 ];
 const DOMAIN: &[&str] = &[
     "use-starttls",
@@ -1218,6 +1228,9 @@ impl Builder {
                     policy.check_dmarc = value(span, units::parse_bool(one_arg(name, args, span)?))?
                 }
                 "check-arc-inbound" => policy.check_arc = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "process-x-job" => policy.process_x_job = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "jobid-header" => policy.jobid_header = one_arg(name, args, span)?.to_ascii_lowercase(),
+                "retain-x-job" => policy.retain_x_job = value(span, units::parse_bool(one_arg(name, args, span)?))?,
                 "suppression-lists" => {
                     for list in args.join(",").split(',').map(str::trim).filter(|l| !l.is_empty()) {
                         self.list_refs.push((list.to_string(), span.clone()));

@@ -53,6 +53,8 @@ const CONNECT_BACKOFF_FIRST_MS: u64 = 100;
 const CONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 /// Accounting records held locally while the control plane is busy.
 const ACCT_PENDING_MAX: usize = 1 << 20;
+/// A job id longer than this is cut (it rides in every accounting record).
+const JOB_ID_CHARS_MAX: usize = 256;
 
 const _: () = assert!(RECV_BYTES > sluice_engine::smtp::server::COMMAND_LINE_BYTES_MAX);
 const _: () = assert!(OUT_IDLE_MS < OUT_REPLY_TIMEOUT_MS);
@@ -108,36 +110,42 @@ fn ud_split(v: u64) -> (Op, u16, u64) {
 pub(crate) type Initial = (String, String, Job<MsgRef>);
 
 /// Groups a message's recipients by destination domain: one job per domain.
-fn group_jobs<'a>(
-    msg: &MsgRef,
-    vmta: &str,
-    mail_from: &str,
-    rcpts: impl Iterator<Item = (u32, &'a str)>,
-    queued_unix_ms: u64,
-    size: u64,
-    attempts: u32,
-) -> Vec<Initial> {
+/// `template` is the message's job with no recipient yet.
+fn group_jobs<'a>(template: &Job<MsgRef>, vmta: &str, rcpts: impl Iterator<Item = (u32, &'a str)>) -> Vec<Initial> {
     let mut jobs: Vec<Initial> = Vec::new();
     for (index, address) in rcpts {
         let domain = domain_of(address);
         let rcpt = Recipient { index, address: address.to_string() };
         match jobs.iter_mut().find(|(d, _, _)| *d == domain) {
             Some((_, _, job)) => job.rcpts.push(rcpt),
-            None => jobs.push((
-                domain,
-                vmta.to_string(),
-                Job {
-                    msg: msg.clone(),
-                    mail_from: mail_from.to_string(),
-                    rcpts: vec![rcpt],
-                    attempts,
-                    queued_unix_ms,
-                    size,
-                },
-            )),
+            None => {
+                let mut job = template.clone();
+                job.rcpts.push(rcpt);
+                jobs.push((domain, vmta.to_string(), job));
+            }
         }
     }
     jobs
+}
+
+/// A message's job, before its recipients are added.
+fn job_template(
+    msg: MsgRef,
+    mail_from: &str,
+    queued_unix_ms: u64,
+    size: u64,
+    attempts: u32,
+    job_id: &str,
+) -> Job<MsgRef> {
+    Job {
+        msg,
+        mail_from: mail_from.to_string(),
+        rcpts: Vec::new(),
+        attempts,
+        queued_unix_ms,
+        size,
+        job_id: job_id.to_string(),
+    }
 }
 
 /// Jobs for a message found in a segment (recovery).
@@ -147,14 +155,17 @@ pub(crate) fn jobs_for(segment: &Arc<Segment>, offset: u64, pending: &[u32], att
     let env = &view.envelope;
     let rcpts = pending.iter().map(|&i| (i, env.recipients[i as usize]));
     let vmta = if env.vmta.is_empty() { DEFAULT_VMTA } else { env.vmta };
-    group_jobs(&msg, vmta, env.mail_from, rcpts, env.queued_unix_ms, view.data.len() as u64, attempts)
+    let template = job_template(msg, env.mail_from, env.queued_unix_ms, view.data.len() as u64, attempts, env.job_id);
+    group_jobs(&template, vmta, rcpts)
 }
 
 /// An accepted message on its way to disk.
 struct Store {
     head: Vec<u8>,
     data: Vec<u8>,
-    iov: [libc::iovec; 2],
+    /// After the data: the job id (spool format version 2).
+    tail: Vec<u8>,
+    iov: [libc::iovec; 3],
     seq: u64,
     offset: u64,
     mail_from: String,
@@ -167,6 +178,8 @@ struct Store {
     src_mta: String,
     smtp_user: String,
     auth_results: String,
+    /// The `x-job:` header's value (empty: none).
+    job_id: String,
 }
 
 /// Spool tickets of locally made messages (DSNs) have this bit; connections' tickets are
@@ -969,6 +982,10 @@ impl Shard {
             inb.session.message_refused(&reply);
             return;
         }
+        if policy.process_x_job {
+            let job = take_header(&mut m.data, &policy.jobid_header, !policy.retain_x_job);
+            m.job_id = job.map(|j| j.trim().chars().take(JOB_ID_CHARS_MAX).collect()).unwrap_or_default();
+        }
         // Reports to the feedback-loop and bounce processors: taken here as `f` / `rb`
         // records, never relayed.
         let shared = if self.shared.feedback.is_some() || self.shared.bounces.is_some() {
@@ -1065,7 +1082,8 @@ impl Shard {
         let mut store = Box::new(Store {
             head: Vec::new(),
             data: m.data,
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            tail: Vec::new(),
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
             seq: 0,
             offset: 0,
             mail_from: m.mail_from,
@@ -1075,6 +1093,7 @@ impl Shard {
             src_mta: format!("{} ({})", m.helo, inb.client_ip),
             smtp_user: m.auth_user.unwrap_or_default(),
             auth_results: auth,
+            job_id: m.job_id,
         });
         if now < self.spool_broken_until_ms {
             inb.store = Some(store);
@@ -1099,9 +1118,11 @@ impl Shard {
             envid: "",
             vmta: &store.vmta,
             recipients: store.recipients.iter().map(String::as_str).collect(),
+            job_id: &store.job_id,
         };
         store.head = codec::encode_message_head(&env, &store.data);
-        let total = (store.head.len() + store.data.len()) as u64;
+        store.tail = codec::encode_message_tail(&env);
+        let total = (store.head.len() + store.data.len() + store.tail.len()) as u64;
         let placement = self.appender.place(total, ticket);
         store.seq = placement.seg_seq;
         store.offset = placement.offset;
@@ -1125,8 +1146,9 @@ impl Shard {
         store.iov = [
             libc::iovec { iov_base: store.head.as_mut_ptr().cast(), iov_len: store.head.len() },
             libc::iovec { iov_base: store.data.as_mut_ptr().cast(), iov_len: store.data.len() },
+            libc::iovec { iov_base: store.tail.as_mut_ptr().cast(), iov_len: store.tail.len() },
         ];
-        let entry = opcode::Writev::new(types::Fd(seg.fd()), store.iov.as_ptr(), 2)
+        let entry = opcode::Writev::new(types::Fd(seg.fd()), store.iov.as_ptr(), 3)
             .offset(placement.offset)
             .build()
             .user_data(user_data);
@@ -1162,7 +1184,8 @@ impl Shard {
         let store = Box::new(Store {
             head: Vec::new(),
             data,
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            tail: Vec::new(),
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
             seq: 0,
             offset: 0,
             mail_from: String::new(), // a DSN has the null sender: nothing bounces back
@@ -1172,6 +1195,7 @@ impl Shard {
             src_mta: String::new(),
             smtp_user: String::new(),
             auth_results: String::new(),
+            job_id: String::new(),
         });
         tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
         let outcomes = outcomes.into_iter().map(|o| (o, msg.segment.clone())).collect();
@@ -1194,7 +1218,7 @@ impl Shard {
 
     fn on_local_write(&mut self, id: u64, result: i32) {
         let local = self.local.get(&id).expect("write belongs to a local message");
-        let expected = local.store.head.len() + local.store.data.len();
+        let expected = local.store.head.len() + local.store.data.len() + local.store.tail.len();
         let ok = result >= 0 && result as usize == expected;
         if !ok {
             tracing::error!(shard = self.id, result, expected, "segment write failed (DSN)");
@@ -1217,7 +1241,8 @@ impl Shard {
                 let msg = MsgRef { segment: seg, offset: store.offset };
                 let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
                 let size = store.data.len() as u64;
-                for (domain, vmta, job) in group_jobs(&msg, &store.vmta, "", rcpts, store.queued_unix_ms, size, 1) {
+                let template = job_template(msg, "", store.queued_unix_ms, size, 1, "");
+                for (domain, vmta, job) in group_jobs(&template, &store.vmta, rcpts) {
                     self.dispatch(domain, vmta, job);
                 }
             }
@@ -1235,7 +1260,7 @@ impl Shard {
         assert_eq!(conn.gen, gen);
         let Kind::In(inb) = &conn.kind else { unreachable!() };
         let store = inb.store.as_ref().expect("write belongs to a store");
-        let expected = store.head.len() + store.data.len();
+        let expected = store.head.len() + store.data.len() + store.tail.len();
         let ok = result >= 0 && result as usize == expected;
         if !ok {
             tracing::error!(shard = self.id, result, expected, "segment write failed");
@@ -1310,6 +1335,7 @@ impl Shard {
                             vmta: &store.vmta,
                             smtp_user: &store.smtp_user,
                             auth_results: &store.auth_results,
+                            job_id: &store.job_id,
                         };
                         self.acct.push(Record::received(store.queued_unix_ms, rcpt, &received));
                     }
@@ -1317,9 +1343,11 @@ impl Shard {
                 let msg = MsgRef { segment: seg, offset: store.offset };
                 let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
                 let size = store.data.len() as u64;
-                for (domain, vmta, job) in
-                    group_jobs(&msg, &store.vmta, &store.mail_from, rcpts, store.queued_unix_ms, size, 1)
-                {
+                for (domain, vmta, job) in group_jobs(
+                    &job_template(msg, &store.mail_from, store.queued_unix_ms, size, 1, &store.job_id),
+                    &store.vmta,
+                    rcpts,
+                ) {
                     self.dispatch(domain, vmta, job);
                 }
             } else {

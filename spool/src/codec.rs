@@ -4,7 +4,12 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 added the optional job id after a record's data; version 1 files (which never
+/// have it) are read the same way. An older sluice refuses version 2 files instead of
+/// misreading them.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this sluice reads.
+pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SLUSEG\0\0";
 pub const JOURNAL_MAGIC: [u8; 8] = *b"SLUJNL\0\0";
 /// File header: magic(8) version(4) shard(4) seq(8) reserved(4) crc32c(4) of bytes 0..28.
@@ -68,8 +73,10 @@ pub fn decode_file_header(buf: &[u8]) -> Result<FileHeader, String> {
         _ => return Err("not a sluice spool file (bad magic)".into()),
     };
     let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-    if version != FORMAT_VERSION {
-        return Err(format!("spool format version {version}, this sluice reads {FORMAT_VERSION}"));
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
+        return Err(format!(
+            "spool format version {version}, this sluice reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION}"
+        ));
     }
     Ok(FileHeader {
         kind,
@@ -87,6 +94,9 @@ pub struct Envelope<'a> {
     pub envid: &'a str,
     pub vmta: &'a str,
     pub recipients: Vec<&'a str>,
+    /// The job (`x-job:` header) the message belongs to; empty for none. Written after the
+    /// data, and only when set.
+    pub job_id: &'a str,
 }
 
 fn ip_bytes(ip: IpAddr) -> [u8; 16] {
@@ -118,15 +128,27 @@ pub fn envelope_bytes(env: &Envelope) -> usize {
         + 4
 }
 
+/// Bytes after the data: the job id (length-prefixed), when there is one.
+pub fn encode_message_tail(env: &Envelope) -> Vec<u8> {
+    if env.job_id.is_empty() {
+        return Vec::new();
+    }
+    let mut tail = Vec::with_capacity(2 + env.job_id.len());
+    tail.extend_from_slice(&(env.job_id.len() as u16).to_le_bytes());
+    tail.extend_from_slice(env.job_id.as_bytes());
+    tail
+}
+
 /// Appends one message record (header + envelope + data) to `out`. `data` is the message
 /// in SMTP transparency form (RFC 5321 §4.5.2: dot-stuffed, CRLF lines, without the final
 /// `.CRLF`), so delivery sends it straight from the segment.
 pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
     assert!(env.recipients.len() <= RECIPIENTS_MAX && !env.recipients.is_empty());
-    for s in [env.mail_from, env.envid, env.vmta].iter().chain(env.recipients.iter()) {
+    for s in [env.mail_from, env.envid, env.vmta, env.job_id].iter().chain(env.recipients.iter()) {
         assert!(s.len() <= ADDRESS_BYTES_MAX);
     }
-    let payload_len = envelope_bytes(env) + data.len();
+    let tail = encode_message_tail(env);
+    let payload_len = envelope_bytes(env) + data.len() + tail.len();
     assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
     let start = out.len();
     out.reserve(RECORD_HEADER_BYTES + payload_len);
@@ -147,22 +169,27 @@ pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out.extend_from_slice(data);
+    out.extend_from_slice(&tail);
     assert_eq!(out.len() - payload_start, payload_len);
     let crc = crc32c::crc32c(&out[payload_start..]);
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// The record header and envelope for `data`, with the checksum covering both, so the
-/// runtime can write `[head, data]` with one vectored write and no copy of the data.
+/// The record header and envelope for `data` (the tail, from `encode_message_tail`, follows
+/// the data), with the checksum covering all three, so the runtime can write
+/// `[head, data, tail]` with one vectored write and no copy of the data.
 pub fn encode_message_head(env: &Envelope, data: &[u8]) -> Vec<u8> {
+    let tail = encode_message_tail(env);
+    let no_job = Envelope { job_id: "", ..env.clone() };
     let mut head = Vec::with_capacity(RECORD_HEADER_BYTES + envelope_bytes(env));
-    encode_message(env, &[], &mut head);
-    let payload_len = head.len() - RECORD_HEADER_BYTES + data.len();
+    encode_message(&no_job, &[], &mut head);
+    let payload_len = head.len() - RECORD_HEADER_BYTES + data.len() + tail.len();
     assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
     head.truncate(head.len() - 4);
     head.extend_from_slice(&(data.len() as u32).to_le_bytes());
     head[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&head[RECORD_HEADER_BYTES..]), data);
+    let crc = crc32c::crc32c_append(crc, &tail);
     head[8..12].copy_from_slice(&crc.to_le_bytes());
     head
 }
@@ -253,10 +280,13 @@ fn decode_payload(payload: &[u8]) -> Option<MessageView<'_>> {
     }
     let data_len = r.u32()? as usize;
     let data = r.take(data_len)?;
+    // Version 2: an optional job id after the data.
+    let job_id = if r.at < payload.len() { r.str16()? } else { "" };
     if r.at != payload.len() {
         return None;
     }
-    Some(MessageView { envelope: Envelope { queued_unix_ms, client_ip, mail_from, envid, vmta, recipients }, data })
+    let envelope = Envelope { queued_unix_ms, client_ip, mail_from, envid, vmta, recipients, job_id };
+    Some(MessageView { envelope, data })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -316,7 +346,28 @@ mod tests {
             envid: "",
             vmta: "",
             recipients: vec!["x@y.test", "z@y.test"],
+            job_id: "",
         }
+    }
+
+    #[test]
+    fn job_id_rides_after_the_data_and_head_plus_tail_equal_the_whole() {
+        let env = Envelope { job_id: "job-42", ..env() };
+        let data = b"Subject: hi\r\n\r\nbody\r\n";
+        let mut whole = Vec::new();
+        encode_message(&env, data, &mut whole);
+        let mut parts = encode_message_head(&env, data);
+        parts.extend_from_slice(data);
+        parts.extend_from_slice(&encode_message_tail(&env));
+        assert_eq!(parts, whole, "the vectored write gives the same bytes");
+        match decode_message(&whole) {
+            Decoded::Record(view, _) => assert_eq!((view.envelope.job_id, view.data), ("job-42", &data[..])),
+            other => panic!("{other:?}"),
+        }
+        // Version 1 records (no job id) still decode.
+        let mut v1 = Vec::new();
+        encode_message(&super::tests::env(), data, &mut v1);
+        assert!(matches!(decode_message(&v1), Decoded::Record(v, _) if v.envelope.job_id.is_empty()));
     }
 
     #[test]

@@ -128,6 +128,7 @@ pub struct Received<'a> {
     pub vmta: &'a str,
     pub smtp_user: &'a str,
     pub auth_results: &'a str,
+    pub job_id: &'a str,
 }
 
 impl Record {
@@ -180,6 +181,7 @@ impl Record {
         r.dlv_size = m.size;
         r.rcv_smtp_user = m.smtp_user.to_string();
         r.auth_results = m.auth_results.to_string();
+        r.job_id = m.job_id.to_string();
         r
     }
 

@@ -27,6 +27,8 @@ pub struct Job<M> {
     pub attempts: u32,
     pub queued_unix_ms: u64,
     pub size: u64,
+    /// The job (`x-job:`) the message belongs to, for every accounting record; empty: none.
+    pub job_id: String,
 }
 
 /// Where an attempt happened, for the accounting record.
@@ -464,6 +466,7 @@ impl<M> Queue<M> {
         r.vmta_pool = info.vmta_pool.clone();
         r.dlv_tls_protocol = info.tls_protocol.clone();
         r.dlv_tls_cipher = info.tls_cipher.clone();
+        r.job_id = job.job_id.clone();
         r
     }
 }
@@ -485,6 +488,7 @@ mod tests {
             attempts: 1,
             queued_unix_ms: 1_000,
             size: 100,
+            job_id: String::new(),
         }
     }
 
@@ -593,6 +597,7 @@ mod mode_tests {
             attempts: 1,
             queued_unix_ms: 0,
             size: 1,
+            job_id: String::new(),
         };
         let out = q.settle(job, &[Reply::new(421, "4.7.0 too many errors")], &AttemptInfo::default(), 10);
         assert_eq!(
@@ -612,6 +617,7 @@ mod mode_tests {
             attempts: 1,
             queued_unix_ms: 0,
             size: 1,
+            job_id: String::new(),
         }
     }
 

@@ -119,6 +119,8 @@ pub struct Message {
     pub helo: String,
     /// The AUTH user who sent it (accounting's rcvSmtpUser).
     pub auth_user: Option<String>,
+    /// Its job (the caller reads the `x-job:` header when the source says so).
+    pub job_id: String,
 }
 
 pub struct Session {
@@ -520,6 +522,7 @@ impl Session {
             data: std::mem::take(&mut self.data),
             helo: self.helo.clone().unwrap_or_default(),
             auth_user: self.auth_user.clone(),
+            job_id: String::new(),
         }
     }
 
