@@ -161,35 +161,58 @@ pub async fn resolve(
     }
 }
 
-/// Appends accounting records to every `<acct-file>`, each with its header line once.
+/// Appends accounting records to every `<acct-file>`, each with its header line once, its
+/// chosen columns (`record-fields`), its privacy policy, and rotation by size.
 pub struct AcctWriter {
-    files: Vec<(Vec<RecordType>, BufWriter<File>)>,
+    files: Vec<AcctOut>,
+}
+
+struct AcctOut {
+    conf: sluice_config::AcctFile,
+    columns: Vec<usize>,
+    w: BufWriter<File>,
+    /// Bytes in the current file.
+    size: u64,
+}
+
+fn open_acct(path: &std::path::Path, columns: &[usize]) -> std::io::Result<(BufWriter<File>, u64)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("accounting file {}: {e}", path.display())))?;
+    let mut size = file.metadata()?.len();
+    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    if size == 0 {
+        let header = acct::header_line_of(columns);
+        w.write_all(header.as_bytes())?;
+        size = header.len() as u64;
+    }
+    Ok((w, size))
 }
 
 impl AcctWriter {
     pub fn open(config: &Config) -> std::io::Result<AcctWriter> {
         let mut files = Vec::new();
         for a in &config.acct_files {
-            if let Some(dir) = a.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            let file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&a.path)
-                .map_err(|e| std::io::Error::new(e.kind(), format!("accounting file {}: {e}", a.path.display())))?;
-            let empty = file.metadata()?.len() == 0;
-            let mut w = BufWriter::with_capacity(256 * 1024, file);
-            if empty {
-                w.write_all(acct::header_line().as_bytes())?;
-            }
-            files.push((a.records.clone(), w));
+            let columns: Vec<usize> = match &a.fields {
+                None => (0..acct::COLUMNS.len()).collect(),
+                Some(f) if f.iter().any(|f| f == "*") => (0..acct::COLUMNS.len()).collect(),
+                Some(f) => std::iter::once(0)
+                    .chain((1..acct::COLUMNS.len()).filter(|&c| f.iter().any(|n| n == acct::COLUMNS[c])))
+                    .collect(),
+            };
+            let (w, size) = open_acct(&a.path, &columns)?;
+            files.push(AcctOut { conf: a.clone(), columns, w, size });
         }
         Ok(AcctWriter { files })
     }
 
     pub fn write(&mut self, records: &[Record]) {
-        for (types, w) in &mut self.files {
+        for f in &mut self.files {
             for r in records {
                 let t = match r.kind {
                     Kind::Delivered => RecordType::Delivered,
@@ -200,22 +223,70 @@ impl AcctWriter {
                     Kind::Feedback => RecordType::Feedback,
                     Kind::RemoteBounce => RecordType::RemoteBounce,
                 };
-                if types.contains(&t) {
-                    if let Err(e) = w.write_all(r.csv_line().as_bytes()) {
-                        tracing::error!(error = %e, "accounting write failed");
+                if !f.conf.records.contains(&t) {
+                    continue;
+                }
+                let line = match &f.conf.privacy_key {
+                    Some(key) => {
+                        let mut private = r.clone();
+                        private.orig = acct::private_address(&r.orig, key.as_bytes());
+                        private.rcpt = acct::private_address(&r.rcpt, key.as_bytes());
+                        private.csv_line_of(&f.columns)
                     }
+                    None => r.csv_line_of(&f.columns),
+                };
+                match f.w.write_all(line.as_bytes()) {
+                    Ok(()) => f.size += line.len() as u64,
+                    Err(e) => tracing::error!(error = %e, "accounting write failed"),
+                }
+            }
+            if f.conf.max_size.is_some_and(|max| f.size >= max) {
+                if let Err(e) = rotate(f) {
+                    tracing::error!(error = %e, file = %f.conf.path.display(), "accounting rotation failed");
                 }
             }
         }
     }
 
     pub fn flush(&mut self) {
-        for (_, w) in &mut self.files {
-            if let Err(e) = w.flush() {
+        for f in &mut self.files {
+            if let Err(e) = f.w.flush() {
                 tracing::error!(error = %e, "accounting flush failed");
             }
         }
     }
+}
+
+/// `max-size`: the file becomes `FILE.YYYYMMDDTHHMMSS.N`, a new one starts with its header;
+/// `delete-after`: rotated files older than that go.
+fn rotate(f: &mut AcctOut) -> std::io::Result<()> {
+    f.w.flush()?;
+    let path = &f.conf.path;
+    let stamp = sluice_engine::time::iso8601(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+    )
+    .replace(['-', ':', ' '], "")
+    .replace("+0000", "");
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let rotated =
+        (0..).map(|n| path.with_file_name(format!("{name}.{stamp}.{n}"))).find(|p| !p.exists()).expect("a free name");
+    std::fs::rename(path, &rotated)?;
+    let (w, size) = open_acct(path, &f.columns)?;
+    f.w = w;
+    f.size = size;
+    tracing::info!(file = %rotated.display(), "accounting file rotated");
+    if let (Some(age), Some(dir)) = (f.conf.delete_after, path.parent()) {
+        let dir = if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir };
+        let prefix = format!("{name}.");
+        for entry in std::fs::read_dir(dir)?.flatten() {
+            let old = entry.file_name().to_string_lossy().starts_with(&prefix)
+                && entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t.elapsed().is_ok_and(|e| e >= age));
+            if old {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the control plane until `stop` closes. Resolutions run as tokio tasks; accounting

@@ -502,6 +502,14 @@ impl RecordType {
 pub struct AcctFile {
     pub path: PathBuf,
     pub records: Vec<RecordType>,
+    /// `record-fields TYPES FIELDS`: the columns written (None: all); `type` always first.
+    pub fields: Option<Vec<String>>,
+    /// `privacy-policy hmac-sha256 KEY`: local parts of addresses are hashed with KEY.
+    pub privacy_key: Option<String>,
+    /// `max-size SIZE`: the file is rotated (renamed with a time stamp) past this size.
+    pub max_size: Option<u64>,
+    /// `delete-after D`: rotated files older than this are deleted.
+    pub delete_after: Option<Duration>,
 }
 
 /// A warning: a directive that sluice knows from PowerMTA but does not implement yet.
@@ -799,14 +807,47 @@ fn suffixes_farthest_first(domain: &str) -> impl Iterator<Item = &str> {
     domain.rmatch_indices('.').map(move |(i, _)| &domain[i + 1..]).chain(std::iter::once(domain))
 }
 
+/// Accounting columns (`record-fields` may name these), as the engine writes them.
+pub const ACCT_FIELDS: &[&str] = &[
+    "type",
+    "timeLogged",
+    "timeQueued",
+    "orig",
+    "rcpt",
+    "orcpt",
+    "dsnAction",
+    "dsnStatus",
+    "dsnDiag",
+    "dsnMta",
+    "bounceCat",
+    "srcType",
+    "srcMta",
+    "dlvType",
+    "dlvSourceIp",
+    "dlvDestinationIp",
+    "dlvEsmtpAvailable",
+    "dlvSize",
+    "vmta",
+    "jobId",
+    "envId",
+    "queue",
+    "vmtaPool",
+    "rcvSmtpUser",
+    "dlvTlsProtocol",
+    "dlvTlsCipher",
+    "authResults",
+    "format",
+    "feedbackType",
+    "userAgent",
+    "reportingMta",
+    "sourceIp",
+];
+
 /// Names sluice accepts but does not implement yet, with the issue that brings them.
 const NOT_YET: &[(&str, &str)] = &[
     ("http-mgmt-port", "the management API"),
     ("http-access", "the management API"),
     ("http-api-key", "the management API"),
-    ("record-fields", "accounting field selection"),
-    ("max-size", "accounting rotation"),
-    ("delete-after", "accounting rotation"),
     ("min-free-space", "spool space limits"),
 ];
 
@@ -1725,6 +1766,7 @@ impl Builder {
             ConfigError::at(span, "`<acct-file>` needs a path", "write `<acct-file /var/log/sluice/acct.csv>`")
         })?;
         let mut records = vec![RecordType::Delivered, RecordType::Bounced, RecordType::Transient];
+        let (mut fields, mut privacy_key, mut max_size, mut delete_after) = (None, None, None, None);
         for (name, args, span) in self.directives(children, "<acct-file>")? {
             match name {
                 "records" => {
@@ -1752,10 +1794,49 @@ impl Builder {
                         }
                     }
                 }
-                _ => self.unknown(name, span, &["records"], "<acct-file>")?,
+                "record-fields" => {
+                    // `record-fields d *,header_Subject`: the types, then the fields.
+                    let list = match args {
+                        [_types, rest @ ..] if !rest.is_empty() => rest.join(","),
+                        _ => args.join(","),
+                    };
+                    let chosen = fields.get_or_insert_with(Vec::new);
+                    for f in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+                        if f.starts_with("header_") {
+                            self.config.warnings.push(Warning {
+                                span: span.clone(),
+                                message: format!("accounting field `{f}` is not recorded yet; ignored"),
+                            });
+                        } else if f == "*" || ACCT_FIELDS.contains(&f) {
+                            chosen.push(f.to_string());
+                        } else {
+                            let hint = nearest_hint(f, ACCT_FIELDS);
+                            return Err(ConfigError::at(span, format!("unknown accounting field `{f}`"), hint));
+                        }
+                    }
+                }
+                "privacy-policy" => match args {
+                    [kind, key] if kind.eq_ignore_ascii_case("hmac-sha256") => privacy_key = Some(key.clone()),
+                    _ => {
+                        return Err(ConfigError::at(
+                            span,
+                            "`privacy-policy` takes hmac-sha256 and a key",
+                            "write `privacy-policy hmac-sha256 SECRETKEY`",
+                        ))
+                    }
+                },
+                "max-size" => max_size = Some(value(span, units::parse_size(one_arg(name, args, span)?))?),
+                "delete-after" => delete_after = Some(value(span, units::parse_duration(one_arg(name, args, span)?))?),
+                _ => self.unknown(
+                    name,
+                    span,
+                    &["records", "record-fields", "privacy-policy", "max-size", "delete-after"],
+                    "<acct-file>",
+                )?,
             }
         }
-        self.config.acct_files.push(AcctFile { path: PathBuf::from(path), records });
+        let path = PathBuf::from(path);
+        self.config.acct_files.push(AcctFile { path, records, fields, privacy_key, max_size, delete_after });
         Ok(())
     }
 }

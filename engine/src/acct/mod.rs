@@ -2,41 +2,8 @@
 
 use crate::time::iso8601;
 
-/// The columns of `d`, `b` and `t` records, in PowerMTA's order.
-pub const COLUMNS: &[&str] = &[
-    "type",
-    "timeLogged",
-    "timeQueued",
-    "orig",
-    "rcpt",
-    "orcpt",
-    "dsnAction",
-    "dsnStatus",
-    "dsnDiag",
-    "dsnMta",
-    "bounceCat",
-    "srcType",
-    "srcMta",
-    "dlvType",
-    "dlvSourceIp",
-    "dlvDestinationIp",
-    "dlvEsmtpAvailable",
-    "dlvSize",
-    "vmta",
-    "jobId",
-    "envId",
-    "queue",
-    "vmtaPool",
-    "rcvSmtpUser",
-    "dlvTlsProtocol",
-    "dlvTlsCipher",
-    "authResults",
-    "format",
-    "feedbackType",
-    "userAgent",
-    "reportingMta",
-    "sourceIp",
-];
+/// The columns of every record, in PowerMTA's order (then sluice's own).
+pub const COLUMNS: &[&str] = sluice_config::ACCT_FIELDS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -104,9 +71,26 @@ pub struct Record {
 }
 
 pub fn header_line() -> String {
-    let mut s = COLUMNS.join(",");
+    header_line_of(&(0..COLUMNS.len()).collect::<Vec<_>>())
+}
+
+/// The header line for a selection of columns (indexes into `COLUMNS`).
+pub fn header_line_of(columns: &[usize]) -> String {
+    let mut s = columns.iter().map(|&c| COLUMNS[c]).collect::<Vec<_>>().join(",");
     s.push('\n');
     s
+}
+
+/// `privacy-policy hmac-sha256 KEY`: the local part of an address becomes the hex
+/// HMAC-SHA256 of it (lower-cased), the domain stays, so records still group by domain and
+/// one person's records still match each other.
+pub fn private_address(address: &str, key: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let Some((local, domain)) = address.rsplit_once('@') else { return address.to_string() };
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(local.to_ascii_lowercase().as_bytes());
+    let hex: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}@{domain}")
 }
 
 fn push_field(out: &mut String, field: &str) {
@@ -221,6 +205,11 @@ impl Record {
 
     /// One CSV line (with the newline).
     pub fn csv_line(&self) -> String {
+        self.csv_line_of(&(0..COLUMNS.len()).collect::<Vec<_>>())
+    }
+
+    /// One CSV line of the chosen columns (indexes into `COLUMNS`).
+    pub fn csv_line_of(&self, columns: &[usize]) -> String {
         let size = self.dlv_size.to_string();
         let fields: [&str; 32] = [
             self.kind.code(),
@@ -257,11 +246,11 @@ impl Record {
             &self.source_ip,
         ];
         let mut out = String::with_capacity(256);
-        for (i, f) in fields.iter().enumerate() {
+        for (i, &c) in columns.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            push_field(&mut out, f);
+            push_field(&mut out, fields[c]);
         }
         out.push('\n');
         out
