@@ -590,16 +590,7 @@ mod mode_tests {
     #[test]
     fn bounce_rcpt_and_queue_actions() {
         let mut q = queue(vec![PatternAction::BounceRcpt, PatternAction::DeferQueue]);
-        let job = Job {
-            msg: 1,
-            mail_from: "a@b".into(),
-            rcpts: vec![Recipient { index: 0, address: "x@b.test".into() }],
-            attempts: 1,
-            queued_unix_ms: 0,
-            size: 1,
-            job_id: String::new(),
-        };
-        let out = q.settle(job, &[Reply::new(421, "4.7.0 too many errors")], &AttemptInfo::default(), 10);
+        let out = q.settle(one_rcpt(), &[Reply::new(421, "4.7.0 too many errors")], &AttemptInfo::default(), 10);
         assert_eq!(
             (out[0].1.clone(), out[0].2.kind),
             (Fate::Final, Kind::Bounced),
