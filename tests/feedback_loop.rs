@@ -74,6 +74,13 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
         t.contains("complainer@mailbox-provider.example").then_some(t)
     });
     assert!(text.lines().all(|l| !l.is_empty()));
+    // Refused at once (every shard sees the list grow), and after a restart (from the file).
+    let (mut t, _) = Talk::connect(relay.addr());
+    t.cmd("EHLO c.test");
+    t.cmd("MAIL FROM:<news@example.com>");
+    let reply = t.cmd("RCPT TO:<complainer@mailbox-provider.example>");
+    assert!(reply.starts_with("550 5.7.1 <complainer@mailbox-provider.example> is suppressed"), "{reply}");
+    drop(t);
     assert_eq!(relay.terminate(Duration::from_secs(10)), 0);
     relay.spawn();
     let (mut t, _) = Talk::connect(relay.addr());

@@ -109,6 +109,10 @@ pub struct AddressList {
     pub hashed: Vec<Hashed>,
     /// Recipients refused because of this list.
     pub hits: AtomicU64,
+    /// Addresses added while running (an `auto-suppress-list`'s complainers). Read only when
+    /// there are any, so lists that never grow take no lock.
+    added: std::sync::RwLock<HashSet<String>>,
+    has_added: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AddressList {
@@ -127,6 +131,8 @@ impl AddressList {
             regexes: Vec::new(),
             hashed: Vec::new(),
             hits: AtomicU64::new(0),
+            added: std::sync::RwLock::new(HashSet::new()),
+            has_added: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -154,8 +160,15 @@ impl AddressList {
             || self.local_parts.contains(local)
             || self.domains.contains(domain)
             || self.hashed.iter().any(|h| h.contains(lower.as_bytes()))
-            || self.regexes.iter().any(|r| r.is_match(lower));
+            || self.regexes.iter().any(|r| r.is_match(lower))
+            || (self.has_added.load(Ordering::Acquire) && self.added.read().expect("not poisoned").contains(lower));
         hit
+    }
+
+    /// Adds an address while running (its file is appended to separately, for restarts).
+    pub fn add(&self, address: &str) {
+        self.added.write().expect("not poisoned").insert(address.trim().to_ascii_lowercase());
+        self.has_added.store(true, Ordering::Release);
     }
 
     pub fn hits(&self) -> u64 {
@@ -192,6 +205,9 @@ mod tests {
             assert_eq!(l.suppresses(addr), want, "{addr}");
         }
         assert_eq!(l.hits(), 7);
+        assert!(!l.contains("new@x.test"));
+        l.add("New@X.test");
+        assert!(l.contains("new@x.test"), "added while running");
     }
 
     #[test]

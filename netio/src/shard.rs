@@ -2515,6 +2515,9 @@ fn tls_decrypt<D>(
 fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &str, now: u64) -> Option<Vec<Record>> {
     let f = sluice_engine::feedback::parse(text)?;
     tracing::info!(rcpt = %f.rcpt, kind = %f.feedback_type, "feedback report");
+    if let (Some(list), false) = (p.auto_suppress_list.as_ref().and_then(|n| shared.lists.get(n)), f.rcpt.is_empty()) {
+        list.add(&f.rcpt); // refused from now on, on every shard
+    }
     if let (Some(path), false) = (&p.auto_suppress, f.rcpt.is_empty()) {
         let req = ControlRequest::SuppressAdd { path: path.clone(), address: f.rcpt.clone() };
         if shared.control.try_send(req).is_err() {

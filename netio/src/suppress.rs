@@ -91,8 +91,9 @@ pub fn hash_table(path: &Path) -> std::io::Result<Box<dyn HashTable>> {
 pub struct FeedbackLoop {
     pub addresses: Arc<AddressList>,
     pub deliver_unmatched: bool,
-    /// The `address-file` of the `auto-suppress-list`.
+    /// The `address-file` of the `auto-suppress-list`, and the list's name.
     pub auto_suppress: Option<PathBuf>,
+    pub auto_suppress_list: Option<String>,
 }
 
 pub fn load_feedback(config: &Config) -> Result<Option<FeedbackLoop>, ConfigError> {
@@ -129,7 +130,8 @@ fn load_processor(
             Some(file)
         }
     };
-    Ok(Some(FeedbackLoop { addresses, deliver_unmatched: p.deliver_unmatched, auto_suppress }))
+    let auto_suppress_list = p.auto_suppress.clone();
+    Ok(Some(FeedbackLoop { addresses, deliver_unmatched: p.deliver_unmatched, auto_suppress, auto_suppress_list }))
 }
 
 /// Every `<address-list>`, ready for lookups; a file that cannot be read is a config error
