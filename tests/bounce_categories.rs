@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 /// (category, the receiver's reply for that domain's recipients).
@@ -46,15 +45,7 @@ fn every_bounce_category_in_accounting() {
     let mut rcpts: Vec<String> = CASES.iter().map(|(cat, _)| format!("u@{cat}.test")).collect();
     rcpts.push("u@expired.test".into());
     rcpts.push("u@custom.test".into());
-    require("swaks");
-    let (code, out) = run(Command::new("swaks").args([
-        "--server",
-        &relay.addr().to_string(),
-        "--from",
-        "s@src.test",
-        "--to",
-        &rcpts.join(","),
-    ]));
+    let (code, out) = swaks(&relay.addr().to_string(), &rcpts.join(","), &[]);
     assert_eq!(code, 0, "{out}");
     let rows = relay.wait_rows("b", rcpts.len(), Duration::from_secs(30));
     let cat_of = |rcpt: &str| {

@@ -20,7 +20,6 @@ fn cert(dir: &std::path::Path) -> (String, String) {
 }
 
 fn scenario(shards: Option<u32>) {
-    require("swaks");
     let dir = TempDir::new("tls");
     let (cert, key) = cert(dir.path());
     let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
@@ -37,40 +36,14 @@ fn scenario(shards: Option<u32>) {
         shards,
     );
     // STARTTLS, then AUTH (refused before TLS: 538, covered by tests/smtp_auth.rs).
-    let (code, out) = run(Command::new("swaks").args([
-        "--server",
-        &relay.addr().to_string(),
-        "--from",
-        "s@src.test",
-        "--to",
-        "starttls@far.test",
-        "--tls",
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "alice",
-        "--auth-password",
-        "s3cret",
-    ]));
+    let auth = ["--tls", "--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "s3cret"];
+    let (code, out) = swaks(&relay.addr().to_string(), "starttls@far.test", &auth);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("=== TLS started with cipher TLSv1."), "{out}");
     assert!(out.contains("<~  235 2.7.0 Authentication successful"), "AUTH inside TLS: {out}");
     // TLS on connect.
-    let (code, out) = run(Command::new("swaks").args([
-        "--server",
-        &format!("127.0.0.1:{implicit_port}"),
-        "--from",
-        "s@src.test",
-        "--to",
-        "implicit@far.test",
-        "--tlsc",
-        "--auth",
-        "LOGIN",
-        "--auth-user",
-        "alice",
-        "--auth-password",
-        "s3cret",
-    ]));
+    let auth = ["--tlsc", "--auth", "LOGIN", "--auth-user", "alice", "--auth-password", "s3cret"];
+    let (code, out) = swaks(&format!("127.0.0.1:{implicit_port}"), "implicit@far.test", &auth);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("<~  220 relay.test ESMTP sluice"), "the greeting inside TLS: {out}");
     // A 2 MB message through STARTTLS: many TLS records, rustls's buffers filling and draining.

@@ -427,10 +427,15 @@ pub fn json_u64(json: &str, key: &str) -> u64 {
 
 /// One message through swaks from `s@src.test` to `rcpt`; panics unless swaks succeeds.
 pub fn swaks_send(relay: &Relay, rcpt: &str) {
-    require("swaks");
-    let (code, out) =
-        run(Command::new("swaks").args(["--server", &relay.addr().to_string(), "--from", "s@src.test", "--to", rcpt]));
+    let (code, out) = swaks(&relay.addr().to_string(), rcpt, &[]);
     assert_eq!(code, 0, "swaks to {rcpt}: {out}");
+}
+
+/// Runs swaks against `server` (IP:PORT) from `s@src.test` to `to` (comma-separated), with
+/// `extra` options (AUTH, TLS ...); returns its status and transcript.
+pub fn swaks(server: &str, to: &str, extra: &[&str]) -> (i32, String) {
+    require("swaks");
+    run(Command::new("swaks").args(["--server", server, "--from", "s@src.test", "--to", to]).args(extra))
 }
 
 /// dnsmasq answering on 127.0.0.1:`port` from `records` only (no upstream, no hosts file).
