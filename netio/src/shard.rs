@@ -1822,7 +1822,8 @@ impl Shard {
     /// next hop not skipped (for `skip-mx`), another pool member not disabled (for
     /// `disable-source-ip`)?
     fn alternatives(&self, key: &str, hop: Option<SocketAddr>, vmta: &str) -> (bool, bool) {
-        let Some(st) = self.queues.get(key) else { return (false, false) };
+        // No pattern list, no skip-mx or disable-source-ip: nothing to look up per transaction.
+        let Some(st) = self.queues.get(key).filter(|st| st.q.has_patterns()) else { return (false, false) };
         let avoided = self.avoided.get(key);
         let other_hop = match &st.hops {
             HopState::Ready { levels, .. } => levels

@@ -144,6 +144,12 @@ impl<M> Queue<M> {
         self
     }
 
+    /// Whether replies are checked against an `smtp-pattern-list` (only then can one ask to
+    /// skip a host or disable a source IP).
+    pub fn has_patterns(&self) -> bool {
+        self.patterns.is_some()
+    }
+
     pub fn with_patterns(mut self, patterns: Option<Arc<Vec<PatternRule>>>) -> Self {
         self.patterns = patterns;
         self
