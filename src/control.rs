@@ -255,6 +255,81 @@ impl AcctWriter {
             }
         }
     }
+
+    /// `sluice rotate acct`: every file is rotated now.
+    pub fn rotate_all(&mut self) {
+        for f in &mut self.files {
+            if let Err(e) = rotate(f) {
+                tracing::error!(error = %e, file = %f.conf.path.display(), "accounting rotation failed");
+            }
+        }
+    }
+}
+
+/// Work for the accounting writer besides records.
+pub enum AcctCmd {
+    /// A reloaded configuration: its `<acct-file>`s replace the old ones.
+    Reopen(Arc<Config>),
+    Rotate,
+}
+
+/// Puts a new configuration in force (`sluice reload`, SIGHUP, `POST /reload`): it is read
+/// and checked whole (keys, certificates, lists) first; a bad one is refused and the old one
+/// stays.
+pub struct Reloader {
+    path: Option<std::path::PathBuf>,
+    responder: Responder,
+    acct: crossbeam_channel::Sender<AcctCmd>,
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(
+        path: Option<std::path::PathBuf>,
+        responder: Responder,
+        acct: crossbeam_channel::Sender<AcctCmd>,
+    ) -> Reloader {
+        Reloader { path, responder, acct, lock: Mutex::new(()) }
+    }
+
+    /// Returns the new configuration's warnings, or why it was refused.
+    pub fn reload(&self) -> Result<Vec<String>, String> {
+        let _one_at_a_time = self.lock.lock().expect("not poisoned");
+        let config = Arc::new(crate::load_config(self.path.as_deref()).map_err(|e| e.to_string())?);
+        let settings = crate::load_settings(config.clone()).map_err(|e| e.to_string())?;
+        let old = self.responder.config();
+        let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+        let restart = [
+            (old.listeners != config.listeners || old.immediate_tls != config.immediate_tls, "smtp-listener"),
+            (old.spool_dir != config.spool_dir, "spool"),
+            (old.shards != config.shards, "shards"),
+            (old.source_ip_limits != config.source_ip_limits, "source-ip limits"),
+            (old.mgmt.as_ref().map(|m| m.listen) != config.mgmt.as_ref().map(|m| m.listen), "http-mgmt-port"),
+        ];
+        for (changed, what) in restart {
+            if changed {
+                warnings.push(format!("{what} changes take effect at the next restart"));
+            }
+        }
+        // Refusal counters go on across the reload.
+        let old_lists = self.responder.lists();
+        for (name, list) in &settings.lists {
+            if let Some(old) = old_lists.get(name) {
+                list.hits.fetch_add(old.hits(), std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.responder.reload(settings);
+        let _ = self.acct.send(AcctCmd::Reopen(config));
+        for w in &warnings {
+            tracing::warn!("reload: {w}");
+        }
+        tracing::info!("configuration reloaded");
+        Ok(warnings)
+    }
+
+    pub fn rotate_acct(&self) {
+        let _ = self.acct.send(AcctCmd::Rotate);
+    }
 }
 
 /// `max-size`: the file becomes `FILE.YYYYMMDDTHHMMSS.N`, a new one starts with its header;
@@ -289,18 +364,58 @@ fn rotate(f: &mut AcctOut) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What the control plane runs with.
+pub struct Plane {
+    pub config: Arc<Config>,
+    pub requests: crossbeam_channel::Receiver<ControlRequest>,
+    pub responder: Responder,
+    pub acct: AcctWriter,
+    pub acct_cmds: crossbeam_channel::Receiver<AcctCmd>,
+    pub arc_key: Option<sluice_engine::dkim::ArcKey>,
+    pub stop: Arc<std::sync::atomic::AtomicBool>,
+    pub reloader: Arc<Reloader>,
+    /// The management API's listener, bound at start (`http-mgmt-port`).
+    pub mgmt: Option<std::net::TcpListener>,
+    pub recovered_messages: usize,
+}
+
 /// Runs the control plane until `stop` closes. Resolutions run as tokio tasks; accounting
 /// records are written as they come and flushed when the channel goes quiet.
-pub fn run(
-    config: Arc<Config>,
-    requests: crossbeam_channel::Receiver<ControlRequest>,
-    responder: Responder,
-    mut acct: AcctWriter,
-    arc_key: Option<sluice_engine::dkim::ArcKey>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::io::Result<()> {
+pub fn run(plane: Plane) -> std::io::Result<()> {
+    let Plane { config, requests, responder, mut acct, acct_cmds, arc_key, stop, reloader, mgmt, recovered_messages } =
+        plane;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let resolver = Arc::new(resolver(&config)?);
+    let observer = Arc::new(Mutex::new(crate::mgmt::stats::Observer::default()));
+    let api = Arc::new(crate::mgmt::Api::new(
+        responder.clone(),
+        reloader,
+        observer.clone(),
+        resolver.clone(),
+        recovered_messages,
+    ));
+    if let Some(listener) = mgmt {
+        let _in_runtime = rt.enter();
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        rt.spawn(crate::mgmt::serve(api.clone(), listener));
+    }
+    {
+        // Totals sampled once a second: the last minute and hour in status and charts.
+        let api = api.clone();
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let totals = api.responder.totals();
+                api.history.lock().expect("not poisoned").sample(now, totals);
+            }
+        });
+    }
     let checker = {
         let _in_runtime = rt.enter();
         Arc::new(crate::authcheck::Checker::new(&config, arc_key)?)
@@ -310,8 +425,23 @@ pub fn run(
     // The channel is read on a blocking thread so the runtime stays free for DNS.
     let reader = std::thread::Builder::new().name("control-reader".into()).spawn(move || {
         loop {
+            while let Ok(cmd) = acct_cmds.try_recv() {
+                match cmd {
+                    AcctCmd::Rotate => acct.rotate_all(),
+                    AcctCmd::Reopen(config) => {
+                        acct.flush();
+                        match AcctWriter::open(&config) {
+                            Ok(new) => acct = new,
+                            Err(e) => tracing::error!(error = %e, "reload: accounting files kept as they were"),
+                        }
+                    }
+                }
+            }
             match requests.recv_timeout(Duration::from_millis(100)) {
-                Ok(ControlRequest::Acct(records)) => acct.write(&records),
+                Ok(ControlRequest::Acct(records)) => {
+                    observer.lock().expect("not poisoned").observe(&records);
+                    acct.write(&records);
+                }
                 Ok(ControlRequest::SuppressAdd { path, address }) => {
                     // One line, fsynced: the complainer stays suppressed across restarts.
                     let added = OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {

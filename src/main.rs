@@ -2,7 +2,9 @@
 //! `sluice-netio`'s shards.
 
 mod authcheck;
+mod cli;
 mod control;
+mod mgmt;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +44,8 @@ enum Command {
     /// Suppression-list helpers.
     #[command(subcommand)]
     Suppress(Suppress),
+    #[command(flatten)]
+    Operate(cli::Verb),
 }
 
 #[derive(Subcommand)]
@@ -56,7 +60,7 @@ enum Suppress {
 }
 
 /// Loads a configuration file, following includes relative to its directory.
-fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+pub(crate) fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     let Some(path) = path else {
         return sluice_config::load("<embedded default>", DEFAULT_CONFIG, &mut |_| {
             Err("the default has no includes".into())
@@ -77,15 +81,23 @@ fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     sluice_config::load(&display, &text, &mut include)
 }
 
+/// Everything a configuration refers to, read and checked: keys, certificates, lists.
+pub(crate) fn load_settings(config: Arc<Config>) -> Result<sluice_netio::Settings, ConfigError> {
+    let dkim = sluice_engine::dkim::Keys::load(&config)?;
+    let tls = sluice_netio::tls::server_config(&config)?;
+    sluice_engine::dkim::ArcKey::load(&config)?;
+    let lists = sluice_netio::suppress::load_lists(&config)?;
+    let feedback = sluice_netio::suppress::load_feedback(&config)?;
+    let bounces = sluice_netio::suppress::load_bounces(&config)?;
+    Ok(sluice_netio::Settings { config, dkim, tls, lists, feedback, bounces })
+}
+
 fn check_config(path: Option<&Path>) -> ExitCode {
     // Key files are read too: a `domain-key` whose file is missing fails here, not at start.
-    let checked = load_config(path)
-        .and_then(|c| sluice_engine::dkim::Keys::load(&c).map(|_| c))
-        .and_then(|c| sluice_netio::tls::server_config(&c).map(|_| c))
-        .and_then(|c| sluice_engine::dkim::ArcKey::load(&c).map(|_| c))
-        .and_then(|c| sluice_netio::suppress::load_lists(&c).map(|_| c))
-        .and_then(|c| sluice_netio::suppress::load_feedback(&c).map(|_| c))
-        .and_then(|c| sluice_netio::suppress::load_bounces(&c).map(|_| c));
+    let checked = load_config(path).and_then(|c| {
+        let c = Arc::new(c);
+        load_settings(c.clone()).map(|_| c)
+    });
     match checked {
         Ok(config) => {
             for w in &config.warnings {
@@ -112,13 +124,6 @@ fn run(path: Option<&Path>) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let dkim = match sluice_engine::dkim::Keys::load(&config) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let arc_key = match sluice_engine::dkim::ArcKey::load(&config) {
         Ok(k) => k,
         Err(e) => {
@@ -126,33 +131,24 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let lists = match sluice_netio::suppress::load_lists(&config) {
-        Ok(l) => {
-            for (name, list) in &l {
-                let hashed: usize = list.hashed.iter().map(|h| h.len()).sum();
-                tracing::info!(list = %name, addresses = list.addresses.len(), hashed, "suppression list loaded");
-            }
-            l
-        }
+    let settings = match load_settings(config.clone()) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("sluice: {e}");
             return ExitCode::from(2);
         }
     };
-    let processors = match sluice_netio::suppress::load_feedback(&config)
-        .and_then(|f| sluice_netio::suppress::load_bounces(&config).map(|b| (f, b)))
-    {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let tls = match sluice_netio::tls::server_config(&config) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("sluice: {e}");
-            return ExitCode::from(2);
+    for (name, list) in &settings.lists {
+        let hashed: usize = list.hashed.iter().map(|h| h.len()).sum();
+        tracing::info!(list = %name, addresses = list.addresses.len(), hashed, "suppression list loaded");
+    }
+    // The management API's port is taken before anything starts: a clash is a clear error.
+    let mgmt = match config.mgmt.as_ref().map(|m| (m.listen, std::net::TcpListener::bind(m.listen))) {
+        None => None,
+        Some((_, Ok(l))) => Some(l),
+        Some((addr, Err(e))) => {
+            eprintln!("sluice: cannot listen on {addr} for the management API (http-mgmt-port): {e}");
+            return ExitCode::from(1);
         }
     };
     let acct = match control::AcctWriter::open(&config) {
@@ -163,14 +159,13 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
-    let (runtime, responder) =
-        match sluice_netio::Runtime::start(config.clone(), dkim, tls, lists.clone(), processors, tx) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("sluice: {e}");
-                return ExitCode::from(1);
-            }
-        };
+    let (runtime, responder) = match sluice_netio::Runtime::start(settings, tx) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            return ExitCode::from(1);
+        }
+    };
     tracing::info!(
         shards = runtime.shards,
         listeners = ?config.listeners,
@@ -178,14 +173,31 @@ fn run(path: Option<&Path>) -> ExitCode {
         recovered = runtime.recovered_messages,
         "sluice running"
     );
-    let control_config = config.clone();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let control_stop = stop.clone();
+    let (acct_tx, acct_rx) = crossbeam_channel::unbounded();
+    let reloader = Arc::new(control::Reloader::new(path.map(Path::to_path_buf), responder.clone(), acct_tx));
+    let plane = control::Plane {
+        config: config.clone(),
+        requests: rx,
+        responder: responder.clone(),
+        acct,
+        acct_cmds: acct_rx,
+        arc_key,
+        stop: stop.clone(),
+        reloader: reloader.clone(),
+        mgmt,
+        recovered_messages: runtime.recovered_messages,
+    };
     let control = std::thread::Builder::new()
         .name("control".into())
-        .spawn(move || control::run(control_config, rx, responder, acct, arc_key, control_stop))
+        .spawn(move || control::run(plane))
         .expect("spawn control thread");
-    wait_for_signal();
+    while wait_for_signal() == libc::SIGHUP {
+        tracing::info!("SIGHUP: reloading the configuration");
+        if let Err(e) = reloader.reload() {
+            tracing::error!("reload refused, the old configuration stays: {e}");
+        }
+    }
     tracing::info!("signal received: stopping");
     runtime.shutdown();
     runtime.join();
@@ -195,15 +207,15 @@ fn run(path: Option<&Path>) -> ExitCode {
         Ok(Err(e)) => tracing::error!(error = %e, "control plane failed"),
         Err(_) => tracing::error!("control plane panicked"),
     }
-    for (name, list) in &lists {
+    for (name, list) in &responder.lists() {
         tracing::info!(list = %name, refused = list.hits(), "suppression list hits");
     }
     tracing::info!("sluice stopped");
     ExitCode::SUCCESS
 }
 
-/// Blocks until SIGTERM or SIGINT.
-fn wait_for_signal() {
+/// Blocks until SIGTERM, SIGINT or SIGHUP; returns which.
+fn wait_for_signal() -> i32 {
     // SAFETY: sigset manipulation and sigwait on this thread; the signals are blocked in
     // every thread (the mask is inherited by threads spawned later, and shards were spawned
     // after main blocked it in `main`).
@@ -212,8 +224,10 @@ fn wait_for_signal() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let mut sig = 0;
         libc::sigwait(&set, &mut sig);
+        sig
     }
 }
 
@@ -244,6 +258,7 @@ fn block_signals() {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
@@ -252,6 +267,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colours for a terminal only: logs in files and journald stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -261,6 +278,10 @@ fn main() -> ExitCode {
             run(config.as_deref())
         }
         Command::CheckConfig { config } => check_config(config.as_deref()),
+        Command::Operate(verb) => {
+            default_sigpipe();
+            cli::run(verb)
+        }
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");
             ExitCode::SUCCESS

@@ -41,7 +41,8 @@ fn sample_powermta_config_parses_and_reports_what_is_not_supported_yet() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.lines().last(), Some("ok"));
     assert!(!out.contains("`domain-key` is not supported"), "DKIM signing is read now: {out}");
-    assert!(out.contains("sample-powermta.conf:16: `http-mgmt-port` is not supported yet"), "{out}");
+    assert!(out.contains("sample-powermta.conf:13: `min-free-space` is not supported yet"), "{out}");
+    assert!(!out.contains("http-"), "the management API is read now: {out}");
     assert!(
         !out.contains("`feedback-loop-processor` is not supported")
             && !out.contains("`bounce-processor` is not supported"),

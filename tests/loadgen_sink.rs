@@ -4,21 +4,7 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
-
-fn loadgen(target: u16, args: &[&str]) -> String {
-    let dir = TempDir::new("lg");
-    let json = dir.path().join("lg.json");
-    let (code, out) = run(Command::new(BIN)
-        // Bounded in time as well as count, so a fault can never hang the suite.
-        .args(["loadgen", "--quiet", "--duration", "60s", "--target", &format!("127.0.0.1:{target}"), "--json"])
-        .arg(&json)
-        .args(args));
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("data-ack  p50"), "{out}");
-    std::fs::read_to_string(json).unwrap()
-}
 
 #[test]
 fn direct_counts_and_checksums_match() {

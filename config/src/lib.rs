@@ -512,6 +512,57 @@ pub struct AcctFile {
     pub delete_after: Option<Duration>,
 }
 
+/// What a management API client may do (`http-access CIDR LEVEL`): each level includes the
+/// ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    None,
+    /// Read status, queues, metrics, the web monitor.
+    Monitor,
+    /// Also pause, resume, schedule and set queue modes and jobs.
+    Operator,
+    /// Also delete mail, reload, rotate accounting files, inject over HTTP.
+    Admin,
+}
+
+impl Access {
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::Monitor => "monitor",
+            Access::Operator => "operator",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+/// The management API: `http-mgmt-port`, `http-access`, `http-api-key`.
+#[derive(Debug, Clone)]
+pub struct Mgmt {
+    /// `http-mgmt-port PORT` (every address, as PowerMTA) or `IP:PORT`.
+    pub listen: SocketAddr,
+    /// `http-access` rules; the longest matching prefix wins. None given: loopback is admin.
+    pub access: Vec<(Cidr, Access)>,
+    /// `http-api-key KEY`: a request bearing it in `X-API-Key` is admin from any address the
+    /// access rules let in; HTTP injection needs it.
+    pub api_key: Option<String>,
+}
+
+impl Mgmt {
+    /// The access level of a client address, from the `http-access` rules.
+    pub fn access_of(&self, ip: IpAddr) -> Access {
+        if self.access.is_empty() {
+            return if ip.is_loopback() { Access::Admin } else { Access::None };
+        }
+        self.access
+            .iter()
+            .filter(|(c, _)| c.contains(ip))
+            .max_by_key(|(c, _)| c.prefix)
+            .map(|(_, a)| *a)
+            .unwrap_or(Access::None)
+    }
+}
+
 /// A warning: a directive that sluice knows from PowerMTA but does not implement yet.
 #[derive(Debug, Clone)]
 pub struct Warning {
@@ -676,6 +727,8 @@ pub struct Config {
     /// `<virtual-mta-pool NAME>` → members, used round-robin per connection.
     pub pools: HashMap<String, Vec<String>>,
     pub acct_files: Vec<AcctFile>,
+    /// The management API, when `http-mgmt-port` is set.
+    pub mgmt: Option<Mgmt>,
     pub warnings: Vec<Warning>,
 }
 
@@ -844,12 +897,7 @@ pub const ACCT_FIELDS: &[&str] = &[
 ];
 
 /// Names sluice accepts but does not implement yet, with the issue that brings them.
-const NOT_YET: &[(&str, &str)] = &[
-    ("http-mgmt-port", "the management API"),
-    ("http-access", "the management API"),
-    ("http-api-key", "the management API"),
-    ("min-free-space", "spool space limits"),
-];
+const NOT_YET: &[(&str, &str)] = &[("min-free-space", "spool space limits")];
 
 const GLOBAL: &[&str] = &[
     "host-name",
@@ -869,6 +917,9 @@ const GLOBAL: &[&str] = &[
     "domain-key",
     "arc-key",
     "smtp-server-tls-certificate",
+    "http-mgmt-port",
+    "http-access",
+    "http-api-key",
 ];
 const SOURCE: &[&str] = &[
     "always-allow-relaying",
@@ -983,6 +1034,9 @@ struct Builder {
     arc_sign_refs: Vec<Span>,
     /// `suppression-lists` names, checked once all is read.
     list_refs: Vec<(String, Span)>,
+    /// `http-access` and `http-api-key`, applied once `http-mgmt-port` is known.
+    mgmt_access: Vec<(Cidr, Access)>,
+    mgmt_key: Option<String>,
 }
 
 fn one_arg<'a>(name: &str, args: &'a [String], span: &Span) -> Result<&'a str, ConfigError> {
@@ -1080,6 +1134,55 @@ impl Builder {
                 });
             }
             "smtp-listener" => c.listeners.push(value(span, units::parse_listen(one_arg(name, args, span)?))?),
+            "http-mgmt-port" => {
+                let v = one_arg(name, args, span)?;
+                let listen = match v.parse::<u16>() {
+                    Ok(port) => SocketAddr::from(([0, 0, 0, 0], port)),
+                    Err(_) => v.parse::<SocketAddr>().map_err(|_| {
+                        ConfigError::at(
+                            span,
+                            format!("`{v}` is not a port or IP:PORT"),
+                            "write e.g. 8080 or 127.0.0.1:8080",
+                        )
+                    })?,
+                };
+                c.mgmt.get_or_insert_with(|| Mgmt { listen, access: Vec::new(), api_key: None }).listen = listen;
+            }
+            "http-access" => {
+                let [cidr, level] = args else {
+                    return Err(ConfigError::at(
+                        span,
+                        "`http-access` takes an address (or CIDR) and a level",
+                        "write e.g. `http-access 10.0.0.0/8 monitor` (levels: none, monitor, operator, admin)",
+                    ));
+                };
+                let cidr = value(span, units::parse_cidr(cidr))?;
+                let level = match level.to_ascii_lowercase().as_str() {
+                    "none" => Access::None,
+                    "monitor" => Access::Monitor,
+                    "operator" => Access::Operator,
+                    "admin" => Access::Admin,
+                    other => {
+                        return Err(ConfigError::at(
+                            span,
+                            format!("unknown access level `{other}`"),
+                            "the levels are none, monitor, operator and admin",
+                        ))
+                    }
+                };
+                self.mgmt_access.push((cidr, level));
+            }
+            "http-api-key" => {
+                let key = one_arg(name, args, span)?;
+                if key.len() < 16 {
+                    return Err(ConfigError::at(
+                        span,
+                        "`http-api-key` is too short",
+                        "use at least 16 random characters, e.g. from `openssl rand -hex 24`",
+                    ));
+                }
+                self.mgmt_key = Some(key.to_string());
+            }
             "spool" => c.spool_dir = PathBuf::from(one_arg(name, args, span)?),
             "spool-sync" => c.spool_sync = value(span, units::parse_bool(one_arg(name, args, span)?))?,
             "spool-segment-size" => {
@@ -1872,6 +1975,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             arc_key: None,
             pool_domain_keys: HashMap::new(),
             acct_files: Vec::new(),
+            mgmt: None,
             vmtas: HashMap::new(),
             pattern_lists: HashMap::new(),
             bounce_patterns: std::sync::Arc::new(Vec::new()),
@@ -1883,8 +1987,14 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
         source_refs: Vec::new(),
         arc_sign_refs: Vec::new(),
         list_refs: Vec::new(),
+        mgmt_access: Vec::new(),
+        mgmt_key: None,
     };
     b.global(&nodes)?;
+    if let Some(m) = &mut b.config.mgmt {
+        m.access = std::mem::take(&mut b.mgmt_access);
+        m.api_key = b.mgmt_key.take();
+    }
     for (name, span) in &b.list_refs {
         if !b.config.address_lists.contains_key(name) {
             return Err(ConfigError::at(
@@ -1940,6 +2050,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         load("t.conf", text, &mut |_| Err("no includes".into()))
+    }
+
+    #[test]
+    fn management_api_access_levels_by_longest_prefix() {
+        let c = parse("smtp-listener 127.0.0.1:25\nhttp-mgmt-port 8080\nhttp-access 10.0.0.0/8 monitor\nhttp-access 10.1.0.0/16 operator\nhttp-access 10.1.2.3 none\nhttp-api-key 0123456789abcdef\n").unwrap();
+        let m = c.mgmt.as_ref().unwrap();
+        assert_eq!(m.listen, "0.0.0.0:8080".parse().unwrap(), "a bare port listens on every address");
+        assert_eq!(m.access_of("10.9.9.9".parse().unwrap()), Access::Monitor);
+        assert_eq!(m.access_of("10.1.9.9".parse().unwrap()), Access::Operator);
+        assert_eq!(m.access_of("10.1.2.3".parse().unwrap()), Access::None);
+        assert_eq!(m.access_of("127.0.0.1".parse().unwrap()), Access::None, "rules given: only they count");
+        assert_eq!(m.api_key.as_deref(), Some("0123456789abcdef"));
+        let open = parse("smtp-listener 127.0.0.1:25\nhttp-mgmt-port 127.0.0.1:9000\n").unwrap();
+        let m = open.mgmt.unwrap();
+        assert_eq!(m.access_of("127.0.0.1".parse().unwrap()), Access::Admin, "no rules: loopback is admin");
+        assert_eq!(m.access_of("192.0.2.1".parse().unwrap()), Access::None);
+        let e =
+            parse("smtp-listener 127.0.0.1:25\nhttp-mgmt-port 8080\nhttp-access 10.0.0.0/8 superuser\n").unwrap_err();
+        assert_eq!((e.line, e.message.as_str()), (3, "unknown access level `superuser`"));
+        let e = parse("smtp-listener 127.0.0.1:25\nhttp-api-key short\n").unwrap_err();
+        assert!(e.hint.contains("16 random characters"), "{e}");
+        let e = parse("smtp-listener 127.0.0.1:25\nhttp-mgmt-port eighty\n").unwrap_err();
+        assert!(e.message.contains("not a port"), "{e}");
     }
 
     #[test]

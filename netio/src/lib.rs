@@ -2,7 +2,8 @@
 //! io_uring, SO_REUSEPORT listeners, spool segments and the delivery queues of the domains
 //! hashed to it; the engine's sans-IO machines run inside.
 
-pub mod mailbox;
+pub mod admin;
+pub(crate) mod mailbox;
 mod shard;
 pub mod store;
 pub mod suppress;
@@ -113,14 +114,34 @@ pub(crate) fn limit_of(rate: sluice_config::Rate) -> Limit {
     Limit::new(rate.count, rate.period, burst)
 }
 
-/// State every shard shares.
-pub(crate) struct Shared {
-    pub config: Arc<Config>,
+/// State every shard shares for the life of the process (a reload keeps it).
+pub(crate) struct Core {
     pub mailboxes: Vec<Mailbox>,
     pub control: crossbeam_channel::Sender<ControlRequest>,
     pub shutdown: AtomicBool,
     pub inbound_connections: AtomicU32,
+    /// Built from the configuration at start: a reload does not change source-IP limits.
     pub source_limits: std::collections::HashMap<std::net::IpAddr, SourceCells>,
+    /// Counters, one block per shard.
+    pub stats: Vec<admin::ShardStats>,
+    pub started_unix_ms: u64,
+}
+
+/// The reloadable parts of a configuration, built from a checked `Config`.
+pub struct Settings {
+    pub config: Arc<Config>,
+    pub dkim: sluice_engine::dkim::Keys,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
+    pub feedback: Option<suppress::FeedbackLoop>,
+    pub bounces: Option<suppress::FeedbackLoop>,
+}
+
+/// State every shard shares: the process's core and the current configuration's parts,
+/// swapped as a whole by a reload.
+pub(crate) struct Shared {
+    pub core: Arc<Core>,
+    pub config: Arc<Config>,
     /// DKIM signing keys (`domain-key`), read once at start.
     pub dkim: sluice_engine::dkim::Keys,
     /// `<smtp-user>` credentials for SMTP AUTH.
@@ -136,6 +157,22 @@ pub(crate) struct Shared {
     pub bounces: Option<suppress::FeedbackLoop>,
 }
 
+impl Shared {
+    fn new(core: Arc<Core>, s: Settings) -> Shared {
+        Shared {
+            core,
+            users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&s.config)),
+            config: s.config,
+            dkim: s.dkim,
+            tls: s.tls,
+            tls_client: tls::client_config(),
+            lists: s.lists,
+            feedback: s.feedback,
+            bounces: s.bounces,
+        }
+    }
+}
+
 /// The running data plane.
 pub struct Runtime {
     shared: Arc<Shared>,
@@ -144,24 +181,104 @@ pub struct Runtime {
     pub recovered_messages: usize,
 }
 
-/// A handle the control plane uses to answer shards.
+/// A handle the control plane uses to answer shards and to steer them.
 #[derive(Clone)]
 pub struct Responder {
-    shared: Arc<Shared>,
+    core: Arc<Core>,
+    /// The configuration in force (a reload replaces it).
+    current: Arc<std::sync::Mutex<Arc<Shared>>>,
 }
 
+/// How long an operator's command waits for every shard to answer.
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Responder {
+    /// Hands a message to a shard's mailbox, waiting up to a second while it is full; gives
+    /// it back when the shard did not take it (as `Mailbox::send`).
+    #[allow(clippy::result_large_err)]
+    fn send(&self, shard: u32, mut msg: ShardMsg) -> Result<(), ShardMsg> {
+        for _ in 0..1000 {
+            match self.core.mailboxes[shard as usize].send(msg) {
+                Ok(()) => return Ok(()),
+                Err(back) => msg = back,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Err(msg)
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.core.mailboxes.len() as u32
+    }
+
+    /// Sends `cmd` to every shard and collects their answers (blocking; call it off the
+    /// runtime's async threads).
+    pub fn admin(&self, cmd: admin::AdminCmd) -> Result<Vec<admin::AdminReply>, String> {
+        let (tx, rx) = crossbeam_channel::bounded(self.core.mailboxes.len());
+        for shard in 0..self.shards() {
+            if self.send(shard, ShardMsg::Admin(cmd.clone(), tx.clone())).is_err() {
+                return Err(format!("shard {shard} is not answering (its mailbox is full)"));
+            }
+        }
+        let deadline = std::time::Instant::now() + ADMIN_TIMEOUT;
+        let mut replies = Vec::new();
+        while replies.len() < self.core.mailboxes.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(r) => replies.push(r),
+                Err(_) => return Err("the shards did not answer within 5 s".into()),
+            }
+        }
+        Ok(replies)
+    }
+
+    /// Hands a message injected over HTTP to a shard (round robin by the caller's `n`).
+    pub fn inject(&self, n: u64, injection: admin::Injection) -> Result<(), String> {
+        let shard = (n % self.shards() as u64) as u32;
+        self.send(shard, ShardMsg::Inject(Box::new(injection))).map_err(|_| "the spool is busy, try again".to_string())
+    }
+
+    /// The counters summed over every shard.
+    pub fn totals(&self) -> admin::Totals {
+        admin::Totals::of(&self.core.stats)
+    }
+
+    pub fn inbound_connections(&self) -> u32 {
+        self.core.inbound_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn started_unix_ms(&self) -> u64 {
+        self.core.started_unix_ms
+    }
+
+    /// The suppression lists in force (for their counters).
+    pub fn lists(&self) -> std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>> {
+        self.current.lock().expect("not poisoned").lists.clone()
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.current.lock().expect("not poisoned").config.clone()
+    }
+
+    /// Puts a new configuration in force on every shard: queues take their new settings,
+    /// sessions and connections go on. Listeners, shards, the spool and source-IP limits stay
+    /// as they were at start.
+    pub fn reload(&self, settings: Settings) {
+        let shared = Arc::new(Shared::new(self.core.clone(), settings));
+        *self.current.lock().expect("not poisoned") = shared.clone();
+        for shard in 0..self.shards() {
+            if self.send(shard, ShardMsg::Reload(shared.clone())).is_err() {
+                tracing::error!(shard, "shard mailbox full for 1s; it keeps the old configuration");
+            }
+        }
+    }
+
     /// Delivers a resolution to the shard that asked. Retries briefly if its mailbox is full.
     /// Hands a checked message back to its shard, with the headers to put on top
     /// (Authentication-Results, and an ARC set when sealed) and a one-line summary.
     pub fn verified(&self, shard: u32, slot: u32, gen: u16, data: Vec<u8>, headers: Vec<u8>, summary: String) {
-        let mut msg = ShardMsg::Verified { slot, gen, data, headers, summary };
-        for _ in 0..1000 {
-            match self.shared.mailboxes[shard as usize].send(msg) {
-                Ok(()) => return,
-                Err(back) => msg = back,
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        let msg = ShardMsg::Verified { slot, gen, data, headers, summary };
+        if self.send(shard, msg).is_ok() {
+            return;
         }
         tracing::error!(
             shard,
@@ -171,13 +288,9 @@ impl Responder {
 
     /// `rollup`: the domain whose queue this one's mail joins (MX rollup), if not its own.
     pub fn resolved(&self, shard: u32, domain: String, resolution: Resolution, ttl_ms: u64, rollup: Option<String>) {
-        let mut msg = ShardMsg::Resolved { domain, resolution, ttl_ms, rollup };
-        for _ in 0..1000 {
-            match self.shared.mailboxes[shard as usize].send(msg) {
-                Ok(()) => return,
-                Err(back) => msg = back,
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
+        let msg = ShardMsg::Resolved { domain, resolution, ttl_ms, rollup };
+        if self.send(shard, msg).is_ok() {
+            return;
         }
         tracing::error!(shard, "shard mailbox full for 1s; resolution dropped, the queue will ask again");
     }
@@ -192,13 +305,10 @@ fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
 impl Runtime {
     /// Recovers the spool, binds the listeners on every shard, and starts the shards.
     pub fn start(
-        config: Arc<Config>,
-        dkim: sluice_engine::dkim::Keys,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
-        processors: (Option<suppress::FeedbackLoop>, Option<suppress::FeedbackLoop>),
+        settings: Settings,
         control: crossbeam_channel::Sender<ControlRequest>,
     ) -> Result<(Runtime, Responder), StartError> {
+        let config = settings.config.clone();
         // Probe io_uring before anything else, so the failure says what it is.
         io_uring::IoUring::new(8).map_err(StartError::IoUring)?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -212,8 +322,7 @@ impl Runtime {
         for _ in 0..shards {
             mailboxes.push(Mailbox::new().map_err(StartError::Thread)?);
         }
-        let shared = Arc::new(Shared {
-            config: config.clone(),
+        let core = Arc::new(Core {
             mailboxes,
             control,
             shutdown: AtomicBool::new(false),
@@ -231,14 +340,10 @@ impl Runtime {
                     (*ip, cells)
                 })
                 .collect(),
-            dkim,
-            users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&config)),
-            tls,
-            tls_client: tls::client_config(),
-            lists,
-            feedback: processors.0,
-            bounces: processors.1,
+            stats: (0..shards).map(|_| admin::ShardStats::default()).collect(),
+            started_unix_ms: sys::now_ms(),
         });
+        let shared = Arc::new(Shared::new(core.clone(), settings));
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
         for addr in &config.listeners {
@@ -284,14 +389,14 @@ impl Runtime {
                 .map_err(StartError::Thread)?;
             threads.push(handle);
         }
-        let responder = Responder { shared: shared.clone() };
+        let responder = Responder { core, current: Arc::new(std::sync::Mutex::new(shared.clone())) };
         Ok((Runtime { shared, threads, shards, recovered_messages }, responder))
     }
 
     /// Stops accepting, finishes or abandons in-flight work safely, and lets shards exit.
     pub fn shutdown(&self) {
-        self.shared.shutdown.store(true, Ordering::SeqCst);
-        for m in &self.shared.mailboxes {
+        self.shared.core.shutdown.store(true, Ordering::SeqCst);
+        for m in &self.shared.core.mailboxes {
             m.wake();
         }
     }

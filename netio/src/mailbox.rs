@@ -60,6 +60,12 @@ pub enum ShardMsg {
         headers: Vec<u8>,
         summary: String,
     },
+    /// An operator's command; the answer goes on the channel, tagged with the shard.
+    Admin(crate::admin::AdminCmd, crossbeam_channel::Sender<crate::admin::AdminReply>),
+    /// A reloaded configuration to put in force.
+    Reload(Arc<crate::Shared>),
+    /// A message injected over HTTP.
+    Inject(Box<crate::admin::Injection>),
 }
 
 pub struct Mailbox {

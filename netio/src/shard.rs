@@ -3,6 +3,7 @@
 //! accepted connections, its spool segments and journal, and the delivery queues of the
 //! domains hashed to it.
 
+use crate::admin::{AdminCmd, AdminReply, Injection, JobInfo, QueueInfo, Selector, ShardStats};
 use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
 use crate::store::{self, Journal, Segment};
 use crate::sys::{ip_of, local_ip, mono_ns, now_ms, sockaddr};
@@ -20,7 +21,7 @@ use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
 use sluice_spool::{Appender, TicketResult};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -194,6 +195,8 @@ const LOCAL_RETRY_MS: u64 = 1_000;
 struct LocalMessage {
     store: Box<Store>,
     outcomes: Vec<(Outcome, Arc<Segment>)>,
+    /// A message injected over HTTP: told once it is durable (its queue id) or refused.
+    notify: Option<crossbeam_channel::Sender<Result<String, String>>>,
 }
 
 struct Inbound {
@@ -371,6 +374,13 @@ pub(crate) struct Shard {
     avoided: HashMap<String, Avoided>,
     outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
+    /// Operator control: paused queues (selectors), paused jobs and the jobs they hold back,
+    /// cancelled jobs (their recipients are deleted wherever they turn up).
+    paused_queues: Vec<Selector>,
+    paused_jobs: HashSet<String>,
+    held: Vec<Initial>,
+    /// Deleted jobs, until when their recipients out on connections may still come back.
+    cancelled_jobs: HashMap<String, u64>,
     /// Failed AUTH attempts per client address: (window start, count).
     auth_failures: HashMap<IpAddr, (u64, u32)>,
     /// DSNs being written (by ticket id), and those waiting to be offered to the spool again.
@@ -439,6 +449,10 @@ impl Shard {
             queue_cells: HashMap::new(),
             outbox: Vec::new(),
             acct: Vec::new(),
+            paused_queues: Vec::new(),
+            paused_jobs: HashSet::new(),
+            held: Vec::new(),
+            cancelled_jobs: HashMap::new(),
             timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
             event_buf: Box::new(0),
             completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
@@ -520,7 +534,7 @@ impl Shard {
             Op::JnlWrite => self.on_jnl_write(slot, result),
             Op::JnlSync => self.on_jnl_sync(slot, result),
             Op::Event => {
-                self.shared.mailboxes[self.id as usize].clear_notified();
+                self.shared.core.mailboxes[self.id as usize].clear_notified();
                 self.drain_mailbox();
                 self.arm_event();
             }
@@ -590,7 +604,7 @@ impl Shard {
         self.free.push(slot);
         match conn.kind {
             Kind::In(_) => {
-                self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
             }
             Kind::Out(out) => {
                 self.release_smtp_out(out.source_ip, out.holds_smtp_out);
@@ -721,7 +735,7 @@ impl Shard {
             ip,
             session_id,
         );
-        let count = self.shared.inbound_connections.fetch_add(1, Ordering::SeqCst);
+        let count = self.shared.core.inbound_connections.fetch_add(1, Ordering::SeqCst);
         if count >= config.total_max_smtp_in {
             session.too_busy();
         }
@@ -735,7 +749,7 @@ impl Shard {
                 Err(e) => {
                     tracing::error!(shard = self.id, error = %e, "cannot start TLS");
                     crate::sys::close(fd);
-                    self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                    self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
                     return;
                 }
             },
@@ -754,7 +768,7 @@ impl Shard {
             Some(slot) => self.in_drive(slot),
             None => {
                 tracing::error!(shard = self.id, "connection slots exhausted");
-                self.shared.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
                 crate::sys::close(fd);
             }
         }
@@ -1038,7 +1052,7 @@ impl Shard {
                 arc: policy.check_arc || policy.arc_sign,
                 seal: policy.arc_sign,
             };
-            match self.shared.control.try_send(ControlRequest::Verify(Box::new(req))) {
+            match self.shared.core.control.try_send(ControlRequest::Verify(Box::new(req))) {
                 Ok(()) => inb.verifying = Some(Box::new((m, vmta))),
                 Err(_) => inb.session.message_refused("451 4.3.0 Authentication checks are busy, try again later"),
             }
@@ -1199,12 +1213,16 @@ impl Shard {
         });
         tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
         let outcomes = outcomes.into_iter().map(|o| (o, msg.segment.clone())).collect();
-        self.write_local(LocalMessage { store, outcomes });
+        self.write_local(LocalMessage { store, outcomes, notify: None });
     }
 
     fn write_local(&mut self, mut local: LocalMessage) {
         let now = now_ms();
         if now < self.spool_broken_until_ms {
+            if let Some(notify) = local.notify.take() {
+                let _ = notify.send(Err("the spool cannot take it now (disk full or failing); try again".into()));
+                return;
+            }
             self.local_retry.push((now + LOCAL_RETRY_MS, local));
             return;
         }
@@ -1229,10 +1247,14 @@ impl Shard {
     /// The spool answered for a DSN: durable, it is queued for delivery and the bounces it
     /// reports are journaled; refused, it is offered again shortly.
     fn local_stored(&mut self, id: u64, durable: bool) {
-        let local = self.local.remove(&id).expect("a local message for the ticket");
+        let mut local = self.local.remove(&id).expect("a local message for the ticket");
         let segment = self.segments.get(&local.store.seq).cloned();
         match (durable, segment) {
             (true, Some(seg)) => {
+                if let Some(notify) = local.notify.take() {
+                    self.received(&local.store);
+                    let _ = notify.send(Ok(format!("{:x}.{:x}.{:x}", self.id, local.store.seq, local.store.offset)));
+                }
                 for (o, s) in &local.outcomes {
                     self.jnl_pending.extend_from_slice(&codec::encode_outcome(o));
                     self.jnl_pending_segments.push(s.clone());
@@ -1241,7 +1263,7 @@ impl Shard {
                 let msg = MsgRef { segment: seg, offset: store.offset };
                 let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
                 let size = store.data.len() as u64;
-                let template = job_template(msg, "", store.queued_unix_ms, size, 1, "");
+                let template = job_template(msg, &store.mail_from, store.queued_unix_ms, size, 1, &store.job_id);
                 for (domain, vmta, job) in group_jobs(&template, &store.vmta, rcpts) {
                     self.dispatch(domain, vmta, job);
                 }
@@ -1250,9 +1272,70 @@ impl Shard {
                 if let Some(seg) = segment {
                     seg.release(local.store.recipients.len() as u64);
                 }
+                if let Some(notify) = local.notify.take() {
+                    let _ = notify.send(Err("the spool write failed (disk full or failing); try again".into()));
+                    return;
+                }
                 self.local_retry.push((now_ms() + LOCAL_RETRY_MS, local));
             }
         }
+    }
+
+    /// A message is durable: its `r` records and the counters.
+    fn received(&mut self, store: &Store) {
+        let size = store.data.len() as u64;
+        let stats = &self.shared.core.stats[self.id as usize];
+        ShardStats::add(&stats.msgs_in, 1);
+        ShardStats::add(&stats.rcpts_in, store.recipients.len() as u64);
+        ShardStats::add(&stats.bytes_in, size);
+        for rcpt in &store.recipients {
+            if self.acct.len() < ACCT_PENDING_MAX {
+                let received = sluice_engine::acct::Received {
+                    orig: &store.mail_from,
+                    src_mta: &store.src_mta,
+                    size,
+                    vmta: &store.vmta,
+                    smtp_user: &store.smtp_user,
+                    auth_results: &store.auth_results,
+                    job_id: &store.job_id,
+                };
+                self.acct.push(Record::received(store.queued_unix_ms, rcpt, &received));
+            }
+        }
+    }
+
+    /// A message injected over HTTP: signed, spooled like a DSN, and answered once durable.
+    fn inject(&mut self, inj: Injection) {
+        let now = now_ms();
+        let mut data = inj.data;
+        let config = self.shared.config.clone();
+        let vmta = match select_vmta(&config, config.source_policy(inj.client_ip), inj.client_ip, &mut data) {
+            Ok(v) => v,
+            Err(reply) => {
+                let _ = inj.done.send(Err(reply));
+                return;
+            }
+        };
+        if let Some(header) = dkim_signature(&self.shared, &inj.recipients, &vmta, &mut data) {
+            data.splice(0..0, header);
+        }
+        let store = Box::new(Store {
+            head: Vec::new(),
+            data,
+            tail: Vec::new(),
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
+            seq: 0,
+            offset: 0,
+            mail_from: inj.mail_from,
+            recipients: inj.recipients,
+            queued_unix_ms: now,
+            vmta,
+            src_mta: inj.src_mta,
+            smtp_user: String::new(),
+            auth_results: String::new(),
+            job_id: inj.job_id,
+        });
+        self.write_local(LocalMessage { store, outcomes: Vec::new(), notify: Some(inj.done) });
     }
 
     fn on_seg_write(&mut self, gen: u16, slot: u32, result: i32) {
@@ -1325,21 +1408,7 @@ impl Shard {
         let store = *store;
         if let Some(seg) = segment {
             if durable {
-                let size = store.data.len() as u64;
-                for rcpt in &store.recipients {
-                    if self.acct.len() < ACCT_PENDING_MAX {
-                        let received = sluice_engine::acct::Received {
-                            orig: &store.mail_from,
-                            src_mta: &store.src_mta,
-                            size,
-                            vmta: &store.vmta,
-                            smtp_user: &store.smtp_user,
-                            auth_results: &store.auth_results,
-                            job_id: &store.job_id,
-                        };
-                        self.acct.push(Record::received(store.queued_unix_ms, rcpt, &received));
-                    }
-                }
+                self.received(&store);
                 let msg = MsgRef { segment: seg, offset: store.offset };
                 let rcpts = store.recipients.iter().enumerate().map(|(i, r)| (i as u32, r.as_str()));
                 let size = store.data.len() as u64;
@@ -1377,7 +1446,7 @@ impl Shard {
         }
         let pending = std::mem::take(&mut self.outbox);
         for (owner, msg) in pending {
-            if let Err(back) = self.shared.mailboxes[owner as usize].send(msg) {
+            if let Err(back) = self.shared.core.mailboxes[owner as usize].send(msg) {
                 self.outbox.push((owner, back));
             }
         }
@@ -1385,7 +1454,7 @@ impl Shard {
 
     fn drain_mailbox(&mut self) {
         let me = self.id as usize;
-        while let Some(msg) = self.shared.mailboxes[me].pop() {
+        while let Some(msg) = self.shared.core.mailboxes[me].pop() {
             match msg {
                 ShardMsg::Job { domain, vmta, job } => self.enqueue(domain, vmta, job),
                 ShardMsg::Resolved { domain, resolution, ttl_ms, rollup } => {
@@ -1394,6 +1463,12 @@ impl Shard {
                 ShardMsg::Verified { slot, gen, data, headers, summary } => {
                     self.on_verified(slot, gen, data, headers, summary)
                 }
+                ShardMsg::Admin(cmd, reply) => {
+                    let answer = self.admin(cmd);
+                    let _ = reply.send(answer);
+                }
+                ShardMsg::Reload(shared) => self.reload(shared),
+                ShardMsg::Inject(injection) => self.inject(*injection),
             }
         }
     }
@@ -1417,6 +1492,11 @@ impl Shard {
                 connect_failures: 0,
                 connect_backoff_until_ms: 0,
             };
+            let mut st = st;
+            if self.paused_queues.iter().any(|s| s.matches(domain, vmta)) {
+                st.q.set_paused(true);
+                st.q.take_events(); // paused from birth: no mode change to report
+            }
             self.queues.insert(key.clone(), st);
         }
         let st = self.queues.get_mut(&key).expect("inserted above");
@@ -1425,6 +1505,12 @@ impl Shard {
 
     fn enqueue(&mut self, domain: String, vmta: String, job: Job<MsgRef>) {
         tracing::trace!(shard = self.id, %domain, %vmta, rcpts = job.rcpts.len(), "enqueue");
+        // A paused job's new mail is held with the rest of it. (A deleted job's mail that
+        // arrives later is new mail: only recipients out on a connection at the time of the
+        // delete are deleted when they come back, in `settle`.)
+        if !job.job_id.is_empty() && self.paused_jobs.contains(&job.job_id) {
+            return self.held.push((domain, vmta, job));
+        }
         let (key, st) = self.queue_for(&domain, &vmta);
         st.q.push(job);
         self.dirty.push(key);
@@ -1445,7 +1531,7 @@ impl Shard {
         st.q.promote_due(now);
         loop {
             let Some(st) = self.queues.get_mut(domain) else { return };
-            if st.q.ready_jobs() == 0 {
+            if !st.q.has_work() {
                 break;
             }
             let Some(slot) = st.idle.pop() else { break };
@@ -1480,7 +1566,7 @@ impl Shard {
                 }
                 st.hops = HopState::Resolving;
                 let req = ControlRequest::Resolve { shard: self.id, domain: st.q.domain.clone(), static_hosts };
-                if self.shared.control.try_send(req).is_err() {
+                if self.shared.core.control.try_send(req).is_err() {
                     // Control plane busy: ask again on the next tick.
                     st.hops = HopState::Unknown;
                 }
@@ -1552,8 +1638,19 @@ impl Shard {
     fn settle(&mut self, domain: &str, job: Job<MsgRef>, replies: &[Reply], info: &AttemptInfo) {
         let now = now_ms();
         let msg = job.msg.clone();
+        let (job_id, size) = (job.job_id.clone(), job.size);
         let st = self.queues.get_mut(domain).expect("a settled job's queue exists");
         let outcomes = st.q.settle(job, replies, info, now);
+        let stats = &self.shared.core.stats[self.id as usize];
+        let count = |kind: RecordKind| outcomes.iter().filter(|(_, _, r)| r.kind == kind).count() as u64;
+        let delivered = count(RecordKind::Delivered);
+        if delivered > 0 {
+            ShardStats::add(&stats.msgs_out, 1);
+            ShardStats::add(&stats.rcpts_out, delivered);
+            ShardStats::add(&stats.bytes_out, size);
+        }
+        ShardStats::add(&stats.rcpts_bounced, count(RecordKind::Bounced));
+        ShardStats::add(&stats.rcpts_deferred, count(RecordKind::Transient));
         let action = st.q.take_queue_action();
         self.queue_events(domain, now);
         let mut dsn_wanted = None;
@@ -1593,6 +1690,255 @@ impl Shard {
         if let Some(action) = action {
             self.apply_queue_action(domain, action, info);
         }
+        if !job_id.is_empty() && (self.paused_jobs.contains(&job_id) || self.cancelled_jobs.contains_key(&job_id)) {
+            // Deferred recipients of a paused or cancelled job come back here: hold or delete.
+            let st = self.queues.get_mut(domain).expect("exists");
+            let (d, v) = (st.q.domain.clone(), st.q.vmta.clone());
+            let back: Vec<Initial> =
+                st.q.take_where(|j| j.job_id == job_id).into_iter().map(|j| (d.clone(), v.clone(), j)).collect();
+            if self.cancelled_jobs.contains_key(&job_id) {
+                self.delete_jobs(back);
+            } else {
+                self.held.extend(back);
+            }
+        }
+    }
+
+    // ---- Operator control ---------------------------------------------------------------
+
+    fn admin(&mut self, cmd: AdminCmd) -> AdminReply {
+        let now = now_ms();
+        let matching = |shard: &Shard, sel: &Selector| -> Vec<String> {
+            shard
+                .queues
+                .iter()
+                .filter(|(_, st)| sel.matches(&st.q.domain, &st.q.vmta))
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        let affected = match cmd {
+            AdminCmd::Snapshot => return AdminReply::Snapshot(self.snapshot()),
+            AdminCmd::Pause(sel) => {
+                if !self.paused_queues.contains(&sel) {
+                    self.paused_queues.push(sel);
+                }
+                self.apply_pauses(now)
+            }
+            AdminCmd::Resume(sel) => {
+                self.paused_queues.retain(|p| !(p == &sel || sel.matches(&p.domain, &p.vmta)));
+                self.apply_pauses(now)
+            }
+            AdminCmd::Schedule(sel) => {
+                let keys = matching(self, &sel);
+                for key in &keys {
+                    let st = self.queues.get_mut(key).expect("listed");
+                    st.q.retry_now();
+                    st.connect_failures = 0;
+                    st.connect_backoff_until_ms = 0;
+                    if matches!(st.hops, HopState::Failed { .. }) {
+                        st.hops = HopState::Unknown;
+                    }
+                    self.dirty.push(key.clone());
+                }
+                keys.len() as u64
+            }
+            AdminCmd::SetMode(sel, backoff) => {
+                let keys = matching(self, &sel);
+                for key in &keys {
+                    self.queues.get_mut(key).expect("listed").q.set_mode(backoff, now);
+                    self.queue_events(key, now);
+                    self.dirty.push(key.clone());
+                }
+                keys.len() as u64
+            }
+            AdminCmd::Delete(sel) => {
+                let mut jobs = Vec::new();
+                for key in matching(self, &sel) {
+                    let st = self.queues.get_mut(&key).expect("listed");
+                    let (d, v) = (st.q.domain.clone(), st.q.vmta.clone());
+                    jobs.extend(st.q.take_where(|_| true).into_iter().map(|j| (d.clone(), v.clone(), j)));
+                }
+                let (held, kept): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.held).into_iter().partition(|(d, v, _)| sel.matches(d, v));
+                self.held = kept;
+                jobs.extend(held);
+                let n = jobs.iter().map(|(_, _, j)| j.rcpts.len() as u64).sum();
+                self.delete_jobs(jobs);
+                n
+            }
+            AdminCmd::PauseJob(id) => {
+                self.paused_jobs.insert(id.clone());
+                let mut n = 0;
+                for st in self.queues.values_mut() {
+                    let (d, v) = (st.q.domain.clone(), st.q.vmta.clone());
+                    for job in st.q.take_where(|j| j.job_id == id) {
+                        n += job.rcpts.len() as u64;
+                        self.held.push((d.clone(), v.clone(), job));
+                    }
+                }
+                if n > 0 {
+                    tracing::info!(shard = self.id, job = %id, recipients = n, "job paused");
+                }
+                n
+            }
+            AdminCmd::ResumeJob(id) => {
+                self.paused_jobs.remove(&id);
+                let (back, kept): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.held).into_iter().partition(|(_, _, j)| j.job_id == id);
+                self.held = kept;
+                let n = back.iter().map(|(_, _, j)| j.rcpts.len() as u64).sum();
+                for (domain, vmta, job) in back {
+                    self.enqueue(domain, vmta, job);
+                }
+                n
+            }
+            AdminCmd::DeleteJob(id) => {
+                self.paused_jobs.remove(&id);
+                // A transaction in flight ends within its timeouts; until then, what comes
+                // back of the job is deleted.
+                self.cancelled_jobs.insert(id.clone(), now + OUT_CONNECT_TIMEOUT_MS + OUT_FINAL_TIMEOUT_MS);
+                let mut jobs = Vec::new();
+                for st in self.queues.values_mut() {
+                    let (d, v) = (st.q.domain.clone(), st.q.vmta.clone());
+                    jobs.extend(st.q.take_where(|j| j.job_id == id).into_iter().map(|j| (d.clone(), v.clone(), j)));
+                }
+                let (held, kept): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut self.held).into_iter().partition(|(_, _, j)| j.job_id == id);
+                self.held = kept;
+                jobs.extend(held);
+                let n = jobs.iter().map(|(_, _, j)| j.rcpts.len() as u64).sum();
+                self.delete_jobs(jobs);
+                n
+            }
+        };
+        AdminReply::Affected(affected)
+    }
+
+    /// Sets each queue's paused flag from the selectors; returns how many changed.
+    fn apply_pauses(&mut self, now: u64) -> u64 {
+        let mut changed = Vec::new();
+        for (key, st) in self.queues.iter_mut() {
+            let paused = self.paused_queues.iter().any(|s| s.matches(&st.q.domain, &st.q.vmta));
+            if st.q.paused() != paused {
+                st.q.set_paused(paused);
+                changed.push(key.clone());
+            }
+        }
+        for key in &changed {
+            self.queue_events(key, now);
+            self.dirty.push(key.clone());
+        }
+        changed.len() as u64
+    }
+
+    /// An operator deleted these jobs: a `b` record for each recipient, and a journal entry
+    /// (they are final; no DSN is made).
+    fn delete_jobs(&mut self, jobs: Vec<Initial>) {
+        let now = now_ms();
+        let reply = Reply::new(550, "5.0.0 deleted by an operator");
+        let mut n = 0;
+        for (domain, vmta, job) in jobs {
+            let (_, st) = self.queue_for(&domain, &vmta);
+            let records = st.q.deleted_records(&job, &reply, now);
+            for rcpt in &job.rcpts {
+                let o = Outcome {
+                    seg_shard: job.msg.segment.shard,
+                    seg_seq: job.msg.segment.seq,
+                    offset: job.msg.offset,
+                    rcpt: rcpt.index,
+                };
+                self.jnl_pending.extend_from_slice(&codec::encode_outcome(&o));
+                self.jnl_pending_segments.push(job.msg.segment.clone());
+            }
+            n += records.len() as u64;
+            let room = ACCT_PENDING_MAX.saturating_sub(self.acct.len());
+            self.acct.extend(records.into_iter().take(room));
+        }
+        ShardStats::add(&self.shared.core.stats[self.id as usize].rcpts_bounced, n);
+        if n > 0 {
+            tracing::info!(shard = self.id, recipients = n, "recipients deleted by an operator");
+        }
+    }
+
+    fn snapshot(&self) -> crate::admin::Snapshot {
+        let mut jobs: HashMap<String, sluice_engine::queue::Contents> = HashMap::new();
+        let mut queues = Vec::with_capacity(self.queues.len());
+        for st in self.queues.values() {
+            let c = st.q.contents(Some(&mut jobs));
+            if c.jobs == 0 && st.q.connections == 0 && !st.q.paused() {
+                continue; // emptied; forgotten on the next tick
+            }
+            let mode = if st.q.paused() {
+                "paused"
+            } else {
+                match st.q.mode() {
+                    sluice_engine::queue::Mode::Normal => "normal",
+                    sluice_engine::queue::Mode::Backoff { .. } => "backoff",
+                }
+            };
+            let dns = match &st.hops {
+                HopState::Unknown => "unknown".to_string(),
+                HopState::Resolving => "resolving".to_string(),
+                HopState::Ready { levels, .. } => {
+                    format!("ready ({} hosts)", levels.iter().map(Vec::len).sum::<usize>())
+                }
+                HopState::RolledUp { into, .. } => format!("rolled up into {into}"),
+                HopState::Failed { resolution: Resolution::Permanent(r) | Resolution::Temporary(r), .. } => {
+                    format!("failed: {}", r.line())
+                }
+                HopState::Failed { .. } => "failed".to_string(),
+            };
+            queues.push(QueueInfo {
+                domain: st.q.domain.clone(),
+                vmta: st.q.vmta.clone(),
+                shard: self.id,
+                jobs: c.jobs,
+                rcpts: c.rcpts,
+                bytes: c.bytes,
+                oldest_unix_ms: c.oldest_unix_ms,
+                connections: st.q.connections,
+                mode,
+                next_retry_unix_ms: st.q.next_retry_ms().unwrap_or(0),
+                last_error: st.q.last_error.clone(),
+                dns,
+            });
+        }
+        let mut out: Vec<JobInfo> = jobs
+            .into_iter()
+            .map(|(id, c)| JobInfo { paused: self.paused_jobs.contains(&id), id, rcpts: c.rcpts, bytes: c.bytes })
+            .collect();
+        for (_, _, job) in &self.held {
+            let n = job.rcpts.len() as u64;
+            match out.iter_mut().find(|j| j.id == job.job_id) {
+                Some(j) => {
+                    j.rcpts += n;
+                    j.bytes += job.size * n;
+                }
+                None => out.push(JobInfo { id: job.job_id.clone(), rcpts: n, bytes: job.size * n, paused: true }),
+            }
+        }
+        for id in &self.paused_jobs {
+            if !out.iter().any(|j| j.id == *id) {
+                out.push(JobInfo { id: id.clone(), paused: true, ..Default::default() });
+            }
+        }
+        let conns_out = self.conns.iter().flatten().filter(|c| matches!(c.kind, Kind::Out(_))).count() as u32;
+        crate::admin::Snapshot { queues, jobs: out, conns_out }
+    }
+
+    /// A reloaded configuration: sessions and connections go on; queues take their new
+    /// settings, and rate cells start afresh from the new rates.
+    fn reload(&mut self, shared: Arc<Shared>) {
+        self.shared = shared;
+        let config = self.shared.config.clone();
+        for st in self.queues.values_mut() {
+            let settings = config.queue_settings(&st.q.domain, &st.q.vmta);
+            let patterns = settings.pattern_list.as_ref().and_then(|n| config.pattern_lists.get(n).cloned());
+            st.q.reconfigure(settings, patterns);
+        }
+        self.queue_cells.clear();
+        self.dirty.extend(self.queues.keys().cloned());
+        tracing::info!(shard = self.id, queues = self.queues.len(), "configuration reloaded");
     }
 
     /// Writes the queue's mode and rate changes as `tq` accounting records and log lines.
@@ -1756,7 +2102,7 @@ impl Shard {
                 return false;
             }
         }
-        let Some(cells) = source_ip.and_then(|ip| self.shared.source_limits.get(&ip)) else { return true };
+        let Some(cells) = source_ip.and_then(|ip| self.shared.core.source_limits.get(&ip)) else { return true };
         let cell = match grant {
             Grant::Message => &cells.msg,
             Grant::Connect => &cells.connect,
@@ -1768,7 +2114,7 @@ impl Shard {
     /// limit (Ok(false)), or it is full or claimed by a higher `queue-priority` (Err). A queue
     /// that finds it full claims the next free place for its priority, across all shards.
     fn take_smtp_out(&self, source_ip: Option<IpAddr>, priority: u8) -> Result<bool, ()> {
-        let Some(cells) = source_ip.and_then(|ip| self.shared.source_limits.get(&ip)) else { return Ok(false) };
+        let Some(cells) = source_ip.and_then(|ip| self.shared.core.source_limits.get(&ip)) else { return Ok(false) };
         let Some((count, max)) = cells.smtp_out.as_ref() else { return Ok(false) };
         let now = mono_ns() / 1_000_000;
         let ours = (priority as u64 + 1) << 56;
@@ -1871,7 +2217,7 @@ impl Shard {
         if !held {
             return;
         }
-        let count = source_ip.and_then(|ip| self.shared.source_limits.get(&ip)).and_then(|c| c.smtp_out.as_ref());
+        let count = source_ip.and_then(|ip| self.shared.core.source_limits.get(&ip)).and_then(|c| c.smtp_out.as_ref());
         if let Some((count, _)) = count {
             count.fetch_sub(1, Ordering::AcqRel);
         }
@@ -2110,7 +2456,7 @@ impl Shard {
         if !at_limit && !stopping {
             st.q.promote_due(now);
             // A message starts only with a grant from the queue's and the source IP's rates.
-            if st.q.ready_jobs() > 0 && self.rate_grant(&domain, source_ip, Grant::Message) {
+            if st.q.has_work() && self.rate_grant(&domain, source_ip, Grant::Message) {
                 job = self.queues.get_mut(&domain).expect("exists").q.take();
             }
         }
@@ -2300,7 +2646,7 @@ impl Shard {
     }
 
     fn arm_event(&mut self) {
-        let fd = self.shared.mailboxes[self.id as usize].eventfd();
+        let fd = self.shared.core.mailboxes[self.id as usize].eventfd();
         let entry = opcode::Read::new(types::Fd(fd), (&mut *self.event_buf as *mut u64).cast(), 8)
             .build()
             .user_data(ud(Op::Event, 0, 0));
@@ -2312,7 +2658,7 @@ impl Shard {
         for i in std::mem::take(&mut self.accept_rearm) {
             self.arm_accept(i);
         }
-        if self.shared.shutdown.load(Ordering::SeqCst) && self.stopping_since_ms.is_none() {
+        if self.shared.core.shutdown.load(Ordering::SeqCst) && self.stopping_since_ms.is_none() {
             self.begin_shutdown(now);
         }
         // Connection deadlines.
@@ -2372,6 +2718,7 @@ impl Shard {
         }
         self.retire_empty_segment(now);
         self.closed_journals.retain_mut(|j| !j.try_retire());
+        self.cancelled_jobs.retain(|_, until| *until > now);
     }
 
     /// Deletes the active segment once it has held no live recipient for a while, so an idle
@@ -2442,9 +2789,9 @@ impl Shard {
         let batch = std::mem::take(&mut self.acct);
         let req = ControlRequest::Acct(batch);
         let result = if blocking {
-            self.shared.control.send_timeout(req, std::time::Duration::from_secs(2)).map_err(|e| e.into_inner())
+            self.shared.core.control.send_timeout(req, std::time::Duration::from_secs(2)).map_err(|e| e.into_inner())
         } else {
-            self.shared.control.try_send(req).map_err(|e| e.into_inner())
+            self.shared.core.control.try_send(req).map_err(|e| e.into_inner())
         };
         if let Err(ControlRequest::Acct(batch)) = result {
             self.acct = batch;
@@ -2521,7 +2868,7 @@ fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &s
     }
     if let (Some(path), false) = (&p.auto_suppress, f.rcpt.is_empty()) {
         let req = ControlRequest::SuppressAdd { path: path.clone(), address: f.rcpt.clone() };
-        if shared.control.try_send(req).is_err() {
+        if shared.core.control.try_send(req).is_err() {
             tracing::error!(rcpt = %f.rcpt, "control plane busy: complainer not added to the suppression file");
         }
     }

@@ -139,6 +139,13 @@ impl Relay {
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }
 
+    /// Sends a signal (SIGHUP: reload) to the running relay.
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().expect("relay running");
+        // SAFETY: signalling our own child.
+        unsafe { libc_kill(c.id() as i32, sig) };
+    }
+
     /// SIGKILL: a crash at whatever instant this is.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -575,4 +582,40 @@ pub fn smtplib_send(relay: &Relay, source_ip: &str, from: &str, rcpts: &[&str], 
     child.stdin.take().expect("stdin").write_all(message).expect("write the message");
     let out = child.wait_with_output().expect("python3 runs");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// One HTTP request to a management API: (status, body as JSON, or as a string when it is not).
+pub fn http(addr: SocketAddr, method: &str, target: &str, key: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the management API");
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let key = key.map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: sluice\r\n{key}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP reply");
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or_else(|_| serde_json::Value::String(body.to_string())))
+}
+
+/// `sluice ARGS -c CONFIG`: (status, stdout+stderr).
+pub fn sluice_cli(config: &Path, args: &[&str]) -> (i32, String) {
+    run(Command::new(BIN).args(args).arg("-c").arg(config))
+}
+
+/// `sluice loadgen` against 127.0.0.1:`target` with `args`, bounded to 60 s; its JSON summary.
+pub fn loadgen(target: u16, args: &[&str]) -> String {
+    let dir = TempDir::new("lg");
+    let json = dir.path().join("lg.json");
+    let (code, out) = run(Command::new(BIN)
+        // Bounded in time as well as count, so a fault can never hang the suite.
+        .args(["loadgen", "--quiet", "--duration", "60s", "--target", &format!("127.0.0.1:{target}"), "--json"])
+        .arg(&json)
+        .args(args));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("data-ack  p50"), "{out}");
+    std::fs::read_to_string(json).unwrap()
 }

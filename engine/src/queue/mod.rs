@@ -93,6 +93,20 @@ pub struct Queue<M> {
     adaptive_reported_per_s: f64,
     /// Mode and rate changes not yet written as `tq` records.
     events: Vec<String>,
+    /// Paused by an operator: nothing is taken from it (mail keeps arriving).
+    paused: bool,
+    /// The last reply that did not deliver, for the operator (status, `/queueDetail`).
+    pub last_error: Option<String>,
+}
+
+/// What a queue holds, for status pages: jobs, recipients, bytes, the oldest arrival.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Contents {
+    pub jobs: u64,
+    pub rcpts: u64,
+    pub bytes: u64,
+    /// Arrival of the oldest message (Unix ms; 0: empty).
+    pub oldest_unix_ms: u64,
 }
 
 /// Adaptive rate: the floor, the start when `max-msg-rate` is unset, the additive step (per
@@ -136,7 +150,91 @@ impl<M> Queue<M> {
             adaptive_per_s: None,
             adaptive_reported_per_s: 0.0,
             events: Vec::new(),
+            paused: false,
+            last_error: None,
         }
+    }
+
+    pub fn paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Pauses or resumes the queue (an operator's `pause queue` / `resume queue`).
+    pub fn set_paused(&mut self, paused: bool) {
+        if self.paused != paused {
+            self.events.push(if paused { "mode=paused (operator)" } else { "mode=resumed (operator)" }.into());
+        }
+        self.paused = paused;
+    }
+
+    /// An operator's `set queue --mode=...`: backoff (for `backoff-to-normal-after`) or normal.
+    pub fn set_mode(&mut self, backoff: bool, now_ms: u64) {
+        let mode = if backoff {
+            Mode::Backoff { until_ms: now_ms + self.settings.backoff_to_normal_after.as_millis() as u64 }
+        } else {
+            Mode::Normal
+        };
+        if mode != self.mode {
+            self.events.push(format!("mode={} (operator)", if backoff { "backoff" } else { "normal" }));
+        }
+        self.mode = mode;
+    }
+
+    /// An operator's `schedule`: every waiting retry is due now.
+    pub fn retry_now(&mut self) -> usize {
+        let n = self.retry.len();
+        self.ready.extend(std::mem::take(&mut self.retry).into_values());
+        n
+    }
+
+    /// Takes every job, ready or waiting, that `pred` picks (delete, pause a job).
+    pub fn take_where(&mut self, mut pred: impl FnMut(&Job<M>) -> bool) -> Vec<Job<M>> {
+        let mut out = Vec::new();
+        let mut keep = VecDeque::with_capacity(self.ready.len());
+        for job in self.ready.drain(..) {
+            if pred(&job) {
+                out.push(job);
+            } else {
+                keep.push_back(job);
+            }
+        }
+        self.ready = keep;
+        let keys: Vec<(u64, u64)> = self.retry.iter().filter(|(_, j)| pred(j)).map(|(k, _)| *k).collect();
+        out.extend(keys.iter().filter_map(|k| self.retry.remove(k)));
+        out
+    }
+
+    /// Jobs, recipients, bytes and the oldest arrival, ready and waiting together; with
+    /// `per_job`, the recipients of each job id too.
+    pub fn contents(&self, mut per_job: Option<&mut std::collections::HashMap<String, Contents>>) -> Contents {
+        let mut c = Contents::default();
+        for job in self.ready.iter().chain(self.retry.values()) {
+            let add = |c: &mut Contents| {
+                c.jobs += 1;
+                c.rcpts += job.rcpts.len() as u64;
+                c.bytes += job.size * job.rcpts.len() as u64;
+                if c.oldest_unix_ms == 0 || job.queued_unix_ms < c.oldest_unix_ms {
+                    c.oldest_unix_ms = job.queued_unix_ms;
+                }
+            };
+            add(&mut c);
+            if let Some(map) = per_job.as_deref_mut().filter(|_| !job.job_id.is_empty()) {
+                add(map.entry(job.job_id.clone()).or_default());
+            }
+        }
+        c
+    }
+
+    /// Bounce records (`b`) for a job an operator deleted: every recipient, with `reply`.
+    pub fn deleted_records(&self, job: &Job<M>, reply: &Reply, now_ms: u64) -> Vec<Record> {
+        let info = AttemptInfo::default();
+        job.rcpts.iter().map(|r| self.record(job, r, Kind::Bounced, reply, "other", &info, now_ms)).collect()
+    }
+
+    /// Swaps in settings and a pattern list from a reloaded configuration.
+    pub fn reconfigure(&mut self, settings: DomainSettings, patterns: Option<Arc<Vec<PatternRule>>>) {
+        self.settings = settings;
+        self.patterns = patterns;
     }
 
     pub fn with_bounce_patterns(mut self, patterns: std::sync::Arc<Vec<sluice_config::BouncePattern>>) -> Self {
@@ -330,11 +428,14 @@ impl<M> Queue<M> {
         self.retry.keys().next().map(|k| k.0)
     }
 
+    /// Is there work to hand a connection now (ready jobs, not paused)?
+    pub fn has_work(&self) -> bool {
+        !self.paused && !self.ready.is_empty()
+    }
+
     /// Should another connection be opened? One per ready job, up to `max-smtp-out`.
     pub fn wants_connection(&self) -> bool {
-        !self.ready.is_empty()
-            && self.connections < self.max_smtp_out()
-            && (self.connections as usize) < self.ready.len()
+        self.has_work() && self.connections < self.max_smtp_out() && (self.connections as usize) < self.ready.len()
     }
 
     fn txn_rcpts_max(&self) -> usize {
@@ -415,6 +516,9 @@ impl<M> Queue<M> {
             } else {
                 (Kind::Transient, Fate::Retry, "")
             };
+            if kind != Kind::Delivered {
+                self.last_error = Some(reply.line());
+            }
             let record = self.record(&job, &rcpt, kind, reply, category, info, now_ms);
             if go_elsewhere {
                 elsewhere.push(rcpt.clone());
