@@ -170,12 +170,14 @@ pub struct AcctWriter {
 struct AcctOut {
     conf: sluice_config::AcctFile,
     columns: Vec<usize>,
+    /// The names behind `header_NAME` columns.
+    headers: Vec<String>,
     w: BufWriter<File>,
     /// Bytes in the current file.
     size: u64,
 }
 
-fn open_acct(path: &std::path::Path, columns: &[usize]) -> std::io::Result<(BufWriter<File>, u64)> {
+fn open_acct(path: &std::path::Path, columns: &[usize], headers: &[String]) -> std::io::Result<(BufWriter<File>, u64)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -187,7 +189,7 @@ fn open_acct(path: &std::path::Path, columns: &[usize]) -> std::io::Result<(BufW
     let mut size = file.metadata()?.len();
     let mut w = BufWriter::with_capacity(256 * 1024, file);
     if size == 0 {
-        let header = acct::header_line_of(columns);
+        let header = acct::header_line_of(columns, headers);
         w.write_all(header.as_bytes())?;
         size = header.len() as u64;
     }
@@ -198,15 +200,23 @@ impl AcctWriter {
     pub fn open(config: &Config) -> std::io::Result<AcctWriter> {
         let mut files = Vec::new();
         for a in &config.acct_files {
-            let columns: Vec<usize> = match &a.fields {
+            let mut columns: Vec<usize> = match &a.fields {
                 None => (0..acct::COLUMNS.len()).collect(),
                 Some(f) if f.iter().any(|f| f == "*") => (0..acct::COLUMNS.len()).collect(),
                 Some(f) => std::iter::once(0)
                     .chain((1..acct::COLUMNS.len()).filter(|&c| f.iter().any(|n| n == acct::COLUMNS[c])))
                     .collect(),
             };
-            let (w, size) = open_acct(&a.path, &columns)?;
-            files.push(AcctOut { conf: a.clone(), columns, w, size });
+            // `header_NAME` columns come last, in the order named; past `COLUMNS` they index
+            // the configuration's `acct_headers`, which every record carries.
+            for f in a.fields.iter().flatten() {
+                if let Some(name) = f.strip_prefix("header_") {
+                    let i = config.acct_headers.iter().position(|h| h.eq_ignore_ascii_case(name)).expect("collected");
+                    columns.push(acct::COLUMNS.len() + i);
+                }
+            }
+            let (w, size) = open_acct(&a.path, &columns, &config.acct_headers)?;
+            files.push(AcctOut { conf: a.clone(), columns, headers: config.acct_headers.clone(), w, size });
         }
         Ok(AcctWriter { files })
     }
@@ -346,7 +356,7 @@ fn rotate(f: &mut AcctOut) -> std::io::Result<()> {
     let rotated =
         (0..).map(|n| path.with_file_name(format!("{name}.{stamp}.{n}"))).find(|p| !p.exists()).expect("a free name");
     std::fs::rename(path, &rotated)?;
-    let (w, size) = open_acct(path, &f.columns)?;
+    let (w, size) = open_acct(path, &f.columns, &f.headers)?;
     f.w = w;
     f.size = size;
     tracing::info!(file = %rotated.display(), "accounting file rotated");
@@ -442,15 +452,19 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     observer.lock().expect("not poisoned").observe(&records);
                     acct.write(&records);
                 }
-                Ok(ControlRequest::SuppressAdd { path, address }) => {
+                Ok(ControlRequest::SuppressAdd { path, address, waiting }) => {
                     // One line, fsynced: the complainer stays suppressed across restarts.
                     let added = OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
                         f.write_all(format!("{address}\n").as_bytes())?;
                         f.sync_data()
                     });
+                    let ok = added.is_ok();
                     match added {
                         Ok(()) => tracing::info!(%address, file = %path.display(), "complainer suppressed"),
                         Err(e) => tracing::error!(%address, file = %path.display(), error = %e, "cannot add to the suppression file"),
+                    }
+                    if let Some((shard, slot, gen)) = waiting {
+                        responder.report_stored(shard, slot, gen, ok);
                     }
                 }
                 Ok(ControlRequest::Verify(req)) => {

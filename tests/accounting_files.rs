@@ -69,3 +69,39 @@ fn fields_privacy_and_rotation() {
         plain.iter().map(|r| sluice_engine::acct::private_address(&r["rcpt"], b"k1")).collect();
     assert_eq!(hashed, expected, "every recipient, hashed the same way");
 }
+
+#[test]
+fn header_columns_carry_the_messages_header_values() {
+    let dir = TempDir::new("acct");
+    let custom = dir.path().join("headers.csv");
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], false);
+    let relay = Relay::start(
+        &format!(
+            "<acct-file {}>\n records r,d\n record-fields r,d rcpt,header_Subject,header_List-Id\n</acct-file>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            custom.display(),
+            sink.addr.port()
+        ),
+        Some(2),
+    );
+    let server = relay.addr().to_string();
+    let with_list = ["--header", "Subject: Spring sale, \"50%\" off", "--header", "List-Id: <spring.news.src.test>"];
+    let (code, out) = swaks(&server, "a@a.test", &with_list);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = swaks(&server, "b@b.test", &["--header", "Subject: no list"]);
+    assert_eq!(code, 0, "{out}");
+    relay.wait_rows("d", 2, Duration::from_secs(20));
+    let rows = wait_for("4 rows in the header file", Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&custom).ok()?;
+        (text.lines().count() == 5).then_some(text)
+    });
+    assert!(rows.starts_with("type,rcpt,header_Subject,header_List-Id\n"), "{rows}");
+    let parsed = parse_csv_rows(&rows);
+    for kind in ["r", "d"] {
+        let a = parsed.iter().find(|r| r["type"] == kind && r["rcpt"] == "a@a.test").unwrap();
+        assert_eq!(a["header_Subject"], "Spring sale, \"50%\" off", "commas and quotes survive the CSV: {rows}");
+        assert_eq!(a["header_List-Id"], "<spring.news.src.test>");
+        let b = parsed.iter().find(|r| r["type"] == kind && r["rcpt"] == "b@b.test").unwrap();
+        assert_eq!((b["header_Subject"].as_str(), b["header_List-Id"].as_str()), ("no list", ""), "{rows}");
+    }
+}

@@ -49,6 +49,12 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
     let xarf = format!("From: reports@antispam-service.example\nTo: fbl@fbl.example.com\nSubject: XARF report\nContent-Type: application/json\n\n{json}");
     for m in [fixture("arf/rfc5965-style-abuse.eml"), fixture("arf/redacted-provider-style.eml"), xarf] {
         assert_eq!(send(&relay, &m), "sent");
+        if m.contains("complainer@mailbox-provider.example") {
+            // Durable before the 250: the complainer is in the file the moment the report
+            // is acknowledged (a crash right after the 250 could not lose it).
+            let now = std::fs::read_to_string(&complainers).unwrap_or_default();
+            assert!(now.contains("complainer@mailbox-provider.example"), "{now:?}");
+        }
     }
     let f = relay.wait_rows("f", 3, Duration::from_secs(10));
     let row = |rcpt: &str| f.iter().find(|r| r["rcpt"] == rcpt).unwrap_or_else(|| panic!("{rcpt} in {f:?}"));
@@ -92,6 +98,17 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
         "{reply}"
     );
     assert!(t.cmd("RCPT TO:<someone-else@mailbox-provider.example>").starts_with("250"));
+    drop(t);
+    // A complaint that cannot be written down is not acknowledged: the reporter gets 451 and
+    // sends it again later (here the file has become a directory).
+    std::fs::remove_file(&complainers).unwrap();
+    std::fs::create_dir(&complainers).unwrap();
+    let again = send(&relay, &fixture("arf/redacted-provider-style.eml"));
+    assert!(again.starts_with("refused") && again.contains("451"), "{again}");
+    std::fs::remove_dir(&complainers).unwrap();
+    std::fs::write(&complainers, "").unwrap();
+    assert_eq!(send(&relay, &fixture("arf/redacted-provider-style.eml")), "sent");
+    assert!(std::fs::read_to_string(&complainers).unwrap().contains("redacted@mailbox-provider.example"));
 }
 
 #[test]

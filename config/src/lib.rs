@@ -729,6 +729,9 @@ pub struct Config {
     pub acct_files: Vec<AcctFile>,
     /// The management API, when `http-mgmt-port` is set.
     pub mgmt: Option<Mgmt>,
+    /// Header fields some accounting file records (`header_NAME` in `record-fields`), each
+    /// once, in the order first named: what every record carries in `Record::headers`.
+    pub acct_headers: Vec<String>,
     pub warnings: Vec<Warning>,
 }
 
@@ -1905,11 +1908,16 @@ impl Builder {
                     };
                     let chosen = fields.get_or_insert_with(Vec::new);
                     for f in list.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-                        if f.starts_with("header_") {
-                            self.config.warnings.push(Warning {
-                                span: span.clone(),
-                                message: format!("accounting field `{f}` is not recorded yet; ignored"),
-                            });
+                        if let Some(name) = f.strip_prefix("header_") {
+                            // RFC 5322 §3.6.8: a field name is printable ASCII but the colon.
+                            if name.is_empty() || !name.bytes().all(|b| (33..=126).contains(&b) && b != b':') {
+                                return Err(ConfigError::at(
+                                    span,
+                                    format!("`{f}` does not name a header field"),
+                                    "write e.g. `header_Subject` or `header_List-Id`",
+                                ));
+                            }
+                            chosen.push(f.to_string());
                         } else if f == "*" || ACCT_FIELDS.contains(&f) {
                             chosen.push(f.to_string());
                         } else {
@@ -1976,6 +1984,7 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             pool_domain_keys: HashMap::new(),
             acct_files: Vec::new(),
             mgmt: None,
+            acct_headers: Vec::new(),
             vmtas: HashMap::new(),
             pattern_lists: HashMap::new(),
             bounce_patterns: std::sync::Arc::new(Vec::new()),
@@ -1991,6 +2000,13 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
         mgmt_key: None,
     };
     b.global(&nodes)?;
+    for f in b.config.acct_files.iter().flat_map(|a| a.fields.iter().flatten()) {
+        if let Some(name) = f.strip_prefix("header_") {
+            if !b.config.acct_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                b.config.acct_headers.push(name.to_string());
+            }
+        }
+    }
     if let Some(m) = &mut b.config.mgmt {
         m.access = std::mem::take(&mut b.mgmt_access);
         m.api_key = b.mgmt_key.take();

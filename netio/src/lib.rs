@@ -28,8 +28,10 @@ pub enum ControlRequest {
     Resolve { shard: u32, domain: String, static_hosts: Option<Vec<Vec<HostPort>>> },
     /// Accounting records to append.
     Acct(Vec<Record>),
-    /// Append a complaining recipient to an `auto-suppress-list`'s file (and fsync it).
-    SuppressAdd { path: std::path::PathBuf, address: String },
+    /// Append a complaining recipient to an `auto-suppress-list`'s file (and fsync it); with
+    /// `waiting`, the report's session (shard, slot, generation) gets its reply once it is
+    /// durable (`Responder::report_stored`).
+    SuppressAdd { path: std::path::PathBuf, address: String, waiting: Option<(u32, u32, u16)> },
     /// Authentication checks (SPF, DKIM, DMARC, ARC) and ARC sealing of a message before it
     /// is spooled; answered with `ShardMsg::Verified`. The data travels and comes back.
     Verify(Box<VerifyRequest>),
@@ -284,6 +286,14 @@ impl Responder {
             shard,
             "shard mailbox full for 1s; a checked message was dropped (its client gets no reply and retries)"
         );
+    }
+
+    /// A complaint's suppression entry is on disk (`ok`) or could not be written: the report's
+    /// session gets 250 or 451.
+    pub fn report_stored(&self, shard: u32, slot: u32, gen: u16, ok: bool) {
+        if self.send(shard, ShardMsg::ReportStored { slot, gen, ok }).is_err() {
+            tracing::error!(shard, "shard mailbox full for 1s; a report's client gets no reply and retries");
+        }
     }
 
     /// `rollup`: the domain whose queue this one's mail joins (MX rollup), if not its own.

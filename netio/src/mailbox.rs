@@ -62,6 +62,12 @@ pub enum ShardMsg {
     },
     /// An operator's command; the answer goes on the channel, tagged with the shard.
     Admin(crate::admin::AdminCmd, crossbeam_channel::Sender<crate::admin::AdminReply>),
+    /// A complaint report's suppression entry is durable (or failed): reply to its session.
+    ReportStored {
+        slot: u32,
+        gen: u16,
+        ok: bool,
+    },
     /// A reloaded configuration to put in force.
     Reload(Arc<crate::Shared>),
     /// A message injected over HTTP.

@@ -16,7 +16,7 @@ use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, QueueAction, Recipient
 use sluice_engine::shape::gcra::{GcraCell, Limit};
 use sluice_engine::smtp::addr::domain_of;
 use sluice_engine::smtp::client::{Client, ClientEvent, TlsMode, END_OF_DATA};
-use sluice_engine::smtp::headers::take_header;
+use sluice_engine::smtp::headers::{header_value, take_header};
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
@@ -212,6 +212,8 @@ struct Inbound {
     tls_pending: Vec<u8>,
     /// A message out for authentication checks (its data is with the control plane).
     verifying: Option<Box<(sluice_engine::smtp::server::Message, String)>>,
+    /// A complaint report whose suppression entry is being written: the reply waits for it.
+    reporting: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -763,6 +765,7 @@ impl Shard {
             plain_len: 0,
             tls_pending: Vec::new(),
             verifying: None,
+            reporting: false,
         };
         match self.alloc(fd, Kind::In(inbound)) {
             Some(slot) => self.in_drive(slot),
@@ -940,7 +943,7 @@ impl Shard {
         }
         let closing = inb.session.is_closing();
         let in_data = inb.session.is_in_data();
-        let storing = inb.store.is_some() || inb.verifying.is_some();
+        let storing = inb.store.is_some() || inb.verifying.is_some() || inb.reporting;
         if conn.out_off < conn.out.len() {
             return self.submit_send(slot);
         }
@@ -1008,6 +1011,7 @@ impl Shard {
             None // the common case: no Arc traffic per message
         };
         let processors = shared.as_ref().map(|s| [(&s.feedback, true), (&s.bounces, false)]);
+        let mut suppress_add = None;
         for (processor, feedback) in processors.into_iter().flatten() {
             let shared = shared.as_ref().expect("processors come from it");
             let Some(p) = processor else { continue };
@@ -1019,7 +1023,10 @@ impl Shard {
             m.recipients = rest;
             let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
             let records = if feedback {
-                feedback_records(shared, p, &text, now)
+                feedback_records(shared, p, &text, now).map(|(records, add)| {
+                    suppress_add = add;
+                    records
+                })
             } else {
                 bounce_records(shared, &text, &reports[0], now)
             };
@@ -1030,6 +1037,25 @@ impl Shard {
                 }
                 None if p.deliver_unmatched => m.recipients.extend(reports),
                 None => tracing::info!(shard = self.id, from = %m.mail_from, feedback, "not a report; dropped"),
+            }
+        }
+        if let Some((path, address)) = suppress_add {
+            // The complainer goes into the list's file before the report is acknowledged: a
+            // crash never loses a complaint that was answered 250.
+            let waiting = m.recipients.is_empty().then_some((self.id, slot, gen));
+            match self.shared.core.control.try_send(ControlRequest::SuppressAdd { path, address, waiting }) {
+                Ok(()) if waiting.is_some() => {
+                    inb.reporting = true;
+                    return;
+                }
+                Ok(()) => {}
+                Err(_) if waiting.is_some() => {
+                    inb.session.message_refused("451 4.3.0 Cannot record the complaint now, try again later");
+                    return;
+                }
+                Err(_) => {
+                    tracing::error!(shard = self.id, "control plane busy: complainer not added to the suppression file")
+                }
             }
         }
         if m.recipients.is_empty() {
@@ -1059,6 +1085,24 @@ impl Shard {
             return;
         }
         self.spool_message(slot, m, vmta, String::new(), now);
+    }
+
+    /// A complaint's suppression entry is on disk (or could not be written): the report's
+    /// session gets its reply.
+    fn on_report_stored(&mut self, slot: u32, gen: u16, ok: bool) {
+        let Some(conn) = self.conns.get_mut(slot as usize).and_then(|c| c.as_mut()).filter(|c| c.gen == gen) else {
+            return;
+        };
+        let Kind::In(inb) = &mut conn.kind else { return };
+        if !std::mem::take(&mut inb.reporting) {
+            return;
+        }
+        if ok {
+            inb.session.message_stored(true, "report");
+        } else {
+            inb.session.message_refused("451 4.3.0 Cannot record the complaint now, try again later");
+        }
+        self.in_drive(slot);
     }
 
     /// The authentication checks are done: their headers go on top, then the message is
@@ -1288,6 +1332,7 @@ impl Shard {
         ShardStats::add(&stats.msgs_in, 1);
         ShardStats::add(&stats.rcpts_in, store.recipients.len() as u64);
         ShardStats::add(&stats.bytes_in, size);
+        let headers = acct_header_values(&self.shared.config, &store.data);
         for rcpt in &store.recipients {
             if self.acct.len() < ACCT_PENDING_MAX {
                 let received = sluice_engine::acct::Received {
@@ -1299,7 +1344,9 @@ impl Shard {
                     auth_results: &store.auth_results,
                     job_id: &store.job_id,
                 };
-                self.acct.push(Record::received(store.queued_unix_ms, rcpt, &received));
+                let mut r = Record::received(store.queued_unix_ms, rcpt, &received);
+                r.headers.clone_from(&headers);
+                self.acct.push(r);
             }
         }
     }
@@ -1468,6 +1515,7 @@ impl Shard {
                     let _ = reply.send(answer);
                 }
                 ShardMsg::Reload(shared) => self.reload(shared),
+                ShardMsg::ReportStored { slot, gen, ok } => self.on_report_stored(slot, gen, ok),
                 ShardMsg::Inject(injection) => self.inject(*injection),
             }
         }
@@ -1655,7 +1703,12 @@ impl Shard {
         self.queue_events(domain, now);
         let mut dsn_wanted = None;
         let mut failed = Vec::new();
-        for (rcpt, fate, record) in outcomes {
+        let headers = match self.shared.config.acct_headers.is_empty() {
+            true => Vec::new(),
+            false => acct_header_values(&self.shared.config, msg.segment.message(msg.offset).data),
+        };
+        for (rcpt, fate, mut record) in outcomes {
+            record.headers.clone_from(&headers);
             if fate == Fate::Final {
                 let o = Outcome {
                     seg_shard: msg.segment.shard,
@@ -1838,8 +1891,15 @@ impl Shard {
         let reply = Reply::new(550, "5.0.0 deleted by an operator");
         let mut n = 0;
         for (domain, vmta, job) in jobs {
+            let headers = match self.shared.config.acct_headers.is_empty() {
+                true => Vec::new(),
+                false => acct_header_values(&self.shared.config, job.msg.segment.message(job.msg.offset).data),
+            };
             let (_, st) = self.queue_for(&domain, &vmta);
-            let records = st.q.deleted_records(&job, &reply, now);
+            let mut records = st.q.deleted_records(&job, &reply, now);
+            for r in &mut records {
+                r.headers.clone_from(&headers);
+            }
             for rcpt in &job.rcpts {
                 let o = Outcome {
                     seg_shard: job.msg.segment.shard,
@@ -2799,6 +2859,11 @@ impl Shard {
     }
 }
 
+/// The `header_NAME` accounting columns' values for a message (none when no file asks).
+fn acct_header_values(config: &sluice_config::Config, data: &[u8]) -> Vec<String> {
+    config.acct_headers.iter().map(|h| header_value(data, h).unwrap_or_default()).collect()
+}
+
 /// `smtp-hosts` whose hosts are all IP literals need no DNS.
 fn literal_hops(levels: &[Vec<sluice_config::HostPort>]) -> Option<Vec<Vec<Hop>>> {
     levels
@@ -2860,19 +2925,23 @@ fn tls_decrypt<D>(
 
 /// A feedback report's `f` record (None: not a report); the complainer goes to the
 /// auto-suppress list's file through the control plane.
-fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &str, now: u64) -> Option<Vec<Record>> {
+/// A complaint's `f` record, and the suppression file entry to make durable (the
+/// `auto-suppress-list`'s file and the complainer), if any.
+type FeedbackOutcome = (Vec<Record>, Option<(PathBuf, String)>);
+
+fn feedback_records(
+    shared: &Shared,
+    p: &crate::suppress::FeedbackLoop,
+    text: &str,
+    now: u64,
+) -> Option<FeedbackOutcome> {
     let f = sluice_engine::feedback::parse(text)?;
     tracing::info!(rcpt = %f.rcpt, kind = %f.feedback_type, "feedback report");
     if let (Some(list), false) = (p.auto_suppress_list.as_ref().and_then(|n| shared.lists.get(n)), f.rcpt.is_empty()) {
         list.add(&f.rcpt); // refused from now on, on every shard
     }
-    if let (Some(path), false) = (&p.auto_suppress, f.rcpt.is_empty()) {
-        let req = ControlRequest::SuppressAdd { path: path.clone(), address: f.rcpt.clone() };
-        if shared.core.control.try_send(req).is_err() {
-            tracing::error!(rcpt = %f.rcpt, "control plane busy: complainer not added to the suppression file");
-        }
-    }
-    Some(vec![Record::feedback(now, &f)])
+    let add = p.auto_suppress.clone().filter(|_| !f.rcpt.is_empty()).map(|path| (path, f.rcpt.clone()));
+    Some((vec![Record::feedback(now, &f)], add))
 }
 
 /// An asynchronous bounce's `rb` records, one per failed recipient, with their category

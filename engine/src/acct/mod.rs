@@ -68,15 +68,26 @@ pub struct Record {
     pub user_agent: String,
     pub reporting_mta: String,
     pub source_ip: String,
+    /// `header_NAME` columns: the message's header values, in the order of
+    /// `Config::acct_headers` (empty when no accounting file asks for one).
+    pub headers: Vec<String>,
 }
 
 pub fn header_line() -> String {
-    header_line_of(&(0..COLUMNS.len()).collect::<Vec<_>>())
+    header_line_of(&(0..COLUMNS.len()).collect::<Vec<_>>(), &[])
 }
 
-/// The header line for a selection of columns (indexes into `COLUMNS`).
-pub fn header_line_of(columns: &[usize]) -> String {
-    let mut s = columns.iter().map(|&c| COLUMNS[c]).collect::<Vec<_>>().join(",");
+/// The header line for a selection of columns: indexes into `COLUMNS`, and past them into
+/// `headers`, the names of the `header_NAME` columns (`Config::acct_headers`).
+pub fn header_line_of(columns: &[usize], headers: &[String]) -> String {
+    let names: Vec<String> = columns
+        .iter()
+        .map(|&c| match COLUMNS.get(c) {
+            Some(name) => name.to_string(),
+            None => format!("header_{}", headers.get(c - COLUMNS.len()).map_or("", String::as_str)),
+        })
+        .collect();
+    let mut s = names.join(",");
     s.push('\n');
     s
 }
@@ -200,6 +211,7 @@ impl Record {
             user_agent: String::new(),
             reporting_mta: String::new(),
             source_ip: String::new(),
+            headers: Vec::new(),
         }
     }
 
@@ -250,7 +262,10 @@ impl Record {
             if i > 0 {
                 out.push(',');
             }
-            push_field(&mut out, fields[c]);
+            match fields.get(c) {
+                Some(f) => push_field(&mut out, f),
+                None => push_field(&mut out, self.headers.get(c - fields.len()).map_or("", String::as_str)),
+            }
         }
         out.push('\n');
         out
@@ -292,6 +307,7 @@ mod tests {
             user_agent: "".into(),
             reporting_mta: "".into(),
             source_ip: "".into(),
+            headers: Vec::new(),
         };
         let line = r.csv_line();
         assert!(line.starts_with("b,1970-01-01 00:00:00+0000,1970-01-01 00:00:00+0000,a@b,c@d,,failed,"), "{line}");

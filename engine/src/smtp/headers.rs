@@ -7,8 +7,26 @@ pub const HEADER_SECTION_BYTES_MAX: usize = 256 * 1024;
 /// The unfolded value of the first `name:` field in the header section, removing every
 /// `name:` field when `remove` is set.
 pub fn take_header(data: &mut Vec<u8>, name: &str, remove: bool) -> Option<String> {
+    let value = header_value(data, name);
+    if remove {
+        // Later occurrences go too; the first one's value is the answer.
+        while let Some((at, field_end)) = header_section_end(data).and_then(|end| find_field(data, end, name)) {
+            data.drain(at..field_end);
+        }
+    }
+    value
+}
+
+/// The unfolded value of the first `name:` field in the header section.
+pub fn header_value(data: &[u8], name: &str) -> Option<String> {
     let end = header_section_end(data)?;
-    let mut value = None;
+    let (at, field_end) = find_field(data, end, name)?;
+    let raw = String::from_utf8_lossy(&data[at + name.len() + 1..field_end]);
+    Some(raw.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+/// The first `name:` field before `end`: its start and its end (past continuation lines).
+fn find_field(data: &[u8], end: usize, name: &str) -> Option<(usize, usize)> {
     let mut at = 0;
     while at < end {
         let field_end = field_end(data, at, end);
@@ -17,20 +35,11 @@ pub fn take_header(data: &mut Vec<u8>, name: &str, remove: bool) -> Option<Strin
             && field[name.len()] == b':'
             && field[..name.len()].eq_ignore_ascii_case(name.as_bytes());
         if matches {
-            if value.is_none() {
-                let raw = String::from_utf8_lossy(&field[name.len() + 1..]);
-                value = Some(raw.split_whitespace().collect::<Vec<_>>().join(" "));
-            }
-            if remove {
-                data.drain(at..field_end);
-                // Later occurrences go too; the first one's value is the answer.
-                take_header(data, name, true);
-                return value;
-            }
+            return Some((at, field_end));
         }
         at = field_end;
     }
-    value
+    None
 }
 
 /// Offset of the blank line that ends the header section (the header bytes are before it).
@@ -64,6 +73,8 @@ mod tests {
     fn finds_and_removes_folded_fields_case_insensitively() {
         let mut m = b"Received: x\r\nX-Virtual-MTA: mta1\r\nSubject: a\r\n b\r\nx-virtual-mta: second\r\n\r\nX-Virtual-MTA: body\r\n".to_vec();
         assert_eq!(take_header(&mut m.clone(), "subject", false).as_deref(), Some("a b"));
+        assert_eq!(header_value(&m, "SUBJECT").as_deref(), Some("a b"));
+        assert_eq!(header_value(&m, "missing"), None);
         assert_eq!(take_header(&mut m, "x-virtual-mta", true).as_deref(), Some("mta1"));
         assert_eq!(
             m,
