@@ -701,6 +701,11 @@ pub struct Config {
     pub source_ip_limits: HashMap<IpAddr, SourceIpLimits>,
     pub smtp_command_timeout: Duration,
     pub smtp_data_timeout: Duration,
+    /// `startup-delivery-delay`: after start, mail is accepted but not delivered for this long.
+    pub startup_delivery_delay: Duration,
+    /// `startup-ramp`: after the delay, connection and rate limits grow from
+    /// `STARTUP_RAMP_FLOOR` of their value to all of it over this long.
+    pub startup_ramp: Duration,
     sources: Vec<SourceRule>,
     /// `<source {NAME}>` blocks.
     named_sources: HashMap<String, SourcePolicy>,
@@ -735,7 +740,39 @@ pub struct Config {
     pub warnings: Vec<Warning>,
 }
 
+/// Where `startup-ramp` starts: this share of every connection and rate limit.
+pub const STARTUP_RAMP_FLOOR: f64 = 0.1;
+
+/// Where a process is in its start-up (`startup-delivery-delay`, `startup-ramp`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Startup {
+    /// Accepting, not delivering yet; this many ms left.
+    Delaying {
+        left_ms: u64,
+    },
+    /// Delivering with limits at this share of their value.
+    Ramping {
+        share: f64,
+    },
+    Running,
+}
+
 impl Config {
+    /// The start-up phase `elapsed_ms` after start.
+    pub fn startup(&self, elapsed_ms: u64) -> Startup {
+        let delay = self.startup_delivery_delay.as_millis() as u64;
+        let ramp = self.startup_ramp.as_millis() as u64;
+        if elapsed_ms < delay {
+            return Startup::Delaying { left_ms: delay - elapsed_ms };
+        }
+        let into = elapsed_ms - delay;
+        if into < ramp {
+            let share = STARTUP_RAMP_FLOOR + (1.0 - STARTUP_RAMP_FLOOR) * into as f64 / ramp as f64;
+            return Startup::Ramping { share };
+        }
+        Startup::Running
+    }
+
     /// The policy for a client address: longest-prefix `<source>` wins; none → defaults.
     /// A named `<source {NAME}>` (the policies of authenticated sessions).
     pub fn named_source(&self, name: &str) -> Option<&SourcePolicy> {
@@ -923,6 +960,8 @@ const GLOBAL: &[&str] = &[
     "http-mgmt-port",
     "http-access",
     "http-api-key",
+    "startup-delivery-delay",
+    "startup-ramp",
 ];
 const SOURCE: &[&str] = &[
     "always-allow-relaying",
@@ -1221,6 +1260,10 @@ impl Builder {
                 c.dns_server = Some(addr);
             }
             "total-max-smtp-in" => c.total_max_smtp_in = value(span, count(one_arg(name, args, span)?))?,
+            "startup-delivery-delay" => {
+                c.startup_delivery_delay = value(span, units::parse_duration(one_arg(name, args, span)?))?
+            }
+            "startup-ramp" => c.startup_ramp = value(span, units::parse_duration(one_arg(name, args, span)?))?,
             "source-ip-max-msg-rate" | "source-ip-max-connect-rate" | "source-ip-max-smtp-out" => {
                 let [ip, limit] = args else {
                     return Err(ConfigError::at(
@@ -1971,6 +2014,8 @@ pub fn load(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Result<
             source_ip_limits: HashMap::new(),
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),
+            startup_delivery_delay: Duration::ZERO,
+            startup_ramp: Duration::ZERO,
             sources: Vec::new(),
             named_sources: HashMap::new(),
             smtp_users: HashMap::new(),

@@ -324,7 +324,15 @@ impl Runtime {
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let shards = config.shards.unwrap_or(cores.len().max(1)) as u32;
         let spool = config.spool_dir.clone();
+        let recovery_started = std::time::Instant::now();
         let recovered = store::recover(&spool).map_err(|e| StartError::Spool(spool.clone(), e))?;
+        if !recovered.messages.is_empty() {
+            tracing::info!(
+                messages = recovered.messages.len(),
+                ms = recovery_started.elapsed().as_millis() as u64,
+                "spool recovered: queued messages found"
+            );
+        }
         if recovered.torn_records > 0 {
             tracing::info!(torn = recovered.torn_records, "spool recovery skipped torn (never acknowledged) records");
         }

@@ -1575,7 +1575,14 @@ impl Shard {
         if self.stopping_since_ms.is_some() {
             return;
         }
+        let startup = self.shared.config.startup(now.saturating_sub(self.shared.core.started_unix_ms));
         let Some(st) = self.queues.get_mut(domain) else { return };
+        match startup {
+            // `startup-delivery-delay`: mail waits; the tick pumps again.
+            sluice_config::Startup::Delaying { .. } => return,
+            sluice_config::Startup::Ramping { share } => st.q.set_ramp(share),
+            sluice_config::Startup::Running => st.q.set_ramp(1.0),
+        }
         st.q.promote_due(now);
         loop {
             let Some(st) = self.queues.get_mut(domain) else { return };
@@ -2142,7 +2149,7 @@ impl Shard {
         let Some(st) = self.queues.get(key) else { return false };
         let rate = match grant {
             Grant::Message => st.q.msg_rate(), // backoff-max-msg-rate while backing off
-            Grant::Connect => st.q.settings.max_connect_rate,
+            Grant::Connect => st.q.connect_rate(),
         };
         if let Some(rate) = rate {
             // Looked up by &str first: no allocation per grant on the hot path.

@@ -241,11 +241,27 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
     let mut journals: Vec<(PathBuf, u32, u64, Vec<Outcome>)> = Vec::new();
     let mut next_seq: HashMap<u32, u64> = HashMap::new();
     let mut torn_records = 0;
+    // Progress for the log: a large backlog takes a while to scan.
+    let started = std::time::Instant::now();
+    let mut reported = started;
+    let mut files_done = 0usize;
+    let mut bytes_done = 0u64;
+    let mut dirs = Vec::new();
     for entry in fs::read_dir(spool)? {
         let entry = entry?;
         let Some(dir_shard) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        for file in fs::read_dir(entry.path())? {
-            let path = file?.path();
+        let files: Vec<PathBuf> =
+            fs::read_dir(entry.path())?.map(|f| f.map(|f| f.path())).collect::<io::Result<_>>()?;
+        dirs.push((dir_shard, files));
+    }
+    let files_total: usize = dirs.iter().map(|(_, f)| f.len()).sum();
+    for (dir_shard, files) in dirs {
+        for path in files {
+            files_done += 1;
+            if reported.elapsed() >= std::time::Duration::from_secs(2) {
+                reported = std::time::Instant::now();
+                tracing::info!(files_done, files_total, mib = bytes_done >> 20, "spool recovery in progress");
+            }
             let Some(seq) = path.file_stem().and_then(|s| s.to_str()).and_then(|s| u64::from_str_radix(s, 16).ok())
             else {
                 continue;
@@ -253,6 +269,7 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
             let next = next_seq.entry(dir_shard).or_insert(1);
             *next = (*next).max(seq + 1);
             let bytes = fs::read(&path)?;
+            bytes_done += bytes.len() as u64;
             match path.extension().and_then(|e| e.to_str()) {
                 Some("seg") => match recover::scan_segment(&bytes)
                     .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?

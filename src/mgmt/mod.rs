@@ -413,6 +413,19 @@ fn spool_use(dir: &std::path::Path) -> (u64, u64) {
     (bytes, files)
 }
 
+/// `startup-delivery-delay` and `startup-ramp`: where the daemon is in its start.
+fn startup_json(config: &sluice_config::Config, elapsed_ms: u64, recovered: usize) -> Value {
+    match config.startup(elapsed_ms) {
+        sluice_config::Startup::Delaying { left_ms } => {
+            json!({ "state": "delaying", "deliveryStartsInS": left_ms.div_ceil(1000), "recoveredMessages": recovered })
+        }
+        sluice_config::Startup::Ramping { share } => {
+            json!({ "state": "ramping", "limitsPercent": (share * 100.0).round() as u64, "recoveredMessages": recovered })
+        }
+        sluice_config::Startup::Running => json!({ "state": "running", "recoveredMessages": recovered }),
+    }
+}
+
 pub fn status_json(api: &Api) -> Result<Value, Response> {
     let snap = snapshot(api)?;
     let now = now_ms();
@@ -434,7 +447,7 @@ pub fn status_json(api: &Api) -> Result<Value, Response> {
         "version": env!("CARGO_PKG_VERSION"),
         "hostName": config.host_name,
         "uptimeS": now.saturating_sub(api.responder.started_unix_ms()) / 1000,
-        "startup": { "state": "running", "recoveredMessages": api.recovered_messages },
+        "startup": startup_json(&config, now.saturating_sub(api.responder.started_unix_ms()), api.recovered_messages),
         "shards": api.responder.shards(),
         "traffic": { "total": traffic(totals), "lastHr": traffic(last_hr), "lastMin": traffic(last_min) },
         "conn": { "smtpIn": api.responder.inbound_connections(), "smtpOut": snap.conns_out },

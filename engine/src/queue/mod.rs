@@ -97,6 +97,8 @@ pub struct Queue<M> {
     paused: bool,
     /// The last reply that did not deliver, for the operator (status, `/queueDetail`).
     pub last_error: Option<String>,
+    /// `startup-ramp`: the share of its connection and rate limits the queue may use now.
+    ramp: f64,
 }
 
 /// What a queue holds, for status pages: jobs, recipients, bytes, the oldest arrival.
@@ -152,7 +154,29 @@ impl<M> Queue<M> {
             events: Vec::new(),
             paused: false,
             last_error: None,
+            ramp: 1.0,
         }
+    }
+
+    /// `startup-ramp`: limits apply at `share` (0..=1) of their value; at least 1 each.
+    pub fn set_ramp(&mut self, share: f64) {
+        self.ramp = share.clamp(0.0, 1.0);
+    }
+
+    fn ramped(&self, n: u32) -> u32 {
+        if self.ramp >= 1.0 {
+            return n;
+        }
+        ((n as f64 * self.ramp).ceil() as u32).max(1)
+    }
+
+    fn ramped_rate(&self, r: Rate) -> Rate {
+        Rate { count: self.ramped(r.count), period: r.period }
+    }
+
+    /// `max-connect-rate`, ramped at start-up.
+    pub fn connect_rate(&self) -> Option<Rate> {
+        self.settings.max_connect_rate.map(|r| self.ramped_rate(r))
     }
 
     pub fn paused(&self) -> bool {
@@ -259,15 +283,19 @@ impl<M> Queue<M> {
 
     /// `max-smtp-out`, or `backoff-max-smtp-out` while backing off.
     pub fn max_smtp_out(&self) -> u32 {
-        match self.mode {
+        self.ramped(match self.mode {
             Mode::Backoff { .. } => self.settings.backoff_max_smtp_out.unwrap_or(self.settings.max_smtp_out),
             Mode::Normal => self.settings.max_smtp_out,
-        }
+        })
     }
 
     /// `max-msg-rate`, or `backoff-max-msg-rate` while backing off; with `adaptive-rate`,
     /// the adaptive rate (never above `max-msg-rate`).
     pub fn msg_rate(&self) -> Option<Rate> {
+        self.unramped_msg_rate().map(|r| self.ramped_rate(r))
+    }
+
+    fn unramped_msg_rate(&self) -> Option<Rate> {
         let configured = match self.mode {
             Mode::Backoff { .. } => self.settings.backoff_max_msg_rate.or(self.settings.max_msg_rate),
             Mode::Normal => self.settings.max_msg_rate,

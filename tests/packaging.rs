@@ -1,0 +1,51 @@
+//! What ships for operators: the example production configuration is valid (every directive
+//! read, no warning), and the systemd unit's commands are ones this binary runs with it.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn packaged(name: &str) -> String {
+    std::fs::read_to_string(format!("{}/packaging/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// The example configuration with its /etc paths pointing at files in `dir`.
+fn example_config(dir: &TempDir) -> std::path::PathBuf {
+    for f in ["unsubscribed.txt", "complainers.txt"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    let text = packaged("sluice.conf").replace("/etc/sluice/suppress/", &format!("{}/", dir.path().display()));
+    let path = dir.path().join("sluice.conf");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn example_production_config_is_valid_and_fully_read() {
+    let dir = TempDir::new("pkg");
+    let conf = example_config(&dir);
+    let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&conf));
+    assert_eq!((code, out.as_str()), (0, "ok\n"), "no error and no warning: {out}");
+}
+
+#[test]
+fn systemd_unit_runs_this_binary_with_the_example_config() {
+    let unit = packaged("sluice.service");
+    let line = |key: &str| {
+        unit.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_else(|| panic!("{key} in the unit"))
+    };
+    let dir = TempDir::new("pkg");
+    let conf = example_config(&dir);
+    // ExecStartPre: the configuration check, as the unit runs it.
+    let pre: Vec<&str> = line("ExecStartPre").split_whitespace().collect();
+    assert_eq!(pre[..3], ["/usr/local/bin/sluice", "check-config", "-c"]);
+    let (code, out) = run(Command::new(BIN).args(&pre[1..3]).arg(&conf));
+    assert_eq!(code, 0, "{out}");
+    let start: Vec<&str> = line("ExecStart").split_whitespace().collect();
+    assert_eq!(start[..3], ["/usr/local/bin/sluice", "run", "-c"]);
+    assert_eq!(pre[3], start[3], "both read the same file");
+    assert_eq!(line("ExecReload"), "/bin/kill -HUP $MAINPID", "SIGHUP reloads (tests/mgmt_api.rs)");
+    assert_eq!(line("KillSignal"), "SIGTERM", "SIGTERM is the clean stop (tests/shutdown_sigterm.rs)");
+    assert!(unit.contains("ReadWritePaths=/var/spool/sluice"), "the spool is writable");
+    assert!(packaged("sluice.conf").contains("spool /var/spool/sluice"));
+}
