@@ -34,7 +34,15 @@ sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null && cold=cold || cold="warm (
 start=$(date +%s.%N)
 target/release/sluice run -c "$WORK/sluice.conf" 2>"$WORK/log" &
 pid=$!
-until curl -sf "127.0.0.1:$API/status" -o "$WORK/status.json" 2>/dev/null; do sleep 0.05; done
+# While the spool is recovered, /status says "recovering" with the files done so far.
+seen_recovering=no
+while :; do
+    if curl -sf "127.0.0.1:$API/status" -o "$WORK/status.json" 2>/dev/null; then
+        grep -q '"recovering"' "$WORK/status.json" || break
+        seen_recovering="yes ($(grep -o '"filesDone": *[0-9]*' "$WORK/status.json" | grep -o '[0-9]*$') files done at the last look)"
+    fi
+    sleep 0.05
+done
 ready=$(date +%s.%N)
 read -r recovered queued < <(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print(d["startup"]["recoveredMessages"], d["queue"]["rcpt"])' "$WORK/status.json")
 rss=$(awk '/VmRSS/{print $2}' /proc/$pid/status)
@@ -46,6 +54,7 @@ kill -TERM $pid; wait $pid || true
     echo "messages $N cache $cold"
     echo "start_to_api_seconds $(python3 -c "print(round($ready - $start, 2))")"
     echo "recovered_messages $recovered queued_recipients $queued"
+    echo "status_during_recovery $seen_recovering"
     echo "daemon_rss_mib $((rss / 1024)) (heap and stacks $((anon / 1024)), mapped spool $((file / 1024)))"
     cat target/criterion/recovery.txt
 } | tee "$OUT/recovery.txt"

@@ -159,7 +159,13 @@ fn run(path: Option<&Path>) -> ExitCode {
         }
     };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
-    let (runtime, responder) = match sluice_netio::Runtime::start(settings, tx) {
+    // The spool is recovered inside `start`: meanwhile the management port reports progress.
+    let recovered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let interim = mgmt.map(|l| mgmt::serve_recovery(l, config.clone(), recovered.clone()));
+    let started = sluice_netio::Runtime::start(settings, tx);
+    recovered.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mgmt = interim.map(|t| t.join().expect("the recovery status thread does not panic"));
+    let (runtime, responder) = match started {
         Ok(r) => r,
         Err(e) => {
             eprintln!("sluice: {e}");

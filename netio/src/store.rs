@@ -235,6 +235,20 @@ pub fn shard_dir(spool: &Path, shard: u32) -> PathBuf {
 
 /// Scans every shard directory under `spool`, applies the journals, deletes segments with
 /// nothing left to deliver, and returns the rest.
+/// How far the spool recovery of this process has got, for status pages while it runs.
+#[derive(Default)]
+pub struct RecoveryProgress {
+    pub files_total: std::sync::atomic::AtomicU64,
+    pub files_done: std::sync::atomic::AtomicU64,
+    pub bytes_done: std::sync::atomic::AtomicU64,
+}
+
+pub static RECOVERY: RecoveryProgress = RecoveryProgress {
+    files_total: std::sync::atomic::AtomicU64::new(0),
+    files_done: std::sync::atomic::AtomicU64::new(0),
+    bytes_done: std::sync::atomic::AtomicU64::new(0),
+};
+
 pub fn recover(spool: &Path) -> io::Result<Recovered> {
     fs::create_dir_all(spool)?;
     let mut segments: Vec<(Arc<Segment>, recover::ScannedSegment)> = Vec::new();
@@ -255,6 +269,7 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
         dirs.push((dir_shard, files));
     }
     let files_total: usize = dirs.iter().map(|(_, f)| f.len()).sum();
+    RECOVERY.files_total.store(files_total as u64, Ordering::Relaxed);
     for (dir_shard, files) in dirs {
         for path in files {
             files_done += 1;
@@ -270,6 +285,8 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
             *next = (*next).max(seq + 1);
             let bytes = fs::read(&path)?;
             bytes_done += bytes.len() as u64;
+            RECOVERY.files_done.store(files_done as u64, Ordering::Relaxed);
+            RECOVERY.bytes_done.store(bytes_done, Ordering::Relaxed);
             match path.extension().and_then(|e| e.to_str()) {
                 Some("seg") => match recover::scan_segment(&bytes)
                     .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))?

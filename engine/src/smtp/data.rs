@@ -30,11 +30,20 @@ pub struct DataScanner {
     carried: usize,
     pub bare_newline: bool,
     pub long_line: bool,
+    /// A NUL byte in the content (RFC 5322 §3.5 forbids it).
+    pub nul: bool,
 }
 
 impl Default for DataScanner {
     fn default() -> Self {
-        DataScanner { eom: Eom::LineStart, line_bytes: 0, carried: 0, bare_newline: false, long_line: false }
+        DataScanner {
+            eom: Eom::LineStart,
+            line_bytes: 0,
+            carried: 0,
+            bare_newline: false,
+            long_line: false,
+            nul: false,
+        }
     }
 }
 
@@ -84,6 +93,10 @@ impl DataScanner {
                     self.end_line();
                     Eom::BareLineStart
                 }
+                (_, 0) => {
+                    self.nul = true;
+                    Eom::Mid
+                }
                 _ => Eom::Mid,
             };
             if was_pending && !matches!(self.eom, Eom::Dot | Eom::DotCr) && self.carried > 0 {
@@ -93,8 +106,8 @@ impl DataScanner {
                 self.carried = 0;
             }
             if self.eom == Eom::Mid {
-                // Fast path: skip the run of ordinary bytes up to the next CR or LF (SIMD).
-                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                // Fast path: skip the run of ordinary bytes up to the next CR, LF or NUL (SIMD).
+                let run = memchr::memchr3(b'\r', b'\n', 0, &input[i..]).unwrap_or(input.len() - i);
                 i += run;
                 self.line_bytes += run;
             }
@@ -156,5 +169,7 @@ mod tests {
         let long = [vec![b'x'; 1200], b"\r\n.\r\n".to_vec()].concat();
         let (_, _, s) = scan_chunked(&long, 100);
         assert!(s.long_line && !s.bare_newline);
+        let (_, end, s) = scan_chunked(b"a\x00b\r\n\x00.\r\n.\r\n", 3);
+        assert_eq!((end, s.nul, s.bare_newline), (Some(12), true, false), "NUL found, also at a line start");
     }
 }

@@ -59,7 +59,13 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
         let line = &buf[at..at + lf];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         at += lf + 1;
-        if line.len() < 3 || !line[..3].iter().all(u8::is_ascii_digit) {
+        // RFC 5321 §4.2: a reply code is three digits, the first 2-5 (1 is not used in SMTP
+        // but is well formed), the second 0-5.
+        if line.len() < 3
+            || !line[..3].iter().all(u8::is_ascii_digit)
+            || !(b'1'..=b'5').contains(&line[0])
+            || line[1] > b'5'
+        {
             return Err(ReplyError::Malformed);
         }
         let this: u16 = std::str::from_utf8(&line[..3]).expect("digits").parse().expect("digits");
@@ -92,6 +98,9 @@ mod tests {
         assert_eq!(parse_reply(b"250-a\r\n25"), Ok(None));
         assert_eq!(parse_reply(b"250\r\n"), Ok(Some((Reply::new(250, ""), 5))));
         assert_eq!(parse_reply(b"abc\r\n"), Err(ReplyError::Malformed));
+        assert_eq!(parse_reply(b"021 x\r\n"), Err(ReplyError::Malformed), "found by fuzzing: code 21");
+        assert_eq!(parse_reply(b"260 x\r\n"), Err(ReplyError::Malformed), "second digit past 5");
+        assert_eq!(parse_reply(b"699 x\r\n"), Err(ReplyError::Malformed));
         assert_eq!(parse_reply(b"250-a\r\n251 b\r\n"), Err(ReplyError::Malformed));
         assert_eq!(Reply::new(550, "5.1.1 no such user").enhanced(), Some("5.1.1"));
         assert_eq!(Reply::new(550, "no such user").enhanced(), None);

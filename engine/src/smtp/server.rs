@@ -304,6 +304,17 @@ impl Session {
         if line.bytes().any(|b| b == 0 || b == b'\r') {
             return self.error("500 5.5.2 Command contains NUL or bare CR");
         }
+        if !line.is_ascii() {
+            // RFC 5321 §2.4: commands are US-ASCII; an address with 8-bit needs SMTPUTF8
+            // (RFC 6531 §3.5), which is not offered.
+            let address =
+                line.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("MAIL") || v.eq_ignore_ascii_case("RCPT"));
+            return self.error(if address {
+                "553 5.6.7 Non-ASCII address: SMTPUTF8 (RFC 6531) is not offered"
+            } else {
+                "500 5.5.2 Command contains non-ASCII bytes (RFC 5321 2.4)"
+            });
+        }
         let (verb, arg) = match line.find(' ') {
             Some(i) => (&line[..i], line[i + 1..].trim()),
             None => (line, ""),
@@ -496,14 +507,19 @@ impl Session {
     /// End of data: a faulty message is refused and the session goes on; a good one waits
     /// for the spool.
     fn finish_data(&mut self) -> Option<Event> {
-        let (too_big, bare, long) = (self.too_big, self.scanner.bare_newline, self.scanner.long_line);
-        if too_big || bare || long {
+        let (too_big, bare, long, nul) =
+            (self.too_big, self.scanner.bare_newline, self.scanner.long_line, self.scanner.nul);
+        if too_big || bare || long || nul {
             self.reset_transaction();
             self.state = State::Command;
             if too_big {
                 self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
             } else if bare {
                 self.reply("550 5.6.0 Message contains bare CR or LF (RFC 5321 2.3.8); use CRLF line endings");
+            } else if nul {
+                // Never passed on: a receiver that drops NULs could see an end of data in
+                // "CRLF NUL . CRLF" and read the rest as commands (smuggling on the next hop).
+                self.reply("550 5.6.0 Message contains NUL bytes (RFC 5322 3.5)");
             } else {
                 self.reply("550 5.6.0 Message has a line longer than 1000 octets (RFC 5321 4.5.3.1.6)");
             }

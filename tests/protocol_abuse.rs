@@ -1,0 +1,132 @@
+//! Hostile SMTP input against the running relay, each case named by the rule or the published
+//! attack it checks. What must hold: only CRLF.CRLF ends a message (RFC 5321 §4.1.1.4), so no
+//! end-of-data variant can smuggle a second message (SMTP smuggling, SEC Consult 2023,
+//! CVE-2023-51764/51765/51766); a message with bare CR or LF is refused whole (RFC 5321 §2.3.8);
+//! broken commands get 5xx and a client that keeps sending them is disconnected; nothing
+//! refused is queued, recorded or delivered.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+const SMUGGLED: &str = "MAIL FROM:<smuggler@evil.test>\r\nRCPT TO:<victim@sink.test>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled body\r\n";
+
+fn relay_with_sink() -> (Relay, SmtpSink) {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let relay = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        Some(2),
+    );
+    (relay, sink)
+}
+
+/// Opens a session ready for DATA content to `rcpt`.
+fn in_data(relay: &Relay, rcpt: &str) -> Talk {
+    let (mut t, greeting) = Talk::connect(relay.addr());
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(t.cmd("EHLO abuse.test").starts_with("250"));
+    assert!(t.cmd("MAIL FROM:<sender@src.test>").starts_with("250"));
+    assert!(t.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    assert!(t.cmd("DATA").starts_with("354"));
+    t
+}
+
+#[test]
+fn no_end_of_data_variant_smuggles_a_second_message() {
+    let (relay, sink) = relay_with_sink();
+    // Each fake terminator, then a whole second transaction, then the real end (CRLF.CRLF).
+    let variants: &[(&str, &str)] = &[
+        ("\n.\n", "bare LF dot bare LF (Postfix CVE-2023-51764)"),
+        ("\n.\r\n", "bare LF dot CRLF (Sendmail CVE-2023-51765)"),
+        ("\r.\r\n", "bare CR dot CRLF"),
+        ("\r\n.\r", "CRLF dot bare CR (Cisco/Exchange variant)"),
+        ("\r\n.\n", "CRLF dot bare LF (Exim CVE-2023-51766)"),
+        ("\r.\r", "bare CR dot bare CR"),
+        ("\r.\n", "bare CR dot bare LF"),
+        ("\n.\r", "bare LF dot bare CR"),
+        ("\r\n\x00.\r\n", "NUL before the dot"),
+    ];
+    for (i, (fake, name)) in variants.iter().enumerate() {
+        let mut t = in_data(&relay, &format!("carrier{i}@sink.test"));
+        t.send(format!("Subject: carrier {i}\r\n\r\nfirst line{fake}{SMUGGLED}.\r\n").as_bytes());
+        let reply = t.reply();
+        // One reply for the whole input: the message is refused for its bare CR/LF (or NUL);
+        // never a 250 for a smuggled transaction.
+        assert!(reply.starts_with("550 5.6.0") || reply.starts_with("554"), "{name}: {reply}");
+        assert!(!reply.contains("\r\n2"), "{name}: exactly one reply: {reply}");
+        assert!(t.cmd("NOOP").starts_with("250"), "{name}: the session goes on in step");
+        assert!(t.cmd("QUIT").starts_with("221"), "{name}");
+    }
+    // A clean message still goes through on the same relay.
+    let mut t = in_data(&relay, "clean@sink.test");
+    t.send(b"Subject: clean\r\n\r\n.. a stuffed dot line\r\nbody\r\n.\r\n");
+    assert!(t.reply().starts_with("250"));
+    t.cmd("QUIT");
+    relay.wait_rows("d", 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    let received: Vec<String> = relay.rows_of("r").iter().map(|r| r["rcpt"].clone()).collect();
+    assert_eq!(received, vec!["clean@sink.test".to_string()], "nothing refused was queued");
+    let msgs = sink.messages();
+    assert_eq!(msgs.len(), 1);
+    assert!(!msgs[0].contains("smuggled") && msgs[0].contains("\n. a stuffed dot line"), "{}", msgs[0]);
+}
+
+#[test]
+fn broken_commands_get_5xx_and_persistent_offenders_are_disconnected() {
+    let (relay, _sink) = relay_with_sink();
+    let (mut t, _) = Talk::connect(relay.addr());
+    assert!(t.cmd("EHLO abuse.test").starts_with("250"));
+    // RFC 5321 §4.5.3.1.4: a command line is at most 512 octets.
+    let long = format!("MAIL FROM:<{}@src.test>", "a".repeat(2000));
+    assert!(t.cmd(&long).starts_with("500 5.5.2 Line too long"), "over-long command");
+    // NUL and 8-bit bytes in a command (RFC 5321 §2.4: commands are US-ASCII).
+    t.send(b"MAIL FROM:<a\x00b@src.test>\r\n");
+    assert!(t.reply().starts_with("500 5.5.2"), "NUL in a command");
+    t.send("MAIL FROM:<jos\u{e9}@src.test>\r\n".as_bytes());
+    let reply = t.reply();
+    assert!(
+        reply.starts_with("500") || reply.starts_with("501") || reply.starts_with("553"),
+        "8-bit without SMTPUTF8: {reply}"
+    );
+    // The session still works after errors below the limit.
+    assert!(t.cmd("NOOP").starts_with("250"));
+    // An unknown-command flood: 421 and the connection closes (RFC 5321 §4.3.2 permits 421
+    // at any time; the limit is `SESSION_ERRORS_MAX`).
+    let mut last = String::new();
+    for _ in 0..20 {
+        last = t.cmd("XYZZY");
+        if !last.starts_with("500") {
+            break;
+        }
+    }
+    assert!(last.starts_with("421"), "disconnected after an error flood: {last}");
+    assert_eq!(t.rest(), "", "the server closed the connection");
+}
+
+#[test]
+fn pipelined_commands_after_a_refusal_stay_in_step() {
+    let (relay, sink) = relay_with_sink();
+    let (mut t, _) = Talk::connect(relay.addr());
+    assert!(t.cmd("EHLO abuse.test").contains("PIPELINING"));
+    // RFC 2920: a pipelined group whose RCPT is refused; the DATA that follows must get 554
+    // (no valid recipients), and the message text that follows is then read as commands.
+    t.send(b"MAIL FROM:<a@src.test>\r\nRCPT TO:<not an address>\r\nDATA\r\n");
+    assert!(t.reply().starts_with("250"), "MAIL");
+    assert!(t.reply().starts_with("5"), "bad RCPT");
+    let data = t.reply();
+    assert!(data.starts_with("554") || data.starts_with("503"), "DATA without recipients: {data}");
+    // A second, valid pipelined transaction is unaffected.
+    t.send(b"RSET\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<ok@sink.test>\r\nDATA\r\n");
+    assert!(t.reply().starts_with("250"), "RSET");
+    assert!(t.reply().starts_with("250"), "MAIL");
+    assert!(t.reply().starts_with("250"), "RCPT");
+    assert!(t.reply().starts_with("354"), "DATA");
+    t.send(b"Subject: ok\r\n\r\nfine\r\n.\r\n");
+    assert!(t.reply().starts_with("250"));
+    t.cmd("QUIT");
+    relay.wait_rows("d", 1, Duration::from_secs(20));
+    assert_eq!(sink.messages().len(), 1);
+}
