@@ -633,7 +633,12 @@ impl Shard {
         let buf = conn.inbuf[conn.in_len..].as_mut_ptr();
         let len = (conn.inbuf.len() - conn.in_len) as u32;
         conn.op = Some(Op::Recv);
-        conn.deadline_ms = now + timeout_ms;
+        // A partial line waiting for its end keeps the deadline it had: a client trickling a
+        // command byte by byte (slowloris) still has to finish it within the timeout.
+        let partial = conn.in_len > 0 && conn.deadline_ms != u64::MAX && conn.deadline_ms > now;
+        if !partial {
+            conn.deadline_ms = now + timeout_ms;
+        }
         let entry =
             opcode::Recv::new(types::Fd(conn.fd), buf, len).build().user_data(ud(Op::Recv, conn.gen, slot as u64));
         self.push(entry);

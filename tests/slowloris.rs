@@ -1,0 +1,66 @@
+//! Slow and idle clients do not stop service to others (slowloris): hundreds of connections
+//! that trickle a command a byte at a time are cut off with 421 once `smtp-command-timeout`
+//! has passed since their command began (RFC 5321 §4.5.3.2 timeouts apply to the whole
+//! command, not to each byte), while a normal client's mail goes through meanwhile.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const SLOW: usize = 400;
+
+#[test]
+fn tricklers_are_cut_off_and_others_are_served() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], false);
+    let relay = Relay::start(
+        &format!(
+            "smtp-command-timeout 2s\ntotal-max-smtp-in 2000\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        Some(2),
+    );
+    let mut slow: Vec<TcpStream> = (0..SLOW)
+        .map(|_| {
+            let s = TcpStream::connect(relay.addr()).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s
+        })
+        .collect();
+    for s in &mut slow {
+        let mut greeting = [0u8; 512];
+        let n = s.read(&mut greeting).unwrap();
+        assert!(greeting[..n].starts_with(b"220"));
+    }
+    let started = Instant::now();
+    // Trickle a command a byte each 200 ms on every connection for 6 s (never the line
+    // end), while a normal client sends its mail.
+    let line = format!("EHLO {}", "x".repeat(40));
+    let line = line.as_bytes();
+    let mut sent = 0;
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(6) {
+        if sent < line.len() {
+            for s in &mut slow {
+                let _ = s.write_all(&line[sent..sent + 1]);
+            }
+            sent += 1;
+        }
+        if served < 5 {
+            swaks_send(&relay, &format!("normal{served}@sink.test"));
+            served += 1;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(served, 5, "the normal client was served throughout");
+    relay.wait_rows("d", 5, Duration::from_secs(20));
+    // Every trickler got 421 and was closed about 2 s in, though it kept sending a byte
+    // every 200 ms: the reply is already there when the trickling stops.
+    for (i, s) in slow.iter_mut().enumerate() {
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let mut rest = String::new();
+        let _ = s.read_to_string(&mut rest);
+        assert!(rest.starts_with("421 4.4.2"), "trickler {i}: {rest:?}");
+    }
+}
