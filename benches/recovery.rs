@@ -3,7 +3,8 @@
 //! state a relay is in after its destinations were unreachable for an hour. Measured: the
 //! time `recover` takes to scan, verify (CRC) and plan them, and the memory the plan holds.
 //! The figures go to target/criterion/recovery.txt; criterion times a run too.
-//! `SLUICE_RECOVERY_MESSAGES` changes the count.
+//! `SLUICE_RECOVERY_MESSAGES` changes the count, `SLUICE_RECOVERY_DOMAINS` the number of
+//! destination domains of the first recipient (1000; the second is always example.org).
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice_spool::codec::{encode_file_header, encode_message, Envelope, FileHeader, FileKind, FILE_HEADER_BYTES};
@@ -23,7 +24,7 @@ fn rss_kib() -> u64 {
 }
 
 /// Writes `n` messages as segment files under `spool/SHARD/`.
-fn build_spool(spool: &std::path::Path, n: usize) {
+fn build_spool(spool: &std::path::Path, n: usize, domains: usize) {
     let data: Vec<u8> = b"From: news@src.test\r\nTo: list@example.org\r\nSubject: backlog\r\n\r\n"
         .iter()
         .copied()
@@ -41,7 +42,8 @@ fn build_spool(spool: &std::path::Path, n: usize) {
             assert_eq!(seg.len(), FILE_HEADER_BYTES);
             let mut record = Vec::with_capacity(2048);
             while written < n {
-                let rcpts = [format!("a{written}@dest{}.example", written % 1000), format!("b{written}@example.org")];
+                let rcpts =
+                    [format!("a{written}@dest{}.example", written % domains), format!("b{written}@example.org")];
                 let env = Envelope {
                     queued_unix_ms: 1_795_000_000_000,
                     client_ip: "127.0.0.1".parse().unwrap(),
@@ -74,10 +76,11 @@ fn build_spool(spool: &std::path::Path, n: usize) {
 
 fn recovery(c: &mut Criterion) {
     let n: usize = std::env::var("SLUICE_RECOVERY_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let spool = std::env::temp_dir().join(format!("sluice-bench-recovery-{n}"));
+    let domains: usize = std::env::var("SLUICE_RECOVERY_DOMAINS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let spool = std::env::temp_dir().join(format!("sluice-bench-recovery-{n}-{domains}"));
     if !spool.join("done").exists() {
         let _ = std::fs::remove_dir_all(&spool);
-        build_spool(&spool, n);
+        build_spool(&spool, n, domains.max(1));
         std::fs::write(spool.join("done"), "").unwrap();
     }
     let before = rss_kib();

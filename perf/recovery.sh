@@ -7,15 +7,17 @@
 #
 #   perf/recovery.sh                              # 1M messages
 #   SLUICE_RECOVERY_MESSAGES=200000 perf/recovery.sh
+#   SLUICE_RECOVERY_DOMAINS=1 perf/recovery.sh    # every recipient to two domains: the window
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${SLUICE_RECOVERY_MESSAGES:-1000000}
+DOMAINS=${SLUICE_RECOVERY_DOMAINS:-1000}
 OUT=perf/out
 mkdir -p "$OUT"
 # The bench builds the spool once (and times `recover` alone, in process).
-SLUICE_RECOVERY_MESSAGES=$N cargo bench --bench recovery -q -- --quick >/dev/null 2>&1 || cargo bench --bench recovery
+SLUICE_RECOVERY_MESSAGES=$N SLUICE_RECOVERY_DOMAINS=$DOMAINS cargo bench --bench recovery -q -- --quick >/dev/null 2>&1 || cargo bench --bench recovery
 cargo build --release --locked -q
-SPOOL=/tmp/sluice-bench-recovery-$N
+SPOOL=/tmp/sluice-bench-recovery-$N-$DOMAINS
 WORK=$(mktemp -d)
 PORT=${PORT:-2725}
 API=${API:-2726}
@@ -51,7 +53,7 @@ file=$(awk '/RssFile/{print $2}' /proc/$pid/status)
 kill -TERM $pid; wait $pid || true
 {
     echo "date $(date -u +%FT%TZ) commit $(git rev-parse --short HEAD) cpus $(nproc)"
-    echo "messages $N cache $cold"
+    echo "messages $N (first recipients over $DOMAINS domains, second all to example.org) cache $cold"
     echo "start_to_api_seconds $(python3 -c "print(round($ready - $start, 2))")"
     echo "recovered_messages $recovered queued_recipients $queued"
     echo "status_during_recovery $seen_recovering"

@@ -372,11 +372,18 @@ impl Runtime {
         }
         // Recovered work goes to the shard that owns each recipient's domain.
         let recovered_messages = recovered.messages.len();
-        let mut initial: Vec<Vec<shard::Initial>> = (0..shards).map(|_| Vec::new()).collect();
+        // Grouped by queue as they are found: no domain and VMTA strings per job.
+        let mut initial: Vec<shard::Recovered> = (0..shards).map(|_| Default::default()).collect();
         for m in recovered.messages {
-            for (domain, vmta, job) in shard::jobs_for(&m.segment, m.offset, &m.pending, 1) {
+            for (domain, vmta, job) in shard::recovered_jobs(&m.segment, m.offset, &m.pending) {
                 let domain = config.queue_domain(&domain);
-                initial[owner_shard(&domain, shards) as usize].push((domain, vmta, job));
+                let owner = &mut initial[owner_shard(&domain, shards) as usize];
+                match owner.get_mut(&(domain.clone(), vmta.clone())) {
+                    Some(jobs) => jobs.push(job),
+                    None => {
+                        owner.insert((domain, vmta), vec![job]);
+                    }
+                }
             }
         }
         let mut old_journals: Vec<Vec<store::Journal>> = (0..shards).map(|_| Vec::new()).collect();

@@ -21,7 +21,7 @@ use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
 use sluice_spool::{Appender, TicketResult};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -149,15 +149,46 @@ fn job_template(
     }
 }
 
-/// Jobs for a message found in a segment (recovery).
-pub(crate) fn jobs_for(segment: &Arc<Segment>, offset: u64, pending: &[u32], attempts: u32) -> Vec<Initial> {
-    let view = segment.message(offset);
-    let msg = MsgRef { segment: segment.clone(), offset };
+/// A parked job back as a whole one, its addresses read from the spool.
+fn job_of(p: &Parked) -> Job<MsgRef> {
+    let view = p.msg.segment.message(p.msg.offset);
     let env = &view.envelope;
-    let rcpts = pending.iter().map(|&i| (i, env.recipients[i as usize]));
+    let mut job = job_template(p.msg.clone(), env.mail_from, env.queued_unix_ms, p.size, p.attempts, env.job_id);
+    job.rcpts =
+        p.rcpts.iter().map(|&i| Recipient { index: i, address: env.recipients[i as usize].to_string() }).collect();
+    job
+}
+
+/// Work found in the spool at start, by queue (destination domain, VMTA): the jobs as
+/// references (addresses are read back from the segment when a job enters its queue's window).
+pub(crate) type Recovered = HashMap<(String, String), Vec<Parked>>;
+
+/// A recovered message's pending recipients, grouped by destination domain.
+pub(crate) fn recovered_jobs(segment: &Arc<Segment>, offset: u64, pending: &[u32]) -> Vec<(String, String, Parked)> {
+    let view = segment.message(offset);
+    let env = &view.envelope;
     let vmta = if env.vmta.is_empty() { DEFAULT_VMTA } else { env.vmta };
-    let template = job_template(msg, env.mail_from, env.queued_unix_ms, view.data.len() as u64, attempts, env.job_id);
-    group_jobs(&template, vmta, rcpts)
+    let mut by_domain: Vec<(String, Vec<u32>)> = Vec::new();
+    for &i in pending {
+        let domain = domain_of(env.recipients[i as usize]);
+        match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+            Some((_, r)) => r.push(i),
+            None => by_domain.push((domain, vec![i])),
+        }
+    }
+    by_domain
+        .into_iter()
+        .map(|(domain, rcpts)| {
+            let parked = Parked {
+                msg: MsgRef { segment: segment.clone(), offset },
+                rcpts: rcpts.into_boxed_slice(),
+                attempts: 1,
+                size: view.data.len() as u64,
+                queued_unix_ms: env.queued_unix_ms,
+            };
+            (domain, vmta.to_string(), parked)
+        })
+        .collect()
 }
 
 /// An accepted message on its way to disk.
@@ -303,7 +334,26 @@ struct QueueState {
     /// is opened before `connect_backoff_until_ms` (a receiver answering 421 is not hammered).
     connect_failures: u32,
     connect_backoff_until_ms: u64,
+    /// Jobs past the queue's in-memory window (`QUEUE_WINDOW`), in arrival order, as bare
+    /// references into the spool: their addresses are read back from the segment when they
+    /// enter the window.
+    parked: VecDeque<Parked>,
 }
+
+/// A job outside the window: its message in the spool and which of its recipients.
+pub(crate) struct Parked {
+    msg: MsgRef,
+    rcpts: Box<[u32]>,
+    attempts: u32,
+    size: u64,
+    queued_unix_ms: u64,
+}
+
+/// Jobs a queue holds in memory, ready and waiting; more arrivals are parked as references
+/// into the spool (about 80 bytes each instead of a whole job with its addresses) and enter
+/// as the window drains below half. A million-message backlog for one unreachable domain
+/// costs its references, not a million jobs.
+const QUEUE_WINDOW: usize = 10_000;
 
 /// What a queue's pattern list told it to stop using (`skip-mx`, `disable-source-ip`), each
 /// until a monotonic-clock time. Kept apart from the queue state, which comes and goes as the
@@ -403,7 +453,7 @@ impl Shard {
         shards: u32,
         shared: Arc<Shared>,
         listeners: Vec<RawFd>,
-        initial: Vec<Initial>,
+        initial: Recovered,
         old_journals: Vec<Journal>,
         next_seq: u64,
     ) -> std::io::Result<Shard> {
@@ -463,8 +513,16 @@ impl Shard {
         };
         // Segments (.seg) and journals (.jnl) number independently from the first free
         // sequence of this directory; their extensions keep the names apart.
-        for (domain, vmta, job) in initial {
-            shard.enqueue(domain, vmta, job);
+        for ((domain, vmta), jobs) in initial {
+            let (key, st) = shard.queue_for(&domain, &vmta);
+            for parked in jobs {
+                if st.q.jobs() < QUEUE_WINDOW && st.parked.is_empty() {
+                    st.q.push(job_of(&parked));
+                } else {
+                    st.parked.push_back(parked);
+                }
+            }
+            shard.dirty.push(key);
         }
         Ok(shard)
     }
@@ -1544,6 +1602,7 @@ impl Shard {
                 rotation: 0,
                 connect_failures: 0,
                 connect_backoff_until_ms: 0,
+                parked: VecDeque::new(),
             };
             let mut st = st;
             if self.paused_queues.iter().any(|s| s.matches(domain, vmta)) {
@@ -1565,8 +1624,56 @@ impl Shard {
             return self.held.push((domain, vmta, job));
         }
         let (key, st) = self.queue_for(&domain, &vmta);
-        st.q.push(job);
+        if st.q.jobs() >= QUEUE_WINDOW || !st.parked.is_empty() {
+            st.parked.push_back(Parked {
+                rcpts: job.rcpts.iter().map(|r| r.index).collect(),
+                attempts: job.attempts,
+                size: job.size,
+                queued_unix_ms: job.queued_unix_ms,
+                msg: job.msg,
+            });
+        } else {
+            st.q.push(job);
+        }
         self.dirty.push(key);
+    }
+
+    /// Moves parked jobs into the queue's window while it is below half full (a paused job's
+    /// go to the held list instead).
+    fn unpark(&mut self, key: &str) {
+        let Some(st) = self.queues.get_mut(key) else { return };
+        if st.parked.is_empty() || st.q.jobs() >= QUEUE_WINDOW / 2 {
+            return;
+        }
+        let room = QUEUE_WINDOW - st.q.jobs();
+        let (domain, vmta) = (st.q.domain.clone(), st.q.vmta.clone());
+        let mut held = Vec::new();
+        for p in st.parked.drain(..room.min(st.parked.len())) {
+            let job = job_of(&p);
+            if !job.job_id.is_empty() && self.paused_jobs.contains(&job.job_id) {
+                held.push((domain.clone(), vmta.clone(), job));
+            } else {
+                st.q.push(job);
+            }
+        }
+        self.held.extend(held);
+    }
+
+    /// Takes the parked jobs `pred` picks, whole (delete, pause a job).
+    fn take_parked_where(&mut self, key: &str, mut pred: impl FnMut(&Job<MsgRef>) -> bool) -> Vec<Job<MsgRef>> {
+        let Some(st) = self.queues.get_mut(key) else { return Vec::new() };
+        let mut taken = Vec::new();
+        let mut kept = VecDeque::with_capacity(st.parked.len());
+        for p in st.parked.drain(..) {
+            let job = job_of(&p);
+            if pred(&job) {
+                taken.push(job);
+            } else {
+                kept.push_back(p);
+            }
+        }
+        st.parked = kept;
+        taken
     }
 
     fn requeue(&mut self, key: &str, job: Job<MsgRef>) {
@@ -1581,6 +1688,7 @@ impl Shard {
             return;
         }
         let startup = self.shared.config.startup(now.saturating_sub(self.shared.core.started_unix_ms));
+        self.unpark(domain);
         let Some(st) = self.queues.get_mut(domain) else { return };
         match startup {
             // `startup-delivery-delay`: mail waits; the tick pumps again.
@@ -1822,6 +1930,7 @@ impl Shard {
                     let st = self.queues.get_mut(&key).expect("listed");
                     let (d, v) = (st.q.domain.clone(), st.q.vmta.clone());
                     jobs.extend(st.q.take_where(|_| true).into_iter().map(|j| (d.clone(), v.clone(), j)));
+                    jobs.extend(self.take_parked_where(&key, |_| true).into_iter().map(|j| (d.clone(), v.clone(), j)));
                 }
                 let (held, kept): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut self.held).into_iter().partition(|(d, v, _)| sel.matches(d, v));
@@ -1834,9 +1943,12 @@ impl Shard {
             AdminCmd::PauseJob(id) => {
                 self.paused_jobs.insert(id.clone());
                 let mut n = 0;
-                for st in self.queues.values_mut() {
+                let keys: Vec<String> = self.queues.keys().cloned().collect();
+                for key in keys {
+                    let parked = self.take_parked_where(&key, |j| j.job_id == id);
+                    let st = self.queues.get_mut(&key).expect("listed");
                     let (d, v) = (st.q.domain.clone(), st.q.vmta.clone());
-                    for job in st.q.take_where(|j| j.job_id == id) {
+                    for job in st.q.take_where(|j| j.job_id == id).into_iter().chain(parked) {
                         n += job.rcpts.len() as u64;
                         self.held.push((d.clone(), v.clone(), job));
                     }
@@ -1863,9 +1975,13 @@ impl Shard {
                 // back of the job is deleted.
                 self.cancelled_jobs.insert(id.clone(), now + OUT_CONNECT_TIMEOUT_MS + OUT_FINAL_TIMEOUT_MS);
                 let mut jobs = Vec::new();
-                for st in self.queues.values_mut() {
+                let keys: Vec<String> = self.queues.keys().cloned().collect();
+                for key in keys {
+                    let parked = self.take_parked_where(&key, |j| j.job_id == id);
+                    let st = self.queues.get_mut(&key).expect("listed");
                     let (d, v) = (st.q.domain.clone(), st.q.vmta.clone());
-                    jobs.extend(st.q.take_where(|j| j.job_id == id).into_iter().map(|j| (d.clone(), v.clone(), j)));
+                    let taken = st.q.take_where(|j| j.job_id == id).into_iter().chain(parked);
+                    jobs.extend(taken.map(|j| (d.clone(), v.clone(), j)));
                 }
                 let (held, kept): (Vec<_>, Vec<_>) =
                     std::mem::take(&mut self.held).into_iter().partition(|(_, _, j)| j.job_id == id);
@@ -1936,7 +2052,15 @@ impl Shard {
         let mut jobs: HashMap<String, sluice_engine::queue::Contents> = HashMap::new();
         let mut queues = Vec::with_capacity(self.queues.len());
         for st in self.queues.values() {
-            let c = st.q.contents(Some(&mut jobs));
+            let mut c = st.q.contents(Some(&mut jobs));
+            for p in &st.parked {
+                c.jobs += 1;
+                c.rcpts += p.rcpts.len() as u64;
+                c.bytes += p.size * p.rcpts.len() as u64;
+                if c.oldest_unix_ms == 0 || p.queued_unix_ms < c.oldest_unix_ms {
+                    c.oldest_unix_ms = p.queued_unix_ms;
+                }
+            }
             if c.jobs == 0 && st.q.connections == 0 && !st.q.paused() {
                 continue; // emptied; forgotten on the next tick
             }
@@ -2773,14 +2897,22 @@ impl Shard {
         let due: Vec<String> = self
             .queues
             .iter()
-            .filter(|(_, st)| st.q.next_retry_ms().is_some_and(|t| t <= now) || st.q.ready_jobs() > 0)
+            .filter(|(_, st)| {
+                st.q.next_retry_ms().is_some_and(|t| t <= now)
+                    || st.q.ready_jobs() > 0
+                    || (!st.parked.is_empty() && st.q.jobs() < QUEUE_WINDOW / 2)
+            })
             .map(|(d, _)| d.clone())
             .collect();
         self.dirty.extend(due);
         // Forget queues with nothing queued and no connection (a resolution in flight keeps
         // its queue, so the answer has somewhere to land).
-        self.queues
-            .retain(|_, st| !(st.q.is_empty() && st.q.connections == 0 && !matches!(st.hops, HopState::Resolving)));
+        self.queues.retain(|_, st| {
+            !(st.q.is_empty()
+                && st.parked.is_empty()
+                && st.q.connections == 0
+                && !matches!(st.hops, HopState::Resolving))
+        });
         // DSNs the spool could not take: offer them again.
         let (due, later): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.local_retry).into_iter().partition(|(t, _)| *t <= now);

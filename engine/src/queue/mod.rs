@@ -430,6 +430,11 @@ impl<M> Queue<M> {
         self.ready.push_back(job);
     }
 
+    /// Jobs held, ready and waiting.
+    pub fn jobs(&self) -> usize {
+        self.ready.len() + self.retry.len()
+    }
+
     pub fn ready_jobs(&self) -> usize {
         self.ready.len()
     }
