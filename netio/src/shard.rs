@@ -2755,7 +2755,9 @@ impl Shard {
 
     fn write_journal_batch(&mut self) {
         let len = self.jnl_pending.len() as u64;
-        let needs_rotation = !self.journal.as_ref().is_some_and(|j| j.has_room(len));
+        // A journal whose write or fsync failed takes no more entries (its pages may be gone):
+        // a new one starts. (Found by the spool simulation: this used to panic the shard.)
+        let needs_rotation = !self.journal.as_ref().is_some_and(|j| j.has_room(len) && !j.commit.poisoned());
         if needs_rotation {
             match Journal::create(
                 &self.dir,

@@ -1,12 +1,21 @@
-//! Crash test: drive the appender over a disk that loses unsynced sectors at random, crash at
+//! Crash test: drive the appender over a disk that loses unsynced sectors at random, fails
+//! some writes (torn: half written) and some fsyncs (of segments and of the journal), crash at
 //! random points, recover, and check that every acknowledged message comes back byte for
-//! byte and every journaled outcome is honoured. Prints the seed that replays a failure.
+//! byte, no failed write or sync was acknowledged, and every journaled outcome is honoured.
+//! Prints the seed that replays a failure.
 
 use sluice_spool::codec::{self, Decoded, Envelope, FileHeader, FileKind, Outcome};
 use sluice_spool::memdisk::{MemDisk, Rng};
 use sluice_spool::recover;
 use sluice_spool::{segment_name, Appender, FileCommit, TicketResult};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Faults injected over all seeds, to show each kind happened.
+static FAILED_WRITES: AtomicU64 = AtomicU64::new(0);
+static FAILED_SYNCS: AtomicU64 = AtomicU64::new(0);
+static FAILED_JOURNAL_SYNCS: AtomicU64 = AtomicU64::new(0);
+static REFUSED_TICKETS: AtomicU64 = AtomicU64::new(0);
 
 const SEGMENT_BYTES: u64 = 1 << 16;
 const STEPS_MAX: usize = 400;
@@ -50,7 +59,7 @@ fn run(seed: u64) {
         let mut in_flight: Vec<(u64, Pending)> = Vec::new(); // ticket -> write not yet done
         let mut placed: HashMap<u64, (u64, u64, Vec<u8>)> = HashMap::new(); // ticket -> (seq, off, body)
         let mut journal = FileCommit::default();
-        let jname = format!("j{first_seq}.jnl");
+        let mut jname = format!("j{first_seq}.jnl");
         disk.create(&jname, 0);
         disk.write(
             &jname,
@@ -87,22 +96,50 @@ fn run(seed: u64) {
                 2 if !in_flight.is_empty() => {
                     // Writes complete in any order.
                     let (ticket, w) = in_flight.swap_remove(rng.below(in_flight.len() as u64) as usize);
-                    disk.write(&segment_name(w.seq), w.offset as usize, &w.bytes);
-                    app.write_completed(w.seq, ticket, true);
+                    // Now and then a write fails (EIO, ENOSPC) after writing part of it.
+                    let ok = !rng.chance(3);
+                    let written = if ok { w.bytes.len() } else { w.bytes.len() / 2 };
+                    disk.write(&segment_name(w.seq), w.offset as usize, &w.bytes[..written]);
+                    if !ok {
+                        FAILED_WRITES.fetch_add(1, Ordering::Relaxed);
+                    }
+                    app.write_completed(w.seq, ticket, ok);
                 }
                 3 => {
                     app.poll_syncs(&mut syncs);
                     let mut out = Vec::new();
                     for seq in syncs.drain(..) {
-                        disk.sync(&segment_name(seq));
-                        app.sync_completed(seq, true, &mut out);
+                        // A failed fsync: the kernel may have dropped the pages; never acknowledged.
+                        let ok = !rng.chance(3);
+                        if ok {
+                            disk.sync(&segment_name(seq));
+                        } else {
+                            FAILED_SYNCS.fetch_add(1, Ordering::Relaxed);
+                        }
+                        app.sync_completed(seq, ok, &mut out);
                     }
+                    app.reap(&mut out, &mut Vec::new());
                     for (ticket, r) in out {
-                        assert_eq!(r, TicketResult::Durable);
+                        if r == TicketResult::Failed {
+                            // The client got 452: this message was never acknowledged.
+                            REFUSED_TICKETS.fetch_add(1, Ordering::Relaxed);
+                            placed.remove(&ticket).expect("a placed message");
+                            continue;
+                        }
                         let (seq, off, body) = placed.remove(&ticket).unwrap();
                         acked.insert(ticket, body);
                         // Half the time, the message is delivered at once: journal it.
                         if rng.chance(50) {
+                            if journal.poisoned() {
+                                // As the shard does: a failed journal takes no more entries.
+                                journal = FileCommit::default();
+                                jname = format!("j{first_seq}-{next_ticket}.jnl");
+                                disk.create(&jname, 0);
+                                let header = FileHeader { kind: FileKind::Journal, shard: 0, seq: first_seq };
+                                disk.write(&jname, 0, &codec::encode_file_header(header));
+                                disk.sync(&jname);
+                                jnl_off = codec::FILE_HEADER_BYTES;
+                            }
                             next_ticket += 1;
                             let o = Outcome { seg_shard: 0, seg_seq: seq, offset: off, rcpt: 0 };
                             journal.write_submitted(next_ticket);
@@ -114,12 +151,21 @@ fn run(seed: u64) {
                     }
                 }
                 4 if journal.poll_sync() => {
-                    disk.sync(&jname);
+                    let ok = !rng.chance(3);
+                    if ok {
+                        disk.sync(&jname);
+                    } else {
+                        FAILED_JOURNAL_SYNCS.fetch_add(1, Ordering::Relaxed);
+                    }
                     let mut out = Vec::new();
-                    journal.sync_completed(true, &mut out);
-                    for (t, _) in out {
+                    journal.sync_completed(ok, &mut out);
+                    for (t, r) in out {
                         let i = jnl_pending.iter().position(|(pt, _)| *pt == t).unwrap();
-                        journaled.push(jnl_pending.swap_remove(i).1);
+                        let o = jnl_pending.swap_remove(i).1;
+                        // Only a durable entry is a promise; a failed one stays pending.
+                        if r == TicketResult::Durable {
+                            journaled.push(o);
+                        }
                     }
                 }
                 _ => {}
@@ -177,4 +223,10 @@ fn acknowledged_messages_survive_random_crashes() {
             panic!("crash recovery failed; replay with seed {seed}");
         }
     }
+    let faults =
+        [&FAILED_WRITES, &FAILED_SYNCS, &FAILED_JOURNAL_SYNCS, &REFUSED_TICKETS].map(|c| c.load(Ordering::Relaxed));
+    eprintln!(
+        "spool simulation, {SEEDS} seeds: failed writes, segment fsyncs, journal fsyncs, refused messages: {faults:?}"
+    );
+    assert!(faults.iter().all(|&n| n > 10), "every fault kind was exercised: {faults:?}");
 }
