@@ -5,11 +5,16 @@
 //! now (451 after the data), and accepts the rest. Thousands of seeds; a failure prints the
 //! seed that replays it.
 //!
+//! The sender also crashes now and then: its queue is lost and rebuilt from what is durable —
+//! the messages, less the recipients whose final outcome reached the journal (entries become
+//! durable only at the journal's next sync, as in the spool).
+//!
 //! The checker: every recipient ends delivered or bounced (none stuck); every recipient the
 //! sender records as delivered is in a message the receiver accepted, with the exact bytes
 //! sent; none refused for good is delivered; and a recipient reaches the receiver twice only
 //! when a reset cut the connection after the receiver had accepted the data and before the
-//! sender read that reply (the one case SMTP cannot tell apart, RFC 1047).
+//! sender read that reply (the one case SMTP cannot tell apart, RFC 1047), or a crash came
+//! before its delivery was journaled.
 
 use sluice_config::DomainSettings;
 use sluice_engine::acct::Kind;
@@ -80,6 +85,7 @@ struct Stats {
     sessions: u64,
     resets: u64,
     temporary_failures: u64,
+    crashes: u64,
     delivered: u64,
     bounced: u64,
     duplicates: u64,
@@ -94,24 +100,41 @@ fn run(seed: u64) -> Stats {
         max_rcpt_per_message: 3,
         ..DomainSettings::default()
     };
-    let mut queue: Queue<u64> = Queue::new("dest.test", "default", settings);
-    for id in 0..MESSAGES {
-        let rcpts = (0..1 + rng.below(5) as u32)
-            .map(|i| {
-                let bad = rng.below(6) == 0;
-                Recipient { index: i, address: format!("{}{id}-{i}@dest.test", if bad { "gone" } else { "user" }) }
-            })
-            .collect();
-        queue.push(Job {
-            msg: id,
-            mail_from: "sender@src.test".into(),
-            rcpts,
-            attempts: 1,
-            queued_unix_ms: 0,
-            size: body(id).len() as u64,
-            job_id: String::new(),
-        });
-    }
+    let messages: Vec<Vec<Recipient>> = (0..MESSAGES)
+        .map(|id| {
+            (0..1 + rng.below(5) as u32)
+                .map(|i| {
+                    let bad = rng.below(6) == 0;
+                    Recipient { index: i, address: format!("{}{id}-{i}@dest.test", if bad { "gone" } else { "user" }) }
+                })
+                .collect()
+        })
+        .collect();
+    // What a (re)started sender queues: every recipient without a durable final outcome.
+    let rebuild = |durable: &std::collections::HashSet<(u64, u32)>| {
+        let mut q: Queue<u64> = Queue::new("dest.test", "default", settings.clone());
+        for (id, rcpts) in messages.iter().enumerate() {
+            let id = id as u64;
+            let rcpts: Vec<Recipient> = rcpts.iter().filter(|r| !durable.contains(&(id, r.index))).cloned().collect();
+            if !rcpts.is_empty() {
+                q.push(Job {
+                    msg: id,
+                    mail_from: "sender@src.test".into(),
+                    rcpts,
+                    attempts: 1,
+                    queued_unix_ms: 0,
+                    size: body(id).len() as u64,
+                    job_id: String::new(),
+                });
+            }
+        }
+        q
+    };
+    let mut durable = std::collections::HashSet::new();
+    let mut journal: Vec<(u64, u32)> = Vec::new();
+    // Deliveries a crash made the sender forget (they are made again).
+    let mut forgotten: HashMap<(u64, String), u32> = HashMap::new();
+    let mut queue = rebuild(&durable);
     let mut refused = AddressList::new("gone");
     refused.regexes.push(regex::Regex::new("^gone").expect("valid"));
     let policy = SessionPolicy {
@@ -130,6 +153,31 @@ fn run(seed: u64) -> Stats {
     let mut sessions = 0;
     for _ in 0..STEPS_MAX {
         now += rng.below(15);
+        // The journal syncs now and then: its entries become durable.
+        if rng.below(20) == 0 {
+            for (id, index) in journal.drain(..) {
+                durable.insert((id, index));
+            }
+        }
+        // The sender crashes: connection and memory gone; the queue comes back from disk.
+        if rng.below(3000) == 0 {
+            stats.crashes += 1;
+            if let Some(c) = conn.take() {
+                if let (Some(job), Some(id)) = (c.job, c.accepted_unread) {
+                    for r in &job.rcpts {
+                        *ambiguous.entry((id, r.address.clone())).or_default() += 1;
+                    }
+                }
+            }
+            for (id, index) in journal.drain(..) {
+                let address = messages[id as usize][index as usize].address.clone();
+                if delivered.contains_key(&(id, address.clone())) {
+                    *forgotten.entry((id, address)).or_default() += 1;
+                }
+            }
+            queue = rebuild(&durable);
+            continue;
+        }
         queue.promote_due(now);
         if conn.is_none() {
             if queue.ready_jobs() == 0 {
@@ -174,7 +222,7 @@ fn run(seed: u64) -> Stats {
                     }
                 }
                 let replies = vec![Reply::new(421, "4.4.2 connection reset"); job.rcpts.len()];
-                settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced);
+                settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced, &mut journal);
             }
             conn = None;
             continue;
@@ -245,12 +293,12 @@ fn run(seed: u64) -> Stats {
                 ClientEvent::Done(replies) => {
                     c.accepted_unread = None;
                     let job = c.job.take().expect("a finished transaction");
-                    settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced);
+                    settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced, &mut journal);
                 }
                 ClientEvent::Failed(reply) => {
                     if let Some(job) = c.job.take() {
                         let replies = vec![reply; job.rcpts.len()];
-                        settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced);
+                        settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced, &mut journal);
                     }
                     closing = true;
                 }
@@ -261,20 +309,24 @@ fn run(seed: u64) -> Stats {
         if closing {
             if let Some(job) = c.job.take() {
                 let replies = vec![Reply::new(421, "4.4.2 closed"); job.rcpts.len()];
-                settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced);
+                settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced, &mut journal);
             }
             conn = None;
         }
     }
     assert!(queue.is_empty(), "seed {seed}: recipients stuck in the queue");
     for (key, n) in &delivered {
-        assert_eq!(*n, 1, "seed {seed}: {key:?} recorded delivered {n} times");
+        let allowed = 1 + forgotten.get(key).copied().unwrap_or(0);
+        assert!(*n <= allowed, "seed {seed}: {key:?} recorded delivered {n} times, {allowed} explained by crashes");
         assert!(received.contains_key(key), "seed {seed}: {key:?} recorded delivered, never received");
         assert!(!key.1.starts_with("gone"), "seed {seed}: a refused recipient was delivered");
     }
     for (key, copies) in &received {
-        let allowed = 1 + ambiguous.get(key).copied().unwrap_or(0);
-        assert!(*copies <= allowed, "seed {seed}: {key:?} received {copies} times, {allowed} explained by resets");
+        let allowed = 1 + ambiguous.get(key).copied().unwrap_or(0) + forgotten.get(key).copied().unwrap_or(0);
+        assert!(
+            *copies <= allowed,
+            "seed {seed}: {key:?} received {copies} times, {allowed} explained by resets and crashes"
+        );
         assert!(
             delivered.contains_key(key) || ambiguous.contains_key(key),
             "seed {seed}: {key:?} received but the sender never learnt it"
@@ -295,10 +347,12 @@ fn settle(
     now: u64,
     delivered: &mut HashMap<(u64, String), u32>,
     bounced: &mut Vec<String>,
+    journal: &mut Vec<(u64, u32)>,
 ) {
     let id = job.msg;
     for (rcpt, fate, record) in queue.settle(job, replies, &AttemptInfo::default(), now) {
         if fate == Fate::Final {
+            journal.push((id, rcpt.index));
             match record.kind {
                 Kind::Delivered => *delivered.entry((id, rcpt.address)).or_default() += 1,
                 _ => bounced.push(rcpt.address),
@@ -317,6 +371,7 @@ fn delivery_survives_random_networks() {
         total.sessions += s.sessions;
         total.resets += s.resets;
         total.temporary_failures += s.temporary_failures;
+        total.crashes += s.crashes;
         total.delivered += s.delivered;
         total.bounced += s.bounced;
         total.duplicates += s.duplicates;
@@ -324,5 +379,6 @@ fn delivery_survives_random_networks() {
     eprintln!("delivery simulation, {SEEDS} seeds: {total:?}");
     // Every fault happened somewhere, or the simulation proves nothing.
     assert!(total.resets > 100 && total.temporary_failures > 100 && total.bounced > 100, "{total:?}");
+    assert!(total.crashes > 100, "sender crashes were exercised: {total:?}");
     assert!(total.duplicates > 0, "resets after an accepted DATA were exercised: {total:?}");
 }
