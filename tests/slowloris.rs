@@ -64,3 +64,28 @@ fn tricklers_are_cut_off_and_others_are_served() {
         assert!(rest.starts_with("421 4.4.2"), "trickler {i}: {rest:?}");
     }
 }
+
+#[test]
+fn a_message_trickled_a_byte_at_a_time_is_cut_off() {
+    // Each read may take `smtp-data-timeout` (1 s here); the whole DATA phase three of them.
+    let relay =
+        Relay::start("smtp-data-timeout 1s\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n", Some(1));
+    let mut s = TcpStream::connect(relay.addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"EHLO slow.test\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@sink.test>\r\nDATA\r\n").unwrap();
+    let started = Instant::now();
+    // A line every 300 ms, each read well inside the 1 s timeout, until the server hangs up.
+    while started.elapsed() < Duration::from_secs(8) {
+        if s.write_all(b"x\r\n").is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut all = String::new();
+    let _ = s.read_to_string(&mut all);
+    assert!(all.contains("354") && all.trim_end().ends_with("Timeout, closing connection"), "{all:?}");
+    assert!(all.contains("421 4.4.2"), "{all:?}");
+    let cut = started.elapsed();
+    assert!(cut < Duration::from_millis(4500), "cut off after {cut:?} (the phase may last 3 s)");
+    assert!(relay.rows_of("r").is_empty(), "nothing was accepted");
+}

@@ -56,6 +56,8 @@ const CONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 const ACCT_PENDING_MAX: usize = 1 << 20;
 /// A job id longer than this is cut (it rides in every accounting record).
 const JOB_ID_CHARS_MAX: usize = 256;
+/// A message's whole DATA phase may last this many `smtp-data-timeout`s (each read gets one).
+const DATA_PHASE_TIMEOUTS: u64 = 3;
 
 const _: () = assert!(RECV_BYTES > sluice_engine::smtp::server::COMMAND_LINE_BYTES_MAX);
 const _: () = assert!(OUT_IDLE_MS < OUT_REPLY_TIMEOUT_MS);
@@ -245,6 +247,8 @@ struct Inbound {
     verifying: Option<Box<(sluice_engine::smtp::server::Message, String)>>,
     /// A complaint report whose suppression entry is being written: the reply waits for it.
     reporting: bool,
+    /// While in DATA: when the whole DATA phase must be over (`DATA_PHASE_TIMEOUTS`).
+    data_until_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -829,6 +833,7 @@ impl Shard {
             tls_pending: Vec::new(),
             verifying: None,
             reporting: false,
+            data_until_ms: None,
         };
         match self.alloc(fd, Kind::In(inbound)) {
             Some(slot) => self.in_drive(slot),
@@ -1017,7 +1022,17 @@ impl Shard {
             return self.close(slot);
         }
         let config = &self.shared.config;
-        let timeout = if in_data { config.smtp_data_timeout } else { config.smtp_command_timeout }.as_millis() as u64;
+        let mut timeout =
+            if in_data { config.smtp_data_timeout } else { config.smtp_command_timeout }.as_millis() as u64;
+        // The whole DATA phase is bounded too, not only each read: a client trickling its
+        // message a byte per read cannot hold the session for ever (slowloris in DATA).
+        if in_data {
+            let now = now_ms();
+            let until = *inb.data_until_ms.get_or_insert(now + timeout * DATA_PHASE_TIMEOUTS);
+            timeout = timeout.min(until.saturating_sub(now).max(1));
+        } else {
+            inb.data_until_ms = None;
+        }
         self.submit_recv(slot, timeout);
     }
 
