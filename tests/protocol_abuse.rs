@@ -130,3 +130,26 @@ fn pipelined_commands_after_a_refusal_stay_in_step() {
     relay.wait_rows("d", 1, Duration::from_secs(20));
     assert_eq!(sink.messages().len(), 1);
 }
+
+#[test]
+fn an_address_whose_sessions_keep_failing_is_refused_for_a_while() {
+    // 127.0.0.1 is an ordinary (untrusted) client here; trusted injectors are never refused.
+    let relay = Relay::start("<source 127.0.0.1>\n always-allow-relaying no\n</source>\n", Some(1));
+    for round in 0..3 {
+        let (mut t, greeting) = Talk::connect(relay.addr());
+        assert!(greeting.starts_with("220"), "round {round}: {greeting}");
+        let mut last = String::new();
+        for _ in 0..20 {
+            last = t.cmd("XYZZY");
+            if !last.starts_with("500") {
+                break;
+            }
+        }
+        assert!(last.starts_with("421"), "{last}");
+        assert_eq!(t.rest(), "");
+    }
+    // The fourth connection is refused at once, with a reason.
+    let (mut t, greeting) = Talk::connect(relay.addr());
+    assert!(greeting.starts_with("421 4.7.0") && greeting.contains("too many protocol errors"), "{greeting}");
+    assert_eq!(t.rest(), "", "and closed");
+}

@@ -56,6 +56,10 @@ const CONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 const ACCT_PENDING_MAX: usize = 1 << 20;
 /// A job id longer than this is cut (it rides in every accounting record).
 const JOB_ID_CHARS_MAX: usize = 256;
+/// An untrusted address whose sessions end in too many protocol errors this many times within
+/// the window is refused (421 at connect) for the rest of it.
+const SOURCE_ERROR_SESSIONS_MAX: u32 = 3;
+const SOURCE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
 /// A message's whole DATA phase may last this many `smtp-data-timeout`s (each read gets one).
 const DATA_PHASE_TIMEOUTS: u64 = 3;
 
@@ -439,6 +443,9 @@ pub(crate) struct Shard {
     cancelled_jobs: HashMap<String, u64>,
     /// Failed AUTH attempts per client address: (window start, count).
     auth_failures: HashMap<IpAddr, (u64, u32)>,
+    /// Sessions per client address that ended in too many protocol errors: (window start,
+    /// count). Sources allowed to relay (trusted injectors) are never refused for it.
+    error_sessions: HashMap<IpAddr, (u64, u32)>,
     /// DSNs being written (by ticket id), and those waiting to be offered to the spool again.
     local: HashMap<u64, LocalMessage>,
     local_retry: Vec<(u64, LocalMessage)>,
@@ -499,6 +506,7 @@ impl Shard {
             avoided: HashMap::new(),
             local: HashMap::new(),
             auth_failures: HashMap::new(),
+            error_sessions: HashMap::new(),
             local_retry: Vec::new(),
             next_local: 0,
             applying_queue_action: false,
@@ -667,8 +675,19 @@ impl Shard {
         self.gens[slot as usize] = self.gens[slot as usize].wrapping_add(1);
         self.free.push(slot);
         match conn.kind {
-            Kind::In(_) => {
+            Kind::In(inb) => {
                 self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                if inb.session.closed_for_errors() {
+                    let now = now_ms();
+                    let entry = self.error_sessions.entry(inb.client_ip).or_insert((now, 0));
+                    if now >= entry.0 + SOURCE_ERROR_WINDOW_MS {
+                        *entry = (now, 0);
+                    }
+                    entry.1 += 1;
+                    if entry.1 == SOURCE_ERROR_SESSIONS_MAX {
+                        tracing::warn!(shard = self.id, ip = %inb.client_ip, "address refused for a while: too many sessions ended in protocol errors");
+                    }
+                }
             }
             Kind::Out(out) => {
                 self.release_smtp_out(out.source_ip, out.holds_smtp_out);
@@ -807,6 +826,8 @@ impl Shard {
         let count = self.shared.core.inbound_connections.fetch_add(1, Ordering::SeqCst);
         if count >= config.total_max_smtp_in {
             session.too_busy();
+        } else if !policy.always_allow_relaying && self.erring_source(ip) {
+            session.refuse_erring_source();
         }
         crate::sys::set_nodelay(fd);
         let tls = match (self.shared.tls.as_ref(), immediate_tls) {
@@ -1034,6 +1055,20 @@ impl Shard {
             inb.data_until_ms = None;
         }
         self.submit_recv(slot, timeout);
+    }
+
+    /// Whether `ip` ended `SOURCE_ERROR_SESSIONS_MAX` sessions with protocol errors within
+    /// `SOURCE_ERROR_WINDOW_MS` (per shard).
+    fn erring_source(&mut self, ip: IpAddr) -> bool {
+        let now = now_ms();
+        match self.error_sessions.get(&ip) {
+            Some((start, _)) if now >= start + SOURCE_ERROR_WINDOW_MS => {
+                self.error_sessions.remove(&ip);
+                false
+            }
+            Some((_, n)) => *n >= SOURCE_ERROR_SESSIONS_MAX,
+            None => false,
+        }
     }
 
     /// Adds `new` AUTH failures for `ip` (per shard) and says whether it is over

@@ -712,6 +712,21 @@ impl Session {
     }
 
     /// The server is at its connection limit (`total-max-smtp-in`): RFC 5321 §3.8 421.
+    /// The session ended because of `SESSION_ERRORS_MAX` protocol errors.
+    pub fn closed_for_errors(&self) -> bool {
+        self.errors >= SESSION_ERRORS_MAX
+    }
+
+    /// The client's address ended too many sessions with errors lately: 421 at once.
+    pub fn refuse_erring_source(&mut self) {
+        self.out.clear();
+        self.reply(&format!(
+            "421 4.7.0 {} too many protocol errors from your address, try again later",
+            self.policy.host_name
+        ));
+        self.state = State::Closing;
+    }
+
     pub fn too_busy(&mut self) {
         self.out.clear();
         self.reply(&format!("421 4.7.0 {} too many connections, try again later", self.policy.host_name));
