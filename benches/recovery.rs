@@ -15,13 +15,9 @@ use std::time::Instant;
 const SEGMENT_BYTES: usize = 64 << 20;
 const SHARDS: u32 = 4;
 
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::rss_kib;
 
 /// Writes `n` messages as segment files under `spool/SHARD/`.
 fn build_spool(spool: &std::path::Path, n: usize, domains: usize) {

@@ -10,13 +10,9 @@ use std::time::Instant;
 
 const ENTRIES: usize = 10_000_000;
 
-fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
+#[path = "common/mod.rs"]
+mod common;
+use common::rss_kib;
 
 fn suppress(c: &mut Criterion) {
     let path = std::env::temp_dir().join(format!("sluice-bench-{ENTRIES}.sha256"));

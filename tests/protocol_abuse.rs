@@ -34,6 +34,19 @@ fn in_data(relay: &Relay, rcpt: &str) -> Talk {
     t
 }
 
+/// Sends unknown commands until the server stops answering 500: it must say 421 and close.
+fn flood_until_closed(t: &mut Talk) {
+    let mut last = String::new();
+    for _ in 0..20 {
+        last = t.cmd("XYZZY");
+        if !last.starts_with("500") {
+            break;
+        }
+    }
+    assert!(last.starts_with("421"), "disconnected after an error flood: {last}");
+    assert_eq!(t.rest(), "", "the server closed the connection");
+}
+
 #[test]
 fn no_end_of_data_variant_smuggles_a_second_message() {
     let (relay, sink) = relay_with_sink();
@@ -95,15 +108,7 @@ fn broken_commands_get_5xx_and_persistent_offenders_are_disconnected() {
     assert!(t.cmd("NOOP").starts_with("250"));
     // An unknown-command flood: 421 and the connection closes (RFC 5321 §4.3.2 permits 421
     // at any time; the limit is `SESSION_ERRORS_MAX`).
-    let mut last = String::new();
-    for _ in 0..20 {
-        last = t.cmd("XYZZY");
-        if !last.starts_with("500") {
-            break;
-        }
-    }
-    assert!(last.starts_with("421"), "disconnected after an error flood: {last}");
-    assert_eq!(t.rest(), "", "the server closed the connection");
+    flood_until_closed(&mut t);
 }
 
 #[test]
@@ -138,15 +143,7 @@ fn an_address_whose_sessions_keep_failing_is_refused_for_a_while() {
     for round in 0..3 {
         let (mut t, greeting) = Talk::connect(relay.addr());
         assert!(greeting.starts_with("220"), "round {round}: {greeting}");
-        let mut last = String::new();
-        for _ in 0..20 {
-            last = t.cmd("XYZZY");
-            if !last.starts_with("500") {
-                break;
-            }
-        }
-        assert!(last.starts_with("421"), "{last}");
-        assert_eq!(t.rest(), "");
+        flood_until_closed(&mut t);
     }
     // The fourth connection is refused at once, with a reason.
     let (mut t, greeting) = Talk::connect(relay.addr());

@@ -220,6 +220,35 @@ struct Store {
     job_id: String,
 }
 
+impl Store {
+    /// A message to spool: its data (transparency form), envelope and VMTA; what the `r`
+    /// records say of its origin is empty until set.
+    fn boxed(
+        data: Vec<u8>,
+        mail_from: String,
+        recipients: Vec<String>,
+        queued_unix_ms: u64,
+        vmta: String,
+    ) -> Box<Store> {
+        Box::new(Store {
+            head: Vec::new(),
+            data,
+            tail: Vec::new(),
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
+            seq: 0,
+            offset: 0,
+            mail_from,
+            recipients,
+            queued_unix_ms,
+            vmta,
+            src_mta: String::new(),
+            smtp_user: String::new(),
+            auth_results: String::new(),
+            job_id: String::new(),
+        })
+    }
+}
+
 /// Spool tickets of locally made messages (DSNs) have this bit; connections' tickets are
 /// `generation << 32 | slot`, far below it.
 const LOCAL_TICKET: u64 = 1 << 63;
@@ -1250,22 +1279,11 @@ impl Shard {
         if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &mut m.data) {
             m.data.splice(0..0, header);
         }
-        let mut store = Box::new(Store {
-            head: Vec::new(),
-            data: m.data,
-            tail: Vec::new(),
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
-            seq: 0,
-            offset: 0,
-            mail_from: m.mail_from,
-            recipients: m.recipients,
-            queued_unix_ms: now,
-            vmta,
-            src_mta: format!("{} ({})", m.helo, inb.client_ip),
-            smtp_user: m.auth_user.unwrap_or_default(),
-            auth_results: auth,
-            job_id: m.job_id,
-        });
+        let mut store = Store::boxed(m.data, m.mail_from, m.recipients, now, vmta);
+        store.src_mta = format!("{} ({})", m.helo, inb.client_ip);
+        store.smtp_user = m.auth_user.unwrap_or_default();
+        store.auth_results = auth;
+        store.job_id = m.job_id;
         if now < self.spool_broken_until_ms {
             inb.store = Some(store);
             self.spool_refusals.push(slot);
@@ -1352,22 +1370,8 @@ impl Shard {
             failed: &failed,
         });
         let vmta = if view.envelope.vmta.is_empty() { DEFAULT_VMTA } else { view.envelope.vmta };
-        let store = Box::new(Store {
-            head: Vec::new(),
-            data,
-            tail: Vec::new(),
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
-            seq: 0,
-            offset: 0,
-            mail_from: String::new(), // a DSN has the null sender: nothing bounces back
-            recipients: vec![view.envelope.mail_from.to_string()],
-            queued_unix_ms: now,
-            vmta: vmta.to_string(),
-            src_mta: String::new(),
-            smtp_user: String::new(),
-            auth_results: String::new(),
-            job_id: String::new(),
-        });
+        // A DSN has the null sender: nothing bounces back.
+        let store = Store::boxed(data, String::new(), vec![view.envelope.mail_from.to_string()], now, vmta.to_string());
         tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
         let outcomes = outcomes.into_iter().map(|o| (o, msg.segment.clone())).collect();
         self.write_local(LocalMessage { store, outcomes, notify: None });
@@ -1479,22 +1483,9 @@ impl Shard {
         if let Some(header) = dkim_signature(&self.shared, &inj.recipients, &vmta, &mut data) {
             data.splice(0..0, header);
         }
-        let store = Box::new(Store {
-            head: Vec::new(),
-            data,
-            tail: Vec::new(),
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
-            seq: 0,
-            offset: 0,
-            mail_from: inj.mail_from,
-            recipients: inj.recipients,
-            queued_unix_ms: now,
-            vmta,
-            src_mta: inj.src_mta,
-            smtp_user: String::new(),
-            auth_results: String::new(),
-            job_id: inj.job_id,
-        });
+        let mut store = Store::boxed(data, inj.mail_from, inj.recipients, now, vmta);
+        store.src_mta = inj.src_mta;
+        store.job_id = inj.job_id;
         self.write_local(LocalMessage { store, outcomes: Vec::new(), notify: Some(inj.done) });
     }
 
