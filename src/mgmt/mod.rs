@@ -426,8 +426,8 @@ fn startup_json(config: &sluice_config::Config, elapsed_ms: u64, recovered: usiz
     }
 }
 
-pub fn status_json(api: &Api) -> Result<Value, Response> {
-    let snap = snapshot(api)?;
+/// `/status`, from a snapshot of the shards' queues.
+fn status_json(api: &Api, snap: &Snapshot) -> Value {
     let now = now_ms();
     let totals = api.responder.totals();
     let (last_min, last_hr) = {
@@ -443,7 +443,7 @@ pub fn status_json(api: &Api) -> Result<Value, Response> {
         .map(|(name, l)| json!({ "name": name, "refused": l.hits(), "hashed": l.hashed.iter().map(|h| h.len()).sum::<usize>(), "addresses": l.addresses.len() }))
         .collect();
     lists.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
-    Ok(json!({
+    json!({
         "version": env!("CARGO_PKG_VERSION"),
         "hostName": config.host_name,
         "uptimeS": now.saturating_sub(api.responder.started_unix_ms()) / 1000,
@@ -459,14 +459,14 @@ pub fn status_json(api: &Api) -> Result<Value, Response> {
         },
         "spool": { "dir": config.spool_dir.display().to_string(), "files": spool_files, "kb": spool_bytes / 1024 },
         "suppressionLists": lists,
-    }))
+    })
 }
 
 fn read_or_act(api: &Api, req: &Request) -> Response {
     let result = (|| -> Result<Response, Response> {
         let now = now_ms();
         Ok(match req.path.as_str() {
-            "/status" => json_response(200, status_json(api)?),
+            "/status" => json_response(200, status_json(api, &snapshot(api)?)),
             "/queues" | "/topqueues" => {
                 let mut qs = snapshot(api)?.queues;
                 match req.param("sort") {
@@ -681,9 +681,9 @@ fn metrics_text(api: &Api) -> Result<String, Response> {
 
 /// Everything the dashboard draws, in one request.
 fn ui_data(api: &Api) -> Result<Value, Response> {
-    let status = status_json(api)?;
     let now = now_ms();
     let snap = snapshot(api)?;
+    let status = status_json(api, &snap);
     let (minute, hour) = {
         let h = api.history.lock().expect("not poisoned");
         (h.series(1, 60), h.series(60, 60))
