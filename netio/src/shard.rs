@@ -391,6 +391,8 @@ pub(crate) struct Parked {
 /// as the window drains below half. A million-message backlog for one unreachable domain
 /// costs its references, not a million jobs.
 const QUEUE_WINDOW: usize = 10_000;
+/// Parked jobs brought back into a window per pump (the tick pumps again while below half).
+const UNPARK_BATCH: usize = 1_000;
 
 /// What a queue's pattern list told it to stop using (`skip-mx`, `disable-source-ip`), each
 /// until a monotonic-clock time. Kept apart from the queue state, which comes and goes as the
@@ -1686,7 +1688,8 @@ impl Shard {
         if st.parked.is_empty() || st.q.jobs() >= QUEUE_WINDOW / 2 {
             return;
         }
-        let room = QUEUE_WINDOW - st.q.jobs();
+        // At most `UNPARK_BATCH` a turn: reading them back from the spool is the shard's time.
+        let room = (QUEUE_WINDOW - st.q.jobs()).min(UNPARK_BATCH);
         let (domain, vmta) = (st.q.domain.clone(), st.q.vmta.clone());
         let mut held = Vec::new();
         for p in st.parked.drain(..room.min(st.parked.len())) {
