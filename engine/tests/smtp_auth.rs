@@ -7,7 +7,8 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sluice_config::SenderRestrictions;
 use sluice_engine::smtp::auth::Users;
-use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+mod common;
+use sluice_engine::smtp::server::{Session, SessionPolicy};
 use std::sync::Arc;
 
 fn users() -> Arc<Users> {
@@ -24,31 +25,10 @@ fn policy() -> SessionPolicy {
 
 /// Runs the input through a session; returns every reply line and the stored messages.
 fn run(policy: SessionPolicy, input: &str) -> (Vec<String>, Vec<Vec<u8>>) {
-    let mut s = Session::new(policy, "127.0.0.1".parse().unwrap(), 7);
-    let mut pending = input.as_bytes().to_vec();
-    let mut messages = Vec::new();
-    loop {
-        let (used, ev) = s.receive(1_000, &pending);
-        pending.drain(..used);
-        match ev {
-            Some(Event::Message) => {
-                messages.push(s.take_message().data);
-                s.message_stored(true, "Q1");
-            }
-            // The caller would start TLS here; the session is told it is up.
-            Some(Event::StartTls) => s.tls_started(),
-            Some(Event::Close) => break,
-            None if used == 0 => break,
-            None => {}
-        }
-    }
-    let out = String::from_utf8(s.output().to_vec()).unwrap();
-    (out.lines().map(str::to_string).collect(), messages)
+    common::drive(policy, input.as_bytes(), false)
 }
 
-fn codes(lines: &[String]) -> Vec<u16> {
-    lines.iter().filter(|l| l.len() >= 4 && &l[3..4] == " ").map(|l| l[..3].parse().unwrap()).collect()
-}
+use common::codes;
 
 fn b64(s: &str) -> String {
     B64.encode(s)

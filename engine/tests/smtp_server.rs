@@ -1,7 +1,8 @@
 //! Inbound session behaviour, as (input, expected replies) tables. Each case names the RFC
 //! rule or the published attack it checks.
 
-use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+mod common;
+use sluice_engine::smtp::server::SessionPolicy;
 
 fn policy(relay: bool) -> SessionPolicy {
     SessionPolicy {
@@ -19,30 +20,8 @@ fn policy(relay: bool) -> SessionPolicy {
 /// Feeds `input` (all at once, or byte by byte) and returns the replies' codes, and the
 /// messages that completed (each stored at once as durable).
 fn run(policy: SessionPolicy, input: &[u8], byte_by_byte: bool) -> (Vec<u16>, Vec<Vec<u8>>) {
-    let mut s = Session::new(policy, "127.0.0.1".parse().unwrap(), 1);
-    let mut messages = Vec::new();
-    let mut pending: Vec<u8> = Vec::new();
-    let chunks: Vec<&[u8]> = if byte_by_byte { input.chunks(1).collect() } else { vec![input] };
-    'outer: for chunk in chunks {
-        pending.extend_from_slice(chunk);
-        loop {
-            let (used, ev) = s.receive(0, &pending);
-            pending.drain(..used);
-            match ev {
-                Some(Event::Message) => {
-                    messages.push(s.take_message().data);
-                    s.message_stored(true, "Q1");
-                }
-                Some(Event::StartTls) => s.tls_started(),
-                Some(Event::Close) => break 'outer,
-                None if used == 0 => break,
-                None => {}
-            }
-        }
-    }
-    let out = String::from_utf8(s.output().to_vec()).unwrap();
-    let codes = out.lines().filter(|l| l.len() >= 4 && &l[3..4] == " ").map(|l| l[..3].parse().unwrap()).collect();
-    (codes, messages)
+    let (lines, messages) = common::drive(policy, input, byte_by_byte);
+    (common::codes(&lines), messages)
 }
 
 const ENVELOPE: &str = "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n";

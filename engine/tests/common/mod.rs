@@ -1,0 +1,38 @@
+//! Shared by the engine's session tests.
+#![allow(dead_code)]
+
+use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+
+/// Feeds `input` to a session (all at once, or byte by byte) and returns every line it wrote
+/// and the messages that completed (each stored at once as durable). STARTTLS is taken as
+/// done at once (the caller would run the handshake there).
+pub fn drive(policy: SessionPolicy, input: &[u8], byte_by_byte: bool) -> (Vec<String>, Vec<Vec<u8>>) {
+    let mut s = Session::new(policy, "127.0.0.1".parse().unwrap(), 1);
+    let mut messages = Vec::new();
+    let mut pending: Vec<u8> = Vec::new();
+    let chunks: Vec<&[u8]> = if byte_by_byte { input.chunks(1).collect() } else { vec![input] };
+    'outer: for chunk in chunks {
+        pending.extend_from_slice(chunk);
+        loop {
+            let (used, ev) = s.receive(1_000, &pending);
+            pending.drain(..used);
+            match ev {
+                Some(Event::Message) => {
+                    messages.push(s.take_message().data);
+                    s.message_stored(true, "Q1");
+                }
+                Some(Event::StartTls) => s.tls_started(),
+                Some(Event::Close) => break 'outer,
+                None if used == 0 => break,
+                None => {}
+            }
+        }
+    }
+    let out = String::from_utf8(s.output().to_vec()).unwrap();
+    (out.lines().map(str::to_string).collect(), messages)
+}
+
+/// The reply codes of final reply lines (`250 ...`, not `250-...`).
+pub fn codes(lines: &[String]) -> Vec<u16> {
+    lines.iter().filter(|l| l.len() >= 4 && &l[3..4] == " ").map(|l| l[..3].parse().unwrap()).collect()
+}
