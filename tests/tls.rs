@@ -47,14 +47,7 @@ fn scenario(shards: Option<u32>) {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("<~  220 relay.test ESMTP sluice"), "the greeting inside TLS: {out}");
     // A 2 MB message through STARTTLS: many TLS records, rustls's buffers filling and draining.
-    let (code, out) = run(Command::new("python3").arg(py_script("send_tls.py")).args([
-        &relay.port.to_string(),
-        "alice",
-        "s3cret",
-        "big@far.test",
-        "30000",
-    ]));
-    assert_eq!(code, 0, "{out}");
+    send_tls(&relay, "big@far.test", 30000);
     // smtp-sink writes its dump files as the bytes come: wait for the big one's last line.
     let messages = wait_for("all delivered", Duration::from_secs(20), || {
         let m = sink.messages();
@@ -70,6 +63,19 @@ fn scenario(shards: Option<u32>) {
     assert!(out.contains("starttls: 220 2.0.0 Ready to start TLS"), "{out}");
     assert!(out.contains("first in tls: 250-relay.test Hello b.test"), "the injected NOOP was dropped: {out}");
     assert!(out.contains("version: TLSv1.3"), "{out}");
+}
+
+/// One message over STARTTLS with AUTH as alice (Python's smtplib, `tests/py/send_tls.py`):
+/// `lines` body lines of about 75 bytes to `rcpt`; panics unless it is accepted.
+fn send_tls(relay: &Relay, rcpt: &str, lines: u32) {
+    let (code, out) = run(Command::new("python3").arg(py_script("send_tls.py")).args([
+        &relay.port.to_string(),
+        "alice",
+        "s3cret",
+        rcpt,
+        &lines.to_string(),
+    ]));
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
@@ -119,22 +125,8 @@ fn relay_to_relay_over_starttls_and_require_starttls() {
         ),
         None,
     );
-    let (code, out) = run(Command::new("python3").arg(py_script("send_tls.py")).args([
-        &a.port.to_string(),
-        "alice",
-        "s3cret",
-        "big@far.test",
-        "30000",
-    ]));
-    assert_eq!(code, 0, "{out}");
-    let (code, out) = run(Command::new("python3").arg(py_script("send_tls.py")).args([
-        &a.port.to_string(),
-        "alice",
-        "s3cret",
-        "x@nosec.test",
-        "10",
-    ]));
-    assert_eq!(code, 0, "{out}");
+    send_tls(&a, "big@far.test", 30000);
+    send_tls(&a, "x@nosec.test", 10);
     let d = a.wait_rows("d", 1, Duration::from_secs(20));
     assert_eq!((d[0]["rcpt"].as_str(), d[0]["dlvTlsProtocol"].as_str()), ("big@far.test", "TLSv1.3"), "{d:?}");
     let m = wait_for("the big message at the end", Duration::from_secs(20), || {
