@@ -347,11 +347,7 @@ impl Reloader {
 fn rotate(f: &mut AcctOut) -> std::io::Result<()> {
     f.w.flush()?;
     let path = &f.conf.path;
-    let stamp = sluice_engine::time::iso8601(
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-    )
-    .replace(['-', ':', ' '], "")
-    .replace("+0000", "");
+    let stamp = sluice_engine::time::iso8601(crate::mgmt::now_ms()).replace(['-', ':', ' '], "").replace("+0000", "");
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let rotated =
         (0..).map(|n| path.with_file_name(format!("{name}.{stamp}.{n}"))).find(|p| !p.exists()).expect("a free name");
@@ -417,12 +413,8 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
                 let totals = api.responder.totals();
-                api.history.lock().expect("not poisoned").sample(now, totals);
+                api.history.lock().expect("not poisoned").sample(crate::mgmt::now_ms(), totals);
             }
         });
     }

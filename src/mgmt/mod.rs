@@ -86,6 +86,19 @@ pub struct Response {
     body: Vec<u8>,
 }
 
+impl Response {
+    /// The status line and headers (one request per connection).
+    fn head(&self) -> String {
+        format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
+            self.status,
+            reason(self.status),
+            self.content_type,
+            self.body.len()
+        )
+    }
+}
+
 fn json_response(status: u16, v: Value) -> Response {
     let mut body = serde_json::to_vec_pretty(&v).expect("JSON values serialize");
     body.push(b'\n');
@@ -192,14 +205,7 @@ async fn connection(api: Arc<Api>, mut sock: tokio::net::TcpStream, peer: Socket
         Ok(Err(resp)) => resp,
         Err(_) => error(408, "the request did not arrive in time"),
     };
-    let head = format!(
-        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n",
-        response.status,
-        reason(response.status),
-        response.content_type,
-        response.body.len()
-    );
-    let _ = sock.write_all(head.as_bytes()).await;
+    let _ = sock.write_all(response.head().as_bytes()).await;
     let _ = sock.write_all(&response.body).await;
     let _ = sock.shutdown().await;
 }
@@ -358,7 +364,8 @@ fn job_id(req: &Request) -> Result<String, Response> {
     req.param("jobId").map(str::to_string).ok_or_else(|| error(400, "say which job: ?jobId=ID"))
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -883,14 +890,7 @@ pub fn serve_recovery(
             } else {
                 error(503, "the spool is being recovered; only /status answers until it is done")
             };
-            let head = format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                response.status,
-                reason(response.status),
-                response.content_type,
-                response.body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).and_then(|_| sock.write_all(&response.body));
+            let _ = sock.write_all(response.head().as_bytes()).and_then(|_| sock.write_all(&response.body));
         }
         listener
     })
