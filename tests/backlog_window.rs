@@ -1,5 +1,5 @@
 //! A backlog for an unreachable destination: more messages than a queue keeps in memory
-//! (its window; the rest wait as references into the spool). Fresh mail to another domain is
+//! (its window; the rest wait as references into the spool, most of them spilled to a file). Fresh mail to another domain is
 //! not slowed by it, status counts the whole backlog, and once the destination answers every
 //! message is delivered exactly once.
 
@@ -33,6 +33,14 @@ fn a_backlog_past_the_window_is_counted_and_delivered_once() {
     assert_eq!(json_u64(&lg, "messages_ok"), BACKLOG);
     let (_, status) = http(api, "GET", "/status", None, "");
     assert_eq!(status["queue"]["rcpt"], BACKLOG, "the whole backlog is counted, parked or not: {status}");
+    // Past the window, the backlog waits in an unnamed spill file in the spool, not in memory.
+    let spool = relay.dir.path().join("spool");
+    let spill_files = std::fs::read_dir(format!("/proc/{}/fd", relay.pid()))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+        .filter(|target| target.starts_with(&spool) && target.to_string_lossy().ends_with("(deleted)"))
+        .count();
+    assert_eq!(spill_files, 1, "one spill file for the one backlog");
     // Fresh mail to another destination goes straight through.
     let sent = Instant::now();
     swaks_send(&relay, "someone@fresh.test");

@@ -16,6 +16,9 @@
 //! sender read that reply (the one case SMTP cannot tell apart, RFC 1047), or a crash came
 //! before its delivery was journaled.
 
+mod common;
+
+use common::net::Pipe;
 use sluice_config::DomainSettings;
 use sluice_engine::acct::Kind;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, Recipient};
@@ -24,40 +27,13 @@ use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_engine::suppress::AddressList;
 use sluice_spool::memdisk::Rng;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 const SEEDS: u64 = 2000;
 const MESSAGES: u64 = 6;
 const STEPS_MAX: usize = 200_000;
-
-/// One direction of a connection: bytes in flight, each piece deliverable from a time on.
-#[derive(Default)]
-struct Pipe {
-    pieces: VecDeque<(u64, Vec<u8>)>,
-}
-
-impl Pipe {
-    fn send(&mut self, rng: &mut Rng, now: u64, mut bytes: &[u8]) {
-        // Split into random pieces with random, increasing delivery times (TCP keeps order).
-        let mut at = self.pieces.back().map_or(now, |p| p.0).max(now);
-        while !bytes.is_empty() {
-            let n = (1 + rng.below(bytes.len() as u64) as usize).min(bytes.len());
-            at += rng.below(20);
-            self.pieces.push_back((at, bytes[..n].to_vec()));
-            bytes = &bytes[n..];
-        }
-    }
-
-    fn take_due(&mut self, now: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        while self.pieces.front().is_some_and(|p| p.0 <= now) {
-            out.extend(self.pieces.pop_front().expect("checked").1);
-        }
-        out
-    }
-}
 
 struct Conn {
     client: Client,

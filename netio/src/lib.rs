@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub(crate) mod mailbox;
+mod park;
 mod shard;
 pub mod store;
 pub mod suppress;

@@ -5,6 +5,7 @@
 
 use crate::admin::{AdminCmd, AdminReply, Injection, JobInfo, QueueInfo, Selector, ShardStats};
 use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
+use crate::park::{Parked, ParkedList};
 use crate::store::{self, Journal, Segment};
 use crate::sys::{ip_of, local_ip, mono_ns, now_ms, sockaddr};
 use crate::{limit_of, owner_shard, ControlRequest, Shared};
@@ -21,7 +22,7 @@ use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
 use sluice_spool::{Appender, TicketResult};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::path::PathBuf;
@@ -152,6 +153,16 @@ fn job_template(
         queued_unix_ms,
         size,
         job_id: job_id.to_string(),
+    }
+}
+
+/// Adds `more` (another part of a queue or job) to `c`.
+fn merge_contents(c: &mut sluice_engine::queue::Contents, more: &sluice_engine::queue::Contents) {
+    c.jobs += more.jobs;
+    c.rcpts += more.rcpts;
+    c.bytes += more.bytes;
+    if more.oldest_unix_ms != 0 && (c.oldest_unix_ms == 0 || more.oldest_unix_ms < c.oldest_unix_ms) {
+        c.oldest_unix_ms = more.oldest_unix_ms;
     }
 }
 
@@ -372,24 +383,15 @@ struct QueueState {
     connect_failures: u32,
     connect_backoff_until_ms: u64,
     /// Jobs past the queue's in-memory window (`QUEUE_WINDOW`), in arrival order, as bare
-    /// references into the spool: their addresses are read back from the segment when they
-    /// enter the window.
-    parked: VecDeque<Parked>,
-}
-
-/// A job outside the window: its message in the spool and which of its recipients.
-pub(crate) struct Parked {
-    msg: MsgRef,
-    rcpts: Box<[u32]>,
-    attempts: u32,
-    size: u64,
-    queued_unix_ms: u64,
+    /// references into the spool (the most spilled to a file): their addresses are read back
+    /// from the segment when they enter the window.
+    parked: ParkedList,
 }
 
 /// Jobs a queue holds in memory, ready and waiting; more arrivals are parked as references
-/// into the spool (about 80 bytes each instead of a whole job with its addresses) and enter
+/// into the spool (`park.rs`: a few thousand in memory, the rest in a spill file) and enter
 /// as the window drains below half. A million-message backlog for one unreachable domain
-/// costs its references, not a million jobs.
+/// costs a constant amount of memory.
 const QUEUE_WINDOW: usize = 10_000;
 /// Parked jobs brought back into a window per pump (the tick pumps again while below half).
 const UNPARK_BATCH: usize = 1_000;
@@ -442,6 +444,9 @@ pub(crate) struct Shard {
     segments: HashMap<u64, Arc<Segment>>,
     active_empty_since_ms: Option<u64>,
     spool_broken_until_ms: u64,
+    /// After a journal failed, no new journal before this (a failing disk would otherwise get
+    /// a new journal file per batch).
+    jnl_broken_until_ms: u64,
     spool_refusals: Vec<u32>,
     journal: Option<Journal>,
     closed_journals: Vec<Journal>,
@@ -523,6 +528,7 @@ impl Shard {
             segments: HashMap::new(),
             active_empty_since_ms: None,
             spool_broken_until_ms: 0,
+            jnl_broken_until_ms: 0,
             spool_refusals: Vec::new(),
             journal: Some(journal),
             closed_journals: old_journals,
@@ -1645,7 +1651,7 @@ impl Shard {
                 rotation: 0,
                 connect_failures: 0,
                 connect_backoff_until_ms: 0,
-                parked: VecDeque::new(),
+                parked: ParkedList::new(self.dir.clone()),
             };
             let mut st = st;
             if self.paused_queues.iter().any(|s| s.matches(domain, vmta)) {
@@ -1692,7 +1698,8 @@ impl Shard {
         let room = (QUEUE_WINDOW - st.q.jobs()).min(UNPARK_BATCH);
         let (domain, vmta) = (st.q.domain.clone(), st.q.vmta.clone());
         let mut held = Vec::new();
-        for p in st.parked.drain(..room.min(st.parked.len())) {
+        for _ in 0..room {
+            let Some(p) = st.parked.pop_front() else { break };
             let job = job_of(&p);
             if !job.job_id.is_empty() && self.paused_jobs.contains(&job.job_id) {
                 held.push((domain.clone(), vmta.clone(), job));
@@ -1706,18 +1713,7 @@ impl Shard {
     /// Takes the parked jobs `pred` picks, whole (delete, pause a job).
     fn take_parked_where(&mut self, key: &str, mut pred: impl FnMut(&Job<MsgRef>) -> bool) -> Vec<Job<MsgRef>> {
         let Some(st) = self.queues.get_mut(key) else { return Vec::new() };
-        let mut taken = Vec::new();
-        let mut kept = VecDeque::with_capacity(st.parked.len());
-        for p in st.parked.drain(..) {
-            let job = job_of(&p);
-            if pred(&job) {
-                taken.push(job);
-            } else {
-                kept.push_back(p);
-            }
-        }
-        st.parked = kept;
-        taken
+        st.parked.take_where(|p| pred(&job_of(p))).iter().map(job_of).collect()
     }
 
     fn requeue(&mut self, key: &str, job: Job<MsgRef>) {
@@ -2097,13 +2093,9 @@ impl Shard {
         let mut queues = Vec::with_capacity(self.queues.len());
         for st in self.queues.values() {
             let mut c = st.q.contents(Some(&mut jobs));
-            for p in &st.parked {
-                c.jobs += 1;
-                c.rcpts += p.rcpts.len() as u64;
-                c.bytes += p.size * p.rcpts.len() as u64;
-                if c.oldest_unix_ms == 0 || p.queued_unix_ms < c.oldest_unix_ms {
-                    c.oldest_unix_ms = p.queued_unix_ms;
-                }
+            merge_contents(&mut c, &st.parked.totals());
+            for (job, parked) in st.parked.per_job() {
+                merge_contents(jobs.entry(job.clone()).or_default(), parked);
             }
             if c.jobs == 0 && st.q.connections == 0 && !st.q.paused() {
                 continue; // emptied; forgotten on the next tick
@@ -2803,6 +2795,9 @@ impl Shard {
         // a new one starts. (Found by the spool simulation: this used to panic the shard.)
         let needs_rotation = !self.journal.as_ref().is_some_and(|j| j.has_room(len) && !j.commit.poisoned());
         if needs_rotation {
+            if now_ms() < self.jnl_broken_until_ms {
+                return;
+            }
             match Journal::create(
                 &self.dir,
                 self.id,
@@ -2855,20 +2850,29 @@ impl Shard {
         let batch = &self.jnl_batches[&batch_id];
         let ok = result >= 0 && result as usize == batch.bytes.len();
         if !ok {
-            tracing::error!(
-                shard = self.id,
-                result,
-                "journal write failed; these outcomes may be redelivered after a restart"
-            );
+            tracing::error!(shard = self.id, result, "journal write failed; its entries go to a new journal");
         }
         let jseq = batch.jseq;
         self.journal_by_seq(jseq).commit.write_completed(batch_id, ok);
+        self.settle_journal(jseq, None);
     }
 
     fn on_jnl_sync(&mut self, jseq: u64, result: i32) {
+        if result < 0 {
+            tracing::error!(shard = self.id, result, "journal fsync failed; its entries go to a new journal");
+        }
+        self.settle_journal(jseq, Some(result >= 0));
+    }
+
+    /// A journal's fsync finished (`sync`), or a write completed: durable batches release
+    /// their segments; failed ones go back to be written to a new journal (a failed write or
+    /// fsync poisons the file), so their segments do not stay live until a restart.
+    fn settle_journal(&mut self, jseq: u64, sync: Option<bool>) {
         let mut done = Vec::new();
         let j = self.journal_by_seq(jseq);
-        j.commit.sync_completed(result >= 0, &mut done);
+        if let Some(ok) = sync {
+            j.commit.sync_completed(ok, &mut done);
+        }
         j.commit.take_failed(&mut done);
         for (batch_id, r) in done {
             let batch = self.jnl_batches.remove(&batch_id).expect("batch in flight");
@@ -2876,6 +2880,10 @@ impl Shard {
                 for seg in batch.segments {
                     seg.release(1);
                 }
+            } else {
+                self.jnl_broken_until_ms = now_ms() + 1_000;
+                self.jnl_pending.extend_from_slice(&batch.bytes);
+                self.jnl_pending_segments.extend(batch.segments);
             }
         }
     }

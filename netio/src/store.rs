@@ -4,14 +4,14 @@
 
 use memmap2::{Mmap, MmapOptions};
 use sluice_spool::codec::{self, Decoded, FileHeader, FileKind, MessageView, FILE_HEADER_BYTES};
-use sluice_spool::{recover, segment_name, FileCommit, Outcome};
+use sluice_spool::{recover, segment_name, FileCommit, JournalRefs, Outcome, SegmentLife};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Journal file size bounds: a quarter of the segment size, within these.
@@ -30,11 +30,7 @@ pub struct Segment {
     path: PathBuf,
     file: File,
     map: Mmap,
-    live: AtomicU64,
-    sealed: AtomicBool,
-    /// Shared with journals, which need to know when the segment is gone but must not keep
-    /// its file (and so its disk space) alive.
-    deleted: Arc<AtomicBool>,
+    life: SegmentLife,
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -66,16 +62,7 @@ impl Segment {
             Ok(map)
         })();
         match result {
-            Ok(map) => Ok(Arc::new(Segment {
-                shard,
-                seq,
-                path,
-                file,
-                map,
-                live: AtomicU64::new(0),
-                sealed: AtomicBool::new(false),
-                deleted: Arc::new(AtomicBool::new(false)),
-            })),
+            Ok(map) => Ok(Arc::new(Segment { shard, seq, path, file, map, life: SegmentLife::default() })),
             Err(e) => {
                 let _ = fs::remove_file(&path);
                 Err(e)
@@ -83,20 +70,12 @@ impl Segment {
         }
     }
 
+    /// Opens a segment found at recovery; the caller adds its owed recipients, then seals it.
     fn open(path: &Path, shard: u32, seq: u64) -> io::Result<Arc<Segment>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         // SAFETY: as in `create`.
         let map = unsafe { MmapOptions::new().map(&file)? };
-        Ok(Arc::new(Segment {
-            shard,
-            seq,
-            path: path.to_path_buf(),
-            file,
-            map,
-            live: AtomicU64::new(0),
-            sealed: AtomicBool::new(true),
-            deleted: Arc::new(AtomicBool::new(false)),
-        }))
+        Ok(Arc::new(Segment { shard, seq, path: path.to_path_buf(), file, map, life: SegmentLife::default() }))
     }
 
     pub fn fd(&self) -> i32 {
@@ -112,41 +91,35 @@ impl Segment {
     }
 
     pub fn add_live(&self, n: u64) {
-        assert!(!self.sealed.load(Ordering::SeqCst), "records added to a sealed segment");
-        self.live.fetch_add(n, Ordering::SeqCst);
+        self.life.add_live(n);
     }
 
     pub fn live(&self) -> u64 {
-        self.live.load(Ordering::SeqCst)
+        self.life.live()
     }
 
     /// `n` recipients reached a final, journaled outcome.
     pub fn release(&self, n: u64) {
-        let before = self.live.fetch_sub(n, Ordering::SeqCst);
-        assert!(before >= n, "segment {}/{} released below zero", self.shard, self.seq);
-        if before == n && self.sealed.load(Ordering::SeqCst) {
+        if self.life.release(n) {
             self.delete();
         }
     }
 
     /// No more records will be added.
     pub fn seal(&self) {
-        self.sealed.store(true, Ordering::SeqCst);
-        if self.live.load(Ordering::SeqCst) == 0 {
+        if self.life.seal() {
             self.delete();
         }
     }
 
     fn delete(&self) {
-        if self.deleted.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
-            if let Err(e) = fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment");
-            }
+        if let Err(e) = fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment");
         }
     }
 
     pub fn is_deleted(&self) -> bool {
-        self.deleted.load(Ordering::SeqCst)
+        self.life.is_deleted()
     }
 }
 
@@ -158,8 +131,8 @@ pub struct Journal {
     size: u64,
     pub next_offset: u64,
     pub commit: FileCommit,
-    /// Deleted-flags of segments with entries in this journal: it may go once all are set.
-    refs: HashMap<(u32, u64), Arc<AtomicBool>>,
+    /// Segments with entries in this journal: it may go once all are gone.
+    refs: JournalRefs,
 }
 
 impl Journal {
@@ -184,7 +157,7 @@ impl Journal {
             size,
             next_offset: FILE_HEADER_BYTES as u64,
             commit: FileCommit::default(),
-            refs: HashMap::new(),
+            refs: JournalRefs::default(),
         })
     }
 
@@ -197,13 +170,12 @@ impl Journal {
     }
 
     pub fn reference(&mut self, seg: &Arc<Segment>) {
-        self.refs.entry((seg.shard, seg.seq)).or_insert_with(|| seg.deleted.clone());
+        self.refs.reference(seg.shard, seg.seq, &seg.life);
     }
 
     /// A closed journal whose segments are all gone is deleted; returns true when it was.
     pub fn try_retire(&mut self) -> bool {
-        self.refs.retain(|_, deleted| !deleted.load(Ordering::SeqCst));
-        if self.refs.is_empty() && self.commit.idle() {
+        if self.commit.idle() && self.refs.all_gone() {
             if let Err(e) = fs::remove_file(&self.path) {
                 tracing::warn!(path = %self.path.display(), error = %e, "cannot delete retired journal");
             }
@@ -233,27 +205,24 @@ pub fn shard_dir(spool: &Path, shard: u32) -> PathBuf {
     spool.join(shard.to_string())
 }
 
-/// Scans every shard directory under `spool`, applies the journals, deletes segments with
-/// nothing left to deliver, and returns the rest.
 /// How far the spool recovery of this process has got, for status pages while it runs.
 #[derive(Default)]
 pub struct RecoveryProgress {
-    pub files_total: std::sync::atomic::AtomicU64,
-    pub files_done: std::sync::atomic::AtomicU64,
-    pub bytes_done: std::sync::atomic::AtomicU64,
+    pub files_total: AtomicU64,
+    pub files_done: AtomicU64,
+    pub bytes_done: AtomicU64,
 }
 
-pub static RECOVERY: RecoveryProgress = RecoveryProgress {
-    files_total: std::sync::atomic::AtomicU64::new(0),
-    files_done: std::sync::atomic::AtomicU64::new(0),
-    bytes_done: std::sync::atomic::AtomicU64::new(0),
-};
+pub static RECOVERY: RecoveryProgress =
+    RecoveryProgress { files_total: AtomicU64::new(0), files_done: AtomicU64::new(0), bytes_done: AtomicU64::new(0) };
 
+/// Scans every shard directory under `spool`, applies the journals, deletes segments with
+/// nothing left to deliver, and returns the rest.
 pub fn recover(spool: &Path) -> io::Result<Recovered> {
     fs::create_dir_all(spool)?;
     let mut segments: Vec<(Arc<Segment>, recover::ScannedSegment)> = Vec::new();
     let mut journals: Vec<(PathBuf, u32, u64, Vec<Outcome>)> = Vec::new();
-    let mut next_seq: HashMap<u32, u64> = HashMap::new();
+    let mut file_seqs: HashMap<u32, Vec<u64>> = HashMap::new();
     let mut torn_records = 0;
     // Progress for the log: a large backlog takes a while to scan.
     let started = std::time::Instant::now();
@@ -281,8 +250,7 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
             else {
                 continue;
             };
-            let next = next_seq.entry(dir_shard).or_insert(1);
-            *next = (*next).max(seq + 1);
+            file_seqs.entry(dir_shard).or_default().push(seq);
             let bytes = fs::read(&path)?;
             bytes_done += bytes.len() as u64;
             RECOVERY.files_done.store(files_done as u64, Ordering::Relaxed);
@@ -310,18 +278,26 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
     let scanned: Vec<recover::ScannedSegment> = segments.iter().map(|(_, s)| s.clone()).collect();
     let outcomes: Vec<Outcome> = journals.iter().flat_map(|j| j.3.iter().copied()).collect();
     let plan = recover::plan(&scanned, &outcomes);
+    let shards: std::collections::HashSet<u32> =
+        file_seqs.keys().copied().chain(outcomes.iter().map(|o| o.seg_shard)).collect();
+    let next_seq = shards
+        .into_iter()
+        .map(|shard| {
+            let seqs = file_seqs.get(&shard).map_or(&[][..], Vec::as_slice);
+            (shard, recover::next_seq(seqs, &outcomes, shard))
+        })
+        .collect();
     let by_key: HashMap<(u32, u64), Arc<Segment>> =
         segments.iter().map(|(s, _)| ((s.shard, s.seq), s.clone())).collect();
     let mut messages = Vec::with_capacity(plan.pending.len());
     for p in plan.pending {
         let seg = by_key[&(p.seg_shard, p.seg_seq)].clone();
-        seg.live.fetch_add(p.pending.len() as u64, Ordering::SeqCst);
+        seg.add_live(p.pending.len() as u64);
         messages.push(RecoveredMessage { segment: seg, offset: p.offset, pending: p.pending });
     }
+    // Sealed now: those with nothing owed are deleted.
     for seg in by_key.values() {
-        if seg.live() == 0 {
-            seg.delete();
-        }
+        seg.seal();
     }
     let mut old_journals = Vec::new();
     for (path, _shard, jseq, outcomes) in journals {
@@ -334,7 +310,7 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
             size,
             next_offset: size,
             commit: FileCommit::default(),
-            refs: HashMap::new(),
+            refs: JournalRefs::default(),
         };
         for o in outcomes {
             if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)) {
@@ -346,4 +322,66 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
         }
     }
     Ok(Recovered { messages, next_seq, old_journals, torn_records })
+}
+
+#[cfg(test)]
+impl Segment {
+    /// Writes encoded records one after another from the header on; returns their offsets.
+    pub(crate) fn write_records_for_test(&self, records: &[Vec<u8>]) -> Vec<u64> {
+        let mut at = FILE_HEADER_BYTES as u64;
+        let mut offsets = Vec::new();
+        for r in records {
+            self.file.write_all_at(r, at).unwrap();
+            offsets.push(at);
+            at += sluice_spool::Appender::aligned(r.len() as u64);
+        }
+        offsets
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_spool::codec::Envelope;
+
+    /// A restart must never give a new segment a number an old journal still names: the
+    /// journal's entries would mark the new segment's recipients done (found by the relay
+    /// simulation, `engine/tests/relay_sim.rs`).
+    #[test]
+    fn restart_never_reuses_a_segment_number_a_journal_names() {
+        let spool = std::env::temp_dir().join(format!("sluice-store-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&spool);
+        let dir = shard_dir(&spool, 0);
+        fs::create_dir_all(&dir).unwrap();
+        // Segment 1 holds a message still owed to its second recipient.
+        let seg = Segment::create(&dir, 0, 1, 1 << 16).unwrap();
+        let env = Envelope {
+            queued_unix_ms: 1,
+            client_ip: "127.0.0.1".parse().unwrap(),
+            mail_from: "s@x.test",
+            envid: "",
+            vmta: "",
+            recipients: vec!["a@y.test", "b@y.test"],
+            job_id: "",
+        };
+        let mut rec = Vec::new();
+        codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
+        seg.file.write_all_at(&rec, FILE_HEADER_BYTES as u64).unwrap();
+        // Journal 1 says so, and names segment 7 (finished and deleted before the restart).
+        let j = Journal::create(&dir, 0, 1, JOURNAL_BYTES_MIN).unwrap();
+        let entries: Vec<u8> = [(1, 0), (7, 0), (7, 1)]
+            .iter()
+            .flat_map(|&(seg_seq, rcpt)| {
+                codec::encode_outcome(&Outcome { seg_shard: 0, seg_seq, offset: FILE_HEADER_BYTES as u64, rcpt })
+            })
+            .collect();
+        j.file.write_all_at(&entries, FILE_HEADER_BYTES as u64).unwrap();
+        drop((seg, j));
+        let recovered = recover(&spool).unwrap();
+        assert_eq!(recovered.messages.len(), 1);
+        assert_eq!(recovered.messages[0].pending, vec![1]);
+        assert_eq!(recovered.old_journals.len(), 1, "the journal still matters for segment 1");
+        assert_eq!(recovered.next_seq[&0], 8, "new segments start above every number the journal names");
+        fs::remove_dir_all(&spool).unwrap();
+    }
 }

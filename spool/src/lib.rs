@@ -4,11 +4,13 @@
 
 pub mod codec;
 pub mod commit;
+pub mod life;
 pub mod memdisk;
 pub mod recover;
 
 pub use codec::{Envelope, MessageView, Outcome};
 pub use commit::{Appender, FileCommit, Placement, TicketResult};
+pub use life::{JournalRefs, SegmentLife};
 
 /// File names inside a shard's spool directory.
 pub fn segment_name(seq: u64) -> String {

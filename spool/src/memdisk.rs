@@ -67,6 +67,15 @@ impl MemDisk {
         &self.files[name].live
     }
 
+    /// Bytes the files take (what a full disk is measured against).
+    pub fn used_bytes(&self) -> usize {
+        self.files.values().map(|f| f.live.len().max(f.durable.len())).sum()
+    }
+
+    pub fn exists(&self, name: &str) -> bool {
+        self.files.contains_key(name)
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.files.keys().cloned().collect()
     }

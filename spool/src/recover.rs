@@ -3,7 +3,7 @@
 
 use crate::codec::{self, Decoded, FileKind, Outcome, FILE_HEADER_BYTES, OUTCOME_BYTES};
 use crate::commit::Appender;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 /// One message found in a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,12 +104,12 @@ pub fn plan(segments: &[ScannedSegment], outcomes: &[Outcome]) -> Plan {
     plan
 }
 
-/// Highest segment sequence per shard, so new segments never reuse a name.
-pub fn next_seqs(segments: &[ScannedSegment]) -> HashMap<u32, u64> {
-    let mut next = HashMap::new();
-    for s in segments {
-        let e = next.entry(s.shard).or_insert(1);
-        *e = (*e).max(s.seq + 1);
-    }
-    next
+/// The first sequence number a restarted shard may give a new segment or journal: above
+/// every file left in its directory, and above every segment of it that a surviving journal
+/// (of any shard) names. A segment number named in an old journal must never come back: that
+/// journal's entries would mark the new segment's recipients done (same offsets, same
+/// recipient numbers) and an acknowledged message would never be delivered.
+pub fn next_seq(file_seqs: &[u64], outcomes: &[Outcome], shard: u32) -> u64 {
+    let named = outcomes.iter().filter(|o| o.seg_shard == shard).map(|o| o.seg_seq);
+    file_seqs.iter().copied().chain(named).max().map_or(1, |s| s + 1)
 }

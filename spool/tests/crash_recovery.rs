@@ -211,7 +211,8 @@ fn run(seed: u64) {
             assert!(!pend.contains(&o.rcpt), "seed {seed}: durable outcome not applied");
             assert!(pend.contains(&1), "seed {seed}: recipient 1 never finished, must stay pending");
         }
-        first_seq = recover::next_seqs(&segments).get(&0).copied().unwrap_or(first_seq).max(first_seq) + 100;
+        let seqs: Vec<u64> = segments.iter().map(|s| s.seq).collect();
+        first_seq = recover::next_seq(&seqs, &outcomes, 0).max(first_seq) + 100;
     }
 }
 

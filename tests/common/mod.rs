@@ -139,6 +139,11 @@ impl Relay {
         std::fs::read_to_string(self.dir.path().join("sluice.log")).unwrap_or_default()
     }
 
+    /// The running relay's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("relay running").id()
+    }
+
     /// Sends a signal (SIGHUP: reload) to the running relay.
     pub fn signal(&self, sig: i32) {
         let c = self.child.as_ref().expect("relay running");

@@ -1,6 +1,8 @@
 //! Shared by the engine's session tests.
 #![allow(dead_code)]
 
+pub mod net;
+
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 
 /// Feeds `input` to a session (all at once, or byte by byte) and returns every line it wrote
