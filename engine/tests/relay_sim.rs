@@ -30,6 +30,7 @@ use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_engine::suppress::AddressList;
 use sluice_spool::codec::{self, Decoded, Envelope, FileHeader, FileKind, Outcome, FILE_HEADER_BYTES, OUTCOME_BYTES};
+use sluice_spool::commit::journal_backoff_ms;
 use sluice_spool::memdisk::{MemDisk, Rng};
 use sluice_spool::{journal_name, recover, segment_name, Appender, FileCommit, JournalRefs, SegmentLife, TicketResult};
 use std::collections::{HashMap, HashSet};
@@ -226,8 +227,9 @@ struct Relay {
     journal: Option<Jnl>,
     closed_journals: Vec<Jnl>,
     next_journal_seq: u64,
-    /// After a journal failure, no new journal before this.
+    /// After journal failures in a row, no new journal before this.
     jnl_broken_until: u64,
+    jnl_failures_in_row: u32,
     jnl_pending: Vec<Outcome>,
     /// Per pending entry: the delivery it records, if a delivery (for the ledger).
     jnl_pending_what: Vec<Option<Delivery>>,
@@ -396,6 +398,7 @@ impl World {
             closed_journals,
             next_journal_seq: next_seq,
             jnl_broken_until: 0,
+            jnl_failures_in_row: 0,
             jnl_pending: Vec::new(),
             jnl_pending_what: Vec::new(),
             jnl_writes: Vec::new(),
@@ -555,8 +558,13 @@ impl World {
             });
         } else {
             self.stats.refused_452 += 1;
-            if store.placed && relay.segments[&store.loc.seq].release(store.rcpts.len() as u64) {
-                self.delete_segment(relay, store.loc.seq);
+            if store.placed {
+                // On disk all the same, perhaps: journaled as finished (shard: cancel_refused).
+                for rcpt in 0..store.rcpts.len() as u32 {
+                    let o = Outcome { seg_shard: 0, seg_seq: store.loc.seq, offset: store.loc.offset, rcpt };
+                    relay.jnl_pending.push(o);
+                    relay.jnl_pending_what.push(None);
+                }
             }
         }
     }
@@ -700,13 +708,15 @@ impl World {
         for (batch, r) in done {
             let (entries, what) = relay.jnl_batches.remove(&batch).expect("a batch in flight");
             if r == TicketResult::Durable {
+                relay.jnl_failures_in_row = 0;
                 for o in entries {
                     if relay.segments[&o.seg_seq].release(1) {
                         self.delete_segment(relay, o.seg_seq);
                     }
                 }
             } else {
-                relay.jnl_broken_until = self.now + 1_000;
+                relay.jnl_failures_in_row += 1;
+                relay.jnl_broken_until = self.now + journal_backoff_ms(relay.jnl_failures_in_row);
                 relay.jnl_pending.extend(entries);
                 relay.jnl_pending_what.extend(what);
             }

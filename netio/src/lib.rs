@@ -3,6 +3,7 @@
 //! hashed to it; the engine's sans-IO machines run inside.
 
 pub mod admin;
+mod faults;
 pub(crate) mod mailbox;
 mod park;
 mod shard;

@@ -4,6 +4,7 @@
 //! domains hashed to it.
 
 use crate::admin::{AdminCmd, AdminReply, Injection, JobInfo, QueueInfo, Selector, ShardStats};
+use crate::faults::{Faults, Io};
 use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
 use crate::park::{Parked, ParkedList};
 use crate::store::{self, Journal, Segment};
@@ -444,9 +445,12 @@ pub(crate) struct Shard {
     segments: HashMap<u64, Arc<Segment>>,
     active_empty_since_ms: Option<u64>,
     spool_broken_until_ms: u64,
-    /// After a journal failed, no new journal before this (a failing disk would otherwise get
-    /// a new journal file per batch).
+    /// After journal failures in a row, no new journal before this (a failing disk would
+    /// otherwise get a new journal file per batch); see `commit::journal_backoff_ms`.
     jnl_broken_until_ms: u64,
+    jnl_failures_in_row: u32,
+    /// Spool IO failures injected on purpose (`SLUICE_FAULTS`, tests only).
+    faults: Faults,
     spool_refusals: Vec<u32>,
     journal: Option<Journal>,
     closed_journals: Vec<Journal>,
@@ -529,6 +533,8 @@ impl Shard {
             active_empty_since_ms: None,
             spool_broken_until_ms: 0,
             jnl_broken_until_ms: 0,
+            jnl_failures_in_row: 0,
+            faults: Faults::from_env(id),
             spool_refusals: Vec::new(),
             journal: Some(journal),
             closed_journals: old_journals,
@@ -612,6 +618,13 @@ impl Shard {
 
     fn complete(&mut self, user_data: u64, result: i32) {
         let (op, gen, slot) = ud_split(user_data);
+        let result = match op {
+            Op::SegWrite | Op::LocalWrite => self.faults.apply(Io::SegWrite, result),
+            Op::SegSync => self.faults.apply(Io::SegSync, result),
+            Op::JnlWrite => self.faults.apply(Io::JnlWrite, result),
+            Op::JnlSync => self.faults.apply(Io::JnlSync, result),
+            _ => result,
+        };
         match op {
             Op::Accept => self.on_accept(slot as usize, result),
             Op::Recv | Op::Send | Op::Connect => {
@@ -1439,7 +1452,7 @@ impl Shard {
             }
             (_, segment) => {
                 if let Some(seg) = segment {
-                    seg.release(local.store.recipients.len() as u64);
+                    self.cancel_refused(&seg, local.store.offset, local.store.recipients.len());
                 }
                 if let Some(notify) = local.notify.take() {
                     let _ = notify.send(Err("the spool write failed (disk full or failing); try again".into()));
@@ -1579,12 +1592,24 @@ impl Shard {
                     self.dispatch(domain, vmta, job);
                 }
             } else {
-                seg.release(store.recipients.len() as u64);
+                self.cancel_refused(&seg, store.offset, store.recipients.len());
             }
         }
         let Kind::In(inb) = &mut self.conn_mut(slot).kind else { unreachable!() };
         inb.session.recycle_data_buffer(store.data);
         self.in_drive(slot);
+    }
+
+    /// A message the spool refused (its write or fsync failed) may be on disk all the same,
+    /// whole: its recipients are journaled as finished, so a restart does not deliver what its
+    /// client was told to send again (the segment goes once those entries are durable, as
+    /// for delivered mail). Found by `tests/crash_kill9.rs` with `SLUICE_FAULTS`.
+    fn cancel_refused(&mut self, seg: &Arc<Segment>, offset: u64, recipients: usize) {
+        for rcpt in 0..recipients as u32 {
+            let o = Outcome { seg_shard: seg.shard, seg_seq: seg.seq, offset, rcpt };
+            self.jnl_pending.extend_from_slice(&codec::encode_outcome(&o));
+            self.jnl_pending_segments.push(seg.clone());
+        }
     }
 
     /// Hands a job to the shard that owns its domain. When the owner's mailbox is full the
@@ -2877,11 +2902,14 @@ impl Shard {
         for (batch_id, r) in done {
             let batch = self.jnl_batches.remove(&batch_id).expect("batch in flight");
             if r == TicketResult::Durable {
+                self.jnl_failures_in_row = 0;
                 for seg in batch.segments {
                     seg.release(1);
                 }
             } else {
-                self.jnl_broken_until_ms = now_ms() + 1_000;
+                self.jnl_failures_in_row += 1;
+                self.jnl_broken_until_ms =
+                    now_ms() + sluice_spool::commit::journal_backoff_ms(self.jnl_failures_in_row);
                 self.jnl_pending.extend_from_slice(&batch.bytes);
                 self.jnl_pending_segments.extend(batch.segments);
             }

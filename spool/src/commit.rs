@@ -93,6 +93,16 @@ impl FileCommit {
     }
 }
 
+/// How long a shard waits before its next new journal after `failures` failed journal
+/// batches in a row: none after one (a new journal at once: outcomes not journaled are
+/// redelivered after a crash), then 10 ms doubling to 1 s (a failing disk).
+pub fn journal_backoff_ms(failures: u32) -> u64 {
+    match failures {
+        0 | 1 => 0,
+        n => (10u64 << (n - 2).min(7)).min(1_000),
+    }
+}
+
 /// Where a record goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {

@@ -1,6 +1,7 @@
 //! An in-memory disk that keeps what was written apart from what was synced, and crashes on
 //! demand: after a crash each unsynced 512-byte sector independently did or did not reach the
-//! platter (torn and reordered writes). Used by crash tests and the simulation.
+//! platter (torn and reordered writes). Used by crash tests and the simulations; its generator
+//! also drives the daemon's fault injection (`SLUICE_FAULTS`).
 
 use std::collections::BTreeMap;
 

@@ -93,6 +93,8 @@ pub struct Relay {
     pub dir: TempDir,
     pub port: u16,
     pub config: PathBuf,
+    /// Extra environment for every (re)start, e.g. `SLUICE_FAULTS`.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -100,6 +102,11 @@ impl Relay {
     /// Writes a config (listener, spool, accounting file, `shards` when given, then `body`)
     /// and starts sluice with it.
     pub fn start(body: &str, shards: Option<u32>) -> Relay {
+        Relay::start_with_env(body, shards, &[])
+    }
+
+    /// As `start`, with extra environment variables for the daemon.
+    pub fn start_with_env(body: &str, shards: Option<u32>, env: &[(&str, &str)]) -> Relay {
         let dir = TempDir::new("relay");
         let port = free_port("127.0.0.1");
         let shards_line = shards.map(|n| format!("shards {n}\n")).unwrap_or_default();
@@ -110,7 +117,8 @@ impl Relay {
         );
         let path = dir.path().join("sluice.conf");
         std::fs::write(&path, config).unwrap();
-        let mut relay = Relay { dir, port, config: path, child: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut relay = Relay { dir, port, config: path, env, child: None };
         relay.spawn();
         relay
     }
@@ -127,6 +135,7 @@ impl Relay {
             .args(["run", "-c"])
             .arg(&self.config)
             .env("SLUICE_LOG", std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
