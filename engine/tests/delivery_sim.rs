@@ -18,13 +18,13 @@
 
 mod common;
 
-use common::net::Pipe;
+use common::net::{start_or_quit, Wire};
 use sluice_config::DomainSettings;
 use sluice_engine::acct::Kind;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, Recipient};
-use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
+use sluice_engine::smtp::client::{Client, ClientEvent};
 use sluice_engine::smtp::reply::Reply;
-use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+use sluice_engine::smtp::server::{Session, SessionPolicy};
 use sluice_engine::suppress::AddressList;
 use sluice_spool::memdisk::Rng;
 use std::collections::HashMap;
@@ -36,12 +36,7 @@ const MESSAGES: u64 = 6;
 const STEPS_MAX: usize = 200_000;
 
 struct Conn {
-    client: Client,
-    server: Session,
-    to_server: Pipe,
-    to_client: Pipe,
-    server_in: Vec<u8>,
-    client_in: Vec<u8>,
+    wire: Wire,
     job: Option<Job<u64>>,
     /// The receiver accepted this transaction's data; the sender has not read the reply yet.
     accepted_unread: Option<u64>,
@@ -165,29 +160,14 @@ fn run(seed: u64) -> Stats {
             }
             sessions += 1;
             let server = Session::new(policy.clone(), "192.0.2.7".parse().unwrap(), sessions);
-            let mut c = Conn {
-                client: Client::new("sender.test"),
-                server,
-                to_server: Pipe::default(),
-                to_client: Pipe::default(),
-                server_in: Vec::new(),
-                client_in: Vec::new(),
-                job: None,
-                accepted_unread: None,
-            };
+            let mut client = Client::new("sender.test");
             if rng.below(2) == 0 {
-                c.client.disable_pipelining();
+                client.disable_pipelining();
             }
-            conn = Some(c);
+            conn = Some(Conn { wire: Wire::new(client, server), job: None, accepted_unread: None });
         }
         let c = conn.as_mut().expect("set above");
-        // Outputs onto the wire.
-        let out = c.server.output().to_vec();
-        c.server.clear_output();
-        c.to_client.send(&mut rng, now, &out);
-        let out = c.client.output().to_vec();
-        c.client.clear_output();
-        c.to_server.send(&mut rng, now, &out);
+        c.wire.transmit(&mut rng, now);
         // A reset, now and then: both ends see the connection die.
         if rng.below(400) == 0 {
             stats.resets += 1;
@@ -203,85 +183,45 @@ fn run(seed: u64) -> Stats {
             conn = None;
             continue;
         }
-        // The server reads what arrived.
-        let arrived = c.to_server.take_due(now);
-        c.server_in.extend(arrived);
-        let mut closing = false;
-        loop {
-            let (used, event) = c.server.receive(now, &c.server_in);
-            c.server_in.drain(..used);
-            match event {
-                Some(Event::Message) => {
-                    let m = c.server.take_message();
-                    let id = c.job.as_ref().map(|j| j.msg).expect("a transaction in flight");
-                    // Strip what the receiver adds on top (its Received header) to compare.
-                    assert!(m.data.ends_with(&body(id)), "seed {seed}: message {id} changed in transit");
-                    if rng.below(8) == 0 {
-                        stats.temporary_failures += 1;
-                        c.server.message_stored(false, "");
-                    } else {
-                        for r in &m.recipients {
-                            *received.entry((id, r.clone())).or_default() += 1;
-                        }
-                        c.accepted_unread = Some(id);
-                        c.server.message_stored(true, "sim");
-                    }
+        let Conn { wire, job, accepted_unread } = c;
+        let mut closing = wire.serve(now, |server, _message| {
+            let m = server.take_message();
+            let id = job.as_ref().map(|j| j.msg).expect("a transaction in flight");
+            // Strip what the receiver adds on top (its Received header) to compare.
+            assert!(m.data.ends_with(&body(id)), "seed {seed}: message {id} changed in transit");
+            if rng.below(8) == 0 {
+                stats.temporary_failures += 1;
+                server.message_stored(false, "");
+            } else {
+                for r in &m.recipients {
+                    *received.entry((id, r.clone())).or_default() += 1;
                 }
-                Some(Event::Close) => {
-                    closing = true;
-                    break;
-                }
-                Some(Event::StartTls) => unreachable!("not offered"),
-                None if used == 0 => break,
-                None => {}
+                *accepted_unread = Some(id);
+                server.message_stored(true, "sim");
             }
-        }
-        // The client reads what arrived.
-        let arrived = c.to_client.take_due(now);
-        c.client_in.extend(arrived);
-        loop {
-            let (used, event) = c.client.receive(&c.client_in);
-            c.client_in.drain(..used);
-            let Some(event) = event else {
-                if used == 0 {
-                    break;
-                }
-                continue;
-            };
+            true
+        });
+        wire.read(&mut rng, now, |rng, client, event| {
             match event {
-                ClientEvent::Ready => {
-                    if queue.ready_jobs() > 0 && rng.below(10) != 0 {
-                        let job = queue.take().expect("ready");
-                        let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
-                        c.client.start(&job.mail_from, &rcpts, job.size);
-                        c.job = Some(job);
-                    } else {
-                        c.client.quit();
-                    }
-                }
-                ClientEvent::SendBody => {
-                    let id = c.job.as_ref().expect("in a transaction").msg;
-                    let mut b = body(id);
-                    b.extend_from_slice(END_OF_DATA);
-                    c.to_server.send(&mut rng, now, &b);
-                    c.client.body_sent();
-                }
+                ClientEvent::Ready => *job = start_or_quit(rng, client, &mut queue),
+                ClientEvent::SendBody => return Some(body(job.as_ref().expect("in a transaction").msg)),
                 ClientEvent::Done(replies) => {
-                    c.accepted_unread = None;
-                    let job = c.job.take().expect("a finished transaction");
-                    settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced, &mut journal);
+                    *accepted_unread = None;
+                    let j = job.take().expect("a finished transaction");
+                    settle(&mut queue, j, &replies, now, &mut delivered, &mut bounced, &mut journal);
                 }
                 ClientEvent::Failed(reply) => {
-                    if let Some(job) = c.job.take() {
-                        let replies = vec![reply; job.rcpts.len()];
-                        settle(&mut queue, job, &replies, now, &mut delivered, &mut bounced, &mut journal);
+                    if let Some(j) = job.take() {
+                        let replies = vec![reply; j.rcpts.len()];
+                        settle(&mut queue, j, &replies, now, &mut delivered, &mut bounced, &mut journal);
                     }
                     closing = true;
                 }
                 ClientEvent::Closed => closing = true,
                 ClientEvent::StartTls => unreachable!("not offered"),
             }
-        }
+            None
+        });
         if closing {
             if let Some(job) = c.job.take() {
                 let replies = vec![Reply::new(421, "4.4.2 closed"); job.rcpts.len()];

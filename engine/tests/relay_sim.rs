@@ -21,13 +21,13 @@
 
 mod common;
 
-use common::net::Pipe;
+use common::net::{start_or_quit, Wire};
 use sluice_config::DomainSettings;
 use sluice_engine::acct::Kind;
 use sluice_engine::queue::{AttemptInfo, Fate, Job, Queue, Recipient};
-use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
+use sluice_engine::smtp::client::{Client, ClientEvent};
 use sluice_engine::smtp::reply::Reply;
-use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+use sluice_engine::smtp::server::{Session, SessionPolicy};
 use sluice_engine::suppress::AddressList;
 use sluice_spool::codec::{self, Decoded, Envelope, FileHeader, FileKind, Outcome, FILE_HEADER_BYTES, OUTCOME_BYTES};
 use sluice_spool::commit::journal_backoff_ms;
@@ -112,6 +112,17 @@ struct Outside {
     received: HashMap<(u64, String), u32>,
 }
 
+impl Outside {
+    /// Not yet injected, nor on a connection now.
+    fn waiting(&self, id: &u64) -> bool {
+        !self.injected.contains(id) && !self.sending.contains(id)
+    }
+
+    fn next_to_inject(&self, now: u64) -> Option<u64> {
+        (0..MESSAGES).find(|id| self.waiting(id) && self.inject_at[*id as usize] <= now)
+    }
+}
+
 /// The checker's ledger.
 #[derive(Default)]
 struct Ledger {
@@ -154,12 +165,7 @@ struct Stats {
 
 /// An injector's connection to the relay.
 struct InConn {
-    client: Client,
-    server: Session,
-    to_server: Pipe,
-    to_client: Pipe,
-    server_in: Vec<u8>,
-    client_in: Vec<u8>,
+    wire: Wire,
     /// The message the injector is sending.
     msg: Option<u64>,
     /// The relay is storing a message from this connection (its ticket).
@@ -170,12 +176,7 @@ struct InConn {
 
 /// The relay's delivery connection to the receiver.
 struct OutConn {
-    client: Client,
-    server: Session,
-    to_server: Pipe,
-    to_client: Pipe,
-    server_in: Vec<u8>,
-    client_in: Vec<u8>,
+    wire: Wire,
     job: Option<Job<Loc>>,
     /// The receiver accepted the data; the relay has not read the reply.
     accepted_unread: bool,
@@ -444,7 +445,7 @@ impl World {
 
     fn store_message(&mut self, relay: &mut Relay, slot: usize) {
         let conn = relay.inbound[slot].as_mut().expect("live");
-        let m = conn.server.take_message();
+        let m = conn.wire.server.take_message();
         let ticket = relay.next_ticket;
         relay.next_ticket += 1;
         conn.storing = Some(ticket);
@@ -535,7 +536,7 @@ impl World {
         let store = relay.stores.remove(&ticket).expect("a store in flight");
         let conn = relay.inbound[store.slot].as_mut().expect("a storing connection stays");
         assert_eq!(conn.storing.take(), Some(ticket));
-        conn.server.message_stored(durable, "sim");
+        conn.wire.server.message_stored(durable, "sim");
         if durable {
             self.stats.acked += 1;
             *self.ledger.acked.entry(store.id).or_default() += 1;
@@ -766,25 +767,12 @@ impl World {
             if self.rng.below(2) == 0 {
                 client.disable_pipelining();
             }
-            relay.outbound = Some(OutConn {
-                client,
-                server: Session::new(self.sink_policy.clone(), "192.0.2.7".parse().expect("ip"), relay.sessions),
-                to_server: Pipe::default(),
-                to_client: Pipe::default(),
-                server_in: Vec::new(),
-                client_in: Vec::new(),
-                job: None,
-                accepted_unread: false,
-            });
+            let server = Session::new(self.sink_policy.clone(), "192.0.2.7".parse().expect("ip"), relay.sessions);
+            relay.outbound = Some(OutConn { wire: Wire::new(client, server), job: None, accepted_unread: false });
         }
         let now = self.now;
         let c = relay.outbound.as_mut().expect("set above");
-        let out = c.server.output().to_vec();
-        c.server.clear_output();
-        c.to_client.send(&mut self.rng, now, &out);
-        let out = c.client.output().to_vec();
-        c.client.clear_output();
-        c.to_server.send(&mut self.rng, now, &out);
+        c.wire.transmit(&mut self.rng, now);
         if self.rng.below(400) == 0 {
             self.stats.resets += 1;
             let mut c = relay.outbound.take().expect("live");
@@ -798,88 +786,54 @@ impl World {
             }
             return;
         }
-        let arrived = c.to_server.take_due(now);
-        c.server_in.extend(arrived);
-        let mut closing = false;
-        loop {
-            let (used, event) = c.server.receive(now, &c.server_in);
-            c.server_in.drain(..used);
-            match event {
-                Some(Event::Message) => {
-                    let m = c.server.take_message();
-                    let id = id_of(&m.data);
-                    assert!(m.data.ends_with(&body(id)), "seed {}: message {id} changed on its way", self.seed);
-                    let deferred = now < LATER_UNTIL_MS && m.recipients.iter().any(|r| r.starts_with("later"));
-                    if deferred || self.rng.below(8) == 0 {
-                        c.server.message_stored(false, "");
-                    } else {
-                        for r in &m.recipients {
-                            *self.outside.received.entry((id, r.clone())).or_default() += 1;
-                        }
-                        c.accepted_unread = true;
-                        c.server.message_stored(true, "sink");
-                    }
+        let OutConn { wire, job, accepted_unread } = c;
+        let (seed, rng, received, disk, queue) =
+            (self.seed, &mut self.rng, &mut self.outside.received, &self.disk, &mut relay.queue);
+        let mut closing = wire.serve(now, |server, _message| {
+            let m = server.take_message();
+            let id = id_of(&m.data);
+            assert!(m.data.ends_with(&body(id)), "seed {seed}: message {id} changed on its way");
+            let deferred = now < LATER_UNTIL_MS && m.recipients.iter().any(|r| r.starts_with("later"));
+            if deferred || rng.below(8) == 0 {
+                server.message_stored(false, "");
+            } else {
+                for r in &m.recipients {
+                    *received.entry((id, r.clone())).or_default() += 1;
                 }
-                Some(Event::Close) => {
-                    closing = true;
-                    break;
-                }
-                Some(Event::StartTls) => unreachable!("not offered"),
-                None if used == 0 => break,
-                None => {}
+                *accepted_unread = true;
+                server.message_stored(true, "sink");
             }
-        }
-        let arrived = c.to_client.take_due(now);
-        c.client_in.extend(arrived);
+            true
+        });
         let mut finished = Vec::new();
-        loop {
-            let c = relay.outbound.as_mut().expect("live");
-            let (used, event) = c.client.receive(&c.client_in);
-            c.client_in.drain(..used);
-            let Some(event) = event else {
-                if used == 0 {
-                    break;
-                }
-                continue;
-            };
+        wire.read(rng, now, |rng, client, event| {
             match event {
-                ClientEvent::Ready => {
-                    if relay.queue.ready_jobs() > 0 && self.rng.below(10) != 0 {
-                        let job = relay.queue.take().expect("ready");
-                        let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
-                        c.client.start(&job.mail_from, &rcpts, job.size);
-                        c.job = Some(job);
-                    } else {
-                        c.client.quit();
-                    }
-                }
+                ClientEvent::Ready => *job = start_or_quit(rng, client, queue),
                 ClientEvent::SendBody => {
-                    let loc = c.job.as_ref().expect("in a transaction").msg;
+                    let loc = job.as_ref().expect("in a transaction").msg;
                     let Decoded::Record(view, _) =
-                        codec::decode_message(&self.disk.read(&segment_name(loc.seq))[loc.offset as usize..])
+                        codec::decode_message(&disk.read(&segment_name(loc.seq))[loc.offset as usize..])
                     else {
-                        panic!("seed {}: queued message at {loc:?} unreadable", self.seed)
+                        panic!("seed {seed}: queued message at {loc:?} unreadable")
                     };
-                    let mut b = view.data.to_vec();
-                    b.extend_from_slice(END_OF_DATA);
-                    c.to_server.send(&mut self.rng, now, &b);
-                    c.client.body_sent();
+                    return Some(view.data.to_vec());
                 }
                 ClientEvent::Done(replies) => {
-                    c.accepted_unread = false;
-                    finished.push((c.job.take().expect("a transaction"), replies));
+                    *accepted_unread = false;
+                    finished.push((job.take().expect("a transaction"), replies));
                 }
                 ClientEvent::Failed(reply) => {
-                    if let Some(job) = c.job.take() {
-                        let n = job.rcpts.len();
-                        finished.push((job, vec![reply; n]));
+                    if let Some(j) = job.take() {
+                        let n = j.rcpts.len();
+                        finished.push((j, vec![reply; n]));
                     }
                     closing = true;
                 }
                 ClientEvent::Closed => closing = true,
                 ClientEvent::StartTls => unreachable!("not offered"),
             }
-        }
+            None
+        });
         for (job, replies) in finished {
             self.settle(relay, job, &replies);
         }
@@ -894,12 +848,8 @@ impl World {
 
     // ---- Injection ----------------------------------------------------------------------
 
-    fn waiting(&self, id: &u64) -> bool {
-        !self.outside.injected.contains(id) && !self.outside.sending.contains(id)
-    }
-
     fn next_to_inject(&self) -> Option<u64> {
-        (0..MESSAGES).find(|id| self.waiting(id) && self.outside.inject_at[*id as usize] <= self.now)
+        self.outside.next_to_inject(self.now)
     }
 
     fn drive_inbound(&mut self, relay: &mut Relay, slot: usize) {
@@ -912,17 +862,9 @@ impl World {
             if self.rng.below(2) == 0 {
                 client.disable_pipelining();
             }
-            relay.inbound[slot] = Some(InConn {
-                client,
-                server: Session::new(relay_policy(), "127.0.0.1".parse().expect("ip"), relay.sessions),
-                to_server: Pipe::default(),
-                to_client: Pipe::default(),
-                server_in: Vec::new(),
-                client_in: Vec::new(),
-                msg: None,
-                storing: None,
-                dead: false,
-            });
+            let server = Session::new(relay_policy(), "127.0.0.1".parse().expect("ip"), relay.sessions);
+            relay.inbound[slot] =
+                Some(InConn { wire: Wire::new(client, server), msg: None, storing: None, dead: false });
         }
         let now = self.now;
         let c = relay.inbound[slot].as_mut().expect("set above");
@@ -932,100 +874,72 @@ impl World {
             }
             return;
         }
-        let out = c.server.output().to_vec();
-        c.server.clear_output();
-        c.to_client.send(&mut self.rng, now, &out);
-        let out = c.client.output().to_vec();
-        c.client.clear_output();
-        c.to_server.send(&mut self.rng, now, &out);
+        c.wire.transmit(&mut self.rng, now);
         if self.rng.below(500) == 0 {
             self.stats.resets += 1;
-            if let Some(id) = c.msg.take() {
-                self.outside.sending.remove(&id);
-            }
-            if c.storing.is_some() {
-                c.dead = true;
-            } else {
-                relay.inbound[slot] = None;
-            }
+            self.hang_up(relay, slot);
             return;
         }
-        let arrived = c.to_server.take_due(now);
-        c.server_in.extend(arrived);
         let mut closing = false;
         if c.storing.is_none() {
-            loop {
-                let c = relay.inbound[slot].as_mut().expect("live");
-                let (used, event) = c.server.receive(now, &c.server_in);
-                c.server_in.drain(..used);
-                match event {
-                    Some(Event::Message) => {
-                        self.store_message(relay, slot);
-                        break; // The session waits for the store.
-                    }
-                    Some(Event::Close) => {
-                        closing = true;
-                        break;
-                    }
-                    Some(Event::StartTls) => unreachable!("not offered"),
-                    None if used == 0 => break,
-                    None => {}
-                }
+            // A message stops the reading: the session waits for its store.
+            let mut message = false;
+            closing = c.wire.serve(now, |_, _message| {
+                message = true;
+                false
+            });
+            if message {
+                self.store_message(relay, slot);
             }
         }
         let c = relay.inbound[slot].as_mut().expect("live");
-        let arrived = c.to_client.take_due(now);
-        c.client_in.extend(arrived);
-        loop {
-            let (used, event) = c.client.receive(&c.client_in);
-            c.client_in.drain(..used);
-            let Some(event) = event else {
-                if used == 0 {
-                    break;
-                }
-                continue;
-            };
+        let outside = &mut self.outside;
+        let InConn { wire, msg, .. } = c;
+        wire.read(&mut self.rng, now, |rng, client, event| {
             match event {
-                ClientEvent::Ready => match self.next_to_inject() {
-                    Some(id) if self.rng.below(8) != 0 => {
-                        self.outside.sending.insert(id);
-                        let rcpts: Vec<&str> = self.outside.messages[id as usize].iter().map(String::as_str).collect();
-                        c.client.start("sender@src.test", &rcpts, body(id).len() as u64);
-                        c.msg = Some(id);
+                ClientEvent::Ready => match outside.next_to_inject(now) {
+                    Some(id) if rng.below(8) != 0 => {
+                        outside.sending.insert(id);
+                        let rcpts: Vec<&str> = outside.messages[id as usize].iter().map(String::as_str).collect();
+                        client.start("sender@src.test", &rcpts, body(id).len() as u64);
+                        *msg = Some(id);
                     }
-                    _ => c.client.quit(),
+                    _ => client.quit(),
                 },
-                ClientEvent::SendBody => {
-                    let mut b = body(c.msg.expect("sending"));
-                    b.extend_from_slice(END_OF_DATA);
-                    c.to_server.send(&mut self.rng, now, &b);
-                    c.client.body_sent();
-                }
+                ClientEvent::SendBody => return Some(body(msg.expect("sending"))),
                 ClientEvent::Done(replies) => {
-                    let id = c.msg.take().expect("sending");
-                    self.outside.sending.remove(&id);
+                    let id = msg.take().expect("sending");
+                    outside.sending.remove(&id);
                     if replies.iter().all(|r| r.code == 250) {
-                        self.outside.injected.insert(id);
+                        outside.injected.insert(id);
                     }
                 }
                 ClientEvent::Failed(_) | ClientEvent::Closed => {
-                    if let Some(id) = c.msg.take() {
-                        self.outside.sending.remove(&id);
+                    if let Some(id) = msg.take() {
+                        outside.sending.remove(&id);
                     }
                     closing = true;
                 }
                 ClientEvent::StartTls => unreachable!("not offered"),
             }
-        }
+            None
+        });
         if closing {
-            if let Some(id) = c.msg.take() {
-                self.outside.sending.remove(&id);
-            }
-            if c.storing.is_some() {
-                c.dead = true;
-            } else {
-                relay.inbound[slot] = None;
-            }
+            self.hang_up(relay, slot);
+        }
+    }
+
+    /// An injector's connection ends: its message goes back to wait; the relay's side
+    /// lingers while a store is in flight (its answer still comes).
+    fn hang_up(&mut self, relay: &mut Relay, slot: usize) {
+        let c = relay.inbound[slot].as_mut().expect("live");
+        if let Some(id) = c.msg.take() {
+            self.outside.sending.remove(&id);
+        }
+        if c.storing.is_some() {
+            c.dead = true;
+        } else {
+            relay.inbound[slot] = None;
         }
     }
 
@@ -1076,8 +990,10 @@ impl World {
                     relay = self.start_relay();
                     continue;
                 }
-                let next_injection =
-                    (0..MESSAGES).filter(|id| self.waiting(id)).map(|id| self.outside.inject_at[id as usize]).min();
+                let next_injection = (0..MESSAGES)
+                    .filter(|id| self.outside.waiting(id))
+                    .map(|id| self.outside.inject_at[id as usize])
+                    .min();
                 if let Some(at) = [relay.queue.next_retry_ms(), next_injection].into_iter().flatten().min() {
                     self.now = self.now.max(at);
                 }
