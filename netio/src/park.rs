@@ -305,7 +305,6 @@ impl ParkedList {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_spool::codec::{self, Envelope};
 
     fn spool(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("sluice-park-{name}-{}", std::process::id()));
@@ -317,23 +316,8 @@ mod tests {
     /// A segment with three two-recipient messages, of jobs "a", "b" and none.
     fn segment(dir: &Path) -> (Arc<Segment>, Vec<u64>) {
         let seg = Segment::create(dir, 0, 1, 1 << 16).unwrap();
-        let records: Vec<Vec<u8>> = ["a", "b", ""]
-            .iter()
-            .map(|job| {
-                let env = Envelope {
-                    queued_unix_ms: 1,
-                    client_ip: "127.0.0.1".parse().unwrap(),
-                    mail_from: "s@x.test",
-                    envid: "",
-                    vmta: "",
-                    recipients: vec!["r0@y.test", "r1@y.test"],
-                    job_id: job,
-                };
-                let mut rec = Vec::new();
-                codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
-                rec
-            })
-            .collect();
+        let records: Vec<Vec<u8>> =
+            ["a", "b", ""].iter().map(|job| crate::store::test_record(vec!["r0@y.test", "r1@y.test"], job)).collect();
         let offsets = seg.write_records_for_test(&records);
         (seg, offsets)
     }

@@ -324,6 +324,23 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
     Ok(Recovered { messages, next_seq, old_journals, torn_records })
 }
 
+/// A spool record of a small message to `recipients`, of job `job_id` (tests).
+#[cfg(test)]
+pub(crate) fn test_record(recipients: Vec<&str>, job_id: &str) -> Vec<u8> {
+    let env = codec::Envelope {
+        queued_unix_ms: 1,
+        client_ip: "127.0.0.1".parse().unwrap(),
+        mail_from: "s@x.test",
+        envid: "",
+        vmta: "",
+        recipients,
+        job_id,
+    };
+    let mut rec = Vec::new();
+    codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
+    rec
+}
+
 #[cfg(test)]
 impl Segment {
     /// Writes encoded records one after another from the header on; returns their offsets.
@@ -342,7 +359,6 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_spool::codec::Envelope;
 
     /// A restart must never give a new segment a number an old journal still names: the
     /// journal's entries would mark the new segment's recipients done (found by the relay
@@ -355,18 +371,7 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         // Segment 1 holds a message still owed to its second recipient.
         let seg = Segment::create(&dir, 0, 1, 1 << 16).unwrap();
-        let env = Envelope {
-            queued_unix_ms: 1,
-            client_ip: "127.0.0.1".parse().unwrap(),
-            mail_from: "s@x.test",
-            envid: "",
-            vmta: "",
-            recipients: vec!["a@y.test", "b@y.test"],
-            job_id: "",
-        };
-        let mut rec = Vec::new();
-        codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
-        seg.file.write_all_at(&rec, FILE_HEADER_BYTES as u64).unwrap();
+        seg.write_records_for_test(&[test_record(vec!["a@y.test", "b@y.test"], "")]);
         // Journal 1 says so, and names segment 7 (finished and deleted before the restart).
         let j = Journal::create(&dir, 0, 1, JOURNAL_BYTES_MIN).unwrap();
         let entries: Vec<u8> = [(1, 0), (7, 0), (7, 1)]
