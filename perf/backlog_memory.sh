@@ -15,7 +15,7 @@ OUT=perf/out
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 cargo build --release --locked -q
-BIN=$PWD/target/release/sluice
+BIN=${CARGO_TARGET_DIR:-$PWD/target}/release/sluice
 WORK=$(mktemp -d)
 PORT=${PORT:-2735}
 API=${API:-2736}

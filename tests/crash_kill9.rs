@@ -109,7 +109,7 @@ fn scenario(shards: Option<u32>, faults: Option<&str>) {
     assert_eq!(kills_under_load, KILLS, "every SIGKILL must land while clients inject");
     let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 200, "too few messages acknowledged to mean anything: {}", acked.len());
-    let delivered = wait_for("every acknowledged message at the sink", Duration::from_secs(90), || {
+    let seen = || {
         let mut seen: HashMap<u64, usize> = HashMap::new();
         for m in sink.messages() {
             if let Some(id) = m.lines().find_map(|l| l.strip_prefix("X-Crash-Id: ")).and_then(|v| v.trim().parse().ok())
@@ -117,8 +117,27 @@ fn scenario(shards: Option<u32>, faults: Option<&str>) {
                 *seen.entry(id).or_default() += 1;
             }
         }
-        acked.iter().all(|id| seen.contains_key(id)).then_some(seen)
-    });
+        seen
+    };
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let delivered = loop {
+        let seen = seen();
+        let missing: Vec<u64> = acked.iter().filter(|id| !seen.contains_key(id)).copied().collect();
+        if missing.is_empty() {
+            break seen;
+        }
+        if Instant::now() > deadline {
+            let log = relay.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} acknowledged messages never reached the sink (e.g. {:?}); relay log, newest first:\n{}",
+                missing.len(),
+                &missing[..missing.len().min(10)],
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let duplicates: usize = delivered.values().map(|n| n - 1).sum();
     // A duplicate is a delivery a crash interrupted: at most the transactions in flight on
     // the `max-smtp-out` (20) connections plus the deliveries of the last loop turn whose

@@ -706,18 +706,22 @@ impl World {
             j.commit.sync_completed(ok, &mut done);
         }
         j.commit.take_failed(&mut done);
+        // One failed write or fsync fails every batch after it in that journal: one failure.
+        if done.iter().any(|(_, r)| *r == TicketResult::Failed) {
+            relay.jnl_failures_in_row += 1;
+            relay.jnl_broken_until = self.now + journal_backoff_ms(relay.jnl_failures_in_row);
+        } else if !done.is_empty() {
+            relay.jnl_failures_in_row = 0;
+        }
         for (batch, r) in done {
             let (entries, what) = relay.jnl_batches.remove(&batch).expect("a batch in flight");
             if r == TicketResult::Durable {
-                relay.jnl_failures_in_row = 0;
                 for o in entries {
                     if relay.segments[&o.seg_seq].release(1) {
                         self.delete_segment(relay, o.seg_seq);
                     }
                 }
             } else {
-                relay.jnl_failures_in_row += 1;
-                relay.jnl_broken_until = self.now + journal_backoff_ms(relay.jnl_failures_in_row);
                 relay.jnl_pending.extend(entries);
                 relay.jnl_pending_what.extend(what);
             }

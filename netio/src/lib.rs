@@ -374,16 +374,25 @@ impl Runtime {
         }
         // Recovered work goes to the shard that owns each recipient's domain.
         let recovered_messages = recovered.messages.len();
-        // Grouped by queue as they are found: no domain and VMTA strings per job.
+        // Grouped by queue as they are found (no domain and VMTA strings per job), each queue's
+        // straight into a parked list that spills to its shard's spool directory: a large
+        // backlog is not held in memory twice on its way to the shards.
         let mut initial: Vec<shard::Recovered> = (0..shards).map(|_| Default::default()).collect();
+        for id in 0..shards {
+            let dir = store::shard_dir(&spool, id);
+            std::fs::create_dir_all(&dir).map_err(|e| StartError::Spool(dir, e))?;
+        }
         for m in recovered.messages {
             for (domain, vmta, job) in shard::recovered_jobs(&m.segment, m.offset, &m.pending) {
                 let domain = config.queue_domain(&domain);
-                let owner = &mut initial[owner_shard(&domain, shards) as usize];
-                match owner.get_mut(&(domain.clone(), vmta.clone())) {
-                    Some(jobs) => jobs.push(job),
+                let owner = owner_shard(&domain, shards);
+                let queues = &mut initial[owner as usize];
+                match queues.get_mut(&(domain.clone(), vmta.clone())) {
+                    Some(jobs) => jobs.push_back(job),
                     None => {
-                        owner.insert((domain, vmta), vec![job]);
+                        let mut jobs = park::ParkedList::new(store::shard_dir(&spool, owner));
+                        jobs.push_back(job);
+                        queues.insert((domain, vmta), jobs);
                     }
                 }
             }

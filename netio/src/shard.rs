@@ -179,7 +179,7 @@ fn job_of(p: &Parked) -> Job<MsgRef> {
 
 /// Work found in the spool at start, by queue (destination domain, VMTA): the jobs as
 /// references (addresses are read back from the segment when a job enters its queue's window).
-pub(crate) type Recovered = HashMap<(String, String), Vec<Parked>>;
+pub(crate) type Recovered = HashMap<(String, String), ParkedList>;
 
 /// A recovered message's pending recipients, grouped by destination domain.
 pub(crate) fn recovered_jobs(segment: &Arc<Segment>, offset: u64, pending: &[u32]) -> Vec<(String, String, Parked)> {
@@ -568,12 +568,17 @@ impl Shard {
         };
         // Segments (.seg) and journals (.jnl) number independently from the first free
         // sequence of this directory; their extensions keep the names apart.
-        for ((domain, vmta), jobs) in initial {
+        for ((domain, vmta), mut jobs) in initial {
             let (key, st) = shard.queue_for(&domain, &vmta);
-            for parked in jobs {
-                if st.q.jobs() < QUEUE_WINDOW && st.parked.is_empty() {
-                    st.q.push(job_of(&parked));
-                } else {
+            while st.q.jobs() < QUEUE_WINDOW && st.parked.is_empty() {
+                let Some(parked) = jobs.pop_front() else { break };
+                st.q.push(job_of(&parked));
+            }
+            if st.parked.is_empty() {
+                st.parked = jobs;
+            } else {
+                // Two recovered groups landed in one queue: the second joins behind.
+                while let Some(parked) = jobs.pop_front() {
                     st.parked.push_back(parked);
                 }
             }
@@ -2864,11 +2869,15 @@ impl Shard {
         }
     }
 
+    /// One of this shard's own journals (its closed list also holds old journals of other
+    /// directories, whose numbers may be the same; found by `tests/crash_kill9.rs` with
+    /// `SLUICE_FAULTS`, where journals rotate often: the shard panicked).
     fn journal_by_seq(&mut self, jseq: u64) -> &mut Journal {
+        let id = self.id;
         if self.journal.as_ref().is_some_and(|j| j.seq == jseq) {
             return self.journal.as_mut().expect("checked");
         }
-        self.closed_journals.iter_mut().find(|j| j.seq == jseq).expect("journal of a batch exists")
+        self.closed_journals.iter_mut().find(|j| j.shard == id && j.seq == jseq).expect("journal of a batch exists")
     }
 
     fn on_jnl_write(&mut self, batch_id: u64, result: i32) {
@@ -2899,17 +2908,20 @@ impl Shard {
             j.commit.sync_completed(ok, &mut done);
         }
         j.commit.take_failed(&mut done);
+        // One failed write or fsync fails every batch after it in that journal: one failure.
+        if done.iter().any(|(_, r)| *r == TicketResult::Failed) {
+            self.jnl_failures_in_row += 1;
+            self.jnl_broken_until_ms = now_ms() + sluice_spool::commit::journal_backoff_ms(self.jnl_failures_in_row);
+        } else if !done.is_empty() {
+            self.jnl_failures_in_row = 0;
+        }
         for (batch_id, r) in done {
             let batch = self.jnl_batches.remove(&batch_id).expect("batch in flight");
             if r == TicketResult::Durable {
-                self.jnl_failures_in_row = 0;
                 for seg in batch.segments {
                     seg.release(1);
                 }
             } else {
-                self.jnl_failures_in_row += 1;
-                self.jnl_broken_until_ms =
-                    now_ms() + sluice_spool::commit::journal_backoff_ms(self.jnl_failures_in_row);
                 self.jnl_pending.extend_from_slice(&batch.bytes);
                 self.jnl_pending_segments.extend(batch.segments);
             }

@@ -125,6 +125,9 @@ impl Segment {
 
 /// A shard's outcome journal file.
 pub struct Journal {
+    /// The shard whose directory holds it, and its number there (numbers repeat across
+    /// directories: a shard may hold another directory's old journals after a restart).
+    pub shard: u32,
     pub seq: u64,
     path: PathBuf,
     file: File,
@@ -151,6 +154,7 @@ impl Journal {
             return Err(e);
         }
         Ok(Journal {
+            shard,
             seq,
             path,
             file,
@@ -300,10 +304,11 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
         seg.seal();
     }
     let mut old_journals = Vec::new();
-    for (path, _shard, jseq, outcomes) in journals {
+    for (path, shard, jseq, outcomes) in journals {
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let size = file.metadata()?.len();
         let mut j = Journal {
+            shard,
             seq: jseq,
             path,
             file,
