@@ -37,7 +37,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-const SEEDS: u64 = 600;
+const SEEDS: u64 = 1000;
 const MESSAGES: u64 = 14;
 const INJECTORS: usize = 2;
 const STEPS_MAX: usize = 400_000;
@@ -677,8 +677,11 @@ impl World {
         let n = if ok { w.bytes.len() } else { w.bytes.len() / 2 };
         self.disk.write(&journal_name(w.jseq), w.offset, &w.bytes[..n]);
         self.stats.failed_journal_io += u64::from(!ok);
-        Self::journal_mut(relay, w.jseq).commit.write_completed(w.batch, ok);
-        self.settle_journal(relay, w.jseq, None);
+        let commit = &mut Self::journal_mut(relay, w.jseq).commit;
+        let was_poisoned = commit.poisoned();
+        commit.write_completed(w.batch, ok);
+        let newly_poisoned = !was_poisoned && commit.poisoned();
+        self.settle_journal(relay, w.jseq, None, newly_poisoned);
     }
 
     fn sync_journals(&mut self, relay: &mut Relay) {
@@ -692,25 +695,27 @@ impl World {
                     self.disk.sync(&journal_name(jseq));
                 }
                 self.stats.failed_journal_io += u64::from(!ok);
-                self.settle_journal(relay, jseq, Some(ok));
+                self.settle_journal(relay, jseq, Some(ok), false);
             }
         }
     }
 
     /// A journal's sync finished (or a write failed): durable batches release their
     /// segments; failed ones go back to be written to a new journal.
-    fn settle_journal(&mut self, relay: &mut Relay, jseq: u64, sync: Option<bool>) {
+    fn settle_journal(&mut self, relay: &mut Relay, jseq: u64, sync: Option<bool>, mut newly_poisoned: bool) {
         let mut done = Vec::new();
         let j = Self::journal_mut(relay, jseq);
         if let Some(ok) = sync {
+            let was_poisoned = j.commit.poisoned();
             j.commit.sync_completed(ok, &mut done);
+            newly_poisoned |= !was_poisoned && j.commit.poisoned();
         }
         j.commit.take_failed(&mut done);
-        // One failed write or fsync fails every batch after it in that journal: one failure.
-        if done.iter().any(|(_, r)| *r == TicketResult::Failed) {
+        // A journal failing counts once (the batches after the failure fail with it).
+        if newly_poisoned {
             relay.jnl_failures_in_row += 1;
             relay.jnl_broken_until = self.now + journal_backoff_ms(relay.jnl_failures_in_row);
-        } else if !done.is_empty() {
+        } else if done.iter().any(|(_, r)| *r == TicketResult::Durable) {
             relay.jnl_failures_in_row = 0;
         }
         for (batch, r) in done {

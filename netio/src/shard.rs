@@ -2887,32 +2887,39 @@ impl Shard {
             tracing::error!(shard = self.id, result, "journal write failed; its entries go to a new journal");
         }
         let jseq = batch.jseq;
-        self.journal_by_seq(jseq).commit.write_completed(batch_id, ok);
-        self.settle_journal(jseq, None);
+        let commit = &mut self.journal_by_seq(jseq).commit;
+        let was_poisoned = commit.poisoned();
+        commit.write_completed(batch_id, ok);
+        let newly_poisoned = !was_poisoned && commit.poisoned();
+        self.settle_journal(jseq, None, newly_poisoned);
     }
 
     fn on_jnl_sync(&mut self, jseq: u64, result: i32) {
         if result < 0 {
             tracing::error!(shard = self.id, result, "journal fsync failed; its entries go to a new journal");
         }
-        self.settle_journal(jseq, Some(result >= 0));
+        self.settle_journal(jseq, Some(result >= 0), false);
     }
 
     /// A journal's fsync finished (`sync`), or a write completed: durable batches release
     /// their segments; failed ones go back to be written to a new journal (a failed write or
     /// fsync poisons the file), so their segments do not stay live until a restart.
-    fn settle_journal(&mut self, jseq: u64, sync: Option<bool>) {
+    /// `newly_poisoned`: the write just completed poisoned the journal.
+    fn settle_journal(&mut self, jseq: u64, sync: Option<bool>, mut newly_poisoned: bool) {
         let mut done = Vec::new();
         let j = self.journal_by_seq(jseq);
         if let Some(ok) = sync {
+            let was_poisoned = j.commit.poisoned();
             j.commit.sync_completed(ok, &mut done);
+            newly_poisoned |= !was_poisoned && j.commit.poisoned();
         }
         j.commit.take_failed(&mut done);
-        // One failed write or fsync fails every batch after it in that journal: one failure.
-        if done.iter().any(|(_, r)| *r == TicketResult::Failed) {
+        // A journal failing counts once (the batches after the failure fail with it; counted
+        // each, one failure backed off to a second: thousands of outcomes unjournaled).
+        if newly_poisoned {
             self.jnl_failures_in_row += 1;
             self.jnl_broken_until_ms = now_ms() + sluice_spool::commit::journal_backoff_ms(self.jnl_failures_in_row);
-        } else if !done.is_empty() {
+        } else if done.iter().any(|(_, r)| *r == TicketResult::Durable) {
             self.jnl_failures_in_row = 0;
         }
         for (batch_id, r) in done {
