@@ -30,9 +30,10 @@ use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Session, SessionPolicy};
 use sluice_engine::suppress::AddressList;
 use sluice_spool::codec::{self, Decoded, Envelope, FileHeader, FileKind, Outcome, FILE_HEADER_BYTES, OUTCOME_BYTES};
-use sluice_spool::commit::journal_backoff_ms;
 use sluice_spool::memdisk::{MemDisk, Rng};
-use sluice_spool::{journal_name, recover, segment_name, Appender, FileCommit, JournalRefs, SegmentLife, TicketResult};
+use sluice_spool::{
+    journal_name, recover, segment_name, Appender, FileCommit, JournalBackoff, JournalRefs, SegmentLife, TicketResult,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -228,9 +229,8 @@ struct Relay {
     journal: Option<Jnl>,
     closed_journals: Vec<Jnl>,
     next_journal_seq: u64,
-    /// After journal failures in a row, no new journal before this.
-    jnl_broken_until: u64,
-    jnl_failures_in_row: u32,
+    /// When a new journal may start after journal failures.
+    jnl_backoff: JournalBackoff,
     jnl_pending: Vec<Outcome>,
     /// Per pending entry: the delivery it records, if a delivery (for the ledger).
     jnl_pending_what: Vec<Option<Delivery>>,
@@ -398,8 +398,7 @@ impl World {
             journal: None,
             closed_journals,
             next_journal_seq: next_seq,
-            jnl_broken_until: 0,
-            jnl_failures_in_row: 0,
+            jnl_backoff: JournalBackoff::default(),
             jnl_pending: Vec::new(),
             jnl_pending_what: Vec::new(),
             jnl_writes: Vec::new(),
@@ -618,7 +617,7 @@ impl World {
         let has_room =
             relay.journal.as_ref().is_some_and(|j| !j.commit.poisoned() && j.next_offset + len <= JOURNAL_BYTES);
         if !has_room {
-            if self.now < relay.jnl_broken_until {
+            if !relay.jnl_backoff.may_start_journal(self.now) {
                 return;
             }
             let seq = relay.next_journal_seq;
@@ -711,13 +710,8 @@ impl World {
             newly_poisoned |= !was_poisoned && j.commit.poisoned();
         }
         j.commit.take_failed(&mut done);
-        // A journal failing counts once (the batches after the failure fail with it).
-        if newly_poisoned {
-            relay.jnl_failures_in_row += 1;
-            relay.jnl_broken_until = self.now + journal_backoff_ms(relay.jnl_failures_in_row);
-        } else if done.iter().any(|(_, r)| *r == TicketResult::Durable) {
-            relay.jnl_failures_in_row = 0;
-        }
+        let durable = done.iter().any(|(_, r)| *r == TicketResult::Durable);
+        relay.jnl_backoff.settled(self.now, newly_poisoned, durable);
         for (batch, r) in done {
             let (entries, what) = relay.jnl_batches.remove(&batch).expect("a batch in flight");
             if r == TicketResult::Durable {

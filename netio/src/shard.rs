@@ -22,7 +22,7 @@ use sluice_engine::smtp::headers::{header_value, take_header};
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
-use sluice_spool::{Appender, TicketResult};
+use sluice_spool::{Appender, JournalBackoff, TicketResult};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
@@ -445,10 +445,8 @@ pub(crate) struct Shard {
     segments: HashMap<u64, Arc<Segment>>,
     active_empty_since_ms: Option<u64>,
     spool_broken_until_ms: u64,
-    /// After journal failures in a row, no new journal before this (a failing disk would
-    /// otherwise get a new journal file per batch); see `commit::journal_backoff_ms`.
-    jnl_broken_until_ms: u64,
-    jnl_failures_in_row: u32,
+    /// When a new journal may start after journal failures.
+    jnl_backoff: JournalBackoff,
     /// Spool IO failures injected on purpose (`SLUICE_FAULTS`, tests only).
     faults: Faults,
     spool_refusals: Vec<u32>,
@@ -532,8 +530,7 @@ impl Shard {
             segments: HashMap::new(),
             active_empty_since_ms: None,
             spool_broken_until_ms: 0,
-            jnl_broken_until_ms: 0,
-            jnl_failures_in_row: 0,
+            jnl_backoff: JournalBackoff::default(),
             faults: Faults::from_env(id),
             spool_refusals: Vec::new(),
             journal: Some(journal),
@@ -2825,7 +2822,7 @@ impl Shard {
         // a new one starts. (Found by the spool simulation: this used to panic the shard.)
         let needs_rotation = !self.journal.as_ref().is_some_and(|j| j.has_room(len) && !j.commit.poisoned());
         if needs_rotation {
-            if now_ms() < self.jnl_broken_until_ms {
+            if !self.jnl_backoff.may_start_journal(now_ms()) {
                 return;
             }
             match Journal::create(
@@ -2914,14 +2911,8 @@ impl Shard {
             newly_poisoned |= !was_poisoned && j.commit.poisoned();
         }
         j.commit.take_failed(&mut done);
-        // A journal failing counts once (the batches after the failure fail with it; counted
-        // each, one failure backed off to a second: thousands of outcomes unjournaled).
-        if newly_poisoned {
-            self.jnl_failures_in_row += 1;
-            self.jnl_broken_until_ms = now_ms() + sluice_spool::commit::journal_backoff_ms(self.jnl_failures_in_row);
-        } else if done.iter().any(|(_, r)| *r == TicketResult::Durable) {
-            self.jnl_failures_in_row = 0;
-        }
+        let durable = done.iter().any(|(_, r)| *r == TicketResult::Durable);
+        self.jnl_backoff.settled(now_ms(), newly_poisoned, durable);
         for (batch_id, r) in done {
             let batch = self.jnl_batches.remove(&batch_id).expect("batch in flight");
             if r == TicketResult::Durable {

@@ -93,13 +93,35 @@ impl FileCommit {
     }
 }
 
-/// How long a shard waits before its next new journal after `failures` failed journal
-/// batches in a row: none after one (a new journal at once: outcomes not journaled are
-/// redelivered after a crash), then 10 ms doubling to 1 s (a failing disk).
-pub fn journal_backoff_ms(failures: u32) -> u64 {
-    match failures {
-        0 | 1 => 0,
-        n => (10u64 << (n - 2).min(7)).min(1_000),
+/// When a shard may start a new journal after journal failures: at once after one failing
+/// journal (outcomes not journaled are redelivered after a crash), then 10 ms doubling to 1 s
+/// while new journals keep failing (a failing disk would otherwise get a new file per batch).
+/// A journal counts once when it fails, not once per batch that fails behind the failure; a
+/// durable batch resets the count.
+#[derive(Debug, Default)]
+pub struct JournalBackoff {
+    failures_in_row: u32,
+    until_ms: u64,
+}
+
+impl JournalBackoff {
+    /// A journal's completions were settled: `newly_poisoned` when they poisoned it,
+    /// `durable` when some batch became durable.
+    pub fn settled(&mut self, now_ms: u64, newly_poisoned: bool, durable: bool) {
+        if newly_poisoned {
+            self.failures_in_row += 1;
+            let wait = match self.failures_in_row {
+                1 => 0,
+                n => (10u64 << (n - 2).min(7)).min(1_000),
+            };
+            self.until_ms = now_ms + wait;
+        } else if durable {
+            self.failures_in_row = 0;
+        }
+    }
+
+    pub fn may_start_journal(&self, now_ms: u64) -> bool {
+        now_ms >= self.until_ms
     }
 }
 
@@ -278,6 +300,24 @@ mod tests {
         c.sync_completed(false, &mut out);
         assert_eq!(out, vec![(1, TicketResult::Failed)]);
         assert!(c.poisoned());
+    }
+
+    #[test]
+    fn journal_backoff_grows_only_while_journals_keep_failing() {
+        let mut b = JournalBackoff::default();
+        b.settled(1_000, true, false);
+        assert!(b.may_start_journal(1_000), "one failing journal: a new one at once");
+        b.settled(1_000, false, false);
+        assert!(b.may_start_journal(1_000), "batches failing behind it do not count");
+        b.settled(1_000, true, false);
+        assert!(!b.may_start_journal(1_009) && b.may_start_journal(1_010));
+        for _ in 0..20 {
+            b.settled(2_000, true, false);
+        }
+        assert!(!b.may_start_journal(2_999) && b.may_start_journal(3_000), "at most a second");
+        b.settled(3_000, false, true);
+        b.settled(3_000, true, false);
+        assert!(b.may_start_journal(3_000), "a durable batch resets the count");
     }
 
     #[test]

@@ -9,7 +9,7 @@ pub mod memdisk;
 pub mod recover;
 
 pub use codec::{Envelope, MessageView, Outcome};
-pub use commit::{Appender, FileCommit, Placement, TicketResult};
+pub use commit::{Appender, FileCommit, JournalBackoff, Placement, TicketResult};
 pub use life::{JournalRefs, SegmentLife};
 
 /// File names inside a shard's spool directory.
