@@ -45,8 +45,9 @@ pub(crate) struct ParkedList {
     write_at: u64,
     /// Entries in the file not yet read back.
     file_jobs: usize,
-    /// The file could not be created or written: entries stay in memory until the list empties.
-    spill_broken: bool,
+    /// The file could not be created or written (a full disk): entries stay in memory, and
+    /// the next try waits until the unwritten entries have doubled.
+    spill_retry_bytes: usize,
     /// Segments of encoded entries (which hold only their numbers), with entry counts.
     segments: HashMap<(u32, u64), (Arc<Segment>, usize)>,
     totals: Contents,
@@ -82,7 +83,7 @@ impl ParkedList {
             read_at: 0,
             write_at: 0,
             file_jobs: 0,
-            spill_broken: false,
+            spill_retry_bytes: 0,
             segments: HashMap::new(),
             totals: Contents::default(),
             per_job: HashMap::new(),
@@ -156,7 +157,7 @@ impl ParkedList {
             self.tail.extend_from_slice(&r.to_le_bytes());
         }
         self.tail_jobs += 1;
-        if self.tail.len() >= CHUNK_BYTES && !self.spill_broken {
+        if self.tail.len() >= CHUNK_BYTES.max(self.spill_retry_bytes) {
             self.flush();
         }
     }
@@ -168,7 +169,7 @@ impl ParkedList {
                 Ok(f) => self.file = Some(f),
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "cannot spill a backlog to disk; it stays in memory");
-                    self.spill_broken = true;
+                    self.spill_retry_bytes = 2 * self.tail.len();
                     return;
                 }
             }
@@ -180,10 +181,11 @@ impl ParkedList {
                 self.file_jobs += self.tail_jobs;
                 self.tail.clear();
                 self.tail_jobs = 0;
+                self.spill_retry_bytes = 0;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot spill a backlog to disk; it stays in memory");
-                self.spill_broken = true;
+                self.spill_retry_bytes = 2 * self.tail.len();
             }
         }
     }
@@ -270,7 +272,7 @@ impl ParkedList {
         let p = self.front.pop_front()?;
         self.count_out(&p);
         if self.is_empty() {
-            self.spill_broken = false;
+            self.spill_retry_bytes = 0;
             self.tail.shrink_to(CHUNK_BYTES);
             self.front.shrink_to(FRONT_MAX);
         }
@@ -292,8 +294,7 @@ impl ParkedList {
         if !old.is_empty() {
             // A read failed: what could not be read stays, ahead of what was kept.
             tracing::error!(left = old.len(), "a spilled backlog could not be read whole");
-            let kept = std::mem::replace(self, old);
-            let mut kept = kept;
+            let mut kept = std::mem::replace(self, old);
             while let Some(p) = kept.pop_front() {
                 self.push_back(p);
             }
@@ -371,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn without_a_spill_file_the_backlog_stays_in_memory() {
+    fn without_a_spill_file_the_backlog_stays_in_memory_until_there_is_one() {
         let dir = spool("nofile");
         let (seg, offsets) = segment(&dir);
         // A directory that does not exist: the spill file cannot be created.
@@ -380,8 +381,15 @@ mod tests {
             list.push_back(parked(&seg, &offsets, i));
         }
         assert_eq!(list.in_memory(), 10_000);
-        for i in 0..10_000 {
-            assert_eq!(list.pop_front().map(|p| p.attempts), Some(i), "nothing lost");
+        // Space comes back (here: the directory): the next try, once the unwritten entries
+        // have doubled, spills them.
+        std::fs::create_dir_all(dir.join("gone")).unwrap();
+        for i in 10_000..30_000 {
+            list.push_back(parked(&seg, &offsets, i));
+        }
+        assert!(list.in_memory() < 30_000, "spilling again: {} in memory", list.in_memory());
+        for i in 0..30_000 {
+            assert_eq!(list.pop_front().map(|p| p.attempts), Some(i), "nothing lost, order kept");
         }
         assert!(list.pop_front().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
