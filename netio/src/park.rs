@@ -55,12 +55,7 @@ pub(crate) struct ParkedList {
 }
 
 fn add(c: &mut Contents, p: &Parked) {
-    c.jobs += 1;
-    c.rcpts += p.rcpts.len() as u64;
-    c.bytes += p.size * p.rcpts.len() as u64;
-    if c.oldest_unix_ms == 0 || p.queued_unix_ms < c.oldest_unix_ms {
-        c.oldest_unix_ms = p.queued_unix_ms;
-    }
+    c.add_job(p.rcpts.len() as u64, p.size, p.queued_unix_ms);
 }
 
 fn sub(c: &mut Contents, p: &Parked) {

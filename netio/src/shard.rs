@@ -157,16 +157,6 @@ fn job_template(
     }
 }
 
-/// Adds `more` (another part of a queue or job) to `c`.
-fn merge_contents(c: &mut sluice_engine::queue::Contents, more: &sluice_engine::queue::Contents) {
-    c.jobs += more.jobs;
-    c.rcpts += more.rcpts;
-    c.bytes += more.bytes;
-    if more.oldest_unix_ms != 0 && (c.oldest_unix_ms == 0 || more.oldest_unix_ms < c.oldest_unix_ms) {
-        c.oldest_unix_ms = more.oldest_unix_ms;
-    }
-}
-
 /// A parked job back as a whole one, its addresses read from the spool.
 fn job_of(p: &Parked) -> Job<MsgRef> {
     let view = p.msg.segment.message(p.msg.offset);
@@ -2120,9 +2110,9 @@ impl Shard {
         let mut queues = Vec::with_capacity(self.queues.len());
         for st in self.queues.values() {
             let mut c = st.q.contents(Some(&mut jobs));
-            merge_contents(&mut c, &st.parked.totals());
+            c.merge(&st.parked.totals());
             for (job, parked) in st.parked.per_job() {
-                merge_contents(jobs.entry(job.clone()).or_default(), parked);
+                jobs.entry(job.clone()).or_default().merge(parked);
             }
             if c.jobs == 0 && st.q.connections == 0 && !st.q.paused() {
                 continue; // emptied; forgotten on the next tick

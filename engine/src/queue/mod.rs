@@ -111,6 +111,29 @@ pub struct Contents {
     pub oldest_unix_ms: u64,
 }
 
+impl Contents {
+    /// Counts one job: `rcpts` recipients of a `size`-byte message that arrived at
+    /// `queued_unix_ms`.
+    pub fn add_job(&mut self, rcpts: u64, size: u64, queued_unix_ms: u64) {
+        self.jobs += 1;
+        self.rcpts += rcpts;
+        self.bytes += size * rcpts;
+        if self.oldest_unix_ms == 0 || queued_unix_ms < self.oldest_unix_ms {
+            self.oldest_unix_ms = queued_unix_ms;
+        }
+    }
+
+    /// Adds another part (of a queue, or of a job).
+    pub fn merge(&mut self, more: &Contents) {
+        self.jobs += more.jobs;
+        self.rcpts += more.rcpts;
+        self.bytes += more.bytes;
+        if more.oldest_unix_ms != 0 && (self.oldest_unix_ms == 0 || more.oldest_unix_ms < self.oldest_unix_ms) {
+            self.oldest_unix_ms = more.oldest_unix_ms;
+        }
+    }
+}
+
 /// Adaptive rate: the floor, the start when `max-msg-rate` is unset, the additive step (per
 /// second of clean deliveries, like TCP's one segment per round trip) and the cut on a
 /// throttling reply.
@@ -233,14 +256,7 @@ impl<M> Queue<M> {
     pub fn contents(&self, mut per_job: Option<&mut std::collections::HashMap<String, Contents>>) -> Contents {
         let mut c = Contents::default();
         for job in self.ready.iter().chain(self.retry.values()) {
-            let add = |c: &mut Contents| {
-                c.jobs += 1;
-                c.rcpts += job.rcpts.len() as u64;
-                c.bytes += job.size * job.rcpts.len() as u64;
-                if c.oldest_unix_ms == 0 || job.queued_unix_ms < c.oldest_unix_ms {
-                    c.oldest_unix_ms = job.queued_unix_ms;
-                }
-            };
+            let add = |c: &mut Contents| c.add_job(job.rcpts.len() as u64, job.size, job.queued_unix_ms);
             add(&mut c);
             if let Some(map) = per_job.as_deref_mut().filter(|_| !job.job_id.is_empty()) {
                 add(map.entry(job.job_id.clone()).or_default());
