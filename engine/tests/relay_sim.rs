@@ -676,11 +676,8 @@ impl World {
         let n = if ok { w.bytes.len() } else { w.bytes.len() / 2 };
         self.disk.write(&journal_name(w.jseq), w.offset, &w.bytes[..n]);
         self.stats.failed_journal_io += u64::from(!ok);
-        let commit = &mut Self::journal_mut(relay, w.jseq).commit;
-        let was_poisoned = commit.poisoned();
-        commit.write_completed(w.batch, ok);
-        let newly_poisoned = !was_poisoned && commit.poisoned();
-        self.settle_journal(relay, w.jseq, None, newly_poisoned);
+        Self::journal_mut(relay, w.jseq).commit.write_completed(w.batch, ok);
+        self.settle_journal(relay, w.jseq, None);
     }
 
     fn sync_journals(&mut self, relay: &mut Relay) {
@@ -694,22 +691,21 @@ impl World {
                     self.disk.sync(&journal_name(jseq));
                 }
                 self.stats.failed_journal_io += u64::from(!ok);
-                self.settle_journal(relay, jseq, Some(ok), false);
+                self.settle_journal(relay, jseq, Some(ok));
             }
         }
     }
 
     /// A journal's sync finished (or a write failed): durable batches release their
     /// segments; failed ones go back to be written to a new journal.
-    fn settle_journal(&mut self, relay: &mut Relay, jseq: u64, sync: Option<bool>, mut newly_poisoned: bool) {
+    fn settle_journal(&mut self, relay: &mut Relay, jseq: u64, sync: Option<bool>) {
         let mut done = Vec::new();
         let j = Self::journal_mut(relay, jseq);
         if let Some(ok) = sync {
-            let was_poisoned = j.commit.poisoned();
             j.commit.sync_completed(ok, &mut done);
-            newly_poisoned |= !was_poisoned && j.commit.poisoned();
         }
         j.commit.take_failed(&mut done);
+        let newly_poisoned = j.commit.take_poisoning();
         let durable = done.iter().any(|(_, r)| *r == TicketResult::Durable);
         relay.jnl_backoff.settled(self.now, newly_poisoned, durable);
         for (batch, r) in done {

@@ -2874,33 +2874,28 @@ impl Shard {
             tracing::error!(shard = self.id, result, "journal write failed; its entries go to a new journal");
         }
         let jseq = batch.jseq;
-        let commit = &mut self.journal_by_seq(jseq).commit;
-        let was_poisoned = commit.poisoned();
-        commit.write_completed(batch_id, ok);
-        let newly_poisoned = !was_poisoned && commit.poisoned();
-        self.settle_journal(jseq, None, newly_poisoned);
+        self.journal_by_seq(jseq).commit.write_completed(batch_id, ok);
+        self.settle_journal(jseq, None);
     }
 
     fn on_jnl_sync(&mut self, jseq: u64, result: i32) {
         if result < 0 {
             tracing::error!(shard = self.id, result, "journal fsync failed; its entries go to a new journal");
         }
-        self.settle_journal(jseq, Some(result >= 0), false);
+        self.settle_journal(jseq, Some(result >= 0));
     }
 
     /// A journal's fsync finished (`sync`), or a write completed: durable batches release
     /// their segments; failed ones go back to be written to a new journal (a failed write or
     /// fsync poisons the file), so their segments do not stay live until a restart.
-    /// `newly_poisoned`: the write just completed poisoned the journal.
-    fn settle_journal(&mut self, jseq: u64, sync: Option<bool>, mut newly_poisoned: bool) {
+    fn settle_journal(&mut self, jseq: u64, sync: Option<bool>) {
         let mut done = Vec::new();
         let j = self.journal_by_seq(jseq);
         if let Some(ok) = sync {
-            let was_poisoned = j.commit.poisoned();
             j.commit.sync_completed(ok, &mut done);
-            newly_poisoned |= !was_poisoned && j.commit.poisoned();
         }
         j.commit.take_failed(&mut done);
+        let newly_poisoned = j.commit.take_poisoning();
         let durable = done.iter().any(|(_, r)| *r == TicketResult::Durable);
         self.jnl_backoff.settled(now_ms(), newly_poisoned, durable);
         for (batch_id, r) in done {

@@ -29,6 +29,8 @@ pub struct FileCommit {
     sync_in_flight: bool,
     /// A write or sync failed: nothing after it can be trusted, the file takes no more writes.
     poisoned: bool,
+    /// `take_poisoning` has told of it.
+    poisoning_told: bool,
     failed: Vec<u64>,
 }
 
@@ -85,6 +87,14 @@ impl FileCommit {
 
     pub fn poisoned(&self) -> bool {
         self.poisoned
+    }
+
+    /// True once: the first time it is asked after the file became poisoned. One failure,
+    /// however many tickets fail behind it (what `JournalBackoff` counts).
+    pub fn take_poisoning(&mut self) -> bool {
+        let news = self.poisoned && !self.poisoning_told;
+        self.poisoning_told |= self.poisoned;
+        news
     }
 
     /// Nothing in flight, nothing waiting: the file may be closed.
@@ -284,6 +294,7 @@ mod tests {
         c.write_completed(2, false);
         c.write_completed(1, true);
         assert!(c.poisoned());
+        assert!(c.take_poisoning() && !c.take_poisoning(), "one failure, told once");
         assert!(c.poll_sync());
         c.sync_completed(true, &mut out);
         c.take_failed(&mut out);
