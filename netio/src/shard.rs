@@ -22,7 +22,7 @@ use sluice_engine::smtp::headers::{header_value, take_header};
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
-use sluice_spool::{Appender, JournalBackoff, TicketResult};
+use sluice_spool::{Appender, JournalBackoff, Resume, TicketResult};
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
@@ -206,6 +206,8 @@ struct Store {
     /// After the data: the job id (spool format version 2).
     tail: Vec<u8>,
     iov: [libc::iovec; 3],
+    /// How much of head, data and tail is on its way to the segment file.
+    written: Resume,
     seq: u64,
     offset: u64,
     mail_from: String,
@@ -237,6 +239,7 @@ impl Store {
             data,
             tail: Vec::new(),
             iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
+            written: Resume::default(),
             seq: 0,
             offset: 0,
             mail_from,
@@ -290,7 +293,7 @@ struct Inbound {
 enum OutPhase {
     Connecting,
     Session,
-    /// Sending the body: `body_sent` bytes of body + ".\r\n" are out.
+    /// Sending the body and ".\r\n" (`body` says how much is out).
     Body,
 }
 
@@ -318,7 +321,8 @@ struct Outbound {
     tls: Option<Box<rustls::ClientConnection>>,
     plain_len: usize,
     tls_pending: Vec<u8>,
-    body_sent: usize,
+    /// How much of the body and ".\r\n" is out.
+    body: Resume,
     iov: [libc::iovec; 2],
     msghdr: libc::msghdr,
     info: AttemptInfo,
@@ -340,8 +344,9 @@ struct Conn {
     deadline_ms: u64,
     inbuf: Vec<u8>,
     in_len: usize,
+    /// Bytes to send; `sending` says how much of them is out. Emptied once all are.
     out: Vec<u8>,
-    out_off: usize,
+    sending: Resume,
     kind: Kind,
 }
 
@@ -413,6 +418,9 @@ struct QueueCells {
 
 struct JournalBatch {
     jseq: u64,
+    /// Where the batch goes in its journal, and how much of it is written.
+    offset: u64,
+    written: Resume,
     bytes: Vec<u8>,
     segments: Vec<Arc<Segment>>,
 }
@@ -704,7 +712,7 @@ impl Shard {
             inbuf: vec![0; RECV_BYTES],
             in_len: 0,
             out: Vec::new(),
-            out_off: 0,
+            sending: Resume::default(),
             kind,
         }));
         Some(slot)
@@ -770,9 +778,12 @@ impl Shard {
     fn submit_send(&mut self, slot: u32) {
         let now = now_ms();
         let conn = self.conn_mut(slot);
-        assert!(conn.op.is_none() && conn.out_off < conn.out.len());
-        let buf = conn.out[conn.out_off..].as_ptr();
-        let len = (conn.out.len() - conn.out_off) as u32;
+        assert!(conn.op.is_none() && !conn.out.is_empty());
+        if conn.sending.is_done() {
+            conn.sending = Resume::new(conn.out.len()); // a new send of all that is buffered
+        }
+        let [rest] = conn.sending.rest([&conn.out]);
+        let (buf, len) = (rest.as_ptr(), rest.len() as u32);
         conn.op = Some(Op::Send);
         conn.deadline_ms = now + OUT_REPLY_TIMEOUT_MS;
         let entry = opcode::Send::new(types::Fd(conn.fd), buf, len).flags(libc::MSG_NOSIGNAL).build().user_data(ud(
@@ -952,9 +963,7 @@ impl Shard {
         let sent = result as usize;
         if let Kind::Out(out) = &mut conn.kind {
             if out.phase == OutPhase::Body {
-                out.body_sent += sent;
-                let total = out.iov[0].iov_len + out.iov[1].iov_len;
-                if out.body_sent < total {
+                if !out.body.advance(sent) {
                     return self.submit_body(slot);
                 }
                 out.phase = OutPhase::Session;
@@ -962,12 +971,10 @@ impl Shard {
                 return self.submit_recv(slot, OUT_FINAL_TIMEOUT_MS);
             }
         }
-        conn.out_off += sent;
-        if conn.out_off < conn.out.len() {
+        if !conn.sending.advance(sent) {
             return self.submit_send(slot);
         }
         conn.out.clear();
-        conn.out_off = 0;
         if matches!(conn.kind, Kind::In(_)) {
             self.in_drive(slot)
         } else {
@@ -1075,7 +1082,7 @@ impl Shard {
         let closing = inb.session.is_closing();
         let in_data = inb.session.is_in_data();
         let storing = inb.store.is_some() || inb.verifying.is_some() || inb.reporting;
-        if conn.out_off < conn.out.len() {
+        if !conn.out.is_empty() {
             return self.submit_send(slot);
         }
         if storing {
@@ -1344,17 +1351,39 @@ impl Shard {
         }
         let seg = self.segments[&placement.seg_seq].clone();
         seg.add_live(store.recipients.len() as u64);
+        store.written = Resume::of([&store.head, &store.data, &store.tail]);
+        self.submit_store_write(store, user_data);
+    }
+
+    /// Writes what is left of a placed message to its segment (all of it, or the rest after
+    /// a short write).
+    fn submit_store_write(&mut self, store: &mut Store, user_data: u64) {
+        let fd = self.segments[&store.seq].fd();
         // The store is boxed: these pointers stay valid until the write completes.
-        store.iov = [
-            libc::iovec { iov_base: store.head.as_mut_ptr().cast(), iov_len: store.head.len() },
-            libc::iovec { iov_base: store.data.as_mut_ptr().cast(), iov_len: store.data.len() },
-            libc::iovec { iov_base: store.tail.as_mut_ptr().cast(), iov_len: store.tail.len() },
-        ];
-        let entry = opcode::Writev::new(types::Fd(seg.fd()), store.iov.as_ptr(), 3)
-            .offset(placement.offset)
+        store.iov = store
+            .written
+            .rest([&store.head, &store.data, &store.tail])
+            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
+        let entry = opcode::Writev::new(types::Fd(fd), store.iov.as_ptr(), 3)
+            .offset(store.offset + store.written.done() as u64)
             .build()
             .user_data(user_data);
         self.push(entry);
+    }
+
+    /// A segment write of `store` completed with `result`: Some(ok) when the write is over
+    /// (all written, or failed), None when a short write was resubmitted for the rest.
+    fn store_write_done(&mut self, store: &mut Store, result: i32, user_data: u64) -> Option<bool> {
+        if result > 0 && !store.written.advance(result as usize) {
+            self.submit_store_write(store, user_data);
+            return None;
+        }
+        let ok = result > 0 || (result == 0 && store.written.is_done());
+        if !ok {
+            let left = store.written.left();
+            tracing::error!(shard = self.id, result, left, seq = store.seq, "segment write failed");
+        }
+        Some(ok)
     }
 
     // ---- Spool: DSNs (RFC 3464) -------------------------------------------------------
@@ -1409,13 +1438,13 @@ impl Shard {
     }
 
     fn on_local_write(&mut self, id: u64, result: i32) {
-        let local = self.local.get(&id).expect("write belongs to a local message");
-        let expected = local.store.head.len() + local.store.data.len() + local.store.tail.len();
-        let ok = result >= 0 && result as usize == expected;
-        if !ok {
-            tracing::error!(shard = self.id, result, expected, "segment write failed (DSN)");
+        let mut local = self.local.remove(&id).expect("write belongs to a local message");
+        let done = self.store_write_done(&mut local.store, result, ud(Op::LocalWrite, 0, id));
+        let seq = local.store.seq;
+        self.local.insert(id, local);
+        if let Some(ok) = done {
+            self.appender.write_completed(seq, LOCAL_TICKET | id, ok);
         }
-        self.appender.write_completed(local.store.seq, LOCAL_TICKET | id, ok);
     }
 
     /// The spool answered for a DSN: durable, it is queued for delivery and the bounces it
@@ -1503,17 +1532,18 @@ impl Shard {
     }
 
     fn on_seg_write(&mut self, gen: u16, slot: u32, result: i32) {
-        let conn = self.conns[slot as usize].as_ref().expect("storing connection is live");
+        let conn = self.conns[slot as usize].as_mut().expect("storing connection is live");
         assert_eq!(conn.gen, gen);
-        let Kind::In(inb) = &conn.kind else { unreachable!() };
-        let store = inb.store.as_ref().expect("write belongs to a store");
-        let expected = store.head.len() + store.data.len() + store.tail.len();
-        let ok = result >= 0 && result as usize == expected;
-        if !ok {
-            tracing::error!(shard = self.id, result, expected, "segment write failed");
+        let Kind::In(inb) = &mut conn.kind else { unreachable!() };
+        let mut store = inb.store.take().expect("write belongs to a store");
+        let done = self.store_write_done(&mut store, result, ud(Op::SegWrite, gen, slot as u64));
+        let seq = store.seq;
+        let Kind::In(inb) = &mut self.conn_mut(slot).kind else { unreachable!() };
+        inb.store = Some(store);
+        if let Some(ok) = done {
+            let ticket = (gen as u64) << 32 | slot as u64;
+            self.appender.write_completed(seq, ticket, ok);
         }
-        let ticket = (gen as u64) << 32 | slot as u64;
-        self.appender.write_completed(store.seq, ticket, ok);
     }
 
     /// Submits due fdatasyncs and answers clients whose messages are now durable or failed.
@@ -2305,7 +2335,7 @@ impl Shard {
             tls: None,
             plain_len: 0,
             tls_pending: Vec::new(),
-            body_sent: 0,
+            body: Resume::default(),
             iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
             // SAFETY: zeroed msghdr is valid.
             msghdr: unsafe { std::mem::zeroed() },
@@ -2545,16 +2575,14 @@ impl Shard {
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
         let job = out.job.as_ref().expect("body belongs to a job");
         let data = job.msg.segment.message(job.msg.offset).data;
-        // Rebuild the two iovecs past what is already sent: the body (from the mapped
-        // segment, no copy) and the terminating ".\r\n".
-        let sent = out.body_sent;
-        let body_left = data.len().saturating_sub(sent);
-        let end_skip = sent.saturating_sub(data.len());
-        out.iov = [
-            libc::iovec { iov_base: data[data.len() - body_left..].as_ptr() as *mut _, iov_len: body_left },
-            libc::iovec { iov_base: END_OF_DATA[end_skip..].as_ptr() as *mut _, iov_len: END_OF_DATA.len() - end_skip },
-        ];
-        out.body_sent = 0;
+        // What is left of the body (from the mapped segment, no copy) and ".\r\n".
+        if out.body.is_done() {
+            out.body = Resume::of([data, END_OF_DATA]);
+        }
+        out.iov = out
+            .body
+            .rest([data, END_OF_DATA])
+            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
         out.msghdr.msg_iov = out.iov.as_mut_ptr();
         out.msghdr.msg_iovlen = 2;
         conn.op = Some(Op::Send);
@@ -2627,9 +2655,9 @@ impl Shard {
                     out.client.body_sent();
                 }
                 Some(ClientEvent::SendBody) => {
-                    assert!(conn.out_off == conn.out.len(), "the client writes nothing before the body");
+                    assert!(conn.out.is_empty(), "the client writes nothing before the body");
                     out.phase = OutPhase::Body;
-                    out.body_sent = 0;
+                    out.body = Resume::default();
                     return self.submit_body(slot);
                 }
                 Some(ClientEvent::StartTls) => {
@@ -2676,7 +2704,7 @@ impl Shard {
                 Some(ClientEvent::Closed) => return self.close(slot),
             }
             let conn = self.conn_mut(slot);
-            if conn.out_off < conn.out.len() {
+            if !conn.out.is_empty() {
                 return self.submit_send(slot);
             }
             let Kind::Out(out) = &conn.kind else { unreachable!() };
@@ -2846,14 +2874,24 @@ impl Shard {
             let offset = j.next_offset;
             j.next_offset += len;
             j.commit.write_submitted(batch_id);
-            let batch = JournalBatch { jseq: j.seq, bytes, segments };
-            let entry = opcode::Write::new(types::Fd(j.fd()), batch.bytes.as_ptr(), batch.bytes.len() as u32)
-                .offset(offset)
-                .build()
-                .user_data(ud(Op::JnlWrite, 0, batch_id));
+            let written = Resume::new(bytes.len());
+            let batch = JournalBatch { jseq: j.seq, offset, written, bytes, segments };
             self.jnl_batches.insert(batch_id, batch);
-            self.push(entry);
+            self.submit_journal_write(batch_id);
         }
+    }
+
+    /// Writes what is left of a journal batch (all of it, or the rest after a short write).
+    fn submit_journal_write(&mut self, batch_id: u64) {
+        let batch = &self.jnl_batches[&batch_id];
+        let fd = self.journal_by_seq(batch.jseq).fd();
+        let batch = &self.jnl_batches[&batch_id];
+        let [rest] = batch.written.rest([&batch.bytes]);
+        let entry = opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+            .offset(batch.offset + batch.written.done() as u64)
+            .build()
+            .user_data(ud(Op::JnlWrite, 0, batch_id));
+        self.push(entry);
     }
 
     /// One of this shard's own journals (its closed list also holds old journals of other
@@ -2868,8 +2906,11 @@ impl Shard {
     }
 
     fn on_jnl_write(&mut self, batch_id: u64, result: i32) {
-        let batch = &self.jnl_batches[&batch_id];
-        let ok = result >= 0 && result as usize == batch.bytes.len();
+        let batch = self.jnl_batches.get_mut(&batch_id).expect("batch in flight");
+        if result > 0 && !batch.written.advance(result as usize) {
+            return self.submit_journal_write(batch_id);
+        }
+        let ok = result > 0 && batch.written.is_done();
         if !ok {
             tracing::error!(shard = self.id, result, "journal write failed; its entries go to a new journal");
         }

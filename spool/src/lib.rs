@@ -7,10 +7,12 @@ pub mod commit;
 pub mod life;
 pub mod memdisk;
 pub mod recover;
+pub mod resume;
 
 pub use codec::{Envelope, MessageView, Outcome};
 pub use commit::{Appender, FileCommit, JournalBackoff, Placement, TicketResult};
 pub use life::{JournalRefs, SegmentLife};
+pub use resume::Resume;
 
 /// File names inside a shard's spool directory.
 pub fn segment_name(seq: u64) -> String {

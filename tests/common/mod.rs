@@ -520,6 +520,12 @@ pub struct PyReceiver {
 
 impl PyReceiver {
     pub fn start() -> PyReceiver {
+        PyReceiver::start_with(&[])
+    }
+
+    /// As `start`, with receiver.py's options (`--rcvbuf N`, `--tls CERT KEY`, `--max-rcpt N`,
+    /// `--no-8bitmime`).
+    pub fn start_with(options: &[&str]) -> PyReceiver {
         assert!(Path::new(VENV_PYTHON).exists(), "{VENV_PYTHON} missing: run scripts/install-test-deps.sh");
         let dir = TempDir::new("received");
         let port = free_port("127.0.0.1");
@@ -527,6 +533,7 @@ impl PyReceiver {
             .arg(py_script("receiver.py"))
             .args(["127.0.0.1", &port.to_string()])
             .arg(dir.path())
+            .args(options)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

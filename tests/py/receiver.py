@@ -1,10 +1,30 @@
 """A byte-exact SMTP receiver for tests (aiosmtpd): every message is written, as received
-(dot-unstuffed, CRLF line ends), to DIR/NNNNN.eml. Usage: receiver.py HOST PORT DIR"""
+(dot-unstuffed, CRLF line ends), to DIR/NNNNN.eml, its envelope to DIR/NNNNN.env.
+
+Usage: receiver.py HOST PORT DIR [--rcvbuf BYTES] [--tls CERT KEY] [--max-rcpt N] [--no-8bitmime]
+
+--rcvbuf sets SO_RCVBUF on the listening socket (accepted sockets inherit it), so a large
+message comes in through a small window and the sender's writes come back short many times.
+--tls offers STARTTLS. --max-rcpt N answers `452 4.5.3 Too many recipients` past N recipients
+in a transaction (RFC 5321 4.5.3.1.10). --no-8bitmime leaves 8BITMIME out of the EHLO reply.
+"""
+import argparse
 import os
-import sys
+import socket
+import ssl
 import time
 
 from aiosmtpd.controller import Controller
+
+ap = argparse.ArgumentParser()
+ap.add_argument("host")
+ap.add_argument("port", type=int)
+ap.add_argument("directory")
+ap.add_argument("--rcvbuf", type=int, default=0)
+ap.add_argument("--tls", nargs=2, metavar=("CERT", "KEY"))
+ap.add_argument("--max-rcpt", type=int, default=0)
+ap.add_argument("--no-8bitmime", action="store_true")
+args = ap.parse_args()
 
 
 class Keep:
@@ -12,17 +32,47 @@ class Keep:
         self.directory = directory
         self.count = 0
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if args.no_8bitmime:
+            return [r for r in responses if "8BITMIME" not in r]
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if args.max_rcpt and len(envelope.rcpt_tos) >= args.max_rcpt:
+            return "452 4.5.3 Too many recipients"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
     async def handle_DATA(self, server, session, envelope):
-        path = os.path.join(self.directory, f"{self.count:05}.eml")
+        path = os.path.join(self.directory, f"{self.count:05}")
         self.count += 1
         with open(path + ".tmp", "wb") as f:
             f.write(envelope.original_content)
-        os.rename(path + ".tmp", path)
+        with open(path + ".env", "w") as f:
+            f.write(f"{envelope.mail_from}\n{','.join(envelope.rcpt_tos)}\n{' '.join(envelope.mail_options)}\n")
+        os.rename(path + ".tmp", path + ".eml")
         return "250 2.0.0 kept"
 
 
-host, port, directory = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-controller = Controller(Keep(directory), hostname=host, port=port, decode_data=False)
+class Receiver(Controller):
+    def _create_server(self):
+        if not args.rcvbuf:
+            return super()._create_server()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
+        sock.bind((self.hostname, self.port))
+        sock.listen(128)
+        return self.loop.create_server(self._factory_invoker, sock=sock, ssl=self.ssl_context)
+
+
+kwargs = {"decode_data": False, "data_size_limit": 200 * 1024 * 1024}
+if args.tls:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(args.tls[0], args.tls[1])
+    kwargs["tls_context"] = ctx
+controller = Receiver(Keep(args.directory), hostname=args.host, port=args.port, **kwargs)
 controller.start()
 print("ready", flush=True)
 while True:

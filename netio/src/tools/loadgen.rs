@@ -9,6 +9,7 @@ use io_uring::{opcode, types, IoUring};
 use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::sink::{body_checksum, ID_HEADER, SUM_HEADER};
+use sluice_spool::Resume;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
@@ -121,7 +122,7 @@ struct Conn {
     inbuf: Vec<u8>,
     in_len: usize,
     out: Vec<u8>,
-    out_off: usize,
+    sending: Resume,
     body: Vec<u8>,
     busy: bool,
     sending_body: bool,
@@ -264,7 +265,7 @@ impl Loadgen {
             inbuf: vec![0; RECV_BYTES],
             in_len: 0,
             out: Vec::with_capacity(4096),
-            out_off: 0,
+            sending: Resume::default(),
             body: Vec::new(),
             busy: true,
             sending_body: false,
@@ -338,14 +339,14 @@ impl Loadgen {
     fn send(&mut self, slot: u32) {
         let conn = self.conns[slot as usize].as_mut().expect("live connection");
         conn.busy = true;
-        let entry = opcode::Send::new(
-            types::Fd(conn.fd),
-            conn.out[conn.out_off..].as_ptr(),
-            (conn.out.len() - conn.out_off) as u32,
-        )
-        .flags(libc::MSG_NOSIGNAL)
-        .build()
-        .user_data(ud(Op::Send, slot));
+        if conn.sending.is_done() {
+            conn.sending = Resume::new(conn.out.len());
+        }
+        let [rest] = conn.sending.rest([&conn.out]);
+        let entry = opcode::Send::new(types::Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud(Op::Send, slot));
         self.push(entry);
     }
 
@@ -365,12 +366,10 @@ impl Loadgen {
         if result <= 0 {
             return self.fail(slot, Reply::new(421, "connection lost while sending"));
         }
-        conn.out_off += result as usize;
-        if conn.out_off < conn.out.len() {
+        if !conn.sending.advance(result as usize) {
             return self.send(slot);
         }
         conn.out.clear();
-        conn.out_off = 0;
         if std::mem::take(&mut conn.sending_body) {
             conn.client.body_sent();
             conn.body_done_at = Instant::now();
@@ -394,7 +393,7 @@ impl Loadgen {
                 self.conns[slot as usize].as_mut().expect("checked").parked = false;
                 self.next_work(slot);
                 let conn = self.conns[slot as usize].as_ref().expect("live connection");
-                if !conn.busy && conn.out_off < conn.out.len() {
+                if !conn.busy && !conn.out.is_empty() {
                     self.send(slot);
                 }
             }
@@ -475,7 +474,7 @@ impl Loadgen {
                 Some(ClientEvent::Closed) => return self.close(slot),
             }
             let conn = self.conns[slot as usize].as_mut().expect("live connection");
-            if conn.out_off < conn.out.len() {
+            if !conn.out.is_empty() {
                 return self.send(slot);
             }
             if conn.parked {

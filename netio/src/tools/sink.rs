@@ -5,6 +5,7 @@
 use crate::sys::{self, now_ms};
 use io_uring::{opcode, types, IoUring};
 use sluice_engine::smtp::sink::{Checksum, ReplyRule, SinkEvent, SinkSession};
+use sluice_spool::Resume;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -91,7 +92,7 @@ struct Conn {
     inbuf: Vec<u8>,
     in_len: usize,
     out: Vec<u8>,
-    out_off: usize,
+    sending: Resume,
     busy: bool,
     ack_due_ms: Option<u64>,
     /// The message waiting for its (delayed) 250: counted when acknowledged.
@@ -155,7 +156,7 @@ pub fn run_sink(
         // On stop, let replies already owed (a delayed 250, a send in flight) go out first.
         if stop.load(Ordering::SeqCst) {
             let since = *stopping_since.get_or_insert_with(std::time::Instant::now);
-            let owed = sink.conns.iter().flatten().any(|c| c.ack_due_ms.is_some() || c.out_off < c.out.len());
+            let owed = sink.conns.iter().flatten().any(|c| c.ack_due_ms.is_some() || !c.out.is_empty());
             if !owed || since.elapsed() > STOP_GRACE {
                 break;
             }
@@ -223,7 +224,7 @@ impl Sink {
             inbuf: vec![0; RECV_BYTES],
             in_len: 0,
             out: Vec::new(),
-            out_off: 0,
+            sending: Resume::default(),
             busy: false,
             ack_due_ms: None,
             pending: None,
@@ -258,17 +259,32 @@ impl Sink {
         self.drive(slot);
     }
 
+    /// Sends what is left of the connection's output (a new send of it all when none is
+    /// under way).
+    fn send(&mut self, slot: u32) {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        conn.busy = true;
+        if conn.sending.is_done() {
+            conn.sending = Resume::new(conn.out.len());
+        }
+        let [rest] = conn.sending.rest([&conn.out]);
+        let entry = opcode::Send::new(types::Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud(Op::Send, slot));
+        self.push(entry);
+    }
+
     fn on_send(&mut self, slot: u32, result: i32) {
         let conn = self.conns[slot as usize].as_mut().expect("live connection");
         conn.busy = false;
         if result <= 0 {
             return self.close(slot);
         }
-        conn.out_off += result as usize;
-        if conn.out_off == conn.out.len() {
-            conn.out.clear();
-            conn.out_off = 0;
+        if !conn.sending.advance(result as usize) {
+            return self.send(slot); // the rest first: nothing is added to a send under way
         }
+        conn.out.clear();
         self.drive(slot);
     }
 
@@ -355,17 +371,8 @@ impl Sink {
                 self.record(&r);
             }
             let conn = self.conns[slot as usize].as_mut().expect("live connection");
-            if conn.out_off < conn.out.len() {
-                conn.busy = true;
-                let entry = opcode::Send::new(
-                    types::Fd(fd),
-                    conn.out[conn.out_off..].as_ptr(),
-                    (conn.out.len() - conn.out_off) as u32,
-                )
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-                .user_data(ud(Op::Send, slot));
-                return self.push(entry);
+            if !conn.out.is_empty() {
+                return self.send(slot);
             }
             if closing {
                 return self.close(slot);
