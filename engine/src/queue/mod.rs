@@ -99,6 +99,9 @@ pub struct Queue<M> {
     pub last_error: Option<String>,
     /// `startup-ramp`: the share of its connection and rate limits the queue may use now.
     ramp: f64,
+    /// Recipients per transaction the receiver took before answering "too many recipients"
+    /// (RFC 5321 §4.5.3.1.10): later transactions send at most this many.
+    learned_txn_rcpts_max: Option<usize>,
 }
 
 /// What a queue holds, for status pages: jobs, recipients, bytes, the oldest arrival.
@@ -178,6 +181,7 @@ impl<M> Queue<M> {
             paused: false,
             last_error: None,
             ramp: 1.0,
+            learned_txn_rcpts_max: None,
         }
     }
 
@@ -487,11 +491,14 @@ impl<M> Queue<M> {
         self.has_work() && self.connections < self.max_smtp_out() && (self.connections as usize) < self.ready.len()
     }
 
-    fn txn_rcpts_max(&self) -> usize {
-        match self.settings.max_rcpt_per_message {
+    /// Recipients in the next transaction: `max-rcpt-per-message`, or fewer when the
+    /// receiver said it takes fewer.
+    pub fn txn_rcpts_max(&self) -> usize {
+        let configured = match self.settings.max_rcpt_per_message {
             0 => TXN_RCPTS_MAX,
             n => n as usize,
-        }
+        };
+        configured.min(self.learned_txn_rcpts_max.unwrap_or(usize::MAX))
     }
 
     /// The next transaction's worth of work: one message, up to the recipient limit.
@@ -548,7 +555,15 @@ impl<M> Queue<M> {
         let mut out = Vec::with_capacity(replies.len());
         let mut deferred = Vec::new();
         let mut elsewhere = Vec::new();
+        // RFC 5321 §4.5.3.1.10: recipients refused as too many for one transaction go in the
+        // next one at once; it is no failure (no record, no retry delay).
+        let accepted = replies.iter().filter(|r| r.is_positive()).count();
+        let mut too_many = Vec::new();
         for (rcpt, reply) in std::mem::take(&mut job.rcpts).into_iter().zip(replies) {
+            if accepted > 0 && too_many_recipients(reply) {
+                too_many.push(rcpt);
+                continue;
+            }
             let (bounce_rcpt, avoid) = self.observe_rule(reply, now_ms);
             let go_elsewhere = !reply.is_positive()
                 && !bounce_rcpt
@@ -575,6 +590,13 @@ impl<M> Queue<M> {
                 deferred.push(rcpt.clone());
             }
             out.push((rcpt, fate, record));
+        }
+        if !too_many.is_empty() {
+            let took = replies.len() - too_many.len();
+            self.learned_txn_rcpts_max = Some(took.min(self.learned_txn_rcpts_max.unwrap_or(usize::MAX)).max(1));
+            let mut again = job.clone();
+            again.rcpts = too_many;
+            self.ready.push_front(again);
         }
         if !elsewhere.is_empty() {
             let mut again = job.clone();
@@ -628,6 +650,14 @@ impl<M> Queue<M> {
         r.job_id = job.job_id.clone();
         r
     }
+}
+
+/// "Too many recipients" (RFC 5321 §4.5.3.1.10): 452, or the 552 of RFC 821 that clients
+/// are told to take as temporary, with X.5.3 or those words.
+pub fn too_many_recipients(reply: &Reply) -> bool {
+    (reply.code == 452 || reply.code == 552)
+        && (reply.enhanced().is_some_and(|e| e.ends_with(".5.3"))
+            || reply.text.to_ascii_lowercase().contains("too many recipients"))
 }
 
 fn rate_per_s(r: Rate) -> f64 {
@@ -689,6 +719,34 @@ mod tests {
         assert_eq!((j.rcpts.len(), j.attempts), (1, 2));
         q.settle(j, &[Reply::new(421, "4.7.0 try later")], &AttemptInfo::default(), 12_000);
         assert_eq!(q.next_retry_ms(), Some(72_000), "second retry uses the next delay");
+    }
+
+    /// RFC 5321 §4.5.3.1.10: a receiver that takes 2 per transaction gets the rest in the
+    /// next transactions at once, with no record and no retry delay; later jobs are split to
+    /// what it takes. A 452 with nothing accepted is an ordinary deferral.
+    #[test]
+    fn too_many_recipients_go_in_the_next_transaction_at_once() {
+        let mut q = queue();
+        q.settings.max_rcpt_per_message = 0;
+        q.push(job(5));
+        let j = q.take().unwrap();
+        assert_eq!(j.rcpts.len(), 5);
+        let too_many = Reply::new(452, "4.5.3 Too many recipients");
+        let replies = [Reply::new(250, "ok"), Reply::new(250, "ok"), too_many.clone(), too_many.clone(), too_many];
+        let out = q.settle(j, &replies, &AttemptInfo::default(), 2_000);
+        assert_eq!(out.len(), 2, "records only for the two that went");
+        assert!(out.iter().all(|(_, f, r)| *f == Fate::Final && r.kind == Kind::Delivered));
+        assert_eq!(q.next_retry_ms(), None, "nothing waits for a retry");
+        let sizes: Vec<usize> = std::iter::from_fn(|| q.take()).map(|j| j.rcpts.len()).collect();
+        assert_eq!(sizes, vec![2, 1], "the rest now, at the receiver's 2 per transaction");
+        assert_eq!(q.txn_rcpts_max(), 2);
+        q.push(job(1));
+        let j = q.take().unwrap();
+        let out = q.settle(j, &[Reply::new(452, "4.5.3 Too many recipients")], &Default::default(), 3_000);
+        assert_eq!((out.len(), out[0].1.clone()), (1, Fate::Retry), "nothing accepted: a deferral");
+        // The 552 of RFC 821 in words, without an enhanced code.
+        assert!(too_many_recipients(&Reply::new(552, "Too many recipients")));
+        assert!(!too_many_recipients(&Reply::new(452, "4.2.2 Mailbox full")));
     }
 
     #[test]
