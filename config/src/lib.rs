@@ -87,6 +87,48 @@ pub struct SourcePolicy {
     pub process_x_job: bool,
     pub jobid_header: String,
     pub retain_x_job: bool,
+    /// `bare-lf normalize|reject`.
+    pub bare_lf: BareLf,
+    /// `long-lines encode|reject`.
+    pub long_lines: LongLines,
+}
+
+/// `bare-lf`: what a line ending in LF alone becomes (a lone "." next to one is refused as
+/// SMTP smuggling either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareLf {
+    /// Taken as a line end and spooled as CRLF (the default, as Postfix's
+    /// `smtpd_forbid_bare_newline = normalize`).
+    Normalize,
+    /// The message is refused with 550 5.6.0.
+    Reject,
+}
+
+/// `long-lines`: what a message with a line over 998 octets becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongLines {
+    /// Wrapped losslessly (text re-encoded as quoted-printable, header fields folded): the
+    /// default.
+    Encode,
+    /// The message is refused with 550 5.6.0.
+    Reject,
+}
+
+/// `downgrade-8bit`: 8-bit mail for a receiver that does not offer 8BITMIME (RFC 6152 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downgrade8bit {
+    /// Converted to quoted-printable (the default).
+    QuotedPrintable,
+    /// Bounced with 554 5.6.3 (conversion required but not permitted, RFC 3463).
+    Bounce,
+}
+
+/// One value of a fixed set: `choices` pairs each accepted word with its value.
+fn choice<T: Copy>(name: &str, v: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices.iter().find(|(w, _)| w.eq_ignore_ascii_case(v)).map(|(_, t)| *t).ok_or_else(|| {
+        let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+        format!("`{name}` takes one of {}, not `{v}`", words.join(", "))
+    })
 }
 
 /// One line of an `<address-list>`.
@@ -204,6 +246,8 @@ impl Default for SourcePolicy {
             process_x_job: false,
             jobid_header: "x-job".into(),
             retain_x_job: false,
+            bare_lf: BareLf::Normalize,
+            long_lines: LongLines::Encode,
         }
     }
 }
@@ -255,6 +299,8 @@ pub struct DomainSettings {
     pub use_starttls: bool,
     /// `require-starttls`: no delivery without TLS (deferred with 4.7.10).
     pub require_starttls: bool,
+    /// `downgrade-8bit quoted-printable|bounce`.
+    pub downgrade_8bit: Downgrade8bit,
 }
 
 /// How a signature is made (`dkim-headers`, `dkim-header-canon`, `dkim-body-canon`,
@@ -355,6 +401,7 @@ impl Default for DomainSettings {
             dkim: DkimOptions::default(),
             use_starttls: true,
             require_starttls: false,
+            downgrade_8bit: Downgrade8bit::QuotedPrintable,
         }
     }
 }
@@ -388,6 +435,7 @@ struct DomainOverrides {
     dkim_expire_after: Option<Duration>,
     use_starttls: Option<bool>,
     require_starttls: Option<bool>,
+    downgrade_8bit: Option<Downgrade8bit>,
 }
 
 impl DomainOverrides {
@@ -469,6 +517,9 @@ impl DomainOverrides {
         }
         if let Some(v) = self.require_starttls {
             to.require_starttls = v;
+        }
+        if let Some(v) = self.downgrade_8bit {
+            to.downgrade_8bit = v;
         }
     }
 }
@@ -989,11 +1040,14 @@ const SOURCE: &[&str] = &[
     "arc-sign",
     "suppression-lists",
     "process-x-job",
+    "bare-lf",
+    "long-lines",
     "jobid-header",
     "retain-x-job",
 ];
 const DOMAIN: &[&str] = &[
     "use-starttls",
+    "downgrade-8bit",
     "require-starttls",
     "dkim-sign",
     "dkim-headers",
@@ -1421,6 +1475,14 @@ impl Builder {
                 "process-x-job" => policy.process_x_job = value(span, units::parse_bool(one_arg(name, args, span)?))?,
                 "jobid-header" => policy.jobid_header = one_arg(name, args, span)?.to_ascii_lowercase(),
                 "retain-x-job" => policy.retain_x_job = value(span, units::parse_bool(one_arg(name, args, span)?))?,
+                "bare-lf" => {
+                    let choices = [("normalize", BareLf::Normalize), ("reject", BareLf::Reject)];
+                    policy.bare_lf = value(span, choice(name, one_arg(name, args, span)?, &choices))?
+                }
+                "long-lines" => {
+                    let choices = [("encode", LongLines::Encode), ("reject", LongLines::Reject)];
+                    policy.long_lines = value(span, choice(name, one_arg(name, args, span)?, &choices))?
+                }
                 "suppression-lists" => {
                     for list in args.join(",").split(',').map(str::trim).filter(|l| !l.is_empty()) {
                         self.list_refs.push((list.to_string(), span.clone()));
@@ -1633,6 +1695,11 @@ impl Builder {
                 "use-starttls" => o.use_starttls = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?),
                 "require-starttls" => {
                     o.require_starttls = Some(value(span, units::parse_bool(one_arg(name, args, span)?))?)
+                }
+                "downgrade-8bit" => {
+                    let choices =
+                        [("quoted-printable", Downgrade8bit::QuotedPrintable), ("bounce", Downgrade8bit::Bounce)];
+                    o.downgrade_8bit = Some(value(span, choice(name, one_arg(name, args, span)?, &choices))?)
                 }
                 "dkim-headers" => {
                     let list: Vec<String> = args

@@ -82,9 +82,34 @@ fn line_limits_rfc5321_4_5_3_1() {
     let long_cmd = format!("EHLO {}\r\nNOOP\r\n", "a".repeat(2000));
     let (codes, _) = run(policy(true), long_cmd.as_bytes(), false);
     assert_eq!(codes, vec![220, 500, 250]);
-    let long_text = format!("{ENVELOPE}{}\r\n.\r\n", "y".repeat(1200));
+    // RFC 5321 §4.5.3.1.6: a text line over 1000 octets. `long-lines encode` (the default)
+    // wraps it as quoted-printable, losslessly; `long-lines reject` refuses the message.
+    let long_text = format!("{ENVELOPE}Subject: x\r\n\r\n{}\r\n.\r\n", "y".repeat(1200));
     let (codes, msgs) = run(policy(true), long_text.as_bytes(), true);
+    assert_eq!(codes, vec![220, 250, 250, 250, 354, 250]);
+    let stored = String::from_utf8(msgs[0].clone()).unwrap();
+    assert!(stored.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{stored}");
+    assert!(stored.lines().all(|l| l.len() <= 998), "{stored}");
+    let body = stored.split_once("\r\n\r\n").unwrap().1.replace("=\r\n", "");
+    assert_eq!(body, format!("{}\r\n", "y".repeat(1200)), "soft breaks only");
+    let reject = SessionPolicy { long_lines: sluice_config::LongLines::Reject, ..policy(true) };
+    let (codes, msgs) = run(reject, long_text.as_bytes(), true);
     assert_eq!((codes, msgs.len()), (vec![220, 250, 250, 250, 354, 550], 0));
+}
+
+#[test]
+fn bare_lf_normalized_or_refused_smuggling_always_refused() {
+    // LF-only line ends from a careless injector: stored as CRLF (`bare-lf normalize`, the
+    // default), or refused (`bare-lf reject`). The end of data is CRLF.CRLF either way.
+    let sloppy = format!("{ENVELOPE}Subject: x\n\nline one\n..dot\nline two\r\n.\r\nQUIT\r\n");
+    for bb in [false, true] {
+        let (codes, msgs) = run(policy(true), sloppy.as_bytes(), bb);
+        assert_eq!(codes, vec![220, 250, 250, 250, 354, 250, 221]);
+        assert_eq!(msgs, vec![b"Subject: x\r\n\r\nline one\r\n..dot\r\nline two\r\n".to_vec()]);
+        let reject = SessionPolicy { bare_lf: sluice_config::BareLf::Reject, ..policy(true) };
+        let (codes, msgs) = run(reject, sloppy.as_bytes(), bb);
+        assert_eq!((codes, msgs.len()), (vec![220, 250, 250, 250, 354, 550, 221], 0));
+    }
 }
 
 #[test]

@@ -11,6 +11,7 @@ use crate::store::{self, Journal, Segment};
 use crate::sys::{ip_of, local_ip, mono_ns, now_ms, sockaddr};
 use crate::{limit_of, owner_shard, ControlRequest, Shared};
 use io_uring::{opcode, squeue, types, IoUring};
+use sluice_config::Downgrade8bit;
 use sluice_engine::acct::{Kind as RecordKind, Record};
 use sluice_engine::bounce::dsn;
 use sluice_engine::dkim::unstuffed as dkim_unstuffed;
@@ -19,6 +20,7 @@ use sluice_engine::shape::gcra::{GcraCell, Limit};
 use sluice_engine::smtp::addr::domain_of;
 use sluice_engine::smtp::client::{Client, ClientEvent, TlsMode, END_OF_DATA};
 use sluice_engine::smtp::headers::{header_value, take_header};
+use sluice_engine::smtp::mime;
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
 use sluice_spool::codec::{self, Envelope, Outcome, OUTCOME_BYTES};
@@ -321,6 +323,9 @@ struct Outbound {
     tls: Option<Box<rustls::ClientConnection>>,
     plain_len: usize,
     tls_pending: Vec<u8>,
+    /// The job's message converted for this receiver (8-bit to quoted-printable), sent
+    /// instead of the spooled bytes.
+    converted: Option<Vec<u8>>,
     /// How much of the body and ".\r\n" is out.
     body: Resume,
     iov: [libc::iovec; 2],
@@ -862,6 +867,8 @@ impl Shard {
                 auth_blocked,
                 auth_failures_max: policy.max_auth_failure_rate.count,
                 restrictions: policy.restrictions.clone(),
+                bare_lf: policy.bare_lf,
+                long_lines: policy.long_lines,
                 suppression: policy
                     .suppression_lists
                     .iter()
@@ -2335,6 +2342,7 @@ impl Shard {
             tls: None,
             plain_len: 0,
             tls_pending: Vec::new(),
+            converted: None,
             body: Resume::default(),
             iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
             // SAFETY: zeroed msghdr is valid.
@@ -2573,8 +2581,7 @@ impl Shard {
         let now = now_ms();
         let conn = self.conn_mut(slot);
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
-        let job = out.job.as_ref().expect("body belongs to a job");
-        let data = job.msg.segment.message(job.msg.offset).data;
+        let data = body_of(&out.converted, &out.job);
         // What is left of the body (from the mapped segment, no copy) and ".\r\n".
         if out.body.is_done() {
             out.body = Resume::of([data, END_OF_DATA]);
@@ -2594,15 +2601,48 @@ impl Shard {
         self.push(entry);
     }
 
+    /// Starts `job` on an idle connection taken from the queue's idle list.
     fn start_txn(&mut self, slot: u32, job: Job<MsgRef>) {
-        let conn = self.conn_mut(slot);
+        if self.begin_txn(slot, job) {
+            self.out_drive(slot);
+        } else {
+            self.out_next_work(slot); // bounced for its content: the next job, or idle again
+        }
+    }
+
+    /// Hands `job` to the connection's client (its commands go to the output). A message
+    /// with 8-bit content for a receiver without 8BITMIME (RFC 6152 §3) is converted to
+    /// quoted-printable for this transaction, or bounced (`downgrade-8bit bounce`): then
+    /// false, and the connection is still ready.
+    fn begin_txn(&mut self, slot: u32, job: Job<MsgRef>) -> bool {
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
+        let data = job.msg.segment.message(job.msg.offset).data;
+        let mut converted = None;
+        if !out.client.capabilities().eight_bit_mime && mime::has_8bit(data) {
+            let policy =
+                self.queues.get(&out.queue).map_or(Downgrade8bit::QuotedPrintable, |st| st.q.settings.downgrade_8bit);
+            if policy == Downgrade8bit::Bounce {
+                let (domain, info) = (out.queue.clone(), out.info.clone());
+                let reply = Reply::new(
+                    554,
+                    "5.6.3 8-bit content, and the receiver does not offer 8BITMIME (downgrade-8bit bounce)",
+                );
+                let replies = vec![reply; job.rcpts.len()];
+                self.settle(&domain, job, &replies, &info);
+                return false;
+            }
+            converted = Some(mime::convert_stuffed(data, mime::Convert { eight_bit: true, long_lines: false }));
+        }
         out.idle = false;
+        let size = converted.as_ref().map_or(job.size, |c| c.len() as u64);
         let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
-        out.client.start(&job.mail_from, &rcpts, job.size);
+        out.client.start(&job.mail_from, &rcpts, size);
         out.job = Some(job);
+        out.converted = converted;
         out.messages_sent += 1;
-        self.out_drive(slot);
+        move_client_output(out, &mut conn.out);
+        true
     }
 
     /// Feeds replies to the client machine and acts on its events.
@@ -2643,9 +2683,8 @@ impl Shard {
                 }
                 Some(ClientEvent::SendBody) if out.tls.is_some() => {
                     // Inside TLS the body is encrypted into the send buffer (no zero-copy).
+                    let data = body_of(&out.converted, &out.job);
                     let tls = out.tls.as_mut().expect("checked");
-                    let job = out.job.as_ref().expect("body belongs to a job");
-                    let data = job.msg.segment.message(job.msg.offset).data;
                     use std::io::Write;
                     let written = tls.writer().write_all(data).and_then(|_| tls.writer().write_all(END_OF_DATA));
                     while tls.wants_write() && tls.write_tls(&mut conn.out).is_ok() {}
@@ -2683,6 +2722,7 @@ impl Shard {
                 }
                 Some(ClientEvent::Done(replies)) => {
                     let job = out.job.take().expect("a transaction had a job");
+                    out.converted = None;
                     let domain = out.queue.clone();
                     let mut info = out.info.clone();
                     let idle = out.client.is_idle();
@@ -2737,17 +2777,14 @@ impl Shard {
                 job = self.queues.get_mut(&domain).expect("exists").q.take();
             }
         }
+        if let Some(job) = job {
+            if self.begin_txn(slot, job) {
+                return;
+            }
+            return self.out_next_work(slot); // bounced for its content: the next one
+        }
         let conn = self.conns[slot as usize].as_mut().expect("live connection");
         let Kind::Out(out) = &mut conn.kind else { unreachable!() };
-        if let Some(job) = job {
-            out.idle = false;
-            let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
-            out.client.start(&job.mail_from, &rcpts, job.size);
-            out.job = Some(job);
-            out.messages_sent += 1;
-            move_client_output(out, &mut conn.out);
-            return;
-        }
         if at_limit || stopping {
             out.client.quit();
             move_client_output(out, &mut conn.out);
@@ -3225,6 +3262,17 @@ fn bounce_records(shared: &Shared, text: &str, to: &str, now: u64) -> Option<Vec
         })
         .collect();
     Some(records)
+}
+
+/// The body the connection's transaction sends: the spooled message, or its conversion.
+fn body_of<'a>(converted: &'a Option<Vec<u8>>, job: &'a Option<Job<MsgRef>>) -> &'a [u8] {
+    match converted {
+        Some(c) => c,
+        None => {
+            let job = job.as_ref().expect("body belongs to a job");
+            job.msg.segment.message(job.msg.offset).data
+        }
+    }
 }
 
 /// Moves the SMTP client's commands to the wire: encrypted when the connection is in TLS.

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod data;
 pub mod headers;
+pub mod mime;
 pub mod reply;
 pub mod server;
 pub mod sink;

@@ -5,8 +5,9 @@
 use super::addr::{domain_of, parse_path, PathError};
 use super::auth::{b64_decode, b64_encode, parse_plain, Users};
 use super::data::DataScanner;
+use super::mime;
 use crate::time::rfc5322_date;
-use sluice_config::SenderRestrictions;
+use sluice_config::{BareLf, LongLines, SenderRestrictions};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -46,6 +47,10 @@ pub struct SessionPolicy {
     pub suppression: Vec<Arc<crate::suppress::AddressList>>,
     /// Addresses the relay takes for itself from anyone (the report processors').
     pub local: Vec<Arc<crate::suppress::AddressList>>,
+    /// `bare-lf`: LF-only line ends normalized to CRLF, or the message refused.
+    pub bare_lf: BareLf,
+    /// `long-lines`: lines over 998 octets wrapped losslessly, or the message refused.
+    pub long_lines: LongLines,
 }
 
 impl Default for SessionPolicy {
@@ -68,6 +73,8 @@ impl Default for SessionPolicy {
             restrictions: SenderRestrictions::default(),
             suppression: Vec::new(),
             local: Vec::new(),
+            bare_lf: BareLf::Normalize,
+            long_lines: LongLines::Encode,
         }
     }
 }
@@ -457,7 +464,7 @@ impl Session {
         if self.policy.add_received_header {
             self.prepend_received();
         }
-        self.scanner = DataScanner::default();
+        self.scanner = DataScanner::new(self.policy.bare_lf == BareLf::Normalize);
         self.too_big = false;
         self.state = State::Data;
         self.reply("354 End data with <CR><LF>.<CR><LF>");
@@ -507,8 +514,18 @@ impl Session {
     /// End of data: a faulty message is refused and the session goes on; a good one waits
     /// for the spool.
     fn finish_data(&mut self) -> Option<Event> {
-        let (too_big, bare, long, nul) =
-            (self.too_big, self.scanner.bare_newline, self.scanner.long_line, self.scanner.nul);
+        let sc = &self.scanner;
+        let too_big = self.too_big;
+        // Bare CR, and a lone "." next to a bare LF, are SMTP smuggling forms: always refused.
+        let bare = sc.bare_cr || sc.smuggling || (sc.bare_lf && self.policy.bare_lf == BareLf::Reject);
+        let nul = sc.nul;
+        let long = sc.long_line && self.policy.long_lines == LongLines::Reject;
+        if sc.long_line && !(too_big || bare || nul || long) {
+            // RFC 5322 §2.1.1: wrapped so that no line exceeds 998 octets, the decoded text
+            // unchanged.
+            let what = mime::Convert { eight_bit: false, long_lines: true };
+            self.data = mime::convert_stuffed(&self.data, what);
+        }
         if too_big || bare || long || nul {
             self.reset_transaction();
             self.state = State::Command;

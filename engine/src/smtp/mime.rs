@@ -1,0 +1,485 @@
+//! Content conversion for the wire's limits, without changing what the reader sees:
+//! 8-bit text to quoted-printable for a receiver without 8BITMIME (RFC 6152 §3, RFC 1652's
+//! conversion), and lines over 998 octets (RFC 5322 §2.1.1) wrapped losslessly — a text part
+//! re-encoded as quoted-printable, soft line breaks added to a quoted-printable part, a
+//! base64 part re-wrapped, a header field folded. Multipart bodies (RFC 2046 §5.1) and
+//! attached messages are walked part by part; a part already in a 7-bit-safe encoding is
+//! left alone unless it has long lines.
+//!
+//! Works on the message as meant (not dot-stuffed); `convert_stuffed` takes and returns the
+//! transparency form the spool holds.
+
+use super::data::TEXT_LINE_BYTES_MAX;
+
+/// The longest line written, CRLF not counted (RFC 5322 §2.1.1: 998).
+pub const LINE_BYTES_MAX: usize = TEXT_LINE_BYTES_MAX - 2;
+/// Quoted-printable and base64 lines are at most 76 characters (RFC 2045 §6.7, §6.8).
+const ENCODED_LINE_MAX: usize = 76;
+/// Parts nested deeper than this are left as they are (a hostile message cannot recurse the
+/// walker without bound).
+const NESTING_MAX: usize = 32;
+
+/// What to convert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Convert {
+    /// 8-bit content to 7-bit (quoted-printable bodies, RFC 2047 words in unstructured
+    /// header fields).
+    pub eight_bit: bool,
+    /// Lines over `LINE_BYTES_MAX`.
+    pub long_lines: bool,
+}
+
+/// Any byte with the high bit set.
+pub fn has_8bit(data: &[u8]) -> bool {
+    data.iter().any(|b| *b >= 0x80)
+}
+
+/// Any line over `LINE_BYTES_MAX` octets (CRLF not counted).
+pub fn has_long_lines(data: &[u8]) -> bool {
+    lines(data).any(|(line, _)| line.len() > LINE_BYTES_MAX)
+}
+
+/// The message in transparency form (dot-stuffed, as spooled) converted; the result is in
+/// transparency form too.
+pub fn convert_stuffed(data: &[u8], what: Convert) -> Vec<u8> {
+    stuff(&convert(&unstuff(data), what))
+}
+
+/// The message converted (`message` is not dot-stuffed).
+pub fn convert(message: &[u8], what: Convert) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + message.len() / 8);
+    entity(message, what, true, 0, &mut out);
+    out
+}
+
+/// RFC 5321 §4.5.2 undone: the first "." of each line that starts with one is removed.
+pub fn unstuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    for (line, end) in lines(data) {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        out.extend_from_slice(end);
+    }
+    out
+}
+
+/// RFC 5321 §4.5.2: a "." is added to each line that starts with one.
+pub fn stuff(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len() + 64);
+    for (line, end) in lines(message) {
+        if line.first() == Some(&b'.') {
+            out.push(b'.');
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(end);
+    }
+    out
+}
+
+/// Lines with their endings (CRLF, or nothing for a last line without one).
+fn lines(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= data.len() {
+            return None;
+        }
+        let rest = &data[at..];
+        let (line, end) = match memchr::memmem::find(rest, b"\r\n") {
+            Some(i) => (&rest[..i], &rest[i..i + 2]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        at += line.len() + end.len();
+        Some((line, end))
+    })
+}
+
+/// A header section split into fields (each with its continuation lines and CRLFs) and the
+/// body after the blank line.
+struct Entity<'a> {
+    fields: Vec<&'a [u8]>,
+    /// The blank line (empty when the entity had no body at all).
+    blank: &'a [u8],
+    body: &'a [u8],
+}
+
+fn split(entity: &[u8]) -> Entity<'_> {
+    let mut fields: Vec<&[u8]> = Vec::new();
+    let mut at = 0;
+    while at < entity.len() {
+        let rest = &entity[at..];
+        if rest.starts_with(b"\r\n") {
+            return Entity { fields, blank: &rest[..2], body: &rest[2..] };
+        }
+        let line_end = memchr::memmem::find(rest, b"\r\n").map_or(rest.len(), |i| i + 2);
+        let continuation = matches!(rest[0], b' ' | b'\t');
+        match fields.last_mut() {
+            // A continuation line belongs to the field above (RFC 5322 §2.2.3).
+            Some(last) if continuation => *last = &entity[at - last.len()..at + line_end],
+            _ => fields.push(&rest[..line_end]),
+        }
+        at += line_end;
+    }
+    Entity { fields, blank: &[], body: &[] }
+}
+
+/// A field's name, lower case.
+fn field_name(field: &[u8]) -> String {
+    let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
+    String::from_utf8_lossy(&field[..colon]).trim().to_ascii_lowercase()
+}
+
+/// A field's value, unfolded and trimmed.
+fn field_value(field: &[u8]) -> String {
+    let colon = field.iter().position(|b| *b == b':').map_or(field.len(), |i| i + 1);
+    let value = String::from_utf8_lossy(&field[colon..]);
+    value.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn header<'a>(e: &Entity<'a>, name: &str) -> Option<String> {
+    e.fields.iter().find(|f| field_name(f) == name).map(|f| field_value(f))
+}
+
+/// A parameter of a structured value (`boundary` of Content-Type), unquoted.
+fn parameter(value: &str, name: &str) -> Option<String> {
+    for part in value.split(';').skip(1) {
+        let (k, v) = part.split_once('=')?;
+        if k.trim().eq_ignore_ascii_case(name) {
+            return Some(v.trim().trim_matches('"').to_string());
+        }
+    }
+    None
+}
+
+fn entity(data: &[u8], what: Convert, top: bool, depth: usize, out: &mut Vec<u8>) {
+    if depth > NESTING_MAX {
+        out.extend_from_slice(data);
+        return;
+    }
+    let e = split(data);
+    let content_type = header(&e, "content-type").unwrap_or_default();
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let cte = header(&e, "content-transfer-encoding").unwrap_or_default().to_ascii_lowercase();
+    let identity = matches!(cte.as_str(), "" | "7bit" | "8bit" | "binary");
+    if let (true, Some(boundary)) = (media.starts_with("multipart/"), parameter(&content_type, "boundary")) {
+        fields(&e.fields, what, None, out);
+        out.extend_from_slice(e.blank);
+        return multipart(e.body, &boundary, what, depth, out);
+    }
+    if media == "message/rfc822" && identity {
+        fields(&e.fields, what, None, out);
+        out.extend_from_slice(e.blank);
+        return entity(e.body, what, false, depth + 1, out);
+    }
+    let needs_8bit = what.eight_bit && has_8bit(e.body);
+    let needs_wrap = what.long_lines && has_long_lines(e.body);
+    match cte.as_str() {
+        _ if identity && (needs_8bit || needs_wrap) => {
+            // Re-encoded: the reader decodes the very same text.
+            let mut added = Vec::new();
+            let mime = header(&e, "mime-version").is_some() || !content_type.is_empty();
+            if top && !mime {
+                added.push("MIME-Version: 1.0".to_string());
+            }
+            if content_type.is_empty() {
+                let charset = if std::str::from_utf8(e.body).is_ok() { "utf-8" } else { "unknown-8bit" };
+                added.push(format!("Content-Type: text/plain; charset={charset}"));
+            }
+            added.push("Content-Transfer-Encoding: quoted-printable".to_string());
+            fields(&e.fields, what, Some(&added), out);
+            out.extend_from_slice(if e.blank.is_empty() { b"\r\n" } else { e.blank });
+            quoted_printable(e.body, out);
+        }
+        "quoted-printable" if needs_wrap => {
+            fields(&e.fields, what, None, out);
+            out.extend_from_slice(e.blank);
+            soft_wrap(e.body, out);
+        }
+        "base64" if needs_wrap => {
+            fields(&e.fields, what, None, out);
+            out.extend_from_slice(e.blank);
+            rewrap_base64(e.body, out);
+        }
+        _ => {
+            fields(&e.fields, what, None, out);
+            out.extend_from_slice(e.blank);
+            out.extend_from_slice(e.body);
+        }
+    }
+}
+
+/// The parts of a multipart body, each converted; delimiters, preamble and epilogue as they
+/// were (RFC 2046 §5.1.1: the CRLF before a delimiter belongs to it).
+fn multipart(body: &[u8], boundary: &str, what: Convert, depth: usize, out: &mut Vec<u8>) {
+    let delimiter = format!("--{boundary}");
+    let mut part_start: Option<usize> = None;
+    let mut at = 0;
+    let mut copied = 0; // body[..copied] is out
+    for (line, end) in lines(body) {
+        let line_at = at;
+        at += line.len() + end.len();
+        let trimmed = line.trim_ascii_end();
+        let is_delimiter =
+            trimmed.starts_with(delimiter.as_bytes()) && matches!(&trimmed[delimiter.len()..], b"" | b"--");
+        if !is_delimiter {
+            continue;
+        }
+        // The part ends before the CRLF that precedes this delimiter line.
+        let part_end = line_at.saturating_sub(2).max(part_start.unwrap_or(0));
+        match part_start {
+            Some(start) => {
+                entity(&body[start..part_end], what, false, depth + 1, out);
+                out.extend_from_slice(&body[part_end..at]);
+            }
+            None => out.extend_from_slice(&body[copied..at]), // the preamble and the first delimiter
+        }
+        copied = at;
+        let closing = trimmed.ends_with(b"--") && trimmed.len() == delimiter.len() + 2;
+        part_start = if closing { None } else { Some(at) };
+        if closing {
+            break;
+        }
+    }
+    // The epilogue, or an unterminated last part (as it is: a broken message stays broken).
+    match part_start {
+        Some(start) if start < body.len() => entity(&body[start..], what, false, depth + 1, out),
+        _ => out.extend_from_slice(&body[copied..]),
+    }
+}
+
+/// Header fields, with `added` ones replacing a Content-Transfer-Encoding (and put after
+/// the rest); 8-bit unstructured values become RFC 2047 words and long lines are folded.
+fn fields(list: &[&[u8]], what: Convert, added: Option<&Vec<String>>, out: &mut Vec<u8>) {
+    for field in list {
+        let name = field_name(field);
+        if added.is_some() && name == "content-transfer-encoding" {
+            continue;
+        }
+        let mut f = field.to_vec();
+        if what.eight_bit && has_8bit(&f) && unstructured(&name) {
+            f = encoded_words(&f);
+        }
+        if what.long_lines && has_long_lines(&f) {
+            f = fold(&f);
+        }
+        out.extend_from_slice(&f);
+        if !f.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    for a in added.into_iter().flatten() {
+        out.extend_from_slice(a.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Fields whose value is free text (RFC 5322 §3.6.5 and common extensions), where RFC 2047
+/// encoded words may stand for the whole value.
+fn unstructured(name: &str) -> bool {
+    matches!(name, "subject" | "comments" | "content-description" | "thread-topic" | "keywords")
+        || name.starts_with("x-")
+}
+
+/// `Name: value` with the value as UTF-8 base64 encoded words (RFC 2047 §4.1), folded.
+fn encoded_words(field: &[u8]) -> Vec<u8> {
+    use base64::Engine;
+    let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
+    let name = &field[..colon];
+    let value = field_value(field);
+    let mut out = name.to_vec();
+    out.push(b':');
+    // Each word at most 75 characters: 45 bytes of UTF-8 → 60 of base64, + 12 around.
+    let mut chunk = String::new();
+    let mut words = Vec::new();
+    for c in value.chars() {
+        if chunk.len() + c.len_utf8() > 45 {
+            words.push(std::mem::take(&mut chunk));
+        }
+        chunk.push(c);
+    }
+    if !chunk.is_empty() {
+        words.push(chunk);
+    }
+    for (i, w) in words.iter().enumerate() {
+        out.extend_from_slice(if i == 0 { b" " } else { b"\r\n " });
+        let b64 = base64::engine::general_purpose::STANDARD.encode(w.as_bytes());
+        out.extend_from_slice(format!("=?utf-8?B?{b64}?=").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// A header field folded (RFC 5322 §2.2.3) so no line exceeds 78 characters where it has
+/// whitespace to fold at, and none exceeds `LINE_BYTES_MAX` at all.
+fn fold(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(field.len() + field.len() / 64);
+    for (line, end) in lines(field) {
+        let mut rest = line;
+        while rest.len() > LINE_BYTES_MAX {
+            // The last whitespace before the limit (not the line's first byte): fold there.
+            let window = &rest[..LINE_BYTES_MAX];
+            let cut = window.iter().rposition(|b| *b == b' ' || *b == b'\t').filter(|&i| i > 0);
+            let (head, tail) = match cut {
+                Some(i) => rest.split_at(i),
+                // No whitespace at all: a space is inserted (the value gains one).
+                None => rest.split_at(LINE_BYTES_MAX - 1),
+            };
+            out.extend_from_slice(head);
+            out.extend_from_slice(b"\r\n");
+            if cut.is_none() {
+                out.push(b' ');
+            }
+            rest = tail;
+        }
+        out.extend_from_slice(rest);
+        out.extend_from_slice(end);
+    }
+    out
+}
+
+/// RFC 2045 §6.7 quoted-printable, the body's CRLFs kept as hard line breaks.
+fn quoted_printable(body: &[u8], out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for (line, end) in lines(body) {
+        let mut col = 0;
+        for (i, &b) in line.iter().enumerate() {
+            let last = i + 1 == line.len();
+            let literal = match b {
+                b' ' | b'\t' => !last, // trailing whitespace is encoded (rule 3)
+                b'=' => false,
+                33..=126 => true,
+                _ => false,
+            };
+            let width = if literal { 1 } else { 3 };
+            // A soft line break keeps every line within 76 characters (rule 5).
+            if col + width > ENCODED_LINE_MAX - 1 {
+                out.extend_from_slice(b"=\r\n");
+                col = 0;
+            }
+            if literal {
+                out.push(b);
+            } else {
+                out.extend_from_slice(&[b'=', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]]);
+            }
+            col += width;
+        }
+        out.extend_from_slice(end);
+    }
+}
+
+/// Soft line breaks (`=` CRLF) added to a quoted-printable body's long lines, never inside
+/// an `=XX` escape: decoding gives the same bytes.
+fn soft_wrap(body: &[u8], out: &mut Vec<u8>) {
+    for (line, end) in lines(body) {
+        let mut rest = line;
+        while rest.len() > LINE_BYTES_MAX {
+            let mut cut = ENCODED_LINE_MAX - 1;
+            // Do not split "=XX": back up to the escape's start if the cut falls inside it.
+            if let Some(eq) = rest[cut.saturating_sub(2)..cut].iter().rposition(|b| *b == b'=') {
+                cut = cut - 2 + eq;
+            }
+            out.extend_from_slice(&rest[..cut]);
+            out.extend_from_slice(b"=\r\n");
+            rest = &rest[cut..];
+        }
+        out.extend_from_slice(rest);
+        out.extend_from_slice(end);
+    }
+}
+
+/// A base64 body re-wrapped at 76 characters (decoders skip line breaks, RFC 2045 §6.8).
+fn rewrap_base64(body: &[u8], out: &mut Vec<u8>) {
+    let text: Vec<u8> = body.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    for chunk in text.chunks(ENCODED_LINE_MAX) {
+        out.extend_from_slice(chunk);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 2045 §6.7 decoding, for checking that conversion changes nothing a reader sees.
+    fn qp_decode(text: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < text.len() {
+            match text[i] {
+                b'=' if text[i + 1..].starts_with(b"\r\n") => i += 3,
+                b'=' => {
+                    let hex = std::str::from_utf8(&text[i + 1..i + 3]).unwrap();
+                    out.push(u8::from_str_radix(hex, 16).unwrap());
+                    i += 3;
+                }
+                b => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+
+    fn body_of(message: &[u8]) -> &[u8] {
+        let at = memchr::memmem::find(message, b"\r\n\r\n").unwrap();
+        &message[at + 4..]
+    }
+
+    #[test]
+    fn eight_bit_text_becomes_quoted_printable_that_decodes_to_it() {
+        let body = "Grüße aus Köln — ça va?\r\nZweite Zeile mit Leerzeichen am Ende \r\n=gleich\r\n".as_bytes();
+        let message = [b"From: a@b.test\r\nSubject: hi\r\n\r\n".as_slice(), body].concat();
+        let out = convert(&message, Convert { eight_bit: true, long_lines: false });
+        assert!(!has_8bit(&out), "{}", String::from_utf8_lossy(&out));
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("MIME-Version: 1.0\r\n"), "{text}");
+        assert!(text.contains("Content-Type: text/plain; charset=utf-8\r\n"), "{text}");
+        assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n"), "{text}");
+        assert_eq!(qp_decode(body_of(&out)), body);
+        assert!(lines(&out).all(|(l, _)| l.len() <= ENCODED_LINE_MAX));
+    }
+
+    #[test]
+    fn only_the_8bit_parts_of_a_multipart_change() {
+        let message = b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n\
+preamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nna\xc3\xafve\r\n\
+--b1\r\nContent-Type: text/html\r\nContent-Transfer-Encoding: base64\r\n\r\nPGI+aGk8L2I+\r\n--b1--\r\nepilogue\r\n";
+        let out = convert(message, Convert { eight_bit: true, long_lines: false });
+        let text = String::from_utf8(out.clone()).expect("7-bit now");
+        assert!(text.contains("Content-Transfer-Encoding: quoted-printable\r\n\r\nna=C3=AFve\r\n--b1\r\n"), "{text}");
+        assert!(!text.contains("8bit"), "{text}");
+        assert!(text.contains("base64\r\n\r\nPGI+aGk8L2I+\r\n--b1--\r\nepilogue\r\n"), "untouched: {text}");
+        assert!(text.starts_with("MIME-Version: 1.0\r\nContent-Type: multipart/alternative"), "{text}");
+    }
+
+    #[test]
+    fn long_lines_are_wrapped_without_changing_the_decoded_text() {
+        let long = "word ".repeat(400);
+        let message = format!("Subject: {}\r\n\r\n{long}\r\nshort\r\n", "s".repeat(1200));
+        let out = convert(message.as_bytes(), Convert { eight_bit: false, long_lines: true });
+        assert!(!has_long_lines(&out));
+        assert_eq!(qp_decode(body_of(&out)), format!("{long}\r\nshort\r\n").as_bytes());
+        // A quoted-printable part with a long line gets soft breaks, never inside an escape.
+        let qp = format!("Content-Transfer-Encoding: quoted-printable\r\n\r\n{}\r\n", "ab=3D".repeat(400));
+        let out = convert(qp.as_bytes(), Convert { eight_bit: false, long_lines: true });
+        assert!(!has_long_lines(&out));
+        assert_eq!(qp_decode(body_of(&out)), format!("{}\r\n", "ab=".repeat(400)).as_bytes());
+    }
+
+    #[test]
+    fn eight_bit_subject_becomes_encoded_words() {
+        let message = "Subject: Grüße\r\nFrom: a@b.test\r\n\r\nplain\r\n".as_bytes();
+        let out = convert(message, Convert { eight_bit: true, long_lines: false });
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("Subject: =?utf-8?B?R3LDvMOfZQ==?=\r\nFrom: a@b.test\r\n\r\nplain\r\n"), "{text}");
+    }
+
+    #[test]
+    fn stuffing_round_trips() {
+        let data = b"..a\r\nb\r\n..\r\n";
+        assert_eq!(unstuff(data), b".a\r\nb\r\n.\r\n");
+        assert_eq!(stuff(&unstuff(data)), data);
+        // 7-bit content with nothing to do comes back as it was.
+        let m = b"Subject: x\r\n\r\n..dot\r\n";
+        assert_eq!(convert_stuffed(m, Convert { eight_bit: true, long_lines: true }), m);
+    }
+}
