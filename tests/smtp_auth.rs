@@ -130,3 +130,22 @@ fn failed_auth_is_limited_per_address_across_connections() {
     // Other addresses are not affected.
     assert_eq!(probe(&relay, "127.0.0.1", "s@src.test", "x@far.test", &good), "auth=235 mail=250 rcpt=250");
 }
+
+/// The failure count belongs to the client's address, not to the shard that took each
+/// connection: with 4 shards, once the limit is reached every new connection gets 454, and
+/// the failures themselves add up across shards (issue 18: an attacker used to get the limit
+/// once per shard, and users saw 454 and 235 alternate).
+#[test]
+fn auth_lockout_is_the_same_on_every_shard() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], false);
+    let relay = start(sink.addr.port(), Some(4));
+    // One failure per connection: with the limit 2/1m the second connection's failure
+    // reaches it, whichever shards the two connections land on.
+    let one_bad = ["--auth", "alice:wrong"];
+    assert_eq!(probe(&relay, "127.0.0.6", "s@src.test", "x@far.test", &one_bad), "auth=535 mail=250 rcpt=550");
+    assert_eq!(probe(&relay, "127.0.0.6", "s@src.test", "x@far.test", &one_bad), "auth=535 mail=250 rcpt=550");
+    let good = ["--auth", "alice:s3cret"];
+    let seen: Vec<String> = (0..24).map(|_| probe(&relay, "127.0.0.6", "s@src.test", "x@far.test", &good)).collect();
+    assert!(seen.iter().all(|r| r == "auth=454 mail=250 rcpt=550"), "{seen:?}");
+    assert_eq!(probe(&relay, "127.0.0.1", "s@src.test", "x@far.test", &good), "auth=235 mail=250 rcpt=250");
+}

@@ -17,6 +17,7 @@ pub use mailbox::{Hop, Resolution};
 use mailbox::{Mailbox, ShardMsg};
 use sluice_config::{Config, HostPort};
 use sluice_engine::acct::Record;
+use sluice_engine::shape::counts::AddressCounts;
 use sluice_engine::shape::gcra::{GcraCell, Limit};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
@@ -129,7 +130,15 @@ pub(crate) struct Core {
     /// Counters, one block per shard.
     pub stats: Vec<admin::ShardStats>,
     pub started_unix_ms: u64,
+    /// Failed AUTH attempts and sessions ended in protocol errors, per client address, seen
+    /// the same by every shard (a client cannot get the limit once per shard).
+    pub auth_failures: AddressCounts,
+    pub error_sessions: AddressCounts,
 }
+
+/// Client addresses counted at once per table (8 bytes each); beyond that the oldest
+/// windows give way.
+pub(crate) const ADDRESS_COUNTS_SLOTS: usize = 1 << 16;
 
 /// The reloadable parts of a configuration, built from a checked `Config`.
 pub struct Settings {
@@ -362,6 +371,8 @@ impl Runtime {
                 .collect(),
             stats: (0..shards).map(|_| admin::ShardStats::default()).collect(),
             started_unix_ms: sys::now_ms(),
+            auth_failures: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
+            error_sessions: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
         });
         let shared = Arc::new(Shared::new(core.clone(), settings));
         // Listeners: one SO_REUSEPORT socket per listener per shard.

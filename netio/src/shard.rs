@@ -9,6 +9,11 @@ use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
 use crate::park::{Parked, ParkedList};
 use crate::store::{self, Journal, Segment};
 use crate::sys::{ip_of, local_ip, mono_ns, now_ms, sockaddr};
+
+/// Monotonic seconds, for the per-address windows every shard shares.
+fn mono_s() -> u64 {
+    mono_ns() / 1_000_000_000
+}
 use crate::{limit_of, owner_shard, ControlRequest, Shared};
 use io_uring::{opcode, squeue, types, IoUring};
 use sluice_config::Downgrade8bit;
@@ -63,7 +68,7 @@ const JOB_ID_CHARS_MAX: usize = 256;
 /// An untrusted address whose sessions end in too many protocol errors this many times within
 /// the window is refused (421 at connect) for the rest of it.
 const SOURCE_ERROR_SESSIONS_MAX: u32 = 3;
-const SOURCE_ERROR_WINDOW_MS: u64 = 10 * 60 * 1000;
+const SOURCE_ERROR_WINDOW_S: u64 = 10 * 60;
 /// A message's whole DATA phase may last this many `smtp-data-timeout`s (each read gets one).
 const DATA_PHASE_TIMEOUTS: u64 = 3;
 
@@ -482,11 +487,6 @@ pub(crate) struct Shard {
     held: Vec<Initial>,
     /// Deleted jobs, until when their recipients out on connections may still come back.
     cancelled_jobs: HashMap<String, u64>,
-    /// Failed AUTH attempts per client address: (window start, count).
-    auth_failures: HashMap<IpAddr, (u64, u32)>,
-    /// Sessions per client address that ended in too many protocol errors: (window start,
-    /// count). Sources allowed to relay (trusted injectors) are never refused for it.
-    error_sessions: HashMap<IpAddr, (u64, u32)>,
     /// DSNs being written (by ticket id), and those waiting to be offered to the spool again.
     local: HashMap<u64, LocalMessage>,
     local_retry: Vec<(u64, LocalMessage)>,
@@ -548,8 +548,6 @@ impl Shard {
             pool_rotation: HashMap::new(),
             avoided: HashMap::new(),
             local: HashMap::new(),
-            auth_failures: HashMap::new(),
-            error_sessions: HashMap::new(),
             local_retry: Vec::new(),
             next_local: 0,
             applying_queue_action: false,
@@ -733,13 +731,9 @@ impl Shard {
             Kind::In(inb) => {
                 self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
                 if inb.session.closed_for_errors() {
-                    let now = now_ms();
-                    let entry = self.error_sessions.entry(inb.client_ip).or_insert((now, 0));
-                    if now >= entry.0 + SOURCE_ERROR_WINDOW_MS {
-                        *entry = (now, 0);
-                    }
-                    entry.1 += 1;
-                    if entry.1 == SOURCE_ERROR_SESSIONS_MAX {
+                    let counts = &self.shared.core.error_sessions;
+                    let n = counts.add(inb.client_ip, 1, mono_s(), SOURCE_ERROR_WINDOW_S);
+                    if n == SOURCE_ERROR_SESSIONS_MAX {
                         tracing::warn!(shard = self.id, ip = %inb.client_ip, "address refused for a while: too many sessions ended in protocol errors");
                     }
                 }
@@ -1114,34 +1108,18 @@ impl Shard {
     }
 
     /// Whether `ip` ended `SOURCE_ERROR_SESSIONS_MAX` sessions with protocol errors within
-    /// `SOURCE_ERROR_WINDOW_MS` (per shard).
-    fn erring_source(&mut self, ip: IpAddr) -> bool {
-        let now = now_ms();
-        match self.error_sessions.get(&ip) {
-            Some((start, _)) if now >= start + SOURCE_ERROR_WINDOW_MS => {
-                self.error_sessions.remove(&ip);
-                false
-            }
-            Some((_, n)) => *n >= SOURCE_ERROR_SESSIONS_MAX,
-            None => false,
-        }
+    /// `SOURCE_ERROR_WINDOW_S` (on any shard).
+    fn erring_source(&self, ip: IpAddr) -> bool {
+        self.shared.core.error_sessions.get(ip, mono_s(), SOURCE_ERROR_WINDOW_S) >= SOURCE_ERROR_SESSIONS_MAX
     }
 
-    /// Adds `new` AUTH failures for `ip` (per shard) and says whether it is over
-    /// `smtp-max-auth-failure-rate` within the rate's period.
-    fn auth_failures_over(&mut self, ip: IpAddr, rate: sluice_config::Rate, new: u32) -> bool {
-        let now = now_ms();
-        let period = rate.period.as_millis() as u64;
-        let entry = self.auth_failures.entry(ip).or_insert((now, 0));
-        if now >= entry.0 + period {
-            *entry = (now, 0);
-        }
-        entry.1 += new;
-        let over = entry.1 >= rate.count;
-        if entry.1 == 0 {
-            self.auth_failures.remove(&ip);
-        }
-        over
+    /// Adds `new` AUTH failures for `ip` (counted for all shards together) and says whether
+    /// it is over `smtp-max-auth-failure-rate` within the rate's period.
+    fn auth_failures_over(&self, ip: IpAddr, rate: sluice_config::Rate, new: u32) -> bool {
+        let window_s = rate.period.as_secs().max(1);
+        let counts = &self.shared.core.auth_failures;
+        let n = if new > 0 { counts.add(ip, new, mono_s(), window_s) } else { counts.get(ip, mono_s(), window_s) };
+        n >= rate.count
     }
 
     // ---- Spool: accepting a message ---------------------------------------------------
