@@ -4,6 +4,7 @@
 
 pub mod admin;
 mod faults;
+mod loglimit;
 pub(crate) mod mailbox;
 mod park;
 mod shard;

@@ -5,6 +5,7 @@
 
 use crate::admin::{AdminCmd, AdminReply, Injection, JobInfo, QueueInfo, Selector, ShardStats};
 use crate::faults::{Faults, Io};
+use crate::loglimit::LogLimit;
 use crate::mailbox::{Hop, MsgRef, Resolution, ShardMsg};
 use crate::park::{Parked, ParkedList};
 use crate::store::{self, Journal, Segment};
@@ -497,6 +498,8 @@ pub(crate) struct Shard {
     completions: Vec<(u64, i32)>,
     tickets: Vec<(u64, TicketResult)>,
     stopping_since_ms: Option<u64>,
+    /// The budget of delivery-failure log lines.
+    log_limit: LogLimit,
 }
 
 impl Shard {
@@ -563,6 +566,7 @@ impl Shard {
             completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
             tickets: Vec::new(),
             stopping_since_ms: None,
+            log_limit: LogLimit::new(now_ms()),
         };
         // Segments (.seg) and journals (.jnl) number independently from the first free
         // sequence of this directory; their extensions keep the names apart.
@@ -953,10 +957,13 @@ impl Shard {
 
     fn on_send(&mut self, slot: u32, result: i32) {
         let conn = self.conn_mut(slot);
-        conn.cancelling = false;
+        let timed_out = std::mem::take(&mut conn.cancelling);
         if result <= 0 {
             return if matches!(conn.kind, Kind::In(_)) {
                 self.close(slot)
+            } else if timed_out {
+                // The receiver took nothing for the whole reply timeout: a stuck send.
+                self.out_fail(slot, Reply::new(451, "4.4.2 timeout sending to the server"))
             } else {
                 self.out_fail(slot, Reply::new(451, "4.4.2 connection lost while sending"))
             };
@@ -1893,6 +1900,7 @@ impl Shard {
         ShardStats::add(&stats.rcpts_deferred, count(RecordKind::Transient));
         let action = st.q.take_queue_action();
         self.queue_events(domain, now);
+        self.log_attempt(domain, info, &outcomes, now);
         let mut dsn_wanted = None;
         let mut failed = Vec::new();
         let headers = match self.shared.config.acct_headers.is_empty() {
@@ -1945,6 +1953,31 @@ impl Shard {
                 self.delete_jobs(back);
             } else {
                 self.held.extend(back);
+            }
+        }
+    }
+
+    /// One log line per outcome of an attempt: delivered at debug; deferred and bounced at
+    /// info, within the shard's log budget (a storm of failures cannot flood the log).
+    fn log_attempt(&mut self, queue: &str, info: &AttemptInfo, outcomes: &[(Recipient, Fate, Record)], now: u64) {
+        let host = hop_text(info);
+        for kind in [RecordKind::Delivered, RecordKind::Transient, RecordKind::Bounced] {
+            let mut of_kind = outcomes.iter().filter(|(_, _, r)| r.kind == kind);
+            let Some((_, _, first)) = of_kind.next() else { continue };
+            let rcpts = 1 + of_kind.count();
+            let reply = first.dsn_diag.trim_start_matches("smtp;");
+            match kind {
+                RecordKind::Delivered => {
+                    tracing::debug!(shard = self.id, %queue, %host, rcpts, %reply, "delivered")
+                }
+                RecordKind::Transient if self.log_limit.allow(now) => {
+                    tracing::info!(shard = self.id, %queue, %host, rcpts, %reply, "deferred")
+                }
+                RecordKind::Bounced if self.log_limit.allow(now) => {
+                    let category = first.bounce_cat.as_str();
+                    tracing::info!(shard = self.id, %queue, %host, rcpts, %reply, %category, "bounced")
+                }
+                _ => {}
             }
         }
     }
@@ -2796,6 +2829,10 @@ impl Shard {
             self.queue_events(&domain, now_ms());
         }
         let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
+        if job.is_none() && self.log_limit.allow(now_ms()) {
+            let host = hop_text(&info);
+            tracing::info!(shard = self.id, queue = %domain, %host, reply = %transient.line(), "connection failed");
+        }
         if let Some(job) = job {
             let replies = vec![transient.clone(); job.rcpts.len()];
             self.settle(&domain, job, &replies, &info);
@@ -2817,7 +2854,7 @@ impl Shard {
         }
         let others = self.queues.get(&domain).map(|st| st.q.connections).unwrap_or(0);
         if !ever_ready && others == 0 && self.stopping_since_ms.is_none() {
-            tracing::info!(shard = self.id, %domain, reply = %transient.line(), "deferring queue");
+            tracing::debug!(shard = self.id, %domain, reply = %transient.line(), "deferring the queue's ready mail");
             self.fail_ready(&domain, &transient, &info);
         }
     }
@@ -2984,6 +3021,14 @@ impl Shard {
 
     fn on_tick(&mut self) {
         let now = now_ms();
+        if let Some(lines) = self.log_limit.take_suppressed(now) {
+            let per_s = crate::loglimit::LINES_PER_S;
+            tracing::warn!(
+                shard = self.id,
+                lines,
+                "delivery log lines left out (more than {per_s} a second); the accounting file has every outcome"
+            );
+        }
         for i in std::mem::take(&mut self.accept_rearm) {
             self.arm_accept(i);
         }
@@ -3133,6 +3178,16 @@ impl Shard {
         if let Err(ControlRequest::Acct(batch)) = result {
             self.acct = batch;
         }
+    }
+}
+
+/// The next hop of an attempt for log lines: `name (address)`, or `-` when none was reached.
+fn hop_text(info: &AttemptInfo) -> String {
+    match (info.mx_host.is_empty(), info.destination_ip.is_empty()) {
+        (true, true) => "-".into(),
+        (false, false) if info.mx_host != info.destination_ip => format!("{} ({})", info.mx_host, info.destination_ip),
+        (false, _) => info.mx_host.clone(),
+        (true, false) => info.destination_ip.clone(),
     }
 }
 
