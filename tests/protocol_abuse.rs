@@ -150,3 +150,33 @@ fn an_address_whose_sessions_keep_failing_is_refused_for_a_while() {
     assert!(greeting.starts_with("421 4.7.0") && greeting.contains("too many protocol errors"), "{greeting}");
     assert_eq!(t.rest(), "", "and closed");
 }
+
+/// BDAT while CHUNKING is not offered (RFC 3030): refused, and its chunk is skipped, so an
+/// RSET inside it is never answered as a command; message text pipelined with DATA before
+/// the 354 (RFC 2920 §3.1) is refused with 554 and the connection closed, as Postfix's
+/// `smtpd_forbid_unauth_pipelining` does. Nothing of either is queued.
+#[test]
+fn bdat_chunks_and_text_before_354_are_never_commands_or_mail() {
+    let (relay, sink) = relay_with_sink();
+    let (mut t, _) = Talk::connect(relay.addr());
+    assert!(!t.cmd("EHLO abuse.test").contains("CHUNKING"));
+    assert!(t.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
+    assert!(t.cmd("RCPT TO:<bdat@sink.test>").starts_with("250"));
+    let chunk = "RSET\r\nSubject: chunked\r\n\r\nbody\r\n";
+    t.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes());
+    let reply = t.reply();
+    assert!(reply.starts_with("503 5.5.1 BDAT"), "{reply}");
+    assert!(t.cmd("NOOP").starts_with("250 2.0.0 OK"), "the next reply is NOOP's: nothing in the chunk ran");
+    assert!(t.cmd("QUIT").starts_with("221"));
+
+    let (mut t, _) = Talk::connect(relay.addr());
+    assert!(t.cmd("EHLO abuse.test").starts_with("250"));
+    t.send(b"MAIL FROM:<s@src.test>\r\nRCPT TO:<early@sink.test>\r\nDATA\r\nSubject: early\r\n\r\nbody\r\n.\r\n");
+    let replies = [t.reply(), t.reply(), t.reply()];
+    assert!(replies[0].starts_with("250") && replies[1].starts_with("250"), "{replies:?}");
+    assert!(replies[2].starts_with("554 5.5.0 Error: SMTP protocol synchronization"), "{replies:?}");
+    assert_eq!(t.rest(), "", "the connection is closed");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(relay.rows_of("r").is_empty(), "nothing was received: {:?}", relay.rows_of("r"));
+    assert!(sink.messages().is_empty());
+}

@@ -163,3 +163,31 @@ fn smtp_service_no_refuses_at_greeting() {
     let (codes, _) = run(p, b"EHLO c\r\n", false);
     assert_eq!(codes, vec![554]);
 }
+
+/// RFC 3030 while CHUNKING is not offered: BDAT is refused and its chunk skipped, whatever
+/// it holds (an RSET inside is no command); a BDAT whose size cannot be read closes the
+/// session, since the chunk's end is unknown.
+#[test]
+fn bdat_without_chunking_discards_its_chunk_rfc3030() {
+    let chunk = "RSET\r\nMAIL FROM:<evil@x.test>\r\n";
+    let input =
+        format!("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT {} LAST\r\n{chunk}NOOP\r\n", chunk.len());
+    for bb in [false, true] {
+        let (codes, msgs) = run(policy(true), input.as_bytes(), bb);
+        assert_eq!((codes, msgs.len()), (vec![220, 250, 250, 250, 503, 250], 0), "byte by byte: {bb}");
+    }
+    let (codes, _) = run(policy(true), b"EHLO c\r\nBDAT lots\r\nRSET\r\n", false);
+    assert_eq!(codes, vec![220, 250, 501], "closed after the unreadable size: no reply to RSET");
+}
+
+/// RFC 2920 §3.1: DATA ends a pipelined group. Message text sent with it, before the 354,
+/// is refused as Postfix's `smtpd_forbid_unauth_pipelining` does (554 5.5.0, and the session
+/// ends); nothing is stored.
+#[test]
+fn text_sent_before_the_354_is_refused_rfc2920() {
+    let input = format!("{ENVELOPE}Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    let (lines, msgs) = common::drive_chunks(policy(true), &[input.as_bytes()]);
+    assert_eq!(common::codes(&lines), vec![220, 250, 250, 250, 554]);
+    assert!(lines.last().unwrap().starts_with("554 5.5.0 Error: SMTP protocol synchronization"), "{lines:?}");
+    assert!(msgs.is_empty());
+}

@@ -155,6 +155,12 @@ pub struct Session {
     /// The session runs inside TLS (after STARTTLS, or on an implicit-TLS listener).
     tls: bool,
     starting_tls: bool,
+    /// Bytes of a refused BDAT chunk still to skip (RFC 3030 §2: the chunk follows its
+    /// command whatever the reply; none of it may be read as commands).
+    discarding_chunk: u64,
+    /// More input followed the command line being handled (RFC 2920 §3.1: nothing may follow
+    /// DATA before its 354).
+    input_follows: bool,
 }
 
 fn token(word: &[u8]) -> u32 {
@@ -181,6 +187,9 @@ const VRFY: u32 = tok(b"VRFY");
 const EXPN: u32 = tok(b"EXPN");
 const HELP: u32 = tok(b"HELP");
 const AUTH: u32 = tok(b"AUTH");
+const BDAT: u32 = tok(b"BDAT");
+/// A BDAT chunk size we read past (larger: the connection is closed instead).
+pub const BDAT_CHUNK_BYTES_MAX: u64 = 1 << 40;
 
 impl Session {
     /// Starts a session and writes the greeting (RFC 5321 §4.3.1: 220, or 554 when the
@@ -208,6 +217,8 @@ impl Session {
             new_auth_failures: 0,
             tls: false,
             starting_tls: false,
+            discarding_chunk: 0,
+            input_follows: false,
         };
         if s.policy.smtp_service {
             let greeting = format!("220 {} ESMTP sluice\r\n", s.policy.host_name);
@@ -259,6 +270,11 @@ impl Session {
     /// the rest while it makes progress and returns no event.
     pub fn receive(&mut self, now_unix_ms: u64, input: &[u8]) -> (usize, Option<Event>) {
         self.now_unix_ms = now_unix_ms;
+        if self.discarding_chunk > 0 {
+            let n = (self.discarding_chunk).min(input.len() as u64);
+            self.discarding_chunk -= n;
+            return (n as usize, None);
+        }
         match self.state {
             State::Command => self.receive_command(input),
             State::Data => self.receive_data(input),
@@ -289,6 +305,7 @@ impl Session {
         }
         let line = &input[..lf];
         let line = line.strip_suffix(b"\r").unwrap_or(line);
+        self.input_follows = input.len() > used;
         if self.auth_step.is_some() {
             self.auth_response(line);
         } else {
@@ -352,6 +369,7 @@ impl Session {
             EXPN => self.reply("502 5.5.1 EXPN not available"),
             HELP => self.reply("214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
             AUTH => self.auth(arg),
+            BDAT => self.bdat(arg),
             _ => self.error("500 5.5.2 Command unrecognized"),
         }
     }
@@ -454,6 +472,14 @@ impl Session {
         if !arg.is_empty() {
             return self.error("501 5.5.4 Syntax: DATA");
         }
+        if self.input_follows {
+            // Message text sent before the 354 (RFC 2920 §3.1: DATA ends a pipelined group).
+            // As Postfix's smtpd_forbid_unauth_pipelining: refused, and the session ends.
+            self.reply("554 5.5.0 Error: SMTP protocol synchronization (text sent before the 354 reply)");
+            self.errors = SESSION_ERRORS_MAX;
+            self.state = State::Closing;
+            return;
+        }
         if self.mail_from.is_none() {
             return self.error("503 5.5.1 Need MAIL command");
         }
@@ -468,6 +494,26 @@ impl Session {
         self.too_big = false;
         self.state = State::Data;
         self.reply("354 End data with <CR><LF>.<CR><LF>");
+    }
+
+    /// `BDAT size [LAST]` (RFC 3030) while CHUNKING is not offered: refused, and the
+    /// chunk's bytes are skipped, never read as commands. A size that cannot be read leaves
+    /// no way to find the chunk's end: the session closes.
+    fn bdat(&mut self, arg: &str) {
+        let mut words = arg.split_ascii_whitespace();
+        let size = words.next().and_then(|w| w.parse::<u64>().ok());
+        let last_ok = words.next().is_none_or(|w| w.eq_ignore_ascii_case("LAST")) && words.next().is_none();
+        match size {
+            Some(n) if last_ok && n <= BDAT_CHUNK_BYTES_MAX => {
+                self.discarding_chunk = n;
+                self.reset_transaction();
+                self.error("503 5.5.1 BDAT: CHUNKING (RFC 3030) is not offered; the chunk was discarded");
+            }
+            _ => {
+                self.reply("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing, the chunk's end is unknown");
+                self.state = State::Closing;
+            }
+        }
     }
 
     fn prepend_received(&mut self) {
