@@ -6,6 +6,8 @@ pub mod bounce;
 pub mod dkim;
 pub mod feedback;
 pub mod queue;
+pub mod route;
+pub mod sched;
 pub mod shape;
 pub mod smtp;
 pub mod suppress;

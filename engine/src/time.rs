@@ -1,4 +1,32 @@
-//! Calendar formatting from a Unix time the caller supplies (the engine never reads a clock).
+//! Time as the engine sees it: a `Now` the caller reads once per turn of its loop and
+//! passes in (the engine never reads a clock), and calendar formatting of Unix times.
+
+/// The moment a call happens: the monotonic clock (for timers, retries, rates: it never
+/// jumps) and the wall clock (for accounting times and message ages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Now {
+    /// Monotonic nanoseconds (any fixed origin, the same for every shard).
+    pub ns: u64,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// A moment in simulated time, both clocks at `ms` (tests and simulations).
+    pub fn at_ms(ms: u64) -> Now {
+        Now { ns: ms * 1_000_000, unix_ms: ms }
+    }
+
+    /// Monotonic milliseconds.
+    pub fn ms(&self) -> u64 {
+        self.ns / 1_000_000
+    }
+
+    /// A monotonic time (ms) as wall-clock Unix ms, for display.
+    pub fn unix_of(&self, mono_ms: u64) -> u64 {
+        (self.unix_ms + mono_ms).saturating_sub(self.ms())
+    }
+}
 
 /// Days since 1970-01-01 → (year, month, day), Howard Hinnant's civil-from-days.
 fn civil(days: i64) -> (i64, u32, u32) {

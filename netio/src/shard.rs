@@ -1887,7 +1887,7 @@ impl Shard {
         let msg = job.msg.clone();
         let (job_id, size) = (job.job_id.clone(), job.size);
         let st = self.queues.get_mut(domain).expect("a settled job's queue exists");
-        let outcomes = st.q.settle(job, replies, info, now);
+        let outcomes = st.q.settle(job, replies, info, sluice_engine::time::Now::at_ms(now));
         let stats = &self.shared.core.stats[self.id as usize];
         let count = |kind: RecordKind| outcomes.iter().filter(|(_, _, r)| r.kind == kind).count() as u64;
         let delivered = count(RecordKind::Delivered);
@@ -2546,6 +2546,7 @@ impl Shard {
             other_source: false,
             tls_protocol: String::new(),
             tls_cipher: String::new(),
+            hop: Some(hop.addr),
         };
         out.addr = sockaddr(hop.addr);
         let fd = match crate::sys::tcp_socket(hop.addr) {

@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod commit;
 pub mod life;
+pub mod machine;
 pub mod memdisk;
 pub mod recover;
 pub mod resume;
@@ -12,6 +13,7 @@ pub mod resume;
 pub use codec::{Envelope, MessageView, Outcome};
 pub use commit::{Appender, FileCommit, JournalBackoff, Placement, TicketResult};
 pub use life::{JournalRefs, SegmentLife};
+pub use machine::{JournalId, OldJournal, SegmentHandle, Spool, SpoolEvent, SpoolOp};
 pub use resume::Resume;
 
 /// File names inside a shard's spool directory.

@@ -113,3 +113,63 @@ pub fn next_seq(file_seqs: &[u64], outcomes: &[Outcome], shard: u32) -> u64 {
     let named = outcomes.iter().filter(|o| o.seg_shard == shard).map(|o| o.seg_seq);
     file_seqs.iter().copied().chain(named).max().map_or(1, |s| s + 1)
 }
+
+/// Every spool file found at start-up, scanned: segments (with the caller's handle on
+/// each), journals and their entries, and the numbers of all files per shard directory.
+pub struct Found<S> {
+    pub segments: Vec<(S, ScannedSegment)>,
+    pub journals: Vec<(crate::machine::JournalId, Vec<Outcome>)>,
+    pub file_seqs: std::collections::HashMap<u32, Vec<u64>>,
+}
+
+/// What a restart does with what it found: messages still owed (segment, offset,
+/// recipients), journals to keep, the first free number per shard directory, and the files
+/// with nothing left to do (the caller deletes them).
+pub struct Recovery<S> {
+    pub messages: Vec<(S, u64, Vec<u32>)>,
+    pub old_journals: Vec<crate::machine::OldJournal>,
+    pub next_seq: std::collections::HashMap<u32, u64>,
+    pub delete_segments: Vec<S>,
+    pub delete_journals: Vec<crate::machine::JournalId>,
+}
+
+/// Applies the journals to the segments: owed recipients become live in their segment,
+/// every segment is sealed (those owing nothing are to be deleted), and each journal is kept
+/// while a segment it names survives. The same steps for the daemon and the simulation.
+pub fn assemble<S: crate::machine::SegmentHandle>(found: Found<S>) -> Recovery<S> {
+    use std::collections::HashMap;
+    let scanned: Vec<ScannedSegment> = found.segments.iter().map(|(_, s)| s.clone()).collect();
+    let outcomes: Vec<Outcome> = found.journals.iter().flat_map(|(_, o)| o.iter().copied()).collect();
+    let plan = plan(&scanned, &outcomes);
+    let shards: HashSet<u32> = found.file_seqs.keys().copied().chain(outcomes.iter().map(|o| o.seg_shard)).collect();
+    let next_seq = shards
+        .into_iter()
+        .map(|shard| {
+            let seqs = found.file_seqs.get(&shard).map_or(&[][..], Vec::as_slice);
+            (shard, next_seq(seqs, &outcomes, shard))
+        })
+        .collect();
+    let by_key: HashMap<(u32, u64), S> = found.segments.into_iter().map(|(h, s)| ((s.shard, s.seq), h)).collect();
+    let mut messages = Vec::with_capacity(plan.pending.len());
+    for p in plan.pending {
+        let seg = by_key[&(p.seg_shard, p.seg_seq)].clone();
+        seg.life().add_live(p.pending.len() as u64);
+        messages.push((seg, p.offset, p.pending));
+    }
+    let delete_segments = by_key.values().filter(|s| s.life().seal()).cloned().collect();
+    let (mut old_journals, mut delete_journals) = (Vec::new(), Vec::new());
+    for (id, entries) in found.journals {
+        let mut refs = crate::life::JournalRefs::default();
+        for o in entries {
+            if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)) {
+                refs.reference(o.seg_shard, o.seg_seq, seg.life());
+            }
+        }
+        if refs.all_gone() {
+            delete_journals.push(id);
+        } else {
+            old_journals.push(crate::machine::OldJournal { id, refs });
+        }
+    }
+    Recovery { messages, old_journals, next_seq, delete_segments, delete_journals }
+}

@@ -5,6 +5,7 @@
 use crate::acct::{Kind, Record};
 use crate::bounce;
 use crate::smtp::reply::Reply;
+use crate::time::Now;
 use sluice_config::{DomainSettings, PatternAction, PatternRule, Rate};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -50,6 +51,8 @@ pub struct AttemptInfo {
     /// TLS on the connection: protocol and cipher suite (empty: plain text).
     pub tls_protocol: String,
     pub tls_cipher: String,
+    /// The next hop's address, when one was reached.
+    pub hop: Option<std::net::SocketAddr>,
 }
 
 /// What the pattern list asked to stop using after a reply (`skip-mx`, `disable-source-ip`).
@@ -270,9 +273,9 @@ impl<M> Queue<M> {
     }
 
     /// Bounce records (`b`) for a job an operator deleted: every recipient, with `reply`.
-    pub fn deleted_records(&self, job: &Job<M>, reply: &Reply, now_ms: u64) -> Vec<Record> {
+    pub fn deleted_records(&self, job: &Job<M>, reply: &Reply, unix_ms: u64) -> Vec<Record> {
         let info = AttemptInfo::default();
-        job.rcpts.iter().map(|r| self.record(job, r, Kind::Bounced, reply, "other", &info, now_ms)).collect()
+        job.rcpts.iter().map(|r| self.record(job, r, Kind::Bounced, reply, "other", &info, unix_ms)).collect()
     }
 
     /// Swaps in settings and a pattern list from a reloaded configuration.
@@ -450,6 +453,11 @@ impl<M> Queue<M> {
         self.ready.push_back(job);
     }
 
+    /// A job that was taken and not started goes back first in line.
+    pub fn push_front(&mut self, job: Job<M>) {
+        self.ready.push_front(job);
+    }
+
     /// Jobs held, ready and waiting.
     pub fn jobs(&self) -> usize {
         self.ready.len() + self.retry.len()
@@ -539,19 +547,21 @@ impl<M> Queue<M> {
 
     /// Decides each recipient's fate from its reply (RFC 5321 §4.2.1: 2yz done, 4yz retry,
     /// 5yz bounce; a 4yz past `bounce-after` expires). Returns one accounting record per
-    /// recipient, with its fate.
+    /// recipient, with its fate. Retries are timed on the monotonic clock, the message's age
+    /// on the wall clock.
     pub fn settle(
         &mut self,
         mut job: Job<M>,
         replies: &[Reply],
         info: &AttemptInfo,
-        now_ms: u64,
+        now: Now,
     ) -> Vec<(Recipient, Fate, Record)>
     where
         M: Clone,
     {
         assert_eq!(job.rcpts.len(), replies.len());
-        let expired = now_ms >= job.queued_unix_ms + self.settings.bounce_after.as_millis() as u64;
+        let now_ms = now.ms();
+        let expired = now.unix_ms >= job.queued_unix_ms + self.settings.bounce_after.as_millis() as u64;
         let mut out = Vec::with_capacity(replies.len());
         let mut deferred = Vec::new();
         let mut elsewhere = Vec::new();
@@ -583,7 +593,7 @@ impl<M> Queue<M> {
             if kind != Kind::Delivered {
                 self.last_error = Some(reply.line());
             }
-            let record = self.record(&job, &rcpt, kind, reply, category, info, now_ms);
+            let record = self.record(&job, &rcpt, kind, reply, category, info, now.unix_ms);
             if go_elsewhere {
                 elsewhere.push(rcpt.clone());
             } else if fate == Fate::Retry {
@@ -619,7 +629,7 @@ impl<M> Queue<M> {
         reply: &Reply,
         category: &str,
         info: &AttemptInfo,
-        now_ms: u64,
+        unix_ms: u64,
     ) -> Record {
         let status = reply.enhanced().map(str::to_string).unwrap_or_else(|| {
             match kind {
@@ -632,7 +642,7 @@ impl<M> Queue<M> {
         let dsn_mta =
             if info.mx_host.is_empty() { String::new() } else { format!("{} ({})", info.mx_host, info.destination_ip) };
         let vmta = if info.vmta.is_empty() { self.vmta.as_str() } else { info.vmta.as_str() };
-        let mut r = Record::queue_event(now_ms, &self.name, vmta, format!("smtp;{}", reply.line()));
+        let mut r = Record::queue_event(unix_ms, &self.name, vmta, format!("smtp;{}", reply.line()));
         r.kind = kind;
         r.time_queued_ms = job.queued_unix_ms;
         r.orig = job.mail_from.clone();
@@ -704,7 +714,7 @@ mod tests {
         let mut q = queue();
         let replies =
             [Reply::new(250, "2.0.0 ok"), Reply::new(550, "5.1.1 no such user"), Reply::new(451, "4.3.0 later")];
-        let out = q.settle(job(3), &replies, &AttemptInfo::default(), 2_000);
+        let out = q.settle(job(3), &replies, &AttemptInfo::default(), Now::at_ms(2_000));
         let kinds: Vec<(Kind, Fate)> = out.iter().map(|(_, f, r)| (r.kind, f.clone())).collect();
         assert_eq!(
             kinds,
@@ -717,7 +727,7 @@ mod tests {
         q.promote_due(12_000);
         let j = q.take().unwrap();
         assert_eq!((j.rcpts.len(), j.attempts), (1, 2));
-        q.settle(j, &[Reply::new(421, "4.7.0 try later")], &AttemptInfo::default(), 12_000);
+        q.settle(j, &[Reply::new(421, "4.7.0 try later")], &AttemptInfo::default(), Now::at_ms(12_000));
         assert_eq!(q.next_retry_ms(), Some(72_000), "second retry uses the next delay");
     }
 
@@ -733,7 +743,7 @@ mod tests {
         assert_eq!(j.rcpts.len(), 5);
         let too_many = Reply::new(452, "4.5.3 Too many recipients");
         let replies = [Reply::new(250, "ok"), Reply::new(250, "ok"), too_many.clone(), too_many.clone(), too_many];
-        let out = q.settle(j, &replies, &AttemptInfo::default(), 2_000);
+        let out = q.settle(j, &replies, &AttemptInfo::default(), Now::at_ms(2_000));
         assert_eq!(out.len(), 2, "records only for the two that went");
         assert!(out.iter().all(|(_, f, r)| *f == Fate::Final && r.kind == Kind::Delivered));
         assert_eq!(q.next_retry_ms(), None, "nothing waits for a retry");
@@ -742,7 +752,7 @@ mod tests {
         assert_eq!(q.txn_rcpts_max(), 2);
         q.push(job(1));
         let j = q.take().unwrap();
-        let out = q.settle(j, &[Reply::new(452, "4.5.3 Too many recipients")], &Default::default(), 3_000);
+        let out = q.settle(j, &[Reply::new(452, "4.5.3 Too many recipients")], &Default::default(), Now::at_ms(3_000));
         assert_eq!((out.len(), out[0].1.clone()), (1, Fate::Retry), "nothing accepted: a deferral");
         // The 552 of RFC 821 in words, without an enhanced code.
         assert!(too_many_recipients(&Reply::new(552, "Too many recipients")));
@@ -752,7 +762,8 @@ mod tests {
     #[test]
     fn transient_past_bounce_after_expires() {
         let mut q = queue();
-        let out = q.settle(job(1), &[Reply::new(451, "4.3.0 later")], &AttemptInfo::default(), 1_000 + 3_600_000);
+        let out =
+            q.settle(job(1), &[Reply::new(451, "4.3.0 later")], &AttemptInfo::default(), Now::at_ms(1_000 + 3_600_000));
         assert_eq!((out[0].2.kind, out[0].2.bounce_cat.as_str()), (Kind::Bounced, "message-expired"));
         assert!(q.is_empty());
     }
@@ -807,7 +818,8 @@ mod mode_tests {
     #[test]
     fn bounce_rcpt_and_queue_actions() {
         let mut q = queue(vec![PatternAction::BounceRcpt, PatternAction::DeferQueue]);
-        let out = q.settle(one_rcpt(), &[Reply::new(421, "4.7.0 too many errors")], &AttemptInfo::default(), 10);
+        let out =
+            q.settle(one_rcpt(), &[Reply::new(421, "4.7.0 too many errors")], &AttemptInfo::default(), Now::at_ms(10));
         assert_eq!(
             (out[0].1.clone(), out[0].2.kind),
             (Fate::Final, Kind::Bounced),
@@ -834,14 +846,14 @@ mod mode_tests {
         let mut q = queue(vec![PatternAction::SkipMx]);
         let refused = [Reply::new(421, "4.7.0 too many connections")];
         let info = AttemptInfo { other_hop: true, ..Default::default() };
-        let out = q.settle(one_rcpt(), &refused, &info, 10);
+        let out = q.settle(one_rcpt(), &refused, &info, Now::at_ms(10));
         assert_eq!((out[0].1.clone(), out[0].2.kind), (Fate::Retry, Kind::Transient));
         assert_eq!((q.ready_jobs(), q.retry_jobs()), (1, 0), "back in the ready list, no retry delay");
         assert_eq!(q.take().unwrap().attempts, 1, "not counted as an attempt");
         assert_eq!(q.take_avoid(), Some(Avoid { skip_mx: true, disable_source_ip: None }));
         assert_eq!(q.take_avoid(), None);
         // The last hop: an ordinary deferral.
-        q.settle(one_rcpt(), &refused, &AttemptInfo::default(), 10);
+        q.settle(one_rcpt(), &refused, &AttemptInfo::default(), Now::at_ms(10));
         assert_eq!((q.ready_jobs(), q.retry_jobs()), (0, 1));
     }
 
@@ -850,10 +862,10 @@ mod mode_tests {
         let mut q = queue(vec![PatternAction::DisableSourceIp(Duration::from_secs(90))]);
         let refused = [Reply::new(421, "4.7.0 too many from your IP")];
         let info = AttemptInfo { other_hop: true, ..Default::default() };
-        q.settle(one_rcpt(), &refused, &info, 10);
+        q.settle(one_rcpt(), &refused, &info, Now::at_ms(10));
         assert_eq!((q.ready_jobs(), q.retry_jobs()), (0, 1), "another hop does not help a disabled IP");
         let info = AttemptInfo { other_source: true, ..Default::default() };
-        q.settle(one_rcpt(), &refused, &info, 10);
+        q.settle(one_rcpt(), &refused, &info, Now::at_ms(10));
         assert_eq!(q.ready_jobs(), 1);
         assert_eq!(q.take_avoid().and_then(|a| a.disable_source_ip), Some(Duration::from_secs(90)));
     }

@@ -1,0 +1,118 @@
+//! Routing, sans-IO: which queue a recipient's mail joins and which shard owns it
+//! (`queue-to`, the owner hash), which virtual MTA sends a message (`x-virtual-mta`,
+//! `default-virtual-mta`) and which pool member takes the next connection, next hops that
+//! need no DNS (IP-literal `smtp-hosts`), and MX rollup (`rollup`).
+
+pub mod rollup;
+
+use crate::smtp::headers::take_header;
+use crate::smtp::reply::Reply;
+use sluice_config::{Config, HostPort, SourcePolicy};
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+
+/// The virtual MTA of mail that names none (a queue is `domain/vmta`).
+pub const DEFAULT_VMTA: &str = "default";
+
+/// One next hop: the host name (for accounting) and an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    pub host: String,
+    pub addr: SocketAddr,
+}
+
+/// What resolving a destination gave.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Preference levels, most preferred first.
+    Hops(Vec<Vec<Hop>>),
+    /// The domain cannot receive mail (NXDOMAIN, null MX): bounce.
+    Permanent(Reply),
+    /// Try again later (SERVFAIL, timeout).
+    Temporary(Reply),
+}
+
+/// Which shard owns a destination domain's queues. Stable across runs (no random seed).
+pub fn owner_shard(domain: &str, shards: u32) -> u32 {
+    let mut h = std::hash::DefaultHasher::new();
+    domain.hash(&mut h);
+    (h.finish() % shards as u64) as u32
+}
+
+/// The domain whose queue a recipient domain's mail joins (`queue-to`, else itself).
+pub fn queue_domain(config: &Config, domain: &str) -> String {
+    config.queue_domain(domain)
+}
+
+/// `smtp-hosts` whose hosts are all IP literals need no DNS.
+pub fn literal_hops(levels: &[Vec<HostPort>]) -> Option<Vec<Vec<Hop>>> {
+    levels
+        .iter()
+        .map(|level| {
+            level
+                .iter()
+                .map(|h| {
+                    let ip = h.host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>().ok()?;
+                    Some(Hop { host: h.host.clone(), addr: SocketAddr::new(ip, h.port) })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The VMTA or pool for an accepted message: its `x-virtual-mta:` header when the source
+/// allows it (the header is removed unless `retain-x-virtual-mta`), else the source's
+/// `default-virtual-mta`, else the default. An unknown name is refused with 550 when the
+/// source says `reject-invalid-virtual-mta`, and otherwise falls back.
+pub fn select_vmta(config: &Config, policy: &SourcePolicy, data: &mut Vec<u8>) -> Result<String, String> {
+    let fallback = policy.default_virtual_mta.clone().unwrap_or_else(|| DEFAULT_VMTA.to_string());
+    if !policy.process_x_virtual_mta {
+        return Ok(fallback);
+    }
+    let Some(name) = take_header(data, "x-virtual-mta", !policy.retain_x_virtual_mta) else {
+        return Ok(fallback);
+    };
+    if config.vmta_target(&name).is_some() {
+        return Ok(name);
+    }
+    if policy.reject_invalid_virtual_mta {
+        return Err(format!("550 5.7.1 Unknown virtual MTA `{name}` (x-virtual-mta header)"));
+    }
+    Ok(fallback)
+}
+
+/// The pool member that takes the next connection: members take turns, one per connection;
+/// one `disabled` (by `disable-source-ip`) is passed over. None: every member is disabled.
+pub fn next_member<'a>(members: &'a [String], turn: &mut usize, disabled: impl Fn(&str) -> bool) -> Option<&'a str> {
+    for _ in 0..members.len() {
+        *turn = turn.wrapping_add(1);
+        let member = &members[*turn % members.len()];
+        if !disabled(member) {
+            return Some(member);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_members_take_turns_and_disabled_ones_are_passed_over() {
+        let members: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let mut turn = 0;
+        let picks: Vec<&str> = (0..4).map(|_| next_member(&members, &mut turn, |_| false).unwrap()).collect();
+        assert_eq!(picks, ["b", "c", "a", "b"]);
+        assert_eq!(next_member(&members, &mut turn, |m| m == "c"), Some("a"));
+        assert_eq!(next_member(&members, &mut turn, |_| true), None);
+    }
+
+    #[test]
+    fn literal_hops_need_every_host_to_be_an_address() {
+        let h = |host: &str| HostPort { host: host.into(), port: 25 };
+        let hops = literal_hops(&[vec![h("127.0.0.1"), h("[::1]")]]).unwrap();
+        assert_eq!(hops[0][1].addr, "[::1]:25".parse().unwrap());
+        assert!(literal_hops(&[vec![h("127.0.0.1"), h("mx.example")]]).is_none());
+    }
+}

@@ -1,0 +1,339 @@
+//! Outbound connections as the scheduler sees them: which queue, VMTA and source IP each
+//! speaks for, when one opens (limits, pool rotation, hops set aside), what it does next
+//! when ready, and what a transaction's end or a failure changes (`skip-mx`,
+//! `disable-source-ip`, connect backoff, a whole queue deferred).
+
+use super::limits::{self, Grant};
+use super::{ConnId, HopState, Intent, Message, QueueId, Scheduler, CONNECT_BACKOFF_FIRST_MS, CONNECT_BACKOFF_MAX_MS};
+use crate::queue::{AttemptInfo, Job};
+use crate::route::{self, Hop};
+use crate::smtp::client::TlsMode;
+use crate::smtp::reply::Reply;
+use crate::time::Now;
+use std::net::{IpAddr, SocketAddr};
+
+/// What a new connection is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnPlan {
+    /// The queue's name, `domain/vmta`.
+    pub queue: String,
+    /// The VMTA it speaks for (a pool's member), and the pool if any.
+    pub vmta: String,
+    pub pool: String,
+    /// The VMTA's `smtp-source-host` address, to bind.
+    pub source_ip: Option<IpAddr>,
+    /// The name it says in EHLO.
+    pub ehlo: String,
+    pub tls: TlsMode,
+    /// Next hops to try in order (preference levels, rotated within a level).
+    pub hops: Vec<Hop>,
+}
+
+/// The scheduler's record of a connection.
+#[derive(Debug)]
+pub struct ConnState {
+    pub queue: QueueId,
+    pub vmta: String,
+    pub source_ip: Option<IpAddr>,
+    /// It holds one of its source IP's `source-ip-max-smtp-out` places.
+    holds_smtp_out: bool,
+    pub messages_sent: u32,
+    /// The pattern list set its host or source IP aside: no more work on it.
+    leaving: bool,
+    pub idle: bool,
+}
+
+impl<M: Message> Scheduler<M> {
+    /// Opens a connection for the queue unless a limit says not now; returns whether it did.
+    pub(super) fn open_connection(&mut self, id: QueueId, levels: &[Vec<Hop>], now: Now) -> bool {
+        let name = self.st(id).q.name.clone();
+        self.reenable(&name, now);
+        let queue_vmta = self.st(id).q.vmta.clone();
+        let avoided = self.avoided.get(&name);
+        let disabled = |v: &str| avoided.is_some_and(|a| a.vmtas.iter().any(|(n, _)| n == v));
+        let (vmta, pool) = match self.config.pools.get(&queue_vmta) {
+            Some(members) => {
+                let turn = self.pool_rotation.entry(queue_vmta.clone()).or_insert(0);
+                let Some(member) = route::next_member(members, turn, disabled) else { return false }; // all disabled
+                (member.to_string(), queue_vmta)
+            }
+            None if disabled(&queue_vmta) => return false,
+            None => (queue_vmta, String::new()),
+        };
+        let settings = self.config.vmtas.get(&vmta);
+        let source_ip = settings.and_then(|v| v.source_ip);
+        let ehlo = settings.and_then(|v| v.host_name.clone()).unwrap_or_else(|| self.config.host_name.clone());
+        if !self.rate_grant(id, source_ip, Grant::Connect, now) {
+            return false;
+        }
+        let priority = self.st(id).q.settings.queue_priority;
+        let Some(holds_smtp_out) = limits::take_smtp_out(&self.limits, source_ip, priority, now.ms()) else {
+            return false;
+        };
+        let hops = self.ordered_hops(id, &name, levels);
+        let st = self.st_mut(id);
+        st.q.connections += 1;
+        let tls = match (st.q.settings.require_starttls, st.q.settings.use_starttls) {
+            (true, _) => TlsMode::Required,
+            (false, true) => TlsMode::Opportunistic,
+            (false, false) => TlsMode::Off,
+        };
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        let state = ConnState {
+            queue: id,
+            vmta: vmta.clone(),
+            source_ip,
+            holds_smtp_out,
+            messages_sent: 0,
+            leaving: false,
+            idle: false,
+        };
+        self.conns.insert(conn, state);
+        let plan = ConnPlan { queue: name, vmta, pool, source_ip, ehlo, tls, hops };
+        self.intents.push_back(Intent::Connect { conn, plan: Box::new(plan) });
+        true
+    }
+
+    /// Preference levels in order; within a level, rotated so connections spread; hops set
+    /// aside by `skip-mx` left out, unless that would leave none.
+    fn ordered_hops(&mut self, id: QueueId, name: &str, levels: &[Vec<Hop>]) -> Vec<Hop> {
+        let avoided = self.avoided.get(name);
+        let skipped = |addr: &SocketAddr| avoided.is_some_and(|a| a.hops.iter().any(|(h, _)| h == addr));
+        let all_skipped = levels.iter().flatten().all(|h| skipped(&h.addr));
+        let st = self.queues[id].as_mut().expect("a live queue");
+        st.rotation = st.rotation.wrapping_add(1);
+        let mut hops = Vec::new();
+        for level in levels.iter().filter(|l| !l.is_empty()) {
+            let r = st.rotation % level.len();
+            let usable = |h: &&Hop| all_skipped || !skipped(&h.addr);
+            hops.extend(level[r..].iter().filter(usable).cloned());
+            hops.extend(level[..r].iter().filter(usable).cloned());
+        }
+        hops
+    }
+
+    /// The connection's session is ready (greeting and EHLO done, or a transaction over).
+    pub fn conn_ready(&mut self, conn: ConnId, now: Now) {
+        let id = self.conns[&conn].queue;
+        let st = self.st_mut(id);
+        st.connect_failures = 0;
+        st.connect_backoff_until_ms = 0;
+        self.next_work(conn, now);
+    }
+
+    /// The next transaction for a ready connection, or QUIT, or wait idle.
+    fn next_work(&mut self, conn: ConnId, now: Now) {
+        let c = &self.conns[&conn];
+        let (id, source_ip, sent, leaving) = (c.queue, c.source_ip, c.messages_sent, c.leaving);
+        let limit = self.st(id).q.settings.max_msg_per_connection;
+        let at_limit = (limit != 0 && sent >= limit) || leaving;
+        if at_limit || self.stopping {
+            return self.intents.push_back(Intent::Quit { conn });
+        }
+        let st = self.st_mut(id);
+        st.q.promote_due(now.ms());
+        // A message starts only with a grant from the queue's and the source IP's rates.
+        if st.q.has_work() && self.rate_grant(id, source_ip, Grant::Message, now) {
+            let job = self.st_mut(id).q.take().expect("ready work");
+            return self.start(conn, id, job);
+        }
+        self.conns.get_mut(&conn).expect("live").idle = true;
+        self.st_mut(id).idle.push(conn);
+        self.intents.push_back(Intent::Idle { conn });
+    }
+
+    /// A transaction ended with one reply per recipient (`info.hop`: the connected next
+    /// hop); `ready`: the session can take another transaction.
+    pub fn txn_done(
+        &mut self,
+        conn: ConnId,
+        job: Job<M>,
+        replies: &[Reply],
+        mut info: AttemptInfo,
+        ready: bool,
+        now: Now,
+    ) {
+        let hop = info.hop;
+        let (id, vmta) = {
+            let c = &self.conns[&conn];
+            (c.queue, c.vmta.clone())
+        };
+        (info.other_hop, info.other_source) = self.alternatives(id, hop, &vmta);
+        self.settle(id, job, replies, &info, now);
+        if self.apply_avoid(conn, hop, now) {
+            // `skip-mx` / `disable-source-ip`: this connection takes no more work (the refused
+            // job must not come straight back to it after RSET).
+            self.conns.get_mut(&conn).expect("live").leaving = true;
+        }
+        if ready {
+            self.next_work(conn, now);
+        }
+    }
+
+    /// A job taken for a connection that went away before it started: back to the front.
+    pub fn job_back(&mut self, queue: QueueId, job: Job<M>) {
+        if let Some(st) = self.queues.get_mut(queue).and_then(Option::as_mut) {
+            st.q.push_front(job);
+            self.dirty.push(queue);
+        }
+    }
+
+    /// The connection failed (`reply` says why; `ever_ready`: its session had been ready).
+    /// Its job is deferred; if the queue has no connection left that ever worked, the whole
+    /// ready list is deferred too. The connection is gone.
+    pub fn conn_failed(
+        &mut self,
+        conn: ConnId,
+        job: Option<Job<M>>,
+        reply: Reply,
+        mut info: AttemptInfo,
+        ever_ready: bool,
+        now: Now,
+    ) {
+        let hop = info.hop;
+        let (id, vmta) = {
+            let c = &self.conns[&conn];
+            (c.queue, c.vmta.clone())
+        };
+        (info.other_hop, info.other_source) = self.alternatives(id, hop, &vmta);
+        // The pattern list sees the receiver's own words (a 421 greeting, say).
+        self.st_mut(id).q.observe(&reply, now.ms());
+        self.queue_events(id, now);
+        let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
+        let name = self.st(id).q.name.clone();
+        if job.is_none() {
+            self.log_failure(&name, &info, &transient, now);
+        }
+        if let Some(job) = job {
+            let replies = vec![transient.clone(); job.rcpts.len()];
+            self.settle(id, job, &replies, &info, now);
+        }
+        // `skip-mx` / `disable-source-ip` on this reply, with somewhere else to go: the next
+        // connection goes there at once, without a backoff or deferring the queue.
+        let elsewhere = self.apply_avoid(conn, hop, now) && (info.other_hop || info.other_source);
+        self.conn_closed(conn, None);
+        if elsewhere {
+            self.dirty.push(id);
+            return;
+        }
+        let st = self.st_mut(id);
+        if !ever_ready {
+            let backoff = (CONNECT_BACKOFF_FIRST_MS << st.connect_failures.min(16)).min(CONNECT_BACKOFF_MAX_MS);
+            st.connect_failures += 1;
+            st.connect_backoff_until_ms = now.ms() + backoff;
+        }
+        if !ever_ready && st.q.connections == 0 && !self.stopping {
+            tracing::debug!(shard = self.shard, queue = %name, reply = %transient.line(), "deferring the queue's ready mail");
+            self.fail_ready(id, &transient, &info, now);
+        }
+    }
+
+    /// The connection is closed (after QUIT, or by the server while idle). A job still on it
+    /// (none, by construction) goes back to its queue.
+    pub fn conn_closed(&mut self, conn: ConnId, job: Option<Job<M>>) {
+        let Some(c) = self.conns.remove(&conn) else { return };
+        limits::release_smtp_out(&self.limits, c.source_ip, c.holds_smtp_out);
+        if let Some(st) = self.queues.get_mut(c.queue).and_then(Option::as_mut) {
+            st.q.connections -= 1;
+            st.idle.retain(|s| *s != conn);
+            if let Some(job) = job {
+                st.q.push(job);
+            }
+            self.dirty.push(c.queue);
+        }
+    }
+
+    /// An idle connection waited long enough: QUIT (RFC 5321 §4.1.1.10).
+    pub fn conn_idle_timeout(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| c.idle) else { return };
+        c.idle = false;
+        let id = c.queue;
+        self.st_mut(id).idle.retain(|s| *s != conn);
+        self.intents.push_back(Intent::Quit { conn });
+    }
+
+    /// Drops the queue's `skip-mx` and `disable-source-ip` marks whose time is up; a source
+    /// IP coming back is written as a `tq` record.
+    fn reenable(&mut self, name: &str, now: Now) {
+        let Some(a) = self.avoided.get_mut(name) else { return };
+        let now_ms = now.ms();
+        a.hops.retain(|(_, until)| *until > now_ms);
+        let (kept, back): (Vec<_>, Vec<_>) = std::mem::take(&mut a.vmtas).into_iter().partition(|(_, t)| *t > now_ms);
+        a.vmtas = kept;
+        if a.hops.is_empty() && a.vmtas.is_empty() {
+            self.avoided.remove(name);
+        }
+        for (vmta, _) in back {
+            let text = self.source_ip_text(&vmta);
+            self.queue_note(name, &vmta, format!("source-ip re-enabled: {vmta} ({text})"), now);
+        }
+    }
+
+    fn source_ip_text(&self, vmta: &str) -> String {
+        let ip = self.config.vmtas.get(vmta).and_then(|v| v.source_ip);
+        ip.map(|ip| ip.to_string()).unwrap_or_else(|| "default source".into())
+    }
+
+    /// Could a recipient refused on this connection go out at once another way: another
+    /// next hop not skipped (for `skip-mx`), another pool member not disabled (for
+    /// `disable-source-ip`)?
+    fn alternatives(&self, id: QueueId, hop: Option<SocketAddr>, vmta: &str) -> (bool, bool) {
+        // No pattern list, no skip-mx or disable-source-ip: nothing to look up per transaction.
+        let st = self.st(id);
+        if !st.q.has_patterns() {
+            return (false, false);
+        }
+        let avoided = self.avoided.get(&st.q.name);
+        let other_hop = match &st.hops {
+            HopState::Ready { levels, .. } => levels
+                .iter()
+                .flatten()
+                .any(|h| Some(h.addr) != hop && !avoided.is_some_and(|a| a.hops.iter().any(|(s, _)| *s == h.addr))),
+            _ => false,
+        };
+        let other_source = self.config.pools.get(&st.q.vmta).is_some_and(|members| {
+            members.iter().any(|m| m != vmta && !avoided.is_some_and(|a| a.vmtas.iter().any(|(d, _)| d == m)))
+        });
+        (other_hop, other_source)
+    }
+
+    /// Applies what the queue's pattern list asked to stop using after a reply on the
+    /// connection; returns whether it did (the connection then leaves).
+    fn apply_avoid(&mut self, conn: ConnId, hop: Option<SocketAddr>, now: Now) -> bool {
+        let (id, vmta) = {
+            let c = &self.conns[&conn];
+            (c.queue, c.vmta.clone())
+        };
+        let st = self.st_mut(id);
+        let Some(avoid) = st.q.take_avoid() else { return false };
+        let name = st.q.name.clone();
+        let skip_ms =
+            st.q.settings.retry_after.first().map_or(600_000, |d| d.as_millis() as u64).clamp(1_000, 3_600_000);
+        let host = self.hop_host(id, hop);
+        let now_ms = now.ms();
+        let entry = self.avoided.entry(name.clone()).or_default();
+        let mut notes = Vec::new();
+        if let (true, Some(addr)) = (avoid.skip_mx, hop) {
+            entry.hops.retain(|(a, _)| *a != addr);
+            entry.hops.push((addr, now_ms + skip_ms));
+            notes.push(format!("skip-mx: {host} ({}) skipped for {}s", addr.ip(), skip_ms / 1000));
+        }
+        if let Some(d) = avoid.disable_source_ip {
+            entry.vmtas.retain(|(v, _)| *v != vmta);
+            entry.vmtas.push((vmta.clone(), now_ms + d.as_millis() as u64));
+            let text = self.source_ip_text(&vmta);
+            notes.push(format!("source-ip disabled: {vmta} ({text}) for {}s", d.as_secs()));
+        }
+        for note in notes {
+            self.queue_note(&name, &vmta, note, now);
+        }
+        true
+    }
+
+    /// The host name of a queue's next hop at `addr`, for notes.
+    fn hop_host(&self, id: QueueId, addr: Option<SocketAddr>) -> String {
+        let HopState::Ready { levels, .. } = &self.st(id).hops else { return String::new() };
+        levels.iter().flatten().find(|h| Some(h.addr) == addr).map(|h| h.host.clone()).unwrap_or_default()
+    }
+}

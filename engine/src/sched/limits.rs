@@ -1,0 +1,129 @@
+//! Rate and connection limits a scheduler grants from: per queue (`max-msg-rate`,
+//! `max-connect-rate`: cells that outlive the queue, so a queue that empties and refills gets
+//! no fresh burst) and per source IP (`source-ip-max-*`: cells every shard shares, lock-free,
+//! built once at start-up). `queue-priority` orders queues competing for a source IP's
+//! `source-ip-max-smtp-out` places.
+
+use crate::shape::gcra::{GcraCell, Limit};
+use sluice_config::{Config, Rate};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Throttled work is re-tried on the shard's tick; a limit may grant what one tick's worth of
+/// its rate allows at once, so rates above one per tick are reachable. Slower rates (below
+/// 40/s) keep a burst of one, as PowerMTA's rates have no burst.
+pub const RATE_BURST_WINDOW_MS: u64 = 50;
+/// How long a `source-ip-max-smtp-out` claim holds without renewal: two ticks.
+pub const SMTP_OUT_CLAIM_MS: u64 = 2 * RATE_BURST_WINDOW_MS;
+
+/// A config rate as a GCRA limit.
+pub fn limit_of(rate: Rate) -> Limit {
+    let per_ms = rate.count as f64 / rate.period.as_millis().max(1) as f64;
+    let burst = ((per_ms * RATE_BURST_WINDOW_MS as f64).floor() as u32).max(1);
+    Limit::new(rate.count, rate.period, burst)
+}
+
+/// Limits on one source IP, shared by every shard: GCRA cells and a connection count.
+#[derive(Default)]
+pub struct SourceCells {
+    pub msg: Option<(GcraCell, Limit)>,
+    pub connect: Option<(GcraCell, Limit)>,
+    pub smtp_out: Option<(AtomicU32, u32)>,
+    /// `queue-priority` for the `smtp_out` places: the highest priority that found them full
+    /// lately, as `(priority + 1) << 56 | until_ms` (monotonic). Lower queues leave freed
+    /// places to it until the claim lapses; waiting queues renew it on every tick.
+    pub smtp_out_claim: AtomicU64,
+}
+
+/// Every source IP's cells; a reload does not change them (restart to).
+pub type SourceLimits = HashMap<IpAddr, SourceCells>;
+
+pub fn source_limits(config: &Config) -> SourceLimits {
+    config
+        .source_ip_limits
+        .iter()
+        .map(|(ip, l)| {
+            let cells = SourceCells {
+                msg: l.max_msg_rate.map(|r| (GcraCell::new(), limit_of(r))),
+                connect: l.max_connect_rate.map(|r| (GcraCell::new(), limit_of(r))),
+                smtp_out: l.max_smtp_out.map(|n| (AtomicU32::new(0), n)),
+                smtp_out_claim: AtomicU64::new(0),
+            };
+            (*ip, cells)
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy)]
+pub enum Grant {
+    Message,
+    Connect,
+}
+
+/// A queue's own cells.
+#[derive(Default)]
+pub struct QueueCells {
+    msg: Option<(GcraCell, Limit)>,
+    connect: Option<(GcraCell, Limit)>,
+}
+
+impl QueueCells {
+    /// One grant at `rate` (None: unlimited). The cell keeps its state when the limit
+    /// changes (backoff, adaptive rate): a fresh cell would grant at once.
+    pub fn grant(&mut self, grant: Grant, rate: Option<Rate>, now_ns: u64) -> bool {
+        let Some(rate) = rate else { return true };
+        let slot = match grant {
+            Grant::Message => &mut self.msg,
+            Grant::Connect => &mut self.connect,
+        };
+        let (cell, limit) = slot.get_or_insert_with(|| (GcraCell::new(), limit_of(rate)));
+        *limit = limit_of(rate);
+        cell.try_acquire(now_ns, *limit).is_ok()
+    }
+}
+
+/// One grant from a source IP's cell (no limit configured: granted).
+pub fn source_grant(limits: &SourceLimits, ip: Option<IpAddr>, grant: Grant, now_ns: u64) -> bool {
+    let Some(cells) = ip.and_then(|ip| limits.get(&ip)) else { return true };
+    let cell = match grant {
+        Grant::Message => &cells.msg,
+        Grant::Connect => &cells.connect,
+    };
+    cell.as_ref().is_none_or(|(cell, limit)| cell.try_acquire(now_ns, *limit).is_ok())
+}
+
+/// Takes a `source-ip-max-smtp-out` place for `source_ip` (Some(true)), or there is no such
+/// limit (Some(false)), or it is full or claimed by a higher `queue-priority` (None). A queue
+/// that finds it full claims the next free place for its priority, across all shards.
+pub fn take_smtp_out(limits: &SourceLimits, source_ip: Option<IpAddr>, priority: u8, now_ms: u64) -> Option<bool> {
+    let Some(cells) = source_ip.and_then(|ip| limits.get(&ip)) else { return Some(false) };
+    let Some((count, max)) = cells.smtp_out.as_ref() else { return Some(false) };
+    let ours = (priority as u64 + 1) << 56;
+    let live = |claim: u64| claim & ((1 << 56) - 1) > now_ms;
+    let claim = cells.smtp_out_claim.load(Ordering::Acquire);
+    if claim >> 56 > ours >> 56 && live(claim) {
+        return None; // a higher-priority queue is waiting for this place
+    }
+    match count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < *max).then_some(n + 1)) {
+        Ok(_) => Some(true),
+        Err(_) => {
+            let mine = ours | (now_ms + SMTP_OUT_CLAIM_MS);
+            let _ = cells.smtp_out_claim.fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c >> 56 <= ours >> 56 || !live(c)).then_some(mine)
+            });
+            None
+        }
+    }
+}
+
+/// Gives back a place `take_smtp_out` granted.
+pub fn release_smtp_out(limits: &SourceLimits, source_ip: Option<IpAddr>, held: bool) {
+    if !held {
+        return;
+    }
+    let count = source_ip.and_then(|ip| limits.get(&ip)).and_then(|c| c.smtp_out.as_ref());
+    if let Some((count, _)) = count {
+        count.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,212 @@
+//! The delivery scheduler in simulated time: start-up delay and ramp, message rates per
+//! second, backoff and `backoff-to-normal-after`, adaptive rate. Each runs minutes or hours
+//! of simulated time in milliseconds of real time, deterministically; the receiver answers
+//! every transaction at once with a reply the test picks. (One wall-clock end-to-end test
+//! per feature remains in the root `tests/`.)
+
+use sluice_engine::acct::Kind;
+use sluice_engine::queue::{AttemptInfo, Job, Recipient};
+use sluice_engine::route::{Hop, Resolution};
+use sluice_engine::sched::backlog::MemBacklog;
+use sluice_engine::sched::limits::source_limits;
+use sluice_engine::sched::stats::ShardStats;
+use sluice_engine::sched::{Intent, Message, Scheduler};
+use sluice_engine::smtp::reply::Reply;
+use sluice_engine::time::Now;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+#[derive(Clone, Debug)]
+struct Msg;
+
+impl Message for Msg {
+    fn data(&self) -> &[u8] {
+        b"Subject: x\r\n\r\nbody\r\n"
+    }
+    fn sender(&self) -> &str {
+        "s@src.test"
+    }
+    fn client_ip(&self) -> IpAddr {
+        "127.0.0.1".parse().unwrap()
+    }
+}
+
+fn job(i: u32) -> Job<Msg> {
+    Job {
+        msg: Msg,
+        mail_from: "s@src.test".into(),
+        rcpts: vec![Recipient { index: 0, address: format!("r{i}@dest.test") }],
+        attempts: 1,
+        queued_unix_ms: 0,
+        size: 100,
+        job_id: String::new(),
+    }
+}
+
+/// A world of one shard, one destination and a receiver that answers `reply(now_ms)`.
+struct World {
+    s: Scheduler<Msg>,
+    now_ms: u64,
+    /// (time, connection) of every transaction started.
+    starts: Vec<(u64, u64)>,
+    open: Vec<u64>,
+    max_open: usize,
+    records: Vec<sluice_engine::acct::Record>,
+}
+
+impl World {
+    fn new(conf: &str) -> World {
+        let text = format!("smtp-listener 127.0.0.1:25\n{conf}\n");
+        let config = Arc::new(sluice_config::load("t.conf", &text, &mut |_| Err("no includes".into())).unwrap());
+        let limits = Arc::new(source_limits(&config));
+        let s =
+            Scheduler::new(0, 1, config, limits, Arc::new(ShardStats::default()), MemBacklog::factory(), Now::at_ms(0));
+        World { s, now_ms: 0, starts: Vec::new(), open: Vec::new(), max_open: 0, records: Vec::new() }
+    }
+
+    fn now(&self) -> Now {
+        Now::at_ms(self.now_ms)
+    }
+
+    fn queue(&mut self, n: u32) {
+        for i in 0..n {
+            self.s.dispatch("dest.test", "default".into(), job(i));
+        }
+    }
+
+    /// Runs until `until_ms` in steps of `step_ms`, ticking every 50 ms as the shard does.
+    fn run(&mut self, until_ms: u64, step_ms: u64, reply: &dyn Fn(u64) -> Reply) {
+        while self.now_ms < until_ms {
+            self.now_ms += step_ms;
+            if self.now_ms % 50 < step_ms {
+                self.s.tick(self.now());
+            }
+            self.s.pump(self.now());
+            self.carry_out(reply);
+        }
+    }
+
+    fn carry_out(&mut self, reply: &dyn Fn(u64) -> Reply) {
+        let now = self.now();
+        while let Some(intent) = self.s.poll_intent() {
+            match intent {
+                Intent::Resolve { domain, .. } => {
+                    let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
+                    self.s.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
+                }
+                Intent::Connect { conn, .. } => {
+                    self.open.push(conn);
+                    self.max_open = self.max_open.max(self.open.len());
+                    self.s.conn_ready(conn, now);
+                }
+                Intent::Start { conn, job, .. } => {
+                    self.starts.push((self.now_ms, conn));
+                    let replies = vec![reply(self.now_ms); job.rcpts.len()];
+                    let hop = "192.0.2.1:25".parse().ok();
+                    let info = AttemptInfo { mx_host: "mx.dest.test".into(), hop, ..Default::default() };
+                    self.s.txn_done(conn, job, &replies, info, true, now);
+                }
+                Intent::Quit { conn } => {
+                    self.open.retain(|c| *c != conn);
+                    self.s.conn_closed(conn, None);
+                }
+                Intent::Idle { .. } => {} // waits for work (no idle timeout here)
+                Intent::Record(r) => self.records.push(*r),
+                Intent::Dispatch { .. } | Intent::Outcome { .. } | Intent::Dsn { .. } => {}
+            }
+        }
+    }
+
+    fn starts_between(&self, from_ms: u64, to_ms: u64) -> usize {
+        self.starts.iter().filter(|(t, _)| *t > from_ms && *t <= to_ms).count()
+    }
+
+    fn events(&self) -> Vec<String> {
+        self.records.iter().filter(|r| r.kind == Kind::QueueEvent).map(|r| r.dsn_diag.clone()).collect()
+    }
+}
+
+fn ok(_: u64) -> Reply {
+    Reply::new(250, "2.0.0 ok")
+}
+
+#[test]
+fn startup_delay_then_a_ramp_of_connections() {
+    let mut w = World::new(
+        "startup-delivery-delay 30s\nstartup-ramp 10m\n<domain *>\n max-smtp-out 20\n max-msg-per-connection 1\n</domain>",
+    );
+    w.queue(30_000);
+    w.run(29_900, 100, &ok);
+    assert!(w.starts.is_empty(), "nothing delivered during the delay");
+    // Just after the delay: 10% of max-smtp-out (rounded up as it grows).
+    w.run(31_000, 100, &ok);
+    assert!(w.max_open <= 3 && !w.starts.is_empty(), "{} open", w.max_open);
+    // Half way through the ramp: about 55%.
+    w.max_open = 0;
+    w.run(30_000 + 300_000, 500, &ok);
+    assert!((10..=12).contains(&w.max_open), "{} open half way", w.max_open);
+    w.max_open = 0;
+    w.run(30_000 + 600_000 + 1_000, 500, &ok);
+    assert_eq!(w.max_open, 20, "the whole of max-smtp-out after the ramp");
+}
+
+#[test]
+fn max_msg_rate_per_second_holds_over_a_simulated_minute() {
+    let mut w = World::new("<domain *>\n max-msg-rate 10/s\n max-smtp-out 5\n</domain>");
+    w.queue(10_000);
+    w.run(60_000, 10, &ok);
+    // 10 a second, and no burst beyond one tick's worth.
+    for second in 1..60 {
+        let n = w.starts_between(second * 1000, (second + 1) * 1000);
+        assert!((9..=11).contains(&n), "{n} messages in second {second}");
+    }
+    assert!((590..=602).contains(&w.starts.len()), "{} in a minute", w.starts.len());
+}
+
+#[test]
+fn backoff_on_a_pattern_then_back_to_normal_after_its_time() {
+    let conf = "<smtp-pattern-list slow>\n reply /^421 .* slow down/ mode=backoff,backoff-to-normal-after=30m\n</smtp-pattern-list>\n\
+                <domain *>\n max-msg-rate 600/m\n backoff-max-msg-rate 60/h\n smtp-pattern-list slow\n retry-after 1m\n</domain>";
+    let mut w = World::new(conf);
+    w.queue(8_000);
+    // The receiver says slow down for the first two seconds.
+    let reply = |t: u64| if t < 2_000 { Reply::new(421, "4.7.0 slow down") } else { Reply::new(250, "ok") };
+    w.run(10 * 60_000, 50, &reply);
+    let events = w.events();
+    assert!(events.iter().any(|e| e.starts_with("mode=backoff for 1800s")), "{events:?}");
+    // Backing off: 60/h, so about 10 in the 10 minutes (against 6,000 at the normal rate).
+    let during = w.starts_between(2_000, 10 * 60_000);
+    assert!(during <= 12, "{during} started while backing off");
+    w.run(31 * 60_000, 1_000, &reply);
+    assert!(w.events().iter().any(|e| e == "mode=normal (backoff-to-normal-after)"), "{:?}", w.events());
+    let after = w.starts_between(31 * 60_000 - 1_000, 32 * 60_000);
+    w.run(32 * 60_000, 50, &reply);
+    let after = w.starts_between(31 * 60_000, 32 * 60_000) + after;
+    assert!(after >= 500, "normal rate again: {after} in a minute");
+}
+
+#[test]
+fn adaptive_rate_halves_on_throttling_and_climbs_on_clean_deliveries() {
+    let conf = "<domain *>\n adaptive-rate yes\n max-msg-rate 100/s\n max-smtp-out 10\n retry-after 1m\n</domain>";
+    let mut w = World::new(conf);
+    w.queue(20_000);
+    // Clean for 10 s, throttled (4.7.x) for 5 s, clean again.
+    let reply = |t: u64| {
+        if (10_000..15_000).contains(&t) {
+            Reply::new(451, "4.7.1 rate limited")
+        } else {
+            Reply::new(250, "ok")
+        }
+    };
+    w.run(10_000, 10, &reply);
+    let clean = w.starts_between(9_000, 10_000);
+    w.run(15_000, 10, &reply);
+    let throttled = w.starts_between(14_000, 15_000);
+    assert!(throttled * 10 < clean, "throttled to a trickle: {throttled} vs {clean} a second");
+    let decreases = w.events().iter().filter(|e| e.contains("(decrease on: 451 4.7.1")).count();
+    assert!(decreases >= 5, "{:?}", w.events());
+    w.run(45_000, 10, &reply);
+    let recovered = w.starts_between(44_000, 45_000);
+    assert!(recovered > throttled * 2, "climbing again: {recovered} vs {throttled}");
+    assert!(w.events().iter().any(|e| e.contains("(increase)")));
+}
