@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 fn sample() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/sample-powermta.conf")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sample-powermta.conf")
 }
 
 /// The sample's `domain-key` names /etc/sluice/dkim/example.com.pem, which this machine does

@@ -12,7 +12,7 @@ use common::*;
 use std::time::Duration;
 
 fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 /// Sends `message` from 127.0.0.5 (no relaying rights) to the FBL address; returns smtplib's
