@@ -266,7 +266,9 @@ fn settle(
     journal: &mut Vec<(u64, u32)>,
 ) {
     let id = job.msg;
-    for (rcpt, fate, record) in queue.settle(job, replies, &AttemptInfo::default(), sluice_engine::time::Now::at_ms(now)) {
+    for (rcpt, fate, record) in
+        queue.settle(job, replies, &AttemptInfo::default(), sluice_engine::time::Now::at_ms(now))
+    {
         if fate == Fate::Final {
             journal.push((id, rcpt.index));
             match record.kind {

@@ -738,7 +738,9 @@ impl World {
     fn settle(&mut self, relay: &mut Relay, job: Job<Loc>, replies: &[Reply]) {
         let loc = job.msg;
         let id = self.id_at(loc);
-        for (rcpt, fate, record) in relay.queue.settle(job, replies, &AttemptInfo::default(), sluice_engine::time::Now::at_ms(self.now)) {
+        for (rcpt, fate, record) in
+            relay.queue.settle(job, replies, &AttemptInfo::default(), sluice_engine::time::Now::at_ms(self.now))
+        {
             if fate != Fate::Final {
                 continue;
             }

@@ -3,8 +3,8 @@
 //! hashed to it; the engine's sans-IO machines run inside.
 
 pub mod admin;
+pub mod conn;
 mod faults;
-mod loglimit;
 pub(crate) mod mailbox;
 mod park;
 mod shard;
@@ -18,12 +18,12 @@ pub use mailbox::{Hop, Resolution};
 use mailbox::{Mailbox, ShardMsg};
 use sluice_config::{Config, HostPort};
 use sluice_engine::acct::Record;
+pub use sluice_engine::route::owner_shard;
+use sluice_engine::sched::limits::SourceLimits;
 use sluice_engine::shape::counts::AddressCounts;
-use sluice_engine::shape::gcra::{GcraCell, Limit};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 /// What shards ask of the control plane.
@@ -88,38 +88,6 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-/// Which shard owns a destination domain's queues. Stable across runs (no random seed).
-pub fn owner_shard(domain: &str, shards: u32) -> u32 {
-    let mut h = std::hash::DefaultHasher::new();
-    domain.hash(&mut h);
-    (h.finish() % shards as u64) as u32
-}
-
-/// Limits on one source IP, shared by every shard: GCRA cells and a connection count, all
-/// atomics in a map built once at start-up (no lock anywhere).
-#[derive(Default)]
-pub(crate) struct SourceCells {
-    pub msg: Option<(GcraCell, Limit)>,
-    pub connect: Option<(GcraCell, Limit)>,
-    pub smtp_out: Option<(AtomicU32, u32)>,
-    /// `queue-priority` for the `smtp_out` places: the highest priority that found them full
-    /// lately, as `(priority + 1) << 56 | until_ms` (monotonic). Lower queues leave freed
-    /// places to it until the claim lapses; waiting queues renew it on every tick.
-    pub smtp_out_claim: AtomicU64,
-}
-
-/// Throttled work is re-tried on the shard's tick; a limit may grant what one tick's worth of
-/// its rate allows at once, so rates above one per tick are reachable. Slower rates (below
-/// 40/s) keep a burst of one, as PowerMTA's rates have no burst.
-pub(crate) const RATE_BURST_WINDOW_MS: u64 = 50;
-
-/// A config rate as a GCRA limit.
-pub(crate) fn limit_of(rate: sluice_config::Rate) -> Limit {
-    let per_ms = rate.count as f64 / rate.period.as_millis().max(1) as f64;
-    let burst = ((per_ms * RATE_BURST_WINDOW_MS as f64).floor() as u32).max(1);
-    Limit::new(rate.count, rate.period, burst)
-}
-
 /// State every shard shares for the life of the process (a reload keeps it).
 pub(crate) struct Core {
     pub mailboxes: Vec<Mailbox>,
@@ -127,9 +95,9 @@ pub(crate) struct Core {
     pub shutdown: AtomicBool,
     pub inbound_connections: AtomicU32,
     /// Built from the configuration at start: a reload does not change source-IP limits.
-    pub source_limits: std::collections::HashMap<std::net::IpAddr, SourceCells>,
+    pub source_limits: Arc<SourceLimits>,
     /// Counters, one block per shard.
-    pub stats: Vec<admin::ShardStats>,
+    pub stats: Vec<Arc<admin::ShardStats>>,
     pub started_unix_ms: u64,
     /// Failed AUTH attempts and sessions ended in protocol errors, per client address, seen
     /// the same by every shard (a client cannot get the limit once per shard).
@@ -253,7 +221,7 @@ impl Responder {
 
     /// The counters summed over every shard.
     pub fn totals(&self) -> admin::Totals {
-        admin::Totals::of(&self.core.stats)
+        admin::Totals::of(self.core.stats.iter().map(|s| &**s))
     }
 
     pub fn inbound_connections(&self) -> u32 {
@@ -318,6 +286,35 @@ impl Responder {
     }
 }
 
+/// A recovered message's pending recipients, grouped by destination domain, as backlog
+/// entries (addresses are read back from the segment when a job enters its queue's window).
+fn recovered_jobs(segment: &Arc<store::Segment>, offset: u64, pending: &[u32]) -> Vec<(String, String, park::Parked)> {
+    let view = segment.message(offset);
+    let env = &view.envelope;
+    let vmta = if env.vmta.is_empty() { sluice_engine::route::DEFAULT_VMTA } else { env.vmta };
+    let mut by_domain: Vec<(String, Vec<u32>)> = Vec::new();
+    for &i in pending {
+        let domain = sluice_engine::smtp::addr::domain_of(env.recipients[i as usize]);
+        match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+            Some((_, r)) => r.push(i),
+            None => by_domain.push((domain, vec![i])),
+        }
+    }
+    by_domain
+        .into_iter()
+        .map(|(domain, rcpts)| {
+            let parked = park::Parked {
+                msg: mailbox::MsgRef { segment: segment.clone(), offset },
+                rcpts: rcpts.into_boxed_slice(),
+                attempts: 1,
+                size: view.data.len() as u64,
+                queued_unix_ms: env.queued_unix_ms,
+            };
+            (domain, vmta.to_string(), parked)
+        })
+        .collect()
+}
+
 /// Fails with EADDRINUSE when anything already listens on `addr`. The shards' listeners use
 /// SO_REUSEPORT, which would otherwise let a second sluice share the port silently.
 fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
@@ -357,20 +354,8 @@ impl Runtime {
             control,
             shutdown: AtomicBool::new(false),
             inbound_connections: AtomicU32::new(0),
-            source_limits: config
-                .source_ip_limits
-                .iter()
-                .map(|(ip, l)| {
-                    let cells = SourceCells {
-                        msg: l.max_msg_rate.map(|r| (GcraCell::new(), limit_of(r))),
-                        connect: l.max_connect_rate.map(|r| (GcraCell::new(), limit_of(r))),
-                        smtp_out: l.max_smtp_out.map(|n| (AtomicU32::new(0), n)),
-                        smtp_out_claim: AtomicU64::new(0),
-                    };
-                    (*ip, cells)
-                })
-                .collect(),
-            stats: (0..shards).map(|_| admin::ShardStats::default()).collect(),
+            source_limits: Arc::new(sluice_engine::sched::limits::source_limits(&config)),
+            stats: (0..shards).map(|_| Arc::new(admin::ShardStats::default())).collect(),
             started_unix_ms: sys::now_ms(),
             auth_failures: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
             error_sessions: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
@@ -395,7 +380,7 @@ impl Runtime {
             std::fs::create_dir_all(&dir).map_err(|e| StartError::Spool(dir, e))?;
         }
         for m in recovered.messages {
-            for (domain, vmta, job) in shard::recovered_jobs(&m.segment, m.offset, &m.pending) {
+            for (domain, vmta, job) in recovered_jobs(&m.segment, m.offset, &m.pending) {
                 let domain = config.queue_domain(&domain);
                 let owner = owner_shard(&domain, shards);
                 let queues = &mut initial[owner as usize];
@@ -409,7 +394,7 @@ impl Runtime {
                 }
             }
         }
-        let mut old_journals: Vec<Vec<store::Journal>> = (0..shards).map(|_| Vec::new()).collect();
+        let mut old_journals: Vec<Vec<sluice_spool::OldJournal>> = (0..shards).map(|_| Vec::new()).collect();
         for (i, j) in recovered.old_journals.into_iter().enumerate() {
             old_journals[i % shards as usize].push(j);
         }

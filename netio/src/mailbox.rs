@@ -5,14 +5,14 @@
 use crate::store::Segment;
 use crossbeam_queue::ArrayQueue;
 use sluice_engine::queue::Job;
-use sluice_engine::smtp::reply::Reply;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Messages waiting for one shard before senders must hold theirs back.
 pub const MAILBOX_CAPACITY: usize = 64 * 1024;
+
+pub use sluice_engine::route::{Hop, Resolution};
 
 /// A message in a segment: what a queued job refers to.
 #[derive(Clone)]
@@ -21,21 +21,22 @@ pub struct MsgRef {
     pub offset: u64,
 }
 
-/// One next hop: the host name (for accounting) and an address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hop {
-    pub host: String,
-    pub addr: SocketAddr,
+impl std::fmt::Debug for MsgRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.segment.shard, self.segment.seq, self.offset)
+    }
 }
 
-#[derive(Debug, Clone)]
-pub enum Resolution {
-    /// Preference levels, most preferred first.
-    Hops(Vec<Vec<Hop>>),
-    /// The domain cannot receive mail (NXDOMAIN, null MX): bounce.
-    Permanent(Reply),
-    /// Try again later (SERVFAIL, timeout).
-    Temporary(Reply),
+impl sluice_engine::sched::Message for MsgRef {
+    fn data(&self) -> &[u8] {
+        self.segment.message(self.offset).data
+    }
+    fn sender(&self) -> &str {
+        self.segment.message(self.offset).envelope.mail_from
+    }
+    fn client_ip(&self) -> std::net::IpAddr {
+        self.segment.message(self.offset).envelope.client_ip
+    }
 }
 
 pub enum ShardMsg {

@@ -10,7 +10,8 @@
 
 use crate::mailbox::MsgRef;
 use crate::store::Segment;
-use sluice_engine::queue::Contents;
+use sluice_engine::queue::{Contents, Job, Recipient};
+use sluice_engine::sched::backlog::Backlog;
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -295,6 +296,64 @@ impl ParkedList {
             }
         }
         taken
+    }
+}
+
+impl Parked {
+    /// A job outside the window: its addresses are left in the spool.
+    pub fn of(job: Job<MsgRef>) -> Parked {
+        Parked {
+            rcpts: job.rcpts.iter().map(|r| r.index).collect(),
+            attempts: job.attempts,
+            size: job.size,
+            queued_unix_ms: job.queued_unix_ms,
+            msg: job.msg,
+        }
+    }
+
+    /// Back as a whole job, its addresses read from the spool.
+    pub fn job(&self) -> Job<MsgRef> {
+        let view = self.msg.segment.message(self.msg.offset);
+        let env = &view.envelope;
+        Job {
+            msg: self.msg.clone(),
+            mail_from: env.mail_from.to_string(),
+            rcpts: self
+                .rcpts
+                .iter()
+                .map(|&i| Recipient { index: i, address: env.recipients[i as usize].to_string() })
+                .collect(),
+            attempts: self.attempts,
+            queued_unix_ms: env.queued_unix_ms,
+            size: self.size,
+            job_id: env.job_id.to_string(),
+        }
+    }
+}
+
+impl Backlog<MsgRef> for ParkedList {
+    fn push_back(&mut self, job: Job<MsgRef>) {
+        ParkedList::push_back(self, Parked::of(job));
+    }
+
+    fn pop_front(&mut self) -> Option<Job<MsgRef>> {
+        ParkedList::pop_front(self).map(|p| p.job())
+    }
+
+    fn is_empty(&self) -> bool {
+        ParkedList::is_empty(self)
+    }
+
+    fn take_where(&mut self, pred: &mut dyn FnMut(&Job<MsgRef>) -> bool) -> Vec<Job<MsgRef>> {
+        ParkedList::take_where(self, |p| pred(&p.job())).iter().map(Parked::job).collect()
+    }
+
+    fn totals(&self) -> Contents {
+        ParkedList::totals(self)
+    }
+
+    fn per_job(&self) -> Vec<(String, Contents)> {
+        ParkedList::per_job(self).map(|(j, c)| (j.clone(), *c)).collect()
     }
 }
 

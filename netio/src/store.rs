@@ -1,10 +1,11 @@
 //! Spool files on disk: segments (preallocated, written through io_uring, read through
-//! memmap2) and outcome journals, plus start-up recovery. The byte format and commit logic
-//! live in `sluice-spool`; this module owns file descriptors and mappings.
+//! memmap2) and outcome journals, plus start-up recovery. The byte format, the commit logic
+//! and every decision of recovery live in `sluice-spool`; this module owns file descriptors,
+//! mappings and names.
 
 use memmap2::{Mmap, MmapOptions};
-use sluice_spool::codec::{self, Decoded, FileHeader, FileKind, MessageView, FILE_HEADER_BYTES};
-use sluice_spool::{recover, segment_name, FileCommit, JournalRefs, Outcome, SegmentLife};
+use sluice_spool::codec::{self, Decoded, FileHeader, FileKind, MessageView};
+use sluice_spool::{recover, segment_name, JournalId, OldJournal, Outcome, SegmentFile, SegmentLife};
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -23,7 +24,7 @@ pub fn journal_bytes(segment_bytes: u64) -> u64 {
 }
 
 /// One segment file. Shared by every shard that delivers a message stored in it; deleted by
-/// whoever releases its last live recipient after it is sealed.
+/// the shard whose spool machine releases its last live recipient after it is sealed.
 pub struct Segment {
     pub shard: u32,
     pub seq: u64,
@@ -90,29 +91,8 @@ impl Segment {
         }
     }
 
-    pub fn add_live(&self, n: u64) {
-        self.life.add_live(n);
-    }
-
-    pub fn live(&self) -> u64 {
-        self.life.live()
-    }
-
-    /// `n` recipients reached a final, journaled outcome.
-    pub fn release(&self, n: u64) {
-        if self.life.release(n) {
-            self.delete();
-        }
-    }
-
-    /// No more records will be added.
-    pub fn seal(&self) {
-        if self.life.seal() {
-            self.delete();
-        }
-    }
-
-    fn delete(&self) {
+    /// Unlinks the file (its work is done; the spool machine said so).
+    pub fn delete(&self) {
         if let Err(e) = fs::remove_file(&self.path) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment");
         }
@@ -123,29 +103,33 @@ impl Segment {
     }
 }
 
-/// A shard's outcome journal file.
-pub struct Journal {
-    /// The shard whose directory holds it, and its number there (numbers repeat across
-    /// directories: a shard may hold another directory's old journals after a restart).
-    pub shard: u32,
-    pub seq: u64,
-    path: PathBuf,
-    file: File,
-    size: u64,
-    pub next_offset: u64,
-    pub commit: FileCommit,
-    /// Segments with entries in this journal: it may go once all are gone.
-    refs: JournalRefs,
+impl SegmentFile for Segment {
+    fn life(&self) -> &SegmentLife {
+        &self.life
+    }
+    fn shard(&self) -> u32 {
+        self.shard
+    }
+    fn seq(&self) -> u64 {
+        self.seq
+    }
 }
 
-impl Journal {
-    pub fn create(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Journal> {
-        let path = dir.join(sluice_spool::journal_name(seq));
+/// A shard's outcome journal file (its entries and commit are the spool machine's).
+pub struct JournalFile {
+    file: File,
+}
+
+impl JournalFile {
+    /// Creates, preallocates, headers and syncs a journal, and makes its name durable.
+    pub fn create(dir: &Path, id: JournalId, size: u64) -> io::Result<JournalFile> {
+        let path = dir.join(sluice_spool::journal_name(id.seq));
         let file =
             OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
         let result = (|| {
             preallocate(&file, size)?;
-            file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Journal, shard, seq }), 0)?;
+            let header = FileHeader { kind: FileKind::Journal, shard: id.shard, seq: id.seq };
+            file.write_all_at(&codec::encode_file_header(header), 0)?;
             file.sync_data()?;
             fsync_dir(dir)
         })();
@@ -153,39 +137,19 @@ impl Journal {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
-        Ok(Journal {
-            shard,
-            seq,
-            path,
-            file,
-            size,
-            next_offset: FILE_HEADER_BYTES as u64,
-            commit: FileCommit::default(),
-            refs: JournalRefs::default(),
-        })
+        Ok(JournalFile { file })
     }
 
     pub fn fd(&self) -> i32 {
         self.file.as_raw_fd()
     }
+}
 
-    pub fn has_room(&self, bytes: u64) -> bool {
-        !self.commit.poisoned() && self.next_offset + bytes <= self.size
-    }
-
-    pub fn reference(&mut self, seg: &Arc<Segment>) {
-        self.refs.reference(seg.shard, seg.seq, &seg.life);
-    }
-
-    /// A closed journal whose segments are all gone is deleted; returns true when it was.
-    pub fn try_retire(&mut self) -> bool {
-        if self.commit.idle() && self.refs.all_gone() {
-            if let Err(e) = fs::remove_file(&self.path) {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete retired journal");
-            }
-            return true;
-        }
-        false
+/// Unlinks a journal whose segments are all gone.
+pub fn delete_journal(spool: &Path, id: JournalId) {
+    let path = shard_dir(spool, id.shard).join(sluice_spool::journal_name(id.seq));
+    if let Err(e) = fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot delete retired journal");
     }
 }
 
@@ -201,7 +165,7 @@ pub struct Recovered {
     /// Next free segment and journal sequence per shard directory.
     pub next_seq: HashMap<u32, u64>,
     /// Journals from before the restart, to retire once their segments are gone.
-    pub old_journals: Vec<Journal>,
+    pub old_journals: Vec<OldJournal>,
     pub torn_records: usize,
 }
 
@@ -279,53 +243,24 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
             }
         }
     }
-    let scanned: Vec<recover::ScannedSegment> = segments.iter().map(|(_, s)| s.clone()).collect();
-    let outcomes: Vec<Outcome> = journals.iter().flat_map(|j| j.3.iter().copied()).collect();
-    let plan = recover::plan(&scanned, &outcomes);
-    let shards: std::collections::HashSet<u32> =
-        file_seqs.keys().copied().chain(outcomes.iter().map(|o| o.seg_shard)).collect();
-    let next_seq = shards
+    let found = recover::Found {
+        segments,
+        journals: journals.into_iter().map(|(_, shard, seq, outcomes)| (JournalId { shard, seq }, outcomes)).collect(),
+        file_seqs,
+    };
+    let r = recover::assemble(found);
+    for seg in &r.delete_segments {
+        seg.delete();
+    }
+    for id in &r.delete_journals {
+        delete_journal(spool, *id);
+    }
+    let messages = r
+        .messages
         .into_iter()
-        .map(|shard| {
-            let seqs = file_seqs.get(&shard).map_or(&[][..], Vec::as_slice);
-            (shard, recover::next_seq(seqs, &outcomes, shard))
-        })
+        .map(|(segment, offset, pending)| RecoveredMessage { segment, offset, pending })
         .collect();
-    let by_key: HashMap<(u32, u64), Arc<Segment>> =
-        segments.iter().map(|(s, _)| ((s.shard, s.seq), s.clone())).collect();
-    let mut messages = Vec::with_capacity(plan.pending.len());
-    for p in plan.pending {
-        let seg = by_key[&(p.seg_shard, p.seg_seq)].clone();
-        seg.add_live(p.pending.len() as u64);
-        messages.push(RecoveredMessage { segment: seg, offset: p.offset, pending: p.pending });
-    }
-    // Sealed now: those with nothing owed are deleted.
-    for seg in by_key.values() {
-        seg.seal();
-    }
-    let mut old_journals = Vec::new();
-    for (path, shard, jseq, outcomes) in journals {
-        let file = OpenOptions::new().read(true).write(true).open(&path)?;
-        let size = file.metadata()?.len();
-        let mut j = Journal {
-            shard,
-            seq: jseq,
-            path,
-            file,
-            size,
-            next_offset: size,
-            commit: FileCommit::default(),
-            refs: JournalRefs::default(),
-        };
-        for o in outcomes {
-            if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)) {
-                j.reference(seg);
-            }
-        }
-        if !j.try_retire() {
-            old_journals.push(j);
-        }
-    }
+    let (next_seq, old_journals) = (r.next_seq, r.old_journals);
     Ok(Recovered { messages, next_seq, old_journals, torn_records })
 }
 
@@ -350,7 +285,7 @@ pub(crate) fn test_record(recipients: Vec<&str>, job_id: &str) -> Vec<u8> {
 impl Segment {
     /// Writes encoded records one after another from the header on; returns their offsets.
     pub(crate) fn write_records_for_test(&self, records: &[Vec<u8>]) -> Vec<u64> {
-        let mut at = FILE_HEADER_BYTES as u64;
+        let mut at = codec::FILE_HEADER_BYTES as u64;
         let mut offsets = Vec::new();
         for r in records {
             self.file.write_all_at(r, at).unwrap();
@@ -378,14 +313,14 @@ mod tests {
         let seg = Segment::create(&dir, 0, 1, 1 << 16).unwrap();
         seg.write_records_for_test(&[test_record(vec!["a@y.test", "b@y.test"], "")]);
         // Journal 1 says so, and names segment 7 (finished and deleted before the restart).
-        let j = Journal::create(&dir, 0, 1, JOURNAL_BYTES_MIN).unwrap();
+        let j = JournalFile::create(&dir, JournalId { shard: 0, seq: 1 }, JOURNAL_BYTES_MIN).unwrap();
         let entries: Vec<u8> = [(1, 0), (7, 0), (7, 1)]
             .iter()
             .flat_map(|&(seg_seq, rcpt)| {
-                codec::encode_outcome(&Outcome { seg_shard: 0, seg_seq, offset: FILE_HEADER_BYTES as u64, rcpt })
+                codec::encode_outcome(&Outcome { seg_shard: 0, seg_seq, offset: codec::FILE_HEADER_BYTES as u64, rcpt })
             })
             .collect();
-        j.file.write_all_at(&entries, FILE_HEADER_BYTES as u64).unwrap();
+        j.file.write_all_at(&entries, codec::FILE_HEADER_BYTES as u64).unwrap();
         drop((seg, j));
         let recovered = recover(&spool).unwrap();
         assert_eq!(recovered.messages.len(), 1);

@@ -13,8 +13,8 @@ pub mod resume;
 pub use codec::{Envelope, MessageView, Outcome};
 pub use commit::{Appender, FileCommit, JournalBackoff, Placement, TicketResult};
 pub use life::{JournalRefs, SegmentLife};
-pub use machine::{JournalId, OldJournal, SegmentHandle, Spool, SpoolEvent, SpoolOp};
-pub use resume::Resume;
+pub use machine::{JournalId, OldJournal, SegmentFile, SegmentHandle, Spool, SpoolEvent, SpoolOp};
+pub use resume::{Resume, SendBuf};
 
 /// File names inside a shard's spool directory.
 pub fn segment_name(seq: u64) -> String {

@@ -30,6 +30,25 @@ pub trait SegmentHandle: Clone {
     fn seq(&self) -> u64;
 }
 
+/// A segment file the caller shares behind an `Arc` (the usual handle).
+pub trait SegmentFile {
+    fn life(&self) -> &SegmentLife;
+    fn shard(&self) -> u32;
+    fn seq(&self) -> u64;
+}
+
+impl<T: SegmentFile> SegmentHandle for std::sync::Arc<T> {
+    fn life(&self) -> &SegmentLife {
+        SegmentFile::life(&**self)
+    }
+    fn shard(&self) -> u32 {
+        SegmentFile::shard(&**self)
+    }
+    fn seq(&self) -> u64 {
+        SegmentFile::seq(&**self)
+    }
+}
+
 /// A journal file: the shard directory that holds it and its number there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct JournalId {
@@ -153,7 +172,11 @@ impl<S: SegmentHandle> Spool<S> {
             .into_iter()
             .map(|o| Journal { id: o.id, bytes: 0, next_offset: 0, commit: FileCommit::default(), refs: o.refs })
             .collect();
-        Spool {
+        // The first journal is made at once, while the disk has room for it: a disk that
+        // fills before the first outcome would otherwise leave no journal to record the
+        // deliveries that free it (a deadlock: nothing released, nothing accepted).
+        let first = JournalId { shard, seq: first_seq };
+        let mut spool = Spool {
             shard,
             appender: Appender::new(segment_bytes, first_seq),
             journal_bytes,
@@ -174,7 +197,11 @@ impl<S: SegmentHandle> Spool<S> {
             next_batch: 1,
             ops: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        };
+        spool.next_journal_seq += 1;
+        spool.creating_journal = Some(first);
+        spool.ops.push_back(SpoolOp::CreateJournal { journal: first, bytes: journal_bytes });
+        spool
     }
 
     pub fn poll_op(&mut self) -> Option<SpoolOp<S>> {
@@ -532,6 +559,14 @@ mod tests {
         seen
     }
 
+    /// A spool whose first journal is made.
+    fn started() -> Spool<Seg> {
+        let mut s: Spool<Seg> = Spool::new(0, 1 << 16, 4096, 1, Vec::new());
+        let Some(SpoolOp::CreateJournal { journal, .. }) = s.poll_op() else { panic!("the first journal at once") };
+        s.journal_created(journal, true, 0);
+        s
+    }
+
     fn turn(s: &mut Spool<Seg>, now: u64) -> Vec<&'static str> {
         let mut seen = run_ops(s, now);
         s.flush(now);
@@ -543,7 +578,7 @@ mod tests {
     fn a_message_is_stored_delivered_journaled_and_its_files_go() {
         let mut s: Spool<Seg> = Spool::new(0, 1 << 16, 4096, 1, Vec::new());
         s.submit(7, 100, 2, Vec::new(), 0);
-        assert_eq!(turn(&mut s, 0), ["create-seg", "write", "sync-seg"]);
+        assert_eq!(turn(&mut s, 0), ["create-jnl", "create-seg", "write", "sync-seg"]);
         let Some(SpoolEvent::Stored { ticket: 7, durable: true, at: Some((seg, offset)), .. }) = s.poll_event() else {
             panic!("stored")
         };
@@ -553,7 +588,7 @@ mod tests {
             s.record_outcome(Outcome { seg_shard: 0, seg_seq: 1, offset, rcpt }, seg.clone());
         }
         s.flush(0);
-        assert_eq!(run_ops(&mut s, 0), ["create-jnl", "write-jnl"]);
+        assert_eq!(run_ops(&mut s, 0), ["write-jnl"], "the journal was made at the start");
         assert_eq!(turn(&mut s, 0), ["sync-jnl"]);
         assert_eq!(seg.life().live(), 0);
         // Idle and empty: the active segment is sealed after a second, and deleted.
@@ -566,7 +601,7 @@ mod tests {
 
     #[test]
     fn a_refused_record_is_journaled_finished_and_its_followers_come_back() {
-        let mut s: Spool<Seg> = Spool::new(0, 1 << 16, 4096, 1, Vec::new());
+        let mut s = started();
         let dsn_for = Seg(Arc::new((99, SegmentLife::default())));
         dsn_for.life().add_live(1);
         let after = vec![(Outcome { seg_shard: 0, seg_seq: 99, offset: 8, rcpt: 0 }, dsn_for.clone())];
@@ -584,7 +619,7 @@ mod tests {
 
     #[test]
     fn a_full_disk_refuses_for_a_moment() {
-        let mut s: Spool<Seg> = Spool::new(0, 1 << 16, 4096, 1, Vec::new());
+        let mut s = started();
         s.submit(1, 100, 1, Vec::new(), 0);
         let Some(SpoolOp::CreateSegment { seq, .. }) = s.poll_op() else { panic!() };
         s.segment_created(seq, None, 0);

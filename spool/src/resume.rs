@@ -58,6 +58,48 @@ impl Resume {
     }
 }
 
+/// Bytes waiting to be sent from one buffer, with where the next send resumes (a protocol's
+/// commands and replies). More bytes may be added at the end between sends, never while one
+/// is in flight (the caller's one-operation-per-connection rule keeps that).
+#[derive(Debug, Default)]
+pub struct SendBuf {
+    buf: Vec<u8>,
+    done: usize,
+}
+
+impl SendBuf {
+    /// What is still to be sent.
+    pub fn rest(&self) -> &[u8] {
+        &self.buf[self.done..]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.done == self.buf.len()
+    }
+
+    /// The buffer to append to.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// `n` more bytes went out; returns whether everything has (the buffer then empties).
+    /// More than was left is a bookkeeping bug that would send bytes twice: it panics.
+    pub fn sent(&mut self, n: usize) -> bool {
+        assert!(n <= self.buf.len() - self.done, "a send reported {n} bytes with {} left", self.buf.len() - self.done);
+        self.done += n;
+        if self.done == self.buf.len() {
+            self.buf.clear();
+            self.done = 0;
+            return true;
+        }
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,6 +123,18 @@ mod tests {
             }
             assert_eq!(wire, whole, "step {step}");
         }
+    }
+
+    #[test]
+    fn a_send_buffer_resumes_and_takes_more_between_sends() {
+        let mut b = SendBuf::default();
+        b.extend(b"250 ok\r\n");
+        assert!(!b.sent(3));
+        assert_eq!(b.rest(), b" ok\r\n");
+        b.extend(b"221 bye\r\n");
+        assert!(!b.sent(5));
+        assert_eq!(b.rest(), b"221 bye\r\n");
+        assert!(b.sent(9) && b.is_empty());
     }
 
     #[test]

@@ -494,6 +494,16 @@ impl<M: Message> Scheduler<M> {
         }
     }
 
+    /// A resolution could not be asked for now (the control plane is busy): the queues of
+    /// the domain ask again on a later pump.
+    pub fn resolve_later(&mut self, domain: &str) {
+        for st in self.queues.iter_mut().flatten().filter(|st| st.q.domain == domain) {
+            if matches!(st.hops, HopState::Resolving) {
+                st.hops = HopState::Unknown;
+            }
+        }
+    }
+
     /// Records outcomes: accounting for all, a journal entry (or a DSN first) for final ones.
     fn settle(&mut self, id: QueueId, job: Job<M>, replies: &[Reply], info: &AttemptInfo, now: Now) {
         let msg = job.msg.clone();

@@ -1,0 +1,224 @@
+//! An outbound SMTP connection, sans-IO: the engine's `Client`, STARTTLS through rustls, the
+//! reply buffer, the command buffer and the message body, each send resuming where the last
+//! short one stopped (`SendBuf`, `Resume`). The body goes out from the caller's bytes (the
+//! mapped spool segment) without a copy, or encrypted into the send buffer inside TLS.
+
+use super::{free_space, tls_decrypt, write_out, Want, RECV_BYTES};
+use sluice_engine::smtp::client::{Capabilities, Client, ClientEvent, TlsMode, END_OF_DATA};
+use sluice_engine::smtp::reply::Reply;
+use sluice_spool::{Resume, SendBuf};
+use std::sync::Arc;
+
+/// What the caller must act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutEvent {
+    /// The session is ready for a transaction (or QUIT).
+    Ready,
+    /// The server said 354: hand over the body with `body`.
+    SendBody,
+    /// The transaction finished: one reply per recipient.
+    Done(Vec<Reply>),
+    /// The session failed.
+    Failed(Reply),
+    /// QUIT was answered: close.
+    Closed,
+}
+
+/// rustls for STARTTLS: the client configuration and the name the server is known by.
+pub type TlsSetup = (Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>);
+
+pub struct Outgoing {
+    client: Client,
+    tls_setup: Option<TlsSetup>,
+    tls: Option<Box<rustls::ClientConnection>>,
+    inbuf: Vec<u8>,
+    in_len: usize,
+    /// With TLS: bytes at the front of `inbuf` that are decrypted.
+    plain_len: usize,
+    tls_pending: Vec<u8>,
+    out: SendBuf,
+    /// The plain-text body and ".\r\n" being sent.
+    body: Option<Resume>,
+    ever_ready: bool,
+    /// TLS protocol and cipher once the handshake is done.
+    tls_info: Option<(String, String)>,
+}
+
+impl Outgoing {
+    pub fn new(ehlo: &str, mode: TlsMode, tls_setup: Option<TlsSetup>) -> Outgoing {
+        let mut client = Client::new(ehlo);
+        client.set_tls_mode(if tls_setup.is_some() { mode } else { TlsMode::Off });
+        Outgoing {
+            client,
+            tls_setup,
+            tls: None,
+            inbuf: vec![0; RECV_BYTES],
+            in_len: 0,
+            plain_len: 0,
+            tls_pending: Vec::new(),
+            out: SendBuf::default(),
+            body: None,
+            ever_ready: false,
+            tls_info: None,
+        }
+    }
+
+    /// The next hop being connected to: the name TLS will say (SNI).
+    pub fn set_server_name(&mut self, name: rustls::pki_types::ServerName<'static>) {
+        if let Some(setup) = self.tls_setup.as_mut() {
+            setup.1 = name;
+        }
+    }
+
+    /// The client used without PIPELINING (load generation).
+    pub fn client_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+
+    pub fn capabilities(&self) -> &Capabilities {
+        self.client.capabilities()
+    }
+
+    /// The session was ready at least once (a failure later is not a connect failure).
+    pub fn ever_ready(&self) -> bool {
+        self.ever_ready
+    }
+
+    /// TLS protocol and cipher suite, once TLS is up.
+    pub fn tls_info(&self) -> Option<&(String, String)> {
+        self.tls_info.as_ref()
+    }
+
+    pub fn want(&self) -> Want {
+        if !self.out.is_empty() {
+            Want::Send
+        } else if self.body.is_some() {
+            Want::SendBody
+        } else if self.client.awaiting_reply() {
+            Want::Recv
+        } else {
+            Want::Wait
+        }
+    }
+
+    /// Free space to receive into.
+    pub fn recv_buf(&mut self) -> &mut [u8] {
+        free_space(&mut self.inbuf, self.in_len)
+    }
+
+    /// `n` bytes arrived in `recv_buf()`.
+    pub fn received(&mut self, n: usize) {
+        assert!(self.in_len + n <= self.inbuf.len());
+        self.in_len += n;
+    }
+
+    pub fn send_buf(&self) -> &[u8] {
+        self.out.rest()
+    }
+
+    /// `n` bytes of `send_buf()` went out.
+    pub fn sent(&mut self, n: usize) {
+        self.out.sent(n);
+    }
+
+    /// What is left of the plain-text body and its ".\r\n", from the caller's `data`.
+    pub fn body_rest<'a>(&self, data: &'a [u8]) -> [&'a [u8]; 2] {
+        self.body.as_ref().expect("a body being sent").rest([data, END_OF_DATA])
+    }
+
+    /// `n` bytes of `body_rest` went out.
+    pub fn body_sent(&mut self, n: usize) {
+        let body = self.body.as_mut().expect("a body being sent");
+        if body.advance(n) {
+            self.body = None;
+            self.client.body_sent();
+        }
+    }
+
+    /// After `SendBody`: the message in transparency form. Inside TLS it is encrypted into the
+    /// send buffer now; in plain text it goes out from `data` itself (`body_rest`).
+    pub fn body(&mut self, data: &[u8]) {
+        assert!(self.out.is_empty() && self.body.is_none(), "the client writes nothing before the body");
+        match self.tls.as_deref_mut() {
+            Some(tls) => {
+                write_out(Some(&mut **tls), data, self.out.buf());
+                write_out(Some(&mut **tls), END_OF_DATA, self.out.buf());
+                self.client.body_sent();
+            }
+            None => self.body = Some(Resume::of([data, END_OF_DATA])),
+        }
+    }
+
+    /// Starts a transaction (the session is ready).
+    pub fn start(&mut self, mail_from: &str, rcpts: &[&str], size: u64) {
+        self.client.start(mail_from, rcpts, size);
+        self.flush_client();
+    }
+
+    pub fn quit(&mut self) {
+        self.client.quit();
+        self.flush_client();
+    }
+
+    fn flush_client(&mut self) {
+        if !self.client.output().is_empty() {
+            write_out(self.tls.as_deref_mut().map(|t| &mut **t), self.client.output(), self.out.buf());
+            self.client.clear_output();
+        }
+    }
+
+    /// Reads the replies that arrived; at most one event per call (call again while events
+    /// come).
+    pub fn advance(&mut self) -> Option<OutEvent> {
+        loop {
+            if let Some(tls) = self.tls.as_deref_mut() {
+                let decrypted =
+                    tls_decrypt(tls, &mut self.tls_pending, &mut self.inbuf, self.plain_len, &mut self.in_len);
+                while tls.wants_write() && tls.write_tls(self.out.buf()).is_ok() {}
+                if let Err(e) = decrypted {
+                    return Some(OutEvent::Failed(Reply::new(451, format!("4.7.5 TLS with the server failed: {e}"))));
+                }
+                if self.tls_info.is_none() && !tls.is_handshaking() {
+                    self.tls_info = Some(crate::tls::describe(tls));
+                }
+            }
+            let (used, event) = self.client.receive(&self.inbuf[..self.in_len]);
+            self.inbuf.copy_within(used..self.in_len, 0);
+            self.in_len -= used;
+            self.plain_len = self.in_len;
+            self.flush_client();
+            match event {
+                None if used == 0 || self.in_len == 0 => return None,
+                None => {}
+                Some(ClientEvent::StartTls) => {
+                    if let Err(reply) = self.start_tls() {
+                        return Some(OutEvent::Failed(reply));
+                    }
+                }
+                Some(ClientEvent::Ready) => {
+                    self.ever_ready = true;
+                    return Some(OutEvent::Ready);
+                }
+                Some(ClientEvent::SendBody) => return Some(OutEvent::SendBody),
+                Some(ClientEvent::Done(replies)) => return Some(OutEvent::Done(replies)),
+                Some(ClientEvent::Failed(reply)) => return Some(OutEvent::Failed(reply)),
+                Some(ClientEvent::Closed) => return Some(OutEvent::Closed),
+            }
+        }
+    }
+
+    /// The server said 220 to STARTTLS: the handshake starts; EHLO goes again inside TLS.
+    fn start_tls(&mut self) -> Result<(), Reply> {
+        let (config, name) = self.tls_setup.clone().expect("STARTTLS is asked for only with a TLS setup");
+        let mut tls = rustls::ClientConnection::new(config, name)
+            .map_err(|e| Reply::new(451, format!("4.7.5 cannot start TLS: {e}")))?;
+        tls.set_buffer_limit(None); // a whole message may be written at once
+        self.in_len = 0; // nothing the server sent in plain text after 220 counts
+        self.plain_len = 0;
+        while tls.wants_write() && tls.write_tls(self.out.buf()).is_ok() {}
+        self.tls = Some(Box::new(tls));
+        self.client.tls_started();
+        self.flush_client();
+        Ok(())
+    }
+}

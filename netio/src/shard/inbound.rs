@@ -1,0 +1,584 @@
+//! The inbound side of the IO room: accepted sockets driven by their connection machines
+//! (`crate::conn::inbound`), and what happens to a complete message before the spool takes it
+//! — VMTA and job, feedback and bounce reports, inbound authentication checks, DKIM.
+
+use super::spool_io::Store;
+use super::{cancel_sock, ud, Op, Shard, Sock};
+use crate::admin::ShardStats;
+use crate::conn::inbound::{InEvent, Incoming};
+use crate::conn::Want;
+use crate::sys::ip_of;
+use crate::{ControlRequest, Shared};
+use io_uring::{opcode, types};
+use sluice_engine::acct::Record;
+use sluice_engine::dkim::unstuffed as dkim_unstuffed;
+use sluice_engine::route;
+use sluice_engine::smtp::addr::domain_of;
+use sluice_engine::smtp::headers::take_header;
+use sluice_engine::smtp::reply::Reply;
+use sluice_engine::smtp::server::{Message, Session, SessionPolicy};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+/// An untrusted address whose sessions end in too many protocol errors this many times within
+/// the window is refused (421 at connect) for the rest of it.
+const SOURCE_ERROR_SESSIONS_MAX: u32 = 3;
+const SOURCE_ERROR_WINDOW_S: u64 = 10 * 60;
+/// A message's whole DATA phase may last this many `smtp-data-timeout`s (each read gets one).
+const DATA_PHASE_TIMEOUTS: u64 = 3;
+
+pub(super) struct InConn {
+    pub sock: Sock,
+    pub m: Incoming,
+    pub client_ip: IpAddr,
+    /// The message on its way to disk (its write buffers live here until the spool answers).
+    pub store: Option<Box<Store>>,
+    /// A message out for authentication checks (its data is with the control plane).
+    verifying: Option<Box<(Message, String)>>,
+    /// A complaint report whose suppression entry is being written: the reply waits for it.
+    reporting: bool,
+    /// While in DATA: when the whole DATA phase must be over (`DATA_PHASE_TIMEOUTS`).
+    data_until_ms: Option<u64>,
+}
+
+impl Shard {
+    pub(super) fn arm_accept(&mut self, i: usize) {
+        if self.stopping_since_ms.is_some() {
+            return;
+        }
+        let (storage, len) = &mut self.accept_addrs[i];
+        *len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let entry =
+            opcode::Accept::new(types::Fd(self.listeners[i]), (storage as *mut libc::sockaddr_storage).cast(), len)
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+                .user_data(ud(Op::Accept, 0, i as u64));
+        self.push(entry);
+    }
+
+    pub(super) fn on_accept(&mut self, i: usize, result: i32) {
+        if self.stopping_since_ms.is_some() {
+            if result >= 0 {
+                crate::sys::close(result); // accepted after shutdown began
+            }
+            return;
+        }
+        if result < 0 {
+            if result != -libc::ECANCELED {
+                tracing::warn!(shard = self.id, errno = -result, "accept failed; retrying on the next tick");
+            }
+            self.accept_rearm.push(i);
+            return;
+        }
+        self.arm_accept(i);
+        let fd = result;
+        let ip = ip_of(&self.accept_addrs[i].0);
+        let config = self.shared.config.clone();
+        let immediate_tls = config.listeners.get(i).is_some_and(|a| config.immediate_tls.contains(a));
+        let mut session = self.new_session(ip, immediate_tls);
+        let count = self.shared.core.inbound_connections.fetch_add(1, Ordering::SeqCst);
+        let policy = config.source_policy(ip);
+        if count >= config.total_max_smtp_in {
+            session.too_busy();
+        } else if !policy.always_allow_relaying && self.erring_source(ip) {
+            session.refuse_erring_source();
+        }
+        crate::sys::set_nodelay(fd);
+        let tls = self.shared.tls.clone();
+        let m = match Incoming::new(session, tls, immediate_tls) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::error!(shard = self.id, error = %e, "cannot start TLS");
+                crate::sys::close(fd);
+                self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                return;
+            }
+        };
+        let conn = InConn {
+            sock: Sock::new(fd),
+            m,
+            client_ip: ip,
+            store: None,
+            verifying: None,
+            reporting: false,
+            data_until_ms: None,
+        };
+        match self.ins.insert(conn) {
+            Some((slot, _)) => self.in_drive(slot),
+            None => {
+                tracing::error!(shard = self.id, "connection slots exhausted");
+                self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+                crate::sys::close(fd);
+            }
+        }
+    }
+
+    /// A session for a client at `ip`, as its `<source>` says.
+    fn new_session(&mut self, ip: IpAddr, immediate_tls: bool) -> Session {
+        let shared = &self.shared;
+        let policy = shared.config.source_policy(ip);
+        self.session_counter += 1;
+        let session_id = (self.id as u64) << 48 | self.session_counter;
+        let auth = (policy.allow_auth && !shared.users.is_empty()).then(|| shared.users.clone());
+        let starttls = shared.tls.is_some() && policy.allow_starttls && !immediate_tls;
+        let auth_blocked = auth.is_some() && auth_failures_over(shared, ip, policy.max_auth_failure_rate, 0, self.now);
+        let policy = SessionPolicy {
+            host_name: shared.config.host_name.clone(),
+            relay_allowed: policy.always_allow_relaying,
+            smtp_service: policy.smtp_service,
+            max_message_size: policy.max_message_size,
+            max_rcpt_per_message: policy.max_rcpt_per_message,
+            add_received_header: policy.add_received_header,
+            hide_message_source: policy.hide_message_source,
+            starttls,
+            auth,
+            require_auth: policy.require_auth,
+            auth_needs_tls: policy.require_starttls_before_auth,
+            auth_blocked,
+            auth_failures_max: policy.max_auth_failure_rate.count,
+            restrictions: policy.restrictions.clone(),
+            suppression: policy.suppression_lists.iter().filter_map(|n| shared.lists.get(n).cloned()).collect(),
+            local: [&shared.feedback, &shared.bounces].into_iter().flatten().map(|p| p.addresses.clone()).collect(),
+            bare_lf: policy.bare_lf,
+            long_lines: policy.long_lines,
+        };
+        Session::new(policy, ip, session_id)
+    }
+
+    /// Whether `ip` ended `SOURCE_ERROR_SESSIONS_MAX` sessions with protocol errors within
+    /// `SOURCE_ERROR_WINDOW_S` (on any shard).
+    fn erring_source(&self, ip: IpAddr) -> bool {
+        let now_s = self.now.ms() / 1000;
+        self.shared.core.error_sessions.get(ip, now_s, SOURCE_ERROR_WINDOW_S) >= SOURCE_ERROR_SESSIONS_MAX
+    }
+
+    pub(super) fn on_in_recv(&mut self, slot: u32, result: i32) {
+        let stopping = self.stopping_since_ms.is_some();
+        let c = self.ins.get_mut(slot);
+        let cancelled = std::mem::take(&mut c.sock.cancelling);
+        if result > 0 {
+            c.m.received(result as usize);
+            return self.in_drive(slot);
+        }
+        if result == -libc::ECANCELED || cancelled {
+            // Our own cancel: an idle timeout or shutdown. Say why, then close.
+            if stopping {
+                c.m.shutdown();
+            } else {
+                c.m.timed_out();
+            }
+            return self.in_drive(slot);
+        }
+        // The client went away; anything not yet acknowledged is not ours to keep.
+        self.close_in(slot);
+    }
+
+    pub(super) fn on_in_send(&mut self, slot: u32, result: i32) {
+        let c = self.ins.get_mut(slot);
+        c.sock.cancelling = false;
+        if result <= 0 {
+            return self.close_in(slot);
+        }
+        c.m.sent(result as usize);
+        self.in_drive(slot);
+    }
+
+    /// Advances a session as far as its input allows, then submits its next operation.
+    pub(super) fn in_drive(&mut self, slot: u32) {
+        let now = self.now;
+        let c = self.ins.get_mut(slot);
+        if c.sock.op.is_some() {
+            return;
+        }
+        let event = c.m.advance(now.unix_ms);
+        let failures = c.m.session_mut().take_auth_failures();
+        if failures > 0 {
+            let ip = c.client_ip;
+            let rate = self.shared.config.source_policy(ip).max_auth_failure_rate;
+            if auth_failures_over(&self.shared, ip, rate, failures, now) {
+                self.ins.get_mut(slot).m.session_mut().block_auth();
+            }
+        }
+        if event == Some(InEvent::Message) {
+            // Stores the message, or refuses it (then the reply is in the session's output).
+            self.store_message(slot);
+        }
+        self.in_next_op(slot);
+    }
+
+    /// The socket operation the session wants next.
+    fn in_next_op(&mut self, slot: u32) {
+        let gen = self.ins.gen(slot);
+        let now_ms = self.now.ms();
+        let config = self.shared.config.clone();
+        let c = self.ins.get_mut(slot);
+        let entry = match c.m.want() {
+            Want::Send => {
+                let rest = c.m.send_buf();
+                c.sock.op = Some(Op::InSend);
+                opcode::Send::new(types::Fd(c.sock.fd), rest.as_ptr(), rest.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(ud(Op::InSend, gen, slot as u64))
+            }
+            Want::Wait | Want::SendBody => return, // the spool or the checks will answer
+            Want::Close => return self.close_in(slot),
+            Want::Recv => {
+                let in_data = c.m.session().is_in_data();
+                let mut timeout_ms =
+                    if in_data { config.smtp_data_timeout } else { config.smtp_command_timeout }.as_millis() as u64;
+                // The whole DATA phase is bounded too, not only each read: a client trickling
+                // its message a byte per read cannot hold the session for ever.
+                if in_data {
+                    let until = *c.data_until_ms.get_or_insert(now_ms + timeout_ms * DATA_PHASE_TIMEOUTS);
+                    timeout_ms = timeout_ms.min(until.saturating_sub(now_ms).max(1));
+                } else {
+                    c.data_until_ms = None;
+                }
+                // A partial line waiting for its end keeps the deadline it had: a client
+                // trickling a command byte by byte (slowloris) still has to finish it in time.
+                let partial = c.m.has_partial_input() && c.sock.deadline_ms != u64::MAX && c.sock.deadline_ms > now_ms;
+                if !partial {
+                    c.sock.deadline_ms = now_ms + timeout_ms;
+                }
+                let buf = c.m.recv_buf();
+                let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
+                c.sock.op = Some(Op::InRecv);
+                opcode::Recv::new(types::Fd(c.sock.fd), ptr, len).build().user_data(ud(Op::InRecv, gen, slot as u64))
+            }
+        };
+        self.push(entry);
+    }
+
+    pub(super) fn close_in(&mut self, slot: u32) {
+        let c = self.ins.remove(slot);
+        assert!(c.sock.op.is_none(), "closing a connection with an operation in flight");
+        crate::sys::close(c.sock.fd);
+        self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
+        if c.m.session().closed_for_errors() {
+            let counts = &self.shared.core.error_sessions;
+            if counts.add(c.client_ip, 1, self.now.ms() / 1000, SOURCE_ERROR_WINDOW_S) == SOURCE_ERROR_SESSIONS_MAX {
+                tracing::warn!(shard = self.id, ip = %c.client_ip, "address refused for a while: too many sessions ended in protocol errors");
+            }
+        }
+    }
+
+    /// Idle sessions past their deadline are cancelled (then told 421 and closed).
+    pub(super) fn in_deadlines(&mut self, now_ms: u64) {
+        for slot in self.ins.slots() {
+            let gen = self.ins.gen(slot);
+            let c = self.ins.get_mut(slot);
+            if now_ms >= c.sock.deadline_ms {
+                c.sock.deadline_ms = u64::MAX;
+                cancel_sock(&mut self.ring, &mut c.sock, gen, slot);
+            }
+        }
+    }
+
+    /// Sessions between commands get 421; sessions mid-message may finish.
+    pub(super) fn in_shutdown(&mut self) {
+        for slot in self.ins.slots() {
+            let gen = self.ins.gen(slot);
+            let c = self.ins.get_mut(slot);
+            let between = c.store.is_none() && !c.m.session().is_in_data() && c.sock.op == Some(Op::InRecv);
+            if between {
+                cancel_sock(&mut self.ring, &mut c.sock, gen, slot);
+            }
+        }
+    }
+
+    // ---- A complete message -------------------------------------------------------------
+
+    fn store_message(&mut self, slot: u32) {
+        let now = self.now;
+        let gen = self.ins.gen(slot);
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let c = self.ins.get_mut(slot);
+        let mut m = c.m.session_mut().take_message();
+        let client_ip = c.client_ip;
+        // An authenticated session takes its user's named source (`{auth}`).
+        let user_source =
+            m.auth_user.as_deref().and_then(|u| shared.users.get(u)).and_then(|u| config.named_source(&u.source));
+        let policy = user_source.unwrap_or_else(|| config.source_policy(client_ip));
+        let vmta = match route::select_vmta(config, policy, &mut m.data) {
+            Ok(v) => v,
+            Err(reply) => return c.m.message_refused(&reply),
+        };
+        if !c.m.session().restrictions().vmta_allowed(&vmta) {
+            let reply = format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)");
+            return c.m.message_refused(&reply);
+        }
+        if policy.process_x_job {
+            let job = take_header(&mut m.data, &policy.jobid_header, !policy.retain_x_job);
+            m.job_id = job
+                .map(|j| j.trim().chars().take(sluice_engine::sched::JOB_ID_CHARS_MAX).collect())
+                .unwrap_or_default();
+        }
+        let (records, suppress_add) = take_reports(&shared, &mut m, now.unix_ms);
+        for r in records {
+            self.record(r);
+        }
+        let c = self.ins.get_mut(slot);
+        if let Some((path, address)) = suppress_add {
+            // The complainer goes into the list's file before the report is acknowledged: a
+            // crash never loses a complaint that was answered 250.
+            let waiting = m.recipients.is_empty().then_some((self.id, slot, gen));
+            match shared.core.control.try_send(ControlRequest::SuppressAdd { path, address, waiting }) {
+                Ok(()) if waiting.is_some() => {
+                    c.reporting = true;
+                    return;
+                }
+                Ok(()) => {}
+                Err(_) if waiting.is_some() => {
+                    return c.m.message_refused("451 4.3.0 Cannot record the complaint now, try again later");
+                }
+                Err(_) => {
+                    tracing::error!(shard = self.id, "control plane busy: complainer not added to the suppression file")
+                }
+            }
+        }
+        if m.recipients.is_empty() {
+            return c.m.message_stored(true, "report");
+        }
+        if policy.checks_inbound() {
+            // SPF/DKIM/DMARC/ARC need DNS: the control plane checks, then `on_verified` goes on.
+            let req = crate::VerifyRequest {
+                shard: self.id,
+                slot,
+                gen,
+                data: std::mem::take(&mut m.data),
+                client_ip,
+                helo: m.helo.clone(),
+                mail_from: m.mail_from.clone(),
+                spf: policy.check_spf || policy.check_dmarc,
+                dkim: policy.check_dkim || policy.check_dmarc,
+                dmarc: policy.check_dmarc,
+                arc: policy.check_arc || policy.arc_sign,
+                seal: policy.arc_sign,
+            };
+            match shared.core.control.try_send(ControlRequest::Verify(Box::new(req))) {
+                Ok(()) => c.verifying = Some(Box::new((m, vmta))),
+                Err(_) => c.m.message_refused("451 4.3.0 Authentication checks are busy, try again later"),
+            }
+            return;
+        }
+        self.spool_message(slot, m, vmta, String::new());
+    }
+
+    /// A complaint's suppression entry is on disk (or could not be written): the report's
+    /// session gets its reply.
+    pub(super) fn on_report_stored(&mut self, slot: u32, gen: u16, ok: bool) {
+        let Some(c) = self.ins.get_gen(slot, gen) else { return };
+        if !std::mem::take(&mut c.reporting) {
+            return;
+        }
+        if ok {
+            c.m.message_stored(true, "report");
+        } else {
+            c.m.message_refused("451 4.3.0 Cannot record the complaint now, try again later");
+        }
+        self.in_drive(slot);
+    }
+
+    /// The authentication checks are done: their headers go on top, then the message is
+    /// signed and spooled. A connection gone in the meantime drops it (never acknowledged).
+    pub(super) fn on_verified(&mut self, slot: u32, gen: u16, data: Vec<u8>, headers: Vec<u8>, summary: String) {
+        let Some(c) = self.ins.get_gen(slot, gen) else { return };
+        let Some(waiting) = c.verifying.take() else { return };
+        let (mut m, vmta) = *waiting;
+        m.data = headers;
+        m.data.extend_from_slice(&data);
+        self.spool_message(slot, m, vmta, summary);
+        self.in_drive(slot);
+    }
+
+    /// Signs (DKIM) and spools an accepted message; the reply waits for its fsync.
+    fn spool_message(&mut self, slot: u32, mut m: Message, vmta: String, auth: String) {
+        // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
+        if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &mut m.data) {
+            m.data.splice(0..0, header);
+        }
+        let gen = self.ins.gen(slot);
+        let c = self.ins.get_mut(slot);
+        let mut store = Store::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
+        store.src_mta = format!("{} ({})", m.helo, c.client_ip);
+        store.smtp_user = m.auth_user.unwrap_or_default();
+        store.auth_results = auth;
+        store.job_id = m.job_id;
+        let client_ip = c.client_ip;
+        let ticket = (gen as u64) << 32 | slot as u64;
+        self.submit_store(&mut store, client_ip, ticket, Vec::new());
+        self.ins.get_mut(slot).store = Some(store);
+    }
+
+    /// The spool answered for the message on `slot`: the client's reply, and the message's
+    /// jobs to their queues.
+    pub(super) fn stored(
+        &mut self,
+        slot: u32,
+        gen: u16,
+        durable: bool,
+        at: Option<(std::sync::Arc<crate::store::Segment>, u64)>,
+    ) {
+        let c = self.ins.get_gen(slot, gen).expect("a storing connection stays until the spool answers");
+        let store = c.store.take().expect("a store in progress");
+        let queue_id = match &at {
+            Some((seg, offset)) => format!("{:x}.{:x}.{:x}", self.id, seg.seq, offset),
+            None => String::new(),
+        };
+        c.m.message_stored(durable, &queue_id);
+        if let (true, Some((segment, offset))) = (durable, at) {
+            self.received(&store);
+            self.queue_stored(&store, segment, offset);
+        }
+        let c = self.ins.get_mut(slot);
+        c.m.session_mut().recycle_data_buffer(store.data);
+        self.in_drive(slot);
+    }
+
+    /// A durable message: its `r` records and the counters.
+    pub(super) fn received(&mut self, store: &Store) {
+        let size = store.data.len() as u64;
+        ShardStats::add(&self.stats.msgs_in, 1);
+        ShardStats::add(&self.stats.rcpts_in, store.recipients.len() as u64);
+        ShardStats::add(&self.stats.bytes_in, size);
+        let config = &self.shared.config;
+        let headers: Vec<String> = config
+            .acct_headers
+            .iter()
+            .map(|h| sluice_engine::smtp::headers::header_value(&store.data, h).unwrap_or_default())
+            .collect();
+        for rcpt in &store.recipients {
+            let received = sluice_engine::acct::Received {
+                orig: &store.mail_from,
+                src_mta: &store.src_mta,
+                size,
+                vmta: &store.vmta,
+                smtp_user: &store.smtp_user,
+                auth_results: &store.auth_results,
+                job_id: &store.job_id,
+            };
+            let mut r = Record::received(store.queued_unix_ms, rcpt, &received);
+            r.headers.clone_from(&headers);
+            self.record(r);
+        }
+    }
+}
+
+/// Adds `new` AUTH failures for `ip` (counted for all shards together) and says whether it is
+/// over `smtp-max-auth-failure-rate` within the rate's period.
+fn auth_failures_over(
+    shared: &Shared,
+    ip: IpAddr,
+    rate: sluice_config::Rate,
+    new: u32,
+    now: sluice_engine::time::Now,
+) -> bool {
+    let window_s = rate.period.as_secs().max(1);
+    let counts = &shared.core.auth_failures;
+    let now_s = now.ms() / 1000;
+    let n = if new > 0 { counts.add(ip, new, now_s, window_s) } else { counts.get(ip, now_s, window_s) };
+    n >= rate.count
+}
+
+/// A complaint's `f` record, and the suppression file entry to make durable (the
+/// `auto-suppress-list`'s file and the complainer), if any.
+type Reports = (Vec<Record>, Option<(PathBuf, String)>);
+
+/// Reports to the feedback-loop and bounce processors: taken out of the message's recipients
+/// as `f` / `rb` records, never relayed.
+fn take_reports(shared: &Shared, m: &mut Message, now_ms: u64) -> Reports {
+    let mut records = Vec::new();
+    let mut suppress_add = None;
+    for (processor, feedback) in [(&shared.feedback, true), (&shared.bounces, false)] {
+        let Some(p) = processor else { continue };
+        let (reports, rest): (Vec<String>, Vec<String>) =
+            m.recipients.iter().cloned().partition(|r| p.addresses.contains(r));
+        if reports.is_empty() {
+            continue;
+        }
+        m.recipients = rest;
+        let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
+        let found = if feedback {
+            feedback_records(shared, p, &text, now_ms).map(|(r, add)| {
+                suppress_add = add;
+                r
+            })
+        } else {
+            bounce_records(shared, &text, &reports[0], now_ms)
+        };
+        match found {
+            Some(r) => records.extend(r),
+            None if p.deliver_unmatched => m.recipients.extend(reports),
+            None => tracing::info!(from = %m.mail_from, feedback, "not a report; dropped"),
+        }
+    }
+    (records, suppress_add)
+}
+
+fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &str, now: u64) -> Option<Reports> {
+    let f = sluice_engine::feedback::parse(text)?;
+    tracing::info!(rcpt = %f.rcpt, kind = %f.feedback_type, "feedback report");
+    if let (Some(list), false) = (p.auto_suppress_list.as_ref().and_then(|n| shared.lists.get(n)), f.rcpt.is_empty()) {
+        list.add(&f.rcpt); // refused from now on, on every shard
+    }
+    let add = p.auto_suppress.clone().filter(|_| !f.rcpt.is_empty()).map(|path| (path, f.rcpt.clone()));
+    Some((vec![Record::feedback(now, &f)], add))
+}
+
+/// An asynchronous bounce's `rb` records, one per failed recipient, with their category
+/// (None: not a DSN). `to` is the address it came to (VERP names the recipient).
+fn bounce_records(shared: &Shared, text: &str, to: &str, now: u64) -> Option<Vec<Record>> {
+    let bounces = sluice_engine::feedback::parse_dsn(text, to)?;
+    let records = bounces
+        .iter()
+        .map(|b| {
+            let line = format!("{}\r\n", b.diagnostic);
+            let reply = sluice_engine::smtp::reply::parse_reply(line.as_bytes())
+                .ok()
+                .flatten()
+                .map(|(r, _)| r)
+                .unwrap_or_else(|| Reply::new(550, format!("{} {}", b.status, b.diagnostic)));
+            let category = sluice_engine::bounce::classify(&reply, &shared.config.bounce_patterns);
+            tracing::info!(rcpt = %b.rcpt, %category, "remote bounce");
+            Record::remote_bounce(now, b, category)
+        })
+        .collect();
+    Some(records)
+}
+
+/// The `DKIM-Signature:` field for a message when one of its recipient domains has
+/// `dkim-sign yes` and a `domain-key` covers its From domain (signing errors are logged and
+/// the message goes unsigned rather than refused).
+pub(super) fn dkim_signature(
+    shared: &Shared,
+    recipients: &[String],
+    vmta: &str,
+    data: &mut Vec<u8>,
+) -> Option<Vec<u8>> {
+    if shared.dkim.is_empty() {
+        return None;
+    }
+    // X-DKIM-Options is for sluice alone: never delivered.
+    let message = take_header(data, "x-dkim-options", true)
+        .map(|v| sluice_engine::dkim::MessageOptions::parse(&v))
+        .unwrap_or_default();
+    let mut seen: Vec<String> = Vec::with_capacity(1);
+    let settings = recipients.iter().map(|r| domain_of(r).to_ascii_lowercase()).find_map(|d| {
+        if seen.contains(&d) {
+            return None;
+        }
+        let s = shared.config.queue_settings(&d, vmta);
+        seen.push(d);
+        s.dkim_sign.then_some(s)
+    })?;
+    match shared.dkim.sign_with(vmta, data, &settings.dkim, &message) {
+        Ok(header) => header,
+        Err(e) => {
+            tracing::error!(error = %e, "message left unsigned");
+            None
+        }
+    }
+}

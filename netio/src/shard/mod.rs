@@ -1,0 +1,440 @@
+//! One shard: a pinned thread with its own io_uring — the IO room. Its loop reaps
+//! completions, reads the clock once, and maps the sans-IO machines' wants to io_uring
+//! operations: the connection machines (`crate::conn`) on sockets, the spool machine
+//! (`sluice_spool::machine`) on segment and journal files, and the delivery scheduler's
+//! intents (`sluice_engine::sched`) on connections, mailboxes and the control plane. This
+//! file is the loop, the timers and shutdown; `inbound`, `outbound` and `spool_io` are the
+//! rest of the room. Only this room builds io_uring entries.
+
+mod inbound;
+mod outbound;
+mod slab;
+mod spool_io;
+
+use crate::admin::ShardStats;
+use crate::faults::{Faults, Io};
+use crate::mailbox::{MsgRef, ShardMsg};
+use crate::park::ParkedList;
+use crate::store::{self, JournalFile, Segment};
+use crate::sys::{mono_ns, now_ms};
+use crate::{ControlRequest, Shared};
+use inbound::InConn;
+use io_uring::{opcode, squeue, types, IoUring};
+use outbound::OutConn;
+use slab::Slab;
+use sluice_engine::acct::Record;
+use sluice_engine::sched::backlog::Backlog;
+use sluice_engine::sched::{ConnId, Scheduler};
+use sluice_engine::time::Now;
+use sluice_spool::{JournalId, OldJournal, Spool};
+use std::collections::HashMap;
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+const RING_ENTRIES: u32 = 4096;
+/// The timer: deadlines, retries, rates' ticks.
+const TICK_MS: u64 = 50;
+const SHUTDOWN_GRACE_MS: u64 = 3_000;
+/// Accounting records held locally while the control plane is busy.
+const ACCT_PENDING_MAX: usize = 1 << 20;
+/// Rounds of handing work between the machines in one turn of the loop (each round does all
+/// there is; more than a few means a bug feeding itself).
+const SETTLE_ROUNDS_MAX: usize = 64;
+
+const _: () =
+    assert!(TICK_MS == sluice_engine::sched::limits::RATE_BURST_WINDOW_MS, "rate bursts cover exactly one tick");
+
+/// What a completion is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Op {
+    Accept = 1,
+    InRecv,
+    InSend,
+    OutConnect,
+    OutRecv,
+    OutSend,
+    SegWrite,
+    LocalWrite,
+    SegSync,
+    JnlWrite,
+    JnlSync,
+    Event,
+    Tick,
+    Cancel,
+}
+
+impl Op {
+    const ALL: [Op; 14] = [
+        Op::Accept,
+        Op::InRecv,
+        Op::InSend,
+        Op::OutConnect,
+        Op::OutRecv,
+        Op::OutSend,
+        Op::SegWrite,
+        Op::LocalWrite,
+        Op::SegSync,
+        Op::JnlWrite,
+        Op::JnlSync,
+        Op::Event,
+        Op::Tick,
+        Op::Cancel,
+    ];
+
+    fn from(v: u8) -> Op {
+        Op::ALL[(v as usize).saturating_sub(1).min(Op::ALL.len() - 1)]
+    }
+}
+
+/// user_data: op (8 bits) | generation (16) | slot or payload (40).
+fn ud(op: Op, gen: u16, slot: u64) -> u64 {
+    assert!(slot < 1 << 40);
+    (op as u64) << 56 | (gen as u64) << 40 | slot
+}
+
+fn ud_split(v: u64) -> (Op, u16, u64) {
+    (Op::from((v >> 56) as u8), (v >> 40) as u16, v & ((1 << 40) - 1))
+}
+
+/// The clocks, read once per turn of the loop.
+fn clock() -> Now {
+    Now { ns: mono_ns(), unix_ms: now_ms() }
+}
+
+/// A socket's one operation in flight and its deadline (monotonic ms).
+struct Sock {
+    fd: RawFd,
+    op: Option<Op>,
+    cancelling: bool,
+    deadline_ms: u64,
+}
+
+impl Sock {
+    fn new(fd: RawFd) -> Sock {
+        Sock { fd, op: None, cancelling: false, deadline_ms: u64::MAX }
+    }
+}
+
+/// Cancels a socket's operation in flight (a timeout or shutdown); its completion comes back
+/// failed. A cancel already asked for is not asked again.
+fn cancel_sock(ring: &mut IoUring, sock: &mut Sock, gen: u16, slot: u32) {
+    let Some(op) = sock.op else { return };
+    if std::mem::replace(&mut sock.cancelling, true) {
+        return;
+    }
+    let entry = opcode::AsyncCancel::new(ud(op, gen, slot as u64)).build().user_data(ud(Op::Cancel, 0, 0));
+    // SAFETY: a cancel entry holds no pointer.
+    unsafe { crate::sys::push(ring, &entry) };
+}
+
+/// Work found in the spool at start, by queue (destination domain, VMTA).
+pub(crate) type Recovered = HashMap<(String, String), ParkedList>;
+
+pub(crate) struct Shard {
+    id: u32,
+    shared: Arc<Shared>,
+    ring: IoUring,
+    dir: PathBuf,
+    now: Now,
+    listeners: Vec<RawFd>,
+    accept_addrs: Box<[(libc::sockaddr_storage, libc::socklen_t)]>,
+    accept_rearm: Vec<usize>,
+    ins: Slab<InConn>,
+    outs: Slab<OutConn>,
+    /// The scheduler's connection ids, to their slots.
+    out_slots: HashMap<ConnId, u32>,
+    session_counter: u64,
+    spool: Spool<Arc<Segment>>,
+    journals: HashMap<JournalId, JournalFile>,
+    /// Journal writes in flight: their journal's descriptor, offset and progress.
+    jnl_writes: HashMap<u64, (RawFd, u64, sluice_spool::Resume)>,
+    /// Spool IO failures injected on purpose (`SLUICE_FAULTS`, tests only).
+    faults: Faults,
+    local: spool_io::Locals,
+    sched: Scheduler<MsgRef>,
+    stats: Arc<ShardStats>,
+    outbox: Vec<(u32, ShardMsg)>,
+    acct: Vec<Record>,
+    timespec: Box<types::Timespec>,
+    event_buf: Box<u64>,
+    completions: Vec<(u64, i32)>,
+    stopping_since_ms: Option<u64>,
+}
+
+impl Shard {
+    pub fn new(
+        id: u32,
+        shards: u32,
+        shared: Arc<Shared>,
+        listeners: Vec<RawFd>,
+        initial: Recovered,
+        old_journals: Vec<OldJournal>,
+        next_seq: u64,
+    ) -> std::io::Result<Shard> {
+        let ring = IoUring::builder().build(RING_ENTRIES)?;
+        let dir = store::shard_dir(&shared.config.spool_dir, id);
+        std::fs::create_dir_all(&dir)?;
+        let segment_bytes = shared.config.spool_segment_bytes;
+        let spool = Spool::new(id, segment_bytes, store::journal_bytes(segment_bytes), next_seq, old_journals);
+        let now = clock();
+        let stats = shared.core.stats[id as usize].clone();
+        let backlog_dir = dir.clone();
+        let make_backlog = Box::new(move || Box::new(ParkedList::new(backlog_dir.clone())) as Box<dyn Backlog<MsgRef>>);
+        let config = shared.config.clone();
+        let sched =
+            Scheduler::new(id, shards, config, shared.core.source_limits.clone(), stats.clone(), make_backlog, now);
+        // SAFETY: zeroed sockaddr storage is valid.
+        let zero: (libc::sockaddr_storage, libc::socklen_t) = (unsafe { std::mem::zeroed() }, 0);
+        let mut shard = Shard {
+            id,
+            accept_addrs: vec![zero; listeners.len()].into_boxed_slice(),
+            listeners,
+            accept_rearm: Vec::new(),
+            shared,
+            ring,
+            dir,
+            now,
+            ins: Slab::default(),
+            outs: Slab::default(),
+            out_slots: HashMap::new(),
+            session_counter: 0,
+            spool,
+            journals: HashMap::new(),
+            jnl_writes: HashMap::new(),
+            faults: Faults::from_env(id),
+            local: spool_io::Locals::default(),
+            sched,
+            stats,
+            outbox: Vec::new(),
+            acct: Vec::new(),
+            timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
+            event_buf: Box::new(0),
+            completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            stopping_since_ms: None,
+        };
+        for ((domain, vmta), jobs) in initial {
+            shard.sched.adopt(&domain, &vmta, Box::new(jobs));
+        }
+        Ok(shard)
+    }
+
+    fn push(&mut self, entry: squeue::Entry) {
+        // SAFETY: every pointer in an entry refers to memory this shard keeps alive until
+        // the operation completes (boxed connections, boxed stores, journal batches, buffers).
+        unsafe { crate::sys::push(&mut self.ring, &entry) };
+    }
+
+    /// The shard loop: the one unbounded loop, ending only at shutdown.
+    pub fn run(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        self.arm_event();
+        self.arm_tick();
+        loop {
+            // Drain the completion queue first; handle afterwards, never re-entrantly.
+            crate::sys::wait(&mut self.ring, &mut self.completions);
+            self.now = clock();
+            let completions = std::mem::take(&mut self.completions);
+            for &(user_data, result) in &completions {
+                self.complete(user_data, result);
+            }
+            self.completions = completions;
+            self.completions.clear();
+            self.after_completions();
+            if self.finished() {
+                break;
+            }
+        }
+        self.flush_acct(true);
+        // In-flight operations may still reference buffers: never free them.
+        std::mem::forget(std::mem::take(&mut self.ins));
+        std::mem::forget(std::mem::take(&mut self.outs));
+        std::mem::forget(std::mem::take(&mut self.local));
+        std::mem::forget(std::mem::take(&mut self.jnl_writes));
+        tracing::debug!(shard = self.id, "shard stopped");
+    }
+
+    fn complete(&mut self, user_data: u64, result: i32) {
+        let (op, gen, slot) = ud_split(user_data);
+        let result = match op {
+            Op::SegWrite | Op::LocalWrite => self.faults.apply(Io::SegWrite, result),
+            Op::SegSync => self.faults.apply(Io::SegSync, result),
+            Op::JnlWrite => self.faults.apply(Io::JnlWrite, result),
+            Op::JnlSync => self.faults.apply(Io::JnlSync, result),
+            _ => result,
+        };
+        match op {
+            Op::Accept => self.on_accept(slot as usize, result),
+            Op::InRecv | Op::InSend => {
+                self.ins.sock_done(slot as u32, gen, |c| &mut c.sock);
+                match op {
+                    Op::InRecv => self.on_in_recv(slot as u32, result),
+                    _ => self.on_in_send(slot as u32, result),
+                }
+            }
+            Op::OutConnect | Op::OutRecv | Op::OutSend => {
+                self.outs.sock_done(slot as u32, gen, |c| &mut c.sock);
+                match op {
+                    Op::OutConnect => self.on_connect(slot as u32, result),
+                    Op::OutRecv => self.on_out_recv(slot as u32, result),
+                    _ => self.on_out_send(slot as u32, result),
+                }
+            }
+            Op::SegWrite => self.on_seg_write(gen, slot as u32, result),
+            Op::LocalWrite => self.on_local_write(slot, result),
+            Op::SegSync => self.on_seg_sync(slot, result),
+            Op::JnlWrite => self.on_jnl_write(slot, result),
+            Op::JnlSync => self.on_jnl_sync(slot, result),
+            Op::Event => {
+                self.shared.core.mailboxes[self.id as usize].clear_notified();
+                self.drain_mailbox();
+                self.arm_event();
+            }
+            Op::Tick => {
+                self.on_tick();
+                self.arm_tick();
+            }
+            Op::Cancel => {}
+        }
+    }
+
+    fn after_completions(&mut self) {
+        self.drain_mailbox();
+        self.spool.flush(self.now.ms());
+        self.settle_machines();
+        self.sched.pump(self.now);
+        self.settle_machines();
+        self.flush_outbox();
+        self.flush_acct(false);
+    }
+
+    /// Hands work between the machines until none is left: the spool's ops and events, the
+    /// scheduler's intents (each may give the others more).
+    fn settle_machines(&mut self) {
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            let mut progress = self.drain_spool();
+            while let Some(intent) = self.sched.poll_intent() {
+                progress = true;
+                self.carry_out(intent);
+            }
+            if !progress {
+                return;
+            }
+        }
+        tracing::error!(shard = self.id, "machines kept feeding each other; the rest waits for the next turn");
+    }
+
+    fn drain_mailbox(&mut self) {
+        let me = self.id as usize;
+        while let Some(msg) = self.shared.core.mailboxes[me].pop() {
+            match msg {
+                ShardMsg::Job { domain, vmta, job } => self.sched.enqueue(&domain, &vmta, job),
+                ShardMsg::Resolved { domain, resolution, ttl_ms, rollup } => {
+                    self.sched.on_resolved(&domain, resolution, ttl_ms, rollup, self.now)
+                }
+                ShardMsg::Verified { slot, gen, data, headers, summary } => {
+                    self.on_verified(slot, gen, data, headers, summary)
+                }
+                ShardMsg::Admin(cmd, reply) => {
+                    let _ = reply.send(self.sched.on_admin(cmd, self.now));
+                }
+                ShardMsg::Reload(shared) => {
+                    self.sched.reconfigure(shared.config.clone());
+                    self.shared = shared;
+                    tracing::info!(shard = self.id, "configuration reloaded");
+                }
+                ShardMsg::ReportStored { slot, gen, ok } => self.on_report_stored(slot, gen, ok),
+                ShardMsg::Inject(injection) => self.inject(*injection),
+            }
+        }
+    }
+
+    /// Hands jobs to the shards that own them. When an owner's mailbox is full the job waits
+    /// in this shard's outbox (never spin: two shards full of each other's work would wait
+    /// forever).
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        for (owner, msg) in std::mem::take(&mut self.outbox) {
+            if let Err(back) = self.shared.core.mailboxes[owner as usize].send(msg) {
+                self.outbox.push((owner, back));
+            }
+        }
+    }
+
+    fn record(&mut self, r: Record) {
+        if self.acct.len() < ACCT_PENDING_MAX {
+            self.acct.push(r);
+        }
+    }
+
+    fn flush_acct(&mut self, blocking: bool) {
+        if self.acct.is_empty() {
+            return;
+        }
+        let req = ControlRequest::Acct(std::mem::take(&mut self.acct));
+        let result = if blocking {
+            self.shared.core.control.send_timeout(req, std::time::Duration::from_secs(2)).map_err(|e| e.into_inner())
+        } else {
+            self.shared.core.control.try_send(req).map_err(|e| e.into_inner())
+        };
+        if let Err(ControlRequest::Acct(batch)) = result {
+            self.acct = batch;
+        }
+    }
+
+    // ---- Timers -----------------------------------------------------------------------
+
+    fn arm_tick(&mut self) {
+        let entry = opcode::Timeout::new(&*self.timespec).build().user_data(ud(Op::Tick, 0, 0));
+        self.push(entry);
+    }
+
+    fn arm_event(&mut self) {
+        let fd = self.shared.core.mailboxes[self.id as usize].eventfd();
+        let entry = opcode::Read::new(types::Fd(fd), (&mut *self.event_buf as *mut u64).cast(), 8)
+            .build()
+            .user_data(ud(Op::Event, 0, 0));
+        self.push(entry);
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.now;
+        for i in std::mem::take(&mut self.accept_rearm) {
+            self.arm_accept(i);
+        }
+        if self.shared.core.shutdown.load(Ordering::SeqCst) && self.stopping_since_ms.is_none() {
+            self.begin_shutdown();
+        }
+        self.in_deadlines(now.ms());
+        self.out_deadlines(now.ms());
+        self.sched.tick(now);
+        self.spool.tick(now.ms());
+        self.retry_locals();
+    }
+
+    // ---- Shutdown ---------------------------------------------------------------------
+
+    fn begin_shutdown(&mut self) {
+        tracing::info!(shard = self.id, "shutting down: no new connections");
+        self.stopping_since_ms = Some(self.now.ms());
+        for i in 0..self.listeners.len() {
+            self.push(opcode::AsyncCancel::new(ud(Op::Accept, 0, i as u64)).build().user_data(ud(Op::Cancel, 0, 0)));
+        }
+        self.sched.begin_shutdown();
+        self.in_shutdown();
+        self.out_shutdown();
+    }
+
+    fn finished(&mut self) -> bool {
+        let Some(since) = self.stopping_since_ms else { return false };
+        let spool_quiet = self.spool.is_quiet();
+        let grace_over = self.now.ms() >= since + SHUTDOWN_GRACE_MS;
+        spool_quiet && ((self.ins.is_empty() && self.outs.is_empty()) || grace_over)
+    }
+}

@@ -1,0 +1,414 @@
+//! The outbound side of the IO room: the scheduler's intents carried out — connections
+//! opened to next hops (binding the VMTA's source address), transactions started on them,
+//! jobs handed to other shards, outcomes journaled, DSNs made — and each connection driven by
+//! its machine (`crate::conn::outbound`), the body sent from the mapped segment.
+
+use super::{cancel_sock, ud, Op, Shard, Sock};
+use crate::conn::outbound::{OutEvent, Outgoing};
+use crate::conn::Want;
+use crate::mailbox::{MsgRef, ShardMsg};
+use crate::sys::{local_ip, sockaddr};
+use crate::ControlRequest;
+use io_uring::{opcode, types};
+use sluice_config::Downgrade8bit;
+use sluice_engine::queue::{AttemptInfo, Job};
+use sluice_engine::route::Hop;
+use sluice_engine::sched::{ConnId, ConnPlan, Intent, Message, QueueId};
+use sluice_engine::smtp::mime;
+use sluice_engine::smtp::reply::Reply;
+
+const OUT_CONNECT_TIMEOUT_MS: u64 = 30_000;
+/// RFC 5321 §4.5.3.2 suggests 5 minutes for most replies and 10 for the end of data.
+const OUT_REPLY_TIMEOUT_MS: u64 = 300_000;
+const OUT_FINAL_TIMEOUT_MS: u64 = 600_000;
+/// An outbound connection with nothing to send waits this long for new work, then QUITs.
+const OUT_IDLE_MS: u64 = 2_000;
+
+const _: () = assert!(OUT_IDLE_MS < OUT_REPLY_TIMEOUT_MS);
+const _: () = assert!(OUT_CONNECT_TIMEOUT_MS + OUT_FINAL_TIMEOUT_MS <= sluice_engine::sched::CANCELLED_JOB_HOLD_MS);
+
+pub(super) struct OutConn {
+    pub sock: Sock,
+    conn: ConnId,
+    m: Outgoing,
+    plan: Box<ConnPlan>,
+    /// The hop being tried (`plan.hops` index + 1 once tried).
+    hop_index: usize,
+    addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    job: Option<Job<MsgRef>>,
+    /// The job's message converted for this receiver (8-bit to quoted-printable).
+    converted: Option<Vec<u8>>,
+    /// The body is out: the next reply is the end of data's (the longer timeout).
+    awaiting_final: bool,
+    /// Waiting for work (the scheduler said Idle).
+    idle: bool,
+    iov: [libc::iovec; 2],
+    msghdr: libc::msghdr,
+    info: AttemptInfo,
+}
+
+impl Shard {
+    /// One of the scheduler's intents.
+    pub(super) fn carry_out(&mut self, intent: Intent<MsgRef>) {
+        match intent {
+            Intent::Resolve { domain, static_hosts } => {
+                let req = ControlRequest::Resolve { shard: self.id, domain: domain.clone(), static_hosts };
+                if self.shared.core.control.try_send(req).is_err() {
+                    self.sched.resolve_later(&domain); // control plane busy: ask again on a tick
+                }
+            }
+            Intent::Connect { conn, plan } => self.open(conn, plan),
+            Intent::Start { conn, queue, job } => self.start(conn, queue, job),
+            Intent::Idle { conn } => {
+                if let Some(&slot) = self.out_slots.get(&conn) {
+                    let now_ms = self.now.ms();
+                    let o = self.outs.get_mut(slot);
+                    o.idle = true;
+                    o.sock.deadline_ms = now_ms + OUT_IDLE_MS;
+                }
+            }
+            Intent::Quit { conn } => {
+                if let Some(&slot) = self.out_slots.get(&conn) {
+                    let o = self.outs.get_mut(slot);
+                    o.idle = false;
+                    o.m.quit();
+                    self.out_drive(slot);
+                }
+            }
+            Intent::Dispatch { shard, domain, vmta, job } => {
+                self.outbox.push((shard, ShardMsg::Job { domain, vmta, job }))
+            }
+            Intent::Record(r) => self.record(*r),
+            Intent::Outcome { msg, rcpt } => self.journal_outcome(msg, rcpt),
+            Intent::Dsn { msg, failed } => self.spool_dsn(msg, failed),
+        }
+    }
+
+    fn open(&mut self, conn: ConnId, plan: Box<ConnPlan>) {
+        let tls_setup = plan.hops.first().map(|hop| (self.shared.tls_client.clone(), server_name(hop)));
+        let o = OutConn {
+            sock: Sock::new(-1),
+            conn,
+            m: Outgoing::new(&plan.ehlo, plan.tls, tls_setup),
+            plan,
+            hop_index: 0,
+            // SAFETY: zeroed storage is valid.
+            addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
+            job: None,
+            converted: None,
+            awaiting_final: false,
+            idle: false,
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            // SAFETY: a zeroed msghdr is valid.
+            msghdr: unsafe { std::mem::zeroed() },
+            info: AttemptInfo::default(),
+        };
+        match self.outs.insert(o) {
+            Some((slot, _)) => {
+                self.out_slots.insert(conn, slot);
+                self.connect_next(slot);
+            }
+            None => {
+                tracing::error!(shard = self.id, "connection slots exhausted");
+                self.sched.conn_closed(conn, None);
+            }
+        }
+    }
+
+    /// Connects to the next hop in the plan (or fails the connection when none is left).
+    fn connect_next(&mut self, slot: u32) {
+        let (gen, now_ms) = (self.outs.gen(slot), self.now.ms());
+        let o = self.outs.get_mut(slot);
+        if o.sock.fd >= 0 {
+            crate::sys::close(o.sock.fd); // the failed connect is complete
+            o.sock.fd = -1;
+        }
+        let Some(hop) = o.plan.hops.get(o.hop_index).cloned() else {
+            let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}", o.plan.queue));
+            return self.out_fail(slot, reply);
+        };
+        o.hop_index += 1;
+        o.info = attempt_info(&o.plan, &hop);
+        o.m.set_server_name(server_name(&hop));
+        *o.addr = sockaddr(hop.addr);
+        let fd = match crate::sys::tcp_socket(hop.addr) {
+            Ok(fd) => fd,
+            Err(e) => return self.out_fail(slot, Reply::new(451, format!("4.4.1 cannot create socket: {e}"))),
+        };
+        if let Some(ip) = o.plan.source_ip {
+            // The VMTA's `smtp-source-host`: connect from this address.
+            let (addr, len) = sockaddr(std::net::SocketAddr::new(ip, 0));
+            // SAFETY: bind on our fresh descriptor with a valid address.
+            if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) } != 0 {
+                let e = std::io::Error::last_os_error();
+                crate::sys::close(fd);
+                return self.out_fail(slot, Reply::new(451, format!("4.4.1 cannot bind source address {ip}: {e}")));
+            }
+        }
+        o.sock.fd = fd;
+        o.sock.op = Some(Op::OutConnect);
+        o.sock.deadline_ms = now_ms + OUT_CONNECT_TIMEOUT_MS;
+        let entry = opcode::Connect::new(types::Fd(fd), (&o.addr.0 as *const libc::sockaddr_storage).cast(), o.addr.1)
+            .build()
+            .user_data(ud(Op::OutConnect, gen, slot as u64));
+        self.push(entry);
+    }
+
+    pub(super) fn on_connect(&mut self, slot: u32, result: i32) {
+        let o = self.outs.get_mut(slot);
+        o.sock.cancelling = false;
+        if result < 0 {
+            tracing::debug!(shard = self.id, queue = %o.plan.queue, errno = -result, "connect failed; trying the next host");
+            return self.connect_next(slot);
+        }
+        o.info.source_ip = local_ip(o.sock.fd);
+        self.out_drive(slot);
+    }
+
+    /// A transaction for a ready connection.
+    fn start(&mut self, conn: ConnId, queue: QueueId, job: Job<MsgRef>) {
+        let Some(&slot) = self.out_slots.get(&conn) else {
+            return self.sched.job_back(queue, job); // the connection went away meanwhile
+        };
+        let o = self.outs.get_mut(slot);
+        o.idle = false;
+        o.sock.deadline_ms = u64::MAX;
+        if self.begin_txn(slot, job) {
+            self.out_drive(slot);
+        }
+    }
+
+    /// Hands `job` to the connection's client. A message with 8-bit content for a receiver
+    /// without 8BITMIME (RFC 6152 §3) is converted to quoted-printable for this transaction,
+    /// or bounced (`downgrade-8bit bounce`): then false, and the scheduler has its outcome.
+    fn begin_txn(&mut self, slot: u32, job: Job<MsgRef>) -> bool {
+        let o = self.outs.get_mut(slot);
+        let data = job.msg.data();
+        let mut converted = None;
+        if !o.m.capabilities().eight_bit_mime && mime::has_8bit(data) {
+            let (domain, vmta) = o.plan.queue.split_once('/').unwrap_or((&o.plan.queue, ""));
+            if self.shared.config.queue_settings(domain, vmta).downgrade_8bit == Downgrade8bit::Bounce {
+                let reply = Reply::new(
+                    554,
+                    "5.6.3 8-bit content, and the receiver does not offer 8BITMIME (downgrade-8bit bounce)",
+                );
+                let (conn, info) = (o.conn, o.info.clone());
+                let replies = vec![reply; job.rcpts.len()];
+                self.sched.txn_done(conn, job, &replies, info, true, self.now);
+                return false;
+            }
+            converted = Some(mime::convert_stuffed(data, mime::Convert { eight_bit: true, long_lines: false }));
+        }
+        let size = converted.as_ref().map_or(job.size, |c| c.len() as u64);
+        let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
+        o.m.start(&job.mail_from, &rcpts, size);
+        o.job = Some(job);
+        o.converted = converted;
+        true
+    }
+
+    /// Feeds replies to the connection's machine, acts on its events, and submits its next
+    /// operation.
+    pub(super) fn out_drive(&mut self, slot: u32) {
+        loop {
+            let o = self.outs.get_mut(slot);
+            if o.sock.op.is_some() {
+                return;
+            }
+            match o.m.advance() {
+                None => {}
+                Some(OutEvent::Ready) => {
+                    o.info.esmtp = o.m.capabilities().esmtp;
+                    if let Some((protocol, cipher)) = o.m.tls_info() {
+                        (o.info.tls_protocol, o.info.tls_cipher) = (protocol.clone(), cipher.clone());
+                    }
+                    let conn = o.conn;
+                    self.sched.conn_ready(conn, self.now);
+                    continue;
+                }
+                Some(OutEvent::SendBody) => {
+                    let data = body_of(&o.converted, &o.job);
+                    o.m.body(data);
+                    o.awaiting_final = true;
+                }
+                Some(OutEvent::Done(replies)) => {
+                    let job = o.job.take().expect("a transaction had a job");
+                    o.converted = None;
+                    o.awaiting_final = false;
+                    let (conn, info, ready) = (o.conn, o.info.clone(), o.m.want() == Want::Wait);
+                    self.sched.txn_done(conn, job, &replies, info, ready, self.now);
+                    continue;
+                }
+                Some(OutEvent::Failed(reply)) => return self.out_fail(slot, reply),
+                Some(OutEvent::Closed) => return self.close_out(slot),
+            }
+            return self.out_next_op(slot);
+        }
+    }
+
+    fn out_next_op(&mut self, slot: u32) {
+        let gen = self.outs.gen(slot);
+        let now_ms = self.now.ms();
+        let o = self.outs.get_mut(slot);
+        let fd = types::Fd(o.sock.fd);
+        let entry = match o.m.want() {
+            Want::Send => {
+                let rest = o.m.send_buf();
+                o.sock.op = Some(Op::OutSend);
+                o.sock.deadline_ms = now_ms + OUT_REPLY_TIMEOUT_MS;
+                opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build().user_data(ud(
+                    Op::OutSend,
+                    gen,
+                    slot as u64,
+                ))
+            }
+            Want::SendBody => {
+                // What is left of the body (from the mapped segment, no copy) and ".\r\n".
+                let data = body_of(&o.converted, &o.job);
+                o.iov = o.m.body_rest(data).map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
+                o.msghdr.msg_iov = o.iov.as_mut_ptr();
+                o.msghdr.msg_iovlen = 2;
+                o.sock.op = Some(Op::OutSend);
+                o.sock.deadline_ms = now_ms + OUT_REPLY_TIMEOUT_MS;
+                opcode::SendMsg::new(fd, &o.msghdr).flags(libc::MSG_NOSIGNAL as u32).build().user_data(ud(
+                    Op::OutSend,
+                    gen,
+                    slot as u64,
+                ))
+            }
+            Want::Recv => {
+                let timeout = if o.awaiting_final { OUT_FINAL_TIMEOUT_MS } else { OUT_REPLY_TIMEOUT_MS };
+                o.sock.deadline_ms = now_ms + timeout;
+                let buf = o.m.recv_buf();
+                let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
+                o.sock.op = Some(Op::OutRecv);
+                opcode::Recv::new(fd, ptr, len).build().user_data(ud(Op::OutRecv, gen, slot as u64))
+            }
+            Want::Wait | Want::Close => return,
+        };
+        self.push(entry);
+    }
+
+    pub(super) fn on_out_recv(&mut self, slot: u32, result: i32) {
+        let o = self.outs.get_mut(slot);
+        let cancelled = std::mem::take(&mut o.sock.cancelling);
+        if result > 0 {
+            o.m.received(result as usize);
+            return self.out_drive(slot);
+        }
+        let reason =
+            if cancelled { "4.4.2 timeout waiting for the server" } else { "4.4.2 connection closed by the server" };
+        self.out_fail(slot, Reply::new(451, reason));
+    }
+
+    pub(super) fn on_out_send(&mut self, slot: u32, result: i32) {
+        let o = self.outs.get_mut(slot);
+        let timed_out = std::mem::take(&mut o.sock.cancelling);
+        if result <= 0 {
+            // A receiver that took nothing for the whole reply timeout: a stuck send.
+            let reason =
+                if timed_out { "4.4.2 timeout sending to the server" } else { "4.4.2 connection lost while sending" };
+            return self.out_fail(slot, Reply::new(451, reason));
+        }
+        if o.m.want() == Want::SendBody {
+            o.m.body_sent(result as usize);
+        } else {
+            o.m.sent(result as usize);
+        }
+        self.out_drive(slot);
+    }
+
+    /// The connection failed: the scheduler hears why (its job is deferred), and it closes.
+    fn out_fail(&mut self, slot: u32, reply: Reply) {
+        let gen = self.outs.gen(slot);
+        let o = self.outs.get_mut(slot);
+        if o.sock.op.is_some() {
+            // The operation in flight fails first and brings us back here.
+            return cancel_sock(&mut self.ring, &mut o.sock, gen, slot);
+        }
+        let (conn, job, ever_ready) = (o.conn, o.job.take(), o.m.ever_ready());
+        let info = o.info.clone();
+        self.sched.conn_failed(conn, job, reply, info, ever_ready, self.now);
+        self.free_out(slot);
+    }
+
+    /// The session ended cleanly (QUIT answered).
+    fn close_out(&mut self, slot: u32) {
+        let o = self.outs.get_mut(slot);
+        let (conn, job) = (o.conn, o.job.take());
+        self.sched.conn_closed(conn, job);
+        self.free_out(slot);
+    }
+
+    fn free_out(&mut self, slot: u32) {
+        let o = self.outs.remove(slot);
+        assert!(o.sock.op.is_none(), "closing a connection with an operation in flight");
+        if o.sock.fd >= 0 {
+            crate::sys::close(o.sock.fd);
+        }
+        self.out_slots.remove(&o.conn);
+    }
+
+    /// Idle connections past their wait say QUIT; others past their deadline are cancelled.
+    pub(super) fn out_deadlines(&mut self, now_ms: u64) {
+        for slot in self.outs.slots() {
+            let gen = self.outs.gen(slot);
+            let o = self.outs.get_mut(slot);
+            if now_ms < o.sock.deadline_ms {
+                continue;
+            }
+            o.sock.deadline_ms = u64::MAX;
+            if o.idle {
+                o.idle = false;
+                let conn = o.conn;
+                self.sched.conn_idle_timeout(conn);
+            } else {
+                cancel_sock(&mut self.ring, &mut o.sock, gen, slot);
+            }
+        }
+    }
+
+    /// Shutdown: idle connections close at once, busy ones are cancelled.
+    pub(super) fn out_shutdown(&mut self) {
+        for slot in self.outs.slots() {
+            let gen = self.outs.gen(slot);
+            let o = self.outs.get_mut(slot);
+            if o.sock.op.is_some() {
+                cancel_sock(&mut self.ring, &mut o.sock, gen, slot);
+            } else if o.job.is_none() {
+                self.close_out(slot);
+            }
+        }
+    }
+}
+
+/// What an attempt's accounting records say of it, for a hop about to be tried.
+fn attempt_info(plan: &ConnPlan, hop: &Hop) -> AttemptInfo {
+    AttemptInfo {
+        source_ip: String::new(),
+        destination_ip: hop.addr.ip().to_string(),
+        mx_host: hop.host.clone(),
+        esmtp: false,
+        vmta: plan.vmta.clone(),
+        vmta_pool: plan.pool.clone(),
+        other_hop: false,
+        other_source: false,
+        tls_protocol: String::new(),
+        tls_cipher: String::new(),
+        hop: Some(hop.addr),
+    }
+}
+
+/// The name a next hop is known by for TLS (its host name, or its address).
+fn server_name(hop: &Hop) -> rustls::pki_types::ServerName<'static> {
+    rustls::pki_types::ServerName::try_from(hop.host.clone())
+        .unwrap_or_else(|_| rustls::pki_types::ServerName::IpAddress(hop.addr.ip().into()))
+}
+
+/// The body the connection's transaction sends: the spooled message, or its conversion.
+fn body_of<'a>(converted: &'a Option<Vec<u8>>, job: &'a Option<Job<MsgRef>>) -> &'a [u8] {
+    match converted {
+        Some(c) => c,
+        None => job.as_ref().expect("a body belongs to a job").msg.data(),
+    }
+}

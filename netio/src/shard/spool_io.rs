@@ -1,0 +1,447 @@
+//! The spool side of the IO room: the spool machine's operations as io_uring writes and
+//! fdatasyncs on segment and journal files (creations and deletions synchronously), its
+//! answers to the sessions waiting on them, and the messages sluice makes itself (RFC 3464
+//! DSNs, HTTP injections) on their way into the spool.
+
+use super::{ud, Op, Shard};
+use crate::admin::Injection;
+use crate::mailbox::MsgRef;
+use crate::store::{JournalFile, Segment};
+use io_uring::{opcode, types};
+use sluice_engine::bounce::dsn;
+use sluice_engine::queue::{Job, Recipient};
+use sluice_engine::route::{self, DEFAULT_VMTA};
+use sluice_engine::smtp::addr::domain_of;
+use sluice_spool::codec::{self, Envelope, Outcome};
+use sluice_spool::{Resume, SpoolEvent, SpoolOp};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// Spool tickets of locally made messages have this bit; connections' tickets are
+/// `generation << 32 | slot`, far below it.
+const LOCAL_TICKET: u64 = 1 << 63;
+/// A DSN the spool could not take is offered again after this long.
+const LOCAL_RETRY_MS: u64 = 1_000;
+
+/// An accepted message on its way to disk: the bytes of its record (head, data, tail), which
+/// stay here, boxed, until the spool answers.
+pub(super) struct Store {
+    head: Vec<u8>,
+    pub data: Vec<u8>,
+    /// After the data: the job id (spool format version 2).
+    tail: Vec<u8>,
+    iov: [libc::iovec; 3],
+    /// How much of head, data and tail is written.
+    written: Resume,
+    segment: Option<Arc<Segment>>,
+    offset: u64,
+    pub mail_from: String,
+    pub recipients: Vec<String>,
+    pub queued_unix_ms: u64,
+    /// The VMTA or pool the message goes out through.
+    pub vmta: String,
+    /// Who sent it, for `r` records: `helo (ip)`, the AUTH user if any, and the inbound
+    /// authentication results.
+    pub src_mta: String,
+    pub smtp_user: String,
+    pub auth_results: String,
+    /// The `x-job:` header's value (empty: none).
+    pub job_id: String,
+}
+
+impl Store {
+    /// A message to spool: its data (transparency form), envelope and VMTA; what the `r`
+    /// records say of its origin is empty until set.
+    pub fn boxed(
+        data: Vec<u8>,
+        mail_from: String,
+        recipients: Vec<String>,
+        queued_unix_ms: u64,
+        vmta: String,
+    ) -> Box<Store> {
+        Box::new(Store {
+            head: Vec::new(),
+            data,
+            tail: Vec::new(),
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
+            written: Resume::default(),
+            segment: None,
+            offset: 0,
+            mail_from,
+            recipients,
+            queued_unix_ms,
+            vmta,
+            src_mta: String::new(),
+            smtp_user: String::new(),
+            auth_results: String::new(),
+            job_id: String::new(),
+        })
+    }
+}
+
+/// A message sluice makes itself on its way into the spool: an RFC 3464 DSN (the bounces it
+/// reports are journaled only once it is durable: a crash before then bounces, and reports,
+/// them again), or a message injected over HTTP (told once it is durable, or refused).
+pub(super) struct LocalMessage {
+    store: Box<Store>,
+    /// The outcomes to journal once it is durable (with the spool while it is in flight).
+    after: Vec<(Outcome, Arc<Segment>)>,
+    notify: Option<crossbeam_channel::Sender<Result<String, String>>>,
+}
+
+/// Local messages being written (by id), and those waiting to be offered again.
+#[derive(Default)]
+pub(super) struct Locals {
+    writing: HashMap<u64, LocalMessage>,
+    retry: Vec<(u64, LocalMessage)>,
+    next: u64,
+}
+
+impl Shard {
+    /// Encodes a message's record and hands it to the spool machine under `ticket`.
+    pub(super) fn submit_store(
+        &mut self,
+        store: &mut Store,
+        client_ip: IpAddr,
+        ticket: u64,
+        after: Vec<(Outcome, Arc<Segment>)>,
+    ) {
+        let env = Envelope {
+            queued_unix_ms: store.queued_unix_ms,
+            client_ip,
+            mail_from: &store.mail_from,
+            envid: "",
+            vmta: &store.vmta,
+            recipients: store.recipients.iter().map(String::as_str).collect(),
+            job_id: &store.job_id,
+        };
+        store.head = codec::encode_message_head(&env, &store.data);
+        store.tail = codec::encode_message_tail(&env);
+        let total = (store.head.len() + store.data.len() + store.tail.len()) as u64;
+        self.spool.submit(ticket, total, store.recipients.len() as u32, after, self.now.ms());
+    }
+
+    /// The store behind a spool ticket (a connection's, or a local message's).
+    fn store_of(&mut self, ticket: u64) -> &mut Store {
+        if ticket & LOCAL_TICKET != 0 {
+            return &mut self
+                .local
+                .writing
+                .get_mut(&(ticket & !LOCAL_TICKET))
+                .expect("a local message in flight")
+                .store;
+        }
+        let (slot, gen) = ((ticket & 0xffff_ffff) as u32, (ticket >> 32) as u16);
+        let c = self.ins.get_gen(slot, gen).expect("a storing connection stays until the spool answers");
+        c.store.as_deref_mut().expect("a store in flight")
+    }
+
+    fn write_ud(ticket: u64) -> u64 {
+        if ticket & LOCAL_TICKET != 0 {
+            ud(Op::LocalWrite, 0, ticket & !LOCAL_TICKET)
+        } else {
+            ud(Op::SegWrite, (ticket >> 32) as u16, ticket & 0xffff_ffff)
+        }
+    }
+
+    /// Carries out the spool machine's operations and answers its events; returns whether
+    /// there were any.
+    pub(super) fn drain_spool(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            if let Some(op) = self.spool.poll_op() {
+                any = true;
+                self.spool_op(op);
+                continue;
+            }
+            let Some(SpoolEvent::Stored { ticket, durable, at, after }) = self.spool.poll_event() else { return any };
+            any = true;
+            if ticket & LOCAL_TICKET != 0 {
+                self.local_stored(ticket & !LOCAL_TICKET, durable, at, after);
+            } else {
+                self.stored((ticket & 0xffff_ffff) as u32, (ticket >> 32) as u16, durable, at);
+            }
+        }
+    }
+
+    fn spool_op(&mut self, op: SpoolOp<Arc<Segment>>) {
+        let now_ms = self.now.ms();
+        let sync = self.shared.config.spool_sync;
+        match op {
+            SpoolOp::CreateSegment { seq, bytes } => {
+                let created = Segment::create(&self.dir, self.id, seq, bytes);
+                if let Err(e) = &created {
+                    tracing::error!(shard = self.id, error = %e, "cannot create spool segment; answering 452 for a second");
+                }
+                self.spool.segment_created(seq, created.ok(), now_ms);
+            }
+            SpoolOp::Write { ticket, segment, offset } => {
+                let store = self.store_of(ticket);
+                store.segment = Some(segment);
+                store.offset = offset;
+                store.written = Resume::of([&store.head, &store.data, &store.tail]);
+                self.submit_store_write(ticket);
+            }
+            SpoolOp::SyncSegment { segment } if sync => {
+                let entry = opcode::Fsync::new(types::Fd(segment.fd()))
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(ud(Op::SegSync, 0, segment.seq));
+                self.push(entry);
+            }
+            // `spool-sync no` (benchmarks only): written counts as durable.
+            SpoolOp::SyncSegment { segment } => self.spool.segment_synced(segment.seq, true),
+            SpoolOp::DeleteSegment { segment } => segment.delete(),
+            SpoolOp::CreateJournal { journal, bytes } => {
+                let created = JournalFile::create(&self.dir, journal, bytes);
+                match created {
+                    Ok(f) => {
+                        self.journals.insert(journal, f);
+                    }
+                    Err(e) => {
+                        tracing::error!(shard = self.id, error = %e, "cannot create journal; outcomes stay pending")
+                    }
+                }
+                let ok = self.journals.contains_key(&journal);
+                self.spool.journal_created(journal, ok, now_ms);
+            }
+            SpoolOp::WriteJournal { batch, journal, offset } => {
+                let fd = self.journals[&journal].fd();
+                let len = self.spool.batch_bytes(batch).len();
+                self.jnl_writes.insert(batch, (fd, offset, Resume::new(len)));
+                self.submit_journal_write(batch);
+            }
+            SpoolOp::SyncJournal { journal } if sync => {
+                let fd = self.journals[&journal].fd();
+                let entry = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(ud(
+                    Op::JnlSync,
+                    0,
+                    journal.seq,
+                ));
+                self.push(entry);
+            }
+            SpoolOp::SyncJournal { journal } => self.spool.journal_synced(journal, true, now_ms),
+            SpoolOp::DeleteJournal { journal } => {
+                self.journals.remove(&journal);
+                crate::store::delete_journal(&self.shared.config.spool_dir, journal);
+            }
+        }
+    }
+
+    /// Writes what is left of a placed message (all of it, or the rest after a short write).
+    fn submit_store_write(&mut self, ticket: u64) {
+        let store = self.store_of(ticket);
+        let fd = store.segment.as_ref().expect("placed").fd();
+        // The store is boxed: these pointers stay valid until the write completes.
+        store.iov = store
+            .written
+            .rest([&store.head, &store.data, &store.tail])
+            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
+        let entry = opcode::Writev::new(types::Fd(fd), store.iov.as_ptr(), 3)
+            .offset(store.offset + store.written.done() as u64)
+            .build()
+            .user_data(Self::write_ud(ticket));
+        self.push(entry);
+    }
+
+    /// A segment write completed: a short one is resubmitted for the rest; a finished or
+    /// failed one goes to the spool machine.
+    fn store_write_done(&mut self, ticket: u64, result: i32) {
+        let store = self.store_of(ticket);
+        if result > 0 && !store.written.advance(result as usize) {
+            return self.submit_store_write(ticket);
+        }
+        let ok = result > 0 && store.written.is_done();
+        if !ok {
+            let left = store.written.left();
+            tracing::error!(shard = self.id, result, left, "segment write failed");
+        }
+        self.spool.written(ticket, ok);
+    }
+
+    pub(super) fn on_seg_write(&mut self, gen: u16, slot: u32, result: i32) {
+        self.store_write_done((gen as u64) << 32 | slot as u64, result);
+    }
+
+    pub(super) fn on_local_write(&mut self, id: u64, result: i32) {
+        self.store_write_done(LOCAL_TICKET | id, result);
+    }
+
+    pub(super) fn on_seg_sync(&mut self, seq: u64, result: i32) {
+        if result < 0 {
+            tracing::error!(shard = self.id, seq, errno = -result, "segment fdatasync failed; segment retired");
+        }
+        self.spool.segment_synced(seq, result >= 0);
+    }
+
+    fn submit_journal_write(&mut self, batch: u64) {
+        let (fd, offset, written) = self.jnl_writes[&batch];
+        let [rest] = written.rest([self.spool.batch_bytes(batch)]);
+        let entry = opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
+            .offset(offset + written.done() as u64)
+            .build()
+            .user_data(ud(Op::JnlWrite, 0, batch));
+        self.push(entry);
+    }
+
+    pub(super) fn on_jnl_write(&mut self, batch: u64, result: i32) {
+        let w = self.jnl_writes.get_mut(&batch).expect("a journal write in flight");
+        if result > 0 && !w.2.advance(result as usize) {
+            return self.submit_journal_write(batch);
+        }
+        let ok = result > 0 && w.2.is_done();
+        self.jnl_writes.remove(&batch);
+        if !ok {
+            tracing::error!(shard = self.id, result, "journal write failed; its entries go to a new journal");
+        }
+        self.spool.journal_written(batch, ok, self.now.ms());
+    }
+
+    pub(super) fn on_jnl_sync(&mut self, seq: u64, result: i32) {
+        if result < 0 {
+            tracing::error!(shard = self.id, result, "journal fsync failed; its entries go to a new journal");
+        }
+        let journal = sluice_spool::JournalId { shard: self.id, seq };
+        self.spool.journal_synced(journal, result >= 0, self.now.ms());
+    }
+
+    /// A durable message's jobs, one per recipient domain, to their queues.
+    pub(super) fn queue_stored(&mut self, store: &Store, segment: Arc<Segment>, offset: u64) {
+        let msg = MsgRef { segment, offset };
+        let mut jobs: Vec<(String, Job<MsgRef>)> = Vec::new();
+        for (i, address) in store.recipients.iter().enumerate() {
+            let domain = domain_of(address);
+            let rcpt = Recipient { index: i as u32, address: address.clone() };
+            match jobs.iter_mut().find(|(d, _)| *d == domain) {
+                Some((_, job)) => job.rcpts.push(rcpt),
+                None => {
+                    let job = Job {
+                        msg: msg.clone(),
+                        mail_from: store.mail_from.clone(),
+                        rcpts: vec![rcpt],
+                        attempts: 1,
+                        queued_unix_ms: store.queued_unix_ms,
+                        size: store.data.len() as u64,
+                        job_id: store.job_id.clone(),
+                    };
+                    jobs.push((domain, job));
+                }
+            }
+        }
+        for (domain, job) in jobs {
+            self.sched.dispatch(&domain, store.vmta.clone(), job);
+        }
+    }
+
+    /// A recipient's final outcome, to journal.
+    pub(super) fn journal_outcome(&mut self, msg: MsgRef, rcpt: u32) {
+        let o = Outcome { seg_shard: msg.segment.shard, seg_seq: msg.segment.seq, offset: msg.offset, rcpt };
+        self.spool.record_outcome(o, msg.segment);
+    }
+
+    // ---- Messages sluice makes ------------------------------------------------------
+
+    /// Makes the DSN for `failed` recipients of `msg` and spools it; their journal entries
+    /// wait for it.
+    pub(super) fn spool_dsn(&mut self, msg: MsgRef, failed: Vec<(u32, dsn::Failed)>) {
+        let now = self.now;
+        let view = msg.segment.message(msg.offset);
+        self.local.next += 1;
+        let id = format!("{:x}.{:x}.{:x}.{:x}", self.id, msg.segment.seq, msg.offset, self.local.next);
+        let (rcpts, failed): (Vec<u32>, Vec<dsn::Failed>) = failed.into_iter().unzip();
+        let data = dsn::build(&dsn::Report {
+            reporting_mta: &self.shared.config.host_name,
+            sender: view.envelope.mail_from,
+            arrival_unix_ms: view.envelope.queued_unix_ms,
+            now_unix_ms: now.unix_ms,
+            id: &id,
+            original: view.data,
+            failed: &failed,
+        });
+        let vmta = if view.envelope.vmta.is_empty() { DEFAULT_VMTA } else { view.envelope.vmta };
+        // A DSN has the null sender: nothing bounces back.
+        let to = view.envelope.mail_from.to_string();
+        let store = Store::boxed(data, String::new(), vec![to], now.unix_ms, vmta.to_string());
+        tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
+        let seg = &msg.segment;
+        let after = rcpts
+            .into_iter()
+            .map(|rcpt| (Outcome { seg_shard: seg.shard, seg_seq: seg.seq, offset: msg.offset, rcpt }, seg.clone()))
+            .collect();
+        self.write_local(LocalMessage { store, after, notify: None });
+    }
+
+    /// A message injected over HTTP: signed, spooled like a DSN, and answered once durable.
+    pub(super) fn inject(&mut self, inj: Injection) {
+        let mut data = inj.data;
+        let config = self.shared.config.clone();
+        let vmta = match route::select_vmta(&config, config.source_policy(inj.client_ip), &mut data) {
+            Ok(v) => v,
+            Err(reply) => {
+                let _ = inj.done.send(Err(reply));
+                return;
+            }
+        };
+        if let Some(header) = super::inbound::dkim_signature(&self.shared, &inj.recipients, &vmta, &mut data) {
+            data.splice(0..0, header);
+        }
+        let mut store = Store::boxed(data, inj.mail_from, inj.recipients, self.now.unix_ms, vmta);
+        store.src_mta = inj.src_mta;
+        store.job_id = inj.job_id;
+        self.write_local(LocalMessage { store, after: Vec::new(), notify: Some(inj.done) });
+    }
+
+    fn write_local(&mut self, mut local: LocalMessage) {
+        self.local.next += 1;
+        let id = self.local.next;
+        let client_ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED); // made here
+        let after = std::mem::take(&mut local.after);
+        let mut store =
+            std::mem::replace(&mut local.store, Store::boxed(Vec::new(), String::new(), Vec::new(), 0, String::new()));
+        self.submit_store(&mut store, client_ip, LOCAL_TICKET | id, after);
+        local.store = store;
+        self.local.writing.insert(id, local);
+    }
+
+    /// The spool answered for a local message: durable, it is queued for delivery (an
+    /// injection's client is told its id); refused, a DSN is offered again shortly and an
+    /// injection's client told to try again.
+    fn local_stored(
+        &mut self,
+        id: u64,
+        durable: bool,
+        at: Option<(Arc<Segment>, u64)>,
+        after: Vec<(Outcome, Arc<Segment>)>,
+    ) {
+        let mut local = self.local.writing.remove(&id).expect("a local message for the ticket");
+        match (durable, at) {
+            (true, Some((segment, offset))) => {
+                if let Some(notify) = local.notify.take() {
+                    self.received(&local.store);
+                    let _ = notify.send(Ok(format!("{:x}.{:x}.{:x}", self.id, segment.seq, offset)));
+                }
+                self.queue_stored(&local.store, segment, offset);
+            }
+            _ => {
+                local.after = after;
+                if let Some(notify) = local.notify.take() {
+                    let _ = notify.send(Err("the spool cannot take it now (disk full or failing); try again".into()));
+                    return;
+                }
+                self.local.retry.push((self.now.ms() + LOCAL_RETRY_MS, local));
+            }
+        }
+    }
+
+    /// DSNs the spool could not take: offered again.
+    pub(super) fn retry_locals(&mut self) {
+        let now_ms = self.now.ms();
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.local.retry).into_iter().partition(|(t, _)| *t <= now_ms);
+        self.local.retry = later;
+        for (_, local) in due {
+            self.write_local(local);
+        }
+    }
+}
