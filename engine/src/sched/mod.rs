@@ -698,6 +698,22 @@ impl<M: Message> Scheduler<M> {
     pub fn connections(&self) -> usize {
         self.conns.len()
     }
+
+    /// Jobs held in every queue (window and backlog) and held back for paused jobs.
+    pub fn queued(&self) -> usize {
+        let held = self.held.len();
+        held + self.queues.iter().flatten().map(|st| st.q.jobs() + usize::from(!st.backlog.is_empty())).sum::<usize>()
+    }
+
+    /// Jobs ready to go now.
+    pub fn ready_work(&self) -> usize {
+        self.queues.iter().flatten().map(|st| st.q.ready_jobs()).sum()
+    }
+
+    /// The soonest a waiting job becomes due (monotonic ms), if any waits.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.queues.iter().flatten().filter_map(|st| st.q.next_retry_ms()).min()
+    }
 }
 
 /// The DSN line of one failed recipient (an expiry is 5.4.7, RFC 3463).
