@@ -1,10 +1,14 @@
 //! sluice: the binary. CLI, daemon wiring and the control-plane thread; the data plane is
 //! `sluice-netio`'s shards.
 
+mod acct;
 mod authcheck;
 mod cli;
+mod clock;
 mod control;
+mod dns;
 mod mgmt;
+mod reload;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -151,7 +155,7 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let acct = match control::AcctWriter::open(&config) {
+    let acct = match acct::AcctWriter::open(&config) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("sluice: {e}");
@@ -181,7 +185,7 @@ fn run(path: Option<&Path>) -> ExitCode {
     );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (acct_tx, acct_rx) = crossbeam_channel::unbounded();
-    let reloader = Arc::new(control::Reloader::new(path.map(Path::to_path_buf), responder.clone(), acct_tx));
+    let reloader = Arc::new(reload::Reloader::new(path.map(Path::to_path_buf), responder.clone(), acct_tx));
     let plane = control::Plane {
         config: config.clone(),
         requests: rx,

@@ -210,3 +210,40 @@ fn adaptive_rate_halves_on_throttling_and_climbs_on_clean_deliveries() {
     assert!(recovered > throttled * 2, "climbing again: {recovered} vs {throttled}");
     assert!(w.events().iter().any(|e| e.contains("(increase)")));
 }
+
+/// A receiver that takes 40 a second and answers 451 4.7.1 beyond (its hidden rate): with a
+/// fixed 400/s most attempts are refused; with `adaptive-rate` the rate settles near what the
+/// receiver takes and few are.
+#[test]
+fn adaptive_rate_settles_near_a_hidden_receiver_rate_where_a_fixed_rate_hammers() {
+    let run = |adaptive: bool| {
+        let conf = format!(
+            "<domain *>\n adaptive-rate {}\n max-msg-rate 400/s\n max-smtp-out 10\n retry-after 1s\n</domain>",
+            if adaptive { "yes" } else { "no" }
+        );
+        let mut w = World::new(&conf);
+        w.queue(2_000);
+        // The receiver's token bucket: 40 a second, a burst of 4.
+        let bucket = std::cell::Cell::new((4.0f64, 0u64));
+        let reply = |t: u64| {
+            let (tokens, last) = bucket.get();
+            let tokens = (tokens + (t - last) as f64 * 40.0 / 1000.0).min(4.0);
+            if tokens >= 1.0 {
+                bucket.set((tokens - 1.0, t));
+                Reply::new(250, "ok")
+            } else {
+                bucket.set((tokens, t));
+                Reply::new(451, "4.7.1 too fast, slow down")
+            }
+        };
+        w.run(30_000, 10, &reply);
+        let deferred = w.records.iter().filter(|r| r.kind == Kind::Transient).count();
+        let delivered = w.records.iter().filter(|r| r.kind == Kind::Delivered).count();
+        (delivered, deferred)
+    };
+    let (fixed_ok, fixed_refused) = run(false);
+    let (adaptive_ok, adaptive_refused) = run(true);
+    assert!(fixed_refused > fixed_ok * 5, "a fixed rate hammers: {fixed_ok} delivered, {fixed_refused} refused");
+    assert!(adaptive_refused * 2 < adaptive_ok, "adaptive backs off: {adaptive_ok} delivered, {adaptive_refused} refused");
+    assert!(adaptive_ok >= 30 * 40 / 2, "and still delivers near the receiver's rate: {adaptive_ok} in 30 s");
+}

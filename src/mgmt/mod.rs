@@ -8,7 +8,7 @@
 
 pub mod stats;
 
-use crate::control::Reloader;
+use crate::reload::Reloader;
 use serde_json::{json, Value};
 use sluice_config::Access;
 use sluice_netio::admin::{AdminCmd, AdminReply, Injection, JobInfo, QueueInfo, Selector, Snapshot};
@@ -714,7 +714,7 @@ async fn resolve(api: &Api, req: &Request) -> Response {
     let config = api.responder.config();
     let domain = domain.to_ascii_lowercase();
     let static_hosts = config.domain_settings(&domain).smtp_hosts.clone();
-    let (resolution, ttl_ms, mx) = crate::control::resolve(&api.resolver, &domain, static_hosts).await;
+    let (resolution, ttl_ms, mx) = crate::dns::resolve(&api.resolver, &domain, static_hosts).await;
     let hops = match resolution {
         sluice_netio::Resolution::Hops(levels) => json!(levels
             .iter()

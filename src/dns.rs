@@ -1,0 +1,147 @@
+//! DNS for delivery on the control plane (hickory): next hops for a domain — static
+//! `smtp-hosts` names, MX records (RFC 5321 §5.1) with the implicit-MX fallback, RFC 7505
+//! null MX — and the MX set MX rollup compares.
+
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::error::ResolveErrorKind;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::TokioAsyncResolver;
+use sluice_config::{Config, HostPort};
+use sluice_engine::route::rollup::MxSet;
+use sluice_engine::smtp::reply::Reply;
+use sluice_netio::{Hop, Resolution};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// How long a resolution is cached by the asking shard when DNS gives no better TTL.
+const RESOLVE_TTL_DEFAULT_MS: u64 = 300_000;
+
+pub fn resolver(config: &Config) -> std::io::Result<TokioAsyncResolver> {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(3);
+    opts.attempts = 2;
+    opts.ndots = 0;
+    match config.dns_server {
+        Some(addr) => {
+            let group = NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true);
+            Ok(TokioAsyncResolver::tokio(ResolverConfig::from_parts(None, vec![], group), opts))
+        }
+        None => {
+            let (conf, mut sys_opts) = hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| std::io::Error::other(format!("cannot read the system resolver configuration: {e}")))?;
+            sys_opts.timeout = opts.timeout;
+            sys_opts.attempts = opts.attempts;
+            Ok(TokioAsyncResolver::tokio(conf, sys_opts))
+        }
+    }
+}
+
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_string()
+    } else {
+        format!("{name}.")
+    }
+}
+
+async fn addresses(resolver: &TokioAsyncResolver, host: &str, port: u16) -> Vec<Hop> {
+    if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+        return vec![Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) }];
+    }
+    match resolver.lookup_ip(fqdn(host)).await {
+        Ok(ips) => ips
+            .iter()
+            .map(|ip| Hop { host: host.trim_end_matches('.').to_string(), addr: SocketAddr::new(ip, port) })
+            .collect(),
+        Err(e) => {
+            tracing::debug!(host, error = %e, "address lookup failed");
+            Vec::new()
+        }
+    }
+}
+
+/// Next hops for a domain: static `smtp-hosts`, else MX (RFC 5321 §5.1) with the implicit
+/// MX fallback to A/AAAA, and RFC 7505 null MX as a permanent failure. Also the MX set when
+/// the hops came from MX records.
+pub async fn resolve(
+    resolver: &TokioAsyncResolver,
+    domain: &str,
+    static_hosts: Option<Vec<Vec<HostPort>>>,
+) -> (Resolution, u64, Option<MxSet>) {
+    if let Some(levels) = static_hosts {
+        let mut out = Vec::new();
+        for level in levels {
+            let mut hops = Vec::new();
+            for h in level {
+                hops.extend(addresses(resolver, &h.host, h.port).await);
+            }
+            out.push(hops);
+        }
+        return (Resolution::Hops(out), RESOLVE_TTL_DEFAULT_MS, None);
+    }
+    match resolver.mx_lookup(fqdn(domain)).await {
+        Ok(mx) => {
+            let ttl_ms =
+                mx.as_lookup().valid_until().saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
+            let mut records: Vec<(u16, String)> = mx.iter().map(|r| (r.preference(), r.exchange().to_utf8())).collect();
+            if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
+                let reply = Reply::new(556, format!("5.1.10 {domain} does not accept mail (null MX, RFC 7505)"));
+                return (Resolution::Permanent(reply), ttl_ms.max(1_000), None);
+            }
+            for r in &mut records {
+                r.1 = r.1.trim_end_matches('.').to_ascii_lowercase();
+            }
+            records.sort();
+            let mx_set = records.clone();
+            let mut levels: Vec<Vec<Hop>> = Vec::new();
+            let mut last_pref = None;
+            for (pref, host) in records {
+                if host == "." {
+                    continue;
+                }
+                let hops = addresses(resolver, &host, 25).await;
+                if last_pref != Some(pref) {
+                    levels.push(Vec::new());
+                    last_pref = Some(pref);
+                }
+                levels.last_mut().expect("pushed").extend(hops);
+            }
+            (Resolution::Hops(levels), ttl_ms.clamp(1_000, 86_400_000), Some(mx_set))
+        }
+        Err(e) => match e.kind() {
+            ResolveErrorKind::NoRecordsFound { response_code, .. } if *response_code == ResponseCode::NXDomain => {
+                let reply = Reply::new(550, format!("5.1.2 {domain}: no such domain"));
+                (Resolution::Permanent(reply), 60_000, None)
+            }
+            ResolveErrorKind::NoRecordsFound { .. } => {
+                // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
+                let hops = addresses(resolver, domain, 25).await;
+                if hops.is_empty() {
+                    let reply = Reply::new(550, format!("5.1.2 {domain}: no MX and no address"));
+                    return (Resolution::Permanent(reply), 60_000, None);
+                }
+                (Resolution::Hops(vec![hops]), RESOLVE_TTL_DEFAULT_MS, None)
+            }
+            _ => {
+                let reply = Reply::new(451, format!("4.4.3 DNS lookup for {domain} failed: {e}"));
+                (Resolution::Temporary(reply), 30_000, None)
+            }
+        },
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+
+    #[test]
+    fn rollup_fingerprint_follows_settings_and_the_opt_out() {
+        let text = "smtp-listener 127.0.0.1:25\n<virtual-mta v1>\n <domain c.test>\n max-smtp-out 3\n </domain>\n</virtual-mta>\n<domain b.test>\n max-smtp-out 5\n</domain>\n<domain off.test>\n disable-mx-rollup yes\n</domain>\n";
+        let c = sluice_config::load("t.conf", text, &mut |_| Err("no".into())).unwrap();
+        let f = |d: &str| c.rollup_fingerprint(d);
+        assert_eq!(f("a.test"), f("z.test"));
+        assert_ne!(f("a.test"), f("b.test"), "a global <domain> block differs");
+        assert_ne!(f("a.test"), f("c.test"), "a VMTA's <domain> block differs");
+        assert_eq!(f("off.test"), None);
+    }
+}
