@@ -11,7 +11,7 @@ fn keys() -> Keys {
         "smtp-listener 127.0.0.1:25\ndomain-key rsa,rsa.test,{dir}/rsa-pkcs8.pem\ndomain-key ed,ed.test,{dir}/ed25519.pem\n"
     );
     let config = sluice_config::load("bench.conf", &text, &mut |_| Err("none".into())).expect("config");
-    Keys::load(&config).expect("keys")
+    Keys::load(&config, &mut |p| std::fs::read(p)).expect("keys")
 }
 
 fn message(from_domain: &str, size: usize) -> Vec<u8> {

@@ -87,9 +87,9 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
 
 /// Everything a configuration refers to, read and checked: keys, certificates, lists.
 pub(crate) fn load_settings(config: Arc<Config>) -> Result<sluice_netio::Settings, ConfigError> {
-    let dkim = sluice_engine::dkim::Keys::load(&config)?;
+    let dkim = sluice_engine::dkim::Keys::load(&config, &mut |p| std::fs::read(p))?;
     let tls = sluice_netio::tls::server_config(&config)?;
-    sluice_engine::dkim::ArcKey::load(&config)?;
+    sluice_engine::dkim::ArcKey::load(&config, &mut |p| std::fs::read(p))?;
     let lists = sluice_netio::suppress::load_lists(&config)?;
     let feedback = sluice_netio::suppress::load_feedback(&config)?;
     let bounces = sluice_netio::suppress::load_bounces(&config)?;
@@ -128,7 +128,7 @@ fn run(path: Option<&Path>) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    let arc_key = match sluice_engine::dkim::ArcKey::load(&config) {
+    let arc_key = match sluice_engine::dkim::ArcKey::load(&config, &mut |p| std::fs::read(p)) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("sluice: {e}");

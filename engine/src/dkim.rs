@@ -50,16 +50,20 @@ fn key_error(k: &DomainKey, message: String) -> ConfigError {
     )
 }
 
+/// How the caller reads a key file (the engine does no IO): `std::fs::read` in the daemon.
+pub type ReadFile<'a> = &'a mut dyn FnMut(&std::path::Path) -> std::io::Result<Vec<u8>>;
+
 fn load_all(
     list: &[DomainKey],
     cache: &mut HashMap<std::path::PathBuf, Arc<DkimKey>>,
+    read: ReadFile,
 ) -> Result<Vec<Key>, ConfigError> {
     let mut out = Vec::with_capacity(list.len());
     for k in list {
         let key = match cache.get(&k.path) {
             Some(key) => key.clone(),
             None => {
-                let pem = std::fs::read(&k.path)
+                let pem = read(&k.path)
                     .map_err(|e| key_error(k, format!("cannot read DKIM key {}: {e}", k.path.display())))?;
                 let key = Arc::new(read_key(&pem).map_err(|e| key_error(k, format!("{}: {e}", k.path.display())))?);
                 cache.insert(k.path.clone(), key.clone());
@@ -72,18 +76,19 @@ fn load_all(
 }
 
 impl Keys {
-    /// Reads every key file the configuration names; the error names the `domain-key` line.
-    pub fn load(config: &Config) -> Result<Keys, ConfigError> {
+    /// Reads every key file the configuration names, through `read`; the error names the
+    /// `domain-key` line.
+    pub fn load(config: &Config, read: ReadFile) -> Result<Keys, ConfigError> {
         let mut cache = HashMap::new();
-        let mut keys = Keys { global: load_all(&config.domain_keys, &mut cache)?, by_vmta: HashMap::new() };
+        let mut keys = Keys { global: load_all(&config.domain_keys, &mut cache, &mut *read)?, by_vmta: HashMap::new() };
         for (name, v) in &config.vmtas {
             if !v.domain_keys.is_empty() {
-                keys.by_vmta.insert(name.clone(), load_all(&v.domain_keys, &mut cache)?);
+                keys.by_vmta.insert(name.clone(), load_all(&v.domain_keys, &mut cache, &mut *read)?);
             }
         }
         for (name, list) in &config.pool_domain_keys {
             if !list.is_empty() {
-                keys.by_vmta.insert(name.clone(), load_all(list, &mut cache)?);
+                keys.by_vmta.insert(name.clone(), load_all(list, &mut cache, &mut *read)?);
             }
         }
         Ok(keys)
@@ -341,10 +346,10 @@ pub const ARC_HEADERS: &[&str] = &[
 ];
 
 impl ArcKey {
-    /// The configured `arc-key`, read from its file (errors name its line).
-    pub fn load(config: &Config) -> Result<Option<ArcKey>, ConfigError> {
+    /// The configured `arc-key`, read from its file through `read` (errors name its line).
+    pub fn load(config: &Config, read: ReadFile) -> Result<Option<ArcKey>, ConfigError> {
         let Some(k) = &config.arc_key else { return Ok(None) };
-        let key = load_all(std::slice::from_ref(k), &mut HashMap::new())?.pop().expect("one key");
+        let key = load_all(std::slice::from_ref(k), &mut HashMap::new(), read)?.pop().expect("one key");
         if !matches!(*key.key, DkimKey::Rsa(_)) {
             return Err(key_error(k, "ARC seals are rsa-sha256 (RFC 8617 §4.1.3): use an RSA key".into()));
         }

@@ -16,7 +16,7 @@ fn users() -> Arc<Users> {
                 <smtp-user alice>\n password s3cret\n</smtp-user>\n\
                 <smtp-user bulk>\n password pw2\n allowed-mail-from-domain news.test\n</smtp-user>\n\
                 <source {auth}>\n always-allow-relaying yes\n</source>\n";
-    Arc::new(Users::from_config(&sluice_config::load("t.conf", text, &mut |_| Err("no".into())).unwrap()))
+    Arc::new(Users::from_config(&sluice_config::load("t.conf", text, &mut |_| Err("no".into())).unwrap(), 7))
 }
 
 fn policy() -> SessionPolicy {

@@ -143,7 +143,7 @@ impl Shared {
     fn new(core: Arc<Core>, s: Settings) -> Shared {
         Shared {
             core,
-            users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&s.config)),
+            users: Arc::new(sluice_engine::smtp::auth::Users::from_config(&s.config, salt_seed())),
             config: s.config,
             dkim: s.dkim,
             tls: s.tls,
@@ -153,6 +153,12 @@ impl Shared {
             bounces: s.bounces,
         }
     }
+}
+
+/// A salt seed unpredictable from outside: the clock and the process, mixed.
+fn salt_seed() -> u128 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    t.as_nanos() ^ (std::process::id() as u128) << 64 ^ (sys::mono_ns() as u128) << 32
 }
 
 /// The running data plane.

@@ -44,10 +44,10 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl Users {
-    pub fn from_config(config: &Config) -> Users {
-        let mut salt = [0u8; 16];
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        salt[..16].copy_from_slice(&(seed.as_nanos() ^ (std::process::id() as u128) << 64).to_le_bytes());
+    /// The `<smtp-user>`s; `salt_seed` (the caller's: unpredictable per process) salts the
+    /// remembered password hashes.
+    pub fn from_config(config: &Config, salt_seed: u128) -> Users {
+        let salt = salt_seed.to_le_bytes();
         let users = config
             .smtp_users
             .values()
@@ -160,7 +160,7 @@ mod tests {
 
     fn users(extra: &str) -> Users {
         let text = format!("smtp-listener 127.0.0.1:25\n<smtp-user alice>\n password s3cret\n</smtp-user>\n{extra}");
-        Users::from_config(&sluice_config::load("t.conf", &text, &mut |_| Err("no".into())).unwrap())
+        Users::from_config(&sluice_config::load("t.conf", &text, &mut |_| Err("no".into())).unwrap(), 7)
     }
 
     #[test]
