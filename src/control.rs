@@ -152,4 +152,3 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
     });
     Ok(())
 }
-

@@ -130,7 +130,6 @@ pub async fn resolve(
     }
 }
 
-
 #[cfg(test)]
 mod tests {
 

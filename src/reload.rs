@@ -64,4 +64,3 @@ impl Reloader {
         let _ = self.acct.send(AcctCmd::Rotate);
     }
 }
-

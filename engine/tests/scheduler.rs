@@ -244,6 +244,9 @@ fn adaptive_rate_settles_near_a_hidden_receiver_rate_where_a_fixed_rate_hammers(
     let (fixed_ok, fixed_refused) = run(false);
     let (adaptive_ok, adaptive_refused) = run(true);
     assert!(fixed_refused > fixed_ok * 5, "a fixed rate hammers: {fixed_ok} delivered, {fixed_refused} refused");
-    assert!(adaptive_refused * 2 < adaptive_ok, "adaptive backs off: {adaptive_ok} delivered, {adaptive_refused} refused");
+    assert!(
+        adaptive_refused * 2 < adaptive_ok,
+        "adaptive backs off: {adaptive_ok} delivered, {adaptive_refused} refused"
+    );
     assert!(adaptive_ok >= 30 * 40 / 2, "and still delivers near the receiver's rate: {adaptive_ok} in 30 s");
 }

@@ -105,6 +105,15 @@ pub struct RecentError {
     pub diag: String,
 }
 
+/// Delivery latency as a Prometheus histogram (shared: a clone is what `/metrics` encodes).
+pub struct Latency(pub prometheus_client::metrics::histogram::Histogram);
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency(prometheus_client::metrics::histogram::Histogram::new(LATENCY_BUCKETS_S.iter().copied()))
+    }
+}
+
 #[derive(Default)]
 pub struct Observer {
     pub bounced_by_category: BTreeMap<String, u64>,
@@ -114,6 +123,7 @@ pub struct Observer {
     pub latency_buckets: Vec<u64>,
     pub latency_sum_s: f64,
     pub latency_count: u64,
+    pub latency: Latency,
     pub feedback: BTreeMap<String, u64>,
     pub remote_bounces: BTreeMap<String, u64>,
     pub recent_errors: VecDeque<RecentError>,
@@ -157,6 +167,7 @@ impl Observer {
                     self.latency_buckets[i] += 1;
                     self.latency_sum_s += s;
                     self.latency_count += 1;
+                    self.latency.0.observe(s);
                 }
                 Kind::Bounced | Kind::Transient => {
                     if r.kind == Kind::Bounced {
