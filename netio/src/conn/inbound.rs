@@ -129,24 +129,7 @@ impl Incoming {
                 }
                 while tls.wants_write() && tls.write_tls(self.out.buf()).is_ok() {}
             }
-            let mut consumed = 0;
-            loop {
-                let (used, event) = self.session.receive(now_unix_ms, &self.inbuf[consumed..self.in_len]);
-                consumed += used;
-                match event {
-                    Some(Event::Message) => {
-                        message = true;
-                        break;
-                    }
-                    Some(Event::StartTls) => {
-                        start_tls = true;
-                        break;
-                    }
-                    Some(Event::Close) => break,
-                    None if used == 0 || consumed == self.in_len => break,
-                    None => {}
-                }
-            }
+            let consumed = self.read_session(now_unix_ms, &mut message, &mut start_tls);
             self.inbuf.copy_within(consumed..self.in_len, 0);
             self.in_len -= consumed;
             if start_tls {
@@ -183,6 +166,24 @@ impl Incoming {
         }
         self.holding = message;
         message.then_some(InEvent::Message)
+    }
+
+    /// The session reads the plaintext in the buffer until an event stops it or nothing more
+    /// can be read; returns the bytes it used.
+    fn read_session(&mut self, now_unix_ms: u64, message: &mut bool, start_tls: &mut bool) -> usize {
+        let mut consumed = 0;
+        loop {
+            let (used, event) = self.session.receive(now_unix_ms, &self.inbuf[consumed..self.in_len]);
+            consumed += used;
+            match event {
+                Some(Event::Message) => *message = true,
+                Some(Event::StartTls) => *start_tls = true,
+                Some(Event::Close) => {}
+                None if used == 0 || consumed == self.in_len => {}
+                None => continue,
+            }
+            return consumed;
+        }
     }
 
     /// The spool answered for the message: durable (250 with `queue_id`) or not (452).

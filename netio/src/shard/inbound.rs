@@ -290,18 +290,18 @@ impl Shard {
 
     // ---- A complete message -------------------------------------------------------------
 
+    /// A complete message: its VMTA and job, then reports taken out, inbound checks asked
+    /// for, or straight to signing and the spool.
     fn store_message(&mut self, slot: u32) {
         let now = self.now;
-        let gen = self.ins.gen(slot);
         let shared = self.shared.clone();
         let config = &shared.config;
         let c = self.ins.get_mut(slot);
         let mut m = c.m.session_mut().take_message();
-        let client_ip = c.client_ip;
         // An authenticated session takes its user's named source (`{auth}`).
         let user_source =
             m.auth_user.as_deref().and_then(|u| shared.users.get(u)).and_then(|u| config.named_source(&u.source));
-        let policy = user_source.unwrap_or_else(|| config.source_policy(client_ip));
+        let policy = user_source.unwrap_or_else(|| config.source_policy(c.client_ip));
         let vmta = match route::select_vmta(config, policy, &mut m.data) {
             Ok(v) => v,
             Err(reply) => return c.m.message_refused(&reply),
@@ -320,51 +320,68 @@ impl Shard {
         for r in records {
             self.record(r);
         }
-        let c = self.ins.get_mut(slot);
         if let Some((path, address)) = suppress_add {
-            // The complainer goes into the list's file before the report is acknowledged: a
-            // crash never loses a complaint that was answered 250.
-            let waiting = m.recipients.is_empty().then_some((self.id, slot, gen));
-            match shared.core.control.try_send(ControlRequest::SuppressAdd { path, address, waiting }) {
-                Ok(()) if waiting.is_some() => {
-                    c.reporting = true;
-                    return;
-                }
-                Ok(()) => {}
-                Err(_) if waiting.is_some() => {
-                    return c.m.message_refused("451 4.3.0 Cannot record the complaint now, try again later");
-                }
-                Err(_) => {
-                    tracing::error!(shard = self.id, "control plane busy: complainer not added to the suppression file")
-                }
+            if self.suppress_complainer(slot, path, address, m.recipients.is_empty()) {
+                return; // the report's reply waits for the suppression entry
             }
         }
+        let c = self.ins.get_mut(slot);
         if m.recipients.is_empty() {
             return c.m.message_stored(true, "report");
         }
         if policy.checks_inbound() {
-            // SPF/DKIM/DMARC/ARC need DNS: the control plane checks, then `on_verified` goes on.
-            let req = crate::VerifyRequest {
-                shard: self.id,
-                slot,
-                gen,
-                data: std::mem::take(&mut m.data),
-                client_ip,
-                helo: m.helo.clone(),
-                mail_from: m.mail_from.clone(),
-                spf: policy.check_spf || policy.check_dmarc,
-                dkim: policy.check_dkim || policy.check_dmarc,
-                dmarc: policy.check_dmarc,
-                arc: policy.check_arc || policy.arc_sign,
-                seal: policy.arc_sign,
-            };
-            match shared.core.control.try_send(ControlRequest::Verify(Box::new(req))) {
-                Ok(()) => c.verifying = Some(Box::new((m, vmta))),
-                Err(_) => c.m.message_refused("451 4.3.0 Authentication checks are busy, try again later"),
-            }
-            return;
+            return self.verify(slot, m, vmta, policy);
         }
         self.spool_message(slot, m, vmta, String::new());
+    }
+
+    /// The complainer goes into the list's file before the report is acknowledged: a crash
+    /// never loses a complaint that was answered 250. Returns whether the session's reply
+    /// is settled here (it waits for the entry, or is refused).
+    fn suppress_complainer(&mut self, slot: u32, path: PathBuf, address: String, only_reports: bool) -> bool {
+        let gen = self.ins.gen(slot);
+        let waiting = only_reports.then_some((self.id, slot, gen));
+        let sent = self.shared.core.control.try_send(ControlRequest::SuppressAdd { path, address, waiting });
+        let c = self.ins.get_mut(slot);
+        match sent {
+            Ok(()) if waiting.is_some() => {
+                c.reporting = true;
+                true
+            }
+            Ok(()) => false,
+            Err(_) if waiting.is_some() => {
+                c.m.message_refused("451 4.3.0 Cannot record the complaint now, try again later");
+                true
+            }
+            Err(_) => {
+                tracing::error!(shard = self.id, "control plane busy: complainer not added to the suppression file");
+                false
+            }
+        }
+    }
+
+    /// SPF/DKIM/DMARC/ARC need DNS: the control plane checks, then `on_verified` goes on.
+    fn verify(&mut self, slot: u32, mut m: Message, vmta: String, policy: &sluice_config::SourcePolicy) {
+        let gen = self.ins.gen(slot);
+        let c = self.ins.get_mut(slot);
+        let req = crate::VerifyRequest {
+            shard: self.id,
+            slot,
+            gen,
+            data: std::mem::take(&mut m.data),
+            client_ip: c.client_ip,
+            helo: m.helo.clone(),
+            mail_from: m.mail_from.clone(),
+            spf: policy.check_spf || policy.check_dmarc,
+            dkim: policy.check_dkim || policy.check_dmarc,
+            dmarc: policy.check_dmarc,
+            arc: policy.check_arc || policy.arc_sign,
+            seal: policy.arc_sign,
+        };
+        match self.shared.core.control.try_send(ControlRequest::Verify(Box::new(req))) {
+            Ok(()) => c.verifying = Some(Box::new((m, vmta))),
+            Err(_) => c.m.message_refused("451 4.3.0 Authentication checks are busy, try again later"),
+        }
     }
 
     /// A complaint's suppression entry is on disk (or could not be written): the report's
