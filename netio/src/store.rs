@@ -302,7 +302,7 @@ mod tests {
 
     /// A restart must never give a new segment a number an old journal still names: the
     /// journal's entries would mark the new segment's recipients done (found by the relay
-    /// simulation, `engine/tests/relay_sim.rs`).
+    /// simulation, `netio/tests/relay_sim.rs`).
     #[test]
     fn restart_never_reuses_a_segment_number_a_journal_names() {
         let spool = std::env::temp_dir().join(format!("sluice-store-test-{}", std::process::id()));

@@ -24,8 +24,37 @@ pub const RECIPIENTS_MAX: usize = 100_000;
 /// Journal entry: crc32c(4) kind(1) pad(3) seg_shard(4) rcpt(4) seg_seq(8) offset(8).
 pub const OUTCOME_BYTES: usize = 32;
 
+// Each field's offset is the previous field's plus its size (FORMAT.md's tables).
+const HDR_MAGIC: usize = 0;
+const HDR_VERSION: usize = HDR_MAGIC + 8;
+const HDR_SHARD: usize = HDR_VERSION + 4;
+const HDR_SEQ: usize = HDR_SHARD + 4;
+const HDR_RESERVED: usize = HDR_SEQ + 8;
+const HDR_CRC: usize = HDR_RESERVED + 4;
+const _: () = assert!(HDR_CRC + 4 == FILE_HEADER_BYTES);
+
+const REC_MAGIC: usize = 0;
+const REC_LEN: usize = REC_MAGIC + 4;
+const REC_CRC: usize = REC_LEN + 4;
+const _: () = assert!(REC_CRC + 4 == RECORD_HEADER_BYTES);
+
+const OUT_CRC: usize = 0;
+const OUT_KIND: usize = OUT_CRC + 4;
+const OUT_SHARD: usize = OUT_KIND + 4; // kind(1), then 3 bytes of padding
+const OUT_RCPT: usize = OUT_SHARD + 4;
+const OUT_SEQ: usize = OUT_RCPT + 4;
+const OUT_OFFSET: usize = OUT_SEQ + 8;
+const _: () = assert!(OUT_OFFSET + 8 == OUTCOME_BYTES);
+
 const _: () = assert!(FILE_HEADER_BYTES.is_multiple_of(8) && OUTCOME_BYTES.is_multiple_of(8));
-const _: () = assert!(RECORD_HEADER_BYTES == 4 + 4 + 4);
+
+fn u32_at(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
@@ -42,22 +71,22 @@ pub struct FileHeader {
 
 pub fn encode_file_header(h: FileHeader) -> [u8; FILE_HEADER_BYTES] {
     let mut out = [0u8; FILE_HEADER_BYTES];
-    out[0..8].copy_from_slice(match h.kind {
+    out[HDR_MAGIC..HDR_VERSION].copy_from_slice(match h.kind {
         FileKind::Segment => &SEGMENT_MAGIC,
         FileKind::Journal => &JOURNAL_MAGIC,
     });
-    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out[12..16].copy_from_slice(&h.shard.to_le_bytes());
-    out[16..24].copy_from_slice(&h.seq.to_le_bytes());
-    let crc = crc32c::crc32c(&out[..28]);
-    out[28..32].copy_from_slice(&crc.to_le_bytes());
+    out[HDR_VERSION..HDR_SHARD].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[HDR_SHARD..HDR_SEQ].copy_from_slice(&h.shard.to_le_bytes());
+    out[HDR_SEQ..HDR_RESERVED].copy_from_slice(&h.seq.to_le_bytes());
+    let crc = crc32c::crc32c(&out[..HDR_CRC]);
+    out[HDR_CRC..].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// True when the header's checksum holds (a header torn by a crash fails it).
 pub fn file_header_intact(buf: &[u8]) -> bool {
     buf.len() >= FILE_HEADER_BYTES
-        && crc32c::crc32c(&buf[..28]) == u32::from_le_bytes(buf[28..32].try_into().expect("4 bytes"))
+        && crc32c::crc32c(&buf[..HDR_CRC]) == u32_at(buf, HDR_CRC)
 }
 
 pub fn decode_file_header(buf: &[u8]) -> Result<FileHeader, String> {
@@ -67,12 +96,12 @@ pub fn decode_file_header(buf: &[u8]) -> Result<FileHeader, String> {
     if !file_header_intact(buf) {
         return Err("file header checksum mismatch".into());
     }
-    let kind = match &buf[0..8] {
+    let kind = match &buf[HDR_MAGIC..HDR_VERSION] {
         m if m == SEGMENT_MAGIC => FileKind::Segment,
         m if m == JOURNAL_MAGIC => FileKind::Journal,
         _ => return Err("not a sluice spool file (bad magic)".into()),
     };
-    let version = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    let version = u32_at(buf, HDR_VERSION);
     if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
         return Err(format!(
             "spool format version {version}, this sluice reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION}"
@@ -80,8 +109,8 @@ pub fn decode_file_header(buf: &[u8]) -> Result<FileHeader, String> {
     }
     Ok(FileHeader {
         kind,
-        shard: u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")),
-        seq: u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes")),
+        shard: u32_at(buf, HDR_SHARD),
+        seq: u64_at(buf, HDR_SEQ),
     })
 }
 
@@ -172,7 +201,7 @@ pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&tail);
     assert_eq!(out.len() - payload_start, payload_len);
     let crc = crc32c::crc32c(&out[payload_start..]);
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
+    out[start + REC_CRC..start + RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// The record header and envelope for `data` (the tail, from `encode_message_tail`, follows
@@ -187,10 +216,10 @@ pub fn encode_message_head(env: &Envelope, data: &[u8]) -> Vec<u8> {
     assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
     head.truncate(head.len() - 4);
     head.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    head[4..8].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    head[REC_LEN..REC_CRC].copy_from_slice(&(payload_len as u32).to_le_bytes());
     let crc = crc32c::crc32c_append(crc32c::crc32c(&head[RECORD_HEADER_BYTES..]), data);
     let crc = crc32c::crc32c_append(crc, &tail);
-    head[8..12].copy_from_slice(&crc.to_le_bytes());
+    head[REC_CRC..RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
     head
 }
 
@@ -242,15 +271,15 @@ pub fn decode_message(buf: &[u8]) -> Decoded<'_> {
     if buf.len() < RECORD_HEADER_BYTES {
         return if buf.iter().all(|&b| b == 0) { Decoded::End } else { Decoded::Torn };
     }
-    let magic = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
+    let magic = u32_at(buf, REC_MAGIC);
     if magic == 0 {
         return Decoded::End;
     }
-    let payload_len = u32::from_le_bytes(buf[4..8].try_into().expect("4 bytes")) as usize;
+    let payload_len = u32_at(buf, REC_LEN) as usize;
     if magic != RECORD_MAGIC || payload_len > RECORD_PAYLOAD_BYTES_MAX {
         return Decoded::Torn;
     }
-    let crc = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    let crc = u32_at(buf, REC_CRC);
     let Some(payload) = buf.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_len) else {
         return Decoded::Torn;
     };
@@ -307,30 +336,29 @@ pub struct Outcome {
 
 pub fn encode_outcome(o: &Outcome) -> [u8; OUTCOME_BYTES] {
     let mut out = [0u8; OUTCOME_BYTES];
-    out[4] = OutcomeKind::Final as u8;
-    out[8..12].copy_from_slice(&o.seg_shard.to_le_bytes());
-    out[12..16].copy_from_slice(&o.rcpt.to_le_bytes());
-    out[16..24].copy_from_slice(&o.seg_seq.to_le_bytes());
-    out[24..32].copy_from_slice(&o.offset.to_le_bytes());
-    let crc = crc32c::crc32c(&out[4..]);
-    out[0..4].copy_from_slice(&crc.to_le_bytes());
+    out[OUT_KIND] = OutcomeKind::Final as u8;
+    out[OUT_SHARD..OUT_RCPT].copy_from_slice(&o.seg_shard.to_le_bytes());
+    out[OUT_RCPT..OUT_SEQ].copy_from_slice(&o.rcpt.to_le_bytes());
+    out[OUT_SEQ..OUT_OFFSET].copy_from_slice(&o.seg_seq.to_le_bytes());
+    out[OUT_OFFSET..].copy_from_slice(&o.offset.to_le_bytes());
+    let crc = crc32c::crc32c(&out[OUT_KIND..]);
+    out[OUT_CRC..OUT_KIND].copy_from_slice(&crc.to_le_bytes());
     out
 }
 
 /// `None` for a zeroed (never written) or torn entry.
 pub fn decode_outcome(buf: &[u8; OUTCOME_BYTES]) -> Option<Outcome> {
-    if buf[4] != OutcomeKind::Final as u8 {
+    if buf[OUT_KIND] != OutcomeKind::Final as u8 {
         return None;
     }
-    let crc = u32::from_le_bytes(buf[0..4].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&buf[4..]) != crc {
+    if crc32c::crc32c(&buf[OUT_KIND..]) != u32_at(buf, OUT_CRC) {
         return None;
     }
     Some(Outcome {
-        seg_shard: u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes")),
-        rcpt: u32::from_le_bytes(buf[12..16].try_into().expect("4 bytes")),
-        seg_seq: u64::from_le_bytes(buf[16..24].try_into().expect("8 bytes")),
-        offset: u64::from_le_bytes(buf[24..32].try_into().expect("8 bytes")),
+        seg_shard: u32_at(buf, OUT_SHARD),
+        rcpt: u32_at(buf, OUT_RCPT),
+        seg_seq: u64_at(buf, OUT_SEQ),
+        offset: u64_at(buf, OUT_OFFSET),
     })
 }
 
