@@ -9,6 +9,7 @@
 #   RUNS=5 MESSAGES=50000 perf/run.sh
 #   QUICK=1 perf/run.sh         # main comparison only
 #   DKIM_ONLY=1 perf/run.sh     # only sluice with DKIM signing off, RSA-2048, Ed25519
+#   BASELINE=8a3fbf51 perf/run.sh  # this build against an older commit's, alternating
 #
 # Results (with date, commit and machine) are appended to perf/RESULTS.md.
 set -euo pipefail
@@ -23,6 +24,7 @@ ulimit -n "$(ulimit -Hn)"
 bash scripts/install-test-deps.sh >/dev/null
 cargo build --release --locked -q
 BIN=$PWD/target/release/sluice
+RELAY_BIN=$BIN # the relay under test (BASELINE runs alternate it with the older build)
 RELAY_PORT=${RELAY_PORT:-2625}
 SINK_PORT=${SINK_PORT:-2626}
 PF_DIR=/tmp/sluice-postfix # must match scripts/install-test-deps.sh
@@ -59,7 +61,7 @@ spool /tmp/sluice-perf/spool
     records d,b,t
 </acct-file>
 EOF
-    "$BIN" run -c /tmp/sluice-perf/sluice.conf 2>/tmp/sluice-perf/sluice.log &
+    "$RELAY_BIN" run -c /tmp/sluice-perf/sluice.conf 2>/tmp/sluice-perf/sluice.log &
     RELAY_PID=$!
     wait_port "$RELAY_PORT"
 }
@@ -192,6 +194,45 @@ report=$OUT/report.md
     echo
     echo "Machine: $machine. Loadgen: $CONNECTIONS connections, pipelining; both relays fsync their queues."
 } >"$report"
+# This build against an older commit's (built in a worktree), the same load, alternating.
+baseline_compare() {
+    local base=$1 wt=/tmp/sluice-baseline
+    git worktree remove --force "$wt" 2>/dev/null || true
+    git worktree add -q --detach "$wt" "$base"
+    (cd "$wt" && cargo build --release --locked -q)
+    local old_bin=$wt/target/release/sluice
+    {
+        echo
+        echo "### This build against commit $base (1 KiB, 1 domain, $MESSAGES messages, $RUNS alternating runs)"
+        echo
+        echo "| run | this msg/s | this CPU µs/msg | $base msg/s | $base CPU µs/msg |"
+        echo "|---|---|---|---|---|"
+    } >>"$report"
+    : >"$OUT/new.rates"; : >"$OUT/old.rates"
+    for i in $(seq 1 "$RUNS"); do
+        RELAY_BIN=$BIN; read -r n_rate n_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        RELAY_BIN=$old_bin; read -r o_rate o_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        RELAY_BIN=$BIN
+        echo "$n_rate" >>"$OUT/new.rates"; echo "$o_rate" >>"$OUT/old.rates"
+        echo "| $i | $n_rate | $n_cpu | $o_rate | $o_cpu |" >>"$report"
+        echo "run $i: this $n_rate msg/s, $base $o_rate msg/s" >&2
+    done
+    local n o
+    n=$(median <"$OUT/new.rates"); o=$(median <"$OUT/old.rates")
+    {
+        echo
+        echo "Median: this build $n msg/s, $base $o msg/s: **$(awk -v a="$n" -v b="$o" 'BEGIN{printf "%.2f", a/b}')×**."
+    } >>"$report"
+    git worktree remove --force "$wt"
+}
+
+if [ -n "${BASELINE:-}" ]; then
+    baseline_compare "$BASELINE"
+    echo >>"$report"
+    cat "$report"
+    { echo; cat "$report"; } >>perf/RESULTS.md
+    exit 0
+fi
 if [ -n "${DKIM_ONLY:-}" ]; then
     dkim_compare
     echo >>"$report"
