@@ -65,24 +65,49 @@ enum Suppress {
 
 /// Loads a configuration file, following includes relative to its directory.
 pub(crate) fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let checked = check_config_file(path);
+    match checked.errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(checked.config.expect("no errors: a configuration")),
+    }
+}
+
+/// Reads and checks a configuration file (or the embedded default), reporting every problem.
+fn check_config_file(path: Option<&Path>) -> sluice_config::Checked {
     let Some(path) = path else {
-        return sluice_config::load("<embedded default>", DEFAULT_CONFIG, &mut |_| {
+        return sluice_config::check("<embedded default>", DEFAULT_CONFIG, &mut |_| {
             Err("the default has no includes".into())
         });
     };
     let display = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: display.clone(),
-        line: 0,
-        message: format!("cannot read: {e}"),
-        hint: "check the path given to -c".into(),
-    })?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut include = |name: &str| -> Result<(String, String), String> {
-        let p = base.join(name);
-        std::fs::read_to_string(&p).map(|t| (p.display().to_string(), t)).map_err(|e| e.to_string())
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            let error = ConfigError {
+                file: display,
+                line: 0,
+                message: format!("cannot read: {e}"),
+                hint: "check the path given to -c".into(),
+            };
+            return sluice_config::Checked { config: None, errors: vec![error], warnings: Vec::new() };
+        }
     };
-    sluice_config::load(&display, &text, &mut include)
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    sluice_config::check(&display, &text, &mut |name| include(&base, name))
+}
+
+/// `include NAME`: a file next to the including one (or an absolute path); with `*`, `?` or
+/// `[` in it, every file the pattern matches, in name order (none is not an error).
+fn include(base: &Path, name: &str) -> Result<Vec<(String, String)>, String> {
+    let pattern = base.join(name);
+    let read = |p: &Path| std::fs::read_to_string(p).map(|t| (p.display().to_string(), t)).map_err(|e| e.to_string());
+    if !name.contains(['*', '?', '[']) {
+        return read(&pattern).map(|f| vec![f]);
+    }
+    let paths = glob::glob(&pattern.to_string_lossy()).map_err(|e| format!("bad pattern: {e}"))?;
+    let mut paths: Vec<PathBuf> = paths.filter_map(Result::ok).filter(|p| p.is_file()).collect();
+    paths.sort();
+    paths.iter().map(|p| read(p)).collect()
 }
 
 /// Everything a configuration refers to, read and checked: keys, certificates, lists.
@@ -96,24 +121,31 @@ pub(crate) fn load_settings(config: Arc<Config>) -> Result<sluice_netio::Setting
     Ok(sluice_netio::Settings { config, dkim, tls, lists, feedback, bounces })
 }
 
+/// `sluice check-config`: every error and warning with its file:line, then the count; the
+/// exit status is 2 when there is an error, 0 otherwise (warnings alone are fine).
 fn check_config(path: Option<&Path>) -> ExitCode {
-    // Key files are read too: a `domain-key` whose file is missing fails here, not at start.
-    let checked = load_config(path).and_then(|c| {
-        let c = Arc::new(c);
-        load_settings(c.clone()).map(|_| c)
-    });
-    match checked {
-        Ok(config) => {
-            for w in &config.warnings {
-                println!("warning: {w}");
-            }
-            println!("ok");
-            ExitCode::SUCCESS
+    let checked = check_config_file(path);
+    let mut errors = checked.errors;
+    // Key files, certificates and lists are read too: a `domain-key` whose file is missing
+    // fails here, not at start.
+    if let Some(config) = checked.config {
+        if let Err(e) = load_settings(Arc::new(config)) {
+            errors.push(e);
         }
-        Err(e) => {
-            println!("{e}");
-            ExitCode::from(2)
-        }
+    }
+    for e in &errors {
+        println!("{e}");
+    }
+    for w in &checked.warnings {
+        println!("warning: {w}");
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    println!("{}, {}", plural(errors.len(), "error"), plural(checked.warnings.len(), "warning"));
+    if errors.is_empty() {
+        println!("ok");
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
     }
 }
 

@@ -33,7 +33,7 @@ impl Reloader {
         let old = self.responder.config();
         let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
         let restart = [
-            (old.listeners != config.listeners || old.immediate_tls != config.immediate_tls, "smtp-listener"),
+            (old.listeners != config.listeners, "smtp-listener"),
             (old.spool_dir != config.spool_dir, "spool"),
             (old.shards != config.shards, "shards"),
             (old.source_ip_limits != config.source_ip_limits, "source-ip limits"),

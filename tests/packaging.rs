@@ -25,7 +25,7 @@ fn example_production_config_is_valid_and_fully_read() {
     let dir = TempDir::new("pkg");
     let conf = example_config(&dir);
     let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&conf));
-    assert_eq!((code, out.as_str()), (0, "ok\n"), "no error and no warning: {out}");
+    assert_eq!((code, out.as_str()), (0, "0 errors, 0 warnings\nok\n"), "no error and no warning: {out}");
 }
 
 #[test]

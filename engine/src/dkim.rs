@@ -134,7 +134,13 @@ impl Keys {
         if message.no_sign {
             return Ok(None);
         }
-        let Some(from_domain) = message.domain.clone().or_else(|| from_domain(data)) else { return Ok(None) };
+        // `dkim-identity @esp.example` signs for that domain whatever the From domain is
+        // (PowerMTA's rule); `i=` is the identity.
+        let identity = opts.identity.as_deref().map(|i| if i.contains('@') { i.to_string() } else { format!("@{i}") });
+        let identity_domain = identity.as_deref().and_then(|i| i.rsplit_once('@')).map(|(_, d)| d.to_ascii_lowercase());
+        let Some(from_domain) = message.domain.clone().or(identity_domain).or_else(|| from_domain(data)) else {
+            return Ok(None);
+        };
         let Some((key, d)) = self.find(vmta, &from_domain, message.selector.as_deref()) else { return Ok(None) };
         let canon = |relaxed: bool| if relaxed { Canonicalization::Relaxed } else { Canonicalization::Simple };
         let mut signer = DkimSigner::from_key(KeyRef(key.key.clone()))
@@ -143,8 +149,8 @@ impl Keys {
             .headers(opts.headers.iter().cloned())
             .header_canonicalization(canon(opts.header_relaxed))
             .body_canonicalization(canon(opts.body_relaxed));
-        if let Some(i) = &opts.identity {
-            signer = signer.agent_user_identifier(i.clone());
+        if let Some(i) = identity {
+            signer = signer.agent_user_identifier(i);
         }
         if let Some(x) = opts.expire_after {
             signer = signer.expiration(x.as_secs());
@@ -313,6 +319,22 @@ mod signing_tests {
         assert!(sign(" d=shop.test ; s=ed25519").unwrap().contains("s=ed25519; d=shop.test;"));
         assert_eq!(sign("s=nope"), None, "no key with that selector");
         assert_eq!(sign("sign=no"), None);
+    }
+
+    /// `dkim-identity @esp.test`: an ESP signs its customers' mail with its own key (d= is the
+    /// identity's domain, i= the identity), whatever the From domain.
+    #[test]
+    fn dkim_identity_chooses_the_signing_domain() {
+        let k = keys(&[("esp.test", "rsa-pkcs1.pem")]);
+        let customer = b"From: news@customer.test\r\n\r\nbody\r\n";
+        let opts = |i: &str| DkimOptions { identity: Some(i.into()), ..DkimOptions::default() };
+        assert!(k.sign("", customer, &DkimOptions::default()).unwrap().is_none(), "no key for customer.test");
+        let h = String::from_utf8(k.sign("", customer, &opts("@esp.test")).unwrap().unwrap()).unwrap();
+        assert!(h.contains("d=esp.test;") && h.contains("i=@esp.test;"), "{h}");
+        let h = String::from_utf8(k.sign("", customer, &opts("bounces@mail.esp.test")).unwrap().unwrap()).unwrap();
+        assert!(h.contains("d=esp.test;") && h.contains("i=bounces@mail.esp.test;"), "a parent's key: {h}");
+        let h = String::from_utf8(k.sign("", customer, &opts("esp.test")).unwrap().unwrap()).unwrap();
+        assert!(h.contains("i=@esp.test;"), "a bare domain is `@domain`: {h}");
     }
 
     #[test]

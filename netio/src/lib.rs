@@ -369,7 +369,7 @@ impl Runtime {
         let shared = Arc::new(Shared::new(core.clone(), settings));
         // Listeners: one SO_REUSEPORT socket per listener per shard.
         let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
-        for addr in &config.listeners {
+        for addr in config.listeners.iter().map(|l| &l.addr) {
             probe_free(*addr).map_err(|e| StartError::Listen(*addr, e))?;
             for l in listeners.iter_mut() {
                 l.push(sys::listen(*addr, true).map_err(|e| StartError::Listen(*addr, e))?);

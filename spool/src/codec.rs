@@ -85,8 +85,7 @@ pub fn encode_file_header(h: FileHeader) -> [u8; FILE_HEADER_BYTES] {
 
 /// True when the header's checksum holds (a header torn by a crash fails it).
 pub fn file_header_intact(buf: &[u8]) -> bool {
-    buf.len() >= FILE_HEADER_BYTES
-        && crc32c::crc32c(&buf[..HDR_CRC]) == u32_at(buf, HDR_CRC)
+    buf.len() >= FILE_HEADER_BYTES && crc32c::crc32c(&buf[..HDR_CRC]) == u32_at(buf, HDR_CRC)
 }
 
 pub fn decode_file_header(buf: &[u8]) -> Result<FileHeader, String> {
@@ -107,11 +106,7 @@ pub fn decode_file_header(buf: &[u8]) -> Result<FileHeader, String> {
             "spool format version {version}, this sluice reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION}"
         ));
     }
-    Ok(FileHeader {
-        kind,
-        shard: u32_at(buf, HDR_SHARD),
-        seq: u64_at(buf, HDR_SEQ),
-    })
+    Ok(FileHeader { kind, shard: u32_at(buf, HDR_SHARD), seq: u64_at(buf, HDR_SEQ) })
 }
 
 /// The envelope of one accepted message.

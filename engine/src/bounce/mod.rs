@@ -26,10 +26,17 @@ const TEXT_RULES: &[(&str, &str)] = &[
     ("does not exist", "bad-mailbox"),
 ];
 
-pub fn classify(reply: &Reply, patterns: &[BouncePattern]) -> &'static str {
-    let line = reply.line();
-    if let Some(p) = patterns.iter().find(|p| p.regex.is_match(&line)) {
-        return p.category;
+/// A reply's category: the first `<bounce-category-patterns>` line matching it (tried on the
+/// reply line, `550 5.1.1 ...`, and on its status before it, `5.1.1;550 5.1.1 ...`, the form
+/// PowerMTA's stock patterns such as `/^[45]\.1\.1/` are written for), then built-in rules.
+pub fn classify<'a>(reply: &Reply, patterns: &'a [BouncePattern]) -> &'a str {
+    if !patterns.is_empty() {
+        let line = reply.line();
+        let status = reply.enhanced().map_or_else(|| format!("{}.0.0", reply.code / 100), |c| c.to_string());
+        let with_status = format!("{status};{line}");
+        if let Some(p) = patterns.iter().find(|p| p.regex.is_match(&line) || p.regex.is_match(&with_status)) {
+            return &p.category;
+        }
     }
     let text = reply.text.to_ascii_lowercase();
     if let Some((_, cat)) = TEXT_RULES.iter().find(|(needle, _)| text.contains(needle)) {
@@ -100,7 +107,7 @@ mod tests {
 
     #[test]
     fn patterns_come_first() {
-        let p = BouncePattern { regex: regex_lite("custom marker"), category: "quota-issues" };
+        let p = BouncePattern { regex: regex_lite("custom marker"), category: "quota-issues".into() };
         assert_eq!(classify(&Reply::new(550, "5.7.1 custom marker"), std::slice::from_ref(&p)), "quota-issues");
         assert_eq!(classify(&Reply::new(550, "5.7.1 other text"), &[p]), "policy-related");
     }

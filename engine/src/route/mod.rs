@@ -110,7 +110,7 @@ mod tests {
 
     #[test]
     fn literal_hops_need_every_host_to_be_an_address() {
-        let h = |host: &str| HostPort { host: host.into(), port: 25 };
+        let h = |host: &str| HostPort { host: host.into(), port: 25, lookup_mx: false };
         let hops = literal_hops(&[vec![h("127.0.0.1"), h("[::1]")]]).unwrap();
         assert_eq!(hops[0][1].addr, "[::1]:25".parse().unwrap());
         assert!(literal_hops(&[vec![h("127.0.0.1"), h("mx.example")]]).is_none());

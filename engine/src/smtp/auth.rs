@@ -60,7 +60,7 @@ impl Users {
                     Secret::Plain(password)
                 };
                 let restrictions = if u.restrictions == SenderRestrictions::default() {
-                    source.map(|s| s.restrictions.clone()).unwrap_or_default()
+                    source.as_ref().map(|s| s.restrictions.clone()).unwrap_or_default()
                 } else {
                     u.restrictions.clone()
                 };

@@ -40,6 +40,8 @@ pub(super) struct InConn {
     reporting: bool,
     /// While in DATA: when the whole DATA phase must be over (`DATA_PHASE_TIMEOUTS`).
     data_until_ms: Option<u64>,
+    /// The listener it came in on (index into `Config::listeners`; its `source=` applies).
+    listener: usize,
 }
 
 impl Shard {
@@ -75,10 +77,10 @@ impl Shard {
         let fd = result;
         let ip = ip_of(&self.accept_addrs[i].0);
         let config = self.shared.config.clone();
-        let immediate_tls = config.listeners.get(i).is_some_and(|a| config.immediate_tls.contains(a));
-        let mut session = self.new_session(ip, immediate_tls);
+        let immediate_tls = config.listeners.get(i).is_some_and(|l| l.immediate_tls);
+        let mut session = self.new_session(ip, i, immediate_tls);
         let count = self.shared.core.inbound_connections.fetch_add(1, Ordering::SeqCst);
-        let policy = config.source_policy(ip);
+        let policy = config.policy_for(ip, &listener_source(&config, i));
         if count >= config.total_max_smtp_in {
             session.too_busy();
         } else if !policy.always_allow_relaying && self.erring_source(ip) {
@@ -103,6 +105,7 @@ impl Shard {
             verifying: None,
             reporting: false,
             data_until_ms: None,
+            listener: i,
         };
         match self.ins.insert(conn) {
             Some((slot, _)) => self.in_drive(slot),
@@ -114,10 +117,10 @@ impl Shard {
         }
     }
 
-    /// A session for a client at `ip`, as its `<source>` says.
-    fn new_session(&mut self, ip: IpAddr, immediate_tls: bool) -> Session {
+    /// A session for a client at `ip` on listener `listener`, as its `<source>` says.
+    fn new_session(&mut self, ip: IpAddr, listener: usize, immediate_tls: bool) -> Session {
         let shared = &self.shared;
-        let policy = shared.config.source_policy(ip);
+        let policy = shared.config.policy_for(ip, &listener_source(&shared.config, listener));
         self.session_counter += 1;
         let session_id = (self.id as u64) << 48 | self.session_counter;
         let auth = (policy.allow_auth && !shared.users.is_empty()).then(|| shared.users.clone());
@@ -298,10 +301,14 @@ impl Shard {
         let config = &shared.config;
         let c = self.ins.get_mut(slot);
         let mut m = c.m.session_mut().take_message();
-        // An authenticated session takes its user's named source (`{auth}`).
-        let user_source =
-            m.auth_user.as_deref().and_then(|u| shared.users.get(u)).and_then(|u| config.named_source(&u.source));
-        let policy = user_source.unwrap_or_else(|| config.source_policy(c.client_ip));
+        // An authenticated session takes `{auth}` and its user's named source on top.
+        let mut named = listener_source(config, c.listener);
+        if let Some(user) = m.auth_user.as_deref().and_then(|u| shared.users.get(u)) {
+            named.push("{auth}");
+            named.push(&user.source);
+        }
+        let policy = config.policy_for(c.client_ip, &named);
+        let policy = &*policy;
         let vmta = match route::select_vmta(config, policy, &mut m.data) {
             Ok(v) => v,
             Err(reply) => return c.m.message_refused(&reply),
@@ -598,4 +605,9 @@ pub(super) fn dkim_signature(
             None
         }
     }
+}
+
+/// The named source a listener's sessions take (`smtp-listener ADDR source=NAME`).
+fn listener_source(config: &sluice_config::Config, listener: usize) -> Vec<&str> {
+    config.listeners.get(listener).and_then(|l| l.source.as_deref()).into_iter().collect()
 }

@@ -1,0 +1,422 @@
+//! From the parsed tree to a `Config`: each block's directives looked up in its scope's table
+//! (`crate::directives`), every problem recorded and the walk carried on, so one run reports
+//! them all. A name in no table but on PowerMTA's list (`crate::known`) is a warning; a name
+//! on neither is an error with the nearest name as a hint.
+
+use crate::ast::{Node, Span};
+use crate::known::known;
+use crate::model::*;
+use crate::overrides::SourceOverrides;
+use crate::units::{self, Cidr, Rate};
+use crate::{Config, ConfigError};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// One directive as a table's parser sees it.
+pub(crate) struct Line<'a> {
+    pub name: &'a str,
+    pub args: &'a [String],
+    pub span: &'a Span,
+}
+
+impl Line<'_> {
+    pub fn err(&self, message: impl Into<String>, hint: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.span, message, hint)
+    }
+
+    pub fn value<T>(&self, parsed: Result<T, String>) -> Result<T, ConfigError> {
+        parsed.map_err(|m| ConfigError::at(self.span, m, ""))
+    }
+
+    /// Exactly one value.
+    pub fn one(&self) -> Result<&str, ConfigError> {
+        match self.args {
+            [v] => Ok(v.as_str()),
+            _ => Err(self.err(
+                format!("`{}` takes exactly one value, got {}", self.name, self.args.len()),
+                format!("write `{} VALUE`", self.name),
+            )),
+        }
+    }
+
+    /// The values as one comma-separated list (`a,b`, `a, b` and `a b` alike).
+    pub fn list(&self) -> Vec<String> {
+        self.args.join(",").split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_string).collect()
+    }
+
+    /// The values as one text (`user-string a b c`).
+    pub fn text(&self) -> String {
+        self.args.join(" ")
+    }
+
+    pub fn bool(&self) -> Result<bool, ConfigError> {
+        self.value(units::parse_bool(self.one()?))
+    }
+
+    pub fn duration(&self) -> Result<Duration, ConfigError> {
+        self.value(units::parse_duration(self.one()?))
+    }
+
+    pub fn durations(&self) -> Result<Vec<Duration>, ConfigError> {
+        self.value(units::parse_durations(&self.args.join(",")))
+    }
+
+    pub fn size(&self) -> Result<u64, ConfigError> {
+        self.value(units::parse_size(self.one()?))
+    }
+
+    pub fn rate(&self) -> Result<Rate, ConfigError> {
+        self.value(units::parse_rate(self.one()?))
+    }
+
+    /// A rate limit: `unlimited` is None, `0` lets nothing pass.
+    pub fn rate_limit(&self) -> Result<Option<Rate>, ConfigError> {
+        self.value(units::parse_rate_limit(self.one()?))
+    }
+
+    pub fn count(&self) -> Result<u32, ConfigError> {
+        let v = self.one()?;
+        v.parse().map_err(|_| self.err(format!("`{v}` is not a whole number"), ""))
+    }
+
+    /// One of a fixed set of words.
+    pub fn choice<T: Copy>(&self, choices: &[(&str, T)]) -> Result<T, ConfigError> {
+        let v = self.one()?;
+        choices.iter().find(|(w, _)| w.eq_ignore_ascii_case(v)).map(|(_, t)| *t).ok_or_else(|| {
+            let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+            self.err(format!("`{}` takes one of {}, not `{v}`", self.name, words.join(", ")), "")
+        })
+    }
+
+    /// A file named in the config: a relative path is found next to the file naming it.
+    pub fn path(&self, path: &str) -> PathBuf {
+        relative_to(self.span, path)
+    }
+}
+
+/// A file named in the config: a relative path is found next to the config file naming it.
+pub(crate) fn relative_to(span: &Span, path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    match Path::new(&*span.file).parent() {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path,
+    }
+}
+
+/// A block as a table's opener sees it.
+pub(crate) struct BlockRef<'a> {
+    pub name: &'a str,
+    pub arg: Option<&'a str>,
+    pub children: &'a [Node],
+    pub span: &'a Span,
+}
+
+impl BlockRef<'_> {
+    /// The block's argument, required.
+    pub fn arg(&self, example: &str) -> Result<&str, ConfigError> {
+        self.arg.ok_or_else(|| {
+            ConfigError::at(
+                self.span,
+                format!("`<{}>` needs a name", self.name),
+                format!("write `<{} {example}>`", self.name),
+            )
+        })
+    }
+}
+
+pub(crate) type SetFn<T> = fn(&mut Builder, &mut T, &Line) -> Result<(), ConfigError>;
+pub(crate) type OpenFn<T> = fn(&mut Builder, &mut T, &BlockRef) -> Result<(), ConfigError>;
+
+/// A directive sluice reads: its name and its parser.
+pub(crate) struct Directive<T: 'static> {
+    pub name: &'static str,
+    pub set: SetFn<T>,
+}
+
+/// A block sluice reads inside another.
+pub(crate) struct Block<T: 'static> {
+    pub name: &'static str,
+    pub open: OpenFn<T>,
+}
+
+/// Everything one kind of block holds: its name in PowerMTA's list (`global` for the top
+/// level), its directives and its nested blocks.
+pub(crate) struct Scope<T: 'static> {
+    pub name: &'static str,
+    pub directives: &'static [Directive<T>],
+    pub blocks: &'static [Block<T>],
+}
+
+/// Messages for PowerMTA directives sluice deliberately does not follow, said instead of the
+/// generic "not implemented yet".
+const NOTES: &[(&str, &str)] = &[
+    (
+        "sync-msg-create",
+        "`sync-msg-create` is not followed: sluice answers 250 only once a message is fsynced (group commit keeps that cheap); `spool-sync no` turns it off for benchmarks",
+    ),
+    (
+        "sync-msg-update",
+        "`sync-msg-update` is not followed: outcomes are journaled in fsynced batches either way",
+    ),
+    (
+        "run-as-root",
+        "`run-as-root` is not followed: sluice runs as the user that starts it (the systemd unit in packaging/ runs it unprivileged)",
+    ),
+];
+
+pub(crate) struct Builder {
+    pub config: Config,
+    pub errors: Vec<ConfigError>,
+    /// `smtp-pattern-list` names used in `<domain>` blocks, checked once all is read.
+    pub pattern_refs: Vec<(String, Span)>,
+    /// VMTA names used (`default-virtual-mta`, pool members), checked once all is read.
+    pub vmta_refs: Vec<(String, Span)>,
+    /// Pool members (which must be VMTAs, not pools).
+    pub member_refs: Vec<(String, Span)>,
+    /// Named sources used by `<smtp-user>` and listeners, checked once all is read.
+    pub source_refs: Vec<(String, Span)>,
+    /// `arc-sign yes` lines: they need an `arc-key`.
+    pub arc_sign_refs: Vec<Span>,
+    /// `suppression-lists` names, checked once all is read.
+    pub list_refs: Vec<(String, Span)>,
+    /// `http-access` and `http-api-key`, applied once `http-mgmt-port` is known.
+    pub mgmt_access: Vec<(Cidr, Access)>,
+    pub mgmt_key: Option<String>,
+    /// `<source CIDR>` and `<source NAME>` blocks, merged once all is read.
+    pub sources: Vec<(Cidr, SourceOverrides)>,
+    pub named_sources: HashMap<String, SourceOverrides>,
+}
+
+impl Builder {
+    pub fn new(config: Config) -> Builder {
+        Builder {
+            config,
+            errors: Vec::new(),
+            pattern_refs: Vec::new(),
+            vmta_refs: Vec::new(),
+            member_refs: Vec::new(),
+            source_refs: Vec::new(),
+            arc_sign_refs: Vec::new(),
+            list_refs: Vec::new(),
+            mgmt_access: Vec::new(),
+            mgmt_key: None,
+            sources: Vec::new(),
+            named_sources: HashMap::new(),
+        }
+    }
+
+    pub fn warn(&mut self, span: &Span, message: impl Into<String>) {
+        self.config.warnings.push(Warning { span: span.clone(), message: message.into() });
+    }
+
+    /// Runs a block's children through its scope's tables into `target`.
+    pub fn run<T>(&mut self, scope: &Scope<T>, target: &mut T, children: &[Node]) {
+        for child in children {
+            let result = match child {
+                Node::Directive { name, args, span } => match scope.directives.iter().find(|d| d.name == name) {
+                    Some(d) => (d.set)(self, target, &Line { name, args, span }),
+                    None => self.unknown(scope.name, name, span, false),
+                },
+                Node::Block { name, arg, children, span } => match scope.blocks.iter().find(|b| b.name == name) {
+                    Some(b) => (b.open)(self, target, &BlockRef { name, arg: arg.as_deref(), children, span }),
+                    None => self.unknown(scope.name, name, span, true),
+                },
+            };
+            if let Err(e) = result {
+                self.errors.push(e);
+            }
+        }
+    }
+
+    /// A name no table of `scope` reads: a warning when PowerMTA knows it, else an error.
+    fn unknown(&mut self, scope: &str, name: &str, span: &Span, block: bool) -> Result<(), ConfigError> {
+        let k = known();
+        let shown = if block { format!("<{name}>") } else { name.to_string() };
+        let in_scope = if block { k.block(scope, name) } else { k.directive(scope, name) };
+        if in_scope {
+            let note = NOTES.iter().find(|(n, _)| *n == name).map(|(_, m)| m.to_string());
+            let message = note.unwrap_or_else(|| match block {
+                true => {
+                    format!("`{shown}` is a PowerMTA block sluice does not implement yet; ignored with all it holds")
+                }
+                false => format!("`{shown}` is a PowerMTA directive sluice does not implement yet; ignored"),
+            });
+            self.warn(span, message);
+            return Ok(());
+        }
+        let elsewhere = crate::directives::scopes_reading(name, block);
+        let mut scopes: Vec<&str> = k.scopes_of(name, block);
+        scopes.extend(elsewhere.iter().copied());
+        scopes.sort_unstable();
+        scopes.dedup();
+        if !scopes.is_empty() {
+            let places: Vec<String> = scopes.iter().map(|s| place(s)).collect();
+            self.warn(
+                span,
+                format!("`{shown}` does not belong in {}: it goes in {}; ignored", place(scope), places.join(", ")),
+            );
+            return Ok(());
+        }
+        Err(ConfigError::at(
+            span,
+            format!("unknown {} `{name}` in {}", if block { "block" } else { "directive" }, place(scope)),
+            nearest_hint(scope, name),
+        ))
+    }
+}
+
+/// How a scope is named in messages.
+pub(crate) fn place(scope: &str) -> String {
+    match scope {
+        "global" => "the global section".to_string(),
+        s => format!("<{s}>"),
+    }
+}
+
+/// Levenshtein distance, for "did you mean" hints.
+pub(crate) fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + usize::from(ca != *cb));
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The nearest name this scope takes (sluice's and PowerMTA's), when near enough; else the
+/// nearest name of any scope, with where it goes.
+fn nearest_hint(scope: &str, name: &str) -> String {
+    let near_enough =
+        |d: usize, k: &str| d <= 3 || (name.len() > 5 && (k.contains(name) || name.contains(k) && k.len() > 5));
+    let ours = crate::directives::names_in(scope);
+    let candidates = ours.into_iter().chain(known().names_in(scope));
+    if let Some((d, k)) = candidates.map(|k| (distance(name, k), k)).min() {
+        if near_enough(d, k) {
+            return format!("did you mean `{k}`?");
+        }
+    }
+    let everywhere = crate::directives::tables()
+        .into_iter()
+        .flat_map(|(s, d, b)| d.into_iter().chain(b).map(move |n| (s, n)))
+        .chain(known().entries().iter().map(|e| (e.scope.as_str(), e.name.as_str())));
+    match everywhere.map(|(s, k)| (distance(name, k), k, s)).filter(|(d, k, _)| near_enough(*d, k)).min() {
+        Some((_, k, s)) => format!("did you mean `{k}` (it goes in {})?", place(s)),
+        None => "see the README's PowerMTA section for the directives sluice reads".into(),
+    }
+}
+
+/// The nearest of `known` to `name`, as a hint, when near enough.
+pub(crate) fn near(name: &str, known: &[&str], otherwise: &str) -> String {
+    match known.iter().map(|k| (distance(name, k), *k)).min() {
+        Some((d, k)) if d <= 3 => format!("did you mean `{k}`?"),
+        _ => otherwise.to_string(),
+    }
+}
+
+impl Builder {
+    /// Once every block is read: names used before their definitions are checked, source
+    /// rules merged, the management API's access rules applied.
+    pub fn finish(&mut self, file: &str) {
+        self.merge_sources();
+        for f in self.config.acct_files.iter().flat_map(|a| a.fields.iter().flatten()) {
+            if let Some(name) = f.strip_prefix("header_") {
+                if !self.config.acct_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+                    self.config.acct_headers.push(name.to_string());
+                }
+            }
+        }
+        if let Some(m) = &mut self.config.mgmt {
+            m.access = std::mem::take(&mut self.mgmt_access);
+            m.api_key = self.mgmt_key.take();
+        }
+        self.check_refs();
+        if let (Some(span), None) = (self.arc_sign_refs.first(), &self.config.arc_key) {
+            let e = ConfigError::at(
+                span,
+                "`arc-sign yes` needs an `arc-key`",
+                "add `arc-key SELECTOR,DOMAIN,KEYFILE` (an RSA key)",
+            );
+            self.errors.push(e);
+        }
+        if self.config.listeners.is_empty() && self.errors.is_empty() {
+            // PowerMTA's rule: no `smtp-listener` → one on 0.0.0.0:25.
+            let span = Span { file: file.into(), line: 0 };
+            self.warn(&span, "no `smtp-listener`: listening on 0.0.0.0:25 (PowerMTA's default)");
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], 25));
+            self.config.listeners.push(Listener { addr, source: None, immediate_tls: false });
+        }
+    }
+
+    /// Each `<source CIDR>` rule becomes the defaults, then every rule whose range holds it
+    /// from the widest to itself (the rules matching one address are nested).
+    fn merge_sources(&mut self) {
+        let mut rules = std::mem::take(&mut self.sources);
+        rules.sort_by_key(|(c, _)| c.prefix);
+        let merged: Vec<SourceRule> = rules
+            .iter()
+            .map(|(cidr, _)| {
+                let mut policy = SourcePolicy::default();
+                for (wider, o) in rules.iter().filter(|(w, _)| w.prefix <= cidr.prefix && w.contains(cidr.addr)) {
+                    let _ = wider;
+                    o.apply(&mut policy);
+                }
+                SourceRule { cidr: *cidr, policy }
+            })
+            .collect();
+        self.config.set_sources(merged, std::mem::take(&mut self.named_sources));
+    }
+
+    fn check_refs(&mut self) {
+        let c = &self.config;
+        let mut errors = Vec::new();
+        for (name, span) in &self.list_refs {
+            if !c.address_lists.contains_key(name) {
+                errors.push(ConfigError::at(
+                    span,
+                    format!("address-list `{name}` is not defined"),
+                    format!("define it with `<address-list {name}>`"),
+                ));
+            }
+        }
+        for (name, span) in &self.source_refs {
+            if name != "{auth}" && !c.has_named_source(name) {
+                errors.push(ConfigError::at(
+                    span,
+                    format!("source `{name}` is not defined"),
+                    format!("define it with `<source {name}>`"),
+                ));
+            }
+        }
+        for (name, span) in &self.pattern_refs {
+            if !c.pattern_lists.contains_key(name) {
+                errors.push(ConfigError::at(
+                    span,
+                    format!("smtp-pattern-list `{name}` is not defined"),
+                    "define it with `<smtp-pattern-list NAME>`",
+                ));
+            }
+        }
+        let vmtas: Vec<&str> = c.vmtas.keys().map(String::as_str).collect();
+        let targets: Vec<&str> = vmtas.iter().copied().chain(c.pools.keys().map(String::as_str)).collect();
+        for (name, span) in &self.vmta_refs {
+            if !targets.contains(&name.as_str()) {
+                let hint = near(name, &targets, "define it with `<virtual-mta NAME>` or `<virtual-mta-pool NAME>`");
+                errors.push(ConfigError::at(span, format!("virtual MTA or pool `{name}` is not defined"), hint));
+            }
+        }
+        for (name, span) in &self.member_refs {
+            if !vmtas.contains(&name.as_str()) {
+                let hint = near(name, &vmtas, "define it with `<virtual-mta NAME>`");
+                errors.push(ConfigError::at(span, format!("pool member `{name}` is not defined"), hint));
+            }
+        }
+        self.errors.extend(errors);
+    }
+}

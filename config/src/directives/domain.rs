@@ -1,0 +1,177 @@
+//! `<domain PATTERN>`: how mail to a destination is delivered.
+
+use crate::build::{Directive, Line, Scope};
+use crate::model::*;
+use crate::overrides::DomainOverrides;
+use crate::units;
+use crate::ConfigError;
+
+pub(crate) const SCOPE: Scope<DomainOverrides> = Scope { name: "domain", directives: DIRECTIVES, blocks: &[] };
+
+/// A yes/no directive setting one field of the settings.
+macro_rules! flag {
+    ($name:literal, $($field:ident).+) => {
+        Directive {
+            name: $name,
+            set: |_, o, l| {
+                let v = l.bool()?;
+                o.set(move |s| s.$($field).+ = v);
+                Ok(())
+            },
+        }
+    };
+}
+
+/// A directive whose value one parser of `Line` gives, set into one field.
+macro_rules! value {
+    ($name:literal, $parse:ident, $($field:ident).+) => {
+        Directive {
+            name: $name,
+            set: |_, o, l| {
+                let v = l.$parse()?;
+                o.set(move |s| s.$($field).+ = v.clone());
+                Ok(())
+            },
+        }
+    };
+}
+
+const DIRECTIVES: &[Directive<DomainOverrides>] = &[
+    Directive { name: "max-smtp-out", set: max_smtp_out },
+    value!("max-msg-per-connection", count, max_msg_per_connection),
+    value!("max-rcpt-per-message", count, max_rcpt_per_message),
+    value!("max-rcpt-per-transaction", count, max_rcpt_per_message),
+    value!("retry-after", durations, retry_after),
+    value!("bounce-after", duration, bounce_after),
+    flag!("backoff-to-normal-after-delivery", backoff_to_normal_after_delivery),
+    Directive {
+        name: "queue-to",
+        set: |_, o, l| {
+            let target = l.one()?.to_ascii_lowercase();
+            o.queue_to = Some(target.clone());
+            o.set(move |s| s.queue_to = Some(target.clone()));
+            Ok(())
+        },
+    },
+    flag!("adaptive-rate", adaptive_rate),
+    Directive {
+        name: "queue-priority",
+        set: |_, o, l| {
+            let n = l.count()?;
+            if n > 100 {
+                return Err(l.err(format!("queue-priority {n} is out of range"), "use 0 to 100"));
+            }
+            o.set(move |s| s.queue_priority = n as u8);
+            Ok(())
+        },
+    },
+    Directive {
+        name: "disable-mx-rollup",
+        set: |_, o, l| {
+            let v = !l.bool()?;
+            o.set(move |s| s.mx_rollup = v);
+            Ok(())
+        },
+    },
+    flag!("dkim-sign", dkim_sign),
+    flag!("use-starttls", use_starttls),
+    flag!("require-starttls", require_starttls),
+    Directive {
+        name: "downgrade-8bit",
+        set: |_, o, l| {
+            let v =
+                l.choice(&[("quoted-printable", Downgrade8bit::QuotedPrintable), ("bounce", Downgrade8bit::Bounce)])?;
+            o.set(move |s| s.downgrade_8bit = v);
+            Ok(())
+        },
+    },
+    Directive { name: "dkim-headers", set: dkim_headers },
+    Directive { name: "dkim-headers-canon", set: |_, o, l| canon(o, l, true) },
+    Directive { name: "dkim-header-canon", set: |_, o, l| canon(o, l, true) },
+    Directive { name: "dkim-body-canon", set: |_, o, l| canon(o, l, false) },
+    Directive {
+        name: "dkim-identity",
+        set: |_, o, l| {
+            // `sender-or-from` (the default) and `strict-from`: the From (or Sender) domain signs.
+            let v = l.one()?;
+            let identity =
+                (!["sender-or-from", "strict-from"].iter().any(|k| v.eq_ignore_ascii_case(k))).then(|| v.to_string());
+            o.set(move |s| s.dkim.identity = identity.clone());
+            Ok(())
+        },
+    },
+    Directive {
+        name: "dkim-expire-after",
+        set: |_, o, l| {
+            let v = l.value(units::parse_duration_or_never(l.one()?))?;
+            o.set(move |s| s.dkim.expire_after = v);
+            Ok(())
+        },
+    },
+    Directive {
+        name: "smtp-pattern-list",
+        set: |b, o, l| {
+            let list = l.one()?.to_string();
+            b.pattern_refs.push((list.clone(), l.span.clone()));
+            o.set(move |s| s.pattern_list = Some(list.clone()));
+            Ok(())
+        },
+    },
+    value!("backoff-max-msg-rate", rate_limit, backoff_max_msg_rate),
+    Directive {
+        name: "backoff-max-smtp-out",
+        set: |_, o, l| {
+            let n = l.count()?;
+            o.set(move |s| s.backoff_max_smtp_out = Some(n));
+            Ok(())
+        },
+    },
+    value!("backoff-retry-after", durations, backoff_retry_after),
+    value!("backoff-to-normal-after", duration, backoff_to_normal_after),
+    value!("max-msg-rate", rate_limit, max_msg_rate),
+    value!("max-connect-rate", rate_limit, max_connect_rate),
+    Directive { name: "smtp-hosts", set: smtp_hosts },
+    Directive { name: "route", set: smtp_hosts },
+];
+
+fn max_smtp_out(_: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line) -> Result<(), ConfigError> {
+    let n = l.count()?;
+    if n == 0 {
+        return Err(l.err("max-smtp-out 0 would never deliver", "use at least 1 (or `max-msg-rate 0` to hold mail)"));
+    }
+    o.set(move |s| s.max_smtp_out = n);
+    Ok(())
+}
+
+/// `smtp-hosts H1, H2; H3` (`""` clears an inherited list).
+fn smtp_hosts(_: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line) -> Result<(), ConfigError> {
+    let text = l.args.join(" ");
+    let hosts = if text.trim().is_empty() { None } else { Some(l.value(units::parse_smtp_hosts(&text))?) };
+    o.set(move |s| s.smtp_hosts = hosts.clone());
+    Ok(())
+}
+
+/// `dkim-headers List-Unsubscribe, Feedback-ID`: header fields signed besides the ones
+/// always signed when present (PowerMTA's rule: the listed ones add to the default set).
+fn dkim_headers(_: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line) -> Result<(), ConfigError> {
+    let extra: Vec<String> =
+        l.args.join(",").split([',', ':']).map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect();
+    o.set(move |s| {
+        for h in &extra {
+            if !s.dkim.headers.iter().any(|have| have.eq_ignore_ascii_case(h)) {
+                s.dkim.headers.push(h.clone());
+            }
+        }
+    });
+    Ok(())
+}
+
+/// `relaxed` or `simple` (RFC 6376 §3.4), for headers or body.
+fn canon(o: &mut DomainOverrides, l: &Line, headers: bool) -> Result<(), ConfigError> {
+    let relaxed = l.choice(&[("relaxed", true), ("simple", false)])?;
+    match headers {
+        true => o.set(move |s| s.dkim.header_relaxed = relaxed),
+        false => o.set(move |s| s.dkim.body_relaxed = relaxed),
+    }
+    Ok(())
+}

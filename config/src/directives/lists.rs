@@ -1,0 +1,239 @@
+//! Lists: `<address-list>`, the report processors that hold one, `<bounce-category-patterns>`
+//! and `<smtp-pattern-list>`.
+
+use crate::build::{near, Block, BlockRef, Builder, Directive, Line, Scope};
+use crate::model::*;
+use crate::units;
+use crate::ConfigError;
+use std::sync::Arc;
+
+pub(crate) const ADDRESS_LIST: Scope<Vec<(ListEntry, crate::ast::Span)>> = Scope {
+    name: "address-list",
+    directives: &[
+        Directive { name: "address", set: address },
+        Directive {
+            name: "address-file",
+            set: |_, e, l| {
+                e.push((ListEntry::File(l.path(l.one()?)), l.span.clone()));
+                Ok(())
+            },
+        },
+        Directive {
+            name: "domain",
+            set: |_, e, l| {
+                let d = l.one()?.trim_end_matches('.').to_ascii_lowercase();
+                e.push((ListEntry::Domain(d), l.span.clone()));
+                Ok(())
+            },
+        },
+        Directive {
+            name: "address-hash-file",
+            set: |_, e, l| {
+                e.push((ListEntry::HashFile(l.path(l.one()?)), l.span.clone()));
+                Ok(())
+            },
+        },
+        Directive {
+            name: "address-hmac-file",
+            set: |_, e, l| {
+                let [file, key] = l.args else {
+                    return Err(l.err(
+                        "`address-hmac-file` takes a file and a key",
+                        "write `address-hmac-file /etc/sluice/hmac.txt SECRETKEY`",
+                    ));
+                };
+                e.push((ListEntry::HmacFile(l.path(file), key.clone()), l.span.clone()));
+                Ok(())
+            },
+        },
+    ],
+    blocks: &[],
+};
+
+/// `address a@b.com`, `address abuse` (a local part, any domain) or `address /regex/`.
+fn address(_: &mut Builder, e: &mut Vec<(ListEntry, crate::ast::Span)>, l: &Line) -> Result<(), ConfigError> {
+    let a = l.one()?;
+    let entry = match a.strip_prefix('/').and_then(|r| r.strip_suffix('/')) {
+        Some(re) => {
+            regex::Regex::new(re)
+                .map_err(|err| l.err(format!("bad regex `{a}`: {err}"), "write `address /^bounce-.*@/`"))?;
+            ListEntry::Regex(re.to_string())
+        }
+        None => ListEntry::Address(a.to_ascii_lowercase()),
+    };
+    e.push((entry, l.span.clone()));
+    Ok(())
+}
+
+/// `<address-list NAME>`; returns the name.
+pub(crate) fn address_list(b: &mut Builder, r: &BlockRef) -> Result<String, ConfigError> {
+    let name = r.arg("suppress1")?.to_string();
+    let mut entries = Vec::new();
+    b.run(&ADDRESS_LIST, &mut entries, r.children);
+    b.config.address_lists.insert(name.clone(), AddressListConfig { name: name.clone(), entries });
+    Ok(name)
+}
+
+/// A report processor while it is read.
+#[derive(Default)]
+pub(crate) struct Processor {
+    deliver_unmatched: bool,
+    auto_suppress: Option<String>,
+    list: Option<AddressListConfig>,
+}
+
+const PROCESSOR_DIRECTIVES: &[Directive<Processor>] = &[
+    Directive {
+        name: "deliver-unmatched-email",
+        set: |_, p, l| {
+            p.deliver_unmatched = l.bool()?;
+            Ok(())
+        },
+    },
+    Directive {
+        name: "auto-suppress-list",
+        set: |b, p, l| {
+            let list = l.one()?.to_string();
+            b.list_refs.push((list.clone(), l.span.clone()));
+            p.auto_suppress = Some(list);
+            Ok(())
+        },
+    },
+];
+
+const PROCESSOR_BLOCKS: &[Block<Processor>] = &[Block {
+    name: "address-list",
+    open: |b, p, r| {
+        const ANON: &str = "{report-processor}";
+        let r = BlockRef { arg: Some(r.arg.unwrap_or(ANON)), ..*r };
+        let name = address_list(b, &r)?;
+        p.list = b.config.address_lists.remove(&name).map(|l| AddressListConfig { name: ANON.into(), ..l });
+        Ok(())
+    },
+}];
+
+pub(crate) const FEEDBACK_PROCESSOR: Scope<Processor> =
+    Scope { name: "feedback-loop-processor", directives: PROCESSOR_DIRECTIVES, blocks: PROCESSOR_BLOCKS };
+pub(crate) const BOUNCE_PROCESSOR: Scope<Processor> =
+    Scope { name: "bounce-processor", directives: PROCESSOR_DIRECTIVES, blocks: PROCESSOR_BLOCKS };
+
+/// `<feedback-loop-processor>` / `<bounce-processor>`: reports sent to the addresses of its
+/// `<address-list>` become `f` / `rb` records.
+pub(crate) fn report_processor(b: &mut Builder, r: &BlockRef) -> Result<FeedbackProcessor, ConfigError> {
+    let mut p = Processor::default();
+    let scope = if r.name == "bounce-processor" { &BOUNCE_PROCESSOR } else { &FEEDBACK_PROCESSOR };
+    b.run(scope, &mut p, r.children);
+    let Some(addresses) = p.list else {
+        return Err(ConfigError::at(
+            r.span,
+            format!("`<{}>` needs an `<address-list>` of the addresses reports come to", r.name),
+            "add `<address-list> address fbl@example.com </address-list>` inside it",
+        ));
+    };
+    Ok(FeedbackProcessor { addresses, deliver_unmatched: p.deliver_unmatched, auto_suppress: p.auto_suppress })
+}
+
+/// `<bounce-category-patterns>`: `/regex/ category` lines (`/regex/i` for any case), tried in
+/// order before the built-in rules. Category names are free, as in PowerMTA; one close to a
+/// built-in name gets a warning in case it is a typo.
+pub(crate) fn bounce_patterns(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> {
+    let mut patterns = (*b.config.bounce_patterns).clone();
+    for child in r.children {
+        let crate::ast::Node::Directive { name: pattern, args, span } = child else {
+            b.errors.push(ConfigError::at(child.span(), "a block cannot go in `<bounce-category-patterns>`", ""));
+            continue;
+        };
+        match bounce_pattern(b, pattern, args, span) {
+            Ok(p) => patterns.push(p),
+            Err(e) => b.errors.push(e),
+        }
+    }
+    b.config.bounce_patterns = Arc::new(patterns);
+    Ok(())
+}
+
+fn bounce_pattern(
+    b: &mut Builder,
+    pattern: &str,
+    args: &[String],
+    span: &crate::ast::Span,
+) -> Result<BouncePattern, ConfigError> {
+    let syntax = "write `/regex/ category`, e.g. `/mailbox.*full/ quota-issues`";
+    let (body, insensitive) = match pattern.strip_prefix('/') {
+        Some(rest) if rest.ends_with("/i") && rest.len() >= 2 => (&rest[..rest.len() - 2], true),
+        Some(rest) if rest.ends_with('/') => (&rest[..rest.len() - 1], false),
+        _ => return Err(ConfigError::at(span, format!("`{pattern}` is not a /regex/"), syntax)),
+    };
+    let [category] = args else {
+        return Err(ConfigError::at(span, "a pattern takes one category", syntax));
+    };
+    let category = category.to_ascii_lowercase();
+    if !BOUNCE_CATEGORIES.contains(&category.as_str()) && category != "success" {
+        let hint = near(&category, BOUNCE_CATEGORIES, "");
+        if hint.starts_with("did you mean") {
+            b.warn(span, format!("`{category}` is a category of your own, not one of PowerMTA's ({hint})"));
+        }
+    }
+    let regex = regex::RegexBuilder::new(body)
+        .case_insensitive(insensitive)
+        .build()
+        .map_err(|e| ConfigError::at(span, format!("bad regex `{pattern}`: {e}"), syntax))?;
+    Ok(BouncePattern { regex, category: Arc::from(category) })
+}
+
+/// `<smtp-pattern-list NAME>`: `reply /regex/ action[,action...]` lines.
+pub(crate) fn smtp_pattern_list(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> {
+    let name = r.arg("errors")?;
+    let mut rules = Vec::new();
+    b.run(&PATTERN_LIST, &mut rules, r.children);
+    b.config.pattern_lists.insert(name.to_string(), Arc::new(rules));
+    Ok(())
+}
+
+pub(crate) const PATTERN_LIST: Scope<Vec<PatternRule>> =
+    Scope { name: "smtp-pattern-list", directives: &[Directive { name: "reply", set: reply }], blocks: &[] };
+
+fn reply(_: &mut Builder, rules: &mut Vec<PatternRule>, l: &Line) -> Result<(), ConfigError> {
+    let syntax = "write `reply /regex/ mode=backoff,backoff-to-normal-after=30m`";
+    let [pattern, actions @ ..] = l.args else {
+        return Err(l.err("`reply` needs a /regex/ and actions", syntax));
+    };
+    let body = pattern
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix('/'))
+        .ok_or_else(|| l.err(format!("`{pattern}` is not a /regex/"), syntax))?;
+    let regex = regex::Regex::new(body).map_err(|e| l.err(format!("bad regex `{pattern}`: {e}"), syntax))?;
+    let mut parsed = Vec::new();
+    let (mut to_normal, mut backoff, mut disable, mut reenable) = (None, false, false, None);
+    for action in actions.join(",").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match action.split_once('=') {
+            Some(("mode", "backoff")) => backoff = true,
+            Some(("mode", "normal")) => parsed.push(PatternAction::Normal),
+            Some(("backoff-to-normal-after", d)) => to_normal = Some(l.value(units::parse_duration(d))?),
+            None if action == "bounce-rcpt" => parsed.push(PatternAction::BounceRcpt),
+            None if action == "defer-queue" => parsed.push(PatternAction::DeferQueue),
+            None if action == "bounce-queue" => parsed.push(PatternAction::BounceQueue),
+            None if action == "skip-mx" => parsed.push(PatternAction::SkipMx),
+            None if action == "disable-source-ip" => disable = true,
+            Some(("reenable-after", d)) => reenable = Some(l.value(units::parse_duration(d))?),
+            _ => {
+                return Err(l.err(
+                    format!("unknown pattern action `{action}`"),
+                    "use mode=backoff, mode=normal, backoff-to-normal-after=D, bounce-rcpt, defer-queue, bounce-queue, skip-mx, disable-source-ip or reenable-after=D",
+                ))
+            }
+        }
+    }
+    if backoff {
+        parsed.insert(0, PatternAction::Backoff(to_normal));
+    }
+    if disable {
+        parsed.push(PatternAction::DisableSourceIp(reenable.unwrap_or(REENABLE_AFTER_DEFAULT)));
+    } else if reenable.is_some() {
+        return Err(
+            l.err("`reenable-after` without `disable-source-ip`", "write `disable-source-ip,reenable-after=30m`")
+        );
+    }
+    rules.push(PatternRule { regex, actions: parsed });
+    Ok(())
+}

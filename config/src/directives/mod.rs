@@ -1,0 +1,55 @@
+//! The directive tables: for each kind of block, the directives sluice reads (name and
+//! parser) and the blocks it opens inside. `crate::build` runs them; a name in no table is
+//! checked against PowerMTA's list (`crate::known`).
+
+pub(crate) mod acct;
+pub(crate) mod domain;
+pub(crate) mod global;
+pub(crate) mod lists;
+pub(crate) mod source;
+pub(crate) mod vmta;
+
+use crate::build::Scope;
+
+/// One scope's table as names: (scope, directives, blocks).
+pub type TableNames = (&'static str, Vec<&'static str>, Vec<&'static str>);
+
+fn names<T>(s: &Scope<T>) -> TableNames {
+    (s.name, s.directives.iter().map(|d| d.name).collect(), s.blocks.iter().map(|b| b.name).collect())
+}
+
+/// Every table sluice has, by scope.
+pub fn tables() -> Vec<TableNames> {
+    let mut t = vec![
+        names(&global::SCOPE),
+        names(&source::SCOPE),
+        names(&source::USER),
+        names(&domain::SCOPE),
+        names(&vmta::VMTA),
+        names(&vmta::POOL),
+        names(&acct::SCOPE),
+        names(&global::LISTENER),
+        names(&global::SPOOL),
+        names(&lists::ADDRESS_LIST),
+        names(&lists::FEEDBACK_PROCESSOR),
+        names(&lists::BOUNCE_PROCESSOR),
+        names(&lists::PATTERN_LIST),
+    ];
+    // `<bounce-category-patterns>` holds regex lines, not directives.
+    t.push(("bounce-category-patterns", Vec::new(), Vec::new()));
+    t
+}
+
+/// The scopes whose tables read `name` (as a block when `block`).
+pub(crate) fn scopes_reading(name: &str, block: bool) -> Vec<&'static str> {
+    tables()
+        .into_iter()
+        .filter(|(_, d, b)| if block { b.contains(&name) } else { d.contains(&name) })
+        .map(|(s, _, _)| s)
+        .collect()
+}
+
+/// Every name sluice reads in `scope`.
+pub(crate) fn names_in(scope: &str) -> Vec<&'static str> {
+    tables().into_iter().filter(|(s, _, _)| *s == scope).flat_map(|(_, d, b)| d.into_iter().chain(b)).collect()
+}

@@ -1,0 +1,110 @@
+//! Every directive PowerMTA documents, by the block it is written in: the list in
+//! `config/powermta-directives.txt` (the PowerMTA 5.0 User's Guide's directive index and
+//! headings, then directives of other versions that real configurations carry). A name on
+//! it is never a start-up error; a name on no list and in no table of sluice's is a typo.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+/// The list, as shipped.
+pub const LIST: &str = include_str!("../powermta-directives.txt");
+
+/// Where an entry of the list comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Origin {
+    /// The PowerMTA 5.0 User's Guide.
+    Guide,
+    /// A block of the Guide (where it may be opened).
+    Block,
+    /// Another PowerMTA version, seen in real configurations.
+    OtherVersion,
+}
+
+/// One entry: a directive (or block) name, the scope it is written in, where it comes from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub scope: String,
+    pub name: String,
+    pub origin: Origin,
+}
+
+pub struct Known {
+    entries: Vec<Entry>,
+    directives: BTreeMap<String, BTreeSet<String>>,
+    blocks: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The parsed list (parsed once).
+pub fn known() -> &'static Known {
+    static KNOWN: OnceLock<Known> = OnceLock::new();
+    KNOWN.get_or_init(|| parse(LIST))
+}
+
+fn parse(text: &str) -> Known {
+    let mut origin = Origin::Guide;
+    let mut entries = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        match line {
+            "[guide-5.0]" => origin = Origin::Guide,
+            "[blocks]" => origin = Origin::Block,
+            "[other-versions]" => origin = Origin::OtherVersion,
+            _ => {
+                let (scope, name) = line.split_once(' ').expect("`scope name` lines");
+                entries.push(Entry { scope: scope.to_string(), name: name.trim().to_string(), origin });
+            }
+        }
+    }
+    let mut directives: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut blocks: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for e in &entries {
+        let map = if e.origin == Origin::Block { &mut blocks } else { &mut directives };
+        map.entry(e.name.clone()).or_default().insert(e.scope.clone());
+    }
+    Known { entries, directives, blocks }
+}
+
+impl Known {
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Is `name` a PowerMTA directive of `scope`?
+    pub fn directive(&self, scope: &str, name: &str) -> bool {
+        self.directives.get(name).is_some_and(|s| s.contains(scope))
+    }
+
+    /// Is `<name>` a PowerMTA block that may be opened in `scope`?
+    pub fn block(&self, scope: &str, name: &str) -> bool {
+        self.blocks.get(name).is_some_and(|s| s.contains(scope))
+    }
+
+    /// The scopes PowerMTA has `name` in (as a directive, or as a block when `block`).
+    pub fn scopes_of(&self, name: &str, block: bool) -> Vec<&str> {
+        let map = if block { &self.blocks } else { &self.directives };
+        map.get(name).map(|s| s.iter().map(String::as_str).collect()).unwrap_or_default()
+    }
+
+    /// Every name PowerMTA has in `scope` (directives and blocks), for hints.
+    pub fn names_in<'a>(&'a self, scope: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.entries.iter().filter(move |e| e.scope == scope).map(|e| e.name.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_holds_the_guide_and_other_versions() {
+        let k = known();
+        assert!(k.entries().len() > 400, "{}", k.entries().len());
+        assert!(k.directive("domain", "max-smtp-out"));
+        assert!(k.directive("global", "run-as-root"));
+        assert!(k.directive("acct-file", "move-interval"));
+        assert!(k.directive("global", "sync-msg-create"), "other versions");
+        assert!(k.block("global", "mx-rollup-list"));
+        assert!(k.block("virtual-mta", "domain"));
+        assert!(!k.directive("domain", "max-smtp-outt"));
+        assert_eq!(k.scopes_of("domain-key", false), ["domain-key-list", "global", "virtual-mta", "virtual-mta-pool"]);
+    }
+}

@@ -1,0 +1,633 @@
+//! The typed configuration: what each block and directive becomes.
+
+use crate::ast::Span;
+use crate::overrides::DomainBlocks;
+use crate::units::{Cidr, HostPort, Rate};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Policy for clients matching a `<source CIDR>`.
+#[derive(Debug, Clone)]
+pub struct SourcePolicy {
+    pub always_allow_relaying: bool,
+    pub smtp_service: bool,
+    pub max_message_size: u64,
+    pub max_rcpt_per_message: u32,
+    pub process_x_virtual_mta: bool,
+    pub default_virtual_mta: Option<String>,
+    /// Keep the `x-virtual-mta:` header when relaying (it is removed by default).
+    pub retain_x_virtual_mta: bool,
+    /// Refuse a message whose `x-virtual-mta:` names no VMTA or pool (else: the default).
+    pub reject_invalid_virtual_mta: bool,
+    pub add_received_header: bool,
+    pub hide_message_source: bool,
+    /// `generate-bounces yes`: a recipient that bounces gets an RFC 3464 DSN sent to the
+    /// message's envelope sender (never for a null sender).
+    pub generate_bounces: bool,
+    /// `allow-auth yes`: AUTH is offered (PLAIN, LOGIN, CRAM-MD5).
+    pub allow_auth: bool,
+    /// `allow-starttls` (default yes): STARTTLS is offered when a certificate is configured.
+    pub allow_starttls: bool,
+    /// `require-auth yes`: MAIL is refused until the client has authenticated.
+    pub require_auth: bool,
+    /// `require-starttls-before-auth yes`: AUTH only inside TLS.
+    pub require_starttls_before_auth: bool,
+    /// `smtp-max-auth-failure-rate`: failed AUTH attempts allowed per client IP.
+    pub max_auth_failure_rate: Rate,
+    /// Sender restrictions (empty: any): `allowed-mail-from-domain`, `allowed-virtual-mta`.
+    pub restrictions: SenderRestrictions,
+    /// `check-spf-inbound`, `check-dkim-inbound`, `check-dmarc-inbound`,
+    /// `check-arc-inbound`: verify and add an Authentication-Results header.
+    pub check_spf: bool,
+    pub check_dkim: bool,
+    pub check_dmarc: bool,
+    pub check_arc: bool,
+    /// `arc-sign yes`: ARC-seal what this source relays (with the global `arc-key`).
+    pub arc_sign: bool,
+    /// `suppression-lists NAME[,NAME]`: recipients on these `<address-list>`s are refused.
+    pub suppression_lists: Vec<String>,
+    /// `process-x-job yes`: the `jobid-header` (default `x-job`) names the message's job,
+    /// which every accounting record carries; the header is removed unless `retain-x-job`.
+    pub process_x_job: bool,
+    pub jobid_header: String,
+    pub retain_x_job: bool,
+    /// `bare-lf normalize|reject`.
+    pub bare_lf: BareLf,
+    /// `long-lines encode|reject`.
+    pub long_lines: LongLines,
+}
+
+/// `bare-lf`: what a line ending in LF alone becomes (a lone "." next to one is refused as
+/// SMTP smuggling either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BareLf {
+    /// Taken as a line end and spooled as CRLF (the default, as Postfix's
+    /// `smtpd_forbid_bare_newline = normalize`).
+    Normalize,
+    /// The message is refused with 550 5.6.0.
+    Reject,
+}
+
+/// `long-lines`: what a message with a line over 998 octets becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LongLines {
+    /// Wrapped losslessly (text re-encoded as quoted-printable, header fields folded): the
+    /// default.
+    Encode,
+    /// The message is refused with 550 5.6.0.
+    Reject,
+}
+
+/// `downgrade-8bit`: 8-bit mail for a receiver that does not offer 8BITMIME (RFC 6152 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Downgrade8bit {
+    /// Converted to quoted-printable (the default).
+    QuotedPrintable,
+    /// Bounced with 554 5.6.3 (conversion required but not permitted, RFC 3463).
+    Bounce,
+}
+
+/// One line of an `<address-list>`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ListEntry {
+    /// `address a@b.com` (or a local part, `address abuse`: any domain).
+    Address(String),
+    /// `address /regex/`.
+    Regex(String),
+    /// `address-file F`: one address or local part per line.
+    File(PathBuf),
+    /// `domain d.com`.
+    Domain(String),
+    /// `address-hash-file F`: lower-case hex SHA-256 of the lower-cased address per line.
+    HashFile(PathBuf),
+    /// `address-hmac-file F KEY`: the same with HMAC-SHA256 and KEY.
+    HmacFile(PathBuf, String),
+}
+
+/// `<feedback-loop-processor>`: reports sent to its addresses become `f` records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeedbackProcessor {
+    /// The report addresses (its nested `<address-list>`).
+    pub addresses: AddressListConfig,
+    /// `deliver-unmatched-email yes`: mail to those addresses that is no report is relayed
+    /// (default: accepted and dropped).
+    pub deliver_unmatched: bool,
+    /// `auto-suppress-list NAME`: complaining recipients are appended to that list's
+    /// `address-file`.
+    pub auto_suppress: Option<String>,
+}
+
+/// `<address-list NAME>`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AddressListConfig {
+    pub name: String,
+    pub entries: Vec<(ListEntry, Span)>,
+}
+
+impl SourcePolicy {
+    /// Does a message from this source need the (DNS-backed) authentication checks?
+    pub fn checks_inbound(&self) -> bool {
+        self.check_spf || self.check_dkim || self.check_dmarc || self.check_arc || self.arc_sign
+    }
+}
+
+/// A certificate chain and its private key (PEM files), and the line that named them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsCertificate {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub span: Span,
+}
+
+/// Who may be named as the sender, and which VMTAs a message may use.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SenderRestrictions {
+    /// Lower-case domains; a MAIL FROM domain must be one of them or a subdomain.
+    pub mail_from_domains: Vec<String>,
+    /// VMTA or pool names a message may select.
+    pub virtual_mtas: Vec<String>,
+}
+
+impl SenderRestrictions {
+    pub fn mail_from_allowed(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.mail_from_domains.is_empty()
+            || self.mail_from_domains.iter().any(|d| domain == *d || domain.ends_with(&format!(".{d}")))
+    }
+
+    pub fn vmta_allowed(&self, vmta: &str) -> bool {
+        self.virtual_mtas.is_empty() || self.virtual_mtas.iter().any(|v| v == vmta)
+    }
+}
+
+/// `<smtp-user NAME>`: credentials for SMTP AUTH and what the user gets once authenticated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmtpUser {
+    pub name: String,
+    /// As written: plain text, or a hash (`$argon2id$...`, `$6$...` SHA-512-crypt).
+    pub password: String,
+    /// The named `<source {NAME}>` whose policy the session takes (default `{auth}`).
+    pub source: String,
+    /// Restrictions of the user's own (beside the source's).
+    pub restrictions: SenderRestrictions,
+    pub span: Span,
+}
+
+impl Default for SourcePolicy {
+    fn default() -> Self {
+        SourcePolicy {
+            always_allow_relaying: false,
+            smtp_service: true,
+            max_message_size: 50 << 20,
+            max_rcpt_per_message: 1000,
+            process_x_virtual_mta: false,
+            default_virtual_mta: None,
+            retain_x_virtual_mta: false,
+            reject_invalid_virtual_mta: false,
+            add_received_header: true,
+            hide_message_source: false,
+            generate_bounces: false,
+            allow_auth: false,
+            allow_starttls: true,
+            require_auth: false,
+            require_starttls_before_auth: false,
+            max_auth_failure_rate: Rate { count: 3, period: Duration::from_secs(300) },
+            restrictions: SenderRestrictions::default(),
+            check_spf: false,
+            check_dkim: false,
+            check_dmarc: false,
+            check_arc: false,
+            arc_sign: false,
+            suppression_lists: Vec::new(),
+            process_x_job: false,
+            jobid_header: "x-job".into(),
+            retain_x_job: false,
+            bare_lf: BareLf::Normalize,
+            long_lines: LongLines::Encode,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SourceRule {
+    pub cidr: Cidr,
+    pub policy: SourcePolicy,
+}
+
+/// Effective per-destination settings (after `*` → parent → exact merging).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainSettings {
+    pub max_smtp_out: u32,
+    pub max_msg_per_connection: u32,
+    pub max_rcpt_per_message: u32,
+    pub retry_after: Vec<Duration>,
+    pub bounce_after: Duration,
+    pub smtp_hosts: Option<Vec<Vec<HostPort>>>,
+    /// `max-msg-rate`: messages per period for the queue (None: unlimited).
+    pub max_msg_rate: Option<Rate>,
+    /// `max-connect-rate`: new connections per period for the queue.
+    pub max_connect_rate: Option<Rate>,
+    /// `smtp-pattern-list NAME`: the rules every reply for this queue is checked against.
+    pub pattern_list: Option<String>,
+    /// Limits while the queue is in backoff mode.
+    pub backoff_max_msg_rate: Option<Rate>,
+    pub backoff_max_smtp_out: Option<u32>,
+    pub backoff_retry_after: Vec<Duration>,
+    /// How long backoff lasts when the pattern does not say (`backoff-to-normal-after`).
+    pub backoff_to_normal_after: Duration,
+    /// `backoff-to-normal-after-delivery yes`: the first clean delivery ends backoff.
+    pub backoff_to_normal_after_delivery: bool,
+    /// `adaptive-rate yes`: the message rate follows the receiver (AIMD), up to `max-msg-rate`.
+    pub adaptive_rate: bool,
+    /// `queue-to D`: this domain's mail goes into D's queue, with D's settings and next hops.
+    pub queue_to: Option<String>,
+    /// `queue-priority N` (0-100): when queues compete for the same source IPs' connections,
+    /// higher ones get them first.
+    pub queue_priority: u8,
+    /// MX rollup (on unless `disable-mx-rollup yes`): domains whose MX sets are equal, and
+    /// whose settings are equal, share one queue.
+    pub mx_rollup: bool,
+    /// `dkim-sign yes`: mail to this domain is signed with the `domain-key` matching its
+    /// From domain.
+    pub dkim_sign: bool,
+    pub dkim: DkimOptions,
+    /// `use-starttls` (default yes): STARTTLS when the receiver offers it.
+    pub use_starttls: bool,
+    /// `require-starttls`: no delivery without TLS (deferred with 4.7.10).
+    pub require_starttls: bool,
+    /// `downgrade-8bit quoted-printable|bounce`.
+    pub downgrade_8bit: Downgrade8bit,
+}
+
+/// How a signature is made (`dkim-headers`, `dkim-header-canon`, `dkim-body-canon`,
+/// `dkim-identity`, `dkim-expire-after`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DkimOptions {
+    /// Header fields signed when present.
+    pub headers: Vec<String>,
+    /// relaxed (true, the default) or simple.
+    pub header_relaxed: bool,
+    pub body_relaxed: bool,
+    /// `i=`: the agent or user identifier.
+    pub identity: Option<String>,
+    /// `x=`: the signature expires this long after signing.
+    pub expire_after: Option<Duration>,
+}
+
+/// Header fields signed by default: the ones RFC 6376 §5.4.1 recommends, plus the list and
+/// unsubscribe headers that mailbox providers require of bulk mail (RFC 8058).
+pub const DKIM_HEADERS_DEFAULT: &[&str] = &[
+    "From",
+    "Sender",
+    "Reply-To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "To",
+    "Cc",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "Content-ID",
+    "Content-Description",
+    "Resent-Date",
+    "Resent-From",
+    "Resent-Sender",
+    "Resent-To",
+    "Resent-Cc",
+    "Resent-Message-ID",
+    "In-Reply-To",
+    "References",
+    "List-Id",
+    "List-Help",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Subscribe",
+    "List-Post",
+    "List-Owner",
+    "List-Archive",
+    "Feedback-ID",
+];
+
+impl Default for DkimOptions {
+    fn default() -> Self {
+        DkimOptions {
+            headers: DKIM_HEADERS_DEFAULT.iter().map(|h| h.to_string()).collect(),
+            header_relaxed: true,
+            body_relaxed: true,
+            identity: None,
+            expire_after: None,
+        }
+    }
+}
+
+/// `domain-key SELECTOR,DOMAIN|*,KEYFILE`: a signing key for a domain (and its subdomains),
+/// or for any domain (`*`). Read and checked when sluice starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainKey {
+    pub selector: String,
+    /// Lower case; `*` for any From domain (then `d=` is the From domain).
+    pub domain: String,
+    pub path: PathBuf,
+    pub span: Span,
+}
+
+impl Default for DomainSettings {
+    fn default() -> Self {
+        DomainSettings {
+            max_smtp_out: 20,
+            max_msg_per_connection: 0,
+            max_rcpt_per_message: 0,
+            retry_after: vec![Duration::from_secs(600)],
+            bounce_after: Duration::from_secs(4 * 86400 + 12 * 3600),
+            smtp_hosts: None,
+            max_msg_rate: None,
+            max_connect_rate: None,
+            pattern_list: None,
+            backoff_max_msg_rate: None,
+            backoff_max_smtp_out: None,
+            backoff_retry_after: vec![Duration::from_secs(3600)],
+            backoff_to_normal_after: Duration::from_secs(3600),
+            backoff_to_normal_after_delivery: false,
+            adaptive_rate: false,
+            queue_to: None,
+            queue_priority: 50,
+            mx_rollup: true,
+            dkim_sign: false,
+            dkim: DkimOptions::default(),
+            use_starttls: true,
+            require_starttls: false,
+            downgrade_8bit: Downgrade8bit::QuotedPrintable,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    Delivered,
+    Bounced,
+    Transient,
+    QueueEvent,
+    Received,
+    Feedback,
+    RemoteBounce,
+    /// `rs`: a remote status report (a positive or delayed DSN).
+    RemoteStatus,
+}
+
+impl RecordType {
+    /// Every type, in PowerMTA's order (`records all`).
+    pub const ALL: [RecordType; 8] = [
+        RecordType::Delivered,
+        RecordType::Bounced,
+        RecordType::Transient,
+        RecordType::QueueEvent,
+        RecordType::Received,
+        RecordType::Feedback,
+        RecordType::RemoteBounce,
+        RecordType::RemoteStatus,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            RecordType::Delivered => "d",
+            RecordType::Bounced => "b",
+            RecordType::Transient => "t",
+            RecordType::QueueEvent => "tq",
+            RecordType::Received => "r",
+            RecordType::Feedback => "f",
+            RecordType::RemoteBounce => "rb",
+            RecordType::RemoteStatus => "rs",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AcctFile {
+    pub path: PathBuf,
+    pub records: Vec<RecordType>,
+    /// `record-fields TYPES FIELDS`: the columns written (None: all); `type` always first.
+    pub fields: Option<Vec<String>>,
+    /// `privacy-policy hmac-sha256 KEY`: local parts of addresses are hashed with KEY.
+    pub privacy_key: Option<String>,
+    /// `max-size SIZE`: the file is rotated (renamed with a time stamp) past this size.
+    pub max_size: Option<u64>,
+    /// `delete-after D`: rotated files older than this are deleted.
+    pub delete_after: Option<Duration>,
+}
+
+/// What a management API client may do (`http-access CIDR LEVEL`): each level includes the
+/// ones below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    None,
+    /// Read status, queues, metrics, the web monitor.
+    Monitor,
+    /// Also pause, resume, schedule and set queue modes and jobs.
+    Operator,
+    /// Also delete mail, reload, rotate accounting files, inject over HTTP.
+    Admin,
+}
+
+impl Access {
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::None => "none",
+            Access::Monitor => "monitor",
+            Access::Operator => "operator",
+            Access::Admin => "admin",
+        }
+    }
+}
+
+/// The management API: `http-mgmt-port`, `http-access`, `http-api-key`.
+#[derive(Debug, Clone)]
+pub struct Mgmt {
+    /// `http-mgmt-port PORT` (every address, as PowerMTA) or `IP:PORT`.
+    pub listen: SocketAddr,
+    /// `http-access` rules; the longest matching prefix wins. None given: loopback is admin.
+    pub access: Vec<(Cidr, Access)>,
+    /// `http-api-key KEY`: a request bearing it in `X-API-Key` is admin from any address the
+    /// access rules let in; HTTP injection needs it.
+    pub api_key: Option<String>,
+}
+
+impl Mgmt {
+    /// The access level of a client address, from the `http-access` rules.
+    pub fn access_of(&self, ip: IpAddr) -> Access {
+        if self.access.is_empty() {
+            return if ip.is_loopback() { Access::Admin } else { Access::None };
+        }
+        self.access
+            .iter()
+            .filter(|(c, _)| c.contains(ip))
+            .max_by_key(|(c, _)| c.prefix)
+            .map(|(_, a)| *a)
+            .unwrap_or(Access::None)
+    }
+}
+
+/// A warning: a directive that sluice knows from PowerMTA but does not implement yet.
+#[derive(Debug, Clone)]
+pub struct Warning {
+    pub span: Span,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.span, self.message)
+    }
+}
+
+/// PowerMTA's bounce categories, the values of the accounting `bounceCat` column.
+pub const BOUNCE_CATEGORIES: &[&str] = &[
+    "bad-configuration",
+    "bad-connection",
+    "bad-domain",
+    "bad-mailbox",
+    "content-related",
+    "inactive-mailbox",
+    "invalid-sender",
+    "message-expired",
+    "no-answer-from-host",
+    "other",
+    "policy-related",
+    "protocol-errors",
+    "quota-issues",
+    "relaying-issues",
+    "routing-errors",
+    "spam-related",
+    "virus-related",
+];
+
+/// The regex type of bounce patterns (re-exported so callers need no regex dependency).
+pub type BouncePatternRegex = regex::Regex;
+
+/// One `<bounce-category-patterns>` line: a reply matching `regex` gets `category`.
+#[derive(Debug, Clone)]
+pub struct BouncePattern {
+    pub regex: regex::Regex,
+    /// One of `BOUNCE_CATEGORIES`, `success`, or a category of the operator's own.
+    pub category: std::sync::Arc<str>,
+}
+
+/// What a matching reply does to its queue (PowerMTA's smtp-pattern-list actions).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternAction {
+    /// `mode=backoff`, with `backoff-to-normal-after=D` when given.
+    Backoff(Option<Duration>),
+    /// `mode=normal`.
+    Normal,
+    /// `bounce-rcpt`: this recipient bounces whatever the reply code.
+    BounceRcpt,
+    /// `defer-queue`: every ready recipient of the queue waits for its retry.
+    DeferQueue,
+    /// `bounce-queue`: every ready recipient of the queue bounces.
+    BounceQueue,
+    /// `skip-mx`: leave this next hop; the recipient is tried at once on the next one.
+    SkipMx,
+    /// `disable-source-ip` (with `reenable-after=D`, else an hour): this queue stops using
+    /// the connection's source IP (its VMTA) for that long; a pool's other members carry on.
+    DisableSourceIp(Duration),
+}
+
+/// How long `disable-source-ip` lasts without `reenable-after`.
+pub const REENABLE_AFTER_DEFAULT: Duration = Duration::from_secs(3600);
+
+/// `reply /regex/ ACTIONS` in an `<smtp-pattern-list>`.
+#[derive(Debug, Clone)]
+pub struct PatternRule {
+    pub regex: regex::Regex,
+    pub actions: Vec<PatternAction>,
+}
+
+/// `source-ip-max-msg-rate`, `source-ip-max-connect-rate`, `source-ip-max-smtp-out` for one IP.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceIpLimits {
+    pub max_msg_rate: Option<Rate>,
+    pub max_connect_rate: Option<Rate>,
+    pub max_smtp_out: Option<u32>,
+}
+
+/// A `<virtual-mta NAME>`: where its connections come from, and its own `<domain>` settings.
+#[derive(Debug, Clone, Default)]
+pub struct VirtualMta {
+    pub name: String,
+    /// `smtp-source-host IP HOSTNAME`: bind this address, say this name in EHLO.
+    pub source_ip: Option<IpAddr>,
+    pub host_name: Option<String>,
+    /// `domain-key` lines inside the VMTA: tried before the global ones.
+    pub domain_keys: Vec<DomainKey>,
+    pub(crate) domains: DomainBlocks,
+}
+
+/// An SMTP listener: where, the named `<source>` its sessions take on top of their address's
+/// (`source=NAME`), and whether TLS starts at connect (`immediate-tls yes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub source: Option<String>,
+    pub immediate_tls: bool,
+}
+
+/// What an `x-virtual-mta:` header or `default-virtual-mta` may name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmtaTarget {
+    Vmta(String),
+    Pool(String),
+}
+
+/// Where `startup-ramp` starts: this share of every connection and rate limit.
+pub const STARTUP_RAMP_FLOOR: f64 = 0.1;
+
+/// Where a process is in its start-up (`startup-delivery-delay`, `startup-ramp`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Startup {
+    /// Accepting, not delivering yet; this many ms left.
+    Delaying {
+        left_ms: u64,
+    },
+    /// Delivering with limits at this share of their value.
+    Ramping {
+        share: f64,
+    },
+    Running,
+}
+
+/// Accounting columns (`record-fields` may name these), as the engine writes them.
+pub const ACCT_FIELDS: &[&str] = &[
+    "type",
+    "timeLogged",
+    "timeQueued",
+    "orig",
+    "rcpt",
+    "orcpt",
+    "dsnAction",
+    "dsnStatus",
+    "dsnDiag",
+    "dsnMta",
+    "bounceCat",
+    "srcType",
+    "srcMta",
+    "dlvType",
+    "dlvSourceIp",
+    "dlvDestinationIp",
+    "dlvEsmtpAvailable",
+    "dlvSize",
+    "vmta",
+    "jobId",
+    "envId",
+    "queue",
+    "vmtaPool",
+    "rcvSmtpUser",
+    "dlvTlsProtocol",
+    "dlvTlsCipher",
+    "authResults",
+    "format",
+    "feedbackType",
+    "userAgent",
+    "reportingMta",
+    "sourceIp",
+];
