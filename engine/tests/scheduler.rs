@@ -250,3 +250,17 @@ fn adaptive_rate_settles_near_a_hidden_receiver_rate_where_a_fixed_rate_hammers(
     );
     assert!(adaptive_ok >= 30 * 40 / 2, "and still delivers near the receiver's rate: {adaptive_ok} in 30 s");
 }
+
+/// `max-msg-rate 0` holds a queue's mail (PowerMTA configs use it for spam traps), also
+/// through the start-up ramp; other queues deliver.
+#[test]
+fn a_zero_message_rate_holds_the_queue() {
+    let mut w = World::new("startup-ramp 1m\n<domain dest.test>\n max-msg-rate 0\n</domain>");
+    w.queue(50);
+    w.run(600_000, 100, &ok);
+    assert!(w.starts.is_empty(), "nothing sent to a queue held at rate 0: {:?}", w.starts.len());
+    let mut w = World::new("<domain other.test>\n max-msg-rate 0\n</domain>");
+    w.queue(50);
+    w.run(10_000, 100, &ok);
+    assert_eq!(w.starts.len(), 50, "a queue without the rule delivers");
+}

@@ -200,7 +200,11 @@ impl<M> Queue<M> {
         ((n as f64 * self.ramp).ceil() as u32).max(1)
     }
 
+    /// A rate at the start-up ramp's share (a zero rate stays zero: the queue holds).
     fn ramped_rate(&self, r: Rate) -> Rate {
+        if r.is_zero() {
+            return r;
+        }
         Rate { count: self.ramped(r.count), period: r.period }
     }
 

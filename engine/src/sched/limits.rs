@@ -19,6 +19,9 @@ pub const SMTP_OUT_CLAIM_MS: u64 = 2 * RATE_BURST_WINDOW_MS;
 
 /// A config rate as a GCRA limit.
 pub fn limit_of(rate: Rate) -> Limit {
+    if rate.is_zero() {
+        return Limit::NEVER;
+    }
     let per_ms = rate.count as f64 / rate.period.as_millis().max(1) as f64;
     let burst = ((per_ms * RATE_BURST_WINDOW_MS as f64).floor() as u32).max(1);
     Limit::new(rate.count, rate.period, burst)

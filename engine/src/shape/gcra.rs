@@ -12,6 +12,10 @@ use std::time::Duration;
 /// means another caller made progress, so this only bounds a pathological spin.
 pub const CAS_RETRIES_MAX: u32 = 1024;
 
+/// How long a caller refused by `Limit::NEVER` waits before asking again (a reload may
+/// have changed the rate).
+pub const NEVER_RETRY: Duration = Duration::from_secs(60);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     /// Time per event at the sustained rate.
@@ -21,6 +25,9 @@ pub struct Limit {
 }
 
 impl Limit {
+    /// Nothing passes (a rate of 0: PowerMTA's `max-msg-rate 0` holds the queue's mail).
+    pub const NEVER: Limit = Limit { emission_ns: u64::MAX, tolerance_ns: 0 };
+
     /// `count` events per `period`, with up to `burst` at once (burst ≥ 1).
     pub fn new(count: u32, period: Duration, burst: u32) -> Limit {
         assert!(count > 0 && burst > 0 && !period.is_zero());
@@ -42,6 +49,9 @@ impl GcraCell {
     /// Takes one grant at `now_ns` (any monotonic clock, the same for every caller), or
     /// returns how long until one would be allowed.
     pub fn try_acquire(&self, now_ns: u64, limit: Limit) -> Result<(), Duration> {
+        if limit == Limit::NEVER {
+            return Err(NEVER_RETRY);
+        }
         let mut tat = self.tat_ns.load(Ordering::Acquire);
         for _ in 0..CAS_RETRIES_MAX {
             if tat > now_ns + limit.tolerance_ns {
@@ -62,6 +72,14 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::time::Instant;
+
+    #[test]
+    fn a_zero_rate_never_grants() {
+        let cell = GcraCell::new();
+        for now in [0, 1, 1 << 40] {
+            assert_eq!(cell.try_acquire(now, Limit::NEVER), Err(NEVER_RETRY));
+        }
+    }
 
     #[test]
     fn sustained_rate_and_burst() {
