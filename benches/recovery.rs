@@ -48,6 +48,7 @@ fn build_spool(spool: &std::path::Path, n: usize, domains: usize) {
                     vmta: "",
                     recipients: rcpts.iter().map(String::as_str).collect(),
                     job_id: "backlog",
+                    extras: Default::default(),
                 };
                 record.clear();
                 encode_message(&env, &data, &mut record);

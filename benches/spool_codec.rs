@@ -13,6 +13,7 @@ fn envelope(rcpts: &[String]) -> Envelope<'_> {
         vmta: "",
         recipients: rcpts.iter().map(String::as_str).collect(),
         job_id: "campaign-2026-11",
+        extras: Default::default(),
     }
 }
 

@@ -41,6 +41,8 @@ enum Command {
     },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Print the table of PowerMTA directives: read, accepted and ignored, sluice's own.
+    Directives,
     /// Inject load over SMTP (io_uring) and report rates and latencies.
     Loadgen(tools::LoadgenArgs),
     /// Accept and count mail over SMTP (io_uring), verifying loadgen's checksums.
@@ -323,6 +325,10 @@ fn main() -> ExitCode {
         Command::Operate(verb) => {
             default_sigpipe();
             cli::run(verb)
+        }
+        Command::Directives => {
+            print!("{}", sluice_config::known::directives_markdown());
+            ExitCode::SUCCESS
         }
         Command::DefaultConfig => {
             print!("{DEFAULT_CONFIG}");

@@ -127,7 +127,7 @@ fn run_without_config_serves_the_embedded_default() {
     assert!(t.cmd("RCPT TO:<b@elsewhere.test>").starts_with("250"));
     t.cmd("QUIT");
     assert!(dir.path().join("spool").is_dir(), "spool in ./spool");
-    assert!(dir.path().join("acct.csv").is_file(), "accounting in ./acct.csv");
+    assert_eq!(acct_files_of(dir.path(), "acct").len(), 1, "accounting in ./acct-YYYY-MM-DD-0000.csv");
     // SAFETY: signalling our own child.
     unsafe { kill(child.id() as i32, 15) };
     assert!(child.wait().unwrap().success());

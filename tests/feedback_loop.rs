@@ -63,7 +63,10 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
         (a["format"].as_str(), a["feedbackType"].as_str(), a["userAgent"].as_str(), a["jobId"].as_str()),
         ("arf", "abuse", "SomeGenerator/1.0", "job42")
     );
-    assert_eq!((a["reportingMta"].as_str(), a["sourceIp"].as_str()), ("mail.mailbox-provider.example", "192.0.2.10"));
+    assert_eq!(
+        (a["reportingMTA"].as_str(), a["dlvSourceIp"].as_str()),
+        ("mail.mailbox-provider.example", "192.0.2.10")
+    );
     assert_eq!(a["orig"], "bounces+job42@bounces.example.com");
     let b = row("redacted@mailbox-provider.example");
     assert_eq!((b["userAgent"].as_str(), b["jobId"].as_str()), ("ProviderFBL/0.1", "job7"));
@@ -133,10 +136,10 @@ fn asynchronous_bounces_become_rb_records() {
     let p = row("gone.user@receiver.example");
     assert_eq!(
         (p["dsnStatus"].as_str(), p["bounceCat"].as_str(), p["jobId"].as_str(), p["dsnMta"].as_str()),
-        ("5.1.1", "bad-mailbox", "job-2026-11", "store.receiver.example")
+        ("5.1.1 (bad destination mailbox address)", "bad-mailbox", "job-2026-11", "store.receiver.example")
     );
     let e = row("full.box@corp.example");
-    assert_eq!((e["dsnStatus"].as_str(), e["bounceCat"].as_str()), ("5.2.2", "quota-issues"));
+    assert_eq!((e["dsnStatus"].as_str(), e["bounceCat"].as_str()), ("5.2.2 (mailbox full)", "quota-issues"));
     assert!(e["dsnDiag"].starts_with("smtp;552 5.2.2 mailbox full"), "{e:?}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(sink.messages().is_empty(), "bounces are taken, not relayed");

@@ -236,18 +236,19 @@ fn status_metrics_and_read_endpoints() {
     assert!(d.cli(&["show", "settings", "b.test"]).contains("retry_after"));
     assert!(d.cli(&["resolve", "b.test"]).contains(&format!("127.0.0.1:{}", sink.addr.port())));
 
-    // `rotate acct`: the file is renamed with a time stamp; a new one starts with the header.
+    // `rotate acct`: a new file (the next number) starts with the header; the old one keeps
+    // its rows.
+    let before = relay.acct_files();
     d.cli(&["rotate", "acct"]);
-    let rotated = wait_for("the rotated accounting file", Duration::from_secs(5), || {
-        let rotated = std::fs::read_dir(relay.dir.path())
-            .unwrap()
-            .flatten()
-            .find(|e| e.file_name().to_string_lossy().starts_with("acct.csv."))?;
-        std::fs::read_to_string(relay.acct_path()).ok().filter(|t| t.starts_with("type,"))?;
-        Some(rotated.path())
+    let new = wait_for("the new accounting file", Duration::from_secs(5), || {
+        let files = relay.acct_files();
+        let new = files.into_iter().find(|f| !before.contains(f))?;
+        std::fs::read_to_string(&new).ok().filter(|t| t.starts_with("type,"))?;
+        Some(new)
     });
-    let old = parse_csv_rows(&std::fs::read_to_string(rotated).unwrap());
-    assert_eq!(old.iter().filter(|r| r["type"] == "d").count(), 5, "the delivered rows went with the old file");
+    let old = parse_csv_rows(&std::fs::read_to_string(before.last().unwrap()).unwrap());
+    assert_eq!(old.iter().filter(|r| r["type"] == "d").count(), 5, "the delivered rows stay in the old file");
+    assert!(parse_csv_rows(&std::fs::read_to_string(new).unwrap()).is_empty());
 }
 
 #[test]

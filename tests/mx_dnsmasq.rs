@@ -47,9 +47,17 @@ fn scenario(shards: Option<u32>, net: u8) {
     let d = wait_for("delivery via the implicit MX", Duration::from_secs(20), || row("d", "b@amx.test"));
     assert_eq!(d["dlvDestinationIp"], format!("127.0.{net}.7"));
     let b = wait_for("null MX bounce", Duration::from_secs(20), || row("b", "c@nullmx.test"));
-    assert_eq!((b["dsnStatus"].as_str(), b["bounceCat"].as_str()), ("5.1.10", "bad-domain"), "{b:?}");
+    assert_eq!(
+        (b["dsnStatus"].as_str(), b["bounceCat"].as_str()),
+        ("5.1.10 (recipient address has null MX)", "bad-domain"),
+        "{b:?}"
+    );
     let b = wait_for("NXDOMAIN bounce", Duration::from_secs(20), || row("b", "d@nxdomain.test"));
-    assert_eq!((b["dsnStatus"].as_str(), b["bounceCat"].as_str()), ("5.1.2", "bad-domain"), "{b:?}");
+    assert_eq!(
+        (b["dsnStatus"].as_str(), b["bounceCat"].as_str()),
+        ("5.1.2 (bad destination system: no such domain)", "bad-domain"),
+        "{b:?}"
+    );
     assert_eq!(live.messages().len(), 1);
     assert_eq!(implicit.messages().len(), 1);
 }

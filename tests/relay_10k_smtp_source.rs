@@ -21,7 +21,7 @@ fn scenario(shards: Option<u32>) {
     for r in &rows {
         assert_eq!(r["rcpt"], "rcpt@sink.test");
         assert_eq!(r["orig"], "sender@src.test");
-        assert_eq!(r["dsnStatus"], "2.0.0");
+        assert_eq!(r["dsnStatus"], "2.0.0 (success)");
         assert_eq!(r["dlvDestinationIp"], "127.0.0.1");
         assert!(r["dsnDiag"].starts_with("smtp;250"), "{r:?}");
     }

@@ -37,7 +37,7 @@ fn scenario(shards: Option<u32>) {
     let row_for = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);
     let t =
         wait_for("t row for the greylisted recipient", Duration::from_secs(15), || row_for("t", "later@retry.test"));
-    assert_eq!((t["dsnAction"].as_str(), t["dsnStatus"].as_str()), ("delayed", "4.7.1"));
+    assert_eq!((t["dsnAction"].as_str(), t["dsnStatus"].as_str()), ("delayed", "4.7.1 (delivery not authorized)"));
     assert_eq!(t["dsnDiag"], "smtp;451 4.7.1 greylisted, try later");
     greylist.stop();
     let _open = SmtpSink::start("127.0.0.1", retry_port, &[], false);
@@ -48,13 +48,20 @@ fn scenario(shards: Option<u32>) {
     let b = wait_for("b row for the unknown user", Duration::from_secs(15), || row_for("b", "nobody@bounce.test"));
     assert_eq!(
         (b["dsnAction"].as_str(), b["dsnStatus"].as_str(), b["bounceCat"].as_str()),
-        ("failed", "5.1.1", "bad-mailbox")
+        ("failed", "5.1.1 (bad destination mailbox address)", "bad-mailbox")
     );
     assert_eq!(b["dsnDiag"], "smtp;550 5.1.1 user unknown");
 
     // Deferred past bounce-after → expired.
     let e = wait_for("expiry bounce", Duration::from_secs(20), || row_for("b", "full@expire.test"));
     assert_eq!(e["bounceCat"], "message-expired");
+    // An expiry is a permanent failure (RFC 3463 5.4.7), not the last deferral's 4.x.x:
+    // scripts that count 5.x.x as bounced count it.
+    assert_eq!(
+        (e["dsnAction"].as_str(), e["dsnStatus"].as_str()),
+        ("failed", "5.4.7 (delivery time expired)"),
+        "{e:?}"
+    );
     assert!(
         relay.rows_of("t").iter().filter(|r| r["rcpt"] == "full@expire.test").count() >= 1,
         "deferred before expiring"
@@ -65,6 +72,7 @@ fn scenario(shards: Option<u32>) {
     assert!(dead_t["dsnDiag"].contains("4.4.1"), "{dead_t:?}");
     let dead_b = wait_for("dead host expiry", Duration::from_secs(20), || row_for("b", "x@dead.test"));
     assert_eq!(dead_b["bounceCat"], "message-expired");
+    assert_eq!(dead_b["dsnStatus"], "5.4.7 (delivery time expired)", "{dead_b:?}");
 
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(relay.rows_of("b").iter().filter(|r| r["rcpt"] == "nobody@bounce.test").count(), 1, "a bounce is final");

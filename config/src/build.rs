@@ -325,11 +325,10 @@ impl Builder {
     /// rules merged, the management API's access rules applied.
     pub fn finish(&mut self, file: &str) {
         self.merge_sources();
-        for f in self.config.acct_files.iter().flat_map(|a| a.fields.iter().flatten()) {
-            if let Some(name) = f.strip_prefix("header_") {
-                if !self.config.acct_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-                    self.config.acct_headers.push(name.to_string());
-                }
+        let headers: Vec<String> = self.config.acct_files.iter().flat_map(|a| a.headers()).collect();
+        for name in headers {
+            if !self.config.acct_headers.iter().any(|h| h.eq_ignore_ascii_case(&name)) {
+                self.config.acct_headers.push(name);
             }
         }
         if let Some(m) = &mut self.config.mgmt {

@@ -108,3 +108,67 @@ mod tests {
         assert_eq!(k.scopes_of("domain-key", false), ["domain-key-list", "global", "virtual-mta", "virtual-mta-pool"]);
     }
 }
+
+/// The README's table of PowerMTA directives: which sluice reads, which it accepts and
+/// ignores (with a warning), and sluice's own. Generated from the directive tables and the
+/// list, so it cannot drift from them (`sluice directives` prints it; a test compares).
+pub fn directives_markdown() -> String {
+    let k = known();
+    let tables = crate::directives::tables();
+    // `include` and `domain-macro` are the grammar's (crate::ast), read in every block.
+    let reads = |scope: &str, name: &str, block: bool| {
+        (!block && (name == "include" || name == "domain-macro"))
+            || tables.iter().any(|(s, d, b)| *s == scope && if block { b.contains(&name) } else { d.contains(&name) })
+    };
+    let mut scopes: Vec<&str> = k.entries().iter().map(|e| e.scope.as_str()).collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    scopes.sort_by_key(|s| (*s != "global", *s != "source", *s != "domain", *s));
+    let shown = |name: &str, block: bool| if block { format!("`<{name}>`") } else { format!("`{name}`") };
+    let mut read = String::new();
+    let mut ignored = String::new();
+    for scope in &scopes {
+        let mut yes = Vec::new();
+        let mut no = Vec::new();
+        let mut names: Vec<(&str, bool)> = k
+            .entries()
+            .iter()
+            .filter(|e| e.scope == *scope)
+            .map(|e| (e.name.as_str(), e.origin == Origin::Block))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for (name, block) in names {
+            if reads(scope, name, block) {
+                yes.push(shown(name, block));
+            } else {
+                no.push(shown(name, block));
+            }
+        }
+        let place = if *scope == "global" { "global".to_string() } else { format!("`<{scope}>`") };
+        if !yes.is_empty() {
+            read.push_str(&format!("| {place} | {} |\n", yes.join(", ")));
+        }
+        if !no.is_empty() {
+            ignored.push_str(&format!("| {place} | {} |\n", no.join(", ")));
+        }
+    }
+    let mut own = String::new();
+    for (scope, directives, blocks) in &tables {
+        let mine: Vec<String> = directives
+            .iter()
+            .filter(|d| !k.directive(scope, d))
+            .map(|d| shown(d, false))
+            .chain(blocks.iter().filter(|b| !k.block(scope, b)).map(|b| shown(b, true)))
+            .collect();
+        if !mine.is_empty() {
+            let place = if *scope == "global" { "global".to_string() } else { format!("`<{scope}>`") };
+            own.push_str(&format!("| {place} | {} |\n", mine.join(", ")));
+        }
+    }
+    format!(
+        "#### Read and followed\n\n| block | directives |\n|---|---|\n{read}\n\
+         #### Accepted and ignored, with a warning at their line\n\n| block | directives |\n|---|---|\n{ignored}\n\
+         #### sluice's own (no PowerMTA equivalent)\n\n| block | directives |\n|---|---|\n{own}"
+    )
+}

@@ -6,6 +6,7 @@
 //! `directives` (one table per kind of block: name → parser), `build` (runs the tables,
 //! records every problem), `overrides` (how blocks merge), `model` (the typed result).
 
+pub mod acct;
 pub mod ast;
 mod build;
 pub mod directives;
@@ -21,6 +22,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use acct::{AcctField, AcctFile, AcctSink, RecordType};
 pub use model::*;
 pub use units::{Cidr, HostPort, Rate};
 
@@ -395,9 +397,34 @@ mod tests {
     }
 
     #[test]
-    fn acct_file_records() {
-        let c = parse("smtp-listener 127.0.0.1:25\n<acct-file /tmp/a.csv>\nrecords d,b\n</acct-file>\n").unwrap();
-        assert_eq!(c.acct_files[0].records, vec![RecordType::Delivered, RecordType::Bounced]);
+    fn acct_file_records_fields_and_turnover() {
+        let text = "smtp-listener 127.0.0.1:25\n\
+            <acct-file /tmp/a.csv>\n records delivery, bounce,transient\n record-fields b *,!orcpt,header_X-Job\n \
+            record-fields d timeQueued, bounceCat,ORIG\n map-header-to-field d header_x-to rcpt\n move-interval 5m\n \
+            delete-after never\n user-string eu-1 west\n iso-times no\n</acct-file>\n\
+            <acct-file |/usr/bin/handler --log x>\n records all\n</acct-file>\n";
+        let c = parse(text).unwrap();
+        let a = &c.acct_files[0];
+        assert_eq!(a.records, vec![RecordType::Delivered, RecordType::Bounced, RecordType::Transient]);
+        let names = |t| a.fields_of(t).iter().map(|f| f.name().into_owned()).collect::<Vec<_>>();
+        assert_eq!(names(RecordType::Delivered), ["timeQueued", "bounceCat", "orig"]);
+        let b = names(RecordType::Bounced);
+        assert!(
+            !b.contains(&"orcpt".to_string()) && b.last().unwrap() == "header_X-Job" && b[0] == "timeLogged",
+            "{b:?}"
+        );
+        assert_eq!(a.fields_of(RecordType::Transient), acct::default_fields(RecordType::Transient));
+        assert_eq!((a.move_interval, a.delete_after), (Some(Duration::from_secs(300)), None));
+        assert_eq!((a.user_string.as_str(), a.iso_times), ("eu-1 west", false));
+        assert_eq!(c.acct_headers, ["X-Job", "x-to"]);
+        assert_eq!(c.acct_files[1].sink, AcctSink::Pipe("/usr/bin/handler --log x".into()));
+        assert_eq!(c.acct_files[1].records.len(), 8);
+        let err = parse("smtp-listener 127.0.0.1:25\n<acct-file a.csv>\n record-fields d *,dsnStatuss\n</acct-file>\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t.conf:3: unknown accounting field `dsnStatuss` (hint: did you mean `dsnStatus`?)"
+        );
     }
 }
 

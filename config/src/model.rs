@@ -363,60 +363,6 @@ impl Default for DomainSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RecordType {
-    Delivered,
-    Bounced,
-    Transient,
-    QueueEvent,
-    Received,
-    Feedback,
-    RemoteBounce,
-    /// `rs`: a remote status report (a positive or delayed DSN).
-    RemoteStatus,
-}
-
-impl RecordType {
-    /// Every type, in PowerMTA's order (`records all`).
-    pub const ALL: [RecordType; 8] = [
-        RecordType::Delivered,
-        RecordType::Bounced,
-        RecordType::Transient,
-        RecordType::QueueEvent,
-        RecordType::Received,
-        RecordType::Feedback,
-        RecordType::RemoteBounce,
-        RecordType::RemoteStatus,
-    ];
-
-    pub fn code(self) -> &'static str {
-        match self {
-            RecordType::Delivered => "d",
-            RecordType::Bounced => "b",
-            RecordType::Transient => "t",
-            RecordType::QueueEvent => "tq",
-            RecordType::Received => "r",
-            RecordType::Feedback => "f",
-            RecordType::RemoteBounce => "rb",
-            RecordType::RemoteStatus => "rs",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct AcctFile {
-    pub path: PathBuf,
-    pub records: Vec<RecordType>,
-    /// `record-fields TYPES FIELDS`: the columns written (None: all); `type` always first.
-    pub fields: Option<Vec<String>>,
-    /// `privacy-policy hmac-sha256 KEY`: local parts of addresses are hashed with KEY.
-    pub privacy_key: Option<String>,
-    /// `max-size SIZE`: the file is rotated (renamed with a time stamp) past this size.
-    pub max_size: Option<u64>,
-    /// `delete-after D`: rotated files older than this are deleted.
-    pub delete_after: Option<Duration>,
-}
-
 /// What a management API client may do (`http-access CIDR LEVEL`): each level includes the
 /// ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -595,39 +541,3 @@ pub enum Startup {
     },
     Running,
 }
-
-/// Accounting columns (`record-fields` may name these), as the engine writes them.
-pub const ACCT_FIELDS: &[&str] = &[
-    "type",
-    "timeLogged",
-    "timeQueued",
-    "orig",
-    "rcpt",
-    "orcpt",
-    "dsnAction",
-    "dsnStatus",
-    "dsnDiag",
-    "dsnMta",
-    "bounceCat",
-    "srcType",
-    "srcMta",
-    "dlvType",
-    "dlvSourceIp",
-    "dlvDestinationIp",
-    "dlvEsmtpAvailable",
-    "dlvSize",
-    "vmta",
-    "jobId",
-    "envId",
-    "queue",
-    "vmtaPool",
-    "rcvSmtpUser",
-    "dlvTlsProtocol",
-    "dlvTlsCipher",
-    "authResults",
-    "format",
-    "feedbackType",
-    "userAgent",
-    "reportingMta",
-    "sourceIp",
-];

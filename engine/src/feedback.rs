@@ -23,6 +23,8 @@ pub struct Feedback {
     pub orig: String,
     /// From the returned message's `x-job` header, when it has one.
     pub job_id: String,
+    /// ARF `Reported-Domain` (XARF: the reported sender domain), when given.
+    pub reported_domain: String,
 }
 
 /// Header fields of a block (`Name: value`, folded lines joined), names lower-cased.
@@ -141,6 +143,7 @@ fn arf(headers: &[(String, String)], report: &str, parts: &[(Vec<(String, String
         rcpt,
         orig,
         job_id: field(&original, "x-job").unwrap_or("").to_string(),
+        reported_domain: field(&r, "reported-domain").unwrap_or("").trim().to_ascii_lowercase(),
     }
 }
 
@@ -170,6 +173,7 @@ fn xarf(text: &str) -> Option<Feedback> {
         user_agent: r("org"),
         reporting_mta: r("contact"),
         source_ip: s("source_identifier"),
+        reported_domain: orig.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase()).unwrap_or_default(),
         rcpt,
         orig,
         job_id: field(&original, "x-job").unwrap_or("").to_string(),
@@ -186,6 +190,8 @@ pub struct RemoteBounce {
     pub diagnostic: String,
     /// The host that refused (Remote-MTA, else Reporting-MTA).
     pub mta: String,
+    /// The Reporting-MTA (`dsnReportingMta`).
+    pub reporting_mta: String,
     pub job_id: String,
 }
 
@@ -223,6 +229,7 @@ pub fn parse_dsn(message: &str, envelope_rcpt: &str) -> Option<Vec<RemoteBounce>
             status: field(&b, "status").unwrap_or("5.0.0").to_string(),
             diagnostic: field(&b, "diagnostic-code").map(type_value).unwrap_or_default(),
             mta: field(&b, "remote-mta").map(type_value).unwrap_or_else(|| reporting.clone()),
+            reporting_mta: reporting.clone(),
             job_id: job_id.clone(),
         });
     }

@@ -93,6 +93,7 @@ fn run(seed: u64) -> Stats {
                     mail_from: "sender@src.test".into(),
                     rcpts,
                     attempts: 1,
+                    first_attempt_unix_ms: 0,
                     queued_unix_ms: 0,
                     size: body(id).len() as u64,
                     job_id: String::new(),

@@ -37,6 +37,7 @@ fn job(i: u32) -> Job<Msg> {
         mail_from: "s@src.test".into(),
         rcpts: vec![Recipient { index: 0, address: format!("r{i}@dest.test") }],
         attempts: 1,
+        first_attempt_unix_ms: 0,
         queued_unix_ms: 0,
         size: 100,
         job_id: String::new(),

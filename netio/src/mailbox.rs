@@ -37,6 +37,21 @@ impl sluice_engine::sched::Message for MsgRef {
     fn client_ip(&self) -> std::net::IpAddr {
         self.segment.message(self.offset).envelope.client_ip
     }
+    fn origin(&self) -> sluice_engine::sched::Origin<'_> {
+        let env = self.segment.message(self.offset).envelope;
+        let flags = env.extras.flags;
+        sluice_engine::sched::Origin {
+            helo: env.extras.helo,
+            auth_user: env.extras.auth_user,
+            api: flags & sluice_spool::codec::flags::API != 0,
+            envid: env.envid,
+            ret_hdrs: flags & sluice_spool::codec::flags::RET_HDRS != 0,
+        }
+    }
+    fn rcpt_dsn(&self, index: u32) -> (u8, &str) {
+        let env = self.segment.message(self.offset).envelope;
+        env.extras.rcpt(index).map_or((0, ""), |r| (r.notify, r.orcpt))
+    }
 }
 
 pub enum ShardMsg {

@@ -324,6 +324,7 @@ impl Parked {
                 .map(|&i| Recipient { index: i, address: env.recipients[i as usize].to_string() })
                 .collect(),
             attempts: self.attempts,
+            first_attempt_unix_ms: 0,
             queued_unix_ms: env.queued_unix_ms,
             size: self.size,
             job_id: env.job_id.to_string(),

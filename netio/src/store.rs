@@ -275,6 +275,7 @@ pub(crate) fn test_record(recipients: Vec<&str>, job_id: &str) -> Vec<u8> {
         vmta: "",
         recipients,
         job_id,
+        extras: Default::default(),
     };
     let mut rec = Vec::new();
     codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);

@@ -378,6 +378,7 @@ impl World {
                 mail_from: env.mail_from.into(),
                 rcpts,
                 attempts: 1,
+                first_attempt_unix_ms: 0,
                 queued_unix_ms: env.queued_unix_ms,
                 size: len as u64,
                 job_id: String::new(),
@@ -562,6 +563,7 @@ impl World {
             mail_from: "sender@src.test".into(),
             rcpts,
             attempts: 1,
+            first_attempt_unix_ms: 0,
             queued_unix_ms: self.now,
             size: s.bytes.len() as u64,
             job_id: String::new(),
@@ -726,6 +728,7 @@ impl World {
             vmta: "",
             recipients: m.recipients.iter().map(String::as_str).collect(),
             job_id: "",
+            extras: Default::default(),
         };
         let mut bytes = Vec::new();
         codec::encode_message(&env, &m.data, &mut bytes);

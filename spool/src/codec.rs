@@ -4,10 +4,10 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 
-/// Version 2 added the optional job id after a record's data; version 1 files (which never
-/// have it) are read the same way. An older sluice refuses version 2 files instead of
-/// misreading them.
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 added the optional job id after a record's data; version 3 the tagged extras
+/// after it (HELO name, AUTH user, DSN and SMTPUTF8 parameters). Older files are read the same
+/// way (they never have them); an older sluice refuses newer files instead of misreading them.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest version this sluice reads.
 pub const FORMAT_VERSION_MIN: u32 = 1;
 pub const SEGMENT_MAGIC: [u8; 8] = *b"SLUSEG\0\0";
@@ -121,7 +121,63 @@ pub struct Envelope<'a> {
     /// The job (`x-job:` header) the message belongs to; empty for none. Written after the
     /// data, and only when set.
     pub job_id: &'a str,
+    /// What else the injection said (version 3), written after the job id when any is set.
+    pub extras: Extras<'a>,
 }
+
+/// Flags of `Extras`.
+pub mod flags {
+    /// Injected over HTTP (`srcType` api), not SMTP.
+    pub const API: u8 = 1;
+    /// `MAIL ... SMTPUTF8` (RFC 6531): UTF-8 addresses or headers.
+    pub const SMTPUTF8: u8 = 2;
+    /// `RET=FULL` (RFC 3461 §4.3): a DSN returns the whole message.
+    pub const RET_FULL: u8 = 4;
+    /// `RET=HDRS`: a DSN returns the headers only.
+    pub const RET_HDRS: u8 = 8;
+    /// `BODY=8BITMIME` (RFC 6152).
+    pub const BODY_8BIT: u8 = 16;
+}
+
+/// A recipient's DSN parameters: `NOTIFY=` bits (their meaning is the engine's:
+/// `sluice_engine::sched::notify`) and `ORCPT=` as given (`rfc822;a@b.example`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RcptDsn<'a> {
+    /// Index into `Envelope::recipients`.
+    pub index: u32,
+    pub notify: u8,
+    pub orcpt: &'a str,
+}
+
+/// The optional parts of an envelope (format version 3), each a tagged field after the job
+/// id; a reader skips tags it does not know.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extras<'a> {
+    /// The client's EHLO/HELO name (`srcMta` is `helo (ip)`).
+    pub helo: &'a str,
+    /// The SMTP AUTH user who injected it (`rcvSmtpUser`).
+    pub auth_user: &'a str,
+    /// `flags::*`.
+    pub flags: u8,
+    /// Recipients that came with DSN parameters.
+    pub rcpt_dsn: Vec<RcptDsn<'a>>,
+}
+
+impl<'a> Extras<'a> {
+    pub fn is_empty(&self) -> bool {
+        self.helo.is_empty() && self.auth_user.is_empty() && self.flags == 0 && self.rcpt_dsn.is_empty()
+    }
+
+    /// The DSN parameters of recipient `index`, when it had any.
+    pub fn rcpt(&self, index: u32) -> Option<RcptDsn<'a>> {
+        self.rcpt_dsn.iter().find(|r| r.index == index).copied()
+    }
+}
+
+const TAG_HELO: u8 = 1;
+const TAG_AUTH_USER: u8 = 2;
+const TAG_FLAGS: u8 = 3;
+const TAG_RCPT_DSN: u8 = 4;
 
 fn ip_bytes(ip: IpAddr) -> [u8; 16] {
     match ip {
@@ -152,15 +208,59 @@ pub fn envelope_bytes(env: &Envelope) -> usize {
         + 4
 }
 
-/// Bytes after the data: the job id (length-prefixed), when there is one.
+/// Bytes after the data: the job id (length-prefixed) when there is one or when extras
+/// follow, then each extra as tag(1) length(2) value.
 pub fn encode_message_tail(env: &Envelope) -> Vec<u8> {
-    if env.job_id.is_empty() {
+    let x = &env.extras;
+    if env.job_id.is_empty() && x.is_empty() {
         return Vec::new();
     }
-    let mut tail = Vec::with_capacity(2 + env.job_id.len());
+    let mut tail = Vec::with_capacity(2 + env.job_id.len() + 16);
     tail.extend_from_slice(&(env.job_id.len() as u16).to_le_bytes());
     tail.extend_from_slice(env.job_id.as_bytes());
+    let mut field = |tag: u8, value: &[&[u8]]| {
+        let len: usize = value.iter().map(|v| v.len()).sum();
+        tail.push(tag);
+        tail.extend_from_slice(&(len as u16).to_le_bytes());
+        for v in value {
+            tail.extend_from_slice(v);
+        }
+    };
+    if !x.helo.is_empty() {
+        field(TAG_HELO, &[x.helo.as_bytes()]);
+    }
+    if !x.auth_user.is_empty() {
+        field(TAG_AUTH_USER, &[x.auth_user.as_bytes()]);
+    }
+    if x.flags != 0 {
+        field(TAG_FLAGS, &[&[x.flags]]);
+    }
+    for r in &x.rcpt_dsn {
+        field(TAG_RCPT_DSN, &[&r.index.to_le_bytes(), &[r.notify], r.orcpt.as_bytes()]);
+    }
     tail
+}
+
+/// Reads the extras after the job id; unknown tags are skipped.
+fn decode_extras<'a>(r: &mut Reader<'a>, end: usize) -> Option<Extras<'a>> {
+    let mut x = Extras::default();
+    while r.at < end {
+        let tag = r.take(1)?[0];
+        let len = r.u16()? as usize;
+        let value = r.take(len)?;
+        match tag {
+            TAG_HELO => x.helo = std::str::from_utf8(value).ok()?,
+            TAG_AUTH_USER => x.auth_user = std::str::from_utf8(value).ok()?,
+            TAG_FLAGS => x.flags = *value.first()?,
+            TAG_RCPT_DSN if value.len() >= 5 => x.rcpt_dsn.push(RcptDsn {
+                index: u32::from_le_bytes(value[..4].try_into().ok()?),
+                notify: value[4],
+                orcpt: std::str::from_utf8(&value[5..]).ok()?,
+            }),
+            _ => {}
+        }
+    }
+    Some(x)
 }
 
 /// Appends one message record (header + envelope + data) to `out`. `data` is the message
@@ -168,8 +268,10 @@ pub fn encode_message_tail(env: &Envelope) -> Vec<u8> {
 /// `.CRLF`), so delivery sends it straight from the segment.
 pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
     assert!(env.recipients.len() <= RECIPIENTS_MAX && !env.recipients.is_empty());
-    for s in [env.mail_from, env.envid, env.vmta, env.job_id].iter().chain(env.recipients.iter()) {
-        assert!(s.len() <= ADDRESS_BYTES_MAX);
+    let x = &env.extras;
+    let strings = [env.mail_from, env.envid, env.vmta, env.job_id, x.helo, x.auth_user];
+    for s in strings.iter().chain(env.recipients.iter()).chain(x.rcpt_dsn.iter().map(|r| &r.orcpt)) {
+        assert!(s.len() <= ADDRESS_BYTES_MAX - 5);
     }
     let tail = encode_message_tail(env);
     let payload_len = envelope_bytes(env) + data.len() + tail.len();
@@ -204,7 +306,7 @@ pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
 /// `[head, data, tail]` with one vectored write and no copy of the data.
 pub fn encode_message_head(env: &Envelope, data: &[u8]) -> Vec<u8> {
     let tail = encode_message_tail(env);
-    let no_job = Envelope { job_id: "", ..env.clone() };
+    let no_job = Envelope { job_id: "", extras: Extras::default(), ..env.clone() };
     let mut head = Vec::with_capacity(RECORD_HEADER_BYTES + envelope_bytes(env));
     encode_message(&no_job, &[], &mut head);
     let payload_len = head.len() - RECORD_HEADER_BYTES + data.len() + tail.len();
@@ -225,6 +327,8 @@ pub struct MessageView<'a> {
     pub data: &'a [u8],
 }
 
+// Returned by value and matched at once: boxing the view would allocate on every decode.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded<'a> {
     /// A whole, checksummed record and its total length in bytes.
@@ -304,12 +408,13 @@ fn decode_payload(payload: &[u8]) -> Option<MessageView<'_>> {
     }
     let data_len = r.u32()? as usize;
     let data = r.take(data_len)?;
-    // Version 2: an optional job id after the data.
+    // Version 2: an optional job id after the data; version 3: extras after it.
     let job_id = if r.at < payload.len() { r.str16()? } else { "" };
+    let extras = decode_extras(&mut r, payload.len())?;
     if r.at != payload.len() {
         return None;
     }
-    let envelope = Envelope { queued_unix_ms, client_ip, mail_from, envid, vmta, recipients, job_id };
+    let envelope = Envelope { queued_unix_ms, client_ip, mail_from, envid, vmta, recipients, job_id, extras };
     Some(MessageView { envelope, data })
 }
 
@@ -370,6 +475,49 @@ mod tests {
             vmta: "",
             recipients: vec!["x@y.test", "z@y.test"],
             job_id: "",
+            extras: Extras::default(),
+        }
+    }
+
+    /// Version 3 extras ride after the job id (with an empty job id when there is none), and
+    /// a tag this version does not know is skipped.
+    #[test]
+    fn extras_round_trip_and_unknown_tags_are_skipped() {
+        let extras = Extras {
+            helo: "client.example",
+            auth_user: "injector",
+            flags: flags::SMTPUTF8 | flags::RET_HDRS,
+            rcpt_dsn: vec![RcptDsn { index: 1, notify: 6, orcpt: "rfc822;z@y.test" }],
+        };
+        let data = b"Subject: hi\r\n\r\nbody\r\n";
+        for job_id in ["", "job-7"] {
+            let env = Envelope { job_id, extras: extras.clone(), ..env() };
+            let mut whole = Vec::new();
+            encode_message(&env, data, &mut whole);
+            let mut parts = encode_message_head(&env, data);
+            parts.extend_from_slice(data);
+            parts.extend_from_slice(&encode_message_tail(&env));
+            assert_eq!(parts, whole);
+            match decode_message(&whole) {
+                Decoded::Record(view, _) => assert_eq!(view.envelope, env),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A future tag (99) between known ones: skipped, the rest still read.
+        let env = Envelope { extras: extras.clone(), ..env() };
+        let mut tail = encode_message_tail(&env);
+        tail.extend_from_slice(&[99, 3, 0, b'x', b'y', b'z']);
+        let mut head = encode_message_head(&Envelope { extras: Extras::default(), ..env.clone() }, data);
+        let payload_len = head.len() - RECORD_HEADER_BYTES + data.len() + tail.len();
+        head[REC_LEN..REC_CRC].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        let mut rec = head;
+        rec.extend_from_slice(data);
+        rec.extend_from_slice(&tail);
+        let crc = crc32c::crc32c(&rec[RECORD_HEADER_BYTES..]);
+        rec[REC_CRC..RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+        match decode_message(&rec) {
+            Decoded::Record(view, _) => assert_eq!(view.envelope.extras, extras),
+            other => panic!("{other:?}"),
         }
     }
 

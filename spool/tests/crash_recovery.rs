@@ -41,6 +41,7 @@ fn message(rng: &mut Rng, id: u64) -> (Vec<u8>, Vec<u8>) {
         vmta: "",
         recipients: vec![&rcpt, "other@x.test"],
         job_id: &job,
+        extras: Default::default(),
     };
     let mut rec = Vec::new();
     codec::encode_message(&env, &body, &mut rec);

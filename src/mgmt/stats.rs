@@ -154,7 +154,7 @@ impl Observer {
                     *bounded(&mut self.remote_bounces, c, VMTA_LABELS_MAX) += 1;
                     continue;
                 }
-                Kind::QueueEvent | Kind::Received => continue,
+                Kind::QueueEvent | Kind::Received | Kind::RemoteStatus => continue,
             }
             bounded(&mut self.by_vmta, &r.vmta, VMTA_LABELS_MAX).add(r.kind);
             let domain = sluice_engine::smtp::addr::domain_of(&r.rcpt);

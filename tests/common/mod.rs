@@ -111,7 +111,7 @@ impl Relay {
         let port = free_port("127.0.0.1");
         let shards_line = shards.map(|n| format!("shards {n}\n")).unwrap_or_default();
         let config = format!(
-            "host-name relay.test\nsmtp-listener 127.0.0.1:{port}\nspool {spool}\n{shards_line}<acct-file {acct}>\n  records d,b,t,tq,r,f,rb\n</acct-file>\n{body}\n",
+            "host-name relay.test\nsmtp-listener 127.0.0.1:{port}\nspool {spool}\n{shards_line}<acct-file {acct}>\n  records d,b,t,tq,r,f,rb\n  record-fields f *,jobId\n  record-fields rb *,jobId\n</acct-file>\n{body}\n",
             spool = dir.path().join("spool").display(),
             acct = dir.path().join("acct.csv").display(),
         );
@@ -186,13 +186,14 @@ impl Relay {
         }
     }
 
-    pub fn acct_path(&self) -> PathBuf {
-        self.dir.path().join("acct.csv")
+    /// The accounting files written so far (`acct-YYYY-MM-DD-NNNN.csv`), oldest first.
+    pub fn acct_files(&self) -> Vec<PathBuf> {
+        acct_files_of(self.dir.path(), "acct")
     }
 
-    /// Accounting rows as maps from column name to value.
+    /// Accounting rows (of every file) as maps from column name to value.
     pub fn acct_rows(&self) -> Vec<HashMap<String, String>> {
-        parse_csv_rows(&std::fs::read_to_string(self.acct_path()).unwrap_or_default())
+        self.acct_files().iter().flat_map(|f| parse_csv_rows(&std::fs::read_to_string(f).unwrap_or_default())).collect()
     }
 
     pub fn rows_of(&self, kind: &str) -> Vec<HashMap<String, String>> {
@@ -251,6 +252,24 @@ pub fn tail(s: &str, lines: usize) -> String {
 }
 
 /// RFC 4180 CSV with a header line → rows keyed by column.
+/// The accounting files PowerMTA-style naming gives `<acct-file DIR/STEM.csv>`:
+/// `DIR/STEM-YYYY-MM-DD-NNNN.csv`, in name (so time) order.
+pub fn acct_files_of(dir: &Path, stem: &str) -> Vec<PathBuf> {
+    let prefix = format!("{stem}-");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.starts_with(&prefix) && name.ends_with(".csv") && name[prefix.len()..].starts_with("20")
+        })
+        .collect();
+    files.sort();
+    files
+}
+
 pub fn parse_csv_rows(text: &str) -> Vec<HashMap<String, String>> {
     let mut records = Vec::new();
     let mut field = String::new();

@@ -1,51 +1,42 @@
-//! Accounting records in PowerMTA's CSV layout (RFC 4180 quoting, header line first).
+//! Accounting records in PowerMTA's CSV layout (User's Guide chapter 11): one `Record` per
+//! recipient event, each column's value as PowerMTA writes it (`dsnStatus` with its RFC 3463
+//! text, `srcMta` as `helo (ip)`, times as `YYYY-MM-DD HH:MM:SS+0000` or Unix seconds), and
+//! the CSV line for a file's columns (RFC 4180 quoting).
 
 use crate::time::iso8601;
+use sluice_config::AcctField;
+use std::borrow::Cow;
 
-/// The columns of every record, in PowerMTA's order (then sluice's own).
-pub const COLUMNS: &[&str] = sluice_config::ACCT_FIELDS;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Delivered,
-    Bounced,
-    Transient,
-    /// `tq`: something happened to a whole queue (mode or rate change).
-    QueueEvent,
-    /// `r`: a recipient was accepted (its message is on disk).
-    Received,
-    /// `f`: a feedback-loop (complaint) report.
-    Feedback,
-    /// `rb`: an asynchronous (remote) bounce.
-    RemoteBounce,
-}
-
-impl Kind {
-    pub fn code(self) -> &'static str {
-        match self {
-            Kind::Delivered => "d",
-            Kind::Bounced => "b",
-            Kind::Transient => "t",
-            Kind::QueueEvent => "tq",
-            Kind::Received => "r",
-            Kind::Feedback => "f",
-            Kind::RemoteBounce => "rb",
-        }
-    }
-}
+/// A record's type: PowerMTA's `d`, `b`, `t`, `tq`, `r`, `f`, `rb`, `rs`.
+pub type Kind = sluice_config::RecordType;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub kind: Kind,
     pub time_logged_ms: u64,
     pub time_queued_ms: u64,
+    /// When delivery of the message was first tried (0: not yet, or not known after a
+    /// restart).
+    pub time_first_attempt_ms: u64,
     pub orig: String,
     pub rcpt: String,
+    /// The recipient's DSN `ORCPT` (`rfc822;a@b.example`), as given.
+    pub orcpt: String,
+    /// `X.Y.Z` (the text is added when written).
     pub dsn_status: String,
+    /// `smtp;250 2.0.0 ok`.
     pub dsn_diag: String,
+    /// `mx.example.com (192.0.2.1)`.
     pub dsn_mta: String,
+    /// `rb` records: the MTA that made the DSN.
+    pub dsn_reporting_mta: String,
     pub bounce_cat: String,
+    /// Injected over HTTP (`srcType` api) rather than SMTP.
+    pub src_api: bool,
+    /// `helo (ip)` of the client that injected the message.
     pub src_mta: String,
+    /// `smtp`, or `discard` for a queue of `type discard`.
+    pub dlv_type: &'static str,
     pub dlv_source_ip: String,
     pub dlv_destination_ip: String,
     pub dlv_esmtp_available: bool,
@@ -55,41 +46,29 @@ pub struct Record {
     pub env_id: String,
     pub queue: String,
     pub vmta_pool: String,
-    /// The SMTP AUTH user who injected the message (`r` records).
+    /// The SMTP AUTH user who injected the message.
     pub rcv_smtp_user: String,
+    /// `r` records: the client's address and the local address it connected to.
+    pub rcv_source_ip: String,
+    pub rcv_destination_ip: String,
     /// The delivery's TLS protocol and cipher suite (empty: plain text).
     pub dlv_tls_protocol: String,
     pub dlv_tls_cipher: String,
     /// Inbound authentication results (`r` records): `spf=pass dkim=pass dmarc=pass arc=none`.
     pub auth_results: String,
-    /// `f` records: the report's format (arf, xarf) and what it says.
+    /// `f`/`rb` records: the report's format (arf, xarf, dsn) and what it says.
     pub format: String,
     pub feedback_type: String,
     pub user_agent: String,
     pub reporting_mta: String,
+    /// `f` records: the ARF `Source-IP` (where the reported mail came from: our address).
     pub source_ip: String,
+    pub reported_domain: String,
+    /// `f` records: the address that handed us the report.
+    pub rep_source_ip: String,
     /// `header_NAME` columns: the message's header values, in the order of
     /// `Config::acct_headers` (empty when no accounting file asks for one).
     pub headers: Vec<String>,
-}
-
-pub fn header_line() -> String {
-    header_line_of(&(0..COLUMNS.len()).collect::<Vec<_>>(), &[])
-}
-
-/// The header line for a selection of columns: indexes into `COLUMNS`, and past them into
-/// `headers`, the names of the `header_NAME` columns (`Config::acct_headers`).
-pub fn header_line_of(columns: &[usize], headers: &[String]) -> String {
-    let names: Vec<String> = columns
-        .iter()
-        .map(|&c| match COLUMNS.get(c) {
-            Some(name) => name.to_string(),
-            None => format!("header_{}", headers.get(c - COLUMNS.len()).map_or("", String::as_str)),
-        })
-        .collect();
-    let mut s = names.join(",");
-    s.push('\n');
-    s
 }
 
 /// `privacy-policy hmac-sha256 KEY`: the local part of an address becomes the hex
@@ -104,7 +83,8 @@ pub fn private_address(address: &str, key: &[u8]) -> String {
     format!("{hex}@{domain}")
 }
 
-fn push_field(out: &mut String, field: &str) {
+/// Appends one CSV field (RFC 4180: quoted when it holds a comma, a quote or a line end).
+pub fn push_field(out: &mut String, field: &str) {
     if field.contains([',', '"', '\n', '\r']) {
         out.push('"');
         out.push_str(&field.replace('"', "\"\""));
@@ -114,16 +94,96 @@ fn push_field(out: &mut String, field: &str) {
     }
 }
 
-/// What an `r` record says of the message its recipient came in.
-pub struct Received<'a> {
-    pub orig: &'a str,
-    /// `helo (ip)` of the client.
-    pub src_mta: &'a str,
-    pub size: u64,
-    pub vmta: &'a str,
-    pub smtp_user: &'a str,
-    pub auth_results: &'a str,
-    pub job_id: &'a str,
+/// The text PowerMTA writes after an enhanced status code (RFC 3463's names, lower case):
+/// `5.1.1` → `5.1.1 (bad destination mailbox address)`.
+pub fn status_with_text(status: &str) -> String {
+    if status.is_empty() {
+        return String::new();
+    }
+    let mut parts = status.splitn(3, '.');
+    let class = parts.next().unwrap_or("");
+    let subject = parts.next().unwrap_or("");
+    let detail = parts.next().unwrap_or("");
+    let text = match (class, subject, detail) {
+        ("2", "0", "0") => "success",
+        (_, "0", "0") => "other undefined status",
+        (_, "1", "0") => "other address status",
+        (_, "1", "1") => "bad destination mailbox address",
+        (_, "1", "2") => "bad destination system: no such domain",
+        (_, "1", "3") => "bad destination mailbox address syntax",
+        (_, "1", "4") => "destination mailbox address ambiguous",
+        (_, "1", "5") => "destination mailbox address valid",
+        (_, "1", "6") => "mailbox has moved",
+        (_, "1", "7") => "bad sender's mailbox address syntax",
+        (_, "1", "8") => "bad sender's system address",
+        (_, "1", "10") => "recipient address has null MX",
+        (_, "2", "0") => "other or undefined mailbox status",
+        (_, "2", "1") => "mailbox disabled, not accepting messages",
+        (_, "2", "2") => "mailbox full",
+        (_, "2", "3") => "message length exceeds administrative limit",
+        (_, "2", "4") => "mailing list expansion problem",
+        (_, "3", "0") => "other or undefined mail system status",
+        (_, "3", "1") => "mail system full",
+        (_, "3", "2") => "system not accepting network messages",
+        (_, "3", "3") => "system not capable of selected features",
+        (_, "3", "4") => "message too big for system",
+        (_, "3", "5") => "system incorrectly configured",
+        (_, "4", "0") => "other or undefined network or routing status",
+        (_, "4", "1") => "no answer from host",
+        (_, "4", "2") => "bad connection",
+        (_, "4", "3") => "routing server failure",
+        (_, "4", "4") => "unable to route",
+        (_, "4", "5") => "network congestion",
+        (_, "4", "6") => "routing loop detected",
+        (_, "4", "7") => "delivery time expired",
+        (_, "5", "0") => "other or undefined protocol status",
+        (_, "5", "1") => "invalid command",
+        (_, "5", "2") => "syntax error",
+        (_, "5", "3") => "too many recipients",
+        (_, "5", "4") => "invalid command arguments",
+        (_, "5", "5") => "wrong protocol version",
+        (_, "6", "0") => "other or undefined media error",
+        (_, "6", "1") => "media not supported",
+        (_, "6", "2") => "conversion required and prohibited",
+        (_, "6", "3") => "conversion required but not supported",
+        (_, "6", "4") => "conversion with loss performed",
+        (_, "6", "5") => "conversion failed",
+        (_, "6", "7") => "non-ASCII addresses not permitted",
+        (_, "7", "0") => "other or undefined security status",
+        (_, "7", "1") => "delivery not authorized",
+        (_, "7", "2") => "mailing list expansion prohibited",
+        (_, "7", "3") => "security conversion required but not possible",
+        (_, "7", "4") => "security features not supported",
+        (_, "7", "5") => "cryptographic failure",
+        (_, "7", "6") => "cryptographic algorithm not supported",
+        (_, "7", "7") => "message integrity failure",
+        (_, "7", "8") => "authentication credentials invalid",
+        (_, "7", "9") => "authentication mechanism is too weak",
+        (_, "7", "10") => "encryption needed",
+        (_, "7", "13") => "user account disabled",
+        (_, "7", "25") => "reverse DNS validation failed",
+        (_, "7", "26") => "multiple authentication checks failed",
+        (_, "7", "27") => "sender address has null MX",
+        (_, "1", _) => "other address status",
+        (_, "2", _) => "other or undefined mailbox status",
+        (_, "3", _) => "other or undefined mail system status",
+        (_, "4", _) => "other or undefined network or routing status",
+        (_, "5", _) => "other or undefined protocol status",
+        (_, "6", _) => "other or undefined media error",
+        (_, "7", _) => "other or undefined security status",
+        _ => return status.to_string(),
+    };
+    format!("{status} ({text})")
+}
+
+/// A time as an accounting file writes it: `2026-12-01 10:30:06+0000`, or with `iso-times
+/// no` Unix seconds; 0 (not known) is empty.
+fn time(unix_ms: u64, iso: bool) -> String {
+    match (unix_ms, iso) {
+        (0, _) => String::new(),
+        (ms, true) => iso8601(ms),
+        (ms, false) => (ms / 1000).to_string(),
+    }
 }
 
 impl Record {
@@ -131,78 +191,95 @@ impl Record {
     pub fn dsn_action(&self) -> &'static str {
         match self.kind {
             Kind::Delivered => "relayed",
-            Kind::Bounced => "failed",
+            Kind::Bounced | Kind::RemoteBounce => "failed",
             Kind::Transient => "delayed",
-            Kind::RemoteBounce => "failed",
+            Kind::RemoteStatus => "delivered",
             Kind::QueueEvent | Kind::Received | Kind::Feedback => "",
         }
     }
 
-    /// An `r` row: `rcpt` of a message from `orig`, accepted from `src_mta`.
-    /// An `f` row from a feedback report.
-    pub fn feedback(now_ms: u64, f: &crate::feedback::Feedback) -> Record {
-        let mut r = Record::queue_event(now_ms, "", "", String::new());
-        r.kind = Kind::Feedback;
-        r.orig = f.orig.clone();
-        r.rcpt = f.rcpt.clone();
-        r.job_id = f.job_id.clone();
-        r.format = f.format.to_string();
-        r.feedback_type = f.feedback_type.clone();
-        r.user_agent = f.user_agent.clone();
-        r.reporting_mta = f.reporting_mta.clone();
-        r.source_ip = f.source_ip.clone();
-        r
+    /// One column's value (`header_NAME` columns are the writer's: see `headers`).
+    pub fn value(&self, field: &AcctField, iso_times: bool) -> Cow<'_, str> {
+        use AcctField::*;
+        let s = |v: &str| Cow::Owned(v.to_string());
+        match field {
+            Type => Cow::Borrowed(self.kind.code()),
+            TimeLogged => Cow::Owned(time(self.time_logged_ms, iso_times)),
+            TimeQueued => Cow::Owned(time(self.time_queued_ms, iso_times)),
+            TimeFirstAttempt => Cow::Owned(time(self.time_first_attempt_ms, iso_times)),
+            TotalSecondsQueued if self.time_queued_ms == 0 => Cow::Borrowed(""),
+            TotalSecondsQueued => {
+                Cow::Owned((self.time_logged_ms.saturating_sub(self.time_queued_ms) / 1000).to_string())
+            }
+            TimeImprinted | UserString | Header(_) => Cow::Borrowed(""),
+            Orig => s(&self.orig),
+            Rcpt => s(&self.rcpt),
+            Orcpt => s(&self.orcpt),
+            DsnAction => Cow::Borrowed(self.dsn_action()),
+            DsnStatus => Cow::Owned(status_with_text(&self.dsn_status)),
+            DsnDiag => s(&self.dsn_diag),
+            DsnMta => s(&self.dsn_mta),
+            DsnReportingMta => s(&self.dsn_reporting_mta),
+            BounceCat => s(&self.bounce_cat),
+            SrcType => Cow::Borrowed(if self.src_api { "api" } else { "smtp" }),
+            SrcMta => s(&self.src_mta),
+            DlvType => Cow::Borrowed(self.dlv_type),
+            DlvSourceIp if self.kind == Kind::Feedback => s(&self.source_ip),
+            DlvSourceIp => s(&self.dlv_source_ip),
+            DlvDestinationIp => s(&self.dlv_destination_ip),
+            DlvEsmtpAvailable => Cow::Borrowed(if self.dlv_esmtp_available { "yes" } else { "" }),
+            DlvSize if self.dlv_size == 0 => Cow::Borrowed(""),
+            DlvSize => Cow::Owned(self.dlv_size.to_string()),
+            Vmta => s(&self.vmta),
+            JobId => s(&self.job_id),
+            EnvId => s(&self.env_id),
+            Queue => s(&self.queue),
+            VmtaPool => s(&self.vmta_pool),
+            DlvTlsProtocol => s(&self.dlv_tls_protocol),
+            DlvTlsCipher => s(&self.dlv_tls_cipher),
+            RcvSmtpUser => s(&self.rcv_smtp_user),
+            RcvSourceIp => s(&self.rcv_source_ip),
+            RcvDestinationIp => s(&self.rcv_destination_ip),
+            RepSourceIp => s(&self.rep_source_ip),
+            FeedbackType => s(&self.feedback_type),
+            Format => s(&self.format),
+            UserAgent => s(&self.user_agent),
+            ReportingMta => s(&self.reporting_mta),
+            ReportedDomain => s(&self.reported_domain),
+            AuthResults => s(&self.auth_results),
+        }
     }
 
-    /// An `rb` row for one recipient of an asynchronous bounce, with its category.
-    pub fn remote_bounce(now_ms: u64, b: &crate::feedback::RemoteBounce, category: &str) -> Record {
-        let mut r = Record::queue_event(now_ms, "", "", String::new());
-        r.kind = Kind::RemoteBounce;
-        r.rcpt = b.rcpt.clone();
-        r.dsn_status = b.status.clone();
-        r.dsn_diag = format!("smtp;{}", b.diagnostic);
-        r.dsn_mta = b.mta.clone();
-        r.bounce_cat = category.to_string();
-        r.job_id = b.job_id.clone();
-        r
-    }
-
-    pub fn received(now_ms: u64, rcpt: &str, m: &Received) -> Record {
-        let mut r = Record::queue_event(now_ms, "", m.vmta, String::new());
-        r.kind = Kind::Received;
-        r.orig = m.orig.to_string();
-        r.rcpt = rcpt.to_string();
-        r.src_mta = m.src_mta.to_string();
-        r.dlv_size = m.size;
-        r.rcv_smtp_user = m.smtp_user.to_string();
-        r.auth_results = m.auth_results.to_string();
-        r.job_id = m.job_id.to_string();
-        r
-    }
-
-    /// A `tq` row: `diag` says what changed and why; the queue columns say where.
-    pub fn queue_event(now_ms: u64, queue: &str, vmta: &str, diag: String) -> Record {
+    /// An empty record of `kind` at `now_ms`: the constructors below fill what they know.
+    pub fn new(kind: Kind, now_ms: u64) -> Record {
         Record {
-            kind: Kind::QueueEvent,
+            kind,
             time_logged_ms: now_ms,
-            time_queued_ms: now_ms,
+            time_queued_ms: 0,
+            time_first_attempt_ms: 0,
             orig: String::new(),
             rcpt: String::new(),
+            orcpt: String::new(),
             dsn_status: String::new(),
-            dsn_diag: diag,
+            dsn_diag: String::new(),
             dsn_mta: String::new(),
+            dsn_reporting_mta: String::new(),
             bounce_cat: String::new(),
+            src_api: false,
             src_mta: String::new(),
+            dlv_type: "smtp",
             dlv_source_ip: String::new(),
             dlv_destination_ip: String::new(),
             dlv_esmtp_available: false,
             dlv_size: 0,
-            vmta: vmta.to_string(),
+            vmta: String::new(),
             job_id: String::new(),
             env_id: String::new(),
-            queue: queue.to_string(),
+            queue: String::new(),
             vmta_pool: String::new(),
             rcv_smtp_user: String::new(),
+            rcv_source_ip: String::new(),
+            rcv_destination_ip: String::new(),
             dlv_tls_protocol: String::new(),
             dlv_tls_cipher: String::new(),
             auth_results: String::new(),
@@ -211,65 +288,98 @@ impl Record {
             user_agent: String::new(),
             reporting_mta: String::new(),
             source_ip: String::new(),
+            reported_domain: String::new(),
+            rep_source_ip: String::new(),
             headers: Vec::new(),
         }
     }
 
-    /// One CSV line (with the newline).
-    pub fn csv_line(&self) -> String {
-        self.csv_line_of(&(0..COLUMNS.len()).collect::<Vec<_>>())
+    /// An `f` row from a feedback report.
+    pub fn feedback(now_ms: u64, f: &crate::feedback::Feedback) -> Record {
+        let mut r = Record::new(Kind::Feedback, now_ms);
+        r.orig = f.orig.clone();
+        r.rcpt = f.rcpt.clone();
+        r.job_id = f.job_id.clone();
+        r.format = f.format.to_string();
+        r.feedback_type = f.feedback_type.clone();
+        r.user_agent = f.user_agent.clone();
+        r.reporting_mta = f.reporting_mta.clone();
+        r.source_ip = f.source_ip.clone();
+        r.reported_domain = f.reported_domain.clone();
+        r
     }
 
-    /// One CSV line of the chosen columns (indexes into `COLUMNS`).
-    pub fn csv_line_of(&self, columns: &[usize]) -> String {
-        let size = self.dlv_size.to_string();
-        let fields: [&str; 32] = [
-            self.kind.code(),
-            &iso8601(self.time_logged_ms),
-            &iso8601(self.time_queued_ms),
-            &self.orig,
-            &self.rcpt,
-            "",
-            self.dsn_action(),
-            &self.dsn_status,
-            &self.dsn_diag,
-            &self.dsn_mta,
-            &self.bounce_cat,
-            "smtp",
-            &self.src_mta,
-            "smtp",
-            &self.dlv_source_ip,
-            &self.dlv_destination_ip,
-            if self.dlv_esmtp_available { "yes" } else { "" },
-            &size,
-            &self.vmta,
-            &self.job_id,
-            &self.env_id,
-            &self.queue,
-            &self.vmta_pool,
-            &self.rcv_smtp_user,
-            &self.dlv_tls_protocol,
-            &self.dlv_tls_cipher,
-            &self.auth_results,
-            &self.format,
-            &self.feedback_type,
-            &self.user_agent,
-            &self.reporting_mta,
-            &self.source_ip,
-        ];
+    /// An `rb` row for one recipient of an asynchronous bounce, with its category.
+    pub fn remote_bounce(now_ms: u64, b: &crate::feedback::RemoteBounce, category: &str) -> Record {
+        let mut r = Record::new(Kind::RemoteBounce, now_ms);
+        r.rcpt = b.rcpt.clone();
+        r.dsn_status = b.status.clone();
+        r.dsn_diag = format!("smtp;{}", b.diagnostic);
+        r.dsn_mta = b.mta.clone();
+        r.dsn_reporting_mta = b.reporting_mta.clone();
+        r.bounce_cat = category.to_string();
+        r.job_id = b.job_id.clone();
+        r.format = "dsn".into();
+        r
+    }
+
+    /// An `r` row: `rcpt` of a message accepted from a client.
+    pub fn received(now_ms: u64, rcpt: &str, m: &Received) -> Record {
+        let mut r = Record::new(Kind::Received, now_ms);
+        r.vmta = m.vmta.to_string();
+        r.orig = m.orig.to_string();
+        r.rcpt = rcpt.to_string();
+        r.src_mta = m.src_mta.to_string();
+        r.src_api = m.api;
+        r.rcv_source_ip = m.source_ip.to_string();
+        r.rcv_destination_ip = m.destination_ip.to_string();
+        r.dlv_size = m.size;
+        r.rcv_smtp_user = m.smtp_user.to_string();
+        r.auth_results = m.auth_results.to_string();
+        r.job_id = m.job_id.to_string();
+        r.env_id = m.envid.to_string();
+        r
+    }
+
+    /// A `tq` row: `diag` says what changed and why; the queue columns say where.
+    pub fn queue_event(now_ms: u64, queue: &str, vmta: &str, diag: String) -> Record {
+        let mut r = Record::new(Kind::QueueEvent, now_ms);
+        r.queue = queue.to_string();
+        r.vmta = vmta.to_string();
+        r.dsn_diag = diag;
+        r
+    }
+
+    /// The CSV line of every field of its type (PowerMTA's `*` list), for tests and tools.
+    pub fn csv_line(&self) -> String {
+        let fields: Vec<AcctField> =
+            std::iter::once(AcctField::Type).chain(sluice_config::acct::default_fields(self.kind)).collect();
         let mut out = String::with_capacity(256);
-        for (i, &c) in columns.iter().enumerate() {
+        for (i, f) in fields.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            match fields.get(c) {
-                Some(f) => push_field(&mut out, f),
-                None => push_field(&mut out, self.headers.get(c - fields.len()).map_or("", String::as_str)),
-            }
+            push_field(&mut out, &self.value(f, true));
         }
         out.push('\n');
         out
     }
+}
+
+/// What an `r` record says of the message its recipient came in.
+pub struct Received<'a> {
+    pub orig: &'a str,
+    /// `helo (ip)` of the client.
+    pub src_mta: &'a str,
+    pub api: bool,
+    pub source_ip: &'a str,
+    pub destination_ip: &'a str,
+    pub size: u64,
+    pub vmta: &'a str,
+    pub smtp_user: &'a str,
+    pub auth_results: &'a str,
+    pub job_id: &'a str,
+    pub envid: &'a str,
 }
 
 #[cfg(test)]
@@ -277,41 +387,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quoting_and_columns() {
-        let r = Record {
-            kind: Kind::Bounced,
-            time_logged_ms: 0,
-            time_queued_ms: 0,
-            orig: "a@b".into(),
-            rcpt: "c@d".into(),
-            dsn_status: "5.1.1 (bad destination mailbox address)".into(),
-            dsn_diag: "smtp;550 5.1.1 \"x\", y".into(),
-            dsn_mta: "".into(),
-            bounce_cat: "bad-mailbox".into(),
-            src_mta: "".into(),
-            dlv_source_ip: "".into(),
-            dlv_destination_ip: "".into(),
-            dlv_esmtp_available: true,
-            dlv_size: 10,
-            vmta: "".into(),
-            job_id: "".into(),
-            env_id: "".into(),
-            queue: "d/".into(),
-            vmta_pool: "".into(),
-            rcv_smtp_user: "".into(),
-            dlv_tls_protocol: "".into(),
-            dlv_tls_cipher: "".into(),
-            auth_results: "".into(),
-            format: "".into(),
-            feedback_type: "".into(),
-            user_agent: "".into(),
-            reporting_mta: "".into(),
-            source_ip: "".into(),
-            headers: Vec::new(),
-        };
+    fn values_as_powermta_writes_them() {
+        let mut r = Record::new(Kind::Bounced, 1_549_662_821_000);
+        r.time_queued_ms = 1_549_662_800_000;
+        r.dsn_status = "5.7.1".into();
+        r.dsn_diag = "smtp;554 5.7.1 Denied, \"spam\"".into();
+        r.src_mta = "foo.int.bar.com (127.0.0.1)".into();
         let line = r.csv_line();
-        assert!(line.starts_with("b,1970-01-01 00:00:00+0000,1970-01-01 00:00:00+0000,a@b,c@d,,failed,"), "{line}");
-        assert!(line.contains(",\"smtp;550 5.1.1 \"\"x\"\", y\","), "{line}");
-        assert_eq!(header_line().split(',').count(), COLUMNS.len());
+        assert!(line.starts_with("b,2019-02-08 21:53:41+0000,2019-02-08 21:53:20+0000,,,,failed,5.7.1 (delivery not authorized),\"smtp;554 5.7.1 Denied, \"\"spam\"\"\","), "{line}");
+        assert!(line.contains(",smtp,foo.int.bar.com (127.0.0.1),smtp,"), "{line}");
+        assert_eq!(r.value(&AcctField::TotalSecondsQueued, true), "21");
+        assert_eq!(r.value(&AcctField::TimeLogged, false), "1549662821");
+        assert_eq!(r.value(&AcctField::TimeFirstAttempt, true), "", "not known");
+    }
+
+    #[test]
+    fn status_texts() {
+        assert_eq!(status_with_text("2.0.0"), "2.0.0 (success)");
+        assert_eq!(status_with_text("5.1.1"), "5.1.1 (bad destination mailbox address)");
+        assert_eq!(status_with_text("5.4.7"), "5.4.7 (delivery time expired)");
+        assert_eq!(status_with_text("4.7.0"), "4.7.0 (other or undefined security status)");
+        assert_eq!(status_with_text("5.1.99"), "5.1.99 (other address status)");
+        assert_eq!(status_with_text(""), "");
     }
 }

@@ -26,6 +26,8 @@ pub struct Job<M> {
     pub mail_from: String,
     pub rcpts: Vec<Recipient>,
     pub attempts: u32,
+    /// When delivery was first tried (0: not yet; not kept across a restart).
+    pub first_attempt_unix_ms: u64,
     pub queued_unix_ms: u64,
     pub size: u64,
     /// The job (`x-job:`) the message belongs to, for every accounting record; empty: none.
@@ -635,20 +637,21 @@ impl<M> Queue<M> {
         info: &AttemptInfo,
         unix_ms: u64,
     ) -> Record {
-        let status = reply.enhanced().map(str::to_string).unwrap_or_else(|| {
-            match kind {
-                Kind::Delivered => "2.0.0",
-                Kind::Bounced => "5.0.0",
-                Kind::Transient | Kind::QueueEvent | Kind::Received | Kind::Feedback | Kind::RemoteBounce => "4.0.0",
-            }
-            .to_string()
-        });
+        // An expiry is permanent whatever the last reply was (RFC 3463: 5.4.7).
+        let expired = kind == Kind::Bounced && category == "message-expired" && !reply.is_permanent();
+        let status = match reply.enhanced() {
+            _ if expired => "5.4.7".to_string(),
+            Some(e) => e.to_string(),
+            None if kind == Kind::Delivered => "2.0.0".to_string(),
+            None => format!("{}.0.0", reply.code / 100),
+        };
         let dsn_mta =
             if info.mx_host.is_empty() { String::new() } else { format!("{} ({})", info.mx_host, info.destination_ip) };
         let vmta = if info.vmta.is_empty() { self.vmta.as_str() } else { info.vmta.as_str() };
         let mut r = Record::queue_event(unix_ms, &self.name, vmta, format!("smtp;{}", reply.line()));
         r.kind = kind;
         r.time_queued_ms = job.queued_unix_ms;
+        r.time_first_attempt_ms = job.first_attempt_unix_ms;
         r.orig = job.mail_from.clone();
         r.rcpt = rcpt.address.clone();
         r.dsn_status = status;
@@ -689,6 +692,7 @@ mod tests {
             mail_from: "s@a.test".into(),
             rcpts: (0..n).map(|i| Recipient { index: i as u32, address: format!("r{i}@b.test") }).collect(),
             attempts: 1,
+            first_attempt_unix_ms: 0,
             queued_unix_ms: 1_000,
             size: 100,
             job_id: String::new(),
@@ -839,6 +843,7 @@ mod mode_tests {
             mail_from: "a@b".into(),
             rcpts: vec![Recipient { index: 0, address: "x@b.test".into() }],
             attempts: 1,
+            first_attempt_unix_ms: 0,
             queued_unix_ms: 0,
             size: 1,
             job_id: String::new(),

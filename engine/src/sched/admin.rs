@@ -248,8 +248,9 @@ impl<M: Message> Scheduler<M> {
             let headers = self.acct_header_values(job.msg.data());
             let id = self.queue_for(&domain, &vmta);
             let mut records = self.st(id).q.deleted_records(&job, &reply, now.unix_ms);
-            for r in &mut records {
+            for (r, rcpt) in records.iter_mut().zip(&job.rcpts) {
                 r.headers.clone_from(&headers);
+                super::stamp(r, &job.msg, rcpt.index);
             }
             for rcpt in &job.rcpts {
                 self.intents.push_back(Intent::Outcome { msg: job.msg.clone(), rcpt: rcpt.index });

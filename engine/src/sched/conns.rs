@@ -136,7 +136,7 @@ impl<M: Message> Scheduler<M> {
         // A message starts only with a grant from the queue's and the source IP's rates.
         if st.q.has_work() && self.rate_grant(id, source_ip, Grant::Message, now) {
             let job = self.st_mut(id).q.take().expect("ready work");
-            return self.start(conn, id, job);
+            return self.start(conn, id, job, now);
         }
         self.conns.get_mut(&conn).expect("live").idle = true;
         self.st_mut(id).idle.push(conn);

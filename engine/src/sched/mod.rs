@@ -65,6 +65,37 @@ pub trait Message: Clone {
     fn sender(&self) -> &str;
     /// The client that injected it (its `<source>` says whether to make DSNs).
     fn client_ip(&self) -> IpAddr;
+    /// How it came in, for accounting records and DSNs (nothing known by default).
+    fn origin(&self) -> Origin<'_> {
+        Origin::default()
+    }
+    /// A recipient's DSN parameters: `NOTIFY` bits (`notify::*`) and `ORCPT`, as given.
+    fn rcpt_dsn(&self, _index: u32) -> (u8, &str) {
+        (0, "")
+    }
+}
+
+/// `NOTIFY` bits (RFC 3461 §4.1), as the spool keeps them; none set: not given.
+pub mod notify {
+    pub const NEVER: u8 = 1;
+    pub const SUCCESS: u8 = 2;
+    pub const FAILURE: u8 = 4;
+    pub const DELAY: u8 = 8;
+}
+
+/// What the spool keeps of a message's injection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Origin<'a> {
+    /// The client's EHLO name.
+    pub helo: &'a str,
+    /// The SMTP AUTH user, if any.
+    pub auth_user: &'a str,
+    /// Injected over HTTP.
+    pub api: bool,
+    /// The DSN `ENVID`.
+    pub envid: &'a str,
+    /// `RET=HDRS`: a DSN returns the headers only.
+    pub ret_hdrs: bool,
 }
 
 /// What the caller must do.
@@ -385,11 +416,14 @@ impl<M: Message> Scheduler<M> {
                 return; // rate-limited: the tick pumps again
             }
             let job = self.st_mut(id).q.take().expect("ready work");
-            self.start(conn, id, job);
+            self.start(conn, id, job, now);
         }
     }
 
-    fn start(&mut self, conn: ConnId, queue: QueueId, job: Job<M>) {
+    fn start(&mut self, conn: ConnId, queue: QueueId, mut job: Job<M>, now: Now) {
+        if job.first_attempt_unix_ms == 0 {
+            job.first_attempt_unix_ms = now.unix_ms;
+        }
         let c = self.conns.get_mut(&conn).expect("a live connection");
         c.idle = false;
         c.messages_sent += 1;
@@ -528,6 +562,7 @@ impl<M: Message> Scheduler<M> {
         let mut failed = Vec::new();
         for (rcpt, fate, mut record) in outcomes {
             record.headers.clone_from(&headers);
+            stamp(&mut record, &msg, rcpt.index);
             if fate == Fate::Final {
                 if record.kind == RecordKind::Bounced && *dsn_wanted.get_or_insert_with(|| self.wants_dsn(&msg)) {
                     // Journaled once the DSN reporting it is durable.
@@ -735,4 +770,21 @@ fn hop_text(info: &AttemptInfo) -> String {
         (false, _) => info.mx_host.clone(),
         (true, false) => info.destination_ip.clone(),
     }
+}
+
+/// What a record says of the message's injection: `srcMta` (`helo (ip)`), `srcType`, the
+/// AUTH user, the DSN `ENVID` and the recipient's `ORCPT`.
+pub(crate) fn stamp<M: Message>(record: &mut Record, msg: &M, rcpt_index: u32) {
+    let o = msg.origin();
+    let ip = msg.client_ip();
+    record.src_mta = match (o.helo, ip.is_unspecified()) {
+        ("", true) => String::new(),
+        ("", false) => format!("({ip})"),
+        (helo, true) => helo.to_string(),
+        (helo, false) => format!("{helo} ({ip})"),
+    };
+    record.src_api = o.api;
+    record.rcv_smtp_user = o.auth_user.to_string();
+    record.env_id = o.envid.to_string();
+    record.orcpt = msg.rcpt_dsn(rcpt_index).1.to_string();
 }

@@ -428,6 +428,9 @@ impl Shard {
         let c = self.ins.get_mut(slot);
         let mut store = Store::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
         store.src_mta = format!("{} ({})", m.helo, c.client_ip);
+        store.helo = m.helo;
+        store.rcv_source_ip = c.client_ip.to_string();
+        store.rcv_destination_ip = crate::sys::local_ip(c.sock.fd);
         store.smtp_user = m.auth_user.unwrap_or_default();
         store.auth_results = auth;
         store.job_id = m.job_id;
@@ -478,6 +481,10 @@ impl Shard {
             let received = sluice_engine::acct::Received {
                 orig: &store.mail_from,
                 src_mta: &store.src_mta,
+                api: store.flags & sluice_spool::codec::flags::API != 0,
+                source_ip: &store.rcv_source_ip,
+                destination_ip: &store.rcv_destination_ip,
+                envid: &store.envid,
                 size,
                 vmta: &store.vmta,
                 smtp_user: &store.smtp_user,

@@ -29,7 +29,7 @@ const LOCAL_RETRY_MS: u64 = 1_000;
 pub(super) struct Store {
     head: Vec<u8>,
     pub data: Vec<u8>,
-    /// After the data: the job id (spool format version 2).
+    /// After the data: the job id and the extras (spool format versions 2 and 3).
     tail: Vec<u8>,
     iov: [libc::iovec; 3],
     /// How much of head, data and tail is written.
@@ -48,6 +48,15 @@ pub(super) struct Store {
     pub auth_results: String,
     /// The `x-job:` header's value (empty: none).
     pub job_id: String,
+    /// What the spool keeps of the injection for accounting and DSNs: the EHLO name, the
+    /// DSN `ENVID`, flags (`codec::flags`) and each recipient's `NOTIFY`/`ORCPT`.
+    pub helo: String,
+    /// For `r` records: the client's address and the local address it connected to.
+    pub rcv_source_ip: String,
+    pub rcv_destination_ip: String,
+    pub envid: String,
+    pub flags: u8,
+    pub rcpt_dsn: Vec<(u32, u8, String)>,
 }
 
 impl Store {
@@ -76,6 +85,12 @@ impl Store {
             smtp_user: String::new(),
             auth_results: String::new(),
             job_id: String::new(),
+            helo: String::new(),
+            rcv_source_ip: String::new(),
+            rcv_destination_ip: String::new(),
+            envid: String::new(),
+            flags: 0,
+            rcpt_dsn: Vec::new(),
         })
     }
 }
@@ -85,6 +100,8 @@ impl Store {
 /// them again), or a message injected over HTTP (told once it is durable, or refused).
 pub(super) struct LocalMessage {
     store: Box<Store>,
+    /// Who it came from: an HTTP injection's client; unspecified for messages made here.
+    client_ip: IpAddr,
     /// The outcomes to journal once it is durable (with the spool while it is in flight).
     after: Vec<(Outcome, Arc<Segment>)>,
     notify: Option<crossbeam_channel::Sender<Result<String, String>>>,
@@ -111,10 +128,20 @@ impl Shard {
             queued_unix_ms: store.queued_unix_ms,
             client_ip,
             mail_from: &store.mail_from,
-            envid: "",
+            envid: &store.envid,
             vmta: &store.vmta,
             recipients: store.recipients.iter().map(String::as_str).collect(),
             job_id: &store.job_id,
+            extras: codec::Extras {
+                helo: &store.helo,
+                auth_user: &store.smtp_user,
+                flags: store.flags,
+                rcpt_dsn: store
+                    .rcpt_dsn
+                    .iter()
+                    .map(|(index, notify, orcpt)| codec::RcptDsn { index: *index, notify: *notify, orcpt })
+                    .collect(),
+            },
         };
         store.head = codec::encode_message_head(&env, &store.data);
         store.tail = codec::encode_message_tail(&env);
@@ -321,6 +348,7 @@ impl Shard {
                         mail_from: store.mail_from.clone(),
                         rcpts: vec![rcpt],
                         attempts: 1,
+                        first_attempt_unix_ms: 0,
                         queued_unix_ms: store.queued_unix_ms,
                         size: store.data.len() as u64,
                         job_id: store.job_id.clone(),
@@ -369,7 +397,8 @@ impl Shard {
             .into_iter()
             .map(|rcpt| (Outcome { seg_shard: seg.shard, seg_seq: seg.seq, offset: msg.offset, rcpt }, seg.clone()))
             .collect();
-        self.write_local(LocalMessage { store, after, notify: None });
+        let client_ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+        self.write_local(LocalMessage { store, client_ip, after, notify: None });
     }
 
     /// A message injected over HTTP: signed, spooled like a DSN, and answered once durable.
@@ -388,14 +417,18 @@ impl Shard {
         }
         let mut store = Store::boxed(data, inj.mail_from, inj.recipients, self.now.unix_ms, vmta);
         store.src_mta = inj.src_mta;
+        store.helo = "http".into();
+        store.rcv_source_ip = inj.client_ip.to_string();
         store.job_id = inj.job_id;
-        self.write_local(LocalMessage { store, after: Vec::new(), notify: Some(inj.done) });
+        store.flags = codec::flags::API;
+        let client_ip = inj.client_ip;
+        self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Some(inj.done) });
     }
 
     fn write_local(&mut self, mut local: LocalMessage) {
         self.local.next += 1;
         let id = self.local.next;
-        let client_ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED); // made here
+        let client_ip = local.client_ip;
         let after = std::mem::take(&mut local.after);
         let mut store =
             std::mem::replace(&mut local.store, Store::boxed(Vec::new(), String::new(), Vec::new(), 0, String::new()));

@@ -1,0 +1,100 @@
+//! Configurations modelled on real PowerMTA ones (tests/configs, sources in
+//! tests/configs/SOURCES.md) load: `sluice check-config` passes each with warnings only. For
+//! each, the directives it warns about are listed here: when one becomes implemented, its
+//! warnings go and this list must say so.
+
+mod common;
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn configs_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/configs")
+}
+
+/// The directives `check-config` warns about in `path`: each warning's file:line, read back
+/// from the file (`<name` for a block).
+fn warned(path: &Path) -> BTreeSet<String> {
+    let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(path));
+    assert_eq!(code, 0, "{}: {out}", path.display());
+    assert!(out.ends_with("ok\n"), "{out}");
+    let mut names = BTreeSet::new();
+    for w in out.lines().filter_map(|l| l.strip_prefix("warning: ")) {
+        let (at, _) = w.split_once(": ").unwrap();
+        let (file, line) = at.rsplit_once(':').unwrap();
+        let line: usize = line.parse().unwrap();
+        let text = std::fs::read_to_string(file).unwrap();
+        let first = text.lines().nth(line - 1).unwrap().split_whitespace().next().unwrap().to_ascii_lowercase();
+        names.insert(first.trim_end_matches('>').to_string());
+    }
+    names
+}
+
+#[rustfmt::skip]
+const EXPECTED: &[(&str, &str)] = &[
+    ("01-job-accounting.conf", "<pattern-list cold-virtual-mta log-connections log-file max-cold-virtual-mta-msg pattern-list remove-received-headers run-as-root sync-msg-create sync-msg-update"),
+    ("02-production-isp-rules.conf", "bounce-upon-5xx-greeting connect-timeout data-send-timeout log-commands log-connections max-errors-per-connection mx-connection-attempts smtp-421-means-mx-unavailable smtp-553-means-invalid-mailbox smtp-greeting-timeout"),
+    ("03-ip-warmup.conf", "cold-virtual-mta log-file max-cold-virtual-mta-msg run-as-root"),
+    ("04-minimal-relay.conf", "delete-file-holders log-file run-as-root"),
+    ("05-devops-single-ip.conf", "allow-unencrypted-plain-auth log-file"),
+    ("06-installer-many-domains.conf", "allow-mailmerge dk-sign log-commands log-file pickup relay-domain remove-received-headers run-as-root sync-msg-create sync-msg-update"),
+    ("07-signals-demo.conf", "<rewrite-list <signals allow-unencrypted-plain-auth authentication-method deliver-matched-email deliver-only enable-signals log-commands log-connections log-data log-file relay-domain rewrite-list run-as-root smtp-server-tls-allow-tlsv1.1 smtp-server-tls-allow-tlsv1.2"),
+    ("08-auto-install-auth.conf", "add-message-id-header allow-unencrypted-plain-auth always-allow-api-submission deliver-only log-commands log-connections log-data log-file run-as-root"),
+    ("09-esp-generator-goodmail.conf", "add-message-id-header allow-unencrypted-plain-auth bounce-upon-no-mx deliver-local-dsn dk-sign log-auto-rotation log-commands log-data log-file log-messages log-rotate max-events-recorded run-as-root sync-msg-create sync-msg-update"),
+    ("10-esp-domain-macros.conf", "add-message-id-header allow-unencrypted-plain-auth bounce-upon-no-mx deliver-local-dsn dk-sign log-commands log-file smtp-421-means-mx-unavailable"),
+    ("11-enterprise-5.0r8.conf", "<domain-key-list add-message-id-header allow-mailmerge allow-unencrypted-plain-auth always-allow-api-submission backoff-notify bounce-upon-5xx-greeting bounce-upon-no-mx domain-suffix ignore-8bitmime log-commands log-connections log-file max-errors-per-connection max-smtp-out process-x-envid remove-header remove-received-headers smtp-421-means-mx-unavailable smtp-server-tls-ca-file sync-msg-create sync-msg-update verp-default"),
+    ("12-reconfigure-timeouts.conf", "allow-unencrypted-plain-auth bounce-upon-no-mx bounce-upon-transfer-failure connect-timeout data-send-timeout log-commands log-connections log-file max-errors-per-connection min-free-space mx-connection-attempts pickup run-as-root smtp-data-termination-timeout smtp-greeting-timeout sync-msg-create sync-msg-update"),
+    ("13-iem-installer.conf", "<pattern-list allow-mailmerge allow-unencrypted-plain-auth delete-file-holders log-commands log-connections log-data pattern-list pickup relay-domain remove-received-headers run-as-root sync-msg-create sync-msg-update"),
+    ("14-enterprise-template.conf", "accept-invalid-recipients add-date-header add-message-id-header allow-unencrypted-plain-auth assume-delivery-upon-data-termination-timeout bounce-upon-no-mx connect-timeout delete-file-holders deliver-only edns-udp-length http-redirect-to-https log-commands log-connections log-data log-file run-as-root smtp-421-means-mx-unavailable smtp-data-termination-timeout smtp-greeting-timeout smtp-source-host verp-default"),
+    ("15-bounce-handler-pipes.conf", "deliver-matched-email forward-errors-to forward-unmatched-to relay-domain"),
+    ("16-guide-examples.conf", "allow-mailmerge backoff-reroute-to-virtual-mta cold-virtual-mta deliver-only log-commands max-cold-virtual-mta-msg records relay-domain reroute-to-virtual-mta total-max-smtp-out"),
+    ("17-managed-rollups.conf", "/quota/ <mx-rollup-list <pattern-list add-date-header add-message-id-header allow-cancel-during-transfer allow-unencrypted-plain-auth bounce-upon-5xx-greeting bounce-upon-transfer-failure connect-timeout data-send-timeout date-header-time default-smtp-port deliver-local-dsn dk-sign ignore-8bitmime ignore-chunking log-commands log-connections log-file max-errors-per-connection max-events-recorded max-smtp-out-per-source-ip mx-connection-attempts pattern-list process-x-dkim-options remove-received-headers run-as-root smtp-421-means-mx-unavailable smtp-greeting-timeout sync-msg-create sync-msg-update total-max-smtp-out track-recipient-events type use-unencrypted-plain-auth verp-default"),
+    ("18-mailcarry-panel.conf", "add-message-id-header allow-unencrypted-plain-auth bounce-upon-no-mx dk-sign dkim-identity-fallback log-commands log-file log-rotate"),
+    ("19-indented-writer.conf", "command relay-domain type"),
+    ("20-multi-domain-installer.conf", "add-message-id-header allow-unencrypted-plain-auth always-allow-api-submission log-commands log-connections log-file pickup process-x-envid run-as-root sync-msg-create sync-msg-update verp-default"),
+    ("21-forum-streams.conf", "log-file run-as-root total-max-smtp-out"),
+    ("22-fbl-relay-domains.conf", "deliver-matched-email deliver-only forward-errors-to forward-unmatched-to relay-domain"),
+    ("23-go-generated-vmtas.conf", ""),
+    ("24-bash-vmta-generator.conf", "allow-unencrypted-plain-auth"),
+    ("25-panel-installer-wildcard-key.conf", "allow-unencrypted-plain-auth log-file pickup"),
+    ("26-test-sink-host.conf", "dummy-smtp-ip dummy-smtp-port log-connections log-file"),
+];
+
+#[test]
+fn real_configurations_load_with_warnings_only() {
+    let mut files: Vec<String> = std::fs::read_dir(configs_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".conf"))
+        .collect();
+    files.sort();
+    let listed: Vec<&str> = EXPECTED.iter().map(|(f, _)| *f).collect();
+    assert_eq!(files, listed, "every test config is listed here");
+    assert!(files.len() >= 25);
+    let mut differences = Vec::new();
+    for (file, expected) in EXPECTED {
+        let got = warned(&configs_dir().join(file));
+        let expected: BTreeSet<String> = expected.split_whitespace().map(str::to_string).collect();
+        if got != expected {
+            let gone: Vec<_> = expected.difference(&got).collect();
+            let new: Vec<_> = got.difference(&expected).collect();
+            differences.push(format!("{file}: no longer warned {gone:?}, newly warned {new:?}"));
+        }
+    }
+    assert!(differences.is_empty(), "\n{}", differences.join("\n"));
+}
+
+/// Directives no PowerMTA version has are errors, each at its line with a hint; PowerMTA
+/// refuses them too.
+#[test]
+fn invented_directives_are_errors() {
+    let path = configs_dir().join("invalid/invented-directives.conf");
+    let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&path));
+    assert_eq!(code, 2, "{out}");
+    let errors: Vec<&str> = out.lines().filter(|l| l.contains(": unknown ")).collect();
+    assert_eq!(errors.len(), 7, "{out}");
+    assert!(out.contains("invented-directives.conf:17: unknown directive `command-timeout` in <domain> (hint: did you mean `smtp-command-timeout` (it goes in the global section)?)"), "{out}");
+    assert!(out.trim_end().ends_with("7 errors, 0 warnings"), "{out}");
+}
