@@ -90,25 +90,6 @@ impl Known {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_list_holds_the_guide_and_other_versions() {
-        let k = known();
-        assert!(k.entries().len() > 400, "{}", k.entries().len());
-        assert!(k.directive("domain", "max-smtp-out"));
-        assert!(k.directive("global", "run-as-root"));
-        assert!(k.directive("acct-file", "move-interval"));
-        assert!(k.directive("global", "sync-msg-create"), "other versions");
-        assert!(k.block("global", "mx-rollup-list"));
-        assert!(k.block("virtual-mta", "domain"));
-        assert!(!k.directive("domain", "max-smtp-outt"));
-        assert_eq!(k.scopes_of("domain-key", false), ["domain-key-list", "global", "virtual-mta", "virtual-mta-pool"]);
-    }
-}
-
 /// The README's table of PowerMTA directives: which sluice reads, which it accepts and
 /// ignores (with a warning), and sluice's own. Generated from the directive tables and the
 /// list, so it cannot drift from them (`sluice directives` prints it; a test compares).
@@ -171,4 +152,23 @@ pub fn directives_markdown() -> String {
          #### Accepted and ignored, with a warning at their line\n\n| block | directives |\n|---|---|\n{ignored}\n\
          #### sluice's own (no PowerMTA equivalent)\n\n| block | directives |\n|---|---|\n{own}"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_list_holds_the_guide_and_other_versions() {
+        let k = known();
+        assert!(k.entries().len() > 400, "{}", k.entries().len());
+        assert!(k.directive("domain", "max-smtp-out"));
+        assert!(k.directive("global", "run-as-root"));
+        assert!(k.directive("acct-file", "move-interval"));
+        assert!(k.directive("global", "sync-msg-create"), "other versions");
+        assert!(k.block("global", "mx-rollup-list"));
+        assert!(k.block("virtual-mta", "domain"));
+        assert!(!k.directive("domain", "max-smtp-outt"));
+        assert_eq!(k.scopes_of("domain-key", false), ["domain-key-list", "global", "virtual-mta", "virtual-mta-pool"]);
+    }
 }
