@@ -120,7 +120,7 @@ pub async fn resolve(
                     let reply = Reply::new(550, format!("5.1.2 {domain}: no MX and no address"));
                     return (Resolution::Permanent(reply), 60_000, None);
                 }
-                (Resolution::Hops(vec![hops]), RESOLVE_TTL_DEFAULT_MS, None)
+                (Resolution::NoMx(hops), RESOLVE_TTL_DEFAULT_MS, None)
             }
             _ => {
                 let reply = Reply::new(451, format!("4.4.3 DNS lookup for {domain} failed: {e}"));

@@ -1,6 +1,7 @@
 //! Next hops from DNS (RFC 5321 §5.1) against a real dnsmasq on loopback: MX hosts tried in
 //! preference order (a dead first choice falls through to the next), the implicit MX (A
-//! record) when there is no MX, RFC 7505 null MX and NXDOMAIN bounced as bad-domain.
+//! record) when there is no MX unless `bounce-upon-no-mx` says to bounce, RFC 7505 null MX
+//! and NXDOMAIN bounced as bad-domain.
 //! Delivery goes to port 25 on 127.0.x.y, so this test runs as root (as CI does).
 
 mod common;
@@ -19,6 +20,10 @@ fn dnsmasq(port: u16, net: u8) -> Dnsmasq {
             format!("--host-record=live.mx.test,{}", ip(5)),
             // amx.test: no MX, only an address: the implicit MX.
             format!("--host-record=amx.test,{}", ip(7)),
+            // nomx.test and aged.test: no MX either, and `bounce-upon-no-mx` (at once; for
+            // mail queued 3 s) says not to use the address (aged.test's is dead).
+            format!("--host-record=nomx.test,{}", ip(7)),
+            format!("--host-record=aged.test,{}", ip(8)),
             // nullmx.test: MX 0 "." (RFC 7505).
             "--dns-rr=nullmx.test,15,000000".into(),
             "--address=/nxdomain.test/".into(),
@@ -34,10 +39,11 @@ fn scenario(shards: Option<u32>, net: u8) {
     let live = SmtpSink::start(&format!("127.0.{net}.5"), 25, &[], true);
     let implicit = SmtpSink::start(&format!("127.0.{net}.7"), 25, &[], true);
     let relay = Relay::start(
-        &format!("dns-server 127.0.0.1:{dns_port}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n retry-after 1s\n</domain>\n"),
+        &format!("dns-server 127.0.0.1:{dns_port}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n retry-after 1s\n</domain>\n\
+             <domain nomx.test>\n bounce-upon-no-mx yes\n</domain>\n<domain aged.test>\n bounce-upon-no-mx 3s\n</domain>\n"),
         shards,
     );
-    for rcpt in ["a@mx.test", "b@amx.test", "c@nullmx.test", "d@nxdomain.test"] {
+    for rcpt in ["a@mx.test", "b@amx.test", "c@nullmx.test", "d@nxdomain.test", "e@nomx.test", "f@aged.test"] {
         swaks_send(&relay, rcpt);
     }
     let row = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);
@@ -58,8 +64,16 @@ fn scenario(shards: Option<u32>, net: u8) {
         ("5.1.2 (bad destination system: no such domain)", "bad-domain"),
         "{b:?}"
     );
+    let b = wait_for("bounce-upon-no-mx yes", Duration::from_secs(20), || row("b", "e@nomx.test"));
+    assert!(b["dsnDiag"].contains("no MX record (bounce-upon-no-mx)"), "{b:?}");
+    assert!(b["dsnStatus"].starts_with("5.1.2"), "{b:?}");
+    // Deferred at the dead address while young, bounced once queued 3 s.
+    let t = wait_for("aged.test deferred first", Duration::from_secs(20), || row("t", "f@aged.test"));
+    assert!(t["dsnDiag"].contains("4.4.1"), "{t:?}");
+    let b = wait_for("aged.test bounced", Duration::from_secs(20), || row("b", "f@aged.test"));
+    assert!(b["dsnDiag"].contains("no MX record, and queued over 3s"), "{b:?}");
     assert_eq!(live.messages().len(), 1);
-    assert_eq!(implicit.messages().len(), 1);
+    assert_eq!(implicit.messages().len(), 1, "nomx.test's address was not used");
 }
 
 #[test]

@@ -71,6 +71,9 @@ pub struct Config {
     pub shards: Option<usize>,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
+    /// `total-max-smtp-out`: outbound connections open at once, all queues and shards
+    /// together (None: unlimited).
+    pub total_max_smtp_out: Option<u32>,
     /// Limits per source IP, shared by every shard and every VMTA using that address.
     pub source_ip_limits: HashMap<IpAddr, SourceIpLimits>,
     pub smtp_command_timeout: Duration,
@@ -287,6 +290,7 @@ impl Config {
             shards: None,
             dns_server: None,
             total_max_smtp_in: 10_000,
+            total_max_smtp_out: None,
             source_ip_limits: HashMap::new(),
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),

@@ -56,6 +56,8 @@ pub struct SourcePolicy {
     pub bare_lf: BareLf,
     /// `long-lines encode|reject`.
     pub long_lines: LongLines,
+    /// `log-connections`, `log-commands`, `log-data`: the inbound session into sluice's log.
+    pub log: SessionLog,
 }
 
 /// `bare-lf`: what a line ending in LF alone becomes (a lone "." next to one is refused as
@@ -177,6 +179,7 @@ pub struct SmtpUser {
 impl Default for SourcePolicy {
     fn default() -> Self {
         SourcePolicy {
+            log: SessionLog::default(),
             always_allow_relaying: false,
             smtp_service: true,
             max_message_size: 50 << 20,
@@ -258,6 +261,89 @@ pub struct DomainSettings {
     pub require_starttls: bool,
     /// `downgrade-8bit quoted-printable|bounce`.
     pub downgrade_8bit: Downgrade8bit,
+    /// How the SMTP client behaves towards this destination: timeouts, what a reply means,
+    /// extensions not to use.
+    pub smtp: SmtpOptions,
+    /// `bounce-upon-no-mx`: a domain without MX records bounces instead of trying its
+    /// address records (at once, or for mail queued at least this long).
+    pub bounce_upon_no_mx: Option<Duration>,
+}
+
+/// The SMTP client's settings for a destination (PowerMTA's `<domain>` timeouts and reply
+/// rules; defaults as `pmta show settings` prints them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmtpOptions {
+    /// `connect-timeout` (2m): for the TCP connection to be established.
+    pub connect_timeout: Duration,
+    /// `smtp-greeting-timeout` (5m): for the 220 greeting once connected.
+    pub greeting_timeout: Duration,
+    /// `data-send-timeout` (3m): for each part of the message body to be taken.
+    pub data_send_timeout: Duration,
+    /// `smtp-data-termination-timeout` (10m): for the reply to the end of data.
+    pub data_termination_timeout: Duration,
+    /// `max-errors-per-connection` (0: unlimited): recipient-level errors after which the
+    /// connection is closed.
+    pub max_errors_per_connection: u32,
+    /// `mx-connection-attempts` (10): next hops tried by one connection before it gives up.
+    pub mx_connection_attempts: u32,
+    /// `smtp-421-means-mx-unavailable` (no): a 421 moves the connection to the next MX at once.
+    pub smtp_421_means_mx_unavailable: bool,
+    /// `smtp-553-means-invalid-mailbox` (yes): a 553 to RCPT without an enhanced status code
+    /// is a bad mailbox (5.1.1).
+    pub smtp_553_means_invalid_mailbox: bool,
+    /// `bounce-upon-5xx-greeting` (yes): a 5xx greeting bounces the queue's mail; no: it is
+    /// a temporary failure and the next MX is tried.
+    pub bounce_upon_5xx_greeting: bool,
+    /// `assume-delivery-upon-data-termination-timeout` (no).
+    pub assume_delivery_upon_data_termination_timeout: bool,
+    /// `ignore-8bitmime`, `ignore-pipelining`, `ignore-dsn`, `ignore-chunking` (yes): the
+    /// extension is not used even when the receiver offers it.
+    pub ignore_8bitmime: bool,
+    pub ignore_pipelining: bool,
+    pub ignore_dsn: bool,
+    pub ignore_chunking: bool,
+    /// `log-connections`, `log-commands`, `log-data`: the outbound session into sluice's log.
+    pub log: SessionLog,
+}
+
+impl Default for SmtpOptions {
+    fn default() -> Self {
+        SmtpOptions {
+            connect_timeout: Duration::from_secs(120),
+            greeting_timeout: Duration::from_secs(300),
+            data_send_timeout: Duration::from_secs(180),
+            data_termination_timeout: Duration::from_secs(600),
+            max_errors_per_connection: 0,
+            mx_connection_attempts: 10,
+            smtp_421_means_mx_unavailable: false,
+            smtp_553_means_invalid_mailbox: true,
+            bounce_upon_5xx_greeting: true,
+            assume_delivery_upon_data_termination_timeout: false,
+            ignore_8bitmime: false,
+            ignore_pipelining: false,
+            ignore_dsn: false,
+            ignore_chunking: true,
+            log: SessionLog::default(),
+        }
+    }
+}
+
+/// What of an SMTP session goes into sluice's log (`log-connections`, `log-commands`,
+/// `log-data`), for a source (inbound) or a domain (outbound).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionLog {
+    /// Connections opened and closed, with the peer.
+    pub connections: bool,
+    /// Every command and reply.
+    pub commands: bool,
+    /// The message data too.
+    pub data: bool,
+}
+
+impl SessionLog {
+    pub fn any(&self) -> bool {
+        self.connections || self.commands || self.data
+    }
 }
 
 /// How a signature is made (`dkim-headers`, `dkim-header-canon`, `dkim-body-canon`,
@@ -359,6 +445,8 @@ impl Default for DomainSettings {
             use_starttls: true,
             require_starttls: false,
             downgrade_8bit: Downgrade8bit::QuotedPrintable,
+            smtp: SmtpOptions::default(),
+            bounce_upon_no_mx: None,
         }
     }
 }

@@ -265,3 +265,63 @@ fn a_zero_message_rate_holds_the_queue() {
     w.run(10_000, 100, &ok);
     assert_eq!(w.starts.len(), 50, "a queue without the rule delivers");
 }
+
+/// `mx-connection-attempts N`: a connection tries at most N next hops; the plan carries the
+/// destination's client settings.
+#[test]
+fn a_connection_tries_at_most_mx_connection_attempts_hops() {
+    for (conf, expect) in
+        [("", 4), ("<domain dest.test>\n mx-connection-attempts 2\n connect-timeout 7s\n</domain>", 2)]
+    {
+        let mut w = World::new(conf);
+        w.queue(1);
+        w.s.pump(w.now());
+        let mut plan = None;
+        while let Some(intent) = w.s.poll_intent() {
+            match intent {
+                Intent::Resolve { domain, .. } => {
+                    let hops = (1..=4)
+                        .map(|i| Hop {
+                            host: format!("mx{i}.dest.test"),
+                            addr: format!("192.0.2.{i}:25").parse().unwrap(),
+                        })
+                        .collect();
+                    w.s.on_resolved(&domain, Resolution::Hops(vec![hops]), 3_600_000, None, w.now());
+                    w.s.pump(w.now());
+                }
+                Intent::Connect { plan: p, .. } => plan = Some(p),
+                _ => {}
+            }
+        }
+        let plan = plan.expect("a connection was opened");
+        assert_eq!(plan.hops.len(), expect, "{conf}");
+        if expect == 2 {
+            assert_eq!(plan.smtp.connect_timeout, std::time::Duration::from_secs(7));
+        }
+    }
+}
+
+/// `max-errors-per-connection`: a session whose recipients keep being refused is closed
+/// after that many, and a fresh one opened.
+#[test]
+fn a_connection_closes_after_max_errors() {
+    let mut w = World::new("<domain dest.test>\n max-smtp-out 1\n max-errors-per-connection 3\n</domain>");
+    w.queue(9);
+    w.run(5_000, 10, &|_| Reply::new(550, "5.1.1 unknown"));
+    assert_eq!(w.starts.len(), 9);
+    let conns: std::collections::BTreeSet<u64> = w.starts.iter().map(|(_, c)| *c).collect();
+    assert_eq!(conns.len(), 3, "three transactions a connection: {:?}", w.starts);
+}
+
+/// `total-max-smtp-out`: connections across every queue stay within the host's cap.
+#[test]
+fn total_max_smtp_out_caps_every_queue_together() {
+    let mut w = World::new("total-max-smtp-out 3\n<domain dest.test>\n max-smtp-out 20\n</domain>");
+    w.queue(200);
+    w.run(2_000, 10, &ok);
+    assert_eq!(w.max_open, 3);
+    let mut w = World::new("<domain dest.test>\n max-smtp-out 20\n</domain>");
+    w.queue(200);
+    w.run(2_000, 10, &ok);
+    assert!(w.max_open > 3, "{}", w.max_open);
+}

@@ -651,7 +651,7 @@ impl World {
                 client.disable_pipelining();
             }
             let session = Session::new(relay_policy(), "127.0.0.1".parse().expect("ip"), relay.sessions);
-            let m = Incoming::new(session, None, false).expect("no TLS");
+            let m = Incoming::new(session, None, false, None).expect("no TLS");
             let c = InConn {
                 client,
                 to_relay: Vec::new(),

@@ -330,6 +330,10 @@ pub(super) async fn resolve(api: &Api, req: &Request) -> Response {
             .iter()
             .map(|l| l.iter().map(|h| json!({ "host": h.host, "address": h.addr.to_string() })).collect::<Vec<_>>())
             .collect::<Vec<_>>()),
+        sluice_netio::Resolution::NoMx(own) => json!([own
+            .iter()
+            .map(|h| json!({ "host": h.host, "address": h.addr.to_string(), "implicitMx": true }))
+            .collect::<Vec<_>>()]),
         sluice_netio::Resolution::Permanent(r) => json!({ "permanentFailure": r.line() }),
         sluice_netio::Resolution::Temporary(r) => json!({ "temporaryFailure": r.line() }),
     };

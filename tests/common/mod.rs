@@ -659,3 +659,171 @@ pub fn loadgen(target: u16, args: &[&str]) -> String {
     assert!(out.contains("data-ack  p50"), "{out}");
     std::fs::read_to_string(json).unwrap()
 }
+
+/// How a `ScriptedMx` behaves: its greeting, EHLO keywords, the reply to each RCPT and the
+/// end of data (after a delay).
+#[derive(Clone)]
+pub struct MxScript {
+    pub greeting: String,
+    pub ehlo: Vec<String>,
+    pub rcpt: fn(&str) -> String,
+    pub final_reply: String,
+    pub final_delay: Duration,
+    pub greeting_delay: Duration,
+}
+
+impl Default for MxScript {
+    fn default() -> Self {
+        MxScript {
+            greeting: "220 mx.test ESMTP".into(),
+            ehlo: ["PIPELINING", "8BITMIME", "SIZE 100000000"].map(String::from).to_vec(),
+            rcpt: |_| "250 2.1.5 ok".into(),
+            final_reply: "250 2.0.0 queued".into(),
+            final_delay: Duration::ZERO,
+            greeting_delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A receiver that follows an `MxScript`, for the replies real receivers give that the
+/// others here cannot be made to (5xx greetings, 553 without an enhanced code, a reply to
+/// the end of data that never comes). It keeps every command it was sent and counts
+/// connections and messages.
+pub struct ScriptedMx {
+    pub addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Sessions open now, and the most at once.
+    open: std::sync::Arc<[std::sync::atomic::AtomicUsize; 2]>,
+}
+
+impl ScriptedMx {
+    pub fn start(ip: &str, script: MxScript) -> ScriptedMx {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind((ip, 0)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new([std::sync::atomic::AtomicUsize::new(0), std::sync::atomic::AtomicUsize::new(0)]);
+        let (l, st, o) = (log.clone(), stop.clone(), open.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let (script, log, open) = (script.clone(), l.clone(), o.clone());
+                        let now = open[0].fetch_add(1, Ordering::SeqCst) + 1;
+                        open[1].fetch_max(now, Ordering::SeqCst);
+                        std::thread::spawn(move || {
+                            let _ = serve_script(s, &script, &log);
+                            open[0].fetch_sub(1, Ordering::SeqCst);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        ScriptedMx { addr, log, stop, open }
+    }
+
+    /// The most sessions it had open at once.
+    pub fn max_open(&self) -> usize {
+        self.open[1].load(Ordering::SeqCst)
+    }
+
+    /// Every line received (commands; `MESSAGE n` for a message of n bytes; `CONNECT`).
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn count(&self, prefix: &str) -> usize {
+        self.log().iter().filter(|l| l.starts_with(prefix)).count()
+    }
+}
+
+impl Drop for ScriptedMx {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_script(s: TcpStream, script: &MxScript, log: &std::sync::Mutex<Vec<String>>) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    log.lock().unwrap().push("CONNECT".into());
+    std::thread::sleep(script.greeting_delay);
+    w.write_all(format!("{}\r\n", script.greeting).as_bytes())?;
+    if !script.greeting.starts_with('2') {
+        // A refusing greeting; RFC 5321 §3.1: wait for QUIT (or the client to leave).
+        let mut line = String::new();
+        while r.read_line(&mut line)? > 0 {
+            log.lock().unwrap().push(line.trim_end().to_string());
+            if line.to_ascii_uppercase().starts_with("QUIT") {
+                w.write_all(b"221 bye\r\n")?;
+                break;
+            }
+            w.write_all(b"503 5.5.1 no\r\n")?;
+            line.clear();
+        }
+        return Ok(());
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_string();
+        log.lock().unwrap().push(cmd.clone());
+        let upper = cmd.to_ascii_uppercase();
+        if upper.starts_with("MAIL") && !r.buffer().is_empty() {
+            log.lock().unwrap().push("PIPELINED".into()); // more commands came with MAIL
+        }
+        let reply = if upper.starts_with("EHLO") {
+            let mut lines = vec!["250-mx.test".to_string()];
+            lines.extend(script.ehlo.iter().map(|k| format!("250-{k}")));
+            let last = lines.pop().unwrap().replacen("250-", "250 ", 1);
+            lines.push(last);
+            lines.join("\r\n")
+        } else if upper.starts_with("HELO") || upper.starts_with("MAIL") || upper.starts_with("RSET") {
+            "250 ok".into()
+        } else if upper.starts_with("RCPT") {
+            (script.rcpt)(&cmd)
+        } else if upper.starts_with("DATA") {
+            w.write_all(b"354 go\r\n")?;
+            let mut size = 0;
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" {
+                    break;
+                }
+                size += line.len();
+            }
+            log.lock().unwrap().push(format!("MESSAGE {size}"));
+            std::thread::sleep(script.final_delay);
+            script.final_reply.clone()
+        } else if upper.starts_with("QUIT") {
+            w.write_all(b"221 bye\r\n")?;
+            return Ok(());
+        } else {
+            "502 5.5.2 not here".into()
+        };
+        w.write_all(format!("{reply}\r\n").as_bytes())?;
+    }
+}
+
+/// A loopback address that takes no connection: a listener with a backlog of 0 whose queue
+/// is already full, so a connect there waits until the client gives up. Keep the value.
+pub fn unanswering_listener(ip: &str) -> (SocketAddr, Vec<TcpStream>, TcpListener) {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    // SAFETY: listen(2) on the listener's own descriptor.
+    unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&listener), 0) };
+    let addr = listener.local_addr().unwrap();
+    let fillers = (0..3).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()).collect();
+    (addr, fillers, listener)
+}

@@ -131,6 +131,54 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     value!("max-msg-rate", rate_limit, max_msg_rate),
     value!("max-connect-rate", rate_limit, max_connect_rate),
     Directive { name: "smtp-hosts", set: smtp_hosts },
+    value!("connect-timeout", duration, smtp.connect_timeout),
+    value!("smtp-greeting-timeout", duration, smtp.greeting_timeout),
+    value!("data-send-timeout", duration, smtp.data_send_timeout),
+    value!("smtp-data-termination-timeout", duration, smtp.data_termination_timeout),
+    Directive {
+        name: "max-errors-per-connection",
+        set: |_, o, l| {
+            let n = l.value(units::parse_count_or_unlimited(l.one()?))?.unwrap_or(0);
+            o.set(move |s| s.smtp.max_errors_per_connection = n);
+            Ok(())
+        },
+    },
+    Directive {
+        name: "mx-connection-attempts",
+        set: |_, o, l| {
+            let n = l.value(units::parse_count_or_unlimited(l.one()?))?.unwrap_or(u32::MAX);
+            if n == 0 {
+                return Err(l.err("mx-connection-attempts 0 would never connect", "use at least 1"));
+            }
+            o.set(move |s| s.smtp.mx_connection_attempts = n);
+            Ok(())
+        },
+    },
+    flag!("smtp-421-means-mx-unavailable", smtp.smtp_421_means_mx_unavailable),
+    flag!("smtp-553-means-invalid-mailbox", smtp.smtp_553_means_invalid_mailbox),
+    flag!("bounce-upon-5xx-greeting", smtp.bounce_upon_5xx_greeting),
+    flag!("assume-delivery-upon-data-termination-timeout", smtp.assume_delivery_upon_data_termination_timeout),
+    flag!("ignore-8bitmime", smtp.ignore_8bitmime),
+    flag!("ignore-pipelining", smtp.ignore_pipelining),
+    flag!("ignore-dsn", smtp.ignore_dsn),
+    flag!("ignore-chunking", smtp.ignore_chunking),
+    flag!("log-connections", smtp.log.connections),
+    flag!("log-commands", smtp.log.commands),
+    flag!("log-data", smtp.log.data),
+    Directive {
+        name: "bounce-upon-no-mx",
+        set: |_, o, l| {
+            // true: at once; false/never: never; an interval: mail queued at least that long.
+            let v = l.one()?;
+            let after = match units::parse_bool(v) {
+                Ok(true) => Some(std::time::Duration::ZERO),
+                Ok(false) => None,
+                Err(_) => l.value(units::parse_duration_or_never(v))?,
+            };
+            o.set(move |s| s.bounce_upon_no_mx = after);
+            Ok(())
+        },
+    },
     Directive { name: "route", set: smtp_hosts },
 ];
 

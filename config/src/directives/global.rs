@@ -64,6 +64,17 @@ const DIRECTIVES: &[Directive<()>] = &[
         },
     },
     Directive {
+        name: "total-max-smtp-out",
+        set: |b, _, l| {
+            let n = l.value(units::parse_count_or_unlimited(l.one()?))?;
+            if n == Some(0) {
+                return Err(l.err("total-max-smtp-out 0 would never deliver", "use at least 1, or `unlimited`"));
+            }
+            b.config.total_max_smtp_out = n;
+            Ok(())
+        },
+    },
+    Directive {
         name: "startup-delivery-delay",
         set: |b, _, l| {
             b.config.startup_delivery_delay = l.duration()?;

@@ -10,12 +10,12 @@ pub(crate) const SCOPE: Scope<SourceOverrides> = Scope { name: "source", directi
 
 /// A yes/no directive setting one field of the policy.
 macro_rules! flag {
-    ($name:literal, $field:ident) => {
+    ($name:literal, $($field:ident).+) => {
         Directive {
             name: $name,
             set: |_, o, l| {
                 let v = l.bool()?;
-                o.set(move |p| p.$field = v);
+                o.set(move |p| p.$($field).+ = v);
                 Ok(())
             },
         }
@@ -32,6 +32,9 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
     flag!("hide-message-source", hide_message_source),
     flag!("generate-bounces", generate_bounces),
     flag!("allow-auth", allow_auth),
+    flag!("log-connections", log.connections),
+    flag!("log-commands", log.commands),
+    flag!("log-data", log.data),
     flag!("allow-starttls", allow_starttls),
     flag!("require-auth", require_auth),
     flag!("require-starttls-before-auth", require_starttls_before_auth),

@@ -26,6 +26,9 @@ pub struct Hop {
 pub enum Resolution {
     /// Preference levels, most preferred first.
     Hops(Vec<Vec<Hop>>),
+    /// The domain has no MX records; these are its own addresses, the implicit MX (RFC 5321
+    /// §5.1), used unless the queue's `bounce-upon-no-mx` says otherwise.
+    NoMx(Vec<Hop>),
     /// The domain cannot receive mail (NXDOMAIN, null MX): bounce.
     Permanent(Reply),
     /// Try again later (SERVFAIL, timeout).

@@ -10,6 +10,7 @@ use crate::route::{self, Hop};
 use crate::smtp::client::TlsMode;
 use crate::smtp::reply::Reply;
 use crate::time::Now;
+use sluice_config::SmtpOptions;
 use std::net::{IpAddr, SocketAddr};
 
 /// What a new connection is for.
@@ -25,8 +26,11 @@ pub struct ConnPlan {
     /// The name it says in EHLO.
     pub ehlo: String,
     pub tls: TlsMode,
-    /// Next hops to try in order (preference levels, rotated within a level).
+    /// Next hops to try in order (preference levels, rotated within a level), at most
+    /// `mx-connection-attempts` of them.
     pub hops: Vec<Hop>,
+    /// The destination's client settings: timeouts, reply rules, extensions not to use.
+    pub smtp: SmtpOptions,
 }
 
 /// The scheduler's record of a connection.
@@ -38,6 +42,8 @@ pub struct ConnState {
     /// It holds one of its source IP's `source-ip-max-smtp-out` places.
     holds_smtp_out: bool,
     pub messages_sent: u32,
+    /// Recipients refused on it so far (`max-errors-per-connection`).
+    errors: u32,
     /// The pattern list set its host or source IP aside: no more work on it.
     leaving: bool,
     pub idle: bool,
@@ -70,8 +76,10 @@ impl<M: Message> Scheduler<M> {
         let Some(holds_smtp_out) = limits::take_smtp_out(&self.limits, source_ip, priority, now.ms()) else {
             return false;
         };
-        let hops = self.ordered_hops(id, &name, levels);
+        let mut hops = self.ordered_hops(id, &name, levels);
         let st = self.st_mut(id);
+        let smtp = st.q.settings.smtp.clone();
+        hops.truncate(smtp.mx_connection_attempts as usize);
         st.q.connections += 1;
         let tls = match (st.q.settings.require_starttls, st.q.settings.use_starttls) {
             (true, _) => TlsMode::Required,
@@ -86,11 +94,12 @@ impl<M: Message> Scheduler<M> {
             source_ip,
             holds_smtp_out,
             messages_sent: 0,
+            errors: 0,
             leaving: false,
             idle: false,
         };
         self.conns.insert(conn, state);
-        let plan = ConnPlan { queue: name, vmta, pool, source_ip, ehlo, tls, hops };
+        let plan = ConnPlan { queue: name, vmta, pool, source_ip, ehlo, tls, hops, smtp };
         self.intents.push_back(Intent::Connect { conn, plan: Box::new(plan) });
         true
     }
@@ -160,7 +169,15 @@ impl<M: Message> Scheduler<M> {
             (c.queue, c.vmta.clone())
         };
         (info.other_hop, info.other_source) = self.alternatives(id, hop, &vmta);
+        let errors = replies.iter().filter(|r| !r.is_positive()).count() as u32;
         self.settle(id, job, replies, &info, now);
+        let limit = self.st(id).q.settings.smtp.max_errors_per_connection;
+        let c = self.conns.get_mut(&conn).expect("live");
+        c.errors += errors;
+        if limit != 0 && c.errors >= limit {
+            // `max-errors-per-connection`: this session has refused enough; a new one next.
+            c.leaving = true;
+        }
         if self.apply_avoid(conn, hop, now) {
             // `skip-mx` / `disable-source-ip`: this connection takes no more work (the refused
             // job must not come straight back to it after RSET).
@@ -227,6 +244,38 @@ impl<M: Message> Scheduler<M> {
             tracing::debug!(shard = self.shard, queue = %name, reply = %transient.line(), "deferring the queue's ready mail");
             self.fail_ready(id, &transient, &info, now);
         }
+    }
+
+    /// The connection's session failed and it moves on to its next MX
+    /// (`smtp-421-means-mx-unavailable`, or a 5xx greeting without `bounce-upon-5xx-greeting`):
+    /// the pattern list sees the reply, the transaction in progress goes back to the front of
+    /// its queue without counting as an attempt, and the connection stays the queue's.
+    pub fn conn_moving(&mut self, conn: ConnId, job: Option<Job<M>>, reply: &Reply, now: Now) {
+        let id = self.conns[&conn].queue;
+        self.st_mut(id).q.observe(reply, now.ms());
+        self.queue_events(id, now);
+        let c = self.conns.get_mut(&conn).expect("live");
+        c.idle = false;
+        self.st_mut(id).idle.retain(|s| *s != conn);
+        if let Some(job) = job {
+            self.job_back(id, job);
+        }
+    }
+
+    /// A 5xx greeting with `bounce-upon-5xx-greeting` (PowerMTA's default, as RFC 5321 §3.1
+    /// has it): the transaction and the queue's ready mail bounce with the greeting's words.
+    pub fn conn_refused(&mut self, conn: ConnId, job: Option<Job<M>>, reply: Reply, info: AttemptInfo, now: Now) {
+        let id = self.conns[&conn].queue;
+        self.st_mut(id).q.observe(&reply, now.ms());
+        self.queue_events(id, now);
+        if let Some(job) = job {
+            let replies = vec![reply.clone(); job.rcpts.len()];
+            self.settle(id, job, &replies, &info, now);
+        }
+        self.conn_closed(conn, None);
+        let name = self.st(id).q.name.clone();
+        tracing::info!(shard = self.shard, queue = %name, reply = %reply.line(), "5xx greeting: bouncing the queue's ready mail");
+        self.fail_ready(id, &reply, &info, now);
     }
 
     /// The connection is closed (after QUIT, or by the server while idle). A job still on it

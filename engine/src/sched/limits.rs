@@ -39,11 +39,23 @@ pub struct SourceCells {
     pub smtp_out_claim: AtomicU64,
 }
 
-/// Every source IP's cells; a reload does not change them (restart to).
-pub type SourceLimits = HashMap<IpAddr, SourceCells>;
+/// Every source IP's cells, and the host's `total-max-smtp-out` count; a reload does not
+/// change them (restart to).
+#[derive(Default)]
+pub struct SourceLimits {
+    pub ips: HashMap<IpAddr, SourceCells>,
+    /// Outbound connections open, and the most allowed.
+    pub total_smtp_out: Option<(AtomicU32, u32)>,
+}
+
+impl SourceLimits {
+    fn get(&self, ip: &IpAddr) -> Option<&SourceCells> {
+        self.ips.get(ip)
+    }
+}
 
 pub fn source_limits(config: &Config) -> SourceLimits {
-    config
+    let ips = config
         .source_ip_limits
         .iter()
         .map(|(ip, l)| {
@@ -55,7 +67,8 @@ pub fn source_limits(config: &Config) -> SourceLimits {
             };
             (*ip, cells)
         })
-        .collect()
+        .collect();
+    SourceLimits { ips, total_smtp_out: config.total_max_smtp_out.map(|n| (AtomicU32::new(0), n)) }
 }
 
 #[derive(Clone, Copy)]
@@ -96,10 +109,25 @@ pub fn source_grant(limits: &SourceLimits, ip: Option<IpAddr>, grant: Grant, now
     cell.as_ref().is_none_or(|(cell, limit)| cell.try_acquire(now_ns, *limit).is_ok())
 }
 
+/// Takes a place for a new outbound connection: one of the host's `total-max-smtp-out`
+/// (None when all are taken), then one of its source IP's (`take_ip_smtp_out`).
+pub fn take_smtp_out(limits: &SourceLimits, source_ip: Option<IpAddr>, priority: u8, now_ms: u64) -> Option<bool> {
+    if let Some((count, max)) = &limits.total_smtp_out {
+        count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < *max).then_some(n + 1)).ok()?;
+    }
+    let held = take_ip_smtp_out(limits, source_ip, priority, now_ms);
+    if held.is_none() {
+        if let Some((count, _)) = &limits.total_smtp_out {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    held
+}
+
 /// Takes a `source-ip-max-smtp-out` place for `source_ip` (Some(true)), or there is no such
 /// limit (Some(false)), or it is full or claimed by a higher `queue-priority` (None). A queue
 /// that finds it full claims the next free place for its priority, across all shards.
-pub fn take_smtp_out(limits: &SourceLimits, source_ip: Option<IpAddr>, priority: u8, now_ms: u64) -> Option<bool> {
+fn take_ip_smtp_out(limits: &SourceLimits, source_ip: Option<IpAddr>, priority: u8, now_ms: u64) -> Option<bool> {
     let Some(cells) = source_ip.and_then(|ip| limits.get(&ip)) else { return Some(false) };
     let Some((count, max)) = cells.smtp_out.as_ref() else { return Some(false) };
     let ours = (priority as u64 + 1) << 56;
@@ -120,8 +148,11 @@ pub fn take_smtp_out(limits: &SourceLimits, source_ip: Option<IpAddr>, priority:
     }
 }
 
-/// Gives back a place `take_smtp_out` granted.
+/// Gives back the places `take_smtp_out` granted (`held`: a source IP's too).
 pub fn release_smtp_out(limits: &SourceLimits, source_ip: Option<IpAddr>, held: bool) {
+    if let Some((count, _)) = &limits.total_smtp_out {
+        count.fetch_sub(1, Ordering::AcqRel);
+    }
     if !held {
         return;
     }

@@ -52,8 +52,10 @@ pub const RESOLVE_FAILURE_TTL_MS: u64 = 60_000;
 pub const CONNECT_BACKOFF_FIRST_MS: u64 = 100;
 pub const CONNECT_BACKOFF_MAX_MS: u64 = 30_000;
 /// After `delete --jobId`, recipients of the job that come back from a transaction in
-/// flight are deleted for this long (a transaction ends within its timeouts).
-pub const CANCELLED_JOB_HOLD_MS: u64 = 30_000 + 600_000;
+/// flight are deleted for this long (a transaction ends within its timeouts: with
+/// PowerMTA's defaults, 2 minutes to connect, 5 for the greeting and each reply, 10 for the
+/// end of data).
+pub const CANCELLED_JOB_HOLD_MS: u64 = 3_600_000;
 /// A job id longer than this is cut (it rides in every accounting record).
 pub const JOB_ID_CHARS_MAX: usize = 256;
 
@@ -152,6 +154,9 @@ struct QueueState<M> {
     /// is opened before `connect_backoff_until_ms` (a receiver answering 421 is not hammered).
     connect_failures: u32,
     connect_backoff_until_ms: u64,
+    /// `bounce-upon-no-mx INTERVAL` and the domain has no MX: ready mail queued at least
+    /// this long bounces instead of going to the implicit MX.
+    no_mx_bounce_ms: Option<u64>,
     /// Jobs past the in-memory window, in arrival order.
     backlog: Box<dyn Backlog<M>>,
 }
@@ -277,6 +282,7 @@ impl<M: Message> Scheduler<M> {
             rotation: 0,
             connect_failures: 0,
             connect_backoff_until_ms: 0,
+            no_mx_bounce_ms: None,
             backlog: (self.make_backlog)(),
         };
         let id = match self.free_ids.pop() {
@@ -447,6 +453,9 @@ impl<M: Message> Scheduler<M> {
             HopState::Ready { .. } if now.ms() < st.connect_backoff_until_ms => {}
             HopState::Ready { levels, .. } => {
                 let levels = levels.clone();
+                if let Some(age_ms) = st.no_mx_bounce_ms {
+                    self.bounce_without_mx(id, age_ms, now);
+                }
                 while self.st(id).q.wants_connection() {
                     if !self.open_connection(id, &levels, now) {
                         break; // a limit says not now; the tick pumps again
@@ -462,10 +471,29 @@ impl<M: Message> Scheduler<M> {
             HopState::Failed { resolution, .. } => {
                 let reply = match resolution {
                     Resolution::Permanent(r) | Resolution::Temporary(r) => r.clone(),
-                    Resolution::Hops(_) => unreachable!("hops are Ready"),
+                    Resolution::Hops(_) | Resolution::NoMx(_) => unreachable!("hops are Ready"),
                 };
                 self.fail_ready(id, &reply, &AttemptInfo::default(), now);
             }
+        }
+    }
+
+    /// `bounce-upon-no-mx INTERVAL`: ready mail queued at least `age_ms` for a domain
+    /// without MX records bounces.
+    fn bounce_without_mx(&mut self, id: QueueId, age_ms: u64, now: Now) {
+        let st = self.st_mut(id);
+        let (old, young): (Vec<_>, Vec<_>) =
+            st.q.take_ready().into_iter().partition(|j| now.unix_ms.saturating_sub(j.queued_unix_ms) >= age_ms);
+        for job in young {
+            st.q.push(job);
+        }
+        let reply = Reply::new(
+            550,
+            format!("5.1.2 {}: no MX record, and queued over {}s (bounce-upon-no-mx)", st.q.domain, age_ms / 1000),
+        );
+        for job in old {
+            let replies = vec![reply.clone(); job.rcpts.len()];
+            self.settle(id, job, &replies, &AttemptInfo::default(), now);
         }
     }
 
@@ -523,7 +551,19 @@ impl<M: Message> Scheduler<M> {
         };
         for (id, st) in self.queues.iter_mut().enumerate() {
             let Some(st) = st.as_mut().filter(|st| st.q.domain == domain) else { continue };
-            st.hops = hops(&resolution);
+            // No MX: the implicit MX, unless `bounce-upon-no-mx` bounces (at once, or mail
+            // queued long enough).
+            (st.hops, st.no_mx_bounce_ms) = match (&resolution, st.q.settings.bounce_upon_no_mx) {
+                (Resolution::NoMx(_), Some(after)) if after.is_zero() => {
+                    let reply = Reply::new(550, format!("5.1.2 {domain}: no MX record (bounce-upon-no-mx)"));
+                    let expires_ms = now_ms + ttl_ms.max(1_000);
+                    (HopState::Failed { resolution: Resolution::Permanent(reply), expires_ms }, None)
+                }
+                (Resolution::NoMx(own), after) => {
+                    (hops(&Resolution::Hops(vec![own.clone()])), after.map(|d| d.as_millis() as u64))
+                }
+                (other, _) => (hops(other), None),
+            };
             self.dirty.push(id);
         }
     }

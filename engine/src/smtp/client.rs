@@ -3,6 +3,7 @@
 //! when told to; the client tracks which reply belongs to which recipient.
 
 use super::reply::{parse_reply, Reply};
+use sluice_config::SmtpOptions;
 use std::collections::VecDeque;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +75,38 @@ pub struct Client {
     pipelining_allowed: bool,
     tls_mode: TlsMode,
     tls: bool,
+    /// The server's 220 greeting arrived.
+    greeted: bool,
+    /// `ignore-8bitmime`: no BODY=8BITMIME even when offered.
+    ignore_8bitmime: bool,
+    /// `smtp-553-means-invalid-mailbox`.
+    invalid_553: bool,
+}
+
+/// What a failed session means for its connection (PowerMTA's `bounce-upon-5xx-greeting`
+/// and `smtp-421-means-mx-unavailable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// The transaction and, if the session never worked, the queue's ready mail are deferred.
+    Defer,
+    /// The connection moves on to its next MX (the transaction goes back to the queue).
+    NextHop,
+    /// A 5xx greeting: the queue's mail bounces with the greeting's reply.
+    BounceQueue,
+}
+
+/// The rule for a session that failed with `reply` (`greeted`: the 220 greeting had come).
+pub fn after_failure(opts: &SmtpOptions, greeted: bool, reply: &Reply) -> AfterFailure {
+    if !greeted && reply.is_permanent() {
+        return match opts.bounce_upon_5xx_greeting {
+            true => AfterFailure::BounceQueue,
+            false => AfterFailure::NextHop,
+        };
+    }
+    if reply.code == 421 && opts.smtp_421_means_mx_unavailable {
+        return AfterFailure::NextHop;
+    }
+    AfterFailure::Defer
 }
 
 impl Client {
@@ -88,7 +121,45 @@ impl Client {
             pipelining_allowed: true,
             tls_mode: TlsMode::Off,
             tls: false,
+            greeted: false,
+            ignore_8bitmime: false,
+            invalid_553: true,
         }
+    }
+
+    /// The destination's rules: extensions not to use (`ignore-pipelining`,
+    /// `ignore-8bitmime`) and what a reply means (`smtp-553-means-invalid-mailbox`).
+    pub fn set_options(&mut self, opts: &SmtpOptions) {
+        self.pipelining_allowed &= !opts.ignore_pipelining;
+        self.ignore_8bitmime = opts.ignore_8bitmime;
+        self.invalid_553 = opts.smtp_553_means_invalid_mailbox;
+    }
+
+    /// The server's 220 greeting has arrived.
+    pub fn greeted(&self) -> bool {
+        self.greeted
+    }
+
+    /// Waiting for the greeting (its own timeout, `smtp-greeting-timeout`).
+    pub fn awaiting_greeting(&self) -> bool {
+        self.expect.front() == Some(&Expect::Greeting)
+    }
+
+    /// The reply to the end of data never came (`assume-delivery-upon-data-termination-
+    /// timeout`): the recipients the server accepted are taken as delivered, the others keep
+    /// their refusals. None when no end of data was outstanding. The session is over.
+    pub fn assume_delivered(&mut self) -> Option<Vec<Reply>> {
+        if self.expect.front() != Some(&Expect::Final) {
+            return None;
+        }
+        let txn = self.txn.take()?;
+        self.failed = true;
+        self.expect.clear();
+        let assumed = Reply::new(
+            250,
+            "2.0.0 assumed delivered: no reply to the end of data (assume-delivery-upon-data-termination-timeout)",
+        );
+        Some(results(txn, Some(assumed)))
     }
 
     /// Whether to ask for STARTTLS (RFC 3207) when the server offers it, or insist on it.
@@ -152,7 +223,7 @@ impl Client {
         if self.caps.size_max.is_some() {
             mail.push_str(&format!(" SIZE={size}"));
         }
-        if self.caps.eight_bit_mime {
+        if self.caps.eight_bit_mime && !self.ignore_8bitmime {
             mail.push_str(" BODY=8BITMIME");
         }
         cmds.push_back((mail, Expect::Mail));
@@ -223,6 +294,7 @@ impl Client {
         }
         match expect {
             Expect::Greeting if reply.code == 220 => {
+                self.greeted = true;
                 let line = format!("EHLO {}", self.ehlo_name);
                 self.send(&line, Expect::Ehlo);
                 None
@@ -266,6 +338,14 @@ impl Client {
 
     fn txn_reply(&mut self, expect: Expect, reply: Reply) -> Option<ClientEvent> {
         let txn = self.txn.as_mut().expect("transaction reply inside a transaction");
+        // RFC 5321 names 553 "mailbox name not allowed"; receivers that say it without an
+        // enhanced code to RCPT nearly always mean the mailbox does not exist.
+        let reply = match expect {
+            Expect::Rcpt(_) if self.invalid_553 && reply.code == 553 && reply.enhanced().is_none() => {
+                Reply::new(553, format!("5.1.1 {}", reply.text))
+            }
+            _ => reply,
+        };
         match expect {
             Expect::Mail => txn.mail = Some(reply.clone()),
             Expect::Rcpt(i) => txn.rcpt_replies[i] = Some(reply.clone()),
@@ -464,5 +544,39 @@ mod tests {
         feed(&mut c, "220 hi\r\n");
         feed(&mut c, ehlo);
         assert_eq!(feed(&mut c, "454 4.7.0 TLS not available\r\n"), Some(ClientEvent::Ready));
+    }
+
+    #[test]
+    fn domain_rules_553_8bitmime_and_the_greeting() {
+        let opts = SmtpOptions { ignore_8bitmime: true, ..Default::default() };
+        let mut c = Client::new("me.test");
+        c.set_options(&opts);
+        feed(&mut c, "220 hi\r\n");
+        assert!(c.greeted());
+        feed(&mut c, "250-x\r\n250-8BITMIME\r\n250 PIPELINING\r\n");
+        c.clear_output();
+        c.start("s@a.test", &["x@b.test", "y@b.test"], 1);
+        assert_eq!(c.output(), b"MAIL FROM:<s@a.test>\r\nRCPT TO:<x@b.test>\r\nRCPT TO:<y@b.test>\r\nDATA\r\n");
+        feed(&mut c, "250 ok\r\n");
+        feed(&mut c, "553 no such mailbox\r\n");
+        feed(&mut c, "250 ok\r\n");
+        assert_eq!(feed(&mut c, "354 go\r\n"), Some(ClientEvent::SendBody));
+        c.body_sent();
+        // No reply to the end of data: the accepted recipient is taken as delivered.
+        let replies = c.assume_delivered().expect("awaiting the end of data");
+        assert_eq!(replies[0], Reply::new(553, "5.1.1 no such mailbox"), "553 without a code is 5.1.1");
+        assert_eq!(replies[1].code, 250);
+        assert!(c.assume_delivered().is_none());
+
+        // A 5xx greeting: bounce by default, the next MX when told; a 421 likewise.
+        let refused = Reply::new(554, "go away");
+        assert_eq!(after_failure(&SmtpOptions::default(), false, &refused), AfterFailure::BounceQueue);
+        let lenient =
+            SmtpOptions { bounce_upon_5xx_greeting: false, smtp_421_means_mx_unavailable: true, ..Default::default() };
+        assert_eq!(after_failure(&lenient, false, &refused), AfterFailure::NextHop);
+        let closing = Reply::new(421, "4.7.0 bye");
+        assert_eq!(after_failure(&SmtpOptions::default(), true, &closing), AfterFailure::Defer);
+        assert_eq!(after_failure(&lenient, true, &closing), AfterFailure::NextHop);
+        assert_eq!(after_failure(&SmtpOptions::default(), true, &Reply::new(554, "x")), AfterFailure::Defer);
     }
 }

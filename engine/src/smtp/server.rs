@@ -238,6 +238,17 @@ impl Session {
         self.out.clear();
     }
 
+    /// The next input is a command line: not message data, a chunk being skipped, or the
+    /// response to an AUTH challenge (a secret, never logged).
+    pub fn reading_commands(&self) -> bool {
+        self.state == State::Command && self.auth_step.is_none() && self.discarding_chunk == 0
+    }
+
+    /// The message read so far (complete after `Event::Message`, before `take_message`).
+    pub fn message_data(&self) -> &[u8] {
+        &self.data
+    }
+
     pub fn is_in_data(&self) -> bool {
         self.state == State::Data
     }

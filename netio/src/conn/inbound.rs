@@ -3,7 +3,7 @@
 //! reply buffer, each send resuming where the last short one stopped (`SendBuf`). A complete
 //! message is handed to the caller, whose spool answers it later.
 
-use super::{free_space, tls_decrypt, write_out, Want, RECV_BYTES};
+use super::{free_space, tls_decrypt, write_out, Transcript, Want, RECV_BYTES};
 use sluice_engine::smtp::server::{Event, Session};
 use sluice_spool::SendBuf;
 use std::sync::Arc;
@@ -29,14 +29,18 @@ pub struct Incoming {
     out: SendBuf,
     /// A message is with the caller (spool, checks): nothing is read until it answers.
     holding: bool,
+    /// `log-connections` / `log-commands` / `log-data`.
+    transcript: Option<Transcript>,
 }
 
 impl Incoming {
-    /// A session; with `immediate`, TLS from the first byte (an implicit-TLS listener).
+    /// A session; with `immediate`, TLS from the first byte (an implicit-TLS listener);
+    /// `transcript`: what of it goes into the log.
     pub fn new(
         mut session: Session,
         tls_config: Option<Arc<rustls::ServerConfig>>,
         immediate: bool,
+        transcript: Option<Transcript>,
     ) -> Result<Incoming, rustls::Error> {
         let tls = match (&tls_config, immediate) {
             (Some(config), true) => {
@@ -55,7 +59,11 @@ impl Incoming {
             tls_pending: Vec::new(),
             out: SendBuf::default(),
             holding: false,
+            transcript,
         };
+        if let Some(t) = &m.transcript {
+            t.event("connected");
+        }
         m.flush_session(); // the greeting
         Ok(m)
     }
@@ -105,6 +113,9 @@ impl Incoming {
     /// The session's replies to the send buffer (through TLS once it is up).
     pub fn flush_session(&mut self) {
         if !self.session.output().is_empty() {
+            if let Some(t) = &self.transcript {
+                t.lines('>', self.session.output());
+            }
             write_out(self.tls.as_deref_mut().map(|t| &mut **t), self.session.output(), self.out.buf());
             self.session.clear_output();
         }
@@ -173,10 +184,20 @@ impl Incoming {
     fn read_session(&mut self, now_unix_ms: u64, message: &mut bool, start_tls: &mut bool) -> usize {
         let mut consumed = 0;
         loop {
+            // Commands are logged as read; an AUTH response's secrets and data lines are not.
+            let is_command = self.session.reading_commands();
             let (used, event) = self.session.receive(now_unix_ms, &self.inbuf[consumed..self.in_len]);
+            if let (Some(t), true) = (&self.transcript, is_command) {
+                t.lines('<', &self.inbuf[consumed..consumed + used]);
+            }
             consumed += used;
             match event {
-                Some(Event::Message) => *message = true,
+                Some(Event::Message) => {
+                    if let Some(t) = &self.transcript {
+                        t.data('<', self.session.message_data());
+                    }
+                    *message = true
+                }
                 Some(Event::StartTls) => *start_tls = true,
                 Some(Event::Close) => {}
                 None if used == 0 || consumed == self.in_len => {}
@@ -209,5 +230,13 @@ impl Incoming {
     pub fn shutdown(&mut self) {
         self.session.shutdown();
         self.flush_session();
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if let Some(t) = &self.transcript {
+            t.event("closed");
+        }
     }
 }

@@ -80,3 +80,56 @@ pub(crate) fn free_space(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
     }
     &mut buf[len..]
 }
+
+/// `log-connections`, `log-commands`, `log-data`: a session's plaintext into sluice's log
+/// (target `sluice::session`), a line per command or reply line, prefixed by the direction
+/// (`>` what we sent, `<` what the peer sent), with the peer and a session number.
+pub struct Transcript {
+    pub log: sluice_config::SessionLog,
+    /// `in 127.0.0.1:51234` or `out example.com/vmta1 192.0.2.1:25`.
+    pub peer: String,
+}
+
+/// A message's data is logged up to this much.
+const LOGGED_DATA_BYTES: usize = 64 * 1024;
+
+impl Transcript {
+    pub fn new(log: sluice_config::SessionLog, peer: String) -> Option<Transcript> {
+        log.any().then_some(Transcript { log, peer })
+    }
+
+    pub fn event(&self, what: &str) {
+        if self.log.connections {
+            tracing::info!(target: "sluice::session", peer = %self.peer, "{what}");
+        }
+    }
+
+    /// Command or reply lines (`dir`: `>` or `<`). An AUTH exchange's secrets are not
+    /// written.
+    pub fn lines(&self, dir: char, bytes: &[u8]) {
+        if !self.log.commands {
+            return;
+        }
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let line = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+            let shown = match line.get(..5) {
+                Some(w) if w.eq_ignore_ascii_case("AUTH ") => {
+                    format!("{} ***", line.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+                }
+                _ => line.into_owned(),
+            };
+            tracing::info!(target: "sluice::session", peer = %self.peer, "{dir} {shown}");
+        }
+    }
+
+    /// A message's data (first `LOGGED_DATA_BYTES`).
+    pub fn data(&self, dir: char, bytes: &[u8]) {
+        if !self.log.data {
+            return;
+        }
+        let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(LOGGED_DATA_BYTES)]);
+        let more = bytes.len().saturating_sub(LOGGED_DATA_BYTES);
+        let tail = if more > 0 { format!(" [{more} more bytes not logged]") } else { String::new() };
+        tracing::info!(target: "sluice::session", peer = %self.peer, "{dir} data ({} bytes):\n{shown}{tail}", bytes.len());
+    }
+}

@@ -3,7 +3,7 @@
 //! short one stopped (`SendBuf`, `Resume`). The body goes out from the caller's bytes (the
 //! mapped spool segment) without a copy, or encrypted into the send buffer inside TLS.
 
-use super::{free_space, tls_decrypt, write_out, Want, RECV_BYTES};
+use super::{free_space, tls_decrypt, write_out, Transcript, Want, RECV_BYTES};
 use sluice_engine::smtp::client::{Capabilities, Client, ClientEvent, TlsMode, END_OF_DATA};
 use sluice_engine::smtp::reply::Reply;
 use sluice_spool::{Resume, SendBuf};
@@ -42,6 +42,8 @@ pub struct Outgoing {
     ever_ready: bool,
     /// TLS protocol and cipher once the handshake is done.
     tls_info: Option<(String, String)>,
+    /// `log-connections` / `log-commands` / `log-data`.
+    transcript: Option<Transcript>,
 }
 
 impl Outgoing {
@@ -60,6 +62,19 @@ impl Outgoing {
             body: None,
             ever_ready: false,
             tls_info: None,
+            transcript: None,
+        }
+    }
+
+    /// What of the session goes into the log.
+    pub fn set_transcript(&mut self, transcript: Option<Transcript>) {
+        self.transcript = transcript;
+    }
+
+    /// A connection event for the log (`log-connections`).
+    pub fn note(&self, what: &str) {
+        if let Some(t) = &self.transcript {
+            t.event(what);
         }
     }
 
@@ -77,6 +92,23 @@ impl Outgoing {
 
     pub fn capabilities(&self) -> &Capabilities {
         self.client.capabilities()
+    }
+
+    /// The server's 220 greeting has arrived.
+    pub fn greeted(&self) -> bool {
+        self.client.greeted()
+    }
+
+    /// Waiting for the greeting.
+    pub fn awaiting_greeting(&self) -> bool {
+        self.client.awaiting_greeting()
+    }
+
+    /// No reply to the end of data came: the accepted recipients taken as delivered
+    /// (`Client::assume_delivered`); the session is over.
+    pub fn assume_delivered(&mut self) -> Option<Vec<Reply>> {
+        self.body = None;
+        self.client.assume_delivered()
     }
 
     /// The session was ready at least once (a failure later is not a connect failure).
@@ -139,6 +171,9 @@ impl Outgoing {
     /// send buffer now; in plain text it goes out from `data` itself (`body_rest`).
     pub fn body(&mut self, data: &[u8]) {
         assert!(self.out.is_empty() && self.body.is_none(), "the client writes nothing before the body");
+        if let Some(t) = &self.transcript {
+            t.data('>', data);
+        }
         match self.tls.as_deref_mut() {
             Some(tls) => {
                 write_out(Some(&mut **tls), data, self.out.buf());
@@ -162,6 +197,9 @@ impl Outgoing {
 
     fn flush_client(&mut self) {
         if !self.client.output().is_empty() {
+            if let Some(t) = &self.transcript {
+                t.lines('>', self.client.output());
+            }
             write_out(self.tls.as_deref_mut().map(|t| &mut **t), self.client.output(), self.out.buf());
             self.client.clear_output();
         }
@@ -183,6 +221,9 @@ impl Outgoing {
                 }
             }
             let (used, event) = self.client.receive(&self.inbuf[..self.in_len]);
+            if let Some(t) = &self.transcript {
+                t.lines('<', &self.inbuf[..used]);
+            }
             self.inbuf.copy_within(used..self.in_len, 0);
             self.in_len -= used;
             self.plain_len = self.in_len;

@@ -88,7 +88,8 @@ impl Shard {
         }
         crate::sys::set_nodelay(fd);
         let tls = self.shared.tls.clone();
-        let m = match Incoming::new(session, tls, immediate_tls) {
+        let transcript = crate::conn::Transcript::new(policy.log, format!("in {ip}"));
+        let m = match Incoming::new(session, tls, immediate_tls, transcript) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "cannot start TLS");

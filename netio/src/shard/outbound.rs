@@ -14,18 +14,20 @@ use sluice_config::Downgrade8bit;
 use sluice_engine::queue::{AttemptInfo, Job};
 use sluice_engine::route::Hop;
 use sluice_engine::sched::{ConnId, ConnPlan, Intent, Message, QueueId};
+use sluice_engine::smtp::client::{after_failure, AfterFailure};
 use sluice_engine::smtp::mime;
 use sluice_engine::smtp::reply::Reply;
+use std::time::Duration;
 
-const OUT_CONNECT_TIMEOUT_MS: u64 = 30_000;
-/// RFC 5321 §4.5.3.2 suggests 5 minutes for most replies and 10 for the end of data.
+/// RFC 5321 §4.5.3.2 suggests 5 minutes for replies other than the greeting's and the end
+/// of data's (those two, the connect and each send of the body are the domain's
+/// `smtp-greeting-timeout`, `smtp-data-termination-timeout`, `connect-timeout` and
+/// `data-send-timeout`).
 const OUT_REPLY_TIMEOUT_MS: u64 = 300_000;
-const OUT_FINAL_TIMEOUT_MS: u64 = 600_000;
 /// An outbound connection with nothing to send waits this long for new work, then QUITs.
 const OUT_IDLE_MS: u64 = 2_000;
 
 const _: () = assert!(OUT_IDLE_MS < OUT_REPLY_TIMEOUT_MS);
-const _: () = assert!(OUT_CONNECT_TIMEOUT_MS + OUT_FINAL_TIMEOUT_MS <= sluice_engine::sched::CANCELLED_JOB_HOLD_MS);
 
 pub(super) struct OutConn {
     pub sock: Sock,
@@ -85,11 +87,10 @@ impl Shard {
     }
 
     fn open(&mut self, conn: ConnId, plan: Box<ConnPlan>) {
-        let tls_setup = plan.hops.first().map(|hop| (self.shared.tls_client.clone(), server_name(hop)));
         let o = OutConn {
             sock: Sock::new(-1),
             conn,
-            m: Outgoing::new(&plan.ehlo, plan.tls, tls_setup),
+            m: self.outgoing(&plan),
             plan,
             hop_index: 0,
             // SAFETY: zeroed storage is valid.
@@ -113,6 +114,15 @@ impl Shard {
                 self.sched.conn_closed(conn, None);
             }
         }
+    }
+
+    /// A session machine for the plan's destination.
+    fn outgoing(&self, plan: &ConnPlan) -> Outgoing {
+        let tls_setup = plan.hops.first().map(|hop| (self.shared.tls_client.clone(), server_name(hop)));
+        let mut m = Outgoing::new(&plan.ehlo, plan.tls, tls_setup);
+        m.client_mut().set_options(&plan.smtp);
+        m.set_transcript(crate::conn::Transcript::new(plan.smtp.log, format!("out {}", plan.queue)));
+        m
     }
 
     /// Connects to the next hop in the plan (or fails the connection when none is left).
@@ -147,7 +157,7 @@ impl Shard {
         }
         o.sock.fd = fd;
         o.sock.op = Some(Op::OutConnect);
-        o.sock.deadline_ms = now_ms + OUT_CONNECT_TIMEOUT_MS;
+        o.sock.deadline_ms = now_ms + ms(o.plan.smtp.connect_timeout);
         let entry = opcode::Connect::new(types::Fd(fd), (&o.addr.0 as *const libc::sockaddr_storage).cast(), o.addr.1)
             .build()
             .user_data(ud(Op::OutConnect, gen, slot as u64));
@@ -162,6 +172,7 @@ impl Shard {
             return self.connect_next(slot);
         }
         o.info.source_ip = local_ip(o.sock.fd);
+        o.m.note(&format!("connected to {} ({}) from {}", o.info.mx_host, o.info.destination_ip, o.info.source_ip));
         self.out_drive(slot);
     }
 
@@ -239,7 +250,13 @@ impl Shard {
                     self.sched.txn_done(conn, job, &replies, info, ready, self.now);
                     continue;
                 }
-                Some(OutEvent::Failed(reply)) => return self.out_fail(slot, reply),
+                Some(OutEvent::Failed(reply)) => {
+                    return match after_failure(&o.plan.smtp, o.m.greeted(), &reply) {
+                        AfterFailure::Defer => self.out_fail(slot, reply),
+                        AfterFailure::NextHop => self.out_next_hop(slot, reply),
+                        AfterFailure::BounceQueue => self.out_refused(slot, reply),
+                    };
+                }
                 Some(OutEvent::Closed) => return self.close_out(slot),
             }
             return self.out_next_op(slot);
@@ -255,7 +272,8 @@ impl Shard {
             Want::Send => {
                 let rest = o.m.send_buf();
                 o.sock.op = Some(Op::OutSend);
-                o.sock.deadline_ms = now_ms + OUT_REPLY_TIMEOUT_MS;
+                let timeout = if o.awaiting_final { ms(o.plan.smtp.data_send_timeout) } else { OUT_REPLY_TIMEOUT_MS };
+                o.sock.deadline_ms = now_ms + timeout;
                 opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build().user_data(ud(
                     Op::OutSend,
                     gen,
@@ -269,7 +287,7 @@ impl Shard {
                 o.msghdr.msg_iov = o.iov.as_mut_ptr();
                 o.msghdr.msg_iovlen = 2;
                 o.sock.op = Some(Op::OutSend);
-                o.sock.deadline_ms = now_ms + OUT_REPLY_TIMEOUT_MS;
+                o.sock.deadline_ms = now_ms + ms(o.plan.smtp.data_send_timeout);
                 opcode::SendMsg::new(fd, &o.msghdr).flags(libc::MSG_NOSIGNAL as u32).build().user_data(ud(
                     Op::OutSend,
                     gen,
@@ -277,7 +295,13 @@ impl Shard {
                 ))
             }
             Want::Recv => {
-                let timeout = if o.awaiting_final { OUT_FINAL_TIMEOUT_MS } else { OUT_REPLY_TIMEOUT_MS };
+                let timeout = if o.awaiting_final {
+                    ms(o.plan.smtp.data_termination_timeout)
+                } else if o.m.awaiting_greeting() {
+                    ms(o.plan.smtp.greeting_timeout)
+                } else {
+                    OUT_REPLY_TIMEOUT_MS
+                };
                 o.sock.deadline_ms = now_ms + timeout;
                 let buf = o.m.recv_buf();
                 let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
@@ -295,6 +319,16 @@ impl Shard {
         if result > 0 {
             o.m.received(result as usize);
             return self.out_drive(slot);
+        }
+        if cancelled && o.awaiting_final && o.plan.smtp.assume_delivery_upon_data_termination_timeout {
+            if let Some(replies) = o.m.assume_delivered() {
+                // The session is spent either way: the outcome is the assumed delivery.
+                let job = o.job.take().expect("a transaction had a job");
+                (o.converted, o.awaiting_final) = (None, false);
+                let (conn, info) = (o.conn, o.info.clone());
+                self.sched.txn_done(conn, job, &replies, info, false, self.now);
+                return self.close_out(slot);
+            }
         }
         let reason =
             if cancelled { "4.4.2 timeout waiting for the server" } else { "4.4.2 connection closed by the server" };
@@ -332,6 +366,32 @@ impl Shard {
         self.free_out(slot);
     }
 
+    /// The session failed in a way that sends the connection to its next MX: the
+    /// transaction goes back to its queue and a fresh session starts with the next hop (or
+    /// the connection fails with `reply` when none is left).
+    fn out_next_hop(&mut self, slot: u32, reply: Reply) {
+        let o = self.outs.get_mut(slot);
+        if o.hop_index >= o.plan.hops.len() {
+            return self.out_fail(slot, reply);
+        }
+        let plan = o.plan.clone();
+        let m = self.outgoing(&plan);
+        let o = self.outs.get_mut(slot);
+        tracing::debug!(shard = self.id, queue = %o.plan.queue, reply = %reply.line(), "trying the next MX");
+        (o.m, o.converted, o.awaiting_final, o.idle) = (m, None, false, false);
+        let (conn, job) = (o.conn, o.job.take());
+        self.sched.conn_moving(conn, job, &reply, self.now);
+        self.connect_next(slot);
+    }
+
+    /// A 5xx greeting with `bounce-upon-5xx-greeting`: the queue's mail bounces.
+    fn out_refused(&mut self, slot: u32, reply: Reply) {
+        let o = self.outs.get_mut(slot);
+        let (conn, job, info) = (o.conn, o.job.take(), o.info.clone());
+        self.sched.conn_refused(conn, job, reply, info, self.now);
+        self.free_out(slot);
+    }
+
     /// The session ended cleanly (QUIT answered).
     fn close_out(&mut self, slot: u32) {
         let o = self.outs.get_mut(slot);
@@ -342,6 +402,7 @@ impl Shard {
 
     fn free_out(&mut self, slot: u32) {
         let o = self.outs.remove(slot);
+        o.m.note("closed");
         assert!(o.sock.op.is_none(), "closing a connection with an operation in flight");
         if o.sock.fd >= 0 {
             crate::sys::close(o.sock.fd);
@@ -411,4 +472,8 @@ fn body_of<'a>(converted: &'a Option<Vec<u8>>, job: &'a Option<Job<MsgRef>>) -> 
         Some(c) => c,
         None => job.as_ref().expect("a body belongs to a job").msg.data(),
     }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
 }
