@@ -7,6 +7,7 @@ mod cli;
 mod clock;
 mod control;
 mod dns;
+mod drain;
 mod mgmt;
 mod reload;
 mod tools;
@@ -217,6 +218,10 @@ fn run(path: Option<&Path>) -> ExitCode {
         recovered = runtime.recovered_messages,
         "sluice running"
     );
+    if config.spool_deliver_only {
+        tracing::warn!(spool = %config.spool_dir.display(), "the spool is deliver-only: its mail is delivered, new mail is refused (452)");
+    }
+    drain::start(config.drain_spools.clone(), responder.clone());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (acct_tx, acct_rx) = crossbeam_channel::unbounded();
     let reloader = Arc::new(reload::Reloader::new(path.map(Path::to_path_buf), responder.clone(), acct_tx));

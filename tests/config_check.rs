@@ -174,7 +174,7 @@ fn every_problem_is_reported_with_a_count() {
                 smtp-listner 127.0.0.1:2526\n\
                 <domain *>   # every domain\n\
                 \x20 max-smtp-out lots\n\
-                \x20 bounce-upon-no-mx yes\n\
+                \x20 pix-bug-workaround yes\n\
                 \x20 retry-aftr 10m\n\
                 </domain>\n\
                 <source 0/0>\n\
@@ -192,7 +192,7 @@ fn every_problem_is_reported_with_a_count() {
             "many.conf:5: `lots` is not a whole number",
             "many.conf:7: unknown directive `retry-aftr` in <domain> (hint: did you mean `retry-after`?)",
             "warning: many.conf:2: `run-as-root` is not followed: sluice runs as the user that starts it (the systemd unit in packaging/ runs it unprivileged)",
-            "warning: many.conf:6: `bounce-upon-no-mx` is a PowerMTA directive sluice does not implement yet; ignored",
+            "warning: many.conf:6: `pix-bug-workaround` is a PowerMTA directive sluice does not implement yet; ignored",
             "warning: many.conf:10: `max-smtp-out` does not belong in <source>: it goes in <domain>, <virtual-mta>, <virtual-mta-pool>; ignored",
             "3 errors, 3 warnings",
         ]

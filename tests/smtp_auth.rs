@@ -32,12 +32,13 @@ fn start(sink_port: u16, shards: Option<u32>) -> Relay {
              <source {{limited}}>\n always-allow-relaying yes\n process-x-virtual-mta yes\n allowed-virtual-mta mta1\n</source>\n\
              <virtual-mta mta1>\n smtp-source-host 127.0.0.1 mta1.test\n</virtual-mta>\n\
              <virtual-mta mta2>\n smtp-source-host 127.0.0.1 mta2.test\n</virtual-mta>\n\
-             <source 127.0.0.1>\n allow-auth yes\n</source>\n\
+             <source 127.0.0.1>\n allow-auth yes\n allow-unencrypted-plain-auth yes\n</source>\n\
              <source 127.0.0.2>\n always-allow-relaying yes\n</source>\n\
-             <source 127.0.0.3>\n allow-auth yes\n require-auth yes\n</source>\n\
+             <source 127.0.0.3>\n allow-auth yes\n allow-unencrypted-plain-auth yes\n require-auth yes\n</source>\n\
              <source 127.0.0.4>\n smtp-service yes\n</source>\n\
              <source 127.0.0.5>\n allow-auth yes\n require-starttls-before-auth yes\n</source>\n\
-             <source 127.0.0.6>\n allow-auth yes\n smtp-max-auth-failure-rate 2/1m\n</source>\n\
+             <source 127.0.0.6>\n allow-auth yes\n allow-unencrypted-plain-auth yes\n smtp-max-auth-failure-rate 2/1m\n</source>\n\
+             <source 127.0.0.7>\n allow-auth yes\n</source>\n\
              <domain *>\n smtp-hosts [127.0.0.1]:{sink_port}\n</domain>\n",
             hash.trim()
         ),
@@ -98,6 +99,8 @@ fn only_allowed_clients_relay() {
         ("127.0.0.2", none, "s@src.test", "mail=250 rcpt=250 data=250"),
         // AUTH only inside TLS: refused on a plain connection.
         ("127.0.0.5", &["--auth", "alice:s3cret"], "s@src.test", "auth=538 mail=250 rcpt=550"),
+        // PowerMTA's default, allow-unencrypted-plain-auth no: PLAIN outside TLS refused.
+        ("127.0.0.7", &["--auth", "alice:s3cret"], "s@src.test", "auth=538 mail=250 rcpt=550"),
     ];
     for (source, extra, from, want) in cases {
         let mut args: Vec<&str> = extra.to_vec();

@@ -186,6 +186,8 @@ pub(crate) struct Builder {
     /// `<source CIDR>` and `<source NAME>` blocks, merged once all is read.
     pub sources: Vec<(Cidr, SourceOverrides)>,
     pub named_sources: HashMap<String, SourceOverrides>,
+    /// `<spool DIR>` blocks in order, with `deliver-only`.
+    pub spools: Vec<(std::path::PathBuf, bool)>,
 }
 
 impl Builder {
@@ -203,6 +205,7 @@ impl Builder {
             mgmt_key: None,
             sources: Vec::new(),
             named_sources: HashMap::new(),
+            spools: Vec::new(),
         }
     }
 

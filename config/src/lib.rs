@@ -65,12 +65,20 @@ pub struct Config {
     /// `smtp-server-tls-certificate CERT KEY`: PEM files for inbound TLS.
     pub tls_certificate: Option<TlsCertificate>,
     pub spool_dir: PathBuf,
+    /// `deliver-only yes` on the spool sluice writes to (every `<spool>` is deliver-only):
+    /// what is in it is delivered, new mail is refused.
+    pub spool_deliver_only: bool,
+    /// Other `<spool DIR>` blocks with `deliver-only yes`: spools attached from another
+    /// sluice host, whose mail is moved into this spool at start-up and delivered.
+    pub drain_spools: Vec<PathBuf>,
     /// `spool-sync no` drops the fsync before 250; for benchmarks only.
     pub spool_sync: bool,
     pub spool_segment_bytes: u64,
     pub shards: Option<usize>,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
+    /// `relay-domain` / `relay-address`: recipients accepted from any client.
+    pub relay_to: std::sync::Arc<RelayTargets>,
     /// `total-max-smtp-out`: outbound connections open at once, all queues and shards
     /// together (None: unlimited).
     pub total_max_smtp_out: Option<u32>,
@@ -285,12 +293,15 @@ impl Config {
             listeners: Vec::new(),
             tls_certificate: None,
             spool_dir: PathBuf::from("spool"),
+            spool_deliver_only: false,
+            drain_spools: Vec::new(),
             spool_sync: true,
             spool_segment_bytes: 64 << 20,
             shards: None,
             dns_server: None,
             total_max_smtp_in: 10_000,
             total_max_smtp_out: None,
+            relay_to: Default::default(),
             source_ip_limits: HashMap::new(),
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),

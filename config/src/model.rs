@@ -58,6 +58,40 @@ pub struct SourcePolicy {
     pub long_lines: LongLines,
     /// `log-connections`, `log-commands`, `log-data`: the inbound session into sluice's log.
     pub log: SessionLog,
+    /// What injection does to the header (`remove-received-headers`, `remove-header`,
+    /// `add-message-id-header`, `add-date-header`, `process-x-envid`).
+    pub headers: HeaderRules,
+    /// `allow-unencrypted-plain-auth` (no): PLAIN and LOGIN only inside TLS.
+    pub allow_unencrypted_plain_auth: bool,
+    /// `verp-default`: each recipient gets its own MAIL FROM, `sender-rcpt=domain@sender.domain`.
+    pub verp: bool,
+}
+
+/// Header changes made when a message is injected.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// `remove-received-headers`: the Received fields the message came with go (sluice's own
+    /// stays).
+    pub remove_received: bool,
+    /// `remove-header A,B`: fields removed.
+    pub remove: Vec<String>,
+    /// `add-message-id-header`: a Message-ID when the message has none.
+    pub add_message_id: bool,
+    /// `add-date-header`.
+    pub add_date: AddDate,
+    /// `process-x-envid`: an `X-Envid:` field sets the DSN envelope id and goes.
+    pub process_x_envid: bool,
+}
+
+/// `add-date-header no|yes|override`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AddDate {
+    #[default]
+    No,
+    /// When the message has none.
+    Yes,
+    /// Replacing the message's own.
+    Override,
 }
 
 /// `bare-lf`: what a line ending in LF alone becomes (a lone "." next to one is refused as
@@ -180,6 +214,9 @@ impl Default for SourcePolicy {
     fn default() -> Self {
         SourcePolicy {
             log: SessionLog::default(),
+            headers: HeaderRules::default(),
+            allow_unencrypted_plain_auth: false,
+            verp: false,
             always_allow_relaying: false,
             smtp_service: true,
             max_message_size: 50 << 20,
@@ -304,6 +341,8 @@ pub struct SmtpOptions {
     pub ignore_chunking: bool,
     /// `log-connections`, `log-commands`, `log-data`: the outbound session into sluice's log.
     pub log: SessionLog,
+    /// `remove-header A,B` in `<domain>`: fields taken out of the message as it is sent.
+    pub remove_header: Vec<String>,
 }
 
 impl Default for SmtpOptions {
@@ -324,6 +363,7 @@ impl Default for SmtpOptions {
             ignore_dsn: false,
             ignore_chunking: true,
             log: SessionLog::default(),
+            remove_header: Vec::new(),
         }
     }
 }
@@ -628,4 +668,29 @@ pub enum Startup {
         share: f64,
     },
     Running,
+}
+
+/// `relay-domain PATTERN` and `relay-address ADDRESS` (global): recipients any client may
+/// send to, whatever its `<source>` (mostly inbound mail relayed on to an inside host).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayTargets {
+    pub(crate) domains: Vec<crate::overrides::DomainPattern>,
+    /// Lower case.
+    pub(crate) addresses: Vec<String>,
+}
+
+impl RelayTargets {
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty() && self.addresses.is_empty()
+    }
+
+    /// Whether mail to `address` is accepted from anyone.
+    pub fn covers(&self, address: &str) -> bool {
+        let lower = address.to_ascii_lowercase();
+        if self.addresses.contains(&lower) {
+            return true;
+        }
+        let domain = lower.rsplit_once('@').map_or("", |(_, d)| d);
+        !domain.is_empty() && self.domains.iter().any(|p| p.matches(domain))
+    }
 }

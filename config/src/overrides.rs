@@ -110,7 +110,6 @@ impl DomainPattern {
     }
 
     /// Does this pattern match `domain` (lower case)?
-    #[cfg(test)]
     pub(crate) fn matches(&self, domain: &str) -> bool {
         let below =
             |n: &str| domain.len() > n.len() && domain.ends_with(n) && domain[..domain.len() - n.len()].ends_with('.');

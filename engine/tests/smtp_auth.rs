@@ -19,8 +19,15 @@ fn users() -> Arc<Users> {
     Arc::new(Users::from_config(&sluice_config::load("t.conf", text, &mut |_| Err("no".into())).unwrap(), 7))
 }
 
+/// A source with `allow-unencrypted-plain-auth yes`, as the sessions below run without TLS.
 fn policy() -> SessionPolicy {
-    SessionPolicy { host_name: "mx.test".into(), auth: Some(users()), add_received_header: false, ..Default::default() }
+    SessionPolicy {
+        host_name: "mx.test".into(),
+        auth: Some(users()),
+        add_received_header: false,
+        plain_auth_in_clear: true,
+        ..Default::default()
+    }
 }
 
 /// Runs the input through a session; returns every reply line and the stored messages.
@@ -46,6 +53,15 @@ fn ehlo_advertises_auth_only_where_it_may_be_used_rfc4954_3() {
     let (lines, _) = run(SessionPolicy { auth_needs_tls: true, ..policy() }, "EHLO c\r\nAUTH PLAIN =\r\n");
     assert!(!lines.iter().any(|l| l.contains("AUTH")), "{lines:?}");
     assert_eq!(codes(&lines), vec![220, 250, 538]);
+    // PowerMTA's default, `allow-unencrypted-plain-auth no`: outside TLS only CRAM-MD5 is
+    // offered, and PLAIN or LOGIN get 538 (the password would cross in the clear).
+    let clear = SessionPolicy { plain_auth_in_clear: false, ..policy() };
+    let creds = b64("\0alice\0s3cret");
+    let input =
+        format!("EHLO c\r\nAUTH PLAIN {creds}\r\nAUTH LOGIN\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<x@far.test>\r\n");
+    let (lines, _) = run(clear, &input);
+    assert!(lines.contains(&"250-AUTH CRAM-MD5".to_string()), "{lines:?}");
+    assert_eq!(codes(&lines), vec![220, 250, 538, 538, 250, 550], "{lines:?}");
 }
 
 #[test]

@@ -191,3 +191,17 @@ fn text_sent_before_the_354_is_refused_rfc2920() {
     assert!(lines.last().unwrap().starts_with("554 5.5.0 Error: SMTP protocol synchronization"), "{lines:?}");
     assert!(msgs.is_empty());
 }
+
+/// `relay-domain` / `relay-address`: any client may send to those recipients (inbound mail
+/// relayed inward); others stay refused for a source without relaying rights.
+#[test]
+fn relay_domain_and_relay_address_open_those_recipients_to_anyone() {
+    let text = "smtp-listener 127.0.0.1:25\nrelay-domain [*.]inbound.test\nrelay-domain exact.test\nrelay-address postmaster@corp.test\n";
+    let config = sluice_config::load("t.conf", text, &mut |_| Err("no".into())).unwrap();
+    let p = SessionPolicy { relay_to: config.relay_to.clone(), max_rcpt_per_message: 100, ..policy(false) };
+    let input = "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@inbound.test>\r\nRCPT TO:<x@mx.inbound.test>\r\n\
+                 RCPT TO:<x@exact.test>\r\nRCPT TO:<x@sub.exact.test>\r\nRCPT TO:<PostMaster@corp.test>\r\n\
+                 RCPT TO:<sales@corp.test>\r\nRCPT TO:<x@far.test>\r\n";
+    let (codes, _) = run(p, input.as_bytes(), false);
+    assert_eq!(codes, vec![220, 250, 250, 250, 250, 250, 550, 250, 550, 550]);
+}

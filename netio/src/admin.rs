@@ -18,4 +18,15 @@ pub struct Injection {
     pub client_ip: std::net::IpAddr,
     pub src_mta: String,
     pub done: crossbeam_channel::Sender<Result<String, String>>,
+    /// A message moved from another spool (`deliver-only`) keeps its VMTA, envelope id,
+    /// flags and signature; None for a new one.
+    pub moved: Option<Moved>,
+}
+
+/// What a message moved from another spool keeps of its first injection.
+pub struct Moved {
+    pub vmta: String,
+    pub envid: String,
+    pub flags: u8,
+    pub helo: String,
 }

@@ -299,9 +299,11 @@ fn recovered_jobs(segment: &Arc<store::Segment>, offset: u64, pending: &[u32]) -
     let env = &view.envelope;
     let vmta = if env.vmta.is_empty() { sluice_engine::route::DEFAULT_VMTA } else { env.vmta };
     let mut by_domain: Vec<(String, Vec<u32>)> = Vec::new();
+    // `verp-default`: a job per recipient (`Parked::job` gives each its return path).
+    let verp = env.extras.flags & sluice_spool::codec::flags::VERP != 0;
     for &i in pending {
         let domain = sluice_engine::smtp::addr::domain_of(env.recipients[i as usize]);
-        match by_domain.iter_mut().find(|(d, _)| *d == domain) {
+        match by_domain.iter_mut().find(|(d, _)| *d == domain && !verp) {
             Some((_, r)) => r.push(i),
             None => by_domain.push((domain, vec![i])),
         }

@@ -315,9 +315,13 @@ impl Parked {
     pub fn job(&self) -> Job<MsgRef> {
         let view = self.msg.segment.message(self.msg.offset);
         let env = &view.envelope;
+        let mail_from = match (env.extras.flags & sluice_spool::codec::flags::VERP != 0, &*self.rcpts) {
+            (true, [one]) => sluice_engine::smtp::addr::verp(env.mail_from, env.recipients[*one as usize]),
+            _ => env.mail_from.to_string(),
+        };
         Job {
             msg: self.msg.clone(),
-            mail_from: env.mail_from.to_string(),
+            mail_from,
             rcpts: self
                 .rcpts
                 .iter()

@@ -137,6 +137,8 @@ pub mod flags {
     pub const RET_HDRS: u8 = 8;
     /// `BODY=8BITMIME` (RFC 6152).
     pub const BODY_8BIT: u8 = 16;
+    /// `verp-default`: each recipient is sent with its own VERP return path.
+    pub const VERP: u8 = 32;
 }
 
 /// A recipient's DSN parameters: `NOTIFY=` bits (their meaning is the engine's:

@@ -107,6 +107,9 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
             json!({ "results": { "total_accepted_recipients": 0, "total_rejected_recipients": rejected.len() }, "rejected": rejected }),
         );
     }
+    if config.spool_deliver_only {
+        return error(503, "not accepting new mail: the spool is deliver-only");
+    }
     let n = accepted.len();
     let (done, wait) = crossbeam_channel::bounded(1);
     let injection = Injection {
@@ -117,6 +120,7 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
         client_ip: req.peer,
         src_mta: format!("http ({})", req.peer),
         done,
+        moved: None,
     };
     let seq = api.injected.fetch_add(1, Ordering::Relaxed);
     if let Err(e) = api.responder.inject(seq, injection) {

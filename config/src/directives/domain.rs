@@ -162,6 +162,14 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     flag!("ignore-pipelining", smtp.ignore_pipelining),
     flag!("ignore-dsn", smtp.ignore_dsn),
     flag!("ignore-chunking", smtp.ignore_chunking),
+    Directive {
+        name: "remove-header",
+        set: |_, o, l| {
+            let names = crate::directives::header_list(l);
+            o.set(move |s| s.smtp.remove_header = names.clone());
+            Ok(())
+        },
+    },
     flag!("log-connections", smtp.log.connections),
     flag!("log-commands", smtp.log.commands),
     flag!("log-data", smtp.log.data),

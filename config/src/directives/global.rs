@@ -42,7 +42,10 @@ const DIRECTIVES: &[Directive<()>] = &[
     Directive {
         name: "spool",
         set: |b, _, l| {
-            b.config.spool_dir = PathBuf::from(l.one()?);
+            let dir = PathBuf::from(l.one()?);
+            b.spools.retain(|(p, _)| *p != dir);
+            b.spools.push((dir, false));
+            settle_spools(b);
             Ok(())
         },
     },
@@ -60,6 +63,25 @@ const DIRECTIVES: &[Directive<()>] = &[
         name: "total-max-smtp-in",
         set: |b, _, l| {
             b.config.total_max_smtp_in = l.count()?;
+            Ok(())
+        },
+    },
+    Directive {
+        name: "relay-domain",
+        set: |b, _, l| {
+            let pattern = l.value(crate::overrides::DomainPattern::parse(l.one()?))?;
+            std::sync::Arc::make_mut(&mut b.config.relay_to).domains.push(pattern);
+            Ok(())
+        },
+    },
+    Directive {
+        name: "relay-address",
+        set: |b, _, l| {
+            let address = l.one()?.trim_matches(['<', '>']).to_ascii_lowercase();
+            if !address.contains('@') {
+                return Err(l.err(format!("`{address}` is not an address"), "write relay-address user@domain"));
+            }
+            std::sync::Arc::make_mut(&mut b.config.relay_to).addresses.push(address);
             Ok(())
         },
     },
@@ -255,14 +277,52 @@ pub(crate) const LISTENER: Scope<Listener> = Scope {
     blocks: &[],
 };
 
+/// `<spool DIR>`: the spool sluice writes to, or (`deliver-only yes`, with another spool
+/// to write to) one to drain. Several writable spools: the last one is used.
 fn spool_block(b: &mut Builder, _: &mut (), r: &BlockRef) -> Result<(), ConfigError> {
-    let dir = r.arg("/var/spool/sluice")?;
-    b.config.spool_dir = PathBuf::from(dir);
-    b.run(&SPOOL, &mut (), r.children);
+    let dir = PathBuf::from(r.arg("/var/spool/sluice")?);
+    let mut spool = SpoolBlock::default();
+    b.run(&SPOOL, &mut spool, r.children);
+    b.spools.retain(|(p, _)| *p != dir); // the same directory again: the later block says
+    b.spools.push((dir, spool.deliver_only));
+    settle_spools(b);
     Ok(())
 }
 
-pub(crate) const SPOOL: Scope<()> = Scope { name: "spool", directives: &[], blocks: &[] };
+/// The spool written to and the ones drained, from every `spool` / `<spool>` so far.
+fn settle_spools(b: &mut Builder) {
+    let writable: Vec<&PathBuf> = b.spools.iter().filter(|(_, d)| !d).map(|(p, _)| p).collect();
+    match writable.last() {
+        Some(w) => {
+            b.config.spool_dir = (*w).clone();
+            b.config.spool_deliver_only = false;
+            b.config.drain_spools = b.spools.iter().filter(|(_, d)| *d).map(|(p, _)| p.clone()).collect();
+        }
+        None => {
+            // Only deliver-only spools: the first is delivered from, nothing new comes in.
+            b.config.spool_dir = b.spools[0].0.clone();
+            b.config.spool_deliver_only = true;
+            b.config.drain_spools = b.spools[1..].iter().map(|(p, _)| p.clone()).collect();
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct SpoolBlock {
+    deliver_only: bool,
+}
+
+pub(crate) const SPOOL: Scope<SpoolBlock> = Scope {
+    name: "spool",
+    directives: &[Directive {
+        name: "deliver-only",
+        set: |_, s, l| {
+            s.deliver_only = l.bool()?;
+            Ok(())
+        },
+    }],
+    blocks: &[],
+};
 
 fn mgmt_port(b: &mut Builder, _: &mut (), l: &Line) -> Result<(), ConfigError> {
     let v = l.one()?;

@@ -53,3 +53,14 @@ pub(crate) fn scopes_reading(name: &str, block: bool) -> Vec<&'static str> {
 pub(crate) fn names_in(scope: &str) -> Vec<&'static str> {
     tables().into_iter().filter(|(s, _, _)| *s == scope).flat_map(|(_, d, b)| d.into_iter().chain(b)).collect()
 }
+
+/// A list of header field names (`remove-header A, B`); `""` is the empty list.
+pub(crate) fn header_list(l: &crate::build::Line) -> Vec<String> {
+    l.args
+        .join(",")
+        .split([',', ' '])
+        .map(|h| h.trim().trim_matches('"').trim_end_matches(':'))
+        .filter(|h| !h.is_empty())
+        .map(str::to_string)
+        .collect()
+}

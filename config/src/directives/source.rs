@@ -32,6 +32,34 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
     flag!("hide-message-source", hide_message_source),
     flag!("generate-bounces", generate_bounces),
     flag!("allow-auth", allow_auth),
+    flag!("remove-received-headers", headers.remove_received),
+    flag!("add-message-id-header", headers.add_message_id),
+    flag!("process-x-envid", headers.process_x_envid),
+    flag!("allow-unencrypted-plain-auth", allow_unencrypted_plain_auth),
+    flag!("verp-default", verp),
+    Directive {
+        name: "remove-header",
+        set: |_, o, l| {
+            // `""` clears an inherited list.
+            let names = crate::directives::header_list(l);
+            o.set(move |p| p.headers.remove = names.clone());
+            Ok(())
+        },
+    },
+    Directive {
+        name: "add-date-header",
+        set: |_, o, l| {
+            let v = match l.one()?.to_ascii_lowercase().as_str() {
+                "override" => AddDate::Override,
+                _ => match l.bool()? {
+                    true => AddDate::Yes,
+                    false => AddDate::No,
+                },
+            };
+            o.set(move |p| p.headers.add_date = v);
+            Ok(())
+        },
+    },
     flag!("log-connections", log.connections),
     flag!("log-commands", log.commands),
     flag!("log-data", log.data),

@@ -826,5 +826,7 @@ pub(crate) fn stamp<M: Message>(record: &mut Record, msg: &M, rcpt_index: u32) {
     record.src_api = o.api;
     record.rcv_smtp_user = o.auth_user.to_string();
     record.env_id = o.envid.to_string();
+    // The envelope sender as injected (a VERP return path is per recipient).
+    record.orig = msg.sender().to_string();
     record.orcpt = msg.rcpt_dsn(rcpt_index).1.to_string();
 }

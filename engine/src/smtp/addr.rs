@@ -103,3 +103,21 @@ mod tests {
         assert_eq!(parse_path(&long, false), Err(PathError::TooLong));
     }
 }
+
+/// The VERP return path for `rcpt` (PowerMTA's fixed form, `verp-default`):
+/// `jsmith@example.com` to `jdoe@yahoo.com` gives `jsmith-jdoe=yahoo.com@example.com`. The
+/// null sender stays null.
+pub fn verp(sender: &str, rcpt: &str) -> String {
+    let Some((local, domain)) = sender.rsplit_once('@') else { return sender.to_string() };
+    let (rl, rd) = rcpt.rsplit_once('@').unwrap_or((rcpt, ""));
+    format!("{local}-{rl}={rd}@{domain}")
+}
+
+#[cfg(test)]
+mod verp_tests {
+    #[test]
+    fn powermta_verp_form() {
+        assert_eq!(super::verp("jsmith@example.com", "jdoe@yahoo.com"), "jsmith-jdoe=yahoo.com@example.com");
+        assert_eq!(super::verp("", "jdoe@yahoo.com"), "");
+    }
+}

@@ -17,6 +17,81 @@ pub fn take_header(data: &mut Vec<u8>, name: &str, remove: bool) -> Option<Strin
     value
 }
 
+/// Removes every `name:` field of the header section for each name; returns whether any went.
+pub fn remove_fields(data: &mut Vec<u8>, names: &[String]) -> bool {
+    let mut removed = false;
+    for name in names {
+        while let Some((at, end)) = header_section_end(data).and_then(|end| find_field(data, end, name)) {
+            data.drain(at..end);
+            removed = true;
+        }
+    }
+    removed
+}
+
+/// Whether the header section has a `name:` field.
+pub fn has_field(data: &[u8], name: &str) -> bool {
+    header_section_end(data).and_then(|end| find_field(data, end, name)).is_some()
+}
+
+/// What injection does to a message's header (a `<source>`'s rules, with the values the
+/// caller made: a fresh Message-ID, the date).
+pub struct Shaping<'a> {
+    pub rules: &'a sluice_config::HeaderRules,
+    /// The first field is sluice's own Received (`add-received-header`): kept by
+    /// `remove-received-headers`.
+    pub ours_first: bool,
+    /// `<id@host>` for `add-message-id-header`.
+    pub message_id: &'a str,
+    /// RFC 5322 date for `add-date-header`.
+    pub date: &'a str,
+}
+
+/// Applies a source's header rules to a message in transparency form; returns the
+/// `X-Envid:` value when `process-x-envid` took one.
+pub fn shape(data: &mut Vec<u8>, s: &Shaping) -> Option<String> {
+    let rules = s.rules;
+    if rules.remove_received {
+        // Sluice's own Received (first, when added) is lifted out while the others go.
+        let ours = match s.ours_first {
+            true => header_section_end(data).map(|end| field_end(data, 0, end)).filter(|&e| e > 0),
+            false => None,
+        };
+        let head: Vec<u8> = ours.map(|e| data.drain(..e).collect()).unwrap_or_default();
+        remove_fields(data, &["Received".to_string()]);
+        data.splice(0..0, head);
+    }
+    remove_fields(data, &rules.remove);
+    let envid = match rules.process_x_envid {
+        true => take_header(data, "x-envid", true).filter(|v| !v.is_empty()),
+        false => None,
+    };
+    let mut added = Vec::new();
+    if rules.add_message_id && !has_field(data, "message-id") {
+        added.extend_from_slice(format!("Message-ID: {}\r\n", s.message_id).as_bytes());
+    }
+    let date = match rules.add_date {
+        sluice_config::AddDate::No => false,
+        sluice_config::AddDate::Yes => !has_field(data, "date"),
+        sluice_config::AddDate::Override => {
+            remove_fields(data, &["Date".to_string()]);
+            true
+        }
+    };
+    if date {
+        added.extend_from_slice(format!("Date: {}\r\n", s.date).as_bytes());
+    }
+    if !added.is_empty() {
+        // At the end of the header section (a message without one gets one).
+        let at = header_section_end(data).unwrap_or(0);
+        if header_section_end(data).is_none() {
+            added.extend_from_slice(b"\r\n");
+        }
+        data.splice(at..at, added);
+    }
+    envid
+}
+
 /// The unfolded value of the first `name:` field in the header section.
 pub fn header_value(data: &[u8], name: &str) -> Option<String> {
     let end = header_section_end(data)?;
@@ -68,6 +143,40 @@ fn field_end(data: &[u8], at: usize, end: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn injection_rules_shape_the_header_and_leave_the_body() {
+        let rules = sluice_config::HeaderRules {
+            remove_received: true,
+            remove: vec!["X-Mailer".into(), "X-Campaign-Secret".into()],
+            add_message_id: true,
+            add_date: sluice_config::AddDate::Override,
+            process_x_envid: true,
+        };
+        let mut m = b"Received: from us\r\nReceived: from them\r\n\tby x\r\nX-Mailer: PHPMailer\r\nX-Envid: batch-42\r\nDate: yesterday\r\nSubject: hi\r\n\r\nReceived: in the body\r\nX-Mailer: body\r\n".to_vec();
+        let s = Shaping {
+            rules: &rules,
+            ours_first: true,
+            message_id: "<1.2@relay.test>",
+            date: "Tue, 1 Dec 2026 12:00:00 +0000",
+        };
+        assert_eq!(shape(&mut m, &s).as_deref(), Some("batch-42"));
+        assert_eq!(
+            String::from_utf8(m).unwrap(),
+            "Received: from us\r\nSubject: hi\r\nMessage-ID: <1.2@relay.test>\r\nDate: Tue, 1 Dec 2026 12:00:00 +0000\r\n\r\nReceived: in the body\r\nX-Mailer: body\r\n"
+        );
+        // A message with its own Message-ID and Date keeps them (add-date-header yes).
+        let rules = sluice_config::HeaderRules {
+            add_message_id: true,
+            add_date: sluice_config::AddDate::Yes,
+            ..Default::default()
+        };
+        let mut m = b"Message-ID: <own@x>\r\nDate: today\r\n\r\nbody\r\n".to_vec();
+        let before = m.clone();
+        let s = Shaping { rules: &rules, ours_first: false, message_id: "<new@x>", date: "d" };
+        assert_eq!(shape(&mut m, &s), None);
+        assert_eq!(m, before);
+    }
 
     #[test]
     fn finds_and_removes_folded_fields_case_insensitively() {

@@ -40,6 +40,13 @@ pub struct SessionPolicy {
     pub auth_blocked: bool,
     /// Failed AUTH attempts before the session is closed.
     pub auth_failures_max: u32,
+    /// The spool takes no new mail (`deliver-only` on every `<spool>`): MAIL gets 452.
+    pub spool_closed: bool,
+    /// `relay-domain` / `relay-address`: recipients taken from any client.
+    pub relay_to: Arc<sluice_config::RelayTargets>,
+    /// `allow-unencrypted-plain-auth`: PLAIN and LOGIN (passwords in the clear) also
+    /// outside TLS; otherwise only CRAM-MD5 there.
+    pub plain_auth_in_clear: bool,
     /// `allowed-mail-from-domain` / `allowed-virtual-mta`; an authenticated user's replace
     /// its source's.
     pub restrictions: SenderRestrictions,
@@ -70,6 +77,9 @@ impl Default for SessionPolicy {
             auth_needs_tls: false,
             auth_blocked: false,
             auth_failures_max: 3,
+            plain_auth_in_clear: false,
+            relay_to: Default::default(),
+            spool_closed: false,
             restrictions: SenderRestrictions::default(),
             suppression: Vec::new(),
             local: Vec::new(),
@@ -128,6 +138,12 @@ pub struct Message {
     pub auth_user: Option<String>,
     /// Its job (the caller reads the `x-job:` header when the source says so).
     pub job_id: String,
+    /// The DSN envelope id (`MAIL ... ENVID=`, RFC 3461 §4.4; or `X-Envid:` with
+    /// `process-x-envid`), decoded from xtext.
+    pub envid: String,
+    /// `sluice_spool::codec::flags` for the spool: the MAIL parameters (`RET`, `BODY`,
+    /// `SMTPUTF8`) and what the source asks (`verp-default`).
+    pub flags: u8,
 }
 
 pub struct Session {
@@ -397,7 +413,11 @@ impl Session {
         if esmtp {
             let size = self.policy.max_message_size;
             // RFC 4954 §3: AUTH is advertised only where it may be used.
-            let auth = if self.auth_offered() { "250-AUTH PLAIN LOGIN CRAM-MD5\r\n" } else { "" };
+            let auth = match (self.auth_offered(), self.tls || self.policy.plain_auth_in_clear) {
+                (true, true) => "250-AUTH PLAIN LOGIN CRAM-MD5\r\n",
+                (true, false) => "250-AUTH CRAM-MD5\r\n",
+                (false, _) => "",
+            };
             let tls = if self.policy.starttls && !self.tls { "250-STARTTLS\r\n" } else { "" };
             self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n{tls}{auth}250 ENHANCEDSTATUSCODES"));
         } else {
@@ -414,6 +434,9 @@ impl Session {
         }
         if self.policy.require_auth && self.auth_user.is_none() {
             return self.reply("530 5.7.0 Authentication required");
+        }
+        if self.policy.spool_closed {
+            return self.reply("452 4.3.1 Not accepting new mail: the spool is deliver-only");
         }
         let Some(rest) = strip_prefix_ci(arg, "FROM:") else {
             return self.error("501 5.5.4 Syntax: MAIL FROM:<reverse-path> [parameters]");
@@ -463,7 +486,7 @@ impl Session {
         if !params.trim().is_empty() {
             return self.error("555 5.5.4 RCPT parameters are not supported");
         }
-        let local = self.policy.local.iter().any(|l| l.contains(path));
+        let local = self.policy.local.iter().any(|l| l.contains(path)) || self.policy.relay_to.covers(path);
         if !self.policy.relay_allowed && !local {
             return self.reply("550 5.7.1 Relaying denied");
         }
@@ -613,6 +636,8 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             auth_user: self.auth_user.clone(),
             job_id: String::new(),
+            envid: String::new(),
+            flags: 0,
         }
     }
 
@@ -692,6 +717,11 @@ impl Session {
             Some((m, i)) => (m, Some(i.trim())),
             None => (arg, None),
         };
+        let clear_text = ["PLAIN", "LOGIN"].iter().any(|m| mechanism.eq_ignore_ascii_case(m));
+        if clear_text && !self.tls && !self.policy.plain_auth_in_clear {
+            // RFC 4954 §6 (allow-unencrypted-plain-auth no, PowerMTA's default).
+            return self.reply("538 5.7.11 Encryption required for requested authentication mechanism");
+        }
         match (mechanism.to_ascii_uppercase().as_str(), initial) {
             ("PLAIN", None) => {
                 self.auth_step = Some(AuthStep::Plain);

@@ -141,6 +141,9 @@ impl Shard {
             auth_needs_tls: policy.require_starttls_before_auth,
             auth_blocked,
             auth_failures_max: policy.max_auth_failure_rate.count,
+            plain_auth_in_clear: policy.allow_unencrypted_plain_auth,
+            relay_to: shared.config.relay_to.clone(),
+            spool_closed: shared.config.spool_deliver_only,
             restrictions: policy.restrictions.clone(),
             suppression: policy.suppression_lists.iter().filter_map(|n| shared.lists.get(n).cloned()).collect(),
             local: [&shared.feedback, &shared.bounces].into_iter().flatten().map(|p| p.addresses.clone()).collect(),
@@ -324,6 +327,12 @@ impl Shard {
                 .map(|j| j.trim().chars().take(sluice_engine::sched::JOB_ID_CHARS_MAX).collect())
                 .unwrap_or_default();
         }
+        if let Some(envid) = self.shape_headers(policy, &mut m.data, policy.add_received_header) {
+            m.envid = envid;
+        }
+        if policy.verp {
+            m.flags |= sluice_spool::codec::flags::VERP;
+        }
         let (records, suppress_add) = take_reports(&shared, &mut m, now.unix_ms);
         for r in records {
             self.record(r);
@@ -341,6 +350,27 @@ impl Shard {
             return self.verify(slot, m, vmta, policy);
         }
         self.spool_message(slot, m, vmta, String::new());
+    }
+
+    /// A source's header rules (`remove-received-headers`, `remove-header`,
+    /// `add-message-id-header`, `add-date-header`, `process-x-envid`) applied to a message
+    /// being injected; `ours_first`: it starts with sluice's Received. Returns the `X-Envid`.
+    pub(super) fn shape_headers(
+        &mut self,
+        policy: &sluice_config::SourcePolicy,
+        data: &mut Vec<u8>,
+        ours_first: bool,
+    ) -> Option<String> {
+        let rules = &policy.headers;
+        if *rules == sluice_config::HeaderRules::default() {
+            return None;
+        }
+        self.session_counter += 1;
+        let now = self.now.unix_ms;
+        let id = format!("<{now:x}.{:x}.{:x}@{}>", self.id, self.session_counter, self.shared.config.host_name);
+        let date = sluice_engine::time::rfc5322_date(now);
+        let shaping = sluice_engine::smtp::headers::Shaping { rules, ours_first, message_id: &id, date: &date };
+        sluice_engine::smtp::headers::shape(data, &shaping)
     }
 
     /// The complainer goes into the list's file before the report is acknowledged: a crash
@@ -435,6 +465,8 @@ impl Shard {
         store.smtp_user = m.auth_user.unwrap_or_default();
         store.auth_results = auth;
         store.job_id = m.job_id;
+        store.envid = m.envid;
+        store.flags = m.flags;
         let client_ip = c.client_ip;
         let ticket = (gen as u64) << 32 | slot as u64;
         self.submit_store(&mut store, client_ip, ticket, Vec::new());
@@ -606,7 +638,10 @@ pub(super) fn dkim_signature(
         seen.push(d);
         s.dkim_sign.then_some(s)
     })?;
-    match shared.dkim.sign_with(vmta, data, &settings.dkim, &message) {
+    // Fields the destination's `remove-header` takes out at delivery are not signed.
+    let mut options = settings.dkim.clone();
+    options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
+    match shared.dkim.sign_with(vmta, data, &options, &message) {
         Ok(header) => header,
         Err(e) => {
             tracing::error!(error = %e, "message left unsigned");

@@ -15,8 +15,8 @@ use sluice_engine::queue::{AttemptInfo, Job};
 use sluice_engine::route::Hop;
 use sluice_engine::sched::{ConnId, ConnPlan, Intent, Message, QueueId};
 use sluice_engine::smtp::client::{after_failure, AfterFailure};
-use sluice_engine::smtp::mime;
 use sluice_engine::smtp::reply::Reply;
+use sluice_engine::smtp::{headers, mime};
 use std::time::Duration;
 
 /// RFC 5321 §4.5.3.2 suggests 5 minutes for replies other than the greeting's and the end
@@ -209,6 +209,14 @@ impl Shard {
                 return false;
             }
             converted = Some(mime::convert_stuffed(data, mime::Convert { eight_bit: true, long_lines: false }));
+        }
+        // `remove-header` in the destination's `<domain>`: those fields are not sent.
+        let remove = &o.plan.smtp.remove_header;
+        let base = converted.as_deref().unwrap_or(data);
+        if remove.iter().any(|h| headers::has_field(base, h)) {
+            let mut copy = base.to_vec();
+            headers::remove_fields(&mut copy, remove);
+            converted = Some(copy);
         }
         let size = converted.as_ref().map_or(job.size, |c| c.len() as u64);
         let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();

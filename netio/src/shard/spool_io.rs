@@ -337,15 +337,21 @@ impl Shard {
     pub(super) fn queue_stored(&mut self, store: &Store, segment: Arc<Segment>, offset: u64) {
         let msg = MsgRef { segment, offset };
         let mut jobs: Vec<(String, Job<MsgRef>)> = Vec::new();
+        // `verp-default`: a job per recipient, each with its own return path.
+        let verp = store.flags & codec::flags::VERP != 0;
         for (i, address) in store.recipients.iter().enumerate() {
             let domain = domain_of(address);
             let rcpt = Recipient { index: i as u32, address: address.clone() };
-            match jobs.iter_mut().find(|(d, _)| *d == domain) {
+            match jobs.iter_mut().find(|(d, _)| *d == domain && !verp) {
                 Some((_, job)) => job.rcpts.push(rcpt),
                 None => {
+                    let mail_from = match verp {
+                        true => sluice_engine::smtp::addr::verp(&store.mail_from, address),
+                        false => store.mail_from.clone(),
+                    };
                     let job = Job {
                         msg: msg.clone(),
-                        mail_from: store.mail_from.clone(),
+                        mail_from,
                         rcpts: vec![rcpt],
                         attempts: 1,
                         first_attempt_unix_ms: 0,
@@ -401,26 +407,37 @@ impl Shard {
         self.write_local(LocalMessage { store, client_ip, after, notify: None });
     }
 
-    /// A message injected over HTTP: signed, spooled like a DSN, and answered once durable.
+    /// A message injected over HTTP (signed, spooled like a DSN, and answered once durable),
+    /// or moved from a deliver-only spool (as it was).
     pub(super) fn inject(&mut self, inj: Injection) {
         let mut data = inj.data;
         let config = self.shared.config.clone();
-        let vmta = match route::select_vmta(&config, config.source_policy(inj.client_ip), &mut data) {
-            Ok(v) => v,
-            Err(reply) => {
-                let _ = inj.done.send(Err(reply));
-                return;
+        let (vmta, envid, flags, helo) = match inj.moved {
+            Some(m) => (m.vmta, m.envid, m.flags, m.helo),
+            None => {
+                let policy = config.source_policy(inj.client_ip);
+                let envid = self.shape_headers(policy, &mut data, false);
+                let vmta = match route::select_vmta(&config, policy, &mut data) {
+                    Ok(v) => v,
+                    Err(reply) => {
+                        let _ = inj.done.send(Err(reply));
+                        return;
+                    }
+                };
+                if let Some(header) = super::inbound::dkim_signature(&self.shared, &inj.recipients, &vmta, &mut data) {
+                    data.splice(0..0, header);
+                }
+                let verp = if policy.verp { codec::flags::VERP } else { 0 };
+                (vmta, envid.unwrap_or_default(), codec::flags::API | verp, "http".to_string())
             }
         };
-        if let Some(header) = super::inbound::dkim_signature(&self.shared, &inj.recipients, &vmta, &mut data) {
-            data.splice(0..0, header);
-        }
         let mut store = Store::boxed(data, inj.mail_from, inj.recipients, self.now.unix_ms, vmta);
         store.src_mta = inj.src_mta;
-        store.helo = "http".into();
+        store.helo = helo;
         store.rcv_source_ip = inj.client_ip.to_string();
         store.job_id = inj.job_id;
-        store.flags = codec::flags::API;
+        store.envid = envid;
+        store.flags = flags;
         let client_ip = inj.client_ip;
         self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Some(inj.done) });
     }

@@ -1,0 +1,94 @@
+//! `<spool DIR> deliver-only yes` (PowerMTA's failure recovery): a spool left by another
+//! host, attached beside this host's own, has its undelivered recipients moved here and
+//! delivered, and its files go; a host whose only spool is deliver-only delivers what is in
+//! it and refuses new mail (452 over SMTP; the HTTP injection API answers 503).
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+fn segments_in(spool: &Path) -> usize {
+    let Ok(dirs) = std::fs::read_dir(spool) else { return 0 };
+    dirs.flatten()
+        .filter_map(|d| std::fs::read_dir(d.path()).ok())
+        .flat_map(|f| f.flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "seg"))
+        .count()
+}
+
+/// A relay whose mail cannot go anywhere: a spool with undelivered recipients, left behind
+/// when it stops. Returns its spool directory (kept with the relay's directory).
+fn failed_host(rcpts: &[&str]) -> Relay {
+    let dead = free_port("127.0.0.1");
+    let mut relay = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{dead}\n retry-after 1h\n</domain>\n"
+        ),
+        Some(1),
+    );
+    for r in rcpts {
+        swaks_send(&relay, r);
+    }
+    // Both recipients of one message: one left delivered in the journal would not move.
+    let msg = b"From: a@src.test\r\nSubject: two\r\n\r\nfor two\r\n";
+    assert_eq!(smtplib_send(&relay, "127.0.0.1", "s@src.test", &["p@dest.test", "q@dest.test"], msg), "sent");
+    relay.wait_rows("t", rcpts.len() + 2, Duration::from_secs(20));
+    assert_eq!(relay.terminate(Duration::from_secs(20)), 0);
+    assert!(segments_in(&relay.dir.path().join("spool")) > 0);
+    relay
+}
+
+#[test]
+fn an_attached_deliver_only_spool_is_moved_here_and_delivered() {
+    let old = failed_host(&["a@dest.test", "b@dest.test"]);
+    let attached = old.dir.path().join("spool");
+    let receiver = PyReceiver::start();
+    let relay = Relay::start(
+        &format!(
+            "<spool {}>\n deliver-only yes\n</spool>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            attached.display(),
+            receiver.addr.port()
+        ),
+        Some(1),
+    );
+    let d = relay.wait_rows("d", 4, Duration::from_secs(30));
+    let mut rcpts: Vec<&str> = d.iter().map(|r| r["rcpt"].as_str()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["a@dest.test", "b@dest.test", "p@dest.test", "q@dest.test"]);
+    assert!(d.iter().all(|r| r["orig"] == "s@src.test"), "{d:?}");
+    // The attached spool's files are gone once the messages are durable here.
+    wait_for("the attached spool emptied", Duration::from_secs(10), || (segments_in(&attached) == 0).then_some(()));
+    assert!(relay.log().contains("deliver-only spool moved into this spool"), "{}", tail(&relay.log(), 20));
+    // The messages arrived whole: the two-recipient one once, to both.
+    let two: Vec<_> =
+        receiver.files().into_iter().filter(|f| std::fs::read_to_string(f).unwrap().contains("for two")).collect();
+    assert_eq!(two.len(), 1);
+    let env = std::fs::read_to_string(two[0].with_extension("env")).unwrap();
+    assert!(env.contains("p@dest.test,q@dest.test"), "{env}");
+}
+
+#[test]
+fn a_host_whose_spool_is_deliver_only_delivers_and_refuses_new_mail() {
+    let mut old = failed_host(&["c@dest.test"]);
+    let receiver = PyReceiver::start();
+    // The same host restarted with its spool deliver-only and a receiver that answers.
+    let text = std::fs::read_to_string(&old.config).unwrap();
+    let spool = old.dir.path().join("spool");
+    let dead = text.lines().find(|l| l.contains("smtp-hosts")).unwrap().to_string();
+    let text = text
+        .replace(&dead, &format!(" smtp-hosts [127.0.0.1]:{}", receiver.addr.port()))
+        .replace("<domain *>", &format!("<spool {}>\n deliver-only yes\n</spool>\n<domain *>", spool.display()));
+    std::fs::write(&old.config, text).unwrap();
+    old.spawn();
+    let d = wait_for("the spooled mail delivered", Duration::from_secs(30), || {
+        let d = old.rows_of("d");
+        (d.len() == 3).then_some(d)
+    });
+    assert!(d.iter().any(|r| r["rcpt"] == "c@dest.test"));
+    let (code, out) = swaks(&old.addr().to_string(), "new@dest.test", &[]);
+    assert_ne!(code, 0);
+    assert!(out.contains("452 4.3.1 Not accepting new mail: the spool is deliver-only"), "{out}");
+}
