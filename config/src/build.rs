@@ -172,7 +172,7 @@ pub(crate) struct Builder {
     pub pattern_refs: Vec<(String, Span)>,
     /// VMTA names used (`default-virtual-mta`, pool members), checked once all is read.
     pub vmta_refs: Vec<(String, Span)>,
-    /// Pool members (which must be VMTAs, not pools).
+    /// Names that must be VMTAs, not pools: pool members, `cold-virtual-mta`, reroutes.
     pub member_refs: Vec<(String, Span)>,
     /// Named sources used by `<smtp-user>` and listeners, checked once all is read.
     pub source_refs: Vec<(String, Span)>,
@@ -188,6 +188,10 @@ pub(crate) struct Builder {
     pub named_sources: HashMap<String, SourceOverrides>,
     /// `<spool DIR>` blocks in order, with `deliver-only`.
     pub spools: Vec<(std::path::PathBuf, bool)>,
+    /// `pattern-list` and `call-to:` names (VMTA selection), checked once all is read.
+    pub vmta_pattern_refs: Vec<(String, Span)>,
+    /// `rewrite-list` names, checked once all is read.
+    pub rewrite_refs: Vec<(String, Span)>,
 }
 
 impl Builder {
@@ -206,6 +210,8 @@ impl Builder {
             sources: Vec::new(),
             named_sources: HashMap::new(),
             spools: Vec::new(),
+            vmta_pattern_refs: Vec::new(),
+            rewrite_refs: Vec::new(),
         }
     }
 
@@ -378,6 +384,24 @@ impl Builder {
     fn check_refs(&mut self) {
         let c = &self.config;
         let mut errors = Vec::new();
+        for (name, span) in &self.vmta_pattern_refs {
+            if !c.vmta_pattern_lists.contains_key(name) {
+                errors.push(ConfigError::at(
+                    span,
+                    format!("pattern-list `{name}` is not defined"),
+                    format!("define it with `<pattern-list {name}>`"),
+                ));
+            }
+        }
+        for (name, span) in &self.rewrite_refs {
+            if !c.rewrite_lists.contains_key(name) {
+                errors.push(ConfigError::at(
+                    span,
+                    format!("rewrite-list `{name}` is not defined"),
+                    format!("define it with `<rewrite-list {name}>`"),
+                ));
+            }
+        }
         for (name, span) in &self.list_refs {
             if !c.address_lists.contains_key(name) {
                 errors.push(ConfigError::at(
@@ -416,7 +440,7 @@ impl Builder {
         for (name, span) in &self.member_refs {
             if !vmtas.contains(&name.as_str()) {
                 let hint = near(name, &vmtas, "define it with `<virtual-mta NAME>`");
-                errors.push(ConfigError::at(span, format!("pool member `{name}` is not defined"), hint));
+                errors.push(ConfigError::at(span, format!("virtual MTA `{name}` is not defined"), hint));
             }
         }
         self.errors.extend(errors);

@@ -113,6 +113,12 @@ pub struct Config {
     pub vmtas: HashMap<String, VirtualMta>,
     /// `<smtp-pattern-list NAME>` blocks.
     pub pattern_lists: HashMap<String, std::sync::Arc<Vec<PatternRule>>>,
+    /// `<pattern-list NAME>`: VMTA selection rules.
+    pub vmta_pattern_lists: HashMap<String, std::sync::Arc<VmtaPatternList>>,
+    /// `<rewrite-list NAME>`.
+    pub rewrite_lists: HashMap<String, std::sync::Arc<RewriteList>>,
+    /// `rewrite-list NAME` in a `<virtual-mta-pool>`.
+    pub pool_rewrite_lists: HashMap<String, String>,
     /// `<bounce-category-patterns>`, tried in order before the built-in rules.
     pub bounce_patterns: std::sync::Arc<Vec<BouncePattern>>,
     /// `<virtual-mta-pool NAME>` → members, used round-robin per connection.
@@ -323,6 +329,9 @@ impl Config {
             acct_headers: Vec::new(),
             vmtas: HashMap::new(),
             pattern_lists: HashMap::new(),
+            vmta_pattern_lists: HashMap::new(),
+            rewrite_lists: HashMap::new(),
+            pool_rewrite_lists: HashMap::new(),
             bounce_patterns: std::sync::Arc::new(Vec::new()),
             pools: HashMap::new(),
             warnings: Vec::new(),
@@ -480,7 +489,7 @@ mod vmta_tests {
         );
         let err = parse("smtp-listener 127.0.0.1:25\n<virtual-mta-pool p>\n virtual-mta ghost\n</virtual-mta-pool>\n")
             .unwrap_err();
-        assert_eq!((err.line, err.message.as_str()), (3, "pool member `ghost` is not defined"));
+        assert_eq!((err.line, err.message.as_str()), (3, "virtual MTA `ghost` is not defined"));
         let err =
             parse("smtp-listener 127.0.0.1:25\n<virtual-mta m>\n smtp-source-host nowhere m.test\n</virtual-mta>\n")
                 .unwrap_err();

@@ -65,6 +65,10 @@ pub struct SourcePolicy {
     pub allow_unencrypted_plain_auth: bool,
     /// `verp-default`: each recipient gets its own MAIL FROM, `sender-rcpt=domain@sender.domain`.
     pub verp: bool,
+    /// `pattern-list NAME`: the `<pattern-list>` that picks a message's VMTA.
+    pub pattern_list: Option<String>,
+    /// `rewrite-list NAME`: the `<rewrite-list>` applied to mail from this source.
+    pub rewrite_list: Option<String>,
 }
 
 /// Header changes made when a message is injected.
@@ -217,6 +221,8 @@ impl Default for SourcePolicy {
             headers: HeaderRules::default(),
             allow_unencrypted_plain_auth: false,
             verp: false,
+            pattern_list: None,
+            rewrite_list: None,
             always_allow_relaying: false,
             smtp_service: true,
             max_message_size: 50 << 20,
@@ -304,6 +310,16 @@ pub struct DomainSettings {
     /// `bounce-upon-no-mx`: a domain without MX records bounces instead of trying its
     /// address records (at once, or for mail queued at least this long).
     pub bounce_upon_no_mx: Option<Duration>,
+    /// `type`; `discard-as-bounce` for a discarding queue.
+    pub delivery_type: DeliveryType,
+    pub discard_as_bounce: bool,
+    /// `reroute-to-virtual-mta NAME`: the queue's mail goes to this VMTA's queue instead.
+    pub reroute_to: Option<String>,
+    /// `backoff-reroute-to-virtual-mta NAME`: while the queue backs off, its mail goes there.
+    pub backoff_reroute_to: Option<String>,
+    /// `max-cold-virtual-mta-msg N/day[,N/day...]`: messages a day a cold VMTA takes for this
+    /// destination, the first day's limit first, the last one on.
+    pub max_cold_msg: Vec<u32>,
 }
 
 /// The SMTP client's settings for a destination (PowerMTA's `<domain>` timeouts and reply
@@ -487,6 +503,11 @@ impl Default for DomainSettings {
             downgrade_8bit: Downgrade8bit::QuotedPrintable,
             smtp: SmtpOptions::default(),
             bounce_upon_no_mx: None,
+            delivery_type: DeliveryType::Smtp,
+            discard_as_bounce: false,
+            reroute_to: None,
+            backoff_reroute_to: None,
+            max_cold_msg: vec![0],
         }
     }
 }
@@ -635,6 +656,108 @@ pub struct VirtualMta {
     /// `domain-key` lines inside the VMTA: tried before the global ones.
     pub domain_keys: Vec<DomainKey>,
     pub(crate) domains: DomainBlocks,
+    /// `cold-virtual-mta NAME` (repeatable): VMTAs warming up that take, in turn, the first
+    /// `max-cold-virtual-mta-msg` messages a day per destination of mail selecting this one.
+    pub cold: Vec<String>,
+    /// `rewrite-list NAME`: rewrites for mail selecting this VMTA.
+    pub rewrite_list: Option<String>,
+}
+
+/// `<pattern-list NAME>`: rules that pick the VMTA of a message as it is injected, the first
+/// match winning (`pattern-list NAME` in a `<source>`).
+#[derive(Debug, Clone)]
+pub struct VmtaPatternList {
+    pub rules: Vec<VmtaPattern>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmtaPattern {
+    pub on: PatternOn,
+    pub regex: regex::Regex,
+    /// `virtual-mta=NAME`.
+    pub vmta: Option<String>,
+    /// `call-to:LIST`: the message goes on through that list.
+    pub call_to: Option<String>,
+}
+
+/// What a `<pattern-list>` rule matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PatternOn {
+    MailFrom,
+    /// Each recipient in turn (PowerMTA: the first matching one picks for the message).
+    RcptTo,
+    /// A header field's whole value, as received.
+    Header(String),
+    /// `*`: every message.
+    Any,
+}
+
+/// `<rewrite-list NAME>`: envelope sender and From-domain rewrites.
+#[derive(Debug, Clone, Default)]
+pub struct RewriteList {
+    /// `mail-from SOURCE TARGET`, the first match applying.
+    pub mail_from: Vec<(AddressPattern, AddressPattern)>,
+    /// `from-domain PATTERN DOMAIN`: the From header's address domain.
+    pub(crate) from_domain: Vec<(crate::overrides::DomainPattern, String)>,
+}
+
+/// `local@domain` where either part may be `*`, or `<>` (the null sender).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AddressPattern {
+    Null,
+    /// None: `*`.
+    Address {
+        local: Option<String>,
+        domain: Option<String>,
+    },
+}
+
+impl RewriteList {
+    /// The envelope sender after the first `mail-from` rule matching it.
+    pub fn mail_from(&self, sender: &str) -> Option<String> {
+        let (l, d) = sender.rsplit_once('@').unwrap_or((sender, ""));
+        for (from, to) in &self.mail_from {
+            let hit = match from {
+                AddressPattern::Null => sender.is_empty(),
+                AddressPattern::Address { local, domain } => {
+                    !sender.is_empty()
+                        && local.as_ref().is_none_or(|x| x.eq_ignore_ascii_case(l))
+                        && domain.as_ref().is_none_or(|x| x.eq_ignore_ascii_case(d))
+                }
+            };
+            if hit {
+                return Some(match to {
+                    AddressPattern::Null => String::new(),
+                    AddressPattern::Address { local, domain } => {
+                        format!("{}@{}", local.as_deref().unwrap_or(l), domain.as_deref().unwrap_or(d))
+                    }
+                });
+            }
+        }
+        None
+    }
+
+    /// Whether it has `from-domain` rules.
+    pub fn rewrites_from(&self) -> bool {
+        !self.from_domain.is_empty()
+    }
+
+    /// The new domain for a From address at `domain`, if a `from-domain` rule matches.
+    pub fn from_domain(&self, domain: &str) -> Option<&str> {
+        let lower = domain.to_ascii_lowercase();
+        self.from_domain.iter().find(|(p, _)| p.matches(&lower)).map(|(_, to)| to.as_str())
+    }
+}
+
+/// `type smtp|discard|pipe|file|http-delivery` for a destination.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DeliveryType {
+    #[default]
+    Smtp,
+    /// Recorded as delivered (or bounced, `discard-as-bounce`), never sent.
+    Discard,
+    /// `pipe`, `file`, `http-delivery`: not implemented; the queue holds its mail.
+    Held,
 }
 
 /// An SMTP listener: where, the named `<source>` its sessions take on top of their address's

@@ -325,3 +325,143 @@ fn total_max_smtp_out_caps_every_queue_together() {
     w.run(2_000, 10, &ok);
     assert!(w.max_open > 3, "{}", w.max_open);
 }
+
+/// Runs `conf` with `n` messages to dest.test for `ms`, answering `reply`; returns the VMTA of
+/// every connection opened and the records.
+fn routed(
+    conf: &str,
+    n: u32,
+    ms: u64,
+    reply: &dyn Fn(u64) -> Reply,
+) -> (Vec<String>, Vec<sluice_engine::acct::Record>) {
+    let mut w = World::new(conf);
+    w.queue(n);
+    let mut vmtas = Vec::new();
+    while w.now_ms < ms {
+        w.now_ms += 10;
+        if w.now_ms % 50 < 10 {
+            w.s.tick(w.now());
+        }
+        w.s.pump(w.now());
+        let now = w.now();
+        while let Some(intent) = w.s.poll_intent() {
+            match intent {
+                Intent::Resolve { domain, .. } => {
+                    let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
+                    w.s.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
+                }
+                Intent::Connect { conn, plan } => {
+                    vmtas.push(plan.vmta.clone());
+                    w.s.conn_ready(conn, now);
+                }
+                Intent::Start { conn, job, .. } => {
+                    let replies = vec![reply(w.now_ms); job.rcpts.len()];
+                    let info = AttemptInfo { hop: "192.0.2.1:25".parse().ok(), ..Default::default() };
+                    w.s.txn_done(conn, job, &replies, info, true, now);
+                }
+                Intent::Quit { conn } => w.s.conn_closed(conn, None),
+                Intent::Record(r) => w.records.push(*r),
+                _ => {}
+            }
+        }
+    }
+    (vmtas, w.records)
+}
+
+const VMTAS: &str = "<virtual-mta v1>\n smtp-source-host 127.0.0.2 v1.test\n</virtual-mta>\n\
+                     <virtual-mta v2>\n smtp-source-host 127.0.0.3 v2.test\n</virtual-mta>\n";
+
+/// `type discard`: recorded as delivered (or bounced, `discard-as-bounce`), never sent;
+/// `type file` (not implemented) holds the mail rather than sending it over SMTP.
+#[test]
+fn discard_and_unimplemented_queue_types() {
+    let (conns, records) = routed("<domain dest.test>\n type discard\n</domain>", 5, 1_000, &ok);
+    assert!(conns.is_empty());
+    let d: Vec<_> = records.iter().filter(|r| r.kind == Kind::Delivered).collect();
+    assert_eq!(d.len(), 5);
+    assert!(d[0].dsn_diag.contains("discarded"), "{:?}", d[0]);
+    let (_, records) = routed("<domain dest.test>\n type discard\n discard-as-bounce yes\n</domain>", 5, 1_000, &ok);
+    assert_eq!(records.iter().filter(|r| r.kind == Kind::Bounced).count(), 5);
+    let (conns, records) = routed("<domain dest.test>\n type file\n</domain>", 5, 1_000, &ok);
+    assert!(conns.is_empty() && records.iter().all(|r| r.kind == Kind::QueueEvent), "{records:?}");
+}
+
+/// `reroute-to-virtual-mta`: the queue's mail goes out through the other VMTA; a loop does
+/// not hang the scheduler (the mail stays where the loop closes).
+#[test]
+fn reroute_to_virtual_mta_and_its_loops() {
+    let conf = format!("{VMTAS}<domain dest.test>\n reroute-to-virtual-mta v2\n</domain>");
+    let (conns, records) = routed(&conf, 5, 1_000, &ok);
+    assert!(!conns.is_empty() && conns.iter().all(|v| v == "v2"), "{conns:?}");
+    let d: Vec<_> = records.iter().filter(|r| r.kind == Kind::Delivered).collect();
+    assert_eq!(d.len(), 5);
+    assert_eq!(d[0].queue, "dest.test/v2");
+    let looped = "<virtual-mta v1>\n <domain dest.test>\n reroute-to-virtual-mta v2\n </domain>\n</virtual-mta>\n\
+                  <virtual-mta v2>\n <domain dest.test>\n reroute-to-virtual-mta v1\n </domain>\n</virtual-mta>\n\
+                  <domain dest.test>\n reroute-to-virtual-mta v1\n</domain>";
+    let (_, records) = routed(looped, 3, 1_000, &ok);
+    assert_eq!(records.iter().filter(|r| r.kind == Kind::Delivered).count(), 3);
+}
+
+/// `backoff-reroute-to-virtual-mta`: once a pattern puts the queue into backoff, its mail
+/// goes through the other VMTA.
+#[test]
+fn backoff_reroutes_to_another_virtual_mta() {
+    let conf = concat!(
+        "<virtual-mta v2>\n smtp-source-host 127.0.0.3 v2.test\n</virtual-mta>\n",
+        "<smtp-pattern-list slow>\n reply /slow down/ mode=backoff\n</smtp-pattern-list>\n",
+        "<virtual-mta v1>\n smtp-source-host 127.0.0.2 v1.test\n <domain dest.test>\n smtp-pattern-list slow\n backoff-reroute-to-virtual-mta v2\n \
+         max-smtp-out 1\n backoff-retry-after 10m\n </domain>\n</virtual-mta>\n"
+    );
+    let mut w = World::new(conf);
+    for i in 0..20 {
+        w.s.dispatch("dest.test", "v1".into(), job(i));
+    }
+    let mut vmtas = Vec::new();
+    let mut sent_v1 = 0;
+    let mut conn_vmta = std::collections::HashMap::new();
+    while w.now_ms < 3_000 {
+        w.now_ms += 10;
+        if w.now_ms % 50 < 10 {
+            w.s.tick(w.now());
+        }
+        w.s.pump(w.now());
+        let now = w.now();
+        while let Some(intent) = w.s.poll_intent() {
+            match intent {
+                Intent::Resolve { domain, .. } => {
+                    let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
+                    w.s.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
+                }
+                Intent::Connect { conn, plan } => {
+                    vmtas.push(plan.vmta.clone());
+                    conn_vmta.insert(conn, plan.vmta.clone());
+                    w.s.conn_ready(conn, now);
+                }
+                Intent::Start { conn, job, .. } => {
+                    // v1 is throttled on its third message; v2 takes everything.
+                    let on_v1 = conn_vmta.get(&conn).is_some_and(|v: &String| v == "v1");
+                    let reply = if on_v1 {
+                        sent_v1 += 1;
+                        if sent_v1 >= 3 {
+                            Reply::new(421, "4.7.0 slow down")
+                        } else {
+                            Reply::new(250, "ok")
+                        }
+                    } else {
+                        Reply::new(250, "ok")
+                    };
+                    let info = AttemptInfo { hop: "192.0.2.1:25".parse().ok(), ..Default::default() };
+                    w.s.txn_done(conn, job, &[reply], info, true, now);
+                }
+                Intent::Quit { conn } => w.s.conn_closed(conn, None),
+                Intent::Record(r) => w.records.push(*r),
+                _ => {}
+            }
+        }
+    }
+    let delivered: Vec<_> = w.records.iter().filter(|r| r.kind == Kind::Delivered).collect();
+    assert!(vmtas.contains(&"v2".to_string()), "{vmtas:?}");
+    assert!(delivered.iter().filter(|r| r.queue == "dest.test/v2").count() >= 15, "{}", delivered.len());
+    assert!(w.events().iter().any(|e| e.contains("rerouted to v2")), "{:?}", w.events());
+}

@@ -103,6 +103,18 @@ pub(crate) struct Core {
     /// the same by every shard (a client cannot get the limit once per shard).
     pub auth_failures: AddressCounts,
     pub error_sessions: AddressCounts,
+    /// Cold VMTA warm-up, shared by every shard: per (cold VMTA, destination domain), the day
+    /// (since the epoch) it was first used and the day and count of its latest use. Starts
+    /// afresh with the process.
+    pub cold: std::sync::Mutex<std::collections::HashMap<(String, String), ColdUse>>,
+}
+
+/// A cold VMTA's use for one destination (`Core::cold`).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ColdUse {
+    pub first_day: u64,
+    pub day: u64,
+    pub count: u32,
 }
 
 /// Client addresses counted at once per table (8 bytes each); beyond that the oldest
@@ -367,6 +379,7 @@ impl Runtime {
             started_unix_ms: sys::now_ms(),
             auth_failures: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
             error_sessions: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
+            cold: Default::default(),
         });
         let shared = Arc::new(Shared::new(core.clone(), settings));
         // Listeners: one SO_REUSEPORT socket per listener per shard.

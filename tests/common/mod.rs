@@ -732,7 +732,8 @@ impl ScriptedMx {
         self.open[1].load(Ordering::SeqCst)
     }
 
-    /// Every line received (commands; `MESSAGE n` for a message of n bytes; `CONNECT`).
+    /// Every line received (commands; `MESSAGE n` for a message of n bytes, then `BODY` and
+    /// the message as sent; `CONNECT`).
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
@@ -793,7 +794,7 @@ fn serve_script(s: TcpStream, script: &MxScript, log: &std::sync::Mutex<Vec<Stri
             (script.rcpt)(&cmd)
         } else if upper.starts_with("DATA") {
             w.write_all(b"354 go\r\n")?;
-            let mut size = 0;
+            let mut body = String::new();
             loop {
                 line.clear();
                 if r.read_line(&mut line)? == 0 {
@@ -802,9 +803,10 @@ fn serve_script(s: TcpStream, script: &MxScript, log: &std::sync::Mutex<Vec<Stri
                 if line == ".\r\n" {
                     break;
                 }
-                size += line.len();
+                body.push_str(&line);
             }
-            log.lock().unwrap().push(format!("MESSAGE {size}"));
+            log.lock().unwrap().push(format!("MESSAGE {}", body.len()));
+            log.lock().unwrap().push(format!("BODY {body}"));
             std::thread::sleep(script.final_delay);
             script.final_reply.clone()
         } else if upper.starts_with("QUIT") {

@@ -174,6 +174,49 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     flag!("log-commands", smtp.log.commands),
     flag!("log-data", smtp.log.data),
     Directive {
+        name: "type",
+        set: |b, o, l| {
+            let v = l.choice(&[
+                ("smtp", DeliveryType::Smtp),
+                ("discard", DeliveryType::Discard),
+                ("pipe", DeliveryType::Held),
+                ("file", DeliveryType::Held),
+                ("http-delivery", DeliveryType::Held),
+            ])?;
+            if v == DeliveryType::Held {
+                b.warn(
+                    l.span,
+                    format!("`type {}` is not implemented: this destination's mail is held, not delivered", l.args[0]),
+                );
+            }
+            o.set(move |s| s.delivery_type = v);
+            Ok(())
+        },
+    },
+    flag!("discard-as-bounce", discard_as_bounce),
+    Directive { name: "reroute-to-virtual-mta", set: |b, o, l| reroute(b, o, l, false) },
+    Directive { name: "backoff-reroute-to-virtual-mta", set: |b, o, l| reroute(b, o, l, true) },
+    Directive {
+        name: "max-cold-virtual-mta-msg",
+        set: |_, o, l| {
+            // `N/d[,N/day...]`: a limit per day, the last one on.
+            let mut limits = Vec::new();
+            for item in l.args.join(",").split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let (n, per) = item.split_once('/').unwrap_or((item, "d"));
+                let n: u32 = n.parse().map_err(|_| l.err(format!("`{item}` is not N/day"), "write `1000/day`"))?;
+                if !["d", "day"].contains(&per.to_ascii_lowercase().as_str()) {
+                    return Err(l.err(format!("`{item}`: cold VMTA limits are per day"), "write `1000/day`"));
+                }
+                limits.push(n);
+            }
+            if limits.is_empty() {
+                return Err(l.err("`max-cold-virtual-mta-msg` needs a limit", "write `1000/day`"));
+            }
+            o.set(move |s| s.max_cold_msg = limits.clone());
+            Ok(())
+        },
+    },
+    Directive {
         name: "bounce-upon-no-mx",
         set: |_, o, l| {
             // true: at once; false/never: never; an interval: mail queued at least that long.
@@ -228,6 +271,22 @@ fn canon(o: &mut DomainOverrides, l: &Line, headers: bool) -> Result<(), ConfigE
     match headers {
         true => o.set(move |s| s.dkim.header_relaxed = relaxed),
         false => o.set(move |s| s.dkim.body_relaxed = relaxed),
+    }
+    Ok(())
+}
+
+/// `reroute-to-virtual-mta NAME` / `backoff-reroute-to-virtual-mta NAME` (`""` clears).
+fn reroute(b: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line, backoff: bool) -> Result<(), ConfigError> {
+    let text = l.args.join(" ");
+    let name = text.trim().trim_matches('"').to_string();
+    let target = (!name.is_empty()).then_some(name);
+    if let Some(t) = &target {
+        // A VMTA, not a pool (PowerMTA does not reroute to pools either).
+        b.member_refs.push((t.clone(), l.span.clone()));
+    }
+    match backoff {
+        true => o.set(move |s| s.backoff_reroute_to = target.clone()),
+        false => o.set(move |s| s.reroute_to = target.clone()),
     }
     Ok(())
 }

@@ -164,6 +164,8 @@ const BLOCKS: &[Block<()>] = &[
     Block { name: "smtp-listener", open: listener_block },
     Block { name: "bounce-category-patterns", open: |b, _, r| lists::bounce_patterns(b, r) },
     Block { name: "smtp-pattern-list", open: |b, _, r| lists::smtp_pattern_list(b, r) },
+    Block { name: "pattern-list", open: |b, _, r| lists::vmta_pattern_list(b, r) },
+    Block { name: "rewrite-list", open: |b, _, r| lists::rewrite_list(b, r) },
     Block { name: "spool", open: spool_block },
 ];
 

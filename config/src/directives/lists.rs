@@ -237,3 +237,148 @@ fn reply(_: &mut Builder, rules: &mut Vec<PatternRule>, l: &Line) -> Result<(), 
     rules.push(PatternRule { regex, actions: parsed });
     Ok(())
 }
+
+/// A `/regex/` (or `/regex/i`) at the front of `args`, which may span several arguments
+/// when it holds blanks; returns it built and the arguments after it.
+fn slash_regex<'a>(l: &Line, args: &'a [String], syntax: &str) -> Result<(regex::Regex, &'a [String]), ConfigError> {
+    let first = args.first().ok_or_else(|| l.err(format!("`{}` needs a /regex/", l.name), syntax))?;
+    if !first.starts_with('/') {
+        return Err(l.err(format!("`{first}` is not a /regex/"), syntax));
+    }
+    let closes = |a: &str, i: usize| (i > 0 || a.len() > 1) && (a.ends_with('/') || a.ends_with("/i"));
+    let end = args
+        .iter()
+        .enumerate()
+        .position(|(i, a)| closes(a, i))
+        .ok_or_else(|| l.err(format!("`{first}` is not closed with /"), syntax))?;
+    let text = args[..=end].join(" ");
+    let (body, insensitive) = match text.strip_suffix("/i") {
+        Some(b) => (&b[1..], true),
+        None => (&text[1..text.len() - 1], false),
+    };
+    let regex = regex::RegexBuilder::new(body)
+        .case_insensitive(insensitive)
+        .build()
+        .map_err(|e| l.err(format!("bad regex `{text}`: {e}"), syntax))?;
+    Ok((regex, &args[end + 1..]))
+}
+
+/// `<pattern-list NAME>`: `mail-from /re/ RESULT`, `rcpt-to /re/ RESULT`,
+/// `header NAME /re/ RESULT`, `* RESULT`.
+pub(crate) fn vmta_pattern_list(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> {
+    let name = r.arg("by-sender")?;
+    let mut rules = Vec::new();
+    b.run(&VMTA_PATTERN_LIST, &mut rules, r.children);
+    b.config.vmta_pattern_lists.insert(name.to_string(), Arc::new(VmtaPatternList { rules }));
+    Ok(())
+}
+
+pub(crate) const VMTA_PATTERN_LIST: Scope<Vec<VmtaPattern>> = Scope {
+    name: "pattern-list",
+    directives: &[
+        Directive { name: "mail-from", set: |b, r, l| vmta_pattern(b, r, l, PatternOn::MailFrom, l.args) },
+        Directive { name: "rcpt-to", set: |b, r, l| vmta_pattern(b, r, l, PatternOn::RcptTo, l.args) },
+        Directive {
+            name: "header",
+            set: |b, r, l| {
+                let [header, rest @ ..] = l.args else {
+                    return Err(l.err("`header` needs a field name", "write `header from /@news\\./ virtual-mta=news`"));
+                };
+                vmta_pattern(b, r, l, PatternOn::Header(header.to_ascii_lowercase()), rest)
+            },
+        },
+        Directive { name: "*", set: |b, r, l| vmta_pattern(b, r, l, PatternOn::Any, l.args) },
+    ],
+    blocks: &[],
+};
+
+fn vmta_pattern(
+    b: &mut Builder,
+    rules: &mut Vec<VmtaPattern>,
+    l: &Line,
+    on: PatternOn,
+    args: &[String],
+) -> Result<(), ConfigError> {
+    let syntax = "write `mail-from /@news\\.example\\.com$/ virtual-mta=news`";
+    let (regex, result) = match on {
+        PatternOn::Any => (regex::Regex::new("").expect("empty regex"), args),
+        _ => slash_regex(l, args, syntax)?,
+    };
+    if result.iter().any(|a| a.starts_with('<')) {
+        return Err(l.err(
+            "a nested <pattern-list> inside a rule is not supported",
+            "give the inner list its own <pattern-list NAME> and write `call-to:NAME`",
+        ));
+    }
+    let (mut vmta, mut call_to) = (None, None);
+    for item in result.join(",").split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        if let Some(v) = item.strip_prefix("virtual-mta=") {
+            b.vmta_refs.push((v.to_string(), l.span.clone()));
+            vmta = Some(v.to_string());
+        } else if let Some(list) = item.strip_prefix("call-to:") {
+            b.vmta_pattern_refs.push((list.to_string(), l.span.clone()));
+            call_to = Some(list.to_string());
+        } else if item.starts_with("recipient-priority=") {
+            b.warn(l.span, format!("`{item}`: recipient priorities are not implemented yet; ignored"));
+        } else {
+            return Err(l.err(format!("unknown pattern result `{item}`"), "use virtual-mta=NAME or call-to:LIST"));
+        }
+    }
+    rules.push(VmtaPattern { on, regex, vmta, call_to });
+    Ok(())
+}
+
+/// `<rewrite-list NAME>`: `mail-from SOURCE TARGET`, `from-domain PATTERN DOMAIN`.
+pub(crate) fn rewrite_list(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> {
+    let name = r.arg("abc")?;
+    let mut list = RewriteList::default();
+    b.run(&REWRITE_LIST, &mut list, r.children);
+    b.config.rewrite_lists.insert(name.to_string(), Arc::new(list));
+    Ok(())
+}
+
+pub(crate) const REWRITE_LIST: Scope<RewriteList> = Scope {
+    name: "rewrite-list",
+    directives: &[
+        Directive {
+            name: "mail-from",
+            set: |_, list, l| {
+                let syntax = "write `mail-from *@old.example *@bounces.example`";
+                let [from, to] = l.args else { return Err(l.err("`mail-from` takes a source and a target", syntax)) };
+                let (from, to) = (address_pattern(l, from, syntax)?, address_pattern(l, to, syntax)?);
+                if matches!(from, AddressPattern::Null)
+                    && matches!(&to, AddressPattern::Address { local, domain } if local.is_none() || domain.is_none())
+                {
+                    return Err(l.err("`*` in the target needs a source address to copy from", syntax));
+                }
+                list.mail_from.push((from, to));
+                Ok(())
+            },
+        },
+        Directive {
+            name: "from-domain",
+            set: |_, list, l| {
+                let syntax = "write `from-domain *.example.com bounces.example.com`";
+                let [from, to] = l.args else {
+                    return Err(l.err("`from-domain` takes a domain pattern and a domain", syntax));
+                };
+                let pattern = l.value(crate::overrides::DomainPattern::parse(from))?;
+                list.from_domain.push((pattern, to.to_ascii_lowercase()));
+                Ok(())
+            },
+        },
+    ],
+    blocks: &[],
+};
+
+/// `a@b`, `a@*`, `*@b`, `*@*` or `<>`.
+fn address_pattern(l: &Line, v: &str, syntax: &str) -> Result<AddressPattern, ConfigError> {
+    if v == "<>" {
+        return Ok(AddressPattern::Null);
+    }
+    let Some((local, domain)) = v.rsplit_once('@') else {
+        return Err(l.err(format!("`{v}` is not an address pattern"), syntax));
+    };
+    let part = |p: &str| (p != "*").then(|| p.to_string());
+    Ok(AddressPattern::Address { local: part(local), domain: part(domain) })
+}

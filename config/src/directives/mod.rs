@@ -34,6 +34,8 @@ pub fn tables() -> Vec<TableNames> {
         names(&lists::FEEDBACK_PROCESSOR),
         names(&lists::BOUNCE_PROCESSOR),
         names(&lists::PATTERN_LIST),
+        names(&lists::VMTA_PATTERN_LIST),
+        names(&lists::REWRITE_LIST),
     ];
     // `<bounce-category-patterns>` holds regex lines, not directives.
     t.push(("bounce-category-patterns", Vec::new(), Vec::new()));

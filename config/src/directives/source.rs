@@ -60,6 +60,24 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
             Ok(())
         },
     },
+    Directive {
+        name: "pattern-list",
+        set: |b, o, l| {
+            let name = l.one()?.to_string();
+            b.vmta_pattern_refs.push((name.clone(), l.span.clone()));
+            o.set(move |p| p.pattern_list = Some(name.clone()));
+            Ok(())
+        },
+    },
+    Directive {
+        name: "rewrite-list",
+        set: |b, o, l| {
+            let name = l.one()?.to_string();
+            b.rewrite_refs.push((name.clone(), l.span.clone()));
+            o.set(move |p| p.rewrite_list = Some(name.clone()));
+            Ok(())
+        },
+    },
     flag!("log-connections", log.connections),
     flag!("log-commands", log.commands),
     flag!("log-data", log.data),

@@ -28,6 +28,24 @@ pub(crate) const VMTA: Scope<VirtualMta> = Scope {
                 Ok(())
             },
         },
+        Directive {
+            name: "cold-virtual-mta",
+            set: |b, v, l| {
+                let name = l.one()?.to_string();
+                b.member_refs.push((name.clone(), l.span.clone()));
+                v.cold.push(name);
+                Ok(())
+            },
+        },
+        Directive {
+            name: "rewrite-list",
+            set: |b, v, l| {
+                let name = l.one()?.to_string();
+                b.rewrite_refs.push((name.clone(), l.span.clone()));
+                v.rewrite_list = Some(name);
+                Ok(())
+            },
+        },
     ],
     blocks: &[Block {
         name: "domain",
@@ -93,6 +111,7 @@ pub(crate) struct Pool {
     members: Vec<String>,
     domains: DomainBlocks,
     keys: Vec<DomainKey>,
+    rewrite_list: Option<String>,
 }
 
 pub(crate) const POOL: Scope<Pool> = Scope {
@@ -114,6 +133,15 @@ pub(crate) const POOL: Scope<Pool> = Scope {
                 Ok(())
             },
         },
+        Directive {
+            name: "rewrite-list",
+            set: |b, p, l| {
+                let name = l.one()?.to_string();
+                b.rewrite_refs.push((name.clone(), l.span.clone()));
+                p.rewrite_list = Some(name);
+                Ok(())
+            },
+        },
     ],
     blocks: &[Block {
         name: "domain",
@@ -132,6 +160,9 @@ pub(crate) fn pool_block(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigErro
     b.run(&POOL, &mut pool, r.children);
     b.config.pool_domains.insert(name.to_string(), pool.domains);
     b.config.pool_domain_keys.insert(name.to_string(), pool.keys);
+    if let Some(list) = pool.rewrite_list {
+        b.config.pool_rewrite_lists.insert(name.to_string(), list);
+    }
     if pool.members.is_empty() {
         return Err(ConfigError::at(r.span, format!("pool `{name}` has no members"), "add `virtual-mta NAME` lines"));
     }

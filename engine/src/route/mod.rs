@@ -1,11 +1,12 @@
 //! Routing, sans-IO: which queue a recipient's mail joins and which shard owns it
 //! (`queue-to`, the owner hash), which virtual MTA sends a message (`x-virtual-mta`,
-//! `default-virtual-mta`) and which pool member takes the next connection, next hops that
-//! need no DNS (IP-literal `smtp-hosts`), and MX rollup (`rollup`).
+//! `<pattern-list>`, `default-virtual-mta`, a cold VMTA's daily share), what `<rewrite-list>`
+//! does to its sender, which pool member takes the next connection, next hops that need no
+//! DNS (IP-literal `smtp-hosts`), and MX rollup (`rollup`).
 
 pub mod rollup;
 
-use crate::smtp::headers::take_header;
+use crate::smtp::headers::{header_value, take_header};
 use crate::smtp::reply::Reply;
 use sluice_config::{Config, HostPort, SourcePolicy};
 use std::hash::{Hash, Hasher};
@@ -67,8 +68,21 @@ pub fn literal_hops(levels: &[Vec<HostPort>]) -> Option<Vec<Vec<Hop>>> {
 /// allows it (the header is removed unless `retain-x-virtual-mta`), else the source's
 /// `default-virtual-mta`, else the default. An unknown name is refused with 550 when the
 /// source says `reject-invalid-virtual-mta`, and otherwise falls back.
-pub fn select_vmta(config: &Config, policy: &SourcePolicy, data: &mut Vec<u8>) -> Result<String, String> {
-    let fallback = policy.default_virtual_mta.clone().unwrap_or_else(|| DEFAULT_VMTA.to_string());
+///
+/// Between the header and the default, the source's `pattern-list`: its first rule matching
+/// the envelope sender, a recipient or a header field names the VMTA.
+pub fn select_vmta(
+    config: &Config,
+    policy: &SourcePolicy,
+    envelope: (&str, &[String]),
+    data: &mut Vec<u8>,
+) -> Result<String, String> {
+    let mut fallback = policy.default_virtual_mta.clone().unwrap_or_else(|| DEFAULT_VMTA.to_string());
+    if let Some(list) = &policy.pattern_list {
+        if let Some(v) = pattern_vmta(config, list, envelope.0, envelope.1, data, 0) {
+            fallback = v;
+        }
+    }
     if !policy.process_x_virtual_mta {
         return Ok(fallback);
     }
@@ -82,6 +96,69 @@ pub fn select_vmta(config: &Config, policy: &SourcePolicy, data: &mut Vec<u8>) -
         return Err(format!("550 5.7.1 Unknown virtual MTA `{name}` (x-virtual-mta header)"));
     }
     Ok(fallback)
+}
+
+/// How deep `call-to:` may chain pattern lists (a loop stops there).
+const PATTERN_CALLS_MAX: u32 = 8;
+
+/// The VMTA a `<pattern-list>` picks for a message: the first rule that matches (sender,
+/// any recipient, a header field's value as received, or `*`) and names one, following
+/// `call-to:` into other lists.
+pub fn pattern_vmta(
+    config: &Config,
+    list: &str,
+    mail_from: &str,
+    rcpts: &[String],
+    data: &[u8],
+    depth: u32,
+) -> Option<String> {
+    let list = config.vmta_pattern_lists.get(list)?;
+    for rule in &list.rules {
+        let hit = match &rule.on {
+            sluice_config::PatternOn::MailFrom => rule.regex.is_match(mail_from),
+            sluice_config::PatternOn::RcptTo => rcpts.iter().any(|r| rule.regex.is_match(r)),
+            sluice_config::PatternOn::Header(name) => {
+                header_value(data, name).is_some_and(|v| rule.regex.is_match(&format!(" {v}")))
+            }
+            sluice_config::PatternOn::Any => true,
+        };
+        if !hit {
+            continue;
+        }
+        if let Some(v) = &rule.vmta {
+            return Some(v.clone());
+        }
+        if let (Some(next), true) = (&rule.call_to, depth < PATTERN_CALLS_MAX) {
+            if let Some(v) = pattern_vmta(config, next, mail_from, rcpts, data, depth + 1) {
+                return Some(v);
+            }
+        }
+    }
+    None
+}
+
+/// The source's `rewrite-list`, then the chosen VMTA's (or pool's): the envelope sender
+/// after their `mail-from` rules, and the From header's domain after their `from-domain`
+/// rules.
+pub fn rewrite(config: &Config, policy: &SourcePolicy, vmta: &str, mail_from: &mut String, data: &mut Vec<u8>) {
+    let target_list =
+        config.vmtas.get(vmta).and_then(|v| v.rewrite_list.as_ref()).or_else(|| config.pool_rewrite_lists.get(vmta));
+    for name in [policy.rewrite_list.as_ref(), target_list].into_iter().flatten() {
+        let Some(list) = config.rewrite_lists.get(name) else { continue };
+        if let Some(new) = list.mail_from(mail_from) {
+            *mail_from = new;
+        }
+        if list.rewrites_from() {
+            crate::smtp::headers::rewrite_from_domain(data, |d| list.from_domain(d).map(str::to_string));
+        }
+    }
+}
+
+/// Cold VMTA warm-up (`cold-virtual-mta`, `max-cold-virtual-mta-msg`): how many messages a
+/// cold VMTA may take for a destination on day `day` of its use (0: the first), from the
+/// per-day limits (the last one holds on).
+pub fn cold_limit(limits: &[u32], day: u64) -> u32 {
+    limits.get(day as usize).or(limits.last()).copied().unwrap_or(0)
 }
 
 /// The pool member that takes the next connection: members take turns, one per connection;

@@ -26,7 +26,7 @@ use admin::Selector;
 use backlog::{Backlog, BacklogFactory};
 use limits::{Grant, QueueCells, SourceLimits};
 use loglimit::LogLimit;
-use sluice_config::{Config, HostPort, Startup};
+use sluice_config::{Config, DeliveryType, HostPort, Startup};
 use stats::ShardStats;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -314,10 +314,19 @@ impl<M: Message> Scheduler<M> {
     /// of it. (A deleted job's mail that arrives later is new mail: only recipients out on a
     /// connection at the time of the delete are deleted when they come back, in `settle`.)
     pub fn enqueue(&mut self, domain: &str, vmta: &str, job: Job<M>) {
+        self.enqueue_in(domain, vmta, job, false);
+    }
+
+    /// `rerouted`: the queue is a reroute's end (its chain already followed).
+    fn enqueue_in(&mut self, domain: &str, vmta: &str, job: Job<M>, rerouted: bool) {
         if !job.job_id.is_empty() && self.paused_jobs.contains(&job.job_id) {
             return self.held.push((domain.to_string(), vmta.to_string(), job));
         }
         let id = self.queue_for(domain, vmta);
+        if let Some(to) = self.reroute_target(id).filter(|_| !rerouted) {
+            let domain = self.st(id).q.domain.clone();
+            return self.enqueue_in(&domain, &to, job, true);
+        }
         let st = self.st_mut(id);
         if st.q.jobs() >= QUEUE_WINDOW || !st.backlog.is_empty() {
             st.backlog.push_back(job);
@@ -325,6 +334,35 @@ impl<M: Message> Scheduler<M> {
             st.q.push(job);
         }
         self.dirty.push(id);
+    }
+
+    /// Where a queue's mail goes instead (`reroute-to-virtual-mta`, and while it backs off
+    /// `backoff-reroute-to-virtual-mta`), following the chain to its end; a loop leaves the
+    /// mail where the loop closes (an error in the log), as PowerMTA does.
+    fn reroute_target(&self, id: QueueId) -> Option<String> {
+        let st = self.st(id);
+        let domain = st.q.domain.clone();
+        let next = |q: &Queue<M>| {
+            let s = &q.settings;
+            let backoff = matches!(q.mode(), crate::queue::Mode::Backoff { .. });
+            s.reroute_to.clone().or(if backoff { s.backoff_reroute_to.clone() } else { None })
+        };
+        let mut seen = vec![st.q.vmta.clone()];
+        let mut to = next(&st.q).filter(|t| *t != st.q.vmta)?;
+        loop {
+            let settings = self.config.queue_settings(&domain, &to);
+            // The next queue's own reroute (its backoff state is not known until it exists).
+            let further = settings.reroute_to.filter(|t| *t != to);
+            seen.push(to.clone());
+            match further {
+                Some(f) if seen.contains(&f) => {
+                    tracing::error!(shard = self.shard, %domain, vmta = %to, "reroute-to-virtual-mta loop: mail stays here");
+                    return Some(to);
+                }
+                Some(f) => to = f,
+                None => return Some(to),
+            }
+        }
     }
 
     /// Work found in the spool at start: a queue's recovered jobs, as a backlog.
@@ -437,6 +475,11 @@ impl<M: Message> Scheduler<M> {
     }
 
     fn advance_hops(&mut self, id: QueueId, now: Now) {
+        match self.st(id).q.settings.delivery_type {
+            DeliveryType::Smtp => {}
+            DeliveryType::Discard => return self.discard_ready(id, now),
+            DeliveryType::Held => return, // `type pipe|file|http-delivery`: not implemented
+        }
         let st = self.st_mut(id);
         match &st.hops {
             HopState::Unknown => {
@@ -475,6 +518,20 @@ impl<M: Message> Scheduler<M> {
                 };
                 self.fail_ready(id, &reply, &AttemptInfo::default(), now);
             }
+        }
+    }
+
+    /// `type discard`: the ready mail is recorded as delivered (or, `discard-as-bounce`,
+    /// bounced) and never sent.
+    fn discard_ready(&mut self, id: QueueId, now: Now) {
+        let reply = match self.st(id).q.settings.discard_as_bounce {
+            false => Reply::new(250, "2.0.0 discarded (type discard)"),
+            true => Reply::new(550, "5.0.0 discarded (type discard, discard-as-bounce)"),
+        };
+        let info = AttemptInfo { mx_host: "discard".into(), ..Default::default() };
+        while let Some(job) = self.st_mut(id).q.take() {
+            let replies = vec![reply.clone(); job.rcpts.len()];
+            self.settle(id, job, &replies, &info, now);
         }
     }
 
@@ -679,9 +736,27 @@ impl<M: Message> Scheduler<M> {
     fn queue_events(&mut self, id: QueueId, now: Now) {
         let st = self.st_mut(id);
         let (name, vmta) = (st.q.name.clone(), st.q.vmta.clone());
+        let mut changed = false;
         for diag in st.q.take_events() {
             tracing::info!(shard = self.shard, queue = %name, change = %diag, "queue mode or rate changed");
             self.record(Record::queue_event(now.unix_ms, &name, &vmta, diag));
+            changed = true;
+        }
+        // Into backoff with `backoff-reroute-to-virtual-mta`: the ready mail moves now (new
+        // mail follows it in `enqueue` while the backoff lasts).
+        if changed {
+            if let Some(to) = self.reroute_target(id) {
+                let st = self.st_mut(id);
+                let domain = st.q.domain.clone();
+                let jobs = st.q.take_ready();
+                if !jobs.is_empty() {
+                    let n = jobs.len();
+                    self.queue_note(&name, &vmta, format!("backoff: {n} messages rerouted to {to}"), now);
+                }
+                for job in jobs {
+                    self.enqueue_in(&domain, &to, job, true);
+                }
+            }
         }
     }
 

@@ -92,6 +92,24 @@ pub fn shape(data: &mut Vec<u8>, s: &Shaping) -> Option<String> {
     envid
 }
 
+/// The From field's address domain replaced where `new_domain` gives one (`from-domain`).
+pub fn rewrite_from_domain(data: &mut Vec<u8>, new_domain: impl Fn(&str) -> Option<String>) {
+    let Some(end) = header_section_end(data) else { return };
+    let Some((at, field_end)) = find_field(data, end, "from") else { return };
+    let field = &data[at..field_end];
+    // The address's domain: after the last '@', up to '>' or the end of the address.
+    let Some(sign) = field.iter().rposition(|&b| b == b'@') else { return };
+    let start = sign + 1;
+    let len = field[start..]
+        .iter()
+        .position(|&b| matches!(b, b'>' | b' ' | b'\r' | b'\n' | b',' | b')'))
+        .unwrap_or(field.len() - start);
+    let domain = String::from_utf8_lossy(&field[start..start + len]).into_owned();
+    if let Some(new) = new_domain(&domain) {
+        data.splice(at + start..at + start + len, new.into_bytes());
+    }
+}
+
 /// The unfolded value of the first `name:` field in the header section.
 pub fn header_value(data: &[u8], name: &str) -> Option<String> {
     let end = header_section_end(data)?;

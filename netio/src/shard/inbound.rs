@@ -313,10 +313,11 @@ impl Shard {
         }
         let policy = config.policy_for(c.client_ip, &named);
         let policy = &*policy;
-        let vmta = match route::select_vmta(config, policy, &mut m.data) {
+        let vmta = match route_message(&shared, policy, &mut m.mail_from, &m.recipients, &mut m.data, now.unix_ms) {
             Ok(v) => v,
-            Err(reply) => return c.m.message_refused(&reply),
+            Err(reply) => return self.ins.get_mut(slot).m.message_refused(&reply),
         };
+        let c = self.ins.get_mut(slot);
         if !c.m.session().restrictions().vmta_allowed(&vmta) {
             let reply = format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)");
             return c.m.message_refused(&reply);
@@ -648,6 +649,56 @@ pub(super) fn dkim_signature(
             None
         }
     }
+}
+
+/// A message's VMTA (`x-virtual-mta`, `<pattern-list>`, `default-virtual-mta`, then a cold
+/// VMTA's daily share when the chosen one has any) and the `<rewrite-list>` rewrites of the
+/// source and that VMTA. Err: the refusal to give.
+pub(super) fn route_message(
+    shared: &Shared,
+    policy: &sluice_config::SourcePolicy,
+    mail_from: &mut String,
+    rcpts: &[String],
+    data: &mut Vec<u8>,
+    now_unix_ms: u64,
+) -> Result<String, String> {
+    let config = &shared.config;
+    let mut vmta = route::select_vmta(config, policy, (mail_from, rcpts), data)?;
+    if let Some(cold) = cold_vmta(shared, &vmta, rcpts, now_unix_ms) {
+        vmta = cold;
+    }
+    route::rewrite(config, policy, &vmta, mail_from, data);
+    Ok(vmta)
+}
+
+/// `cold-virtual-mta`: the first cold VMTA of `vmta` (in turn) still under its
+/// `max-cold-virtual-mta-msg` for today for the message's first destination, counted.
+fn cold_vmta(shared: &Shared, vmta: &str, rcpts: &[String], now_unix_ms: u64) -> Option<String> {
+    let colds = &shared.config.vmtas.get(vmta)?.cold;
+    let domain = domain_of(rcpts.first()?).to_ascii_lowercase();
+    let today = now_unix_ms / 86_400_000;
+    let limits = shared.config.queue_settings(&domain, vmta).max_cold_msg;
+    let mut uses = shared.core.cold.lock().expect("not poisoned");
+    // In turn: the one used least today first.
+    let mut order: Vec<&String> = colds.iter().collect();
+    order.sort_by_key(|c| uses.get(&((*c).clone(), domain.clone())).filter(|u| u.day == today).map_or(0, |u| u.count));
+    for cold in order {
+        let cold_limits = shared.config.queue_settings(&domain, cold).max_cold_msg;
+        let limits = if limits != [0] { &limits } else { &cold_limits };
+        let u = uses.entry((cold.clone(), domain.clone())).or_insert(crate::ColdUse {
+            first_day: today,
+            day: today,
+            count: 0,
+        });
+        if u.day != today {
+            (u.day, u.count) = (today, 0);
+        }
+        if u.count < route::cold_limit(limits, today - u.first_day) {
+            u.count += 1;
+            return Some(cold.clone());
+        }
+    }
+    None
 }
 
 /// The named source a listener's sessions take (`smtp-listener ADDR source=NAME`).

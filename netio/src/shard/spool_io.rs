@@ -10,7 +10,7 @@ use crate::store::{JournalFile, Segment};
 use io_uring::{opcode, types};
 use sluice_engine::bounce::dsn;
 use sluice_engine::queue::{Job, Recipient};
-use sluice_engine::route::{self, DEFAULT_VMTA};
+use sluice_engine::route::DEFAULT_VMTA;
 use sluice_engine::smtp::addr::domain_of;
 use sluice_spool::codec::{self, Envelope, Outcome};
 use sluice_spool::{Resume, SpoolEvent, SpoolOp};
@@ -412,12 +412,21 @@ impl Shard {
     pub(super) fn inject(&mut self, inj: Injection) {
         let mut data = inj.data;
         let config = self.shared.config.clone();
+        let mut mail_from = inj.mail_from;
         let (vmta, envid, flags, helo) = match inj.moved {
             Some(m) => (m.vmta, m.envid, m.flags, m.helo),
             None => {
                 let policy = config.source_policy(inj.client_ip);
                 let envid = self.shape_headers(policy, &mut data, false);
-                let vmta = match route::select_vmta(&config, policy, &mut data) {
+                let routed = super::inbound::route_message(
+                    &self.shared,
+                    policy,
+                    &mut mail_from,
+                    &inj.recipients,
+                    &mut data,
+                    self.now.unix_ms,
+                );
+                let vmta = match routed {
                     Ok(v) => v,
                     Err(reply) => {
                         let _ = inj.done.send(Err(reply));
@@ -431,7 +440,7 @@ impl Shard {
                 (vmta, envid.unwrap_or_default(), codec::flags::API | verp, "http".to_string())
             }
         };
-        let mut store = Store::boxed(data, inj.mail_from, inj.recipients, self.now.unix_ms, vmta);
+        let mut store = Store::boxed(data, mail_from, inj.recipients, self.now.unix_ms, vmta);
         store.src_mta = inj.src_mta;
         store.helo = helo;
         store.rcv_source_ip = inj.client_ip.to_string();
