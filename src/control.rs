@@ -67,6 +67,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         Arc::new(crate::authcheck::Checker::new(&config, arc_key)?)
     };
     let rollups = Arc::new(Mutex::new(Rollups::default()));
+    let rollup_hops: Arc<crate::dns::RollupHops> = Arc::default();
     let handle = rt.handle().clone();
     // The channel is read on a blocking thread so the runtime stays free for DNS.
     let reader = std::thread::Builder::new().name("control-reader".into()).spawn(move || {
@@ -115,14 +116,21 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                 Ok(ControlRequest::Resolve { shard, domain, static_hosts }) => {
                     let resolver = resolver.clone();
                     let responder = responder.clone();
-                    let (config, rollups) = (config.clone(), rollups.clone());
+                    let (config, rollups, learnt) = (config.clone(), rollups.clone(), rollup_hops.clone());
                     handle.spawn(async move {
+                        if domain.ends_with(".rollup") && static_hosts.is_none() {
+                            let (resolution, ttl_ms) = crate::dns::resolve_rollup(&resolver, &config, &domain, &learnt).await;
+                            return responder.resolved(shard, domain, resolution, ttl_ms, None);
+                        }
                         let (resolution, ttl_ms, mx) = resolve(&resolver, &domain, static_hosts).await;
-                        // A lock on the control plane only, once per resolution.
-                        let rollup = mx
-                            .zip(config.rollup_fingerprint(&domain))
-                            .map(|key| rollups.lock().expect("not poisoned").leader(&domain, key))
-                            .filter(|leader| *leader != domain);
+                        // `<mx-rollup-list>` first, then rollup of equal MX sets (a lock on the
+                        // control plane only, once per resolution).
+                        let listed = mx.as_ref().and_then(|m| crate::dns::listed_rollup(&config, &domain, m, &resolution, &learnt));
+                        let rollup = listed.or_else(|| {
+                            mx.zip(config.rollup_fingerprint(&domain))
+                                .map(|key| rollups.lock().expect("not poisoned").leader(&domain, key))
+                                .filter(|leader| *leader != domain)
+                        });
                         tracing::debug!(%domain, ?resolution, ?rollup, "resolved");
                         responder.resolved(shard, domain, resolution, ttl_ms, rollup);
                     });

@@ -130,6 +130,57 @@ pub async fn resolve(
     }
 }
 
+/// Next hops learnt for `rollup-by-ip` and wildcard rollup queues: those of the last domain
+/// rolled into each (the control plane's, shared by its resolutions).
+pub type RollupHops = std::sync::Mutex<std::collections::HashMap<String, Vec<Vec<Hop>>>>;
+
+/// A `NAME.rollup` queue's next hops (`<mx-rollup-list>`) when its `<domain>` gives no
+/// `smtp-hosts`: the exact MX hosts listed for it, else those of the domains rolled into it.
+pub async fn resolve_rollup(
+    resolver: &TokioAsyncResolver,
+    config: &Config,
+    rollup: &str,
+    learnt: &RollupHops,
+) -> (Resolution, u64) {
+    let hosts = config.mx_rollups.hosts_of(rollup);
+    if !hosts.is_empty() {
+        let mut hops = Vec::new();
+        for h in hosts {
+            hops.extend(addresses(resolver, h, 25).await);
+        }
+        return (Resolution::Hops(vec![hops]), RESOLVE_TTL_DEFAULT_MS);
+    }
+    match learnt.lock().expect("not poisoned").get(rollup) {
+        Some(levels) => (Resolution::Hops(levels.clone()), RESOLVE_TTL_DEFAULT_MS),
+        None => {
+            let reply = Reply::new(451, format!("4.4.4 no next hop known yet for {rollup}: give it smtp-hosts"));
+            (Resolution::Temporary(reply), 30_000)
+        }
+    }
+}
+
+/// The `<mx-rollup-list>` queue a domain with this MX set joins (its most preferred hosts
+/// all listed for one rollup), unless the domain says `disable-mx-rollup`; its next hops
+/// are remembered for the rollup queue when it has no exact hosts of its own.
+pub fn listed_rollup(
+    config: &Config,
+    domain: &str,
+    mx: &MxSet,
+    resolution: &Resolution,
+    learnt: &RollupHops,
+) -> Option<String> {
+    if config.mx_rollups.entries.is_empty() || !config.domain_settings(domain).mx_rollup {
+        return None;
+    }
+    let best = mx.iter().map(|(p, _)| *p).min()?;
+    let hosts: Vec<&str> = mx.iter().filter(|(p, _)| *p == best).map(|(_, h)| h.as_str()).collect();
+    let entry = config.mx_rollups.rollup_for(&hosts)?;
+    if let Resolution::Hops(levels) = resolution {
+        learnt.lock().expect("not poisoned").insert(entry.rollup.clone(), levels.clone());
+    }
+    Some(entry.rollup.clone())
+}
+
 #[cfg(test)]
 mod tests {
 

@@ -8,6 +8,7 @@ mod clock;
 mod control;
 mod dns;
 mod drain;
+mod logfile;
 mod mgmt;
 mod reload;
 mod tools;
@@ -160,6 +161,10 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = logfile::open(config.log_file.as_deref()) {
+        eprintln!("sluice: cannot open the log file (log-file): {e}");
+        return ExitCode::from(2);
+    }
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -246,6 +251,10 @@ fn run(path: Option<&Path>) -> ExitCode {
         if let Err(e) = reloader.reload() {
             tracing::error!("reload refused, the old configuration stays: {e}");
         }
+        // logrotate moved the file away: write a new one.
+        if let Err(e) = logfile::open(responder.config().log_file.as_deref()) {
+            tracing::error!("cannot reopen the log file: {e}");
+        }
     }
     tracing::info!("signal received: stopping");
     runtime.shutdown();
@@ -315,7 +324,7 @@ fn block_signals() {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| logfile::Tee)
         // Colours for a terminal only: logs in files and journald stay plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

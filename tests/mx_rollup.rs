@@ -63,3 +63,56 @@ fn mx_rollup_default_shards() {
 fn mx_rollup_disabled() {
     scenario(None, 35, false);
 }
+
+/// `<mx-rollup-list>`: domains whose most preferred MX hosts are listed for a rollup join
+/// the queue `NAME.rollup`, with that `<domain>`'s limits; by exact hosts (the rollup
+/// delivers to them) and by wildcard with `rollup-by-ip` (to where the domain resolved).
+/// Other domains keep their own queues.
+#[test]
+fn mx_rollup_list_names_the_rollup_queues() {
+    require("swaks");
+    require_root("this test binds port 25 on loopback");
+    let net = 36;
+    let dns_port = free_port("127.0.0.1");
+    let ip = |h: u8| format!("127.0.{net}.{h}");
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            "--mx-host=a.listed.test,mx1.big.test,10".into(),
+            "--mx-host=b.listed.test,mx1.big.test,10".into(),
+            "--mx-host=b.listed.test,backup.big.test,20".into(),
+            format!("--host-record=mx1.big.test,{}", ip(5)),
+            format!("--host-record=backup.big.test,{}", ip(5)),
+            "--mx-host=c.cloud.test,tenant-c.mail.cloud.test,10".into(),
+            "--mx-host=d.cloud.test,tenant-d.mail.cloud.test,10".into(),
+            format!("--host-record=tenant-c.mail.cloud.test,{}", ip(6)),
+            format!("--host-record=tenant-d.mail.cloud.test,{}", ip(6)),
+            "--mx-host=own.test,mx.own.test,10".into(),
+            format!("--host-record=mx.own.test,{}", ip(7)),
+        ],
+    );
+    let big = SmtpSink::start(&ip(5), 25, &[], true);
+    let cloud = SmtpSink::start(&ip(6), 25, &[], true);
+    let own = SmtpSink::start(&ip(7), 25, &[], true);
+    let relay = Relay::start(
+        &format!(
+            "dns-server 127.0.0.1:{dns_port}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
+             <mx-rollup-list>\n mx mx1.big.test big.rollup\n mx *.mail.cloud.test cloud.rollup rollup-by-ip\n</mx-rollup-list>\n\
+             <domain big.rollup>\n max-smtp-out 1\n</domain>\n"
+        ),
+        Some(1),
+    );
+    for rcpt in ["x@a.listed.test", "y@b.listed.test", "z@c.cloud.test", "w@d.cloud.test", "v@own.test"] {
+        swaks_send(&relay, rcpt);
+    }
+    let rows = relay.wait_rows("d", 5, Duration::from_secs(30));
+    let queue = |rcpt: &str| rows.iter().find(|r| r["rcpt"] == rcpt).map(|r| r["queue"].clone()).unwrap();
+    assert_eq!(queue("x@a.listed.test"), "big.rollup/default");
+    assert_eq!(queue("y@b.listed.test"), "big.rollup/default");
+    assert_eq!(queue("z@c.cloud.test"), "cloud.rollup/default");
+    assert_eq!(queue("w@d.cloud.test"), "cloud.rollup/default");
+    assert_eq!(queue("v@own.test"), "own.test/default");
+    assert_eq!(big.messages().len(), 2);
+    assert_eq!(cloud.messages().len(), 2);
+    assert_eq!(own.messages().len(), 1);
+}

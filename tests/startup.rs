@@ -53,3 +53,23 @@ fn rate_limits_ramp_up_after_start() {
     // Unramped, all 60 would be out in about 1.2 s; at 10-15% of 50/s, about 20 in 3 s.
     assert!((3..40).contains(&delivered), "{delivered} delivered in the first seconds of the ramp");
 }
+
+/// `log-file PATH`: the log goes to the file too; after logrotate moves it away, SIGHUP makes
+/// a new one.
+#[test]
+fn log_file_is_written_and_reopened_on_sighup() {
+    let dir = TempDir::new("logfile");
+    let path = dir.path().join("log/pmta.log");
+    let relay = Relay::start(&format!("log-file {}\n", path.display()), Some(1));
+    let text = wait_for("the log file", Duration::from_secs(10), || {
+        std::fs::read_to_string(&path).ok().filter(|t| t.contains("sluice running"))
+    });
+    assert!(!text.contains("\u{1b}["), "plain text");
+    let rotated = dir.path().join("log/pmta.log.1");
+    std::fs::rename(&path, &rotated).unwrap();
+    relay.signal(1); // SIGHUP
+    wait_for("a new log file after SIGHUP", Duration::from_secs(10), || {
+        std::fs::read_to_string(&path).ok().filter(|t| !t.is_empty())
+    });
+    assert!(std::fs::read_to_string(&rotated).unwrap().contains("sluice running"));
+}

@@ -77,6 +77,10 @@ pub struct Config {
     pub shards: Option<usize>,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
+    /// `<mx-rollup-list>`.
+    pub mx_rollups: MxRollupList,
+    /// `log-file PATH`: the log is also written there.
+    pub log_file: Option<PathBuf>,
     /// `relay-domain` / `relay-address`: recipients accepted from any client.
     pub relay_to: std::sync::Arc<RelayTargets>,
     /// `total-max-smtp-out`: outbound connections open at once, all queues and shards
@@ -308,6 +312,8 @@ impl Config {
             total_max_smtp_in: 10_000,
             total_max_smtp_out: None,
             relay_to: Default::default(),
+            log_file: None,
+            mx_rollups: Default::default(),
             source_ip_limits: HashMap::new(),
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),

@@ -817,3 +817,66 @@ impl RelayTargets {
         !domain.is_empty() && self.domains.iter().any(|p| p.matches(domain))
     }
 }
+
+/// `<mx-rollup-list>`: `mx HOST NAME.rollup [rollup-by-ip]` lines. A domain whose most
+/// preferred MX hosts all match one rollup's entries joins the queue NAME.rollup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MxRollupList {
+    pub entries: Vec<MxRollupEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxRollupEntry {
+    /// A host name, or `*.suffix` (lower case).
+    pub host: String,
+    /// The rollup queue's domain, `NAME.rollup`.
+    pub rollup: String,
+    /// `rollup-by-ip`: the rollup queue delivers to the hosts the rolled-up domain resolved to.
+    pub by_ip: bool,
+}
+
+impl MxRollupEntry {
+    fn matches(&self, host: &str) -> bool {
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => {
+                host.len() > suffix.len() + 1
+                    && host.ends_with(suffix)
+                    && host[..host.len() - suffix.len()].ends_with('.')
+            }
+            None => self.host == host,
+        }
+    }
+}
+
+impl MxRollupList {
+    /// The rollup queue for a domain whose most preferred MX hosts are `hosts` (lower case,
+    /// no trailing dot): the first rollup every host matches, unless it lists more exact
+    /// hosts than DNS gave.
+    pub fn rollup_for(&self, hosts: &[&str]) -> Option<&MxRollupEntry> {
+        if hosts.is_empty() {
+            return None;
+        }
+        let mut names: Vec<&str> = Vec::new();
+        for e in &self.entries {
+            if !names.contains(&e.rollup.as_str()) {
+                names.push(&e.rollup);
+            }
+        }
+        names.into_iter().find_map(|name| {
+            let entries: Vec<&MxRollupEntry> = self.entries.iter().filter(|e| e.rollup == name).collect();
+            let exact = entries.iter().filter(|e| !e.host.starts_with("*.")).count();
+            let all = hosts.iter().all(|h| entries.iter().any(|e| e.matches(h)));
+            (all && exact <= hosts.len())
+                .then(|| *entries.iter().find(|e| hosts.iter().any(|h| e.matches(h))).expect("all matched"))
+        })
+    }
+
+    /// The exact MX hosts listed for a rollup queue (its next hops when no `smtp-hosts`).
+    pub fn hosts_of(&self, rollup: &str) -> Vec<&str> {
+        self.entries
+            .iter()
+            .filter(|e| e.rollup == rollup && !e.host.starts_with("*."))
+            .map(|e| e.host.as_str())
+            .collect()
+    }
+}

@@ -67,6 +67,13 @@ const DIRECTIVES: &[Directive<()>] = &[
         },
     },
     Directive {
+        name: "log-file",
+        set: |b, _, l| {
+            b.config.log_file = Some(l.path(l.one()?));
+            Ok(())
+        },
+    },
+    Directive {
         name: "relay-domain",
         set: |b, _, l| {
             let pattern = l.value(crate::overrides::DomainPattern::parse(l.one()?))?;
@@ -165,6 +172,15 @@ const BLOCKS: &[Block<()>] = &[
     Block { name: "bounce-category-patterns", open: |b, _, r| lists::bounce_patterns(b, r) },
     Block { name: "smtp-pattern-list", open: |b, _, r| lists::smtp_pattern_list(b, r) },
     Block { name: "pattern-list", open: |b, _, r| lists::vmta_pattern_list(b, r) },
+    Block {
+        name: "mx-rollup-list",
+        open: |b, _, r| {
+            let mut list = std::mem::take(&mut b.config.mx_rollups);
+            b.run(&lists::MX_ROLLUP_LIST, &mut list, r.children);
+            b.config.mx_rollups = list;
+            Ok(())
+        },
+    },
     Block { name: "rewrite-list", open: |b, _, r| lists::rewrite_list(b, r) },
     Block { name: "spool", open: spool_block },
 ];

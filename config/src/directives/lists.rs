@@ -382,3 +382,27 @@ fn address_pattern(l: &Line, v: &str, syntax: &str) -> Result<AddressPattern, Co
     let part = |p: &str| (p != "*").then(|| p.to_string());
     Ok(AddressPattern::Address { local: part(local), domain: part(domain) })
 }
+
+/// `<mx-rollup-list>`: `mx HOST NAME.rollup [rollup-by-ip]`.
+pub(crate) const MX_ROLLUP_LIST: Scope<MxRollupList> = Scope {
+    name: "mx-rollup-list",
+    directives: &[Directive {
+        name: "mx",
+        set: |_, list, l| {
+            let syntax = "write `mx mx1.example.net example.rollup` or `mx *.example.net example.rollup rollup-by-ip`";
+            let (host, rollup, by_ip) = match l.args {
+                [h, r] => (h, r, false),
+                [h, r, opt] if opt.eq_ignore_ascii_case("rollup-by-ip") => (h, r, true),
+                _ => return Err(l.err("`mx` takes a host, a rollup name and optionally rollup-by-ip", syntax)),
+            };
+            let rollup = rollup.to_ascii_lowercase();
+            if !rollup.ends_with(".rollup") {
+                return Err(l.err(format!("`{rollup}`: a rollup queue's name ends in .rollup"), syntax));
+            }
+            let host = host.trim_end_matches('.').to_ascii_lowercase();
+            list.entries.push(MxRollupEntry { host, rollup, by_ip });
+            Ok(())
+        },
+    }],
+    blocks: &[],
+};
