@@ -24,7 +24,7 @@ export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 flags=(--locked --target aarch64-unknown-linux-gnu --bin sluice)
 [ "$profile" = release ] && flags+=(--release)
 cargo build "${flags[@]}"
-bin=target/aarch64-unknown-linux-gnu/$profile/sluice
+bin=${CARGO_TARGET_DIR:-target}/aarch64-unknown-linux-gnu/$profile/sluice
 # ELF e_machine (bytes 18-19, little endian) is 0xB7 for AArch64.
 machine=$(od -An -tx1 -j18 -N2 "$bin" | tr -d ' \n')
 if [ "$machine" != "b700" ]; then
