@@ -87,9 +87,11 @@ fn delivers_exact_bytes_into_postfix() {
     require("python3");
     let port = free_port("127.0.0.1");
     let postfix = Postfix::start(port);
-    // Both shard modes deliver into the same Postfix, one after the other.
-    for (i, shards) in SHARD_MODES.iter().enumerate() {
-        let relay = Relay::start(&format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain pf.test>\n smtp-hosts [127.0.0.1]:{port}\n</domain>\n"), *shards);
+    // Both shard modes deliver into the same Postfix, one after the other; then once more
+    // with CHUNKING (`ignore-chunking no`): the message goes in one BDAT, unstuffed.
+    let modes = [(SHARD_MODES[0], ""), (SHARD_MODES[1], ""), (Some(1), " ignore-chunking no\n log-commands yes\n")];
+    for (i, (shards, extra)) in modes.into_iter().enumerate() {
+        let relay = Relay::start(&format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain pf.test>\n smtp-hosts [127.0.0.1]:{port}\n{extra}</domain>\n"), shards);
         let body = format!(
             "Subject: exact bytes {i}\r\nFrom: s@src.test\r\nDate: Fri, 27 Nov 2026 10:00:00 +0000\r\nMessage-Id: <m{i}@src.test>\r\nX-Mode: {i}\r\n\r\n.leading dot\r\n..two dots\r\n.\r\n \r\ntabs\tand trailing space \r\n8bit: caf\u{e9}\r\nlast line\r\n"
         );
@@ -97,7 +99,12 @@ fn delivers_exact_bytes_into_postfix() {
         assert_eq!(smtplib_send(&relay, "127.0.0.1", "s@src.test", &["u@pf.test"], body.as_bytes()), "sent");
         let d = relay.wait_rows("d", 1, Duration::from_secs(30));
         assert_eq!(d[0]["rcpt"], "u@pf.test");
-        assert!(d[0]["dsnDiag"].starts_with("smtp;250 2.0.0 Ok: queued as"), "{:?}", d[0]);
+        // After BDAT Postfix says "Ok: N bytes queued as ...".
+        assert!(
+            d[0]["dsnDiag"].starts_with("smtp;250 2.0.0 Ok: ") && d[0]["dsnDiag"].contains("queued as"),
+            "{:?}",
+            d[0]
+        );
         let stored = wait_for("the message in Postfix's maildir", Duration::from_secs(20), || {
             postfix.maildir_messages().into_iter().find(|m| m.contains(&format!("X-Mode: {i}")))
         });
@@ -113,5 +120,11 @@ fn delivers_exact_bytes_into_postfix() {
         assert!(stored.contains("(using TLSv1.3 with cipher "), "{stored}");
         assert_eq!(d[0]["dlvTlsProtocol"], "TLSv1.3", "{:?}", d[0]);
         assert!(d[0]["dlvTlsCipher"].starts_with("TLS13_"), "{:?}", d[0]);
+        if !extra.is_empty() {
+            let log = relay.log();
+            let bdat = log.lines().find(|l| l.contains("> BDAT ")).unwrap_or_else(|| panic!("{}", tail(&log, 30)));
+            assert!(bdat.contains(" LAST"), "{bdat}");
+            assert!(!log.contains("> DATA"), "{}", tail(&log, 30));
+        }
     }
 }

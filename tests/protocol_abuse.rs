@@ -151,23 +151,61 @@ fn an_address_whose_sessions_keep_failing_is_refused_for_a_while() {
     assert_eq!(t.rest(), "", "and closed");
 }
 
-/// BDAT while CHUNKING is not offered (RFC 3030): refused, and its chunk is skipped, so an
-/// RSET inside it is never answered as a command; message text pipelined with DATA before
-/// the 354 (RFC 2920 §3.1) is refused with 554 and the connection closed, as Postfix's
-/// `smtpd_forbid_unauth_pipelining` does. Nothing of either is queued.
+/// BDAT (RFC 3030): a chunk is message content whatever it holds, so an RSET inside it is
+/// never answered as a command; where CHUNKING is not offered (`allow-chunking no`) BDAT is
+/// refused and its chunk skipped, unread. Message text pipelined with DATA before the 354
+/// (RFC 2920 §3.1) is refused with 554 and the connection closed, as Postfix's
+/// `smtpd_forbid_unauth_pipelining` does. Only the chunked message is queued.
 #[test]
 fn bdat_chunks_and_text_before_354_are_never_commands_or_mail() {
-    let (relay, sink) = relay_with_sink();
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let relay = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
+             <source 127.0.0.2>\n always-allow-relaying yes\n allow-chunking no\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        Some(2),
+    );
+    let chunk = "RSET\r\nSubject: chunked\r\n\r\nbody\r\n";
     let (mut t, _) = Talk::connect(relay.addr());
-    assert!(!t.cmd("EHLO abuse.test").contains("CHUNKING"));
+    assert!(t.cmd("EHLO abuse.test").contains("250-CHUNKING"));
     assert!(t.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
     assert!(t.cmd("RCPT TO:<bdat@sink.test>").starts_with("250"));
-    let chunk = "RSET\r\nSubject: chunked\r\n\r\nbody\r\n";
     t.send(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes());
     let reply = t.reply();
-    assert!(reply.starts_with("503 5.5.1 BDAT"), "{reply}");
+    assert!(reply.starts_with("250 2.0.0 Ok: queued"), "the chunk is the message: {reply}");
     assert!(t.cmd("NOOP").starts_with("250 2.0.0 OK"), "the next reply is NOOP's: nothing in the chunk ran");
     assert!(t.cmd("QUIT").starts_with("221"));
+    // Not offered: refused, and the chunk skipped.
+    let (code, out) = run(std::process::Command::new("python3").arg("-c").arg(format!(
+        r#"
+import socket
+s = socket.create_connection(("127.0.0.1", {}), source_address=("127.0.0.2", 0))
+f = s.makefile("rb")
+def reply():
+    lines = []
+    while True:
+        l = f.readline().decode()
+        lines.append(l)
+        if len(l) < 4 or l[3] == " ":
+            return "".join(lines)
+reply()
+for cmd in [b"EHLO abuse.test\r\n", b"MAIL FROM:<s@src.test>\r\n", b"RCPT TO:<refused@sink.test>\r\n"]:
+    s.sendall(cmd); print(reply().replace("\r\n", "|"))
+chunk = {chunk:?}.encode()
+s.sendall(b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+print(reply().strip())
+s.sendall(b"NOOP\r\n"); print(reply().strip())
+"#,
+        relay.port
+    )));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(!lines[0].contains("CHUNKING"), "{out}");
+    assert!(lines[3].starts_with("503 5.5.1 BDAT"), "{out}");
+    assert!(lines[4].starts_with("250 2.0.0 OK"), "{out}");
 
     let (mut t, _) = Talk::connect(relay.addr());
     assert!(t.cmd("EHLO abuse.test").starts_with("250"));
@@ -176,7 +214,12 @@ fn bdat_chunks_and_text_before_354_are_never_commands_or_mail() {
     assert!(replies[0].starts_with("250") && replies[1].starts_with("250"), "{replies:?}");
     assert!(replies[2].starts_with("554 5.5.0 Error: SMTP protocol synchronization"), "{replies:?}");
     assert_eq!(t.rest(), "", "the connection is closed");
+    let r = relay.wait_rows("r", 1, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(relay.rows_of("r").is_empty(), "nothing was received: {:?}", relay.rows_of("r"));
-    assert!(sink.messages().is_empty());
+    assert_eq!(relay.rows_of("r").len(), 1, "only the chunked message was received: {r:?}");
+    assert_eq!(relay.rows_of("r")[0]["rcpt"], "bdat@sink.test");
+    let got = wait_for("the chunked message at the sink", Duration::from_secs(10), || {
+        sink.messages().into_iter().find(|m| m.contains("Subject: chunked"))
+    });
+    assert!(got.contains("RSET\r\nSubject: chunked") || got.contains("RSET\nSubject: chunked"), "{got}");
 }

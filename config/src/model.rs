@@ -69,6 +69,9 @@ pub struct SourcePolicy {
     pub pattern_list: Option<String>,
     /// `rewrite-list NAME`: the `<rewrite-list>` applied to mail from this source.
     pub rewrite_list: Option<String>,
+    /// `allow-smtputf8` (yes), `allow-chunking` (yes): the SMTPUTF8 and CHUNKING extensions.
+    pub allow_smtputf8: bool,
+    pub allow_chunking: bool,
 }
 
 /// Header changes made when a message is injected.
@@ -223,6 +226,8 @@ impl Default for SourcePolicy {
             verp: false,
             pattern_list: None,
             rewrite_list: None,
+            allow_smtputf8: true,
+            allow_chunking: true,
             always_allow_relaying: false,
             smtp_service: true,
             max_message_size: 50 << 20,

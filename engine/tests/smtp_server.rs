@@ -172,10 +172,15 @@ fn bdat_without_chunking_discards_its_chunk_rfc3030() {
     let chunk = "RSET\r\nMAIL FROM:<evil@x.test>\r\n";
     let input =
         format!("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT {} LAST\r\n{chunk}NOOP\r\n", chunk.len());
+    let off = || SessionPolicy { chunking: false, ..policy(true) };
     for bb in [false, true] {
-        let (codes, msgs) = run(policy(true), input.as_bytes(), bb);
+        let (codes, msgs) = run(off(), input.as_bytes(), bb);
         assert_eq!((codes, msgs.len()), (vec![220, 250, 250, 250, 503, 250], 0), "byte by byte: {bb}");
     }
+    // Offered, but no transaction: refused, and the chunk skipped all the same.
+    let input = format!("EHLO c\r\nBDAT {} LAST\r\n{chunk}NOOP\r\n", chunk.len());
+    let (codes, msgs) = run(policy(true), input.as_bytes(), false);
+    assert_eq!((codes, msgs.len()), (vec![220, 250, 503, 250], 0));
     let (codes, _) = run(policy(true), b"EHLO c\r\nBDAT lots\r\nRSET\r\n", false);
     assert_eq!(codes, vec![220, 250, 501], "closed after the unreadable size: no reply to RSET");
 }
@@ -204,4 +209,76 @@ fn relay_domain_and_relay_address_open_those_recipients_to_anyone() {
                  RCPT TO:<sales@corp.test>\r\nRCPT TO:<x@far.test>\r\n";
     let (codes, _) = run(p, input.as_bytes(), false);
     assert_eq!(codes, vec![220, 250, 250, 250, 250, 250, 550, 250, 550, 550]);
+}
+
+/// CHUNKING (RFC 3030): a message in BDAT chunks, pipelined or byte by byte, is the same
+/// message DATA would have carried (stored dot-stuffed), each chunk answered; DATA after
+/// BDAT is refused; a chunk past the size limit refuses the message.
+#[test]
+fn bdat_chunks_make_the_message_rfc3030() {
+    let (one, two) = ("Subject: chunked\r\n\r\n.leading dot\r\n", "bin\x01ary\r\nlast line");
+    let input = format!(
+        "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT {}\r\n{one}BDAT {} LAST\r\n{two}QUIT\r\n",
+        one.len(),
+        two.len()
+    );
+    for bb in [false, true] {
+        let (lines, msgs) = run(policy(true), input.as_bytes(), bb);
+        assert_eq!(lines, vec![220, 250, 250, 250, 250, 250, 221], "byte by byte: {bb}");
+        assert_eq!(msgs, vec![b"Subject: chunked\r\n\r\n..leading dot\r\nbin\x01ary\r\nlast line\r\n".to_vec()]);
+    }
+    let (lines, _) = common::drive(policy(true), b"EHLO c\r\n", false);
+    assert!(lines.contains(&"250-CHUNKING".to_string()), "{lines:?}");
+    let input = "EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT 3\r\nabcDATA\r\n";
+    let (codes, _) = run(policy(true), input.as_bytes(), false);
+    assert_eq!(codes, vec![220, 250, 250, 250, 250, 503]);
+    let big = "x".repeat(2500);
+    let input = format!("EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT 2500 LAST\r\n{big}NOOP\r\n");
+    let (codes, msgs) = run(policy(true), input.as_bytes(), false);
+    assert_eq!((codes, msgs.len()), (vec![220, 250, 250, 250, 552, 250], 0));
+}
+
+/// DSN parameters (RFC 3461) kept with the message: RET, ENVID (xtext decoded), NOTIFY and
+/// ORCPT per recipient; malformed ones refused with 501. SMTPUTF8 (RFC 6531): a UTF-8
+/// address in a transaction that says so is taken; without it, 553 5.6.7.
+#[test]
+fn dsn_and_smtputf8_parameters_rfc3461_rfc6531() {
+    let input = "EHLO c\r\nMAIL FROM:<a@b.test> RET=HDRS ENVID=batch+2B42\r\n\
+                 RCPT TO:<x@y.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;X+40y.test\r\nRCPT TO:<z@y.test> NOTIFY=NEVER\r\n\
+                 RCPT TO:<w@y.test>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n";
+    let (lines, msgs) = common::drive_messages(policy(true), &common::pipelined(input.as_bytes()));
+    assert_eq!(common::codes(&lines), vec![220, 250, 250, 250, 250, 250, 354, 250], "{lines:?}");
+    let m = &msgs[0];
+    assert_eq!(m.envid, "batch+42");
+    assert_eq!(m.flags & sluice_spool::codec::flags::RET_HDRS, sluice_spool::codec::flags::RET_HDRS);
+    use sluice_engine::sched::notify;
+    assert_eq!(
+        m.rcpt_dsn,
+        vec![(0, notify::SUCCESS | notify::FAILURE, "rfc822;X@y.test".to_string()), (1, notify::NEVER, String::new())]
+    );
+    for bad in [
+        "MAIL FROM:<a@b.test> RET=ALL",
+        "MAIL FROM:<a@b.test> ENVID=a=b",
+        "MAIL FROM:<a@b.test> RET=FULL\r\nRCPT TO:<x@y.test> NOTIFY=NEVER,DELAY",
+    ] {
+        let (codes, _) = run(policy(true), format!("EHLO c\r\n{bad}\r\n").as_bytes(), false);
+        assert_eq!(codes.last(), Some(&501), "{bad}");
+    }
+    // SMTPUTF8: offered, declared, taken.
+    let input = "EHLO c\r\nMAIL FROM:<jos\u{e9}@b\u{fc}cher.test> SMTPUTF8\r\nRCPT TO:<\u{7528}\u{6237}@y.test>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n";
+    let (lines, msgs) = common::drive_messages(policy(true), &common::pipelined(input.as_bytes()));
+    assert_eq!(common::codes(&lines), vec![220, 250, 250, 250, 354, 250], "{lines:?}");
+    assert!(lines.contains(&"250-SMTPUTF8".to_string()));
+    assert_eq!(msgs[0].mail_from, "jos\u{e9}@b\u{fc}cher.test");
+    assert_eq!(msgs[0].recipients, vec!["\u{7528}\u{6237}@y.test".to_string()]);
+    assert_ne!(msgs[0].flags & sluice_spool::codec::flags::SMTPUTF8, 0);
+    // Not declared: 553; not offered (allow-smtputf8 no): 553 and no SMTPUTF8 in EHLO.
+    let input = "EHLO c\r\nMAIL FROM:<jos\u{e9}@b.test>\r\n";
+    assert_eq!(run(policy(true), input.as_bytes(), false).0, vec![220, 250, 553]);
+    let off = SessionPolicy { smtputf8: false, ..policy(true) };
+    let input = "EHLO c\r\nMAIL FROM:<jos\u{e9}@b.test> SMTPUTF8\r\n";
+    let (lines, _) = common::drive(off, input.as_bytes(), false);
+    assert_eq!(common::codes(&lines), vec![220, 250, 553]);
+    assert!(!lines.iter().any(|l| l.starts_with("250-SMTPUTF8")), "{lines:?}");
+    assert!(lines.last().unwrap().contains("SMTPUTF8 (RFC 6531) is not offered"), "{lines:?}");
 }

@@ -46,6 +46,7 @@ impl sluice_engine::sched::Message for MsgRef {
             api: flags & sluice_spool::codec::flags::API != 0,
             envid: env.envid,
             ret_hdrs: flags & sluice_spool::codec::flags::RET_HDRS != 0,
+            flags,
         }
     }
     fn rcpt_dsn(&self, index: u32) -> (u8, &str) {

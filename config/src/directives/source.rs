@@ -37,6 +37,8 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
     flag!("process-x-envid", headers.process_x_envid),
     flag!("allow-unencrypted-plain-auth", allow_unencrypted_plain_auth),
     flag!("verp-default", verp),
+    flag!("allow-smtputf8", allow_smtputf8),
+    flag!("allow-chunking", allow_chunking),
     Directive {
         name: "remove-header",
         set: |_, o, l| {

@@ -19,6 +19,10 @@ pub struct Failed {
     pub diagnostic: String,
     /// The host that gave the reply (empty when none did, e.g. expiry in the queue).
     pub remote_mta: String,
+    /// `failed`, or `relayed` (delivered to a receiver without DSN, for `NOTIFY=SUCCESS`).
+    pub action: &'static str,
+    /// The recipient's `ORCPT` (`rfc822;address`), when the injector gave one.
+    pub orcpt: String,
 }
 
 pub struct Report<'a> {
@@ -32,7 +36,14 @@ pub struct Report<'a> {
     /// The original message, in transparency form.
     pub original: &'a [u8],
     pub failed: &'a [Failed],
+    /// The injector's `ENVID` (RFC 3461 §4.4), empty for none.
+    pub envid: &'a str,
+    /// `RET=FULL`: the whole message comes back (as message/rfc822), not just its header.
+    pub full: bool,
 }
+
+/// The most of a message `RET=FULL` returns whole; a larger one comes back as its header.
+pub const RETURNED_MESSAGE_BYTES_MAX: usize = 10 << 20;
 
 /// No control characters (a CR or LF would end the field early) and no line longer than
 /// RFC 5322 allows.
@@ -54,7 +65,12 @@ pub fn build(r: &Report) -> Vec<u8> {
     };
     line(&format!("From: Mail Delivery System <MAILER-DAEMON@{}>", r.reporting_mta));
     line(&format!("To: <{}>", field(r.sender)));
-    line("Subject: Undelivered Mail Returned to Sender");
+    let any_failed = r.failed.iter().any(|f| f.action == "failed");
+    line(if any_failed {
+        "Subject: Undelivered Mail Returned to Sender"
+    } else {
+        "Subject: Delivery Status Notification (Relayed)"
+    });
     line(&format!("Date: {date}"));
     line(&format!("Message-ID: <{}.dsn@{}>", r.id, r.reporting_mta));
     line("Auto-Submitted: auto-replied");
@@ -68,21 +84,40 @@ pub fn build(r: &Report) -> Vec<u8> {
     line("");
     line(&format!("This is the mail system at {}.", r.reporting_mta));
     line("");
-    line("Your message could not be delivered to one or more recipients:");
-    line("");
-    for f in r.failed {
-        line(&format!("<{}>: {}", field(&f.rcpt), field(&f.diagnostic)));
+    let (failed, relayed): (Vec<&Failed>, Vec<&Failed>) = r.failed.iter().partition(|f| f.action == "failed");
+    if !failed.is_empty() {
+        line("Your message could not be delivered to one or more recipients:");
+        line("");
+        for f in failed {
+            line(&format!("<{}>: {}", field(&f.rcpt), field(&f.diagnostic)));
+        }
+        line("");
+    }
+    if !relayed.is_empty() {
+        line("Your message was relayed to the following recipients' mail systems, which do not");
+        line("send delivery notifications; no further notice will come from them:");
+        line("");
+        for f in relayed {
+            line(&format!("<{}>: {}", field(&f.rcpt), field(&f.diagnostic)));
+        }
     }
     line("");
     line(&format!("--{boundary}"));
     line("Content-Type: message/delivery-status");
     line("");
+    if !r.envid.is_empty() {
+        line(&format!("Original-Envelope-Id: {}", field(r.envid)));
+    }
     line(&format!("Reporting-MTA: dns; {}", r.reporting_mta));
     line(&format!("Arrival-Date: {}", rfc5322_date(r.arrival_unix_ms)));
     for f in r.failed {
         line("");
+        if !f.orcpt.is_empty() {
+            let (kind, addr) = f.orcpt.split_once(';').unwrap_or(("rfc822", &f.orcpt));
+            line(&format!("Original-Recipient: {}; {}", field(kind), field(addr)));
+        }
         line(&format!("Final-Recipient: rfc822; {}", field(&f.rcpt)));
-        line("Action: failed");
+        line(&format!("Action: {}", f.action));
         line(&format!("Status: {}", field(&f.status)));
         if !f.remote_mta.is_empty() {
             line(&format!("Remote-MTA: dns; {}", field(&f.remote_mta)));
@@ -92,9 +127,19 @@ pub fn build(r: &Report) -> Vec<u8> {
     }
     line("");
     line(&format!("--{boundary}"));
-    line("Content-Type: text/rfc822-headers");
+    let full = r.full && r.original.len() <= RETURNED_MESSAGE_BYTES_MAX;
+    line(if full { "Content-Type: message/rfc822" } else { "Content-Type: text/rfc822-headers" });
     line("");
     let mut out = text.into_bytes();
+    if full {
+        // RET=FULL: the message as it came, already in transparency form.
+        out.extend_from_slice(r.original);
+        if !r.original.ends_with(b"\r\n") {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        return out;
+    }
     // The original header, already in transparency form: copied as it is.
     let header_end = memchr::memmem::find(r.original, b"\r\n\r\n").map_or(r.original.len(), |i| i + 2);
     let mut header = &r.original[..header_end.min(RETURNED_HEADER_BYTES_MAX)];
@@ -119,12 +164,16 @@ mod tests {
                 status: "5.1.1".into(),
                 diagnostic: "550 5.1.1 no such user".into(),
                 remote_mta: "mx.b.test".into(),
+                action: "failed",
+                orcpt: "rfc822;A@b.test".into(),
             },
             Failed {
                 rcpt: "c@b.test".into(),
                 status: "4.4.7".into(),
                 diagnostic: "451 4.4.1 expired\r\nInjected: x".into(),
                 remote_mta: String::new(),
+                action: "failed",
+                orcpt: String::new(),
             },
         ];
         let dsn = build(&Report {
@@ -135,13 +184,16 @@ mod tests {
             id: "0.1.2",
             original,
             failed: &failed,
+            envid: "batch 7",
+            full: false,
         });
         let text = String::from_utf8(dsn).unwrap();
         for want in [
             "To: <s@src.test>\r\n",
             "Content-Type: multipart/report; report-type=delivery-status; boundary=\"sluice-dsn-0.1.2\"\r\n",
             "Reporting-MTA: dns; relay.test\r\n",
-            "Final-Recipient: rfc822; a@b.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.b.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
+            "Original-Envelope-Id: batch 7\r\nReporting-MTA",
+            "Original-Recipient: rfc822; A@b.test\r\nFinal-Recipient: rfc822; a@b.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.b.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n",
             "Final-Recipient: rfc822; c@b.test\r\nAction: failed\r\nStatus: 4.4.7\r\nDiagnostic-Code: smtp; 451 4.4.1 expired  Injected: x\r\n",
             "Content-Type: text/rfc822-headers\r\n\r\nReceived: by relay\r\nSubject: hello\r\n..dotted: header\r\n\r\n--sluice-dsn-0.1.2--\r\n",
         ] {

@@ -55,6 +55,8 @@ pub struct AttemptInfo {
     pub tls_cipher: String,
     /// The next hop's address, when one was reached.
     pub hop: Option<std::net::SocketAddr>,
+    /// The receiver offered DSN and was given the DSN parameters (it reports from here on).
+    pub dsn_offered: bool,
 }
 
 /// What the pattern list asked to stop using after a reply (`skip-mx`, `disable-source-ip`).

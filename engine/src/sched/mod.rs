@@ -98,6 +98,8 @@ pub struct Origin<'a> {
     pub envid: &'a str,
     /// `RET=HDRS`: a DSN returns the headers only.
     pub ret_hdrs: bool,
+    /// Every `sluice_spool::codec::flags` bit (RET, BODY, SMTPUTF8 ...).
+    pub flags: u8,
 }
 
 /// What the caller must do.
@@ -528,7 +530,8 @@ impl<M: Message> Scheduler<M> {
             false => Reply::new(250, "2.0.0 discarded (type discard)"),
             true => Reply::new(550, "5.0.0 discarded (type discard, discard-as-bounce)"),
         };
-        let info = AttemptInfo { mx_host: "discard".into(), ..Default::default() };
+        // Nothing is relayed anywhere: no "relayed" DSN for NOTIFY=SUCCESS either.
+        let info = AttemptInfo { mx_host: "discard".into(), dsn_offered: true, ..Default::default() };
         while let Some(job) = self.st_mut(id).q.take() {
             let replies = vec![reply.clone(); job.rcpts.len()];
             self.settle(id, job, &replies, &info, now);
@@ -661,9 +664,12 @@ impl<M: Message> Scheduler<M> {
             record.headers.clone_from(&headers);
             stamp(&mut record, &msg, rcpt.index);
             if fate == Fate::Final {
-                if record.kind == RecordKind::Bounced && *dsn_wanted.get_or_insert_with(|| self.wants_dsn(&msg)) {
+                let (notify, orcpt) = msg.rcpt_dsn(rcpt.index);
+                if notify_of(record.kind, notify, info.dsn_offered)
+                    && *dsn_wanted.get_or_insert_with(|| self.wants_dsn(&msg))
+                {
                     // Journaled once the DSN reporting it is durable.
-                    failed.push((rcpt.index, dsn_failed(&record, info)));
+                    failed.push((rcpt.index, dsn_failed(&record, info, orcpt)));
                 } else {
                     self.intents.push_back(Intent::Outcome { msg: msg.clone(), rcpt: rcpt.index });
                 }
@@ -867,13 +873,27 @@ impl<M: Message> Scheduler<M> {
 }
 
 /// The DSN line of one failed recipient (an expiry is 5.4.7, RFC 3463).
-fn dsn_failed(record: &Record, info: &AttemptInfo) -> dsn::Failed {
+fn dsn_failed(record: &Record, info: &AttemptInfo, orcpt: &str) -> dsn::Failed {
     let expired = record.bounce_cat == "message-expired";
+    let status = record.dsn_status.split_whitespace().next().unwrap_or_default();
     dsn::Failed {
         rcpt: record.rcpt.clone(),
-        status: if expired { "5.4.7".into() } else { record.dsn_status.clone() },
+        status: if expired { "5.4.7".into() } else { status.to_string() },
         diagnostic: record.dsn_diag.trim_start_matches("smtp;").to_string(),
         remote_mta: info.mx_host.clone(),
+        action: if record.kind == RecordKind::Delivered { "relayed" } else { "failed" },
+        orcpt: orcpt.to_string(),
+    }
+}
+
+/// Whether a recipient's outcome is reported to the sender (RFC 3461 §4.1 `NOTIFY`): a
+/// failure unless NOTIFY leaves FAILURE out (or says NEVER); a delivery to a receiver that
+/// does not offer DSN (it will say nothing more) when NOTIFY has SUCCESS (§5.2.2.1).
+fn notify_of(kind: RecordKind, notify: u8, receiver_dsn: bool) -> bool {
+    match kind {
+        RecordKind::Bounced => notify == 0 || notify & notify::FAILURE != 0,
+        RecordKind::Delivered => notify & notify::SUCCESS != 0 && !receiver_dsn,
+        _ => false,
     }
 }
 

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
+    /// Not a reply: the `BDAT n LAST` line is out, the chunk must follow it at once.
+    BdatBody,
     Greeting,
     Ehlo,
     Helo,
@@ -27,6 +29,25 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     pub esmtp: bool,
     pub starttls: bool,
+    /// RFC 3461, RFC 6531, RFC 3030.
+    pub dsn: bool,
+    pub smtputf8: bool,
+    pub chunking: bool,
+}
+
+/// What a transaction says besides its addresses: the DSN parameters (RFC 3461), passed on
+/// when the server offers DSN, SMTPUTF8 (RFC 6531), and the message's length when it goes
+/// in one `BDAT n LAST` chunk (RFC 3030) instead of DATA.
+#[derive(Debug, Default, Clone)]
+pub struct TxnParams<'a> {
+    /// `FULL` or `HDRS`.
+    pub ret: Option<&'static str>,
+    pub envid: &'a str,
+    pub smtputf8: bool,
+    /// Per recipient, in order: NOTIFY bits (`sched::notify`) and ORCPT (`type;address`).
+    pub rcpt_dsn: Vec<(u8, &'a str)>,
+    /// The unstuffed message's length: send it with BDAT.
+    pub bdat: Option<u64>,
 }
 
 /// Outbound TLS: `use-starttls` (opportunistic, the default) and `require-starttls`.
@@ -81,6 +102,11 @@ pub struct Client {
     ignore_8bitmime: bool,
     /// `smtp-553-means-invalid-mailbox`.
     invalid_553: bool,
+    /// `ignore-dsn`, `ignore-chunking`.
+    ignore_dsn: bool,
+    ignore_chunking: bool,
+    /// The BDAT line is out: the caller sends the chunk next.
+    body_requested: bool,
 }
 
 /// What a failed session means for its connection (PowerMTA's `bounce-upon-5xx-greeting`
@@ -124,6 +150,9 @@ impl Client {
             greeted: false,
             ignore_8bitmime: false,
             invalid_553: true,
+            ignore_dsn: false,
+            ignore_chunking: true,
+            body_requested: false,
         }
     }
 
@@ -133,6 +162,20 @@ impl Client {
         self.pipelining_allowed &= !opts.ignore_pipelining;
         self.ignore_8bitmime = opts.ignore_8bitmime;
         self.invalid_553 = opts.smtp_553_means_invalid_mailbox;
+        self.ignore_dsn = opts.ignore_dsn;
+        self.ignore_chunking = opts.ignore_chunking;
+    }
+
+    /// Whether a message goes with BDAT to this server (it offers CHUNKING, and
+    /// `ignore-chunking` is off).
+    pub fn uses_bdat(&self) -> bool {
+        self.caps.chunking && !self.ignore_chunking
+    }
+
+    /// The `BDAT` line went out: the caller sends the chunk (the unstuffed message, no
+    /// ".") next, then calls `body_sent`.
+    pub fn take_body_request(&mut self) -> bool {
+        std::mem::take(&mut self.body_requested)
     }
 
     /// The server's 220 greeting has arrived.
@@ -212,12 +255,23 @@ impl Client {
     fn send(&mut self, line: &str, expect: Expect) {
         self.out.extend_from_slice(line.as_bytes());
         self.out.extend_from_slice(b"\r\n");
-        self.expect.push_back(expect);
+        match expect {
+            // The chunk follows the line; its reply is awaited once it is sent.
+            Expect::BdatBody => self.body_requested = true,
+            e => self.expect.push_back(e),
+        }
     }
 
     /// Starts a transaction. With PIPELINING, MAIL, every RCPT and DATA go in one write.
     pub fn start(&mut self, mail_from: &str, rcpts: &[&str], size: u64) {
+        self.start_with(mail_from, rcpts, size, &TxnParams::default());
+    }
+
+    /// As `start`, with the message's DSN and SMTPUTF8 parameters, and BDAT for DATA when
+    /// `params.bdat` says so (the caller checked `uses_bdat`).
+    pub fn start_with(&mut self, mail_from: &str, rcpts: &[&str], size: u64, params: &TxnParams) {
         assert!(self.txn.is_none() && self.expect.is_empty() && !rcpts.is_empty());
+        let dsn = self.caps.dsn && !self.ignore_dsn;
         let mut cmds = VecDeque::new();
         let mut mail = format!("MAIL FROM:<{mail_from}>");
         if self.caps.size_max.is_some() {
@@ -226,18 +280,39 @@ impl Client {
         if self.caps.eight_bit_mime && !self.ignore_8bitmime {
             mail.push_str(" BODY=8BITMIME");
         }
+        if params.smtputf8 && self.caps.smtputf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if dsn {
+            if let Some(ret) = params.ret {
+                mail.push_str(&format!(" RET={ret}"));
+            }
+            if !params.envid.is_empty() {
+                mail.push_str(&format!(" ENVID={}", xtext_encode(params.envid)));
+            }
+        }
         cmds.push_back((mail, Expect::Mail));
         for (i, r) in rcpts.iter().enumerate() {
-            cmds.push_back((format!("RCPT TO:<{r}>"), Expect::Rcpt(i)));
+            let mut line = format!("RCPT TO:<{r}>");
+            if let (true, Some(&(notify, orcpt))) = (dsn, params.rcpt_dsn.get(i)) {
+                if notify != 0 {
+                    line.push_str(&format!(" NOTIFY={}", notify_words(notify)));
+                }
+                if let Some((kind, addr)) = orcpt.split_once(';') {
+                    line.push_str(&format!(" ORCPT={kind};{}", xtext_encode(addr)));
+                }
+            }
+            cmds.push_back((line, Expect::Rcpt(i)));
         }
-        cmds.push_back(("DATA".to_string(), Expect::Data));
+        match params.bdat {
+            Some(n) => cmds.push_back((format!("BDAT {n} LAST"), Expect::BdatBody)),
+            None => cmds.push_back(("DATA".to_string(), Expect::Data)),
+        }
         let mut txn =
             Txn { rcpts: rcpts.len(), mail: None, rcpt_replies: vec![None; rcpts.len()], data: None, unsent: cmds };
         if self.caps.pipelining {
             for (line, e) in txn.unsent.drain(..) {
-                self.out.extend_from_slice(line.as_bytes());
-                self.out.extend_from_slice(b"\r\n");
-                self.expect.push_back(e);
+                self.send(&line, e);
             }
         } else if let Some((line, e)) = txn.unsent.pop_front() {
             self.send(&line, e);
@@ -333,6 +408,7 @@ impl Client {
             Expect::Rset => Some(self.fail(reply)),
             Expect::Quit => Some(ClientEvent::Closed),
             Expect::Ehlo => unreachable!("covered above"),
+            Expect::BdatBody => unreachable!("never awaited"),
         }
     }
 
@@ -404,6 +480,28 @@ fn results(txn: Txn, last: Option<Reply>) -> Vec<Reply> {
         .collect()
 }
 
+/// RFC 3461 §4: xtext, `+XX` for "+", "=" and bytes outside "!" to "~".
+pub fn xtext_encode(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        match b {
+            b'!'..=b'~' if b != b'+' && b != b'=' => out.push(b as char),
+            _ => out.push_str(&format!("+{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `NOTIFY=` words for `sched::notify` bits.
+fn notify_words(bits: u8) -> String {
+    use crate::sched::notify;
+    if bits & notify::NEVER != 0 {
+        return "NEVER".into();
+    }
+    let words = [(notify::SUCCESS, "SUCCESS"), (notify::FAILURE, "FAILURE"), (notify::DELAY, "DELAY")];
+    words.iter().filter(|(b, _)| bits & b != 0).map(|(_, w)| *w).collect::<Vec<_>>().join(",")
+}
+
 fn parse_ehlo(text: &str) -> Capabilities {
     let words: Vec<String> = text.split_ascii_whitespace().map(|w| w.to_ascii_uppercase()).collect();
     let mut caps = Capabilities { esmtp: true, ..Default::default() };
@@ -412,6 +510,9 @@ fn parse_ehlo(text: &str) -> Capabilities {
             "PIPELINING" => caps.pipelining = true,
             "8BITMIME" => caps.eight_bit_mime = true,
             "STARTTLS" => caps.starttls = true,
+            "DSN" => caps.dsn = true,
+            "SMTPUTF8" => caps.smtputf8 = true,
+            "CHUNKING" => caps.chunking = true,
             "SIZE" => caps.size_max = Some(words.get(i + 1).and_then(|n| n.parse().ok()).unwrap_or(0)),
             _ => {}
         }

@@ -8,6 +8,7 @@ use super::data::DataScanner;
 use super::mime;
 use crate::time::rfc5322_date;
 use sluice_config::{BareLf, LongLines, SenderRestrictions};
+use sluice_spool::codec::flags;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -42,6 +43,10 @@ pub struct SessionPolicy {
     pub auth_failures_max: u32,
     /// The spool takes no new mail (`deliver-only` on every `<spool>`): MAIL gets 452.
     pub spool_closed: bool,
+    /// `allow-smtputf8` (yes): SMTPUTF8 offered, UTF-8 addresses taken (RFC 6531).
+    pub smtputf8: bool,
+    /// `allow-chunking` (yes): CHUNKING offered, BDAT taken (RFC 3030).
+    pub chunking: bool,
     /// `relay-domain` / `relay-address`: recipients taken from any client.
     pub relay_to: Arc<sluice_config::RelayTargets>,
     /// `allow-unencrypted-plain-auth`: PLAIN and LOGIN (passwords in the clear) also
@@ -80,6 +85,8 @@ impl Default for SessionPolicy {
             plain_auth_in_clear: false,
             relay_to: Default::default(),
             spool_closed: false,
+            smtputf8: true,
+            chunking: true,
             restrictions: SenderRestrictions::default(),
             suppression: Vec::new(),
             local: Vec::new(),
@@ -144,6 +151,8 @@ pub struct Message {
     /// `sluice_spool::codec::flags` for the spool: the MAIL parameters (`RET`, `BODY`,
     /// `SMTPUTF8`) and what the source asks (`verp-default`).
     pub flags: u8,
+    /// Recipients' DSN parameters: (index, `NOTIFY` bits, `ORCPT` as `type;address`).
+    pub rcpt_dsn: Vec<(u32, u8, String)>,
 }
 
 pub struct Session {
@@ -177,6 +186,29 @@ pub struct Session {
     /// More input followed the command line being handled (RFC 2920 §3.1: nothing may follow
     /// DATA before its 354).
     input_follows: bool,
+    /// The transaction's DSN and extension parameters (RFC 3461, RFC 6531, RFC 6152).
+    txn: TxnParams,
+    /// CHUNKING (RFC 3030): bytes of the current BDAT chunk still to read, whether it is the
+    /// last, and whether the next byte starts a line (for dot-stuffing into the spool's form).
+    bdat: Option<Bdat>,
+}
+
+/// MAIL and RCPT parameters kept for the spool.
+#[derive(Debug, Default, Clone)]
+struct TxnParams {
+    envid: String,
+    flags: u8,
+    /// (recipient index, NOTIFY bits, ORCPT as `type;address`).
+    rcpt_dsn: Vec<(u32, u8, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bdat {
+    left: u64,
+    last: bool,
+    line_start: bool,
+    /// The chunk's size, for its reply.
+    size: u64,
 }
 
 fn token(word: &[u8]) -> u32 {
@@ -235,6 +267,8 @@ impl Session {
             starting_tls: false,
             discarding_chunk: 0,
             input_follows: false,
+            txn: TxnParams::default(),
+            bdat: None,
         };
         if s.policy.smtp_service {
             let greeting = format!("220 {} ESMTP sluice\r\n", s.policy.host_name);
@@ -257,7 +291,10 @@ impl Session {
     /// The next input is a command line: not message data, a chunk being skipped, or the
     /// response to an AUTH challenge (a secret, never logged).
     pub fn reading_commands(&self) -> bool {
-        self.state == State::Command && self.auth_step.is_none() && self.discarding_chunk == 0
+        self.state == State::Command
+            && self.auth_step.is_none()
+            && self.discarding_chunk == 0
+            && self.bdat.is_none_or(|b| b.left == 0)
     }
 
     /// The message read so far (complete after `Event::Message`, before `take_message`).
@@ -291,6 +328,8 @@ impl Session {
         self.mail_from = None;
         self.recipients.clear();
         self.data.clear();
+        self.txn = TxnParams::default();
+        self.bdat = None;
     }
 
     /// Consumes input. Returns how many bytes were used and an event, if any. Call again with
@@ -301,6 +340,9 @@ impl Session {
             let n = (self.discarding_chunk).min(input.len() as u64);
             self.discarding_chunk -= n;
             return (n as usize, None);
+        }
+        if self.state == State::Command && self.bdat.is_some_and(|b| b.left > 0) {
+            return self.receive_chunk(input);
         }
         match self.state {
             State::Command => self.receive_command(input),
@@ -356,15 +398,20 @@ impl Session {
             return self.error("500 5.5.2 Command contains NUL or bare CR");
         }
         if !line.is_ascii() {
-            // RFC 5321 §2.4: commands are US-ASCII; an address with 8-bit needs SMTPUTF8
-            // (RFC 6531 §3.5), which is not offered.
-            let address =
-                line.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("MAIL") || v.eq_ignore_ascii_case("RCPT"));
-            return self.error(if address {
-                "553 5.6.7 Non-ASCII address: SMTPUTF8 (RFC 6531) is not offered"
-            } else {
-                "500 5.5.2 Command contains non-ASCII bytes (RFC 5321 2.4)"
-            });
+            // RFC 5321 §2.4: commands are US-ASCII; RFC 6531 §3.4 lets MAIL and RCPT carry
+            // UTF-8 addresses in a transaction that says SMTPUTF8.
+            let verb = line.get(..4).unwrap_or("");
+            let mail = verb.eq_ignore_ascii_case("MAIL");
+            let rcpt = verb.eq_ignore_ascii_case("RCPT");
+            let declared = (mail && line.to_ascii_uppercase().split_ascii_whitespace().any(|w| w == "SMTPUTF8"))
+                || (rcpt && self.txn.flags & flags::SMTPUTF8 != 0);
+            if !(self.policy.smtputf8 && declared) {
+                return self.error(match (mail || rcpt, self.policy.smtputf8) {
+                    (true, true) => "553 5.6.7 Non-ASCII address: say SMTPUTF8 in MAIL (RFC 6531)",
+                    (true, false) => "553 5.6.7 Non-ASCII address: SMTPUTF8 (RFC 6531) is not offered",
+                    (false, _) => "500 5.5.2 Command contains non-ASCII bytes (RFC 5321 2.4)",
+                });
+            }
         }
         let (verb, arg) = match line.find(' ') {
             Some(i) => (&line[..i], line[i + 1..].trim()),
@@ -419,7 +466,9 @@ impl Session {
                 (false, _) => "",
             };
             let tls = if self.policy.starttls && !self.tls { "250-STARTTLS\r\n" } else { "" };
-            self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n{tls}{auth}250 ENHANCEDSTATUSCODES"));
+            let utf8 = if self.policy.smtputf8 { "250-SMTPUTF8\r\n" } else { "" };
+            let chunking = if self.policy.chunking { "250-CHUNKING\r\n" } else { "" };
+            self.reply(&format!("250-{host} Hello {arg}\r\n250-PIPELINING\r\n250-SIZE {size}\r\n250-8BITMIME\r\n250-DSN\r\n{utf8}{chunking}{tls}{auth}250 ENHANCEDSTATUSCODES"));
         } else {
             self.reply(&format!("250 {host} Hello {arg}"));
         }
@@ -445,6 +494,7 @@ impl Session {
             Ok(v) => v,
             Err(e) => return self.error(&path_error_reply(e, "MAIL FROM:<reverse-path> [parameters]")),
         };
+        let mut txn = TxnParams::default();
         for param in params.split_ascii_whitespace() {
             let (key, value) = param.split_once('=').unwrap_or((param, ""));
             match key.to_ascii_uppercase().as_str() {
@@ -456,7 +506,18 @@ impl Session {
                     Ok(_) => {}
                     Err(_) => return self.error("501 5.5.4 Syntax: SIZE=<size>"),
                 },
-                "BODY" if value.eq_ignore_ascii_case("8BITMIME") || value.eq_ignore_ascii_case("7BIT") => {}
+                "BODY" if value.eq_ignore_ascii_case("8BITMIME") => txn.flags |= flags::BODY_8BIT,
+                "BODY" if value.eq_ignore_ascii_case("7BIT") => {}
+                // RFC 3461 §4.3 and §4.4.
+                "RET" if value.eq_ignore_ascii_case("FULL") => txn.flags |= flags::RET_FULL,
+                "RET" if value.eq_ignore_ascii_case("HDRS") => txn.flags |= flags::RET_HDRS,
+                "RET" => return self.error("501 5.5.4 Syntax: RET=FULL or RET=HDRS"),
+                "ENVID" => match xtext_decode(value) {
+                    Some(id) if !id.is_empty() && id.len() <= 100 => txn.envid = id,
+                    _ => return self.error("501 5.5.4 Syntax: ENVID=<xtext, at most 100 characters>"),
+                },
+                // RFC 6531 §3.4.
+                "SMTPUTF8" if value.is_empty() && self.policy.smtputf8 => txn.flags |= flags::SMTPUTF8,
                 _ => return self.error(&format!("555 5.5.4 Unsupported MAIL parameter {key}")),
             }
         }
@@ -469,6 +530,7 @@ impl Session {
             return self.reply(&format!("550 5.7.1 Sender {sender} is not allowed here (allowed-mail-from-domain)"));
         }
         self.mail_from = Some(path.to_string());
+        self.txn = txn;
         self.reply("250 2.1.0 Sender OK");
     }
 
@@ -483,8 +545,24 @@ impl Session {
             Ok(v) => v,
             Err(e) => return self.error(&path_error_reply(e, "RCPT TO:<forward-path> [parameters]")),
         };
-        if !params.trim().is_empty() {
-            return self.error("555 5.5.4 RCPT parameters are not supported");
+        let (mut notify, mut orcpt) = (0u8, String::new());
+        for param in params.split_ascii_whitespace() {
+            let (key, value) = param.split_once('=').unwrap_or((param, ""));
+            match key.to_ascii_uppercase().as_str() {
+                // RFC 3461 §4.1: NEVER alone, or any of SUCCESS, FAILURE, DELAY.
+                "NOTIFY" => match parse_notify(value) {
+                    Some(bits) => notify = bits,
+                    None => return self.error("501 5.5.4 Syntax: NOTIFY=NEVER or NOTIFY=SUCCESS,FAILURE,DELAY"),
+                },
+                // RFC 3461 §4.2: `addr-type;xtext`.
+                "ORCPT" => match value.split_once(';').and_then(|(t, a)| Some((t, xtext_decode(a)?))) {
+                    Some((kind, addr)) if !kind.is_empty() && !addr.is_empty() && addr.len() <= 500 => {
+                        orcpt = format!("{kind};{addr}")
+                    }
+                    _ => return self.error("501 5.5.4 Syntax: ORCPT=addr-type;xtext"),
+                },
+                _ => return self.error(&format!("555 5.5.4 Unsupported RCPT parameter {key}")),
+            }
         }
         let local = self.policy.local.iter().any(|l| l.contains(path)) || self.policy.relay_to.covers(path);
         if !self.policy.relay_allowed && !local {
@@ -497,6 +575,9 @@ impl Session {
         // RFC 5321 §4.5.3.1.10: too many recipients is answered 452 and the client retries.
         if self.recipients.len() >= self.policy.max_rcpt_per_message as usize {
             return self.reply("452 4.5.3 Too many recipients");
+        }
+        if notify != 0 || !orcpt.is_empty() {
+            self.txn.rcpt_dsn.push((self.recipients.len() as u32, notify, orcpt));
         }
         self.recipients.push(path.to_string());
         self.reply("250 2.1.5 Recipient OK");
@@ -520,6 +601,9 @@ impl Session {
         if self.recipients.is_empty() {
             return self.error("554 5.5.1 No valid recipients");
         }
+        if self.bdat.is_some() {
+            return self.error("503 5.5.1 DATA after BDAT in one transaction (RFC 3030 3)");
+        }
         self.data.clear();
         if self.policy.add_received_header {
             self.prepend_received();
@@ -530,24 +614,99 @@ impl Session {
         self.reply("354 End data with <CR><LF>.<CR><LF>");
     }
 
-    /// `BDAT size [LAST]` (RFC 3030) while CHUNKING is not offered: refused, and the
-    /// chunk's bytes are skipped, never read as commands. A size that cannot be read leaves
-    /// no way to find the chunk's end: the session closes.
+    /// `BDAT size [LAST]` (RFC 3030). With CHUNKING offered and a transaction ready, the
+    /// chunk's bytes are read as message content (dot-stuffed into the spool's transparency
+    /// form); otherwise the command is refused and the chunk skipped, never read as commands.
+    /// A size that cannot be read leaves no way to find the chunk's end: the session closes.
     fn bdat(&mut self, arg: &str) {
         let mut words = arg.split_ascii_whitespace();
         let size = words.next().and_then(|w| w.parse::<u64>().ok());
-        let last_ok = words.next().is_none_or(|w| w.eq_ignore_ascii_case("LAST")) && words.next().is_none();
-        match size {
-            Some(n) if last_ok && n <= BDAT_CHUNK_BYTES_MAX => {
-                self.discarding_chunk = n;
-                self.reset_transaction();
-                self.error("503 5.5.1 BDAT: CHUNKING (RFC 3030) is not offered; the chunk was discarded");
+        let last = words.next().map(|w| w.eq_ignore_ascii_case("LAST"));
+        let syntax_ok = last != Some(false) && words.next().is_none();
+        let Some(n) = size.filter(|n| syntax_ok && *n <= BDAT_CHUNK_BYTES_MAX) else {
+            self.reply("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing, the chunk's end is unknown");
+            self.state = State::Closing;
+            return;
+        };
+        let refusal = if !self.policy.chunking {
+            Some("503 5.5.1 BDAT: CHUNKING (RFC 3030) is not offered; the chunk was discarded")
+        } else if self.mail_from.is_none() {
+            Some("503 5.5.1 Need MAIL command; the chunk was discarded")
+        } else if self.recipients.is_empty() {
+            Some("554 5.5.1 No valid recipients; the chunk was discarded")
+        } else {
+            None
+        };
+        if let Some(reply) = refusal {
+            self.discarding_chunk = n;
+            self.reset_transaction();
+            return self.error(reply);
+        }
+        if self.bdat.is_none() {
+            self.data.clear();
+            if self.policy.add_received_header {
+                self.prepend_received();
             }
-            _ => {
-                self.reply("501 5.5.4 Syntax: BDAT chunk-size [LAST]; closing, the chunk's end is unknown");
-                self.state = State::Closing;
+            self.too_big = false;
+        }
+        let line_start = self.bdat.is_none_or(|b| b.line_start);
+        self.bdat = Some(Bdat { left: n, last: last == Some(true), line_start, size: n });
+        if n == 0 {
+            self.chunk_done();
+        }
+    }
+
+    /// Bytes of the current BDAT chunk, into the message.
+    fn receive_chunk(&mut self, input: &[u8]) -> (usize, Option<Event>) {
+        let mut b = self.bdat.expect("in a chunk");
+        let n = (b.left as usize).min(input.len());
+        if !self.too_big {
+            // Transparency form: a line starting with "." gets another (RFC 5321 4.5.2).
+            for &byte in &input[..n] {
+                if b.line_start && byte == b'.' {
+                    self.data.push(b'.');
+                }
+                self.data.push(byte);
+                b.line_start = byte == b'\n';
+            }
+            if self.data.len() as u64 > self.policy.max_message_size {
+                self.too_big = true;
+                self.data = Vec::new();
             }
         }
+        b.left -= n as u64;
+        self.bdat = Some(b);
+        let event = if b.left == 0 { self.chunk_done() } else { None };
+        (n, event)
+    }
+
+    /// A chunk is in: 250 for it, or for the last one the message is complete.
+    fn chunk_done(&mut self) -> Option<Event> {
+        let b = self.bdat.expect("in a chunk");
+        if !b.last {
+            return match self.too_big {
+                true => {
+                    self.reset_transaction();
+                    self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+                    None
+                }
+                false => {
+                    self.reply(&format!("250 2.0.0 {} octets received", b.size));
+                    None
+                }
+            };
+        }
+        if self.too_big {
+            self.reset_transaction();
+            self.reply("552 5.3.4 Message size exceeds fixed maximum message size");
+            return None;
+        }
+        // The spool's form ends with a line end (DATA's does): a last line without one gets it.
+        if !self.data.ends_with(b"\r\n") {
+            self.data.extend_from_slice(b"\r\n");
+        }
+        self.state = State::Storing;
+        Some(Event::Message)
     }
 
     fn prepend_received(&mut self) {
@@ -636,8 +795,9 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             auth_user: self.auth_user.clone(),
             job_id: String::new(),
-            envid: String::new(),
-            flags: 0,
+            envid: std::mem::take(&mut self.txn.envid),
+            flags: self.txn.flags,
+            rcpt_dsn: std::mem::take(&mut self.txn.rcpt_dsn),
         }
     }
 
@@ -868,4 +1028,44 @@ fn path_error_reply(e: PathError, syntax: &str) -> String {
         PathError::BadDomain => "501 5.1.2 Bad destination domain syntax".into(),
         PathError::Syntax => format!("501 5.1.3 Syntax: {syntax}"),
     }
+}
+
+/// RFC 3461 §4: xtext, `+XX` standing for a byte; None when malformed.
+fn xtext_decode(v: &str) -> Option<String> {
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => {
+                let hex = v.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'!'..=b'~' if bytes[i] != b'=' => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+            _ => return None,
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `NOTIFY=` (RFC 3461 §4.1) as `sched::notify` bits.
+fn parse_notify(v: &str) -> Option<u8> {
+    use crate::sched::notify;
+    if v.eq_ignore_ascii_case("NEVER") {
+        return Some(notify::NEVER);
+    }
+    let mut bits = 0;
+    for word in v.split(',') {
+        bits |= match word.to_ascii_uppercase().as_str() {
+            "SUCCESS" => notify::SUCCESS,
+            "FAILURE" => notify::FAILURE,
+            "DELAY" => notify::DELAY,
+            _ => return None,
+        };
+    }
+    Some(bits)
 }

@@ -3,7 +3,7 @@
 
 pub mod net;
 
-use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+use sluice_engine::smtp::server::{Event, Message, Session, SessionPolicy};
 
 /// Feeds `input` to a session (as a pipelining client sends it, or byte by byte) and returns
 /// every line it wrote and the messages that completed (each stored at once as durable).
@@ -33,6 +33,12 @@ pub fn pipelined(input: &[u8]) -> Vec<&[u8]> {
 
 /// Feeds the session each of `chunks` as one arrival.
 pub fn drive_chunks(policy: SessionPolicy, chunks: &[&[u8]]) -> (Vec<String>, Vec<Vec<u8>>) {
+    let (lines, messages) = drive_messages(policy, chunks);
+    (lines, messages.into_iter().map(|m| m.data).collect())
+}
+
+/// As `drive_chunks`, with the whole messages (envelope and parameters).
+pub fn drive_messages(policy: SessionPolicy, chunks: &[&[u8]]) -> (Vec<String>, Vec<Message>) {
     let mut s = Session::new(policy, "127.0.0.1".parse().unwrap(), 1);
     let mut messages = Vec::new();
     let mut pending: Vec<u8> = Vec::new();
@@ -43,7 +49,7 @@ pub fn drive_chunks(policy: SessionPolicy, chunks: &[&[u8]]) -> (Vec<String>, Ve
             pending.drain(..used);
             match ev {
                 Some(Event::Message) => {
-                    messages.push(s.take_message().data);
+                    messages.push(s.take_message());
                     s.message_stored(true, "Q1");
                 }
                 Some(Event::StartTls) => s.tls_started(),

@@ -4,7 +4,7 @@
 //! mapped spool segment) without a copy, or encrypted into the send buffer inside TLS.
 
 use super::{free_space, tls_decrypt, write_out, Transcript, Want, RECV_BYTES};
-use sluice_engine::smtp::client::{Capabilities, Client, ClientEvent, TlsMode, END_OF_DATA};
+use sluice_engine::smtp::client::{Capabilities, Client, ClientEvent, TlsMode, TxnParams, END_OF_DATA};
 use sluice_engine::smtp::reply::Reply;
 use sluice_spool::{Resume, SendBuf};
 use std::sync::Arc;
@@ -44,6 +44,8 @@ pub struct Outgoing {
     tls_info: Option<(String, String)>,
     /// `log-connections` / `log-commands` / `log-data`.
     transcript: Option<Transcript>,
+    /// What ends the body being sent: ".\r\n" after DATA, nothing after BDAT.
+    body_end: &'static [u8],
 }
 
 impl Outgoing {
@@ -63,6 +65,7 @@ impl Outgoing {
             ever_ready: false,
             tls_info: None,
             transcript: None,
+            body_end: END_OF_DATA,
         }
     }
 
@@ -155,7 +158,7 @@ impl Outgoing {
 
     /// What is left of the plain-text body and its ".\r\n", from the caller's `data`.
     pub fn body_rest<'a>(&self, data: &'a [u8]) -> [&'a [u8]; 2] {
-        self.body.as_ref().expect("a body being sent").rest([data, END_OF_DATA])
+        self.body.as_ref().expect("a body being sent").rest([data, self.body_end])
     }
 
     /// `n` bytes of `body_rest` went out.
@@ -177,16 +180,23 @@ impl Outgoing {
         match self.tls.as_deref_mut() {
             Some(tls) => {
                 write_out(Some(&mut **tls), data, self.out.buf());
-                write_out(Some(&mut **tls), END_OF_DATA, self.out.buf());
+                write_out(Some(&mut **tls), self.body_end, self.out.buf());
                 self.client.body_sent();
             }
-            None => self.body = Some(Resume::of([data, END_OF_DATA])),
+            None => self.body = Some(Resume::of([data, self.body_end])),
         }
     }
 
     /// Starts a transaction (the session is ready).
     pub fn start(&mut self, mail_from: &str, rcpts: &[&str], size: u64) {
-        self.client.start(mail_from, rcpts, size);
+        self.start_with(mail_from, rcpts, size, &TxnParams::default());
+    }
+
+    /// As `start`, with DSN / SMTPUTF8 parameters and BDAT (`params.bdat`: the body given to
+    /// `body` is then the unstuffed message of that length).
+    pub fn start_with(&mut self, mail_from: &str, rcpts: &[&str], size: u64, params: &TxnParams) {
+        self.body_end = if params.bdat.is_some() { b"" } else { END_OF_DATA };
+        self.client.start_with(mail_from, rcpts, size, params);
         self.flush_client();
     }
 
@@ -209,6 +219,10 @@ impl Outgoing {
     /// come).
     pub fn advance(&mut self) -> Option<OutEvent> {
         loop {
+            // BDAT: once its line is out, the chunk goes.
+            if self.out.is_empty() && self.body.is_none() && self.client.take_body_request() {
+                return Some(OutEvent::SendBody);
+            }
             if let Some(tls) = self.tls.as_deref_mut() {
                 let decrypted =
                     tls_decrypt(tls, &mut self.tls_pending, &mut self.inbuf, self.plain_len, &mut self.in_len);

@@ -144,6 +144,8 @@ impl Shard {
             plain_auth_in_clear: policy.allow_unencrypted_plain_auth,
             relay_to: shared.config.relay_to.clone(),
             spool_closed: shared.config.spool_deliver_only,
+            smtputf8: policy.allow_smtputf8,
+            chunking: policy.allow_chunking,
             restrictions: policy.restrictions.clone(),
             suppression: policy.suppression_lists.iter().filter_map(|n| shared.lists.get(n).cloned()).collect(),
             local: [&shared.feedback, &shared.bounces].into_iter().flatten().map(|p| p.addresses.clone()).collect(),
@@ -328,8 +330,11 @@ impl Shard {
                 .map(|j| j.trim().chars().take(sluice_engine::sched::JOB_ID_CHARS_MAX).collect())
                 .unwrap_or_default();
         }
+        // X-Envid (process-x-envid) when MAIL gave no ENVID.
         if let Some(envid) = self.shape_headers(policy, &mut m.data, policy.add_received_header) {
-            m.envid = envid;
+            if m.envid.is_empty() {
+                m.envid = envid;
+            }
         }
         if policy.verp {
             m.flags |= sluice_spool::codec::flags::VERP;
@@ -468,6 +473,7 @@ impl Shard {
         store.job_id = m.job_id;
         store.envid = m.envid;
         store.flags = m.flags;
+        store.rcpt_dsn = m.rcpt_dsn;
         let client_ip = c.client_ip;
         let ticket = (gen as u64) << 32 | slot as u64;
         self.submit_store(&mut store, client_ip, ticket, Vec::new());

@@ -14,9 +14,10 @@ use sluice_config::Downgrade8bit;
 use sluice_engine::queue::{AttemptInfo, Job};
 use sluice_engine::route::Hop;
 use sluice_engine::sched::{ConnId, ConnPlan, Intent, Message, QueueId};
-use sluice_engine::smtp::client::{after_failure, AfterFailure};
+use sluice_engine::smtp::client::{after_failure, AfterFailure, TxnParams};
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::{headers, mime};
+use sluice_spool::codec;
 use std::time::Duration;
 
 /// RFC 5321 §4.5.3.2 suggests 5 minutes for replies other than the greeting's and the end
@@ -195,6 +196,21 @@ impl Shard {
     fn begin_txn(&mut self, slot: u32, job: Job<MsgRef>) -> bool {
         let o = self.outs.get_mut(slot);
         let data = job.msg.data();
+        let origin = job.msg.origin();
+        // RFC 6531 §3.2: UTF-8 addresses only to a receiver that offers SMTPUTF8; PowerMTA
+        // bounces them otherwise (a UTF-8 header alone goes as it is).
+        let utf8 = origin.flags & codec::flags::SMTPUTF8 != 0;
+        if utf8 && !o.m.capabilities().smtputf8 {
+            let ascii = job.mail_from.is_ascii() && job.rcpts.iter().all(|r| r.address.is_ascii());
+            if !ascii {
+                let reply =
+                    Reply::new(553, "5.6.7 non-ASCII address, and the receiver does not offer SMTPUTF8 (RFC 6531)");
+                let (conn, info) = (o.conn, o.info.clone());
+                let replies = vec![reply; job.rcpts.len()];
+                self.sched.txn_done(conn, job, &replies, info, true, self.now);
+                return false;
+            }
+        }
         let mut converted = None;
         if !o.m.capabilities().eight_bit_mime && mime::has_8bit(data) {
             let (domain, vmta) = o.plan.queue.split_once('/').unwrap_or((&o.plan.queue, ""));
@@ -218,9 +234,28 @@ impl Shard {
             headers::remove_fields(&mut copy, remove);
             converted = Some(copy);
         }
+        // CHUNKING (RFC 3030) when offered and not `ignore-chunking`: the message goes as it
+        // is, not in the transparency form the spool keeps.
+        let bdat = o.m.client_mut().uses_bdat();
+        if bdat {
+            let base = converted.as_deref().unwrap_or(data);
+            converted = Some(sluice_engine::dkim::unstuffed(base).concat());
+        }
         let size = converted.as_ref().map_or(job.size, |c| c.len() as u64);
         let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
-        o.m.start(&job.mail_from, &rcpts, size);
+        let rcpt_dsn: Vec<(u8, &str)> = job.rcpts.iter().map(|r| job.msg.rcpt_dsn(r.index)).collect();
+        let params = TxnParams {
+            ret: match origin.flags {
+                f if f & codec::flags::RET_FULL != 0 => Some("FULL"),
+                f if f & codec::flags::RET_HDRS != 0 => Some("HDRS"),
+                _ => None,
+            },
+            envid: origin.envid,
+            smtputf8: utf8,
+            rcpt_dsn,
+            bdat: bdat.then_some(size),
+        };
+        o.m.start_with(&job.mail_from, &rcpts, size, &params);
         o.job = Some(job);
         o.converted = converted;
         true
@@ -238,6 +273,7 @@ impl Shard {
                 None => {}
                 Some(OutEvent::Ready) => {
                     o.info.esmtp = o.m.capabilities().esmtp;
+                    o.info.dsn_offered = o.m.capabilities().dsn && !o.plan.smtp.ignore_dsn;
                     if let Some((protocol, cipher)) = o.m.tls_info() {
                         (o.info.tls_protocol, o.info.tls_cipher) = (protocol.clone(), cipher.clone());
                     }
@@ -465,6 +501,7 @@ fn attempt_info(plan: &ConnPlan, hop: &Hop) -> AttemptInfo {
         tls_protocol: String::new(),
         tls_cipher: String::new(),
         hop: Some(hop.addr),
+        dsn_offered: false,
     }
 }
 

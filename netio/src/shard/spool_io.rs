@@ -392,6 +392,8 @@ impl Shard {
             id: &id,
             original: view.data,
             failed: &failed,
+            envid: view.envelope.envid,
+            full: view.envelope.extras.flags & codec::flags::RET_FULL != 0,
         });
         let vmta = if view.envelope.vmta.is_empty() { DEFAULT_VMTA } else { view.envelope.vmta };
         // A DSN has the null sender: nothing bounces back.
