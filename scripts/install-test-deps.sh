@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs the real peers the integration tests talk to: Postfix (smtpd, smtp-source,
-# smtp-sink), swaks (with TLS), dnsmasq, and a headless Chromium for the web monitor. Idempotent; each machine is fresh, so CI runs this every time.
+# smtp-sink), swaks (with TLS), dnsmasq, Redis (the fleet's, `<cluster>`), and a headless
+# Chromium for the web monitor. Idempotent; each machine is fresh, so CI runs this every time.
 set -euo pipefail
 need=()
 command -v smtp-source >/dev/null 2>&1 || need+=(postfix)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
 command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
+# The fleet tests run their own redis-server (the system's is never started).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # The web monitor's browser test (Debian's headless Chromium).
 command -v chromium-headless-shell >/dev/null 2>&1 || need+=(chromium-headless-shell)
 # swaks's --tls and --tlsc.
@@ -32,7 +35,7 @@ if ! "$VENV/bin/python" -c "import dkim, nacl, aiosmtpd, authres" >/dev/null 2>&
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "dkimpy==1.1.8" "PyNaCl==1.6.2" "aiosmtpd==1.4.6" "authres==1.2.0"
 fi
-for t in smtp-source smtp-sink swaks dnsmasq chromium-headless-shell; do
+for t in smtp-source smtp-sink swaks dnsmasq redis-server chromium-headless-shell; do
     command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
 done
 echo "test peers ready: $(command -v smtp-source smtp-sink swaks dnsmasq | tr '\n' ' ')$VENV"

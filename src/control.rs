@@ -37,12 +37,21 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let resolver = Arc::new(resolver(&config)?);
     let observer = Arc::new(Mutex::new(crate::mgmt::stats::Observer::default()));
+    let cluster = {
+        let _in_runtime = rt.enter();
+        let r = responder.clone();
+        let apply: crate::cluster::Apply =
+            Arc::new(move |path, query| crate::mgmt::views::apply_remote(&r, path, query));
+        crate::cluster::start(&config, responder.clone(), apply)
+    };
+    let redis = config.cluster.as_ref().and_then(|c| redis::Client::open(c.redis_url.as_str()).ok());
     let api = Arc::new(crate::mgmt::Api::new(
         responder.clone(),
         reloader,
         observer.clone(),
         resolver.clone(),
         recovered_messages,
+        cluster,
     ));
     if let Some(listener) = mgmt {
         let _in_runtime = rt.enter();
@@ -89,19 +98,41 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     observer.lock().expect("not poisoned").observe(&records);
                     acct.write(&records);
                 }
-                Ok(ControlRequest::SuppressAdd { path, address, waiting }) => {
+                Ok(ControlRequest::SuppressAdd { path, list, address, waiting }) => {
                     // One line, fsynced: the complainer stays suppressed across restarts.
-                    let added = OpenOptions::new().create(true).append(true).open(&path).and_then(|mut f| {
-                        f.write_all(format!("{address}\n").as_bytes())?;
-                        f.sync_data()
+                    let added = path.as_ref().map(|path| {
+                        let added = OpenOptions::new().create(true).append(true).open(path).and_then(|mut f| {
+                            f.write_all(format!("{address}\n").as_bytes())?;
+                            f.sync_data()
+                        });
+                        match &added {
+                            Ok(()) => tracing::info!(%address, file = %path.display(), "complainer suppressed"),
+                            Err(e) => tracing::error!(%address, file = %path.display(), error = %e, "cannot add to the suppression file"),
+                        }
+                        added.is_ok()
                     });
-                    let ok = added.is_ok();
-                    match added {
-                        Ok(()) => tracing::info!(%address, file = %path.display(), "complainer suppressed"),
-                        Err(e) => tracing::error!(%address, file = %path.display(), error = %e, "cannot add to the suppression file"),
-                    }
-                    if let Some((shard, slot, gen)) = waiting {
-                        responder.report_stored(shard, slot, gen, ok);
+                    // A shared list: into the fleet's set (the report's reply waits for it when
+                    // there is no file to keep the complainer).
+                    let shared = redis.clone().zip(crate::cluster::set_of(&config, &list));
+                    match (shared, added) {
+                        (Some((client, key)), added) => {
+                            let responder = responder.clone();
+                            handle.spawn(async move {
+                                let ok = crate::cluster::add_suppressed(&client, &key, &address).await;
+                                match &ok {
+                                    Ok(()) => tracing::info!(%address, %key, "complainer suppressed across the fleet"),
+                                    Err(e) => tracing::error!(%address, %key, error = %e, "cannot add to the fleet's suppression set"),
+                                }
+                                if let Some((shard, slot, gen)) = waiting {
+                                    responder.report_stored(shard, slot, gen, added.unwrap_or(ok.is_ok()));
+                                }
+                            });
+                        }
+                        (None, added) => {
+                            if let Some((shard, slot, gen)) = waiting {
+                                responder.report_stored(shard, slot, gen, added.unwrap_or(false));
+                            }
+                        }
                     }
                 }
                 Ok(ControlRequest::Verify(req)) => {

@@ -5,6 +5,7 @@ mod acct;
 mod authcheck;
 mod cli;
 mod clock;
+mod cluster;
 mod control;
 mod dns;
 mod drain;

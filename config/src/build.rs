@@ -402,6 +402,17 @@ impl Builder {
                 ));
             }
         }
+        if c.cluster.is_none() {
+            for list in c.address_lists.values() {
+                if let Some((_, span)) = list.entries.iter().find(|(e, _)| matches!(e, ListEntry::RedisSet(_))) {
+                    errors.push(ConfigError::at(
+                        span,
+                        format!("address-list `{}` has a `redis-set` but there is no <cluster>", list.name),
+                        "add `<cluster> redis-server HOST:PORT </cluster>`",
+                    ));
+                }
+            }
+        }
         for (name, span) in &self.list_refs {
             if !c.address_lists.contains_key(name) {
                 errors.push(ConfigError::at(

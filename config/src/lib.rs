@@ -79,6 +79,8 @@ pub struct Config {
     pub total_max_smtp_in: u32,
     /// `<mx-rollup-list>`.
     pub mx_rollups: MxRollupList,
+    /// `<cluster>`, when this host is one of a fleet.
+    pub cluster: Option<Cluster>,
     /// `log-file PATH`: the log is also written there.
     pub log_file: Option<PathBuf>,
     /// `relay-domain` / `relay-address`: recipients accepted from any client.
@@ -314,6 +316,7 @@ impl Config {
             relay_to: Default::default(),
             log_file: None,
             mx_rollups: Default::default(),
+            cluster: None,
             source_ip_limits: HashMap::new(),
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),

@@ -146,6 +146,8 @@ pub enum ListEntry {
     HashFile(PathBuf),
     /// `address-hmac-file F KEY`: the same with HMAC-SHA256 and KEY.
     HmacFile(PathBuf, String),
+    /// `redis-set KEY`: addresses in a Redis set shared by the fleet (`<cluster>`).
+    RedisSet(String),
 }
 
 /// `<feedback-loop-processor>`: reports sent to its addresses become `f` records.
@@ -325,6 +327,10 @@ pub struct DomainSettings {
     /// `max-cold-virtual-mta-msg N/day[,N/day...]`: messages a day a cold VMTA takes for this
     /// destination, the first day's limit first, the last one on.
     pub max_cold_msg: Vec<u32>,
+    /// `cluster-max-msg-rate`, `cluster-max-smtp-out`: limits for the whole fleet
+    /// (`<cluster>`), per destination domain, on top of this host's own.
+    pub cluster_max_msg_rate: Option<Rate>,
+    pub cluster_max_smtp_out: Option<u32>,
 }
 
 /// The SMTP client's settings for a destination (PowerMTA's `<domain>` timeouts and reply
@@ -513,6 +519,8 @@ impl Default for DomainSettings {
             reroute_to: None,
             backoff_reroute_to: None,
             max_cold_msg: vec![0],
+            cluster_max_msg_rate: None,
+            cluster_max_smtp_out: None,
         }
     }
 }
@@ -884,4 +892,15 @@ impl MxRollupList {
             .map(|e| e.host.as_str())
             .collect()
     }
+}
+
+/// `<cluster>`: sluice hosts sharing limits, suppression and job control through Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    /// `redis-server HOST:PORT` or a `redis://` / `rediss://` URL.
+    pub redis_url: String,
+    /// `node-name`: this host in the fleet (default: `host-name`).
+    pub node_name: String,
+    /// `expected-nodes N`: with Redis unreachable, each host takes 1/N of a fleet limit.
+    pub expected_nodes: u32,
 }

@@ -32,10 +32,11 @@ pub enum ControlRequest {
     Resolve { shard: u32, domain: String, static_hosts: Option<Vec<Vec<HostPort>>> },
     /// Accounting records to append.
     Acct(Vec<Record>),
-    /// Append a complaining recipient to an `auto-suppress-list`'s file (and fsync it); with
-    /// `waiting`, the report's session (shard, slot, generation) gets its reply once it is
-    /// durable (`Responder::report_stored`).
-    SuppressAdd { path: std::path::PathBuf, address: String, waiting: Option<(u32, u32, u16)> },
+    /// Append a complaining recipient to an `auto-suppress-list`'s file (and fsync it), and,
+    /// for a `redis-set` list, to the fleet's set; with `waiting`, the report's session
+    /// (shard, slot, generation) gets its reply once it is durable
+    /// (`Responder::report_stored`).
+    SuppressAdd { path: Option<std::path::PathBuf>, list: String, address: String, waiting: Option<(u32, u32, u16)> },
     /// Authentication checks (SPF, DKIM, DMARC, ARC) and ARC sealing of a message before it
     /// is spooled; answered with `ShardMsg::Verified`. The data travels and comes back.
     Verify(Box<VerifyRequest>),
@@ -257,6 +258,11 @@ impl Responder {
 
     pub fn config(&self) -> Arc<Config> {
         self.current.lock().expect("not poisoned").config.clone()
+    }
+
+    /// The limits every shard shares (the fleet's cells among them), for the control plane.
+    pub fn source_limits(&self) -> Arc<SourceLimits> {
+        self.core.source_limits.clone()
     }
 
     /// Puts a new configuration in force on every shard: queues take their new settings,

@@ -119,9 +119,19 @@ fn load_processor(
                 ListEntry::File(path) => Some(path.clone()),
                 _ => None,
             });
+            let shared = list.entries.iter().any(|(e, _)| matches!(e, ListEntry::RedisSet(_)));
+            if file.is_none() && shared {
+                return Ok(Some(FeedbackLoop {
+                    addresses,
+                    deliver_unmatched: p.deliver_unmatched,
+                    auto_suppress: None,
+                    auto_suppress_list: p.auto_suppress.clone(),
+                }));
+            }
             let Some(file) = file else {
                 let span = list.entries.first().map(|(_, s)| s.clone());
-                let message = format!("auto-suppress-list `{name}` has no `address-file` to add complainers to");
+                let message =
+                    format!("auto-suppress-list `{name}` has no `address-file` (or `redis-set`) to add complainers to");
                 return Err(match span {
                     Some(span) => ConfigError::at(&span, message, "add `address-file /path/complainers.txt` to it"),
                     None => ConfigError { file: String::new(), line: 0, message, hint: "add an address-file".into() },
@@ -187,6 +197,8 @@ fn load_one(list: &sluice_config::AddressListConfig) -> Result<Arc<AddressList>,
                     key: Some(key.as_bytes().to_vec()),
                     table: hash_table(path).map_err(|e| fail(path, e))?,
                 }),
+                // Filled from Redis by the control plane (`src/cluster.rs`), then kept in step.
+                ListEntry::RedisSet(_) => {}
             }
         }
         Ok(Arc::new(l))

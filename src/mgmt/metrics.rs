@@ -133,5 +133,29 @@ fn registry(api: &Api) -> Result<Registry, Fail> {
     reg.register("connections", "Open SMTP connections.", conns);
     let uptime = crate::clock::unix_ms().saturating_sub(api.responder.started_unix_ms()) / 1000;
     reg.register("uptime_seconds", "Seconds since start.", gauge(uptime));
+    if let Some(fleet) = &api.cluster {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = &fleet.status;
+        reg.register(
+            "cluster_connected",
+            "1 while Redis answers (fleet limits shared).",
+            gauge(st.connected.load(Relaxed) as u64),
+        );
+        reg.register(
+            "cluster_tokens_granted",
+            "Message tokens leased for fleet rates.",
+            counter(st.tokens_granted.load(Relaxed)),
+        );
+        reg.register(
+            "cluster_slots_held",
+            "Fleet connection slots this host holds.",
+            gauge(st.slots_held.load(Relaxed)),
+        );
+        reg.register(
+            "cluster_redis_lost",
+            "Times Redis became unreachable.",
+            counter(st.lost_connection.load(Relaxed)),
+        );
+    }
     Ok(reg)
 }

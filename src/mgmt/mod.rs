@@ -12,7 +12,7 @@ mod inject;
 mod metrics;
 mod recovery;
 pub mod stats;
-mod views;
+pub(crate) mod views;
 
 use crate::reload::Reloader;
 use axum::body::Bytes;
@@ -52,6 +52,8 @@ pub struct Api {
     pub resolver: Arc<hickory_resolver::TokioAsyncResolver>,
     pub recovered_messages: usize,
     injected: AtomicU64,
+    /// The fleet (`<cluster>`), when this host is one of one.
+    pub cluster: Option<crate::cluster::Handle>,
 }
 
 impl Api {
@@ -61,6 +63,7 @@ impl Api {
         observer: Arc<Mutex<Observer>>,
         resolver: Arc<hickory_resolver::TokioAsyncResolver>,
         recovered_messages: usize,
+        cluster: Option<crate::cluster::Handle>,
     ) -> Api {
         Api {
             responder,
@@ -70,6 +73,7 @@ impl Api {
             resolver,
             recovered_messages,
             injected: AtomicU64::new(0),
+            cluster,
         }
     }
 }
@@ -253,7 +257,7 @@ pub fn error(status: u16, message: impl Into<String>) -> Response {
 }
 
 /// A page that could not be made: its status and why (becomes an `error` response).
-pub struct Fail(u16, String);
+pub struct Fail(pub u16, pub String);
 
 pub fn fail(status: u16, message: impl Into<String>) -> Fail {
     Fail(status, message.into())

@@ -38,10 +38,6 @@ fn selector(req: &Request) -> Result<Selector, Fail> {
     Selector::parse(q).map_err(|e| fail(400, e))
 }
 
-fn job_id(req: &Request) -> Result<String, Fail> {
-    req.param("jobId").map(str::to_string).ok_or_else(|| fail(400, "say which job: ?jobId=ID"))
-}
-
 fn queue_json(q: &QueueInfo, now: u64) -> Value {
     json!({
         "queue": format!("{}/{}", q.domain, q.vmta),
@@ -139,6 +135,37 @@ fn status_json(api: &Api, snap: &Snapshot) -> Value {
         },
         "spool": { "dir": config.spool_dir.display().to_string(), "files": spool_files, "kb": spool_bytes / 1024 },
         "suppressionLists": lists,
+        "cluster": cluster_json(api),
+    })
+}
+
+/// The fleet as this host sees it (null when not one of a fleet).
+fn cluster_json(api: &Api) -> Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(fleet) = &api.cluster else { return Value::Null };
+    let st = &fleet.status;
+    let cells = api.responder.source_limits().cluster.as_ref().map(|c| c.all()).unwrap_or_default();
+    let mut limits: Vec<Value> = cells
+        .iter()
+        .map(|(domain, c)| {
+            json!({
+                "domain": domain,
+                "rate": c.rate.map(|r| format!("{}/{}s", r.count, r.period.as_secs_f64())),
+                "maxSmtpOut": c.cap,
+                "tokens": c.tokens.load(Relaxed).max(0),
+                "slots": c.slots.load(Relaxed),
+                "connections": c.conns.load(Relaxed),
+            })
+        })
+        .collect();
+    limits.sort_by(|a, b| a["domain"].as_str().cmp(&b["domain"].as_str()));
+    json!({
+        "node": st.node,
+        "connected": st.connected.load(Relaxed),
+        "tokensGranted": st.tokens_granted.load(Relaxed),
+        "slotsHeld": st.slots_held.load(Relaxed),
+        "redisLost": st.lost_connection.load(Relaxed),
+        "limits": limits,
     })
 }
 
@@ -265,30 +292,71 @@ pub(super) fn settings(api: &Api, req: &Request) -> Response {
 /// `/resumeJob`, `/delete`), each sent to every shard.
 pub(super) fn act(api: &Api, req: &Request) -> Response {
     page(|| {
-        let (key, cmd) = match req.path.as_str() {
-            "/pause" => ("paused", AdminCmd::Pause(selector(req)?)),
-            "/resume" => ("resumed", AdminCmd::Resume(selector(req)?)),
-            "/schedule" => ("scheduled", AdminCmd::Schedule(selector(req)?)),
-            "/setMode" => {
-                let backoff = match req.param("mode") {
-                    Some("backoff") => true,
-                    Some("normal") => false,
-                    _ => return Err(fail(400, "say ?mode=backoff or ?mode=normal")),
-                };
-                ("changed", AdminCmd::SetMode(selector(req)?, backoff))
-            }
-            "/pauseJob" => ("held", AdminCmd::PauseJob(job_id(req)?)),
-            "/resumeJob" => ("released", AdminCmd::ResumeJob(job_id(req)?)),
-            "/delete" => match (req.param("queue"), req.param("jobId")) {
-                (Some(_), None) => ("deleted", AdminCmd::Delete(selector(req)?)),
-                (None, Some(id)) => ("deleted", AdminCmd::DeleteJob(id.to_string())),
-                _ => return Err(fail(400, "say ?queue=DOMAIN/VMTA or ?jobId=ID")),
-            },
-            _ => return Err(fail(404, "no such command")),
-        };
+        let (key, cmd) = command(&req.path, &|name| req.param(name).map(str::to_string))?;
         let mut answer = serde_json::Map::new();
         answer.insert(key.to_string(), json!(act_on_shards(api, cmd)?));
+        // One of a fleet: the other hosts do the same (`src/cluster.rs`).
+        if let Some(fleet) = &api.cluster {
+            fleet.publish(&req.path, &query_text(req));
+        }
         Ok(json_response(200, Value::Object(answer)))
+    })
+}
+
+/// The parameters an operator command reads, as `k=v&k=v` (for the fleet's channel).
+fn query_text(req: &Request) -> String {
+    let esc = |v: &str| v.replace('%', "%25").replace('&', "%26").replace('=', "%3D");
+    ["queue", "jobId", "mode"]
+        .iter()
+        .filter_map(|k| req.param(k).map(|v| format!("{k}={}", esc(v))))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// An operator command another host of the fleet published: run here too.
+pub fn apply_remote(responder: &sluice_netio::Responder, path: &str, query: &str) {
+    let params: std::collections::HashMap<String, String> = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("%3D", "=").replace("%26", "&").replace("%25", "%")))
+        .collect();
+    match command(path, &|name| params.get(name).cloned()) {
+        Ok((_, cmd)) => {
+            if let Err(e) = responder.admin(cmd) {
+                tracing::warn!(%path, %query, error = %e, "cluster: command from the fleet not applied");
+            }
+        }
+        Err(Fail(_, why)) => tracing::warn!(%path, %query, %why, "cluster: unknown command from the fleet"),
+    }
+}
+
+/// The shard command for an operator request (path and its parameters).
+fn command(path: &str, param: &dyn Fn(&str) -> Option<String>) -> Result<(&'static str, AdminCmd), Fail> {
+    let selector = || {
+        let q = param("queue").ok_or_else(|| fail(400, "say which queue: ?queue=DOMAIN/VMTA (either may be *)"))?;
+        Selector::parse(&q).map_err(|e| fail(400, e))
+    };
+    let job_id = || param("jobId").ok_or_else(|| fail(400, "say which job: ?jobId=ID"));
+    Ok(match path {
+        "/pause" => ("paused", AdminCmd::Pause(selector()?)),
+        "/resume" => ("resumed", AdminCmd::Resume(selector()?)),
+        "/schedule" => ("scheduled", AdminCmd::Schedule(selector()?)),
+        "/setMode" => {
+            let backoff = match param("mode").as_deref() {
+                Some("backoff") => true,
+                Some("normal") => false,
+                _ => return Err(fail(400, "say ?mode=backoff or ?mode=normal")),
+            };
+            ("changed", AdminCmd::SetMode(selector()?, backoff))
+        }
+        "/pauseJob" => ("held", AdminCmd::PauseJob(job_id()?)),
+        "/resumeJob" => ("released", AdminCmd::ResumeJob(job_id()?)),
+        "/delete" => match (param("queue"), param("jobId")) {
+            (Some(_), None) => ("deleted", AdminCmd::Delete(selector()?)),
+            (None, Some(id)) => ("deleted", AdminCmd::DeleteJob(id)),
+            _ => return Err(fail(400, "say ?queue=DOMAIN/VMTA or ?jobId=ID")),
+        },
+        _ => return Err(fail(404, "no such command")),
     })
 }
 

@@ -829,3 +829,43 @@ pub fn unanswering_listener(ip: &str) -> (SocketAddr, Vec<TcpStream>, TcpListene
     let fillers = (0..3).filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()).collect();
     (addr, fillers, listener)
 }
+
+/// A private `redis-server` on a free loopback port (no persistence), for the fleet tests.
+pub struct Redis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        require("redis-server");
+        let mut r = Redis { port: free_port("127.0.0.1"), child: None };
+        r.spawn();
+        r
+    }
+
+    pub fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        wait_port(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10));
+    }
+
+    /// Kills it (as a crash would).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -195,6 +195,18 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     },
     flag!("discard-as-bounce", discard_as_bounce),
     Directive { name: "reroute-to-virtual-mta", set: |b, o, l| reroute(b, o, l, false) },
+    value!("cluster-max-msg-rate", rate_limit, cluster_max_msg_rate),
+    Directive {
+        name: "cluster-max-smtp-out",
+        set: |_, o, l| {
+            let n = l.value(units::parse_count_or_unlimited(l.one()?))?;
+            if n == Some(0) {
+                return Err(l.err("cluster-max-smtp-out 0 would never deliver", "use at least 1"));
+            }
+            o.set(move |s| s.cluster_max_smtp_out = n);
+            Ok(())
+        },
+    },
     Directive { name: "backoff-reroute-to-virtual-mta", set: |b, o, l| reroute(b, o, l, true) },
     Directive {
         name: "max-cold-virtual-mta-msg",

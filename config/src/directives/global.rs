@@ -172,6 +172,7 @@ const BLOCKS: &[Block<()>] = &[
     Block { name: "bounce-category-patterns", open: |b, _, r| lists::bounce_patterns(b, r) },
     Block { name: "smtp-pattern-list", open: |b, _, r| lists::smtp_pattern_list(b, r) },
     Block { name: "pattern-list", open: |b, _, r| lists::vmta_pattern_list(b, r) },
+    Block { name: "cluster", open: |b, _, r| lists::cluster(b, r) },
     Block {
         name: "mx-rollup-list",
         open: |b, _, r| {

@@ -27,6 +27,13 @@ pub(crate) const ADDRESS_LIST: Scope<Vec<(ListEntry, crate::ast::Span)>> = Scope
             },
         },
         Directive {
+            name: "redis-set",
+            set: |_, e, l| {
+                e.push((ListEntry::RedisSet(l.one()?.to_string()), l.span.clone()));
+                Ok(())
+            },
+        },
+        Directive {
             name: "address-hash-file",
             set: |_, e, l| {
                 e.push((ListEntry::HashFile(l.path(l.one()?)), l.span.clone()));
@@ -406,3 +413,59 @@ pub(crate) const MX_ROLLUP_LIST: Scope<MxRollupList> = Scope {
     }],
     blocks: &[],
 };
+
+/// `<cluster>` while it is read.
+#[derive(Default)]
+pub(crate) struct ClusterBlock {
+    redis: Option<String>,
+    node: Option<String>,
+    expected: Option<u32>,
+}
+
+pub(crate) const CLUSTER: Scope<ClusterBlock> = Scope {
+    name: "cluster",
+    directives: &[
+        Directive {
+            name: "redis-server",
+            set: |_, c, l| {
+                let v = l.one()?;
+                c.redis = Some(match v.contains("://") {
+                    true => v.to_string(),
+                    false => format!("redis://{v}/"),
+                });
+                Ok(())
+            },
+        },
+        Directive {
+            name: "node-name",
+            set: |_, c, l| {
+                c.node = Some(l.one()?.to_string());
+                Ok(())
+            },
+        },
+        Directive {
+            name: "expected-nodes",
+            set: |_, c, l| {
+                let n = l.count()?;
+                if n == 0 {
+                    return Err(l.err("expected-nodes 0", "the number of hosts in the fleet, at least 1"));
+                }
+                c.expected = Some(n);
+                Ok(())
+            },
+        },
+    ],
+    blocks: &[],
+};
+
+/// `<cluster>`: Redis, this node's name, the fleet's expected size.
+pub(crate) fn cluster(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> {
+    let mut c = ClusterBlock::default();
+    b.run(&CLUSTER, &mut c, r.children);
+    let Some(redis_url) = c.redis else {
+        return Err(ConfigError::at(r.span, "<cluster> needs `redis-server`", "add `redis-server 127.0.0.1:6379`"));
+    };
+    let node_name = c.node.unwrap_or_else(|| b.config.host_name.clone());
+    b.config.cluster = Some(Cluster { redis_url, node_name, expected_nodes: c.expected.unwrap_or(1) });
+    Ok(())
+}

@@ -37,6 +37,7 @@ pub fn tables() -> Vec<TableNames> {
         names(&lists::VMTA_PATTERN_LIST),
         names(&lists::REWRITE_LIST),
         names(&lists::MX_ROLLUP_LIST),
+        names(&lists::CLUSTER),
     ];
     // `<bounce-category-patterns>` holds regex lines, not directives.
     t.push(("bounce-category-patterns", Vec::new(), Vec::new()));

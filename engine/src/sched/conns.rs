@@ -12,6 +12,7 @@ use crate::smtp::reply::Reply;
 use crate::time::Now;
 use sluice_config::SmtpOptions;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// What a new connection is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,8 @@ pub struct ConnState {
     pub source_ip: Option<IpAddr>,
     /// It holds one of its source IP's `source-ip-max-smtp-out` places.
     holds_smtp_out: bool,
+    /// It holds one of the fleet's `cluster-max-smtp-out` slots for its destination.
+    fleet_slot: Option<Arc<limits::ClusterCell>>,
     pub messages_sent: u32,
     /// Recipients refused on it so far (`max-errors-per-connection`).
     errors: u32,
@@ -73,7 +76,14 @@ impl<M: Message> Scheduler<M> {
             return false;
         }
         let priority = self.st(id).q.settings.queue_priority;
+        let fleet_slot = self.st(id).cluster.clone().filter(|c| c.cap.is_some());
+        if fleet_slot.as_ref().is_some_and(|c| !c.take_slot()) {
+            return false;
+        }
         let Some(holds_smtp_out) = limits::take_smtp_out(&self.limits, source_ip, priority, now.ms()) else {
+            if let Some(c) = fleet_slot {
+                c.release_slot();
+            }
             return false;
         };
         let mut hops = self.ordered_hops(id, &name, levels);
@@ -93,6 +103,7 @@ impl<M: Message> Scheduler<M> {
             vmta: vmta.clone(),
             source_ip,
             holds_smtp_out,
+            fleet_slot,
             messages_sent: 0,
             errors: 0,
             leaving: false,
@@ -283,6 +294,9 @@ impl<M: Message> Scheduler<M> {
     pub fn conn_closed(&mut self, conn: ConnId, job: Option<Job<M>>) {
         let Some(c) = self.conns.remove(&conn) else { return };
         limits::release_smtp_out(&self.limits, c.source_ip, c.holds_smtp_out);
+        if let Some(cell) = &c.fleet_slot {
+            cell.release_slot();
+        }
         if let Some(st) = self.queues.get_mut(c.queue).and_then(Option::as_mut) {
             st.q.connections -= 1;
             st.idle.retain(|s| *s != conn);

@@ -8,7 +8,8 @@ use crate::shape::gcra::{GcraCell, Limit};
 use sluice_config::{Config, Rate};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 /// Throttled work is re-tried on the shard's tick; a limit may grant what one tick's worth of
 /// its rate allows at once, so rates above one per tick are reachable. Slower rates (below
@@ -46,6 +47,101 @@ pub struct SourceLimits {
     pub ips: HashMap<IpAddr, SourceCells>,
     /// Outbound connections open, and the most allowed.
     pub total_smtp_out: Option<(AtomicU32, u32)>,
+    /// Fleet-wide limits (`<cluster>`), when this host is one of a fleet.
+    pub cluster: Option<ClusterCells>,
+}
+
+/// Fleet-wide limits (`cluster-max-msg-rate`, `cluster-max-smtp-out`), one cell per
+/// destination domain: the message tokens and connection slots this host's control plane
+/// leased from Redis (or, with Redis away, its local share). Shards take from them with
+/// atomics; only the control plane talks to Redis.
+#[derive(Default)]
+pub struct ClusterCells {
+    cells: std::sync::RwLock<HashMap<String, Arc<ClusterCell>>>,
+}
+
+#[derive(Debug)]
+pub struct ClusterCell {
+    pub rate: Option<Rate>,
+    pub cap: Option<u32>,
+    /// Messages this host may still start (the current lease).
+    pub tokens: AtomicI64,
+    /// Starts refused for want of a token, and messages started, since the control plane
+    /// last looked (it asks for more when there was demand).
+    pub denied: AtomicU64,
+    pub started: AtomicU64,
+    /// Connections open, and how many this host may hold.
+    pub conns: AtomicU32,
+    pub slots: AtomicU32,
+    pub conn_denied: AtomicU64,
+}
+
+impl ClusterCells {
+    /// The cell of `domain` (made on first use with its limits).
+    pub fn cell(&self, domain: &str, rate: Option<Rate>, cap: Option<u32>) -> Arc<ClusterCell> {
+        if let Some(c) = self.cells.read().expect("not poisoned").get(domain) {
+            return c.clone();
+        }
+        let cell = Arc::new(ClusterCell {
+            rate,
+            cap,
+            tokens: AtomicI64::new(0),
+            denied: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            conns: AtomicU32::new(0),
+            slots: AtomicU32::new(0),
+            conn_denied: AtomicU64::new(0),
+        });
+        self.cells.write().expect("not poisoned").entry(domain.to_string()).or_insert(cell).clone()
+    }
+
+    /// Every cell, for the control plane.
+    pub fn all(&self) -> Vec<(String, Arc<ClusterCell>)> {
+        self.cells.read().expect("not poisoned").iter().map(|(d, c)| (d.clone(), c.clone())).collect()
+    }
+}
+
+impl ClusterCell {
+    /// One message start from the lease.
+    pub fn take_token(&self) -> bool {
+        if self.rate.is_none() {
+            return true;
+        }
+        if self.tokens.fetch_sub(1, Ordering::AcqRel) > 0 {
+            self.started.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+        self.tokens.fetch_add(1, Ordering::AcqRel);
+        self.denied.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// A token taken but not used (a local limit said no after it).
+    pub fn give_back_token(&self) {
+        if self.rate.is_some() {
+            self.tokens.fetch_add(1, Ordering::AcqRel);
+            self.started.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// One connection slot from the lease (true: taken, or no fleet cap).
+    pub fn take_slot(&self) -> bool {
+        if self.cap.is_none() {
+            return true;
+        }
+        let slots = self.slots.load(Ordering::Acquire);
+        if self.conns.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < slots).then_some(n + 1)).is_ok() {
+            return true;
+        }
+        self.conn_denied.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    pub fn release_slot(&self) {
+        if self.cap.is_some() {
+            self.conns.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 impl SourceLimits {
@@ -68,7 +164,11 @@ pub fn source_limits(config: &Config) -> SourceLimits {
             (*ip, cells)
         })
         .collect();
-    SourceLimits { ips, total_smtp_out: config.total_max_smtp_out.map(|n| (AtomicU32::new(0), n)) }
+    SourceLimits {
+        ips,
+        total_smtp_out: config.total_max_smtp_out.map(|n| (AtomicU32::new(0), n)),
+        cluster: config.cluster.as_ref().map(|_| ClusterCells::default()),
+    }
 }
 
 #[derive(Clone, Copy)]

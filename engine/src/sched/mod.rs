@@ -159,6 +159,8 @@ struct QueueState<M> {
     /// `bounce-upon-no-mx INTERVAL` and the domain has no MX: ready mail queued at least
     /// this long bounces instead of going to the implicit MX.
     no_mx_bounce_ms: Option<u64>,
+    /// The destination's fleet-wide cell (`cluster-max-msg-rate`, `cluster-max-smtp-out`).
+    cluster: Option<Arc<limits::ClusterCell>>,
     /// Jobs past the in-memory window, in arrival order.
     backlog: Box<dyn Backlog<M>>,
 }
@@ -270,6 +272,11 @@ impl<M: Message> Scheduler<M> {
         }
         let settings = self.config.queue_settings(domain, vmta);
         let patterns = settings.pattern_list.as_ref().and_then(|n| self.config.pattern_lists.get(n).cloned());
+        let fleet = (settings.cluster_max_msg_rate, settings.cluster_max_smtp_out);
+        let cluster = match (&self.limits.cluster, fleet) {
+            (Some(cells), (rate, cap)) if rate.is_some() || cap.is_some() => Some(cells.cell(domain, rate, cap)),
+            _ => None,
+        };
         let mut q = Queue::new(domain, vmta, settings)
             .with_bounce_patterns(self.config.bounce_patterns.clone())
             .with_patterns(patterns);
@@ -285,6 +292,7 @@ impl<M: Message> Scheduler<M> {
             connect_failures: 0,
             connect_backoff_until_ms: 0,
             no_mx_bounce_ms: None,
+            cluster,
             backlog: (self.make_backlog)(),
         };
         let id = match self.free_ids.pop() {
@@ -559,6 +567,25 @@ impl<M: Message> Scheduler<M> {
 
     /// One grant from the queue's cell, then the source IP's (messages or connections).
     fn rate_grant(&mut self, id: QueueId, source_ip: Option<IpAddr>, grant: Grant, now: Now) -> bool {
+        // The fleet's token first (a lock-free atomic): it is the scarcer.
+        let fleet = match grant {
+            Grant::Message => self.st(id).cluster.clone(),
+            Grant::Connect => None,
+        };
+        if fleet.as_ref().is_some_and(|c| !c.take_token()) {
+            return false;
+        }
+        let granted = self.local_grant(id, source_ip, grant, now);
+        if !granted {
+            if let Some(c) = fleet {
+                c.give_back_token();
+            }
+        }
+        granted
+    }
+
+    /// One grant from the queue's own cell, then the source IP's.
+    fn local_grant(&mut self, id: QueueId, source_ip: Option<IpAddr>, grant: Grant, now: Now) -> bool {
         let st = self.queues[id].as_ref().expect("a live queue");
         let rate = match grant {
             Grant::Message => st.q.msg_rate(), // backoff-max-msg-rate while backing off

@@ -343,8 +343,8 @@ impl Shard {
         for r in records {
             self.record(r);
         }
-        if let Some((path, address)) = suppress_add {
-            if self.suppress_complainer(slot, path, address, m.recipients.is_empty()) {
+        if let Some(add) = suppress_add {
+            if self.suppress_complainer(slot, add, m.recipients.is_empty()) {
                 return; // the report's reply waits for the suppression entry
             }
         }
@@ -382,10 +382,11 @@ impl Shard {
     /// The complainer goes into the list's file before the report is acknowledged: a crash
     /// never loses a complaint that was answered 250. Returns whether the session's reply
     /// is settled here (it waits for the entry, or is refused).
-    fn suppress_complainer(&mut self, slot: u32, path: PathBuf, address: String, only_reports: bool) -> bool {
+    fn suppress_complainer(&mut self, slot: u32, add: SuppressAdd, only_reports: bool) -> bool {
+        let SuppressAdd { path, list, address } = add;
         let gen = self.ins.gen(slot);
         let waiting = only_reports.then_some((self.id, slot, gen));
-        let sent = self.shared.core.control.try_send(ControlRequest::SuppressAdd { path, address, waiting });
+        let sent = self.shared.core.control.try_send(ControlRequest::SuppressAdd { path, list, address, waiting });
         let c = self.ins.get_mut(slot);
         match sent {
             Ok(()) if waiting.is_some() => {
@@ -554,9 +555,16 @@ fn auth_failures_over(
     n >= rate.count
 }
 
-/// A complaint's `f` record, and the suppression file entry to make durable (the
-/// `auto-suppress-list`'s file and the complainer), if any.
-type Reports = (Vec<Record>, Option<(PathBuf, String)>);
+/// A complainer for the `auto-suppress-list`: its file (if it has one) and its name (a
+/// `redis-set` list is shared with the fleet).
+pub(super) struct SuppressAdd {
+    pub path: Option<PathBuf>,
+    pub list: String,
+    pub address: String,
+}
+
+/// A complaint's `f` record, and the suppression entry to make durable, if any.
+type Reports = (Vec<Record>, Option<SuppressAdd>);
 
 /// Reports to the feedback-loop and bounce processors: taken out of the message's recipients
 /// as `f` / `rb` records, never relayed.
@@ -595,7 +603,12 @@ fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &s
     if let (Some(list), false) = (p.auto_suppress_list.as_ref().and_then(|n| shared.lists.get(n)), f.rcpt.is_empty()) {
         list.add(&f.rcpt); // refused from now on, on every shard
     }
-    let add = p.auto_suppress.clone().filter(|_| !f.rcpt.is_empty()).map(|path| (path, f.rcpt.clone()));
+    let add = match (&p.auto_suppress_list, f.rcpt.is_empty()) {
+        (Some(list), false) => {
+            Some(SuppressAdd { path: p.auto_suppress.clone(), list: list.clone(), address: f.rcpt.clone() })
+        }
+        _ => None,
+    };
     Some((vec![Record::feedback(now, &f)], add))
 }
 

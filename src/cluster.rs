@@ -1,0 +1,455 @@
+//! A fleet of sluice hosts (`<cluster>`) on Redis, run by the control plane and never on the
+//! per-message path:
+//!
+//! - fleet-wide rates (`cluster-max-msg-rate`): every 100 ms the control plane asks Redis for
+//!   a small lease of message tokens per destination (a GCRA in a Lua script, Redis's clock)
+//!   and puts it in that destination's cell, from which the shards take with an atomic; an
+//!   unused lease is dropped at the next turn, so the fleet goes over a limit by at most one
+//!   lease per host;
+//! - fleet-wide connection caps (`cluster-max-smtp-out`): each host holds a count of slots in
+//!   a Redis hash, renewed every half second and expiring after `LEASE_MS`, so a host that
+//!   dies frees its slots within that time;
+//! - shared suppression (`redis-set KEY` in an `<address-list>`): the set is read whole when
+//!   Redis (re)connects and every `FULL_SYNC`, and additions arrive over pub/sub at once;
+//!   complaints (`auto-suppress-list`) are added to the set and published;
+//! - job and queue control: pause, resume and delete made on any host are published to all,
+//!   and pauses are kept in Redis for hosts that start later.
+//!
+//! With Redis unreachable each host takes 1/`expected-nodes` of each fleet limit on its own,
+//! keeps delivering, says so once in the log and on `/status` and `/metrics`, and rejoins when
+//! Redis answers again.
+
+use redis::aio::ConnectionManager;
+use sluice_config::Config;
+use sluice_engine::sched::limits::ClusterCell;
+use sluice_netio::Responder;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How often leases are renewed.
+const TURN: Duration = Duration::from_millis(100);
+/// Connection slots are renewed every this many turns and expire after `LEASE_MS`.
+const SLOT_TURNS: u64 = 5;
+const LEASE_MS: u64 = 5_000;
+/// A Redis call that takes longer counts as Redis being away.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
+/// The whole of each shared suppression set is read again this often.
+const FULL_SYNC: Duration = Duration::from_secs(30);
+
+const CONTROL_CHANNEL: &str = "sluice:control";
+const SUPPRESS_CHANNEL: &str = "sluice:suppress";
+/// Pauses in force across the fleet, for hosts that start later.
+const HELD_KEY: &str = "sluice:held";
+
+/// Fleet GCRA: KEYS[1] the destination's theoretical arrival time (µs, Redis's clock);
+/// ARGV: emission interval (µs), burst window (µs), tokens wanted. Returns tokens granted.
+const RATE_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local n = math.floor((now + tonumber(ARGV[2]) - tat) / interval)
+if n > tonumber(ARGV[3]) then n = tonumber(ARGV[3]) end
+if n < 0 then n = 0 end
+tat = tat + n * interval
+redis.call('SET', KEYS[1], string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000) + 60000)
+return n
+";
+
+/// Fleet connection slots: KEYS[1] a hash node -> `count:expiry_ms`; ARGV: node, wanted,
+/// cap, lease (ms). Expired holders are dropped; returns the slots granted to this node.
+const SLOTS_LUA: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local all = redis.call('HGETALL', KEYS[1])
+local others = 0
+for i = 1, #all, 2 do
+  if all[i] ~= ARGV[1] then
+    local c, exp = string.match(all[i + 1], '(%d+):(%d+)')
+    if tonumber(exp) > now then others = others + tonumber(c) else redis.call('HDEL', KEYS[1], all[i]) end
+  end
+end
+local grant = math.min(tonumber(ARGV[2]), math.max(0, tonumber(ARGV[3]) - others))
+redis.call('HSET', KEYS[1], ARGV[1], grant .. ':' .. (now + tonumber(ARGV[4])))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[4]) * 2)
+return grant
+";
+
+/// What `/status` and `/metrics` show of the fleet.
+#[derive(Default)]
+pub struct Status {
+    pub node: String,
+    pub connected: AtomicBool,
+    /// Message tokens granted by Redis (or the local share) since start.
+    pub tokens_granted: AtomicU64,
+    /// Connection slots held now, over every destination.
+    pub slots_held: AtomicU64,
+    pub lost_connection: AtomicU64,
+}
+
+/// What the management API asks of the fleet.
+pub enum Ask {
+    /// An operator command to run on every other host (`path`, query string).
+    Control { path: String, query: String },
+}
+
+/// The control plane's link to the fleet, for the management API.
+#[derive(Clone)]
+pub struct Handle {
+    pub status: Arc<Status>,
+    tx: mpsc::UnboundedSender<Ask>,
+}
+
+impl Handle {
+    /// Publishes an operator command (`/pauseJob`, `jobId=X`) to the other hosts.
+    pub fn publish(&self, path: &str, query: &str) {
+        let _ = self.tx.send(Ask::Control { path: path.to_string(), query: query.to_string() });
+    }
+}
+
+/// Applies an operator command that came from another host (or from the held set).
+pub type Apply = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+/// Starts the fleet task on the control plane's runtime.
+pub fn start(config: &Config, responder: Responder, apply: Apply) -> Option<Handle> {
+    let cluster = config.cluster.clone()?;
+    let status = Arc::new(Status { node: cluster.node_name.clone(), ..Default::default() });
+    let (tx, rx) = mpsc::unbounded_channel();
+    let client = match redis::Client::open(cluster.redis_url.as_str()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(url = %cluster.redis_url, error = %e, "cluster: bad redis-server; running alone");
+            return None;
+        }
+    };
+    let lists = shared_lists(config);
+    let fleet = Fleet {
+        client,
+        node: cluster.node_name.clone(),
+        expected: cluster.expected_nodes.max(1),
+        responder,
+        status: status.clone(),
+        conn: None,
+        lists,
+        local_carry: HashMap::new(),
+        apply,
+    };
+    tokio::spawn(fleet.run(rx));
+    Some(Handle { status, tx })
+}
+
+/// `<address-list>`s backed by a Redis set: (list name, set key).
+fn shared_lists(config: &Config) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, list) in &config.address_lists {
+        for (entry, _) in &list.entries {
+            if let sluice_config::ListEntry::RedisSet(key) = entry {
+                out.push((name.clone(), key.clone()));
+            }
+        }
+    }
+    out
+}
+
+struct Fleet {
+    client: redis::Client,
+    node: String,
+    expected: u32,
+    responder: Responder,
+    status: Arc<Status>,
+    conn: Option<ConnectionManager>,
+    lists: Vec<(String, String)>,
+    /// Fractions of a token owed to a destination while running on the local share.
+    local_carry: HashMap<String, f64>,
+    apply: Apply,
+}
+
+impl Fleet {
+    async fn run(mut self, mut asks: mpsc::UnboundedReceiver<Ask>) {
+        let mut tick = tokio::time::interval(TURN);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut turn: u64 = 0;
+        let mut last_sync = std::time::Instant::now();
+        self.connect().await;
+        tokio::spawn(subscribe(self.client.clone(), self.node.clone(), self.responder.clone(), self.apply.clone()));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    turn += 1;
+                    if self.conn.is_none() && turn % 10 == 0 {
+                        self.connect().await;
+                    }
+                    if self.conn.is_some() && last_sync.elapsed() >= FULL_SYNC {
+                        last_sync = std::time::Instant::now();
+                        self.sync_lists().await;
+                    }
+                    self.lease(turn % SLOT_TURNS == 0).await;
+                }
+                Some(ask) = asks.recv() => self.ask(ask).await,
+            }
+        }
+    }
+
+    /// Connects (or reconnects), then reads the shared sets and the pauses in force.
+    async fn connect(&mut self) {
+        let made = tokio::time::timeout(REDIS_TIMEOUT * 2, ConnectionManager::new(self.client.clone())).await;
+        match made {
+            Ok(Ok(conn)) => {
+                self.conn = Some(conn);
+                self.set_connected(true);
+                self.sync_lists().await;
+                self.apply_held().await;
+            }
+            _ => self.set_connected(false),
+        }
+    }
+
+    fn set_connected(&mut self, up: bool) {
+        let was = self.status.connected.swap(up, Ordering::SeqCst);
+        match (was, up) {
+            (false, true) => tracing::info!(node = %self.node, "cluster: Redis connected; fleet limits shared"),
+            (true, false) => {
+                self.status.lost_connection.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %self.node, share = self.expected, "cluster: Redis unreachable; each fleet limit taken locally at 1/expected-nodes")
+            }
+            (false, false) if self.status.lost_connection.load(Ordering::Relaxed) == 0 => {
+                self.status.lost_connection.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %self.node, "cluster: Redis unreachable at start; running on the local share")
+            }
+            _ => {}
+        }
+        if !up {
+            self.conn = None;
+        }
+    }
+
+    /// A Redis call within `REDIS_TIMEOUT`; a failure marks Redis away.
+    async fn call<T: redis::FromRedisValue>(&mut self, cmd: redis::ScriptInvocation<'_>) -> Option<T> {
+        let conn = self.conn.as_mut()?;
+        match tokio::time::timeout(REDIS_TIMEOUT, cmd.invoke_async(conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "cluster: Redis call failed");
+                self.set_connected(false);
+                None
+            }
+            Err(_) => {
+                self.set_connected(false);
+                None
+            }
+        }
+    }
+
+    /// One turn: message tokens for every destination with a fleet rate, and (every
+    /// `SLOT_TURNS`) connection slots for those with a fleet cap.
+    async fn lease(&mut self, slots_turn: bool) {
+        let Some(cells) = self.responder.source_limits().cluster.as_ref().map(|c| c.all()) else { return };
+        let rate_script = redis::Script::new(RATE_LUA);
+        let slot_script = redis::Script::new(SLOTS_LUA);
+        let mut held = 0u64;
+        for (domain, cell) in cells {
+            if let Some(rate) = cell.rate {
+                self.lease_tokens(&rate_script, &domain, &cell, rate).await;
+            }
+            if let (Some(cap), true) = (cell.cap, slots_turn) {
+                self.lease_slots(&slot_script, &domain, &cell, cap).await;
+            }
+            held += cell.slots.load(Ordering::Relaxed) as u64;
+        }
+        if slots_turn {
+            self.status.slots_held.store(held, Ordering::Relaxed);
+        }
+    }
+
+    async fn lease_tokens(
+        &mut self,
+        script: &redis::Script,
+        domain: &str,
+        cell: &ClusterCell,
+        rate: sluice_config::Rate,
+    ) {
+        let denied = cell.denied.swap(0, Ordering::Relaxed);
+        let started = cell.started.swap(0, Ordering::Relaxed);
+        let period_us = rate.period.as_micros().max(1) as f64;
+        let per_turn = rate.count as f64 * TURN.as_micros() as f64 / period_us;
+        if denied == 0 && started == 0 {
+            cell.tokens.store(0, Ordering::Release); // no demand: the lease lapses
+            return;
+        }
+        let chunk = per_turn.ceil().max(1.0) as u64;
+        let want = (started + denied).clamp(1, chunk);
+        let granted = match self.conn.is_some() {
+            true => {
+                let interval_us = (period_us / rate.count.max(1) as f64).max(1.0);
+                let mut inv = script.prepare_invoke();
+                inv.key(format!("sluice:rate:{domain}")).arg(interval_us as u64).arg(TURN.as_micros() as u64).arg(want);
+                self.call::<u64>(inv).await
+            }
+            false => None,
+        };
+        let granted = granted.unwrap_or_else(|| {
+            // Redis away: this host's share, fractions carried to the next turn.
+            let carry = self.local_carry.entry(domain.to_string()).or_default();
+            *carry += per_turn / self.expected as f64;
+            let whole = carry.floor();
+            *carry -= whole;
+            whole as u64
+        });
+        cell.tokens.store(granted as i64, Ordering::Release);
+        self.status.tokens_granted.fetch_add(granted, Ordering::Relaxed);
+    }
+
+    async fn lease_slots(&mut self, script: &redis::Script, domain: &str, cell: &ClusterCell, cap: u32) {
+        let in_use = cell.conns.load(Ordering::Acquire);
+        let denied = cell.conn_denied.swap(0, Ordering::Relaxed).min(cap as u64) as u32;
+        let want = (in_use + denied).min(cap);
+        let granted = match self.conn.is_some() {
+            true => {
+                let mut inv = script.prepare_invoke();
+                inv.key(format!("sluice:conns:{domain}")).arg(&self.node).arg(want).arg(cap).arg(LEASE_MS);
+                self.call::<u32>(inv).await
+            }
+            false => None,
+        };
+        // Redis away: this host's share of the cap.
+        let granted = granted.unwrap_or_else(|| cap.div_ceil(self.expected));
+        cell.slots.store(granted, Ordering::Release);
+    }
+
+    /// Every address of each shared set into its list.
+    async fn sync_lists(&mut self) {
+        let lists = self.responder.lists();
+        for (name, key) in self.lists.clone() {
+            let Some(list) = lists.get(&name) else { continue };
+            let Some(conn) = self.conn.as_mut() else { return };
+            let members = tokio::time::timeout(
+                REDIS_TIMEOUT * 4,
+                redis::cmd("SMEMBERS").arg(&key).query_async::<Vec<String>>(conn),
+            )
+            .await;
+            match members {
+                Ok(Ok(members)) => {
+                    for m in &members {
+                        list.add(m);
+                    }
+                    tracing::debug!(list = %name, key = %key, addresses = members.len(), "cluster: suppression set read");
+                }
+                _ => self.set_connected(false),
+            }
+        }
+    }
+
+    /// The pauses other hosts made, kept in Redis, applied here.
+    async fn apply_held(&mut self) {
+        let Some(conn) = self.conn.as_mut() else { return };
+        let held =
+            tokio::time::timeout(REDIS_TIMEOUT * 4, redis::cmd("HKEYS").arg(HELD_KEY).query_async::<Vec<String>>(conn))
+                .await;
+        if let Ok(Ok(held)) = held {
+            for h in held {
+                if let Some((path, query)) = h.split_once('?') {
+                    (self.apply)(path, query);
+                }
+            }
+        }
+    }
+
+    async fn ask(&mut self, ask: Ask) {
+        match ask {
+            Ask::Control { path, query } => {
+                let Some(conn) = self.conn.as_mut() else {
+                    tracing::warn!(%path, %query, "cluster: Redis unreachable; the command stays on this host");
+                    return;
+                };
+                // Pauses are kept for hosts that start later; a resume takes its pause away.
+                let held = match path.as_str() {
+                    "/pause" | "/pauseJob" => Some((true, path.clone())),
+                    "/resume" => Some((false, "/pause".to_string())),
+                    "/resumeJob" => Some((false, "/pauseJob".to_string())),
+                    _ => None,
+                };
+                let mut pipe = redis::pipe();
+                if let Some((add, held_path)) = held {
+                    let field = format!("{held_path}?{query}");
+                    match add {
+                        true => pipe.hset(HELD_KEY, field, &self.node).ignore(),
+                        false => pipe.hdel(HELD_KEY, field).ignore(),
+                    };
+                }
+                pipe.publish(CONTROL_CHANNEL, format!("{}\n{path}\n{query}", self.node)).ignore();
+                let sent = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(conn)).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::warn!(%path, %query, "cluster: command not published to the fleet");
+                    self.set_connected(false);
+                }
+            }
+        }
+    }
+}
+
+/// Adds a complainer to a shared set and tells the fleet; Ok once Redis has it.
+pub async fn add_suppressed(client: &redis::Client, key: &str, address: &str) -> redis::RedisResult<()> {
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut pipe = redis::pipe();
+    pipe.sadd(key, address).ignore().publish(SUPPRESS_CHANNEL, format!("{key}\n{address}")).ignore();
+    pipe.query_async::<()>(&mut conn).await
+}
+
+/// Listens to the fleet's channels (reconnecting when Redis goes): operator commands from
+/// other hosts, and addresses added to shared suppression sets.
+async fn subscribe(client: redis::Client, node: String, responder: Responder, apply: Apply) {
+    use futures_util::StreamExt;
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => {
+                if pubsub.subscribe(&[CONTROL_CHANNEL, SUPPRESS_CHANNEL]).await.is_ok() {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let text: String = msg.get_payload().unwrap_or_default();
+                        match msg.get_channel_name() {
+                            CONTROL_CHANNEL => {
+                                let mut parts = text.splitn(3, '\n');
+                                let (from, path, query) = (parts.next(), parts.next(), parts.next());
+                                if let (Some(from), Some(path), Some(query)) = (from, path, query) {
+                                    if from != node {
+                                        tracing::info!(%from, %path, %query, "cluster: command from another host");
+                                        apply(path, query);
+                                    }
+                                }
+                            }
+                            _ => {
+                                if let Some((key, address)) = text.split_once('\n') {
+                                    suppress_locally(&responder, key, address);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cluster: pub/sub not connected"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// An address another host added to shared set `key`: into every list backed by it.
+fn suppress_locally(responder: &Responder, key: &str, address: &str) {
+    let config = responder.config();
+    let lists = responder.lists();
+    for (name, set) in shared_lists(&config) {
+        if set == key {
+            if let Some(list) = lists.get(&name) {
+                list.add(address);
+            }
+        }
+    }
+}
+
+/// The Redis set key behind an `<address-list>`, if it is shared.
+pub fn set_of(config: &Config, list: &str) -> Option<String> {
+    shared_lists(config).into_iter().find(|(n, _)| n == list).map(|(_, k)| k)
+}
