@@ -10,6 +10,7 @@
 #   QUICK=1 perf/run.sh         # main comparison only
 #   DKIM_ONLY=1 perf/run.sh     # only sluice with DKIM signing off, RSA-2048, Ed25519
 #   BASELINE=8a3fbf51 perf/run.sh  # this build against an older commit's, alternating
+#   CLUSTER_ONLY=1 perf/run.sh  # one host with <cluster> (a local redis-server) vs without
 #
 # Results (with date, commit and machine) are appended to perf/RESULTS.md.
 set -euo pipefail
@@ -36,6 +37,8 @@ wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev
 json() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
 
 DKIM_KEY="" # a key file: sluice signs every message with it (domain-key for src.test)
+CLUSTER_CONF="" # global lines (a <cluster> block) and <domain *> lines for a fleet run
+CLUSTER_DOMAIN=""
 start_sluice() {
     rm -rf /tmp/sluice-perf && mkdir -p /tmp/sluice-perf
     local dkim_key="" dkim_sign=""
@@ -48,6 +51,7 @@ host-name perf.sluice
 $dkim_key
 smtp-listener 127.0.0.1:$RELAY_PORT
 spool /tmp/sluice-perf/spool
+$CLUSTER_CONF
 <source 127.0.0.1>
     always-allow-relaying yes
     max-message-size 200M
@@ -56,6 +60,7 @@ spool /tmp/sluice-perf/spool
     smtp-hosts [127.0.0.1]:$SINK_PORT
     max-smtp-out $CONNECTIONS
     $dkim_sign
+    $CLUSTER_DOMAIN
 </domain>
 <acct-file /tmp/sluice-perf/acct.csv>
     records d,b,t
@@ -226,6 +231,48 @@ baseline_compare() {
     git worktree remove --force "$wt"
 }
 
+# One host with a <cluster> (fleet limits far above the load, so every message takes a
+# leased token and every connection a leased slot) against the same host without one.
+cluster_compare() {
+    local port=${REDIS_PORT:-6390}
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
+    local redis_pid=$!
+    wait_port "$port"
+    {
+        echo
+        echo "### One host with <cluster> (redis-server on loopback) vs without (1 KiB, 1 domain, $MESSAGES messages, $RUNS alternating runs)"
+        echo
+        echo "| run | without msg/s | without CPU µs/msg | with msg/s | with CPU µs/msg |"
+        echo "|---|---|---|---|---|"
+    } >>"$report"
+    : >"$OUT/alone.rates"; : >"$OUT/fleet.rates"
+    for i in $(seq 1 "$RUNS"); do
+        CLUSTER_CONF=""; CLUSTER_DOMAIN=""
+        read -r a_rate a_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        CLUSTER_CONF=$(printf '<cluster>\n redis-server 127.0.0.1:%s\n node-name perf\n</cluster>' "$port")
+        CLUSTER_DOMAIN=$(printf 'cluster-max-msg-rate 1000000/s\n cluster-max-smtp-out 1000')
+        read -r f_rate f_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        CLUSTER_CONF=""; CLUSTER_DOMAIN=""
+        echo "$a_rate" >>"$OUT/alone.rates"; echo "$f_rate" >>"$OUT/fleet.rates"
+        echo "| $i | $a_rate | $a_cpu | $f_rate | $f_cpu |" >>"$report"
+        echo "cluster run $i: without $a_rate msg/s, with $f_rate msg/s" >&2
+    done
+    kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
+    local a f
+    a=$(median <"$OUT/alone.rates"); f=$(median <"$OUT/fleet.rates")
+    {
+        echo
+        echo "Median: without $a msg/s, with <cluster> $f msg/s: **$(awk -v a="$f" -v b="$a" 'BEGIN{printf "%.2f", a/b}')×**."
+    } >>"$report"
+}
+
+if [ -n "${CLUSTER_ONLY:-}" ]; then
+    cluster_compare
+    echo >>"$report"
+    cat "$report"
+    { echo; cat "$report"; } >>perf/RESULTS.md
+    exit 0
+fi
 if [ -n "${BASELINE:-}" ]; then
     baseline_compare "$BASELINE"
     echo >>"$report"

@@ -280,8 +280,9 @@ impl Fleet {
             cell.tokens.store(0, Ordering::Release); // no demand: the lease lapses
             return;
         }
-        let chunk = per_turn.ceil().max(1.0) as u64;
-        let want = (started + denied).clamp(1, chunk);
+        // With demand, a whole turn's worth: what is not used lapses at the next turn, and
+        // hosts asking at other moments of the turn get the rest (the GCRA's window is a turn).
+        let want = per_turn.ceil().max(1.0) as u64;
         let granted = match self.conn.is_some() {
             true => {
                 let interval_us = (period_us / rate.count.max(1) as f64).max(1.0);
