@@ -117,10 +117,16 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
 #[test]
 fn asynchronous_bounces_become_rb_records() {
     let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let dir = TempDir::new("hard");
+    let hard = dir.path().join("hard-bounces.txt");
+    std::fs::write(&hard, "").unwrap();
     let relay = Relay::start(
         &format!(
-            "<bounce-processor>\n <address-list>\n domain bounces.example.com\n </address-list>\n</bounce-processor>\n\
+            "<address-list hard-bounces>\n address-file {}\n</address-list>\n\
+             <bounce-processor>\n auto-suppress-list hard-bounces\n <address-list>\n domain bounces.example.com\n </address-list>\n</bounce-processor>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n suppression-lists hard-bounces\n</source>\n\
              <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            hard.display(),
             sink.addr.port()
         ),
         None,
@@ -143,4 +149,13 @@ fn asynchronous_bounces_become_rb_records() {
     assert!(e["dsnDiag"].starts_with("smtp;552 5.2.2 mailbox full"), "{e:?}");
     std::thread::sleep(Duration::from_millis(300));
     assert!(sink.messages().is_empty(), "bounces are taken, not relayed");
+    // The bounce processor's auto-suppress-list: the recipient that does not exist is
+    // refused from now on and kept in the list's file; the full mailbox is not.
+    let (mut t, _) = Talk::connect(relay.addr());
+    t.cmd("EHLO c.test");
+    t.cmd("MAIL FROM:<news@example.com>");
+    let reply = t.cmd("RCPT TO:<gone.user@receiver.example>");
+    assert!(reply.starts_with("550 5.7.1") && reply.contains("hard-bounces"), "{reply}");
+    assert!(t.cmd("RCPT TO:<full.box@corp.example>").starts_with("250"));
+    assert_eq!(std::fs::read_to_string(&hard).unwrap(), "gone.user@receiver.example\n");
 }

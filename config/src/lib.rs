@@ -106,7 +106,7 @@ pub struct Config {
     /// `<address-list NAME>` blocks (suppression lists).
     pub address_lists: HashMap<String, AddressListConfig>,
     pub feedback_processor: Option<FeedbackProcessor>,
-    /// `<bounce-processor>` (same shape; no auto-suppress list).
+    /// `<bounce-processor>` (same shape; its `auto-suppress-list` takes hard-bounced recipients).
     pub bounce_processor: Option<FeedbackProcessor>,
     domains: DomainBlocks,
     /// `<domain>` blocks inside `<virtual-mta-pool>` blocks.

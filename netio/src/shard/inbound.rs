@@ -340,13 +340,20 @@ impl Shard {
             m.flags |= sluice_spool::codec::flags::VERP;
         }
         let (records, suppress_add) = take_reports(&shared, &mut m, now.unix_ms);
+        let mut for_later = false;
         for r in records {
             self.record(r);
         }
-        if let Some(add) = suppress_add {
-            if self.suppress_complainer(slot, add, m.recipients.is_empty()) {
-                return; // the report's reply waits for the suppression entry
+        // The report's reply waits for the first suppression entry (the others follow it).
+        let mut waits = m.recipients.is_empty();
+        for add in suppress_add {
+            if self.suppress_complainer(slot, add, std::mem::take(&mut waits)) {
+                waits = false;
+                for_later = true;
             }
+        }
+        if for_later {
+            return;
         }
         let c = self.ins.get_mut(slot);
         if m.recipients.is_empty() {
@@ -563,14 +570,15 @@ pub(super) struct SuppressAdd {
     pub address: String,
 }
 
-/// A complaint's `f` record, and the suppression entry to make durable, if any.
-type Reports = (Vec<Record>, Option<SuppressAdd>);
+/// A report's `f` / `rb` records, and the suppression entries to make durable (a
+/// complainer; hard-bounced recipients with the bounce processor's `auto-suppress-list`).
+type Reports = (Vec<Record>, Vec<SuppressAdd>);
 
 /// Reports to the feedback-loop and bounce processors: taken out of the message's recipients
 /// as `f` / `rb` records, never relayed.
 fn take_reports(shared: &Shared, m: &mut Message, now_ms: u64) -> Reports {
     let mut records = Vec::new();
-    let mut suppress_add = None;
+    let mut suppress_add = Vec::new();
     for (processor, feedback) in [(&shared.feedback, true), (&shared.bounces, false)] {
         let Some(p) = processor else { continue };
         let (reports, rest): (Vec<String>, Vec<String>) =
@@ -582,11 +590,14 @@ fn take_reports(shared: &Shared, m: &mut Message, now_ms: u64) -> Reports {
         let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
         let found = if feedback {
             feedback_records(shared, p, &text, now_ms).map(|(r, add)| {
-                suppress_add = add;
+                suppress_add.extend(add);
                 r
             })
         } else {
-            bounce_records(shared, &text, &reports[0], now_ms)
+            bounce_records(shared, &text, &reports[0], now_ms).map(|r| {
+                suppress_add.extend(hard_bounced(shared, p, &r));
+                r
+            })
         };
         match found {
             Some(r) => records.extend(r),
@@ -609,7 +620,25 @@ fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &s
         }
         _ => None,
     };
-    Some((vec![Record::feedback(now, &f)], add))
+    Some((vec![Record::feedback(now, &f)], add.into_iter().collect()))
+}
+
+/// Recipients an asynchronous bounce says do not exist (`bad-mailbox`, `bad-domain`,
+/// `inactive-mailbox`): for the bounce processor's `auto-suppress-list`, if it has one.
+fn hard_bounced(shared: &Shared, p: &crate::suppress::FeedbackLoop, records: &[Record]) -> Vec<SuppressAdd> {
+    let Some(name) = &p.auto_suppress_list else { return Vec::new() };
+    let hard = ["bad-mailbox", "bad-domain", "inactive-mailbox"];
+    records
+        .iter()
+        .filter(|r| hard.contains(&r.bounce_cat.as_str()) && !r.rcpt.is_empty())
+        .map(|r| {
+            if let Some(list) = shared.lists.get(name) {
+                list.add(&r.rcpt);
+            }
+            tracing::info!(rcpt = %r.rcpt, category = %r.bounce_cat, list = %name, "hard bounce suppressed");
+            SuppressAdd { path: p.auto_suppress.clone(), list: name.clone(), address: r.rcpt.clone() }
+        })
+        .collect()
 }
 
 /// An asynchronous bounce's `rb` records, one per failed recipient, with their category
