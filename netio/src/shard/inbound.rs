@@ -594,10 +594,8 @@ fn take_reports(shared: &Shared, m: &mut Message, now_ms: u64) -> Reports {
                 r
             })
         } else {
-            bounce_records(shared, &text, &reports[0], now_ms).map(|r| {
-                suppress_add.extend(hard_bounced(shared, p, &r));
-                r
-            })
+            bounce_records(shared, &text, &reports[0], now_ms)
+                .inspect(|r| suppress_add.extend(hard_bounced(shared, p, r)))
         };
         match found {
             Some(r) => records.extend(r),
