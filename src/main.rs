@@ -292,15 +292,24 @@ fn wait_for_signal() -> i32 {
 
 /// Raises the open-file soft limit to the hard limit: every connection is a descriptor, and
 /// the usual default of 1024 is far below what a relay with many queues holds open.
-fn raise_fd_limit() {
+/// Raises the open-files limit to its hard limit (every connection is a descriptor); returns
+/// it.
+fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
+    let limit = unsafe {
         let mut lim: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 0;
         }
-    }
+        if lim.rlim_cur < lim.rlim_max {
+            let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                lim = want;
+            }
+        }
+        lim.rlim_cur
+    };
+    limit as u64
 }
 
 /// Command-line tools piped into `head` should end quietly, as Unix tools do, rather than
@@ -332,7 +341,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
-            raise_fd_limit();
+            let limit = raise_fd_limit();
+            tracing::info!(open_files = limit, "open-files limit (each connection takes one)");
+            if limit < 16_384 {
+                tracing::warn!(
+                    open_files = limit,
+                    "under 16384 open files: raise the hard limit (LimitNOFILE=) for many connections"
+                );
+            }
             block_signals();
             run(config.as_deref())
         }
@@ -350,12 +366,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Loadgen(args) => {
-            raise_fd_limit();
+            let _ = raise_fd_limit();
             default_sigpipe();
             tools::loadgen(args)
         }
         Command::Sink(args) => {
-            raise_fd_limit();
+            let _ = raise_fd_limit();
             default_sigpipe();
             tools::sink(args)
         }

@@ -21,8 +21,12 @@ pub enum Want {
     Close,
 }
 
-/// Receive buffers start at this size and double when a line or reply needs more.
+/// Receive buffers start at this size and double when a line or reply needs more: inbound,
+/// large enough for a message's data in few reads.
 pub const RECV_BYTES: usize = 64 * 1024;
+/// Outbound connections read replies only (a few hundred bytes): a small start keeps 10,000
+/// connections to slow receivers cheap.
+pub const OUT_RECV_BYTES: usize = 4 * 1024;
 
 /// Feeds the ciphertext after `plain_len` in `buf` (and any left from before) to rustls and
 /// writes the plaintext it yields back into `buf` from `plain_len` on; `len` ends as the

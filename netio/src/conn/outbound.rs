@@ -3,7 +3,7 @@
 //! short one stopped (`SendBuf`, `Resume`). The body goes out from the caller's bytes (the
 //! mapped spool segment) without a copy, or encrypted into the send buffer inside TLS.
 
-use super::{free_space, tls_decrypt, write_out, Transcript, Want, RECV_BYTES};
+use super::{free_space, tls_decrypt, write_out, Transcript, Want, OUT_RECV_BYTES};
 use sluice_engine::smtp::client::{Capabilities, Client, ClientEvent, TlsMode, TxnParams, END_OF_DATA};
 use sluice_engine::smtp::reply::Reply;
 use sluice_spool::{Resume, SendBuf};
@@ -56,7 +56,7 @@ impl Outgoing {
             client,
             tls_setup,
             tls: None,
-            inbuf: vec![0; RECV_BYTES],
+            inbuf: vec![0; OUT_RECV_BYTES],
             in_len: 0,
             plain_len: 0,
             tls_pending: Vec::new(),
