@@ -83,9 +83,10 @@ impl Segment {
         self.file.as_raw_fd()
     }
 
-    /// The record at `offset`. Only called for records whose write completed.
+    /// The message at `offset` (a record written durably by this process, or recovered:
+    /// its checksum was verified then).
     pub fn message(&self, offset: u64) -> MessageView<'_> {
-        match codec::decode_message(&self.map[offset as usize..]) {
+        match codec::decode_verified_message(&self.map[offset as usize..]) {
             Decoded::Record(view, _) => view,
             other => panic!("segment {}/{} offset {offset}: expected a record, found {other:?}", self.shard, self.seq),
         }
