@@ -50,6 +50,15 @@ enum Command {
     Loadgen(tools::LoadgenArgs),
     /// Accept and count mail over SMTP (io_uring), verifying loadgen's checksums.
     Sink(tools::SinkArgs),
+    /// DKIM signatures per second on one core with a key (what signing can give at most).
+    SignSpeed {
+        /// The private key (PEM: RSA or Ed25519).
+        #[arg(long)]
+        key: PathBuf,
+        /// How long to sign, in seconds.
+        #[arg(long, default_value_t = 2)]
+        seconds: u64,
+    },
     /// Suppression-list helpers.
     #[command(subcommand)]
     Suppress(Suppress),
@@ -375,6 +384,7 @@ fn main() -> ExitCode {
             default_sigpipe();
             tools::sink(args)
         }
+        Command::SignSpeed { key, seconds } => tools::sign_speed(&key, seconds),
         Command::Suppress(Suppress::Hash { address, hmac }) => {
             println!("{}", sluice_engine::suppress::address_hash(&address, hmac.as_deref().map(str::as_bytes)));
             ExitCode::SUCCESS

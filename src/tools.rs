@@ -36,6 +36,14 @@ pub struct LoadgenArgs {
     /// Recipient domains (d0.SUFFIX, d1.SUFFIX, ...; one domain is SUFFIX itself).
     #[arg(long, default_value_t = 1)]
     domains: u32,
+    /// Skew of the domain mix: 0 sends to every domain in turn; with s > 0 the k-th domain
+    /// gets 1/k^s of the first's share (Zipf; 1 is a typical campaign).
+    #[arg(long, default_value_t = 0.0)]
+    zipf: f64,
+    /// A bulk campaign's shape: 200 domains (unless --domains says otherwise), Zipf 1, sizes
+    /// 2K:50,20K:40,100K:10 (unless --size says otherwise).
+    #[arg(long)]
+    campaign: bool,
     #[arg(long, default_value = "sink.test")]
     domain_suffix: String,
     /// Recipients per message.
@@ -79,7 +87,15 @@ pub fn loadgen(args: LoadgenArgs) -> ExitCode {
         eprintln!("sluice loadgen: give --messages N or --duration D (every load is bounded)");
         return ExitCode::from(2);
     }
-    let sizes = match parse_sizes(&args.size) {
+    let (domains, zipf, size) = match args.campaign {
+        true => (
+            if args.domains == 1 { 200 } else { args.domains },
+            if args.zipf == 0.0 { 1.0 } else { args.zipf },
+            if args.size == "1K" { "2K:50,20K:40,100K:10".to_string() } else { args.size.clone() },
+        ),
+        false => (args.domains, args.zipf, args.size.clone()),
+    };
+    let sizes = match parse_sizes(&size) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("sluice loadgen: --size: {e}");
@@ -93,7 +109,8 @@ pub fn loadgen(args: LoadgenArgs) -> ExitCode {
         connections: args.connections.max(1),
         per_connection: args.per_connection,
         sizes,
-        domains: args.domains.max(1),
+        domains: domains.max(1),
+        zipf,
         domain_suffix: args.domain_suffix,
         rcpts: args.rcpts.max(1),
         pipelining: !args.no_pipelining,
@@ -166,6 +183,17 @@ pub struct SinkArgs {
     /// Delay before answering the end of data, e.g. 5ms.
     #[arg(long, value_parser = parse_duration, default_value = "0")]
     latency: Duration,
+    /// A random extra delay, up to this, on each delayed reply (end of data, and with
+    /// --reply-latency every reply).
+    #[arg(long, value_parser = parse_duration, default_value = "0")]
+    jitter: Duration,
+    /// Delay before every other reply (greeting, EHLO, MAIL, RCPT, DATA's 354), e.g. 2ms.
+    #[arg(long, value_parser = parse_duration, default_value = "0")]
+    reply_latency: Duration,
+    /// A receiver on a bulk campaign's far side: 20 ms at the end of data with 10 ms of
+    /// jitter, 1 ms before other replies (unless given otherwise).
+    #[arg(long)]
+    campaign: bool,
     /// Connections beyond this are answered 421 (0: no cap).
     #[arg(long, default_value_t = 0)]
     max_connections: u32,
@@ -179,6 +207,10 @@ pub struct SinkArgs {
     /// Exit once this many messages have arrived.
     #[arg(long)]
     exit_after: Option<u64>,
+    /// Exit once this many final outcomes were seen: messages arrived plus recipients refused
+    /// with a scripted 5xx (a load of one recipient a message, with --reply rules).
+    #[arg(long, conflicts_with = "exit_after")]
+    exit_after_final: Option<u64>,
     #[arg(long, default_value = "sink.sluice")]
     host_name: String,
     /// Write the totals as JSON to this file on exit.
@@ -236,7 +268,13 @@ pub fn sink(args: SinkArgs) -> ExitCode {
         listen: args.listen,
         host_name: args.host_name,
         rules,
-        latency: args.latency,
+        latency: if args.campaign && args.latency.is_zero() { Duration::from_millis(20) } else { args.latency },
+        jitter: if args.campaign && args.jitter.is_zero() { Duration::from_millis(10) } else { args.jitter },
+        reply_latency: if args.campaign && args.reply_latency.is_zero() {
+            Duration::from_millis(1)
+        } else {
+            args.reply_latency
+        },
         max_connections: args.max_connections,
         // A receiver tolerates a little burst: 100 ms worth of its rate.
         accept_rate: args.accept_rate.map(|r| {
@@ -258,8 +296,12 @@ pub fn sink(args: SinkArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
-    while !SIGNALLED.load(Ordering::SeqCst) && args.exit_after.is_none_or(|n| stats.messages.load(Ordering::SeqCst) < n)
-    {
+    let done = || {
+        let messages = stats.messages.load(Ordering::SeqCst);
+        args.exit_after.is_some_and(|n| messages >= n)
+            || args.exit_after_final.is_some_and(|n| messages + stats.scripted_5xx.load(Ordering::SeqCst) >= n)
+    };
+    while !SIGNALLED.load(Ordering::SeqCst) && !done() {
         std::thread::sleep(Duration::from_millis(10));
     }
     stop.store(true, Ordering::SeqCst);
@@ -272,5 +314,44 @@ pub fn sink(args: SinkArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     }
+    ExitCode::SUCCESS
+}
+
+/// `sluice sign-speed`: DKIM signatures per second on one core with `key` (a 10 KiB message,
+/// relaxed/relaxed, the default header set), what the signing rate of a host cannot pass.
+pub fn sign_speed(key: &std::path::Path, seconds: u64) -> ExitCode {
+    let text = format!("smtp-listener 127.0.0.1:25\ndomain-key speed,speed.test,{}\n", key.display());
+    let config = match sluice_config::load("sign-speed", &text, &mut |_| Err("no includes".into())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sluice sign-speed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let keys = match sluice_engine::dkim::Keys::load(&config, &mut |p| std::fs::read(p)) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("sluice sign-speed: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut message = b"From: News <news@speed.test>\r\nTo: r@dest.test\r\nSubject: speed\r\nDate: Sat, 28 Nov 2026 00:00:00 +0000\r\nMessage-ID: <1@speed.test>\r\n\r\n".to_vec();
+    while message.len() < 10 * 1024 {
+        message
+            .extend_from_slice(b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.\r\n");
+    }
+    let opts = sluice_config::DkimOptions::default();
+    let started = std::time::Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(seconds.max(1)) {
+        match keys.sign("", &message, &opts) {
+            Ok(Some(_)) => n += 1,
+            other => {
+                eprintln!("sluice sign-speed: no signature: {other:?}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    println!("{:.0} signatures/s on one core", n as f64 / started.elapsed().as_secs_f64());
     ExitCode::SUCCESS
 }

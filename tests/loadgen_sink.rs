@@ -82,3 +82,31 @@ fn open_loop_rate_and_extra_headers() {
     });
     assert!(messages.iter().all(|m| m.contains("\nX-Virtual-MTA: mta7\n") && m.contains("\nX-Sluice-Sum: ")));
 }
+
+/// The campaign presets through sluice: a Zipf mix over 20 domains (the first gets far more
+/// than the last), receivers that wait 20 ms (+ jitter) at the end of data and 1 ms before
+/// every other reply, a scripted 5xx share; the sink's delivery-latency percentiles include
+/// its own waits, and it stops once every message has a final outcome.
+#[test]
+fn campaign_shape_through_sluice() {
+    let s = SluiceSink::start_final(&["--campaign", "--reply", "*:550 5.1.1 no such user:10%"], 600);
+    let relay = Relay::start(
+        &format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n", s.port),
+        None,
+    );
+    let lg = loadgen(relay.port, &["--messages", "600", "--campaign", "--domains", "20", "--size", "2K:80,20K:20"]);
+    assert_eq!(json_u64(&lg, "messages_ok"), 600, "{lg}");
+    let st = s.finish();
+    let (delivered, refused) = (json_u64(&st, "messages"), json_u64(&st, "scripted_5xx"));
+    assert_eq!(delivered + refused, 600, "{st}");
+    assert!((20..=110).contains(&refused), "about 10% refused: {st}");
+    assert_eq!(json_u64(&st, "corrupt"), 0, "{st}");
+    let p50 = st.split("\"latency_ms\":").nth(1).map(|l| json_u64(l, "p50")).expect("latency in the sink's totals");
+    assert!(p50 >= 20, "loadgen's send to the sink's 250 includes the 20 ms wait: {st}");
+    let rows = relay.wait_rows("d", delivered as usize, Duration::from_secs(30));
+    let count = |q: &str| rows.iter().filter(|r| r["rcpt"].ends_with(q)).count();
+    let (first, last) = (count("@d0.sink.test"), count("@d19.sink.test"));
+    // Zipf 1 over 20 domains: the first gets 28% of the mail, the last 1.4%.
+    let share = first * 100 / rows.len();
+    assert!((20..=36).contains(&share) && last * 5 < first, "first domain {first} rows ({share}%), last {last}");
+}

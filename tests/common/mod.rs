@@ -422,10 +422,19 @@ impl SluiceSink {
 
     /// As `start`, listening on `addr` (`IP:PORT`).
     pub fn start_on(addr: &str, args: &[&str], exit_after: u64) -> SluiceSink {
+        SluiceSink::spawn(addr, args, "--exit-after", exit_after)
+    }
+
+    /// As `start`, exiting once `outcomes` messages arrived or were refused with a scripted 5xx.
+    pub fn start_final(args: &[&str], outcomes: u64) -> SluiceSink {
+        SluiceSink::spawn(&format!("127.0.0.1:{}", free_port("127.0.0.1")), args, "--exit-after-final", outcomes)
+    }
+
+    fn spawn(addr: &str, args: &[&str], exit_flag: &str, count: u64) -> SluiceSink {
         let dir = TempDir::new("sink");
         let json = dir.path().join("sink.json");
         let child = Command::new(BIN)
-            .args(["sink", "--listen", addr, "--exit-after", &exit_after.to_string(), "--json"])
+            .args(["sink", "--listen", addr, exit_flag, &count.to_string(), "--json"])
             .arg(&json)
             .args(args)
             .stdout(Stdio::null())

@@ -9,6 +9,8 @@ use super::data::DataScanner;
 pub const HEADER_BYTES_MAX: usize = 64 * 1024;
 pub const ID_HEADER: &str = "X-Sluice-Id";
 pub const SUM_HEADER: &str = "X-Sluice-Sum";
+/// When loadgen sent the message (Unix ms): the sink's delivery latency.
+pub const SENT_HEADER: &str = "X-Sluice-Sent";
 
 /// `DOMAIN[/CLIENT-IP]:REPLY:PERCENT%[@FROM-TO]`, e.g. `gmail.test:421 4.7.0 try later:5%` or
 /// `*:550 5.1.1 no:1%`. With `/CLIENT-IP` the rule applies only to connections from that
@@ -59,6 +61,8 @@ pub enum Checksum {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
     pub id: Option<u64>,
+    /// `X-Sluice-Sent`, when loadgen sent it.
+    pub sent_unix_ms: Option<u64>,
     pub checksum: Checksum,
     /// Content bytes (transparency form, without the terminator).
     pub bytes: u64,
@@ -296,6 +300,7 @@ impl SinkSession {
         }
         let report = Report {
             id: header_value(&self.headers, ID_HEADER).and_then(|v| v.parse().ok()),
+            sent_unix_ms: header_value(&self.headers, SENT_HEADER).and_then(|v| v.parse().ok()),
             checksum: match header_value(&self.headers, SUM_HEADER) {
                 None => Checksum::Absent,
                 Some(v) if u32::from_str_radix(v, 16) == Ok(self.body_crc) && !self.in_headers => Checksum::Good,
@@ -379,7 +384,7 @@ mod tests {
     fn verifies_checksum_and_id() {
         let body = b"id 7\r\nhello world\r\n";
         let msg = format!(
-            "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nReceived: by relay\r\n{ID_HEADER}: 7\r\n{SUM_HEADER}: {:08x}\r\n\r\n{}.\r\n",
+            "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nReceived: by relay\r\n{ID_HEADER}: 7\r\n{SENT_HEADER}: 1764590000123\r\n{SUM_HEADER}: {:08x}\r\n\r\n{}.\r\n",
             body_checksum(body),
             String::from_utf8_lossy(body)
         );
@@ -401,7 +406,13 @@ mod tests {
                     }
                 }
             }
-            let want = Report { id: Some(7), checksum: Checksum::Good, bytes: expected_bytes, recipients: 1 };
+            let want = Report {
+                id: Some(7),
+                sent_unix_ms: Some(1764590000123),
+                checksum: Checksum::Good,
+                bytes: expected_bytes,
+                recipients: 1,
+            };
             assert_eq!(reports, vec![want], "chunk {chunk}");
         }
         let corrupt = "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nDATA\r\nX-Sluice-Id: 8\r\nX-Sluice-Sum: 00000000\r\n\r\nbody\r\n.\r\n";

@@ -8,7 +8,7 @@ use hdrhistogram::Histogram;
 use io_uring::{opcode, types, IoUring};
 use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
 use sluice_engine::smtp::reply::Reply;
-use sluice_engine::smtp::sink::{body_checksum, ID_HEADER, SUM_HEADER};
+use sluice_engine::smtp::sink::{body_checksum, ID_HEADER, SENT_HEADER, SUM_HEADER};
 use sluice_spool::Resume;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -38,6 +38,9 @@ pub struct LoadgenOptions {
     /// Message sizes with weights; one entry is a fixed size.
     pub sizes: Vec<(usize, u32)>,
     pub domains: u32,
+    /// Zipf exponent of the domain mix (0: every domain alike, in turn; 1: the k-th domain
+    /// gets 1/k of the first's share, as real campaigns do: a few big providers, a long tail).
+    pub zipf: f64,
     pub domain_suffix: String,
     pub rcpts: u32,
     pub pipelining: bool,
@@ -148,7 +151,27 @@ struct Loadgen {
     deadline: Option<Instant>,
     timespec: Box<types::Timespec>,
     size_pick: u64,
+    /// With `zipf`: each domain's cumulative share, to pick from.
+    domain_cdf: Vec<f64>,
+    domain_pick: u64,
     report: LoadgenReport,
+}
+
+/// Cumulative shares of `n` domains under a Zipf law with exponent `s` (empty for s = 0).
+fn zipf_cdf(n: u32, s: f64) -> Vec<f64> {
+    if s <= 0.0 || n <= 1 {
+        return Vec::new();
+    }
+    let weights: Vec<f64> = (1..=n).map(|k| 1.0 / (k as f64).powf(s)).collect();
+    let total: f64 = weights.iter().sum();
+    let mut acc = 0.0;
+    weights
+        .iter()
+        .map(|w| {
+            acc += w / total;
+            acc
+        })
+        .collect()
 }
 
 fn filler(bytes: usize) -> Vec<u8> {
@@ -182,6 +205,8 @@ pub fn run_loadgen(opts: LoadgenOptions, mut progress: impl FnMut(u64, Duration)
         deadline: opts.duration.map(|d| start + d),
         timespec: Box::new(types::Timespec::from(TICK)),
         size_pick: 0,
+        domain_cdf: zipf_cdf(opts.domains, opts.zipf),
+        domain_pick: 0x9e3779b97f4a7c15,
         report: LoadgenReport {
             messages_ok: 0,
             messages_failed: 0,
@@ -522,7 +547,16 @@ impl Loadgen {
         let size = self.pick_size();
         let rcpts: Vec<String> = (0..self.opts.rcpts)
             .map(|j| {
-                let d = (n * self.opts.rcpts as u64 + j as u64) % self.opts.domains as u64;
+                let d = match self.domain_cdf.is_empty() {
+                    true => (n * self.opts.rcpts as u64 + j as u64) % self.opts.domains as u64,
+                    false => {
+                        self.domain_pick ^= self.domain_pick << 13;
+                        self.domain_pick ^= self.domain_pick >> 7;
+                        self.domain_pick ^= self.domain_pick << 17;
+                        let roll = (self.domain_pick >> 11) as f64 / (1u64 << 53) as f64;
+                        self.domain_cdf.partition_point(|c| *c < roll).min(self.domain_cdf.len() - 1) as u64
+                    }
+                };
                 let domain = if self.opts.domains == 1 {
                     self.opts.domain_suffix.clone()
                 } else {
@@ -541,11 +575,13 @@ impl Loadgen {
             extra.push_str(h);
             extra.push_str("\r\n");
         }
+        // When it was sent: the sink measures delivery latency from it.
         let head = format!(
-            "From: <{from}>\r\nTo: <{to}>\r\nSubject: sluice loadgen {n}\r\nMessage-Id: <{n}.{t}@loadgen.sluice>\r\n{ID_HEADER}: {n}\r\n{SUM_HEADER}: {sum:08x}\r\n{extra}\r\n",
+            "From: <{from}>\r\nTo: <{to}>\r\nSubject: sluice loadgen {n}\r\nMessage-Id: <{n}.{t}@loadgen.sluice>\r\n{ID_HEADER}: {n}\r\n{SUM_HEADER}: {sum:08x}\r\n{SENT_HEADER}: {sent}\r\n{extra}\r\n",
             from = self.opts.from,
             to = rcpts[0],
             t = self.report.start_unix_ms,
+            sent = crate::sys::now_ms(),
         );
         let conn = self.conns[slot as usize].as_mut().expect("live connection");
         conn.sent_here += 1;

@@ -29,6 +29,10 @@ pub struct SinkOptions {
     pub rules: Vec<ReplyRule>,
     /// Delay before the reply to the end of data.
     pub latency: Duration,
+    /// Up to this much more, at random, on each delayed reply.
+    pub jitter: Duration,
+    /// Delay before every other reply.
+    pub reply_latency: Duration,
     /// Connections beyond this get `421` at the greeting (0: no cap).
     pub max_connections: u32,
     /// A hidden acceptance rate: recipients beyond it get `451 4.7.1`.
@@ -50,13 +54,25 @@ pub struct SinkStats {
     pub scripted_5xx: AtomicU64,
     pub first_message_unix_ms: AtomicU64,
     pub last_message_unix_ms: AtomicU64,
+    /// From loadgen's send (`X-Sluice-Sent`) to this sink's acknowledgement, in ms.
+    pub latency_ms: std::sync::Mutex<Option<hdrhistogram::Histogram<u64>>>,
 }
 
 impl SinkStats {
     pub fn to_json(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::SeqCst);
+        let latency = match self.latency_ms.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(h) if !h.is_empty() => format!(
+                ",\"latency_ms\":{{\"p50\":{},\"p90\":{},\"p99\":{},\"max\":{}}}",
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.max()
+            ),
+            _ => String::new(),
+        };
         format!(
-            "{{\"connections\":{},\"refused_connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"corrupt\":{},\"duplicates\":{},\"without_id\":{},\"scripted_4xx\":{},\"scripted_5xx\":{},\"first_message_unix_ms\":{},\"last_message_unix_ms\":{}}}",
+            "{{\"connections\":{},\"refused_connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"corrupt\":{},\"duplicates\":{},\"without_id\":{},\"scripted_4xx\":{},\"scripted_5xx\":{},\"first_message_unix_ms\":{},\"last_message_unix_ms\":{}{latency}}}",
             g(&self.connections),
             g(&self.refused_connections),
             g(&self.messages),
@@ -97,6 +113,10 @@ struct Conn {
     ack_due_ms: Option<u64>,
     /// The message waiting for its (delayed) 250: counted when acknowledged.
     pending: Option<sluice_engine::smtp::sink::Report>,
+    /// Other replies held back until then (`reply_latency`).
+    reply_due_ms: Option<u64>,
+    /// The output is a delayed acknowledgement: it goes at once.
+    ack_ready: bool,
 }
 
 struct Sink {
@@ -125,7 +145,8 @@ pub fn run_sink(
 ) -> std::io::Result<()> {
     let listener = sys::listen(opts.listen, false)?;
     ready(sys::bound_addr(listener.as_raw_fd()));
-    let tick = if opts.latency.is_zero() { TICK_IDLE } else { TICK_LATENCY };
+    let delays = !(opts.latency.is_zero() && opts.reply_latency.is_zero());
+    let tick = if delays { TICK_LATENCY } else { TICK_IDLE };
     let accept_rate = opts.accept_rate;
     let mut sink = Sink {
         rules: Arc::new(opts.rules.clone()),
@@ -228,6 +249,8 @@ impl Sink {
             busy: false,
             ack_due_ms: None,
             pending: None,
+            reply_due_ms: None,
+            ack_ready: false,
         });
         let slot = match self.free.pop() {
             Some(s) => s,
@@ -291,16 +314,31 @@ impl Sink {
     fn on_tick(&mut self) {
         let now = now_ms();
         for slot in 0..self.conns.len() as u32 {
-            let due = self.conns[slot as usize].as_ref().and_then(|c| c.ack_due_ms).is_some_and(|t| t <= now);
-            if due {
-                let conn = self.conns[slot as usize].as_mut().expect("checked");
+            let Some(conn) = self.conns[slot as usize].as_mut() else { continue };
+            if conn.reply_due_ms.is_some_and(|t| t <= now) {
+                conn.reply_due_ms = None;
+                self.send(slot);
+                continue;
+            }
+            if conn.ack_due_ms.is_some_and(|t| t <= now) {
                 conn.ack_due_ms = None;
+                conn.ack_ready = true;
                 conn.session.ack();
                 let report = conn.pending.take().expect("a delayed ack has its report");
                 self.record(&report);
                 self.drive(slot);
             }
         }
+    }
+
+    /// A delay with this sink's jitter on top.
+    fn delay_ms(&mut self, base: Duration) -> u64 {
+        let jitter = self.opts.jitter.as_millis() as u64;
+        if jitter == 0 {
+            return base.as_millis() as u64;
+        }
+        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        base.as_millis() as u64 + (self.seed >> 33) % (jitter + 1)
     }
 
     fn record(&mut self, report: &sluice_engine::smtp::sink::Report) {
@@ -314,6 +352,11 @@ impl Sink {
         if report.checksum == Checksum::Bad {
             s.corrupt.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(sent) = report.sent_unix_ms {
+            let mut h = s.latency_ms.lock().unwrap_or_else(|e| e.into_inner());
+            let h = h.get_or_insert_with(|| hdrhistogram::Histogram::new(3).expect("3 significant digits"));
+            let _ = h.record(now.saturating_sub(sent));
+        }
         match report.id {
             Some(id) if !self.seen.insert(id) => {
                 s.duplicates.fetch_add(1, Ordering::Relaxed);
@@ -326,8 +369,9 @@ impl Sink {
     }
 
     fn drive(&mut self, slot: u32) {
-        let latency_ms = self.opts.latency.as_millis() as u64;
         loop {
+            let latency = self.opts.latency;
+            let latency_ms = if latency.is_zero() { 0 } else { self.delay_ms(latency) };
             let conn = self.conns[slot as usize].as_mut().expect("live connection");
             if conn.busy {
                 return;
@@ -370,8 +414,16 @@ impl Sink {
             if let Some(r) = report {
                 self.record(&r);
             }
+            let reply_latency = self.opts.reply_latency;
+            let reply_delay = if reply_latency.is_zero() { 0 } else { self.delay_ms(reply_latency) };
             let conn = self.conns[slot as usize].as_mut().expect("live connection");
             if !conn.out.is_empty() {
+                // `reply_latency`: the receiver thinks before answering (not again for an
+                // acknowledgement that waited its own latency).
+                if reply_delay > 0 && !std::mem::take(&mut conn.ack_ready) {
+                    conn.reply_due_ms = Some(now_ms() + reply_delay);
+                    return;
+                }
                 return self.send(slot);
             }
             if closing {

@@ -1,0 +1,269 @@
+#!/usr/bin/env bash
+# A bulk campaign's shape, sluice against Postfix on this machine: DOMAINS destination domains
+# with a Zipf mix (a few big providers, a long tail), each its own next hop (127.0.x.y, one
+# sink listening on them all) with the same per-destination connection limit for both; a
+# size mix; receivers that take LATENCY (+ JITTER) to answer the end of data and REPLY_LATENCY
+# before other replies; unsigned, then every message signed with RSA-2048 (sluice itself,
+# Postfix through OpenDKIM as a milter, the same key). Both relays fsync their queues; runs
+# alternate. Written to perf/RESULTS.md: msg/s, relay CPU per message, peak RSS, peak
+# outbound connections, delivery latency (loadgen's send to the sink's 250).
+#
+#   perf/campaign.sh
+#   RUNS=3 MESSAGES=30000 DOMAINS=1000 LATENCY=50ms perf/campaign.sh
+#   SIGN=rsa perf/campaign.sh      # only the signed comparison (SIGN=off: only unsigned)
+#   ONLY=sluice perf/campaign.sh   # sluice alone (quick before/after measurements)
+#   FAILURES='*:451 4.7.1 try later:3%;*:550 5.1.1 no such user:2%' perf/campaign.sh
+#                                  # scripted refusals at RCPT (`sluice sink --reply` rules, `;`
+#                                  # between them); both relays retry after 5 s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-2}
+MESSAGES=${MESSAGES:-20000}
+DOMAINS=${DOMAINS:-200}
+ZIPF=${ZIPF:-1}
+SIZES=${SIZES:-2K:50,20K:40,100K:10}
+LATENCY=${LATENCY:-20ms}
+JITTER=${JITTER:-10ms}
+REPLY_LATENCY=${REPLY_LATENCY:-1ms}
+PER_DEST=${PER_DEST:-20}
+INJECT=${INJECT:-50}
+SIGN=${SIGN:-both}
+ONLY=${ONLY:-}
+FAILURES=${FAILURES:-}
+SINK_RULES=()
+IFS=';' read -r -a rules <<<"$FAILURES"
+for r in "${rules[@]}"; do [ -n "$r" ] && SINK_RULES+=(--reply "$r"); done
+OUT=perf/out
+mkdir -p "$OUT"
+ulimit -n "$(ulimit -Hn)"
+
+bash scripts/install-test-deps.sh >/dev/null
+command -v opendkim >/dev/null || {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq --no-install-recommends opendkim >/dev/null
+}
+cargo build --release --locked -q
+BIN=$PWD/target/release/sluice
+RELAY_PORT=${RELAY_PORT:-2625}
+SINK_PORT=${SINK_PORT:-2626}
+PF_DIR=/tmp/sluice-postfix # must match scripts/install-test-deps.sh
+WORK=/tmp/sluice-campaign
+rm -rf "$WORK" && mkdir -p "$WORK"
+KEY=$WORK/dkim.pem
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEY" 2>/dev/null
+chmod 644 "$KEY"
+
+busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
+hz=$(getconf CLK_TCK)
+wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+json() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# Destination k's next hop: 127.0.(1 + k/250).(1 + k%250).
+hop() { echo "127.0.$((1 + $1 / 250)).$((1 + $1 % 250))"; }
+
+SIGNED=0
+start_sluice() {
+    local conf=$WORK/sluice.conf key="" sign=""
+    rm -rf "$WORK/spool"
+    if [ "$SIGNED" = 1 ]; then key="domain-key perf,src.test,$KEY"; sign="dkim-sign yes"; fi
+    {
+        echo "host-name perf.sluice"
+        echo "$key"
+        echo "smtp-listener 127.0.0.1:$RELAY_PORT"
+        echo "spool $WORK/spool"
+        echo "<source 127.0.0.1>"
+        echo "    always-allow-relaying yes"
+        echo "    max-message-size 200M"
+        echo "</source>"
+        echo "<domain *>"
+        echo "    max-smtp-out $PER_DEST"
+        [ -n "$FAILURES" ] && echo "    retry-after 5s"
+        echo "    $sign"
+        echo "</domain>"
+        for k in $(seq 0 $((DOMAINS - 1))); do
+            echo "<domain d$k.campaign.test>"
+            echo "    smtp-hosts [$(hop "$k")]:$SINK_PORT"
+            echo "</domain>"
+        done
+        echo "<acct-file $WORK/acct.csv>"
+        echo "    records d,b,t"
+        echo "</acct-file>"
+    } >"$conf"
+    "$BIN" run -c "$conf" 2>"$WORK/sluice.log" &
+    RELAY_PID=$!
+    wait_port "$RELAY_PORT"
+}
+stop_sluice() {
+    # The relay's own CPU time (user + system), for the log.
+    awk -v hz="$(getconf CLK_TCK)" '{printf "sluice CPU %.2f s\n", ($14 + $15) / hz}' "/proc/$RELAY_PID/stat" >&2 || true
+    kill "$RELAY_PID"; wait "$RELAY_PID" || true
+}
+sluice_rss_kib() { awk '/VmHWM/{print $2}' "/proc/$RELAY_PID/status" 2>/dev/null || echo 0; }
+
+start_opendkim() {
+    cat >"$WORK/opendkim.conf" <<EOF
+Syslog no
+Domain src.test
+Selector perf
+KeyFile $KEY
+Socket inet:8891@127.0.0.1
+Canonicalization relaxed/relaxed
+Mode s
+UserID opendkim
+PidFile $WORK/opendkim.pid
+EOF
+    opendkim -x "$WORK/opendkim.conf"
+    wait_port 8891
+}
+stop_opendkim() { [ -f "$WORK/opendkim.pid" ] && kill "$(cat "$WORK/opendkim.pid")" 2>/dev/null || true; sleep 0.5; }
+
+start_postfix() {
+    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+    rm -rf "$PF_DIR" && mkdir -p "$PF_DIR"/{etc,queue,data}
+    local milter=""
+    if [ "$SIGNED" = 1 ]; then
+        start_opendkim
+        milter="smtpd_milters = inet:127.0.0.1:8891
+milter_default_action = tempfail"
+    fi
+    cat >"$PF_DIR/etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $PF_DIR/queue
+data_directory = $PF_DIR/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = perf.postfix
+mydestination =
+mynetworks = 127.0.0.0/8
+relay_domains = campaign.test
+transport_maps = hash:$PF_DIR/etc/transport
+default_destination_concurrency_limit = $PER_DEST
+smtp_destination_concurrency_limit = $PER_DEST
+default_process_limit = 400
+message_size_limit = 209715200
+alias_maps =
+alias_database =
+maillog_file_prefixes = $PF_DIR
+maillog_file = $PF_DIR/maillog
+smtputf8_enable = no
+$([ -n "$FAILURES" ] && printf 'minimal_backoff_time = 5s\nmaximal_backoff_time = 10s\nqueue_run_delay = 5s')
+$milter
+EOF
+    for k in $(seq 0 $((DOMAINS - 1))); do echo "d$k.campaign.test smtp:[$(hop "$k")]:$SINK_PORT"; done >"$PF_DIR/etc/transport"
+    postmap "$PF_DIR/etc/transport"
+    cp /etc/postfix/master.cf "$PF_DIR/etc/master.cf"
+    chown postfix "$PF_DIR/data"
+    postconf -c "$PF_DIR/etc" -F '*/*/chroot = n'
+    postconf -c "$PF_DIR/etc" -M# smtp/inet
+    postconf -c "$PF_DIR/etc" -Me "127.0.0.1:$RELAY_PORT/inet = 127.0.0.1:$RELAY_PORT inet n - n - - smtpd"
+    postfix -c "$PF_DIR/etc" start >/dev/null
+    wait_port "$RELAY_PORT"
+}
+stop_postfix() { postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true; [ "$SIGNED" = 1 ] && stop_opendkim; sleep 1; }
+# Postfix's resident memory: every process of the instance (master, smtpd, smtp, qmgr ...)
+# and OpenDKIM when it signs.
+postfix_rss_kib() {
+    ps -eo user=,rss=,comm= | awk '($1 == "postfix" || $1 == "opendkim" || $3 == "master") {s += $2} END {print s + 0}'
+}
+
+# Outbound connections to the sink right now.
+out_conns() { ss -Htn state established "( dport = :$SINK_PORT )" 2>/dev/null | wc -l; }
+
+# run_one RELAY → prints "rate cpu_us_per_msg peak_rss_mib peak_conns p50 p90 p99"
+run_one() {
+    local relay=$1
+    "start_$relay"
+    /usr/bin/time -f "sink CPU %U+%S s" -o "$OUT/sink.time" "$BIN" sink --listen "0.0.0.0:$SINK_PORT" \
+        --latency "$LATENCY" --jitter "$JITTER" --reply-latency "$REPLY_LATENCY" --exit-after-final "$MESSAGES" ${SINK_RULES[@]+"${SINK_RULES[@]}"} \
+        --json "$OUT/sink.json" >/dev/null 2>&1 &
+    local sink_pid=$!
+    wait_port "$SINK_PORT"
+    local busy0; busy0=$(busy_jiffies)
+    local t0; t0=$(date +%s.%N)
+    /usr/bin/time -f "loadgen CPU %U+%S s" -o "$OUT/loadgen.time" "$BIN" loadgen --quiet \
+        --target "127.0.0.1:$RELAY_PORT" --messages "$MESSAGES" --connections "$INJECT" \
+        --size "$SIZES" --domains "$DOMAINS" --zipf "$ZIPF" --domain-suffix campaign.test \
+        --from news@src.test --json "$OUT/loadgen.json" >/dev/null &
+    local lg_pid=$!
+    local peak_rss=0 peak_conns=0
+    while kill -0 "$sink_pid" 2>/dev/null; do
+        local r c
+        r=$("${relay}_rss_kib"); c=$(out_conns)
+        [ "$r" -gt "$peak_rss" ] && peak_rss=$r
+        [ "$c" -gt "$peak_conns" ] && peak_conns=$c
+        sleep 0.5
+    done
+    wait "$lg_pid"; wait "$sink_pid"
+    local busy1; busy1=$(busy_jiffies)
+    cat "$OUT/sink.time" "$OUT/loadgen.time" >&2
+    "stop_$relay"
+    local start last delivered refused corrupt
+    start=$(json "$OUT/loadgen.json" start_unix_ms)
+    last=$(json "$OUT/sink.json" last_message_unix_ms)
+    delivered=$(json "$OUT/sink.json" messages)
+    refused=$(json "$OUT/sink.json" scripted_5xx)
+    corrupt=$(json "$OUT/sink.json" corrupt)
+    [ $((delivered + refused)) -ge "$MESSAGES" ] || { echo "$relay delivered $delivered (+ $refused refused) of $MESSAGES" >&2; exit 1; }
+    [ "$corrupt" = "0" ] || { echo "$relay corrupted $corrupt messages" >&2; exit 1; }
+    local p50 p90 p99
+    p50=$(grep -o '"p50":[0-9]*' "$OUT/sink.json" | cut -d: -f2)
+    p90=$(grep -o '"p90":[0-9]*' "$OUT/sink.json" | cut -d: -f2)
+    p99=$(grep -o '"p99":[0-9]*' "$OUT/sink.json" | cut -d: -f2)
+    awk -v n="$MESSAGES" -v s="$start" -v l="$last" -v b0="$busy0" -v b1="$busy1" -v hz="$hz" \
+        -v rss="$peak_rss" -v conns="$peak_conns" -v p50="$p50" -v p90="$p90" -v p99="$p99" 'BEGIN {
+            # Machine busy time over the run, per message (loadgen and the sink included:
+            # the same for both relays).
+            printf "%.0f %.1f %.0f %d %d %d %d\n", n / ((l - s) / 1000), (b1 - b0) / hz / n * 1e6, rss / 1024, conns, p50, p90, p99 }'
+}
+
+machine="$(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
+commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo "+dirty")
+report=$OUT/campaign.md
+{
+    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit: a campaign"
+    echo
+    echo "Machine: $machine. $MESSAGES messages over $DOMAINS domains (Zipf $ZIPF), sizes $SIZES;"
+    echo "each domain its own next hop with $PER_DEST connections at most; the receivers answer the end"
+    echo "of data after $LATENCY (+ up to $JITTER) and other replies after $REPLY_LATENCY; $INJECT injecting"
+    echo "connections; scripted refusals: ${FAILURES:-none}; both relays fsync. CPU is the machine's busy time per message (the load"
+    echo "generator and the sink included, alike for both). RSA-2048 signing on one core alone:"
+    echo "$("$BIN" sign-speed --key "$KEY")."
+} >"$report"
+
+compare() {
+    local label=$1
+    {
+        echo
+        echo "### $label ($RUNS alternating runs)"
+        echo
+        echo "| run | relay | msg/s | CPU µs/msg | peak RSS MiB | peak out conns | latency p50/p90/p99 ms |"
+        echo "|---|---|---|---|---|---|---|"
+    } >>"$report"
+    : >"$OUT/c.sluice"; : >"$OUT/c.postfix"
+    for i in $(seq 1 "$RUNS"); do
+        for relay in sluice postfix; do
+            [ -n "$ONLY" ] && [ "$relay" != "$ONLY" ] && continue
+            read -r rate cpu rss conns p50 p90 p99 < <(run_one "$relay")
+            echo "$rate" >>"$OUT/c.$relay"
+            echo "| $i | $relay | $rate | $cpu | $rss | $conns | $p50 / $p90 / $p99 |" >>"$report"
+            echo "$label run $i: $relay $rate msg/s, $cpu µs/msg, $rss MiB, $conns conns, p99 $p99 ms" >&2
+        done
+    done
+    local s="" p=""
+    [ -s "$OUT/c.sluice" ] && s=$(median <"$OUT/c.sluice")
+    [ -s "$OUT/c.postfix" ] && p=$(median <"$OUT/c.postfix")
+    echo >>"$report"
+    if [ -n "$s" ] && [ -n "$p" ]; then
+        echo "Median: sluice $s msg/s, Postfix $p msg/s: **$(awk -v a="$s" -v b="$p" 'BEGIN{printf "%.1f", a/b}')×**." >>"$report"
+    else
+        echo "Median: ${s:+sluice $s}${p:+Postfix $p} msg/s." >>"$report"
+    fi
+}
+
+if [ "$SIGN" != rsa ]; then SIGNED=0; compare "Unsigned"; fi
+if [ "$SIGN" != off ]; then SIGNED=1; compare "Every message signed, RSA-2048 (Postfix: OpenDKIM milter)"; fi
+echo >>"$report"
+cat "$report"
+{ echo; cat "$report"; } >>perf/RESULTS.md
