@@ -12,6 +12,9 @@
 #   RUNS=3 MESSAGES=30000 DOMAINS=1000 LATENCY=50ms perf/campaign.sh
 #   SIGN=rsa perf/campaign.sh      # only the signed comparison (SIGN=off: only unsigned)
 #   ONLY=sluice perf/campaign.sh   # sluice alone (quick before/after measurements)
+#   BASELINE=8f34c26b perf/campaign.sh
+#                                  # also an older sluice (built from that commit, with this
+#                                  # commit's loadgen and sink), in the same runs: before/after
 #   FAILURES='*:451 4.7.1 try later:3%;*:550 5.1.1 no such user:2%' perf/campaign.sh
 #                                  # scripted refusals at RCPT (`sluice sink --reply` rules, `;`
 #                                  # between them); both relays retry after 5 s
@@ -44,6 +47,16 @@ command -v opendkim >/dev/null || {
 }
 cargo build --release --locked -q
 BIN=$PWD/target/release/sluice
+RELAY_BIN=$BIN
+RELAYS="sluice postfix"
+if [ -n "${BASELINE:-}" ]; then
+    base_src=/tmp/sluice-baseline-src
+    rm -rf "$base_src" && git worktree prune && git worktree add -f -q --detach "$base_src" "$BASELINE"
+    (cd "$base_src" && CARGO_TARGET_DIR=/tmp/sluice-baseline-target cargo build --release --locked -q)
+    BEFORE_BIN=/tmp/sluice-baseline-target/release/sluice
+    git worktree remove --force "$base_src"
+    RELAYS="before sluice postfix"
+fi
 RELAY_PORT=${RELAY_PORT:-2625}
 SINK_PORT=${SINK_PORT:-2626}
 PF_DIR=/tmp/sluice-postfix # must match scripts/install-test-deps.sh
@@ -89,7 +102,7 @@ start_sluice() {
         echo "    records d,b,t"
         echo "</acct-file>"
     } >"$conf"
-    "$BIN" run -c "$conf" 2>"$WORK/sluice.log" &
+    "$RELAY_BIN" run -c "$conf" 2>"$WORK/sluice.log" &
     RELAY_PID=$!
     wait_port "$RELAY_PORT"
 }
@@ -98,6 +111,9 @@ stop_sluice() {
     awk -v hz="$(getconf CLK_TCK)" '{printf "sluice CPU %.2f s\n", ($14 + $15) / hz}' "/proc/$RELAY_PID/stat" >&2 || true
     kill "$RELAY_PID"; wait "$RELAY_PID" || true
 }
+start_before() { RELAY_BIN=$BEFORE_BIN start_sluice; }
+stop_before() { stop_sluice; }
+before_rss_kib() { sluice_rss_kib; }
 sluice_rss_kib() { awk '/VmHWM/{print $2}' "/proc/$RELAY_PID/status" 2>/dev/null || echo 0; }
 
 start_opendkim() {
@@ -229,7 +245,8 @@ report=$OUT/campaign.md
     echo "of data after $LATENCY (+ up to $JITTER) and other replies after $REPLY_LATENCY; $INJECT injecting"
     echo "connections; scripted refusals: ${FAILURES:-none}; both relays fsync. CPU is the machine's busy time per message (the load"
     echo "generator and the sink included, alike for both). RSA-2048 signing on one core alone:"
-    echo "$("$BIN" sign-speed --key "$KEY")."
+    echo "$("$BIN" sign-speed --key "$KEY"); OpenSSL $(openssl version | awk '{print $2}') (\`openssl speed\`):"
+    echo "$(openssl speed -seconds 2 rsa2048 2>/dev/null | awk '/^rsa 2048/{print $6}') signatures/s."
 } >"$report"
 
 compare() {
@@ -241,13 +258,14 @@ compare() {
         echo "| run | relay | msg/s | CPU µs/msg | peak RSS MiB | peak out conns | latency p50/p90/p99 ms |"
         echo "|---|---|---|---|---|---|---|"
     } >>"$report"
-    : >"$OUT/c.sluice"; : >"$OUT/c.postfix"
+    : >"$OUT/c.before"; : >"$OUT/c.sluice"; : >"$OUT/c.postfix"
     for i in $(seq 1 "$RUNS"); do
-        for relay in sluice postfix; do
+        for relay in $RELAYS; do
             [ -n "$ONLY" ] && [ "$relay" != "$ONLY" ] && continue
             read -r rate cpu rss conns p50 p90 p99 < <(run_one "$relay")
             echo "$rate" >>"$OUT/c.$relay"
-            echo "| $i | $relay | $rate | $cpu | $rss | $conns | $p50 / $p90 / $p99 |" >>"$report"
+            local name=$relay; [ "$relay" = before ] && name="sluice at $BASELINE"
+            echo "| $i | $name | $rate | $cpu | $rss | $conns | $p50 / $p90 / $p99 |" >>"$report"
             echo "$label run $i: $relay $rate msg/s, $cpu µs/msg, $rss MiB, $conns conns, p99 $p99 ms" >&2
         done
     done
@@ -259,6 +277,10 @@ compare() {
         echo "Median: sluice $s msg/s, Postfix $p msg/s: **$(awk -v a="$s" -v b="$p" 'BEGIN{printf "%.1f", a/b}')×**." >>"$report"
     else
         echo "Median: ${s:+sluice $s}${p:+Postfix $p} msg/s." >>"$report"
+    fi
+    if [ -s "$OUT/c.before" ] && [ -n "$s" ]; then
+        local b; b=$(median <"$OUT/c.before")
+        echo "Before ($BASELINE): $b msg/s; now $(awk -v a="$s" -v b="$b" 'BEGIN{printf "%.2f", a/b}')× that." >>"$report"
     fi
 }
 

@@ -2,8 +2,13 @@
 //! `domain-key` lines, the key chosen by the message's From domain, one signature per message
 //! made over its bytes as the spool keeps them (transparency form, un-stuffed on the fly
 //! through chunk boundaries: the body is streamed into the hash, never copied).
+//!
+//! RSA signatures are made with aws-lc-rs, not with mail-auth's ring: on this project's
+//! machines (x86_64 with AVX-512 IFMA) aws-lc signs RSA-2048 2.3 times as fast (4,037 against
+//! 1,767 signatures a second on one core, `sluice sign-speed`), the same bytes (PKCS#1 v1.5
+//! is deterministic). ring still makes Ed25519 signatures and everything else mail-auth does.
 
-use mail_auth::common::crypto::{DkimKey, Ed25519Key, RsaKey, Sha256};
+use mail_auth::common::crypto::{Algorithm, Ed25519Key, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
 use rustls_pki_types::pem::PemObject;
@@ -18,6 +23,21 @@ struct Key {
     /// Lower case, or `*`.
     domain: String,
     key: Arc<DkimKey>,
+}
+
+/// A private key to sign with.
+pub enum DkimKey {
+    Rsa(aws_lc_rs::rsa::KeyPair),
+    Ed25519(Ed25519Key),
+}
+
+impl DkimKey {
+    fn algorithm(&self) -> Algorithm {
+        match self {
+            DkimKey::Rsa(_) => Algorithm::RsaSha256,
+            DkimKey::Ed25519(_) => Algorithm::Ed25519Sha256,
+        }
+    }
 }
 
 /// Every signing key of a configuration: global, per VMTA, per pool.
@@ -36,9 +56,12 @@ pub fn read_key(pem: &[u8]) -> Result<DkimKey, String> {
             return Ok(DkimKey::Ed25519(k));
         }
     }
-    RsaKey::<Sha256>::from_key_der(der)
-        .map(DkimKey::Rsa)
-        .map_err(|e| format!("neither an RSA nor an Ed25519 key ({e})"))
+    let rsa = match &der {
+        PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
+        PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
+        _ => return Err("neither an RSA nor an Ed25519 key (an EC key?)".into()),
+    };
+    rsa.map(DkimKey::Rsa).map_err(|e| format!("neither an RSA nor an Ed25519 key ({e})"))
 }
 
 /// A key file that cannot be used, as a config error at its `domain-key` line.
@@ -201,10 +224,27 @@ impl mail_auth::common::crypto::SigningKey for KeyRef {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl mail_auth::common::headers::Writable) -> mail_auth::Result<Vec<u8>> {
-        self.0.sign(input)
+        match &*self.0 {
+            DkimKey::Ed25519(k) => k.sign(input),
+            DkimKey::Rsa(k) => {
+                let mut data = Vec::with_capacity(512);
+                input.write(&mut data);
+                let mut signature = vec![0; k.public_modulus_len()];
+                k.sign(
+                    &aws_lc_rs::signature::RSA_PKCS1_SHA256,
+                    &aws_lc_rs::rand::SystemRandom::new(),
+                    &data,
+                    &mut signature,
+                )
+                .map_err(|e| {
+                    mail_auth::Error::Crypto(mail_auth::common::crypto::CryptoError::Library(e.to_string()))
+                })?;
+                Ok(signature)
+            }
+        }
     }
 
-    fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
+    fn algorithm(&self) -> Algorithm {
         self.0.algorithm()
     }
 }
