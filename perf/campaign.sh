@@ -5,13 +5,15 @@
 # size mix; receivers that take LATENCY (+ JITTER) to answer the end of data and REPLY_LATENCY
 # before other replies; unsigned, then every message signed with RSA-2048 (sluice itself,
 # Postfix through OpenDKIM as a milter, the same key). Both relays fsync their queues; runs
-# alternate. Written to perf/RESULTS.md: msg/s, relay CPU per message, peak RSS, peak
+# alternate. Written to perf/RESULTS.md: msg/s, CPU per message, peak memory, peak
 # outbound connections, delivery latency (loadgen's send to the sink's 250).
 #
 #   perf/campaign.sh
 #   RUNS=3 MESSAGES=30000 DOMAINS=1000 LATENCY=50ms perf/campaign.sh
 #   SIGN=rsa perf/campaign.sh      # only the signed comparison (SIGN=off: only unsigned)
 #   ONLY=sluice perf/campaign.sh   # sluice alone (quick before/after measurements)
+#   PROFILE=/tmp/sluice.perf ONLY=sluice perf/campaign.sh
+#                                  # records where sluice's CPU goes (perf record, cpu-clock)
 #   BASELINE=8f34c26b perf/campaign.sh
 #                                  # also an older sluice (built from that commit, with this
 #                                  # commit's loadgen and sink), in the same runs: before/after
@@ -47,7 +49,7 @@ command -v opendkim >/dev/null || {
 }
 cargo build --release --locked -q
 BIN=$PWD/target/release/sluice
-RELAY_BIN=$BIN
+RELAY_BIN=${RELAY_BIN:-$BIN} # RELAY_BIN=path: another sluice build as the relay
 RELAYS="sluice postfix"
 if [ -n "${BASELINE:-}" ]; then
     base_src=/tmp/sluice-baseline-src
@@ -126,6 +128,8 @@ Socket inet:8891@127.0.0.1
 Canonicalization relaxed/relaxed
 Mode s
 UserID opendkim
+# The key lies under /tmp (writable by all): allowed here, for the benchmark only.
+RequireSafeKeys false
 PidFile $WORK/opendkim.pid
 EOF
     opendkim -x "$WORK/opendkim.conf"
@@ -178,10 +182,16 @@ EOF
     wait_port "$RELAY_PORT"
 }
 stop_postfix() { postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true; [ "$SIGNED" = 1 ] && stop_opendkim; sleep 1; }
-# Postfix's resident memory: every process of the instance (master, smtpd, smtp, qmgr ...)
-# and OpenDKIM when it signs.
+# Postfix's memory: every process of the instance (master, smtpd, smtp, qmgr ...) and
+# OpenDKIM when it signs, as proportional set size (shared pages counted once over all of
+# them, not once a process).
 postfix_rss_kib() {
-    ps -eo user=,rss=,comm= | awk '($1 == "postfix" || $1 == "opendkim" || $3 == "master") {s += $2} END {print s + 0}'
+    local total=0 pid pss
+    for pid in $(ps -eo pid=,user=,comm= | awk '($2 == "postfix" || $2 == "opendkim" || $3 == "master") {print $1}'); do
+        pss=$(awk '/^Pss:/{print $2}' "/proc/$pid/smaps_rollup" 2>/dev/null || true)
+        total=$((total + ${pss:-0}))
+    done
+    echo "$total"
 }
 
 # Outbound connections to the sink right now.
@@ -196,6 +206,11 @@ run_one() {
         --json "$OUT/sink.json" >/dev/null 2>&1 &
     local sink_pid=$!
     wait_port "$SINK_PORT"
+    local perf_pid=""
+    if [ -n "${PROFILE:-}" ] && [ "$relay" = sluice ]; then
+        perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$RELAY_PID" -o "$PROFILE" 2>/dev/null &
+        perf_pid=$!
+    fi
     local busy0; busy0=$(busy_jiffies)
     local t0; t0=$(date +%s.%N)
     /usr/bin/time -f "loadgen CPU %U+%S s" -o "$OUT/loadgen.time" "$BIN" loadgen --quiet \
@@ -212,6 +227,7 @@ run_one() {
         sleep 0.5
     done
     wait "$lg_pid"; wait "$sink_pid"
+    [ -n "$perf_pid" ] && { kill -INT "$perf_pid"; wait "$perf_pid" || true; }
     local busy1; busy1=$(busy_jiffies)
     cat "$OUT/sink.time" "$OUT/loadgen.time" >&2
     "stop_$relay"
@@ -244,7 +260,9 @@ report=$OUT/campaign.md
     echo "each domain its own next hop with $PER_DEST connections at most; the receivers answer the end"
     echo "of data after $LATENCY (+ up to $JITTER) and other replies after $REPLY_LATENCY; $INJECT injecting"
     echo "connections; scripted refusals: ${FAILURES:-none}; both relays fsync. CPU is the machine's busy time per message (the load"
-    echo "generator and the sink included, alike for both). RSA-2048 signing on one core alone:"
+    echo "generator and the sink included, alike for both). Memory: sluice's peak RSS; for Postfix"
+    echo "(and OpenDKIM) the sum of its processes' proportional set sizes, sampled every 0.5 s."
+    echo "RSA-2048 signing on one core alone:"
     echo "$("$BIN" sign-speed --key "$KEY"); OpenSSL $(openssl version | awk '{print $2}') (\`openssl speed\`):"
     echo "$(openssl speed -seconds 2 rsa2048 2>/dev/null | awk '/^rsa 2048/{print $6}') signatures/s."
 } >"$report"
@@ -255,7 +273,7 @@ compare() {
         echo
         echo "### $label ($RUNS alternating runs)"
         echo
-        echo "| run | relay | msg/s | CPU µs/msg | peak RSS MiB | peak out conns | latency p50/p90/p99 ms |"
+        echo "| run | relay | msg/s | CPU µs/msg | peak memory MiB | peak out conns | latency p50/p90/p99 ms |"
         echo "|---|---|---|---|---|---|---|"
     } >>"$report"
     : >"$OUT/c.before"; : >"$OUT/c.sluice"; : >"$OUT/c.postfix"

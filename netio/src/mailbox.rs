@@ -28,30 +28,30 @@ impl std::fmt::Debug for MsgRef {
 }
 
 impl sluice_engine::sched::Message for MsgRef {
+    // Each reads only its part of the record: delivery asks for them many times a message.
     fn data(&self) -> &[u8] {
-        self.segment.message(self.offset).data
+        self.segment.data(self.offset)
     }
     fn sender(&self) -> &str {
-        self.segment.message(self.offset).envelope.mail_from
+        self.segment.origin(self.offset).1
     }
     fn client_ip(&self) -> std::net::IpAddr {
-        self.segment.message(self.offset).envelope.client_ip
+        self.segment.origin(self.offset).0
     }
     fn origin(&self) -> sluice_engine::sched::Origin<'_> {
-        let env = self.segment.message(self.offset).envelope;
-        let flags = env.extras.flags;
+        let (envid, _, extras) = self.segment.tail(self.offset);
+        let flags = extras.flags;
         sluice_engine::sched::Origin {
-            helo: env.extras.helo,
-            auth_user: env.extras.auth_user,
+            helo: extras.helo,
+            auth_user: extras.auth_user,
             api: flags & sluice_spool::codec::flags::API != 0,
-            envid: env.envid,
+            envid,
             ret_hdrs: flags & sluice_spool::codec::flags::RET_HDRS != 0,
             flags,
         }
     }
     fn rcpt_dsn(&self, index: u32) -> (u8, &str) {
-        let env = self.segment.message(self.offset).envelope;
-        env.extras.rcpt(index).map_or((0, ""), |r| (r.notify, r.orcpt))
+        self.segment.tail(self.offset).2.rcpt(index).map_or((0, ""), |r| (r.notify, r.orcpt))
     }
 }
 

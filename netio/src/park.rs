@@ -111,7 +111,7 @@ impl ParkedList {
     }
 
     fn job_id(p: &Parked) -> &str {
-        p.msg.segment.message(p.msg.offset).envelope.job_id
+        p.msg.segment.tail(p.msg.offset).1
     }
 
     fn count_in(&mut self, p: &Parked) {

@@ -92,6 +92,25 @@ impl Segment {
         }
     }
 
+    /// The data of the message at `offset` (as `message`, reading only that part).
+    pub fn data(&self, offset: u64) -> &[u8] {
+        codec::part::data(&self.map[offset as usize..]).unwrap_or_else(|| self.not_a_record(offset))
+    }
+
+    /// The client's address and the envelope sender of the message at `offset`.
+    pub fn origin(&self, offset: u64) -> (std::net::IpAddr, &str) {
+        codec::part::origin(&self.map[offset as usize..]).unwrap_or_else(|| self.not_a_record(offset))
+    }
+
+    /// The DSN envelope id, job id and extras of the message at `offset`.
+    pub fn tail(&self, offset: u64) -> (&str, &str, codec::Extras<'_>) {
+        codec::part::tail(&self.map[offset as usize..]).unwrap_or_else(|| self.not_a_record(offset))
+    }
+
+    fn not_a_record(&self, offset: u64) -> ! {
+        panic!("segment {}/{} offset {offset}: expected a record", self.shard, self.seq)
+    }
+
     /// Unlinks the file (its work is done; the spool machine said so).
     pub fn delete(&self) {
         if let Err(e) = fs::remove_file(&self.path) {

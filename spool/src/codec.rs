@@ -365,6 +365,10 @@ impl<'a> Reader<'a> {
         let n = self.u16()? as usize;
         std::str::from_utf8(self.take(n)?).ok()
     }
+    fn skip16(&mut self) -> Option<()> {
+        let n = self.u16()? as usize;
+        self.take(n).map(drop)
+    }
 }
 
 /// Decodes the record starting at `buf[0]`, its checksum verified (recovery).
@@ -377,6 +381,62 @@ pub fn decode_message(buf: &[u8]) -> Decoded<'_> {
 /// the checksum over the whole message is not paid each time.
 pub fn decode_verified_message(buf: &[u8]) -> Decoded<'_> {
     decode(buf, false)
+}
+
+/// Parts of a verified record, read without decoding the rest (no recipient list built):
+/// the delivery path asks for one part at a time, many times a message.
+pub mod part {
+    use super::*;
+
+    fn payload(buf: &[u8]) -> Option<Reader<'_>> {
+        let len = u32_at(buf.get(..RECORD_HEADER_BYTES)?, REC_LEN) as usize;
+        Some(Reader { buf: buf.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?, at: 0 })
+    }
+
+    /// The reader placed at the recipient count, and the client's address and sender.
+    fn front(buf: &[u8]) -> Option<(Reader<'_>, IpAddr, &str)> {
+        let mut r = payload(buf)?;
+        r.u64()?;
+        let client_ip = ip_from(r.take(16)?.try_into().ok()?);
+        let mail_from = r.str16()?;
+        r.skip16()?; // envid
+        r.skip16()?; // vmta
+        Some((r, client_ip, mail_from))
+    }
+
+    fn after_recipients(buf: &[u8]) -> Option<Reader<'_>> {
+        let (mut r, _, _) = front(buf)?;
+        for _ in 0..r.u32()? {
+            r.skip16()?;
+        }
+        Some(r)
+    }
+
+    /// The client's address and the envelope sender.
+    pub fn origin(buf: &[u8]) -> Option<(IpAddr, &str)> {
+        front(buf).map(|(_, ip, from)| (ip, from))
+    }
+
+    /// The message data (transparency form).
+    pub fn data(buf: &[u8]) -> Option<&[u8]> {
+        let mut r = after_recipients(buf)?;
+        let n = r.u32()? as usize;
+        r.take(n)
+    }
+
+    /// The DSN envelope id, the job id and the extras.
+    pub fn tail(buf: &[u8]) -> Option<(&str, &str, Extras<'_>)> {
+        let mut head = payload(buf)?;
+        head.take(8 + 16)?;
+        head.skip16()?;
+        let envid = head.str16()?;
+        let mut r = after_recipients(buf)?;
+        let n = r.u32()? as usize;
+        r.take(n)?;
+        let end = r.buf.len();
+        let job_id = if r.at < end { r.str16()? } else { "" };
+        Some((envid, job_id, decode_extras(&mut r, end)?))
+    }
 }
 
 fn decode(buf: &[u8], verify: bool) -> Decoded<'_> {
@@ -531,6 +591,32 @@ mod tests {
         match decode_message(&rec) {
             Decoded::Record(view, _) => assert_eq!(view.envelope.extras, extras),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The part readers the delivery path uses agree with the whole decode, with and without
+    /// a job id and extras, and refuse a cut record.
+    #[test]
+    fn parts_read_what_the_whole_decode_reads() {
+        let extras = Extras {
+            helo: "client.example",
+            auth_user: "",
+            flags: flags::API,
+            rcpt_dsn: vec![RcptDsn { index: 0, notify: 2, orcpt: "rfc822;x@y.test" }],
+        };
+        let data = b"Subject: hi\r\n\r\nbody\r\n..dot\r\n";
+        for (job_id, extras, envid) in [("", Extras::default(), ""), ("job-7", extras, "ENV-1")] {
+            let env = Envelope { job_id, extras, envid, client_ip: "192.0.2.7".parse().unwrap(), ..env() };
+            let mut rec = Vec::new();
+            encode_message(&env, data, &mut rec);
+            rec.extend_from_slice(&[0; 64]); // the next record's zeroes
+            let Decoded::Record(view, _) = decode_message(&rec) else { panic!("a record") };
+            assert_eq!(part::data(&rec), Some(view.data));
+            assert_eq!(part::origin(&rec), Some((view.envelope.client_ip, view.envelope.mail_from)));
+            assert_eq!(part::tail(&rec), Some((env.envid, env.job_id, env.extras.clone())));
+            let len = RECORD_HEADER_BYTES + u32_at(&rec, REC_LEN) as usize;
+            assert_eq!(part::data(&rec[..len - 1]), None);
+            assert_eq!(part::tail(&rec[..len - 1]), None);
         }
     }
 
