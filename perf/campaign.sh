@@ -22,6 +22,7 @@
 #                                  # between them); both relays retry after 5 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source perf/lib.sh
 RUNS=${RUNS:-2}
 MESSAGES=${MESSAGES:-20000}
 DOMAINS=${DOMAINS:-200}
@@ -52,11 +53,7 @@ BIN=$PWD/target/release/sluice
 RELAY_BIN=${RELAY_BIN:-$BIN} # RELAY_BIN=path: another sluice build as the relay
 RELAYS="sluice postfix"
 if [ -n "${BASELINE:-}" ]; then
-    base_src=/tmp/sluice-baseline-src
-    rm -rf "$base_src" && git worktree prune && git worktree add -f -q --detach "$base_src" "$BASELINE"
-    (cd "$base_src" && CARGO_TARGET_DIR=/tmp/sluice-baseline-target cargo build --release --locked -q)
-    BEFORE_BIN=/tmp/sluice-baseline-target/release/sluice
-    git worktree remove --force "$base_src"
+    BEFORE_BIN=$(build_at "$BASELINE")
     RELAYS="before sluice postfix"
 fi
 RELAY_PORT=${RELAY_PORT:-2625}

@@ -15,6 +15,7 @@
 # Results (with date, commit and machine) are appended to perf/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source perf/lib.sh
 RUNS=${RUNS:-3}
 MESSAGES=${MESSAGES:-20000}
 CONNECTIONS=${CONNECTIONS:-20}
@@ -201,11 +202,8 @@ report=$OUT/report.md
 } >"$report"
 # This build against an older commit's (built in a worktree), the same load, alternating.
 baseline_compare() {
-    local base=$1 wt=/tmp/sluice-baseline
-    git worktree remove --force "$wt" 2>/dev/null || true
-    git worktree add -q --detach "$wt" "$base"
-    (cd "$wt" && cargo build --release --locked -q)
-    local old_bin=$wt/target/release/sluice
+    local base=$1 old_bin
+    old_bin=$(build_at "$base")
     {
         echo
         echo "### This build against commit $base (1 KiB, 1 domain, $MESSAGES messages, $RUNS alternating runs)"
@@ -228,7 +226,6 @@ baseline_compare() {
         echo
         echo "Median: this build $n msg/s, $base $o msg/s: **$(awk -v a="$n" -v b="$o" 'BEGIN{printf "%.2f", a/b}')×**."
     } >>"$report"
-    git worktree remove --force "$wt"
 }
 
 # One host with a <cluster> (fleet limits far above the load, so every message takes a
