@@ -19,7 +19,8 @@
 #                                  # commit's loadgen and sink), in the same runs: before/after
 #   FAILURES='*:451 4.7.1 try later:3%;*:550 5.1.1 no such user:2%' perf/campaign.sh
 #                                  # scripted refusals at RCPT (`sluice sink --reply` rules, `;`
-#                                  # between them); both relays retry after 5 s
+#                                  # between them); both relays retry after 5 s, and a run
+#                                  # lasts until the last retry: msg/s then shows the wait
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source perf/lib.sh
@@ -65,11 +66,7 @@ KEY=$WORK/dkim.pem
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEY" 2>/dev/null
 chmod 644 "$KEY"
 
-busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 hz=$(getconf CLK_TCK)
-wait_port() { for _ in $(seq 1 300); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-json() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # Destination k's next hop: 127.0.(1 + k/250).(1 + k%250).
 hop() { echo "127.0.$((1 + $1 / 250)).$((1 + $1 % 250))"; }
 
@@ -135,48 +132,20 @@ EOF
 stop_opendkim() { [ -f "$WORK/opendkim.pid" ] && kill "$(cat "$WORK/opendkim.pid")" 2>/dev/null || true; sleep 0.5; }
 
 start_postfix() {
-    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
-    rm -rf "$PF_DIR" && mkdir -p "$PF_DIR"/{etc,queue,data}
-    local milter=""
-    if [ "$SIGNED" = 1 ]; then
-        start_opendkim
-        milter="smtpd_milters = inet:127.0.0.1:8891
-milter_default_action = tempfail"
-    fi
-    cat >"$PF_DIR/etc/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = perf.postfix
-mydestination =
-mynetworks = 127.0.0.0/8
-relay_domains = campaign.test
+    local extra="relay_domains = campaign.test
 transport_maps = hash:$PF_DIR/etc/transport
 default_destination_concurrency_limit = $PER_DEST
 smtp_destination_concurrency_limit = $PER_DEST
-default_process_limit = 400
-message_size_limit = 209715200
-alias_maps =
-alias_database =
-maillog_file_prefixes = $PF_DIR
-maillog_file = $PF_DIR/maillog
-smtputf8_enable = no
-$([ -n "$FAILURES" ] && printf 'minimal_backoff_time = 5s\nmaximal_backoff_time = 10s\nqueue_run_delay = 5s')
-$milter
-EOF
+default_process_limit = 400"
+    [ -n "$FAILURES" ] && extra+=$'\nminimal_backoff_time = 5s\nmaximal_backoff_time = 10s\nqueue_run_delay = 5s'
+    if [ "$SIGNED" = 1 ]; then
+        start_opendkim
+        extra+=$'\nsmtpd_milters = inet:127.0.0.1:8891\nmilter_default_action = tempfail'
+    fi
+    postfix_prepare "$extra"
     for k in $(seq 0 $((DOMAINS - 1))); do echo "d$k.campaign.test smtp:[$(hop "$k")]:$SINK_PORT"; done >"$PF_DIR/etc/transport"
     postmap "$PF_DIR/etc/transport"
-    cp /etc/postfix/master.cf "$PF_DIR/etc/master.cf"
-    chown postfix "$PF_DIR/data"
-    postconf -c "$PF_DIR/etc" -F '*/*/chroot = n'
-    postconf -c "$PF_DIR/etc" -M# smtp/inet
-    postconf -c "$PF_DIR/etc" -Me "127.0.0.1:$RELAY_PORT/inet = 127.0.0.1:$RELAY_PORT inet n - n - - smtpd"
-    postfix -c "$PF_DIR/etc" start >/dev/null
-    wait_port "$RELAY_PORT"
+    postfix_launch
 }
 stop_postfix() { postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true; [ "$SIGNED" = 1 ] && stop_opendkim; sleep 1; }
 # Postfix's memory: every process of the instance (master, smtpd, smtp, qmgr ...) and
@@ -247,8 +216,8 @@ run_one() {
             printf "%.0f %.1f %.0f %d %d %d %d\n", n / ((l - s) / 1000), (b1 - b0) / hz / n * 1e6, rss / 1024, conns, p50, p90, p99 }'
 }
 
-machine="$(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
-commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo "+dirty")
+machine=$(machine_line)
+commit=$(commit_id)
 report=$OUT/campaign.md
 {
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit: a campaign"

@@ -31,11 +31,8 @@ RELAY_PORT=${RELAY_PORT:-2625}
 SINK_PORT=${SINK_PORT:-2626}
 PF_DIR=/tmp/sluice-postfix # must match scripts/install-test-deps.sh
 
-busy_jiffies() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 hz=$(getconf CLK_TCK)
 
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-json() { grep -o "\"$2\":[0-9.]*" "$1" | head -1 | cut -d: -f2; }
 
 DKIM_KEY="" # a key file: sluice signs every message with it (domain-key for src.test)
 CLUSTER_CONF="" # global lines (a <cluster> block) and <domain *> lines for a fleet run
@@ -74,37 +71,11 @@ EOF
 stop_sluice() { kill "$RELAY_PID"; wait "$RELAY_PID" || true; }
 
 start_postfix() {
-    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
-    rm -rf "$PF_DIR" && mkdir -p "$PF_DIR"/{etc,queue,data}
-    cat >"$PF_DIR/etc/main.cf" <<EOF
-compatibility_level = 3.6
-queue_directory = $PF_DIR/queue
-data_directory = $PF_DIR/data
-mail_owner = postfix
-setgid_group = postdrop
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-myhostname = perf.postfix
-mydestination =
-mynetworks = 127.0.0.0/8
-relayhost = [127.0.0.1]:$SINK_PORT
+    postfix_prepare "relayhost = [127.0.0.1]:$SINK_PORT
 default_destination_concurrency_limit = $CONNECTIONS
 smtp_destination_concurrency_limit = $CONNECTIONS
-default_process_limit = 200
-message_size_limit = 209715200
-alias_maps =
-alias_database =
-maillog_file_prefixes = $PF_DIR
-maillog_file = $PF_DIR/maillog
-smtputf8_enable = no
-EOF
-    cp /etc/postfix/master.cf "$PF_DIR/etc/master.cf"
-    chown postfix "$PF_DIR/data"
-    postconf -c "$PF_DIR/etc" -F '*/*/chroot = n'
-    postconf -c "$PF_DIR/etc" -M# smtp/inet
-    postconf -c "$PF_DIR/etc" -Me "127.0.0.1:$RELAY_PORT/inet = 127.0.0.1:$RELAY_PORT inet n - n - - smtpd"
-    postfix -c "$PF_DIR/etc" start >/dev/null
-    wait_port "$RELAY_PORT"
+default_process_limit = 200"
+    postfix_launch
 }
 stop_postfix() { postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true; sleep 1; }
 
@@ -158,7 +129,6 @@ tools_compare() {
     echo "$ours $theirs"
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 # Sluice alone: DKIM off, RSA-2048, Ed25519, alternating, 1 KiB.
 dkim_compare() {
@@ -192,8 +162,8 @@ dkim_compare() {
     } >>"$report"
 }
 
-machine="$(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"
-commit=$(git rev-parse --short HEAD)$(git diff --quiet || echo "+dirty")
+machine=$(machine_line)
+commit=$(commit_id)
 report=$OUT/report.md
 {
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
