@@ -219,6 +219,8 @@ run_one() {
 machine=$(machine_line)
 commit=$(commit_id)
 report=$OUT/campaign.md
+sign_speed=$("$BIN" sign-speed --key "$KEY")
+raw_sign_rate=$(echo "$sign_speed" | grep -o 'aws-lc-rs [0-9]*' | cut -d' ' -f2)
 {
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit: a campaign"
     echo
@@ -229,7 +231,7 @@ report=$OUT/campaign.md
     echo "generator and the sink included, alike for both). Memory: sluice's peak RSS; for Postfix"
     echo "(and OpenDKIM) the sum of its processes' proportional set sizes, sampled every 0.5 s."
     echo "RSA-2048 signing on one core alone:"
-    echo "$("$BIN" sign-speed --key "$KEY"); OpenSSL $(openssl version | awk '{print $2}') (\`openssl speed\`):"
+    echo "$sign_speed; OpenSSL $(openssl version | awk '{print $2}') (\`openssl speed\`):"
     echo "$(openssl speed -seconds 2 rsa2048 2>/dev/null | awk '/^rsa 2048/{print $6}') signatures/s."
 } >"$report"
 
@@ -261,6 +263,10 @@ compare() {
         echo "Median: sluice $s msg/s, Postfix $p msg/s: **$(awk -v a="$s" -v b="$p" 'BEGIN{printf "%.1f", a/b}')×**." >>"$report"
     else
         echo "Median: ${s:+sluice $s}${p:+Postfix $p} msg/s." >>"$report"
+    fi
+    if [ "$SIGNED" = 1 ] && [ -n "$s" ] && [ -n "$raw_sign_rate" ]; then
+        echo "sluice signed $s messages a second: $(awk -v a="$s" -v r="$raw_sign_rate" -v n="$(nproc)" \
+            'BEGIN{printf "%.0f", 100 * a / (r * n)}')% of what this machine's $(nproc) cores sign alone ($raw_sign_rate a second each, aws-lc-rs), the load generator and the sink sharing them." >>"$report"
     fi
     if [ -s "$OUT/c.before" ] && [ -n "$s" ]; then
         local b; b=$(median <"$OUT/c.before")
