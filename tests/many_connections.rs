@@ -72,3 +72,59 @@ fn ten_thousand_outbound_connections_to_a_slow_receiver() {
     eprintln!("10k connections: baseline {baseline} KiB, peak {peak_kib} KiB, {peak_fds} fds: {per_conn:.1} KiB each");
     assert!(per_conn <= 16.0, "{per_conn:.1} KiB per connection (peak {peak_kib}, baseline {baseline})");
 }
+
+/// 5,000 injecting clients connected at once, each past EHLO and then quiet (clients that
+/// keep a connection open between batches): the relay's memory grows by at most 16 KiB each
+/// (receive buffers start at 4 KiB and grow only while reads fill them), and a large message
+/// on some of those same connections afterwards arrives whole.
+#[test]
+fn five_thousand_idle_inbound_connections_cost_little() {
+    const CLIENTS: usize = 5_000;
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        assert!(lim.rlim_max >= 6_000, "this test needs an open-files hard limit of 6000 or more");
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let sink = SluiceSink::start(&[], 20);
+    let relay = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.port
+        ),
+        Some(2),
+    );
+    let pid = relay.pid();
+    std::thread::sleep(Duration::from_millis(500));
+    let baseline = mem_kib(pid, "VmRSS:");
+    let mut clients: Vec<Talk> = (0..CLIENTS)
+        .map(|i| {
+            let (mut t, greeting) = Talk::connect(relay.addr());
+            assert!(greeting.starts_with("220"), "client {i}: {greeting}");
+            assert!(t.cmd("EHLO idle.test").starts_with("250"));
+            t
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let held = mem_kib(pid, "VmRSS:");
+    let per_conn = held.saturating_sub(baseline) as f64 / CLIENTS as f64;
+    eprintln!("{CLIENTS} idle inbound connections: baseline {baseline} KiB, then {held} KiB: {per_conn:.1} KiB each");
+    assert!(per_conn <= 16.0, "{per_conn:.1} KiB per idle inbound connection");
+    // Twenty of them now send 2 MB each: the buffers grow and the bytes arrive whole.
+    let body: String =
+        (0..20_000).map(|i| format!("line {i:06} of a large message, to fill the socket buffers ....\r\n")).collect();
+    for t in clients.iter_mut().step_by(CLIENTS / 20) {
+        assert!(t.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
+        assert!(t.cmd("RCPT TO:<r@d.test>").starts_with("250"));
+        assert!(t.cmd("DATA").starts_with("354"));
+        t.send(format!("Subject: big\r\n\r\n{body}.\r\n").as_bytes());
+        let reply = t.reply();
+        assert!(reply.starts_with("250"), "{reply}");
+    }
+    let totals = sink.finish();
+    assert_eq!(json_u64(&totals, "messages"), 20, "{totals}");
+    assert!(json_u64(&totals, "bytes") >= 20 * body.len() as u64, "{totals}");
+    drop(clients);
+}

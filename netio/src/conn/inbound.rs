@@ -3,7 +3,7 @@
 //! reply buffer, each send resuming where the last short one stopped (`SendBuf`). A complete
 //! message is handed to the caller, whose spool answers it later.
 
-use super::{free_space, tls_decrypt, write_out, Transcript, Want, RECV_BYTES};
+use super::{free_space, received_into, tls_decrypt, write_out, Transcript, Want, IN_RECV_START_BYTES, RECV_BYTES};
 use sluice_engine::smtp::server::{Event, Session};
 use sluice_spool::SendBuf;
 use std::sync::Arc;
@@ -53,7 +53,7 @@ impl Incoming {
             session,
             tls_config,
             tls,
-            inbuf: vec![0; RECV_BYTES],
+            inbuf: vec![0; IN_RECV_START_BYTES],
             in_len: 0,
             plain_len: 0,
             tls_pending: Vec::new(),
@@ -98,8 +98,7 @@ impl Incoming {
     }
 
     pub fn received(&mut self, n: usize) {
-        assert!(self.in_len + n <= self.inbuf.len());
-        self.in_len += n;
+        received_into(&mut self.inbuf, &mut self.in_len, n, RECV_BYTES);
     }
 
     pub fn send_buf(&self) -> &[u8] {

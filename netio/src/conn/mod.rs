@@ -21,8 +21,10 @@ pub enum Want {
     Close,
 }
 
-/// Receive buffers start at this size and double when a line or reply needs more: inbound,
-/// large enough for a message's data in few reads.
+/// Inbound receive buffers start small (a connection that only sends commands, or waits,
+/// costs little) and double, up to `RECV_BYTES`, while reads fill them: a message's data
+/// then comes in few reads. They also double when a line needs more.
+pub const IN_RECV_START_BYTES: usize = 4 * 1024;
 pub const RECV_BYTES: usize = 64 * 1024;
 /// Outbound connections read replies only (a few hundred bytes): a small start keeps 10,000
 /// connections to slow receivers cheap.
@@ -74,6 +76,16 @@ pub(crate) fn write_out<D>(tls: Option<&mut rustls::ConnectionCommon<D>>, plain:
             while tls.wants_write() && tls.write_tls(out).is_ok() {}
         }
         None => out.extend_from_slice(plain),
+    }
+}
+
+/// `n` bytes arrived in the free space after `len` (`len` moves on). A read that filled all
+/// of it says more is waiting: the buffer doubles for the next one, up to `grow_to`.
+pub(crate) fn received_into(buf: &mut Vec<u8>, len: &mut usize, n: usize, grow_to: usize) {
+    assert!(*len + n <= buf.len());
+    *len += n;
+    if n > 0 && *len == buf.len() && buf.len() < grow_to {
+        buf.resize((buf.len() * 2).min(grow_to), 0);
     }
 }
 

@@ -3,7 +3,7 @@
 //! short one stopped (`SendBuf`, `Resume`). The body goes out from the caller's bytes (the
 //! mapped spool segment) without a copy, or encrypted into the send buffer inside TLS.
 
-use super::{free_space, tls_decrypt, write_out, Transcript, Want, OUT_RECV_BYTES};
+use super::{free_space, received_into, tls_decrypt, write_out, Transcript, Want, OUT_RECV_BYTES};
 use sluice_engine::smtp::client::{Capabilities, Client, ClientEvent, TlsMode, TxnParams, END_OF_DATA};
 use sluice_engine::smtp::reply::Reply;
 use sluice_spool::{Resume, SendBuf};
@@ -143,8 +143,8 @@ impl Outgoing {
 
     /// `n` bytes arrived in `recv_buf()`.
     pub fn received(&mut self, n: usize) {
-        assert!(self.in_len + n <= self.inbuf.len());
-        self.in_len += n;
+        // Replies are small: the buffer grows only when one needs more (`recv_buf`).
+        received_into(&mut self.inbuf, &mut self.in_len, n, OUT_RECV_BYTES);
     }
 
     pub fn send_buf(&self) -> &[u8] {
