@@ -8,34 +8,6 @@ use crate::ConfigError;
 
 pub(crate) const SCOPE: Scope<DomainOverrides> = Scope { name: "domain", directives: DIRECTIVES, blocks: &[] };
 
-/// A yes/no directive setting one field of the settings.
-macro_rules! flag {
-    ($name:literal, $($field:ident).+) => {
-        Directive {
-            name: $name,
-            set: |_, o, l| {
-                let v = l.bool()?;
-                o.set(move |s| s.$($field).+ = v);
-                Ok(())
-            },
-        }
-    };
-}
-
-/// A directive whose value one parser of `Line` gives, set into one field.
-macro_rules! value {
-    ($name:literal, $parse:ident, $($field:ident).+) => {
-        Directive {
-            name: $name,
-            set: |_, o, l| {
-                let v = l.$parse()?;
-                o.set(move |s| s.$($field).+ = v.clone());
-                Ok(())
-            },
-        }
-    };
-}
-
 const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     Directive { name: "max-smtp-out", set: max_smtp_out },
     value!("max-msg-per-connection", count, max_msg_per_connection),

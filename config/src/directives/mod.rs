@@ -2,6 +2,34 @@
 //! parser) and the blocks it opens inside. `crate::build` runs them; a name in no table is
 //! checked against PowerMTA's list (`crate::known`).
 
+/// A yes/no directive setting one field of a scope's settings.
+macro_rules! flag {
+    ($name:literal, $($field:ident).+) => {
+        Directive {
+            name: $name,
+            set: |_, o, l| {
+                let v = l.bool()?;
+                o.set(move |s| s.$($field).+ = v);
+                Ok(())
+            },
+        }
+    };
+}
+
+/// A directive whose value one parser of `Line` gives, set into one field.
+macro_rules! value {
+    ($name:literal, $parse:ident, $($field:ident).+) => {
+        Directive {
+            name: $name,
+            set: |_, o, l| {
+                let v = l.$parse()?;
+                o.set(move |s| s.$($field).+ = v.clone());
+                Ok(())
+            },
+        }
+    };
+}
+
 pub(crate) mod acct;
 pub(crate) mod domain;
 pub(crate) mod global;

@@ -8,20 +8,6 @@ use crate::ConfigError;
 
 pub(crate) const SCOPE: Scope<SourceOverrides> = Scope { name: "source", directives: DIRECTIVES, blocks: &[] };
 
-/// A yes/no directive setting one field of the policy.
-macro_rules! flag {
-    ($name:literal, $($field:ident).+) => {
-        Directive {
-            name: $name,
-            set: |_, o, l| {
-                let v = l.bool()?;
-                o.set(move |p| p.$($field).+ = v);
-                Ok(())
-            },
-        }
-    };
-}
-
 const DIRECTIVES: &[Directive<SourceOverrides>] = &[
     flag!("always-allow-relaying", always_allow_relaying),
     flag!("smtp-service", smtp_service),
