@@ -44,7 +44,8 @@ fn job(i: u32) -> Job<Msg> {
     }
 }
 
-/// A world of one shard, one destination and a receiver that answers `reply(now_ms)`.
+/// A world of one shard, one destination and a receiver that answers `reply(now_ms)` (or
+/// `reply(now_ms, vmta)`: the VMTA the connection went out through).
 struct World {
     s: Scheduler<Msg>,
     now_ms: u64,
@@ -53,6 +54,9 @@ struct World {
     open: Vec<u64>,
     max_open: usize,
     records: Vec<sluice_engine::acct::Record>,
+    /// The VMTA of every connection opened, in order, and by connection.
+    vmtas: Vec<String>,
+    conn_vmta: std::collections::HashMap<u64, String>,
 }
 
 impl World {
@@ -62,7 +66,16 @@ impl World {
         let limits = Arc::new(source_limits(&config));
         let s =
             Scheduler::new(0, 1, config, limits, Arc::new(ShardStats::default()), MemBacklog::factory(), Now::at_ms(0));
-        World { s, now_ms: 0, starts: Vec::new(), open: Vec::new(), max_open: 0, records: Vec::new() }
+        World {
+            s,
+            now_ms: 0,
+            starts: Vec::new(),
+            open: Vec::new(),
+            max_open: 0,
+            records: Vec::new(),
+            vmtas: Vec::new(),
+            conn_vmta: Default::default(),
+        }
     }
 
     fn now(&self) -> Now {
@@ -77,6 +90,11 @@ impl World {
 
     /// Runs until `until_ms` in steps of `step_ms`, ticking every 50 ms as the shard does.
     fn run(&mut self, until_ms: u64, step_ms: u64, reply: &dyn Fn(u64) -> Reply) {
+        self.run_by_vmta(until_ms, step_ms, &|t, _| reply(t));
+    }
+
+    /// As `run`, the receiver's reply depending on the connection's VMTA too.
+    fn run_by_vmta(&mut self, until_ms: u64, step_ms: u64, reply: &dyn Fn(u64, &str) -> Reply) {
         while self.now_ms < until_ms {
             self.now_ms += step_ms;
             if self.now_ms % 50 < step_ms {
@@ -87,7 +105,7 @@ impl World {
         }
     }
 
-    fn carry_out(&mut self, reply: &dyn Fn(u64) -> Reply) {
+    fn carry_out(&mut self, reply: &dyn Fn(u64, &str) -> Reply) {
         let now = self.now();
         while let Some(intent) = self.s.poll_intent() {
             match intent {
@@ -95,14 +113,17 @@ impl World {
                     let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
                     self.s.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
                 }
-                Intent::Connect { conn, .. } => {
+                Intent::Connect { conn, plan } => {
+                    self.vmtas.push(plan.vmta.clone());
+                    self.conn_vmta.insert(conn, plan.vmta.clone());
                     self.open.push(conn);
                     self.max_open = self.max_open.max(self.open.len());
                     self.s.conn_ready(conn, now);
                 }
                 Intent::Start { conn, job, .. } => {
                     self.starts.push((self.now_ms, conn));
-                    let replies = vec![reply(self.now_ms); job.rcpts.len()];
+                    let vmta = self.conn_vmta.get(&conn).map_or("", String::as_str);
+                    let replies = vec![reply(self.now_ms, vmta); job.rcpts.len()];
                     let hop = "192.0.2.1:25".parse().ok();
                     let info = AttemptInfo { mx_host: "mx.dest.test".into(), hop, ..Default::default() };
                     self.s.txn_done(conn, job, &replies, info, true, now);
@@ -336,36 +357,8 @@ fn routed(
 ) -> (Vec<String>, Vec<sluice_engine::acct::Record>) {
     let mut w = World::new(conf);
     w.queue(n);
-    let mut vmtas = Vec::new();
-    while w.now_ms < ms {
-        w.now_ms += 10;
-        if w.now_ms % 50 < 10 {
-            w.s.tick(w.now());
-        }
-        w.s.pump(w.now());
-        let now = w.now();
-        while let Some(intent) = w.s.poll_intent() {
-            match intent {
-                Intent::Resolve { domain, .. } => {
-                    let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
-                    w.s.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
-                }
-                Intent::Connect { conn, plan } => {
-                    vmtas.push(plan.vmta.clone());
-                    w.s.conn_ready(conn, now);
-                }
-                Intent::Start { conn, job, .. } => {
-                    let replies = vec![reply(w.now_ms); job.rcpts.len()];
-                    let info = AttemptInfo { hop: "192.0.2.1:25".parse().ok(), ..Default::default() };
-                    w.s.txn_done(conn, job, &replies, info, true, now);
-                }
-                Intent::Quit { conn } => w.s.conn_closed(conn, None),
-                Intent::Record(r) => w.records.push(*r),
-                _ => {}
-            }
-        }
-    }
-    (vmtas, w.records)
+    w.run(ms, 10, reply);
+    (w.vmtas, w.records)
 }
 
 const VMTAS: &str = "<virtual-mta v1>\n smtp-source-host 127.0.0.2 v1.test\n</virtual-mta>\n\
@@ -417,51 +410,21 @@ fn backoff_reroutes_to_another_virtual_mta() {
     for i in 0..20 {
         w.s.dispatch("dest.test", "v1".into(), job(i));
     }
-    let mut vmtas = Vec::new();
-    let mut sent_v1 = 0;
-    let mut conn_vmta = std::collections::HashMap::new();
-    while w.now_ms < 3_000 {
-        w.now_ms += 10;
-        if w.now_ms % 50 < 10 {
-            w.s.tick(w.now());
+    // v1 is throttled on its third message; v2 takes everything.
+    let sent_v1 = std::cell::Cell::new(0);
+    w.run_by_vmta(3_000, 10, &|_, vmta| {
+        if vmta != "v1" {
+            return Reply::new(250, "ok");
         }
-        w.s.pump(w.now());
-        let now = w.now();
-        while let Some(intent) = w.s.poll_intent() {
-            match intent {
-                Intent::Resolve { domain, .. } => {
-                    let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
-                    w.s.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
-                }
-                Intent::Connect { conn, plan } => {
-                    vmtas.push(plan.vmta.clone());
-                    conn_vmta.insert(conn, plan.vmta.clone());
-                    w.s.conn_ready(conn, now);
-                }
-                Intent::Start { conn, job, .. } => {
-                    // v1 is throttled on its third message; v2 takes everything.
-                    let on_v1 = conn_vmta.get(&conn).is_some_and(|v: &String| v == "v1");
-                    let reply = if on_v1 {
-                        sent_v1 += 1;
-                        if sent_v1 >= 3 {
-                            Reply::new(421, "4.7.0 slow down")
-                        } else {
-                            Reply::new(250, "ok")
-                        }
-                    } else {
-                        Reply::new(250, "ok")
-                    };
-                    let info = AttemptInfo { hop: "192.0.2.1:25".parse().ok(), ..Default::default() };
-                    w.s.txn_done(conn, job, &[reply], info, true, now);
-                }
-                Intent::Quit { conn } => w.s.conn_closed(conn, None),
-                Intent::Record(r) => w.records.push(*r),
-                _ => {}
-            }
+        sent_v1.set(sent_v1.get() + 1);
+        if sent_v1.get() >= 3 {
+            Reply::new(421, "4.7.0 slow down")
+        } else {
+            Reply::new(250, "ok")
         }
-    }
+    });
     let delivered: Vec<_> = w.records.iter().filter(|r| r.kind == Kind::Delivered).collect();
-    assert!(vmtas.contains(&"v2".to_string()), "{vmtas:?}");
+    assert!(w.vmtas.contains(&"v2".to_string()), "{:?}", w.vmtas);
     assert!(delivered.iter().filter(|r| r.queue == "dest.test/v2").count() >= 15, "{}", delivered.len());
     assert!(w.events().iter().any(|e| e.contains("rerouted to v2")), "{:?}", w.events());
 }
