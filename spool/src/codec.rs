@@ -393,50 +393,63 @@ pub mod part {
         Some(Reader { buf: buf.get(RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + len)?, at: 0 })
     }
 
-    /// The reader placed at the recipient count, and the client's address and sender.
-    fn front(buf: &[u8]) -> Option<(Reader<'_>, IpAddr, &str)> {
+    /// The fields before the recipients, and a reader past them.
+    fn after_recipients(buf: &[u8]) -> Option<(Front<'_>, Reader<'_>)> {
         let mut r = payload(buf)?;
-        r.u64()?;
-        let client_ip = ip_from(r.take(16)?.try_into().ok()?);
-        let mail_from = r.str16()?;
-        r.skip16()?; // envid
-        r.skip16()?; // vmta
-        Some((r, client_ip, mail_from))
-    }
-
-    fn after_recipients(buf: &[u8]) -> Option<Reader<'_>> {
-        let (mut r, _, _) = front(buf)?;
+        let front = read_front(&mut r)?;
         for _ in 0..r.u32()? {
             r.skip16()?;
         }
-        Some(r)
+        Some((front, r))
     }
 
     /// The client's address and the envelope sender.
     pub fn origin(buf: &[u8]) -> Option<(IpAddr, &str)> {
-        front(buf).map(|(_, ip, from)| (ip, from))
+        read_front(&mut payload(buf)?).map(|f| (f.client_ip, f.mail_from))
     }
 
     /// The message data (transparency form).
     pub fn data(buf: &[u8]) -> Option<&[u8]> {
-        let mut r = after_recipients(buf)?;
+        let (_, mut r) = after_recipients(buf)?;
         let n = r.u32()? as usize;
         r.take(n)
     }
 
     /// The DSN envelope id, the job id and the extras.
     pub fn tail(buf: &[u8]) -> Option<(&str, &str, Extras<'_>)> {
-        let mut head = payload(buf)?;
-        head.take(8 + 16)?;
-        head.skip16()?;
-        let envid = head.str16()?;
-        let mut r = after_recipients(buf)?;
-        let n = r.u32()? as usize;
-        r.take(n)?;
-        let end = r.buf.len();
-        let job_id = if r.at < end { r.str16()? } else { "" };
-        Some((envid, job_id, decode_extras(&mut r, end)?))
+        let (front, mut r) = after_recipients(buf)?;
+        let (_, job_id, extras) = read_rest(&mut r)?;
+        Some((front.envid, job_id, extras))
     }
+}
+
+/// A record's fields before the recipients, in their order on disk.
+struct Front<'a> {
+    queued_unix_ms: u64,
+    client_ip: IpAddr,
+    mail_from: &'a str,
+    envid: &'a str,
+    vmta: &'a str,
+}
+
+fn read_front<'a>(r: &mut Reader<'a>) -> Option<Front<'a>> {
+    Some(Front {
+        queued_unix_ms: r.u64()?,
+        client_ip: ip_from(r.take(16)?.try_into().ok()?),
+        mail_from: r.str16()?,
+        envid: r.str16()?,
+        vmta: r.str16()?,
+    })
+}
+
+/// A record's fields after the recipients: the data, the job id and the extras.
+fn read_rest<'a>(r: &mut Reader<'a>) -> Option<(&'a [u8], &'a str, Extras<'a>)> {
+    let data_len = r.u32()? as usize;
+    let data = r.take(data_len)?;
+    // Version 2: an optional job id after the data; version 3: extras after it.
+    let end = r.buf.len();
+    let job_id = if r.at < end { r.str16()? } else { "" };
+    Some((data, job_id, decode_extras(r, end)?))
 }
 
 fn decode(buf: &[u8], verify: bool) -> Decoded<'_> {
@@ -466,11 +479,7 @@ fn decode(buf: &[u8], verify: bool) -> Decoded<'_> {
 
 fn decode_payload(payload: &[u8]) -> Option<MessageView<'_>> {
     let mut r = Reader { buf: payload, at: 0 };
-    let queued_unix_ms = r.u64()?;
-    let client_ip = ip_from(r.take(16)?.try_into().ok()?);
-    let mail_from = r.str16()?;
-    let envid = r.str16()?;
-    let vmta = r.str16()?;
+    let Front { queued_unix_ms, client_ip, mail_from, envid, vmta } = read_front(&mut r)?;
     let count = r.u32()? as usize;
     if count == 0 || count > RECIPIENTS_MAX {
         return None;
@@ -479,11 +488,7 @@ fn decode_payload(payload: &[u8]) -> Option<MessageView<'_>> {
     for _ in 0..count {
         recipients.push(r.str16()?);
     }
-    let data_len = r.u32()? as usize;
-    let data = r.take(data_len)?;
-    // Version 2: an optional job id after the data; version 3: extras after it.
-    let job_id = if r.at < payload.len() { r.str16()? } else { "" };
-    let extras = decode_extras(&mut r, payload.len())?;
+    let (data, job_id, extras) = read_rest(&mut r)?;
     if r.at != payload.len() {
         return None;
     }
