@@ -368,13 +368,11 @@ pub fn sign_speed(key: &std::path::Path, seconds: u64) -> ExitCode {
 fn raw_rsa_speeds(key: &std::path::Path, seconds: u64) -> Option<(f64, f64)> {
     use mail_auth::common::crypto::SigningKey;
     use rustls_pki_types::pem::PemObject;
+    // aws-lc-rs: the key as the engine loads it for signing.
+    let sluice_engine::dkim::DkimKey::Rsa(aws) = sluice_engine::dkim::read_key(&std::fs::read(key).ok()?).ok()? else {
+        return None;
+    };
     let der = rustls_pki_types::PrivateKeyDer::from_pem_file(key).ok()?;
-    let aws = match &der {
-        rustls_pki_types::PrivateKeyDer::Pkcs1(k) => aws_lc_rs::rsa::KeyPair::from_der(k.secret_pkcs1_der()),
-        rustls_pki_types::PrivateKeyDer::Pkcs8(k) => aws_lc_rs::rsa::KeyPair::from_pkcs8(k.secret_pkcs8_der()),
-        _ => return None,
-    }
-    .ok()?;
     let ring = mail_auth::common::crypto::RsaKey::<mail_auth::common::crypto::Sha256>::from_key_der(der).ok()?;
     let input = [b'h'; 400];
     let rate = |sign: &mut dyn FnMut()| {
