@@ -516,8 +516,7 @@ impl Loadgen {
 
     fn pick_size(&mut self) -> usize {
         let total: u64 = self.opts.sizes.iter().map(|s| s.1 as u64).sum();
-        self.size_pick = self.size_pick.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut roll = (self.size_pick >> 33) % total.max(1);
+        let mut roll = super::next_random(&mut self.size_pick) % total.max(1);
         for (size, weight) in &self.opts.sizes {
             if roll < *weight as u64 {
                 return *size;
@@ -550,10 +549,7 @@ impl Loadgen {
                 let d = match self.domain_cdf.is_empty() {
                     true => (n * self.opts.rcpts as u64 + j as u64) % self.opts.domains as u64,
                     false => {
-                        self.domain_pick ^= self.domain_pick << 13;
-                        self.domain_pick ^= self.domain_pick >> 7;
-                        self.domain_pick ^= self.domain_pick << 17;
-                        let roll = (self.domain_pick >> 11) as f64 / (1u64 << 53) as f64;
+                        let roll = super::next_random(&mut self.domain_pick) as f64 / (1u64 << 31) as f64;
                         self.domain_cdf.partition_point(|c| *c < roll).min(self.domain_cdf.len() - 1) as u64
                     }
                 };

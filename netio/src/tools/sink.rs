@@ -230,7 +230,7 @@ impl Sink {
             return;
         }
         sys::set_nodelay(result);
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        super::next_random(&mut self.seed);
         let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.rcpt_seen.clone(), self.seed)
             .with_accept_rate(self.accept.clone())
             .with_client(sys::peer_ip(result));
@@ -337,8 +337,7 @@ impl Sink {
         if jitter == 0 {
             return base.as_millis() as u64;
         }
-        self.seed = self.seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        base.as_millis() as u64 + (self.seed >> 33) % (jitter + 1)
+        base.as_millis() as u64 + super::next_random(&mut self.seed) % (jitter + 1)
     }
 
     fn record(&mut self, report: &sluice_engine::smtp::sink::Report) {
