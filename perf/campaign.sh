@@ -276,6 +276,4 @@ compare() {
 
 if [ "$SIGN" != rsa ]; then SIGNED=0; compare "Unsigned"; fi
 if [ "$SIGN" != off ]; then SIGNED=1; compare "Every message signed, RSA-2048 (Postfix: OpenDKIM milter)"; fi
-echo >>"$report"
-cat "$report"
-{ echo; cat "$report"; } >>perf/RESULTS.md
+finish_report

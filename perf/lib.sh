@@ -56,3 +56,10 @@ postfix_launch() {
 # For a report's heading: this machine, and the commit measured (+dirty with local changes).
 machine_line() { echo "$(nproc) CPUs, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(free -g | awk '/Mem:/{print $2}') GiB, Linux $(uname -r)"; }
 commit_id() { echo "$(git rev-parse --short HEAD)$(git diff --quiet || echo "+dirty")"; }
+
+# finish_report: the report ($report) to the terminal and appended to perf/RESULTS.md.
+finish_report() {
+    echo >>"$report"
+    cat "$report"
+    { echo; cat "$report"; } >>perf/RESULTS.md
+}

@@ -235,23 +235,17 @@ cluster_compare() {
 
 if [ -n "${CLUSTER_ONLY:-}" ]; then
     cluster_compare
-    echo >>"$report"
-    cat "$report"
-    { echo; cat "$report"; } >>perf/RESULTS.md
+    finish_report
     exit 0
 fi
 if [ -n "${BASELINE:-}" ]; then
     baseline_compare "$BASELINE"
-    echo >>"$report"
-    cat "$report"
-    { echo; cat "$report"; } >>perf/RESULTS.md
+    finish_report
     exit 0
 fi
 if [ -n "${DKIM_ONLY:-}" ]; then
     dkim_compare
-    echo >>"$report"
-    cat "$report"
-    { echo; cat "$report"; } >>perf/RESULTS.md
+    finish_report
     exit 0
 fi
 {
@@ -317,6 +311,4 @@ if [ -z "${QUICK:-}" ]; then
         echo "domains $domains: sluice $s_rate, Postfix $p_rate" >&2
     done
 fi
-echo >>"$report"
-cat "$report"
-{ echo; cat "$report"; } >>perf/RESULTS.md
+finish_report
