@@ -350,6 +350,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => {
+            // A panic ends one connection, or the whole process: never a half-alive relay.
+            sluice_netio::guard::install_hook();
             let limit = raise_fd_limit();
             tracing::info!(open_files = limit, "open-files limit (each connection takes one)");
             if limit < 16_384 {

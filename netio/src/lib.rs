@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod conn;
 mod faults;
+pub mod guard;
 pub(crate) mod mailbox;
 mod park;
 mod shard;

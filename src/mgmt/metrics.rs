@@ -87,6 +87,11 @@ fn registry(api: &Api) -> Result<Registry, Fail> {
     let mut reg = Registry::with_prefix("sluice");
     reg.register("messages_received", "Messages accepted and on disk.", counter(t.msgs_in));
     reg.register("recipients_received", "Recipients accepted.", counter(t.rcpts_in));
+    reg.register(
+        "connection_panics",
+        "Connections closed because handling their input panicked (the shard went on).",
+        counter(t.connection_panics),
+    );
     let by_vmta = |f: fn(&Outcomes) -> u64| family(o.by_vmta.iter().map(|(v, c)| (Vmta { vmta: v.clone() }, f(c))));
     reg.register("messages_delivered", "Recipients delivered, by VMTA.", by_vmta(|c| c.delivered));
     reg.register("messages_deferred", "Delivery attempts deferred, by VMTA.", by_vmta(|c| c.deferred));

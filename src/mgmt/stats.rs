@@ -69,6 +69,7 @@ fn diff(a: Totals, b: Totals) -> Totals {
         bytes_out: a.bytes_out.saturating_sub(b.bytes_out),
         rcpts_bounced: a.rcpts_bounced.saturating_sub(b.rcpts_bounced),
         rcpts_deferred: a.rcpts_deferred.saturating_sub(b.rcpts_deferred),
+        connection_panics: a.connection_panics.saturating_sub(b.connection_panics),
     }
 }
 

@@ -66,6 +66,7 @@ fn traffic(t: sluice_netio::admin::Totals) -> Value {
         "out": { "msg": t.msgs_out, "rcpt": t.rcpts_out, "kb": t.bytes_out / 1024 },
         "bounced": { "rcpt": t.rcpts_bounced },
         "deferred": { "rcpt": t.rcpts_deferred },
+        "connectionPanics": t.connection_panics,
     })
 }
 

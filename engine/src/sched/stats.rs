@@ -15,6 +15,8 @@ pub struct ShardStats {
     pub bytes_out: AtomicU64,
     pub rcpts_bounced: AtomicU64,
     pub rcpts_deferred: AtomicU64,
+    /// Connections closed because handling their input panicked (the shard went on).
+    pub connection_panics: AtomicU64,
 }
 
 impl ShardStats {
@@ -34,6 +36,7 @@ pub struct Totals {
     pub bytes_out: u64,
     pub rcpts_bounced: u64,
     pub rcpts_deferred: u64,
+    pub connection_panics: u64,
 }
 
 impl Totals {
@@ -49,6 +52,7 @@ impl Totals {
             t.bytes_out += get(&s.bytes_out);
             t.rcpts_bounced += get(&s.rcpts_bounced);
             t.rcpts_deferred += get(&s.rcpts_deferred);
+            t.connection_panics += get(&s.connection_panics);
         }
         t
     }

@@ -1005,6 +1005,15 @@ impl Session {
         }
     }
 
+    /// sluice failed while handling this session's input (a panic, caught by the caller):
+    /// replies not yet sent are dropped, the client is told 421 (RFC 5321 §3.8) and the
+    /// session ends. Nothing it sent in this transaction was acknowledged.
+    pub fn fail_internal(&mut self) {
+        self.out.clear();
+        self.reply(&format!("421 4.3.0 {} internal error; closing connection, try again later", self.policy.host_name));
+        self.state = State::Closing;
+    }
+
     /// Gives back a spent data buffer so its capacity is reused for the next message.
     pub fn recycle_data_buffer(&mut self, mut buf: Vec<u8>) {
         if self.data.capacity() == 0 {
@@ -1014,12 +1023,13 @@ impl Session {
     }
 }
 
+/// `s` without `prefix` (ASCII, any case). Compares bytes: a `str` slice at `prefix.len()`
+/// would panic when that offset falls inside a multi-byte character of the peer's input.
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
-    if s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix) {
-        Some(&s[prefix.len()..])
-    } else {
-        None
-    }
+    debug_assert!(prefix.is_ascii());
+    let head = s.as_bytes().get(..prefix.len())?;
+    // An ASCII prefix matched byte for byte ends on a character boundary, so `get` succeeds.
+    head.eq_ignore_ascii_case(prefix.as_bytes()).then(|| s.get(prefix.len()..)).flatten()
 }
 
 fn path_error_reply(e: PathError, syntax: &str) -> String {

@@ -230,6 +230,20 @@ impl Incoming {
         self.session.shutdown();
         self.flush_session();
     }
+
+    /// Handling this connection's input failed inside sluice (a panic): whatever the
+    /// session held is dropped unanswered, the client is told 421 and the connection closes.
+    pub fn fail(&mut self) {
+        self.holding = false;
+        self.in_len = 0;
+        self.session.fail_internal();
+        self.flush_session();
+    }
+
+    /// The bytes read and not yet taken by the session (ciphertext under TLS).
+    pub fn pending_input(&self) -> &[u8] {
+        &self.inbuf[..self.in_len]
+    }
 }
 
 impl Drop for Incoming {

@@ -7,6 +7,7 @@ use super::{cancel_sock, ud, Op, Shard, Sock};
 use crate::admin::ShardStats;
 use crate::conn::inbound::{InEvent, Incoming};
 use crate::conn::Want;
+use crate::faults::PanicAt;
 use crate::sys::ip_of;
 use crate::{ControlRequest, Shared};
 use io_uring::{opcode, types};
@@ -193,13 +194,60 @@ impl Shard {
         self.in_drive(slot);
     }
 
-    /// Advances a session as far as its input allows, then submits its next operation.
+    /// Advances a session as far as its input allows, then submits its next operation. A
+    /// panic while the input is handled ends this connection only (`in_panicked`).
     pub(super) fn in_drive(&mut self, slot: u32) {
-        let now = self.now;
-        let c = self.ins.get_mut(slot);
+        let gen = self.ins.gen(slot);
+        let Some(c) = self.ins.get_gen(slot, gen) else { return }; // closed meanwhile
         if c.sock.op.is_some() {
             return;
         }
+        let fault = self.faults.panic_for(c.m.pending_input());
+        if fault == Some(PanicAt::Shard) {
+            panic!("fault injected (SLUICE_FAULTS=shard-panic): a panic outside any connection's handling");
+        }
+        let handled = crate::guard::isolated(|| {
+            if fault == Some(PanicAt::Connection) {
+                panic!("fault injected (SLUICE_FAULTS=conn-panic): a panic in a connection's handling");
+            }
+            self.in_advance(slot)
+        });
+        if let Err(why) = handled {
+            self.in_panicked(slot, gen, why);
+        }
+        if self.ins.get_gen(slot, gen).is_some() {
+            self.in_next_op(slot);
+        }
+    }
+
+    /// Handling a connection's input panicked: the connection gets 421 and closes (its
+    /// message, if any, was never acknowledged); the shard goes on. Logged with the peer and
+    /// counted (`connection_panics`). A panic after the spool took the message is not this
+    /// connection's alone: it goes on to end the process.
+    fn in_panicked(&mut self, slot: u32, gen: u16, why: String) {
+        ShardStats::add(&self.stats.connection_panics, 1);
+        let Some(c) = self.ins.get_gen(slot, gen) else { return };
+        tracing::error!(
+            shard = self.id,
+            peer = %c.client_ip,
+            panic = %why,
+            "handling a client's input panicked: that connection is closed (421), the shard goes on"
+        );
+        if c.store.is_some() {
+            std::panic::resume_unwind(Box::new(format!("{why} (with a message in the spool's hands)")));
+        }
+        c.verifying = None;
+        c.reporting = false;
+        if crate::guard::isolated(|| c.m.fail()).is_err() {
+            // Not even the 421 could be written (a broken TLS state): close without it.
+            self.close_in(slot);
+        }
+    }
+
+    /// The session's part of `in_drive`: commands, data, a complete message.
+    fn in_advance(&mut self, slot: u32) {
+        let now = self.now;
+        let c = self.ins.get_mut(slot);
         let event = c.m.advance(now.unix_ms);
         let failures = c.m.session_mut().take_auth_failures();
         if failures > 0 {
@@ -213,7 +261,6 @@ impl Shard {
             // Stores the message, or refuses it (then the reply is in the session's output).
             self.store_message(slot);
         }
-        self.in_next_op(slot);
     }
 
     /// The socket operation the session wants next.
@@ -459,7 +506,10 @@ impl Shard {
         let (mut m, vmta) = *waiting;
         m.data = headers;
         m.data.extend_from_slice(&data);
-        self.spool_message(slot, m, vmta, summary);
+        // Signing reads the client's message: a panic there ends this connection only.
+        if let Err(why) = crate::guard::isolated(|| self.spool_message(slot, m, vmta, summary)) {
+            self.in_panicked(slot, gen, why);
+        }
         self.in_drive(slot);
     }
 

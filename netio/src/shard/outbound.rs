@@ -4,6 +4,7 @@
 //! its machine (`crate::conn::outbound`), the body sent from the mapped segment.
 
 use super::{cancel_sock, ud, Op, Shard, Sock};
+use crate::admin::ShardStats;
 use crate::conn::outbound::{OutEvent, Outgoing};
 use crate::conn::Want;
 use crate::mailbox::{MsgRef, ShardMsg};
@@ -269,7 +270,13 @@ impl Shard {
             if o.sock.op.is_some() {
                 return;
             }
-            match o.m.advance() {
+            // The receiver's replies are parsed in here: a panic fails this connection only.
+            let advanced = match crate::guard::isolated(|| o.m.advance()) {
+                Ok(event) => event,
+                Err(why) => return self.out_panicked(slot, why),
+            };
+            let o = self.outs.get_mut(slot);
+            match advanced {
                 None => {}
                 Some(OutEvent::Ready) => {
                     o.info.esmtp = o.m.capabilities().esmtp;
@@ -394,6 +401,21 @@ impl Shard {
             o.m.sent(result as usize);
         }
         self.out_drive(slot);
+    }
+
+    /// Handling the receiver's replies panicked: logged with the peer and counted, and the
+    /// connection fails as if the receiver had gone (its job is deferred); the shard goes on.
+    fn out_panicked(&mut self, slot: u32, why: String) {
+        ShardStats::add(&self.stats.connection_panics, 1);
+        let o = self.outs.get_mut(slot);
+        let peer = o.plan.hops.get(o.hop_index.saturating_sub(1)).map(|h| h.addr.to_string()).unwrap_or_default();
+        tracing::error!(
+            shard = self.id,
+            %peer,
+            panic = %why,
+            "handling a receiver's reply panicked: that connection is closed, its messages deferred"
+        );
+        self.out_fail(slot, Reply::new(451, "4.3.0 internal error handling the server's reply"));
     }
 
     /// The connection failed: the scheduler hears why (its job is deferred), and it closes.
