@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Fuzzes every target in fuzz/ (cargo-fuzz, libFuzzer, the machine's nightly toolchain) for
-# SECONDS each (default 15: the short run CI does; run for hours by hand, e.g.
-# `scripts/fuzz.sh 3600`). A crash fails the run and leaves its input in
-# fuzz/artifacts/TARGET/; add it to fuzz/corpus/TARGET/ once fixed, as a regression seed.
+# A short, repeatable run of every fuzz target in fuzz/ (cargo-fuzz, libFuzzer, the machine's
+# nightly toolchain), as CI does: each target starts from its committed corpus and the crashes
+# kept in fuzz/regressions/, with a fixed seed and a fixed number of executions (RUNS, default
+# 20000), so the same commit gives the same result every time: CI is no lottery. New inputs go
+# to a scratch folder, not into the repository. A crash fails the run and leaves its input in
+# fuzz/artifacts/TARGET/; once fixed, keep it in fuzz/regressions/TARGET/ (the ordinary test
+# suite replays that folder and the corpora: tests/fuzz_regressions.rs).
+#
+# Long runs (until coverage stops rising, new inputs kept in the corpus) are
+# scripts/fuzz-plateau.py's, by hand; fuzz/PLATEAU.md has their figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_EACH=${1:-15}
+RUNS=${1:-20000}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 cd fuzz
 cargo +nightly fuzz build
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 for target in $(cargo +nightly fuzz list); do
-    echo "fuzz: $target for ${SECONDS_EACH}s"
-    cargo +nightly fuzz run "$target" "corpus/$target" -- \
-        -max_total_time="$SECONDS_EACH" -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
+    mkdir -p "$scratch/$target" "regressions/$target"
+    echo "fuzz: $target, $RUNS executions, seed 1"
+    cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" "regressions/$target" -- \
+        -seed=1 -runs="$RUNS" -max_total_time=300 -rss_limit_mb=2048 -print_final_stats=1 2>&1 \
         | grep -E "stat::number_of_executed_units|Done|SUMMARY|panicked|ERROR" || true
     if [ -n "$(ls -A "artifacts/$target" 2>/dev/null)" ]; then
         echo "fuzz: $target crashed; input(s) in fuzz/artifacts/$target" >&2

@@ -7,6 +7,7 @@ use hickory_resolver::error::ResolveErrorKind;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::TokioAsyncResolver;
 use sluice_config::{Config, HostPort};
+use sluice_engine::route::mx::{self, MxPlan};
 use sluice_engine::route::rollup::MxSet;
 use sluice_engine::smtp::reply::Reply;
 use sluice_netio::{Hop, Resolution};
@@ -83,29 +84,24 @@ pub async fn resolve(
         Ok(mx) => {
             let ttl_ms =
                 mx.as_lookup().valid_until().saturating_duration_since(std::time::Instant::now()).as_millis() as u64;
-            let mut records: Vec<(u16, String)> = mx.iter().map(|r| (r.preference(), r.exchange().to_utf8())).collect();
-            if records.len() == 1 && (records[0].1 == "." || records[0].1.is_empty()) {
-                let reply = Reply::new(556, format!("5.1.10 {domain} does not accept mail (null MX, RFC 7505)"));
-                return (Resolution::Permanent(reply), ttl_ms.max(1_000), None);
-            }
-            for r in &mut records {
-                r.1 = r.1.trim_end_matches('.').to_ascii_lowercase();
-            }
-            records.sort();
-            let mx_set = records.clone();
-            let mut levels: Vec<Vec<Hop>> = Vec::new();
-            let mut last_pref = None;
-            for (pref, host) in records {
-                if host == "." {
-                    continue;
+            let records: Vec<(u16, String)> = mx.iter().map(|r| (r.preference(), r.exchange().to_utf8())).collect();
+            let (levels, mx_set) = match mx::plan(&records) {
+                (MxPlan::NullMx, _) => {
+                    let reply = Reply::new(556, format!("5.1.10 {domain} does not accept mail (null MX, RFC 7505)"));
+                    return (Resolution::Permanent(reply), ttl_ms.max(1_000), None);
                 }
-                let hops = addresses(resolver, &host, 25).await;
-                if last_pref != Some(pref) {
-                    levels.push(Vec::new());
-                    last_pref = Some(pref);
+                (MxPlan::Levels(hosts), set) => {
+                    let mut levels: Vec<Vec<Hop>> = Vec::with_capacity(hosts.len());
+                    for level in hosts {
+                        let mut hops = Vec::new();
+                        for host in level {
+                            hops.extend(addresses(resolver, &host, 25).await);
+                        }
+                        levels.push(hops);
+                    }
+                    (levels, set)
                 }
-                levels.last_mut().expect("pushed").extend(hops);
-            }
+            };
             (Resolution::Hops(levels), ttl_ms.clamp(1_000, 86_400_000), Some(mx_set))
         }
         Err(e) => match e.kind() {

@@ -10,6 +10,8 @@ pub mod acct;
 pub mod ast;
 mod build;
 pub mod directives;
+#[doc(hidden)]
+pub mod fuzz_check;
 pub mod known;
 mod model;
 mod overrides;

@@ -5,6 +5,9 @@ pub mod acct;
 pub mod bounce;
 pub mod dkim;
 pub mod feedback;
+#[doc(hidden)]
+pub mod fuzz_check;
+pub mod http;
 pub mod queue;
 pub mod route;
 pub mod sched;

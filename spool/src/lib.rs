@@ -4,6 +4,8 @@
 
 pub mod codec;
 pub mod commit;
+#[doc(hidden)]
+pub mod fuzz_check;
 pub mod life;
 pub mod machine;
 pub mod memdisk;

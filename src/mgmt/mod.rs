@@ -192,7 +192,7 @@ async fn serve_route(
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(|v| v.trim().to_string());
     let req = Request {
         path: uri.path().to_string(),
-        query: uri.query().map(parse_query).unwrap_or_default(),
+        query: uri.query().map(sluice_engine::http::parse_query).unwrap_or_default(),
         api_key,
         body,
         peer: peer.ip(),
@@ -289,40 +289,6 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// `%XX` and `+` decoding of a query component.
-fn url_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
-                    Ok(b) => {
-                        out.push(b);
-                        i += 2;
-                    }
-                    Err(_) => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn parse_query(q: &str) -> HashMap<String, String> {
-    q.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (url_decode(k), url_decode(v))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,15 +300,6 @@ mod tests {
         assert!(!constant_time_eq(b"abcdef", b"abcde"));
         assert!(!constant_time_eq(b"", b"a"));
         assert!(!constant_time_eq(b"a", b""));
-    }
-
-    #[test]
-    fn queries_are_decoded() {
-        let q = parse_query("queue=gmail.com%2Fpool1&mode=backoff&x=a+b&bad=%zz");
-        assert_eq!(q["queue"], "gmail.com/pool1");
-        assert_eq!(q["mode"], "backoff");
-        assert_eq!(q["x"], "a b");
-        assert_eq!(q["bad"], "%zz");
     }
 
     #[test]

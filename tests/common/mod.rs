@@ -168,6 +168,21 @@ impl Relay {
         }
     }
 
+    /// Waits for the relay to exit by itself: its status, or None if it still runs after
+    /// `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            let c = self.child.as_mut().expect("relay running");
+            if let Some(status) = c.try_wait().unwrap() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGTERM, then wait for a clean exit; returns the exit status code.
     pub fn terminate(&mut self, timeout: Duration) -> i32 {
         let mut c = self.child.take().expect("relay running");

@@ -4,6 +4,7 @@
 //! does to its sender, which pool member takes the next connection, next hops that need no
 //! DNS (IP-literal `smtp-hosts`), and MX rollup (`rollup`).
 
+pub mod mx;
 pub mod rollup;
 
 use crate::smtp::headers::{header_value, take_header};
