@@ -178,11 +178,50 @@ pub async fn serve(api: Arc<Api>, listener: tokio::net::TcpListener) {
     }
 }
 
-/// Checks the method and the client's access, then answers with the route's handler.
+/// Serves one request (`answer`), isolated.
 async fn serve_route(
     i: usize,
     State(api): State<Arc<Api>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+    body: Bytes,
+) -> Response {
+    // A panic while this request is handled answers it 500; the API and the process go on.
+    let peer_ip = peer.ip();
+    Isolated { inner: Box::pin(answer(i, api, peer, method, headers, uri, body)), peer: peer_ip }.await
+}
+
+/// A request's future polled inside `guard::isolated`: a panic ends this request only (500,
+/// logged with the client), never the control plane's thread or the process.
+struct Isolated<F: ?Sized> {
+    inner: Pin<Box<F>>,
+    peer: IpAddr,
+}
+
+impl<F: Future<Output = Response> + ?Sized> Future for Isolated<F> {
+    type Output = Response;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Response> {
+        let this = &mut *self;
+        match sluice_netio::guard::isolated(|| this.inner.as_mut().poll(cx)) {
+            Ok(poll) => poll,
+            Err(why) => std::task::Poll::Ready(request_panicked(this.peer, &why)),
+        }
+    }
+}
+
+fn request_panicked(peer: IpAddr, why: &str) -> Response {
+    tracing::error!(%peer, panic = %why, "handling a management API request panicked: answered 500, the API goes on");
+    error(500, "internal error")
+}
+
+/// Checks the method and the client's access, then answers with the route's handler.
+async fn answer(
+    i: usize,
+    api: Arc<Api>,
+    peer: SocketAddr,
     method: Method,
     headers: HeaderMap,
     uri: Uri,
@@ -231,9 +270,16 @@ fn access(api: &Api, req: &Request) -> Result<Access, Fail> {
     }
 }
 
-/// Runs work that waits on the shards off the async thread.
+/// Runs work that waits on the shards off the async thread (a panic there answers 500).
 fn blocking(f: impl FnOnce() -> Response + Send + 'static) -> Reply {
-    Box::pin(async move { tokio::task::spawn_blocking(f).await.unwrap_or_else(|_| error(500, "internal error")) })
+    Box::pin(async move {
+        match tokio::task::spawn_blocking(move || sluice_netio::guard::isolated(f)).await {
+            Ok(Ok(response)) => response,
+            // Carried on to the request's `Isolated`, which knows the client.
+            Ok(Err(why)) => std::panic::resume_unwind(Box::new(why)),
+            Err(_) => error(500, "internal error"),
+        }
+    })
 }
 
 fn with_type(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
@@ -300,6 +346,18 @@ mod tests {
         assert!(!constant_time_eq(b"abcdef", b"abcde"));
         assert!(!constant_time_eq(b"", b"a"));
         assert!(!constant_time_eq(b"a", b""));
+    }
+
+    #[test]
+    fn a_request_that_panics_is_answered_500_and_the_runtime_goes_on() {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let peer = IpAddr::from([127, 0, 0, 9]);
+        let panics = Isolated { inner: Box::pin(async { panic!("handler bug") }), peer };
+        assert_eq!(rt.block_on(panics).status(), 500);
+        let from_blocking = Isolated { inner: blocking(|| panic!("blocking bug")), peer };
+        assert_eq!(rt.block_on(from_blocking).status(), 500);
+        let fine = Isolated { inner: Box::pin(async { error(404, "x") }), peer };
+        assert_eq!(rt.block_on(fine).status(), 404);
     }
 
     #[test]
