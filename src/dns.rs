@@ -16,6 +16,10 @@ use std::time::Duration;
 
 /// How long a resolution is cached by the asking shard when DNS gives no better TTL.
 const RESOLVE_TTL_DEFAULT_MS: u64 = 300_000;
+/// A failed lookup (SERVFAIL, timeout): asked again this soon.
+const RESOLVE_FAILURE_TTL_MS: u64 = 5_000;
+/// A definite "none" (NXDOMAIN, an MX host without an address).
+const RESOLVE_NONE_TTL_MS: u64 = 60_000;
 
 pub fn resolver(config: &Config) -> std::io::Result<TokioAsyncResolver> {
     let mut opts = ResolverOpts::default();
@@ -45,25 +49,73 @@ fn fqdn(name: &str) -> String {
     }
 }
 
-async fn addresses(resolver: &TokioAsyncResolver, host: &str, port: u16) -> Vec<Hop> {
+/// What looking up names gave: addresses, a definite "none" (NXDOMAIN, or no A/AAAA record:
+/// RFC 5321 §5.1's "no address"), or a failure that may pass (SERVFAIL, REFUSED, a timeout),
+/// with the resolver's words.
+#[derive(Debug, Default)]
+struct Addresses {
+    hops: Vec<Hop>,
+    /// Hosts that have no address at all.
+    none: Vec<String>,
+    /// Hosts whose lookup failed, and why.
+    failed: Vec<(String, String)>,
+}
+
+/// Does this error say the name, or the record type, does not exist (a definite answer)?
+/// Every other answer (SERVFAIL, REFUSED, NOTIMP, a timeout, no server) may change.
+fn definitely_none(e: &hickory_resolver::error::ResolveError) -> bool {
+    matches!(e.kind(), ResolveErrorKind::NoRecordsFound { response_code, .. }
+        if *response_code == ResponseCode::NXDomain || *response_code == ResponseCode::NoError)
+}
+
+async fn addresses_into(resolver: &TokioAsyncResolver, host: &str, port: u16, out: &mut Addresses) {
     if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
-        return vec![Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) }];
+        out.hops.push(Hop { host: host.to_string(), addr: SocketAddr::new(ip, port) });
+        return;
     }
+    let name = host.trim_end_matches('.').to_string();
     match resolver.lookup_ip(fqdn(host)).await {
-        Ok(ips) => ips
-            .iter()
-            .map(|ip| Hop { host: host.trim_end_matches('.').to_string(), addr: SocketAddr::new(ip, port) })
-            .collect(),
+        Ok(ips) => out.hops.extend(ips.iter().map(|ip| Hop { host: name.clone(), addr: SocketAddr::new(ip, port) })),
+        Err(e) if definitely_none(&e) => out.none.push(name),
         Err(e) => {
             tracing::debug!(host, error = %e, "address lookup failed");
-            Vec::new()
+            out.failed.push((name, e.to_string()));
         }
+    }
+}
+
+impl Addresses {
+    /// No hop at all: a deferral naming the failure when any lookup failed (the answer may
+    /// still come), else a bounce naming the hosts without an address (RFC 5321 §5.1; as
+    /// Postfix, 5.4.4). None when there are hops.
+    fn outcome_without_hops(&self, what: &str, none_bounces: bool) -> Option<(Resolution, u64)> {
+        if !self.hops.is_empty() {
+            return None;
+        }
+        if let Some((host, why)) = self.failed.first() {
+            let reply = Reply::new(451, format!("4.4.3 address lookup for {host} failed: {why}"));
+            return Some((Resolution::Temporary(reply), RESOLVE_FAILURE_TTL_MS));
+        }
+        let hosts = self.none.join(", ");
+        Some(if none_bounces {
+            (
+                Resolution::Permanent(Reply::new(550, format!("5.4.4 {what}: no address for {hosts}"))),
+                RESOLVE_NONE_TTL_MS,
+            )
+        } else {
+            (
+                Resolution::Temporary(Reply::new(451, format!("4.4.4 {what}: no address for {hosts}"))),
+                RESOLVE_FAILURE_TTL_MS,
+            )
+        })
     }
 }
 
 /// Next hops for a domain: static `smtp-hosts`, else MX (RFC 5321 §5.1) with the implicit
 /// MX fallback to A/AAAA, and RFC 7505 null MX as a permanent failure. Also the MX set when
-/// the hops came from MX records.
+/// the hops came from MX records. Only NXDOMAIN, or no record of the type asked, is taken as
+/// "none"; every other DNS failure defers (`4.4.3`, the resolver's error), never bounces and
+/// never falls back to the domain's own address.
 pub async fn resolve(
     resolver: &TokioAsyncResolver,
     domain: &str,
@@ -71,12 +123,20 @@ pub async fn resolve(
 ) -> (Resolution, u64, Option<MxSet>) {
     if let Some(levels) = static_hosts {
         let mut out = Vec::new();
+        let mut all = Addresses::default();
         for level in levels {
-            let mut hops = Vec::new();
+            let mut found = Addresses::default();
             for h in level {
-                hops.extend(addresses(resolver, &h.host, h.port).await);
+                addresses_into(resolver, &h.host, h.port, &mut found).await;
             }
-            out.push(hops);
+            out.push(std::mem::take(&mut found.hops));
+            all.none.append(&mut found.none);
+            all.failed.append(&mut found.failed);
+        }
+        all.hops = out.iter().flatten().cloned().collect();
+        // A configured host that is not in DNS today may be tomorrow: never a bounce.
+        if let Some((resolution, ttl)) = all.outcome_without_hops(&format!("smtp-hosts of {domain}"), false) {
+            return (resolution, ttl, None);
         }
         return (Resolution::Hops(out), RESOLVE_TTL_DEFAULT_MS, None);
     }
@@ -91,13 +151,17 @@ pub async fn resolve(
                     return (Resolution::Permanent(reply), ttl_ms.max(1_000), None);
                 }
                 (MxPlan::Levels(hosts), set) => {
+                    let mut all = Addresses::default();
                     let mut levels: Vec<Vec<Hop>> = Vec::with_capacity(hosts.len());
                     for level in hosts {
-                        let mut hops = Vec::new();
+                        let start = all.hops.len();
                         for host in level {
-                            hops.extend(addresses(resolver, &host, 25).await);
+                            addresses_into(resolver, &host, 25, &mut all).await;
                         }
-                        levels.push(hops);
+                        levels.push(all.hops[start..].to_vec());
+                    }
+                    if let Some((resolution, ttl)) = all.outcome_without_hops(&format!("MX hosts of {domain}"), true) {
+                        return (resolution, ttl, None);
                     }
                     (levels, set)
                 }
@@ -107,20 +171,20 @@ pub async fn resolve(
         Err(e) => match e.kind() {
             ResolveErrorKind::NoRecordsFound { response_code, .. } if *response_code == ResponseCode::NXDomain => {
                 let reply = Reply::new(550, format!("5.1.2 {domain}: no such domain"));
-                (Resolution::Permanent(reply), 60_000, None)
+                (Resolution::Permanent(reply), RESOLVE_NONE_TTL_MS, None)
             }
-            ResolveErrorKind::NoRecordsFound { .. } => {
-                // No MX: the domain itself is the implicit MX (RFC 5321 §5.1).
-                let hops = addresses(resolver, domain, 25).await;
-                if hops.is_empty() {
-                    let reply = Reply::new(550, format!("5.1.2 {domain}: no MX and no address"));
-                    return (Resolution::Permanent(reply), 60_000, None);
+            ResolveErrorKind::NoRecordsFound { response_code, .. } if *response_code == ResponseCode::NoError => {
+                // No MX record: the domain itself is the implicit MX (RFC 5321 §5.1).
+                let mut own = Addresses::default();
+                addresses_into(resolver, domain, 25, &mut own).await;
+                if let Some((resolution, ttl)) = own.outcome_without_hops(&format!("{domain} has no MX"), true) {
+                    return (resolution, ttl, None);
                 }
-                (Resolution::NoMx(hops), RESOLVE_TTL_DEFAULT_MS, None)
+                (Resolution::NoMx(own.hops), RESOLVE_TTL_DEFAULT_MS, None)
             }
             _ => {
-                let reply = Reply::new(451, format!("4.4.3 DNS lookup for {domain} failed: {e}"));
-                (Resolution::Temporary(reply), 30_000, None)
+                let reply = Reply::new(451, format!("4.4.3 DNS lookup of the MX for {domain} failed: {e}"));
+                (Resolution::Temporary(reply), RESOLVE_FAILURE_TTL_MS, None)
             }
         },
     }
@@ -140,11 +204,14 @@ pub async fn resolve_rollup(
 ) -> (Resolution, u64) {
     let hosts = config.mx_rollups.hosts_of(rollup);
     if !hosts.is_empty() {
-        let mut hops = Vec::new();
+        let mut found = Addresses::default();
         for h in hosts {
-            hops.extend(addresses(resolver, h, 25).await);
+            addresses_into(resolver, h, 25, &mut found).await;
         }
-        return (Resolution::Hops(vec![hops]), RESOLVE_TTL_DEFAULT_MS);
+        if let Some((resolution, ttl)) = found.outcome_without_hops(&format!("{rollup}'s MX hosts"), false) {
+            return (resolution, ttl);
+        }
+        return (Resolution::Hops(vec![found.hops]), RESOLVE_TTL_DEFAULT_MS);
     }
     match learnt.lock().expect("not poisoned").get(rollup) {
         Some(levels) => (Resolution::Hops(levels.clone()), RESOLVE_TTL_DEFAULT_MS),
