@@ -88,6 +88,17 @@ impl Outgoing {
         }
     }
 
+    /// This hop failed a TLS handshake lately: opportunistic STARTTLS is not tried with it.
+    pub fn without_tls(&mut self) {
+        self.client.set_tls_mode(TlsMode::Off);
+    }
+
+    /// STARTTLS was answered 220 and the handshake never completed (garbage, an alert, or
+    /// the server closed): the session failed because of TLS.
+    pub fn tls_handshake_failed(&self) -> bool {
+        self.tls.is_some() && self.tls_info.is_none()
+    }
+
     /// The client used without PIPELINING (load generation).
     pub fn client_mut(&mut self) -> &mut Client {
         &mut self.client

@@ -144,6 +144,9 @@ pub(crate) struct Shard {
     accept_rearm: Vec<usize>,
     ins: Slab<InConn>,
     outs: Slab<OutConn>,
+    /// Hosts whose STARTTLS handshake failed, and until when they get plain text
+    /// (`outbound::TLS_FALLBACK_MS`).
+    tls_failed: HashMap<std::net::SocketAddr, u64>,
     /// The scheduler's connection ids, to their slots.
     out_slots: HashMap<ConnId, u32>,
     session_counter: u64,
@@ -199,6 +202,7 @@ impl Shard {
             now,
             ins: Slab::default(),
             outs: Slab::default(),
+            tls_failed: HashMap::new(),
             out_slots: HashMap::new(),
             session_counter: 0,
             spool,

@@ -15,11 +15,16 @@ use sluice_config::Downgrade8bit;
 use sluice_engine::queue::{AttemptInfo, Job};
 use sluice_engine::route::Hop;
 use sluice_engine::sched::{ConnId, ConnPlan, Intent, Message, QueueId};
-use sluice_engine::smtp::client::{after_failure, AfterFailure, TxnParams};
+use sluice_engine::smtp::client::{after_failure, AfterFailure, TlsMode, TxnParams};
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::{headers, mime};
 use sluice_spool::codec;
 use std::time::Duration;
+
+/// How long a host whose STARTTLS handshake failed gets plain text from opportunistic TLS.
+pub(super) const TLS_FALLBACK_MS: u64 = 60 * 60 * 1000;
+/// Hosts remembered so per shard (the expired ones go first when it is full).
+pub(super) const TLS_FALLBACK_HOSTS_MAX: usize = 10_000;
 
 /// RFC 5321 §4.5.3.2 suggests 5 minutes for replies other than the greeting's and the end
 /// of data's (those two, the connect and each send of the body are the domain's
@@ -142,6 +147,11 @@ impl Shard {
         o.hop_index += 1;
         o.info = attempt_info(&o.plan, &hop);
         o.m.set_server_name(server_name(&hop));
+        // As Postfix's `smtp_tls_security_level = may`: a host whose TLS handshake failed
+        // gets this try in plain text; `require-starttls` still insists.
+        if o.plan.tls == TlsMode::Opportunistic && self.tls_failed.get(&hop.addr).is_some_and(|until| *until > now_ms) {
+            o.m.without_tls();
+        }
         *o.addr = sockaddr(hop.addr);
         let fd = match crate::sys::tcp_socket(hop.addr) {
             Ok(fd) => fd,
@@ -418,6 +428,31 @@ impl Shard {
         self.out_fail(slot, Reply::new(451, "4.3.0 internal error handling the server's reply"));
     }
 
+    /// A session that failed in its TLS handshake: the reply says so, and with opportunistic
+    /// STARTTLS the host's next tries (for `TLS_FALLBACK_MS`) go without TLS.
+    fn tls_failure(&mut self, slot: u32, reply: Reply) -> Reply {
+        let now_ms = self.now.ms();
+        let o = self.outs.get_mut(slot);
+        if !o.m.tls_handshake_failed() {
+            return reply;
+        }
+        let host = format!("{} ({})", o.info.mx_host, o.info.destination_ip);
+        let opportunistic = o.plan.tls == TlsMode::Opportunistic;
+        let addr = o.plan.hops.get(o.hop_index.wrapping_sub(1)).map(|h| h.addr);
+        let why = reply.text.split_once(' ').map_or(reply.text.as_str(), |(_, rest)| rest).to_string();
+        let next = if opportunistic { "; the next try goes without TLS" } else { " (require-starttls)" };
+        tracing::info!(shard = self.id, %host, reason = %why, "STARTTLS handshake failed{next}");
+        if let (true, Some(addr)) = (opportunistic, addr) {
+            if self.tls_failed.len() >= TLS_FALLBACK_HOSTS_MAX {
+                self.tls_failed.retain(|_, until| *until > now_ms);
+            }
+            if self.tls_failed.len() < TLS_FALLBACK_HOSTS_MAX {
+                self.tls_failed.insert(addr, now_ms + TLS_FALLBACK_MS);
+            }
+        }
+        Reply::new(451, format!("4.7.5 TLS handshake with {host} failed: {why}{next}"))
+    }
+
     /// The connection failed: the scheduler hears why (its job is deferred), and it closes.
     fn out_fail(&mut self, slot: u32, reply: Reply) {
         let gen = self.outs.gen(slot);
@@ -426,6 +461,8 @@ impl Shard {
             // The operation in flight fails first and brings us back here.
             return cancel_sock(&mut self.ring, &mut o.sock, gen, slot);
         }
+        let reply = self.tls_failure(slot, reply);
+        let o = self.outs.get_mut(slot);
         let (conn, job, ever_ready) = (o.conn, o.job.take(), o.m.ever_ready());
         let info = o.info.clone();
         self.sched.conn_failed(conn, job, reply, info, ever_ready, self.now);
@@ -436,6 +473,7 @@ impl Shard {
     /// transaction goes back to its queue and a fresh session starts with the next hop (or
     /// the connection fails with `reply` when none is left).
     fn out_next_hop(&mut self, slot: u32, reply: Reply) {
+        let reply = self.tls_failure(slot, reply);
         let o = self.outs.get_mut(slot);
         if o.hop_index >= o.plan.hops.len() {
             return self.out_fail(slot, reply);
