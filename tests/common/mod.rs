@@ -503,6 +503,9 @@ pub fn swaks(server: &str, to: &str, extra: &[&str]) -> (i32, String) {
 }
 
 /// dnsmasq answering on 127.0.0.1:`port` from `records` only (no upstream, no hosts file).
+/// It is authoritative for `.test` (`--local`): a name it does not know is NXDOMAIN, a type
+/// it has no record of is NODATA, as a real zone answers (without, dnsmasq says REFUSED,
+/// which a resolver must take as a failure, not as "none").
 pub struct Dnsmasq(Child);
 
 impl Dnsmasq {
@@ -517,6 +520,7 @@ impl Dnsmasq {
                 "--bind-interfaces",
                 "--listen-address=127.0.0.1",
                 "--pid-file=",
+                "--local=/test/",
             ])
             .arg(format!("--port={port}"))
             .args(records)
