@@ -180,8 +180,21 @@ impl Keys {
         }
         // Streamed: the header section is buffered, the body hashed chunk by chunk.
         let mut stream = signer.sign_streaming();
+        let mut pieces = Vec::with_capacity(4);
+        let body_at = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 4);
         for chunk in unstuffed(data) {
-            stream.write(chunk);
+            // The header section goes as it is; relaxed body lines lose trailing whitespace.
+            let start = chunk.as_ptr() as usize - data.as_ptr() as usize;
+            let head = body_at.saturating_sub(start).min(chunk.len());
+            stream.write(&chunk[..head]);
+            if opts.body_relaxed {
+                relaxed_lines(&chunk[head..], &mut pieces);
+            } else {
+                pieces.push(&chunk[head..]);
+            }
+            for piece in pieces.drain(..) {
+                stream.write(piece);
+            }
         }
         let signature = stream.finish().map_err(|e| format!("DKIM signing failed: {e}"))?;
         let mut header = signature.to_header().into_bytes();
@@ -262,34 +275,71 @@ pub fn unstuffed(data: &[u8]) -> Vec<&[u8]> {
     chunks
 }
 
-/// The domain of the first address in the (unfolded) From header field, lower case.
+/// The domain of the first address in the From header field, lower case, from a real
+/// RFC 5322 parse (mail-parser: comments, display names, encoded words, groups and obsolete
+/// forms), never the raw text after the `@` (`a@example.com (John Doe)` is example.com).
 pub fn from_domain(data: &[u8]) -> Option<String> {
-    let header_end = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 2);
-    let header = &data[..header_end];
-    let mut at = 0;
-    while at < header.len() {
-        let end = memchr::memmem::find(&header[at..], b"\r\n").map_or(header.len(), |i| at + i);
-        let line = &header[at..end];
-        if line.len() > 5 && line[..5].eq_ignore_ascii_case(b"from:") {
-            // Unfold: continuation lines start with a space or a tab.
-            let mut value = line[5..].to_vec();
-            let mut next = end + 2;
-            while next < header.len() && matches!(header[next], b' ' | b'\t') {
-                let e = memchr::memmem::find(&header[next..], b"\r\n").map_or(header.len(), |i| next + i);
-                value.extend_from_slice(&header[next..e]);
-                next = e + 2;
-            }
-            let value = String::from_utf8_lossy(&value);
-            let addr = match (value.find('<'), value.rfind('>')) {
-                (Some(a), Some(b)) if a < b => &value[a + 1..b],
-                _ => value.trim(),
-            };
-            let domain = addr.rsplit_once('@')?.1.trim().trim_end_matches('.');
-            return (!domain.is_empty()).then(|| domain.to_ascii_lowercase());
-        }
-        at = end + 2;
+    let header_end = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 4);
+    let headers = &data[..header_end];
+    let message = mail_parser::MessageParser::new().parse_headers(headers)?;
+    let address = message.from()?.first()?.address()?;
+    let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.');
+    let valid = !domain.is_empty() && crate::smtp::addr::valid_domain(domain);
+    valid.then(|| domain.to_ascii_lowercase())
+}
+
+/// The body as mail-auth 0.13's relaxed canonicalization must see it. RFC 6376 §3.4.4 drops
+/// whitespace at the end of each line *before* the empty lines at the end of the body; mail-auth
+/// keeps a whitespace-only line at the end as an empty line, so its hash is wrong for such a
+/// body. Trailing whitespace is stripped here first, which changes nothing else under relaxed
+/// canonicalization. Chunks are whole lines (`unstuffed` splits only after CRLF), so no line's
+/// whitespace is split between two of them; lines without trailing whitespace are not copied.
+fn relaxed_lines<'a>(chunk: &'a [u8], out: &mut Vec<&'a [u8]>) {
+    let trailing_wsp =
+        memchr::memmem::find(chunk, b" \r\n").is_some() || memchr::memmem::find(chunk, b"\t\r\n").is_some();
+    let last_wsp = matches!(chunk.last(), Some(b' ' | b'\t'));
+    if !trailing_wsp && !last_wsp {
+        out.push(chunk);
+        return;
     }
-    None
+    let mut rest = chunk;
+    while !rest.is_empty() {
+        let (line, next) = match memchr::memmem::find(rest, b"\r\n") {
+            Some(i) => (&rest[..i], &rest[i + 2..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        let kept = line.len() - line.iter().rev().take_while(|b| matches!(b, b' ' | b'\t')).count();
+        out.push(&line[..kept]);
+        if line.len() < rest.len() {
+            out.push(b"\r\n");
+        }
+        rest = next;
+    }
+}
+
+/// sluice's own signature on top of a spooled message (the first field, a DKIM-Signature
+/// whose `d=` and `s=` name one of `keys`): its length and the options that sign the same way
+/// again. A message converted for its receiver (8-bit to 7-bit) is signed again with them, so
+/// what is signed is what is sent.
+pub fn leading_signature(data: &[u8], keys: &Keys, vmta: &str) -> Option<(usize, MessageOptions)> {
+    const NAME: &[u8] = b"dkim-signature:";
+    if data.len() < NAME.len() || !data[..NAME.len()].eq_ignore_ascii_case(NAME) {
+        return None;
+    }
+    let mut end = memchr::memmem::find(data, b"\r\n")? + 2;
+    while matches!(data.get(end), Some(b' ' | b'\t')) {
+        end += memchr::memmem::find(&data[end..], b"\r\n")? + 2;
+    }
+    let value = std::str::from_utf8(&data[NAME.len()..end]).ok()?;
+    let tag = |name: &str| {
+        value.split(';').find_map(|t| {
+            let (k, v) = t.split_once('=')?;
+            (k.trim() == name).then(|| v.split_whitespace().collect::<String>())
+        })
+    };
+    let (domain, selector) = (tag("d")?.to_ascii_lowercase(), tag("s")?);
+    keys.find(vmta, &domain, Some(&selector)).filter(|(_, d)| *d == domain)?;
+    Some((end, MessageOptions { selector: Some(selector), domain: Some(domain), no_sign: false }))
 }
 
 #[cfg(test)]
@@ -309,6 +359,24 @@ mod tests {
         assert_eq!(from_domain(msg).as_deref(), Some("mail.example.com"));
         assert_eq!(from_domain(b"From: a@b.test\r\n\r\n").as_deref(), Some("b.test"));
         assert_eq!(from_domain(b"To: a@b.test\r\n\r\nFrom: x@y\r\n"), None);
+    }
+
+    /// Issue 22: the comment once became part of `d=` ("example.com (john doe)").
+    #[test]
+    fn from_domain_is_read_as_rfc5322_says() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"From: a@example.com (John Doe)\r\n\r\n", Some("example.com")),
+            (b"From: John Doe <a@Example.COM> (work)\r\n\r\n", Some("example.com")),
+            (b"From: \"Doe, John\" <a@example.com>, b@other.test\r\n\r\n", Some("example.com")),
+            (b"From: =?utf-8?B?SsOpcsO0bWU=?= <j@mail.example.org>\r\n\r\n", Some("mail.example.org")),
+            (b"From: Team: a@team.example, b@team.example;\r\n\r\n", Some("team.example")),
+            (b"From: \"Exp\xc3\xa9diteur 7\" <n7@shop.example>\r\n\r\n", Some("shop.example")),
+            (b"From: undisclosed-recipients:;\r\n\r\n", None),
+            (b"From: no domain here\r\n\r\n", None),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(from_domain(msg).as_deref(), *want, "{}", String::from_utf8_lossy(msg));
+        }
     }
 }
 
@@ -375,6 +443,37 @@ mod signing_tests {
         assert!(h.contains("d=esp.test;") && h.contains("i=bounces@mail.esp.test;"), "a parent's key: {h}");
         let h = String::from_utf8(k.sign("", customer, &opts("esp.test")).unwrap().unwrap()).unwrap();
         assert!(h.contains("i=@esp.test;"), "a bare domain is `@domain`: {h}");
+    }
+
+    /// RFC 6376 §3.4.4: trailing whitespace goes before the empty lines at the end, so a body
+    /// ending in whitespace-only lines hashes as the body without them (issue 22: it did not).
+    #[test]
+    fn relaxed_body_hash_ignores_whitespace_only_lines_at_the_end() {
+        use base64::Engine;
+        use sha2::Digest;
+        let k = keys(&[("shop.test", "ed25519.pem")]);
+        let expected = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b"body x\r\n\r\nend\r\n"));
+        for body in
+            ["body \t x  \r\n \r\nend\r\n \r\n\t\r\n", "body  x\r\n\r\nend \t\r\n\r\n  \r\n", "body x\r\n\t\r\nend"]
+        {
+            let msg = format!("From: a@shop.test\r\nSubject: x\r\n\r\n{body}");
+            let h = String::from_utf8(k.sign("", msg.as_bytes(), &DkimOptions::default()).unwrap().unwrap()).unwrap();
+            let bh: String = h.split("bh=").nth(1).unwrap().split(';').next().unwrap().split_whitespace().collect();
+            assert_eq!(bh, expected, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn sluice_finds_its_own_signature_to_sign_again() {
+        let k = keys(&[("shop.test", "ed25519.pem")]);
+        let h = k.sign("", MSG, &DkimOptions::default()).unwrap().unwrap();
+        let signed = [h.as_slice(), MSG].concat();
+        let (len, opts) = leading_signature(&signed, &k, "").unwrap();
+        assert_eq!(len, h.len());
+        assert_eq!((opts.selector.as_deref(), opts.domain.as_deref()), (Some("ed25519"), Some("shop.test")));
+        assert!(leading_signature(MSG, &k, "").is_none(), "no signature on top");
+        let foreign = b"DKIM-Signature: v=1; a=rsa-sha256; d=else.test; s=x; bh=; b=\r\n\tmore\r\nFrom: a@b\r\n\r\n";
+        assert!(leading_signature(foreign, &k, "").is_none(), "not made with a key of ours");
     }
 
     #[test]

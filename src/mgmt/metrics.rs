@@ -92,6 +92,11 @@ fn registry(api: &Api) -> Result<Registry, Fail> {
         "Connections closed because handling their input panicked (the shard went on).",
         counter(t.connection_panics),
     );
+    reg.register(
+        "dkim_unsignable",
+        "Messages left unsigned: no From address with a domain to sign for.",
+        counter(t.dkim_unsignable),
+    );
     let by_vmta = |f: fn(&Outcomes) -> u64| family(o.by_vmta.iter().map(|(v, c)| (Vmta { vmta: v.clone() }, f(c))));
     reg.register("messages_delivered", "Recipients delivered, by VMTA.", by_vmta(|c| c.delivered));
     reg.register("messages_deferred", "Delivery attempts deferred, by VMTA.", by_vmta(|c| c.deferred));

@@ -70,6 +70,7 @@ fn diff(a: Totals, b: Totals) -> Totals {
         rcpts_bounced: a.rcpts_bounced.saturating_sub(b.rcpts_bounced),
         rcpts_deferred: a.rcpts_deferred.saturating_sub(b.rcpts_deferred),
         connection_panics: a.connection_panics.saturating_sub(b.connection_panics),
+        dkim_unsignable: a.dkim_unsignable.saturating_sub(b.dkim_unsignable),
     }
 }
 

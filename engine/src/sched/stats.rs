@@ -17,6 +17,8 @@ pub struct ShardStats {
     pub rcpts_deferred: AtomicU64,
     /// Connections closed because handling their input panicked (the shard went on).
     pub connection_panics: AtomicU64,
+    /// Messages that would be signed but have no From address with a domain.
+    pub dkim_unsignable: AtomicU64,
 }
 
 impl ShardStats {
@@ -37,6 +39,7 @@ pub struct Totals {
     pub rcpts_bounced: u64,
     pub rcpts_deferred: u64,
     pub connection_panics: u64,
+    pub dkim_unsignable: u64,
 }
 
 impl Totals {
@@ -53,6 +56,7 @@ impl Totals {
             t.rcpts_bounced += get(&s.rcpts_bounced);
             t.rcpts_deferred += get(&s.rcpts_deferred);
             t.connection_panics += get(&s.connection_panics);
+            t.dkim_unsignable += get(&s.dkim_unsignable);
         }
         t
     }

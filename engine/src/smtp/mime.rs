@@ -254,8 +254,14 @@ fn fields(list: &[&[u8]], what: Convert, added: Option<&Vec<String>>, out: &mut 
             continue;
         }
         let mut f = field.to_vec();
-        if what.eight_bit && has_8bit(&f) && unstructured(&name) {
-            f = encoded_words(&f);
+        if what.eight_bit && has_8bit(&f) {
+            if unstructured(&name) {
+                f = encoded_words(&f);
+            } else if address_field(&name) {
+                f = encoded_addresses(&f).unwrap_or(f);
+            } else if matches!(name.as_str(), "content-type" | "content-disposition") {
+                f = encoded_parameters(&f);
+            }
         }
         if what.long_lines && has_long_lines(&f) {
             f = fold(&f);
@@ -278,18 +284,19 @@ fn unstructured(name: &str) -> bool {
         || name.starts_with("x-")
 }
 
-/// `Name: value` with the value as UTF-8 base64 encoded words (RFC 2047 §4.1), folded.
-fn encoded_words(field: &[u8]) -> Vec<u8> {
+/// Fields whose value is a list of addresses (RFC 5322 §3.6.2, §3.6.3, §3.6.6; RFC 8098).
+fn address_field(name: &str) -> bool {
+    let name = name.strip_prefix("resent-").unwrap_or(name);
+    matches!(name, "from" | "sender" | "reply-to" | "to" | "cc" | "bcc" | "disposition-notification-to")
+}
+
+/// `text` as UTF-8 base64 encoded words (RFC 2047 §4.1), each at most 75 characters: 45 bytes
+/// of UTF-8 → 60 of base64, + 12 around. A character is never split between two words.
+fn encode_words(text: &str) -> Vec<String> {
     use base64::Engine;
-    let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
-    let name = &field[..colon];
-    let value = field_value(field);
-    let mut out = name.to_vec();
-    out.push(b':');
-    // Each word at most 75 characters: 45 bytes of UTF-8 → 60 of base64, + 12 around.
     let mut chunk = String::new();
     let mut words = Vec::new();
-    for c in value.chars() {
+    for c in text.chars() {
         if chunk.len() + c.len_utf8() > 45 {
             words.push(std::mem::take(&mut chunk));
         }
@@ -298,13 +305,139 @@ fn encoded_words(field: &[u8]) -> Vec<u8> {
     if !chunk.is_empty() {
         words.push(chunk);
     }
-    for (i, w) in words.iter().enumerate() {
+    words
+        .iter()
+        .map(|w| format!("=?utf-8?B?{}?=", base64::engine::general_purpose::STANDARD.encode(w.as_bytes())))
+        .collect()
+}
+
+/// `Name:` and the pieces, folded between them.
+fn folded_field(name: &[u8], pieces: &[String]) -> Vec<u8> {
+    let mut out = name.to_vec();
+    out.push(b':');
+    for (i, p) in pieces.iter().enumerate() {
         out.extend_from_slice(if i == 0 { b" " } else { b"\r\n " });
-        let b64 = base64::engine::general_purpose::STANDARD.encode(w.as_bytes());
-        out.extend_from_slice(format!("=?utf-8?B?{b64}?=").as_bytes());
+        out.extend_from_slice(p.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// `Name: value` with the value as UTF-8 base64 encoded words (RFC 2047 §4.1), folded.
+fn encoded_words(field: &[u8]) -> Vec<u8> {
+    let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
+    folded_field(&field[..colon], &encode_words(&field_value(field)))
+}
+
+/// An address field whose display names (or group names) carry 8-bit text, for a 7-bit
+/// receiver: each name as encoded words in its phrase (RFC 2047 §5(3)), the addresses as they
+/// were (an 8-bit address needs SMTPUTF8, not this). Parsed as RFC 5322 (mail-parser);
+/// comments go. None when the field does not parse as addresses (it is left as it is).
+fn encoded_addresses(field: &[u8]) -> Option<Vec<u8>> {
+    use mail_parser::{Address, HeaderValue};
+    let colon = field.iter().position(|b| *b == b':')?;
+    let mut text = field.to_vec();
+    if !text.ends_with(b"\r\n") {
+        text.extend_from_slice(b"\r\n");
+    }
+    text.extend_from_slice(b"\r\n");
+    let parsed = mail_parser::MessageParser::new().parse_headers(&text)?;
+    let header = parsed.headers().first()?;
+    let mailbox = |name: Option<&str>, address: Option<&str>| -> Option<String> {
+        let address = address?;
+        Some(match name.filter(|n| !n.is_empty()) {
+            Some(n) if !n.is_ascii() => format!("{} <{address}>", encode_words(n).join(" ")),
+            Some(n) => format!("\"{}\" <{address}>", n.replace('\\', "\\\\").replace('"', "\\\"")),
+            None => address.to_string(),
+        })
+    };
+    let phrase =
+        |n: &str| if n.is_ascii() { format!("\"{}\"", n.replace('"', "\\\"")) } else { encode_words(n).join(" ") };
+    let mut pieces: Vec<String> = Vec::new();
+    match &header.value {
+        HeaderValue::Address(Address::List(list)) => {
+            for a in list {
+                pieces.push(mailbox(a.name.as_deref(), a.address.as_deref())?);
+            }
+        }
+        HeaderValue::Address(Address::Group(groups)) => {
+            for g in groups {
+                let members: Option<Vec<String>> =
+                    g.addresses.iter().map(|a| mailbox(a.name.as_deref(), a.address.as_deref())).collect();
+                match g.name.as_deref() {
+                    Some(name) => pieces.push(format!("{}: {};", phrase(name), members?.join(", "))),
+                    None => pieces.extend(members?),
+                }
+            }
+        }
+        _ => return None,
+    }
+    let last = pieces.len().checked_sub(1)?;
+    for (i, p) in pieces.iter_mut().enumerate() {
+        if i < last && !p.ends_with(';') {
+            p.push(',');
+        }
+    }
+    Some(folded_field(&field[..colon], &pieces))
+}
+
+/// Content-Type or Content-Disposition with 8-bit parameter values (a file name, say), for a
+/// 7-bit receiver: each such parameter as `name*=utf-8''percent-encoded` (RFC 2231 §4).
+fn encoded_parameters(field: &[u8]) -> Vec<u8> {
+    let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
+    let value = field_value(field);
+    let mut parts = Vec::new();
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                parts.push(value[start..i].trim().to_string());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(value[start..].trim().to_string());
+    let mut pieces: Vec<String> = Vec::with_capacity(parts.len());
+    for (i, part) in parts.iter().enumerate().filter(|(_, p)| !p.is_empty()) {
+        let piece = match part.split_once('=') {
+            Some((name, v)) if i > 0 && !v.is_ascii() => {
+                let v = v.trim().trim_matches('"').replace("\\\"", "\"");
+                let pct: String = v
+                    .bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z'
+                        | b'a'..=b'z'
+                        | b'0'..=b'9'
+                        | b'!'
+                        | b'#'
+                        | b'$'
+                        | b'&'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect();
+                format!("{}*=utf-8''{pct}", name.trim())
+            }
+            _ => part.clone(),
+        };
+        pieces.push(piece);
+    }
+    let last = pieces.len().saturating_sub(1);
+    for p in pieces.iter_mut().take(last) {
+        p.push(';');
+    }
+    folded_field(&field[..colon], &pieces)
 }
 
 /// A header field folded (RFC 5322 §2.2.3) so no line exceeds 78 characters where it has
@@ -422,6 +555,38 @@ mod tests {
     fn body_of(message: &[u8]) -> &[u8] {
         let at = memchr::memmem::find(message, b"\r\n\r\n").unwrap();
         &message[at + 4..]
+    }
+
+    /// Issue 22: 8-bit display names and file names went raw to a 7-bit receiver.
+    #[test]
+    fn eight_bit_names_in_address_fields_and_parameters_are_encoded_for_7bit() {
+        let msg = "From: \"Exp\u{e9}diteur 7\" <n7@shop.example>\r\nTo: Jos\u{e9} <j@a.example>, plain@b.example, \"Doe, J\" <d@c.example>\r\n\
+                   Subject: caf\u{e9}\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+                   --b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nh\u{e9}\r\n\
+                   --b1\r\nContent-Type: application/pdf; name=\"r\u{e9}sum\u{e9}.pdf\"\r\n\
+                   Content-Disposition: attachment; filename=\"r\u{e9}sum\u{e9}.pdf\"; size=3\r\n\
+                   Content-Transfer-Encoding: base64\r\n\r\nYWJj\r\n--b1--\r\n";
+        let out = convert(msg.as_bytes(), Convert { eight_bit: true, long_lines: false });
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(!has_8bit(&out), "{text}");
+        assert!(text.contains("From: =?utf-8?B?RXhww6lkaXRldXIgNw==?= <n7@shop.example>\r\n"), "{text}");
+        assert!(
+            text.contains(
+                "To: =?utf-8?B?Sm9zw6k=?= <j@a.example>,\r\n plain@b.example,\r\n \"Doe, J\" <d@c.example>\r\n"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("Content-Disposition: attachment;\r\n filename*=utf-8''r%C3%A9sum%C3%A9.pdf;\r\n size=3\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("Content-Type: application/pdf;\r\n name*=utf-8''r%C3%A9sum%C3%A9.pdf\r\n"), "{text}");
+        // Decoded by an independent reader, the names are the same.
+        let parsed = mail_parser::MessageParser::new().parse(&out).unwrap();
+        assert_eq!(parsed.from().unwrap().first().unwrap().name.as_deref(), Some("Exp\u{e9}diteur 7"));
+        assert_eq!(parsed.to().unwrap().first().unwrap().name.as_deref(), Some("Jos\u{e9}"));
+        use mail_parser::MimeHeaders;
+        assert_eq!(parsed.attachment(0).unwrap().attachment_name(), Some("r\u{e9}sum\u{e9}.pdf"));
     }
 
     #[test]

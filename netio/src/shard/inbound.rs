@@ -516,7 +516,7 @@ impl Shard {
     /// Signs (DKIM) and spools an accepted message; the reply waits for its fsync.
     fn spool_message(&mut self, slot: u32, mut m: Message, vmta: String, auth: String) {
         // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
-        if let Some(header) = dkim_signature(&self.shared, &m.recipients, &vmta, &mut m.data) {
+        if let Some(header) = dkim_signature(&self.shared, &self.stats, &m.recipients, &vmta, &mut m.data) {
             m.data.splice(0..0, header);
         }
         let gen = self.ins.gen(slot);
@@ -715,6 +715,7 @@ fn bounce_records(shared: &Shared, text: &str, to: &str, now: u64) -> Option<Vec
 /// the message goes unsigned rather than refused).
 pub(super) fn dkim_signature(
     shared: &Shared,
+    stats: &ShardStats,
     recipients: &[String],
     vmta: &str,
     data: &mut Vec<u8>,
@@ -739,6 +740,12 @@ pub(super) fn dkim_signature(
     let mut options = settings.dkim.clone();
     options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
     match shared.dkim.sign_with(vmta, data, &options, &message) {
+        Ok(None) if message.domain.is_none() && sluice_engine::dkim::from_domain(data).is_none() => {
+            // No From address with a domain: nothing to sign for. It goes out unsigned.
+            tracing::debug!("message left unsigned: its From field has no address with a domain");
+            ShardStats::add(&stats.dkim_unsignable, 1);
+            None
+        }
         Ok(header) => header,
         Err(e) => {
             tracing::error!(error = %e, "message left unsigned");

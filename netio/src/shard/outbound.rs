@@ -235,7 +235,11 @@ impl Shard {
                 self.sched.txn_done(conn, job, &replies, info, true, self.now);
                 return false;
             }
-            converted = Some(mime::convert_stuffed(data, mime::Convert { eight_bit: true, long_lines: false }));
+            let mut c = mime::convert_stuffed(data, mime::Convert { eight_bit: true, long_lines: false });
+            // What is signed is what is sent: sluice's signature is made again over the
+            // converted message (the one made at injection covered the 8-bit form).
+            resign(&self.shared, domain, vmta, &mut c);
+            converted = Some(c);
         }
         // `remove-header` in the destination's `<domain>`: those fields are not sent.
         let remove = &o.plan.smtp.remove_header;
@@ -548,6 +552,23 @@ impl Shard {
 }
 
 /// What an attempt's accounting records say of it, for a hop about to be tried.
+/// Replaces sluice's own DKIM signature on top of `data` (transparency form) with one over
+/// `data` as it is now, made with the same key and the destination's `dkim-*` settings; a
+/// message sluice did not sign is left as it is.
+fn resign(shared: &crate::Shared, domain: &str, vmta: &str, data: &mut Vec<u8>) {
+    let Some((len, message)) = sluice_engine::dkim::leading_signature(data, &shared.dkim, vmta) else { return };
+    let settings = shared.config.queue_settings(domain, vmta);
+    let mut options = settings.dkim.clone();
+    options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
+    match shared.dkim.sign_with(vmta, &data[len..], &options, &message) {
+        Ok(Some(header)) => {
+            data.splice(..len, header);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "the converted message keeps its first signature"),
+    }
+}
+
 fn attempt_info(plan: &ConnPlan, hop: &Hop) -> AttemptInfo {
     AttemptInfo {
         source_ip: String::new(),

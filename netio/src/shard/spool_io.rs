@@ -435,7 +435,9 @@ impl Shard {
                         return;
                     }
                 };
-                if let Some(header) = super::inbound::dkim_signature(&self.shared, &inj.recipients, &vmta, &mut data) {
+                if let Some(header) =
+                    super::inbound::dkim_signature(&self.shared, &self.stats, &inj.recipients, &vmta, &mut data)
+                {
                     data.splice(0..0, header);
                 }
                 let verp = if policy.verp { codec::flags::VERP } else { 0 };
