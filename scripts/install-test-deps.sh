@@ -14,6 +14,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v chromium-headless-shell >/dev/null 2>&1 || need+=(chromium-headless-shell)
 # swaks's --tls and --tlsc.
 perl -MNet::SSLeay -MIO::Socket::SSL -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl libio-socket-ssl-perl)
+# A second, independent DKIM verifier beside dkimpy (tests/dkim_corpus.rs).
+perl -MMail::DKIM::Verifier -e1 >/dev/null 2>&1 || need+=(libmail-dkim-perl)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections

@@ -154,7 +154,7 @@ impl Keys {
         opts: &DkimOptions,
         message: &MessageOptions,
     ) -> Result<Option<Vec<u8>>, String> {
-        if message.no_sign {
+        if message.no_sign || !header_section_well_formed(data) {
             return Ok(None);
         }
         // `dkim-identity @esp.example` signs for that domain whatever the From domain is
@@ -286,6 +286,26 @@ pub fn from_domain(data: &[u8]) -> Option<String> {
     let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.');
     let valid = !domain.is_empty() && crate::smtp::addr::valid_domain(domain);
     valid.then(|| domain.to_ascii_lowercase())
+}
+
+/// Is every line of the header section a field (`name:`, RFC 5322 §2.2) or a continuation
+/// line? Verifiers disagree on where the header ends and which fields count when it is not
+/// (a line of text before the blank line, a missing blank line): dkimpy and Mail::DKIM each
+/// fail signatures the other passes. Such a message is not signed, rather than carry a
+/// signature that fails.
+pub fn header_section_well_formed(data: &[u8]) -> bool {
+    let end = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 2);
+    let mut first = true;
+    data[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()).all(|line| {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let continuation = matches!(line.first(), Some(b' ' | b'\t')) && !std::mem::take(&mut first);
+        first = false;
+        let field = line
+            .iter()
+            .position(|b| *b == b':')
+            .is_some_and(|colon| colon > 0 && line[..colon].iter().all(|b| (33..=126).contains(b)));
+        continuation || field
+    })
 }
 
 /// The body as mail-auth 0.13's relaxed canonicalization must see it. RFC 6376 §3.4.4 drops
@@ -461,6 +481,18 @@ mod signing_tests {
             let bh: String = h.split("bh=").nth(1).unwrap().split(';').next().unwrap().split_whitespace().collect();
             assert_eq!(bh, expected, "{body:?}");
         }
+    }
+
+    #[test]
+    fn a_malformed_header_section_is_not_signed() {
+        let k = keys(&[("shop.test", "ed25519.pem")]);
+        let sign = |m: &[u8]| k.sign("", m, &DkimOptions::default()).unwrap();
+        assert!(sign(b"From: a@shop.test\r\nSubject: x\r\n folded\r\n\r\nbody\r\n").is_some());
+        // CPython's msg_35: a line of text and no blank line before the body.
+        assert!(sign(b"From: a@shop.test\r\nSubject: x\r\ncounter to RFC 2822, no blank line\r\nbody\r\n").is_none());
+        // enmime's bad-header-start: the first line begins with a space.
+        assert!(sign(b" From: a@shop.test\r\nSubject: x\r\n\r\nbody\r\n").is_none());
+        assert!(sign(b"From: a@shop.test\r\nBad Name: x\r\n\r\nbody\r\n").is_none());
     }
 
     #[test]

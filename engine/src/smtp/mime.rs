@@ -323,10 +323,28 @@ fn folded_field(name: &[u8], pieces: &[String]) -> Vec<u8> {
     out
 }
 
-/// `Name: value` with the value as UTF-8 base64 encoded words (RFC 2047 §4.1), folded.
+/// `Name: value` with the value as UTF-8 base64 encoded words (RFC 2047 §4.1), folded. A
+/// value that is not UTF-8 (a legacy charset sent raw) keeps its bytes in `unknown-8bit`
+/// words (RFC 1428): nothing is replaced by U+FFFD.
 fn encoded_words(field: &[u8]) -> Vec<u8> {
+    use base64::Engine;
     let colon = field.iter().position(|b| *b == b':').unwrap_or(0);
-    folded_field(&field[..colon], &encode_words(&field_value(field)))
+    let raw = &field[colon + 1..];
+    if std::str::from_utf8(raw).is_ok() {
+        return folded_field(&field[..colon], &encode_words(&field_value(field)));
+    }
+    let mut value: Vec<u8> = Vec::with_capacity(raw.len());
+    for word in raw.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()) {
+        if !value.is_empty() {
+            value.push(b' ');
+        }
+        value.extend_from_slice(word);
+    }
+    let words: Vec<String> = value
+        .chunks(45)
+        .map(|c| format!("=?unknown-8bit?B?{}?=", base64::engine::general_purpose::STANDARD.encode(c)))
+        .collect();
+    folded_field(&field[..colon], &words)
 }
 
 /// An address field whose display names (or group names) carry 8-bit text, for a 7-bit

@@ -740,6 +740,11 @@ pub(super) fn dkim_signature(
     let mut options = settings.dkim.clone();
     options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
     match shared.dkim.sign_with(vmta, data, &options, &message) {
+        Ok(None) if !sluice_engine::dkim::header_section_well_formed(data) => {
+            tracing::debug!("message left unsigned: a line of its header section is not a field");
+            ShardStats::add(&stats.dkim_unsignable, 1);
+            None
+        }
         Ok(None) if message.domain.is_none() && sluice_engine::dkim::from_domain(data).is_none() => {
             // No From address with a domain: nothing to sign for. It goes out unsigned.
             tracing::debug!("message left unsigned: its From field has no address with a domain");
