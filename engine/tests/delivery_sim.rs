@@ -97,6 +97,7 @@ fn run(seed: u64) -> Stats {
                     queued_unix_ms: 0,
                     size: body(id).len() as u64,
                     job_id: String::new(),
+                    drew_421: Vec::new(),
                 });
             }
         }

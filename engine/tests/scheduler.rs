@@ -41,6 +41,7 @@ fn job(i: u32) -> Job<Msg> {
         queued_unix_ms: 0,
         size: 100,
         job_id: String::new(),
+        drew_421: Vec::new(),
     }
 }
 

@@ -332,6 +332,7 @@ impl Parked {
             queued_unix_ms: env.queued_unix_ms,
             size: self.size,
             job_id: env.job_id.to_string(),
+            drew_421: Vec::new(),
         }
     }
 }

@@ -382,6 +382,7 @@ impl World {
                 queued_unix_ms: env.queued_unix_ms,
                 size: len as u64,
                 job_id: String::new(),
+                drew_421: Vec::new(),
             };
             backlog.push_back(job);
         }
@@ -567,6 +568,7 @@ impl World {
             queued_unix_ms: self.now,
             size: s.bytes.len() as u64,
             job_id: String::new(),
+            drew_421: Vec::new(),
         };
         relay.sched.dispatch("dest.test", "default".into(), job);
     }

@@ -32,6 +32,10 @@ pub struct Job<M> {
     pub size: u64,
     /// The job (`x-job:`) the message belongs to, for every accounting record; empty: none.
     pub job_id: String,
+    /// Recipients (their `index`) whose RCPT was answered 421 once already: the second time
+    /// such a recipient goes on alone, so a receiver that closes at it every time cannot hold
+    /// the others back (not kept across a restart).
+    pub drew_421: Vec<u32>,
 }
 
 /// Where an attempt happened, for the accounting record.
@@ -577,6 +581,7 @@ impl<M> Queue<M> {
         // next one at once; it is no failure (no record, no retry delay).
         let accepted = replies.iter().filter(|r| r.is_positive()).count();
         let mut too_many = Vec::new();
+        let mut alone = Vec::new();
         for (rcpt, reply) in std::mem::take(&mut job.rcpts).into_iter().zip(replies) {
             if accepted > 0 && too_many_recipients(reply) {
                 too_many.push(rcpt);
@@ -604,7 +609,12 @@ impl<M> Queue<M> {
             let record = self.record(&job, &rcpt, kind, reply, category, info, now.unix_ms);
             if go_elsewhere {
                 elsewhere.push(rcpt.clone());
+            } else if fate == Fate::Retry && reply.code == 421 && job.drew_421.contains(&rcpt.index) {
+                alone.push(rcpt.clone());
             } else if fate == Fate::Retry {
+                if reply.code == 421 {
+                    job.drew_421.push(rcpt.index);
+                }
                 deferred.push(rcpt.clone());
             }
             out.push((rcpt, fate, record));
@@ -620,6 +630,11 @@ impl<M> Queue<M> {
             let mut again = job.clone();
             again.rcpts = elsewhere;
             self.ready.push_front(again);
+        }
+        for rcpt in alone {
+            let mut on_its_own = job.clone();
+            on_its_own.rcpts = vec![rcpt];
+            self.schedule_retry(on_its_own, now_ms);
         }
         if !deferred.is_empty() {
             job.rcpts = deferred;
@@ -698,6 +713,7 @@ mod tests {
             queued_unix_ms: 1_000,
             size: 100,
             job_id: String::new(),
+            drew_421: Vec::new(),
         }
     }
 
@@ -849,6 +865,7 @@ mod mode_tests {
             queued_unix_ms: 0,
             size: 1,
             job_id: String::new(),
+            drew_421: Vec::new(),
         }
     }
 

@@ -107,6 +107,9 @@ pub struct Client {
     ignore_chunking: bool,
     /// The BDAT line is out: the caller sends the chunk next.
     body_requested: bool,
+    /// A 421 to a RCPT ended the session in a transaction: each recipient's own outcome
+    /// (`take_partial_replies`).
+    partial: Option<Vec<Reply>>,
 }
 
 /// What a failed session means for its connection (PowerMTA's `bounce-upon-5xx-greeting`
@@ -153,6 +156,7 @@ impl Client {
             ignore_dsn: false,
             ignore_chunking: true,
             body_requested: false,
+            partial: None,
         }
     }
 
@@ -330,6 +334,13 @@ impl Client {
         self.send("QUIT", Expect::Quit);
     }
 
+    /// After `Failed` for a 421 to a RCPT: one reply per recipient of the transaction that
+    /// ended — a final answer a recipient already had stands (its bounce is its own), the
+    /// recipient the 421 answered gets it, the others a deferral that names it.
+    pub fn take_partial_replies(&mut self) -> Option<Vec<Reply>> {
+        self.partial.take()
+    }
+
     /// Consumes replies from `input`; returns bytes used and at most one event.
     pub fn receive(&mut self, input: &[u8]) -> (usize, Option<ClientEvent>) {
         if self.failed {
@@ -365,6 +376,9 @@ impl Client {
         // RFC 5321 §3.8: 421 means the server is closing the channel, whatever the command;
         // the session ends with the server's own words (backoff patterns match them).
         if reply.code == 421 && expect != Expect::Quit {
+            if let (Expect::Rcpt(i), Some(txn)) = (expect, self.txn.as_ref()) {
+                self.partial = Some(replies_after_421(txn, i, &reply));
+            }
             return Some(self.fail(reply));
         }
         match expect {
@@ -455,6 +469,22 @@ impl Client {
         }
         None
     }
+}
+
+/// The outcomes of a transaction a 421 to recipient `at`'s RCPT ended (RFC 5321 §3.8).
+fn replies_after_421(txn: &Txn, at: usize, reply: &Reply) -> Vec<Reply> {
+    let closed = Reply::new(
+        451,
+        format!("4.4.2 not sent: the server closed the session at another recipient ({})", reply.line()),
+    );
+    (0..txn.rcpts)
+        .map(|j| match (&txn.mail, txn.rcpt_replies.get(j).and_then(Option::as_ref)) {
+            (Some(m), _) if m.is_permanent() => m.clone(),
+            (_, Some(r)) if r.is_permanent() => r.clone(),
+            _ if j == at => reply.clone(),
+            _ => closed.clone(),
+        })
+        .collect()
 }
 
 /// Each recipient's outcome: MAIL's failure, else its RCPT's failure, else DATA's, else the

@@ -88,6 +88,11 @@ impl Outgoing {
         }
     }
 
+    /// See `Client::take_partial_replies`.
+    pub fn take_partial_replies(&mut self) -> Option<Vec<Reply>> {
+        self.client.take_partial_replies()
+    }
+
     /// This hop failed a TLS handshake lately: opportunistic STARTTLS is not tried with it.
     pub fn without_tls(&mut self) {
         self.client.set_tls_mode(TlsMode::Off);

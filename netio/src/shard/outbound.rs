@@ -316,6 +316,14 @@ impl Shard {
                     continue;
                 }
                 Some(OutEvent::Failed(reply)) => {
+                    // A 421 at a RCPT: the recipients' own answers settle the transaction
+                    // (a 550 bounces as itself); the session then ends as for any 421.
+                    if let (Some(replies), Some(job)) = (o.m.take_partial_replies(), o.job.take()) {
+                        (o.converted, o.awaiting_final) = (None, false);
+                        let (conn, info) = (o.conn, o.info.clone());
+                        self.sched.txn_done(conn, job, &replies, info, false, self.now);
+                    }
+                    let o = self.outs.get_mut(slot);
                     return match after_failure(&o.plan.smtp, o.m.greeted(), &reply) {
                         AfterFailure::Defer => self.out_fail(slot, reply),
                         AfterFailure::NextHop => self.out_next_hop(slot, reply),

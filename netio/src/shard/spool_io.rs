@@ -358,6 +358,7 @@ impl Shard {
                         queued_unix_ms: store.queued_unix_ms,
                         size: store.data.len() as u64,
                         job_id: store.job_id.clone(),
+                        drew_421: Vec::new(),
                     };
                     jobs.push((domain, job));
                 }
