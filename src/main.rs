@@ -135,6 +135,37 @@ pub(crate) fn load_settings(config: Arc<Config>) -> Result<sluice_netio::Setting
     Ok(sluice_netio::Settings { config, dkim, tls, lists, feedback, bounces })
 }
 
+/// The spool must fit its filesystem: each shard preallocates segments and a journal, and a
+/// spool too small for them refuses every message (452) without saying why.
+fn check_spool_room(config: &Config, file: &str) -> Result<(), ConfigError> {
+    let shards = config.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())) as u64;
+    let segment = config.spool_segment_bytes;
+    let need = sluice_netio::store::spool_bytes_min(segment, shards);
+    let Some(room) = sluice_netio::store::filesystem_bytes(&config.spool_dir) else { return Ok(()) };
+    if room >= need {
+        return Ok(());
+    }
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    Err(ConfigError {
+        file: file.to_string(),
+        line: 0,
+        message: format!(
+            "the spool {} is on a filesystem of {} MiB, but {shards} shard(s) need at least {} MiB \
+             (each: a {} MiB segment and a {} MiB journal, made when it starts)",
+            config.spool_dir.display(),
+            mib(room),
+            mib(need),
+            mib(segment),
+            mib(sluice_netio::store::journal_bytes(segment)),
+        ),
+        hint: format!(
+            "lower spool-segment-size (at most {} MiB fits here, with room to spare for new segments), \
+             use fewer shards, or give the spool more room",
+            (room / shards * 4 / 5) >> 20
+        ),
+    })
+}
+
 /// `sluice check-config`: every error and warning with its file:line, then the count; the
 /// exit status is 2 when there is an error, 0 otherwise (warnings alone are fine).
 fn check_config(path: Option<&Path>) -> ExitCode {
@@ -143,6 +174,10 @@ fn check_config(path: Option<&Path>) -> ExitCode {
     // Key files, certificates and lists are read too: a `domain-key` whose file is missing
     // fails here, not at start.
     if let Some(config) = checked.config {
+        let file = path.map_or("<embedded default>".to_string(), |p| p.display().to_string());
+        if let Err(e) = check_spool_room(&config, &file) {
+            errors.push(e);
+        }
         if let Err(e) = load_settings(Arc::new(config)) {
             errors.push(e);
         }
@@ -185,6 +220,11 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let file = path.map_or("<embedded default>".to_string(), |p| p.display().to_string());
+    if let Err(e) = check_spool_room(&config, &file) {
+        eprintln!("sluice: {e}");
+        return ExitCode::from(2);
+    }
     let settings = match load_settings(config.clone()) {
         Ok(s) => s,
         Err(e) => {

@@ -4,19 +4,10 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 const MESSAGE_BYTES: usize = 300 * 1024;
 const ATTEMPTS_MAX: usize = 60;
-
-struct Tmpfs(std::path::PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 fn send(t: &mut Talk, i: usize) -> String {
     assert!(t.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
@@ -31,10 +22,7 @@ fn send(t: &mut Talk, i: usize) -> String {
 fn full_disk_answers_452_and_recovers() {
     let dir = TempDir::new("diskfull");
     let spool = dir.path().join("tmpfs");
-    std::fs::create_dir_all(&spool).unwrap();
-    let (code, out) = run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"]).arg(&spool));
-    assert_eq!(code, 0, "mounting a tmpfs needs root: {out}");
-    let _mount = Tmpfs(spool.clone());
+    let _mount = Tmpfs::mount(&spool, "4m");
     let sink_port = free_port("127.0.0.1");
     let relay = Relay::start(
         &format!(

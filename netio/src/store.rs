@@ -23,6 +23,31 @@ pub fn journal_bytes(segment_bytes: u64) -> u64 {
     (segment_bytes / 4).clamp(JOURNAL_BYTES_MIN, JOURNAL_BYTES_MAX)
 }
 
+/// The least room a spool needs: for each shard its open segment and its journal, both
+/// preallocated when the shard starts.
+pub fn spool_bytes_min(segment_bytes: u64, shards: u64) -> u64 {
+    shards * (segment_bytes + journal_bytes(segment_bytes))
+}
+
+/// The size of the filesystem that holds `dir` (or, before it exists, its nearest parent).
+pub fn filesystem_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut at = Some(dir);
+    while let Some(d) = at {
+        if d.exists() {
+            let path = std::ffi::CString::new(d.as_os_str().as_bytes()).ok()?;
+            // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
+            let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+            if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+                return None;
+            }
+            return Some(st.f_blocks as u64 * st.f_frsize as u64);
+        }
+        at = d.parent().filter(|p| !p.as_os_str().is_empty());
+    }
+    None
+}
+
 /// One segment file. Shared by every shard that delivers a message stored in it; deleted by
 /// the shard whose spool machine releases its last live recipient after it is sealed.
 pub struct Segment {

@@ -502,6 +502,25 @@ pub fn swaks(server: &str, to: &str, extra: &[&str]) -> (i32, String) {
     run(Command::new("swaks").args(["--server", server, "--from", "s@src.test", "--to", to]).args(extra))
 }
 
+/// A tmpfs mounted on `dir` (needs root, as CI has), unmounted on drop.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let (code, out) =
+            run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir));
+        assert_eq!(code, 0, "mounting a tmpfs needs root: {out}");
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
 /// dnsmasq answering on 127.0.0.1:`port` from `records` only (no upstream, no hosts file).
 /// It is authoritative for `.test` (`--local`): a name it does not know is NXDOMAIN, a type
 /// it has no record of is NODATA, as a real zone answers (without, dnsmasq says REFUSED,
