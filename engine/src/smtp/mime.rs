@@ -264,7 +264,10 @@ fn fields(list: &[&[u8]], what: Convert, added: Option<&Vec<String>>, out: &mut 
             }
         }
         if what.long_lines && has_long_lines(&f) {
-            f = fold(&f);
+            let folded = fold(&f);
+            // Free text with a run too long to fold at whitespace: encoded words, which fold
+            // between them and decode to the very same text (RFC 2047 §6.2).
+            f = if has_long_lines(&folded) && unstructured(&name) { encoded_words(&f) } else { folded };
         }
         out.extend_from_slice(&f);
         if !f.ends_with(b"\r\n") {
@@ -458,26 +461,24 @@ fn encoded_parameters(field: &[u8]) -> Vec<u8> {
     folded_field(&field[..colon], &pieces)
 }
 
-/// A header field folded (RFC 5322 §2.2.3) so no line exceeds 78 characters where it has
-/// whitespace to fold at, and none exceeds `LINE_BYTES_MAX` at all.
+/// A header field folded (RFC 5322 §2.2.3) at whitespace, so that no line exceeds
+/// `LINE_BYTES_MAX` where it has whitespace to fold at. Folding only ever puts a CRLF before
+/// whitespace that is there: a run of more than 998 octets without any (a long URL, a token)
+/// stays on its line whole rather than gain a space inside its value (issue 22).
 fn fold(field: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(field.len() + field.len() / 64);
     for (line, end) in lines(field) {
         let mut rest = line;
         while rest.len() > LINE_BYTES_MAX {
-            // The last whitespace before the limit (not the line's first byte): fold there.
-            let window = &rest[..LINE_BYTES_MAX];
-            let cut = window.iter().rposition(|b| *b == b' ' || *b == b'\t').filter(|&i| i > 0);
-            let (head, tail) = match cut {
-                Some(i) => rest.split_at(i),
-                // No whitespace at all: a space is inserted (the value gains one).
-                None => rest.split_at(LINE_BYTES_MAX - 1),
-            };
+            let is_wsp = |b: &u8| *b == b' ' || *b == b'\t';
+            // The last whitespace before the limit (not the line's first byte), else the first
+            // one after it; none: the line stays as it is.
+            let before = rest[..LINE_BYTES_MAX].iter().rposition(is_wsp).filter(|&i| i > 0);
+            let after = || rest[LINE_BYTES_MAX..].iter().position(is_wsp).map(|i| i + LINE_BYTES_MAX);
+            let Some(cut) = before.or_else(after) else { break };
+            let (head, tail) = rest.split_at(cut);
             out.extend_from_slice(head);
             out.extend_from_slice(b"\r\n");
-            if cut.is_none() {
-                out.push(b' ');
-            }
             rest = tail;
         }
         out.extend_from_slice(rest);
@@ -641,6 +642,18 @@ preamble\r\n--b1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-
         let out = convert(message.as_bytes(), Convert { eight_bit: false, long_lines: true });
         assert!(!has_long_lines(&out));
         assert_eq!(qp_decode(body_of(&out)), format!("{long}\r\nshort\r\n").as_bytes());
+        let parsed = mail_parser::MessageParser::new().parse(&out).unwrap();
+        assert_eq!(parsed.subject(), Some("s".repeat(1200).as_str()), "the subject decodes to itself");
+        // A structured field's run without whitespace is never cut (a space would change it).
+        let url = format!("List-Unsubscribe: <https://example.com/u/{}>\r\n", "x".repeat(1100));
+        let out =
+            convert(format!("{url}Subject: a\r\n\r\nb\r\n").as_bytes(), Convert { eight_bit: false, long_lines: true });
+        let unfolded = String::from_utf8(out).unwrap().replace("\r\n ", " ");
+        assert!(unfolded.starts_with(&url), "unfolded, the value is as it was: {}", &unfolded[..80]);
+        let two = format!("References: <{}@a> <{}@b>\r\n", "r".repeat(900), "q".repeat(900));
+        let out = convert(format!("{two}\r\nb\r\n").as_bytes(), Convert { eight_bit: false, long_lines: true });
+        let expected = format!("References: <{}@a>\r\n <{}@b>\r\n", "r".repeat(900), "q".repeat(900));
+        assert!(out.starts_with(expected.as_bytes()), "folded at its whitespace only");
         // A quoted-printable part with a long line gets soft breaks, never inside an escape.
         let qp = format!("Content-Transfer-Encoding: quoted-printable\r\n\r\n{}\r\n", "ab=3D".repeat(400));
         let out = convert(qp.as_bytes(), Convert { eight_bit: false, long_lines: true });
