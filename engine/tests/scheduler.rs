@@ -429,3 +429,30 @@ fn backoff_reroutes_to_another_virtual_mta() {
     assert!(delivered.iter().filter(|r| r.queue == "dest.test/v2").count() >= 15, "{}", delivered.len());
     assert!(w.events().iter().any(|e| e.contains("rerouted to v2")), "{:?}", w.events());
 }
+
+/// A resolution whose answer never comes back (the control plane dropped it: a full mailbox)
+/// is asked for again, and the mail goes once an answer lands (issue 22: the queue stayed in
+/// "resolving" for ever).
+#[test]
+fn a_lost_dns_answer_is_asked_for_again() {
+    let mut w = World::new("");
+    w.queue(3);
+    w.s.pump(w.now());
+    let asked = |w: &mut World| {
+        let mut n = 0;
+        while let Some(intent) = w.s.poll_intent() {
+            n += usize::from(matches!(intent, Intent::Resolve { .. }));
+        }
+        n
+    };
+    assert_eq!(asked(&mut w), 1, "asked once");
+    // The answer is lost. Time passes with the shard's ticks; nothing is asked meanwhile.
+    for _ in 0..(sluice_engine::sched::RESOLVE_ANSWER_WAIT_MS / 50 - 1) {
+        w.now_ms += 50;
+        w.s.tick(w.now());
+        w.s.pump(w.now());
+        assert_eq!(asked(&mut w), 0, "at {} ms", w.now_ms);
+    }
+    w.run(w.now_ms + 200, 50, &ok);
+    assert_eq!(w.starts.len(), 3, "asked again, answered, delivered");
+}

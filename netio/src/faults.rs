@@ -6,7 +6,8 @@
 //! client line starting `XFAULT-CONN-PANIC` panics while its connection's input is handled
 //! (only that connection may end); with `shard-panic`, one starting `XFAULT-SHARD-PANIC`
 //! panics in the shard outside any connection's handling (the process must exit). Off unless
-//! the variable is set; the daemon warns at start when it is on.
+//! the variable is set; the daemon warns at start when it is on. `lose-answers` drops the
+//! control plane's answers to inbound checks and complaint reports, as a full mailbox would.
 
 /// The IO a fault can hit.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +28,9 @@ pub(crate) struct Faults {
     rng: Rng,
     /// `conn-panic`, `shard-panic`.
     panics: [bool; 2],
+    /// `lose-answers`: the control plane's answers to inbound checks and complaint reports
+    /// are dropped on arrival, as a full mailbox drops them.
+    pub lose_answers: bool,
 }
 
 /// Where an injected panic happens.
@@ -45,10 +49,15 @@ impl Faults {
     pub fn from_env(shard: u32) -> Faults {
         let mut odds = [0; 4];
         let mut panics = [false; 2];
+        let mut lose_answers = false;
         if let Ok(spec) = std::env::var("SLUICE_FAULTS") {
             for item in spec.split(',').filter(|s| !s.is_empty()) {
                 if let Some(i) = PANIC_NAMES.iter().position(|k| *k == item.trim()) {
                     panics[i] = true;
+                    continue;
+                }
+                if item.trim() == "lose-answers" {
+                    lose_answers = true;
                     continue;
                 }
                 let parsed = item.split_once('=').and_then(|(name, n)| {
@@ -66,7 +75,7 @@ impl Faults {
                 tracing::warn!(%spec, "fault injection is on (SLUICE_FAULTS): spool IO fails on purpose");
             }
         }
-        Faults { odds, rng: Rng::new(u64::from(shard) + 1), panics }
+        Faults { odds, rng: Rng::new(u64::from(shard) + 1), panics, lose_answers }
     }
 
     /// The panic a client's pending input asks for, when that fault is on.

@@ -307,7 +307,7 @@ impl Responder {
         if self.send(shard, msg).is_ok() {
             return;
         }
-        tracing::error!(shard, "shard mailbox full for 1s; resolution dropped, the queue will ask again");
+        tracing::error!(shard, "shard mailbox full for 1s; resolution dropped, the queue asks again after a minute");
     }
 }
 

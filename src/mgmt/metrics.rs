@@ -93,6 +93,11 @@ fn registry(api: &Api) -> Result<Registry, Fail> {
         counter(t.connection_panics),
     );
     reg.register(
+        "acct_records_dropped",
+        "Accounting records dropped: the accounting writer took none for too long.",
+        counter(t.acct_records_dropped),
+    );
+    reg.register(
         "dkim_unsignable",
         "Messages left unsigned: no From address with a domain to sign for.",
         counter(t.dkim_unsignable),

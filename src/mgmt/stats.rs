@@ -71,6 +71,7 @@ fn diff(a: Totals, b: Totals) -> Totals {
         rcpts_deferred: a.rcpts_deferred.saturating_sub(b.rcpts_deferred),
         connection_panics: a.connection_panics.saturating_sub(b.connection_panics),
         dkim_unsignable: a.dkim_unsignable.saturating_sub(b.dkim_unsignable),
+        acct_records_dropped: a.acct_records_dropped.saturating_sub(b.acct_records_dropped),
     }
 }
 

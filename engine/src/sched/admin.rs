@@ -316,7 +316,7 @@ impl<M: Message> Scheduler<M> {
         };
         let dns = match &st.hops {
             HopState::Unknown => "unknown".to_string(),
-            HopState::Resolving => "resolving".to_string(),
+            HopState::Resolving { .. } => "resolving".to_string(),
             HopState::Ready { levels, .. } => format!("ready ({} hosts)", levels.iter().map(Vec::len).sum::<usize>()),
             HopState::RolledUp { into, .. } => format!("rolled up into {into}"),
             HopState::Failed { resolution: Resolution::Permanent(r) | Resolution::Temporary(r), .. } => {

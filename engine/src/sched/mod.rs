@@ -47,6 +47,9 @@ pub const QUEUE_WINDOW: usize = 10_000;
 pub const UNPARK_BATCH: usize = 1_000;
 /// How long a failed resolution is remembered before asking again.
 pub const RESOLVE_FAILURE_TTL_MS: u64 = 60_000;
+/// How long a queue waits for a resolution it asked for before asking again (the control
+/// plane's lookups end well before: a few seconds per name, `src/dns.rs`).
+pub const RESOLVE_ANSWER_WAIT_MS: u64 = 60_000;
 /// Backoff after a connection fails before its session is ready: doubles from the first to
 /// the last value while failures continue.
 pub const CONNECT_BACKOFF_FIRST_MS: u64 = 100;
@@ -130,7 +133,11 @@ pub enum Intent<M> {
 
 enum HopState {
     Unknown,
-    Resolving,
+    /// Asked since `since_ms`; an answer lost on the way (a full mailbox, a busy control
+    /// plane) is asked for again after `RESOLVE_ANSWER_WAIT_MS`.
+    Resolving {
+        since_ms: u64,
+    },
     Ready {
         levels: Vec<Vec<Hop>>,
         expires_ms: u64,
@@ -498,11 +505,16 @@ impl<M: Message> Scheduler<M> {
                     st.hops = HopState::Ready { levels, expires_ms: u64::MAX };
                     return self.advance_hops(id, now);
                 }
-                st.hops = HopState::Resolving;
+                st.hops = HopState::Resolving { since_ms: now.ms() };
                 let domain = st.q.domain.clone();
                 self.intents.push_back(Intent::Resolve { domain, static_hosts });
             }
-            HopState::Resolving => {}
+            HopState::Resolving { since_ms } if now.ms() >= since_ms.saturating_add(RESOLVE_ANSWER_WAIT_MS) => {
+                tracing::warn!(domain = %st.q.domain, "no DNS answer came back: asking again");
+                st.hops = HopState::Unknown;
+                self.advance_hops(id, now);
+            }
+            HopState::Resolving { .. } => {}
             HopState::Ready { .. } if now.ms() < st.connect_backoff_until_ms => {}
             HopState::Ready { levels, .. } => {
                 let levels = levels.clone();
@@ -659,7 +671,7 @@ impl<M: Message> Scheduler<M> {
     /// the domain ask again on a later pump.
     pub fn resolve_later(&mut self, domain: &str) {
         for st in self.queues.iter_mut().flatten().filter(|st| st.q.domain == domain) {
-            if matches!(st.hops, HopState::Resolving) {
+            if matches!(st.hops, HopState::Resolving { .. }) {
                 st.hops = HopState::Unknown;
             }
         }
@@ -843,7 +855,7 @@ impl<M: Message> Scheduler<M> {
             let forget = st.q.is_empty()
                 && st.backlog.is_empty()
                 && st.q.connections == 0
-                && !matches!(st.hops, HopState::Resolving);
+                && !matches!(st.hops, HopState::Resolving { .. });
             if forget {
                 let st = self.queues[id].take().expect("checked");
                 self.index.remove(&(st.q.domain, st.q.vmta));

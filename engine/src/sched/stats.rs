@@ -19,6 +19,8 @@ pub struct ShardStats {
     pub connection_panics: AtomicU64,
     /// Messages that would be signed but have no From address with a domain.
     pub dkim_unsignable: AtomicU64,
+    /// Accounting records dropped because the control plane took none for too long.
+    pub acct_records_dropped: AtomicU64,
 }
 
 impl ShardStats {
@@ -40,6 +42,7 @@ pub struct Totals {
     pub rcpts_deferred: u64,
     pub connection_panics: u64,
     pub dkim_unsignable: u64,
+    pub acct_records_dropped: u64,
 }
 
 impl Totals {
@@ -57,6 +60,7 @@ impl Totals {
             t.rcpts_deferred += get(&s.rcpts_deferred);
             t.connection_panics += get(&s.connection_panics);
             t.dkim_unsignable += get(&s.dkim_unsignable);
+            t.acct_records_dropped += get(&s.acct_records_dropped);
         }
         t
     }

@@ -28,6 +28,8 @@ const SOURCE_ERROR_SESSIONS_MAX: u32 = 3;
 const SOURCE_ERROR_WINDOW_S: u64 = 10 * 60;
 /// A message's whole DATA phase may last this many `smtp-data-timeout`s (each read gets one).
 const DATA_PHASE_TIMEOUTS: u64 = 3;
+/// The longest a session waits for the control plane's answer to its checks or report.
+const ANSWER_WAIT_MS_MAX: u64 = 5 * 60 * 1000;
 
 pub(super) struct InConn {
     pub sock: Sock,
@@ -278,7 +280,14 @@ impl Shard {
                     .build()
                     .user_data(ud(Op::InSend, gen, slot as u64))
             }
-            Want::Wait | Want::SendBody => return, // the spool or the checks will answer
+            Want::Wait | Want::SendBody => {
+                // The spool always answers; the control plane's answer to checks or a report
+                // can be lost (a full mailbox): then the client gets 451 in time, not silence.
+                if c.verifying.is_some() || c.reporting {
+                    c.sock.deadline_ms = now_ms + answer_wait_ms(&config);
+                }
+                return;
+            }
             Want::Close => return self.close_in(slot),
             Want::Recv => {
                 let in_data = c.m.session().is_in_data();
@@ -320,15 +329,25 @@ impl Shard {
         }
     }
 
-    /// Idle sessions past their deadline are cancelled (then told 421 and closed).
+    /// Idle sessions past their deadline are cancelled (then told 421 and closed); a session
+    /// whose checks or report never got an answer is told 451 and goes on.
     pub(super) fn in_deadlines(&mut self, now_ms: u64) {
         for slot in self.ins.slots() {
             let gen = self.ins.gen(slot);
             let c = self.ins.get_mut(slot);
-            if now_ms >= c.sock.deadline_ms {
-                c.sock.deadline_ms = u64::MAX;
-                cancel_sock(&mut self.ring, &mut c.sock, gen, slot);
+            if now_ms < c.sock.deadline_ms {
+                continue;
             }
+            c.sock.deadline_ms = u64::MAX;
+            if c.sock.op.is_none() && (c.verifying.is_some() || c.reporting) {
+                tracing::warn!(shard = self.id, peer = %c.client_ip, "no answer from the message checks in time: 451");
+                c.verifying = None;
+                c.reporting = false;
+                c.m.message_refused("451 4.3.0 The message checks did not answer in time, try again later");
+                self.in_drive(slot);
+                continue;
+            }
+            cancel_sock(&mut self.ring, &mut c.sock, gen, slot);
         }
     }
 
@@ -594,6 +613,12 @@ impl Shard {
             self.record(r);
         }
     }
+}
+
+/// How long a session waits for the control plane's checks or report (its client waits for
+/// the reply to DATA: `smtp-data-timeout`, at most `ANSWER_WAIT_MS_MAX`).
+fn answer_wait_ms(config: &sluice_config::Config) -> u64 {
+    (config.smtp_data_timeout.as_millis() as u64).min(ANSWER_WAIT_MS_MAX)
 }
 
 /// Adds `new` AUTH failures for `ip` (counted for all shards together) and says whether it is

@@ -39,6 +39,8 @@ const TICK_MS: u64 = 50;
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
 /// Accounting records held locally while the control plane is busy.
 const ACCT_PENDING_MAX: usize = 1 << 20;
+/// Dropped accounting records are logged at most this often.
+const ACCT_DROP_LOG_EVERY_MS: u64 = 10_000;
 /// Rounds of handing work between the machines in one turn of the loop (each round does all
 /// there is; more than a few means a bug feeding itself).
 const SETTLE_ROUNDS_MAX: usize = 64;
@@ -147,6 +149,8 @@ pub(crate) struct Shard {
     /// Hosts whose STARTTLS handshake failed, and until when they get plain text
     /// (`outbound::TLS_FALLBACK_MS`).
     tls_failed: HashMap<std::net::SocketAddr, u64>,
+    /// When dropped accounting records were last logged.
+    acct_dropped_logged_ms: u64,
     /// The scheduler's connection ids, to their slots.
     out_slots: HashMap<ConnId, u32>,
     session_counter: u64,
@@ -203,6 +207,7 @@ impl Shard {
             ins: Slab::default(),
             outs: Slab::default(),
             tls_failed: HashMap::new(),
+            acct_dropped_logged_ms: 0,
             out_slots: HashMap::new(),
             session_counter: 0,
             spool,
@@ -340,6 +345,7 @@ impl Shard {
                 ShardMsg::Resolved { domain, resolution, ttl_ms, rollup } => {
                     self.sched.on_resolved(&domain, resolution, ttl_ms, rollup, self.now)
                 }
+                ShardMsg::Verified { .. } | ShardMsg::ReportStored { .. } if self.faults.lose_answers => {}
                 ShardMsg::Verified { slot, gen, data, headers, summary } => {
                     self.on_verified(slot, gen, data, headers, summary)
                 }
@@ -373,7 +379,21 @@ impl Shard {
 
     fn record(&mut self, r: Record) {
         if self.acct.len() < ACCT_PENDING_MAX {
-            self.acct.push(r);
+            return self.acct.push(r);
+        }
+        // The control plane has taken nothing for a long while: say so, and count (never
+        // silently: an operator's bounce handler reads this file).
+        ShardStats::add(&self.stats.acct_records_dropped, 1);
+        let now_ms = self.now.ms();
+        if now_ms >= self.acct_dropped_logged_ms + ACCT_DROP_LOG_EVERY_MS {
+            self.acct_dropped_logged_ms = now_ms;
+            let dropped = self.stats.acct_records_dropped.load(Ordering::Relaxed);
+            tracing::error!(
+                shard = self.id,
+                pending = ACCT_PENDING_MAX,
+                dropped,
+                "accounting records dropped: the accounting writer is not keeping up (see acct_records_dropped)"
+            );
         }
     }
 
