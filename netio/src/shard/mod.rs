@@ -181,7 +181,9 @@ impl Shard {
         old_journals: Vec<OldJournal>,
         next_seq: u64,
     ) -> std::io::Result<Shard> {
-        let ring = IoUring::builder().build(RING_ENTRIES)?;
+        // A completion queue well over the operations one shard keeps in flight (a socket
+        // operation per connection, spool writes); past it, `sys::push` reaps instead.
+        let ring = IoUring::builder().setup_cqsize(RING_ENTRIES * 16).build(RING_ENTRIES)?;
         let dir = store::shard_dir(&shared.config.spool_dir, id);
         std::fs::create_dir_all(&dir)?;
         let segment_bytes = shared.config.spool_segment_bytes;
