@@ -418,7 +418,10 @@ async fn subscribe(client: redis::Client, node: String, responder: Responder, ap
                                 if let (Some(from), Some(path), Some(query)) = (from, path, query) {
                                     if from != node {
                                         tracing::info!(%from, %path, %query, "cluster: command from another host");
-                                        apply(path, query);
+                                        // Shard commands block (mailboxes, answers): off
+                                        // the runtime's one thread, which serves DNS too.
+                                        let (apply, path, query) = (apply.clone(), path.to_string(), query.to_string());
+                                        tokio::task::spawn_blocking(move || apply(&path, &query));
                                     }
                                 }
                             }

@@ -29,6 +29,12 @@ pub struct Plane {
     pub recovered_messages: usize,
 }
 
+/// Hands an answer to a shard from a blocking thread: a full mailbox makes `Responder` wait
+/// (up to a second), and the runtime's one thread must keep serving DNS and the API.
+fn off_runtime(send: impl FnOnce() + Send + 'static) {
+    drop(tokio::task::spawn_blocking(send));
+}
+
 /// How often the accounting files are flushed and turned over, however busy the channel.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 
@@ -135,7 +141,8 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                                     Err(e) => tracing::error!(%address, %key, error = %e, "cannot add to the fleet's suppression set"),
                                 }
                                 if let Some((shard, slot, gen)) = waiting {
-                                    responder.report_stored(shard, slot, gen, added.unwrap_or(ok.is_ok()));
+                                    let ok = added.unwrap_or(ok.is_ok());
+                                    off_runtime(move || responder.report_stored(shard, slot, gen, ok));
                                 }
                             });
                         }
@@ -152,7 +159,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                         let (headers, summary) = checker.check(&req).await;
                         tracing::debug!(%summary, "inbound authentication checked");
                         let req = *req;
-                        responder.verified(req.shard, req.slot, req.gen, req.data, headers, summary);
+                        off_runtime(move || responder.verified(req.shard, req.slot, req.gen, req.data, headers, summary));
                     });
                 }
                 Ok(ControlRequest::Resolve { shard, domain, static_hosts }) => {
@@ -162,7 +169,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     handle.spawn(async move {
                         if domain.ends_with(".rollup") && static_hosts.is_none() {
                             let (resolution, ttl_ms) = crate::dns::resolve_rollup(&resolver, &config, &domain, &learnt).await;
-                            return responder.resolved(shard, domain, resolution, ttl_ms, None);
+                            return off_runtime(move || responder.resolved(shard, domain, resolution, ttl_ms, None));
                         }
                         let (resolution, ttl_ms, mx) = resolve(&resolver, &domain, static_hosts).await;
                         // `<mx-rollup-list>` first, then rollup of equal MX sets (a lock on the
@@ -174,7 +181,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                                 .filter(|leader| *leader != domain)
                         });
                         tracing::debug!(%domain, ?resolution, ?rollup, "resolved");
-                        responder.resolved(shard, domain, resolution, ttl_ms, rollup);
+                        off_runtime(move || responder.resolved(shard, domain, resolution, ttl_ms, rollup));
                     });
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
