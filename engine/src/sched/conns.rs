@@ -230,8 +230,15 @@ impl<M: Message> Scheduler<M> {
         self.queue_events(id, now);
         let transient = if reply.is_transient() { reply } else { Reply::new(451, format!("4.4.0 {}", reply.line())) };
         let name = self.st(id).q.name.clone();
-        if job.is_none() {
-            self.log_failure(&name, &info, &transient, now);
+        // A connection that had done its work and was waiting for more, then closed by the
+        // server (after a big message, say), is no failure: a debug line, not "connection
+        // failed".
+        match (&job, ever_ready) {
+            (None, false) => self.log_failure(&name, &info, &transient, now),
+            (None, true) => {
+                tracing::debug!(shard = self.shard, queue = %name, reply = %transient.line(), "an idle connection ended")
+            }
+            (Some(_), _) => {}
         }
         if let Some(job) = job {
             let replies = vec![transient.clone(); job.rcpts.len()];

@@ -31,7 +31,16 @@ pub struct Incoming {
     holding: bool,
     /// `log-connections` / `log-commands` / `log-data`.
     transcript: Option<Transcript>,
+    /// Refusals and failures said to the client since the caller last took them (for the
+    /// log: `take_refusals`), at most `REFUSALS_HELD_MAX`.
+    refusals: Vec<String>,
 }
+
+/// Refusals held for the log between two turns of the shard's loop (a pipelining client
+/// may draw many at once; the rest are not logged).
+const REFUSALS_HELD_MAX: usize = 8;
+/// Characters of a reply kept for the log line.
+const REFUSAL_CHARS_MAX: usize = 200;
 
 impl Incoming {
     /// A session; with `immediate`, TLS from the first byte (an implicit-TLS listener);
@@ -60,6 +69,7 @@ impl Incoming {
             out: SendBuf::default(),
             holding: false,
             transcript,
+            refusals: Vec::new(),
         };
         if let Some(t) = &m.transcript {
             t.event("connected");
@@ -115,6 +125,14 @@ impl Incoming {
             if let Some(t) = &self.transcript {
                 t.lines('>', self.session.output());
             }
+            for line in self.session.output().split(|b| *b == b'\n') {
+                // A final reply line of a refusal or failure: `4xx ` or `5xx `.
+                let refused = line.len() > 4 && matches!(line[0], b'4' | b'5') && line[3] == b' ';
+                if refused && self.refusals.len() < REFUSALS_HELD_MAX {
+                    let text = String::from_utf8_lossy(line.strip_suffix(b"\r").unwrap_or(line));
+                    self.refusals.push(text.chars().take(REFUSAL_CHARS_MAX).collect());
+                }
+            }
             write_out(self.tls.as_deref_mut().map(|t| &mut **t), self.session.output(), self.out.buf());
             self.session.clear_output();
         }
@@ -134,6 +152,9 @@ impl Incoming {
                     tls_decrypt(tls, &mut self.tls_pending, &mut self.inbuf, self.plain_len, &mut self.in_len)
                 {
                     tracing::debug!(error = %e, "TLS failed; closing");
+                    if self.refusals.len() < REFUSALS_HELD_MAX {
+                        self.refusals.push(format!("TLS failed: {e}"));
+                    }
                     let _ = tls.write_tls(self.out.buf()); // the alert, if any
                     self.session.shutdown();
                 }
@@ -238,6 +259,11 @@ impl Incoming {
         self.in_len = 0;
         self.session.fail_internal();
         self.flush_session();
+    }
+
+    /// The refusals and failures said to the client since the last call (reply lines).
+    pub fn take_refusals(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.refusals)
     }
 
     /// The bytes read and not yet taken by the session (ciphertext under TLS).

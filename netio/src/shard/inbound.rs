@@ -183,6 +183,11 @@ impl Shard {
             return self.in_drive(slot);
         }
         // The client went away; anything not yet acknowledged is not ours to keep.
+        if c.m.session().is_in_data() || c.store.is_some() || c.verifying.is_some() {
+            let peer = c.client_ip;
+            let why = if result < 0 { std::io::Error::from_raw_os_error(-result).to_string() } else { "closed".into() };
+            self.log_inbound(peer, &format!("client gone in the middle of its message ({why}); nothing acknowledged"));
+        }
         self.close_in(slot);
     }
 
@@ -217,8 +222,20 @@ impl Shard {
         if let Err(why) = handled {
             self.in_panicked(slot, gen, why);
         }
-        if self.ins.get_gen(slot, gen).is_some() {
+        if let Some(c) = self.ins.get_gen(slot, gen) {
+            let (peer, refusals) = (c.client_ip, c.m.take_refusals());
+            for reply in refusals {
+                self.log_inbound(peer, &reply);
+            }
             self.in_next_op(slot);
+        }
+    }
+
+    /// One info line for a refusal or failure on the receiving side (the reply as the client
+    /// got it), within the shard's budget for such lines.
+    fn log_inbound(&mut self, peer: IpAddr, what: &str) {
+        if self.in_log_limit.allow(self.now.ms()) {
+            tracing::info!(shard = self.id, %peer, reply = %what, "inbound refused");
         }
     }
 

@@ -151,6 +151,8 @@ pub(crate) struct Shard {
     tls_failed: HashMap<std::net::SocketAddr, u64>,
     /// When dropped accounting records were last logged.
     acct_dropped_logged_ms: u64,
+    /// The budget for inbound refusal lines (a hostile client can draw many).
+    in_log_limit: sluice_engine::sched::loglimit::LogLimit,
     /// The scheduler's connection ids, to their slots.
     out_slots: HashMap<ConnId, u32>,
     session_counter: u64,
@@ -210,6 +212,7 @@ impl Shard {
             outs: Slab::default(),
             tls_failed: HashMap::new(),
             acct_dropped_logged_ms: 0,
+            in_log_limit: sluice_engine::sched::loglimit::LogLimit::new(mono_ns() / 1_000_000),
             out_slots: HashMap::new(),
             session_counter: 0,
             spool,
@@ -438,6 +441,10 @@ impl Shard {
             self.begin_shutdown();
         }
         self.in_deadlines(now.ms());
+        if let Some(lines) = self.in_log_limit.take_suppressed(now.ms()) {
+            let per_s = sluice_engine::sched::loglimit::LINES_PER_S;
+            tracing::warn!(shard = self.id, lines, "inbound refusal lines left out (more than {per_s} a second)");
+        }
         self.out_deadlines(now.ms());
         self.sched.tick(now);
         self.spool.tick(now.ms());

@@ -51,6 +51,9 @@ pub(super) struct OutConn {
     awaiting_final: bool,
     /// Waiting for work (the scheduler said Idle).
     idle: bool,
+    /// Why the last connect failed (the hop and the system's words), for the reply when no
+    /// hop answers.
+    connect_error: Option<String>,
     iov: [libc::iovec; 2],
     msghdr: libc::msghdr,
     info: AttemptInfo,
@@ -106,6 +109,7 @@ impl Shard {
             converted: None,
             awaiting_final: false,
             idle: false,
+            connect_error: None,
             iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
             // SAFETY: a zeroed msghdr is valid.
             msghdr: unsafe { std::mem::zeroed() },
@@ -141,7 +145,8 @@ impl Shard {
             o.sock.fd = -1;
         }
         let Some(hop) = o.plan.hops.get(o.hop_index).cloned() else {
-            let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}", o.plan.queue));
+            let last = o.connect_error.take().map(|e| format!(" (last: {e})")).unwrap_or_default();
+            let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}{last}", o.plan.queue));
             return self.out_fail(slot, reply);
         };
         o.hop_index += 1;
@@ -178,9 +183,15 @@ impl Shard {
 
     pub(super) fn on_connect(&mut self, slot: u32, result: i32) {
         let o = self.outs.get_mut(slot);
-        o.sock.cancelling = false;
+        let timed_out = std::mem::take(&mut o.sock.cancelling);
         if result < 0 {
-            tracing::debug!(shard = self.id, queue = %o.plan.queue, errno = -result, "connect failed; trying the next host");
+            let why = if timed_out {
+                "no answer within connect-timeout".to_string()
+            } else {
+                std::io::Error::from_raw_os_error(-result).to_string()
+            };
+            tracing::debug!(shard = self.id, queue = %o.plan.queue, host = %o.info.destination_ip, %why, "connect failed; trying the next host");
+            o.connect_error = Some(format!("{} ({}): {why}", o.info.mx_host, o.info.destination_ip));
             return self.connect_next(slot);
         }
         o.info.source_ip = local_ip(o.sock.fd);
@@ -316,15 +327,19 @@ impl Shard {
                     continue;
                 }
                 Some(OutEvent::Failed(reply)) => {
-                    // A 421 at a RCPT: the recipients' own answers settle the transaction
-                    // (a 550 bounces as itself); the session then ends as for any 421.
-                    if let (Some(replies), Some(job)) = (o.m.take_partial_replies(), o.job.take()) {
+                    let after = after_failure(&o.plan.smtp, o.m.greeted(), &reply);
+                    // A 421 at a RCPT that defers: the recipients' own answers settle the
+                    // transaction (a 550 bounces as itself); the session then ends as for any
+                    // 421. (One that sends the mail to the next MX takes the whole job there.)
+                    let partial = o.m.take_partial_replies().filter(|_| after == AfterFailure::Defer);
+                    // (The job is taken only when there are replies to settle it with.)
+                    if let Some(job) = partial.is_some().then(|| o.job.take()).flatten() {
+                        let replies = partial.expect("checked");
                         (o.converted, o.awaiting_final) = (None, false);
                         let (conn, info) = (o.conn, o.info.clone());
                         self.sched.txn_done(conn, job, &replies, info, false, self.now);
                     }
-                    let o = self.outs.get_mut(slot);
-                    return match after_failure(&o.plan.smtp, o.m.greeted(), &reply) {
+                    return match after {
                         AfterFailure::Defer => self.out_fail(slot, reply),
                         AfterFailure::NextHop => self.out_next_hop(slot, reply),
                         AfterFailure::BounceQueue => self.out_refused(slot, reply),
@@ -403,8 +418,22 @@ impl Shard {
                 return self.close_out(slot);
             }
         }
-        let reason =
-            if cancelled { "4.4.2 timeout waiting for the server" } else { "4.4.2 connection closed by the server" };
+        let after_data = o.awaiting_final;
+        let reason = match (cancelled, after_data) {
+            (true, true) => "4.4.2 timeout waiting for the server's reply to the end of data",
+            (false, true) => "4.4.2 connection closed by the server before its reply to the end of data",
+            (true, false) => "4.4.2 timeout waiting for the server",
+            (false, false) if result < 0 => {
+                let why = std::io::Error::from_raw_os_error(-result).to_string();
+                return self.out_fail(slot, Reply::new(451, format!("4.4.2 connection to the server failed: {why}")));
+            }
+            (false, false) => "4.4.2 connection closed by the server",
+        };
+        if after_data {
+            // As Postfix says it: the receiver may have taken the message without a word.
+            let (queue, host) = (o.plan.queue.clone(), format!("{} ({})", o.info.mx_host, o.info.destination_ip));
+            tracing::warn!(shard = self.id, %queue, %host, "{reason}: the message may be delivered more than once");
+        }
         self.out_fail(slot, Reply::new(451, reason));
     }
 
