@@ -92,19 +92,6 @@ fn answer(query: &Message, script: &HashMap<(String, RecordType), Answer>) -> Op
     Some(reply)
 }
 
-fn send(relay: &Relay, rcpt: &str) {
-    let (mut t, greeting) = Talk::connect(relay.addr());
-    assert!(greeting.starts_with("220"), "{greeting}");
-    assert!(t.cmd("EHLO c.example").starts_with("250"));
-    assert!(t.cmd("MAIL FROM:<>").starts_with("250"));
-    assert!(t.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
-    assert!(t.cmd("DATA").starts_with("354"));
-    t.send(format!("Subject: to {rcpt}\r\n\r\nhello\r\n.\r\n").as_bytes());
-    let reply = t.reply();
-    assert!(reply.starts_with("250"), "{reply}");
-    t.cmd("QUIT");
-}
-
 #[test]
 fn dns_failures_defer_and_only_definite_answers_bounce() {
     require_root("this test binds port 25 on loopback");
@@ -142,7 +129,7 @@ fn dns_failures_defer_and_only_definite_answers_bounce() {
     );
     let deferred = ["a@servfail.test", "b@refused.test", "c@timeout.test", "d@slowaddr.test"];
     for rcpt in deferred.iter().chain(&["e@nxdomain.test", "f@nullmx.test", "g@noaddr.test", "h@nodata.test"]) {
-        send(&relay, rcpt);
+        talk_send(&relay, "", rcpt);
     }
     let row = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);
     // Definite answers bounce at once, each with its own status.

@@ -29,19 +29,6 @@ fn half_sent(relay: &Relay, rcpt: &str) -> Talk {
     t
 }
 
-fn send_one(relay: &Relay, rcpt: &str) {
-    let (mut t, greeting) = Talk::connect(relay.addr());
-    assert!(greeting.starts_with("220"), "{greeting}");
-    assert!(t.cmd("EHLO c.example").starts_with("250"));
-    assert!(t.cmd("MAIL FROM:<s@example.com>").starts_with("250"));
-    assert!(t.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
-    assert!(t.cmd("DATA").starts_with("354"));
-    t.send(format!("Subject: to {rcpt}\r\n\r\nhello\r\n.\r\n").as_bytes());
-    let reply = t.reply();
-    assert!(reply.starts_with("250"), "{reply}");
-    t.cmd("QUIT");
-}
-
 #[test]
 fn a_panic_in_one_connection_ends_that_connection_only() {
     let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
@@ -65,7 +52,7 @@ fn a_panic_in_one_connection_ends_that_connection_only() {
     }
     // New connections are greeted by both shards and their mail is delivered.
     for i in 0..10 {
-        send_one(&relay, &format!("after{i}@dest.example"));
+        talk_send(&relay, "s@example.com", &format!("after{i}@dest.example"));
     }
     wait_for("14 messages at the sink", Duration::from_secs(60), || (sink.messages().len() >= 14).then_some(()));
     assert!(relay.wait_exit(Duration::from_millis(100)).is_none(), "the relay is still running");
@@ -80,7 +67,7 @@ fn a_panic_outside_any_connection_ends_the_process_and_a_restart_delivers_the_sp
     // The receiver is not there yet: the acknowledged message waits in the spool.
     let sink_port = free_port("127.0.0.1");
     let mut relay = Relay::start_with_env(&config(sink_port), Some(2), &[("SLUICE_FAULTS", "shard-panic")]);
-    send_one(&relay, "kept@dest.example");
+    talk_send(&relay, "s@example.com", "kept@dest.example");
     let (mut t, greeting) = Talk::connect(relay.addr());
     assert!(greeting.starts_with("220"), "{greeting}");
     t.send(b"XFAULT-SHARD-PANIC now\r\n");

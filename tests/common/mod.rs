@@ -369,6 +369,21 @@ impl Drop for SmtpSink {
     }
 }
 
+/// One message from `mail_from` (`""`: the null sender) to `rcpt`, through `Talk`; panics
+/// unless every reply is the expected one and the message gets 250.
+pub fn talk_send(relay: &Relay, mail_from: &str, rcpt: &str) {
+    let (mut t, greeting) = Talk::connect(relay.addr());
+    assert!(greeting.starts_with("220"), "{greeting}");
+    assert!(t.cmd("EHLO c.example").starts_with("250"));
+    assert!(t.cmd(&format!("MAIL FROM:<{mail_from}>")).starts_with("250"));
+    assert!(t.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
+    assert!(t.cmd("DATA").starts_with("354"));
+    t.send(format!("Subject: to {rcpt}\r\n\r\nhello\r\n.\r\n").as_bytes());
+    let reply = t.reply();
+    assert!(reply.starts_with("250"), "{reply}");
+    t.cmd("QUIT");
+}
+
 /// A minimal SMTP client for asserting replies: sends one line, returns the reply.
 pub struct Talk {
     stream: BufReader<TcpStream>,
