@@ -343,9 +343,11 @@ fn recovered_jobs(segment: &Arc<store::Segment>, offset: u64, pending: &[u32]) -
 }
 
 /// Fails with EADDRINUSE when anything already listens on `addr`. The shards' listeners use
-/// SO_REUSEPORT, which would otherwise let a second sluice share the port silently.
+/// SO_REUSEPORT, which would otherwise let a second sluice share the port silently. The probe
+/// binds without listening: a listening probe took in clients that came early and reset them
+/// when it closed.
 fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
-    std::net::TcpListener::bind(addr).map(drop)
+    sys::bind_only(addr)
 }
 
 impl Runtime {

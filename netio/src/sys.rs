@@ -106,6 +106,23 @@ pub(crate) fn tcp_socket(addr: SocketAddr) -> std::io::Result<RawFd> {
     Ok(fd)
 }
 
+/// Binds a socket to `addr` (SO_REUSEADDR, no SO_REUSEPORT) and closes it, never listening:
+/// EADDRINUSE when anything listens there already.
+pub(crate) fn bind_only(addr: SocketAddr) -> std::io::Result<()> {
+    let fd = tcp_socket(addr)?;
+    // SAFETY: fd is fresh and ours (closed when `_owned` drops); plain socket syscalls.
+    unsafe {
+        let _owned = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+        let (storage, len) = sockaddr(addr);
+        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// A listening socket; `reuse_port` lets every shard bind the same address.
 pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd> {
     let fd = tcp_socket(addr)?;
