@@ -18,6 +18,8 @@ enum Breaks {
     Garbage,
     /// The connection closed right after the 220.
     Close,
+    /// STARTTLS refused (`454`): the session goes on in plain text at once.
+    Refuse,
 }
 
 #[derive(Default)]
@@ -51,15 +53,16 @@ fn serve(stream: TcpStream, breaks: Breaks, seen: &Seen) {
         let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
         let reply: &[u8] = match verb.as_str() {
             "EHLO" => b"250-rx.test\r\n250-STARTTLS\r\n250 8BITMIME\r\n",
+            "STAR" if matches!(breaks, Breaks::Refuse) => {
+                seen.starttls.fetch_add(1, Ordering::SeqCst);
+                b"454 4.7.0 TLS not available due to temporary reason\r\n"
+            }
             "STAR" => {
                 seen.starttls.fetch_add(1, Ordering::SeqCst);
                 let _ = out.write_all(b"220 2.0.0 go ahead\r\n");
-                match breaks {
-                    Breaks::Garbage => {
-                        let _ = out.write_all(b"this is not a TLS record at all\r\n");
-                        std::thread::sleep(Duration::from_secs(2));
-                    }
-                    Breaks::Close => {}
+                if let Breaks::Garbage = breaks {
+                    let _ = out.write_all(b"this is not a TLS record at all\r\n");
+                    std::thread::sleep(Duration::from_secs(2));
                 }
                 return;
             }
@@ -88,16 +91,18 @@ fn a_failed_starttls_handshake_is_followed_by_a_plain_text_try() {
     let (garbage_port, garbage) = receiver(Breaks::Garbage);
     let (close_port, close) = receiver(Breaks::Close);
     let (required_port, required) = receiver(Breaks::Close);
+    let (refuse_port, refuse) = receiver(Breaks::Refuse);
     let relay = Relay::start(
         &format!(
             "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n retry-after 1s\n</domain>\n\
              <domain garbage.test>\n smtp-hosts [127.0.0.1]:{garbage_port}\n</domain>\n\
              <domain close.test>\n smtp-hosts [127.0.0.1]:{close_port}\n</domain>\n\
-             <domain required.test>\n smtp-hosts [127.0.0.1]:{required_port}\n require-starttls yes\n</domain>\n"
+             <domain required.test>\n smtp-hosts [127.0.0.1]:{required_port}\n require-starttls yes\n</domain>\n\
+             <domain refuse.test>\n smtp-hosts [127.0.0.1]:{refuse_port}\n</domain>\n"
         ),
         Some(2),
     );
-    for rcpt in ["a@garbage.test", "b@close.test", "c@required.test"] {
+    for rcpt in ["a@garbage.test", "b@close.test", "c@required.test", "e@refuse.test"] {
         swaks_send(&relay, rcpt);
     }
     let row = |kind: &str, rcpt: &str| relay.rows_of(kind).into_iter().find(|r| r["rcpt"] == rcpt);
@@ -117,6 +122,11 @@ fn a_failed_starttls_handshake_is_followed_by_a_plain_text_try() {
     assert!(row("d", "c@required.test").is_none());
     assert_eq!(required.plain_messages.load(Ordering::SeqCst), 0);
     assert!(required.starttls.load(Ordering::SeqCst) >= 2, "each retry tries TLS again");
+    // A 454 to STARTTLS: plain text on the same session, said in the log.
+    wait_for("e@ delivered in plain text", Duration::from_secs(30), || row("d", "e@refuse.test"));
+    assert!(row("t", "e@refuse.test").is_none(), "no deferral");
+    assert_eq!(refuse.plain_messages.load(Ordering::SeqCst), 1);
     let log = relay.log();
     assert!(log.contains("STARTTLS handshake failed"), "{}", tail(&log, 20));
+    assert!(log.contains("STARTTLS refused by the receiver: going on without TLS"), "{}", tail(&log, 20));
 }

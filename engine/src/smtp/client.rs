@@ -403,7 +403,10 @@ impl Client {
             }
             Expect::StartTls if reply.code == 220 => Some(ClientEvent::StartTls),
             // Opportunistic: a refused STARTTLS leaves the session in plain text.
-            Expect::StartTls if self.tls_mode == TlsMode::Opportunistic => Some(ClientEvent::Ready),
+            Expect::StartTls if self.tls_mode == TlsMode::Opportunistic => {
+                tracing::info!(reply = %reply.line(), "STARTTLS refused by the receiver: going on without TLS");
+                Some(ClientEvent::Ready)
+            }
             Expect::StartTls => Some(self.fail(reply)),
             // RFC 5321 §3.2: fall back to HELO when EHLO is not understood.
             Expect::Ehlo if reply.is_permanent() => {
