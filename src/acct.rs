@@ -95,6 +95,16 @@ impl AcctWriter {
         }
     }
 
+    /// Flushes and fsyncs every file: the rows written so far survive a crash (power loss
+    /// included). Pipes are fed as lines come; nothing more to do for them.
+    pub fn sync(&mut self) {
+        for f in &mut self.files {
+            if let Out::File(out) = &mut f.out {
+                out.sync();
+            }
+        }
+    }
+
     /// `sluice rotate acct`: every file starts anew now.
     pub fn rotate_all(&mut self) {
         let now = crate::clock::unix_ms();
@@ -221,9 +231,7 @@ impl AcctOut {
     /// go.
     fn turn_over(&mut self, now_ms: u64) {
         let (Out::File(f), AcctSink::File(base)) = (&mut self.out, &self.conf.sink) else { return };
-        if let Err(e) = f.w.flush() {
-            tracing::error!(error = %e, file = %f.path.display(), "accounting flush failed");
-        }
+        f.sync();
         let finished = f.path.clone();
         match FileOut::start(&self.conf, base, &self.header_line, now_ms) {
             Ok(new) => *f = new,
@@ -245,6 +253,13 @@ impl AcctOut {
 }
 
 impl FileOut {
+    fn sync(&mut self) {
+        let synced = self.w.flush().and_then(|()| self.w.get_ref().sync_data());
+        if let Err(e) = synced {
+            tracing::error!(error = %e, file = %self.path.display(), "accounting flush failed");
+        }
+    }
+
     /// Opens the next file for `base` (`dir/acct.csv` → `dir/acct-2026-12-01-0003.csv`) and
     /// writes its header line.
     fn start(conf: &AcctFile, base: &Path, header_line: &str, now_ms: u64) -> std::io::Result<FileOut> {

@@ -93,8 +93,23 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         // clock, busy or not (they once ran only after 100 ms without a request: never, under
         // steady traffic).
         let mut housekept = std::time::Instant::now();
+        // Per shard, the last accounting batch written and not yet made durable; made durable
+        // (fsynced) and confirmed whenever the channel runs dry: a group commit, whose size
+        // grows with the load.
+        let mut unsynced: Vec<u64> = vec![0; responder.shards() as usize];
+        let confirm = |acct: &mut AcctWriter, unsynced: &mut Vec<u64>| {
+            if unsynced.iter().any(|b| *b > 0) {
+                acct.sync();
+                for (shard, batch) in unsynced.iter_mut().enumerate() {
+                    if *batch > 0 {
+                        responder.acct_durable(shard as u32, std::mem::take(batch));
+                    }
+                }
+            }
+        };
         loop {
             if housekept.elapsed() >= HOUSEKEEPING_EVERY {
+                confirm(&mut acct, &mut unsynced);
                 acct.flush();
                 housekept = std::time::Instant::now();
             }
@@ -111,9 +126,15 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                 }
             }
             match requests.recv_timeout(HOUSEKEEPING_EVERY) {
-                Ok(ControlRequest::Acct(records)) => {
+                Ok(ControlRequest::Acct { shard, batch, records }) => {
                     observer.lock().expect("not poisoned").observe(&records);
                     acct.write(&records);
+                    if let Some(b) = unsynced.get_mut(shard as usize) {
+                        *b = (*b).max(batch);
+                    }
+                    if requests.is_empty() {
+                        confirm(&mut acct, &mut unsynced);
+                    }
                 }
                 Ok(ControlRequest::SuppressAdd { path, list, address, waiting }) => {
                     // One line, fsynced: the complainer stays suppressed across restarts.
@@ -185,12 +206,13 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     });
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                    confirm(&mut acct, &mut unsynced);
                     acct.flush();
                     housekept = std::time::Instant::now();
                     // Shards have all stopped: take what they sent last, then end.
                     if stop.load(std::sync::atomic::Ordering::SeqCst) {
                         while let Ok(req) = requests.try_recv() {
-                            if let ControlRequest::Acct(records) = req {
+                            if let ControlRequest::Acct { records, .. } = req {
                                 acct.write(&records);
                             }
                         }

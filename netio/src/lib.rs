@@ -24,15 +24,18 @@ use sluice_engine::sched::limits::SourceLimits;
 use sluice_engine::shape::counts::AddressCounts;
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// What shards ask of the control plane.
 pub enum ControlRequest {
     /// Resolve next hops for a domain: MX (or the static `smtp-hosts` names) to addresses.
     Resolve { shard: u32, domain: String, static_hosts: Option<Vec<Vec<HostPort>>> },
-    /// Accounting records to append.
-    Acct(Vec<Record>),
+    /// Accounting records to append: a shard's batch `batch` (1, 2, ... in the order sent).
+    /// Once they are durable, the writer says so with `Responder::acct_durable`; the shard
+    /// journals the outcomes they record only then, so a crash never leaves an outcome the
+    /// spool recorded without its row.
+    Acct { shard: u32, batch: u64, records: Vec<Record> },
     /// Append a complaining recipient to an `auto-suppress-list`'s file (and fsync it), and,
     /// for a `redis-set` list, to the fleet's set; with `waiting`, the report's session
     /// (shard, slot, generation) gets its reply once it is durable
@@ -109,6 +112,9 @@ pub(crate) struct Core {
     /// (since the epoch) it was first used and the day and count of its latest use. Starts
     /// afresh with the process.
     pub cold: std::sync::Mutex<std::collections::HashMap<(String, String), ColdUse>>,
+    /// Per shard: the last accounting batch the writer has made durable (`ControlRequest::Acct`).
+    /// An atomic rather than a mailbox message: a full mailbox cannot lose it.
+    pub acct_durable: Vec<AtomicU64>,
 }
 
 /// A cold VMTA's use for one destination (`Core::cold`).
@@ -211,6 +217,14 @@ impl Responder {
 
     pub fn shards(&self) -> u32 {
         self.core.mailboxes.len() as u32
+    }
+
+    /// The accounting writer has made `shard`'s batches up to `batch` durable: the shard
+    /// journals their outcomes on its next tick.
+    pub fn acct_durable(&self, shard: u32, batch: u64) {
+        if let Some(mark) = self.core.acct_durable.get(shard as usize) {
+            mark.fetch_max(batch, Ordering::Release);
+        }
     }
 
     /// Sends `cmd` to every shard and collects their answers (blocking; call it off the
@@ -389,6 +403,7 @@ impl Runtime {
             auth_failures: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
             error_sessions: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
             cold: Default::default(),
+            acct_durable: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         });
         let shared = Arc::new(Shared::new(core.clone(), settings));
         // Listeners: one SO_REUSEPORT socket per listener per shard.

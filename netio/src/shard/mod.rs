@@ -24,7 +24,7 @@ use outbound::OutConn;
 use slab::Slab;
 use sluice_engine::acct::Record;
 use sluice_engine::sched::backlog::Backlog;
-use sluice_engine::sched::{ConnId, Scheduler};
+use sluice_engine::sched::{ConnId, Intent, Scheduler};
 use sluice_engine::time::Now;
 use sluice_spool::{JournalId, OldJournal, Spool};
 use std::collections::HashMap;
@@ -167,6 +167,13 @@ pub(crate) struct Shard {
     stats: Arc<ShardStats>,
     outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
+    /// Accounting batches handed to the control plane; the next is `acct_sent + 1`.
+    acct_sent: u64,
+    /// Outcomes to journal and DSNs to spool (`Intent::Outcome`, `Intent::Dsn`), each waiting
+    /// for the accounting batch that holds its row to be durable: (batch, intent). A crash
+    /// before then leaves the recipient pending (tried again, with a row of its own), never
+    /// an outcome without its row.
+    held: std::collections::VecDeque<(u64, Intent<MsgRef>)>,
     timespec: Box<types::Timespec>,
     event_buf: Box<u64>,
     completions: Vec<(u64, i32)>,
@@ -224,6 +231,8 @@ impl Shard {
             stats,
             outbox: Vec::new(),
             acct: Vec::new(),
+            acct_sent: 0,
+            held: Default::default(),
             timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
             event_buf: Box::new(0),
             completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
@@ -318,6 +327,7 @@ impl Shard {
 
     fn after_completions(&mut self) {
         self.drain_mailbox();
+        self.release_held(false);
         self.spool.flush(self.now.ms());
         self.settle_machines();
         self.sched.pump(self.now);
@@ -406,14 +416,52 @@ impl Shard {
         if self.acct.is_empty() {
             return;
         }
-        let req = ControlRequest::Acct(std::mem::take(&mut self.acct));
+        let records = std::mem::take(&mut self.acct);
+        let req = ControlRequest::Acct { shard: self.id, batch: self.acct_sent + 1, records };
         let result = if blocking {
             self.shared.core.control.send_timeout(req, std::time::Duration::from_secs(2)).map_err(|e| e.into_inner())
         } else {
             self.shared.core.control.try_send(req).map_err(|e| e.into_inner())
         };
-        if let Err(ControlRequest::Acct(batch)) = result {
-            self.acct = batch;
+        match result {
+            Ok(()) => self.acct_sent += 1,
+            Err(ControlRequest::Acct { records, .. }) => self.acct = records,
+            Err(_) => unreachable!("the request sent comes back"),
+        }
+    }
+
+    /// An outcome to journal or a DSN to spool: at once when every row recorded before it
+    /// is durable, else held until it is (`held`).
+    fn after_rows(&mut self, intent: Intent<MsgRef>) {
+        let batch = self.acct_sent + u64::from(!self.acct.is_empty());
+        if self.held.is_empty() && batch <= self.acct_durable() {
+            return self.carry_out_held(intent);
+        }
+        self.held.push_back((batch, intent));
+    }
+
+    fn acct_durable(&self) -> u64 {
+        self.shared.core.acct_durable[self.id as usize].load(Ordering::Acquire)
+    }
+
+    /// Carries out the held intents whose rows are durable (all of them with `all`: a
+    /// shutdown whose accounting writer did not answer in time).
+    fn release_held(&mut self, all: bool) {
+        if self.held.is_empty() {
+            return;
+        }
+        let durable = if all { u64::MAX } else { self.acct_durable() };
+        while self.held.front().is_some_and(|(batch, _)| *batch <= durable) {
+            let (_, intent) = self.held.pop_front().expect("checked");
+            self.carry_out_held(intent);
+        }
+    }
+
+    fn carry_out_held(&mut self, intent: Intent<MsgRef>) {
+        match intent {
+            Intent::Outcome { msg, rcpt } => self.journal_outcome(msg, rcpt),
+            Intent::Dsn { msg, failed } => self.spool_dsn(msg, failed),
+            other => self.carry_out(other),
         }
     }
 
@@ -466,8 +514,21 @@ impl Shard {
 
     fn finished(&mut self) -> bool {
         let Some(since) = self.stopping_since_ms else { return false };
-        let spool_quiet = self.spool.is_quiet();
         let grace_over = self.now.ms() >= since + SHUTDOWN_GRACE_MS;
+        if !self.held.is_empty() {
+            if !grace_over {
+                return false;
+            }
+            // Journaled without their rows rather than delivered again after the restart.
+            tracing::error!(
+                shard = self.id,
+                outcomes = self.held.len(),
+                "shutdown: the accounting writer has not confirmed the last rows; journaling their outcomes anyway"
+            );
+            self.release_held(true);
+            return false;
+        }
+        let spool_quiet = self.spool.is_quiet();
         spool_quiet && ((self.ins.is_empty() && self.outs.is_empty()) || grace_over)
     }
 }

@@ -91,8 +91,7 @@ impl Shard {
                 self.outbox.push((shard, ShardMsg::Job { domain, vmta, job }))
             }
             Intent::Record(r) => self.record(*r),
-            Intent::Outcome { msg, rcpt } => self.journal_outcome(msg, rcpt),
-            Intent::Dsn { msg, failed } => self.spool_dsn(msg, failed),
+            intent @ (Intent::Outcome { .. } | Intent::Dsn { .. }) => self.after_rows(intent),
         }
     }
 

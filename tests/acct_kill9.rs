@@ -1,0 +1,213 @@
+//! Accounting through crashes (issue 22): sluice is killed with SIGKILL five times while it
+//! delivers to one receiver (Postfix's smtp-sink, which takes everything) and bounces to
+//! another (smtp-sink refusing every RCPT with a 5xx), DSNs going to a third. After the last
+//! restart every outcome has its accounting row: each recipient that reached the receiver
+//! has a `d` row, each refused one a `b` row and a DSN. A row is written before its outcome is
+//! journaled, so a crash in between repeats the delivery (a second copy at the receiver, with
+//! a row of its own), never leaves an outcome without a row; no recipient has more `d` rows
+//! than copies at the receiver.
+
+mod common;
+use common::*;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const INJECTORS: usize = 4;
+const KILLS: usize = 5;
+/// Injectors run until the last kill; these bound them in any case.
+const MESSAGES_MAX: u64 = 50_000;
+const INJECT_TIME_MAX: Duration = Duration::from_secs(40);
+const PACE: Duration = Duration::from_millis(5);
+
+fn reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line.len() < 4 || line.as_bytes()[3] == b' ' {
+            return Ok(line);
+        }
+    }
+}
+
+/// One session: messages to `r<id>@good.test` and `r<id>@bad.test` until an error.
+fn session(addr: SocketAddr, next: &AtomicU64, acked: &Mutex<HashSet<u64>>, stop: &AtomicBool) -> std::io::Result<()> {
+    let s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut w = s.try_clone()?;
+    let mut r = BufReader::new(s);
+    reply(&mut r)?;
+    w.write_all(b"EHLO crash.test\r\n")?;
+    reply(&mut r)?;
+    while !stop.load(Ordering::SeqCst) {
+        let id = next.fetch_add(1, Ordering::SeqCst);
+        if id >= MESSAGES_MAX {
+            stop.store(true, Ordering::SeqCst);
+            break;
+        }
+        let envelope =
+            format!("MAIL FROM:<s@src.test>\r\nRCPT TO:<r{id}@good.test>\r\nRCPT TO:<r{id}@bad.test>\r\nDATA\r\n");
+        w.write_all(envelope.as_bytes())?;
+        for _ in 0..4 {
+            let line = reply(&mut r)?;
+            if !line.starts_with('2') && !line.starts_with("354") {
+                return Err(std::io::Error::other(line));
+            }
+        }
+        let body =
+            format!("Subject: acct {id}\r\nX-Acct-Id: {id}\r\n\r\n{}\r\n.\r\n", "y".repeat(100 + (id as usize % 500)));
+        w.write_all(body.as_bytes())?;
+        if reply(&mut r)?.starts_with("250") {
+            acked.lock().unwrap().insert(id);
+        }
+        // Paced (about 800 messages a second from all injectors): enough to have deliveries
+        // under way at every kill, few enough that the rows are checked in seconds.
+        std::thread::sleep(PACE);
+    }
+    let _ = w.write_all(b"QUIT\r\n");
+    Ok(())
+}
+
+/// `r<id>@<domain>` → id.
+fn id_of(rcpt: &str, domain: &str) -> Option<u64> {
+    rcpt.strip_prefix('r')?.strip_suffix(&format!("@{domain}"))?.parse().ok()
+}
+
+/// Per id, the copies in a sink's dumps (the first `X-Acct-Id` header or, in a DSN, the
+/// failed recipient).
+fn copies(messages: Vec<String>, dsn: bool) -> HashMap<u64, usize> {
+    let mut seen = HashMap::new();
+    for m in messages {
+        let id = match dsn {
+            false => m.lines().find_map(|l| l.strip_prefix("X-Acct-Id: ")).and_then(|v| v.trim().parse().ok()),
+            true => m
+                .lines()
+                .find_map(|l| l.strip_prefix("Final-Recipient: rfc822;"))
+                .and_then(|v| id_of(v.trim(), "bad.test")),
+        };
+        if let Some(id) = id {
+            *seen.entry(id).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+/// Per id, the rows of `kind` for recipients in `domain`.
+fn rows(relay: &Relay, kind: &str, domain: &str) -> HashMap<u64, usize> {
+    let mut n = HashMap::new();
+    for r in relay.rows_of(kind) {
+        if let Some(id) = id_of(&r["rcpt"], domain) {
+            *n.entry(id).or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn sigkill_during_delivery_and_bounces_leaves_every_outcome_its_row() {
+    let good = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let bad = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &["-f", "RCPT"], false);
+    let senders = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let mut relay = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n generate-bounces yes\n</source>\n\
+             <domain good.test>\n smtp-hosts [127.0.0.1]:{}\n retry-after 1s\n</domain>\n\
+             <domain bad.test>\n smtp-hosts [127.0.0.1]:{}\n retry-after 1s\n</domain>\n\
+             <domain src.test>\n smtp-hosts [127.0.0.1]:{}\n retry-after 1s\n</domain>\n\
+             spool-segment-size 1M\n",
+            good.addr.port(),
+            bad.addr.port(),
+            senders.addr.port()
+        ),
+        None,
+    );
+    let addr = relay.addr();
+    let next = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let injectors: Vec<_> = (0..INJECTORS)
+        .map(|_| {
+            let (next, acked, stop) = (next.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < INJECT_TIME_MAX {
+                    if session(addr, &next, &acked, &stop).is_err() {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    for k in 0..KILLS {
+        // The kill lands while rows come in: in the middle of deliveries and bounces.
+        let before = relay.rows_of("d").len() + relay.rows_of("b").len();
+        wait_for("deliveries and bounces under way", Duration::from_secs(20), || {
+            (relay.rows_of("d").len() + relay.rows_of("b").len() >= before + 20 * (k + 1)).then_some(())
+        });
+        assert!(!stop.load(Ordering::SeqCst), "the injectors stopped before kill {k}");
+        relay.kill9();
+        std::thread::sleep(Duration::from_millis(100));
+        relay.spawn();
+    }
+    stop.store(true, Ordering::SeqCst);
+    for t in injectors {
+        t.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 100, "too few messages acknowledged to mean anything: {}", acked.len());
+
+    // Every acknowledged message delivered to good.test and bounced for bad.test (with its
+    // DSN), and every one of those outcomes with its row.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let delivered = copies(good.messages(), false);
+        let dsns = copies(senders.messages(), true);
+        let (d, b) = (rows(&relay, "d", "good.test"), rows(&relay, "b", "bad.test"));
+        let mut missing: Vec<String> = Vec::new();
+        for id in &acked {
+            if !delivered.contains_key(id) {
+                missing.push(format!("{id}: not delivered"));
+            }
+            if !dsns.contains_key(id) {
+                missing.push(format!("{id}: no DSN"));
+            }
+        }
+        missing
+            .extend(delivered.keys().filter(|id| !d.contains_key(id)).map(|id| format!("{id}: delivered, no d row")));
+        missing.extend(dsns.keys().filter(|id| !b.contains_key(id)).map(|id| format!("{id}: DSN sent, no b row")));
+        if missing.is_empty() {
+            // Never more rows than events: a delivery's row stands for a copy received.
+            for (id, rows) in &d {
+                let got = delivered.get(id).copied().unwrap_or(0);
+                assert!(*rows <= got, "r{id}@good.test: {rows} d rows for {got} copies received");
+            }
+            let extra_d: usize = d.values().map(|n| n - 1).sum();
+            let extra_b: usize = b.values().map(|n| n - 1).sum();
+            let duplicates: usize = delivered.values().map(|n| n - 1).sum();
+            eprintln!(
+                "{} acknowledged; {} delivered ({duplicates} repeated after a crash), {} bounced with DSNs; \
+                 {} d rows ({extra_d} for repeats), {} b rows ({extra_b} for repeats) after {KILLS} SIGKILLs",
+                acked.len(),
+                delivered.len(),
+                dsns.len(),
+                d.values().sum::<usize>(),
+                b.values().sum::<usize>()
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "{} outcomes without their rows or never reached (e.g. {:?}); relay log:\n{}",
+                missing.len(),
+                &missing[..missing.len().min(10)],
+                tail(&relay.log(), 40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
