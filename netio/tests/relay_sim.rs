@@ -7,7 +7,12 @@
 //! (`netio::conn::outbound`, the engine's client inside) delivers it to a receiving server;
 //! final outcomes are journaled and finished files deleted by the spool machine. The relay
 //! crashes at random moments and recovers from what the disk kept (`recover::assemble`),
-//! writes and fsyncs fail now and then, and the disk fills.
+//! writes and fsyncs fail now and then, and the disk fills. The control plane is modelled as
+//! the shard sees it: its channel is full now and then (resolutions and accounting batches
+//! turned away), DNS answers come late or are lost (a full mailbox), with short TTLs so queues
+//! resolve again often; the accounting writer confirms rows durable late, and outcomes wait
+//! for their rows (`RowGate`, as in the shard). Nothing may wedge: every message must still
+//! end delivered or bounced, and every outcome must have its durable row.
 //!
 //! This file is only glue: it maps the machines' operations to the simulated disk and
 //! network, as the shard's IO room maps them to io_uring. Every send and every receive, both
@@ -23,6 +28,7 @@
 //!
 //! `SLUICE_SIM_SEED=N` replays one seed; `SLUICE_SIM_SEEDS=N` sets how many run (1,000).
 
+use sluice_engine::acct::gate::RowGate;
 use sluice_engine::acct::Kind;
 use sluice_engine::queue::{AttemptInfo, Job, Recipient};
 use sluice_engine::route::{Hop, Resolution};
@@ -202,6 +208,10 @@ struct Stats {
     duplicates: u64,
     segments_deleted: u64,
     journals_retired: u64,
+    /// Resolutions and row batches the control plane's full channel turned away.
+    control_busy: u64,
+    /// DNS answers lost on their way back (a full mailbox).
+    answers_lost: u64,
 }
 
 /// An injector's connection: its client, and the relay's inbound machine.
@@ -262,6 +272,15 @@ struct Relay {
     outbound: HashMap<ConnId, OutConn>,
     next_ticket: u64,
     sessions: u64,
+    /// The control plane, as the shard sees it: DNS answers on their way (due time, domain),
+    /// which a full mailbox may lose, and the accounting writer, which takes batches of rows
+    /// (when its channel has room) and confirms them durable later; outcomes wait for their
+    /// rows in `gate`, as the shard's do.
+    answers: Vec<(u64, String)>,
+    rows_unsent: Vec<sluice_engine::acct::Record>,
+    rows_written: Vec<(u64, Vec<sluice_engine::acct::Record>)>,
+    rows_durable: u64,
+    gate: RowGate<Intent<SimMsg>>,
 }
 
 struct World {
@@ -407,6 +426,11 @@ impl World {
             outbound: HashMap::new(),
             next_ticket: 1,
             sessions: 0,
+            answers: Vec::new(),
+            rows_unsent: Vec::new(),
+            rows_written: Vec::new(),
+            rows_durable: 0,
+            gate: RowGate::default(),
         }
     }
 
@@ -421,6 +445,15 @@ impl World {
         for c in relay.outbound.into_values() {
             if let (Some(job), true) = (c.job, c.accepted_unread) {
                 self.ledger.explain(id_of(&job.msg.data), job.rcpts.into_iter().map(|r| r.address));
+            }
+        }
+        // Deliveries whose outcomes waited for their rows are made again.
+        let mut gate = relay.gate;
+        while let Some(intent) = gate.release(u64::MAX) {
+            if let Intent::Outcome { msg, rcpt } = intent {
+                if let Some((id, rcpts)) = self.ledger.placed.get(&(msg.seg.seq, msg.offset)).cloned() {
+                    self.ledger.explain(id, [rcpts[rcpt as usize].clone()]);
+                }
             }
         }
         // Deliveries whose journal entries were not yet durable are made again.
@@ -585,12 +618,17 @@ impl World {
     }
 
     fn carry_out(&mut self, relay: &mut Relay, intent: Intent<SimMsg>) {
-        let now = self.now();
         match intent {
-            Intent::Resolve { domain, .. } => {
-                let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.25:25".parse().expect("an address") };
-                relay.sched.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
-            }
+            // The control plane's channel is full now and then (the queue asks again later);
+            // an answer comes after a while, or is lost on the way (a full mailbox).
+            Intent::Resolve { domain, .. } => match self.rng.below(10) {
+                0 => {
+                    self.stats.control_busy += 1;
+                    relay.sched.resolve_later(&domain);
+                }
+                1 => self.stats.answers_lost += 1,
+                _ => relay.answers.push((self.now + self.rng.below(3_000), domain)),
+            },
             Intent::Connect { conn, plan } => {
                 relay.sessions += 1;
                 let mut m = Outgoing::new(&plan.ehlo, TlsMode::Off, None);
@@ -624,19 +662,64 @@ impl World {
                 c.idle = false;
                 c.relay.quit();
             }
-            Intent::Record(r) => {
-                let id = id_of_rcpt(&r.rcpt);
-                match r.kind {
-                    Kind::Delivered => drop(self.ledger.delivered.insert((id, r.rcpt.clone()))),
-                    Kind::Bounced => drop(self.ledger.bounced.insert((id, r.rcpt.clone()))),
-                    _ => {}
+            Intent::Record(r) => relay.rows_unsent.push(*r),
+            intent @ Intent::Outcome { .. } => {
+                let durable = relay.rows_durable;
+                if let Some(Intent::Outcome { msg, rcpt }) =
+                    relay.gate.admit(intent, !relay.rows_unsent.is_empty(), durable)
+                {
+                    let o = Outcome { seg_shard: 0, seg_seq: msg.seg.seq, offset: msg.offset, rcpt };
+                    relay.spool.record_outcome(o, msg.seg);
                 }
             }
-            Intent::Outcome { msg, rcpt } => {
+            Intent::Dispatch { .. } | Intent::Dsn { .. } => unreachable!("one shard, no DSNs asked for"),
+        }
+    }
+
+    // ---- The control plane ------------------------------------------------------------
+
+    /// DNS answers that are due; rows sent to the accounting writer (when its channel has
+    /// room) and confirmed durable by it now and then; outcomes whose rows are durable, to
+    /// the journal. Only a durable row counts in the ledger: the checker's "the relay learnt
+    /// it" is "its accounting row survived".
+    fn step_control(&mut self, relay: &mut Relay) {
+        let now = self.now();
+        let (due, later): (Vec<_>, Vec<_>) = relay.answers.drain(..).partition(|(at, _)| *at <= self.now);
+        relay.answers = later;
+        for (_, domain) in due {
+            let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.25:25".parse().expect("an address") };
+            // Short TTLs: queues resolve again often, and answers are lost again.
+            let ttl_ms = 1_000 + self.rng.below(30_000);
+            relay.sched.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), ttl_ms, None, now);
+        }
+        if !relay.rows_unsent.is_empty() {
+            match self.rng.below(8) {
+                0 => self.stats.control_busy += 1,
+                _ => {
+                    let batch = relay.gate.next_batch();
+                    relay.gate.sent();
+                    relay.rows_written.push((batch, std::mem::take(&mut relay.rows_unsent)));
+                }
+            }
+        }
+        if !relay.rows_written.is_empty() && self.rng.below(5) == 0 {
+            for (batch, rows) in relay.rows_written.drain(..) {
+                relay.rows_durable = batch;
+                for r in rows {
+                    let id = id_of_rcpt(&r.rcpt);
+                    match r.kind {
+                        Kind::Delivered => drop(self.ledger.delivered.insert((id, r.rcpt.clone()))),
+                        Kind::Bounced => drop(self.ledger.bounced.insert((id, r.rcpt.clone()))),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        while let Some(intent) = relay.gate.release(relay.rows_durable) {
+            if let Intent::Outcome { msg, rcpt } = intent {
                 let o = Outcome { seg_shard: 0, seg_seq: msg.seg.seq, offset: msg.offset, rcpt };
                 relay.spool.record_outcome(o, msg.seg);
             }
-            Intent::Dispatch { .. } | Intent::Dsn { .. } => unreachable!("one shard, no DSNs asked for"),
         }
     }
 
@@ -807,7 +890,9 @@ impl World {
     // ---- Outbound: the relay's outbound machine and the receiver -------------------------
 
     fn drive_outbound(&mut self, relay: &mut Relay) {
-        let conns: Vec<ConnId> = relay.outbound.keys().copied().collect();
+        // In a fixed order: a seed replays the same world whatever the map's hashing.
+        let mut conns: Vec<ConnId> = relay.outbound.keys().copied().collect();
+        conns.sort_unstable();
         for conn in conns {
             if !relay.outbound.contains_key(&conn) {
                 continue;
@@ -962,6 +1047,9 @@ impl World {
                 relay.spool.tick(self.now);
                 relay.sched.tick(self.now());
             }
+            if self.rng.below(3) == 0 {
+                self.step_control(&mut relay);
+            }
             for slot in 0..INJECTORS {
                 self.drive_inbound(&mut relay, slot);
             }
@@ -1002,6 +1090,10 @@ impl World {
             && relay.jnl_writes.is_empty()
             && relay.sched.ready_work() == 0
             && self.outside.next_to_inject(self.now).is_none()
+            && relay.answers.is_empty()
+            && relay.rows_unsent.is_empty()
+            && relay.rows_written.is_empty()
+            && relay.gate.waiting() == 0
     }
 
     fn delivered_all(&self, relay: &Relay) -> bool {
@@ -1115,6 +1207,8 @@ fn relay_loses_nothing_through_faults_short_sends_and_crashes() {
         ("short body sends", total.short_body_sends),
         ("segments deleted", total.segments_deleted),
         ("journals retired", total.journals_retired),
+        ("busy control channels", total.control_busy),
+        ("lost DNS answers", total.answers_lost),
     ] {
         assert!(n >= 20, "{what} exercised only {n} times: {total:?}");
     }
@@ -1139,6 +1233,8 @@ fn add(total: &mut Stats, s: &Stats) {
         (&mut total.duplicates, s.duplicates),
         (&mut total.segments_deleted, s.segments_deleted),
         (&mut total.journals_retired, s.journals_retired),
+        (&mut total.control_busy, s.control_busy),
+        (&mut total.answers_lost, s.answers_lost),
     ];
     for (t, v) in fields {
         *t += v;

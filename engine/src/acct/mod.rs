@@ -3,6 +3,8 @@
 //! text, `srcMta` as `helo (ip)`, times as `YYYY-MM-DD HH:MM:SS+0000` or Unix seconds), and
 //! the CSV line for a file's columns (RFC 4180 quoting).
 
+pub mod gate;
+
 use crate::time::iso8601;
 use sluice_config::AcctField;
 use std::borrow::Cow;

@@ -252,12 +252,13 @@ impl<M: Message> Scheduler<M> {
                 r.headers.clone_from(&headers);
                 super::stamp(r, &job.msg, rcpt.index);
             }
-            for rcpt in &job.rcpts {
-                self.intents.push_back(Intent::Outcome { msg: job.msg.clone(), rcpt: rcpt.index });
-            }
             n += records.len() as u64;
+            // Rows first: their outcomes are journaled once they are durable.
             for r in records {
                 self.record(r);
+            }
+            for rcpt in &job.rcpts {
+                self.intents.push_back(Intent::Outcome { msg: job.msg.clone(), rcpt: rcpt.index });
             }
             self.dirty.push(id);
         }

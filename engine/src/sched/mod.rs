@@ -702,6 +702,7 @@ impl<M: Message> Scheduler<M> {
         for (rcpt, fate, mut record) in outcomes {
             record.headers.clone_from(&headers);
             stamp(&mut record, &msg, rcpt.index);
+            let mut outcome = None;
             if fate == Fate::Final {
                 let (notify, orcpt) = msg.rcpt_dsn(rcpt.index);
                 if notify_of(record.kind, notify, info.dsn_offered)
@@ -710,10 +711,13 @@ impl<M: Message> Scheduler<M> {
                     // Journaled once the DSN reporting it is durable.
                     failed.push((rcpt.index, dsn_failed(&record, info, orcpt)));
                 } else {
-                    self.intents.push_back(Intent::Outcome { msg: msg.clone(), rcpt: rcpt.index });
+                    outcome = Some(Intent::Outcome { msg: msg.clone(), rcpt: rcpt.index });
                 }
             }
+            // The row before the outcome: the shard journals an outcome only once the rows
+            // asked for before it are durable.
             self.record(record);
+            self.intents.extend(outcome);
         }
         if !failed.is_empty() {
             self.intents.push_back(Intent::Dsn { msg, failed });
@@ -905,9 +909,18 @@ impl<M: Message> Scheduler<M> {
         self.queues.iter().flatten().map(|st| st.q.ready_jobs()).sum()
     }
 
-    /// The soonest a waiting job becomes due (monotonic ms), if any waits.
+    /// The soonest a waiting job becomes due, or a lost DNS answer is asked for again
+    /// (monotonic ms), if any.
     pub fn next_due_ms(&self) -> Option<u64> {
-        self.queues.iter().flatten().filter_map(|st| st.q.next_retry_ms()).min()
+        let due = |st: &QueueState<M>| {
+            // A resolution whose answer never came is asked for again then.
+            let ask_again = match st.hops {
+                HopState::Resolving { since_ms } => Some(since_ms.saturating_add(RESOLVE_ANSWER_WAIT_MS)),
+                _ => None,
+            };
+            [st.q.next_retry_ms(), ask_again].into_iter().flatten().min()
+        };
+        self.queues.iter().flatten().filter_map(due).min()
     }
 }
 

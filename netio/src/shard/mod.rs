@@ -22,6 +22,7 @@ use inbound::InConn;
 use io_uring::{opcode, squeue, types, IoUring};
 use outbound::OutConn;
 use slab::Slab;
+use sluice_engine::acct::gate::RowGate;
 use sluice_engine::acct::Record;
 use sluice_engine::sched::backlog::Backlog;
 use sluice_engine::sched::{ConnId, Intent, Scheduler};
@@ -167,13 +168,11 @@ pub(crate) struct Shard {
     stats: Arc<ShardStats>,
     outbox: Vec<(u32, ShardMsg)>,
     acct: Vec<Record>,
-    /// Accounting batches handed to the control plane; the next is `acct_sent + 1`.
-    acct_sent: u64,
     /// Outcomes to journal and DSNs to spool (`Intent::Outcome`, `Intent::Dsn`), each waiting
-    /// for the accounting batch that holds its row to be durable: (batch, intent). A crash
-    /// before then leaves the recipient pending (tried again, with a row of its own), never
-    /// an outcome without its row.
-    held: std::collections::VecDeque<(u64, Intent<MsgRef>)>,
+    /// for the accounting batch that holds its row to be durable. A crash before then leaves
+    /// the recipient pending (tried again, with a row of its own), never an outcome without
+    /// its row.
+    held: RowGate<Intent<MsgRef>>,
     timespec: Box<types::Timespec>,
     event_buf: Box<u64>,
     completions: Vec<(u64, i32)>,
@@ -231,8 +230,7 @@ impl Shard {
             stats,
             outbox: Vec::new(),
             acct: Vec::new(),
-            acct_sent: 0,
-            held: Default::default(),
+            held: RowGate::default(),
             timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
             event_buf: Box::new(0),
             completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
@@ -417,14 +415,14 @@ impl Shard {
             return;
         }
         let records = std::mem::take(&mut self.acct);
-        let req = ControlRequest::Acct { shard: self.id, batch: self.acct_sent + 1, records };
+        let req = ControlRequest::Acct { shard: self.id, batch: self.held.next_batch(), records };
         let result = if blocking {
             self.shared.core.control.send_timeout(req, std::time::Duration::from_secs(2)).map_err(|e| e.into_inner())
         } else {
             self.shared.core.control.try_send(req).map_err(|e| e.into_inner())
         };
         match result {
-            Ok(()) => self.acct_sent += 1,
+            Ok(()) => self.held.sent(),
             Err(ControlRequest::Acct { records, .. }) => self.acct = records,
             Err(_) => unreachable!("the request sent comes back"),
         }
@@ -433,11 +431,9 @@ impl Shard {
     /// An outcome to journal or a DSN to spool: at once when every row recorded before it
     /// is durable, else held until it is (`held`).
     fn after_rows(&mut self, intent: Intent<MsgRef>) {
-        let batch = self.acct_sent + u64::from(!self.acct.is_empty());
-        if self.held.is_empty() && batch <= self.acct_durable() {
-            return self.carry_out_held(intent);
+        if let Some(intent) = self.held.admit(intent, !self.acct.is_empty(), self.acct_durable()) {
+            self.carry_out_held(intent);
         }
-        self.held.push_back((batch, intent));
     }
 
     fn acct_durable(&self) -> u64 {
@@ -447,12 +443,8 @@ impl Shard {
     /// Carries out the held intents whose rows are durable (all of them with `all`: a
     /// shutdown whose accounting writer did not answer in time).
     fn release_held(&mut self, all: bool) {
-        if self.held.is_empty() {
-            return;
-        }
         let durable = if all { u64::MAX } else { self.acct_durable() };
-        while self.held.front().is_some_and(|(batch, _)| *batch <= durable) {
-            let (_, intent) = self.held.pop_front().expect("checked");
+        while let Some(intent) = self.held.release(durable) {
             self.carry_out_held(intent);
         }
     }
@@ -515,14 +507,14 @@ impl Shard {
     fn finished(&mut self) -> bool {
         let Some(since) = self.stopping_since_ms else { return false };
         let grace_over = self.now.ms() >= since + SHUTDOWN_GRACE_MS;
-        if !self.held.is_empty() {
+        if self.held.waiting() > 0 {
             if !grace_over {
                 return false;
             }
             // Journaled without their rows rather than delivered again after the restart.
             tracing::error!(
                 shard = self.id,
-                outcomes = self.held.len(),
+                outcomes = self.held.waiting(),
                 "shutdown: the accounting writer has not confirmed the last rows; journaling their outcomes anyway"
             );
             self.release_held(true);
