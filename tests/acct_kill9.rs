@@ -8,12 +8,9 @@
 //! than copies at the receiver.
 
 mod common;
+use common::inject::{Injectors, Plan};
 use common::*;
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const INJECTORS: usize = 4;
@@ -21,56 +18,11 @@ const KILLS: usize = 5;
 /// Injectors run until the last kill; these bound them in any case.
 const MESSAGES_MAX: u64 = 50_000;
 const INJECT_TIME_MAX: Duration = Duration::from_secs(40);
-const PACE: Duration = Duration::from_millis(5);
 
-fn reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if line.len() < 4 || line.as_bytes()[3] == b' ' {
-            return Ok(line);
-        }
-    }
-}
-
-/// One session: messages to `r<id>@good.test` and `r<id>@bad.test` until an error.
-fn session(addr: SocketAddr, next: &AtomicU64, acked: &Mutex<HashSet<u64>>, stop: &AtomicBool) -> std::io::Result<()> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut w = s.try_clone()?;
-    let mut r = BufReader::new(s);
-    reply(&mut r)?;
-    w.write_all(b"EHLO crash.test\r\n")?;
-    reply(&mut r)?;
-    while !stop.load(Ordering::SeqCst) {
-        let id = next.fetch_add(1, Ordering::SeqCst);
-        if id >= MESSAGES_MAX {
-            stop.store(true, Ordering::SeqCst);
-            break;
-        }
-        let envelope =
-            format!("MAIL FROM:<s@src.test>\r\nRCPT TO:<r{id}@good.test>\r\nRCPT TO:<r{id}@bad.test>\r\nDATA\r\n");
-        w.write_all(envelope.as_bytes())?;
-        for _ in 0..4 {
-            let line = reply(&mut r)?;
-            if !line.starts_with('2') && !line.starts_with("354") {
-                return Err(std::io::Error::other(line));
-            }
-        }
-        let body =
-            format!("Subject: acct {id}\r\nX-Acct-Id: {id}\r\n\r\n{}\r\n.\r\n", "y".repeat(100 + (id as usize % 500)));
-        w.write_all(body.as_bytes())?;
-        if reply(&mut r)?.starts_with("250") {
-            acked.lock().unwrap().insert(id);
-        }
-        // Paced (about 800 messages a second from all injectors): enough to have deliveries
-        // under way at every kill, few enough that the rows are checked in seconds.
-        std::thread::sleep(PACE);
-    }
-    let _ = w.write_all(b"QUIT\r\n");
-    Ok(())
+/// Message `id` to `r<id>@good.test` and `r<id>@bad.test`.
+fn compose(id: u64) -> (Vec<String>, String) {
+    let body = format!("Subject: acct {id}\r\nX-Acct-Id: {id}\r\n\r\n{}\r\n", "y".repeat(100 + (id as usize % 500)));
+    (vec![format!("r{id}@good.test"), format!("r{id}@bad.test")], body)
 }
 
 /// `r<id>@<domain>` → id.
@@ -126,39 +78,29 @@ fn sigkill_during_delivery_and_bounces_leaves_every_outcome_its_row() {
         ),
         None,
     );
-    let addr = relay.addr();
-    let next = Arc::new(AtomicU64::new(0));
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let injectors: Vec<_> = (0..INJECTORS)
-        .map(|_| {
-            let (next, acked, stop) = (next.clone(), acked.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < INJECT_TIME_MAX {
-                    if session(addr, &next, &acked, &stop).is_err() {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            })
-        })
-        .collect();
+    // Paced (about 800 messages a second from all injectors): enough to have deliveries
+    // under way at every kill, few enough that the rows are checked in seconds.
+    let plan = Plan {
+        threads: INJECTORS,
+        messages_max: MESSAGES_MAX,
+        time_max: INJECT_TIME_MAX,
+        pace: Duration::from_millis(5),
+        mail_from: "s@src.test",
+        compose,
+    };
+    let injectors = Injectors::start(relay.addr(), plan);
     for k in 0..KILLS {
         // The kill lands while rows come in: in the middle of deliveries and bounces.
         let before = relay.rows_of("d").len() + relay.rows_of("b").len();
         wait_for("deliveries and bounces under way", Duration::from_secs(20), || {
             (relay.rows_of("d").len() + relay.rows_of("b").len() >= before + 20 * (k + 1)).then_some(())
         });
-        assert!(!stop.load(Ordering::SeqCst), "the injectors stopped before kill {k}");
+        assert!(!injectors.stopped(), "the injectors stopped before kill {k}");
         relay.kill9();
         std::thread::sleep(Duration::from_millis(100));
         relay.spawn();
     }
-    stop.store(true, Ordering::SeqCst);
-    for t in injectors {
-        t.join().unwrap();
-    }
-    let acked = acked.lock().unwrap().clone();
+    let acked = injectors.finish();
     assert!(acked.len() > 100, "too few messages acknowledged to mean anything: {}", acked.len());
 
     // Every acknowledged message delivered to good.test and bounced for bad.test (with its

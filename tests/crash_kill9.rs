@@ -5,12 +5,9 @@
 //! shard's real io_uring paths.
 
 mod common;
+use common::inject::{Injectors, Plan};
 use common::*;
-use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 const INJECTORS: usize = 6;
@@ -21,52 +18,10 @@ const INJECT_TIME_MAX: Duration = Duration::from_secs(40);
 /// Deliveries one SIGKILL may interrupt (and so repeat); see the assertion.
 const DUPLICATES_PER_KILL_MAX: usize = 64;
 
-fn reply(r: &mut BufReader<TcpStream>) -> std::io::Result<String> {
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        if line.len() < 4 || line.as_bytes()[3] == b' ' {
-            return Ok(line);
-        }
-    }
-}
-
-/// One session: sends messages until an error; returns on any failure.
-fn session(addr: SocketAddr, next: &AtomicU64, acked: &Mutex<HashSet<u64>>, stop: &AtomicBool) -> std::io::Result<()> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut w = s.try_clone()?;
-    let mut r = BufReader::new(s);
-    reply(&mut r)?;
-    w.write_all(b"EHLO crash.test\r\n")?;
-    reply(&mut r)?;
-    while !stop.load(Ordering::SeqCst) {
-        let id = next.fetch_add(1, Ordering::SeqCst);
-        if id >= MESSAGES_MAX {
-            stop.store(true, Ordering::SeqCst);
-            break;
-        }
-        w.write_all(b"MAIL FROM:<c@src.test>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n")?;
-        for _ in 0..3 {
-            let line = reply(&mut r)?;
-            if !line.starts_with('2') && !line.starts_with("354") {
-                return Err(std::io::Error::other(line));
-            }
-        }
-        let body = format!(
-            "Subject: crash {id}\r\nX-Crash-Id: {id}\r\n\r\n{}\r\n.\r\n",
-            "x".repeat(200 + (id as usize % 700))
-        );
-        w.write_all(body.as_bytes())?;
-        let line = reply(&mut r)?;
-        if line.starts_with("250") {
-            acked.lock().unwrap().insert(id);
-        }
-    }
-    let _ = w.write_all(b"QUIT\r\n");
-    Ok(())
+/// Message `id` to the sink, 200 to 900 bytes of body.
+fn compose(id: u64) -> (Vec<String>, String) {
+    let body = format!("Subject: crash {id}\r\nX-Crash-Id: {id}\r\n\r\n{}\r\n", "x".repeat(200 + (id as usize % 700)));
+    (vec!["r@sink.test".to_string()], body)
 }
 
 fn scenario(shards: Option<u32>, faults: Option<&str>) {
@@ -78,36 +33,25 @@ fn scenario(shards: Option<u32>, faults: Option<&str>) {
         &env,
     );
     let addr = relay.addr();
-    let next = Arc::new(AtomicU64::new(0));
-    let acked = Arc::new(Mutex::new(HashSet::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let injectors: Vec<_> = (0..INJECTORS)
-        .map(|_| {
-            let (next, acked, stop) = (next.clone(), acked.clone(), stop.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) && started.elapsed() < INJECT_TIME_MAX {
-                    if session(addr, &next, &acked, &stop).is_err() {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                }
-            })
-        })
-        .collect();
+    let plan = Plan {
+        threads: INJECTORS,
+        messages_max: MESSAGES_MAX,
+        time_max: INJECT_TIME_MAX,
+        pace: Duration::ZERO,
+        mail_from: "c@src.test",
+        compose,
+    };
+    let injectors = Injectors::start(addr, plan);
     let mut kills_under_load = 0;
     for k in 0..KILLS {
         std::thread::sleep(Duration::from_millis(400 + 250 * k as u64));
-        kills_under_load += usize::from(!stop.load(Ordering::SeqCst));
+        kills_under_load += usize::from(!injectors.stopped());
         relay.kill9();
         std::thread::sleep(Duration::from_millis(100));
         relay.spawn();
     }
-    stop.store(true, Ordering::SeqCst);
-    for t in injectors {
-        t.join().unwrap();
-    }
+    let acked = injectors.finish();
     assert_eq!(kills_under_load, KILLS, "every SIGKILL must land while clients inject");
-    let acked = acked.lock().unwrap().clone();
     assert!(acked.len() > 200, "too few messages acknowledged to mean anything: {}", acked.len());
     let seen = || {
         let mut seen: HashMap<u64, usize> = HashMap::new();

@@ -3,8 +3,6 @@
 //! corpora (`fuzz/corpus/TARGET/`, the inputs that reached new code). A crash found once
 //! fails `cargo test` for ever after, whatever a short fuzz run happens to try.
 
-use hickory_resolver::proto::op::Message;
-use hickory_resolver::proto::rr::RData;
 use std::path::{Path, PathBuf};
 
 /// A fuzz target's check of one input (it panics on a defect).
@@ -19,24 +17,10 @@ const TARGETS: &[(&str, Check)] = &[
     ("message_content", sluice_engine::fuzz_check::message_content),
     ("reports", sluice_engine::fuzz_check::reports),
     ("http_request", sluice_engine::fuzz_check::http_request),
-    ("mx_answer", mx_answer),
+    ("mx_answer", sluice_engine::fuzz_check::mx_message),
     ("config", sluice_config::fuzz_check::config),
     ("spool_record", sluice_spool::fuzz_check::spool_record),
 ];
-
-/// As `fuzz/fuzz_targets/mx_answer.rs`: the bytes as a DNS message, its MX records planned.
-fn mx_answer(input: &[u8]) {
-    let Ok(message) = Message::from_vec(input) else { return };
-    let records: Vec<(u16, String)> = message
-        .answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            Some(RData::MX(mx)) => Some((mx.preference(), mx.exchange().to_utf8())),
-            _ => None,
-        })
-        .collect();
-    sluice_engine::fuzz_check::mx_answer(&records);
-}
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> =

@@ -230,8 +230,26 @@ pub fn http_request(input: &[u8]) {
     }
 }
 
-/// An MX answer's records (decoded from DNS wire format by the fuzz target; here the
-/// preference and exchange pairs): the plan never panics and keeps every usable host once.
+/// Any bytes a resolver may hand back, decoded as a DNS message by hickory (the decoder of
+/// the resolver sluice uses); its MX records then go through sluice's plan (`mx_answer`).
+#[cfg(feature = "dns-message")]
+pub fn mx_message(input: &[u8]) {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    let Ok(message) = Message::from_vec(input) else { return };
+    let records: Vec<(u16, String)> = message
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            Some(RData::MX(mx)) => Some((mx.preference(), mx.exchange().to_utf8())),
+            _ => None,
+        })
+        .collect();
+    mx_answer(&records);
+}
+
+/// An MX answer's records (the preference and exchange pairs): the plan never panics and
+/// keeps every usable host once.
 pub fn mx_answer(records: &[(u16, String)]) {
     use crate::route::mx::{plan, MxPlan};
     let (p, set) = plan(records);

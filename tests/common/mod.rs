@@ -3,6 +3,8 @@
 //! accounting rows, dumped messages, spool files, SMTP replies.
 #![allow(dead_code)]
 
+pub mod inject;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
