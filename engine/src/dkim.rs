@@ -8,6 +8,7 @@
 //! 1,767 signatures a second on one core, `sluice sign-speed`), the same bytes (PKCS#1 v1.5
 //! is deterministic). ring still makes Ed25519 signatures and everything else mail-auth does.
 
+use crate::smtp::headers::header_bounds;
 use mail_auth::common::crypto::{Algorithm, Ed25519Key, Sha256};
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
@@ -181,7 +182,7 @@ impl Keys {
         // Streamed: the header section is buffered, the body hashed chunk by chunk.
         let mut stream = signer.sign_streaming();
         let mut pieces = Vec::with_capacity(4);
-        let body_at = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 4);
+        let body_at = header_bounds(data).1;
         for chunk in unstuffed(data) {
             // The header section goes as it is; relaxed body lines lose trailing whitespace.
             let start = chunk.as_ptr() as usize - data.as_ptr() as usize;
@@ -279,8 +280,7 @@ pub fn unstuffed(data: &[u8]) -> Vec<&[u8]> {
 /// RFC 5322 parse (mail-parser: comments, display names, encoded words, groups and obsolete
 /// forms), never the raw text after the `@` (`a@example.com (John Doe)` is example.com).
 pub fn from_domain(data: &[u8]) -> Option<String> {
-    let header_end = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 4);
-    let headers = &data[..header_end];
+    let headers = &data[..header_bounds(data).1];
     let message = mail_parser::MessageParser::new().parse_headers(headers)?;
     let address = message.from()?.first()?.address()?;
     let domain = address.rsplit_once('@')?.1.trim().trim_end_matches('.');
@@ -294,7 +294,7 @@ pub fn from_domain(data: &[u8]) -> Option<String> {
 /// fail signatures the other passes. Such a message is not signed, rather than carry a
 /// signature that fails.
 pub fn header_section_well_formed(data: &[u8]) -> bool {
-    let end = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |i| i + 2);
+    let end = header_bounds(data).0;
     let mut first = true;
     data[..end].split(|b| *b == b'\n').filter(|l| !l.is_empty()).all(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);

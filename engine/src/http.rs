@@ -32,8 +32,8 @@ pub fn url_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Two hex digits (no sign: `u8::from_str_radix` would take `+1`).
-fn hex_byte(two: &[u8]) -> Option<u8> {
+/// Two hex digits as a byte (no sign, no space: `from_str_radix` would take `+1`).
+pub(crate) fn hex_byte(two: &[u8]) -> Option<u8> {
     let digit = |b: u8| (b as char).to_digit(16);
     Some((digit(two[0])? * 16 + digit(two[1])?) as u8)
 }

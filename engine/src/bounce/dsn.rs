@@ -141,7 +141,7 @@ pub fn build(r: &Report) -> Vec<u8> {
         return out;
     }
     // The original header, already in transparency form: copied as it is.
-    let header_end = memchr::memmem::find(r.original, b"\r\n\r\n").map_or(r.original.len(), |i| i + 2);
+    let header_end = crate::smtp::headers::header_bounds(r.original).0;
     let mut header = &r.original[..header_end.min(RETURNED_HEADER_BYTES_MAX)];
     if let Some(last_crlf) = memchr::memmem::rfind(header, b"\r\n") {
         header = &header[..last_crlf + 2]; // whole lines only

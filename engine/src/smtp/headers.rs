@@ -135,13 +135,24 @@ fn find_field(data: &[u8], end: usize, name: &str) -> Option<(usize, usize)> {
     None
 }
 
-/// Offset of the blank line that ends the header section (the header bytes are before it).
-fn header_section_end(data: &[u8]) -> Option<usize> {
+/// Where the header section of a message (CRLF lines) ends: the end of its last line (its
+/// CRLF included) and the start of the body (after the blank line). A message without a blank
+/// line is all header: both are its length.
+pub fn header_bounds(data: &[u8]) -> (usize, usize) {
     if data.starts_with(b"\r\n") {
-        return Some(0);
+        return (0, 2);
     }
-    let limit = data.len().min(HEADER_SECTION_BYTES_MAX);
-    memchr::memmem::find(&data[..limit], b"\r\n\r\n").map(|i| i + 2)
+    match memchr::memmem::find(data, b"\r\n\r\n") {
+        Some(i) => (i + 2, i + 4),
+        None => (data.len(), data.len()),
+    }
+}
+
+/// Offset of the blank line that ends the header section (the header bytes are before it),
+/// if there is one within `HEADER_SECTION_BYTES_MAX`.
+fn header_section_end(data: &[u8]) -> Option<usize> {
+    let (end, body) = header_bounds(&data[..data.len().min(HEADER_SECTION_BYTES_MAX)]);
+    (body > end).then_some(end)
 }
 
 /// End of the field starting at `at`: past its CRLF and any continuation lines.

@@ -1048,8 +1048,7 @@ fn xtext_decode(v: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => {
-                let hex = v.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                out.push(crate::http::hex_byte(bytes.get(i + 1..i + 3)?)?);
                 i += 3;
             }
             b'!'..=b'~' if bytes[i] != b'=' => {
@@ -1078,4 +1077,19 @@ fn parse_notify(v: &str) -> Option<u8> {
         };
     }
     Some(bits)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xtext_decode;
+
+    /// RFC 3461 xtext: `+XX` is a byte in hex, exactly two digits; anything else is malformed.
+    #[test]
+    fn xtext_decodes_hex_pairs_only() {
+        assert_eq!(xtext_decode("a+2Bb+3Dc").as_deref(), Some("a+b=c"));
+        assert_eq!(xtext_decode("rfc822+3Ba@b.example").as_deref(), Some("rfc822;a@b.example"));
+        for bad in ["++1", "+-1", "+2", "+ 1", "a=b", "+zz", "é"] {
+            assert_eq!(xtext_decode(bad), None, "{bad:?}");
+        }
+    }
 }
