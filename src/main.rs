@@ -166,11 +166,44 @@ fn check_spool_room(config: &Config, file: &str) -> Result<(), ConfigError> {
     })
 }
 
+/// What `<smtp-user>`s get: where AUTH is offered (the `<source>` rules with `allow-auth`,
+/// on by default) and whether each user may relay once logged in.
+fn auth_summary(config: &sluice_config::Config) {
+    if config.smtp_users.is_empty() {
+        return;
+    }
+    let (offered, not): (Vec<_>, Vec<_>) = config.source_rules().iter().partition(|r| r.policy.allow_auth);
+    let cidrs = |rules: &[&sluice_config::SourceRule]| {
+        rules.iter().map(|r| format!("{}/{}", r.cidr.addr, r.cidr.prefix)).collect::<Vec<_>>().join(", ")
+    };
+    // Clients no rule covers get the defaults (allow-auth on).
+    let everyone = config.source_rules().iter().any(|r| r.cidr.prefix == 0);
+    let others = match (sluice_config::SourcePolicy::default().allow_auth && !everyone, offered.is_empty()) {
+        (false, _) => "",
+        (true, true) => "any address",
+        (true, false) => " and any address no <source> rule covers",
+    };
+    let refused = if not.is_empty() { String::new() } else { format!("; not to: {}", cidrs(&not)) };
+    println!("AUTH offered to clients of: {}{others}{refused}", cidrs(&offered));
+    let mut users: Vec<_> = config.smtp_users.values().collect();
+    users.sort_by(|a, b| a.name.cmp(&b.name));
+    for u in users {
+        let relays = config.user_policy(&u.source).always_allow_relaying;
+        println!(
+            "smtp-user {}: {} once authenticated (source {})",
+            u.name,
+            if relays { "relays" } else { "may not relay" },
+            u.source
+        );
+    }
+}
+
 /// `sluice check-config`: every error and warning with its file:line, then the count; the
 /// exit status is 2 when there is an error, 0 otherwise (warnings alone are fine).
 fn check_config(path: Option<&Path>) -> ExitCode {
     let checked = check_config_file(path);
     let mut errors = checked.errors;
+    let summary = checked.config.clone();
     // Key files, certificates and lists are read too: a `domain-key` whose file is missing
     // fails here, not at start.
     if let Some(config) = checked.config {
@@ -184,6 +217,9 @@ fn check_config(path: Option<&Path>) -> ExitCode {
     }
     for e in &errors {
         println!("{e}");
+    }
+    if let Some(config) = &summary {
+        auth_summary(config);
     }
     for w in &checked.warnings {
         println!("warning: {w}");

@@ -35,7 +35,7 @@ fn start(sink_port: u16, shards: Option<u32>) -> Relay {
              <source 127.0.0.1>\n allow-auth yes\n allow-unencrypted-plain-auth yes\n</source>\n\
              <source 127.0.0.2>\n always-allow-relaying yes\n</source>\n\
              <source 127.0.0.3>\n allow-auth yes\n allow-unencrypted-plain-auth yes\n require-auth yes\n</source>\n\
-             <source 127.0.0.4>\n smtp-service yes\n</source>\n\
+             <source 127.0.0.4>\n smtp-service yes\n allow-auth no\n</source>\n\
              <source 127.0.0.5>\n allow-auth yes\n require-starttls-before-auth yes\n</source>\n\
              <source 127.0.0.6>\n allow-auth yes\n allow-unencrypted-plain-auth yes\n smtp-max-auth-failure-rate 2/1m\n</source>\n\
              <source 127.0.0.7>\n allow-auth yes\n</source>\n\
@@ -81,7 +81,8 @@ fn only_allowed_clients_relay() {
     let relay = start(sink.addr.port(), None);
     let none: &[&str] = &[];
     let cases: &[(&str, &[&str], &str, &str)] = &[
-        // No relaying rights, no AUTH: the recipient is refused (open-relay test).
+        // No relaying rights, AUTH turned off (`allow-auth no`; it is on by default): the
+        // recipient is refused (open-relay test).
         ("127.0.0.4", none, "s@src.test", "mail=250 rcpt=550"),
         ("127.0.0.4", &["--auth", "alice:s3cret"], "s@src.test", "auth=503 mail=250 rcpt=550"),
         // AUTH allowed: without it no relaying; with good credentials, relaying.
@@ -151,4 +152,49 @@ fn auth_lockout_is_the_same_on_every_shard() {
     let seen: Vec<String> = (0..24).map(|_| probe(&relay, "127.0.0.6", "s@src.test", "x@far.test", &good)).collect();
     assert!(seen.iter().all(|r| r == "auth=454 mail=250 rcpt=550"), "{seen:?}");
     assert_eq!(probe(&relay, "127.0.0.1", "s@src.test", "x@far.test", &good), "auth=235 mail=250 rcpt=250");
+}
+
+/// A configuration written like real ones (tests/configs/08: an auto-installer's): `<smtp-user>`
+/// with a named source that sets only `default-virtual-mta`, `<source 0/0>` without an
+/// `allow-auth` line. AUTH is offered (the Guide's default), and the user relays from an
+/// address no source lets relay (Guide 3.3.8), through the pool its source names; the same
+/// client without AUTH is refused. `check-config` says so.
+#[test]
+fn a_real_shaped_config_without_allow_auth_offers_auth_and_the_user_relays() {
+    require("swaks");
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let relay = Relay::start(
+        &format!(
+            "<smtp-user admin>\n    password admin667788\n    source smtpuser-auth\n</smtp-user>\n\
+             <source smtpuser-auth>\n    default-virtual-mta pmta-pool\n</source>\n\
+             <source 0/0>\n    smtp-service yes\n    add-message-id-header yes\n</source>\n\
+             <virtual-mta mta1>\n    smtp-source-host 127.0.0.1 mta1.example.test\n</virtual-mta>\n\
+             <virtual-mta-pool pmta-pool>\n    virtual-mta mta1\n</virtual-mta-pool>\n\
+             <domain *>\n    smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        Some(1),
+    );
+    let (code, out) = run(Command::new(BIN).arg("check-config").arg("-c").arg(&relay.config));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("AUTH offered to clients of: 0.0.0.0/0"), "{out}");
+    assert!(out.contains("smtp-user admin: relays once authenticated (source smtpuser-auth)"), "{out}");
+
+    let server = relay.addr().to_string();
+    let from_elsewhere = ["--local-interface", "127.0.0.9"];
+    let (code, out) = swaks(&server, "nobody@far.test", &from_elsewhere);
+    assert_ne!(code, 0, "relayed without AUTH: {out}");
+    assert!(out.contains("550 5.7.1 Relaying denied"), "{out}");
+
+    // Plain-text passwords stay inside TLS by default (allow-unencrypted-plain-auth): the
+    // client uses CRAM-MD5 here.
+    let auth = ["--auth", "CRAM-MD5", "--auth-user", "admin", "--auth-password", "admin667788"];
+    let (code, out) = swaks(&server, "customer@far.test", &[&from_elsewhere[..], &auth[..]].concat());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("250-AUTH CRAM-MD5"), "AUTH not offered: {out}");
+    assert!(out.contains("<-  235 2.7.0 Authentication successful"), "{out}");
+    let rows = relay.wait_rows("d", 1, Duration::from_secs(15));
+    assert_eq!(rows[0]["rcpt"], "customer@far.test");
+    assert_eq!(rows[0]["vmta"], "mta1", "the pool of the user's named source");
+    assert_eq!(sink.messages().len(), 1);
 }

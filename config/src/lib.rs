@@ -164,6 +164,24 @@ impl Config {
         Some(p)
     }
 
+    /// The `<source CIDR>` rules, as written (each merged with the wider ones).
+    pub fn source_rules(&self) -> &[SourceRule] {
+        &self.sources
+    }
+
+    /// What an authenticated `<smtp-user>` whose `source` is `source` may do: relay whatever
+    /// its address (User's Guide 3.3.8), unless `{auth}` or its named source says otherwise;
+    /// a named source overrides only what it sets (3.3.7).
+    pub fn user_policy(&self, source: &str) -> SourcePolicy {
+        let mut p = SourcePolicy { always_allow_relaying: true, ..SourcePolicy::default() };
+        for name in ["{auth}", source] {
+            if let Some(o) = self.named_sources.get(name) {
+                o.apply(&mut p);
+            }
+        }
+        p
+    }
+
     /// The policy of a session from `ip` with named sources applied on top, in order (a
     /// listener's `source=NAME`, `{auth}` and an SMTP user's `source NAME`).
     pub fn policy_for(&self, ip: IpAddr, named: &[&str]) -> std::borrow::Cow<'_, SourcePolicy> {

@@ -25,7 +25,8 @@ pub struct SourcePolicy {
     /// `generate-bounces yes`: a recipient that bounces gets an RFC 3464 DSN sent to the
     /// message's envelope sender (never for a null sender).
     pub generate_bounces: bool,
-    /// `allow-auth yes`: AUTH is offered (PLAIN, LOGIN, CRAM-MD5).
+    /// `allow-auth` (default yes, User's Guide 3.3.7.6): AUTH is offered (PLAIN, LOGIN,
+    /// CRAM-MD5) when there is at least one `<smtp-user>`.
     pub allow_auth: bool,
     /// `allow-starttls` (default yes): STARTTLS is offered when a certificate is configured.
     pub allow_starttls: bool,
@@ -241,7 +242,7 @@ impl Default for SourcePolicy {
             add_received_header: true,
             hide_message_source: false,
             generate_bounces: false,
-            allow_auth: false,
+            allow_auth: true,
             allow_starttls: true,
             require_auth: false,
             require_starttls_before_auth: false,

@@ -52,7 +52,7 @@ impl Users {
             .smtp_users
             .values()
             .map(|u| {
-                let source = config.named_source(&u.source);
+                let policy = config.user_policy(&u.source);
                 let password = u.password.trim_matches('"').to_string();
                 let secret = if password.starts_with("$argon2") || password.starts_with("$6$") {
                     Secret::Hash(password)
@@ -60,13 +60,13 @@ impl Users {
                     Secret::Plain(password)
                 };
                 let restrictions = if u.restrictions == SenderRestrictions::default() {
-                    source.as_ref().map(|s| s.restrictions.clone()).unwrap_or_default()
+                    policy.restrictions.clone()
                 } else {
                     u.restrictions.clone()
                 };
                 let user = User {
                     secret,
-                    relay_allowed: source.is_none_or(|s| s.always_allow_relaying),
+                    relay_allowed: policy.always_allow_relaying,
                     restrictions,
                     source: u.source.clone(),
                 };
