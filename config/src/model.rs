@@ -306,6 +306,10 @@ pub struct DomainSettings {
     /// From domain.
     pub dkim_sign: bool,
     pub dkim: DkimOptions,
+    /// `second-dkim-sign yes`: a second signature, made with `second-dkim-*` (User's Guide
+    /// 10.3.4), e.g. the ESP's (`second-dkim-identity @esp.example`) beside the customer's.
+    pub second_dkim_sign: bool,
+    pub second_dkim: DkimOptions,
     /// `use-starttls` (default yes): STARTTLS when the receiver offers it.
     pub use_starttls: bool,
     /// `require-starttls`: no delivery without TLS (deferred with 4.7.10).
@@ -510,6 +514,8 @@ impl Default for DomainSettings {
             mx_rollup: true,
             dkim_sign: false,
             dkim: DkimOptions::default(),
+            second_dkim_sign: false,
+            second_dkim: DkimOptions::default(),
             use_starttls: true,
             require_starttls: false,
             downgrade_8bit: Downgrade8bit::QuotedPrintable,

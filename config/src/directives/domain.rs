@@ -57,29 +57,21 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
             Ok(())
         },
     },
-    Directive { name: "dkim-headers", set: dkim_headers },
-    Directive { name: "dkim-headers-canon", set: |_, o, l| canon(o, l, true) },
-    Directive { name: "dkim-header-canon", set: |_, o, l| canon(o, l, true) },
-    Directive { name: "dkim-body-canon", set: |_, o, l| canon(o, l, false) },
-    Directive {
-        name: "dkim-identity",
-        set: |_, o, l| {
-            // `sender-or-from` (the default) and `strict-from`: the From (or Sender) domain signs.
-            let v = l.one()?;
-            let identity =
-                (!["sender-or-from", "strict-from"].iter().any(|k| v.eq_ignore_ascii_case(k))).then(|| v.to_string());
-            o.set(move |s| s.dkim.identity = identity.clone());
-            Ok(())
-        },
-    },
-    Directive {
-        name: "dkim-expire-after",
-        set: |_, o, l| {
-            let v = l.value(units::parse_duration_or_never(l.one()?))?;
-            o.set(move |s| s.dkim.expire_after = v);
-            Ok(())
-        },
-    },
+    Directive { name: "dkim-headers", set: |_, o, l| dkim_headers(o, l, first) },
+    Directive { name: "dkim-headers-canon", set: |_, o, l| canon(o, l, true, first) },
+    Directive { name: "dkim-header-canon", set: |_, o, l| canon(o, l, true, first) },
+    Directive { name: "dkim-body-canon", set: |_, o, l| canon(o, l, false, first) },
+    Directive { name: "dkim-identity", set: |_, o, l| dkim_identity(o, l, first) },
+    Directive { name: "dkim-expire-after", set: |_, o, l| dkim_expire_after(o, l, first) },
+    // A second DKIM-Signature with options of its own (User's Guide 10.3.4: an ESP's beside
+    // the customer's): every `dkim-*` directive with `second-` before it.
+    flag!("second-dkim-sign", second_dkim_sign),
+    Directive { name: "second-dkim-headers", set: |_, o, l| dkim_headers(o, l, second) },
+    Directive { name: "second-dkim-headers-canon", set: |_, o, l| canon(o, l, true, second) },
+    Directive { name: "second-dkim-header-canon", set: |_, o, l| canon(o, l, true, second) },
+    Directive { name: "second-dkim-body-canon", set: |_, o, l| canon(o, l, false, second) },
+    Directive { name: "second-dkim-identity", set: |_, o, l| dkim_identity(o, l, second) },
+    Directive { name: "second-dkim-expire-after", set: |_, o, l| dkim_expire_after(o, l, second) },
     Directive {
         name: "smtp-pattern-list",
         set: |b, o, l| {
@@ -236,13 +228,25 @@ fn smtp_hosts(_: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line) 
 
 /// `dkim-headers List-Unsubscribe, Feedback-ID`: header fields signed besides the ones
 /// always signed when present (PowerMTA's rule: the listed ones add to the default set).
-fn dkim_headers(_: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line) -> Result<(), ConfigError> {
+/// Which signature a `dkim-*` directive sets: the first, or the second (`second-dkim-*`).
+type Which = fn(&mut DomainSettings) -> &mut DkimOptions;
+
+fn first(s: &mut DomainSettings) -> &mut DkimOptions {
+    &mut s.dkim
+}
+
+fn second(s: &mut DomainSettings) -> &mut DkimOptions {
+    &mut s.second_dkim
+}
+
+fn dkim_headers(o: &mut DomainOverrides, l: &Line, which: Which) -> Result<(), ConfigError> {
     let extra: Vec<String> =
         l.args.join(",").split([',', ':']).map(str::trim).filter(|h| !h.is_empty()).map(str::to_string).collect();
     o.set(move |s| {
+        let headers = &mut which(s).headers;
         for h in &extra {
-            if !s.dkim.headers.iter().any(|have| have.eq_ignore_ascii_case(h)) {
-                s.dkim.headers.push(h.clone());
+            if !headers.iter().any(|have| have.eq_ignore_ascii_case(h)) {
+                headers.push(h.clone());
             }
         }
     });
@@ -250,12 +254,28 @@ fn dkim_headers(_: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line
 }
 
 /// `relaxed` or `simple` (RFC 6376 §3.4), for headers or body.
-fn canon(o: &mut DomainOverrides, l: &Line, headers: bool) -> Result<(), ConfigError> {
+fn canon(o: &mut DomainOverrides, l: &Line, headers: bool, which: Which) -> Result<(), ConfigError> {
     let relaxed = l.choice(&[("relaxed", true), ("simple", false)])?;
     match headers {
-        true => o.set(move |s| s.dkim.header_relaxed = relaxed),
-        false => o.set(move |s| s.dkim.body_relaxed = relaxed),
+        true => o.set(move |s| which(s).header_relaxed = relaxed),
+        false => o.set(move |s| which(s).body_relaxed = relaxed),
     }
+    Ok(())
+}
+
+/// `sender-or-from` (the default) and `strict-from`: the From (or Sender) domain signs;
+/// `@domain` or `user@domain`: that domain signs, with that `i=`.
+fn dkim_identity(o: &mut DomainOverrides, l: &Line, which: Which) -> Result<(), ConfigError> {
+    let v = l.one()?;
+    let identity =
+        (!["sender-or-from", "strict-from"].iter().any(|k| v.eq_ignore_ascii_case(k))).then(|| v.to_string());
+    o.set(move |s| which(s).identity = identity.clone());
+    Ok(())
+}
+
+fn dkim_expire_after(o: &mut DomainOverrides, l: &Line, which: Which) -> Result<(), ConfigError> {
+    let v = l.value(units::parse_duration_or_never(l.one()?))?;
+    o.set(move |s| which(s).expire_after = v);
     Ok(())
 }
 

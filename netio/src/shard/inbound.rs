@@ -752,9 +752,11 @@ fn bounce_records(shared: &Shared, text: &str, to: &str, now: u64) -> Option<Vec
     Some(records)
 }
 
-/// The `DKIM-Signature:` field for a message when one of its recipient domains has
-/// `dkim-sign yes` and a `domain-key` covers its From domain (signing errors are logged and
-/// the message goes unsigned rather than refused).
+/// The `DKIM-Signature:` fields for a message when one of its recipient domains has
+/// `dkim-sign yes` (and a `domain-key` covers its From domain), then the second signature when
+/// it has `second-dkim-sign yes` (User's Guide 10.3.4; `X-DKIM-Options` is for the first
+/// only). Signing errors are logged and the message goes without that signature rather than
+/// refused.
 pub(super) fn dkim_signature(
     shared: &Shared,
     stats: &ShardStats,
@@ -776,29 +778,46 @@ pub(super) fn dkim_signature(
         }
         let s = shared.config.queue_settings(&d, vmta);
         seen.push(d);
-        s.dkim_sign.then_some(s)
+        (s.dkim_sign || s.second_dkim_sign).then_some(s)
     })?;
-    // Fields the destination's `remove-header` takes out at delivery are not signed.
-    let mut options = settings.dkim.clone();
-    options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
-    match shared.dkim.sign_with(vmta, data, &options, &message) {
-        Ok(None) if !sluice_engine::dkim::header_section_well_formed(data) => {
-            tracing::debug!("message left unsigned: a line of its header section is not a field");
-            ShardStats::add(&stats.dkim_unsignable, 1);
-            None
-        }
-        Ok(None) if message.domain.is_none() && sluice_engine::dkim::from_domain(data).is_none() => {
-            // No From address with a domain: nothing to sign for. It goes out unsigned.
-            tracing::debug!("message left unsigned: its From field has no address with a domain");
-            ShardStats::add(&stats.dkim_unsignable, 1);
-            None
-        }
-        Ok(header) => header,
-        Err(e) => {
-            tracing::error!(error = %e, "message left unsigned");
-            None
+    let mut headers = Vec::new();
+    if settings.dkim_sign {
+        let options = signed_fields(&settings.dkim, &settings);
+        match shared.dkim.sign_with(vmta, data, &options, &message) {
+            Ok(None) if !sluice_engine::dkim::header_section_well_formed(data) => {
+                tracing::debug!("message left unsigned: a line of its header section is not a field");
+                ShardStats::add(&stats.dkim_unsignable, 1);
+                return None;
+            }
+            Ok(None) if message.domain.is_none() && sluice_engine::dkim::from_domain(data).is_none() => {
+                // No From address with a domain: nothing to sign for. It goes out unsigned.
+                tracing::debug!("message left unsigned: its From field has no address with a domain");
+                ShardStats::add(&stats.dkim_unsignable, 1);
+            }
+            Ok(header) => headers.extend(header.unwrap_or_default()),
+            Err(e) => tracing::error!(error = %e, "message left unsigned"),
         }
     }
+    if settings.second_dkim_sign {
+        let options = signed_fields(&settings.second_dkim, &settings);
+        let plain = sluice_engine::dkim::MessageOptions::default();
+        match shared.dkim.sign_with(vmta, data, &options, &plain) {
+            Ok(header) => headers.extend(header.unwrap_or_default()),
+            Err(e) => tracing::error!(error = %e, "message left without its second signature"),
+        }
+    }
+    (!headers.is_empty()).then_some(headers)
+}
+
+/// A signature's options less the fields the destination's `remove-header` takes out at
+/// delivery (they are not signed).
+pub(super) fn signed_fields(
+    options: &sluice_config::DkimOptions,
+    settings: &sluice_config::DomainSettings,
+) -> sluice_config::DkimOptions {
+    let mut options = options.clone();
+    options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
+    options
 }
 
 /// A message's VMTA (`x-virtual-mta`, `<pattern-list>`, `default-virtual-mta`, then a cold

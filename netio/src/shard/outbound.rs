@@ -588,21 +588,40 @@ impl Shard {
 }
 
 /// What an attempt's accounting records say of it, for a hop about to be tried.
-/// Replaces sluice's own DKIM signature on top of `data` (transparency form) with one over
-/// `data` as it is now, made with the same key and the destination's `dkim-*` settings; a
-/// message sluice did not sign is left as it is.
+/// Replaces sluice's own DKIM signatures on top of `data` (transparency form: the first and,
+/// with `second-dkim-sign`, the second) with ones over `data` as it is now, each made with the
+/// same key and the destination's `dkim-*` (or `second-dkim-*`) settings; a message sluice did
+/// not sign is left as it is.
 fn resign(shared: &crate::Shared, domain: &str, vmta: &str, data: &mut Vec<u8>) {
-    let Some((len, message)) = sluice_engine::dkim::leading_signature(data, &shared.dkim, vmta) else { return };
-    let settings = shared.config.queue_settings(domain, vmta);
-    let mut options = settings.dkim.clone();
-    options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
-    match shared.dkim.sign_with(vmta, &data[len..], &options, &message) {
-        Ok(Some(header)) => {
-            data.splice(..len, header);
-        }
-        Ok(None) => {}
-        Err(e) => tracing::error!(error = %e, "the converted message keeps its first signature"),
+    let mut found = Vec::with_capacity(2);
+    let mut at = 0;
+    while found.len() < 2 {
+        let Some((len, message)) = sluice_engine::dkim::leading_signature(&data[at..], &shared.dkim, vmta) else {
+            break;
+        };
+        found.push((at..at + len, message));
+        at += len;
     }
+    if found.is_empty() {
+        return;
+    }
+    let settings = shared.config.queue_settings(domain, vmta);
+    let mut headers = Vec::new();
+    for (k, (old, message)) in found.iter().enumerate() {
+        let options = match k == 0 && settings.dkim_sign {
+            true => super::inbound::signed_fields(&settings.dkim, &settings),
+            false => super::inbound::signed_fields(&settings.second_dkim, &settings),
+        };
+        match shared.dkim.sign_with(vmta, &data[at..], &options, message) {
+            Ok(Some(header)) => headers.extend(header),
+            Ok(None) => headers.extend_from_slice(&data[old.clone()]),
+            Err(e) => {
+                tracing::error!(error = %e, "the converted message keeps its signature as it was");
+                headers.extend_from_slice(&data[old.clone()]);
+            }
+        }
+    }
+    data.splice(..at, headers);
 }
 
 fn attempt_info(plan: &ConnPlan, hop: &Hop) -> AttemptInfo {
