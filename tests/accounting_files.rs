@@ -151,3 +151,25 @@ fn move_interval_move_to_and_the_other_file_options() {
         .unwrap()
         .starts_with("type,timeLogged,orig,rcpt,userString,header_X-Campaign\n"));
 }
+
+/// A `d` row as PowerMTA writes one (a real PowerMTA line: `...,relayed,2.0.0 (success),
+/// smtp;250 ok ...,mx (ip),success,smtp,...,"PIPELINING,8BITMIME,SIZE,STARTTLS",...`):
+/// `bounceCat` is `success`, and `dlvEsmtpAvailable` lists the extensions the receiver
+/// offered, here Postfix's smtp-sink.
+#[test]
+fn delivered_rows_say_success_and_list_the_receivers_extensions() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], false);
+    let relay = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            sink.addr.port()
+        ),
+        Some(1),
+    );
+    swaks_send(&relay, "r@sink.test");
+    let d = relay.wait_rows("d", 1, Duration::from_secs(10));
+    assert_eq!((d[0]["dsnStatus"].as_str(), d[0]["bounceCat"].as_str()), ("2.0.0 (success)", "success"));
+    assert_eq!(d[0]["dlvEsmtpAvailable"], "PIPELINING,8BITMIME,AUTH,XCLIENT,XFORWARD,ENHANCEDSTATUSCODES,DSN");
+    let text: String = relay.acct_files().iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    assert!(text.contains(",\"PIPELINING,8BITMIME,AUTH,XCLIENT,XFORWARD,ENHANCEDSTATUSCODES,DSN\","), "{text}");
+}

@@ -36,11 +36,13 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
     let mut relay = Relay::start(
         &format!(
             "<address-list complainers>\n address-file {}\n</address-list>\n\
+             <acct-file {}>\n records f\n record-fields f *, header_subject, header_Message-Id\n</acct-file>\n\
              <feedback-loop-processor>\n deliver-unmatched-email no\n auto-suppress-list complainers\n\
              <address-list>\n address /^fbl@fbl\\.example\\.com$/\n </address-list>\n</feedback-loop-processor>\n\
              <source 127.0.0.1>\n always-allow-relaying yes\n suppression-lists complainers\n</source>\n\
              <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
             complainers.display(),
+            dir.path().join("fbl.csv").display(),
             sink.addr.port()
         ),
         Some(1),
@@ -68,6 +70,15 @@ fn reports_become_f_records_and_complainers_are_suppressed() {
         ("mail.mailbox-provider.example", "192.0.2.10")
     );
     assert_eq!(a["orig"], "bounces+job42@bounces.example.com");
+    assert_eq!(a["repSourceIp"], "127.0.0.5", "the address that handed in the report");
+    // The header columns come from the reported message the report returns (a file as a
+    // public FBL handler's README configures it).
+    let fbl = acct_files_of(dir.path(), "fbl")
+        .iter()
+        .flat_map(|f| parse_csv_rows(&std::fs::read_to_string(f).unwrap()))
+        .collect::<Vec<_>>();
+    let reported = fbl.iter().find(|r| r["rcpt"] == "complainer@mailbox-provider.example").expect("the f row");
+    assert_eq!(reported["header_Message-Id"], "<8787KJKJ3K4J3K4J3K4J3.mail@example.com>", "{reported:?}");
     let b = row("redacted@mailbox-provider.example");
     assert_eq!((b["userAgent"].as_str(), b["jobId"].as_str()), ("ProviderFBL/0.1", "job7"));
     let x = f.iter().find(|r| r["format"] == "xarf").expect("the XARF report");
@@ -158,4 +169,75 @@ fn asynchronous_bounces_become_rb_records() {
     assert!(reply.starts_with("550 5.7.1") && reply.contains("hard-bounces"), "{reply}");
     assert!(t.cmd("RCPT TO:<full.box@corp.example>").starts_with("250"));
     assert_eq!(std::fs::read_to_string(&hard).unwrap(), "gone.user@receiver.example\n");
+}
+
+/// The Postmastery pmtabounce addon (Interspire Email Marketer) configured as its README says:
+/// its own `<acct-file>` of `b` and `rb` rows with `header_X-Mailer-LID` and
+/// `header_X-Mailer-SID`, read by column name (tests/py/pmtabounce_reader.py follows its
+/// `ParseFile`). Every bounce, synchronous or asynchronous, reaches it with the list and the
+/// mailing of the message it bounced: the asynchronous ones from the headers the DSN returns.
+#[test]
+fn the_iem_bounce_addon_finds_every_bounce_with_its_list() {
+    let refusing = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &["-f", "RCPT"], false);
+    let addon = TempDir::new("iem-bounces");
+    let relay = Relay::start(
+        &format!(
+            "<acct-file {}>\n  move-interval 5m\n  records b, rb\n\
+             \x20 record-fields b timeLogged, rcpt, dsnAction, dsnStatus, dsnDiag, bounceCat, header_X-Mailer-LID, header_X-Mailer-SID\n\
+             \x20 record-fields rb timeLogged, rcpt, dsnAction, dsnStatus, dsnDiag, bounceCat, header_X-Mailer-LID, header_X-Mailer-SID\n\
+             \x20 world-readable yes\n  iso-times no # unix timestamp\n</acct-file>\n\
+             <bounce-processor>\n <address-list>\n domain bounces.example.com\n </address-list>\n</bounce-processor>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            addon.path().join("bounces.csv").display(),
+            refusing.addr.port()
+        ),
+        None,
+    );
+    // A synchronous bounce: the receiver refuses the recipient.
+    let message = "From: News <news@example.com>\r\nTo: <sync.gone@receiver.example>\r\nSubject: Weekly news\r\n\
+                   X-Mailer-LID: 14\r\nX-Mailer-SID: 347\r\n\r\nHello.\r\n";
+    assert_eq!(
+        smtplib_send(
+            &relay,
+            "127.0.0.1",
+            "bounces@bounces.example.com",
+            &["sync.gone@receiver.example"],
+            message.as_bytes()
+        ),
+        "sent"
+    );
+    // Two asynchronous ones, as Postfix and Exchange write them.
+    let dsn = |name: &str| {
+        std::fs::read_to_string(format!("{}/tests/fixtures/dsn/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let verp = "bounces+gone.user=receiver.example@bounces.example.com";
+    assert_eq!(send_to(&relay, "", verp, &dsn("postfix.eml")), "sent");
+    assert_eq!(send_to(&relay, "", "bounces@bounces.example.com", &dsn("exchange.eml")), "sent");
+    relay.wait_rows("rb", 2, Duration::from_secs(10));
+    relay.wait_rows("b", 1, Duration::from_secs(10));
+    let files = wait_for("the addon's file with three bounces", Duration::from_secs(10), || {
+        let files = acct_files_of(addon.path(), "bounces");
+        let rows: usize = files.iter().map(|f| parse_csv_rows(&std::fs::read_to_string(f).unwrap()).len()).sum();
+        (rows >= 3).then_some(files)
+    });
+    let (code, out) = run(std::process::Command::new("python3").arg(py_script("pmtabounce_reader.py")).args(&files));
+    assert_eq!(code, 0, "{out}");
+    let found: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let of = |email: &str| {
+        found.iter().find(|b| b["email"] == email).unwrap_or_else(|| panic!("{email} not found by the addon: {out}"))
+    };
+    let sync = of("sync.gone@receiver.example");
+    assert_eq!((sync["type"].as_str(), sync["statid"].as_str()), (Some("b"), Some("347")), "{out}");
+    assert_eq!(sync["listids"], serde_json::json!(["14"]), "{out}");
+    let postfix = of("gone.user@receiver.example");
+    assert_eq!((postfix["type"].as_str(), postfix["bounce_type"].as_str()), (Some("rb"), Some("hard")), "{out}");
+    assert_eq!((postfix["listids"].clone(), postfix["statid"].as_str()), (serde_json::json!(["12"]), Some("345")));
+    let exchange = of("full.box@corp.example");
+    assert_eq!((exchange["type"].as_str(), exchange["bounce_type"].as_str()), (Some("rb"), Some("soft")), "{out}");
+    assert_eq!(
+        (exchange["listids"].clone(), exchange["statid"].as_str()),
+        (serde_json::json!(["12", "14"]), Some("346"))
+    );
+    assert_eq!(found.len(), 3, "{out}");
 }

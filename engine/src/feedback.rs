@@ -25,6 +25,15 @@ pub struct Feedback {
     pub job_id: String,
     /// ARF `Reported-Domain` (XARF: the reported sender domain), when given.
     pub reported_domain: String,
+    /// The reported message's header fields (names lower-cased), when the report returns it:
+    /// the `header_*` accounting columns come from them.
+    pub original: Vec<(String, String)>,
+}
+
+/// The values of `names` (as `acct-file` columns name them, any case) among a returned
+/// message's header fields; empty where it has none.
+pub fn header_values(original: &[(String, String)], names: &[String]) -> Vec<String> {
+    names.iter().map(|n| field(original, &n.to_ascii_lowercase()).unwrap_or("").to_string()).collect()
 }
 
 /// Header fields of a block (`Name: value`, folded lines joined), names lower-cased.
@@ -144,6 +153,7 @@ fn arf(headers: &[(String, String)], report: &str, parts: &[(Vec<(String, String
         orig,
         job_id: field(&original, "x-job").unwrap_or("").to_string(),
         reported_domain: field(&r, "reported-domain").unwrap_or("").trim().to_ascii_lowercase(),
+        original,
     }
 }
 
@@ -177,6 +187,7 @@ fn xarf(text: &str) -> Option<Feedback> {
         rcpt,
         orig,
         job_id: field(&original, "x-job").unwrap_or("").to_string(),
+        original,
     })
 }
 
@@ -193,6 +204,11 @@ pub struct RemoteBounce {
     /// The Reporting-MTA (`dsnReportingMta`).
     pub reporting_mta: String,
     pub job_id: String,
+    /// The original message's envelope sender: its returned `Return-Path`, else the address
+    /// the bounce came to (the return path it was sent from, VERP or not).
+    pub orig: String,
+    /// The returned header fields of the original message (names lower-cased).
+    pub original: Vec<(String, String)>,
 }
 
 /// The failed recipients of a DSN (`Action: failed`); None when the message is no DSN.
@@ -215,6 +231,8 @@ pub fn parse_dsn(message: &str, envelope_rcpt: &str) -> Option<Vec<RemoteBounce>
     let per_message = blocks.next().unwrap_or_default();
     let reporting = field(&per_message, "reporting-mta").map(type_value).unwrap_or_default();
     let verp = verp_recipient(envelope_rcpt);
+    let orig =
+        field(&original, "return-path").map(bare).filter(|o| !o.is_empty()).unwrap_or_else(|| bare(envelope_rcpt));
     let mut out = Vec::new();
     for b in blocks {
         if !field(&b, "action").is_some_and(|a| a.eq_ignore_ascii_case("failed")) {
@@ -231,6 +249,8 @@ pub fn parse_dsn(message: &str, envelope_rcpt: &str) -> Option<Vec<RemoteBounce>
             mta: field(&b, "remote-mta").map(type_value).unwrap_or_else(|| reporting.clone()),
             reporting_mta: reporting.clone(),
             job_id: job_id.clone(),
+            orig: orig.clone(),
+            original: original.clone(),
         });
     }
     Some(out)

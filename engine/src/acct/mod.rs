@@ -41,7 +41,8 @@ pub struct Record {
     pub dlv_type: &'static str,
     pub dlv_source_ip: String,
     pub dlv_destination_ip: String,
-    pub dlv_esmtp_available: bool,
+    /// The receiver's service extensions, comma-separated (`PIPELINING,8BITMIME,SIZE`).
+    pub dlv_esmtp_available: String,
     pub dlv_size: u64,
     pub vmta: String,
     pub job_id: String,
@@ -71,6 +72,12 @@ pub struct Record {
     /// `header_NAME` columns: the message's header values, in the order of
     /// `Config::acct_headers` (empty when no accounting file asks for one).
     pub headers: Vec<String>,
+}
+
+/// The VMTA a returned message names (`X-Virtual-MTA`, kept by `retain-x-virtual-mta`), if
+/// it does.
+fn returned_vmta(original: &[(String, String)]) -> String {
+    crate::feedback::header_values(original, &["x-virtual-mta".to_string()]).remove(0)
 }
 
 /// `privacy-policy hmac-sha256 KEY`: the local part of an address becomes the hex
@@ -229,7 +236,7 @@ impl Record {
             DlvSourceIp if self.kind == Kind::Feedback => s(&self.source_ip),
             DlvSourceIp => s(&self.dlv_source_ip),
             DlvDestinationIp => s(&self.dlv_destination_ip),
-            DlvEsmtpAvailable => Cow::Borrowed(if self.dlv_esmtp_available { "yes" } else { "" }),
+            DlvEsmtpAvailable => s(&self.dlv_esmtp_available),
             DlvSize if self.dlv_size == 0 => Cow::Borrowed(""),
             DlvSize => Cow::Owned(self.dlv_size.to_string()),
             Vmta => s(&self.vmta),
@@ -272,7 +279,7 @@ impl Record {
             dlv_type: "smtp",
             dlv_source_ip: String::new(),
             dlv_destination_ip: String::new(),
-            dlv_esmtp_available: false,
+            dlv_esmtp_available: String::new(),
             dlv_size: 0,
             vmta: String::new(),
             job_id: String::new(),
@@ -296,9 +303,12 @@ impl Record {
         }
     }
 
-    /// An `f` row from a feedback report.
-    pub fn feedback(now_ms: u64, f: &crate::feedback::Feedback) -> Record {
+    /// An `f` row from a feedback report; `headers` are the `header_*` columns asked for
+    /// (`Config::acct_headers`), read from the reported message when the report returns it.
+    pub fn feedback(now_ms: u64, f: &crate::feedback::Feedback, headers: &[String]) -> Record {
         let mut r = Record::new(Kind::Feedback, now_ms);
+        r.headers = crate::feedback::header_values(&f.original, headers);
+        r.vmta = returned_vmta(&f.original);
         r.orig = f.orig.clone();
         r.rcpt = f.rcpt.clone();
         r.job_id = f.job_id.clone();
@@ -311,9 +321,13 @@ impl Record {
         r
     }
 
-    /// An `rb` row for one recipient of an asynchronous bounce, with its category.
-    pub fn remote_bounce(now_ms: u64, b: &crate::feedback::RemoteBounce, category: &str) -> Record {
+    /// An `rb` row for one recipient of an asynchronous bounce, with its category; `headers`
+    /// as for `feedback`, from the returned headers of the original message.
+    pub fn remote_bounce(now_ms: u64, b: &crate::feedback::RemoteBounce, category: &str, headers: &[String]) -> Record {
         let mut r = Record::new(Kind::RemoteBounce, now_ms);
+        r.headers = crate::feedback::header_values(&b.original, headers);
+        r.vmta = returned_vmta(&b.original);
+        r.orig = b.orig.clone();
         r.rcpt = b.rcpt.clone();
         r.dsn_status = b.status.clone();
         r.dsn_diag = format!("smtp;{}", b.diagnostic);

@@ -48,6 +48,8 @@ pub struct AttemptInfo {
     pub destination_ip: String,
     pub mx_host: String,
     pub esmtp: bool,
+    /// The extensions the receiver offered, comma-separated (`dlvEsmtpAvailable`).
+    pub esmtp_keywords: String,
     /// Another next hop (not skipped) could take a recipient refused here: `skip-mx` then
     /// retries it at once there.
     pub other_hop: bool,
@@ -595,7 +597,7 @@ impl<M> Queue<M> {
                 // Not this host or this IP: another one takes it at once (no retry delay).
                 (Kind::Transient, Fate::Retry, "")
             } else if reply.is_positive() {
-                (Kind::Delivered, Fate::Final, "")
+                (Kind::Delivered, Fate::Final, "success")
             } else if reply.is_permanent() || bounce_rcpt {
                 (Kind::Bounced, Fate::Final, bounce::classify(reply, &self.bounce_patterns))
             } else if expired {
@@ -676,7 +678,7 @@ impl<M> Queue<M> {
         r.bounce_cat = category.to_string();
         r.dlv_source_ip = info.source_ip.clone();
         r.dlv_destination_ip = info.destination_ip.clone();
-        r.dlv_esmtp_available = info.esmtp;
+        r.dlv_esmtp_available = info.esmtp_keywords.clone();
         r.dlv_size = job.size;
         r.vmta_pool = info.vmta_pool.clone();
         r.dlv_tls_protocol = info.tls_protocol.clone();

@@ -33,7 +33,51 @@ pub struct Capabilities {
     pub dsn: bool,
     pub smtputf8: bool,
     pub chunking: bool,
+    /// The service extensions offered, in the server's order, as PowerMTA's
+    /// `dlvEsmtpAvailable` column lists them (`PIPELINING,8BITMIME,SIZE,STARTTLS`).
+    pub keywords: Vec<String>,
 }
+
+/// Service extension keywords (IANA's SMTP Service Extensions registry, plus long-standing
+/// common ones): a reply's words that are none of these (the greeting, parameters) are not
+/// extensions.
+const EXTENSIONS: &[&str] = &[
+    "8BITMIME",
+    "ATRN",
+    "AUTH",
+    "BINARYMIME",
+    "BURL",
+    "CHECKPOINT",
+    "CHUNKING",
+    "CONNEG",
+    "CONPERM",
+    "DELIVERBY",
+    "DSN",
+    "ENHANCEDSTATUSCODES",
+    "ETRN",
+    "EXPN",
+    "FUTURERELEASE",
+    "HELP",
+    "LIMITS",
+    "MT-PRIORITY",
+    "MTRK",
+    "NO-SOLICITING",
+    "ONEX",
+    "PIPELINING",
+    "REQUIRETLS",
+    "RRVS",
+    "SIZE",
+    "SMTPUTF8",
+    "STARTTLS",
+    "SUBMITTER",
+    "TURN",
+    "UTF8SMTP",
+    "VERB",
+    "VRFY",
+    "XCLIENT",
+    "XEXCH50",
+    "XFORWARD",
+];
 
 /// What a transaction says besides its addresses: the DSN parameters (RFC 3461), passed on
 /// when the server offers DSN, SMTPUTF8 (RFC 6531), and the message's length when it goes
@@ -539,6 +583,9 @@ fn parse_ehlo(text: &str) -> Capabilities {
     let words: Vec<String> = text.split_ascii_whitespace().map(|w| w.to_ascii_uppercase()).collect();
     let mut caps = Capabilities { esmtp: true, ..Default::default() };
     for (i, w) in words.iter().enumerate() {
+        if EXTENSIONS.contains(&w.as_str()) && !caps.keywords.contains(w) {
+            caps.keywords.push(w.clone());
+        }
         match w.as_str() {
             "PIPELINING" => caps.pipelining = true,
             "8BITMIME" => caps.eight_bit_mime = true,

@@ -424,7 +424,11 @@ impl Shard {
         }
         let (records, suppress_add) = take_reports(&shared, &mut m, now.unix_ms);
         let mut for_later = false;
-        for r in records {
+        let reporter = self.ins.get_mut(slot).client_ip.to_string();
+        for mut r in records {
+            if r.kind == sluice_engine::acct::Kind::Feedback {
+                r.rep_source_ip.clone_from(&reporter); // `repSourceIp`: who handed us the report
+            }
             self.record(r);
         }
         // The report's reply waits for the first suppression entry (the others follow it).
@@ -710,7 +714,7 @@ fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &s
         }
         _ => None,
     };
-    Some((vec![Record::feedback(now, &f)], add.into_iter().collect()))
+    Some((vec![Record::feedback(now, &f, &shared.config.acct_headers)], add.into_iter().collect()))
 }
 
 /// Recipients an asynchronous bounce says do not exist (`bad-mailbox`, `bad-domain`,
@@ -746,7 +750,7 @@ fn bounce_records(shared: &Shared, text: &str, to: &str, now: u64) -> Option<Vec
                 .unwrap_or_else(|| Reply::new(550, format!("{} {}", b.status, b.diagnostic)));
             let category = sluice_engine::bounce::classify(&reply, &shared.config.bounce_patterns);
             tracing::info!(rcpt = %b.rcpt, %category, "remote bounce");
-            Record::remote_bounce(now, b, category)
+            Record::remote_bounce(now, b, category, &shared.config.acct_headers)
         })
         .collect();
     Some(records)

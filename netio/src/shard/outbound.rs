@@ -304,6 +304,7 @@ impl Shard {
                 None => {}
                 Some(OutEvent::Ready) => {
                     o.info.esmtp = o.m.capabilities().esmtp;
+                    o.info.esmtp_keywords = o.m.capabilities().keywords.join(",");
                     o.info.dsn_offered = o.m.capabilities().dsn && !o.plan.smtp.ignore_dsn;
                     if let Some((protocol, cipher)) = o.m.tls_info() {
                         (o.info.tls_protocol, o.info.tls_cipher) = (protocol.clone(), cipher.clone());
@@ -630,6 +631,7 @@ fn attempt_info(plan: &ConnPlan, hop: &Hop) -> AttemptInfo {
         destination_ip: hop.addr.ip().to_string(),
         mx_host: hop.host.clone(),
         esmtp: false,
+        esmtp_keywords: String::new(),
         vmta: plan.vmta.clone(),
         vmta_pool: plan.pool.clone(),
         other_hop: false,
