@@ -59,6 +59,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("24-bash-vmta-generator.conf", ""),
     ("25-panel-installer-wildcard-key.conf", "pickup"),
     ("26-test-sink-host.conf", "dummy-smtp-ip dummy-smtp-port"),
+    ("27-older-names-and-case.conf", "421-means-mx-unavailable <virtual-mta-group"),
 ];
 
 #[test]

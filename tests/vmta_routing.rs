@@ -123,3 +123,32 @@ fn reroute_and_discard_change_where_mail_goes() {
     let rcpts: Vec<String> = mx.log().into_iter().filter(|l| l.starts_with("RCPT")).collect();
     assert_eq!(rcpts.len(), 2, "the discarded one never went out: {rcpts:?}");
 }
+
+/// Names in another case than defined, and `<virtual-mta-group>` (an older name for a pool),
+/// as real configurations write them: mail goes through the group's VMTAs, and rows name the
+/// VMTAs and the pool as defined; the destination's pattern list is named in another case
+/// too (the configuration loads: before, each of these was an error).
+#[test]
+fn names_in_another_case_and_a_virtual_mta_group_route_mail() {
+    let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
+    let relay = Relay::start(
+        &format!(
+            "<virtual-mta Mta-1>\n smtp-source-host 127.0.0.1 mta1.example.net\n</virtual-mta>\n\
+             <virtual-mta mta-2>\n smtp-source-host 127.0.0.1 mta2.example.net\n</virtual-mta>\n\
+             <virtual-mta-group Warmup>\n virtual-mta mta-1\n virtual-mta MTA-2\n</virtual-mta-group>\n\
+             <smtp-pattern-list Sink-errors>\n reply /nothing matches this/ mode=backoff\n</smtp-pattern-list>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n default-virtual-mta warmup\n</source>\n\
+             <domain sink.test>\n smtp-hosts [127.0.0.1]:{}\n smtp-pattern-list sink-ERRORS\n</domain>\n",
+            sink.addr.port()
+        ),
+        Some(1),
+    );
+    for i in 0..6 {
+        swaks_send(&relay, &format!("r{i}@sink.test"));
+    }
+    let rows = relay.wait_rows("d", 6, Duration::from_secs(15));
+    for r in &rows {
+        assert!(["Mta-1", "mta-2"].contains(&r["vmta"].as_str()), "{r:?}");
+        assert_eq!(r["vmtaPool"], "Warmup", "{r:?}");
+    }
+}

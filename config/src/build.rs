@@ -9,7 +9,6 @@ use crate::model::*;
 use crate::overrides::SourceOverrides;
 use crate::units::{self, Cidr, Rate};
 use crate::{Config, ConfigError};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -165,6 +164,13 @@ const NOTES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Names real configurations still carry from older PowerMTA versions, and today's name for
+/// the same thing: (old, today's, whether it is a block).
+const OLD_NAMES: &[(&str, &str, bool)] = &[
+    ("421-means-mx-unavailable", "smtp-421-means-mx-unavailable", false),
+    ("virtual-mta-group", "virtual-mta-pool", true),
+];
+
 pub(crate) struct Builder {
     pub config: Config,
     pub errors: Vec<ConfigError>,
@@ -176,6 +182,8 @@ pub(crate) struct Builder {
     pub member_refs: Vec<(String, Span)>,
     /// Named sources used by `<smtp-user>` and listeners, checked once all is read.
     pub source_refs: Vec<(String, Span)>,
+    /// `smtp-port N`: the port of the listener made when no `smtp-listener` is given.
+    pub smtp_port: Option<u16>,
     /// `arc-sign yes` lines: they need an `arc-key`.
     pub arc_sign_refs: Vec<Span>,
     /// `suppression-lists` names, checked once all is read.
@@ -185,7 +193,7 @@ pub(crate) struct Builder {
     pub mgmt_key: Option<String>,
     /// `<source CIDR>` and `<source NAME>` blocks, merged once all is read.
     pub sources: Vec<(Cidr, SourceOverrides)>,
-    pub named_sources: HashMap<String, SourceOverrides>,
+    pub named_sources: crate::names::Names<SourceOverrides>,
     /// `<spool DIR>` blocks in order, with `deliver-only`.
     pub spools: Vec<(std::path::PathBuf, bool)>,
     /// `pattern-list` and `call-to:` names (VMTA selection), checked once all is read.
@@ -203,12 +211,13 @@ impl Builder {
             vmta_refs: Vec::new(),
             member_refs: Vec::new(),
             source_refs: Vec::new(),
+            smtp_port: None,
             arc_sign_refs: Vec::new(),
             list_refs: Vec::new(),
             mgmt_access: Vec::new(),
             mgmt_key: None,
             sources: Vec::new(),
-            named_sources: HashMap::new(),
+            named_sources: crate::names::Names::new(),
             spools: Vec::new(),
             vmta_pattern_refs: Vec::new(),
             rewrite_refs: Vec::new(),
@@ -223,18 +232,38 @@ impl Builder {
     pub fn run<T>(&mut self, scope: &Scope<T>, target: &mut T, children: &[Node]) {
         for child in children {
             let result = match child {
-                Node::Directive { name, args, span } => match scope.directives.iter().find(|d| d.name == name) {
-                    Some(d) => (d.set)(self, target, &Line { name, args, span }),
-                    None => self.unknown(scope.name, name, span, false),
-                },
-                Node::Block { name, arg, children, span } => match scope.blocks.iter().find(|b| b.name == name) {
-                    Some(b) => (b.open)(self, target, &BlockRef { name, arg: arg.as_deref(), children, span }),
-                    None => self.unknown(scope.name, name, span, true),
-                },
+                Node::Directive { name, args, span } => {
+                    let (name, old) = self.today(name, span, false);
+                    match scope.directives.iter().find(|d| d.name == name) {
+                        Some(d) => (d.set)(self, target, &Line { name, args, span }),
+                        None => self.unknown(scope.name, old, span, false),
+                    }
+                }
+                Node::Block { name, arg, children, span } => {
+                    let (name, old) = self.today(name, span, true);
+                    match scope.blocks.iter().find(|b| b.name == name) {
+                        Some(b) => (b.open)(self, target, &BlockRef { name, arg: arg.as_deref(), children, span }),
+                        None => self.unknown(scope.name, old, span, true),
+                    }
+                }
             };
             if let Err(e) = result {
                 self.errors.push(e);
             }
+        }
+    }
+
+    /// A name older PowerMTA versions used for what has another name today (`OLD_NAMES`): read
+    /// as today's, with a warning that names it. Returns the name to read and the name written.
+    fn today<'n>(&mut self, name: &'n str, span: &Span, block: bool) -> (&'n str, &'n str) {
+        match OLD_NAMES.iter().find(|(old, _, b)| *old == name && *b == block) {
+            Some((old, new, _)) => {
+                let (o, n) =
+                    if block { (format!("<{old}>"), format!("<{new}>")) } else { (old.to_string(), new.to_string()) };
+                self.warn(span, format!("`{o}` is what older PowerMTA versions called `{n}`; read as `{n}`"));
+                (new, name)
+            }
+            None => (name, name),
         }
     }
 
@@ -354,10 +383,12 @@ impl Builder {
             self.errors.push(e);
         }
         if self.config.listeners.is_empty() && self.errors.is_empty() {
-            // PowerMTA's rule: no `smtp-listener` → one on 0.0.0.0:25.
+            // PowerMTA's rule: no `smtp-listener` → one on 0.0.0.0, port `smtp-port` (25).
             let span = Span { file: file.into(), line: 0 };
-            self.warn(&span, "no `smtp-listener`: listening on 0.0.0.0:25 (PowerMTA's default)");
-            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], 25));
+            let port = self.smtp_port.unwrap_or(25);
+            let why = if self.smtp_port.is_some() { "smtp-port" } else { "PowerMTA's default" };
+            self.warn(&span, format!("no `smtp-listener`: listening on 0.0.0.0:{port} ({why})"));
+            let addr = std::net::SocketAddr::from(([0, 0, 0, 0], port));
             self.config.listeners.push(Listener { addr, source: None, immediate_tls: false });
         }
     }
@@ -382,6 +413,16 @@ impl Builder {
     }
 
     fn check_refs(&mut self) {
+        // Pool members as their VMTAs were defined (a pool may name them in another case).
+        let defined: Vec<Vec<String>> = self
+            .config
+            .pools
+            .values()
+            .map(|members| members.iter().map(|m| self.config.defined_vmta(m)).collect())
+            .collect();
+        for (members, defined) in self.config.pools.values_mut().zip(defined) {
+            *members = defined;
+        }
         let c = &self.config;
         let mut errors = Vec::new();
         for (name, span) in &self.vmta_pattern_refs {
@@ -443,13 +484,13 @@ impl Builder {
         let vmtas: Vec<&str> = c.vmtas.keys().map(String::as_str).collect();
         let targets: Vec<&str> = vmtas.iter().copied().chain(c.pools.keys().map(String::as_str)).collect();
         for (name, span) in &self.vmta_refs {
-            if !targets.contains(&name.as_str()) {
+            if !c.vmtas.contains_key(name) && !c.pools.contains_key(name) {
                 let hint = near(name, &targets, "define it with `<virtual-mta NAME>` or `<virtual-mta-pool NAME>`");
                 errors.push(ConfigError::at(span, format!("virtual MTA or pool `{name}` is not defined"), hint));
             }
         }
         for (name, span) in &self.member_refs {
-            if !vmtas.contains(&name.as_str()) {
+            if !c.vmtas.contains_key(name) {
                 let hint = near(name, &vmtas, "define it with `<virtual-mta NAME>`");
                 errors.push(ConfigError::at(span, format!("virtual MTA `{name}` is not defined"), hint));
             }

@@ -14,6 +14,7 @@ pub mod directives;
 pub mod fuzz_check;
 pub mod known;
 mod model;
+pub mod names;
 mod overrides;
 pub mod units;
 
@@ -102,7 +103,7 @@ pub struct Config {
     /// `<source CIDR>` rules, each already merged with the wider rules containing it.
     sources: Vec<SourceRule>,
     /// `<source NAME>` / `<source {NAME}>` blocks: applied on top when named.
-    named_sources: HashMap<String, SourceOverrides>,
+    named_sources: names::Names<SourceOverrides>,
     /// `<smtp-user NAME>` blocks.
     pub smtp_users: HashMap<String, SmtpUser>,
     /// `<address-list NAME>` blocks (suppression lists).
@@ -118,19 +119,19 @@ pub struct Config {
     /// `arc-key SELECTOR,DOMAIN,KEYFILE`: the key ARC seals are made with.
     pub arc_key: Option<DomainKey>,
     pub pool_domain_keys: HashMap<String, Vec<DomainKey>>,
-    pub vmtas: HashMap<String, VirtualMta>,
+    pub vmtas: names::Names<VirtualMta>,
     /// `<smtp-pattern-list NAME>` blocks.
-    pub pattern_lists: HashMap<String, std::sync::Arc<Vec<PatternRule>>>,
+    pub pattern_lists: names::Names<std::sync::Arc<Vec<PatternRule>>>,
     /// `<pattern-list NAME>`: VMTA selection rules.
-    pub vmta_pattern_lists: HashMap<String, std::sync::Arc<VmtaPatternList>>,
+    pub vmta_pattern_lists: names::Names<std::sync::Arc<VmtaPatternList>>,
     /// `<rewrite-list NAME>`.
-    pub rewrite_lists: HashMap<String, std::sync::Arc<RewriteList>>,
+    pub rewrite_lists: names::Names<std::sync::Arc<RewriteList>>,
     /// `rewrite-list NAME` in a `<virtual-mta-pool>`.
     pub pool_rewrite_lists: HashMap<String, String>,
     /// `<bounce-category-patterns>`, tried in order before the built-in rules.
     pub bounce_patterns: std::sync::Arc<Vec<BouncePattern>>,
     /// `<virtual-mta-pool NAME>` → members, used round-robin per connection.
-    pub pools: HashMap<String, Vec<String>>,
+    pub pools: names::Names<Vec<String>>,
     pub acct_files: Vec<AcctFile>,
     /// The management API, when `http-mgmt-port` is set.
     pub mgmt: Option<Mgmt>,
@@ -186,7 +187,7 @@ impl Config {
     /// listener's `source=NAME`, `{auth}` and an SMTP user's `source NAME`).
     pub fn policy_for(&self, ip: IpAddr, named: &[&str]) -> std::borrow::Cow<'_, SourcePolicy> {
         let base = self.source_policy(ip);
-        let mut applied = named.iter().filter_map(|n| self.named_sources.get(*n)).peekable();
+        let mut applied = named.iter().filter_map(|n| self.named_sources.get(n)).peekable();
         if applied.peek().is_none() {
             return std::borrow::Cow::Borrowed(base);
         }
@@ -259,14 +260,19 @@ impl Config {
         self.domains.queue_to(domain).cloned().unwrap_or_else(|| domain.to_string())
     }
 
+    /// A VMTA or pool name as it was defined, for a name written in any case (as written when
+    /// it names neither).
+    pub fn defined_vmta(&self, name: &str) -> String {
+        self.vmtas.defined(name).or_else(|| self.pools.defined(name)).unwrap_or(name).to_string()
+    }
+
     /// Resolves a VMTA or pool name.
     pub fn vmta_target(&self, name: &str) -> Option<VmtaTarget> {
-        if self.vmtas.contains_key(name) {
-            Some(VmtaTarget::Vmta(name.to_string()))
-        } else if self.pools.contains_key(name) {
-            Some(VmtaTarget::Pool(name.to_string()))
+        // The name as defined, whatever the case it is written in.
+        if let Some(defined) = self.vmtas.defined(name) {
+            Some(VmtaTarget::Vmta(defined.to_string()))
         } else {
-            None
+            self.pools.defined(name).map(|defined| VmtaTarget::Pool(defined.to_string()))
         }
     }
 }
@@ -309,7 +315,7 @@ pub fn check(file: &str, text: &str, include: &mut ast::IncludeLoader) -> Checke
 }
 
 impl Config {
-    pub(crate) fn set_sources(&mut self, rules: Vec<SourceRule>, named: HashMap<String, SourceOverrides>) {
+    pub(crate) fn set_sources(&mut self, rules: Vec<SourceRule>, named: names::Names<SourceOverrides>) {
         self.sources = rules;
         self.named_sources = named;
     }
@@ -343,7 +349,7 @@ impl Config {
             startup_delivery_delay: Duration::ZERO,
             startup_ramp: Duration::ZERO,
             sources: Vec::new(),
-            named_sources: HashMap::new(),
+            named_sources: names::Names::new(),
             smtp_users: HashMap::new(),
             address_lists: HashMap::new(),
             feedback_processor: None,
@@ -356,13 +362,13 @@ impl Config {
             acct_files: Vec::new(),
             mgmt: None,
             acct_headers: Vec::new(),
-            vmtas: HashMap::new(),
-            pattern_lists: HashMap::new(),
-            vmta_pattern_lists: HashMap::new(),
-            rewrite_lists: HashMap::new(),
+            vmtas: names::Names::new(),
+            pattern_lists: names::Names::new(),
+            vmta_pattern_lists: names::Names::new(),
+            rewrite_lists: names::Names::new(),
             pool_rewrite_lists: HashMap::new(),
             bounce_patterns: std::sync::Arc::new(Vec::new()),
-            pools: HashMap::new(),
+            pools: names::Names::new(),
             warnings: Vec::new(),
         }
     }

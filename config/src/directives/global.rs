@@ -36,6 +36,16 @@ const DIRECTIVES: &[Directive<()>] = &[
     Directive { name: "arc-key", set: arc_key },
     Directive { name: "smtp-server-tls-certificate", set: tls_certificate },
     Directive { name: "smtp-listener", set: listener },
+    Directive {
+        // The port of the listener PowerMTA makes when no `smtp-listener` is given (beside
+        // one, it changes nothing).
+        name: "smtp-port",
+        set: |b, _, l| {
+            let port = l.value(l.one()?.parse::<u16>().map_err(|_| format!("`{}` is not a port", l.args.join(" "))))?;
+            b.smtp_port = Some(port);
+            Ok(())
+        },
+    },
     Directive { name: "http-mgmt-port", set: mgmt_port },
     Directive { name: "http-access", set: http_access },
     Directive { name: "http-api-key", set: api_key },
@@ -243,23 +253,32 @@ fn tls_certificate(b: &mut Builder, _: &mut (), l: &Line) -> Result<(), ConfigEr
     Ok(())
 }
 
-/// `smtp-listener CIDR:PORT [source=NAME]`.
+/// `smtp-listener CIDR:PORT [source=NAME] [tls=yes|no]` (`tls=yes`: TLS from the first byte,
+/// as `<smtp-listener>`'s `immediate-tls yes`; later PowerMTA versions' syntax).
 fn listener(b: &mut Builder, _: &mut (), l: &Line) -> Result<(), ConfigError> {
     let Some((addr, options)) = l.args.split_first() else {
         return Err(l.err("`smtp-listener` needs an address", "write `smtp-listener 127.0.0.1:2525`"));
     };
     let addr = l.value(units::parse_listen(addr))?;
     let mut source = None;
+    let mut immediate_tls = false;
     for o in options {
         match o.split_once('=') {
             Some(("source", name)) if !name.is_empty() => {
                 b.source_refs.push((name.to_string(), l.span.clone()));
                 source = Some(name.to_string());
             }
-            _ => return Err(l.err(format!("unknown listener option `{o}`"), "the option is `source=NAME`")),
+            Some(("tls", v)) => {
+                immediate_tls = l.value(units::parse_bool(v))?;
+            }
+            _ => {
+                return Err(
+                    l.err(format!("unknown listener option `{o}`"), "the options are `source=NAME` and `tls=yes|no`")
+                )
+            }
         }
     }
-    b.config.listeners.push(Listener { addr, source, immediate_tls: false });
+    b.config.listeners.push(Listener { addr, source, immediate_tls });
     Ok(())
 }
 

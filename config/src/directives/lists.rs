@@ -166,14 +166,23 @@ fn bounce_pattern(
     span: &crate::ast::Span,
 ) -> Result<BouncePattern, ConfigError> {
     let syntax = "write `/regex/ category`, e.g. `/mailbox.*full/ quota-issues`";
-    let (body, insensitive) = match pattern.strip_prefix('/') {
-        Some(rest) if rest.ends_with("/i") && rest.len() >= 2 => (&rest[..rest.len() - 2], true),
-        Some(rest) if rest.ends_with('/') => (&rest[..rest.len() - 1], false),
-        _ => return Err(ConfigError::at(span, format!("`{pattern}` is not a /regex/"), syntax)),
+    // `/regex/ category`, `/regex/i category`, and as real files also write it, the category
+    // right after the closing slash (`/spam/spam-related`); blanks inside the regex split it
+    // into several arguments.
+    let whole = std::iter::once(pattern).chain(args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ");
+    let close = whole.rfind('/').filter(|&i| i > 0 && whole.starts_with('/'));
+    let Some(close) = close else {
+        return Err(ConfigError::at(span, format!("`{pattern}` is not a /regex/"), syntax));
     };
-    let [category] = args else {
+    let body = &whole[1..close];
+    let rest = &whole[close + 1..];
+    let (insensitive, category) = match rest.strip_prefix('i') {
+        Some(r) if r.starts_with(char::is_whitespace) => (true, r.trim()),
+        _ => (false, rest.trim()),
+    };
+    if category.is_empty() || category.contains(char::is_whitespace) {
         return Err(ConfigError::at(span, "a pattern takes one category", syntax));
-    };
+    }
     let category = category.to_ascii_lowercase();
     if !BOUNCE_CATEGORIES.contains(&category.as_str()) && category != "success" {
         let hint = near(&category, BOUNCE_CATEGORIES, "");

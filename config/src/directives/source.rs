@@ -197,7 +197,7 @@ pub(crate) fn block(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> {
             Some((_, existing)) => existing.extend(o),
             None => b.sources.push((cidr, o)),
         },
-        Err(_) => b.named_sources.entry(arg.to_string()).or_default().extend(o),
+        Err(_) => b.named_sources.entry_or_default(arg).extend(o),
     }
     Ok(())
 }

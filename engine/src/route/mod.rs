@@ -83,6 +83,16 @@ pub fn select_vmta(
     envelope: (&str, &[String]),
     data: &mut Vec<u8>,
 ) -> Result<String, String> {
+    // Names are matched in any case; queues, limits and rows use the name as defined.
+    as_written(config, policy, envelope, data).map(|v| config.defined_vmta(&v))
+}
+
+fn as_written(
+    config: &Config,
+    policy: &SourcePolicy,
+    envelope: (&str, &[String]),
+    data: &mut Vec<u8>,
+) -> Result<String, String> {
     let mut fallback = policy.default_virtual_mta.clone().unwrap_or_else(|| DEFAULT_VMTA.to_string());
     if let Some(list) = &policy.pattern_list {
         if let Some(v) = pattern_vmta(config, list, envelope.0, envelope.1, data, 0) {
