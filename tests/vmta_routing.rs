@@ -152,3 +152,39 @@ fn names_in_another_case_and_a_virtual_mta_group_route_mail() {
         assert_eq!(r["vmtaPool"], "Warmup", "{r:?}");
     }
 }
+
+/// A global `smtp-source-host` (outside any `<virtual-mta>`, as real configurations write it):
+/// mail through the default virtual MTA leaves from that address with that EHLO name; a
+/// defined VMTA keeps its own.
+#[test]
+fn a_global_smtp_source_host_is_where_default_mail_leaves_from() {
+    let receiver = PyReceiver::start();
+    let relay = Relay::start(
+        &format!(
+            "smtp-source-host 127.0.0.3 out.example.test\n\
+             <virtual-mta own>\n smtp-source-host 127.0.0.4 own.example.test\n</virtual-mta>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n process-x-virtual-mta yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            receiver.addr.port()
+        ),
+        Some(1),
+    );
+    swaks_send(&relay, "default@dest.test");
+    let (code, out) = swaks(&relay.addr().to_string(), "own@dest.test", &["--header", "X-Virtual-MTA: own"]);
+    assert_eq!(code, 0, "{out}");
+    let files = wait_for("two messages", Duration::from_secs(15), || {
+        let f = receiver.files();
+        (f.len() == 2).then_some(f)
+    });
+    let mut seen = Vec::new();
+    for f in files {
+        let env = std::fs::read_to_string(f.with_extension("env")).unwrap();
+        let lines: Vec<&str> = env.lines().collect();
+        seen.push(format!("{} from {}", lines[1], lines[3]));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["default@dest.test from 127.0.0.3 out.example.test", "own@dest.test from 127.0.0.4 own.example.test"]
+    );
+}

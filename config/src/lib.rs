@@ -62,6 +62,9 @@ impl std::error::Error for ConfigError {}
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host_name: String,
+    /// Global `smtp-source-host IP NAME`: the source of mail sent through the default virtual
+    /// MTA (any VMTA name the configuration does not define).
+    pub global_source: Option<(IpAddr, String)>,
     pub postmaster: Option<String>,
     /// `smtp-listener` lines and `<smtp-listener>` blocks (none: PowerMTA's 0.0.0.0:25).
     pub listeners: Vec<Listener>,
@@ -350,6 +353,7 @@ impl Config {
             startup_ramp: Duration::ZERO,
             sources: Vec::new(),
             named_sources: names::Names::new(),
+            global_source: None,
             smtp_users: HashMap::new(),
             address_lists: HashMap::new(),
             feedback_processor: None,

@@ -1,5 +1,6 @@
 """A byte-exact SMTP receiver for tests (aiosmtpd): every message is written, as received
-(dot-unstuffed, CRLF line ends), to DIR/NNNNN.eml, its envelope to DIR/NNNNN.env.
+(dot-unstuffed, CRLF line ends), to DIR/NNNNN.eml, its envelope to DIR/NNNNN.env (MAIL FROM,
+the recipients, MAIL's parameters, then the client's address and EHLO name).
 
 Usage: receiver.py HOST PORT DIR [--rcvbuf BYTES] [--tls CERT KEY] [--max-rcpt N] [--no-8bitmime]
 
@@ -51,6 +52,8 @@ class Keep:
             f.write(envelope.original_content)
         with open(path + ".env", "w") as f:
             f.write(f"{envelope.mail_from}\n{','.join(envelope.rcpt_tos)}\n{' '.join(envelope.mail_options)}\n")
+            # Where it came from: the sender's address and its EHLO name.
+            f.write(f"{session.peer[0]} {session.host_name}\n")
         os.rename(path + ".tmp", path + ".eml")
         return "250 2.0.0 kept"
 

@@ -37,6 +37,17 @@ const DIRECTIVES: &[Directive<()>] = &[
     Directive { name: "smtp-server-tls-certificate", set: tls_certificate },
     Directive { name: "smtp-listener", set: listener },
     Directive {
+        // Outside any <virtual-mta>: the default virtual MTA's address and EHLO name (mail no
+        // VMTA of the configuration carries leaves from it, not from the host's first address).
+        name: "smtp-source-host",
+        set: |b, _, l| {
+            let mut v = VirtualMta::default();
+            crate::directives::vmta::source_host(b, &mut v, l)?;
+            b.config.global_source = v.source_ip.zip(v.host_name);
+            Ok(())
+        },
+    },
+    Directive {
         // The port of the listener PowerMTA makes when no `smtp-listener` is given (beside
         // one, it changes nothing).
         name: "smtp-port",

@@ -60,7 +60,7 @@ pub(crate) const VMTA: Scope<VirtualMta> = Scope {
 
 /// `smtp-source-host IP HOSTNAME`: bind this address, say this name in EHLO.
 /// A VMTA binds one address here: a range or CIDR binds its first address, with a warning.
-fn source_host(b: &mut Builder, v: &mut VirtualMta, l: &Line) -> Result<(), ConfigError> {
+pub(crate) fn source_host(b: &mut Builder, v: &mut VirtualMta, l: &Line) -> Result<(), ConfigError> {
     let [ip, host] = l.args else {
         return Err(l.err(
             "`smtp-source-host` takes an IP address and a host name",

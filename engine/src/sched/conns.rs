@@ -70,8 +70,14 @@ impl<M: Message> Scheduler<M> {
             None => (queue_vmta, String::new()),
         };
         let settings = self.config.vmtas.get(&vmta);
-        let source_ip = settings.and_then(|v| v.source_ip);
-        let ehlo = settings.and_then(|v| v.host_name.clone()).unwrap_or_else(|| self.config.host_name.clone());
+        // The default VMTA (a name no <virtual-mta> defines) sends from the global
+        // `smtp-source-host`, when there is one.
+        let global = self.config.global_source.as_ref().filter(|_| settings.is_none());
+        let source_ip = settings.and_then(|v| v.source_ip).or(global.map(|g| g.0));
+        let ehlo = settings
+            .and_then(|v| v.host_name.clone())
+            .or(global.map(|g| g.1.clone()))
+            .unwrap_or_else(|| self.config.host_name.clone());
         if !self.rate_grant(id, source_ip, Grant::Connect, now) {
             return false;
         }
@@ -341,7 +347,10 @@ impl<M: Message> Scheduler<M> {
     }
 
     fn source_ip_text(&self, vmta: &str) -> String {
-        let ip = self.config.vmtas.get(vmta).and_then(|v| v.source_ip);
+        let ip = match self.config.vmtas.get(vmta) {
+            Some(v) => v.source_ip,
+            None => self.config.global_source.as_ref().map(|g| g.0),
+        };
         ip.map(|ip| ip.to_string()).unwrap_or_else(|| "default source".into())
     }
 
