@@ -7,20 +7,20 @@
 use strict;
 use warnings;
 use Mail::DKIM::Verifier;
-use Net::DNS;
+use FindBin;
+use lib $FindBin::Bin;
+use TxtRecord;
 
 my ($selector, $txt_file, @files) = @ARGV;
 open(my $t, '<', $txt_file) or die "$txt_file: $!";
 my $txt = do { local $/; <$t> };
 $txt =~ s/\s+$//;
-# A TXT record as character-strings of at most 255 bytes each.
-my $strings = join(' ', map { qq("$_") } unpack('(A255)*', $txt));
 {
     no warnings 'redefine';
     *Mail::DKIM::DNS::query = sub {
         my ($domain, $type) = @_;
         return () unless $type eq 'TXT' && $domain =~ /^\Q$selector\E\._domainkey\./i;
-        return (Net::DNS::RR->new("$domain. 300 IN TXT $strings"));
+        return (TxtRecord::rr($domain, $txt));
     };
 }
 for my $file (@files) {

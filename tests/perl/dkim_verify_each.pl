@@ -7,7 +7,9 @@
 use strict;
 use warnings;
 use Mail::DKIM::Verifier;
-use Net::DNS;
+use FindBin;
+use lib $FindBin::Bin;
+use TxtRecord;
 
 my ($keys_file, @files) = @ARGV;
 my %txt;
@@ -23,9 +25,7 @@ while (my $line = <$k>) {
         my ($domain, $type) = @_;
         my $record = $txt{lc $domain};
         return () unless $type eq 'TXT' && defined $record;
-        # A TXT record as character-strings of at most 255 bytes each.
-        my $strings = join(' ', map { qq("$_") } unpack('(A255)*', $record));
-        return (Net::DNS::RR->new("$domain. 300 IN TXT $strings"));
+        return (TxtRecord::rr($domain, $record));
     };
 }
 for my $file (@files) {

@@ -7,18 +7,9 @@ import re
 import sys
 
 import dkim
+import dkim_keys
 
-records = {}
-with open(sys.argv[1]) as f:
-    for line in f:
-        name, txt = line.rstrip("\n").split("\t", 1)
-        records[name.encode() + b"."] = txt.encode()
-        records[name.encode()] = txt.encode()
-
-
-def dnsfunc(name, timeout=5):
-    return records.get(name)
-
+dnsfunc = dkim_keys.dnsfunc(sys.argv[1])
 
 for path in sys.argv[2:]:
     message = open(path, "rb").read()
