@@ -124,7 +124,8 @@ fn reroute_and_discard_change_where_mail_goes() {
     assert_eq!(rcpts.len(), 2, "the discarded one never went out: {rcpts:?}");
 }
 
-/// Names in another case than defined, and `<virtual-mta-group>` (an older name for a pool),
+/// Names in another case than defined (VMTAs, pool, pattern list, address list), and
+/// `<virtual-mta-group>` (an older name for a pool),
 /// as real configurations write them: mail goes through the group's VMTAs, and rows name the
 /// VMTAs and the pool as defined; the destination's pattern list is named in another case
 /// too (the configuration loads: before, each of these was an error).
@@ -137,7 +138,8 @@ fn names_in_another_case_and_a_virtual_mta_group_route_mail() {
              <virtual-mta mta-2>\n smtp-source-host 127.0.0.1 mta2.example.net\n</virtual-mta>\n\
              <virtual-mta-group Warmup>\n virtual-mta mta-1\n virtual-mta MTA-2\n</virtual-mta-group>\n\
              <smtp-pattern-list Sink-errors>\n reply /nothing matches this/ mode=backoff\n</smtp-pattern-list>\n\
-             <source 127.0.0.1>\n always-allow-relaying yes\n default-virtual-mta warmup\n</source>\n\
+             <address-list Blocked>\n address blocked@sink.test\n</address-list>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n default-virtual-mta warmup\n suppression-lists blocked\n</source>\n\
              <domain sink.test>\n smtp-hosts [127.0.0.1]:{}\n smtp-pattern-list sink-ERRORS\n</domain>\n",
             sink.addr.port()
         ),
@@ -151,6 +153,12 @@ fn names_in_another_case_and_a_virtual_mta_group_route_mail() {
         assert!(["Mta-1", "mta-2"].contains(&r["vmta"].as_str()), "{r:?}");
         assert_eq!(r["vmtaPool"], "Warmup", "{r:?}");
     }
+    // The address list, named `Blocked` and used as `blocked`, suppresses.
+    let (mut t, _) = Talk::connect(relay.addr());
+    t.cmd("EHLO c.test");
+    t.cmd("MAIL FROM:<a@src.test>");
+    let reply = t.cmd("RCPT TO:<blocked@sink.test>");
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
 }
 
 /// A global `smtp-source-host` (outside any `<virtual-mta>`, as real configurations write it):

@@ -110,7 +110,7 @@ pub struct Config {
     /// `<smtp-user NAME>` blocks.
     pub smtp_users: HashMap<String, SmtpUser>,
     /// `<address-list NAME>` blocks (suppression lists).
-    pub address_lists: HashMap<String, AddressListConfig>,
+    pub address_lists: names::Names<AddressListConfig>,
     pub feedback_processor: Option<FeedbackProcessor>,
     /// `<bounce-processor>` (same shape; its `auto-suppress-list` takes hard-bounced recipients).
     pub bounce_processor: Option<FeedbackProcessor>,
@@ -355,7 +355,7 @@ impl Config {
             named_sources: names::Names::new(),
             global_source: None,
             smtp_users: HashMap::new(),
-            address_lists: HashMap::new(),
+            address_lists: names::Names::new(),
             feedback_processor: None,
             bounce_processor: None,
             domains: DomainBlocks::default(),

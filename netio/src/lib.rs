@@ -134,7 +134,7 @@ pub struct Settings {
     pub config: Arc<Config>,
     pub dkim: sluice_engine::dkim::Keys,
     pub tls: Option<Arc<rustls::ServerConfig>>,
-    pub lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
+    pub lists: sluice_config::names::Names<Arc<sluice_engine::suppress::AddressList>>,
     pub feedback: Option<suppress::FeedbackLoop>,
     pub bounces: Option<suppress::FeedbackLoop>,
 }
@@ -153,7 +153,7 @@ pub(crate) struct Shared {
     /// Outbound STARTTLS (opportunistic: certificates are not checked, RFC 7435).
     pub tls_client: Arc<rustls::ClientConfig>,
     /// `<address-list>`s by name.
-    pub lists: std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>>,
+    pub lists: sluice_config::names::Names<Arc<sluice_engine::suppress::AddressList>>,
     /// `<feedback-loop-processor>` and `<bounce-processor>`, if configured.
     pub feedback: Option<suppress::FeedbackLoop>,
     pub bounces: Option<suppress::FeedbackLoop>,
@@ -267,7 +267,7 @@ impl Responder {
     }
 
     /// The suppression lists in force (for their counters).
-    pub fn lists(&self) -> std::collections::HashMap<String, Arc<sluice_engine::suppress::AddressList>> {
+    pub fn lists(&self) -> sluice_config::names::Names<Arc<sluice_engine::suppress::AddressList>> {
         self.current.lock().expect("not poisoned").lists.clone()
     }
 

@@ -6,7 +6,6 @@
 use memmap2::Mmap;
 use sluice_config::{Config, ConfigError, ListEntry};
 use sluice_engine::suppress::{parse_hex_hash, sort_table, AddressList, HashTable, Hashed};
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -146,8 +145,8 @@ fn load_processor(
 
 /// Every `<address-list>`, ready for lookups; a file that cannot be read is a config error
 /// at its line.
-pub fn load_lists(config: &Config) -> Result<HashMap<String, Arc<AddressList>>, ConfigError> {
-    let mut out = HashMap::new();
+pub fn load_lists(config: &Config) -> Result<sluice_config::names::Names<Arc<AddressList>>, ConfigError> {
+    let mut out = sluice_config::names::Names::new();
     for (name, list) in &config.address_lists {
         out.insert(name.clone(), load_one(list)?);
     }

@@ -26,7 +26,7 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
     for address in t.recipients {
         let lower = address.to_ascii_lowercase();
         if let Some(list) =
-            policy.suppression_lists.iter().find(|n| lists.get(*n).is_some_and(|l| l.suppresses(&lower)))
+            policy.suppression_lists.iter().find(|n| lists.get(n).is_some_and(|l| l.suppresses(&lower)))
         {
             rejected.push(json!({ "address": address, "reason": format!("suppressed by list {list}") }));
             continue;
