@@ -25,8 +25,7 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
     let mut accepted = Vec::new();
     for address in t.recipients {
         let lower = address.to_ascii_lowercase();
-        if let Some(list) =
-            policy.suppression_lists.iter().find(|n| lists.get(n).is_some_and(|l| l.suppresses(&lower)))
+        if let Some(list) = policy.suppression_lists.iter().find(|n| lists.get(n).is_some_and(|l| l.suppresses(&lower)))
         {
             rejected.push(json!({ "address": address, "reason": format!("suppressed by list {list}") }));
             continue;
