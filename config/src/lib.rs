@@ -178,26 +178,26 @@ impl Config {
     /// a named source overrides only what it sets (3.3.7).
     pub fn user_policy(&self, source: &str) -> SourcePolicy {
         let mut p = SourcePolicy { always_allow_relaying: true, ..SourcePolicy::default() };
-        for name in ["{auth}", source] {
-            if let Some(o) = self.named_sources.get(name) {
-                o.apply(&mut p);
-            }
-        }
+        self.apply_named(&mut p, &["{auth}", source]);
         p
+    }
+
+    /// Named sources applied on top of `p`, in order (the undefined ones are skipped).
+    fn apply_named(&self, p: &mut SourcePolicy, named: &[&str]) {
+        for o in named.iter().filter_map(|n| self.named_sources.get(n)) {
+            o.apply(p);
+        }
     }
 
     /// The policy of a session from `ip` with named sources applied on top, in order (a
     /// listener's `source=NAME`, `{auth}` and an SMTP user's `source NAME`).
     pub fn policy_for(&self, ip: IpAddr, named: &[&str]) -> std::borrow::Cow<'_, SourcePolicy> {
         let base = self.source_policy(ip);
-        let mut applied = named.iter().filter_map(|n| self.named_sources.get(n)).peekable();
-        if applied.peek().is_none() {
+        if !named.iter().any(|n| self.named_sources.contains_key(n)) {
             return std::borrow::Cow::Borrowed(base);
         }
         let mut p = base.clone();
-        for o in applied {
-            o.apply(&mut p);
-        }
+        self.apply_named(&mut p, named);
         std::borrow::Cow::Owned(p)
     }
 

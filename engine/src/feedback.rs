@@ -33,7 +33,12 @@ pub struct Feedback {
 /// The values of `names` (as `acct-file` columns name them, any case) among a returned
 /// message's header fields; empty where it has none.
 pub fn header_values(original: &[(String, String)], names: &[String]) -> Vec<String> {
-    names.iter().map(|n| field(original, &n.to_ascii_lowercase()).unwrap_or("").to_string()).collect()
+    names.iter().map(|n| returned_field(original, n).to_string()).collect()
+}
+
+/// One field of a returned message, by name in any case; empty where it has none.
+pub fn returned_field<'a>(original: &'a [(String, String)], name: &str) -> &'a str {
+    field(original, &name.to_ascii_lowercase()).unwrap_or("")
 }
 
 /// Header fields of a block (`Name: value`, folded lines joined), names lower-cased.

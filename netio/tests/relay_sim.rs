@@ -283,6 +283,15 @@ struct Relay {
     gate: RowGate<Intent<SimMsg>>,
 }
 
+impl Relay {
+    /// An outcome whose row is durable, to the journal.
+    fn journal(&mut self, intent: Intent<SimMsg>) {
+        let Intent::Outcome { msg, rcpt } = intent else { unreachable!("only outcomes wait for rows here") };
+        let o = Outcome { seg_shard: 0, seg_seq: msg.seg.seq, offset: msg.offset, rcpt };
+        self.spool.record_outcome(o, msg.seg);
+    }
+}
+
 struct World {
     seed: u64,
     rng: Rng,
@@ -665,11 +674,8 @@ impl World {
             Intent::Record(r) => relay.rows_unsent.push(*r),
             intent @ Intent::Outcome { .. } => {
                 let durable = relay.rows_durable;
-                if let Some(Intent::Outcome { msg, rcpt }) =
-                    relay.gate.admit(intent, !relay.rows_unsent.is_empty(), durable)
-                {
-                    let o = Outcome { seg_shard: 0, seg_seq: msg.seg.seq, offset: msg.offset, rcpt };
-                    relay.spool.record_outcome(o, msg.seg);
+                if let Some(intent) = relay.gate.admit(intent, !relay.rows_unsent.is_empty(), durable) {
+                    relay.journal(intent);
                 }
             }
             Intent::Dispatch { .. } | Intent::Dsn { .. } => unreachable!("one shard, no DSNs asked for"),
@@ -716,10 +722,7 @@ impl World {
             }
         }
         while let Some(intent) = relay.gate.release(relay.rows_durable) {
-            if let Intent::Outcome { msg, rcpt } = intent {
-                let o = Outcome { seg_shard: 0, seg_seq: msg.seg.seq, offset: msg.offset, rcpt };
-                relay.spool.record_outcome(o, msg.seg);
-            }
+            relay.journal(intent);
         }
     }
 

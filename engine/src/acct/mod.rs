@@ -77,7 +77,7 @@ pub struct Record {
 /// The VMTA a returned message names (`X-Virtual-MTA`, kept by `retain-x-virtual-mta`), if
 /// it does.
 fn returned_vmta(original: &[(String, String)]) -> String {
-    crate::feedback::header_values(original, &["x-virtual-mta".to_string()]).remove(0)
+    crate::feedback::returned_field(original, "x-virtual-mta").to_string()
 }
 
 /// `privacy-policy hmac-sha256 KEY`: the local part of an address becomes the hex

@@ -453,7 +453,7 @@ impl Shard {
         match intent {
             Intent::Outcome { msg, rcpt } => self.journal_outcome(msg, rcpt),
             Intent::Dsn { msg, failed } => self.spool_dsn(msg, failed),
-            other => self.carry_out(other),
+            _ => unreachable!("only outcomes and DSNs wait for their rows (`after_rows`)"),
         }
     }
 
