@@ -10,6 +10,8 @@ command -v dnsmasq >/dev/null 2>&1 || need+=(dnsmasq-base)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # The fleet tests run their own redis-server (the system's is never started).
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# The PROXY protocol (v1 and v2) in front of a receiver: outbound mail through a proxy host.
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 # The web monitor's browser test (Debian's headless Chromium).
 command -v chromium-headless-shell >/dev/null 2>&1 || need+=(chromium-headless-shell)
 # swaks's --tls and --tlsc.
@@ -37,7 +39,7 @@ if ! "$VENV/bin/python" -c "import dkim, nacl, aiosmtpd, authres" >/dev/null 2>&
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check "dkimpy==1.1.8" "PyNaCl==1.6.2" "aiosmtpd==1.4.6" "authres==1.2.0"
 fi
-for t in smtp-source smtp-sink swaks dnsmasq redis-server chromium-headless-shell; do
+for t in smtp-source smtp-sink swaks dnsmasq redis-server haproxy chromium-headless-shell; do
     command -v "$t" >/dev/null || { echo "missing $t after install" >&2; exit 1; }
 done
 echo "test peers ready: $(command -v smtp-source smtp-sink swaks dnsmasq | tr '\n' ' ')$VENV"

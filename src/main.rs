@@ -80,10 +80,28 @@ enum Suppress {
 /// Loads a configuration file, following includes relative to its directory.
 pub(crate) fn load_config(path: Option<&Path>) -> Result<Config, ConfigError> {
     let checked = check_config_file(path);
-    match checked.errors.into_iter().next() {
-        Some(e) => Err(e),
-        None => Ok(checked.config.expect("no errors: a configuration")),
+    if let Some(e) = checked.errors.into_iter().next() {
+        return Err(e);
     }
+    let mut config = checked.config.expect("no errors: a configuration");
+    // Proxy hosts given by name (`smtp-proxy-source-host`, `<proxy>`'s `server`) are looked
+    // up once, here: the shards connect to addresses.
+    for p in config.proxies_mut().filter(|p| p.server_addr.is_none()) {
+        use std::net::ToSocketAddrs;
+        let found = (p.server.as_str(), p.port).to_socket_addrs().map(|mut a| a.next());
+        p.server_addr = match found {
+            Ok(Some(addr)) => Some(addr),
+            Ok(None) | Err(_) => {
+                return Err(ConfigError {
+                    file: path.map_or("<embedded default>".into(), |p| p.display().to_string()),
+                    line: 0,
+                    message: format!("proxy `{}`: its server `{}` has no address", p.name, p.server),
+                    hint: "give the proxy host's address, or a name this host resolves".into(),
+                })
+            }
+        };
+    }
+    Ok(config)
 }
 
 /// Reads and checks a configuration file (or the embedded default), reporting every problem.

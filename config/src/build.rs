@@ -200,6 +200,10 @@ pub(crate) struct Builder {
     pub vmta_pattern_refs: Vec<(String, Span)>,
     /// `rewrite-list` names, checked once all is read.
     pub rewrite_refs: Vec<(String, Span)>,
+    /// `<proxy NAME>` blocks, for `use-proxy`.
+    pub proxies: crate::names::Names<Proxy>,
+    /// Global `smtp-proxy-source-host` and `use-proxy`, inherited by VMTAs once all is read.
+    pub global_vmta: VirtualMta,
 }
 
 impl Builder {
@@ -221,6 +225,8 @@ impl Builder {
             spools: Vec::new(),
             vmta_pattern_refs: Vec::new(),
             rewrite_refs: Vec::new(),
+            proxies: crate::names::Names::new(),
+            global_vmta: VirtualMta::default(),
         }
     }
 
@@ -374,6 +380,7 @@ impl Builder {
             m.api_key = self.mgmt_key.take();
         }
         self.check_refs();
+        self.settle_proxies();
         if let (Some(span), None) = (self.arc_sign_refs.first(), &self.config.arc_key) {
             let e = ConfigError::at(
                 span,
@@ -410,6 +417,53 @@ impl Builder {
             })
             .collect();
         self.config.set_sources(merged, std::mem::take(&mut self.named_sources));
+    }
+
+    /// `use-proxy` names become their `<proxy>` blocks (connected to from the VMTA's
+    /// `smtp-source-host`, as PowerMTA 5.0r2 configurations have it), `proxy-protocol`
+    /// applies to the VMTA's `smtp-proxy-source-host` lines, and a VMTA with no proxy of its
+    /// own inherits the global `use-proxy`, or the global `smtp-proxy-source-host` lines when
+    /// it has no `smtp-source-host` either.
+    fn settle_proxies(&mut self) {
+        let mut global = std::mem::take(&mut self.global_vmta);
+        let mut errors = Vec::new();
+        let proxies = &self.proxies;
+        let mut named = |names: &[String], local: Option<std::net::IpAddr>, span: &Span| -> Vec<Proxy> {
+            let mut list = Vec::new();
+            for name in names {
+                match proxies.get(name) {
+                    Some(p) => list.push(Proxy { local, ..p.clone() }),
+                    None => errors.push(ConfigError::at(
+                        span,
+                        format!("proxy `{name}` is not defined"),
+                        format!("define it with `<proxy {name}>` holding `server` and `client`"),
+                    )),
+                }
+            }
+            list
+        };
+        let global_use = global.use_proxy.take();
+        let global_local = self.config.global_source.as_ref().map(|g| g.0);
+        for p in &mut global.proxies {
+            p.version = global.proxy_version.unwrap_or(p.version);
+        }
+        if let Some((names, span)) = &global_use {
+            global.proxies.extend(named(names, global_local, span));
+        }
+        for v in self.config.vmtas.values_mut() {
+            for p in &mut v.proxies {
+                p.version = v.proxy_version.unwrap_or(p.version);
+            }
+            let own_use = v.use_proxy.take();
+            if let Some((names, span)) = own_use.as_ref().or(global_use.as_ref().filter(|_| v.proxies.is_empty())) {
+                let list = named(names, v.source_ip, span);
+                v.proxies.extend(list);
+            } else if v.proxies.is_empty() && v.source_ip.is_none() {
+                v.proxies.clone_from(&global.proxies);
+            }
+        }
+        self.config.global_proxies = global.proxies;
+        self.errors.extend(errors);
     }
 
     fn check_refs(&mut self) {

@@ -65,6 +65,9 @@ pub struct Config {
     /// Global `smtp-source-host IP NAME`: the source of mail sent through the default virtual
     /// MTA (any VMTA name the configuration does not define).
     pub global_source: Option<(IpAddr, String)>,
+    /// Global `smtp-proxy-source-host` / `use-proxy`: the default VMTA sends through these
+    /// (every VMTA with no source of its own has them too).
+    pub global_proxies: Vec<Proxy>,
     pub postmaster: Option<String>,
     /// `smtp-listener` lines and `<smtp-listener>` blocks (none: PowerMTA's 0.0.0.0:25).
     pub listeners: Vec<Listener>,
@@ -269,6 +272,19 @@ impl Config {
         self.vmtas.defined(name).or_else(|| self.pools.defined(name)).unwrap_or(name).to_string()
     }
 
+    /// The proxies a VMTA sends through (the default VMTA: the global ones).
+    pub fn proxies_of(&self, vmta: &str) -> &[Proxy] {
+        match self.vmtas.get(vmta) {
+            Some(v) => &v.proxies,
+            None => &self.global_proxies,
+        }
+    }
+
+    /// Every proxy whose server is a name, for the lookup at start.
+    pub fn proxies_mut(&mut self) -> impl Iterator<Item = &mut Proxy> {
+        self.global_proxies.iter_mut().chain(self.vmtas.values_mut().flat_map(|v| v.proxies.iter_mut()))
+    }
+
     /// Resolves a VMTA or pool name.
     pub fn vmta_target(&self, name: &str) -> Option<VmtaTarget> {
         // The name as defined, whatever the case it is written in.
@@ -354,6 +370,7 @@ impl Config {
             sources: Vec::new(),
             named_sources: names::Names::new(),
             global_source: None,
+            global_proxies: Vec::new(),
             smtp_users: HashMap::new(),
             address_lists: names::Names::new(),
             feedback_processor: None,
@@ -540,6 +557,67 @@ mod vmta_tests {
             parse("smtp-listener 127.0.0.1:25\n<virtual-mta m>\n smtp-source-host m.test 192.0.2.1\n</virtual-mta>\n")
                 .unwrap_err();
         assert_eq!(err.to_string(), "v.conf:3: `m.test` is not an IP address (hint: the address comes first: `smtp-source-host 192.0.2.1 m.test`)");
+    }
+
+    /// The two shapes postmastery's pmtaproxy README gives (5.0r8's `smtp-proxy-source-host`,
+    /// 5.0r2's `<proxy>` + `use-proxy` beside `smtp-source-host`) and the global forms.
+    #[test]
+    fn proxies_in_both_shapes_and_inherited() {
+        let c = parse(
+            "smtp-listener 127.0.0.1:25\n\
+             <proxy prox01>\n server 65.30.42.1:5000\n client 65.30.42.1:0 prox01.example.com\n</proxy>\n\
+             <proxy prox02>\n server proxy.example.net:5001\n client [2001:db8::7]:0 prox02.example.com\n protocol-version 2\n</proxy>\n\
+             <virtual-mta new>\n smtp-proxy-source-host 140.201.38.1 65.30.42.1:5000 65.30.42.1 prox01.example.com\n proxy-protocol 2\n</virtual-mta>\n\
+             <virtual-mta old>\n smtp-source-host 140.201.38.1 pmta01.example.com\n use-proxy PROX01, prox02\n</virtual-mta>\n\
+             <virtual-mta plain>\n smtp-source-host 140.201.38.2 plain.example.com\n</virtual-mta>\n\
+             <virtual-mta bare>\n host-name bare.example.com\n</virtual-mta>\n\
+             smtp-proxy-source-host 10/8 abc.com:5000 10.1.2.3:2525 baz.quux.com\n",
+        )
+        .unwrap();
+        let new = &c.vmtas["new"].proxies;
+        assert_eq!(new.len(), 1);
+        assert_eq!(new[0].local, Some("140.201.38.1".parse().unwrap()));
+        assert_eq!(new[0].server_addr, Some("65.30.42.1:5000".parse().unwrap()));
+        assert_eq!((new[0].client, new[0].version), ("65.30.42.1:0".parse().unwrap(), 2));
+        let old = &c.vmtas["old"].proxies;
+        let names: Vec<&str> = old.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["prox01", "prox02"], "in order, names in any case");
+        assert!(old.iter().all(|p| p.local == Some("140.201.38.1".parse().unwrap())), "from its smtp-source-host");
+        assert_eq!((old[1].server_addr, old[1].port, old[1].version), (None, 5001, 2), "a name is looked up at start");
+        assert!(c.vmtas["plain"].proxies.is_empty(), "its own smtp-source-host: no global proxy");
+        let bare = &c.vmtas["bare"].proxies;
+        assert_eq!(bare.len(), 1, "no source of its own: the global proxy");
+        assert_eq!((bare[0].local, bare[0].client.port(), bare[0].host_name.as_str()), (None, 2525, "baz.quux.com"));
+        assert_eq!(c.proxies_of("default"), c.global_proxies.as_slice());
+        assert_eq!(c.proxies_of("default").len(), 1);
+    }
+
+    #[test]
+    fn proxy_mistakes_are_errors_at_their_line() {
+        let e = |text: &str| parse(&format!("smtp-listener 127.0.0.1:25\n{text}")).unwrap_err().to_string();
+        assert_eq!(
+            e("<virtual-mta m>\n use-proxy nope\n</virtual-mta>\n"),
+            "v.conf:3: proxy `nope` is not defined (hint: define it with `<proxy nope>` holding `server` and `client`)"
+        );
+        assert_eq!(
+            e("<proxy p>\n server 10.0.0.1:5000\n</proxy>\n"),
+            "v.conf:2: <proxy p> needs a `server` and a `client` (hint: write `server 10.0.0.9:5000` and `client 203.0.113.7 mta1.example.com` in it)"
+        );
+        let all =
+            check(
+                "v.conf",
+                "<proxy p>\n server 10.0.0.1\n client 10.0.0.2 a.test\n</proxy>\n",
+                &mut |_| Err("".into()),
+            );
+        assert!(
+            all.errors.iter().any(|e| e.to_string().starts_with("v.conf:2: `10.0.0.1` is not a proxy server")),
+            "{:?}",
+            all.errors
+        );
+        assert!(e("<virtual-mta m>\n proxy-protocol 3\n</virtual-mta>\n")
+            .starts_with("v.conf:3: `3` is not a PROXY protocol version"));
+        assert!(e("<virtual-mta m>\n smtp-proxy-source-host 10.0.0.1 10.0.0.2:5000 m.test\n</virtual-mta>\n")
+            .starts_with("v.conf:3: `smtp-proxy-source-host` takes a local address"));
     }
 }
 

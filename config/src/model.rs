@@ -681,6 +681,39 @@ pub struct VirtualMta {
     pub cold: Vec<String>,
     /// `rewrite-list NAME`: rewrites for mail selecting this VMTA.
     pub rewrite_list: Option<String>,
+    /// `smtp-proxy-source-host` lines or `use-proxy` (its own, else the global ones): its
+    /// mail leaves from proxy hosts, tried in order (the next only when connecting to the one
+    /// before failed). The first's client address is the VMTA's source IP for every limit.
+    pub proxies: Vec<Proxy>,
+    /// `use-proxy NAME,...` as written, resolved once every `<proxy>` is read.
+    pub(crate) use_proxy: Option<(Vec<String>, crate::ast::Span)>,
+    /// `proxy-protocol 1|2` for its `smtp-proxy-source-host` lines.
+    pub(crate) proxy_version: Option<u8>,
+}
+
+/// A proxy host that connects to receivers for this one: sluice connects to `server`, writes
+/// HAProxy's PROXY protocol header (v1 text, v2 binary) naming `client` as the source and the
+/// receiver as the destination, and the proxy opens the connection from `client` (Debian's
+/// haproxy: `bind ... accept-proxy`, `source 0.0.0.0 usesrc clientip`, `server s 0.0.0.0:0`).
+/// From `smtp-proxy-source-host LOCAL SERVER:PORT CLIENT[:PORT] HOSTNAME` or `<proxy NAME>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proxy {
+    /// The `<proxy>` name, or the server as written.
+    pub name: String,
+    /// The proxy host, as written (a name is looked up when sluice starts).
+    pub server: String,
+    pub port: u16,
+    /// The proxy host's address: known at once when `server` is an address, else at start.
+    pub server_addr: Option<SocketAddr>,
+    /// The local address to connect to the proxy from (None: the kernel's choice, as for a
+    /// CIDR: the local address that routes to the proxy).
+    pub local: Option<IpAddr>,
+    /// The address the proxy sends from: the source receivers see (and SPF checks).
+    pub client: SocketAddr,
+    /// The name said in EHLO through this proxy.
+    pub host_name: String,
+    /// PROXY protocol version: 1 (text) or 2 (binary).
+    pub version: u8,
 }
 
 /// `<pattern-list NAME>`: rules that pick the VMTA of a message as it is injected, the first

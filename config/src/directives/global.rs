@@ -47,6 +47,8 @@ const DIRECTIVES: &[Directive<()>] = &[
             Ok(())
         },
     },
+    Directive { name: "smtp-proxy-source-host", set: |b, _, l| global_proxy(b, l, vmta::proxy_source_host) },
+    Directive { name: "use-proxy", set: |b, _, l| global_proxy(b, l, vmta::use_proxy) },
     Directive {
         // The port of the listener PowerMTA makes when no `smtp-listener` is given (beside
         // one, it changes nothing).
@@ -205,7 +207,21 @@ const BLOCKS: &[Block<()>] = &[
     },
     Block { name: "rewrite-list", open: |b, _, r| lists::rewrite_list(b, r) },
     Block { name: "spool", open: spool_block },
+    Block { name: "proxy", open: |b, _, r| vmta::proxy_block(b, r) },
 ];
+
+/// Global `smtp-proxy-source-host` / `use-proxy`: for every VMTA that sets no source of its
+/// own, and for the default VMTA.
+fn global_proxy(
+    b: &mut Builder,
+    l: &Line,
+    set: fn(&mut Builder, &mut VirtualMta, &Line) -> Result<(), ConfigError>,
+) -> Result<(), ConfigError> {
+    let mut v = std::mem::take(&mut b.global_vmta);
+    let result = set(b, &mut v, l);
+    b.global_vmta = v;
+    result
+}
 
 /// A `<domain PATTERN>` block into the blocks of its level (global, a VMTA, a pool).
 pub(crate) fn domain_block(b: &mut Builder, r: &BlockRef, into: &mut DomainBlocks) -> Result<(), ConfigError> {

@@ -55,6 +55,7 @@ pub fn tables() -> Vec<TableNames> {
         names(&domain::SCOPE),
         names(&vmta::VMTA),
         names(&vmta::POOL),
+        names(&vmta::PROXY),
         names(&acct::SCOPE),
         names(&global::LISTENER),
         names(&global::SPOOL),

@@ -32,6 +32,8 @@ pub struct ConnPlan {
     pub hops: Vec<Hop>,
     /// The destination's client settings: timeouts, reply rules, extensions not to use.
     pub smtp: SmtpOptions,
+    /// The VMTA's proxy hosts, tried in order for each hop (none: connect directly).
+    pub proxies: Vec<sluice_config::Proxy>,
 }
 
 /// The scheduler's record of a connection.
@@ -73,11 +75,21 @@ impl<M: Message> Scheduler<M> {
         // The default VMTA (a name no <virtual-mta> defines) sends from the global
         // `smtp-source-host`, when there is one.
         let global = self.config.global_source.as_ref().filter(|_| settings.is_none());
-        let source_ip = settings.and_then(|v| v.source_ip).or(global.map(|g| g.0));
-        let ehlo = settings
-            .and_then(|v| v.host_name.clone())
-            .or(global.map(|g| g.1.clone()))
-            .unwrap_or_else(|| self.config.host_name.clone());
+        // Through proxies, the first one's client address is the source every limit counts
+        // (PowerMTA: disabled source IPs are the proxy client's), its name the EHLO.
+        let proxies = self.config.proxies_of(&vmta).to_vec();
+        let proxied = proxies.first();
+        let source_ip = match proxied {
+            Some(p) => Some(p.client.ip()),
+            None => settings.and_then(|v| v.source_ip).or(global.map(|g| g.0)),
+        };
+        let ehlo = match proxied {
+            Some(p) => p.host_name.clone(),
+            None => settings
+                .and_then(|v| v.host_name.clone())
+                .or(global.map(|g| g.1.clone()))
+                .unwrap_or_else(|| self.config.host_name.clone()),
+        };
         if !self.rate_grant(id, source_ip, Grant::Connect, now) {
             return false;
         }
@@ -116,7 +128,7 @@ impl<M: Message> Scheduler<M> {
             idle: false,
         };
         self.conns.insert(conn, state);
-        let plan = ConnPlan { queue: name, vmta, pool, source_ip, ehlo, tls, hops, smtp };
+        let plan = ConnPlan { queue: name, vmta, pool, source_ip, ehlo, tls, hops, smtp, proxies };
         self.intents.push_back(Intent::Connect { conn, plan: Box::new(plan) });
         true
     }
@@ -347,9 +359,10 @@ impl<M: Message> Scheduler<M> {
     }
 
     fn source_ip_text(&self, vmta: &str) -> String {
-        let ip = match self.config.vmtas.get(vmta) {
-            Some(v) => v.source_ip,
-            None => self.config.global_source.as_ref().map(|g| g.0),
+        let ip = match (self.config.proxies_of(vmta).first(), self.config.vmtas.get(vmta)) {
+            (Some(p), _) => Some(p.client.ip()),
+            (None, Some(v)) => v.source_ip,
+            (None, None) => self.config.global_source.as_ref().map(|g| g.0),
         };
         ip.map(|ip| ip.to_string()).unwrap_or_else(|| "default source".into())
     }

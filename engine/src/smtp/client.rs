@@ -183,6 +183,12 @@ pub fn after_failure(opts: &SmtpOptions, greeted: bool, reply: &Reply) -> AfterF
 }
 
 impl Client {
+    /// The name said in EHLO (or HELO), before the session starts: through a proxy, the
+    /// proxy's client name.
+    pub fn set_ehlo_name(&mut self, name: &str) {
+        name.clone_into(&mut self.ehlo_name);
+    }
+
     pub fn new(ehlo_name: &str) -> Self {
         Client {
             ehlo_name: ehlo_name.to_string(),

@@ -7,6 +7,7 @@ pub mod client;
 pub mod data;
 pub mod headers;
 pub mod mime;
+pub mod proxy;
 pub mod reply;
 pub mod server;
 pub mod sink;

@@ -152,6 +152,13 @@ impl Outgoing {
         }
     }
 
+    /// Bytes that go out before the session's first reply is read: the PROXY protocol
+    /// header on a connection to a proxy host.
+    pub fn preface(&mut self, bytes: &[u8]) {
+        assert!(self.out.is_empty() && self.tls.is_none(), "the preface comes before anything else");
+        self.out.extend(bytes);
+    }
+
     /// Free space to receive into.
     pub fn recv_buf(&mut self) -> &mut [u8] {
         free_space(&mut self.inbuf, self.in_len)

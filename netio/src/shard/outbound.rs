@@ -17,7 +17,7 @@ use sluice_engine::route::Hop;
 use sluice_engine::sched::{ConnId, ConnPlan, Intent, Message, QueueId};
 use sluice_engine::smtp::client::{after_failure, AfterFailure, TlsMode, TxnParams};
 use sluice_engine::smtp::reply::Reply;
-use sluice_engine::smtp::{headers, mime};
+use sluice_engine::smtp::{headers, mime, proxy};
 use sluice_spool::codec;
 use std::time::Duration;
 
@@ -43,6 +43,10 @@ pub(super) struct OutConn {
     plan: Box<ConnPlan>,
     /// The hop being tried (`plan.hops` index + 1 once tried).
     hop_index: usize,
+    /// Through proxies: the proxy to try next for this hop (0: the next hop, by the first).
+    proxy_next: usize,
+    /// The proxy (`plan.proxies` index) this attempt goes through.
+    via: Option<usize>,
     addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
     job: Option<Job<MsgRef>>,
     /// The job's message converted for this receiver (8-bit to quoted-printable).
@@ -102,6 +106,8 @@ impl Shard {
             m: self.outgoing(&plan),
             plan,
             hop_index: 0,
+            proxy_next: 0,
+            via: None,
             // SAFETY: zeroed storage is valid.
             addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
             job: None,
@@ -143,12 +149,21 @@ impl Shard {
             crate::sys::close(o.sock.fd); // the failed connect is complete
             o.sock.fd = -1;
         }
-        let Some(hop) = o.plan.hops.get(o.hop_index).cloned() else {
-            let last = o.connect_error.take().map(|e| format!(" (last: {e})")).unwrap_or_default();
-            let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}{last}", o.plan.queue));
-            return self.out_fail(slot, reply);
-        };
-        o.hop_index += 1;
+        // Through proxies, the same hop again by the next proxy when connecting to the one
+        // before failed (PowerMTA's `use-proxy` failover); a new hop starts with the first.
+        let proxies = o.plan.proxies.len();
+        if o.proxy_next == 0 || o.proxy_next >= proxies {
+            if o.hop_index >= o.plan.hops.len() {
+                let last = o.connect_error.take().map(|e| format!(" (last: {e})")).unwrap_or_default();
+                let reply = Reply::new(451, format!("4.4.1 no answer from any host for {}{last}", o.plan.queue));
+                return self.out_fail(slot, reply);
+            }
+            o.hop_index += 1;
+            o.proxy_next = 0;
+        }
+        let hop = o.plan.hops[o.hop_index - 1].clone();
+        o.via = (proxies > 0).then_some(o.proxy_next);
+        o.proxy_next += usize::from(proxies > 0);
         o.info = attempt_info(&o.plan, &hop);
         o.m.set_server_name(server_name(&hop));
         // As Postfix's `smtp_tls_security_level = may`: a host whose TLS handshake failed
@@ -156,12 +171,27 @@ impl Shard {
         if o.plan.tls == TlsMode::Opportunistic && self.tls_failed.get(&hop.addr).is_some_and(|until| *until > now_ms) {
             o.m.without_tls();
         }
-        *o.addr = sockaddr(hop.addr);
-        let fd = match crate::sys::tcp_socket(hop.addr) {
+        // Directly from the VMTA's source address, or to the proxy from its local address.
+        let (to, bind) = match o.via.map(|i| &o.plan.proxies[i]) {
+            None => (hop.addr, o.plan.source_ip),
+            Some(p) => match p.server_addr {
+                Some(addr) => {
+                    // A proxy after a failed one speaks with its own name.
+                    o.m.client_mut().set_ehlo_name(&p.host_name);
+                    (addr, p.local)
+                }
+                None => {
+                    let reply = Reply::new(451, format!("4.4.1 proxy {} ({}) has no address", p.name, p.server));
+                    return self.out_fail(slot, reply);
+                }
+            },
+        };
+        *o.addr = sockaddr(to);
+        let fd = match crate::sys::tcp_socket(to) {
             Ok(fd) => fd,
             Err(e) => return self.out_fail(slot, Reply::new(451, format!("4.4.1 cannot create socket: {e}"))),
         };
-        if let Some(ip) = o.plan.source_ip {
+        if let Some(ip) = bind {
             // The VMTA's `smtp-source-host`: connect from this address.
             let (addr, len) = sockaddr(std::net::SocketAddr::new(ip, 0));
             // SAFETY: bind on our fresh descriptor with a valid address.
@@ -189,12 +219,38 @@ impl Shard {
             } else {
                 std::io::Error::from_raw_os_error(-result).to_string()
             };
-            tracing::debug!(shard = self.id, queue = %o.plan.queue, host = %o.info.destination_ip, %why, "connect failed; trying the next host");
-            o.connect_error = Some(format!("{} ({}): {why}", o.info.mx_host, o.info.destination_ip));
+            let through = o.via.map(|i| format!(" through proxy {}", o.plan.proxies[i].name)).unwrap_or_default();
+            tracing::debug!(shard = self.id, queue = %o.plan.queue, host = %o.info.destination_ip, %why, "connect failed{through}; trying the next host");
+            o.connect_error = Some(format!("{} ({}){through}: {why}", o.info.mx_host, o.info.destination_ip));
             return self.connect_next(slot);
         }
-        o.info.source_ip = local_ip(o.sock.fd);
-        o.m.note(&format!("connected to {} ({}) from {}", o.info.mx_host, o.info.destination_ip, o.info.source_ip));
+        match o.via.map(|i| &o.plan.proxies[i]) {
+            None => {
+                o.info.source_ip = local_ip(o.sock.fd);
+                o.m.note(&format!(
+                    "connected to {} ({}) from {}",
+                    o.info.mx_host, o.info.destination_ip, o.info.source_ip
+                ));
+            }
+            Some(p) => {
+                // The proxy connects from its client address to the hop: the header asks it to.
+                let hop = o.info.hop.expect("an attempt has its hop");
+                let Some(header) = proxy::header(p.version, p.client, hop) else {
+                    o.connect_error = Some(format!(
+                        "{} ({}): proxy {} sends from {}, another address family",
+                        o.info.mx_host, o.info.destination_ip, p.name, p.client
+                    ));
+                    return self.connect_next(slot);
+                };
+                o.info.source_ip = p.client.ip().to_string();
+                let note = format!(
+                    "connected to {} ({}) through proxy {} ({}, PROXY v{}) from {}",
+                    o.info.mx_host, o.info.destination_ip, p.name, p.server, p.version, o.info.source_ip
+                );
+                o.m.note(&note);
+                o.m.preface(&header);
+            }
+        }
         self.out_drive(slot);
     }
 
@@ -525,6 +581,7 @@ impl Shard {
         tracing::debug!(shard = self.id, queue = %o.plan.queue, reply = %reply.line(), "trying the next MX");
         (o.m, o.converted, o.awaiting_final, o.idle) = (m, None, false, false);
         let (conn, job) = (o.conn, o.job.take());
+        o.proxy_next = 0; // the session failed, not the connect: the next hop, by the first proxy
         self.sched.conn_moving(conn, job, &reply, self.now);
         self.connect_next(slot);
     }
