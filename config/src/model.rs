@@ -375,6 +375,22 @@ pub struct SmtpOptions {
     pub log: SessionLog,
     /// `remove-header A,B` in `<domain>`: fields taken out of the message as it is sent.
     pub remove_header: Vec<String>,
+    /// `auth-username`, `auth-password`: log in (SMTP AUTH) to a receiver that offers it, as
+    /// to a smarthost; either set (non-empty) asks for it.
+    pub auth_username: String,
+    pub auth_password: Secret,
+    /// `use-unencrypted-plain-auth` (no): PLAIN and LOGIN outside TLS too (CRAM-MD5 always).
+    pub use_unencrypted_plain_auth: bool,
+}
+
+/// A password from the configuration: shown as `<secret>` wherever settings are printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "<secret>" })
+    }
 }
 
 impl Default for SmtpOptions {
@@ -396,6 +412,9 @@ impl Default for SmtpOptions {
             ignore_chunking: true,
             log: SessionLog::default(),
             remove_header: Vec::new(),
+            auth_username: String::new(),
+            auth_password: Secret::default(),
+            use_unencrypted_plain_auth: false,
         }
     }
 }

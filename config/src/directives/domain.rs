@@ -127,6 +127,23 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     flag!("ignore-dsn", smtp.ignore_dsn),
     flag!("ignore-chunking", smtp.ignore_chunking),
     Directive {
+        name: "auth-username",
+        set: |_, o, l| {
+            let v = unquoted(l)?;
+            o.set(move |s| s.smtp.auth_username.clone_from(&v));
+            Ok(())
+        },
+    },
+    Directive {
+        name: "auth-password",
+        set: |_, o, l| {
+            let v = Secret(unquoted(l)?);
+            o.set(move |s| s.smtp.auth_password = v.clone());
+            Ok(())
+        },
+    },
+    flag!("use-unencrypted-plain-auth", smtp.use_unencrypted_plain_auth),
+    Directive {
         name: "remove-header",
         set: |_, o, l| {
             let names = crate::directives::header_list(l);
@@ -293,4 +310,13 @@ fn reroute(b: &mut crate::build::Builder, o: &mut DomainOverrides, l: &Line, bac
         false => o.set(move |s| s.reroute_to = target.clone()),
     }
     Ok(())
+}
+
+/// A value that may be `""` (clearing one inherited): the text without its quotes.
+fn unquoted(l: &Line) -> Result<String, ConfigError> {
+    if l.args.is_empty() {
+        return Ok(String::new());
+    }
+    let v = l.args.join(" ");
+    Ok(v.strip_prefix('"').and_then(|v| v.strip_suffix('"')).map(str::to_string).unwrap_or(v))
 }

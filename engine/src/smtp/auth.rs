@@ -119,11 +119,17 @@ impl Users {
         let (name, digest) = response.rsplit_once(' ')?;
         let (key, user) = self.users.get_key_value(name)?;
         let Secret::Plain(password) = &user.secret else { return None }; // a hash cannot answer
-        let mut mac = Hmac::<md5::Md5>::new_from_slice(password.as_bytes()).ok()?;
-        mac.update(challenge);
-        let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let expected = cram_digest(password, challenge);
         ct_eq(expected.as_bytes(), digest.to_ascii_lowercase().as_bytes()).then_some((key.as_str(), user))
     }
+}
+
+/// CRAM-MD5's digest (RFC 2195): hex(HMAC-MD5(password, challenge)), the server's check and
+/// the client's answer.
+pub fn cram_digest(password: &str, challenge: &[u8]) -> String {
+    let mut mac = Hmac::<md5::Md5>::new_from_slice(password.as_bytes()).expect("HMAC takes any key length");
+    mac.update(challenge);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn verify_hash(hash: &str, password: &[u8]) -> bool {

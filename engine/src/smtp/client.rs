@@ -20,6 +20,29 @@ enum Expect {
     Rset,
     Quit,
     StartTls,
+    /// A step of logging in (`auth-username`, `auth-password`).
+    Auth(AuthStep),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthStep {
+    /// `AUTH PLAIN <credentials>` is out: 235 expected.
+    Plain,
+    /// `AUTH LOGIN` is out: 334 for the user name, then for the password.
+    LoginUser,
+    LoginPassword,
+    /// `AUTH CRAM-MD5` is out: 334 with the challenge.
+    Cram,
+    /// The last answer is out: 235 expected.
+    Answered,
+}
+
+/// Credentials for the receiver (`auth-username`, `auth-password`).
+struct Login {
+    user: String,
+    password: String,
+    /// `use-unencrypted-plain-auth`: PLAIN and LOGIN outside TLS too.
+    unencrypted_plain: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -29,6 +52,8 @@ pub struct Capabilities {
     pub eight_bit_mime: bool,
     pub esmtp: bool,
     pub starttls: bool,
+    /// The SASL mechanisms after AUTH (RFC 4954), upper case.
+    pub auth: Vec<String>,
     /// RFC 3461, RFC 6531, RFC 3030.
     pub dsn: bool,
     pub smtputf8: bool,
@@ -154,6 +179,9 @@ pub struct Client {
     /// A 421 to a RCPT ended the session in a transaction: each recipient's own outcome
     /// (`take_partial_replies`).
     partial: Option<Vec<Reply>>,
+    login: Option<Login>,
+    /// The output holds credentials: not for the session log.
+    secret_output: bool,
 }
 
 /// What a failed session means for its connection (PowerMTA's `bounce-upon-5xx-greeting`
@@ -207,6 +235,8 @@ impl Client {
             ignore_chunking: true,
             body_requested: false,
             partial: None,
+            login: None,
+            secret_output: false,
         }
     }
 
@@ -218,6 +248,17 @@ impl Client {
         self.invalid_553 = opts.smtp_553_means_invalid_mailbox;
         self.ignore_dsn = opts.ignore_dsn;
         self.ignore_chunking = opts.ignore_chunking;
+        let password = &opts.auth_password.0;
+        self.login = (!opts.auth_username.is_empty() || !password.is_empty()).then(|| Login {
+            user: opts.auth_username.clone(),
+            password: password.clone(),
+            unencrypted_plain: opts.use_unencrypted_plain_auth,
+        });
+    }
+
+    /// The output holds credentials (an AUTH line or answer): log it as `AUTH ...` only.
+    pub fn output_is_secret(&self) -> bool {
+        self.secret_output
     }
 
     /// Whether a message goes with BDAT to this server (it offers CHUNKING, and
@@ -286,6 +327,7 @@ impl Client {
 
     pub fn clear_output(&mut self) {
         self.out.clear();
+        self.secret_output = false;
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -449,14 +491,15 @@ impl Client {
                 if !self.tls && self.tls_mode == TlsMode::Required {
                     return Some(self.fail(Reply::new(451, "4.7.10 TLS required (require-starttls) but not offered")));
                 }
-                Some(ClientEvent::Ready)
+                self.log_in_or_ready()
             }
             Expect::StartTls if reply.code == 220 => Some(ClientEvent::StartTls),
             // Opportunistic: a refused STARTTLS leaves the session in plain text.
             Expect::StartTls if self.tls_mode == TlsMode::Opportunistic => {
                 tracing::info!(reply = %reply.line(), "STARTTLS refused by the receiver: going on without TLS");
-                Some(ClientEvent::Ready)
+                self.log_in_or_ready()
             }
+            Expect::Auth(step) => self.auth_reply(step, reply),
             Expect::StartTls => Some(self.fail(reply)),
             // RFC 5321 §3.2: fall back to HELO when EHLO is not understood.
             Expect::Ehlo if reply.is_permanent() => {
@@ -477,6 +520,71 @@ impl Client {
             Expect::Ehlo => unreachable!("covered above"),
             Expect::BdatBody => unreachable!("never awaited"),
         }
+    }
+
+    /// With credentials and an AUTH the receiver offers (RFC 4954): log in, else Ready.
+    /// PLAIN or LOGIN only inside TLS (or `use-unencrypted-plain-auth`), CRAM-MD5 anywhere;
+    /// with none usable the session goes on without (PowerMTA's rule: AUTH is tried when the
+    /// receiver offers a mechanism it supports).
+    fn log_in_or_ready(&mut self) -> Option<ClientEvent> {
+        let Some(login) = &self.login else { return Some(ClientEvent::Ready) };
+        let offers = |m: &str| self.caps.auth.iter().any(|a| a == m);
+        let clear = self.tls || login.unencrypted_plain;
+        if clear && offers("PLAIN") {
+            let message = format!("\0{}\0{}", login.user, login.password);
+            let line = format!("AUTH PLAIN {}", super::auth::b64_encode(message.as_bytes()));
+            self.send_secret(&line, AuthStep::Plain);
+        } else if clear && offers("LOGIN") {
+            self.send("AUTH LOGIN", Expect::Auth(AuthStep::LoginUser));
+        } else if offers("CRAM-MD5") {
+            self.send("AUTH CRAM-MD5", Expect::Auth(AuthStep::Cram));
+        } else {
+            tracing::info!(
+                offered = %self.caps.auth.join(" "),
+                tls = self.tls,
+                "auth-username is set but the receiver offers no AUTH mechanism usable here: sending without logging in"
+            );
+            return Some(ClientEvent::Ready);
+        }
+        None
+    }
+
+    fn send_secret(&mut self, line: &str, step: AuthStep) {
+        self.secret_output = true;
+        self.send(line, Expect::Auth(step));
+    }
+
+    /// The receiver's answer to a step of AUTH. A refusal defers the mail (a 4xx naming the
+    /// receiver's words): wrong credentials are the sender's to fix, not the recipients' to
+    /// bounce for.
+    fn auth_reply(&mut self, step: AuthStep, reply: Reply) -> Option<ClientEvent> {
+        let login = self.login.as_ref().expect("AUTH only with credentials");
+        let b64 = |b: &[u8]| super::auth::b64_encode(b);
+        match step {
+            AuthStep::Plain | AuthStep::Answered if reply.code == 235 => return Some(ClientEvent::Ready),
+            AuthStep::LoginUser if reply.code == 334 => {
+                let line = b64(login.user.as_bytes());
+                self.send_secret(&line, AuthStep::LoginPassword);
+                return None;
+            }
+            AuthStep::LoginPassword if reply.code == 334 => {
+                let line = b64(login.password.as_bytes());
+                self.send_secret(&line, AuthStep::Answered);
+                return None;
+            }
+            AuthStep::Cram if reply.code == 334 => {
+                if let Some(challenge) = super::auth::b64_decode(&reply.text) {
+                    let answer = format!("{} {}", login.user, super::auth::cram_digest(&login.password, &challenge));
+                    let line = b64(answer.as_bytes());
+                    self.send_secret(&line, AuthStep::Answered);
+                    return None;
+                }
+            }
+            _ => {}
+        }
+        let why =
+            format!("4.7.0 the receiver refused our AUTH ({}): check auth-username and auth-password", reply.line());
+        Some(self.fail(Reply::new(454, why)))
     }
 
     fn txn_reply(&mut self, expect: Expect, reply: Reply) -> Option<ClientEvent> {
@@ -588,10 +696,29 @@ fn notify_words(bits: u8) -> String {
 fn parse_ehlo(text: &str) -> Capabilities {
     let words: Vec<String> = text.split_ascii_whitespace().map(|w| w.to_ascii_uppercase()).collect();
     let mut caps = Capabilities { esmtp: true, ..Default::default() };
+    let mut in_auth = false;
     for (i, w) in words.iter().enumerate() {
-        if EXTENSIONS.contains(&w.as_str()) && !caps.keywords.contains(w) {
+        let extension = EXTENSIONS.contains(&w.as_str());
+        if extension && !caps.keywords.contains(w) {
             caps.keywords.push(w.clone());
         }
+        // `AUTH PLAIN LOGIN` (and the old `AUTH=LOGIN`): the words up to the next extension.
+        if let Some(first) = w.strip_prefix("AUTH=") {
+            caps.auth.push(first.to_string());
+            in_auth = true;
+            continue;
+        }
+        if w == "AUTH" {
+            in_auth = true;
+            continue;
+        }
+        if in_auth && !extension && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            if !caps.auth.contains(w) {
+                caps.auth.push(w.clone());
+            }
+            continue;
+        }
+        in_auth = false;
         match w.as_str() {
             "PIPELINING" => caps.pipelining = true,
             "8BITMIME" => caps.eight_bit_mime = true,
@@ -614,6 +741,64 @@ mod tests {
         let (used, ev) = c.receive(s.as_bytes());
         assert_eq!(used, s.len(), "whole reply consumed: {s:?}");
         ev
+    }
+
+    /// A client with credentials, greeted, its EHLO answered with `ehlo`.
+    fn logging_in(ehlo: &str, unencrypted_plain: bool) -> (Client, Option<ClientEvent>) {
+        let mut c = Client::new("me.test");
+        let opts = SmtpOptions {
+            auth_username: "tim".into(),
+            auth_password: sluice_config::Secret("tanstaaftanstaaf".into()),
+            use_unencrypted_plain_auth: unencrypted_plain,
+            ..SmtpOptions::default()
+        };
+        c.set_options(&opts);
+        feed(&mut c, "220 hi\r\n");
+        c.clear_output();
+        let ev = feed(&mut c, ehlo);
+        (c, ev)
+    }
+
+    #[test]
+    fn auth_mechanisms_as_powermta_chooses_them() {
+        // Plain text: CRAM-MD5 only (RFC 2195's example exchange).
+        let (mut c, ev) = logging_in("250-x\r\n250-AUTH LOGIN PLAIN CRAM-MD5\r\n250 SIZE 100\r\n", false);
+        assert_eq!((ev, c.output()), (None, b"AUTH CRAM-MD5\r\n".as_slice()));
+        assert!(!c.output_is_secret());
+        c.clear_output();
+        assert_eq!(feed(&mut c, "334 PDE4OTYuNjk3MTcwOTUyQHBvc3RvZmZpY2UucmVzdG9uLm1jaS5uZXQ+\r\n"), None);
+        assert_eq!(c.output(), b"dGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n");
+        assert!(c.output_is_secret());
+        c.clear_output();
+        assert_eq!(feed(&mut c, "235 2.7.0 ok\r\n"), Some(ClientEvent::Ready));
+        assert_eq!(c.capabilities().auth, ["LOGIN", "PLAIN", "CRAM-MD5"]);
+        // use-unencrypted-plain-auth: PLAIN first, then LOGIN (the old `AUTH=` form too).
+        let (c, _) = logging_in("250-x\r\n250-AUTH=LOGIN PLAIN\r\n250 8BITMIME\r\n", true);
+        assert_eq!(c.output(), b"AUTH PLAIN AHRpbQB0YW5zdGFhZnRhbnN0YWFm\r\n");
+        assert!(c.capabilities().eight_bit_mime, "the next extension ends the list");
+        let (mut c, _) = logging_in("250-x\r\n250 AUTH LOGIN\r\n", true);
+        assert_eq!(c.output(), b"AUTH LOGIN\r\n");
+        c.clear_output();
+        feed(&mut c, "334 VXNlcm5hbWU6\r\n");
+        assert_eq!(c.output(), b"dGlt\r\n");
+        c.clear_output();
+        feed(&mut c, "334 UGFzc3dvcmQ6\r\n");
+        assert_eq!(c.output(), b"dGFuc3RhYWZ0YW5zdGFhZg==\r\n");
+        // No usable mechanism (PLAIN outside TLS, not allowed): on without logging in.
+        let (c, ev) = logging_in("250-x\r\n250 AUTH PLAIN LOGIN\r\n", false);
+        assert_eq!((ev, c.output()), (Some(ClientEvent::Ready), b"".as_slice()));
+    }
+
+    #[test]
+    fn a_refused_login_defers() {
+        let (mut c, _) = logging_in("250-x\r\n250 AUTH CRAM-MD5\r\n", false);
+        match feed(&mut c, "535 5.7.8 Authentication credentials invalid\r\n") {
+            Some(ClientEvent::Failed(r)) => {
+                assert_eq!(r.code, 454);
+                assert!(r.text.contains("535 5.7.8 Authentication credentials invalid"), "{r:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     fn ready(pipelining: bool) -> Client {

@@ -138,6 +138,13 @@ impl Transcript {
         }
     }
 
+    /// Lines that carry credentials (our AUTH answers): that they went, not what they said.
+    pub fn secret(&self, dir: char) {
+        if self.log.commands {
+            tracing::info!(target: "sluice::session", peer = %self.peer, "{dir} (credentials, not logged)");
+        }
+    }
+
     /// A message's data (first `LOGGED_DATA_BYTES`).
     pub fn data(&self, dir: char, bytes: &[u8]) {
         if !self.log.data {

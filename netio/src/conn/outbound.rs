@@ -231,7 +231,10 @@ impl Outgoing {
     fn flush_client(&mut self) {
         if !self.client.output().is_empty() {
             if let Some(t) = &self.transcript {
-                t.lines('>', self.client.output());
+                match self.client.output_is_secret() {
+                    true => t.secret('>'),
+                    false => t.lines('>', self.client.output()),
+                }
             }
             write_out(self.tls.as_deref_mut().map(|t| &mut **t), self.client.output(), self.out.buf());
             self.client.clear_output();
