@@ -74,6 +74,16 @@ impl Line<'_> {
         self.value(units::parse_rate_limit(self.one()?))
     }
 
+    /// PowerMTA 3's `N` messages an hour (`max-msg-per-hour`): the rate `N/h`.
+    pub fn per_hour(&self) -> Result<Option<Rate>, ConfigError> {
+        let v = self.one()?;
+        let rate = match v.parse::<u32>() {
+            Ok(n) => format!("{n}/h"),
+            Err(_) => v.to_string(), // `unlimited`, or a rate written as today's
+        };
+        self.value(units::parse_rate_limit(&rate))
+    }
+
     pub fn count(&self) -> Result<u32, ConfigError> {
         let v = self.one()?;
         v.parse().map_err(|_| self.err(format!("`{v}` is not a whole number"), ""))

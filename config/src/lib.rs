@@ -403,6 +403,23 @@ mod tests {
         load("t.conf", text, &mut |_| Err("no includes".into()))
     }
 
+    /// Older names and source settings that change what is accepted or returned.
+    #[test]
+    fn per_hour_rates_hops_and_dsn_return() {
+        let c = parse(
+            "smtp-listener 127.0.0.1:25\n<domain a.test>\n max-msg-per-hour 3600\n backoff-max-msg-per-hour 60\n</domain>\n\
+             <source 10.0.0.0/8>\n max-message-hops 30\n dsn-return-default full\n</source>\n",
+        )
+        .unwrap();
+        let q = c.queue_settings("a.test", "default");
+        assert_eq!(q.max_msg_rate, units::parse_rate_limit("3600/h").unwrap());
+        assert_eq!(q.backoff_max_msg_rate, units::parse_rate_limit("60/h").unwrap());
+        let p = c.source_policy("10.1.2.3".parse().unwrap());
+        assert_eq!((p.max_message_hops, p.dsn_return_default), (30, Some(DsnReturn::Full)));
+        let p = c.source_policy("192.0.2.1".parse().unwrap());
+        assert_eq!((p.max_message_hops, p.dsn_return_default), (100, None), "the Guide's defaults");
+    }
+
     #[test]
     fn management_api_access_levels_by_longest_prefix() {
         let c = parse("smtp-listener 127.0.0.1:25\nhttp-mgmt-port 8080\nhttp-access 10.0.0.0/8 monitor\nhttp-access 10.1.0.0/16 operator\nhttp-access 10.1.2.3 none\nhttp-api-key 0123456789abcdef\n").unwrap();

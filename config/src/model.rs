@@ -14,6 +14,11 @@ pub struct SourcePolicy {
     pub smtp_service: bool,
     pub max_message_size: u64,
     pub max_rcpt_per_message: u32,
+    /// `max-message-hops` (100): more `Received:` fields than this is a loop (554 5.4.6).
+    pub max_message_hops: u32,
+    /// `dsn-return-default headers|full|system`: what a DSN returns of a message whose MAIL
+    /// gave no RET (None: `system`, the headers).
+    pub dsn_return_default: Option<DsnReturn>,
     pub process_x_virtual_mta: bool,
     pub default_virtual_mta: Option<String>,
     /// Keep the `x-virtual-mta:` header when relaying (it is removed by default).
@@ -235,6 +240,8 @@ impl Default for SourcePolicy {
             smtp_service: true,
             max_message_size: 50 << 20,
             max_rcpt_per_message: 1000,
+            max_message_hops: 100,
+            dsn_return_default: None,
             process_x_virtual_mta: false,
             default_virtual_mta: None,
             retain_x_virtual_mta: false,
@@ -381,6 +388,13 @@ pub struct SmtpOptions {
     pub auth_password: Secret,
     /// `use-unencrypted-plain-auth` (no): PLAIN and LOGIN outside TLS too (CRAM-MD5 always).
     pub use_unencrypted_plain_auth: bool,
+}
+
+/// What a DSN returns of the message (RFC 3461's RET).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnReturn {
+    Full,
+    Headers,
 }
 
 /// A password from the configuration: shown as `<secret>` wherever settings are printed.

@@ -282,3 +282,46 @@ fn dsn_and_smtputf8_parameters_rfc3461_rfc6531() {
     assert!(!lines.iter().any(|l| l.starts_with("250-SMTPUTF8")), "{lines:?}");
     assert!(lines.last().unwrap().contains("SMTPUTF8 (RFC 6531) is not offered"), "{lines:?}");
 }
+
+/// RFC 5321 §6.3: a message that went through more hosts than `max-message-hops` is
+/// looping: refused with 554 5.4.6 (over DATA and BDAT), one at the limit is taken.
+#[test]
+fn a_looping_message_is_refused_max_message_hops() {
+    let received = |n: usize| {
+        (0..n).map(|i| format!("Received: from h{i}.test\r\n\tby h{}.test; now\r\n", i + 1)).collect::<String>()
+    };
+    let p = SessionPolicy { max_message_hops: 3, add_received_header: true, ..policy(true) };
+    for (hops, code) in [(3, 250), (4, 554)] {
+        let data = format!("{ENVELOPE}{}Subject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n", received(hops));
+        let (codes, msgs) = run(p.clone(), data.as_bytes(), false);
+        assert_eq!(codes, vec![220, 250, 250, 250, 354, code, 221], "{hops} hops");
+        assert_eq!(msgs.len(), usize::from(code == 250));
+        let message = format!("{}Subject: x\r\n\r\nbody\r\n", received(hops));
+        let bdat = format!(
+            "EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nBDAT {} LAST\r\n{message}QUIT\r\n",
+            message.len()
+        );
+        let (codes, _) = run(p.clone(), bdat.as_bytes(), false);
+        assert_eq!(codes, vec![220, 250, 250, 250, code, 221], "{hops} hops over BDAT");
+    }
+}
+
+/// `dsn-return-default`: a MAIL without RET gets the source's default; a RET the client gave
+/// stands.
+#[test]
+fn dsn_return_default_fills_in_a_missing_ret() {
+    use sluice_config::DsnReturn;
+    use sluice_spool::codec::flags::{RET_FULL, RET_HDRS};
+    let ret = |default: Option<DsnReturn>, param: &str| {
+        let input = format!(
+            "EHLO c\r\nMAIL FROM:<a@b.test>{param}\r\nRCPT TO:<x@y.test>\r\nDATA\r\nSubject: x\r\n\r\nhi\r\n.\r\n"
+        );
+        let p = SessionPolicy { dsn_return_default: default, ..policy(true) };
+        let (_, msgs) = common::drive_messages(p, &common::pipelined(input.as_bytes()));
+        msgs[0].flags & (RET_FULL | RET_HDRS)
+    };
+    assert_eq!(ret(None, ""), 0, "system: the DSN decides (headers)");
+    assert_eq!(ret(Some(DsnReturn::Full), ""), RET_FULL);
+    assert_eq!(ret(Some(DsnReturn::Headers), ""), RET_HDRS);
+    assert_eq!(ret(Some(DsnReturn::Full), " RET=HDRS"), RET_HDRS, "the client's RET stands");
+}

@@ -93,6 +93,9 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     value!("backoff-retry-after", durations, backoff_retry_after),
     value!("backoff-to-normal-after", duration, backoff_to_normal_after),
     value!("max-msg-rate", rate_limit, max_msg_rate),
+    // The Guide's deprecated names for `max-msg-rate N/h` and `backoff-max-msg-rate N/h`.
+    value!("max-msg-per-hour", per_hour, max_msg_rate),
+    value!("backoff-max-msg-per-hour", per_hour, backoff_max_msg_rate),
     value!("max-connect-rate", rate_limit, max_connect_rate),
     Directive { name: "smtp-hosts", set: smtp_hosts },
     value!("connect-timeout", duration, smtp.connect_timeout),

@@ -95,6 +95,23 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
         },
     },
     Directive {
+        name: "dsn-return-default",
+        set: |_, o, l| {
+            let v =
+                l.choice(&[("full", Some(DsnReturn::Full)), ("headers", Some(DsnReturn::Headers)), ("system", None)])?;
+            o.set(move |p| p.dsn_return_default = v);
+            Ok(())
+        },
+    },
+    Directive {
+        name: "max-message-hops",
+        set: |_, o, l| {
+            let n = l.value(units::parse_count_or_unlimited(l.one()?))?.unwrap_or(u32::MAX);
+            o.set(move |p| p.max_message_hops = n);
+            Ok(())
+        },
+    },
+    Directive {
         name: "default-virtual-mta",
         set: |b, o, l| {
             let target = l.one()?.to_string();

@@ -34,6 +34,18 @@ pub fn has_field(data: &[u8], name: &str) -> bool {
     header_section_end(data).and_then(|end| find_field(data, end, name)).is_some()
 }
 
+/// How many `name:` fields the header section has (`Received:`: the hops a message made).
+pub fn count_fields(data: &[u8], name: &str) -> usize {
+    let Some(end) = header_section_end(data) else { return 0 };
+    let mut n = 0;
+    let mut at = 0;
+    while let Some((_, field_end)) = find_field(&data[at..], end - at, name) {
+        n += 1;
+        at += field_end;
+    }
+    n
+}
+
 /// What injection does to a message's header (a `<source>`'s rules, with the values the
 /// caller made: a fresh Message-ID, the date).
 pub struct Shaping<'a> {

@@ -7,7 +7,7 @@ use super::auth::{b64_decode, b64_encode, parse_plain, Users};
 use super::data::DataScanner;
 use super::mime;
 use crate::time::rfc5322_date;
-use sluice_config::{BareLf, LongLines, SenderRestrictions};
+use sluice_config::{BareLf, DsnReturn, LongLines, SenderRestrictions};
 use sluice_spool::codec::flags;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,6 +27,10 @@ pub struct SessionPolicy {
     pub smtp_service: bool,
     pub max_message_size: u64,
     pub max_rcpt_per_message: u32,
+    /// `max-message-hops` (100): a message with more `Received:` fields is refused (a loop).
+    pub max_message_hops: u32,
+    /// `dsn-return-default`: RET for a message whose MAIL has none (None: `system`, headers).
+    pub dsn_return_default: Option<DsnReturn>,
     pub add_received_header: bool,
     pub hide_message_source: bool,
     /// STARTTLS is offered (a certificate is configured and `allow-starttls` is on).
@@ -74,6 +78,8 @@ impl Default for SessionPolicy {
             smtp_service: true,
             max_message_size: 50 << 20,
             max_rcpt_per_message: 1000,
+            max_message_hops: 100,
+            dsn_return_default: None,
             add_received_header: true,
             hide_message_source: false,
             starttls: false,
@@ -529,6 +535,14 @@ impl Session {
             let sender = if path.is_empty() { "<>".to_string() } else { path.to_string() };
             return self.reply(&format!("550 5.7.1 Sender {sender} is not allowed here (allowed-mail-from-domain)"));
         }
+        // `dsn-return-default`: what a DSN returns when the client did not say (RET).
+        if txn.flags & (flags::RET_FULL | flags::RET_HDRS) == 0 {
+            txn.flags |= match self.policy.dsn_return_default {
+                Some(DsnReturn::Full) => flags::RET_FULL,
+                Some(DsnReturn::Headers) => flags::RET_HDRS,
+                None => 0,
+            };
+        }
         self.mail_from = Some(path.to_string());
         self.txn = txn;
         self.reply("250 2.1.0 Sender OK");
@@ -705,8 +719,21 @@ impl Session {
         if !self.data.ends_with(b"\r\n") {
             self.data.extend_from_slice(b"\r\n");
         }
+        if let Some(refusal) = self.looping() {
+            self.reset_transaction();
+            self.reply(&refusal);
+            return None;
+        }
         self.state = State::Storing;
         Some(Event::Message)
+    }
+
+    /// RFC 5321 §6.3: a message that passed more hosts than `max-message-hops` is looping.
+    fn looping(&self) -> Option<String> {
+        let ours = usize::from(self.policy.add_received_header);
+        let hops = super::headers::count_fields(&self.data, "Received").saturating_sub(ours);
+        let max = self.policy.max_message_hops as usize;
+        (hops > max).then(|| format!("554 5.4.6 Too many hops: {hops} Received fields, over {max} (a mail loop?)"))
     }
 
     fn prepend_received(&mut self) {
@@ -764,6 +791,13 @@ impl Session {
             // unchanged.
             let what = mime::Convert { eight_bit: false, long_lines: true };
             self.data = mime::convert_stuffed(&self.data, what);
+        }
+        let looping = if too_big || bare || long || nul { None } else { self.looping() };
+        if let Some(refusal) = looping {
+            self.reset_transaction();
+            self.state = State::Command;
+            self.reply(&refusal);
+            return None;
         }
         if too_big || bare || long || nul {
             self.reset_transaction();

@@ -136,6 +136,8 @@ impl Shard {
             smtp_service: policy.smtp_service,
             max_message_size: policy.max_message_size,
             max_rcpt_per_message: policy.max_rcpt_per_message,
+            max_message_hops: policy.max_message_hops,
+            dsn_return_default: policy.dsn_return_default,
             add_received_header: policy.add_received_header,
             hide_message_source: policy.hide_message_source,
             starttls,
