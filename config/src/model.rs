@@ -19,6 +19,10 @@ pub struct SourcePolicy {
     /// `dsn-return-default headers|full|system`: what a DSN returns of a message whose MAIL
     /// gave no RET (None: `system`, the headers).
     pub dsn_return_default: Option<DsnReturn>,
+    /// `smtp-command-timeout`, `smtp-data-timeout` in the `<source>`: how long its clients
+    /// may be silent (None: the global settings).
+    pub smtp_command_timeout: Option<Duration>,
+    pub smtp_data_timeout: Option<Duration>,
     pub process_x_virtual_mta: bool,
     pub default_virtual_mta: Option<String>,
     /// Keep the `x-virtual-mta:` header when relaying (it is removed by default).
@@ -242,6 +246,8 @@ impl Default for SourcePolicy {
             max_rcpt_per_message: 1000,
             max_message_hops: 100,
             dsn_return_default: None,
+            smtp_command_timeout: None,
+            smtp_data_timeout: None,
             process_x_virtual_mta: false,
             default_virtual_mta: None,
             retain_x_virtual_mta: false,

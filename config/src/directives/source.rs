@@ -95,6 +95,22 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
         },
     },
     Directive {
+        name: "smtp-command-timeout",
+        set: |_, o, l| {
+            let d = l.duration()?;
+            o.set(move |p| p.smtp_command_timeout = Some(d));
+            Ok(())
+        },
+    },
+    Directive {
+        name: "smtp-data-timeout",
+        set: |_, o, l| {
+            let d = l.duration()?;
+            o.set(move |p| p.smtp_data_timeout = Some(d));
+            Ok(())
+        },
+    },
+    Directive {
         name: "dsn-return-default",
         set: |_, o, l| {
             let v =

@@ -45,6 +45,9 @@ pub(super) struct InConn {
     data_until_ms: Option<u64>,
     /// The listener it came in on (index into `Config::listeners`; its `source=` applies).
     listener: usize,
+    /// Its source's `smtp-command-timeout` and `smtp-data-timeout` (the global ones else).
+    command_timeout_ms: u64,
+    data_timeout_ms: u64,
 }
 
 impl Shard {
@@ -110,6 +113,8 @@ impl Shard {
             reporting: false,
             data_until_ms: None,
             listener: i,
+            command_timeout_ms: policy.smtp_command_timeout.unwrap_or(config.smtp_command_timeout).as_millis() as u64,
+            data_timeout_ms: policy.smtp_data_timeout.unwrap_or(config.smtp_data_timeout).as_millis() as u64,
         };
         match self.ins.insert(conn) {
             Some((slot, _)) => self.in_drive(slot),
@@ -310,8 +315,7 @@ impl Shard {
             Want::Close => return self.close_in(slot),
             Want::Recv => {
                 let in_data = c.m.session().is_in_data();
-                let mut timeout_ms =
-                    if in_data { config.smtp_data_timeout } else { config.smtp_command_timeout }.as_millis() as u64;
+                let mut timeout_ms = if in_data { c.data_timeout_ms } else { c.command_timeout_ms };
                 // The whole DATA phase is bounded too, not only each read: a client trickling
                 // its message a byte per read cannot hold the session for ever.
                 if in_data {
