@@ -123,7 +123,7 @@ fn dns_failures_defer_and_only_definite_answers_bounce() {
     let relay = Relay::start(
         &format!(
             "dns-server 127.0.0.1:{dns_port}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
-             <domain *>\n retry-after 1s\n</domain>\n"
+             <domain *>\n retry-after 1s\n retry-after-dns-error 1s\n</domain>\n"
         ),
         Some(2),
     );

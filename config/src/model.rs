@@ -335,6 +335,9 @@ pub struct DomainSettings {
     /// `bounce-upon-no-mx`: a domain without MX records bounces instead of trying its
     /// address records (at once, or for mail queued at least this long).
     pub bounce_upon_no_mx: Option<Duration>,
+    /// `retry-after-dns-error` (1m): when mail deferred by a failed lookup is tried again
+    /// (the domain is looked up again then).
+    pub retry_after_dns_error: Duration,
     /// `type`; `discard-as-bounce` for a discarding queue.
     pub delivery_type: DeliveryType,
     pub discard_as_bounce: bool,
@@ -560,6 +563,7 @@ impl Default for DomainSettings {
             downgrade_8bit: Downgrade8bit::QuotedPrintable,
             smtp: SmtpOptions::default(),
             bounce_upon_no_mx: None,
+            retry_after_dns_error: Duration::from_secs(60),
             delivery_type: DeliveryType::Smtp,
             discard_as_bounce: false,
             reroute_to: None,

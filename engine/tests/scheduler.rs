@@ -456,3 +456,32 @@ fn a_lost_dns_answer_is_asked_for_again() {
     w.run(w.now_ms + 200, 50, &ok);
     assert_eq!(w.starts.len(), 3, "asked again, answered, delivered");
 }
+
+/// `retry-after-dns-error` (the Guide's default: 1m): mail deferred by a failed lookup is
+/// tried again, and the domain looked up again, after that long (not `retry-after`'s 10m).
+#[test]
+fn a_failed_lookup_is_retried_after_retry_after_dns_error() {
+    let second_ask = |conf: &str| {
+        let mut w = World::new(conf);
+        w.queue(1);
+        w.s.pump(w.now());
+        let mut asks = Vec::new();
+        while w.now_ms < 200_000 && asks.len() < 2 {
+            while let Some(intent) = w.s.poll_intent() {
+                if let Intent::Resolve { domain, .. } = intent {
+                    asks.push(w.now_ms);
+                    let servfail = Resolution::Temporary(Reply::new(451, "4.4.3 SERVFAIL"));
+                    w.s.on_resolved(&domain, servfail, 5_000, None, w.now());
+                }
+            }
+            w.now_ms += 50;
+            w.s.tick(w.now());
+            w.s.pump(w.now());
+        }
+        asks.get(1).copied().expect("looked up again")
+    };
+    let at = second_ask("<domain dest.test>\n retry-after-dns-error 30s\n retry-after 10m\n</domain>\n");
+    assert!((30_000..31_000).contains(&at), "{at}");
+    let at = second_ask("<domain dest.test>\n retry-after 10m\n</domain>\n");
+    assert!((60_000..61_000).contains(&at), "{at}");
+}

@@ -91,6 +91,8 @@ pub struct Queue<M> {
     ready: VecDeque<Job<M>>,
     retry: BTreeMap<(u64, u64), Job<M>>,
     retry_seq: u64,
+    /// `retry_once`: the delay for deferrals now, instead of the retry list.
+    retry_delay: Option<Duration>,
     /// Connections open or opening for this queue.
     pub connections: u32,
     /// `<bounce-category-patterns>`, tried before the built-in rules.
@@ -182,6 +184,7 @@ impl<M> Queue<M> {
             ready: VecDeque::new(),
             retry: BTreeMap::new(),
             retry_seq: 0,
+            retry_delay: None,
             connections: 0,
             bounce_patterns: Default::default(),
             patterns: None,
@@ -551,9 +554,15 @@ impl<M> Queue<M> {
         all
     }
 
+    /// Deferrals until the next call retry after `delay` instead of the retry list (a failed
+    /// lookup: `retry-after-dns-error`); None: the list again.
+    pub fn retry_once(&mut self, delay: Option<Duration>) {
+        self.retry_delay = delay;
+    }
+
     fn schedule_retry(&mut self, mut job: Job<M>, now_ms: u64) {
         let list = self.retry_list();
-        let delay = list[(job.attempts as usize).saturating_sub(1).min(list.len() - 1)];
+        let delay = self.retry_delay.unwrap_or(list[(job.attempts as usize).saturating_sub(1).min(list.len() - 1)]);
         job.attempts += 1;
         self.retry_seq += 1;
         self.retry.insert((now_ms + delay.as_millis() as u64, self.retry_seq), job);

@@ -538,7 +538,13 @@ impl<M: Message> Scheduler<M> {
                     Resolution::Permanent(r) | Resolution::Temporary(r) => r.clone(),
                     Resolution::Hops(_) | Resolution::NoMx(_) => unreachable!("hops are Ready"),
                 };
+                // A lookup that failed: the mail retries after `retry-after-dns-error`.
+                let dns_retry = st.q.settings.retry_after_dns_error;
+                st.q.retry_once(Some(dns_retry));
                 self.fail_ready(id, &reply, &AttemptInfo::default(), now);
+                if let Some(st) = self.queues[id].as_mut() {
+                    st.q.retry_once(None);
+                }
             }
         }
     }
