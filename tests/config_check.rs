@@ -43,7 +43,7 @@ fn sample_powermta_config_parses_and_reports_what_is_not_supported_yet() {
     assert!(!out.contains("`domain-key` is not supported"), "DKIM signing is read now: {out}");
     assert!(
         out.contains(
-            "sample-powermta.conf:13: `min-free-space` is a PowerMTA directive sluice does not implement yet; ignored"
+            "sample-powermta.conf:13: `min-free-space` is a PowerMTA directive sluice does not implement; ignored (changes nothing a receiver sees: sluice answers 452 4.3.1 when the spool's disk is full (never 250 for bytes not on disk))"
         ),
         "{out}"
     );
@@ -191,8 +191,8 @@ fn every_problem_is_reported_with_a_count() {
             "many.conf:3: unknown directive `smtp-listner` in the global section (hint: did you mean `smtp-listener`?)",
             "many.conf:5: `lots` is not a whole number",
             "many.conf:7: unknown directive `retry-aftr` in <domain> (hint: did you mean `retry-after`?)",
-            "warning: many.conf:2: `run-as-root` is not followed: sluice runs as the user that starts it (the systemd unit in packaging/ runs it unprivileged)",
-            "warning: many.conf:6: `pix-bug-workaround` is a PowerMTA directive sluice does not implement yet; ignored",
+            "warning: many.conf:2: `run-as-root` is a PowerMTA directive sluice does not implement; ignored (changes nothing a receiver sees: sluice runs as the user that starts it)",
+            "warning: many.conf:6: `pix-bug-workaround` is a PowerMTA directive sluice does not implement; ignored (changes nothing a receiver sees: Cisco PIX workaround; modern receivers do not need it)",
             "warning: many.conf:10: `max-smtp-out` does not belong in <source>: it goes in <domain>, <virtual-mta>, <virtual-mta-pool>; ignored",
             "3 errors, 3 warnings",
         ]

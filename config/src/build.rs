@@ -157,23 +157,6 @@ pub(crate) struct Scope<T: 'static> {
     pub blocks: &'static [Block<T>],
 }
 
-/// Messages for PowerMTA directives sluice deliberately does not follow, said instead of the
-/// generic "not implemented yet".
-const NOTES: &[(&str, &str)] = &[
-    (
-        "sync-msg-create",
-        "`sync-msg-create` is not followed: sluice answers 250 only once a message is fsynced (group commit keeps that cheap); `spool-sync no` turns it off for benchmarks",
-    ),
-    (
-        "sync-msg-update",
-        "`sync-msg-update` is not followed: outcomes are journaled in fsynced batches either way",
-    ),
-    (
-        "run-as-root",
-        "`run-as-root` is not followed: sluice runs as the user that starts it (the systemd unit in packaging/ runs it unprivileged)",
-    ),
-];
-
 /// Names real configurations still carry from older PowerMTA versions, and today's name for
 /// the same thing: (old, today's, whether it is a block).
 const OLD_NAMES: &[(&str, &str, bool)] = &[
@@ -289,13 +272,15 @@ impl Builder {
         let shown = if block { format!("<{name}>") } else { name.to_string() };
         let in_scope = if block { k.block(scope, name) } else { k.directive(scope, name) };
         if in_scope {
-            let note = NOTES.iter().find(|(n, _)| *n == name).map(|(_, m)| m.to_string());
-            let message = note.unwrap_or_else(|| match block {
-                true => {
-                    format!("`{shown}` is a PowerMTA block sluice does not implement yet; ignored with all it holds")
-                }
-                false => format!("`{shown}` is a PowerMTA directive sluice does not implement yet; ignored"),
-            });
+            let what = match block {
+                true => format!("`{shown}` is a PowerMTA block sluice does not implement; ignored with all it holds"),
+                false => format!("`{shown}` is a PowerMTA directive sluice does not implement; ignored"),
+            };
+            let message = match crate::known::why_ignored(scope, name, block) {
+                Some(i) if i.differs => format!("{what}, and mail differs from PowerMTA's: {}", i.why),
+                Some(i) => format!("{what} (changes nothing a receiver sees: {})", i.why),
+                None => what,
+            };
             self.warn(span, message);
             return Ok(());
         }

@@ -9,6 +9,67 @@ use std::sync::OnceLock;
 /// The list, as shipped.
 pub const LIST: &str = include_str!("../powermta-directives.txt");
 
+/// Why each directive sluice accepts and ignores is safe to ignore, or what ignoring it
+/// changes (`config/ignored-directives.txt`).
+pub const IGNORED: &str = include_str!("../ignored-directives.txt");
+
+/// One line of `IGNORED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ignored {
+    pub scope: String,
+    /// A name, a family (`http-*`), or `*`; a block as `<name>`.
+    pub pattern: String,
+    /// Ignoring it changes what mail does (not implemented yet); else nothing a recipient
+    /// or receiver sees changes.
+    pub differs: bool,
+    pub why: String,
+}
+
+impl Ignored {
+    fn matches(&self, scope: &str, name: &str, block: bool) -> bool {
+        let name = if block { format!("<{name}>") } else { name.to_string() };
+        self.scope == scope
+            && match self.pattern.strip_suffix('*') {
+                Some("") => true,
+                Some(prefix) => name.starts_with(prefix),
+                None => self.pattern == name,
+            }
+    }
+}
+
+/// The lines of `IGNORED` (parsed once).
+pub fn ignored() -> &'static [Ignored] {
+    static IGNORED_LINES: OnceLock<Vec<Ignored>> = OnceLock::new();
+    IGNORED_LINES.get_or_init(|| {
+        IGNORED
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let mut parts = l.splitn(3, '|').map(str::trim);
+                let (at, kind, why) =
+                    (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let (scope, pattern) = at.split_once(' ').expect("`scope name | kind | why` lines");
+                assert!(
+                    kind == "same" || kind == "differs",
+                    "ignored-directives.txt: `{kind}` is neither same nor differs"
+                );
+                Ignored {
+                    scope: scope.into(),
+                    pattern: pattern.trim().into(),
+                    differs: kind == "differs",
+                    why: why.into(),
+                }
+            })
+            .collect()
+    })
+}
+
+/// Why `name` (a block when `block`) in `scope` is ignored: the first line that matches.
+pub fn why_ignored(scope: &str, name: &str, block: bool) -> Option<&'static Ignored> {
+    ignored().iter().find(|i| i.matches(scope, name, block))
+}
+
 /// Where an entry of the list comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
@@ -107,7 +168,7 @@ pub fn directives_markdown() -> String {
     scopes.sort_by_key(|s| (*s != "global", *s != "source", *s != "domain", *s));
     let shown = |name: &str, block: bool| if block { format!("`<{name}>`") } else { format!("`{name}`") };
     let mut read = String::new();
-    let mut ignored = String::new();
+    let mut unread = String::new();
     for scope in &scopes {
         let mut yes = Vec::new();
         let mut no = Vec::new();
@@ -123,15 +184,30 @@ pub fn directives_markdown() -> String {
             if reads(scope, name, block) {
                 yes.push(shown(name, block));
             } else {
-                no.push(shown(name, block));
+                no.push((shown(name, block), why_ignored(scope, name, block)));
             }
         }
         let place = if *scope == "global" { "global".to_string() } else { format!("`<{scope}>`") };
         if !yes.is_empty() {
             read.push_str(&format!("| {place} | {} |\n", yes.join(", ")));
         }
-        if !no.is_empty() {
-            ignored.push_str(&format!("| {place} | {} |\n", no.join(", ")));
+        // One row per reason, in the order of the reasons' file.
+        let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
+        for (name, why) in no {
+            let at = why.and_then(|w| ignored().iter().position(|i| std::ptr::eq(i, w))).unwrap_or(usize::MAX);
+            match rows.iter_mut().find(|(a, _)| *a == at) {
+                Some((_, names)) => names.push(name),
+                None => rows.push((at, vec![name])),
+            }
+        }
+        rows.sort_by_key(|(at, _)| *at);
+        for (at, names) in rows {
+            let why = match ignored().get(at) {
+                Some(i) if i.differs => format!("**not yet, and mail differs:** {}", i.why),
+                Some(i) => format!("changes nothing a receiver sees: {}", i.why),
+                None => "**no reason given** (config/ignored-directives.txt)".to_string(),
+            };
+            unread.push_str(&format!("| {place} | {} | {why} |\n", names.join(", ")));
         }
     }
     let mut own = String::new();
@@ -149,7 +225,9 @@ pub fn directives_markdown() -> String {
     }
     format!(
         "#### Read and followed\n\n| block | directives |\n|---|---|\n{read}\n\
-         #### Accepted and ignored, with a warning at their line\n\n| block | directives |\n|---|---|\n{ignored}\n\
+         #### Accepted and ignored, with a warning at their line\n\n\
+         Each with why ignoring it is safe, or (**not yet**) what mail does differently until it is implemented.\n\n\
+         | block | directives | ignoring them |\n|---|---|---|\n{unread}\n\
          #### sluice's own (no PowerMTA equivalent)\n\n| block | directives |\n|---|---|\n{own}"
     )
 }

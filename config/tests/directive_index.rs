@@ -73,6 +73,56 @@ fn the_readme_lists_the_directives_as_the_tables_say() {
     let generated = sluice_config::known::directives_markdown();
     assert!(
         readme[from..to] == generated,
-        "README.md's directives section is stale: replace it with the output of `sluice directives`"
+        "README.md's directives section is stale: replace it with the output of `sluice directives` (scripts/update-readme-directives.py)"
+    );
+}
+
+/// Every directive sluice accepts and ignores has its line in config/ignored-directives.txt
+/// (why ignoring it is safe, or what mail does differently), and every line there names a
+/// directive that is ignored: none that sluice reads, none PowerMTA does not have.
+#[test]
+fn every_ignored_directive_says_why_and_every_reason_is_used() {
+    use sluice_config::known::{ignored, why_ignored};
+    let tables = sluice_config::directives::tables();
+    let reads = |scope: &str, name: &str, block: bool| {
+        (!block && (name == "include" || name == "domain-macro"))
+            || tables.iter().any(|(s, d, b)| *s == scope && if block { b.contains(&name) } else { d.contains(&name) })
+    };
+    let mut missing = Vec::new();
+    let mut used = vec![false; ignored().len()];
+    for e in known().entries() {
+        let block = e.origin == Origin::Block;
+        if reads(&e.scope, &e.name, block) {
+            continue;
+        }
+        match why_ignored(&e.scope, &e.name, block) {
+            Some(w) => used[ignored().iter().position(|i| std::ptr::eq(i, w)).unwrap()] = true,
+            None => missing.push(format!("{} {}{}", e.scope, if block { "<" } else { "" }, e.name)),
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    assert!(missing.is_empty(), "ignored without a reason in config/ignored-directives.txt:\n{}", missing.join("\n"));
+    let stale: Vec<String> =
+        ignored().iter().zip(&used).filter(|(_, u)| !**u).map(|(i, _)| format!("{} {}", i.scope, i.pattern)).collect();
+    assert!(stale.is_empty(), "lines naming no ignored directive (read now, or misspelt):\n{}", stale.join("\n"));
+}
+
+/// The warning at the line says the same as the README.
+#[test]
+fn the_warning_says_why() {
+    let checked = sluice_config::check("t.conf", &placed("source", "bcc archive@example.com"), &mut |_| Err("".into()));
+    let shown: Vec<String> = checked.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["t.conf:3: `bcc` is a PowerMTA directive sluice does not implement; ignored, and mail differs from PowerMTA's: no copy is sent to a Bcc address"]
+    );
+    let checked = sluice_config::check("t.conf", &placed("domain", "dk-sign yes"), &mut |_| Err("".into()));
+    assert!(
+        checked.warnings[0].to_string().ends_with(
+            "(changes nothing a receiver sees: DomainKeys (RFC 4870, obsolete): no receiver checks it; DKIM signs)"
+        ),
+        "{:?}",
+        checked.warnings
     );
 }
