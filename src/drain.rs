@@ -54,6 +54,7 @@ fn drain(dir: &Path, responder: &Responder) -> Result<usize, String> {
             data: view.data.to_vec(),
             job_id: env.job_id.to_string(),
             client_ip: env.client_ip,
+            source: None,
             src_mta: format!("{} ({})", env.extras.helo, env.client_ip),
             done: done.clone(),
             moved: Some(Moved {

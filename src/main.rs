@@ -11,6 +11,7 @@ mod dns;
 mod drain;
 mod logfile;
 mod mgmt;
+mod pickup;
 mod reload;
 mod tools;
 
@@ -332,6 +333,10 @@ fn run(path: Option<&Path>) -> ExitCode {
     }
     drain::start(config.drain_spools.clone(), responder.clone());
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(p) = config.pickup.clone() {
+        tracing::info!(dir = %p.dir.display(), bad = %p.bad_dir.display(), "taking message files from the pickup directory");
+        pickup::start(p, responder.clone(), stop.clone());
+    }
     let (acct_tx, acct_rx) = crossbeam_channel::unbounded();
     let reloader = Arc::new(reload::Reloader::new(path.map(Path::to_path_buf), responder.clone(), acct_tx));
     let plane = control::Plane {

@@ -197,6 +197,8 @@ pub(crate) struct Builder {
     pub proxies: crate::names::Names<Proxy>,
     /// Global `smtp-proxy-source-host` and `use-proxy`, inherited by VMTAs once all is read.
     pub global_vmta: VirtualMta,
+    /// `pickup-remove-dot` written before `pickup`.
+    pub pending_remove_dot: Option<bool>,
 }
 
 impl Builder {
@@ -220,6 +222,7 @@ impl Builder {
             rewrite_refs: Vec::new(),
             proxies: crate::names::Names::new(),
             global_vmta: VirtualMta::default(),
+            pending_remove_dot: None,
         }
     }
 
@@ -376,6 +379,9 @@ impl Builder {
         }
         self.check_refs();
         self.settle_proxies();
+        if let (Some(p), Some(on)) = (self.config.pickup.as_mut(), self.pending_remove_dot) {
+            p.remove_dot = on;
+        }
         if let (Some(span), None) = (self.arc_sign_refs.first(), &self.config.arc_key) {
             let e = ConfigError::at(
                 span,

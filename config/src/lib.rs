@@ -65,6 +65,9 @@ pub struct Config {
     /// Global `smtp-source-host IP NAME`: the source of mail sent through the default virtual
     /// MTA (any VMTA name the configuration does not define).
     pub global_source: Option<(IpAddr, String)>,
+    /// `pickup DIR BAD-DIR`: message files dropped in DIR are injected (bad ones moved to
+    /// BAD-DIR); `pickup-remove-dot`.
+    pub pickup: Option<Pickup>,
     /// Global `smtp-proxy-source-host` / `use-proxy`: the default VMTA sends through these
     /// (every VMTA with no source of its own has them too).
     pub global_proxies: Vec<Proxy>,
@@ -371,6 +374,7 @@ impl Config {
             named_sources: names::Names::new(),
             global_source: None,
             global_proxies: Vec::new(),
+            pickup: None,
             smtp_users: HashMap::new(),
             address_lists: names::Names::new(),
             feedback_processor: None,

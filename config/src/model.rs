@@ -399,6 +399,18 @@ pub struct SmtpOptions {
     pub use_unencrypted_plain_auth: bool,
 }
 
+/// A pickup directory (`pickup DIR BAD-DIR`): each file is one message, its envelope in
+/// leading `x-sender:` / `x-receiver:` (one per recipient) / `x-envid:` lines, as IIS and
+/// PowerMTA have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pickup {
+    pub dir: PathBuf,
+    /// Where files that are not a message go (with a `.why` file beside each).
+    pub bad_dir: PathBuf,
+    /// `pickup-remove-dot`: the feeder doubled leading dots as for SMTP; take one away.
+    pub remove_dot: bool,
+}
+
 /// What a DSN returns of the message (RFC 3461's RET).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DsnReturn {

@@ -16,6 +16,8 @@ pub struct Injection {
     /// The HTTP client: its `<source>` policy picks the VMTA (`default-virtual-mta`,
     /// `x-virtual-mta`) as for SMTP.
     pub client_ip: std::net::IpAddr,
+    /// A named `<source>` over the address's (`{pickup}` for the pickup directory).
+    pub source: Option<&'static str>,
     pub src_mta: String,
     pub done: crossbeam_channel::Sender<Result<String, String>>,
     /// A message moved from another spool (`deliver-only`) keeps its VMTA, envelope id,

@@ -49,6 +49,7 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
         data: t.data,
         job_id: t.job_id,
         client_ip: req.peer,
+        source: None,
         src_mta: format!("http ({})", req.peer),
         done,
         moved: None,

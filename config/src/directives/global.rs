@@ -47,6 +47,31 @@ const DIRECTIVES: &[Directive<()>] = &[
             Ok(())
         },
     },
+    Directive {
+        name: "pickup",
+        set: |b, _, l| {
+            let [dir, bad] = l.args else {
+                return Err(l.err(
+                    "`pickup` takes the pickup directory and the bad-mail directory",
+                    "write `pickup /var/spool/sluice/pickup /var/spool/sluice/badmail`",
+                ));
+            };
+            let remove_dot = b.config.pickup.as_ref().is_some_and(|p| p.remove_dot);
+            b.config.pickup = Some(Pickup { dir: dir.into(), bad_dir: bad.into(), remove_dot });
+            Ok(())
+        },
+    },
+    Directive {
+        name: "pickup-remove-dot",
+        set: |b, _, l| {
+            let on = l.bool()?;
+            match b.config.pickup.as_mut() {
+                Some(p) => p.remove_dot = on,
+                None => b.pending_remove_dot = Some(on),
+            }
+            Ok(())
+        },
+    },
     Directive { name: "smtp-proxy-source-host", set: |b, _, l| global_proxy(b, l, vmta::proxy_source_host) },
     Directive { name: "use-proxy", set: |b, _, l| global_proxy(b, l, vmta::use_proxy) },
     Directive {

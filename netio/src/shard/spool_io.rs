@@ -419,7 +419,8 @@ impl Shard {
         let (vmta, envid, flags, helo) = match inj.moved {
             Some(m) => (m.vmta, m.envid, m.flags, m.helo),
             None => {
-                let policy = config.source_policy(inj.client_ip);
+                let policy = config.policy_for(inj.client_ip, inj.source.as_slice());
+                let policy = &*policy;
                 let envid = self.shape_headers(policy, &mut data, false);
                 let routed = super::inbound::route_message(
                     &self.shared,
@@ -442,7 +443,9 @@ impl Shard {
                     data.splice(0..0, header);
                 }
                 let verp = if policy.verp { codec::flags::VERP } else { 0 };
-                (vmta, envid.unwrap_or_default(), codec::flags::API | verp, "http".to_string())
+                // The name the submission path goes by (`http`, `pickup`): the srcMta column's.
+                let via = inj.src_mta.split(' ').next().unwrap_or("http").to_string();
+                (vmta, envid.unwrap_or_default(), codec::flags::API | verp, via)
             }
         };
         let mut store = Store::boxed(data, mail_from, inj.recipients, self.now.unix_ms, vmta);

@@ -1,0 +1,64 @@
+//! The pickup directory (`pickup DIR BAD-DIR`): files with `x-sender:` / `x-receiver:` lines
+//! dropped in DIR are delivered (to an aiosmtpd receiver, byte for byte: LF files become CRLF,
+//! a leading dot survives) and removed; a file that is no message goes to BAD-DIR with the
+//! reason beside it; a dot-file (still being written) waits until it is renamed.
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[test]
+fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
+    let receiver = PyReceiver::start();
+    let dirs = TempDir::new("pickup");
+    let (inbox, bad) = (dirs.path().join("pickup"), dirs.path().join("badmail"));
+    let relay = Relay::start(
+        &format!(
+            "pickup {} {}\n\
+             <source {{pickup}}>\n process-x-envid yes\n</source>\n\
+             <domain rcv.test>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            inbox.display(),
+            bad.display(),
+            receiver.addr.port()
+        ),
+        None,
+    );
+    wait_for("the pickup directory", Duration::from_secs(10), || inbox.exists().then_some(()));
+    // IIS and PowerMTA's form: the envelope lines, then the message, LF line ends.
+    let good = "x-sender: <news@src.test>\nx-receiver: a@rcv.test\nX-Receiver: <b@rcv.test>\nx-envid: campaign-7\n\
+                From: News <news@src.test>\nTo: a@rcv.test\nSubject: from the pickup directory\n\n\
+                .a line that starts with a dot\nend\n";
+    std::fs::write(dirs.path().join("good.tmp"), good).unwrap();
+    std::fs::rename(dirs.path().join("good.tmp"), inbox.join("0001.eml")).unwrap();
+    std::fs::write(inbox.join("0002.eml"), "x-sender: news@src.test\nSubject: nobody to send to\n\nbody\n").unwrap();
+    // Being written: a dot-file is left alone until it is renamed.
+    std::fs::write(inbox.join(".0003.eml"), "x-sender: news@src.test\nx-receiver: c@rcv.test\n\nlate\n").unwrap();
+
+    let rows = relay.wait_rows("d", 2, Duration::from_secs(30));
+    let rcpts: Vec<&str> = rows.iter().map(|r| r["rcpt"].as_str()).collect();
+    assert!(rcpts.contains(&"a@rcv.test") && rcpts.contains(&"b@rcv.test"), "{rcpts:?}");
+    assert!(rows.iter().all(|r| r["srcMta"].starts_with("pickup") && r["envId"] == "campaign-7"), "{rows:?}");
+    let files = receiver.files();
+    assert_eq!(files.len(), 1, "one message, two recipients");
+    let got = std::fs::read(&files[0]).unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.contains("Subject: from the pickup directory\r\n\r\n.a line that starts with a dot\r\nend\r\n"),
+        "{text}"
+    );
+    assert!(!text.to_ascii_lowercase().contains("x-envid"), "process-x-envid took the header: {text}");
+    let env = std::fs::read_to_string(files[0].with_extension("env")).unwrap();
+    assert_eq!(env.lines().next(), Some("news@src.test"));
+
+    wait_for("the bad file set aside", Duration::from_secs(10), || bad.join("0002.eml").exists().then_some(()));
+    let why = std::fs::read_to_string(bad.join("0002.eml.why")).unwrap();
+    assert!(why.contains("no x-receiver"), "{why}");
+    wait_for("the good file removed", Duration::from_secs(10), || (!inbox.join("0001.eml").exists()).then_some(()));
+    assert!(inbox.join(".0003.eml").exists(), "a dot-file is not read");
+    assert_eq!(receiver.files().len(), 1);
+
+    std::fs::rename(inbox.join(".0003.eml"), inbox.join("0003.eml")).unwrap();
+    relay.wait_rows("d", 3, Duration::from_secs(30));
+    wait_for("the late file removed", Duration::from_secs(10), || (!inbox.join("0003.eml").exists()).then_some(()));
+    assert_eq!(receiver.files().len(), 2);
+}
