@@ -338,6 +338,66 @@ fn http_injection_is_durable_counted_and_suppressed() {
     assert!(reply["error"].as_str().unwrap().contains("email_rfc822"));
 }
 
+/// SparkPost's templated injection: one request, each recipient's `substitution_data` over
+/// the request's, content as parts (from, subject, text, html) or a whole message; every
+/// delivered message carries its own recipient's values (aiosmtpd keeps them byte for byte).
+#[test]
+fn http_injection_with_substitutions_personalizes_each_message() {
+    let receiver = PyReceiver::start();
+    let port = free_port("127.0.0.1");
+    let relay = Relay::start(
+        &format!(
+            "http-mgmt-port 127.0.0.1:{port}\nhttp-api-key {KEY}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            receiver.addr.port()
+        ),
+        None,
+    );
+    let api: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_port(api, Duration::from_secs(10));
+    let people = [("ann@a.test", "Ann", "Gold"), ("bob@b.test", "Bob", "Silver"), ("cy@a.test", "Cy <&>", "")];
+    let recipients: Vec<Value> = people
+        .iter()
+        .map(|(a, first, tier)| serde_json::json!({"address": {"email": a}, "substitution_data": {"first": first, "account": {"tier": tier}}}))
+        .collect();
+    let body = serde_json::json!({
+        "campaign_id": "welcome",
+        "return_path": "bounces@src.test",
+        "substitution_data": {"shop": "The Shop"},
+        "recipients": recipients,
+        "content": {"from": {"email": "news@src.test", "name": "The Shop"}, "subject": "Welcome, {{first}}",
+                    "text": "Hello {{first}}, your tier at {{shop}}: {{account.tier}}.", "html": "<p>Hello {{first}}</p>"},
+    })
+    .to_string();
+    let (code, reply) = http(api, "POST", "/api/v1/transmissions", Some(KEY), &body);
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!(reply["results"]["total_accepted_recipients"], 3, "{reply}");
+    assert_eq!(reply["results"]["ids"].as_array().map(Vec::len), Some(3), "a message per recipient: {reply}");
+    let rows = relay.wait_rows("d", 3, Duration::from_secs(30));
+    assert!(rows.iter().all(|r| r["jobId"] == "welcome"), "{rows:?}");
+    let files = wait_for("3 messages", Duration::from_secs(10), || {
+        let f = receiver.files();
+        (f.len() == 3).then_some(f)
+    });
+    for (address, first, tier) in people {
+        let message = files
+            .iter()
+            .find(|f| std::fs::read_to_string(f.with_extension("env")).unwrap().lines().nth(1) == Some(address))
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .unwrap_or_else(|| panic!("a message for {address}"));
+        assert!(message.contains(&format!("To: {address}\r\n")), "{message}");
+        assert!(message.contains(&format!("Subject: Welcome, {first}\r\n")), "{message}");
+        assert!(message.contains(&format!("Hello {first}, your tier at The Shop: {tier}.")), "{message}");
+        let escaped = first.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+        assert!(message.contains(&format!("<p>Hello {escaped}</p>")), "{message}");
+        for (other, other_first, _) in people.iter().filter(|p| p.0 != address) {
+            assert!(
+                !message.contains(other) && !message.contains(&format!("Hello {other_first},")),
+                "{address} got {other}'s: {message}"
+            );
+        }
+    }
+}
+
 #[test]
 fn reload_swaps_lists_refuses_bad_configs_and_loses_nothing_under_load() {
     let s = SluiceSink::start(&[], u64::MAX);

@@ -1,7 +1,8 @@
 //! The pickup directory (`pickup DIR BAD-DIR`): files with `x-sender:` / `x-receiver:` lines
 //! dropped in DIR are delivered (to an aiosmtpd receiver, byte for byte: LF files become CRLF,
 //! a leading dot survives) and removed; a file that is no message goes to BAD-DIR with the
-//! reason beside it; a dot-file (still being written) waits until it is renamed.
+//! reason beside it; a dot-file (still being written) waits until it is renamed; `bcc` in
+//! `<source {pickup}>` copies each message to an archive.
 
 mod common;
 use common::*;
@@ -15,7 +16,7 @@ fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
     let relay = Relay::start(
         &format!(
             "pickup {} {}\n\
-             <source {{pickup}}>\n process-x-envid yes\n</source>\n\
+             <source {{pickup}}>\n process-x-envid yes\n bcc archive@rcv.test\n</source>\n\
              <domain rcv.test>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
             inbox.display(),
             bad.display(),
@@ -34,12 +35,14 @@ fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
     // Being written: a dot-file is left alone until it is renamed.
     std::fs::write(inbox.join(".0003.eml"), "x-sender: news@src.test\nx-receiver: c@rcv.test\n\nlate\n").unwrap();
 
-    let rows = relay.wait_rows("d", 2, Duration::from_secs(30));
-    let rcpts: Vec<&str> = rows.iter().map(|r| r["rcpt"].as_str()).collect();
-    assert!(rcpts.contains(&"a@rcv.test") && rcpts.contains(&"b@rcv.test"), "{rcpts:?}");
+    // `bcc` in `<source {pickup}>`: the archive gets a copy too.
+    let rows = relay.wait_rows("d", 3, Duration::from_secs(30));
+    let mut rcpts: Vec<&str> = rows.iter().map(|r| r["rcpt"].as_str()).collect();
+    rcpts.sort();
+    assert_eq!(rcpts, ["a@rcv.test", "archive@rcv.test", "b@rcv.test"]);
     assert!(rows.iter().all(|r| r["srcMta"].starts_with("pickup") && r["envId"] == "campaign-7"), "{rows:?}");
     let files = receiver.files();
-    assert_eq!(files.len(), 1, "one message, two recipients");
+    assert_eq!(files.len(), 1, "one message, three recipients");
     let got = std::fs::read(&files[0]).unwrap();
     let text = String::from_utf8_lossy(&got);
     assert!(
@@ -58,7 +61,7 @@ fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
     assert_eq!(receiver.files().len(), 1);
 
     std::fs::rename(inbox.join(".0003.eml"), inbox.join("0003.eml")).unwrap();
-    relay.wait_rows("d", 3, Duration::from_secs(30));
+    relay.wait_rows("d", 5, Duration::from_secs(30));
     wait_for("the late file removed", Duration::from_secs(10), || (!inbox.join("0003.eml").exists()).then_some(()));
     assert_eq!(receiver.files().len(), 2);
 }

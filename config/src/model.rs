@@ -19,6 +19,11 @@ pub struct SourcePolicy {
     /// `dsn-return-default headers|full|system`: what a DSN returns of a message whose MAIL
     /// gave no RET (None: `system`, the headers).
     pub dsn_return_default: Option<DsnReturn>,
+    /// `too-many-rcpts-fails-message` (no): past `max-rcpt-per-message` the whole message is
+    /// refused at DATA, not the extra recipients at RCPT.
+    pub too_many_rcpts_fails_message: bool,
+    /// `bcc ADDRESS`: every message from the source is copied to it (archiving).
+    pub bcc: Option<String>,
     /// `smtp-command-timeout`, `smtp-data-timeout` in the `<source>`: how long its clients
     /// may be silent (None: the global settings).
     pub smtp_command_timeout: Option<Duration>,
@@ -246,6 +251,8 @@ impl Default for SourcePolicy {
             max_rcpt_per_message: 1000,
             max_message_hops: 100,
             dsn_return_default: None,
+            too_many_rcpts_fails_message: false,
+            bcc: None,
             smtp_command_timeout: None,
             smtp_data_timeout: None,
             process_x_virtual_mta: false,

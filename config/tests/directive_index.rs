@@ -111,11 +111,11 @@ fn every_ignored_directive_says_why_and_every_reason_is_used() {
 /// The warning at the line says the same as the README.
 #[test]
 fn the_warning_says_why() {
-    let checked = sluice_config::check("t.conf", &placed("source", "bcc archive@example.com"), &mut |_| Err("".into()));
+    let checked = sluice_config::check("t.conf", &placed("source", "process-x-schedule yes"), &mut |_| Err("".into()));
     let shown: Vec<String> = checked.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
         shown,
-        ["t.conf:3: `bcc` is a PowerMTA directive sluice does not implement; ignored, and mail differs from PowerMTA's: no copy is sent to a Bcc address"]
+        ["t.conf:3: `process-x-schedule` is a PowerMTA directive sluice does not implement; ignored, and mail differs from PowerMTA's: `X-Schedule` headers are not read: messages are sent at once"]
     );
     let checked = sluice_config::check("t.conf", &placed("domain", "dk-sign yes"), &mut |_| Err("".into()));
     assert!(

@@ -223,9 +223,12 @@ pub fn http_request(input: &[u8]) {
         let _ = crate::sched::admin::Selector::parse(&v);
         let _ = k.len();
     }
-    if let Ok(t) = crate::http::parse_transmission(input.get(cut + 1..).unwrap_or_default()) {
-        assert!(t.recipients.iter().all(|r| crate::http::plausible_address(r)));
-        assert!(t.data.is_empty() || t.data.ends_with(b"\r\n"));
+    if let Ok(t) = crate::http::parse_transmission(input.get(cut + 1..).unwrap_or_default(), 0) {
+        assert!(t.recipients().all(|r| crate::http::plausible_address(r)));
+        assert!(t
+            .messages
+            .iter()
+            .all(|m| !m.recipients.is_empty() && (m.data.is_empty() || m.data.ends_with(b"\r\n"))));
         assert!(t.job_id.chars().count() <= crate::http::CAMPAIGN_ID_CHARS_MAX);
     }
 }

@@ -325,3 +325,35 @@ fn dsn_return_default_fills_in_a_missing_ret() {
     assert_eq!(ret(Some(DsnReturn::Headers), ""), RET_HDRS);
     assert_eq!(ret(Some(DsnReturn::Full), " RET=HDRS"), RET_HDRS, "the client's RET stands");
 }
+
+/// `too-many-rcpts-fails-message`: past `max-rcpt-per-message` every RCPT is taken and the
+/// message refused whole at DATA (or BDAT); without it the extra recipients get 452.
+#[test]
+fn too_many_recipients_fail_the_message_when_asked() {
+    let rcpts = "RCPT TO:<a@y.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nRCPT TO:<d@y.test>\r\n";
+    let input =
+        format!("EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n{rcpts}DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    let (codes, msgs) = run(policy(true), input.as_bytes(), false);
+    assert_eq!(codes, vec![220, 250, 250, 250, 250, 250, 452, 354, 250, 221], "max 3: the 4th gets 452");
+    assert_eq!(msgs.len(), 1);
+    let whole = SessionPolicy { too_many_rcpts_fails_message: true, ..policy(true) };
+    let input = format!("EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n{rcpts}DATA\r\nQUIT\r\n");
+    let (lines, msgs) = common::drive(whole.clone(), input.as_bytes(), false);
+    assert_eq!(common::codes(&lines), vec![220, 250, 250, 250, 250, 250, 250, 552, 221], "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("too-many-rcpts-fails-message")), "{lines:?}");
+    assert!(msgs.is_empty());
+    let input = format!("EHLO c.test\r\nMAIL FROM:<a@b.test>\r\n{rcpts}BDAT 5 LAST\r\nhello");
+    let (codes, msgs) = run(whole, input.as_bytes(), false);
+    assert_eq!(codes, vec![220, 250, 250, 250, 250, 250, 250, 552]);
+    assert!(msgs.is_empty(), "the chunk is skipped, not taken");
+}
+
+/// `bcc`: every message taken also goes to the archive address (once).
+#[test]
+fn bcc_adds_the_archive_recipient() {
+    let p = SessionPolicy { bcc: Some("archive@keep.test".into()), ..policy(true) };
+    let input = format!("{ENVELOPE}Subject: x\r\n\r\nbody\r\n.\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<archive@keep.test>\r\nDATA\r\nSubject: y\r\n\r\nb\r\n.\r\n");
+    let (_, msgs) = common::drive_messages(p, &common::pipelined(input.as_bytes()));
+    assert_eq!(msgs[0].recipients, ["x@y.test", "archive@keep.test"]);
+    assert_eq!(msgs[1].recipients, ["archive@keep.test"], "not twice");
+}

@@ -94,6 +94,19 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
             Ok(())
         },
     },
+    flag!("too-many-rcpts-fails-message", too_many_rcpts_fails_message),
+    Directive {
+        name: "bcc",
+        set: |_, o, l| {
+            let v = l.one()?.trim_matches(|c| c == '<' || c == '>' || c == '"').to_string();
+            if !v.is_empty() && !v.contains('@') {
+                return Err(l.err(format!("`{v}` is not an address"), "write `bcc archive@example.com`"));
+            }
+            let v = (!v.is_empty()).then_some(v);
+            o.set(move |p| p.bcc.clone_from(&v));
+            Ok(())
+        },
+    },
     Directive {
         name: "smtp-command-timeout",
         set: |_, o, l| {

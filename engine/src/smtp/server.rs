@@ -31,6 +31,11 @@ pub struct SessionPolicy {
     pub max_message_hops: u32,
     /// `dsn-return-default`: RET for a message whose MAIL has none (None: `system`, headers).
     pub dsn_return_default: Option<DsnReturn>,
+    /// `too-many-rcpts-fails-message`: past `max_rcpt_per_message` the message is refused
+    /// whole at DATA (552) instead of the extra recipients at RCPT (452).
+    pub too_many_rcpts_fails_message: bool,
+    /// `bcc`: every message taken gets this recipient too (an archive copy).
+    pub bcc: Option<String>,
     pub add_received_header: bool,
     pub hide_message_source: bool,
     /// STARTTLS is offered (a certificate is configured and `allow-starttls` is on).
@@ -80,6 +85,8 @@ impl Default for SessionPolicy {
             max_rcpt_per_message: 1000,
             max_message_hops: 100,
             dsn_return_default: None,
+            too_many_rcpts_fails_message: false,
+            bcc: None,
             add_received_header: true,
             hide_message_source: false,
             starttls: false,
@@ -206,6 +213,9 @@ struct TxnParams {
     flags: u8,
     /// (recipient index, NOTIFY bits, ORCPT as `type;address`).
     rcpt_dsn: Vec<(u32, u8, String)>,
+    /// More recipients than `max-rcpt-per-message` came, with `too-many-rcpts-fails-message`:
+    /// the message is refused whole at DATA or BDAT.
+    too_many_rcpts: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -588,6 +598,10 @@ impl Session {
         }
         // RFC 5321 §4.5.3.1.10: too many recipients is answered 452 and the client retries.
         if self.recipients.len() >= self.policy.max_rcpt_per_message as usize {
+            if self.policy.too_many_rcpts_fails_message {
+                self.txn.too_many_rcpts = true;
+                return self.reply("250 2.1.5 Recipient OK");
+            }
             return self.reply("452 4.5.3 Too many recipients");
         }
         if notify != 0 || !orcpt.is_empty() {
@@ -617,6 +631,10 @@ impl Session {
         }
         if self.bdat.is_some() {
             return self.error("503 5.5.1 DATA after BDAT in one transaction (RFC 3030 3)");
+        }
+        if self.txn.too_many_rcpts {
+            self.reset_transaction();
+            return self.reply(&self.too_many_rcpts());
         }
         self.data.clear();
         if self.policy.add_received_header {
@@ -655,6 +673,11 @@ impl Session {
             self.discarding_chunk = n;
             self.reset_transaction();
             return self.error(reply);
+        }
+        if self.txn.too_many_rcpts {
+            self.discarding_chunk = n;
+            self.reset_transaction();
+            return self.reply(&self.too_many_rcpts());
         }
         if self.bdat.is_none() {
             self.data.clear();
@@ -726,6 +749,11 @@ impl Session {
         }
         self.state = State::Storing;
         Some(Event::Message)
+    }
+
+    fn too_many_rcpts(&self) -> String {
+        let max = self.policy.max_rcpt_per_message;
+        format!("552 5.5.3 Too many recipients: over {max} for one message (too-many-rcpts-fails-message)")
     }
 
     /// RFC 5321 §6.3: a message that passed more hosts than `max-message-hops` is looping.
@@ -822,6 +850,12 @@ impl Session {
     /// Hands over the complete message (call after `Event::Message`).
     pub fn take_message(&mut self) -> Message {
         assert_eq!(self.state, State::Storing);
+        // `bcc`: an archive copy, as one more recipient (once).
+        if let Some(bcc) = &self.policy.bcc {
+            if !self.recipients.iter().any(|r| r.eq_ignore_ascii_case(bcc)) {
+                self.recipients.push(bcc.clone());
+            }
+        }
         Message {
             mail_from: self.mail_from.take().unwrap_or_default(),
             recipients: std::mem::take(&mut self.recipients),

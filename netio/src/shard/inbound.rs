@@ -143,6 +143,8 @@ impl Shard {
             max_rcpt_per_message: policy.max_rcpt_per_message,
             max_message_hops: policy.max_message_hops,
             dsn_return_default: policy.dsn_return_default,
+            too_many_rcpts_fails_message: policy.too_many_rcpts_fails_message,
+            bcc: policy.bcc.clone(),
             add_received_header: policy.add_received_header,
             hide_message_source: policy.hide_message_source,
             starttls,

@@ -416,17 +416,23 @@ impl Shard {
         let mut data = inj.data;
         let config = self.shared.config.clone();
         let mut mail_from = inj.mail_from;
+        let mut recipients = inj.recipients;
         let (vmta, envid, flags, helo) = match inj.moved {
             Some(m) => (m.vmta, m.envid, m.flags, m.helo),
             None => {
                 let policy = config.policy_for(inj.client_ip, inj.source.as_slice());
                 let policy = &*policy;
+                // `bcc`: an archive copy, as over SMTP.
+                if let Some(bcc) = policy.bcc.as_ref().filter(|b| !recipients.iter().any(|r| r.eq_ignore_ascii_case(b)))
+                {
+                    recipients.push(bcc.clone());
+                }
                 let envid = self.shape_headers(policy, &mut data, false);
                 let routed = super::inbound::route_message(
                     &self.shared,
                     policy,
                     &mut mail_from,
-                    &inj.recipients,
+                    &recipients,
                     &mut data,
                     self.now.unix_ms,
                 );
@@ -438,7 +444,7 @@ impl Shard {
                     }
                 };
                 if let Some(header) =
-                    super::inbound::dkim_signature(&self.shared, &self.stats, &inj.recipients, &vmta, &mut data)
+                    super::inbound::dkim_signature(&self.shared, &self.stats, &recipients, &vmta, &mut data)
                 {
                     data.splice(0..0, header);
                 }
@@ -448,7 +454,7 @@ impl Shard {
                 (vmta, envid.unwrap_or_default(), codec::flags::API | verp, via)
             }
         };
-        let mut store = Store::boxed(data, mail_from, inj.recipients, self.now.unix_ms, vmta);
+        let mut store = Store::boxed(data, mail_from, recipients, self.now.unix_ms, vmta);
         store.src_mta = inj.src_mta;
         store.helo = helo;
         store.rcv_source_ip = inj.client_ip.to_string();
