@@ -129,3 +129,48 @@ fn arc_sign_without_a_key_is_a_config_error() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("a.conf:3: `arc-sign yes` needs an `arc-key`"), "{out}");
 }
+
+/// `reject-spf-check-fail` / `-permerror` (the Guide's defaults: yes) with
+/// `check-spf-inbound`: a sender whose domain's SPF record (served by dnsmasq) leaves out
+/// 127.0.0.1 is refused 550 5.7.23, one whose record is broken 550 5.7.24, one that passes is
+/// taken; a source with `reject-spf-check-fail no` takes the failing one with its
+/// Authentication-Results.
+#[test]
+fn spf_failures_are_refused_unless_told_not_to() {
+    let dns_port = free_port("127.0.0.1");
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            "--txt-record=pass.test,v=spf1 ip4:127.0.0.0/8 -all".into(),
+            "--txt-record=fail.test,v=spf1 ip4:192.0.2.1 -all".into(),
+            // A redirect to a domain with no SPF record: a permanent error (RFC 7208 §6.1).
+            "--txt-record=broken.test,v=spf1 redirect=nowhere.test".into(),
+        ],
+    );
+    let receiver = PyReceiver::start();
+    let relay = Relay::start(
+        &format!(
+            "dns-server 127.0.0.1:{dns_port}\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n check-spf-inbound yes\n</source>\n\
+             <source 127.0.0.2>\n always-allow-relaying yes\n check-spf-inbound yes\n reject-spf-check-fail no\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            receiver.addr.port()
+        ),
+        Some(1),
+    );
+    let send = |ip: &str, from: &str| {
+        let msg = format!("From: {from}\r\nTo: r@dest.test\r\nSubject: spf {from}\r\n\r\nbody\r\n");
+        smtplib_send(&relay, ip, from, &["r@dest.test"], msg.as_bytes())
+    };
+    assert_eq!(send("127.0.0.1", "a@pass.test"), "sent");
+    let refused = send("127.0.0.1", "a@fail.test");
+    assert!(refused.contains("550") && refused.contains("5.7.23"), "{refused}");
+    let refused = send("127.0.0.1", "a@broken.test");
+    assert!(refused.contains("550") && refused.contains("5.7.24"), "{refused}");
+    assert_eq!(send("127.0.0.2", "a@fail.test"), "sent", "reject-spf-check-fail no");
+    let rows = relay.wait_rows("r", 2, Duration::from_secs(20));
+    let mut results: Vec<&str> = rows.iter().map(|r| r["authResults"].as_str()).collect();
+    results.sort();
+    assert_eq!(results, ["spf=fail", "spf=pass"], "{rows:?}");
+    wait_for("2 delivered", Duration::from_secs(20), || (receiver.files().len() == 2).then_some(()));
+}

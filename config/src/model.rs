@@ -19,6 +19,12 @@ pub struct SourcePolicy {
     /// `dsn-return-default headers|full|system`: what a DSN returns of a message whose MAIL
     /// gave no RET (None: `system`, the headers).
     pub dsn_return_default: Option<DsnReturn>,
+    /// `reject-spf-check-fail`, `-permerror`, `-temperror` (all yes, as the Guide has them):
+    /// with `check-spf-inbound`, a message whose SPF check ends so is refused (550 5.7.23,
+    /// 550 5.7.24, 451 4.7.24, RFC 7372) instead of taken with its Authentication-Results.
+    pub reject_spf_fail: bool,
+    pub reject_spf_permerror: bool,
+    pub reject_spf_temperror: bool,
     /// `too-many-rcpts-fails-message` (no): past `max-rcpt-per-message` the whole message is
     /// refused at DATA, not the extra recipients at RCPT.
     pub too_many_rcpts_fails_message: bool,
@@ -251,6 +257,9 @@ impl Default for SourcePolicy {
             max_rcpt_per_message: 1000,
             max_message_hops: 100,
             dsn_return_default: None,
+            reject_spf_fail: true,
+            reject_spf_permerror: true,
+            reject_spf_temperror: true,
             too_many_rcpts_fails_message: false,
             bcc: None,
             smtp_command_timeout: None,

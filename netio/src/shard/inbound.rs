@@ -508,6 +508,7 @@ impl Shard {
     }
 
     /// SPF/DKIM/DMARC/ARC need DNS: the control plane checks, then `on_verified` goes on.
+    /// (`spf_refusal` then says whether the SPF result refuses the message.)
     fn verify(&mut self, slot: u32, mut m: Message, vmta: String, policy: &sluice_config::SourcePolicy) {
         let gen = self.ins.gen(slot);
         let c = self.ins.get_mut(slot);
@@ -552,6 +553,14 @@ impl Shard {
         let Some(c) = self.ins.get_gen(slot, gen) else { return };
         let Some(waiting) = c.verifying.take() else { return };
         let (mut m, vmta) = *waiting;
+        // `reject-spf-check-*` (the Guide's defaults: yes) with `check-spf-inbound`.
+        let config = self.shared.config.clone();
+        let policy = config.policy_for(c.client_ip, &listener_source(&config, c.listener));
+        if let Some(refusal) = spf_refusal(&policy, &summary, &m.mail_from) {
+            tracing::info!(shard = self.id, client = %c.client_ip, from = %m.mail_from, %summary, "refused on its SPF result");
+            c.m.message_refused(&refusal);
+            return self.in_drive(slot);
+        }
         m.data = headers;
         m.data.extend_from_slice(&data);
         // Signing reads the client's message: a panic there ends this connection only.
@@ -885,4 +894,26 @@ fn cold_vmta(shared: &Shared, vmta: &str, rcpts: &[String], now_unix_ms: u64) ->
 /// The named source a listener's sessions take (`smtp-listener ADDR source=NAME`).
 fn listener_source(config: &sluice_config::Config, listener: usize) -> Vec<&str> {
     config.listeners.get(listener).and_then(|l| l.source.as_deref()).into_iter().collect()
+}
+
+/// The refusal a message's SPF result calls for (`reject-spf-check-*`, with
+/// `check-spf-inbound`): RFC 7372's codes. `summary` is the checks' `spf=WORD ...`.
+fn spf_refusal(policy: &sluice_config::SourcePolicy, summary: &str, mail_from: &str) -> Option<String> {
+    if !policy.check_spf {
+        return None;
+    }
+    let word = summary.split_whitespace().find_map(|w| w.strip_prefix("spf="))?;
+    let sender = if mail_from.is_empty() { "<>" } else { mail_from };
+    match word {
+        "fail" if policy.reject_spf_fail => {
+            Some(format!("550 5.7.23 SPF check failed: this host may not send for {sender} (reject-spf-check-fail)"))
+        }
+        "permerror" if policy.reject_spf_permerror => {
+            Some(format!("550 5.7.24 SPF record of {sender}'s domain is in error (reject-spf-check-permerror)"))
+        }
+        "temperror" if policy.reject_spf_temperror => Some(format!(
+            "451 4.7.24 SPF check could not be completed for {sender}, try again later (reject-spf-check-temperror)"
+        )),
+        _ => None,
+    }
 }
