@@ -26,6 +26,9 @@ pub struct Plane {
     pub reloader: Arc<Reloader>,
     /// The management API's listener, bound at start (`http-mgmt-port`).
     pub mgmt: Option<std::net::TcpListener>,
+    /// The Transmissions API's listeners (`<transmissions-api-listener>`), bound at start,
+    /// with their TLS.
+    pub transmissions: Vec<(std::net::TcpListener, Arc<tokio_rustls::rustls::ServerConfig>)>,
     pub recovered_messages: usize,
 }
 
@@ -41,8 +44,19 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 /// Runs the control plane until `stop` closes. Resolutions run as tokio tasks; accounting
 /// records are written as they come and flushed every `HOUSEKEEPING_EVERY`.
 pub fn run(plane: Plane) -> std::io::Result<()> {
-    let Plane { config, requests, responder, mut acct, acct_cmds, arc_key, stop, reloader, mgmt, recovered_messages } =
-        plane;
+    let Plane {
+        config,
+        requests,
+        responder,
+        mut acct,
+        acct_cmds,
+        arc_key,
+        stop,
+        reloader,
+        mgmt,
+        transmissions,
+        recovered_messages,
+    } = plane;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let resolver = Arc::new(resolver(&config)?);
     let observer = Arc::new(Mutex::new(crate::mgmt::stats::Observer::default()));
@@ -67,6 +81,13 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         rt.spawn(crate::mgmt::serve(api.clone(), listener));
+    }
+    let keys = Arc::new(config.transmissions_api.keys.clone());
+    for (listener, tls) in transmissions {
+        let _in_runtime = rt.enter();
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        rt.spawn(crate::mgmt::transmissions::serve(api.clone(), listener, tls, keys.clone()));
     }
     {
         // Totals sampled once a second: the last minute and hour in status and charts.

@@ -300,6 +300,24 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The Transmissions API's listeners, likewise, with their certificates read now.
+    let mut transmissions = Vec::new();
+    for l in &config.transmissions_api.listeners {
+        let tls = match sluice_netio::tls::server_config_of(&l.certificate) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("sluice: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match std::net::TcpListener::bind(l.addr) {
+            Ok(listener) => transmissions.push((listener, tls)),
+            Err(e) => {
+                eprintln!("sluice: cannot listen on {} for the Transmissions API: {e}", l.addr);
+                return ExitCode::from(1);
+            }
+        }
+    }
     let acct = match acct::AcctWriter::open(&config) {
         Ok(a) => a,
         Err(e) => {
@@ -349,6 +367,7 @@ fn run(path: Option<&Path>) -> ExitCode {
         stop: stop.clone(),
         reloader: reloader.clone(),
         mgmt,
+        transmissions,
         recovered_messages: runtime.recovered_messages,
     };
     let control = std::thread::Builder::new()

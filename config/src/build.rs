@@ -379,6 +379,16 @@ impl Builder {
         }
         self.check_refs();
         self.settle_proxies();
+        if let (Some(l), true) =
+            (self.config.transmissions_api.listeners.first(), self.config.transmissions_api.keys.is_empty())
+        {
+            let e = ConfigError::at(
+                &l.certificate.span,
+                "a <transmissions-api-listener> needs an `api-key` in <transmissions-api>",
+                "add `<transmissions-api> api-key KEY </transmissions-api>` (32 to 128 letters, digits or `_`)",
+            );
+            self.errors.push(e);
+        }
         if let (Some(p), Some(on)) = (self.config.pickup.as_mut(), self.pending_remove_dot) {
             p.remove_dot = on;
         }

@@ -65,6 +65,8 @@ pub struct Config {
     /// Global `smtp-source-host IP NAME`: the source of mail sent through the default virtual
     /// MTA (any VMTA name the configuration does not define).
     pub global_source: Option<(IpAddr, String)>,
+    /// `<transmissions-api>` and `<transmissions-api-listener>`.
+    pub transmissions_api: TransmissionsApi,
     /// `pickup DIR BAD-DIR`: message files dropped in DIR are injected (bad ones moved to
     /// BAD-DIR); `pickup-remove-dot`.
     pub pickup: Option<Pickup>,
@@ -375,6 +377,7 @@ impl Config {
             global_source: None,
             global_proxies: Vec::new(),
             pickup: None,
+            transmissions_api: TransmissionsApi::default(),
             smtp_users: HashMap::new(),
             address_lists: names::Names::new(),
             feedback_processor: None,

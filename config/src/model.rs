@@ -199,7 +199,7 @@ impl SourcePolicy {
 }
 
 /// A certificate chain and its private key (PEM files), and the line that named them.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsCertificate {
     pub cert: PathBuf,
     pub key: PathBuf,
@@ -413,6 +413,23 @@ pub struct SmtpOptions {
     pub auth_password: Secret,
     /// `use-unencrypted-plain-auth` (no): PLAIN and LOGIN outside TLS too (CRAM-MD5 always).
     pub use_unencrypted_plain_auth: bool,
+}
+
+/// PowerMTA's HTTP Transmissions API on listeners of its own (`<transmissions-api>` with
+/// `api-key`s, `<transmissions-api-listener ADDR>` with `tls-certificate`): HTTPS, keyed by
+/// the `Authorization` header, `<source {transmissions-api}>` applying.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransmissionsApi {
+    pub keys: Vec<String>,
+    pub listeners: Vec<ApiListener>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiListener {
+    pub addr: SocketAddr,
+    /// One PEM file with the certificate chain and its private key (`pmtakeytool newcert`'s
+    /// form; `cat cert.pem key.pem`).
+    pub certificate: TlsCertificate,
 }
 
 /// A pickup directory (`pickup DIR BAD-DIR`): each file is one message, its envelope in

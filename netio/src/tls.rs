@@ -10,7 +10,12 @@ use std::sync::Arc;
 /// The server side of TLS, or None when no certificate is configured. Errors name the
 /// `smtp-server-tls-certificate` line.
 pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, ConfigError> {
-    let Some(t) = &config.tls_certificate else { return Ok(None) };
+    config.tls_certificate.as_ref().map(server_config_of).transpose()
+}
+
+/// The server side of TLS with one certificate and key (they may be one PEM file); errors
+/// name the line that gave them.
+pub fn server_config_of(t: &sluice_config::TlsCertificate) -> Result<Arc<rustls::ServerConfig>, ConfigError> {
     let hint = "give PEM files: the certificate chain, then its private key (e.g. from openssl req -x509)";
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(&t.cert).and_then(|it| it.collect::<Result<Vec<_>, _>>()).map_err(|e| {
@@ -29,7 +34,7 @@ pub fn server_config(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(|e| ConfigError::at(&t.span, format!("the certificate and key do not go together: {e}"), hint))?;
-    Ok(Some(Arc::new(server)))
+    Ok(Arc::new(server))
 }
 
 /// Outbound STARTTLS as MTAs do it between each other: opportunistic (RFC 7435), so the

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 /// `POST /api/v1/transmissions`, a SparkPost-compatible subset: one message, many recipients,
 /// answered after the message is on disk (fsynced), as SMTP's 250.
-pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
+/// `source`: a named `<source>` over the client address's (`{transmissions-api}` on the
+/// Transmissions API's own listeners).
+pub(super) async fn transmissions(api: &Arc<Api>, req: Request, source: Option<&'static str>) -> Response {
     let now_unix_ms =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let t = match parse_transmission(&req.body, now_unix_ms) {
@@ -20,7 +22,7 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
         Err((status, why)) => return error(status, why),
     };
     let config = api.responder.config();
-    let policy = config.source_policy(req.peer);
+    let policy = config.policy_for(req.peer, source.as_slice());
     let lists = api.responder.lists();
     let mut rejected: Vec<Value> =
         t.rejected.iter().map(|(address, reason)| json!({ "address": address, "reason": reason })).collect();
@@ -60,7 +62,7 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request) -> Response {
             data: m.data,
             job_id: t.job_id.clone(),
             client_ip: req.peer,
-            source: None,
+            source,
             src_mta: format!("http ({})", req.peer),
             done,
             moved: None,

@@ -12,6 +12,7 @@ mod inject;
 mod metrics;
 mod recovery;
 pub mod stats;
+pub mod transmissions;
 pub(crate) mod views;
 
 use crate::reload::Reloader;
@@ -147,7 +148,7 @@ const ROUTES: &[Route] = &[
         })
     }),
     post("/api/v1/transmissions", Access::Admin, |api, req| {
-        Box::pin(async move { inject::transmissions(&api, req).await })
+        Box::pin(async move { inject::transmissions(&api, req, None).await })
     }),
 ];
 

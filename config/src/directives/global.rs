@@ -233,7 +233,69 @@ const BLOCKS: &[Block<()>] = &[
     Block { name: "rewrite-list", open: |b, _, r| lists::rewrite_list(b, r) },
     Block { name: "spool", open: spool_block },
     Block { name: "proxy", open: |b, _, r| vmta::proxy_block(b, r) },
+    Block {
+        name: "transmissions-api",
+        open: |b, _, r| {
+            let mut api = std::mem::take(&mut b.config.transmissions_api);
+            b.run(&TRANSMISSIONS_API, &mut api, r.children);
+            b.config.transmissions_api = api;
+            Ok(())
+        },
+    },
+    Block { name: "transmissions-api-listener", open: api_listener_block },
 ];
+
+pub(crate) const TRANSMISSIONS_API: Scope<TransmissionsApi> = Scope {
+    name: "transmissions-api",
+    directives: &[Directive {
+        // The Guide: 32 to 128 characters, each alphanumeric or `_`; case matters.
+        name: "api-key",
+        set: |_, t, l| {
+            let key = l.one()?;
+            let ok = (32..=128).contains(&key.len()) && key.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_');
+            if !ok {
+                return Err(l.err(
+                    "an `api-key` is 32 to 128 characters, letters, digits or `_`",
+                    "make one with `openssl rand -hex 20`",
+                ));
+            }
+            t.keys.push(key.to_string());
+            Ok(())
+        },
+    }],
+    blocks: &[],
+};
+
+/// `<transmissions-api-listener ADDR>`: HTTPS for the Transmissions API (`tls-certificate`
+/// required).
+fn api_listener_block(b: &mut Builder, _: &mut (), r: &BlockRef) -> Result<(), ConfigError> {
+    let addr = r.arg("127.0.0.1:8585")?;
+    let addr = units::parse_listen(addr).map_err(|m| ConfigError::at(r.span, m, ""))?;
+    let mut cert: Option<TlsCertificate> = None;
+    b.run(&API_LISTENER, &mut cert, r.children);
+    let Some(certificate) = cert else {
+        return Err(ConfigError::at(
+            r.span,
+            "<transmissions-api-listener> needs a `tls-certificate` (the API is HTTPS)",
+            "write `tls-certificate /etc/sluice/api.pem` (the certificate chain and its key in one PEM file)",
+        ));
+    };
+    b.config.transmissions_api.listeners.push(ApiListener { addr, certificate });
+    Ok(())
+}
+
+pub(crate) const API_LISTENER: Scope<Option<TlsCertificate>> = Scope {
+    name: "transmissions-api-listener",
+    directives: &[Directive {
+        name: "tls-certificate",
+        set: |_, c, l| {
+            let file = PathBuf::from(l.one()?);
+            *c = Some(TlsCertificate { cert: file.clone(), key: file, span: l.span.clone() });
+            Ok(())
+        },
+    }],
+    blocks: &[],
+};
 
 /// Global `smtp-proxy-source-host` / `use-proxy`: for every VMTA that sets no source of its
 /// own, and for the default VMTA.

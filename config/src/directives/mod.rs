@@ -56,6 +56,8 @@ pub fn tables() -> Vec<TableNames> {
         names(&vmta::VMTA),
         names(&vmta::POOL),
         names(&vmta::PROXY),
+        names(&global::TRANSMISSIONS_API),
+        names(&global::API_LISTENER),
         names(&acct::SCOPE),
         names(&global::LISTENER),
         names(&global::SPOOL),
