@@ -65,6 +65,9 @@ pub struct Config {
     /// Global `smtp-source-host IP NAME`: the source of mail sent through the default virtual
     /// MTA (any VMTA name the configuration does not define).
     pub global_source: Option<(IpAddr, String)>,
+    /// `mailmerge-expands-undefined-variables` (yes): a `[name]` no variable defines becomes
+    /// empty; no: it stays as written.
+    pub mailmerge_expands_undefined: bool,
     /// `<transmissions-api>` and `<transmissions-api-listener>`.
     pub transmissions_api: TransmissionsApi,
     /// `pickup DIR BAD-DIR`: message files dropped in DIR are injected (bad ones moved to
@@ -378,6 +381,7 @@ impl Config {
             global_proxies: Vec::new(),
             pickup: None,
             transmissions_api: TransmissionsApi::default(),
+            mailmerge_expands_undefined: true,
             smtp_users: HashMap::new(),
             address_lists: names::Names::new(),
             feedback_processor: None,

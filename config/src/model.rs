@@ -30,6 +30,9 @@ pub struct SourcePolicy {
     pub too_many_rcpts_fails_message: bool,
     /// `bcc ADDRESS`: every message from the source is copied to it (archiving).
     pub bcc: Option<String>,
+    /// `allow-mailmerge` (no; `always-allow-api-submission yes` sets it): PowerMTA's
+    /// mail-merge SMTP commands (XACK, XMRG, XDFN, XPRT).
+    pub allow_mailmerge: bool,
     /// `smtp-command-timeout`, `smtp-data-timeout` in the `<source>`: how long its clients
     /// may be silent (None: the global settings).
     pub smtp_command_timeout: Option<Duration>,
@@ -262,6 +265,7 @@ impl Default for SourcePolicy {
             reject_spf_temperror: true,
             too_many_rcpts_fails_message: false,
             bcc: None,
+            allow_mailmerge: false,
             smtp_command_timeout: None,
             smtp_data_timeout: None,
             process_x_virtual_mta: false,

@@ -24,6 +24,7 @@ pub fn smtp_session(input: &[u8]) {
         chunking: split & 0x40 == 0,
         plain_auth_in_clear: true,
         auth: (split & 0x20 == 0).then(test_users),
+        allow_mailmerge: split & 0x10 == 0,
         ..SessionPolicy::default()
     };
     let mut s = Session::new(policy, "192.0.2.1".parse().expect("an address"), 1);
@@ -37,10 +38,22 @@ pub fn smtp_session(input: &[u8]) {
                 Some(Event::Message) => {
                     let m = s.take_message();
                     assert!(!m.recipients.is_empty());
-                    assert!(!m.data.contains(&0), "a NUL got through");
-                    for (i, b) in m.data.iter().enumerate() {
-                        if *b == b'\n' {
-                            assert!(i > 0 && m.data[i - 1] == b'\r', "a bare LF got through");
+                    // A mail merge: each recipient's message, made from the parts and values.
+                    let merged: Vec<Vec<u8>> = match &m.merge {
+                        Some(merge) => (0..m.recipients.len())
+                            .filter_map(|i| {
+                                merge.render(i, &m.recipients[i], &m.mail_from, "date", split & 1 == 0).ok()
+                            })
+                            .map(|p| p.data)
+                            .collect(),
+                        None => vec![m.data.clone()],
+                    };
+                    for data in merged {
+                        assert!(!data.contains(&0), "a NUL got through");
+                        for (i, b) in data.iter().enumerate() {
+                            if *b == b'\n' {
+                                assert!(i > 0 && data[i - 1] == b'\r', "a bare LF got through");
+                            }
                         }
                     }
                     s.message_stored(true, "fuzz");

@@ -357,3 +357,42 @@ fn bcc_adds_the_archive_recipient() {
     assert_eq!(msgs[0].recipients, ["x@y.test", "archive@keep.test"]);
     assert_eq!(msgs[1].recipients, ["archive@keep.test"], "not twice");
 }
+
+/// PowerMTA's mail merge as its clients speak it (Ruby's `powermta` gem, PHP's
+/// PowerMta_Mail_Protocol): XMRG, XDFN before each RCPT, XPRT parts; XACK OFF silences XDFN
+/// and RCPT; refused where `allow-mailmerge` is off; DATA and BDAT are not part of it.
+#[test]
+fn mail_merge_commands_make_one_transaction_with_parts_and_values() {
+    let p = SessionPolicy { allow_mailmerge: true, ..policy(true) };
+    let input = "EHLO c.test\r\nXACK ON\r\nXMRG FROM:<news@b.test> VERP\r\nXDFN fname=\"Ann\" *parts=\"1,2\"\r\nRCPT TO:<ann@y.test>\r\n\
+                 XDFN fname=\"Bob\"\r\nXDFN *parts=1\r\nRCPT TO:<bob@y.test>\r\nXPRT 1\r\nSubject: Hi [fname]\r\n\r\nDear [fname]\r\n.\r\n\
+                 XPRT 2 LAST\r\n..P.S.\r\n.\r\nQUIT\r\n";
+    let (lines, msgs) = common::drive_messages(p.clone(), &[input.as_bytes()]);
+    assert_eq!(
+        common::codes(&lines),
+        vec![220, 250, 250, 250, 250, 250, 250, 250, 250, 354, 250, 354, 250, 221],
+        "{lines:?}"
+    );
+    let m = &msgs[0];
+    assert_eq!(
+        (m.mail_from.as_str(), m.recipients.clone()),
+        ("news@b.test", vec!["ann@y.test".to_string(), "bob@y.test".into()])
+    );
+    assert_ne!(m.flags & sluice_spool::codec::flags::VERP, 0, "XMRG's VERP");
+    let merge = m.merge.as_ref().expect("a mail-merge message");
+    let ann = merge.render(0, "ann@y.test", &m.mail_from, "now", true).unwrap();
+    assert_eq!(ann.data, b"Subject: Hi Ann\r\n\r\nDear Ann\r\n..P.S.\r\n");
+    let bob = merge.render(1, "bob@y.test", &m.mail_from, "now", true).unwrap();
+    assert_eq!(bob.data, b"Subject: Hi Bob\r\n\r\nDear Bob\r\n", "part 1 only");
+    // XACK OFF: no reply to XDFN or RCPT, the rest as before.
+    let input = "EHLO c.test\r\nXACK OFF\r\nXMRG FROM: <news@b.test>\r\nXDFN a=1\r\nRCPT TO:<ann@y.test>\r\nXPRT 1 LAST\r\n[a]\r\n.\r\n";
+    let (lines, msgs) = common::drive_messages(p.clone(), &[input.as_bytes()]);
+    assert_eq!(common::codes(&lines), vec![220, 250, 250, 250, 354, 250], "{lines:?}");
+    assert_eq!(msgs[0].merge.as_ref().unwrap().render(0, "ann@y.test", "", "", true).unwrap().data, b"1\r\n");
+    // Not allowed here; DATA inside a merge; XDFN outside one.
+    let (lines, _) = common::drive(policy(true), b"EHLO c\r\nXMRG FROM:<a@b.test>\r\n", false);
+    assert!(lines.last().unwrap().starts_with("502 5.5.1 Mail merge is not allowed"), "{lines:?}");
+    let (lines, _) =
+        common::drive(p, b"EHLO c\r\nXDFN a=1\r\nXMRG FROM:<a@b.test>\r\nRCPT TO:<x@y.test>\r\nDATA\r\n", false);
+    assert_eq!(common::codes(&lines), vec![220, 250, 503, 250, 250, 503], "{lines:?}");
+}

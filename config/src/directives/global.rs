@@ -62,6 +62,13 @@ const DIRECTIVES: &[Directive<()>] = &[
         },
     },
     Directive {
+        name: "mailmerge-expands-undefined-variables",
+        set: |b, _, l| {
+            b.config.mailmerge_expands_undefined = l.bool()?;
+            Ok(())
+        },
+    },
+    Directive {
         name: "pickup-remove-dot",
         set: |b, _, l| {
             let on = l.bool()?;

@@ -95,6 +95,9 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
         },
     },
     flag!("too-many-rcpts-fails-message", too_many_rcpts_fails_message),
+    flag!("allow-mailmerge", allow_mailmerge),
+    // The Guide: "currently equivalent to setting allow-mailmerge yes".
+    flag!("always-allow-api-submission", allow_mailmerge),
     flag!("reject-spf-check-fail", reject_spf_fail),
     flag!("reject-spf-check-permerror", reject_spf_permerror),
     flag!("reject-spf-check-temperror", reject_spf_temperror),

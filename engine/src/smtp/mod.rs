@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod data;
 pub mod headers;
+pub mod merge;
 pub mod mime;
 pub mod proxy;
 pub mod reply;

@@ -36,6 +36,8 @@ pub struct SessionPolicy {
     pub too_many_rcpts_fails_message: bool,
     /// `bcc`: every message taken gets this recipient too (an archive copy).
     pub bcc: Option<String>,
+    /// `allow-mailmerge`: PowerMTA's mail-merge commands (XACK, XMRG, XDFN, XPRT).
+    pub allow_mailmerge: bool,
     pub add_received_header: bool,
     pub hide_message_source: bool,
     /// STARTTLS is offered (a certificate is configured and `allow-starttls` is on).
@@ -87,6 +89,7 @@ impl Default for SessionPolicy {
             dsn_return_default: None,
             too_many_rcpts_fails_message: false,
             bcc: None,
+            allow_mailmerge: false,
             add_received_header: true,
             hide_message_source: false,
             starttls: false,
@@ -166,10 +169,26 @@ pub struct Message {
     pub flags: u8,
     /// Recipients' DSN parameters: (index, `NOTIFY` bits, `ORCPT` as `type;address`).
     pub rcpt_dsn: Vec<(u32, u8, String)>,
+    /// A mail-merge transaction's parts and variables (`data` is then empty): one message
+    /// per recipient, made with `Merge::render`.
+    pub merge: Option<Box<super::merge::Merge>>,
+}
+
+/// A mail-merge transaction in progress (`XMRG` to the last `XPRT`).
+#[derive(Debug, Default)]
+struct MergeTxn {
+    merge: super::merge::Merge,
+    /// `XDFN` variables waiting for their `RCPT`.
+    pending: Vec<(String, String)>,
+    /// The part being received: its number and whether it is the last.
+    part: Option<(u32, bool)>,
 }
 
 pub struct Session {
     policy: SessionPolicy,
+    /// `XACK OFF`: XDFN and RCPT are not answered (mail merge).
+    xack: bool,
+    merge: Option<MergeTxn>,
     client_ip: IpAddr,
     session_id: u64,
     state: State,
@@ -252,6 +271,10 @@ const EXPN: u32 = tok(b"EXPN");
 const HELP: u32 = tok(b"HELP");
 const AUTH: u32 = tok(b"AUTH");
 const BDAT: u32 = tok(b"BDAT");
+const XACK: u32 = tok(b"XACK");
+const XMRG: u32 = tok(b"XMRG");
+const XDFN: u32 = tok(b"XDFN");
+const XPRT: u32 = tok(b"XPRT");
 /// A BDAT chunk size we read past (larger: the connection is closed instead).
 pub const BDAT_CHUNK_BYTES_MAX: u64 = 1 << 40;
 
@@ -261,6 +284,8 @@ impl Session {
     pub fn new(policy: SessionPolicy, client_ip: IpAddr, session_id: u64) -> Self {
         let mut s = Session {
             policy,
+            xack: true,
+            merge: None,
             client_ip,
             session_id,
             state: State::Command,
@@ -341,6 +366,7 @@ impl Session {
     }
 
     fn reset_transaction(&mut self) {
+        self.merge = None;
         self.mail_from = None;
         self.recipients.clear();
         self.data.clear();
@@ -443,7 +469,9 @@ impl Session {
             EHLO => self.helo(arg, true),
             HELO => self.helo(arg, false),
             MAIL => self.mail(arg),
+            RCPT if self.merge.is_some() => self.merge_rcpt(arg),
             RCPT => self.rcpt(arg),
+            DATA if self.merge.is_some() => self.error("503 5.5.1 XPRT, not DATA, in a mail-merge transaction"),
             DATA => self.data_command(arg),
             RSET => {
                 self.reset_transaction();
@@ -459,9 +487,111 @@ impl Session {
             EXPN => self.reply("502 5.5.1 EXPN not available"),
             HELP => self.reply("214 2.0.0 Commands: EHLO HELO STARTTLS AUTH MAIL RCPT DATA RSET NOOP QUIT VRFY HELP"),
             AUTH => self.auth(arg),
+            BDAT if self.merge.is_some() => self.error("503 5.5.1 XPRT, not BDAT, in a mail-merge transaction"),
             BDAT => self.bdat(arg),
+            XACK | XMRG | XDFN | XPRT if !self.policy.allow_mailmerge => {
+                self.error("502 5.5.1 Mail merge is not allowed from here (allow-mailmerge)")
+            }
+            XACK => self.xack_command(arg),
+            XMRG => self.xmrg(arg),
+            XDFN => self.xdfn(arg),
+            XPRT => self.xprt(arg),
             _ => self.error("500 5.5.2 Command unrecognized"),
         }
+    }
+
+    /// `XACK ON|OFF`: whether XDFN and RCPT are answered.
+    fn xack_command(&mut self, arg: &str) {
+        match arg.to_ascii_uppercase().as_str() {
+            "ON" => self.xack = true,
+            "OFF" => self.xack = false,
+            _ => return self.error("501 5.5.4 Syntax: XACK ON|OFF"),
+        }
+        self.reply(&format!("250 2.0.0 XACK {}", arg.to_ascii_uppercase()));
+    }
+
+    /// `XMRG FROM:<sender> [VERP] [VERSION=n] [MAIL parameters]`: MAIL for a mail-merge
+    /// transaction.
+    fn xmrg(&mut self, arg: &str) {
+        let mut verp = false;
+        let kept: Vec<&str> = arg
+            .split_ascii_whitespace()
+            .filter(|w| {
+                let upper = w.to_ascii_uppercase();
+                verp |= upper == "VERP";
+                upper != "VERP" && !upper.starts_with("VERSION=")
+            })
+            .collect();
+        // `FROM: <a@b>` (a blank after the colon, as mailer panels write it) is taken too.
+        let line = kept.join(" ").replacen("FROM: ", "FROM:", 1).replacen("from: ", "from:", 1);
+        self.mail(&line);
+        if self.mail_from.is_some() {
+            if verp {
+                self.txn.flags |= flags::VERP;
+            }
+            self.merge = Some(MergeTxn::default());
+        }
+    }
+
+    /// `XDFN name="value" ...`: variables for the next RCPT.
+    fn xdfn(&mut self, arg: &str) {
+        let Some(m) = self.merge.as_mut() else {
+            return self.error("503 5.5.1 XDFN outside a mail-merge transaction (XMRG first)");
+        };
+        match super::merge::parse_xdfn(arg) {
+            Ok(vars) if m.pending.len() + vars.len() <= super::merge::VARS_MAX => {
+                m.pending.extend(vars);
+                if self.xack {
+                    self.reply("250 2.0.0 Ok");
+                }
+            }
+            Ok(_) => self.error(&format!("552 5.3.4 Over {} variables for one recipient", super::merge::VARS_MAX)),
+            Err(why) => self.error(&format!("501 5.5.4 XDFN: {why}")),
+        }
+    }
+
+    /// RCPT in a mail-merge transaction: the recipient takes the variables defined since the
+    /// last one; with `XACK OFF` the reply is not sent.
+    fn merge_rcpt(&mut self, arg: &str) {
+        let (before, mark) = (self.recipients.len(), self.out.len());
+        self.rcpt(arg);
+        let m = self.merge.as_mut().expect("in a mail-merge transaction");
+        let vars = std::mem::take(&mut m.pending);
+        if self.recipients.len() > before {
+            m.merge.vars.push(vars);
+        }
+        if !self.xack {
+            self.out.truncate(mark);
+        }
+    }
+
+    /// `XPRT n [LAST]`: part n of the message follows (354), ended by `.`.
+    fn xprt(&mut self, arg: &str) {
+        let mut words = arg.split_ascii_whitespace();
+        let n = words.next().and_then(|w| w.parse::<u32>().ok()).filter(|n| *n >= 1);
+        let last = match words.next() {
+            None => Some(false),
+            Some(w) if w.eq_ignore_ascii_case("LAST") => Some(true),
+            Some(_) => None,
+        };
+        let (Some(n), Some(last), None) = (n, last, words.next()) else {
+            return self.error("501 5.5.4 Syntax: XPRT part-number [LAST]");
+        };
+        if self.merge.is_none() {
+            return self.error("503 5.5.1 XPRT outside a mail-merge transaction (XMRG first)");
+        }
+        if self.recipients.is_empty() {
+            return self.error("554 5.5.1 No valid recipients");
+        }
+        self.data.clear();
+        if n == 1 && self.policy.add_received_header {
+            self.prepend_received();
+        }
+        self.merge.as_mut().expect("checked").part = Some((n, last));
+        self.scanner = DataScanner::new(self.policy.bare_lf == BareLf::Normalize);
+        self.too_big = false;
+        self.state = State::Data;
+        self.reply("354 Send part, end with <CR><LF>.<CR><LF>");
     }
 
     fn helo(&mut self, arg: &str, esmtp: bool) {
@@ -843,6 +973,16 @@ impl Session {
             }
             return None;
         }
+        // A mail-merge part: kept; the transaction goes on until the last one.
+        if let Some(m) = self.merge.as_mut() {
+            let (n, last) = m.part.take().expect("XPRT started the part");
+            m.merge.parts.insert(n, std::mem::take(&mut self.data));
+            if !last {
+                self.state = State::Command;
+                self.reply(&format!("250 2.0.0 Part {n} received"));
+                return None;
+            }
+        }
         self.state = State::Storing;
         Some(Event::Message)
     }
@@ -866,6 +1006,7 @@ impl Session {
             envid: std::mem::take(&mut self.txn.envid),
             flags: self.txn.flags,
             rcpt_dsn: std::mem::take(&mut self.txn.rcpt_dsn),
+            merge: self.merge.take().map(|m| Box::new(m.merge)),
         }
     }
 

@@ -48,6 +48,10 @@ pub(super) struct InConn {
     /// Its source's `smtp-command-timeout` and `smtp-data-timeout` (the global ones else).
     command_timeout_ms: u64,
     data_timeout_ms: u64,
+    /// A mail-merge transaction's messages: still to be made durable, failed, the first id.
+    merge_pending: usize,
+    merge_failed: usize,
+    merge_first: Option<String>,
 }
 
 impl Shard {
@@ -115,6 +119,9 @@ impl Shard {
             listener: i,
             command_timeout_ms: policy.smtp_command_timeout.unwrap_or(config.smtp_command_timeout).as_millis() as u64,
             data_timeout_ms: policy.smtp_data_timeout.unwrap_or(config.smtp_data_timeout).as_millis() as u64,
+            merge_pending: 0,
+            merge_failed: 0,
+            merge_first: None,
         };
         match self.ins.insert(conn) {
             Some((slot, _)) => self.in_drive(slot),
@@ -145,6 +152,7 @@ impl Shard {
             dsn_return_default: policy.dsn_return_default,
             too_many_rcpts_fails_message: policy.too_many_rcpts_fails_message,
             bcc: policy.bcc.clone(),
+            allow_mailmerge: policy.allow_mailmerge,
             add_received_header: policy.add_received_header,
             hide_message_source: policy.hide_message_source,
             starttls,
@@ -406,6 +414,9 @@ impl Shard {
         }
         let policy = config.policy_for(c.client_ip, &named);
         let policy = &*policy;
+        if m.merge.is_some() {
+            return self.store_merge(slot, m, policy);
+        }
         let vmta = match route_message(&shared, policy, &mut m.mail_from, &m.recipients, &mut m.data, now.unix_ms) {
             Ok(v) => v,
             Err(reply) => return self.ins.get_mut(slot).m.message_refused(&reply),
@@ -458,6 +469,93 @@ impl Shard {
             return self.verify(slot, m, vmta, policy);
         }
         self.spool_message(slot, m, vmta, String::new());
+    }
+
+    /// A mail-merge transaction (`XMRG` ... `XPRT n LAST`): a message for each recipient, its
+    /// parts and values filled in, routed (its `*vmta`, else as any message), signed, and
+    /// written as local messages; the reply waits until every one is durable.
+    fn store_merge(&mut self, slot: u32, mut m: Message, policy: &sluice_config::SourcePolicy) {
+        let shared = self.shared.clone();
+        let config = &shared.config;
+        let now = self.now.unix_ms;
+        let merge = m.merge.take().expect("a mail-merge message");
+        let date = sluice_engine::time::rfc5322_date(now);
+        let mut stores = Vec::with_capacity(m.recipients.len());
+        for (i, rcpt) in m.recipients.iter().enumerate() {
+            let p = match merge.render(i, rcpt, &m.mail_from, &date, config.mailmerge_expands_undefined) {
+                Ok(p) => p,
+                Err(why) => return self.ins.get_mut(slot).m.message_refused(&format!("554 5.6.0 Mail merge: {why}")),
+            };
+            let mut data = p.data;
+            let mut from = p.mail_from.unwrap_or_else(|| m.mail_from.clone());
+            let rcpts = vec![rcpt.clone()];
+            let routed = route_message(&shared, policy, &mut from, &rcpts, &mut data, now);
+            let vmta = match (p.vmta, routed) {
+                (_, Err(reply)) => return self.ins.get_mut(slot).m.message_refused(&reply),
+                (Some(v), Ok(_)) => match config.vmta_target(&v) {
+                    Some(sluice_config::VmtaTarget::Vmta(n) | sluice_config::VmtaTarget::Pool(n)) => n,
+                    None => {
+                        let reply = format!("550 5.7.1 Unknown virtual MTA `{v}` (*vmta for {rcpt})");
+                        return self.ins.get_mut(slot).m.message_refused(&reply);
+                    }
+                },
+                (None, Ok(v)) => v,
+            };
+            if !self.ins.get_mut(slot).m.session().restrictions().vmta_allowed(&vmta) {
+                let reply =
+                    format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)");
+                return self.ins.get_mut(slot).m.message_refused(&reply);
+            }
+            let envid = self.shape_headers(policy, &mut data, policy.add_received_header);
+            if let Some(header) = dkim_signature(&shared, &self.stats, &rcpts, &vmta, &mut data) {
+                data.splice(0..0, header);
+            }
+            let c = self.ins.get_mut(slot);
+            let mut store = Store::boxed(data, from, rcpts, now, vmta);
+            store.src_mta = format!("{} ({})", m.helo, c.client_ip);
+            store.helo.clone_from(&m.helo);
+            store.rcv_source_ip = c.client_ip.to_string();
+            store.rcv_destination_ip = crate::sys::local_ip(c.sock.fd);
+            store.smtp_user = m.auth_user.clone().unwrap_or_default();
+            store.job_id = p.job_id.unwrap_or_else(|| m.job_id.clone());
+            store.envid = p.envid.or(envid).unwrap_or_else(|| m.envid.clone());
+            store.flags = m.flags | if policy.verp { sluice_spool::codec::flags::VERP } else { 0 };
+            stores.push(store);
+        }
+        let gen = self.ins.gen(slot);
+        let c = self.ins.get_mut(slot);
+        (c.merge_pending, c.merge_failed, c.merge_first) = (stores.len(), 0, None);
+        let client_ip = c.client_ip;
+        for store in stores {
+            self.write_merge_message(store, client_ip, slot, gen);
+        }
+    }
+
+    /// One mail-merge message is durable (`id`) or could not be stored; the last one answers
+    /// the client: 250 when all are on disk (never before), else 451 saying how many are.
+    pub(super) fn merge_stored(&mut self, slot: u32, gen: u16, id: Option<String>) {
+        let Some(c) = self.ins.get_gen(slot, gen) else { return }; // the client left meanwhile
+        if c.merge_pending == 0 {
+            return;
+        }
+        c.merge_pending -= 1;
+        match id {
+            Some(id) => {
+                c.merge_first.get_or_insert(id);
+            }
+            None => c.merge_failed += 1,
+        }
+        if c.merge_pending > 0 {
+            return;
+        }
+        match (c.merge_failed, c.merge_first.take()) {
+            (0, Some(first)) => c.m.message_stored(true, &first),
+            (0, None) => c.m.message_stored(true, "mail-merge"),
+            (failed, _) => c.m.message_refused(&format!(
+                "451 4.3.1 {failed} of the mail-merge messages could not be stored (disk full or failing); the others are queued"
+            )),
+        }
+        self.in_drive(slot);
     }
 
     /// A source's header rules (`remove-received-headers`, `remove-header`,

@@ -104,7 +104,17 @@ pub(super) struct LocalMessage {
     client_ip: IpAddr,
     /// The outcomes to journal once it is durable (with the spool while it is in flight).
     after: Vec<(Outcome, Arc<Segment>)>,
-    notify: Option<crossbeam_channel::Sender<Result<String, String>>>,
+    notify: Notify,
+}
+
+/// Who hears that a local message is durable (or could not be stored).
+pub(super) enum Notify {
+    /// Nobody: a DSN, offered again until the spool takes it.
+    Nobody,
+    /// An injection's caller (HTTP, pickup), answered with the message's id or why not.
+    Caller(crossbeam_channel::Sender<Result<String, String>>),
+    /// An inbound connection's mail-merge transaction (its slot and generation).
+    Merge { slot: u32, gen: u16 },
 }
 
 /// Local messages being written (by id), and those waiting to be offered again.
@@ -407,7 +417,7 @@ impl Shard {
             .map(|rcpt| (Outcome { seg_shard: seg.shard, seg_seq: seg.seq, offset: msg.offset, rcpt }, seg.clone()))
             .collect();
         let client_ip = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
-        self.write_local(LocalMessage { store, client_ip, after, notify: None });
+        self.write_local(LocalMessage { store, client_ip, after, notify: Notify::Nobody });
     }
 
     /// A message injected over HTTP (signed, spooled like a DSN, and answered once durable),
@@ -462,7 +472,7 @@ impl Shard {
         store.envid = envid;
         store.flags = flags;
         let client_ip = inj.client_ip;
-        self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Some(inj.done) });
+        self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Notify::Caller(inj.done) });
     }
 
     fn write_local(&mut self, mut local: LocalMessage) {
@@ -488,23 +498,40 @@ impl Shard {
         after: Vec<(Outcome, Arc<Segment>)>,
     ) {
         let mut local = self.local.writing.remove(&id).expect("a local message for the ticket");
+        let notify = std::mem::replace(&mut local.notify, Notify::Nobody);
         match (durable, at) {
             (true, Some((segment, offset))) => {
-                if let Some(notify) = local.notify.take() {
-                    self.received(&local.store);
-                    let _ = notify.send(Ok(format!("{:x}.{:x}.{:x}", self.id, segment.seq, offset)));
+                let id = format!("{:x}.{:x}.{:x}", self.id, segment.seq, offset);
+                match notify {
+                    Notify::Nobody => {}
+                    Notify::Caller(tx) => {
+                        self.received(&local.store);
+                        let _ = tx.send(Ok(id));
+                    }
+                    Notify::Merge { slot, gen } => {
+                        self.received(&local.store);
+                        self.merge_stored(slot, gen, Some(id));
+                    }
                 }
                 self.queue_stored(&local.store, segment, offset);
             }
-            _ => {
-                local.after = after;
-                if let Some(notify) = local.notify.take() {
-                    let _ = notify.send(Err("the spool cannot take it now (disk full or failing); try again".into()));
-                    return;
+            _ => match notify {
+                Notify::Nobody => {
+                    local.after = after;
+                    self.local.retry.push((self.now.ms() + LOCAL_RETRY_MS, local));
                 }
-                self.local.retry.push((self.now.ms() + LOCAL_RETRY_MS, local));
-            }
+                Notify::Caller(tx) => {
+                    let _ = tx.send(Err("the spool cannot take it now (disk full or failing); try again".into()));
+                }
+                Notify::Merge { slot, gen } => self.merge_stored(slot, gen, None),
+            },
         }
+    }
+
+    /// A mail-merge message submitted by `submit_merge` (spool_io's caller) is on disk, or
+    /// failed; `write_local` is how each goes.
+    pub(super) fn write_merge_message(&mut self, store: Box<Store>, client_ip: IpAddr, slot: u32, gen: u16) {
+        self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Notify::Merge { slot, gen } });
     }
 
     /// DSNs the spool could not take: offered again.
