@@ -55,6 +55,8 @@ fn drain(dir: &Path, responder: &Responder) -> Result<usize, String> {
             job_id: env.job_id.to_string(),
             client_ip: env.client_ip,
             source: None,
+            vmta: None,
+            envid: None,
             src_mta: format!("{} ({})", env.extras.helo, env.client_ip),
             done: done.clone(),
             moved: Some(Moved {

@@ -1,6 +1,9 @@
 //! The pickup directory (`pickup DIR BAD-DIR`), as IIS and PowerMTA have it: each file
 //! dropped in DIR is one message whose envelope is in leading `x-sender:`, `x-receiver:` (one
-//! per recipient) and `x-envid:` lines. A file is injected as an HTTP submission is (its
+//! per recipient) and `x-envid:` lines, or a BSMTP file: SMTP commands as a client would send
+//! them, mail merge included (`XACK ON`, `XMRG FROM:`, `XDFN`, `RCPT TO:`, `XPRT 1 LAST`, the
+//! message, `.`), the form mailer panels write; it is read by the same session machine as
+//! SMTP, so it means what it would over a connection. A file is injected as an HTTP submission is (its
 //! `<source {pickup}>` settings over 127.0.0.1's) and removed once the message is fsynced in
 //! the spool; a file that is no message is moved to BAD-DIR with a `.why` file beside it.
 //! A crash between the fsync and the removal injects the file again at the next start: a
@@ -89,27 +92,39 @@ fn take(pickup: &Pickup, path: &Path, responder: &Responder, n: u64) -> Result<(
         return Err(Bad(format!("{size} bytes: over the {FILE_BYTES_MAX}-byte limit")));
     }
     let bytes = std::fs::read(path).map_err(|e| Later(e.to_string()))?;
-    let file = parse(&bytes, pickup.remove_dot).map_err(Bad)?;
-    let (done, wait) = crossbeam_channel::bounded(1);
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let injection = Injection {
-        mail_from: file.sender,
-        recipients: file.receivers,
-        data: file.data,
-        job_id: String::new(),
-        client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        source: Some("{pickup}"),
-        src_mta: format!("pickup ({name})"),
-        done,
-        moved: None,
+    let messages = match is_bsmtp(&bytes) {
+        true => bsmtp(&bytes, responder.config().mailmerge_expands_undefined).map_err(Bad)?,
+        false => vec![parse(&bytes, pickup.remove_dot).map_err(Bad)?],
     };
-    responder.inject(n, injection).map_err(Later)?;
-    match wait.recv_timeout(Duration::from_secs(60)) {
-        Ok(Ok(_)) => {}
-        // The shard refused it for good (a policy says no): it is not a message we send.
-        Ok(Err(why)) if why.starts_with('5') => return Err(Bad(why)),
-        Ok(Err(why)) => return Err(Later(why)),
-        Err(_) => return Err(Later("the spool did not answer in time".into())),
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut waits = Vec::with_capacity(messages.len());
+    for (i, file) in messages.into_iter().enumerate() {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        let injection = Injection {
+            mail_from: file.sender,
+            recipients: file.receivers,
+            data: file.data,
+            job_id: file.job_id,
+            client_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            source: Some("{pickup}"),
+            vmta: file.vmta,
+            envid: file.envid,
+            src_mta: format!("pickup ({name})"),
+            done,
+            moved: None,
+        };
+        responder.inject(n + i as u64, injection).map_err(Later)?;
+        waits.push(wait);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for wait in waits {
+        match wait.recv_deadline(deadline) {
+            Ok(Ok(_)) => {}
+            // The shard refused it for good (a policy says no): it is not a message we send.
+            Ok(Err(why)) if why.starts_with('5') => return Err(Bad(why)),
+            Ok(Err(why)) => return Err(Later(why)),
+            Err(_) => return Err(Later("the spool did not answer in time".into())),
+        }
     }
     if let Err(e) = std::fs::remove_file(path) {
         // Stored but still there: it would be sent again. Say so loudly.
@@ -119,12 +134,98 @@ fn take(pickup: &Pickup, path: &Path, responder: &Responder, n: u64) -> Result<(
 }
 
 /// A pickup file's envelope and message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct PickupFile {
     pub sender: String,
     pub receivers: Vec<String>,
     /// The message in SMTP transparency form (CRLF lines, leading dots doubled).
     pub data: Vec<u8>,
+    /// A mail merge's `*jobid`, `*vmta`, `*envid` (BSMTP files).
+    pub job_id: String,
+    pub vmta: Option<String>,
+    pub envid: Option<String>,
+}
+
+/// Whether a pickup file holds SMTP commands (BSMTP) rather than `x-sender:` lines.
+fn is_bsmtp(bytes: &[u8]) -> bool {
+    let first = bytes.split(|&b| b == b'\n').map(|l| l.trim_ascii()).find(|l| !l.is_empty()).unwrap_or_default();
+    let upper = first.to_ascii_uppercase();
+    ["XACK", "XMRG", "EHLO", "HELO", "MAIL FROM", "XDFN"].iter().any(|v| upper.starts_with(v.as_bytes()))
+}
+
+/// A BSMTP file's messages, read by the SMTP session machine (mail merge allowed, every
+/// recipient taken): a merged transaction gives one message per recipient. A command it
+/// refuses makes the file bad, with the refusal as the reason: nothing of it is sent.
+pub fn bsmtp(bytes: &[u8], expand_undefined: bool) -> Result<Vec<PickupFile>, String> {
+    use sluice_engine::smtp::server::{Event, Session, SessionPolicy};
+    // Mailer panels write LF line ends: the session reads CRLF.
+    let mut input = b"EHLO pickup\r\n".to_vec();
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\n").unwrap_or(line);
+        input.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        input.extend_from_slice(b"\r\n");
+    }
+    let policy = SessionPolicy {
+        host_name: "pickup".into(),
+        relay_allowed: true,
+        allow_mailmerge: true,
+        max_message_size: FILE_BYTES_MAX,
+        max_rcpt_per_message: u32::MAX,
+        add_received_header: false,
+        ..SessionPolicy::default()
+    };
+    let mut s = Session::new(policy, IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+    let date = sluice_engine::time::rfc5322_date(crate::clock::unix_ms());
+    let mut out = Vec::new();
+    // Line by line, as a client waiting for each reply sends (DATA's text after its 354).
+    'lines: for line in input.split_inclusive(|&b| b == b'\n') {
+        let mut at = 0;
+        while at < line.len() {
+            let (used, event) = s.receive(crate::clock::unix_ms(), &line[at..]);
+            at += used;
+            let replies = String::from_utf8_lossy(s.output()).into_owned();
+            s.clear_output();
+            if let Some(bad) = replies.lines().find(|l| l.starts_with('4') || l.starts_with('5')) {
+                return Err(format!("the file's commands were refused: {bad}"));
+            }
+            match event {
+                Some(Event::Message) => {
+                    let m = s.take_message();
+                    match &m.merge {
+                        Some(merge) => {
+                            for (i, rcpt) in m.recipients.iter().enumerate() {
+                                let p = merge.render(i, rcpt, &m.mail_from, &date, expand_undefined)?;
+                                out.push(PickupFile {
+                                    sender: p.mail_from.unwrap_or_else(|| m.mail_from.clone()),
+                                    receivers: vec![rcpt.clone()],
+                                    data: p.data,
+                                    job_id: p.job_id.unwrap_or_default(),
+                                    vmta: p.vmta,
+                                    envid: p.envid.or_else(|| (!m.envid.is_empty()).then(|| m.envid.clone())),
+                                });
+                            }
+                        }
+                        None => out.push(PickupFile {
+                            sender: m.mail_from.clone(),
+                            receivers: m.recipients.clone(),
+                            data: m.data.clone(),
+                            envid: (!m.envid.is_empty()).then(|| m.envid.clone()),
+                            ..PickupFile::default()
+                        }),
+                    }
+                    s.message_stored(true, "pickup");
+                }
+                Some(Event::Close) => break 'lines,
+                Some(Event::StartTls) => return Err("STARTTLS in a pickup file".into()),
+                None if used == 0 => break,
+                None => {}
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err("no complete message in the file's commands (a transaction without its end?)".into());
+    }
+    Ok(out)
 }
 
 /// Reads a pickup file: the `x-sender:` / `x-receiver:` / `x-envid:` lines at its start (in
@@ -175,7 +276,7 @@ pub fn parse(bytes: &[u8], remove_dot: bool) -> Result<PickupFile, String> {
         data.extend_from_slice(line);
         data.extend_from_slice(b"\r\n");
     }
-    Ok(PickupFile { sender, receivers, data })
+    Ok(PickupFile { sender, receivers, data, ..PickupFile::default() })
 }
 
 /// Moves a bad file to `bad_dir` (copying when it is on another file system) with its
@@ -216,6 +317,34 @@ mod tests {
         assert_eq!(f.data, b"Subject: s\r\n\r\n..x\r\n".to_vec());
         // The null sender (a bounce fed through pickup).
         assert_eq!(parse(b"x-sender: <>\nx-receiver: c@d\n\nhi\n", false).unwrap().sender, "");
+    }
+
+    /// The BSMTP files mailer panels write for PowerMTA's pickup directory (LF line ends,
+    /// `XMRG FROM: addr VERP` without brackets, `RCPT TO: <addr>` with a blank).
+    #[test]
+    fn bsmtp_mail_merge_files_as_mailer_panels_write_them() {
+        let file = b"XACK OFF\nEHLO panel.example\nXMRG FROM: bounce@src.test VERP\nXDFN EMAIL=\"ann@rcv.test\"\nXDFN FNAME=\"Ann\"\nXDFN *parts=1 *jobid=\"7\"\nRCPT TO: <ann@rcv.test>\n\
+                     XDFN FNAME=\"Bob\"\nXDFN *parts=1 *jobid=\"7\" *vmta=\"v1\"\nRCPT TO: <bob@rcv.test>\nXPRT 1 LAST \nSubject: Hi [fname]\n\n.dot [fname]\n.\n";
+        assert!(is_bsmtp(file));
+        let m = bsmtp(file, true).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            (m[0].sender.as_str(), m[0].receivers.as_slice()),
+            ("bounce@src.test", ["ann@rcv.test".to_string()].as_slice())
+        );
+        assert_eq!(m[0].data, b"Subject: Hi Ann\r\n\r\n..dot Ann\r\n".to_vec());
+        assert_eq!((m[1].job_id.as_str(), m[1].vmta.as_deref()), ("7", Some("v1")));
+        // A plain SMTP transaction in a file, DATA and all.
+        let file = b"HELO panel\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<b@rcv.test>\r\nDATA\r\nSubject: s\r\n\r\nbody\r\n.\r\nQUIT\r\n";
+        let m = bsmtp(file, true).unwrap();
+        assert_eq!((m.len(), m[0].data.as_slice()), (1, &b"Subject: s\r\n\r\nbody\r\n"[..]));
+        // A refused command makes the file bad; so does a transaction without its end.
+        assert!(bsmtp(b"XMRG FROM:<a@src.test>\nRCPT TO:<not an address>\nXPRT 1 LAST\nx\n.\n", true)
+            .unwrap_err()
+            .contains("refused"));
+        assert!(bsmtp(b"XMRG FROM:<a@src.test>\nRCPT TO:<b@rcv.test>\nXPRT 1 LAST\nno end\n", true)
+            .unwrap_err()
+            .contains("no complete message"));
     }
 
     #[test]

@@ -65,3 +65,50 @@ fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
     wait_for("the late file removed", Duration::from_secs(10), || (!inbox.join("0003.eml").exists()).then_some(()));
     assert_eq!(receiver.files().len(), 2);
 }
+
+/// A BSMTP mail-merge file as mailer panels write it for PowerMTA's pickup directory: each
+/// recipient gets its own message, its `*vmta` choosing the source address, its `*jobid`
+/// in the rows; a file whose commands are refused goes to the bad-mail directory.
+#[test]
+fn bsmtp_mail_merge_files_are_delivered_per_recipient() {
+    let receiver = PyReceiver::start();
+    let dirs = TempDir::new("pickup-bsmtp");
+    let (inbox, bad) = (dirs.path().join("pickup"), dirs.path().join("badmail"));
+    let relay = Relay::start(
+        &format!(
+            "pickup {} {}\n<virtual-mta v1>\n smtp-source-host 127.0.0.2 v1.test\n</virtual-mta>\n\
+             <domain rcv.test>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            inbox.display(),
+            bad.display(),
+            receiver.addr.port()
+        ),
+        None,
+    );
+    wait_for("the pickup directory", Duration::from_secs(10), || inbox.exists().then_some(()));
+    let file = "XACK ON \nXMRG FROM: <bounce@src.test>\n\
+                XDFN FNAME=\"Ann\" *parts=1 *jobid=\"drop-7\"\nRCPT TO: <ann@rcv.test>\n\
+                XDFN FNAME=\"Bob\" *parts=1 *jobid=\"drop-7\" *vmta=\"v1\"\nRCPT TO: <bob@rcv.test>\n\
+                XPRT 1 LAST \nFrom: news@src.test\nTo: [*to]\nSubject: Hi [fname]\n\nHello [fname]\n.\n";
+    std::fs::write(dirs.path().join("drop.tmp"), file).unwrap();
+    std::fs::rename(dirs.path().join("drop.tmp"), inbox.join("drop-7.bsmtp")).unwrap();
+    std::fs::write(inbox.join("broken.bsmtp"), "XMRG FROM:<a@src.test>\nRCPT TO:<no address>\nXPRT 1 LAST\nx\n.\n")
+        .unwrap();
+    let rows = relay.wait_rows("d", 2, Duration::from_secs(30));
+    for (to, name, ip) in [("ann@rcv.test", "Ann", "127.0.0.1"), ("bob@rcv.test", "Bob", "127.0.0.2")] {
+        let row = rows.iter().find(|r| r["rcpt"] == to).unwrap();
+        assert_eq!((row["jobId"].as_str(), row["dlvSourceIp"].as_str()), ("drop-7", ip), "{row:?}");
+        let files = receiver.files();
+        let m = files
+            .iter()
+            .find(|f| std::fs::read_to_string(f.with_extension("env")).unwrap().lines().nth(1) == Some(to))
+            .map(|f| std::fs::read_to_string(f).unwrap())
+            .unwrap();
+        assert!(m.contains(&format!("To: {to}\r\nSubject: Hi {name}\r\n\r\nHello {name}\r\n")), "{m}");
+    }
+    wait_for("the broken file set aside", Duration::from_secs(10), || {
+        bad.join("broken.bsmtp.why").exists().then_some(())
+    });
+    let why = std::fs::read_to_string(bad.join("broken.bsmtp.why")).unwrap();
+    assert!(why.contains("refused"), "{why}");
+    wait_for("the drop file removed", Duration::from_secs(10), || (!inbox.join("drop-7.bsmtp").exists()).then_some(()));
+}

@@ -18,6 +18,9 @@ pub struct Injection {
     pub client_ip: std::net::IpAddr,
     /// A named `<source>` over the address's (`{pickup}` for the pickup directory).
     pub source: Option<&'static str>,
+    /// A mail merge's `*vmta` and `*envid` for this message (over what routing says).
+    pub vmta: Option<String>,
+    pub envid: Option<String>,
     pub src_mta: String,
     pub done: crossbeam_channel::Sender<Result<String, String>>,
     /// A message moved from another spool (`deliver-only`) keeps its VMTA, envelope id,

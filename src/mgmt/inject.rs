@@ -63,6 +63,8 @@ pub(super) async fn transmissions(api: &Arc<Api>, req: Request, source: Option<&
             job_id: t.job_id.clone(),
             client_ip: req.peer,
             source,
+            vmta: None,
+            envid: None,
             src_mta: format!("http ({})", req.peer),
             done,
             moved: None,

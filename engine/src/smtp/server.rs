@@ -246,6 +246,18 @@ struct Bdat {
     size: u64,
 }
 
+/// A mail-merge client's `FROM:`/`TO:` argument in the form MAIL and RCPT read: a blank
+/// after the colon and a path without brackets (as mailer panels write them) are taken.
+fn merge_path(arg: &str, prefix: &str) -> Option<String> {
+    let head = arg.get(..prefix.len()).filter(|h| h.eq_ignore_ascii_case(prefix))?;
+    let rest = arg[head.len()..].trim_start();
+    if rest.starts_with('<') {
+        return Some(format!("{prefix}{rest}"));
+    }
+    let (path, params) = rest.split_once(' ').unwrap_or((rest, ""));
+    Some(format!("{prefix}<{path}> {params}").trim_end().to_string())
+}
+
 fn token(word: &[u8]) -> u32 {
     let mut t = [b' '; 4];
     for (i, b) in word.iter().take(4).enumerate() {
@@ -522,8 +534,10 @@ impl Session {
                 upper != "VERP" && !upper.starts_with("VERSION=")
             })
             .collect();
-        // `FROM: <a@b>` (a blank after the colon, as mailer panels write it) is taken too.
-        let line = kept.join(" ").replacen("FROM: ", "FROM:", 1).replacen("from: ", "from:", 1);
+        // `FROM: <a@b>` and `FROM: a@b` (as mailer panels write them) are taken too.
+        let Some(line) = merge_path(&kept.join(" "), "FROM:") else {
+            return self.error("501 5.5.4 Syntax: XMRG FROM:<reverse-path> [VERP]");
+        };
         self.mail(&line);
         if self.mail_from.is_some() {
             if verp {
@@ -554,7 +568,10 @@ impl Session {
     /// last one; with `XACK OFF` the reply is not sent.
     fn merge_rcpt(&mut self, arg: &str) {
         let (before, mark) = (self.recipients.len(), self.out.len());
-        self.rcpt(arg);
+        match merge_path(arg, "TO:") {
+            Some(line) => self.rcpt(&line),
+            None => self.error("501 5.5.4 Syntax: RCPT TO:<forward-path>"),
+        }
         let m = self.merge.as_mut().expect("in a mail-merge transaction");
         let vars = std::mem::take(&mut m.pending);
         if self.recipients.len() > before {

@@ -446,12 +446,20 @@ impl Shard {
                     &mut data,
                     self.now.unix_ms,
                 );
-                let vmta = match routed {
-                    Ok(v) => v,
-                    Err(reply) => {
+                let vmta = match (routed, &inj.vmta) {
+                    (Err(reply), _) => {
                         let _ = inj.done.send(Err(reply));
                         return;
                     }
+                    (Ok(v), None) => v,
+                    // A mail merge's `*vmta`.
+                    (Ok(_), Some(v)) => match config.vmta_target(v) {
+                        Some(sluice_config::VmtaTarget::Vmta(n) | sluice_config::VmtaTarget::Pool(n)) => n,
+                        None => {
+                            let _ = inj.done.send(Err(format!("550 5.7.1 Unknown virtual MTA `{v}` (*vmta)")));
+                            return;
+                        }
+                    },
                 };
                 if let Some(header) =
                     super::inbound::dkim_signature(&self.shared, &self.stats, &recipients, &vmta, &mut data)
@@ -461,7 +469,7 @@ impl Shard {
                 let verp = if policy.verp { codec::flags::VERP } else { 0 };
                 // The name the submission path goes by (`http`, `pickup`): the srcMta column's.
                 let via = inj.src_mta.split(' ').next().unwrap_or("http").to_string();
-                (vmta, envid.unwrap_or_default(), codec::flags::API | verp, via)
+                (vmta, inj.envid.or(envid).unwrap_or_default(), codec::flags::API | verp, via)
             }
         };
         let mut store = Store::boxed(data, mail_from, recipients, self.now.unix_ms, vmta);
