@@ -110,3 +110,34 @@ fn verp_default_gives_each_recipient_its_own_return_path() {
     assert!(mails[1].starts_with("MAIL FROM:<bounces-bob=dest.test@src.test>"), "{mails:?}");
     assert!(mails[2].starts_with("MAIL FROM:<bounces@src.test>"), "{mails:?}");
 }
+
+/// `add-x-virtual-mta-header`: the receiver sees which VMTA sent the message (a pool's member),
+/// unless the message carried the field already; sources without it send none.
+#[test]
+fn add_x_virtual_mta_header_names_the_sending_vmta() {
+    let receiver = PyReceiver::start();
+    let relay = Relay::start(
+        &format!(
+            "<virtual-mta mta1>\n smtp-source-host 127.0.0.1 mta1.test\n</virtual-mta>\n\
+             <virtual-mta-pool pool1>\n virtual-mta mta1\n</virtual-mta-pool>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n default-virtual-mta pool1\n add-x-virtual-mta-header yes\n</source>\n\
+             <source 127.0.0.2>\n always-allow-relaying yes\n default-virtual-mta pool1\n</source>\n\
+             <domain dest.test>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            receiver.addr.port()
+        ),
+        Some(1),
+    );
+    let msg = |subject: &str| format!("From: a@src.test\r\nTo: r@dest.test\r\nSubject: {subject}\r\n\r\nbody\r\n");
+    assert_eq!(smtplib_send(&relay, "127.0.0.1", "a@src.test", &["r@dest.test"], msg("added").as_bytes()), "sent");
+    assert_eq!(smtplib_send(&relay, "127.0.0.2", "a@src.test", &["r@dest.test"], msg("none").as_bytes()), "sent");
+    let files = wait_for("2 messages", Duration::from_secs(20), || {
+        let f = receiver.files();
+        (f.len() == 2).then_some(f)
+    });
+    let texts: Vec<String> = files.iter().map(|f| std::fs::read_to_string(f).unwrap()).collect();
+    let added = texts.iter().find(|t| t.contains("Subject: added")).unwrap();
+    assert!(header_of(added).contains("X-Virtual-MTA: mta1\r\n"), "{added}");
+    let none = texts.iter().find(|t| t.contains("Subject: none")).unwrap();
+    assert!(!none.to_ascii_lowercase().contains("x-virtual-mta"), "{none}");
+    relay.wait_rows("d", 2, Duration::from_secs(10));
+}

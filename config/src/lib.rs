@@ -429,6 +429,11 @@ mod tests {
         assert_eq!((p.max_message_hops, p.dsn_return_default), (30, Some(DsnReturn::Full)));
         let p = c.source_policy("192.0.2.1".parse().unwrap());
         assert_eq!((p.max_message_hops, p.dsn_return_default), (100, None), "the Guide's defaults");
+        let on = |line: &str| {
+            let c = parse(&format!("smtp-listener 127.0.0.1:25\n<source 0/0>\n {line}\n</source>\n")).unwrap();
+            c.source_policy("192.0.2.1".parse().unwrap()).generate_bounces
+        };
+        assert!(!on("suppress-local-dsn yes") && on("suppress-local-dsn no"), "generate-bounces' opposite");
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct SourcePolicy {
     pub too_many_rcpts_fails_message: bool,
     /// `bcc ADDRESS`: every message from the source is copied to it (archiving).
     pub bcc: Option<String>,
+    /// `add-x-virtual-mta-header` (no): messages from the source leave with an
+    /// `X-Virtual-MTA:` field naming the VMTA that sends them, unless they have one.
+    pub add_x_virtual_mta_header: bool,
     /// `allow-mailmerge` (no; `always-allow-api-submission yes` sets it): PowerMTA's
     /// mail-merge SMTP commands (XACK, XMRG, XDFN, XPRT).
     pub allow_mailmerge: bool,
@@ -266,6 +269,7 @@ impl Default for SourcePolicy {
             too_many_rcpts_fails_message: false,
             bcc: None,
             allow_mailmerge: false,
+            add_x_virtual_mta_header: false,
             smtp_command_timeout: None,
             smtp_data_timeout: None,
             process_x_virtual_mta: false,

@@ -17,6 +17,16 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
     flag!("add-received-header", add_received_header),
     flag!("hide-message-source", hide_message_source),
     flag!("generate-bounces", generate_bounces),
+    Directive {
+        // PowerMTA's name for the opposite of `generate-bounces`.
+        name: "suppress-local-dsn",
+        set: |_, o, l| {
+            let suppress = l.bool()?;
+            o.set(move |p| p.generate_bounces = !suppress);
+            Ok(())
+        },
+    },
+    flag!("add-x-virtual-mta-header", add_x_virtual_mta_header),
     flag!("allow-auth", allow_auth),
     flag!("remove-received-headers", headers.remove_received),
     flag!("add-message-id-header", headers.add_message_id),

@@ -315,6 +315,16 @@ impl Shard {
             headers::remove_fields(&mut copy, remove);
             converted = Some(copy);
         }
+        // `add-x-virtual-mta-header` in the message's `<source>`: the VMTA sending it (a
+        // field no signature covers, so signatures stay good).
+        let base = converted.as_deref().unwrap_or(data);
+        if self.shared.config.source_policy(job.msg.client_ip()).add_x_virtual_mta_header
+            && !headers::has_field(base, "X-Virtual-MTA")
+        {
+            let mut copy = format!("X-Virtual-MTA: {}\r\n", o.plan.vmta).into_bytes();
+            copy.extend_from_slice(base);
+            converted = Some(copy);
+        }
         // CHUNKING (RFC 3030) when offered and not `ignore-chunking`: the message goes as it
         // is, not in the transparency form the spool keeps.
         let bdat = o.m.client_mut().uses_bdat();
