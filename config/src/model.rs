@@ -359,6 +359,9 @@ pub struct DomainSettings {
     /// `bounce-upon-no-mx`: a domain without MX records bounces instead of trying its
     /// address records (at once, or for mail queued at least this long).
     pub bounce_upon_no_mx: Option<Duration>,
+    /// `deliver-local-dsn` (yes): DSNs for mail whose sender is in this domain (no: none,
+    /// the accounting rows as ever).
+    pub deliver_local_dsn: bool,
     /// `retry-after-dns-error` (1m): when mail deferred by a failed lookup is tried again
     /// (the domain is looked up again then).
     pub retry_after_dns_error: Duration,
@@ -617,6 +620,7 @@ impl Default for DomainSettings {
             smtp: SmtpOptions::default(),
             bounce_upon_no_mx: None,
             retry_after_dns_error: Duration::from_secs(60),
+            deliver_local_dsn: true,
             delivery_type: DeliveryType::Smtp,
             discard_as_bounce: false,
             reroute_to: None,

@@ -485,3 +485,45 @@ fn a_failed_lookup_is_retried_after_retry_after_dns_error() {
     let at = second_ask("<domain dest.test>\n retry-after 10m\n</domain>\n");
     assert!((60_000..61_000).contains(&at), "{at}");
 }
+
+/// DSNs for a bounce: with `generate-bounces yes` (PowerMTA's default, `suppress-local-dsn
+/// no`), unless the sender's domain says `deliver-local-dsn no`.
+#[test]
+fn deliver_local_dsn_no_stops_dsns_for_that_senders_domain() {
+    let dsns = |conf: &str| {
+        let mut w = World::new(conf);
+        w.queue(2);
+        let mut n = 0;
+        for _ in 0..200 {
+            w.now_ms += 50;
+            w.s.tick(w.now());
+            w.s.pump(w.now());
+            let now = w.now();
+            while let Some(intent) = w.s.poll_intent() {
+                match intent {
+                    Intent::Resolve { domain, .. } => {
+                        let hop = Hop { host: "mx.dest.test".into(), addr: "192.0.2.1:25".parse().unwrap() };
+                        w.s.on_resolved(&domain, Resolution::Hops(vec![vec![hop]]), 3_600_000, None, now);
+                    }
+                    Intent::Connect { conn, .. } => w.s.conn_ready(conn, now),
+                    Intent::Start { conn, job, .. } => {
+                        let replies = vec![Reply::new(550, "5.1.1 no such user"); job.rcpts.len()];
+                        w.s.txn_done(conn, job, &replies, AttemptInfo::default(), true, now);
+                    }
+                    Intent::Quit { conn } => w.s.conn_closed(conn, None),
+                    Intent::Dsn { .. } => n += 1,
+                    _ => {}
+                }
+            }
+        }
+        n
+    };
+    let source = "<source 127.0.0.1>\n suppress-local-dsn no\n</source>\n";
+    assert_eq!(dsns(source), 2, "a DSN for each bounce");
+    assert_eq!(dsns(&format!("{source}<domain src.test>\n deliver-local-dsn no\n</domain>\n")), 0);
+    assert_eq!(
+        dsns(&format!("{source}<domain other.test>\n deliver-local-dsn no\n</domain>\n")),
+        2,
+        "another domain's"
+    );
+}

@@ -94,6 +94,7 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     value!("backoff-to-normal-after", duration, backoff_to_normal_after),
     value!("max-msg-rate", rate_limit, max_msg_rate),
     value!("retry-after-dns-error", duration, retry_after_dns_error),
+    flag!("deliver-local-dsn", deliver_local_dsn),
     // The Guide's deprecated names for `max-msg-rate N/h` and `backoff-max-msg-rate N/h`.
     value!("max-msg-per-hour", per_hour, max_msg_rate),
     value!("backoff-max-msg-per-hour", per_hour, backoff_max_msg_rate),

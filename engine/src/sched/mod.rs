@@ -746,8 +746,13 @@ impl<M: Message> Scheduler<M> {
     }
 
     /// Does the message's source want DSNs, and is there a sender to send one to?
+    /// (`deliver-local-dsn no` in the sender's domain's `<domain>`, PowerMTA's older form of
+    /// `suppress-local-dsn`, says no too.)
     fn wants_dsn(&self, msg: &M) -> bool {
-        !msg.sender().is_empty() && self.config.source_policy(msg.client_ip()).generate_bounces
+        let sender = msg.sender();
+        !sender.is_empty()
+            && self.config.source_policy(msg.client_ip()).generate_bounces
+            && sender.rsplit_once('@').is_none_or(|(_, d)| self.config.domain_settings(d).deliver_local_dsn)
     }
 
     /// The `header_NAME` accounting columns' values for a message (none when no file asks).
