@@ -6,7 +6,6 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
 
 const MB: usize = 1 << 20;
@@ -26,21 +25,10 @@ fn message(tag: &str, size: usize) -> Vec<u8> {
     m
 }
 
-fn cert(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (code, out) = run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=rcv.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert_eq!(code, 0, "{out}");
-    (cert.display().to_string(), key.display().to_string())
-}
-
 #[test]
 fn large_messages_arrive_whole_through_a_small_receive_window() {
     let dir = TempDir::new("large");
-    let (cert, key) = cert(dir.path());
+    let (cert, key) = self_signed(dir.path(), "rcv.test");
     let plain = PyReceiver::start_with(&["--rcvbuf", "4096"]);
     let tls = PyReceiver::start_with(&["--rcvbuf", "4096", "--tls", &cert, &key]);
     let relay = Relay::start(

@@ -6,18 +6,18 @@
 
 mod common;
 use common::*;
+use std::path::PathBuf;
 use std::time::Duration;
 
-#[test]
-fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
-    let receiver = PyReceiver::start();
+/// A relay taking files from a pickup directory (and `extra` configuration), delivering
+/// `rcv.test` to `receiver`: the relay, the directories' parent, the pickup and bad-mail
+/// directories.
+fn relay_with_pickup(receiver: &PyReceiver, extra: &str) -> (Relay, TempDir, PathBuf, PathBuf) {
     let dirs = TempDir::new("pickup");
     let (inbox, bad) = (dirs.path().join("pickup"), dirs.path().join("badmail"));
     let relay = Relay::start(
         &format!(
-            "pickup {} {}\n\
-             <source {{pickup}}>\n process-x-envid yes\n bcc archive@rcv.test\n</source>\n\
-             <domain rcv.test>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            "pickup {} {}\n{extra}<domain rcv.test>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
             inbox.display(),
             bad.display(),
             receiver.addr.port()
@@ -25,6 +25,14 @@ fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
         None,
     );
     wait_for("the pickup directory", Duration::from_secs(10), || inbox.exists().then_some(()));
+    (relay, dirs, inbox, bad)
+}
+
+#[test]
+fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
+    let receiver = PyReceiver::start();
+    let (relay, dirs, inbox, bad) =
+        relay_with_pickup(&receiver, "<source {pickup}>\n process-x-envid yes\n bcc archive@rcv.test\n</source>\n");
     // IIS and PowerMTA's form: the envelope lines, then the message, LF line ends.
     let good = "x-sender: <news@src.test>\nx-receiver: a@rcv.test\nX-Receiver: <b@rcv.test>\nx-envid: campaign-7\n\
                 From: News <news@src.test>\nTo: a@rcv.test\nSubject: from the pickup directory\n\n\
@@ -72,19 +80,8 @@ fn good_files_are_delivered_and_removed_bad_ones_set_aside() {
 #[test]
 fn bsmtp_mail_merge_files_are_delivered_per_recipient() {
     let receiver = PyReceiver::start();
-    let dirs = TempDir::new("pickup-bsmtp");
-    let (inbox, bad) = (dirs.path().join("pickup"), dirs.path().join("badmail"));
-    let relay = Relay::start(
-        &format!(
-            "pickup {} {}\n<virtual-mta v1>\n smtp-source-host 127.0.0.2 v1.test\n</virtual-mta>\n\
-             <domain rcv.test>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
-            inbox.display(),
-            bad.display(),
-            receiver.addr.port()
-        ),
-        None,
-    );
-    wait_for("the pickup directory", Duration::from_secs(10), || inbox.exists().then_some(()));
+    let (relay, dirs, inbox, bad) =
+        relay_with_pickup(&receiver, "<virtual-mta v1>\n smtp-source-host 127.0.0.2 v1.test\n</virtual-mta>\n");
     let file = "XACK ON \nXMRG FROM: <bounce@src.test>\n\
                 XDFN FNAME=\"Ann\" *parts=1 *jobid=\"drop-7\"\nRCPT TO: <ann@rcv.test>\n\
                 XDFN FNAME=\"Bob\" *parts=1 *jobid=\"drop-7\" *vmta=\"v1\"\nRCPT TO: <bob@rcv.test>\n\

@@ -6,24 +6,12 @@
 
 mod common;
 use common::*;
-use std::process::Command;
 use std::time::Duration;
-
-fn cert(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (code, out) = run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=smarthost.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert_eq!(code, 0, "{out}");
-    (cert.display().to_string(), key.display().to_string())
-}
 
 #[test]
 fn each_mechanism_logs_in_to_a_receiver_that_requires_it() {
     let dir = TempDir::new("smarthost");
-    let (cert, key) = cert(dir.path());
+    let (cert, key) = self_signed(dir.path(), "smarthost.test");
     let auth = ["--auth", "relayuser", "pa55word"];
     let plain = PyReceiver::start_with(&[&auth[..], &["--auth-only", "PLAIN"]].concat());
     let login = PyReceiver::start_with(&[&auth[..], &["--auth-only", "LOGIN"]].concat());

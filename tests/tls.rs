@@ -8,20 +8,9 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn cert(dir: &std::path::Path) -> (String, String) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let (code, out) = run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert_eq!(code, 0, "{out}");
-    (cert.display().to_string(), key.display().to_string())
-}
-
 fn scenario(shards: Option<u32>) {
     let dir = TempDir::new("tls");
-    let (cert, key) = cert(dir.path());
+    let (cert, key) = self_signed(dir.path(), "relay.test");
     let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
     let implicit_port = free_port("127.0.0.1");
     let relay = Relay::start(
@@ -104,7 +93,7 @@ fn bad_certificate_is_a_config_error() {
 #[test]
 fn relay_to_relay_over_starttls_and_require_starttls() {
     let dir = TempDir::new("tls2");
-    let (cert, key) = cert(dir.path());
+    let (cert, key) = self_signed(dir.path(), "relay.test");
     let sink = SmtpSink::start("127.0.0.1", free_port("127.0.0.1"), &[], true);
     let plain = SluiceSink::start(&[], u64::MAX);
     let b = Relay::start(

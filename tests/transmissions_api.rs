@@ -42,13 +42,7 @@ fn post(port: u16, key: Option<&str>, body: &str) -> (u16, String) {
 #[test]
 fn the_guides_transmissions_api_setup_takes_mail_over_https() {
     let dir = TempDir::new("tapi");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let (code, out) = run(Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=api.test", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert));
-    assert_eq!(code, 0, "{out}");
+    let (cert, key) = self_signed(dir.path(), "api.test");
     // One file, as `pmtakeytool newcert` writes it.
     let pem = dir.path().join("api.pem");
     let both = [std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap()].concat();

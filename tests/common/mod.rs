@@ -646,6 +646,20 @@ impl Drop for PyReceiver {
     }
 }
 
+/// A self-signed certificate for `cn` and its key, made with openssl in `dir`: the PEM files'
+/// paths (cert.pem, key.pem).
+pub fn self_signed(dir: &Path, cn: &str) -> (String, String) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let subject = format!("/CN={cn}");
+    let (code, out) = run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subject, "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    assert_eq!(code, 0, "{out}");
+    (cert.display().to_string(), key.display().to_string())
+}
+
 /// A DKIM key pair made with openssl: the private key file and the TXT record to publish.
 /// `kind`: "rsa-pkcs1", "rsa-pkcs8" or "ed25519".
 pub fn dkim_keypair(dir: &Path, name: &str, kind: &str) -> (PathBuf, String) {
