@@ -141,3 +141,50 @@ fn add_x_virtual_mta_header_names_the_sending_vmta() {
     assert!(!none.to_ascii_lowercase().contains("x-virtual-mta"), "{none}");
     relay.wait_rows("d", 2, Duration::from_secs(10));
 }
+
+/// `date-header-time delivery` with `add-date-header override`: the Date a receiver sees is
+/// the delivery's (here 3 s after the message was taken, the receiver being down at first),
+/// and sluice's DKIM signature, made again over it, verifies in dkimpy.
+#[test]
+fn date_header_time_delivery_dates_the_attempt_and_the_signature_holds() {
+    let keys = TempDir::new("date-keys");
+    let (pem, record) = dkim_keypair(keys.path(), "s1", "rsa-pkcs8");
+    let port = free_port("127.0.0.1");
+    let relay = Relay::start(
+        &format!(
+            "domain-key s1,src.test,{}\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n add-date-header override\n date-header-time delivery\n</source>\n\
+             <domain dest.test>\n smtp-hosts [127.0.0.1]:{port}\n retry-after 1s\n dkim-sign yes\n</domain>\n",
+            pem.display()
+        ),
+        Some(1),
+    );
+    let taken = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let msg = "From: a@src.test\r\nTo: r@dest.test\r\nDate: Sat, 01 Jan 2000 00:00:00 +0000\r\nSubject: dated\r\n\r\nbody\r\n";
+    assert_eq!(smtplib_send(&relay, "127.0.0.1", "a@src.test", &["r@dest.test"], msg.as_bytes()), "sent");
+    std::thread::sleep(Duration::from_secs(3));
+    let receiver = PyReceiver::start_on(port);
+    let files = wait_for("the message", Duration::from_secs(30), || {
+        let f = receiver.files();
+        (f.len() == 1).then_some(f)
+    });
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let date = header_of(&text).lines().find_map(|l| l.strip_prefix("Date: ")).expect("a Date").to_string();
+    assert_eq!(header_of(&text).matches("Date: ").count(), 1, "{text}");
+    let (code, out) = run(std::process::Command::new("python3").args([
+        "-c",
+        "import email.utils, sys; print(int(email.utils.parsedate_to_datetime(sys.argv[1]).timestamp()))",
+        &date,
+    ]));
+    assert_eq!(code, 0, "{out}");
+    let dated: u64 = out.trim().parse().unwrap();
+    assert!(dated >= taken + 2, "dated at delivery ({date}), not at reception ({taken})");
+    let keys_file = keys.path().join("txt.tsv");
+    std::fs::write(&keys_file, format!("s1._domainkey.src.test\t{record}\n")).unwrap();
+    let (code, py) = run(std::process::Command::new(VENV_PYTHON)
+        .arg(py_script("dkim_verify_each.py"))
+        .arg(&keys_file)
+        .arg(&files[0]));
+    assert_eq!(code, 0, "{py}");
+    assert!(py.contains("d=src.test s=s1") && py.trim_end().ends_with("verified=True"), "{py}");
+}

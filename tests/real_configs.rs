@@ -49,7 +49,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("14-enterprise-template.conf", "accept-invalid-recipients delete-file-holders edns-udp-length http-redirect-to-https run-as-root smtp-source-host"),
     ("15-bounce-handler-pipes.conf", "deliver-matched-email forward-errors-to forward-unmatched-to"),
     ("16-guide-examples.conf", "records"),
-    ("17-managed-rollups.conf", "/quota/ allow-cancel-during-transfer bounce-upon-transfer-failure date-header-time default-smtp-port dk-sign max-events-recorded max-smtp-out-per-source-ip process-x-dkim-options run-as-root sync-msg-create sync-msg-update track-recipient-events"),
+    ("17-managed-rollups.conf", "/quota/ allow-cancel-during-transfer bounce-upon-transfer-failure default-smtp-port dk-sign max-events-recorded max-smtp-out-per-source-ip process-x-dkim-options run-as-root sync-msg-create sync-msg-update track-recipient-events"),
     ("18-mailcarry-panel.conf", "dk-sign dkim-identity-fallback log-rotate"),
     ("19-indented-writer.conf", "command type"),
     ("20-multi-domain-installer.conf", "run-as-root sync-msg-create sync-msg-update"),

@@ -113,6 +113,8 @@ pub struct HeaderRules {
     pub add_message_id: bool,
     /// `add-date-header`.
     pub add_date: AddDate,
+    /// `date-header-time delivery`: that Date is the delivery attempt's, not the reception's.
+    pub date_at_delivery: bool,
     /// `process-x-envid`: an `X-Envid:` field sets the DSN envelope id and goes.
     pub process_x_envid: bool,
 }

@@ -196,9 +196,13 @@ pub fn message_content(input: &[u8]) {
         add_message_id: flags & 2 != 0,
         add_date: if flags & 4 != 0 { sluice_config::AddDate::Override } else { sluice_config::AddDate::Yes },
         process_x_envid: flags & 8 != 0,
+        date_at_delivery: false,
     };
     let shaping = headers::Shaping { rules: &rules, ours_first: flags & 16 != 0, message_id: "<1@x>", date: "d" };
     let _ = headers::shape(&mut data, &shaping);
+    // `date-header-time delivery`: the Date at each attempt.
+    let delivery = sluice_config::HeaderRules { date_at_delivery: true, ..rules.clone() };
+    let _ = headers::date_for_delivery(&mut data, &delivery, "later");
     let _ = headers::take_header(&mut data, "X-Job", flags & 32 != 0);
     headers::rewrite_from_domain(&mut data, |d| Some(format!("{d}.rewritten.example")));
     let _ = headers::header_value(&data, "Subject");

@@ -609,9 +609,17 @@ impl PyReceiver {
     /// As `start`, with receiver.py's options (`--rcvbuf N`, `--tls CERT KEY`, `--max-rcpt N`,
     /// `--no-8bitmime`).
     pub fn start_with(options: &[&str]) -> PyReceiver {
+        PyReceiver::start_at(free_port("127.0.0.1"), options)
+    }
+
+    /// On a port chosen before (a receiver that comes up after the relay tried it).
+    pub fn start_on(port: u16) -> PyReceiver {
+        PyReceiver::start_at(port, &[])
+    }
+
+    fn start_at(port: u16, options: &[&str]) -> PyReceiver {
         assert!(Path::new(VENV_PYTHON).exists(), "{VENV_PYTHON} missing: run scripts/install-test-deps.sh");
         let dir = TempDir::new("received");
-        let port = free_port("127.0.0.1");
         let child = Command::new(VENV_PYTHON)
             .arg(py_script("receiver.py"))
             .args(["127.0.0.1", &port.to_string()])

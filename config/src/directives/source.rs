@@ -59,6 +59,14 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
         },
     },
     Directive {
+        name: "date-header-time",
+        set: |_, o, l| {
+            let delivery = l.choice(&[("reception", false), ("delivery", true)])?;
+            o.set(move |p| p.headers.date_at_delivery = delivery);
+            Ok(())
+        },
+    },
+    Directive {
         name: "pattern-list",
         set: |b, o, l| {
             let name = l.one()?.to_string();

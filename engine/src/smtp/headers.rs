@@ -82,26 +82,48 @@ pub fn shape(data: &mut Vec<u8>, s: &Shaping) -> Option<String> {
     if rules.add_message_id && !has_field(data, "message-id") {
         added.extend_from_slice(format!("Message-ID: {}\r\n", s.message_id).as_bytes());
     }
-    let date = match rules.add_date {
+    // `date-header-time delivery`: the Date is the delivery's (`date_for_delivery`).
+    if !rules.date_at_delivery && date_needed(data, rules.add_date) {
+        added.extend_from_slice(format!("Date: {}\r\n", s.date).as_bytes());
+    }
+    insert_fields(data, added);
+    envid
+}
+
+/// Whether `add-date-header` puts a Date field in: `yes` when the message has none,
+/// `override` always (its own then removed).
+fn date_needed(data: &mut Vec<u8>, add: sluice_config::AddDate) -> bool {
+    match add {
         sluice_config::AddDate::No => false,
         sluice_config::AddDate::Yes => !has_field(data, "date"),
         sluice_config::AddDate::Override => {
             remove_fields(data, &["Date".to_string()]);
             true
         }
-    };
-    if date {
-        added.extend_from_slice(format!("Date: {}\r\n", s.date).as_bytes());
     }
-    if !added.is_empty() {
-        // At the end of the header section (a message without one gets one).
-        let at = header_section_end(data).unwrap_or(0);
-        if header_section_end(data).is_none() {
-            added.extend_from_slice(b"\r\n");
-        }
-        data.splice(at..at, added);
+}
+
+/// Fields added at the end of the header section (a message without one gets one).
+fn insert_fields(data: &mut Vec<u8>, mut added: Vec<u8>) {
+    if added.is_empty() {
+        return;
     }
-    envid
+    let at = header_section_end(data).unwrap_or(0);
+    if header_section_end(data).is_none() {
+        added.extend_from_slice(b"\r\n");
+    }
+    data.splice(at..at, added);
+}
+
+/// `add-date-header` with `date-header-time delivery`, at each delivery attempt: the Date
+/// field the rules ask for, dated `date`. Returns whether the message changed (its
+/// signatures must then be made again).
+pub fn date_for_delivery(data: &mut Vec<u8>, rules: &sluice_config::HeaderRules, date: &str) -> bool {
+    if !rules.date_at_delivery || !date_needed(data, rules.add_date) {
+        return false;
+    }
+    insert_fields(data, format!("Date: {date}\r\n").into_bytes());
+    true
 }
 
 /// The From field's address domain replaced where `new_domain` gives one (`from-domain`).
@@ -193,6 +215,7 @@ mod tests {
             add_message_id: true,
             add_date: sluice_config::AddDate::Override,
             process_x_envid: true,
+            date_at_delivery: false,
         };
         let mut m = b"Received: from us\r\nReceived: from them\r\n\tby x\r\nX-Mailer: PHPMailer\r\nX-Envid: batch-42\r\nDate: yesterday\r\nSubject: hi\r\n\r\nReceived: in the body\r\nX-Mailer: body\r\n".to_vec();
         let s = Shaping {
@@ -217,6 +240,28 @@ mod tests {
         let s = Shaping { rules: &rules, ours_first: false, message_id: "<new@x>", date: "d" };
         assert_eq!(shape(&mut m, &s), None);
         assert_eq!(m, before);
+    }
+
+    /// `date-header-time delivery`: no Date at injection; at each attempt the rules' Date,
+    /// dated then (`override` replacing the message's, `yes` only where it has none).
+    #[test]
+    fn the_date_of_delivery() {
+        let rules = sluice_config::HeaderRules {
+            add_date: sluice_config::AddDate::Override,
+            date_at_delivery: true,
+            ..Default::default()
+        };
+        let mut m = b"Date: at reception\r\nSubject: s\r\n\r\nbody\r\n".to_vec();
+        let s = Shaping { rules: &rules, ours_first: false, message_id: "<new@x>", date: "injected" };
+        shape(&mut m, &s);
+        assert_eq!(m, b"Date: at reception\r\nSubject: s\r\n\r\nbody\r\n", "not at injection");
+        assert!(date_for_delivery(&mut m, &rules, "attempt 1"));
+        assert!(date_for_delivery(&mut m, &rules, "attempt 2"));
+        assert_eq!(m, b"Subject: s\r\nDate: attempt 2\r\n\r\nbody\r\n");
+        let yes = sluice_config::HeaderRules { add_date: sluice_config::AddDate::Yes, ..rules.clone() };
+        assert!(!date_for_delivery(&mut m, &yes, "attempt 3"), "it has one");
+        let off = sluice_config::HeaderRules { date_at_delivery: false, ..rules };
+        assert!(!date_for_delivery(&mut m, &off, "attempt 4"));
     }
 
     #[test]

@@ -315,12 +315,22 @@ impl Shard {
             headers::remove_fields(&mut copy, remove);
             converted = Some(copy);
         }
+        // `date-header-time delivery` in the message's `<source>`: its Date is this attempt's,
+        // and sluice's signatures are made again over it.
+        let source = self.shared.config.source_policy(job.msg.client_ip());
+        if source.headers.date_at_delivery {
+            let mut copy = converted.take().unwrap_or_else(|| data.to_vec());
+            let date = sluice_engine::time::rfc5322_date(self.now.unix_ms);
+            if headers::date_for_delivery(&mut copy, &source.headers, &date) {
+                let (domain, vmta) = o.plan.queue.split_once('/').unwrap_or((&o.plan.queue, ""));
+                resign(&self.shared, domain, vmta, &mut copy);
+            }
+            converted = Some(copy);
+        }
         // `add-x-virtual-mta-header` in the message's `<source>`: the VMTA sending it (a
         // field no signature covers, so signatures stay good).
         let base = converted.as_deref().unwrap_or(data);
-        if self.shared.config.source_policy(job.msg.client_ip()).add_x_virtual_mta_header
-            && !headers::has_field(base, "X-Virtual-MTA")
-        {
+        if source.add_x_virtual_mta_header && !headers::has_field(base, "X-Virtual-MTA") {
             let mut copy = format!("X-Virtual-MTA: {}\r\n", o.plan.vmta).into_bytes();
             copy.extend_from_slice(base);
             converted = Some(copy);
