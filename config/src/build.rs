@@ -57,6 +57,11 @@ impl Line<'_> {
         self.value(units::parse_duration(self.one()?))
     }
 
+    /// A duration that overrides a default kept elsewhere (None: that default).
+    pub fn some_duration(&self) -> Result<Option<Duration>, ConfigError> {
+        self.duration().map(Some)
+    }
+
     pub fn durations(&self) -> Result<Vec<Duration>, ConfigError> {
         self.value(units::parse_durations(&self.args.join(",")))
     }

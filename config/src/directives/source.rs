@@ -131,22 +131,9 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
             Ok(())
         },
     },
-    Directive {
-        name: "smtp-command-timeout",
-        set: |_, o, l| {
-            let d = l.duration()?;
-            o.set(move |p| p.smtp_command_timeout = Some(d));
-            Ok(())
-        },
-    },
-    Directive {
-        name: "smtp-data-timeout",
-        set: |_, o, l| {
-            let d = l.duration()?;
-            o.set(move |p| p.smtp_data_timeout = Some(d));
-            Ok(())
-        },
-    },
+    // PowerMTA's place for them; over the global settings.
+    value!("smtp-command-timeout", some_duration, smtp_command_timeout),
+    value!("smtp-data-timeout", some_duration, smtp_data_timeout),
     Directive {
         name: "dsn-return-default",
         set: |_, o, l| {
