@@ -65,6 +65,9 @@ pub struct Config {
     /// Global `smtp-source-host IP NAME`: the source of mail sent through the default virtual
     /// MTA (any VMTA name the configuration does not define).
     pub global_source: Option<(IpAddr, String)>,
+    /// `mx-connection-limit PATTERN N` and `ip-connection-limit CIDR N`, in order.
+    pub(crate) mx_connection_limits: Vec<(overrides::DomainPattern, u32)>,
+    pub(crate) ip_connection_limits: Vec<(Cidr, u32)>,
     /// `mailmerge-expands-undefined-variables` (yes): a `[name]` no variable defines becomes
     /// empty; no: it stays as written.
     pub mailmerge_expands_undefined: bool,
@@ -280,6 +283,29 @@ impl Config {
         self.vmtas.defined(name).or_else(|| self.pools.defined(name)).unwrap_or(name).to_string()
     }
 
+    /// Whether any `mx-connection-limit` or `ip-connection-limit` is set.
+    pub fn has_hop_limits(&self) -> bool {
+        !self.mx_connection_limits.is_empty() || !self.ip_connection_limits.is_empty()
+    }
+
+    /// The connection limits a next hop falls under: its MX name's (the first
+    /// `mx-connection-limit` whose pattern matches it) and its address's (the most specific
+    /// `ip-connection-limit` holding it), each as (what is counted, the most open at once).
+    /// PowerMTA counts them per source IP; each MX name and each address on its own.
+    pub fn hop_limits(&self, host: &str, ip: IpAddr) -> Vec<(String, u32)> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let mut out = Vec::new();
+        if let Some((_, n)) = self.mx_connection_limits.iter().find(|(p, _)| p.matches(&host)) {
+            out.push((format!("mx:{host}"), *n));
+        }
+        if let Some((_, n)) =
+            self.ip_connection_limits.iter().filter(|(c, _)| c.contains(ip)).max_by_key(|(c, _)| c.prefix)
+        {
+            out.push((format!("ip:{ip}"), *n));
+        }
+        out
+    }
+
     /// The proxies a VMTA sends through (the default VMTA: the global ones).
     pub fn proxies_of(&self, vmta: &str) -> &[Proxy] {
         match self.vmtas.get(vmta) {
@@ -382,6 +408,8 @@ impl Config {
             pickup: None,
             transmissions_api: TransmissionsApi::default(),
             mailmerge_expands_undefined: true,
+            mx_connection_limits: Vec::new(),
+            ip_connection_limits: Vec::new(),
             smtp_users: HashMap::new(),
             address_lists: names::Names::new(),
             feedback_processor: None,
@@ -434,6 +462,30 @@ mod tests {
             c.source_policy("192.0.2.1".parse().unwrap()).generate_bounces
         };
         assert!(!on("suppress-local-dsn yes") && on("suppress-local-dsn no"), "generate-bounces' opposite");
+    }
+
+    /// The Guide's examples of `mx-connection-limit` and `ip-connection-limit`: each MX name
+    /// and each address counted on its own; the most specific CIDR wins.
+    #[test]
+    fn hop_connection_limits() {
+        let c = parse(
+            "smtp-listener 127.0.0.1:25\nmx-connection-limit *.secureserver.net 20\nmx-connection-limit *.aspmx.l.google.com 5\n\
+             ip-connection-limit 173.194/16 50\nip-connection-limit 104.47.2.33 1\nip-connection-limit 104.47/16 9\n",
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            c.hop_limits("mx1.SecureServer.net.", ip("10.0.0.1")),
+            [("mx:mx1.secureserver.net".to_string(), 20)]
+        );
+        assert_eq!(
+            c.hop_limits("alt1.aspmx.l.google.com", ip("173.194.1.2")),
+            [("mx:alt1.aspmx.l.google.com".to_string(), 5), ("ip:173.194.1.2".to_string(), 50)]
+        );
+        assert_eq!(c.hop_limits("x.outlook.com", ip("104.47.2.33")), [("ip:104.47.2.33".to_string(), 1)]);
+        assert_eq!(c.hop_limits("x.outlook.com", ip("104.47.9.9")), [("ip:104.47.9.9".to_string(), 9)]);
+        assert!(c.hop_limits("mx.example.com", ip("192.0.2.1")).is_empty());
+        assert!(parse("smtp-listener 127.0.0.1:25\nip-connection-limit 10/8 lots\n").is_err());
     }
 
     #[test]

@@ -62,6 +62,36 @@ const DIRECTIVES: &[Directive<()>] = &[
         },
     },
     Directive {
+        name: "mx-connection-limit",
+        set: |b, _, l| {
+            let [pattern, n] = l.args else {
+                return Err(l.err(
+                    "`mx-connection-limit` takes an MX name pattern and a number",
+                    "write `mx-connection-limit *.secureserver.net 20`",
+                ));
+            };
+            let pattern = l.value(DomainPattern::parse(pattern))?;
+            let n = l.value(n.parse::<u32>().map_err(|_| format!("`{n}` is not a number of connections")))?;
+            b.config.mx_connection_limits.push((pattern, n));
+            Ok(())
+        },
+    },
+    Directive {
+        name: "ip-connection-limit",
+        set: |b, _, l| {
+            let [cidr, n] = l.args else {
+                return Err(l.err(
+                    "`ip-connection-limit` takes a CIDR and a number",
+                    "write `ip-connection-limit 173.194/16 50`",
+                ));
+            };
+            let cidr = l.value(units::parse_cidr(cidr))?;
+            let n = l.value(n.parse::<u32>().map_err(|_| format!("`{n}` is not a number of connections")))?;
+            b.config.ip_connection_limits.push((cidr, n));
+            Ok(())
+        },
+    },
+    Directive {
         name: "mailmerge-expands-undefined-variables",
         set: |b, _, l| {
             b.config.mailmerge_expands_undefined = l.bool()?;

@@ -46,6 +46,8 @@ pub struct ConnState {
     holds_smtp_out: bool,
     /// It holds one of the fleet's `cluster-max-smtp-out` slots for its destination.
     fleet_slot: Option<Arc<limits::ClusterCell>>,
+    /// The `mx-connection-limit` / `ip-connection-limit` slots of the hop it is connected to.
+    hop_slots: Vec<String>,
     pub messages_sent: u32,
     /// Recipients refused on it so far (`max-errors-per-connection`).
     errors: u32,
@@ -105,6 +107,19 @@ impl<M: Message> Scheduler<M> {
             return false;
         };
         let mut hops = self.ordered_hops(id, &name, levels);
+        // `mx-connection-limit` / `ip-connection-limit`: hops at their limit for this source
+        // are left out; with none left the queue waits, as for `max-smtp-out`.
+        if self.config.has_hop_limits() {
+            let (config, lim) = (&self.config, &self.limits);
+            hops.retain(|h| limits::hop_room(lim, source_ip, &config.hop_limits(&h.host, h.addr.ip())));
+            if hops.is_empty() {
+                limits::release_smtp_out(&self.limits, source_ip, holds_smtp_out);
+                if let Some(c) = fleet_slot {
+                    c.release_slot();
+                }
+                return false;
+            }
+        }
         let st = self.st_mut(id);
         let smtp = st.q.settings.smtp.clone();
         hops.truncate(smtp.mx_connection_attempts as usize);
@@ -122,6 +137,7 @@ impl<M: Message> Scheduler<M> {
             source_ip,
             holds_smtp_out,
             fleet_slot,
+            hop_slots: Vec::new(),
             messages_sent: 0,
             errors: 0,
             leaving: false,
@@ -130,6 +146,23 @@ impl<M: Message> Scheduler<M> {
         self.conns.insert(conn, state);
         let plan = ConnPlan { queue: name, vmta, pool, source_ip, ehlo, tls, hops, smtp, proxies };
         self.intents.push_back(Intent::Connect { conn, plan: Box::new(plan) });
+        true
+    }
+
+    /// The connection is about to connect to `hop`: it takes that hop's `mx-connection-limit`
+    /// and `ip-connection-limit` slots (giving back a previous hop's); false when the hop is
+    /// at its limit for the connection's source IP (then try another).
+    pub fn hop_slot(&mut self, conn: ConnId, hop: &Hop) -> bool {
+        if !self.config.has_hop_limits() {
+            return true;
+        }
+        let Some(c) = self.conns.get_mut(&conn) else { return true };
+        limits::release_hop(&self.limits, c.source_ip, &std::mem::take(&mut c.hop_slots));
+        let keys = self.config.hop_limits(&hop.host, hop.addr.ip());
+        if !limits::take_hop(&self.limits, c.source_ip, &keys) {
+            return false;
+        }
+        c.hop_slots = keys.into_iter().map(|(k, _)| k).collect();
         true
     }
 
@@ -319,6 +352,7 @@ impl<M: Message> Scheduler<M> {
     pub fn conn_closed(&mut self, conn: ConnId, job: Option<Job<M>>) {
         let Some(c) = self.conns.remove(&conn) else { return };
         limits::release_smtp_out(&self.limits, c.source_ip, c.holds_smtp_out);
+        limits::release_hop(&self.limits, c.source_ip, &c.hop_slots);
         if let Some(cell) = &c.fleet_slot {
             cell.release_slot();
         }

@@ -49,6 +49,10 @@ pub struct SourceLimits {
     pub total_smtp_out: Option<(AtomicU32, u32)>,
     /// Fleet-wide limits (`<cluster>`), when this host is one of a fleet.
     pub cluster: Option<ClusterCells>,
+    /// Connections open per (source IP, MX name or receiver address) under an
+    /// `mx-connection-limit` / `ip-connection-limit` (`Config::hop_limits`), every shard's.
+    /// A connection takes its slots as it connects: not on the per-message path.
+    pub hop_open: std::sync::Mutex<HashMap<(Option<IpAddr>, String), u32>>,
 }
 
 /// Fleet-wide limits (`cluster-max-msg-rate`, `cluster-max-smtp-out`), one cell per
@@ -168,6 +172,40 @@ pub fn source_limits(config: &Config) -> SourceLimits {
         ips,
         total_smtp_out: config.total_max_smtp_out.map(|n| (AtomicU32::new(0), n)),
         cluster: config.cluster.as_ref().map(|_| ClusterCells::default()),
+        hop_open: Default::default(),
+    }
+}
+
+/// Whether every limit in `keys` (`Config::hop_limits`) has room for one more connection
+/// from `source_ip`.
+pub fn hop_room(limits: &SourceLimits, source_ip: Option<IpAddr>, keys: &[(String, u32)]) -> bool {
+    let open = limits.hop_open.lock().expect("not poisoned");
+    keys.iter().all(|(k, max)| open.get(&(source_ip, k.clone())).copied().unwrap_or(0) < *max)
+}
+
+/// Takes one connection on each limit in `keys`, all or none.
+pub fn take_hop(limits: &SourceLimits, source_ip: Option<IpAddr>, keys: &[(String, u32)]) -> bool {
+    let mut open = limits.hop_open.lock().expect("not poisoned");
+    if !keys.iter().all(|(k, max)| open.get(&(source_ip, k.clone())).copied().unwrap_or(0) < *max) {
+        return false;
+    }
+    for (k, _) in keys {
+        *open.entry((source_ip, k.clone())).or_insert(0) += 1;
+    }
+    true
+}
+
+/// Gives back the connections `take_hop` took.
+pub fn release_hop(limits: &SourceLimits, source_ip: Option<IpAddr>, keys: &[String]) {
+    let mut open = limits.hop_open.lock().expect("not poisoned");
+    for k in keys {
+        let key = (source_ip, k.clone());
+        if let Some(n) = open.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&key);
+            }
+        }
     }
 }
 

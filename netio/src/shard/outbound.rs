@@ -162,6 +162,16 @@ impl Shard {
             o.proxy_next = 0;
         }
         let hop = o.plan.hops[o.hop_index - 1].clone();
+        // `mx-connection-limit` / `ip-connection-limit`: a hop at its limit for this source
+        // (taken by another connection since the plan was made) is passed over.
+        let conn = o.conn;
+        if !self.sched.hop_slot(conn, &hop) {
+            let o = self.outs.get_mut(slot);
+            o.proxy_next = 0;
+            o.connect_error = Some(format!("{} ({}): at its connection limit", hop.host, hop.addr.ip()));
+            return self.connect_next(slot);
+        }
+        let o = self.outs.get_mut(slot);
         o.via = (proxies > 0).then_some(o.proxy_next);
         o.proxy_next += usize::from(proxies > 0);
         o.info = attempt_info(&o.plan, &hop);
