@@ -60,6 +60,18 @@ impl Checker {
         } else {
             None
         };
+        if req.iprev {
+            let out = self.authenticator.verify_iprev(req.client_ip).await;
+            let word = match &out.result {
+                mail_auth::IprevResult::Pass => "pass",
+                mail_auth::IprevResult::Fail(_) => "fail",
+                mail_auth::IprevResult::TempError(_) => "temperror",
+                mail_auth::IprevResult::PermError(_) => "permerror",
+                mail_auth::IprevResult::None => "none",
+            };
+            summary.push(format!("iprev={word}"));
+            results = results.with_iprev_result(&out, req.client_ip);
+        }
         let dkim = if req.dkim { self.authenticator.verify_dkim(&message).await } else { Vec::new() };
         if req.dkim {
             let pass = dkim.iter().any(|d| d.result() == &mail_auth::DkimResult::Pass);

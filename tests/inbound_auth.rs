@@ -174,3 +174,42 @@ fn spf_failures_are_refused_unless_told_not_to() {
     assert_eq!(results, ["spf=fail", "spf=pass"], "{rows:?}");
     wait_for("2 delivered", Duration::from_secs(20), || (receiver.files().len() == 2).then_some(()));
 }
+
+/// `check-iprev-inbound` (RFC 8601 `iprev=`, names and addresses from dnsmasq): 127.0.0.1's
+/// PTR name leads back to it (pass, recorded); 127.0.0.2's PTR name resolves elsewhere
+/// (fail), refused 550 5.7.25 where `reject-iprev-check-fail yes`.
+#[test]
+fn iprev_is_checked_and_a_failure_refused_when_asked() {
+    let dns_port = free_port("127.0.0.1");
+    let _dns = Dnsmasq::start(
+        dns_port,
+        &[
+            "--host-record=mx.good.test,127.0.0.1".into(),
+            "--ptr-record=2.0.0.127.in-addr.arpa,liar.test".into(),
+            "--address=/liar.test/192.0.2.9".into(),
+        ],
+    );
+    let receiver = PyReceiver::start();
+    let relay = Relay::start(
+        &format!(
+            "dns-server 127.0.0.1:{dns_port}\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n check-iprev-inbound yes\n</source>\n\
+             <source 127.0.0.2>\n always-allow-relaying yes\n check-iprev-inbound yes\n reject-iprev-check-fail yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            receiver.addr.port()
+        ),
+        Some(1),
+    );
+    let msg = b"From: a@src.test\r\nTo: r@dest.test\r\nSubject: iprev\r\n\r\nbody\r\n";
+    assert_eq!(smtplib_send(&relay, "127.0.0.1", "a@src.test", &["r@dest.test"], msg), "sent");
+    let refused = smtplib_send(&relay, "127.0.0.2", "a@src.test", &["r@dest.test"], msg);
+    assert!(refused.contains("550") && refused.contains("5.7.25"), "{refused}");
+    let rows = relay.wait_rows("r", 1, Duration::from_secs(20));
+    assert_eq!(rows[0]["authResults"], "iprev=pass", "{rows:?}");
+    let files = wait_for("the passing one", Duration::from_secs(20), || {
+        let f = receiver.files();
+        (f.len() == 1).then_some(f)
+    });
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(text.contains("iprev=pass"), "{text}");
+}

@@ -70,6 +70,13 @@ pub struct SourcePolicy {
     pub check_dkim: bool,
     pub check_dmarc: bool,
     pub check_arc: bool,
+    /// `check-iprev-inbound`: the client's address has a PTR name that resolves back to it
+    /// (RFC 8601 `iprev=`); `reject-iprev-check-fail`, `-permerror`, `-temperror` (no):
+    /// refuse the message when it does not.
+    pub check_iprev: bool,
+    pub reject_iprev_fail: bool,
+    pub reject_iprev_permerror: bool,
+    pub reject_iprev_temperror: bool,
     /// `arc-sign yes`: ARC-seal what this source relays (with the global `arc-key`).
     pub arc_sign: bool,
     /// `suppression-lists NAME[,NAME]`: recipients on these `<address-list>`s are refused.
@@ -202,7 +209,7 @@ pub struct AddressListConfig {
 impl SourcePolicy {
     /// Does a message from this source need the (DNS-backed) authentication checks?
     pub fn checks_inbound(&self) -> bool {
-        self.check_spf || self.check_dkim || self.check_dmarc || self.check_arc || self.arc_sign
+        self.check_spf || self.check_dkim || self.check_dmarc || self.check_arc || self.arc_sign || self.check_iprev
     }
 }
 
@@ -291,6 +298,10 @@ impl Default for SourcePolicy {
             check_dkim: false,
             check_dmarc: false,
             check_arc: false,
+            check_iprev: false,
+            reject_iprev_fail: false,
+            reject_iprev_permerror: false,
+            reject_iprev_temperror: false,
             arc_sign: false,
             suppression_lists: Vec::new(),
             process_x_job: false,

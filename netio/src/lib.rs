@@ -61,6 +61,8 @@ pub struct VerifyRequest {
     pub dmarc: bool,
     pub arc: bool,
     pub seal: bool,
+    /// `check-iprev-inbound`: the client's PTR name resolves back to it.
+    pub iprev: bool,
 }
 
 /// Requests in flight to the control plane before shards hold theirs back.

@@ -94,6 +94,10 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
     flag!("check-dkim-inbound", check_dkim),
     flag!("check-dmarc-inbound", check_dmarc),
     flag!("check-arc-inbound", check_arc),
+    flag!("check-iprev-inbound", check_iprev),
+    flag!("reject-iprev-check-fail", reject_iprev_fail),
+    flag!("reject-iprev-check-permerror", reject_iprev_permerror),
+    flag!("reject-iprev-check-temperror", reject_iprev_temperror),
     flag!("process-x-job", process_x_job),
     flag!("retain-x-job", retain_x_job),
     Directive {

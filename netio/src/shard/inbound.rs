@@ -623,6 +623,7 @@ impl Shard {
             dmarc: policy.check_dmarc,
             arc: policy.check_arc || policy.arc_sign,
             seal: policy.arc_sign,
+            iprev: policy.check_iprev,
         };
         match self.shared.core.control.try_send(ControlRequest::Verify(Box::new(req))) {
             Ok(()) => c.verifying = Some(Box::new((m, vmta))),
@@ -654,8 +655,10 @@ impl Shard {
         // `reject-spf-check-*` (the Guide's defaults: yes) with `check-spf-inbound`.
         let config = self.shared.config.clone();
         let policy = config.policy_for(c.client_ip, &listener_source(&config, c.listener));
-        if let Some(refusal) = spf_refusal(&policy, &summary, &m.mail_from) {
-            tracing::info!(shard = self.id, client = %c.client_ip, from = %m.mail_from, %summary, "refused on its SPF result");
+        if let Some(refusal) =
+            spf_refusal(&policy, &summary, &m.mail_from).or_else(|| iprev_refusal(&policy, &summary, c.client_ip))
+        {
+            tracing::info!(shard = self.id, client = %c.client_ip, from = %m.mail_from, %summary, "refused on its SPF or iprev result");
             c.m.message_refused(&refusal);
             return self.in_drive(slot);
         }
@@ -1011,6 +1014,26 @@ fn spf_refusal(policy: &sluice_config::SourcePolicy, summary: &str, mail_from: &
         }
         "temperror" if policy.reject_spf_temperror => Some(format!(
             "451 4.7.24 SPF check could not be completed for {sender}, try again later (reject-spf-check-temperror)"
+        )),
+        _ => None,
+    }
+}
+
+/// The refusal a client's reverse-DNS result calls for (`reject-iprev-check-*`, with
+/// `check-iprev-inbound`): RFC 8601's 5.7.25.
+fn iprev_refusal(policy: &sluice_config::SourcePolicy, summary: &str, client: std::net::IpAddr) -> Option<String> {
+    if !policy.check_iprev {
+        return None;
+    }
+    match summary.split_whitespace().find_map(|w| w.strip_prefix("iprev="))? {
+        "fail" if policy.reject_iprev_fail => Some(format!(
+            "550 5.7.25 Reverse DNS validation failed: {client}'s PTR name does not lead back to it (reject-iprev-check-fail)"
+        )),
+        "permerror" if policy.reject_iprev_permerror => {
+            Some(format!("550 5.7.25 Reverse DNS validation failed for {client} (reject-iprev-check-permerror)"))
+        }
+        "temperror" if policy.reject_iprev_temperror => Some(format!(
+            "451 4.7.25 Reverse DNS validation for {client} could not be completed, try again later (reject-iprev-check-temperror)"
         )),
         _ => None,
     }
