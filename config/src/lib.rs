@@ -486,6 +486,10 @@ mod tests {
         assert_eq!(c.hop_limits("x.outlook.com", ip("104.47.9.9")), [("ip:104.47.9.9".to_string(), 9)]);
         assert!(c.hop_limits("mx.example.com", ip("192.0.2.1")).is_empty());
         assert!(parse("smtp-listener 127.0.0.1:25\nip-connection-limit 10/8 lots\n").is_err());
+        // `name-server` is `dns-server` (port 53); a second one is warned about.
+        let c = parse("smtp-listener 127.0.0.1:25\nname-server 10.1.2.3\nname-server 8.8.8.8\n").unwrap();
+        assert_eq!(c.dns_server, Some("10.1.2.3:53".parse().unwrap()));
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
     }
 
     #[test]

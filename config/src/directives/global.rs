@@ -145,6 +145,20 @@ const DIRECTIVES: &[Directive<()>] = &[
     Directive { name: "shards", set: shards },
     Directive { name: "dns-server", set: dns_server },
     Directive {
+        // PowerMTA's name for it; several lines are round-robined there, the first is asked here.
+        name: "name-server",
+        set: |b, u, l| match b.config.dns_server {
+            None => dns_server(b, u, l),
+            Some(first) => {
+                b.warn(
+                    l.span,
+                    format!("another `name-server`: sluice asks the first one ({first}), PowerMTA takes turns"),
+                );
+                Ok(())
+            }
+        },
+    },
+    Directive {
         name: "total-max-smtp-in",
         set: |b, _, l| {
             b.config.total_max_smtp_in = l.count()?;
