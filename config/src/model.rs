@@ -336,6 +336,8 @@ pub struct DomainSettings {
     pub pattern_list: Option<String>,
     /// Limits while the queue is in backoff mode.
     pub backoff_max_msg_rate: Option<Rate>,
+    /// `backoff-max-connect-rate`: `max-connect-rate` while backing off.
+    pub backoff_max_connect_rate: Option<Rate>,
     pub backoff_max_smtp_out: Option<u32>,
     pub backoff_retry_after: Vec<Duration>,
     /// How long backoff lasts when the pattern does not say (`backoff-to-normal-after`).
@@ -615,6 +617,7 @@ impl Default for DomainSettings {
             max_connect_rate: None,
             pattern_list: None,
             backoff_max_msg_rate: None,
+            backoff_max_connect_rate: None,
             backoff_max_smtp_out: None,
             backoff_retry_after: vec![Duration::from_secs(3600)],
             backoff_to_normal_after: Duration::from_secs(3600),

@@ -527,3 +527,27 @@ fn deliver_local_dsn_no_stops_dsns_for_that_senders_domain() {
         "another domain's"
     );
 }
+
+/// `backoff-max-connect-rate`: while backing off, new connections come no faster than it
+/// (one message each here, so the starts count them), though the backoff message rate would
+/// allow far more; back to normal, `max-connect-rate` again.
+#[test]
+fn backoff_max_connect_rate_holds_connections_while_backing_off() {
+    let starts_in_backoff = |connect: &str| {
+        let conf = format!(
+            "<smtp-pattern-list slow>\n reply /^421 .* slow down/ mode=backoff,backoff-to-normal-after=30m\n</smtp-pattern-list>\n\
+             <domain *>\n max-msg-per-connection 1\n max-connect-rate 600/m\n backoff-max-msg-rate 6000/h\n{connect}\
+              smtp-pattern-list slow\n retry-after 1m\n</domain>"
+        );
+        let mut w = World::new(&conf);
+        w.queue(2_000);
+        let reply = |t: u64| if t < 2_000 { Reply::new(421, "4.7.0 slow down") } else { Reply::new(250, "ok") };
+        w.run(10 * 60_000, 50, &reply);
+        assert!(w.events().iter().any(|e| e.starts_with("mode=backoff")), "{:?}", w.events());
+        w.starts_between(2_000, 10 * 60_000)
+    };
+    let limited = starts_in_backoff(" backoff-max-connect-rate 60/h\n");
+    assert!(limited <= 12, "{limited} connections in 10 minutes at 60/h");
+    let unlimited = starts_in_backoff("");
+    assert!(unlimited >= 500, "without it, the backoff message rate (100/m) sets the pace: {unlimited}");
+}

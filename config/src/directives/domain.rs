@@ -82,6 +82,7 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
         },
     },
     value!("backoff-max-msg-rate", rate_limit, backoff_max_msg_rate),
+    value!("backoff-max-connect-rate", rate_limit, backoff_max_connect_rate),
     Directive {
         name: "backoff-max-smtp-out",
         set: |_, o, l| {

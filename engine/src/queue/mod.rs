@@ -222,8 +222,13 @@ impl<M> Queue<M> {
     }
 
     /// `max-connect-rate`, ramped at start-up.
+    /// `max-connect-rate`, or `backoff-max-connect-rate` while backing off.
     pub fn connect_rate(&self) -> Option<Rate> {
-        self.settings.max_connect_rate.map(|r| self.ramped_rate(r))
+        let configured = match self.mode {
+            Mode::Backoff { .. } => self.settings.backoff_max_connect_rate.or(self.settings.max_connect_rate),
+            Mode::Normal => self.settings.max_connect_rate,
+        };
+        configured.map(|r| self.ramped_rate(r))
     }
 
     pub fn paused(&self) -> bool {
