@@ -89,6 +89,11 @@ impl Line<'_> {
         self.value(units::parse_rate_limit(&rate))
     }
 
+    /// A count where `unlimited` is the largest there is.
+    pub fn count_or_unlimited(&self) -> Result<u32, ConfigError> {
+        Ok(self.value(units::parse_count_or_unlimited(self.one()?))?.unwrap_or(u32::MAX))
+    }
+
     pub fn count(&self) -> Result<u32, ConfigError> {
         let v = self.one()?;
         v.parse().map_err(|_| self.err(format!("`{v}` is not a whole number"), ""))

@@ -116,7 +116,7 @@ const DIRECTIVES: &[Directive<DomainOverrides>] = &[
     Directive {
         name: "mx-connection-attempts",
         set: |_, o, l| {
-            let n = l.value(units::parse_count_or_unlimited(l.one()?))?.unwrap_or(u32::MAX);
+            let n = l.count_or_unlimited()?;
             if n == 0 {
                 return Err(l.err("mx-connection-attempts 0 would never connect", "use at least 1"));
             }

@@ -108,14 +108,7 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
             Ok(())
         },
     },
-    Directive {
-        name: "max-rcpt-per-message",
-        set: |_, o, l| {
-            let n = l.value(units::parse_count_or_unlimited(l.one()?))?.unwrap_or(u32::MAX);
-            o.set(move |p| p.max_rcpt_per_message = n);
-            Ok(())
-        },
-    },
+    value!("max-rcpt-per-message", count_or_unlimited, max_rcpt_per_message),
     flag!("too-many-rcpts-fails-message", too_many_rcpts_fails_message),
     flag!("allow-mailmerge", allow_mailmerge),
     // The Guide: "currently equivalent to setting allow-mailmerge yes".
@@ -147,14 +140,7 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
             Ok(())
         },
     },
-    Directive {
-        name: "max-message-hops",
-        set: |_, o, l| {
-            let n = l.value(units::parse_count_or_unlimited(l.one()?))?.unwrap_or(u32::MAX);
-            o.set(move |p| p.max_message_hops = n);
-            Ok(())
-        },
-    },
+    value!("max-message-hops", count_or_unlimited, max_message_hops),
     Directive {
         name: "default-virtual-mta",
         set: |b, o, l| {

@@ -480,6 +480,8 @@ impl Shard {
         let now = self.now.unix_ms;
         let merge = m.merge.take().expect("a mail-merge message");
         let date = sluice_engine::time::rfc5322_date(now);
+        // Where the transaction came from: the same for every recipient's message.
+        let origin = Origin::of(self.ins.get_mut(slot), &m.helo, m.auth_user.as_deref());
         let mut stores = Vec::with_capacity(m.recipients.len());
         for (i, rcpt) in m.recipients.iter().enumerate() {
             let p = match merge.render(i, rcpt, &m.mail_from, &date, config.mailmerge_expands_undefined) {
@@ -510,13 +512,8 @@ impl Shard {
             if let Some(header) = dkim_signature(&shared, &self.stats, &rcpts, &vmta, &mut data) {
                 data.splice(0..0, header);
             }
-            let c = self.ins.get_mut(slot);
             let mut store = Store::boxed(data, from, rcpts, now, vmta);
-            store.src_mta = format!("{} ({})", m.helo, c.client_ip);
-            store.helo.clone_from(&m.helo);
-            store.rcv_source_ip = c.client_ip.to_string();
-            store.rcv_destination_ip = crate::sys::local_ip(c.sock.fd);
-            store.smtp_user = m.auth_user.clone().unwrap_or_default();
+            origin.stamp(&mut store);
             store.job_id = p.job_id.unwrap_or_else(|| m.job_id.clone());
             store.envid = p.envid.or(envid).unwrap_or_else(|| m.envid.clone());
             store.flags = m.flags | if policy.verp { sluice_spool::codec::flags::VERP } else { 0 };
@@ -679,12 +676,9 @@ impl Shard {
         }
         let gen = self.ins.gen(slot);
         let c = self.ins.get_mut(slot);
+        let origin = Origin::of(c, &m.helo, m.auth_user.as_deref());
         let mut store = Store::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
-        store.src_mta = format!("{} ({})", m.helo, c.client_ip);
-        store.helo = m.helo;
-        store.rcv_source_ip = c.client_ip.to_string();
-        store.rcv_destination_ip = crate::sys::local_ip(c.sock.fd);
-        store.smtp_user = m.auth_user.unwrap_or_default();
+        origin.stamp(&mut store);
         store.auth_results = auth;
         store.job_id = m.job_id;
         store.envid = m.envid;
@@ -1036,5 +1030,35 @@ fn iprev_refusal(policy: &sluice_config::SourcePolicy, summary: &str, client: st
             "451 4.7.25 Reverse DNS validation for {client} could not be completed, try again later (reject-iprev-check-temperror)"
         )),
         _ => None,
+    }
+}
+
+/// What a message taken on a connection records of where it came from (accounting's
+/// srcMta, rcvSourceIp, rcvDestinationIp, rcvSmtpUser): read once per transaction.
+struct Origin {
+    src_mta: String,
+    helo: String,
+    source_ip: String,
+    destination_ip: String,
+    smtp_user: String,
+}
+
+impl Origin {
+    fn of(c: &InConn, helo: &str, auth_user: Option<&str>) -> Origin {
+        Origin {
+            src_mta: format!("{helo} ({})", c.client_ip),
+            helo: helo.to_string(),
+            source_ip: c.client_ip.to_string(),
+            destination_ip: crate::sys::local_ip(c.sock.fd),
+            smtp_user: auth_user.unwrap_or_default().to_string(),
+        }
+    }
+
+    fn stamp(&self, store: &mut Store) {
+        store.src_mta.clone_from(&self.src_mta);
+        store.helo.clone_from(&self.helo);
+        store.rcv_source_ip.clone_from(&self.source_ip);
+        store.rcv_destination_ip.clone_from(&self.destination_ip);
+        store.smtp_user.clone_from(&self.smtp_user);
     }
 }
