@@ -59,6 +59,17 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// How the shards do their IO (`io-backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring where the kernel allows it, else epoll (said once at start).
+    Auto,
+    /// io_uring or nothing: start-up fails where it is refused.
+    IoUring,
+    /// epoll readiness and plain system calls: what a default container profile allows.
+    Epoll,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub host_name: String,
@@ -95,6 +106,8 @@ pub struct Config {
     pub spool_sync: bool,
     pub spool_segment_bytes: u64,
     pub shards: Option<usize>,
+    /// `io-backend`: how the shards do their IO.
+    pub io_backend: IoBackend,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
     /// `<mx-rollup-list>`.
@@ -389,6 +402,7 @@ impl Config {
             spool_sync: true,
             spool_segment_bytes: 64 << 20,
             shards: None,
+            io_backend: IoBackend::Auto,
             dns_server: None,
             total_max_smtp_in: 10_000,
             total_max_smtp_out: None,

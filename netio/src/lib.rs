@@ -3,6 +3,7 @@
 //! hashed to it; the engine's sans-IO machines run inside.
 
 pub mod admin;
+pub mod backend;
 pub mod conn;
 mod faults;
 pub mod guard;
@@ -81,10 +82,11 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::IoUring(e) => write!(
                 f,
-                "io_uring is not available ({e}). sluice runs on io_uring and cannot start without it. \
+                "io_uring is not available ({e}) and `io-backend io_uring` asks for it. \
                  Check `sysctl kernel.io_uring_disabled` (must be 0), and, in a container, a seccomp profile \
                  that allows io_uring_setup, io_uring_enter and io_uring_register \
-                 (docker: --security-opt seccomp=unconfined or a custom profile); Linux 5.19 or newer is required"
+                 (packaging/seccomp-io_uring.json); Linux 5.19 or newer is required. \
+                 `io-backend auto` (the default) uses epoll where io_uring is refused"
             ),
             StartError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Spool(p, e) => write!(f, "spool {}: {e}", p.display()),
@@ -373,8 +375,9 @@ impl Runtime {
         control: crossbeam_channel::Sender<ControlRequest>,
     ) -> Result<(Runtime, Responder), StartError> {
         let config = settings.config.clone();
-        // Probe io_uring before anything else, so the failure says what it is.
-        io_uring::IoUring::new(8).map_err(StartError::IoUring)?;
+        // The backend before anything else, so a failure says what it is.
+        let backend = backend::choose(config.io_backend).map_err(StartError::IoUring)?;
+        tracing::debug!(backend = backend.name(), "IO backend");
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let shards = config.shards.unwrap_or(cores.len().max(1)) as u32;
         let spool = config.spool_dir.clone();
@@ -458,12 +461,19 @@ impl Runtime {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    match shard::Shard::new(id, shards, shared, fds, jobs, journals, next_seq) {
-                        Ok(mut s) => s.run(),
-                        Err(e) => {
-                            tracing::error!(shard = id, error = %e, "shard failed to start");
-                            std::process::exit(1);
-                        }
+                    let started = match backend {
+                        backend::Chosen::IoUring => backend::uring::Uring::new().and_then(|io| {
+                            shard::Shard::new(io, id, shards, shared, fds, jobs, journals, next_seq)
+                                .map(|mut s| s.run())
+                        }),
+                        backend::Chosen::Epoll => backend::epoll::Epoll::new().and_then(|io| {
+                            shard::Shard::new(io, id, shards, shared, fds, jobs, journals, next_seq)
+                                .map(|mut s| s.run())
+                        }),
+                    };
+                    if let Err(e) = started {
+                        tracing::error!(shard = id, error = %e, "shard failed to start");
+                        std::process::exit(1);
                     }
                 })
                 .map_err(StartError::Thread)?;

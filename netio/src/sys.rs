@@ -1,7 +1,6 @@
 //! Small system helpers shared by the shards and the benchmark tools: socket addresses,
-//! sockets, the wall clock, and a thin io_uring wrapper.
+//! sockets and the clocks.
 
-use io_uring::{squeue, IoUring};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
@@ -162,82 +161,7 @@ pub(crate) fn bound_addr(fd: RawFd) -> SocketAddr {
     }
 }
 
-thread_local! {
-    /// Completions taken out of a full completion queue by `push` (so the kernel could post
-    /// more); `wait` hands them over first, in order. One ring per thread uses it.
-    static REAPED: std::cell::RefCell<Vec<(u64, i32)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Pushes an entry, submitting first when the submission queue is full.
-///
-/// # Safety
-/// Every pointer in `entry` must stay valid until its completion is reaped.
-pub(crate) unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) {
-    while ring.submission().push(entry).is_err() {
-        submit_or_reap(ring);
-    }
-}
-
-/// Submits; when the kernel refuses because the completion queue is full (more operations
-/// in flight than it holds: EBUSY, or EAGAIN for memory), the completions waiting there are
-/// taken out for the loop to handle, never a panic.
-fn submit_or_reap(ring: &mut IoUring) {
-    match ring.submit() {
-        Ok(_) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => reap(ring),
-        Err(e) => panic!("io_uring submit failed: {e}"),
-    }
-}
-
-fn reap(ring: &mut IoUring) {
-    REAPED.with(|r| r.borrow_mut().extend(ring.completion().map(|c| (c.user_data(), c.result()))));
-}
-
-/// Waits for at least one completion (none when `push` reaped some already) and moves all
-/// ready ones into `out`, oldest first.
-pub(crate) fn wait(ring: &mut IoUring, out: &mut Vec<(u64, i32)>) {
-    let reaped = REAPED.with(|r| std::mem::take(&mut *r.borrow_mut()));
-    let want = usize::from(reaped.is_empty());
-    out.extend(reaped);
-    match ring.submit_and_wait(want) {
-        Ok(_) => {}
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {}
-        Err(e) => panic!("io_uring_enter failed: {e}"),
-    }
-    out.extend(ring.completion().map(|c| (c.user_data(), c.result())));
-}
-
 pub(crate) fn close(fd: RawFd) {
     // SAFETY: the caller owns fd and no operation uses it any more.
     unsafe { libc::close(fd) };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use io_uring::opcode;
-
-    /// More operations in flight than the completion queue holds: nothing panics and every
-    /// completion is handed over exactly once (issue 22: `submit().expect` on EBUSY).
-    #[test]
-    fn a_full_completion_queue_loses_and_breaks_nothing() {
-        let mut ring = IoUring::builder().setup_cqsize(8).build(4).expect("io_uring");
-        const OPS: u64 = 1_000;
-        for i in 0..OPS {
-            // SAFETY: a NOP holds no pointer.
-            unsafe { push(&mut ring, &opcode::Nop::new().build().user_data(i)) };
-        }
-        let mut seen = Vec::new();
-        for _ in 0..OPS {
-            if seen.len() as u64 == OPS {
-                break;
-            }
-            wait(&mut ring, &mut seen);
-        }
-        let mut ids: Vec<u64> = seen.iter().map(|(id, _)| *id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        assert_eq!(ids.len() as u64, OPS, "every completion once");
-        assert!(seen.iter().all(|(_, r)| *r == 0));
-    }
 }

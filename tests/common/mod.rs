@@ -19,6 +19,45 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// CPU).
 pub const SHARD_MODES: [Option<u32>; 2] = [Some(1), None];
 
+/// Makes `cmd` start under a seccomp filter that answers EPERM to `io_uring_setup`,
+/// `io_uring_enter` and `io_uring_register` (425, 426, 427 on x86_64 and aarch64) and allows
+/// every other call: what Docker's default profile, Kubernetes' `RuntimeDefault` and gVisor do
+/// to io_uring.
+pub fn deny_io_uring(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    const LD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr at offset 0
+    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET: u16 = 0x06; // BPF_RET | BPF_K
+    const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+    const EPERM: u32 = 0x0005_0000 | 1; // SECCOMP_RET_ERRNO | EPERM
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    static FILTER: std::sync::OnceLock<Vec<libc::sock_filter>> = std::sync::OnceLock::new();
+    let filter = FILTER.get_or_init(|| {
+        vec![
+            f(LD_NR, 0, 0, 0),
+            f(JEQ, 3, 0, 425),
+            f(JEQ, 2, 0, 426),
+            f(JEQ, 1, 0, 427),
+            f(RET, 0, 0, ALLOW),
+            f(RET, 0, 0, EPERM),
+        ]
+    });
+    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
+    let prog = Box::leak(Box::new(prog)) as *const libc::sock_fprog as usize;
+    // SAFETY: only prctl between fork and exec (async-signal-safe); the program is leaked, so
+    // it outlives the child's start.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, prog) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(pub PathBuf);
 
@@ -97,6 +136,9 @@ pub struct Relay {
     pub config: PathBuf,
     /// Extra environment for every (re)start, e.g. `SLUICE_FAULTS`.
     pub env: Vec<(String, String)>,
+    /// Started under a seccomp filter that refuses io_uring (`deny_io_uring`), as in a
+    /// default container.
+    pub confined: bool,
     child: Option<Child>,
 }
 
@@ -109,9 +151,21 @@ impl Relay {
 
     /// As `start`, with extra environment variables for the daemon.
     pub fn start_with_env(body: &str, shards: Option<u32>, env: &[(&str, &str)]) -> Relay {
+        let mut relay = Relay::prepare(body, shards, env);
+        relay.spawn();
+        relay
+    }
+
+    /// As `start_with_env`, not started yet (`spawn` starts it). With `SLUICE_TEST_IO_BACKEND`
+    /// set (`scripts/test` runs the relay tests again with `epoll`), the config names that
+    /// `io-backend`.
+    pub fn prepare(body: &str, shards: Option<u32>, env: &[(&str, &str)]) -> Relay {
         let dir = TempDir::new("relay");
         let port = free_port("127.0.0.1");
-        let shards_line = shards.map(|n| format!("shards {n}\n")).unwrap_or_default();
+        let mut shards_line = shards.map(|n| format!("shards {n}\n")).unwrap_or_default();
+        if let Ok(backend) = std::env::var("SLUICE_TEST_IO_BACKEND") {
+            shards_line.push_str(&format!("io-backend {backend}\n"));
+        }
         let config = format!(
             "host-name relay.test\nsmtp-listener 127.0.0.1:{port}\nspool {spool}\n{shards_line}<acct-file {acct}>\n  records d,b,t,tq,r,f,rb\n  record-fields f *,jobId\n  record-fields rb *,jobId\n</acct-file>\n{body}\n",
             spool = dir.path().join("spool").display(),
@@ -120,9 +174,7 @@ impl Relay {
         let path = dir.path().join("sluice.conf");
         std::fs::write(&path, config).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut relay = Relay { dir, port, config: path, env, child: None };
-        relay.spawn();
-        relay
+        Relay { dir, port, config: path, env, confined: false, child: None }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -133,7 +185,11 @@ impl Relay {
         assert!(self.child.is_none());
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sluice.log")).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if self.confined {
+            deny_io_uring(&mut cmd);
+        }
+        let child = cmd
             .args(["run", "-c"])
             .arg(&self.config)
             .env("SLUICE_LOG", std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()))

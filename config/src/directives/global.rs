@@ -143,6 +143,15 @@ const DIRECTIVES: &[Directive<()>] = &[
     },
     Directive { name: "spool-segment-size", set: segment_size },
     Directive { name: "shards", set: shards },
+    Directive {
+        name: "io-backend",
+        set: |b, _, l| {
+            use crate::IoBackend::*;
+            b.config.io_backend =
+                l.choice(&[("auto", Auto), ("io_uring", IoUring), ("io-uring", IoUring), ("epoll", Epoll)])?;
+            Ok(())
+        },
+    },
     Directive { name: "dns-server", set: dns_server },
     Directive {
         // PowerMTA's name for it; several lines are round-robined there, the first is asked here.

@@ -5,12 +5,12 @@
 use super::spool_io::Store;
 use super::{cancel_sock, ud, Op, Shard, Sock};
 use crate::admin::ShardStats;
+use crate::backend::{Backend, Sub};
 use crate::conn::inbound::{InEvent, Incoming};
 use crate::conn::Want;
 use crate::faults::PanicAt;
 use crate::sys::ip_of;
 use crate::{ControlRequest, Shared};
-use io_uring::{opcode, types};
 use sluice_engine::acct::Record;
 use sluice_engine::dkim::unstuffed as dkim_unstuffed;
 use sluice_engine::route;
@@ -54,19 +54,15 @@ pub(super) struct InConn {
     merge_first: Option<String>,
 }
 
-impl Shard {
+impl<B: Backend> Shard<B> {
     pub(super) fn arm_accept(&mut self, i: usize) {
         if self.stopping_since_ms.is_some() {
             return;
         }
         let (storage, len) = &mut self.accept_addrs[i];
         *len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let entry =
-            opcode::Accept::new(types::Fd(self.listeners[i]), (storage as *mut libc::sockaddr_storage).cast(), len)
-                .flags(libc::SOCK_CLOEXEC)
-                .build()
-                .user_data(ud(Op::Accept, 0, i as u64));
-        self.push(entry);
+        let sub = Sub::Accept { fd: self.listeners[i], addr: storage, len };
+        self.submit(sub, ud(Op::Accept, 0, i as u64));
     }
 
     pub(super) fn on_accept(&mut self, i: usize, result: i32) {
@@ -305,14 +301,11 @@ impl Shard {
         let now_ms = self.now.ms();
         let config = self.shared.config.clone();
         let c = self.ins.get_mut(slot);
-        let entry = match c.m.want() {
+        let (sub, op) = match c.m.want() {
             Want::Send => {
                 let rest = c.m.send_buf();
                 c.sock.op = Some(Op::InSend);
-                opcode::Send::new(types::Fd(c.sock.fd), rest.as_ptr(), rest.len() as u32)
-                    .flags(libc::MSG_NOSIGNAL)
-                    .build()
-                    .user_data(ud(Op::InSend, gen, slot as u64))
+                (Sub::Send { fd: c.sock.fd, buf: rest.as_ptr(), len: rest.len() as u32 }, Op::InSend)
             }
             Want::Wait | Want::SendBody => {
                 // The spool always answers; the control plane's answer to checks or a report
@@ -343,10 +336,10 @@ impl Shard {
                 let buf = c.m.recv_buf();
                 let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
                 c.sock.op = Some(Op::InRecv);
-                opcode::Recv::new(types::Fd(c.sock.fd), ptr, len).build().user_data(ud(Op::InRecv, gen, slot as u64))
+                (Sub::Recv { fd: c.sock.fd, buf: ptr, len }, Op::InRecv)
             }
         };
-        self.push(entry);
+        self.submit(sub, ud(op, gen, slot as u64));
     }
 
     pub(super) fn close_in(&mut self, slot: u32) {
@@ -380,7 +373,7 @@ impl Shard {
                 self.in_drive(slot);
                 continue;
             }
-            cancel_sock(&mut self.ring, &mut c.sock, gen, slot);
+            cancel_sock(&mut self.io, &mut c.sock, gen, slot);
         }
     }
 
@@ -391,7 +384,7 @@ impl Shard {
             let c = self.ins.get_mut(slot);
             let between = c.store.is_none() && !c.m.session().is_in_data() && c.sock.op == Some(Op::InRecv);
             if between {
-                cancel_sock(&mut self.ring, &mut c.sock, gen, slot);
+                cancel_sock(&mut self.io, &mut c.sock, gen, slot);
             }
         }
     }

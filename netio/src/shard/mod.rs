@@ -1,10 +1,10 @@
-//! One shard: a pinned thread with its own io_uring — the IO room. Its loop reaps
-//! completions, reads the clock once, and maps the sans-IO machines' wants to io_uring
-//! operations: the connection machines (`crate::conn`) on sockets, the spool machine
+//! One shard: a pinned thread with its own IO backend (`crate::backend`: io_uring, epoll) —
+//! the IO room. Its loop takes completions, reads the clock once, and maps the sans-IO
+//! machines' wants to operations: the connection machines (`crate::conn`) on sockets, the spool machine
 //! (`sluice_spool::machine`) on segment and journal files, and the delivery scheduler's
 //! intents (`sluice_engine::sched`) on connections, mailboxes and the control plane. This
 //! file is the loop, the timers and shutdown; `inbound`, `outbound` and `spool_io` are the
-//! rest of the room. Only this room builds io_uring entries.
+//! rest of the room. Only this room asks a backend for IO.
 
 mod inbound;
 mod outbound;
@@ -12,14 +12,13 @@ mod slab;
 mod spool_io;
 
 use crate::admin::ShardStats;
+use crate::backend::{Backend, Sub};
 use crate::faults::{Faults, Io};
 use crate::mailbox::{MsgRef, ShardMsg};
 use crate::park::ParkedList;
 use crate::store::{self, JournalFile, Segment};
-use crate::sys::{mono_ns, now_ms};
 use crate::{ControlRequest, Shared};
 use inbound::InConn;
-use io_uring::{opcode, squeue, types, IoUring};
 use outbound::OutConn;
 use slab::Slab;
 use sluice_engine::acct::gate::RowGate;
@@ -34,7 +33,6 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-const RING_ENTRIES: u32 = 4096;
 /// The timer: deadlines, retries, rates' ticks.
 const TICK_MS: u64 = 50;
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
@@ -102,11 +100,6 @@ fn ud_split(v: u64) -> (Op, u16, u64) {
     (Op::from((v >> 56) as u8), (v >> 40) as u16, v & ((1 << 40) - 1))
 }
 
-/// The clocks, read once per turn of the loop.
-fn clock() -> Now {
-    Now { ns: mono_ns(), unix_ms: now_ms() }
-}
-
 /// A socket's one operation in flight and its deadline (monotonic ms).
 struct Sock {
     fd: RawFd,
@@ -123,23 +116,22 @@ impl Sock {
 
 /// Cancels a socket's operation in flight (a timeout or shutdown); its completion comes back
 /// failed. A cancel already asked for is not asked again.
-fn cancel_sock(ring: &mut IoUring, sock: &mut Sock, gen: u16, slot: u32) {
+fn cancel_sock<B: Backend>(io: &mut B, sock: &mut Sock, gen: u16, slot: u32) {
     let Some(op) = sock.op else { return };
     if std::mem::replace(&mut sock.cancelling, true) {
         return;
     }
-    let entry = opcode::AsyncCancel::new(ud(op, gen, slot as u64)).build().user_data(ud(Op::Cancel, 0, 0));
-    // SAFETY: a cancel entry holds no pointer.
-    unsafe { crate::sys::push(ring, &entry) };
+    // SAFETY: a cancel holds no pointer.
+    unsafe { io.submit(Sub::Cancel { user_data: ud(op, gen, slot as u64) }, ud(Op::Cancel, 0, 0)) };
 }
 
 /// Work found in the spool at start, by queue (destination domain, VMTA).
 pub(crate) type Recovered = HashMap<(String, String), ParkedList>;
 
-pub(crate) struct Shard {
+pub(crate) struct Shard<B: Backend> {
     id: u32,
     shared: Arc<Shared>,
-    ring: IoUring,
+    io: B,
     dir: PathBuf,
     now: Now,
     listeners: Vec<RawFd>,
@@ -173,14 +165,15 @@ pub(crate) struct Shard {
     /// the recipient pending (tried again, with a row of its own), never an outcome without
     /// its row.
     held: RowGate<Intent<MsgRef>>,
-    timespec: Box<types::Timespec>,
     event_buf: Box<u64>,
     completions: Vec<(u64, i32)>,
     stopping_since_ms: Option<u64>,
 }
 
-impl Shard {
+impl<B: Backend> Shard<B> {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
+        io: B,
         id: u32,
         shards: u32,
         shared: Arc<Shared>,
@@ -188,15 +181,12 @@ impl Shard {
         initial: Recovered,
         old_journals: Vec<OldJournal>,
         next_seq: u64,
-    ) -> std::io::Result<Shard> {
-        // A completion queue well over the operations one shard keeps in flight (a socket
-        // operation per connection, spool writes); past it, `sys::push` reaps instead.
-        let ring = IoUring::builder().setup_cqsize(RING_ENTRIES * 16).build(RING_ENTRIES)?;
+    ) -> std::io::Result<Shard<B>> {
         let dir = store::shard_dir(&shared.config.spool_dir, id);
         std::fs::create_dir_all(&dir)?;
         let segment_bytes = shared.config.spool_segment_bytes;
         let spool = Spool::new(id, segment_bytes, store::journal_bytes(segment_bytes), next_seq, old_journals);
-        let now = clock();
+        let now = io.now();
         let stats = shared.core.stats[id as usize].clone();
         let backlog_dir = dir.clone();
         let make_backlog = Box::new(move || Box::new(ParkedList::new(backlog_dir.clone())) as Box<dyn Backlog<MsgRef>>);
@@ -211,14 +201,14 @@ impl Shard {
             listeners,
             accept_rearm: Vec::new(),
             shared,
-            ring,
+            io,
             dir,
             now,
             ins: Slab::default(),
             outs: Slab::default(),
             tls_failed: HashMap::new(),
             acct_dropped_logged_ms: 0,
-            in_log_limit: sluice_engine::sched::loglimit::LogLimit::new(mono_ns() / 1_000_000),
+            in_log_limit: sluice_engine::sched::loglimit::LogLimit::new(now.ms()),
             out_slots: HashMap::new(),
             session_counter: 0,
             spool,
@@ -231,9 +221,8 @@ impl Shard {
             outbox: Vec::new(),
             acct: Vec::new(),
             held: RowGate::default(),
-            timespec: Box::new(types::Timespec::new().nsec((TICK_MS * 1_000_000) as u32)),
             event_buf: Box::new(0),
-            completions: Vec::with_capacity(RING_ENTRIES as usize * 2),
+            completions: Vec::with_capacity(1024),
             stopping_since_ms: None,
         };
         for ((domain, vmta), jobs) in initial {
@@ -242,10 +231,10 @@ impl Shard {
         Ok(shard)
     }
 
-    fn push(&mut self, entry: squeue::Entry) {
-        // SAFETY: every pointer in an entry refers to memory this shard keeps alive until
+    fn submit(&mut self, sub: Sub, user_data: u64) {
+        // SAFETY: every pointer in an operation refers to memory this shard keeps alive until
         // the operation completes (boxed connections, boxed stores, journal batches, buffers).
-        unsafe { crate::sys::push(&mut self.ring, &entry) };
+        unsafe { self.io.submit(sub, user_data) };
     }
 
     /// The shard loop: the one unbounded loop, ending only at shutdown.
@@ -257,8 +246,8 @@ impl Shard {
         self.arm_tick();
         loop {
             // Drain the completion queue first; handle afterwards, never re-entrantly.
-            crate::sys::wait(&mut self.ring, &mut self.completions);
-            self.now = clock();
+            self.io.wait(&mut self.completions);
+            self.now = self.io.now();
             let completions = std::mem::take(&mut self.completions);
             for &(user_data, result) in &completions {
                 self.complete(user_data, result);
@@ -460,16 +449,13 @@ impl Shard {
     // ---- Timers -----------------------------------------------------------------------
 
     fn arm_tick(&mut self) {
-        let entry = opcode::Timeout::new(&*self.timespec).build().user_data(ud(Op::Tick, 0, 0));
-        self.push(entry);
+        self.submit(Sub::Timeout { ms: TICK_MS }, ud(Op::Tick, 0, 0));
     }
 
     fn arm_event(&mut self) {
         let fd = self.shared.core.mailboxes[self.id as usize].eventfd();
-        let entry = opcode::Read::new(types::Fd(fd), (&mut *self.event_buf as *mut u64).cast(), 8)
-            .build()
-            .user_data(ud(Op::Event, 0, 0));
-        self.push(entry);
+        let buf = (&mut *self.event_buf as *mut u64).cast();
+        self.submit(Sub::Read { fd, buf, len: 8 }, ud(Op::Event, 0, 0));
     }
 
     fn on_tick(&mut self) {
@@ -497,7 +483,7 @@ impl Shard {
         tracing::info!(shard = self.id, "shutting down: no new connections");
         self.stopping_since_ms = Some(self.now.ms());
         for i in 0..self.listeners.len() {
-            self.push(opcode::AsyncCancel::new(ud(Op::Accept, 0, i as u64)).build().user_data(ud(Op::Cancel, 0, 0)));
+            self.submit(Sub::Cancel { user_data: ud(Op::Accept, 0, i as u64) }, ud(Op::Cancel, 0, 0));
         }
         self.sched.begin_shutdown();
         self.in_shutdown();

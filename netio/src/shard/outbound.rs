@@ -5,12 +5,12 @@
 
 use super::{cancel_sock, ud, Op, Shard, Sock};
 use crate::admin::ShardStats;
+use crate::backend::{Backend, Sub};
 use crate::conn::outbound::{OutEvent, Outgoing};
 use crate::conn::Want;
 use crate::mailbox::{MsgRef, ShardMsg};
 use crate::sys::{local_ip, sockaddr};
 use crate::ControlRequest;
-use io_uring::{opcode, types};
 use sluice_config::Downgrade8bit;
 use sluice_engine::queue::{AttemptInfo, Job};
 use sluice_engine::route::Hop;
@@ -63,7 +63,7 @@ pub(super) struct OutConn {
     info: AttemptInfo,
 }
 
-impl Shard {
+impl<B: Backend> Shard<B> {
     /// One of the scheduler's intents.
     pub(super) fn carry_out(&mut self, intent: Intent<MsgRef>) {
         match intent {
@@ -214,10 +214,8 @@ impl Shard {
         o.sock.fd = fd;
         o.sock.op = Some(Op::OutConnect);
         o.sock.deadline_ms = now_ms + ms(o.plan.smtp.connect_timeout);
-        let entry = opcode::Connect::new(types::Fd(fd), (&o.addr.0 as *const libc::sockaddr_storage).cast(), o.addr.1)
-            .build()
-            .user_data(ud(Op::OutConnect, gen, slot as u64));
-        self.push(entry);
+        let sub = Sub::Connect { fd, addr: &o.addr.0, len: o.addr.1 };
+        self.submit(sub, ud(Op::OutConnect, gen, slot as u64));
     }
 
     pub(super) fn on_connect(&mut self, slot: u32, result: i32) {
@@ -441,18 +439,14 @@ impl Shard {
         let gen = self.outs.gen(slot);
         let now_ms = self.now.ms();
         let o = self.outs.get_mut(slot);
-        let fd = types::Fd(o.sock.fd);
-        let entry = match o.m.want() {
+        let fd = o.sock.fd;
+        let (sub, op) = match o.m.want() {
             Want::Send => {
                 let rest = o.m.send_buf();
                 o.sock.op = Some(Op::OutSend);
                 let timeout = if o.awaiting_final { ms(o.plan.smtp.data_send_timeout) } else { OUT_REPLY_TIMEOUT_MS };
                 o.sock.deadline_ms = now_ms + timeout;
-                opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32).flags(libc::MSG_NOSIGNAL).build().user_data(ud(
-                    Op::OutSend,
-                    gen,
-                    slot as u64,
-                ))
+                (Sub::Send { fd, buf: rest.as_ptr(), len: rest.len() as u32 }, Op::OutSend)
             }
             Want::SendBody => {
                 // What is left of the body (from the mapped segment, no copy) and ".\r\n".
@@ -462,11 +456,7 @@ impl Shard {
                 o.msghdr.msg_iovlen = 2;
                 o.sock.op = Some(Op::OutSend);
                 o.sock.deadline_ms = now_ms + ms(o.plan.smtp.data_send_timeout);
-                opcode::SendMsg::new(fd, &o.msghdr).flags(libc::MSG_NOSIGNAL as u32).build().user_data(ud(
-                    Op::OutSend,
-                    gen,
-                    slot as u64,
-                ))
+                (Sub::SendMsg { fd, msg: &o.msghdr }, Op::OutSend)
             }
             Want::Recv => {
                 let timeout = if o.awaiting_final {
@@ -480,11 +470,11 @@ impl Shard {
                 let buf = o.m.recv_buf();
                 let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
                 o.sock.op = Some(Op::OutRecv);
-                opcode::Recv::new(fd, ptr, len).build().user_data(ud(Op::OutRecv, gen, slot as u64))
+                (Sub::Recv { fd, buf: ptr, len }, Op::OutRecv)
             }
             Want::Wait | Want::Close => return,
         };
-        self.push(entry);
+        self.submit(sub, ud(op, gen, slot as u64));
     }
 
     pub(super) fn on_out_recv(&mut self, slot: u32, result: i32) {
@@ -586,7 +576,7 @@ impl Shard {
         let o = self.outs.get_mut(slot);
         if o.sock.op.is_some() {
             // The operation in flight fails first and brings us back here.
-            return cancel_sock(&mut self.ring, &mut o.sock, gen, slot);
+            return cancel_sock(&mut self.io, &mut o.sock, gen, slot);
         }
         let reply = self.tls_failure(slot, reply);
         let o = self.outs.get_mut(slot);
@@ -656,7 +646,7 @@ impl Shard {
                 let conn = o.conn;
                 self.sched.conn_idle_timeout(conn);
             } else {
-                cancel_sock(&mut self.ring, &mut o.sock, gen, slot);
+                cancel_sock(&mut self.io, &mut o.sock, gen, slot);
             }
         }
     }
@@ -667,7 +657,7 @@ impl Shard {
             let gen = self.outs.gen(slot);
             let o = self.outs.get_mut(slot);
             if o.sock.op.is_some() {
-                cancel_sock(&mut self.ring, &mut o.sock, gen, slot);
+                cancel_sock(&mut self.io, &mut o.sock, gen, slot);
             } else if o.job.is_none() {
                 self.close_out(slot);
             }

@@ -1,13 +1,13 @@
-//! The spool side of the IO room: the spool machine's operations as io_uring writes and
+//! The spool side of the IO room: the spool machine's operations as writes and
 //! fdatasyncs on segment and journal files (creations and deletions synchronously), its
 //! answers to the sessions waiting on them, and the messages sluice makes itself (RFC 3464
 //! DSNs, HTTP injections) on their way into the spool.
 
 use super::{ud, Op, Shard};
 use crate::admin::Injection;
+use crate::backend::{Backend, Sub};
 use crate::mailbox::MsgRef;
 use crate::store::{JournalFile, Segment};
-use io_uring::{opcode, types};
 use sluice_engine::bounce::dsn;
 use sluice_engine::queue::{Job, Recipient};
 use sluice_engine::route::DEFAULT_VMTA;
@@ -125,7 +125,7 @@ pub(super) struct Locals {
     next: u64,
 }
 
-impl Shard {
+impl<B: Backend> Shard<B> {
     /// Encodes a message's record and hands it to the spool machine under `ticket`.
     pub(super) fn submit_store(
         &mut self,
@@ -221,11 +221,7 @@ impl Shard {
                 self.submit_store_write(ticket);
             }
             SpoolOp::SyncSegment { segment } if sync => {
-                let entry = opcode::Fsync::new(types::Fd(segment.fd()))
-                    .flags(types::FsyncFlags::DATASYNC)
-                    .build()
-                    .user_data(ud(Op::SegSync, 0, segment.seq));
-                self.push(entry);
+                self.submit(Sub::Fdatasync { fd: segment.fd() }, ud(Op::SegSync, 0, segment.seq));
             }
             // `spool-sync no` (benchmarks only): written counts as durable.
             SpoolOp::SyncSegment { segment } => self.spool.segment_synced(segment.seq, true),
@@ -251,12 +247,7 @@ impl Shard {
             }
             SpoolOp::SyncJournal { journal } if sync => {
                 let fd = self.journals[&journal].fd();
-                let entry = opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build().user_data(ud(
-                    Op::JnlSync,
-                    0,
-                    journal.seq,
-                ));
-                self.push(entry);
+                self.submit(Sub::Fdatasync { fd }, ud(Op::JnlSync, 0, journal.seq));
             }
             SpoolOp::SyncJournal { journal } => self.spool.journal_synced(journal, true, now_ms),
             SpoolOp::DeleteJournal { journal } => {
@@ -275,11 +266,9 @@ impl Shard {
             .written
             .rest([&store.head, &store.data, &store.tail])
             .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
-        let entry = opcode::Writev::new(types::Fd(fd), store.iov.as_ptr(), 3)
-            .offset(store.offset + store.written.done() as u64)
-            .build()
-            .user_data(Self::write_ud(ticket));
-        self.push(entry);
+        let sub =
+            Sub::Writev { fd, iov: store.iov.as_ptr(), count: 3, offset: store.offset + store.written.done() as u64 };
+        self.submit(sub, Self::write_ud(ticket));
     }
 
     /// A segment write completed: a short one is resubmitted for the rest; a finished or
@@ -315,11 +304,8 @@ impl Shard {
     fn submit_journal_write(&mut self, batch: u64) {
         let (fd, offset, written) = self.jnl_writes[&batch];
         let [rest] = written.rest([self.spool.batch_bytes(batch)]);
-        let entry = opcode::Write::new(types::Fd(fd), rest.as_ptr(), rest.len() as u32)
-            .offset(offset + written.done() as u64)
-            .build()
-            .user_data(ud(Op::JnlWrite, 0, batch));
-        self.push(entry);
+        let sub = Sub::Write { fd, buf: rest.as_ptr(), len: rest.len() as u32, offset: offset + written.done() as u64 };
+        self.submit(sub, ud(Op::JnlWrite, 0, batch));
     }
 
     pub(super) fn on_jnl_write(&mut self, batch: u64, result: i32) {

@@ -3,9 +3,9 @@
 //! corrupt and duplicate messages; connect and DATA-acknowledgement latencies go to HDR
 //! histograms.
 
+use crate::backend::{Backend, Sub};
 use crate::sys::{self, now_ms};
 use hdrhistogram::Histogram;
-use io_uring::{opcode, types, IoUring};
 use sluice_engine::smtp::client::{Client, ClientEvent, END_OF_DATA};
 use sluice_engine::smtp::reply::Reply;
 use sluice_engine::smtp::sink::{body_checksum, ID_HEADER, SENT_HEADER, SUM_HEADER};
@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-const RING_ENTRIES: u32 = 4096;
 const RECV_BYTES: usize = 16 * 1024;
 const TICK: Duration = Duration::from_millis(1);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
@@ -141,7 +140,7 @@ struct Conn {
 
 struct Loadgen {
     opts: LoadgenOptions,
-    ring: IoUring,
+    io: Box<dyn Backend>,
     conns: Vec<Option<Box<Conn>>>,
     filler: Vec<u8>,
     started: u64,
@@ -149,7 +148,7 @@ struct Loadgen {
     reconnect_at: Vec<u64>,
     start: Instant,
     deadline: Option<Instant>,
-    timespec: Box<types::Timespec>,
+    tick_ms: u64,
     size_pick: u64,
     /// With `zipf`: each domain's cumulative share, to pick from.
     domain_cdf: Vec<f64>,
@@ -196,14 +195,14 @@ pub fn run_loadgen(opts: LoadgenOptions, mut progress: impl FnMut(u64, Duration)
     let start = Instant::now();
     let mut lg = Loadgen {
         filler: filler(largest),
-        ring: IoUring::new(RING_ENTRIES)?,
+        io: crate::backend::open_auto()?,
         conns: Vec::new(),
         started: 0,
         done: 0,
         reconnect_at: Vec::new(),
         start,
         deadline: opts.duration.map(|d| start + d),
-        timespec: Box::new(types::Timespec::from(TICK)),
+        tick_ms: TICK.as_millis() as u64,
         size_pick: 0,
         domain_cdf: zipf_cdf(opts.domains, opts.zipf),
         domain_pick: 0x9e3779b97f4a7c15,
@@ -233,7 +232,7 @@ pub fn run_loadgen(opts: LoadgenOptions, mut progress: impl FnMut(u64, Duration)
     let mut completions = Vec::new();
     let mut last_progress = Instant::now();
     while lg.conns.iter().any(Option::is_some) || (lg.more_work() && !lg.reconnect_at.is_empty()) {
-        sys::wait(&mut lg.ring, &mut completions);
+        lg.io.wait(&mut completions);
         for (user_data, result) in completions.drain(..) {
             lg.complete(user_data, result);
         }
@@ -249,15 +248,14 @@ pub fn run_loadgen(opts: LoadgenOptions, mut progress: impl FnMut(u64, Duration)
 }
 
 impl Loadgen {
-    fn push(&mut self, entry: io_uring::squeue::Entry) {
-        // SAFETY: buffers referenced by entries live in boxed connections that are never freed
-        // while an operation is in flight.
-        unsafe { sys::push(&mut self.ring, &entry) };
+    fn submit(&mut self, sub: Sub, user_data: u64) {
+        // SAFETY: buffers referenced by operations live in boxed connections that are never
+        // freed while an operation is in flight.
+        unsafe { self.io.submit(sub, user_data) };
     }
 
     fn arm_tick(&mut self) {
-        let entry = opcode::Timeout::new(&*self.timespec).build().user_data(ud(Op::Tick, 0));
-        self.push(entry);
+        self.submit(Sub::Timeout { ms: self.tick_ms }, ud(Op::Tick, 0));
     }
 
     fn more_work(&self) -> bool {
@@ -301,12 +299,9 @@ impl Loadgen {
             body_done_at: Instant::now(),
             message_bytes: 0,
         });
-        let entry =
-            opcode::Connect::new(types::Fd(fd), (&conn.addr.0 as *const libc::sockaddr_storage).cast(), conn.addr.1)
-                .build()
-                .user_data(ud(Op::Connect, slot));
+        let sub = Sub::Connect { fd, addr: &conn.addr.0, len: conn.addr.1 };
         self.conns[slot as usize] = Some(conn);
-        self.push(entry);
+        self.submit(sub, ud(Op::Connect, slot));
     }
 
     fn complete(&mut self, user_data: u64, result: i32) {
@@ -351,14 +346,12 @@ impl Loadgen {
             conn.inbuf.resize(conn.inbuf.len() * 2, 0);
         }
         conn.busy = true;
-        let entry = opcode::Recv::new(
-            types::Fd(conn.fd),
-            conn.inbuf[conn.in_len..].as_mut_ptr(),
-            (conn.inbuf.len() - conn.in_len) as u32,
-        )
-        .build()
-        .user_data(ud(Op::Recv, slot));
-        self.push(entry);
+        let sub = Sub::Recv {
+            fd: conn.fd,
+            buf: conn.inbuf[conn.in_len..].as_mut_ptr(),
+            len: (conn.inbuf.len() - conn.in_len) as u32,
+        };
+        self.submit(sub, ud(Op::Recv, slot));
     }
 
     fn send(&mut self, slot: u32) {
@@ -368,11 +361,8 @@ impl Loadgen {
             conn.sending = Resume::new(conn.out.len());
         }
         let [rest] = conn.sending.rest([&conn.out]);
-        let entry = opcode::Send::new(types::Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(Op::Send, slot));
-        self.push(entry);
+        let sub = Sub::Send { fd: conn.fd, buf: rest.as_ptr(), len: rest.len() as u32 };
+        self.submit(sub, ud(Op::Send, slot));
     }
 
     fn on_recv(&mut self, slot: u32, result: i32) {

@@ -2,8 +2,8 @@
 //! checksums (corrupt and duplicate messages), and can play a receiver: scripted replies per
 //! domain, added latency, a connection cap answered with 421.
 
+use crate::backend::{Backend, Sub};
 use crate::sys::{self, now_ms};
-use io_uring::{opcode, types, IoUring};
 use sluice_engine::smtp::sink::{Checksum, ReplyRule, SinkEvent, SinkSession};
 use sluice_spool::Resume;
 use std::collections::HashSet;
@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const RING_ENTRIES: u32 = 4096;
 const RECV_BYTES: usize = 64 * 1024;
 /// Connection slots; far above any `--max-connections` a test uses.
 const CONNS_MAX: usize = 1 << 16;
@@ -123,7 +122,7 @@ struct Sink {
     opts: SinkOptions,
     rules: Arc<Vec<ReplyRule>>,
     stats: Arc<SinkStats>,
-    ring: IoUring,
+    io: Box<dyn Backend>,
     listener: RawFd,
     accept_addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
     conns: Vec<Option<Box<Conn>>>,
@@ -132,7 +131,7 @@ struct Sink {
     seen: HashSet<u64>,
     rcpt_seen: Arc<AtomicU64>,
     accept: Option<Arc<(sluice_engine::shape::gcra::GcraCell, sluice_engine::shape::gcra::Limit)>>,
-    timespec: Box<types::Timespec>,
+    tick_ms: u64,
     seed: u64,
 }
 
@@ -152,7 +151,7 @@ pub fn run_sink(
         rules: Arc::new(opts.rules.clone()),
         opts,
         stats,
-        ring: IoUring::new(RING_ENTRIES)?,
+        io: crate::backend::open_auto()?,
         listener: listener.as_raw_fd(),
         // SAFETY: zeroed storage is valid.
         accept_addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
@@ -162,7 +161,7 @@ pub fn run_sink(
         seen: HashSet::new(),
         rcpt_seen: Arc::new(AtomicU64::new(0)),
         accept: accept_rate.map(|l| Arc::new((sluice_engine::shape::gcra::GcraCell::new(), l))),
-        timespec: Box::new(types::Timespec::from(tick)),
+        tick_ms: tick.as_millis() as u64,
         seed: 0x5eed,
     };
     sink.arm_accept();
@@ -170,7 +169,7 @@ pub fn run_sink(
     let mut completions = Vec::new();
     let mut stopping_since = None;
     loop {
-        sys::wait(&mut sink.ring, &mut completions);
+        sink.io.wait(&mut completions);
         for (user_data, result) in completions.drain(..) {
             sink.complete(user_data, result);
         }
@@ -190,25 +189,21 @@ pub fn run_sink(
 }
 
 impl Sink {
-    fn push(&mut self, entry: io_uring::squeue::Entry) {
-        // SAFETY: buffers referenced by entries live in boxed connections that are never freed
-        // while an operation is in flight.
-        unsafe { sys::push(&mut self.ring, &entry) };
+    fn submit(&mut self, sub: Sub, user_data: u64) {
+        // SAFETY: buffers referenced by operations live in boxed connections that are never
+        // freed while an operation is in flight.
+        unsafe { self.io.submit(sub, user_data) };
     }
 
     fn arm_accept(&mut self) {
         let (storage, len) = &mut *self.accept_addr;
         *len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let entry = opcode::Accept::new(types::Fd(self.listener), (storage as *mut libc::sockaddr_storage).cast(), len)
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud(Op::Accept, 0));
-        self.push(entry);
+        let sub = Sub::Accept { fd: self.listener, addr: storage, len };
+        self.submit(sub, ud(Op::Accept, 0));
     }
 
     fn arm_tick(&mut self) {
-        let entry = opcode::Timeout::new(&*self.timespec).build().user_data(ud(Op::Tick, 0));
-        self.push(entry);
+        self.submit(Sub::Timeout { ms: self.tick_ms }, ud(Op::Tick, 0));
     }
 
     fn complete(&mut self, user_data: u64, result: i32) {
@@ -291,11 +286,8 @@ impl Sink {
             conn.sending = Resume::new(conn.out.len());
         }
         let [rest] = conn.sending.rest([&conn.out]);
-        let entry = opcode::Send::new(types::Fd(conn.fd), rest.as_ptr(), rest.len() as u32)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(Op::Send, slot));
-        self.push(entry);
+        let sub = Sub::Send { fd: conn.fd, buf: rest.as_ptr(), len: rest.len() as u32 };
+        self.submit(sub, ud(Op::Send, slot));
     }
 
     fn on_send(&mut self, slot: u32, result: i32) {
@@ -440,8 +432,7 @@ impl Sink {
             conn.busy = true;
             let buf = conn.inbuf[conn.in_len..].as_mut_ptr();
             let len = (conn.inbuf.len() - conn.in_len) as u32;
-            let entry = opcode::Recv::new(types::Fd(fd), buf, len).build().user_data(ud(Op::Recv, slot));
-            return self.push(entry);
+            return self.submit(Sub::Recv { fd, buf, len }, ud(Op::Recv, slot));
         }
     }
 }
