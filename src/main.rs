@@ -47,9 +47,9 @@ enum Command {
     DefaultConfig,
     /// Print the table of PowerMTA directives: read, accepted and ignored, sluice's own.
     Directives,
-    /// Inject load over SMTP (io_uring) and report rates and latencies.
+    /// Inject load over SMTP (io_uring, or epoll where refused) and report rates and latencies.
     Loadgen(tools::LoadgenArgs),
-    /// Accept and count mail over SMTP (io_uring), verifying loadgen's checksums.
+    /// Accept and count mail over SMTP (io_uring, or epoll where refused), verifying loadgen's checksums.
     Sink(tools::SinkArgs),
     /// DKIM signatures per second on one core with a key (what signing can give at most).
     SignSpeed {
@@ -417,10 +417,9 @@ fn wait_for_signal() -> i32 {
     }
 }
 
-/// Raises the open-file soft limit to the hard limit: every connection is a descriptor, and
-/// the usual default of 1024 is far below what a relay with many queues holds open.
-/// Raises the open-files limit to its hard limit (every connection is a descriptor); returns
-/// it.
+/// Raises the open-file soft limit to the hard limit and returns it: every connection is a
+/// descriptor, and the usual default of 1024 is far below what a relay with many queues holds
+/// open.
 fn raise_fd_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit on a local struct.
     let limit = unsafe {

@@ -19,7 +19,7 @@ fn refused_io_uring_relays_every_message_on_epoll() {
         sink.port
     );
     let mut relay = Relay::prepare(&body, Some(2), &[]);
-    relay.confined = true;
+    relay.seccomp = Some(io_uring_refused());
     relay.spawn();
     // The load generator is confined too: it falls back the same way.
     let (code, out) = run(deny_io_uring(&mut Command::new(BIN))
@@ -62,4 +62,221 @@ fn io_uring_by_name_where_it_is_refused_fails_with_the_reason() {
     let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("io_uring is not available") && text.contains("io-backend auto"), "{text}");
+}
+
+/// The number of each system call `packaging/seccomp.json` may name (x86_64).
+#[cfg(target_arch = "x86_64")]
+fn syscall_numbers() -> std::collections::HashMap<&'static str, i64> {
+    macro_rules! numbers {
+        ($($name:ident),* $(,)?) => { [$((stringify!($name).trim_start_matches("SYS_"), libc::$name)),*] };
+    }
+    numbers!(
+        SYS_accept,
+        SYS_accept4,
+        SYS_access,
+        SYS_arch_prctl,
+        SYS_bind,
+        SYS_brk,
+        SYS_chdir,
+        SYS_clock_getres,
+        SYS_clock_gettime,
+        SYS_clock_nanosleep,
+        SYS_clone,
+        SYS_clone3,
+        SYS_close,
+        SYS_close_range,
+        SYS_connect,
+        SYS_dup,
+        SYS_dup2,
+        SYS_dup3,
+        SYS_epoll_create,
+        SYS_epoll_create1,
+        SYS_epoll_ctl,
+        SYS_epoll_pwait,
+        SYS_epoll_pwait2,
+        SYS_epoll_wait,
+        SYS_eventfd,
+        SYS_eventfd2,
+        SYS_execve,
+        SYS_exit,
+        SYS_exit_group,
+        SYS_faccessat,
+        SYS_faccessat2,
+        SYS_fadvise64,
+        SYS_fallocate,
+        SYS_fchmod,
+        SYS_fcntl,
+        SYS_fdatasync,
+        SYS_flock,
+        SYS_fstat,
+        SYS_fstatfs,
+        SYS_fsync,
+        SYS_ftruncate,
+        SYS_futex,
+        SYS_getcwd,
+        SYS_getdents64,
+        SYS_getegid,
+        SYS_geteuid,
+        SYS_getgid,
+        SYS_getpeername,
+        SYS_getpgrp,
+        SYS_getpid,
+        SYS_getppid,
+        SYS_getrandom,
+        SYS_getrlimit,
+        SYS_getsockname,
+        SYS_getsockopt,
+        SYS_gettid,
+        SYS_gettimeofday,
+        SYS_getuid,
+        SYS_io_uring_enter,
+        SYS_io_uring_register,
+        SYS_io_uring_setup,
+        SYS_ioctl,
+        SYS_kill,
+        SYS_listen,
+        SYS_lseek,
+        SYS_lstat,
+        SYS_madvise,
+        SYS_membarrier,
+        SYS_mkdir,
+        SYS_mkdirat,
+        SYS_mmap,
+        SYS_mprotect,
+        SYS_mremap,
+        SYS_msync,
+        SYS_munmap,
+        SYS_nanosleep,
+        SYS_newfstatat,
+        SYS_open,
+        SYS_openat,
+        SYS_pipe,
+        SYS_pipe2,
+        SYS_poll,
+        SYS_ppoll,
+        SYS_prctl,
+        SYS_pread64,
+        SYS_preadv,
+        SYS_prlimit64,
+        SYS_pselect6,
+        SYS_pwrite64,
+        SYS_pwritev,
+        SYS_read,
+        SYS_readlink,
+        SYS_readlinkat,
+        SYS_readv,
+        SYS_recvfrom,
+        SYS_recvmmsg,
+        SYS_recvmsg,
+        SYS_rename,
+        SYS_renameat,
+        SYS_renameat2,
+        SYS_restart_syscall,
+        SYS_rmdir,
+        SYS_rseq,
+        SYS_rt_sigaction,
+        SYS_rt_sigprocmask,
+        SYS_rt_sigreturn,
+        SYS_rt_sigtimedwait,
+        SYS_sched_getaffinity,
+        SYS_sched_setaffinity,
+        SYS_sched_yield,
+        SYS_select,
+        SYS_sendmmsg,
+        SYS_sendmsg,
+        SYS_sendto,
+        SYS_set_robust_list,
+        SYS_set_tid_address,
+        SYS_setrlimit,
+        SYS_setsockopt,
+        SYS_shutdown,
+        SYS_sigaltstack,
+        SYS_socket,
+        SYS_socketpair,
+        SYS_stat,
+        SYS_statfs,
+        SYS_statx,
+        SYS_sync_file_range,
+        SYS_sysinfo,
+        SYS_tgkill,
+        SYS_tkill,
+        SYS_uname,
+        SYS_unlink,
+        SYS_unlinkat,
+        SYS_write,
+        SYS_writev
+    )
+    .into_iter()
+    .collect()
+}
+
+/// The shipped profile (`docker run --security-opt seccomp=packaging/seccomp.json`), made into
+/// the same allow-list filter: sluice starts on io_uring under it (io_uring allowed, nothing
+/// said about epoll), relays, signs, answers its management API, reloads and stops cleanly; and
+/// the loadgen and sink run under it too. A call the profile misses would fail with EPERM.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_shipped_seccomp_profile_runs_sluice_on_io_uring() {
+    let profile: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/seccomp.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO", "everything not listed is refused");
+    let numbers = syscall_numbers();
+    let mut allowed: Vec<i64> = profile["syscalls"][0]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| *numbers.get(n.as_str().unwrap()).unwrap_or_else(|| panic!("{n}: add it to syscall_numbers")))
+        .collect();
+    allowed.sort_unstable();
+    for io_uring in [libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register] {
+        assert!(allowed.contains(&io_uring));
+    }
+    let filter = seccomp_filter(&allowed, false);
+
+    let dir = TempDir::new("profile");
+    let key = dir.path().join("dkim.pem");
+    assert!(Command::new("openssl").args(["genrsa", "-out"]).arg(&key).arg("2048").status().unwrap().success());
+    let sink_port = free_port("127.0.0.1");
+    let sink = confine(&mut Command::new(BIN), filter)
+        .args(["sink", "--listen", &format!("127.0.0.1:{sink_port}"), "--exit-after", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_port(([127, 0, 0, 1], sink_port).into(), Duration::from_secs(10));
+    let mgmt = free_port("127.0.0.1");
+    let body = format!(
+        "http-mgmt-port 127.0.0.1:{mgmt}\nhttp-access 127.0.0.1 admin\ndomain-key s1,*,{key}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{sink_port}\n dkim-sign yes\n</domain>\n",
+        key = key.display()
+    );
+    let mut relay = Relay::prepare(&body, Some(2), &[]);
+    relay.seccomp = Some(filter);
+    relay.spawn();
+    let (code, out) = run(confine(&mut Command::new(BIN), filter)
+        .args([
+            "loadgen",
+            "--quiet",
+            "--json",
+            "-",
+            "--messages",
+            "1000",
+            "--connections",
+            "10",
+            "--size",
+            "2K:9,100K:1",
+        ])
+        .args(["--target", &relay.addr().to_string()]));
+    assert_eq!((code, json_u64(&out, "messages_ok")), (0, 1000), "{out}");
+    assert_eq!(relay.wait_rows("d", 1000, Duration::from_secs(60)).len(), 1000);
+    let (code, out) = run(Command::new(BIN).args(["show", "status", "-c"]).arg(&relay.config));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(Command::new(BIN).args(["reload", "-c"]).arg(&relay.config));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(relay.terminate(Duration::from_secs(20)), 0, "a clean stop: {}", tail(&relay.log(), 20));
+    let log = relay.log();
+    assert!(!log.contains("io_uring is refused") && !log.contains("Operation not permitted"), "{}", tail(&log, 30));
+    let mut sink = sink;
+    assert!(sink.wait().unwrap().success());
 }

@@ -297,7 +297,6 @@ impl Responder {
         }
     }
 
-    /// Delivers a resolution to the shard that asked. Retries briefly if its mailbox is full.
     /// Hands a checked message back to its shard, with the headers to put on top
     /// (Authentication-Results, and an ARC set when sealed) and a one-line summary.
     pub fn verified(&self, shard: u32, slot: u32, gen: u16, data: Vec<u8>, headers: Vec<u8>, summary: String) {
@@ -319,6 +318,7 @@ impl Responder {
         }
     }
 
+    /// Delivers a resolution to the shard that asked; retries briefly if its mailbox is full.
     /// `rollup`: the domain whose queue this one's mail joins (MX rollup), if not its own.
     pub fn resolved(&self, shard: u32, domain: String, resolution: Resolution, ttl_ms: u64, rollup: Option<String>) {
         let msg = ShardMsg::Resolved { domain, resolution, ttl_ms, rollup };

@@ -544,6 +544,21 @@ pub fn decode_outcome(buf: &[u8; OUTCOME_BYTES]) -> Option<Outcome> {
 mod tests {
     use super::*;
 
+    /// `FORMAT.md` says the version the code writes and documents every extra's tag and flag.
+    #[test]
+    fn the_format_document_matches_the_code() {
+        let doc = include_str!("../FORMAT.md");
+        assert!(doc.starts_with(&format!("# sluice spool format (version {FORMAT_VERSION})")), "the title's version");
+        assert!(doc.contains(&format!("| 8 | 4 | format version ({FORMAT_VERSION};")), "the header's version");
+        for tag in [TAG_HELO, TAG_AUTH_USER, TAG_FLAGS, TAG_RCPT_DSN] {
+            assert!(doc.contains(&format!("\n| {tag} | ")), "tag {tag} documented");
+        }
+        use flags::*;
+        for flag in [API, SMTPUTF8, RET_FULL, RET_HDRS, BODY_8BIT, VERP] {
+            assert!(doc.contains(&format!(" {flag} ")), "flag {flag} documented");
+        }
+    }
+
     fn env() -> Envelope<'static> {
         Envelope {
             queued_unix_ms: 1_700_000_000_000,

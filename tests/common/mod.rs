@@ -19,29 +19,45 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 /// CPU).
 pub const SHARD_MODES: [Option<u32>; 2] = [Some(1), None];
 
-/// Makes `cmd` start under a seccomp filter that answers EPERM to `io_uring_setup`,
-/// `io_uring_enter` and `io_uring_register` (425, 426, 427 on x86_64 and aarch64) and allows
-/// every other call: what Docker's default profile, Kubernetes' `RuntimeDefault` and gVisor do
-/// to io_uring.
-pub fn deny_io_uring(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt;
-    const LD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr at offset 0
-    const JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
-    const RET: u16 = 0x06; // BPF_RET | BPF_K
-    const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
-    const EPERM: u32 = 0x0005_0000 | 1; // SECCOMP_RET_ERRNO | EPERM
+/// A seccomp filter (classic BPF over the system call number), leaked: it outlives every child
+/// that starts under it.
+pub type Seccomp = &'static [libc::sock_filter];
+
+const BPF_LD_NR: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS: seccomp_data.nr at offset 0
+const BPF_JEQ: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+const BPF_RET: u16 = 0x06; // BPF_RET | BPF_K
+const SECCOMP_ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+const SECCOMP_EPERM: u32 = 0x0005_0000 | 1; // SECCOMP_RET_ERRNO | EPERM
+
+/// A filter answering EPERM to the calls in `listed` and allowing the rest (`refuse`), or
+/// allowing the calls listed and answering EPERM to the rest.
+pub fn seccomp_filter(listed: &[i64], refuse: bool) -> Seccomp {
+    assert!(listed.len() < 250, "jumps fit in a byte");
     let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    static FILTER: std::sync::OnceLock<Vec<libc::sock_filter>> = std::sync::OnceLock::new();
-    let filter = FILTER.get_or_init(|| {
-        vec![
-            f(LD_NR, 0, 0, 0),
-            f(JEQ, 3, 0, 425),
-            f(JEQ, 2, 0, 426),
-            f(JEQ, 1, 0, 427),
-            f(RET, 0, 0, ALLOW),
-            f(RET, 0, 0, EPERM),
-        ]
-    });
+    let n = listed.len();
+    let mut prog = vec![f(BPF_LD_NR, 0, 0, 0)];
+    // Each match jumps to the last instruction; the one before it is the default.
+    for (i, nr) in listed.iter().enumerate() {
+        prog.push(f(BPF_JEQ, (n - i) as u8, 0, *nr as u32));
+    }
+    let (matched, other) = if refuse { (SECCOMP_EPERM, SECCOMP_ALLOW) } else { (SECCOMP_ALLOW, SECCOMP_EPERM) };
+    prog.push(f(BPF_RET, 0, 0, other));
+    prog.push(f(BPF_RET, 0, 0, matched));
+    Vec::leak(prog)
+}
+
+/// What Docker's default profile, Kubernetes' `RuntimeDefault` and gVisor do to io_uring:
+/// `io_uring_setup`, `io_uring_enter` and `io_uring_register` answer EPERM.
+pub fn io_uring_refused() -> Seccomp {
+    static FILTER: std::sync::OnceLock<Seccomp> = std::sync::OnceLock::new();
+    FILTER.get_or_init(|| {
+        seccomp_filter(&[libc::SYS_io_uring_setup, libc::SYS_io_uring_enter, libc::SYS_io_uring_register], true)
+    })
+}
+
+/// Makes `cmd` start under `filter` (after `PR_SET_NO_NEW_PRIVS`, as container runtimes do).
+pub fn confine(cmd: &mut Command, filter: Seccomp) -> &mut Command {
+    use std::os::unix::process::CommandExt;
     let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut libc::sock_filter };
     let prog = Box::leak(Box::new(prog)) as *const libc::sock_fprog as usize;
     // SAFETY: only prctl between fork and exec (async-signal-safe); the program is leaked, so
@@ -56,6 +72,11 @@ pub fn deny_io_uring(cmd: &mut Command) -> &mut Command {
             Ok(())
         })
     }
+}
+
+/// `cmd` where io_uring is refused (`io_uring_refused`).
+pub fn deny_io_uring(cmd: &mut Command) -> &mut Command {
+    confine(cmd, io_uring_refused())
 }
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -136,9 +157,8 @@ pub struct Relay {
     pub config: PathBuf,
     /// Extra environment for every (re)start, e.g. `SLUICE_FAULTS`.
     pub env: Vec<(String, String)>,
-    /// Started under a seccomp filter that refuses io_uring (`deny_io_uring`), as in a
-    /// default container.
-    pub confined: bool,
+    /// Started under a seccomp filter (`confine`), as in a container.
+    pub seccomp: Option<Seccomp>,
     child: Option<Child>,
 }
 
@@ -174,7 +194,7 @@ impl Relay {
         let path = dir.path().join("sluice.conf");
         std::fs::write(&path, config).unwrap();
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Relay { dir, port, config: path, env, confined: false, child: None }
+        Relay { dir, port, config: path, env, seccomp: None, child: None }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -186,8 +206,8 @@ impl Relay {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("sluice.log")).unwrap();
         let mut cmd = Command::new(BIN);
-        if self.confined {
-            deny_io_uring(&mut cmd);
+        if let Some(filter) = self.seccomp {
+            confine(&mut cmd, filter);
         }
         let child = cmd
             .args(["run", "-c"])
