@@ -11,6 +11,7 @@
 #   DKIM_ONLY=1 perf/run.sh     # only sluice with DKIM signing off, RSA-2048, Ed25519
 #   BASELINE=8a3fbf51 perf/run.sh  # this build against an older commit's, alternating
 #   CLUSTER_ONLY=1 perf/run.sh  # one host with <cluster> (a local redis-server) vs without
+#   BACKENDS_ONLY=1 perf/run.sh # sluice on its io_uring backend vs its epoll backend (containers)
 #
 # Results (with date, commit and machine) are appended to perf/RESULTS.md.
 set -euo pipefail
@@ -37,6 +38,7 @@ hz=$(getconf CLK_TCK)
 DKIM_KEY="" # a key file: sluice signs every message with it (domain-key for src.test)
 CLUSTER_CONF="" # global lines (a <cluster> block) and <domain *> lines for a fleet run
 CLUSTER_DOMAIN=""
+IO_BACKEND=auto # the relay's io-backend
 start_sluice() {
     rm -rf /tmp/sluice-perf && mkdir -p /tmp/sluice-perf
     local dkim_key="" dkim_sign=""
@@ -49,6 +51,7 @@ host-name perf.sluice
 $dkim_key
 smtp-listener 127.0.0.1:$RELAY_PORT
 spool /tmp/sluice-perf/spool
+io-backend $IO_BACKEND
 $CLUSTER_CONF
 <source 127.0.0.1>
     always-allow-relaying yes
@@ -233,6 +236,38 @@ cluster_compare() {
     } >>"$report"
 }
 
+# The relay on its io_uring backend against its epoll backend (what it runs where io_uring is
+# refused); the load generator and the sink stay on io_uring both times.
+backend_compare() {
+    {
+        echo
+        echo "### io_uring backend vs epoll backend (1 KiB, 1 domain, $MESSAGES messages, $CONNECTIONS connections, $RUNS alternating runs)"
+        echo
+        echo "| run | io_uring msg/s | io_uring CPU µs/msg | epoll msg/s | epoll CPU µs/msg |"
+        echo "|---|---|---|---|---|"
+    } >>"$report"
+    : >"$OUT/uring.rates"; : >"$OUT/epoll.rates"
+    for i in $(seq 1 "$RUNS"); do
+        IO_BACKEND=io_uring; read -r u_rate u_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        IO_BACKEND=epoll; read -r e_rate e_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        IO_BACKEND=auto
+        echo "$u_rate" >>"$OUT/uring.rates"; echo "$e_rate" >>"$OUT/epoll.rates"
+        echo "| $i | $u_rate | $u_cpu | $e_rate | $e_cpu |" >>"$report"
+        echo "backend run $i: io_uring $u_rate msg/s, epoll $e_rate msg/s" >&2
+    done
+    local u e
+    u=$(median <"$OUT/uring.rates"); e=$(median <"$OUT/epoll.rates")
+    {
+        echo
+        echo "Median: io_uring $u msg/s, epoll $e msg/s: **epoll/io_uring = $(awk -v a="$e" -v b="$u" 'BEGIN{printf "%.2f", a/b}')×** (must be ≥ 0.7×)."
+    } >>"$report"
+}
+
+if [ -n "${BACKENDS_ONLY:-}" ]; then
+    backend_compare
+    finish_report
+    exit 0
+fi
 if [ -n "${CLUSTER_ONLY:-}" ]; then
     cluster_compare
     finish_report

@@ -3,14 +3,17 @@
 //!
 //! A socket operation is tried at once (non-blocking); when it would block, its descriptor is
 //! armed in epoll (one-shot, for reading or writing) and the operation is tried again when the
-//! descriptor is ready. File operations (spool writes and `fdatasync`) run at once: a write to
-//! a regular file never waits for readiness, and the spool's group commit makes one sync serve
-//! every message of a turn. The one timer is the `epoll_wait` timeout.
+//! descriptor is ready. Writes to spool files run at once (a write to a regular file copies into
+//! the page cache and never waits for readiness); an `fdatasync` runs on the backend's sync
+//! thread, which says it is done through an eventfd in the same epoll set, so the shard goes on
+//! receiving and delivering while the disk works (as io_uring's worker does). The one timer is
+//! the `epoll_wait` timeout.
 
 use super::{Backend, Sub};
 use sluice_engine::time::Now;
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
 
 /// Readiness events taken per `epoll_wait`.
 const EVENTS_MAX: usize = 1024;
@@ -26,6 +29,67 @@ pub(crate) struct Epoll {
     /// The timer: its deadline (monotonic ns) and `user_data`.
     timer: Option<(u64, u64)>,
     events: Vec<libc::epoll_event>,
+    syncs: Syncer,
+}
+
+/// The `user_data` the sync thread's eventfd is registered with (never a descriptor number).
+const SYNCS_DONE: u64 = u64::MAX;
+
+/// `fdatasync`s off the shard's thread: the thread takes (descriptor, `user_data`), syncs,
+/// puts the result in `done` and writes the eventfd.
+struct Syncer {
+    /// Dropped with the backend: the thread then ends.
+    queue: Option<crossbeam_channel::Sender<(RawFd, u64)>>,
+    done: Arc<Mutex<Vec<(u64, i32)>>>,
+    eventfd: Arc<OwnedFd>,
+    in_flight: usize,
+}
+
+impl Syncer {
+    fn start() -> std::io::Result<Syncer> {
+        // SAFETY: a plain system call; the descriptor is ours.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is fresh and ours.
+        let eventfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        let done = Arc::new(Mutex::new(Vec::new()));
+        let (queue, work) = crossbeam_channel::unbounded::<(RawFd, u64)>();
+        let (thread_done, thread_eventfd) = (done.clone(), eventfd.clone());
+        std::thread::Builder::new().name("sluice-sync".into()).spawn(move || {
+            for (fd, user_data) in work {
+                // SAFETY: fdatasync on a descriptor the shard keeps open until this completes.
+                let r = result(unsafe { libc::fdatasync(fd) } as isize);
+                thread_done.lock().expect("not poisoned").push((user_data, r));
+                let one: u64 = 1;
+                // SAFETY: writing 8 bytes to our eventfd.
+                unsafe { libc::write(thread_eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            }
+        })?;
+        Ok(Syncer { queue: Some(queue), done, eventfd, in_flight: 0 })
+    }
+
+    fn submit(&mut self, fd: RawFd, user_data: u64) {
+        self.in_flight += 1;
+        self.queue.as_ref().expect("running").send((fd, user_data)).expect("the sync thread runs while we do");
+    }
+
+    /// Moves finished syncs into `ready`.
+    fn take(&mut self, ready: &mut Vec<(u64, i32)>) {
+        let mut count: u64 = 0;
+        // SAFETY: reading 8 bytes from our non-blocking eventfd.
+        unsafe { libc::read(self.eventfd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+        let mut done = self.done.lock().expect("not poisoned");
+        self.in_flight -= done.len();
+        ready.append(&mut done);
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.queue = None;
+    }
 }
 
 fn errno() -> i32 {
@@ -112,6 +176,12 @@ impl Epoll {
         }
         // SAFETY: fd is fresh and ours.
         let epfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let syncs = Syncer::start()?;
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: SYNCS_DONE };
+        // SAFETY: epoll_ctl on our descriptors with a valid event.
+        if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, syncs.eventfd.as_raw_fd(), &mut ev) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(Epoll {
             epfd,
             ready: Vec::new(),
@@ -119,6 +189,7 @@ impl Epoll {
             nonblocking: HashSet::new(),
             timer: None,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX],
+            syncs,
         })
     }
 
@@ -193,6 +264,7 @@ impl Backend for Epoll {
                 return;
             }
             Sub::Accept { fd, .. } | Sub::Read { fd, .. } if self.nonblocking.insert(fd) => set_nonblocking(fd),
+            Sub::Fdatasync { fd } => return self.syncs.submit(fd, user_data),
             Sub::Connect { fd, addr, len } => {
                 set_nonblocking(fd);
                 // SAFETY: the caller's contract: addr is valid for len.
@@ -225,7 +297,7 @@ impl Backend for Epoll {
     }
 
     fn wait(&mut self, out: &mut Vec<(u64, i32)>) {
-        if !self.ready.is_empty() && self.waiting.is_empty() {
+        if !self.ready.is_empty() && self.waiting.is_empty() && self.syncs.in_flight == 0 {
             out.append(&mut self.ready);
             return;
         }
@@ -234,6 +306,10 @@ impl Backend for Epoll {
         let n =
             unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), self.events.as_mut_ptr(), EVENTS_MAX as i32, sleep_ms) };
         for i in 0..n.max(0) as usize {
+            if self.events[i].u64 == SYNCS_DONE {
+                self.syncs.take(&mut self.ready);
+                continue;
+            }
             let fd = self.events[i].u64 as RawFd;
             let Some(ops) = self.waiting.remove(&fd) else { continue };
             let mut still = Vec::new();
