@@ -8,6 +8,7 @@ pub mod feedback;
 #[doc(hidden)]
 pub mod fuzz_check;
 pub mod http;
+pub mod prepare;
 pub mod queue;
 pub mod route;
 pub mod sched;

@@ -348,16 +348,6 @@ fn too_many_recipients_fail_the_message_when_asked() {
     assert!(msgs.is_empty(), "the chunk is skipped, not taken");
 }
 
-/// `bcc`: every message taken also goes to the archive address (once).
-#[test]
-fn bcc_adds_the_archive_recipient() {
-    let p = SessionPolicy { bcc: Some("archive@keep.test".into()), ..policy(true) };
-    let input = format!("{ENVELOPE}Subject: x\r\n\r\nbody\r\n.\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<archive@keep.test>\r\nDATA\r\nSubject: y\r\n\r\nb\r\n.\r\n");
-    let (_, msgs) = common::drive_messages(p, &common::pipelined(input.as_bytes()));
-    assert_eq!(msgs[0].recipients, ["x@y.test", "archive@keep.test"]);
-    assert_eq!(msgs[1].recipients, ["archive@keep.test"], "not twice");
-}
-
 /// PowerMTA's mail merge as its clients speak it (Ruby's `powermta` gem, PHP's
 /// PowerMta_Mail_Protocol): XMRG, XDFN before each RCPT, XPRT parts; XACK OFF silences XDFN
 /// and RCPT; refused where `allow-mailmerge` is off; DATA and BDAT are not part of it.

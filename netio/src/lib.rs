@@ -112,21 +112,11 @@ pub(crate) struct Core {
     /// the same by every shard (a client cannot get the limit once per shard).
     pub auth_failures: AddressCounts,
     pub error_sessions: AddressCounts,
-    /// Cold VMTA warm-up, shared by every shard: per (cold VMTA, destination domain), the day
-    /// (since the epoch) it was first used and the day and count of its latest use. Starts
-    /// afresh with the process.
-    pub cold: std::sync::Mutex<std::collections::HashMap<(String, String), ColdUse>>,
+    /// Cold VMTA warm-up, shared by every shard (`max-cold-virtual-mta-msg`).
+    pub cold: sluice_engine::prepare::ColdCounts,
     /// Per shard: the last accounting batch the writer has made durable (`ControlRequest::Acct`).
     /// An atomic rather than a mailbox message: a full mailbox cannot lose it.
     pub acct_durable: Vec<AtomicU64>,
-}
-
-/// A cold VMTA's use for one destination (`Core::cold`).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct ColdUse {
-    pub first_day: u64,
-    pub day: u64,
-    pub count: u32,
 }
 
 /// Client addresses counted at once per table (8 bytes each); beyond that the oldest
@@ -139,8 +129,8 @@ pub struct Settings {
     pub dkim: sluice_engine::dkim::Keys,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub lists: sluice_config::names::Names<Arc<sluice_engine::suppress::AddressList>>,
-    pub feedback: Option<suppress::FeedbackLoop>,
-    pub bounces: Option<suppress::FeedbackLoop>,
+    pub feedback: Option<sluice_engine::prepare::Processor>,
+    pub bounces: Option<sluice_engine::prepare::Processor>,
 }
 
 /// State every shard shares: the process's core and the current configuration's parts,
@@ -159,8 +149,8 @@ pub(crate) struct Shared {
     /// `<address-list>`s by name.
     pub lists: sluice_config::names::Names<Arc<sluice_engine::suppress::AddressList>>,
     /// `<feedback-loop-processor>` and `<bounce-processor>`, if configured.
-    pub feedback: Option<suppress::FeedbackLoop>,
-    pub bounces: Option<suppress::FeedbackLoop>,
+    pub feedback: Option<sluice_engine::prepare::Processor>,
+    pub bounces: Option<sluice_engine::prepare::Processor>,
 }
 
 impl Shared {
@@ -175,6 +165,20 @@ impl Shared {
             lists: s.lists,
             feedback: s.feedback,
             bounces: s.bounces,
+        }
+    }
+}
+
+impl Shared {
+    /// What message preparation reads besides the message (`sluice_engine::prepare`).
+    pub(crate) fn world(&self) -> sluice_engine::prepare::World<'_> {
+        sluice_engine::prepare::World {
+            config: &self.config,
+            dkim: &self.dkim,
+            lists: &self.lists,
+            feedback: self.feedback.as_ref(),
+            bounces: self.bounces.as_ref(),
+            cold: &self.core.cold,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use memmap2::Mmap;
 use sluice_config::{Config, ConfigError, ListEntry};
+use sluice_engine::prepare::Processor;
 use sluice_engine::suppress::{parse_hex_hash, sort_table, AddressList, HashTable, Hashed};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -86,28 +87,19 @@ pub fn hash_table(path: &Path) -> std::io::Result<Box<dyn HashTable>> {
     }
 }
 
-/// The `<feedback-loop-processor>`: its report addresses, and where complainers go.
-pub struct FeedbackLoop {
-    pub addresses: Arc<AddressList>,
-    pub deliver_unmatched: bool,
-    /// The `address-file` of the `auto-suppress-list`, and the list's name.
-    pub auto_suppress: Option<PathBuf>,
-    pub auto_suppress_list: Option<String>,
-}
-
-pub fn load_feedback(config: &Config) -> Result<Option<FeedbackLoop>, ConfigError> {
+pub fn load_feedback(config: &Config) -> Result<Option<Processor>, ConfigError> {
     load_processor(config, config.feedback_processor.as_ref())
 }
 
 /// The `<bounce-processor>`: the addresses asynchronous bounces come to.
-pub fn load_bounces(config: &Config) -> Result<Option<FeedbackLoop>, ConfigError> {
+pub fn load_bounces(config: &Config) -> Result<Option<Processor>, ConfigError> {
     load_processor(config, config.bounce_processor.as_ref())
 }
 
 fn load_processor(
     config: &Config,
     p: Option<&sluice_config::FeedbackProcessor>,
-) -> Result<Option<FeedbackLoop>, ConfigError> {
+) -> Result<Option<Processor>, ConfigError> {
     let Some(p) = p else { return Ok(None) };
     let addresses = load_one(&p.addresses)?;
     let auto_suppress = match &p.auto_suppress {
@@ -120,7 +112,7 @@ fn load_processor(
             });
             let shared = list.entries.iter().any(|(e, _)| matches!(e, ListEntry::RedisSet(_)));
             if file.is_none() && shared {
-                return Ok(Some(FeedbackLoop {
+                return Ok(Some(Processor {
                     addresses,
                     deliver_unmatched: p.deliver_unmatched,
                     auto_suppress: None,
@@ -140,7 +132,7 @@ fn load_processor(
         }
     };
     let auto_suppress_list = p.auto_suppress.clone();
-    Ok(Some(FeedbackLoop { addresses, deliver_unmatched: p.deliver_unmatched, auto_suppress, auto_suppress_list }))
+    Ok(Some(Processor { addresses, deliver_unmatched: p.deliver_unmatched, auto_suppress, auto_suppress_list }))
 }
 
 /// Every `<address-list>`, ready for lookups; a file that cannot be read is a config error

@@ -34,8 +34,6 @@ pub struct SessionPolicy {
     /// `too-many-rcpts-fails-message`: past `max_rcpt_per_message` the message is refused
     /// whole at DATA (552) instead of the extra recipients at RCPT (452).
     pub too_many_rcpts_fails_message: bool,
-    /// `bcc`: every message taken gets this recipient too (an archive copy).
-    pub bcc: Option<String>,
     /// `allow-mailmerge`: PowerMTA's mail-merge commands (XACK, XMRG, XDFN, XPRT).
     pub allow_mailmerge: bool,
     pub add_received_header: bool,
@@ -88,7 +86,6 @@ impl Default for SessionPolicy {
             max_message_hops: 100,
             dsn_return_default: None,
             too_many_rcpts_fails_message: false,
-            bcc: None,
             allow_mailmerge: false,
             add_received_header: true,
             hide_message_source: false,
@@ -1007,12 +1004,6 @@ impl Session {
     /// Hands over the complete message (call after `Event::Message`).
     pub fn take_message(&mut self) -> Message {
         assert_eq!(self.state, State::Storing);
-        // `bcc`: an archive copy, as one more recipient (once).
-        if let Some(bcc) = &self.policy.bcc {
-            if !self.recipients.iter().any(|r| r.eq_ignore_ascii_case(bcc)) {
-                self.recipients.push(bcc.clone());
-            }
-        }
         Message {
             mail_from: self.mail_from.take().unwrap_or_default(),
             recipients: std::mem::take(&mut self.recipients),

@@ -12,14 +12,9 @@ use crate::faults::PanicAt;
 use crate::sys::ip_of;
 use crate::{ControlRequest, Shared};
 use sluice_engine::acct::Record;
-use sluice_engine::dkim::unstuffed as dkim_unstuffed;
-use sluice_engine::route;
-use sluice_engine::smtp::addr::domain_of;
-use sluice_engine::smtp::headers::take_header;
-use sluice_engine::smtp::reply::Reply;
+use sluice_engine::prepare::{self, Prepared, Way};
 use sluice_engine::smtp::server::{Message, Session, SessionPolicy};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 
 /// An untrusted address whose sessions end in too many protocol errors this many times within
@@ -147,7 +142,6 @@ impl<B: Backend> Shard<B> {
             max_message_hops: policy.max_message_hops,
             dsn_return_default: policy.dsn_return_default,
             too_many_rcpts_fails_message: policy.too_many_rcpts_fails_message,
-            bcc: policy.bcc.clone(),
             allow_mailmerge: policy.allow_mailmerge,
             add_received_header: policy.add_received_header,
             hide_message_source: policy.hide_message_source,
@@ -410,31 +404,19 @@ impl<B: Backend> Shard<B> {
         if m.merge.is_some() {
             return self.store_merge(slot, m, policy);
         }
-        let vmta = match route_message(&shared, policy, &mut m.mail_from, &m.recipients, &mut m.data, now.unix_ms) {
-            Ok(v) => v,
+        let restrictions = self.ins.get_mut(slot).m.session().restrictions().clone();
+        let way = Way {
+            vmta: None,
+            restrictions: &restrictions,
+            ours_first: policy.add_received_header,
+            number: self.next_number(),
+            reports: true,
+        };
+        let prepared = prepare::prepare(&shared.world(), policy, &mut m, &way, now.unix_ms);
+        let Prepared { vmta, records, suppress: suppress_add } = match prepared {
+            Ok(p) => p,
             Err(reply) => return self.ins.get_mut(slot).m.message_refused(&reply),
         };
-        let c = self.ins.get_mut(slot);
-        if !c.m.session().restrictions().vmta_allowed(&vmta) {
-            let reply = format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)");
-            return c.m.message_refused(&reply);
-        }
-        if policy.process_x_job {
-            let job = take_header(&mut m.data, &policy.jobid_header, !policy.retain_x_job);
-            m.job_id = job
-                .map(|j| j.trim().chars().take(sluice_engine::sched::JOB_ID_CHARS_MAX).collect())
-                .unwrap_or_default();
-        }
-        // X-Envid (process-x-envid) when MAIL gave no ENVID.
-        if let Some(envid) = self.shape_headers(policy, &mut m.data, policy.add_received_header) {
-            if m.envid.is_empty() {
-                m.envid = envid;
-            }
-        }
-        if policy.verp {
-            m.flags |= sluice_spool::codec::flags::VERP;
-        }
-        let (records, suppress_add) = take_reports(&shared, &mut m, now.unix_ms);
         let mut for_later = false;
         let reporter = self.ins.get_mut(slot).client_ip.to_string();
         for mut r in records {
@@ -470,46 +452,47 @@ impl<B: Backend> Shard<B> {
     fn store_merge(&mut self, slot: u32, mut m: Message, policy: &sluice_config::SourcePolicy) {
         let shared = self.shared.clone();
         let config = &shared.config;
+        let world = shared.world();
         let now = self.now.unix_ms;
         let merge = m.merge.take().expect("a mail-merge message");
         let date = sluice_engine::time::rfc5322_date(now);
         // Where the transaction came from: the same for every recipient's message.
         let origin = Origin::of(self.ins.get_mut(slot), &m.helo, m.auth_user.as_deref());
+        let restrictions = self.ins.get_mut(slot).m.session().restrictions().clone();
         let mut stores = Vec::with_capacity(m.recipients.len());
         for (i, rcpt) in m.recipients.iter().enumerate() {
             let p = match merge.render(i, rcpt, &m.mail_from, &date, config.mailmerge_expands_undefined) {
                 Ok(p) => p,
                 Err(why) => return self.ins.get_mut(slot).m.message_refused(&format!("554 5.6.0 Mail merge: {why}")),
             };
-            let mut data = p.data;
-            let mut from = p.mail_from.unwrap_or_else(|| m.mail_from.clone());
-            let rcpts = vec![rcpt.clone()];
-            let routed = route_message(&shared, policy, &mut from, &rcpts, &mut data, now);
-            let vmta = match (p.vmta, routed) {
-                (_, Err(reply)) => return self.ins.get_mut(slot).m.message_refused(&reply),
-                (Some(v), Ok(_)) => match config.vmta_target(&v) {
-                    Some(sluice_config::VmtaTarget::Vmta(n) | sluice_config::VmtaTarget::Pool(n)) => n,
-                    None => {
-                        let reply = format!("550 5.7.1 Unknown virtual MTA `{v}` (*vmta for {rcpt})");
-                        return self.ins.get_mut(slot).m.message_refused(&reply);
-                    }
-                },
-                (None, Ok(v)) => v,
+            let mut one = Message {
+                mail_from: p.mail_from.unwrap_or_else(|| m.mail_from.clone()),
+                recipients: vec![rcpt.clone()],
+                data: p.data,
+                job_id: p.job_id.unwrap_or_else(|| m.job_id.clone()),
+                envid: p.envid.unwrap_or_else(|| m.envid.clone()),
+                flags: m.flags,
+                ..Message::default()
             };
-            if !self.ins.get_mut(slot).m.session().restrictions().vmta_allowed(&vmta) {
-                let reply =
-                    format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)");
-                return self.ins.get_mut(slot).m.message_refused(&reply);
+            let way = Way {
+                vmta: p.vmta.as_deref(),
+                restrictions: &restrictions,
+                ours_first: policy.add_received_header,
+                number: self.next_number(),
+                reports: false,
+            };
+            let vmta = match prepare::prepare(&world, policy, &mut one, &way, now) {
+                Ok(prepared) => prepared.vmta,
+                Err(reply) => return self.ins.get_mut(slot).m.message_refused(&format!("{reply} (for {rcpt})")),
+            };
+            if !prepare::sign(&shared.dkim, config, &one.recipients, &vmta, &mut one.data) {
+                ShardStats::add(&self.stats.dkim_unsignable, 1);
             }
-            let envid = self.shape_headers(policy, &mut data, policy.add_received_header);
-            if let Some(header) = dkim_signature(&shared, &self.stats, &rcpts, &vmta, &mut data) {
-                data.splice(0..0, header);
-            }
-            let mut store = Store::boxed(data, from, rcpts, now, vmta);
+            let mut store = Store::boxed(one.data, one.mail_from, one.recipients, now, vmta);
             origin.stamp(&mut store);
-            store.job_id = p.job_id.unwrap_or_else(|| m.job_id.clone());
-            store.envid = p.envid.or(envid).unwrap_or_else(|| m.envid.clone());
-            store.flags = m.flags | if policy.verp { sluice_spool::codec::flags::VERP } else { 0 };
+            store.job_id = one.job_id;
+            store.envid = one.envid;
+            store.flags = one.flags;
             stores.push(store);
         }
         let gen = self.ins.gen(slot);
@@ -548,32 +531,11 @@ impl<B: Backend> Shard<B> {
         self.in_drive(slot);
     }
 
-    /// A source's header rules (`remove-received-headers`, `remove-header`,
-    /// `add-message-id-header`, `add-date-header`, `process-x-envid`) applied to a message
-    /// being injected; `ours_first`: it starts with sluice's Received. Returns the `X-Envid`.
-    pub(super) fn shape_headers(
-        &mut self,
-        policy: &sluice_config::SourcePolicy,
-        data: &mut Vec<u8>,
-        ours_first: bool,
-    ) -> Option<String> {
-        let rules = &policy.headers;
-        if *rules == sluice_config::HeaderRules::default() {
-            return None;
-        }
-        self.session_counter += 1;
-        let now = self.now.unix_ms;
-        let id = format!("<{now:x}.{:x}.{:x}@{}>", self.id, self.session_counter, self.shared.config.host_name);
-        let date = sluice_engine::time::rfc5322_date(now);
-        let shaping = sluice_engine::smtp::headers::Shaping { rules, ours_first, message_id: &id, date: &date };
-        sluice_engine::smtp::headers::shape(data, &shaping)
-    }
-
     /// The complainer goes into the list's file before the report is acknowledged: a crash
     /// never loses a complaint that was answered 250. Returns whether the session's reply
     /// is settled here (it waits for the entry, or is refused).
-    fn suppress_complainer(&mut self, slot: u32, add: SuppressAdd, only_reports: bool) -> bool {
-        let SuppressAdd { path, list, address } = add;
+    fn suppress_complainer(&mut self, slot: u32, add: prepare::SuppressAdd, only_reports: bool) -> bool {
+        let prepare::SuppressAdd { path, list, address } = add;
         let gen = self.ins.gen(slot);
         let waiting = only_reports.then_some((self.id, slot, gen));
         let sent = self.shared.core.control.try_send(ControlRequest::SuppressAdd { path, list, address, waiting });
@@ -664,8 +626,8 @@ impl<B: Backend> Shard<B> {
     /// Signs (DKIM) and spools an accepted message; the reply waits for its fsync.
     fn spool_message(&mut self, slot: u32, mut m: Message, vmta: String, auth: String) {
         // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
-        if let Some(header) = dkim_signature(&self.shared, &self.stats, &m.recipients, &vmta, &mut m.data) {
-            m.data.splice(0..0, header);
+        if !prepare::sign(&self.shared.dkim, &self.shared.config, &m.recipients, &vmta, &mut m.data) {
+            ShardStats::add(&self.stats.dkim_unsignable, 1);
         }
         let gen = self.ins.gen(slot);
         let c = self.ins.get_mut(slot);
@@ -761,222 +723,6 @@ fn auth_failures_over(
     let now_s = now.ms() / 1000;
     let n = if new > 0 { counts.add(ip, new, now_s, window_s) } else { counts.get(ip, now_s, window_s) };
     n >= rate.count
-}
-
-/// A complainer for the `auto-suppress-list`: its file (if it has one) and its name (a
-/// `redis-set` list is shared with the fleet).
-pub(super) struct SuppressAdd {
-    pub path: Option<PathBuf>,
-    pub list: String,
-    pub address: String,
-}
-
-/// A report's `f` / `rb` records, and the suppression entries to make durable (a
-/// complainer; hard-bounced recipients with the bounce processor's `auto-suppress-list`).
-type Reports = (Vec<Record>, Vec<SuppressAdd>);
-
-/// Reports to the feedback-loop and bounce processors: taken out of the message's recipients
-/// as `f` / `rb` records, never relayed.
-fn take_reports(shared: &Shared, m: &mut Message, now_ms: u64) -> Reports {
-    let mut records = Vec::new();
-    let mut suppress_add = Vec::new();
-    for (processor, feedback) in [(&shared.feedback, true), (&shared.bounces, false)] {
-        let Some(p) = processor else { continue };
-        let (reports, rest): (Vec<String>, Vec<String>) =
-            m.recipients.iter().cloned().partition(|r| p.addresses.contains(r));
-        if reports.is_empty() {
-            continue;
-        }
-        m.recipients = rest;
-        let text = String::from_utf8_lossy(&dkim_unstuffed(&m.data).concat()).into_owned();
-        let found = if feedback {
-            feedback_records(shared, p, &text, now_ms).map(|(r, add)| {
-                suppress_add.extend(add);
-                r
-            })
-        } else {
-            bounce_records(shared, &text, &reports[0], now_ms)
-                .inspect(|r| suppress_add.extend(hard_bounced(shared, p, r)))
-        };
-        match found {
-            Some(r) => records.extend(r),
-            None if p.deliver_unmatched => m.recipients.extend(reports),
-            None => tracing::info!(from = %m.mail_from, feedback, "not a report; dropped"),
-        }
-    }
-    (records, suppress_add)
-}
-
-fn feedback_records(shared: &Shared, p: &crate::suppress::FeedbackLoop, text: &str, now: u64) -> Option<Reports> {
-    let f = sluice_engine::feedback::parse(text)?;
-    tracing::info!(rcpt = %f.rcpt, kind = %f.feedback_type, "feedback report");
-    if let (Some(list), false) = (p.auto_suppress_list.as_ref().and_then(|n| shared.lists.get(n)), f.rcpt.is_empty()) {
-        list.add(&f.rcpt); // refused from now on, on every shard
-    }
-    let add = match (&p.auto_suppress_list, f.rcpt.is_empty()) {
-        (Some(list), false) => {
-            Some(SuppressAdd { path: p.auto_suppress.clone(), list: list.clone(), address: f.rcpt.clone() })
-        }
-        _ => None,
-    };
-    Some((vec![Record::feedback(now, &f, &shared.config.acct_headers)], add.into_iter().collect()))
-}
-
-/// Recipients an asynchronous bounce says do not exist (`bad-mailbox`, `bad-domain`,
-/// `inactive-mailbox`): for the bounce processor's `auto-suppress-list`, if it has one.
-fn hard_bounced(shared: &Shared, p: &crate::suppress::FeedbackLoop, records: &[Record]) -> Vec<SuppressAdd> {
-    let Some(name) = &p.auto_suppress_list else { return Vec::new() };
-    let hard = ["bad-mailbox", "bad-domain", "inactive-mailbox"];
-    records
-        .iter()
-        .filter(|r| hard.contains(&r.bounce_cat.as_str()) && !r.rcpt.is_empty())
-        .map(|r| {
-            if let Some(list) = shared.lists.get(name) {
-                list.add(&r.rcpt);
-            }
-            tracing::info!(rcpt = %r.rcpt, category = %r.bounce_cat, list = %name, "hard bounce suppressed");
-            SuppressAdd { path: p.auto_suppress.clone(), list: name.clone(), address: r.rcpt.clone() }
-        })
-        .collect()
-}
-
-/// An asynchronous bounce's `rb` records, one per failed recipient, with their category
-/// (None: not a DSN). `to` is the address it came to (VERP names the recipient).
-fn bounce_records(shared: &Shared, text: &str, to: &str, now: u64) -> Option<Vec<Record>> {
-    let bounces = sluice_engine::feedback::parse_dsn(text, to)?;
-    let records = bounces
-        .iter()
-        .map(|b| {
-            let line = format!("{}\r\n", b.diagnostic);
-            let reply = sluice_engine::smtp::reply::parse_reply(line.as_bytes())
-                .ok()
-                .flatten()
-                .map(|(r, _)| r)
-                .unwrap_or_else(|| Reply::new(550, format!("{} {}", b.status, b.diagnostic)));
-            let category = sluice_engine::bounce::classify(&reply, &shared.config.bounce_patterns);
-            tracing::info!(rcpt = %b.rcpt, %category, "remote bounce");
-            Record::remote_bounce(now, b, category, &shared.config.acct_headers)
-        })
-        .collect();
-    Some(records)
-}
-
-/// The `DKIM-Signature:` fields for a message when one of its recipient domains has
-/// `dkim-sign yes` (and a `domain-key` covers its From domain), then the second signature when
-/// it has `second-dkim-sign yes` (User's Guide 10.3.4; `X-DKIM-Options` is for the first
-/// only). Signing errors are logged and the message goes without that signature rather than
-/// refused.
-pub(super) fn dkim_signature(
-    shared: &Shared,
-    stats: &ShardStats,
-    recipients: &[String],
-    vmta: &str,
-    data: &mut Vec<u8>,
-) -> Option<Vec<u8>> {
-    if shared.dkim.is_empty() {
-        return None;
-    }
-    // X-DKIM-Options is for sluice alone: never delivered.
-    let message = take_header(data, "x-dkim-options", true)
-        .map(|v| sluice_engine::dkim::MessageOptions::parse(&v))
-        .unwrap_or_default();
-    let mut seen: Vec<String> = Vec::with_capacity(1);
-    let settings = recipients.iter().map(|r| domain_of(r).to_ascii_lowercase()).find_map(|d| {
-        if seen.contains(&d) {
-            return None;
-        }
-        let s = shared.config.queue_settings(&d, vmta);
-        seen.push(d);
-        (s.dkim_sign || s.second_dkim_sign).then_some(s)
-    })?;
-    let mut headers = Vec::new();
-    if settings.dkim_sign {
-        let options = signed_fields(&settings.dkim, &settings);
-        match shared.dkim.sign_with(vmta, data, &options, &message) {
-            Ok(None) if !sluice_engine::dkim::header_section_well_formed(data) => {
-                tracing::debug!("message left unsigned: a line of its header section is not a field");
-                ShardStats::add(&stats.dkim_unsignable, 1);
-                return None;
-            }
-            Ok(None) if message.domain.is_none() && sluice_engine::dkim::from_domain(data).is_none() => {
-                // No From address with a domain: nothing to sign for. It goes out unsigned.
-                tracing::debug!("message left unsigned: its From field has no address with a domain");
-                ShardStats::add(&stats.dkim_unsignable, 1);
-            }
-            Ok(header) => headers.extend(header.unwrap_or_default()),
-            Err(e) => tracing::error!(error = %e, "message left unsigned"),
-        }
-    }
-    if settings.second_dkim_sign {
-        let options = signed_fields(&settings.second_dkim, &settings);
-        let plain = sluice_engine::dkim::MessageOptions::default();
-        match shared.dkim.sign_with(vmta, data, &options, &plain) {
-            Ok(header) => headers.extend(header.unwrap_or_default()),
-            Err(e) => tracing::error!(error = %e, "message left without its second signature"),
-        }
-    }
-    (!headers.is_empty()).then_some(headers)
-}
-
-/// A signature's options less the fields the destination's `remove-header` takes out at
-/// delivery (they are not signed).
-pub(super) fn signed_fields(
-    options: &sluice_config::DkimOptions,
-    settings: &sluice_config::DomainSettings,
-) -> sluice_config::DkimOptions {
-    let mut options = options.clone();
-    options.headers.retain(|h| !settings.smtp.remove_header.iter().any(|r| r.eq_ignore_ascii_case(h)));
-    options
-}
-
-/// A message's VMTA (`x-virtual-mta`, `<pattern-list>`, `default-virtual-mta`, then a cold
-/// VMTA's daily share when the chosen one has any) and the `<rewrite-list>` rewrites of the
-/// source and that VMTA. Err: the refusal to give.
-pub(super) fn route_message(
-    shared: &Shared,
-    policy: &sluice_config::SourcePolicy,
-    mail_from: &mut String,
-    rcpts: &[String],
-    data: &mut Vec<u8>,
-    now_unix_ms: u64,
-) -> Result<String, String> {
-    let config = &shared.config;
-    let mut vmta = route::select_vmta(config, policy, (mail_from, rcpts), data)?;
-    if let Some(cold) = cold_vmta(shared, &vmta, rcpts, now_unix_ms) {
-        vmta = cold;
-    }
-    route::rewrite(config, policy, &vmta, mail_from, data);
-    Ok(vmta)
-}
-
-/// `cold-virtual-mta`: the first cold VMTA of `vmta` (in turn) still under its
-/// `max-cold-virtual-mta-msg` for today for the message's first destination, counted.
-fn cold_vmta(shared: &Shared, vmta: &str, rcpts: &[String], now_unix_ms: u64) -> Option<String> {
-    let colds = &shared.config.vmtas.get(vmta)?.cold;
-    let domain = domain_of(rcpts.first()?).to_ascii_lowercase();
-    let today = now_unix_ms / 86_400_000;
-    let limits = shared.config.queue_settings(&domain, vmta).max_cold_msg;
-    let mut uses = shared.core.cold.lock().expect("not poisoned");
-    // In turn: the one used least today first.
-    let mut order: Vec<&String> = colds.iter().collect();
-    order.sort_by_key(|c| uses.get(&((*c).clone(), domain.clone())).filter(|u| u.day == today).map_or(0, |u| u.count));
-    for cold in order {
-        let cold_limits = shared.config.queue_settings(&domain, cold).max_cold_msg;
-        let limits = if limits != [0] { &limits } else { &cold_limits };
-        let u = uses.entry((cold.clone(), domain.clone())).or_insert(crate::ColdUse {
-            first_day: today,
-            day: today,
-            count: 0,
-        });
-        if u.day != today {
-            (u.day, u.count) = (today, 0);
-        }
-        if u.count < route::cold_limit(limits, today - u.first_day) {
-            u.count += 1;
-            return Some(cold.clone());
-        }
-    }
-    None
 }
 
 /// The named source a listener's sessions take (`smtp-listener ADDR source=NAME`).

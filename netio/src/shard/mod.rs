@@ -379,6 +379,12 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// A number no other session or message of this shard gets (session ids, Message-Ids).
+    fn next_number(&mut self) -> (u32, u64) {
+        self.session_counter += 1;
+        (self.id, self.session_counter)
+    }
+
     fn record(&mut self, r: Record) {
         if self.acct.len() < ACCT_PENDING_MAX {
             return self.acct.push(r);

@@ -11,13 +11,13 @@ use crate::conn::Want;
 use crate::mailbox::{MsgRef, ShardMsg};
 use crate::sys::{local_ip, sockaddr};
 use crate::ControlRequest;
-use sluice_config::Downgrade8bit;
+use sluice_engine::prepare::{for_transaction, Offered, Transaction};
 use sluice_engine::queue::{AttemptInfo, Job};
 use sluice_engine::route::Hop;
 use sluice_engine::sched::{ConnId, ConnPlan, Intent, Message, QueueId};
 use sluice_engine::smtp::client::{after_failure, AfterFailure, TlsMode, TxnParams};
+use sluice_engine::smtp::proxy;
 use sluice_engine::smtp::reply::Reply;
-use sluice_engine::smtp::{headers, mime, proxy};
 use sluice_spool::codec;
 use std::time::Duration;
 
@@ -275,81 +275,42 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    /// Hands `job` to the connection's client. A message with 8-bit content for a receiver
-    /// without 8BITMIME (RFC 6152 §3) is converted to quoted-printable for this transaction,
-    /// or bounced (`downgrade-8bit bounce`): then false, and the scheduler has its outcome.
+    /// Hands `job` to the connection's client with the message as this receiver gets it
+    /// (`sluice_engine::prepare::for_transaction`); refused (553 SMTPUTF8, 554
+    /// `downgrade-8bit bounce`): false, and the scheduler has its outcome.
     fn begin_txn(&mut self, slot: u32, job: Job<MsgRef>) -> bool {
         let o = self.outs.get_mut(slot);
         let data = job.msg.data();
         let origin = job.msg.origin();
-        // RFC 6531 §3.2: UTF-8 addresses only to a receiver that offers SMTPUTF8; PowerMTA
-        // bounces them otherwise (a UTF-8 header alone goes as it is).
-        let utf8 = origin.flags & codec::flags::SMTPUTF8 != 0;
-        if utf8 && !o.m.capabilities().smtputf8 {
-            let ascii = job.mail_from.is_ascii() && job.rcpts.iter().all(|r| r.address.is_ascii());
-            if !ascii {
-                let reply =
-                    Reply::new(553, "5.6.7 non-ASCII address, and the receiver does not offer SMTPUTF8 (RFC 6531)");
-                let (conn, info) = (o.conn, o.info.clone());
-                let replies = vec![reply; job.rcpts.len()];
-                self.sched.txn_done(conn, job, &replies, info, true, self.now);
-                return false;
-            }
-        }
-        let mut converted = None;
-        if !o.m.capabilities().eight_bit_mime && mime::has_8bit(data) {
-            let (domain, vmta) = o.plan.queue.split_once('/').unwrap_or((&o.plan.queue, ""));
-            if self.shared.config.queue_settings(domain, vmta).downgrade_8bit == Downgrade8bit::Bounce {
-                let reply = Reply::new(
-                    554,
-                    "5.6.3 8-bit content, and the receiver does not offer 8BITMIME (downgrade-8bit bounce)",
-                );
-                let (conn, info) = (o.conn, o.info.clone());
-                let replies = vec![reply; job.rcpts.len()];
-                self.sched.txn_done(conn, job, &replies, info, true, self.now);
-                return false;
-            }
-            let mut c = mime::convert_stuffed(data, mime::Convert { eight_bit: true, long_lines: false });
-            // What is signed is what is sent: sluice's signature is made again over the
-            // converted message (the one made at injection covered the 8-bit form).
-            resign(&self.shared, domain, vmta, &mut c);
-            converted = Some(c);
-        }
-        // `remove-header` in the destination's `<domain>`: those fields are not sent.
-        let remove = &o.plan.smtp.remove_header;
-        let base = converted.as_deref().unwrap_or(data);
-        if remove.iter().any(|h| headers::has_field(base, h)) {
-            let mut copy = base.to_vec();
-            headers::remove_fields(&mut copy, remove);
-            converted = Some(copy);
-        }
-        // `date-header-time delivery` in the message's `<source>`: its Date is this attempt's,
-        // and sluice's signatures are made again over it.
+        let caps = o.m.capabilities();
+        let offered = Offered {
+            smtputf8: caps.smtputf8,
+            eight_bit_mime: caps.eight_bit_mime,
+            bdat: o.m.client_mut().uses_bdat(),
+        };
+        let (domain, vmta) = o.plan.queue.split_once('/').unwrap_or((&o.plan.queue, ""));
         let source = self.shared.config.source_policy(job.msg.client_ip());
-        if source.headers.date_at_delivery {
-            let mut copy = converted.take().unwrap_or_else(|| data.to_vec());
-            let date = sluice_engine::time::rfc5322_date(self.now.unix_ms);
-            if headers::date_for_delivery(&mut copy, &source.headers, &date) {
-                let (domain, vmta) = o.plan.queue.split_once('/').unwrap_or((&o.plan.queue, ""));
-                resign(&self.shared, domain, vmta, &mut copy);
+        let t = Transaction {
+            keys: &self.shared.dkim,
+            config: &self.shared.config,
+            domain,
+            vmta,
+            sending_vmta: &o.plan.vmta,
+            source,
+            remove_header: &o.plan.smtp.remove_header,
+            now_unix_ms: self.now.unix_ms,
+        };
+        let rcpts = job.rcpts.iter().map(|r| r.address.as_str());
+        let converted = match for_transaction(&t, &job.mail_from, rcpts, data, origin.flags, offered) {
+            Ok(converted) => converted,
+            Err(reply) => {
+                let (conn, info) = (o.conn, o.info.clone());
+                let replies = vec![reply; job.rcpts.len()];
+                self.sched.txn_done(conn, job, &replies, info, true, self.now);
+                return false;
             }
-            converted = Some(copy);
-        }
-        // `add-x-virtual-mta-header` in the message's `<source>`: the VMTA sending it (a
-        // field no signature covers, so signatures stay good).
-        let base = converted.as_deref().unwrap_or(data);
-        if source.add_x_virtual_mta_header && !headers::has_field(base, "X-Virtual-MTA") {
-            let mut copy = format!("X-Virtual-MTA: {}\r\n", o.plan.vmta).into_bytes();
-            copy.extend_from_slice(base);
-            converted = Some(copy);
-        }
-        // CHUNKING (RFC 3030) when offered and not `ignore-chunking`: the message goes as it
-        // is, not in the transparency form the spool keeps.
-        let bdat = o.m.client_mut().uses_bdat();
-        if bdat {
-            let base = converted.as_deref().unwrap_or(data);
-            converted = Some(sluice_engine::dkim::unstuffed(base).concat());
-        }
+        };
+        let bdat = offered.bdat;
         let size = converted.as_ref().map_or(job.size, |c| c.len() as u64);
         let rcpts: Vec<&str> = job.rcpts.iter().map(|r| r.address.as_str()).collect();
         let rcpt_dsn: Vec<(u8, &str)> = job.rcpts.iter().map(|r| job.msg.rcpt_dsn(r.index)).collect();
@@ -360,7 +321,7 @@ impl<B: Backend> Shard<B> {
                 _ => None,
             },
             envid: origin.envid,
-            smtputf8: utf8,
+            smtputf8: origin.flags & codec::flags::SMTPUTF8 != 0,
             rcpt_dsn,
             bdat: bdat.then_some(size),
         };
@@ -666,42 +627,6 @@ impl<B: Backend> Shard<B> {
 }
 
 /// What an attempt's accounting records say of it, for a hop about to be tried.
-/// Replaces sluice's own DKIM signatures on top of `data` (transparency form: the first and,
-/// with `second-dkim-sign`, the second) with ones over `data` as it is now, each made with the
-/// same key and the destination's `dkim-*` (or `second-dkim-*`) settings; a message sluice did
-/// not sign is left as it is.
-fn resign(shared: &crate::Shared, domain: &str, vmta: &str, data: &mut Vec<u8>) {
-    let mut found = Vec::with_capacity(2);
-    let mut at = 0;
-    while found.len() < 2 {
-        let Some((len, message)) = sluice_engine::dkim::leading_signature(&data[at..], &shared.dkim, vmta) else {
-            break;
-        };
-        found.push((at..at + len, message));
-        at += len;
-    }
-    if found.is_empty() {
-        return;
-    }
-    let settings = shared.config.queue_settings(domain, vmta);
-    let mut headers = Vec::new();
-    for (k, (old, message)) in found.iter().enumerate() {
-        let options = match k == 0 && settings.dkim_sign {
-            true => super::inbound::signed_fields(&settings.dkim, &settings),
-            false => super::inbound::signed_fields(&settings.second_dkim, &settings),
-        };
-        match shared.dkim.sign_with(vmta, &data[at..], &options, message) {
-            Ok(Some(header)) => headers.extend(header),
-            Ok(None) => headers.extend_from_slice(&data[old.clone()]),
-            Err(e) => {
-                tracing::error!(error = %e, "the converted message keeps its signature as it was");
-                headers.extend_from_slice(&data[old.clone()]);
-            }
-        }
-    }
-    data.splice(..at, headers);
-}
-
 fn attempt_info(plan: &ConnPlan, hop: &Hop) -> AttemptInfo {
     AttemptInfo {
         source_ip: String::new(),

@@ -4,14 +4,16 @@
 //! DSNs, HTTP injections) on their way into the spool.
 
 use super::{ud, Op, Shard};
-use crate::admin::Injection;
+use crate::admin::{Injection, ShardStats};
 use crate::backend::{Backend, Sub};
 use crate::mailbox::MsgRef;
 use crate::store::{JournalFile, Segment};
 use sluice_engine::bounce::dsn;
+use sluice_engine::prepare::{self, Prepared, Way};
 use sluice_engine::queue::{Job, Recipient};
 use sluice_engine::route::DEFAULT_VMTA;
 use sluice_engine::smtp::addr::domain_of;
+use sluice_engine::smtp::server::Message;
 use sluice_spool::codec::{self, Envelope, Outcome};
 use sluice_spool::{Resume, SpoolEvent, SpoolOp};
 use std::collections::HashMap;
@@ -409,62 +411,69 @@ impl<B: Backend> Shard<B> {
     /// A message injected over HTTP (signed, spooled like a DSN, and answered once durable),
     /// or moved from a deliver-only spool (as it was).
     pub(super) fn inject(&mut self, inj: Injection) {
-        let mut data = inj.data;
-        let config = self.shared.config.clone();
-        let mut mail_from = inj.mail_from;
-        let mut recipients = inj.recipients;
-        let (vmta, envid, flags, helo) = match inj.moved {
-            Some(m) => (m.vmta, m.envid, m.flags, m.helo),
+        let mut m = Message {
+            mail_from: inj.mail_from,
+            recipients: inj.recipients,
+            data: inj.data,
+            job_id: inj.job_id,
+            envid: inj.envid.unwrap_or_default(),
+            flags: codec::flags::API,
+            ..Message::default()
+        };
+        let (vmta, helo) = match inj.moved {
+            Some(moved) => {
+                (m.envid, m.flags) = (moved.envid, moved.flags);
+                (moved.vmta, moved.helo)
+            }
             None => {
+                let config = self.shared.config.clone();
                 let policy = config.policy_for(inj.client_ip, inj.source.as_slice());
-                let policy = &*policy;
-                // `bcc`: an archive copy, as over SMTP.
-                if let Some(bcc) = policy.bcc.as_ref().filter(|b| !recipients.iter().any(|r| r.eq_ignore_ascii_case(b)))
-                {
-                    recipients.push(bcc.clone());
-                }
-                let envid = self.shape_headers(policy, &mut data, false);
-                let routed = super::inbound::route_message(
-                    &self.shared,
-                    policy,
-                    &mut mail_from,
-                    &recipients,
-                    &mut data,
-                    self.now.unix_ms,
-                );
-                let vmta = match (routed, &inj.vmta) {
-                    (Err(reply), _) => {
+                let way = Way {
+                    vmta: inj.vmta.as_deref(),
+                    restrictions: &policy.restrictions,
+                    ours_first: false,
+                    number: self.next_number(),
+                    reports: true,
+                };
+                let prepared = prepare::prepare(&self.shared.world(), &policy, &mut m, &way, self.now.unix_ms);
+                let Prepared { vmta, records, suppress } = match prepared {
+                    Ok(p) => p,
+                    Err(reply) => {
                         let _ = inj.done.send(Err(reply));
                         return;
                     }
-                    (Ok(v), None) => v,
-                    // A mail merge's `*vmta`.
-                    (Ok(_), Some(v)) => match config.vmta_target(v) {
-                        Some(sluice_config::VmtaTarget::Vmta(n) | sluice_config::VmtaTarget::Pool(n)) => n,
-                        None => {
-                            let _ = inj.done.send(Err(format!("550 5.7.1 Unknown virtual MTA `{v}` (*vmta)")));
-                            return;
-                        }
-                    },
                 };
-                if let Some(header) =
-                    super::inbound::dkim_signature(&self.shared, &self.stats, &recipients, &vmta, &mut data)
-                {
-                    data.splice(0..0, header);
+                for r in records {
+                    self.record(r);
                 }
-                let verp = if policy.verp { codec::flags::VERP } else { 0 };
+                for add in suppress {
+                    let prepare::SuppressAdd { path, list, address } = add;
+                    let request = crate::ControlRequest::SuppressAdd { path, list, address, waiting: None };
+                    if self.shared.core.control.try_send(request).is_err() {
+                        tracing::error!(
+                            shard = self.id,
+                            "control plane busy: an address not added to its suppression file"
+                        );
+                    }
+                }
+                if m.recipients.is_empty() {
+                    let _ = inj.done.send(Ok("report".into()));
+                    return;
+                }
+                if !prepare::sign(&self.shared.dkim, &config, &m.recipients, &vmta, &mut m.data) {
+                    ShardStats::add(&self.stats.dkim_unsignable, 1);
+                }
                 // The name the submission path goes by (`http`, `pickup`): the srcMta column's.
-                let via = inj.src_mta.split(' ').next().unwrap_or("http").to_string();
-                (vmta, inj.envid.or(envid).unwrap_or_default(), codec::flags::API | verp, via)
+                (vmta, inj.src_mta.split(' ').next().unwrap_or("http").to_string())
             }
         };
-        let mut store = Store::boxed(data, mail_from, recipients, self.now.unix_ms, vmta);
+        let mut store = Store::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
         store.src_mta = inj.src_mta;
         store.helo = helo;
         store.rcv_source_ip = inj.client_ip.to_string();
-        store.job_id = inj.job_id;
-        store.envid = envid;
-        store.flags = flags;
+        store.job_id = m.job_id;
+        store.envid = m.envid;
+        store.flags = m.flags;
         let client_ip = inj.client_ip;
         self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Notify::Caller(inj.done) });
     }
