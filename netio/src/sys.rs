@@ -53,8 +53,8 @@ pub(crate) fn ip_of(storage: &libc::sockaddr_storage) -> IpAddr {
     }
 }
 
-pub(crate) fn local_ip(fd: RawFd) -> String {
-    sock_ip(fd, libc::getsockname).map(|ip| ip.to_string()).unwrap_or_default()
+pub(crate) fn sock_local_ip(fd: RawFd) -> Option<IpAddr> {
+    sock_ip(fd, libc::getsockname)
 }
 
 /// The address of the other end of a connected socket.

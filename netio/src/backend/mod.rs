@@ -15,6 +15,7 @@ pub(crate) mod epoll;
 pub(crate) mod uring;
 
 use sluice_engine::time::Now;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 
 /// One operation. Every pointer must stay valid until the operation's completion has been
@@ -93,6 +94,37 @@ pub(crate) trait Backend {
 
     /// The clocks, read once per turn of the loop.
     fn now(&self) -> Now;
+
+    /// A TCP socket to connect to `to`, bound to `from` when given (a VMTA's
+    /// `smtp-source-host`), with TCP_NODELAY.
+    fn tcp_socket(&mut self, to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<RawFd> {
+        let fd = crate::sys::tcp_socket(to)?;
+        if let Some(ip) = from {
+            let (addr, len) = crate::sys::sockaddr(SocketAddr::new(ip, 0));
+            // SAFETY: bind on our fresh descriptor with a valid address.
+            if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) } != 0 {
+                let e = std::io::Error::last_os_error();
+                crate::sys::close(fd);
+                return Err(e);
+            }
+        }
+        Ok(fd)
+    }
+
+    /// A socket an `Accept` gave: TCP_NODELAY (replies are small and must not wait).
+    fn accepted(&mut self, fd: RawFd) {
+        crate::sys::set_nodelay(fd);
+    }
+
+    /// Closes a socket no operation uses any more.
+    fn close(&mut self, fd: RawFd) {
+        crate::sys::close(fd);
+    }
+
+    /// The local address of a connected socket (once per connection: a system call).
+    fn local_ip(&self, fd: RawFd) -> Option<IpAddr> {
+        crate::sys::sock_local_ip(fd)
+    }
 }
 
 /// Which backend the shards run: the configuration's `io-backend`, with `auto` settled by

@@ -30,6 +30,8 @@ pub(super) struct InConn {
     pub sock: Sock,
     pub m: Incoming,
     pub client_ip: IpAddr,
+    /// The address it came in on (`getsockname` once, at accept).
+    pub local_ip: String,
     /// The message on its way to disk (its write buffers live here until the spool answers).
     pub store: Option<Box<Store>>,
     /// A message out for authentication checks (its data is with the control plane).
@@ -63,7 +65,7 @@ impl<B: Backend> Shard<B> {
     pub(super) fn on_accept(&mut self, i: usize, result: i32) {
         if self.stopping_since_ms.is_some() {
             if result >= 0 {
-                crate::sys::close(result); // accepted after shutdown began
+                self.io.close(result); // accepted after shutdown began
             }
             return;
         }
@@ -87,14 +89,16 @@ impl<B: Backend> Shard<B> {
         } else if !policy.always_allow_relaying && self.erring_source(ip) {
             session.refuse_erring_source();
         }
-        crate::sys::set_nodelay(fd);
+        self.io.accepted(fd);
+        // Where it came in (accounting's `dlvDestinationIp` of its `r` rows): asked once.
+        let local_ip = self.io.local_ip(fd).map(|ip| ip.to_string()).unwrap_or_default();
         let tls = self.shared.tls.clone();
         let transcript = crate::conn::Transcript::new(policy.log, format!("in {ip}"));
         let m = match Incoming::new(session, tls, immediate_tls, transcript) {
             Ok(m) => m,
             Err(e) => {
                 tracing::error!(shard = self.id, error = %e, "cannot start TLS");
-                crate::sys::close(fd);
+                self.io.close(fd);
                 self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
                 return;
             }
@@ -103,6 +107,7 @@ impl<B: Backend> Shard<B> {
             sock: Sock::new(fd),
             m,
             client_ip: ip,
+            local_ip,
             store: None,
             verifying: None,
             reporting: false,
@@ -119,7 +124,7 @@ impl<B: Backend> Shard<B> {
             None => {
                 tracing::error!(shard = self.id, "connection slots exhausted");
                 self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
-                crate::sys::close(fd);
+                self.io.close(fd);
             }
         }
     }
@@ -339,7 +344,8 @@ impl<B: Backend> Shard<B> {
     pub(super) fn close_in(&mut self, slot: u32) {
         let c = self.ins.remove(slot);
         assert!(c.sock.op.is_none(), "closing a connection with an operation in flight");
-        crate::sys::close(c.sock.fd);
+        let fd = c.sock.fd;
+        self.io.close(fd);
         self.shared.core.inbound_connections.fetch_sub(1, Ordering::SeqCst);
         if c.m.session().closed_for_errors() {
             let counts = &self.shared.core.error_sessions;
@@ -788,7 +794,7 @@ impl Origin {
             src_mta: format!("{helo} ({})", c.client_ip),
             helo: helo.to_string(),
             source_ip: c.client_ip.to_string(),
-            destination_ip: crate::sys::local_ip(c.sock.fd),
+            destination_ip: c.local_ip.clone(),
             smtp_user: auth_user.unwrap_or_default().to_string(),
         }
     }

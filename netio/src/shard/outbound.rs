@@ -9,7 +9,7 @@ use crate::backend::{Backend, Sub};
 use crate::conn::outbound::{OutEvent, Outgoing};
 use crate::conn::Want;
 use crate::mailbox::{MsgRef, ShardMsg};
-use crate::sys::{local_ip, sockaddr};
+use crate::sys::sockaddr;
 use crate::ControlRequest;
 use sluice_engine::prepare::{for_transaction, Offered, Transaction};
 use sluice_engine::queue::{AttemptInfo, Job};
@@ -146,7 +146,7 @@ impl<B: Backend> Shard<B> {
         let (gen, now_ms) = (self.outs.gen(slot), self.now.ms());
         let o = self.outs.get_mut(slot);
         if o.sock.fd >= 0 {
-            crate::sys::close(o.sock.fd); // the failed connect is complete
+            self.io.close(o.sock.fd); // the failed connect is complete
             o.sock.fd = -1;
         }
         // Through proxies, the same hop again by the next proxy when connecting to the one
@@ -197,20 +197,18 @@ impl<B: Backend> Shard<B> {
             },
         };
         *o.addr = sockaddr(to);
-        let fd = match crate::sys::tcp_socket(to) {
+        // With the VMTA's `smtp-source-host`: connect from that address.
+        let fd = match self.io.tcp_socket(to, bind) {
             Ok(fd) => fd,
-            Err(e) => return self.out_fail(slot, Reply::new(451, format!("4.4.1 cannot create socket: {e}"))),
-        };
-        if let Some(ip) = bind {
-            // The VMTA's `smtp-source-host`: connect from this address.
-            let (addr, len) = sockaddr(std::net::SocketAddr::new(ip, 0));
-            // SAFETY: bind on our fresh descriptor with a valid address.
-            if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) } != 0 {
-                let e = std::io::Error::last_os_error();
-                crate::sys::close(fd);
-                return self.out_fail(slot, Reply::new(451, format!("4.4.1 cannot bind source address {ip}: {e}")));
+            Err(e) => {
+                let why = match bind {
+                    Some(ip) => format!("4.4.1 cannot bind source address {ip}: {e}"),
+                    None => format!("4.4.1 cannot create socket: {e}"),
+                };
+                return self.out_fail(slot, Reply::new(451, why));
             }
-        }
+        };
+        let o = self.outs.get_mut(slot);
         o.sock.fd = fd;
         o.sock.op = Some(Op::OutConnect);
         o.sock.deadline_ms = now_ms + ms(o.plan.smtp.connect_timeout);
@@ -234,7 +232,7 @@ impl<B: Backend> Shard<B> {
         }
         match o.via.map(|i| &o.plan.proxies[i]) {
             None => {
-                o.info.source_ip = local_ip(o.sock.fd);
+                o.info.source_ip = self.io.local_ip(o.sock.fd).map(|ip| ip.to_string()).unwrap_or_default();
                 o.m.note(&format!(
                     "connected to {} ({}) from {}",
                     o.info.mx_host, o.info.destination_ip, o.info.source_ip
@@ -588,7 +586,7 @@ impl<B: Backend> Shard<B> {
         o.m.note("closed");
         assert!(o.sock.op.is_none(), "closing a connection with an operation in flight");
         if o.sock.fd >= 0 {
-            crate::sys::close(o.sock.fd);
+            self.io.close(o.sock.fd);
         }
         self.out_slots.remove(&o.conn);
     }
