@@ -82,7 +82,7 @@ fn recovery(c: &mut Criterion) {
     }
     let before = rss_kib();
     let start = Instant::now();
-    let recovered = sluice_netio::store::recover(&spool).unwrap();
+    let recovered = sluice_netio::spool_files::recover(&spool).unwrap();
     let elapsed = start.elapsed();
     let after = rss_kib();
     assert_eq!(recovered.messages.len(), n, "every message is found");
@@ -106,7 +106,7 @@ fn recovery(c: &mut Criterion) {
     let mut group = c.benchmark_group("recovery");
     group.sample_size(10);
     group.bench_function(format!("recover_{n}_messages"), |b| {
-        b.iter(|| sluice_netio::store::recover(&spool).unwrap().messages.len())
+        b.iter(|| sluice_netio::spool_files::recover(&spool).unwrap().messages.len())
     });
     group.finish();
 }

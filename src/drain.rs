@@ -42,7 +42,7 @@ fn drain(dir: &Path, responder: &Responder) -> Result<usize, String> {
     if !dir.exists() {
         return Ok(0);
     }
-    let recovered = sluice_netio::store::recover(dir).map_err(|e| format!("cannot read it: {e}"))?;
+    let recovered = sluice_netio::spool_files::recover(dir).map_err(|e| format!("cannot read it: {e}"))?;
     let mut waits = Vec::new();
     for (n, m) in recovered.messages.iter().enumerate() {
         let view = m.segment.message(m.offset);

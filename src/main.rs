@@ -159,8 +159,8 @@ pub(crate) fn load_settings(config: Arc<Config>) -> Result<sluice_netio::Setting
 fn check_spool_room(config: &Config, file: &str) -> Result<(), ConfigError> {
     let shards = config.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())) as u64;
     let segment = config.spool_segment_bytes;
-    let need = sluice_netio::store::spool_bytes_min(segment, shards);
-    let Some(room) = sluice_netio::store::filesystem_bytes(&config.spool_dir) else { return Ok(()) };
+    let need = sluice_netio::spool_files::spool_bytes_min(segment, shards);
+    let Some(room) = sluice_netio::spool_files::filesystem_bytes(&config.spool_dir) else { return Ok(()) };
     if room >= need {
         return Ok(());
     }
@@ -175,7 +175,7 @@ fn check_spool_room(config: &Config, file: &str) -> Result<(), ConfigError> {
             mib(room),
             mib(need),
             mib(segment),
-            mib(sluice_netio::store::journal_bytes(segment)),
+            mib(sluice_netio::spool_files::journal_bytes(segment)),
         ),
         hint: format!(
             "lower spool-segment-size (at most {} MiB fits here, with room to spare for new segments), \

@@ -10,7 +10,7 @@ pub mod guard;
 pub(crate) mod mailbox;
 mod park;
 mod shard;
-pub mod store;
+pub mod spool_files;
 pub mod suppress;
 mod sys;
 pub mod tls;
@@ -335,7 +335,11 @@ impl Responder {
 
 /// A recovered message's pending recipients, grouped by destination domain, as backlog
 /// entries (addresses are read back from the segment when a job enters its queue's window).
-fn recovered_jobs(segment: &Arc<store::Segment>, offset: u64, pending: &[u32]) -> Vec<(String, String, park::Parked)> {
+fn recovered_jobs(
+    segment: &Arc<spool_files::Segment>,
+    offset: u64,
+    pending: &[u32],
+) -> Vec<(String, String, park::Parked)> {
     let view = segment.message(offset);
     let env = &view.envelope;
     let vmta = if env.vmta.is_empty() { sluice_engine::route::DEFAULT_VMTA } else { env.vmta };
@@ -386,7 +390,7 @@ impl Runtime {
         let shards = config.shards.unwrap_or(cores.len().max(1)) as u32;
         let spool = config.spool_dir.clone();
         let recovery_started = std::time::Instant::now();
-        let recovered = store::recover(&spool).map_err(|e| StartError::Spool(spool.clone(), e))?;
+        let recovered = spool_files::recover(&spool).map_err(|e| StartError::Spool(spool.clone(), e))?;
         if !recovered.messages.is_empty() {
             tracing::info!(
                 messages = recovered.messages.len(),
@@ -430,7 +434,7 @@ impl Runtime {
         // backlog is not held in memory twice on its way to the shards.
         let mut initial: Vec<shard::Recovered> = (0..shards).map(|_| Default::default()).collect();
         for id in 0..shards {
-            let dir = store::shard_dir(&spool, id);
+            let dir = spool_files::shard_dir(&spool, id);
             std::fs::create_dir_all(&dir).map_err(|e| StartError::Spool(dir, e))?;
         }
         for m in recovered.messages {
@@ -441,7 +445,7 @@ impl Runtime {
                 match queues.get_mut(&(domain.clone(), vmta.clone())) {
                     Some(jobs) => jobs.push_back(job),
                     None => {
-                        let mut jobs = park::ParkedList::new(store::shard_dir(&spool, owner));
+                        let mut jobs = park::ParkedList::new(spool_files::shard_dir(&spool, owner));
                         jobs.push_back(job);
                         queues.insert((domain, vmta), jobs);
                     }

@@ -2,7 +2,7 @@
 //! an eventfd the shard's ring keeps a read armed on. A wake is written only when the shard
 //! may be asleep (the `notified` flag), so a burst of hand-offs costs one syscall.
 
-use crate::store::Segment;
+use crate::spool_files::Segment;
 use crossbeam_queue::ArrayQueue;
 use sluice_engine::queue::Job;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

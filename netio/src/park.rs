@@ -9,7 +9,7 @@
 //! stay in memory; when it cannot be read, they wait for the next try.
 
 use crate::mailbox::MsgRef;
-use crate::store::Segment;
+use crate::spool_files::Segment;
 use sluice_engine::queue::{Contents, Job, Recipient};
 use sluice_engine::sched::backlog::Backlog;
 use std::collections::{HashMap, VecDeque};
@@ -377,8 +377,10 @@ mod tests {
     /// A segment with three two-recipient messages, of jobs "a", "b" and none.
     fn segment(dir: &Path) -> (Arc<Segment>, Vec<u64>) {
         let seg = Segment::create(dir, 0, 1, 1 << 16).unwrap();
-        let records: Vec<Vec<u8>> =
-            ["a", "b", ""].iter().map(|job| crate::store::test_record(vec!["r0@y.test", "r1@y.test"], job)).collect();
+        let records: Vec<Vec<u8>> = ["a", "b", ""]
+            .iter()
+            .map(|job| crate::spool_files::test_record(vec!["r0@y.test", "r1@y.test"], job))
+            .collect();
         let offsets = seg.write_records_for_test(&records);
         (seg, offsets)
     }

@@ -494,7 +494,7 @@ impl World {
             }
             let Some(SpoolEvent::Stored { ticket, durable, at, .. }) = relay.spool.poll_event() else { return any };
             any = true;
-            self.stored(relay, ticket, durable, at);
+            self.on_spooled(relay, ticket, durable, at);
         }
     }
 
@@ -583,7 +583,7 @@ impl World {
     }
 
     /// The spool answered for an injector's message.
-    fn stored(&mut self, relay: &mut Relay, ticket: u64, durable: bool, at: Option<(Arc<SimSeg>, u64)>) {
+    fn on_spooled(&mut self, relay: &mut Relay, ticket: u64, durable: bool, at: Option<(Arc<SimSeg>, u64)>) {
         let s = relay.stores.remove(&ticket).expect("a store in flight");
         let conn = relay.inbound[s.slot].as_mut().expect("a storing connection stays");
         assert_eq!(conn.storing.take(), Some(ticket));
@@ -797,12 +797,12 @@ impl World {
         }
         let c = relay.inbound[slot].as_mut().expect("live");
         if c.relay.advance(self.now) == Some(InEvent::Message) {
-            self.store_message(relay, slot);
+            self.on_message(relay, slot);
         }
     }
 
     /// The relay's session completed a message: it goes to the spool machine.
-    fn store_message(&mut self, relay: &mut Relay, slot: usize) {
+    fn on_message(&mut self, relay: &mut Relay, slot: usize) {
         let c = relay.inbound[slot].as_mut().expect("live");
         let m = c.relay.session_mut().take_message();
         let ticket = relay.next_ticket;

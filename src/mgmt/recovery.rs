@@ -31,7 +31,7 @@ pub fn serve_recovery(
             let head = String::from_utf8_lossy(&buf[..n]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let allowed = config.mgmt.as_ref().is_some_and(|m| m.access_of(peer.ip()) >= Access::Monitor);
-            let p = &sluice_netio::store::RECOVERY;
+            let p = &sluice_netio::spool_files::RECOVERY;
             let (status, body) = if !allowed {
                 (403, json!({ "error": format!("{} has no access (http-access)", peer.ip()) }))
             } else if path.starts_with("/status") {

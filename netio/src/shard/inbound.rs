@@ -2,7 +2,7 @@
 //! (`crate::conn::inbound`), and what happens to a complete message before the spool takes it
 //! — VMTA and job, feedback and bounce reports, inbound authentication checks, DKIM.
 
-use super::spool_io::Store;
+use super::spool_io::Spooling;
 use super::{cancel_sock, ud, Op, Shard, Sock};
 use crate::admin::ShardStats;
 use crate::backend::{Backend, Sub};
@@ -33,7 +33,7 @@ pub(super) struct InConn {
     /// The address it came in on (`getsockname` once, at accept).
     pub local_ip: String,
     /// The message on its way to disk (its write buffers live here until the spool answers).
-    pub store: Option<Box<Store>>,
+    pub store: Option<Box<Spooling>>,
     /// A message out for authentication checks (its data is with the control plane).
     verifying: Option<Box<(Message, String)>>,
     /// A complaint report whose suppression entry is being written: the reply waits for it.
@@ -290,7 +290,7 @@ impl<B: Backend> Shard<B> {
         }
         if event == Some(InEvent::Message) {
             // Stores the message, or refuses it (then the reply is in the session's output).
-            self.store_message(slot);
+            self.on_message(slot);
         }
     }
 
@@ -393,7 +393,7 @@ impl<B: Backend> Shard<B> {
 
     /// A complete message: its VMTA and job, then reports taken out, inbound checks asked
     /// for, or straight to signing and the spool.
-    fn store_message(&mut self, slot: u32) {
+    fn on_message(&mut self, slot: u32) {
         let now = self.now;
         let shared = self.shared.clone();
         let config = &shared.config;
@@ -449,7 +449,7 @@ impl<B: Backend> Shard<B> {
         if policy.checks_inbound() {
             return self.verify(slot, m, vmta, policy);
         }
-        self.spool_message(slot, m, vmta, String::new());
+        self.sign_and_spool(slot, m, vmta, String::new());
     }
 
     /// A mail-merge transaction (`XMRG` ... `XPRT n LAST`): a message for each recipient, its
@@ -494,7 +494,7 @@ impl<B: Backend> Shard<B> {
             if !prepare::sign(&shared.dkim, config, &one.recipients, &vmta, &mut one.data) {
                 ShardStats::add(&self.stats.dkim_unsignable, 1);
             }
-            let mut store = Store::boxed(one.data, one.mail_from, one.recipients, now, vmta);
+            let mut store = Spooling::boxed(one.data, one.mail_from, one.recipients, now, vmta);
             origin.stamp(&mut store);
             store.job_id = one.job_id;
             store.envid = one.envid;
@@ -512,7 +512,7 @@ impl<B: Backend> Shard<B> {
 
     /// One mail-merge message is durable (`id`) or could not be stored; the last one answers
     /// the client: 250 when all are on disk (never before), else 451 saying how many are.
-    pub(super) fn merge_stored(&mut self, slot: u32, gen: u16, id: Option<String>) {
+    pub(super) fn merge_spooled(&mut self, slot: u32, gen: u16, id: Option<String>) {
         let Some(c) = self.ins.get_gen(slot, gen) else { return }; // the client left meanwhile
         if c.merge_pending == 0 {
             return;
@@ -623,14 +623,14 @@ impl<B: Backend> Shard<B> {
         m.data = headers;
         m.data.extend_from_slice(&data);
         // Signing reads the client's message: a panic there ends this connection only.
-        if let Err(why) = crate::guard::isolated(|| self.spool_message(slot, m, vmta, summary)) {
+        if let Err(why) = crate::guard::isolated(|| self.sign_and_spool(slot, m, vmta, summary)) {
             self.in_panicked(slot, gen, why);
         }
         self.in_drive(slot);
     }
 
     /// Signs (DKIM) and spools an accepted message; the reply waits for its fsync.
-    fn spool_message(&mut self, slot: u32, mut m: Message, vmta: String, auth: String) {
+    fn sign_and_spool(&mut self, slot: u32, mut m: Message, vmta: String, auth: String) {
         // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
         if !prepare::sign(&self.shared.dkim, &self.shared.config, &m.recipients, &vmta, &mut m.data) {
             ShardStats::add(&self.stats.dkim_unsignable, 1);
@@ -638,7 +638,7 @@ impl<B: Backend> Shard<B> {
         let gen = self.ins.gen(slot);
         let c = self.ins.get_mut(slot);
         let origin = Origin::of(c, &m.helo, m.auth_user.as_deref());
-        let mut store = Store::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
+        let mut store = Spooling::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
         origin.stamp(&mut store);
         store.auth_results = auth;
         store.job_id = m.job_id;
@@ -647,18 +647,18 @@ impl<B: Backend> Shard<B> {
         store.rcpt_dsn = m.rcpt_dsn;
         let client_ip = c.client_ip;
         let ticket = (gen as u64) << 32 | slot as u64;
-        self.submit_store(&mut store, client_ip, ticket, Vec::new());
+        self.place_record(&mut store, client_ip, ticket, Vec::new());
         self.ins.get_mut(slot).store = Some(store);
     }
 
     /// The spool answered for the message on `slot`: the client's reply, and the message's
     /// jobs to their queues.
-    pub(super) fn stored(
+    pub(super) fn on_spooled(
         &mut self,
         slot: u32,
         gen: u16,
         durable: bool,
-        at: Option<(std::sync::Arc<crate::store::Segment>, u64)>,
+        at: Option<(std::sync::Arc<crate::spool_files::Segment>, u64)>,
     ) {
         let c = self.ins.get_gen(slot, gen).expect("a storing connection stays until the spool answers");
         let store = c.store.take().expect("a store in progress");
@@ -669,7 +669,7 @@ impl<B: Backend> Shard<B> {
         c.m.message_stored(durable, &queue_id);
         if let (true, Some((segment, offset))) = (durable, at) {
             self.received(&store);
-            self.queue_stored(&store, segment, offset);
+            self.queue_spooled(&store, segment, offset);
         }
         let c = self.ins.get_mut(slot);
         c.m.session_mut().recycle_data_buffer(store.data);
@@ -677,7 +677,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// A durable message: its `r` records and the counters.
-    pub(super) fn received(&mut self, store: &Store) {
+    pub(super) fn received(&mut self, store: &Spooling) {
         let size = store.data.len() as u64;
         ShardStats::add(&self.stats.msgs_in, 1);
         ShardStats::add(&self.stats.rcpts_in, store.recipients.len() as u64);
@@ -799,7 +799,7 @@ impl Origin {
         }
     }
 
-    fn stamp(&self, store: &mut Store) {
+    fn stamp(&self, store: &mut Spooling) {
         store.src_mta.clone_from(&self.src_mta);
         store.helo.clone_from(&self.helo);
         store.rcv_source_ip.clone_from(&self.source_ip);

@@ -16,7 +16,7 @@ use crate::backend::{Backend, Sub};
 use crate::faults::{Faults, Io};
 use crate::mailbox::{MsgRef, ShardMsg};
 use crate::park::ParkedList;
-use crate::store::{self, JournalFile, Segment};
+use crate::spool_files::{self, JournalFile, Segment};
 use crate::{ControlRequest, Shared};
 use inbound::InConn;
 use outbound::OutConn;
@@ -182,10 +182,10 @@ impl<B: Backend> Shard<B> {
         old_journals: Vec<OldJournal>,
         next_seq: u64,
     ) -> std::io::Result<Shard<B>> {
-        let dir = store::shard_dir(&shared.config.spool_dir, id);
+        let dir = spool_files::shard_dir(&shared.config.spool_dir, id);
         std::fs::create_dir_all(&dir)?;
         let segment_bytes = shared.config.spool_segment_bytes;
-        let spool = Spool::new(id, segment_bytes, store::journal_bytes(segment_bytes), next_seq, old_journals);
+        let spool = Spool::new(id, segment_bytes, spool_files::journal_bytes(segment_bytes), next_seq, old_journals);
         let now = io.now();
         let stats = shared.core.stats[id as usize].clone();
         let backlog_dir = dir.clone();

@@ -7,7 +7,7 @@ use super::{ud, Op, Shard};
 use crate::admin::{Injection, ShardStats};
 use crate::backend::{Backend, Sub};
 use crate::mailbox::MsgRef;
-use crate::store::{JournalFile, Segment};
+use crate::spool_files::{JournalFile, Segment};
 use sluice_engine::bounce::dsn;
 use sluice_engine::prepare::{self, Prepared, Way};
 use sluice_engine::queue::{Job, Recipient};
@@ -28,7 +28,7 @@ const LOCAL_RETRY_MS: u64 = 1_000;
 
 /// An accepted message on its way to disk: the bytes of its record (head, data, tail), which
 /// stay here, boxed, until the spool answers.
-pub(super) struct Store {
+pub(super) struct Spooling {
     head: Vec<u8>,
     pub data: Vec<u8>,
     /// After the data: the job id and the extras (spool format versions 2 and 3).
@@ -61,7 +61,7 @@ pub(super) struct Store {
     pub rcpt_dsn: Vec<(u32, u8, String)>,
 }
 
-impl Store {
+impl Spooling {
     /// A message to spool: its data (transparency form), envelope and VMTA; what the `r`
     /// records say of its origin is empty until set.
     pub fn boxed(
@@ -70,8 +70,8 @@ impl Store {
         recipients: Vec<String>,
         queued_unix_ms: u64,
         vmta: String,
-    ) -> Box<Store> {
-        Box::new(Store {
+    ) -> Box<Spooling> {
+        Box::new(Spooling {
             head: Vec::new(),
             data,
             tail: Vec::new(),
@@ -101,7 +101,7 @@ impl Store {
 /// reports are journaled only once it is durable: a crash before then bounces, and reports,
 /// them again), or a message injected over HTTP (told once it is durable, or refused).
 pub(super) struct LocalMessage {
-    store: Box<Store>,
+    store: Box<Spooling>,
     /// Who it came from: an HTTP injection's client; unspecified for messages made here.
     client_ip: IpAddr,
     /// The outcomes to journal once it is durable (with the spool while it is in flight).
@@ -129,9 +129,9 @@ pub(super) struct Locals {
 
 impl<B: Backend> Shard<B> {
     /// Encodes a message's record and hands it to the spool machine under `ticket`.
-    pub(super) fn submit_store(
+    pub(super) fn place_record(
         &mut self,
-        store: &mut Store,
+        store: &mut Spooling,
         client_ip: IpAddr,
         ticket: u64,
         after: Vec<(Outcome, Arc<Segment>)>,
@@ -162,7 +162,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// The store behind a spool ticket (a connection's, or a local message's).
-    fn store_of(&mut self, ticket: u64) -> &mut Store {
+    fn spooling_of(&mut self, ticket: u64) -> &mut Spooling {
         if ticket & LOCAL_TICKET != 0 {
             return &mut self
                 .local
@@ -197,9 +197,9 @@ impl<B: Backend> Shard<B> {
             let Some(SpoolEvent::Stored { ticket, durable, at, after }) = self.spool.poll_event() else { return any };
             any = true;
             if ticket & LOCAL_TICKET != 0 {
-                self.local_stored(ticket & !LOCAL_TICKET, durable, at, after);
+                self.local_spooled(ticket & !LOCAL_TICKET, durable, at, after);
             } else {
-                self.stored((ticket & 0xffff_ffff) as u32, (ticket >> 32) as u16, durable, at);
+                self.on_spooled((ticket & 0xffff_ffff) as u32, (ticket >> 32) as u16, durable, at);
             }
         }
     }
@@ -216,11 +216,11 @@ impl<B: Backend> Shard<B> {
                 self.spool.segment_created(seq, created.ok(), now_ms);
             }
             SpoolOp::Write { ticket, segment, offset } => {
-                let store = self.store_of(ticket);
+                let store = self.spooling_of(ticket);
                 store.segment = Some(segment);
                 store.offset = offset;
                 store.written = Resume::of([&store.head, &store.data, &store.tail]);
-                self.submit_store_write(ticket);
+                self.write_record(ticket);
             }
             SpoolOp::SyncSegment { segment } if sync => {
                 self.submit(Sub::Fdatasync { fd: segment.fd() }, ud(Op::SegSync, 0, segment.seq));
@@ -254,14 +254,14 @@ impl<B: Backend> Shard<B> {
             SpoolOp::SyncJournal { journal } => self.spool.journal_synced(journal, true, now_ms),
             SpoolOp::DeleteJournal { journal } => {
                 self.journals.remove(&journal);
-                crate::store::delete_journal(&self.shared.config.spool_dir, journal);
+                crate::spool_files::delete_journal(&self.shared.config.spool_dir, journal);
             }
         }
     }
 
     /// Writes what is left of a placed message (all of it, or the rest after a short write).
-    fn submit_store_write(&mut self, ticket: u64) {
-        let store = self.store_of(ticket);
+    fn write_record(&mut self, ticket: u64) {
+        let store = self.spooling_of(ticket);
         let fd = store.segment.as_ref().expect("placed").fd();
         // The store is boxed: these pointers stay valid until the write completes.
         store.iov = store
@@ -275,10 +275,10 @@ impl<B: Backend> Shard<B> {
 
     /// A segment write completed: a short one is resubmitted for the rest; a finished or
     /// failed one goes to the spool machine.
-    fn store_write_done(&mut self, ticket: u64, result: i32) {
-        let store = self.store_of(ticket);
+    fn record_written(&mut self, ticket: u64, result: i32) {
+        let store = self.spooling_of(ticket);
         if result > 0 && !store.written.advance(result as usize) {
-            return self.submit_store_write(ticket);
+            return self.write_record(ticket);
         }
         let ok = result > 0 && store.written.is_done();
         if !ok {
@@ -289,11 +289,11 @@ impl<B: Backend> Shard<B> {
     }
 
     pub(super) fn on_seg_write(&mut self, gen: u16, slot: u32, result: i32) {
-        self.store_write_done((gen as u64) << 32 | slot as u64, result);
+        self.record_written((gen as u64) << 32 | slot as u64, result);
     }
 
     pub(super) fn on_local_write(&mut self, id: u64, result: i32) {
-        self.store_write_done(LOCAL_TICKET | id, result);
+        self.record_written(LOCAL_TICKET | id, result);
     }
 
     pub(super) fn on_seg_sync(&mut self, seq: u64, result: i32) {
@@ -332,7 +332,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// A durable message's jobs, one per recipient domain, to their queues.
-    pub(super) fn queue_stored(&mut self, store: &Store, segment: Arc<Segment>, offset: u64) {
+    pub(super) fn queue_spooled(&mut self, store: &Spooling, segment: Arc<Segment>, offset: u64) {
         let msg = MsgRef { segment, offset };
         let mut jobs: Vec<(String, Job<MsgRef>)> = Vec::new();
         // `verp-default`: a job per recipient, each with its own return path.
@@ -397,7 +397,7 @@ impl<B: Backend> Shard<B> {
         let vmta = if view.envelope.vmta.is_empty() { DEFAULT_VMTA } else { view.envelope.vmta };
         // A DSN has the null sender: nothing bounces back.
         let to = view.envelope.mail_from.to_string();
-        let store = Store::boxed(data, String::new(), vec![to], now.unix_ms, vmta.to_string());
+        let store = Spooling::boxed(data, String::new(), vec![to], now.unix_ms, vmta.to_string());
         tracing::info!(shard = self.id, to = %store.recipients[0], recipients = failed.len(), "making a DSN");
         let seg = &msg.segment;
         let after = rcpts
@@ -467,7 +467,7 @@ impl<B: Backend> Shard<B> {
                 (vmta, inj.src_mta.split(' ').next().unwrap_or("http").to_string())
             }
         };
-        let mut store = Store::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
+        let mut store = Spooling::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
         store.src_mta = inj.src_mta;
         store.helo = helo;
         store.rcv_source_ip = inj.client_ip.to_string();
@@ -483,9 +483,11 @@ impl<B: Backend> Shard<B> {
         let id = self.local.next;
         let client_ip = local.client_ip;
         let after = std::mem::take(&mut local.after);
-        let mut store =
-            std::mem::replace(&mut local.store, Store::boxed(Vec::new(), String::new(), Vec::new(), 0, String::new()));
-        self.submit_store(&mut store, client_ip, LOCAL_TICKET | id, after);
+        let mut store = std::mem::replace(
+            &mut local.store,
+            Spooling::boxed(Vec::new(), String::new(), Vec::new(), 0, String::new()),
+        );
+        self.place_record(&mut store, client_ip, LOCAL_TICKET | id, after);
         local.store = store;
         self.local.writing.insert(id, local);
     }
@@ -493,7 +495,7 @@ impl<B: Backend> Shard<B> {
     /// The spool answered for a local message: durable, it is queued for delivery (an
     /// injection's client is told its id); refused, a DSN is offered again shortly and an
     /// injection's client told to try again.
-    fn local_stored(
+    fn local_spooled(
         &mut self,
         id: u64,
         durable: bool,
@@ -513,10 +515,10 @@ impl<B: Backend> Shard<B> {
                     }
                     Notify::Merge { slot, gen } => {
                         self.received(&local.store);
-                        self.merge_stored(slot, gen, Some(id));
+                        self.merge_spooled(slot, gen, Some(id));
                     }
                 }
-                self.queue_stored(&local.store, segment, offset);
+                self.queue_spooled(&local.store, segment, offset);
             }
             _ => match notify {
                 Notify::Nobody => {
@@ -526,14 +528,14 @@ impl<B: Backend> Shard<B> {
                 Notify::Caller(tx) => {
                     let _ = tx.send(Err("the spool cannot take it now (disk full or failing); try again".into()));
                 }
-                Notify::Merge { slot, gen } => self.merge_stored(slot, gen, None),
+                Notify::Merge { slot, gen } => self.merge_spooled(slot, gen, None),
             },
         }
     }
 
     /// A mail-merge message submitted by `submit_merge` (spool_io's caller) is on disk, or
     /// failed; `write_local` is how each goes.
-    pub(super) fn write_merge_message(&mut self, store: Box<Store>, client_ip: IpAddr, slot: u32, gen: u16) {
+    pub(super) fn write_merge_message(&mut self, store: Box<Spooling>, client_ip: IpAddr, slot: u32, gen: u16) {
         self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Notify::Merge { slot, gen } });
     }
 
