@@ -239,26 +239,39 @@ impl<B: Backend> Shard<B> {
 
     /// The shard loop: the one unbounded loop, ending only at shutdown.
     pub fn run(&mut self) {
+        self.arm();
+        while self.turn() {}
+        self.stop();
+    }
+
+    /// Arms the listeners, the mailbox and the timer.
+    fn arm(&mut self) {
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
         self.arm_event();
         self.arm_tick();
-        loop {
-            // Drain the completion queue first; handle afterwards, never re-entrantly.
-            self.io.wait(&mut self.completions);
-            self.now = self.io.now();
-            let completions = std::mem::take(&mut self.completions);
-            for &(user_data, result) in &completions {
-                self.complete(user_data, result);
-            }
-            self.completions = completions;
-            self.completions.clear();
-            self.after_completions();
-            if self.finished() {
-                break;
-            }
+    }
+
+    /// One turn of the loop: waits for completions, reads the clock, handles them, runs the
+    /// machines. False once the shard has finished shutting down.
+    fn turn(&mut self) -> bool {
+        // Drain the completion queue first; handle afterwards, never re-entrantly.
+        self.io.wait(&mut self.completions);
+        self.now = self.io.now();
+        let completions = std::mem::take(&mut self.completions);
+        for &(user_data, result) in &completions {
+            self.complete(user_data, result);
         }
+        self.completions = completions;
+        self.completions.clear();
+        self.after_completions();
+        !self.finished()
+    }
+
+    /// After the last turn: the last accounting rows out, and buffers operations may still
+    /// use kept alive.
+    fn stop(&mut self) {
         self.flush_acct(true);
         // In-flight operations may still reference buffers: never free them.
         std::mem::forget(std::mem::take(&mut self.ins));
