@@ -173,94 +173,72 @@ report=$OUT/report.md
     echo
     echo "Machine: $machine. Loadgen: $CONNECTIONS connections, pipelining; both relays fsync their queues."
 } >"$report"
-# This build against an older commit's (built in a worktree), the same load, alternating.
-baseline_compare() {
-    local base=$1 old_bin
-    old_bin=$(build_at "$base")
+# alternate TITLE LABEL_A SETUP_A LABEL_B SETUP_B: RUNS alternating runs of the 1 KiB lab shape,
+# each after its setup function (which sets what start_sluice reads), their rows into the report
+# under TITLE; prints the two medians.
+alternate() {
+    local title=$1 a_label=$2 a_setup=$3 b_label=$4 b_setup=$5
     {
         echo
-        echo "### This build against commit $base (1 KiB, 1 domain, $MESSAGES messages, $RUNS alternating runs)"
+        echo "### $title (1 KiB, 1 domain, $MESSAGES messages, $CONNECTIONS connections, $RUNS alternating runs)"
         echo
-        echo "| run | this msg/s | this CPU µs/msg | $base msg/s | $base CPU µs/msg |"
+        echo "| run | $a_label msg/s | $a_label CPU µs/msg | $b_label msg/s | $b_label CPU µs/msg |"
         echo "|---|---|---|---|---|"
     } >>"$report"
-    : >"$OUT/new.rates"; : >"$OUT/old.rates"
+    : >"$OUT/a.rates"; : >"$OUT/b.rates"
+    local i a_rate a_cpu b_rate b_cpu
     for i in $(seq 1 "$RUNS"); do
-        RELAY_BIN=$BIN; read -r n_rate n_cpu < <(run_one sluice 1K 1 "$MESSAGES")
-        RELAY_BIN=$old_bin; read -r o_rate o_cpu < <(run_one sluice 1K 1 "$MESSAGES")
-        RELAY_BIN=$BIN
-        echo "$n_rate" >>"$OUT/new.rates"; echo "$o_rate" >>"$OUT/old.rates"
-        echo "| $i | $n_rate | $n_cpu | $o_rate | $o_cpu |" >>"$report"
-        echo "run $i: this $n_rate msg/s, $base $o_rate msg/s" >&2
+        "$a_setup"; read -r a_rate a_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        "$b_setup"; read -r b_rate b_cpu < <(run_one sluice 1K 1 "$MESSAGES")
+        echo "$a_rate" >>"$OUT/a.rates"; echo "$b_rate" >>"$OUT/b.rates"
+        echo "| $i | $a_rate | $a_cpu | $b_rate | $b_cpu |" >>"$report"
+        echo "run $i: $a_label $a_rate msg/s, $b_label $b_rate msg/s" >&2
     done
-    local n o
-    n=$(median <"$OUT/new.rates"); o=$(median <"$OUT/old.rates")
-    {
-        echo
-        echo "Median: this build $n msg/s, $base $o msg/s: **$(awk -v a="$n" -v b="$o" 'BEGIN{printf "%.2f", a/b}')×**."
-    } >>"$report"
+    echo "$(median <"$OUT/a.rates") $(median <"$OUT/b.rates")"
+}
+
+# ratio A B: A/B with two decimals.
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", a/b}'; }
+
+# This build against an older commit's (built in a worktree), the same load, alternating.
+baseline_compare() {
+    local base=$1 n o
+    OLD_BIN=$(build_at "$base")
+    this_build() { RELAY_BIN=$BIN; }
+    old_build() { RELAY_BIN=$OLD_BIN; }
+    read -r n o < <(alternate "This build against commit $base" this this_build "$base" old_build)
+    RELAY_BIN=$BIN
+    echo -e "\nMedian: this build $n msg/s, $base $o msg/s: **$(ratio "$n" "$o")×**." >>"$report"
 }
 
 # One host with a <cluster> (fleet limits far above the load, so every message takes a
 # leased token and every connection a leased slot) against the same host without one.
 cluster_compare() {
-    local port=${REDIS_PORT:-6390}
+    local port=${REDIS_PORT:-6390} a f
     redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 &
     local redis_pid=$!
     wait_port "$port"
-    {
-        echo
-        echo "### One host with <cluster> (redis-server on loopback) vs without (1 KiB, 1 domain, $MESSAGES messages, $RUNS alternating runs)"
-        echo
-        echo "| run | without msg/s | without CPU µs/msg | with msg/s | with CPU µs/msg |"
-        echo "|---|---|---|---|---|"
-    } >>"$report"
-    : >"$OUT/alone.rates"; : >"$OUT/fleet.rates"
-    for i in $(seq 1 "$RUNS"); do
-        CLUSTER_CONF=""; CLUSTER_DOMAIN=""
-        read -r a_rate a_cpu < <(run_one sluice 1K 1 "$MESSAGES")
-        CLUSTER_CONF=$(printf '<cluster>\n redis-server 127.0.0.1:%s\n node-name perf\n</cluster>' "$port")
+    CLUSTER_PORT=$port
+    alone() { CLUSTER_CONF=""; CLUSTER_DOMAIN=""; }
+    fleet() {
+        CLUSTER_CONF=$(printf '<cluster>\n redis-server 127.0.0.1:%s\n node-name perf\n</cluster>' "$CLUSTER_PORT")
         CLUSTER_DOMAIN=$(printf 'cluster-max-msg-rate 1000000/s\n cluster-max-smtp-out 1000')
-        read -r f_rate f_cpu < <(run_one sluice 1K 1 "$MESSAGES")
-        CLUSTER_CONF=""; CLUSTER_DOMAIN=""
-        echo "$a_rate" >>"$OUT/alone.rates"; echo "$f_rate" >>"$OUT/fleet.rates"
-        echo "| $i | $a_rate | $a_cpu | $f_rate | $f_cpu |" >>"$report"
-        echo "cluster run $i: without $a_rate msg/s, with $f_rate msg/s" >&2
-    done
+    }
+    read -r a f < <(alternate "One host with <cluster> (redis-server on loopback) vs without" without alone with fleet)
+    alone
     kill "$redis_pid"; wait "$redis_pid" 2>/dev/null || true
-    local a f
-    a=$(median <"$OUT/alone.rates"); f=$(median <"$OUT/fleet.rates")
-    {
-        echo
-        echo "Median: without $a msg/s, with <cluster> $f msg/s: **$(awk -v a="$f" -v b="$a" 'BEGIN{printf "%.2f", a/b}')×**."
-    } >>"$report"
+    echo -e "\nMedian: without $a msg/s, with <cluster> $f msg/s: **$(ratio "$f" "$a")×**." >>"$report"
 }
 
 # The relay on its io_uring backend against its epoll backend (what it runs where io_uring is
 # refused); the load generator and the sink stay on io_uring both times.
 backend_compare() {
-    {
-        echo
-        echo "### io_uring backend vs epoll backend (1 KiB, 1 domain, $MESSAGES messages, $CONNECTIONS connections, $RUNS alternating runs)"
-        echo
-        echo "| run | io_uring msg/s | io_uring CPU µs/msg | epoll msg/s | epoll CPU µs/msg |"
-        echo "|---|---|---|---|---|"
-    } >>"$report"
-    : >"$OUT/uring.rates"; : >"$OUT/epoll.rates"
-    for i in $(seq 1 "$RUNS"); do
-        IO_BACKEND=io_uring; read -r u_rate u_cpu < <(run_one sluice 1K 1 "$MESSAGES")
-        IO_BACKEND=epoll; read -r e_rate e_cpu < <(run_one sluice 1K 1 "$MESSAGES")
-        IO_BACKEND=auto
-        echo "$u_rate" >>"$OUT/uring.rates"; echo "$e_rate" >>"$OUT/epoll.rates"
-        echo "| $i | $u_rate | $u_cpu | $e_rate | $e_cpu |" >>"$report"
-        echo "backend run $i: io_uring $u_rate msg/s, epoll $e_rate msg/s" >&2
-    done
     local u e
-    u=$(median <"$OUT/uring.rates"); e=$(median <"$OUT/epoll.rates")
-    {
-        echo
-        echo "Median: io_uring $u msg/s, epoll $e msg/s: **epoll/io_uring = $(awk -v a="$e" -v b="$u" 'BEGIN{printf "%.2f", a/b}')×** (must be ≥ 0.7×)."
-    } >>"$report"
+    on_io_uring() { IO_BACKEND=io_uring; }
+    on_epoll() { IO_BACKEND=epoll; }
+    read -r u e < <(alternate "io_uring backend vs epoll backend" io_uring on_io_uring epoll on_epoll)
+    IO_BACKEND=auto
+    echo -e "\nMedian: io_uring $u msg/s, epoll $e msg/s: **epoll/io_uring = $(ratio "$e" "$u")×** (must be ≥ 0.7×)." >>"$report"
 }
 
 if [ -n "${BACKENDS_ONLY:-}" ]; then

@@ -341,6 +341,7 @@ fn run(path: Option<&Path>) -> ExitCode {
     };
     tracing::info!(
         shards = runtime.shards,
+        backend = runtime.backend.name(),
         listeners = ?config.listeners,
         spool = %config.spool_dir.display(),
         recovered = runtime.recovered_messages,

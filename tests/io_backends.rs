@@ -14,8 +14,9 @@ const MESSAGES: u64 = 3_000;
 #[test]
 fn refused_io_uring_relays_every_message_on_epoll() {
     let sink = SluiceSink::start(&[], MESSAGES);
+    // `auto` (the default) said outright: whatever backend the other relay tests are run on.
     let body = format!(
-        "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n max-smtp-out 20\n</domain>\n",
+        "io-backend auto\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n max-smtp-out 20\n</domain>\n",
         sink.port
     );
     let mut relay = Relay::prepare(&body, Some(2), &[]);
@@ -38,7 +39,7 @@ fn refused_io_uring_relays_every_message_on_epoll() {
     assert_eq!((rows.len(), ids.len()), (MESSAGES as usize, MESSAGES as usize), "one delivery row per message");
     let log = relay.log();
     assert_eq!(log.matches("io_uring is refused here").count(), 1, "said once, with the reason:\n{}", tail(&log, 20));
-    assert!(log.contains("epoll backend"), "{}", tail(&log, 20));
+    assert!(log.contains("backend=\"epoll\""), "{}", tail(&log, 20));
 }
 
 #[test]
@@ -248,7 +249,7 @@ fn the_shipped_seccomp_profile_runs_sluice_on_io_uring() {
     wait_port(([127, 0, 0, 1], sink_port).into(), Duration::from_secs(10));
     let mgmt = free_port("127.0.0.1");
     let body = format!(
-        "http-mgmt-port 127.0.0.1:{mgmt}\nhttp-access 127.0.0.1 admin\ndomain-key s1,*,{key}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{sink_port}\n dkim-sign yes\n</domain>\n",
+        "io-backend auto\nhttp-mgmt-port 127.0.0.1:{mgmt}\nhttp-access 127.0.0.1 admin\ndomain-key s1,*,{key}\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{sink_port}\n dkim-sign yes\n</domain>\n",
         key = key.display()
     );
     let mut relay = Relay::prepare(&body, Some(2), &[]);
@@ -276,6 +277,7 @@ fn the_shipped_seccomp_profile_runs_sluice_on_io_uring() {
     assert_eq!(code, 0, "{out}");
     assert_eq!(relay.terminate(Duration::from_secs(20)), 0, "a clean stop: {}", tail(&relay.log(), 20));
     let log = relay.log();
+    assert!(log.contains("backend=\"io_uring\""), "on io_uring: {}", tail(&log, 30));
     assert!(!log.contains("io_uring is refused") && !log.contains("Operation not permitted"), "{}", tail(&log, 30));
     let mut sink = sink;
     assert!(sink.wait().unwrap().success());

@@ -195,6 +195,8 @@ pub struct Runtime {
     threads: Vec<std::thread::JoinHandle<()>>,
     pub shards: u32,
     pub recovered_messages: usize,
+    /// The IO backend the shards run on.
+    pub backend: backend::Chosen,
 }
 
 /// A handle the control plane uses to answer shards and to steer them.
@@ -385,7 +387,6 @@ impl Runtime {
         let config = settings.config.clone();
         // The backend before anything else, so a failure says what it is.
         let backend = backend::choose(config.io_backend).map_err(StartError::IoUring)?;
-        tracing::debug!(backend = backend.name(), "IO backend");
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let shards = config.shards.unwrap_or(cores.len().max(1)) as u32;
         let spool = config.spool_dir.clone();
@@ -488,7 +489,7 @@ impl Runtime {
             threads.push(handle);
         }
         let responder = Responder { core, current: Arc::new(std::sync::Mutex::new(shared.clone())) };
-        Ok((Runtime { shared, threads, shards, recovered_messages }, responder))
+        Ok((Runtime { shared, threads, shards, recovered_messages, backend }, responder))
     }
 
     /// Stops accepting, finishes or abandons in-flight work safely, and lets shards exit.

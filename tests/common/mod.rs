@@ -178,12 +178,12 @@ impl Relay {
 
     /// As `start_with_env`, not started yet (`spawn` starts it). With `SLUICE_TEST_IO_BACKEND`
     /// set (`scripts/test` runs the relay tests again with `epoll`), the config names that
-    /// `io-backend`.
+    /// `io-backend` unless `body` names one.
     pub fn prepare(body: &str, shards: Option<u32>, env: &[(&str, &str)]) -> Relay {
         let dir = TempDir::new("relay");
         let port = free_port("127.0.0.1");
         let mut shards_line = shards.map(|n| format!("shards {n}\n")).unwrap_or_default();
-        if let Ok(backend) = std::env::var("SLUICE_TEST_IO_BACKEND") {
+        if let Some(backend) = std::env::var("SLUICE_TEST_IO_BACKEND").ok().filter(|_| !body.contains("io-backend")) {
             shards_line.push_str(&format!("io-backend {backend}\n"));
         }
         let config = format!(
