@@ -3,7 +3,7 @@
 //! and every decision of recovery live in `sluice-spool`; this module owns file descriptors,
 //! mappings and names.
 
-use memmap2::{Mmap, MmapOptions};
+use memmap2::{MmapOptions, MmapRaw};
 use sluice_spool::codec::{self, Decoded, FileHeader, FileKind, MessageView};
 use sluice_spool::{recover, segment_name, JournalId, OldJournal, Outcome, SegmentFile, SegmentLife};
 use std::collections::HashMap;
@@ -55,7 +55,10 @@ pub struct Segment {
     pub seq: u64,
     path: PathBuf,
     file: File,
-    map: Mmap,
+    /// Shared and, for a segment this process created, writable: records are copied in
+    /// (`append`) and made durable with the segment's `fdatasync`, no write call. Only whole
+    /// records are ever read through it (`record`), each after it was written.
+    map: MmapRaw,
     life: SegmentLife,
 }
 
@@ -83,8 +86,9 @@ impl Segment {
             preallocate(&file, size)?;
             file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Segment, shard, seq }), 0)?;
             fsync_dir(dir)?;
-            // SAFETY: the file is ours; other processes must not truncate spool files.
-            let map = unsafe { MmapOptions::new().len(size as usize).map(&file)? };
+            // The file is ours; other processes must not truncate spool files (preallocated:
+            // a page written through the map never waits for room).
+            let map = MmapOptions::new().len(size as usize).map_raw(&file)?;
             Ok(map)
         })();
         match result {
@@ -99,8 +103,7 @@ impl Segment {
     /// Opens a segment found at recovery; the caller adds its owed recipients, then seals it.
     fn open(path: &Path, shard: u32, seq: u64) -> io::Result<Arc<Segment>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        // SAFETY: as in `create`.
-        let map = unsafe { MmapOptions::new().map(&file)? };
+        let map = MmapOptions::new().map_raw_read_only(&file)?;
         Ok(Arc::new(Segment { shard, seq, path: path.to_path_buf(), file, map, life: SegmentLife::default() }))
     }
 
@@ -108,10 +111,42 @@ impl Segment {
         self.file.as_raw_fd()
     }
 
+    /// Copies a record's parts into the mapping at `offset` (where the spool machine placed
+    /// it): false when they do not fit. Durable once the segment's next `fdatasync` returns.
+    pub(crate) fn append(&self, offset: u64, parts: [&[u8]; 3]) -> bool {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let at = offset as usize;
+        if at.checked_add(total).is_none_or(|end| end > self.map.len()) {
+            return false;
+        }
+        let mut to = at;
+        for part in parts {
+            // SAFETY: `at..at + total` is inside the mapping (checked above), past every record
+            // handed out (the spool machine places each record once, after the previous), so no
+            // reference into it exists; the map is writable (`create`: only created segments
+            // take records).
+            unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.map.as_mut_ptr().add(to), part.len()) };
+            to += part.len();
+        }
+        true
+    }
+
+    /// The record at `offset`, as long as its header says (never past the mapping).
+    fn record(&self, offset: u64) -> &[u8] {
+        let at = (offset as usize).min(self.map.len());
+        let header_end = (at + codec::RECORD_HEADER_BYTES).min(self.map.len());
+        // SAFETY: inside the mapping; a record is read only once written, and never written
+        // again, so these bytes do not change while the slice lives.
+        let header = unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at), header_end - at) };
+        let end = codec::record_bytes(header).map_or(header_end, |n| (at + n).min(self.map.len()));
+        // SAFETY: as above, `at..end` is inside the mapping and written.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at), end - at) }
+    }
+
     /// The message at `offset` (a record written durably by this process, or recovered:
     /// its checksum was verified then).
     pub fn message(&self, offset: u64) -> MessageView<'_> {
-        match codec::decode_verified_message(&self.map[offset as usize..]) {
+        match codec::decode_verified_message(self.record(offset)) {
             Decoded::Record(view, _) => view,
             other => panic!("segment {}/{} offset {offset}: expected a record, found {other:?}", self.shard, self.seq),
         }
@@ -119,17 +154,17 @@ impl Segment {
 
     /// The data of the message at `offset` (as `message`, reading only that part).
     pub fn data(&self, offset: u64) -> &[u8] {
-        codec::part::data(&self.map[offset as usize..]).unwrap_or_else(|| self.not_a_record(offset))
+        codec::part::data(self.record(offset)).unwrap_or_else(|| self.not_a_record(offset))
     }
 
     /// The client's address and the envelope sender of the message at `offset`.
     pub fn origin(&self, offset: u64) -> (std::net::IpAddr, &str) {
-        codec::part::origin(&self.map[offset as usize..]).unwrap_or_else(|| self.not_a_record(offset))
+        codec::part::origin(self.record(offset)).unwrap_or_else(|| self.not_a_record(offset))
     }
 
     /// The DSN envelope id, job id and extras of the message at `offset`.
     pub fn tail(&self, offset: u64) -> (&str, &str, codec::Extras<'_>) {
-        codec::part::tail(&self.map[offset as usize..]).unwrap_or_else(|| self.not_a_record(offset))
+        codec::part::tail(self.record(offset)).unwrap_or_else(|| self.not_a_record(offset))
     }
 
     fn not_a_record(&self, offset: u64) -> ! {

@@ -383,6 +383,12 @@ pub fn decode_verified_message(buf: &[u8]) -> Decoded<'_> {
     decode(buf, false)
 }
 
+/// The bytes of the record starting with `header` (its first `RECORD_HEADER_BYTES`), header
+/// included, as its header says.
+pub fn record_bytes(header: &[u8]) -> Option<usize> {
+    Some(RECORD_HEADER_BYTES + u32_at(header.get(..RECORD_HEADER_BYTES)?, REC_LEN) as usize)
+}
+
 /// Parts of a verified record, read without decoding the rest (no recipient list built):
 /// the delivery path asks for one part at a time, many times a message.
 pub mod part {

@@ -141,7 +141,6 @@ unsafe fn attempt(sub: &Sub) -> Option<i32> {
                 Sub::SendMsg { fd, msg } => libc::sendmsg(fd, msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
                 Sub::Read { fd, buf, len } => libc::read(fd, buf.cast(), len as usize),
                 Sub::Write { fd, buf, len, offset } => libc::pwrite(fd, buf.cast(), len as usize, offset as i64),
-                Sub::Writev { fd, iov, count, offset } => libc::pwritev(fd, iov, count as i32, offset as i64),
                 Sub::Fdatasync { fd } => libc::fdatasync(fd) as isize,
                 Sub::Connect { fd, .. } => {
                     let mut err: libc::c_int = 0;

@@ -60,12 +60,6 @@ pub(crate) enum Sub {
         len: u32,
         offset: u64,
     },
-    Writev {
-        fd: RawFd,
-        iov: *const libc::iovec,
-        count: u32,
-        offset: u64,
-    },
     Fdatasync {
         fd: RawFd,
     },

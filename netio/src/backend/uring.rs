@@ -71,9 +71,6 @@ impl Backend for Uring {
             }
             Sub::Read { fd, buf, len } => opcode::Read::new(types::Fd(fd), buf, len).build(),
             Sub::Write { fd, buf, len, offset } => opcode::Write::new(types::Fd(fd), buf, len).offset(offset).build(),
-            Sub::Writev { fd, iov, count, offset } => {
-                opcode::Writev::new(types::Fd(fd), iov, count).offset(offset).build()
-            }
             Sub::Fdatasync { fd } => opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build(),
             Sub::Timeout { ms } => {
                 *self.timespec = types::Timespec::new().sec(ms / 1000).nsec((ms % 1000 * 1_000_000) as u32);

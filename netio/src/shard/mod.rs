@@ -57,8 +57,6 @@ enum Op {
     OutConnect,
     OutRecv,
     OutSend,
-    SegWrite,
-    LocalWrite,
     SegSync,
     JnlWrite,
     JnlSync,
@@ -68,15 +66,13 @@ enum Op {
 }
 
 impl Op {
-    const ALL: [Op; 14] = [
+    const ALL: [Op; 12] = [
         Op::Accept,
         Op::InRecv,
         Op::InSend,
         Op::OutConnect,
         Op::OutRecv,
         Op::OutSend,
-        Op::SegWrite,
-        Op::LocalWrite,
         Op::SegSync,
         Op::JnlWrite,
         Op::JnlSync,
@@ -284,7 +280,6 @@ impl<B: Backend> Shard<B> {
     fn complete(&mut self, user_data: u64, result: i32) {
         let (op, gen, slot) = ud_split(user_data);
         let result = match op {
-            Op::SegWrite | Op::LocalWrite => self.faults.apply(Io::SegWrite, result),
             Op::SegSync => self.faults.apply(Io::SegSync, result),
             Op::JnlWrite => self.faults.apply(Io::JnlWrite, result),
             Op::JnlSync => self.faults.apply(Io::JnlSync, result),
@@ -307,8 +302,6 @@ impl<B: Backend> Shard<B> {
                     _ => self.on_out_send(slot as u32, result),
                 }
             }
-            Op::SegWrite => self.on_seg_write(gen, slot as u32, result),
-            Op::LocalWrite => self.on_local_write(slot, result),
             Op::SegSync => self.on_seg_sync(slot, result),
             Op::JnlWrite => self.on_jnl_write(slot, result),
             Op::JnlSync => self.on_jnl_sync(slot, result),
@@ -331,6 +324,9 @@ impl<B: Backend> Shard<B> {
         self.spool.flush(self.now.ms());
         self.settle_machines();
         self.sched.pump(self.now);
+        self.settle_machines();
+        // Records copied into their segments this turn are synced now, not a turn later.
+        self.spool.flush(self.now.ms());
         self.settle_machines();
         self.flush_outbox();
         self.flush_acct(false);

@@ -4,6 +4,7 @@
 //! DSNs, HTTP injections) on their way into the spool.
 
 use super::{ud, Op, Shard};
+use crate::faults::Io;
 use crate::admin::{Injection, ShardStats};
 use crate::backend::{Backend, Sub};
 use crate::mailbox::MsgRef;
@@ -33,11 +34,6 @@ pub(super) struct Spooling {
     pub data: Vec<u8>,
     /// After the data: the job id and the extras (spool format versions 2 and 3).
     tail: Vec<u8>,
-    iov: [libc::iovec; 3],
-    /// How much of head, data and tail is written.
-    written: Resume,
-    segment: Option<Arc<Segment>>,
-    offset: u64,
     pub mail_from: String,
     pub recipients: Vec<String>,
     pub queued_unix_ms: u64,
@@ -75,10 +71,6 @@ impl Spooling {
             head: Vec::new(),
             data,
             tail: Vec::new(),
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
-            written: Resume::default(),
-            segment: None,
-            offset: 0,
             mail_from,
             recipients,
             queued_unix_ms,
@@ -176,14 +168,6 @@ impl<B: Backend> Shard<B> {
         c.store.as_deref_mut().expect("a store in flight")
     }
 
-    fn write_ud(ticket: u64) -> u64 {
-        if ticket & LOCAL_TICKET != 0 {
-            ud(Op::LocalWrite, 0, ticket & !LOCAL_TICKET)
-        } else {
-            ud(Op::SegWrite, (ticket >> 32) as u16, ticket & 0xffff_ffff)
-        }
-    }
-
     /// Carries out the spool machine's operations and answers its events; returns whether
     /// there were any.
     pub(super) fn drain_spool(&mut self) -> bool {
@@ -216,11 +200,15 @@ impl<B: Backend> Shard<B> {
                 self.spool.segment_created(seq, created.ok(), now_ms);
             }
             SpoolOp::Write { ticket, segment, offset } => {
-                let store = self.spooling_of(ticket);
-                store.segment = Some(segment);
-                store.offset = offset;
-                store.written = Resume::of([&store.head, &store.data, &store.tail]);
-                self.write_record(ticket);
+                // Copied into the mapped segment: no write call, nothing for a kernel worker;
+                // the segment's next fdatasync makes it durable (issue 24).
+                let s = self.spooling_of(ticket);
+                let copied = segment.append(offset, [&s.head, &s.data, &s.tail]);
+                let ok = self.faults.apply(Io::SegWrite, if copied { 1 } else { -libc::ENOSPC }) > 0;
+                if !ok {
+                    tracing::error!(shard = self.id, seq = segment.seq, offset, copied, "segment write failed");
+                }
+                self.spool.written(ticket, ok);
             }
             SpoolOp::SyncSegment { segment } if sync => {
                 self.submit(Sub::Fdatasync { fd: segment.fd() }, ud(Op::SegSync, 0, segment.seq));
@@ -257,43 +245,6 @@ impl<B: Backend> Shard<B> {
                 crate::spool_files::delete_journal(&self.shared.config.spool_dir, journal);
             }
         }
-    }
-
-    /// Writes what is left of a placed message (all of it, or the rest after a short write).
-    fn write_record(&mut self, ticket: u64) {
-        let store = self.spooling_of(ticket);
-        let fd = store.segment.as_ref().expect("placed").fd();
-        // The store is boxed: these pointers stay valid until the write completes.
-        store.iov = store
-            .written
-            .rest([&store.head, &store.data, &store.tail])
-            .map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
-        let sub =
-            Sub::Writev { fd, iov: store.iov.as_ptr(), count: 3, offset: store.offset + store.written.done() as u64 };
-        self.submit(sub, Self::write_ud(ticket));
-    }
-
-    /// A segment write completed: a short one is resubmitted for the rest; a finished or
-    /// failed one goes to the spool machine.
-    fn record_written(&mut self, ticket: u64, result: i32) {
-        let store = self.spooling_of(ticket);
-        if result > 0 && !store.written.advance(result as usize) {
-            return self.write_record(ticket);
-        }
-        let ok = result > 0 && store.written.is_done();
-        if !ok {
-            let left = store.written.left();
-            tracing::error!(shard = self.id, result, left, "segment write failed");
-        }
-        self.spool.written(ticket, ok);
-    }
-
-    pub(super) fn on_seg_write(&mut self, gen: u16, slot: u32, result: i32) {
-        self.record_written((gen as u64) << 32 | slot as u64, result);
-    }
-
-    pub(super) fn on_local_write(&mut self, id: u64, result: i32) {
-        self.record_written(LOCAL_TICKET | id, result);
     }
 
     pub(super) fn on_seg_sync(&mut self, seq: u64, result: i32) {
