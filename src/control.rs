@@ -40,6 +40,10 @@ fn off_runtime(send: impl FnOnce() + Send + 'static) {
 
 /// How often the accounting files are flushed and turned over, however busy the channel.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
+/// Accounting rows are made durable (one fdatasync, then confirmed to the shards) at most this
+/// often: under load a sync per burst of rows cost a system call and a wake-up every few
+/// messages (issue 24), and only the journaling of outcomes waits for it, never a 250.
+const ACCT_SYNC_GAP: Duration = Duration::from_millis(5);
 
 /// Runs the control plane until `stop` closes. Resolutions run as tokio tasks; accounting
 /// records are written as they come and flushed every `HOUSEKEEPING_EVERY`.
@@ -115,9 +119,10 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         // steady traffic).
         let mut housekept = std::time::Instant::now();
         // Per shard, the last accounting batch written and not yet made durable; made durable
-        // (fsynced) and confirmed whenever the channel runs dry: a group commit, whose size
-        // grows with the load.
+        // (fsynced) and confirmed when the channel runs dry, at most every `ACCT_SYNC_GAP`: a
+        // group commit, whose size grows with the load.
         let mut unsynced: Vec<u64> = vec![0; responder.shards() as usize];
+        let mut synced_at = std::time::Instant::now();
         let confirm = |acct: &mut AcctWriter, unsynced: &mut Vec<u64>| {
             if unsynced.iter().any(|b| *b > 0) {
                 acct.sync();
@@ -131,6 +136,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         loop {
             if housekept.elapsed() >= HOUSEKEEPING_EVERY {
                 confirm(&mut acct, &mut unsynced);
+                synced_at = std::time::Instant::now();
                 acct.flush();
                 housekept = std::time::Instant::now();
             }
@@ -146,15 +152,21 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     }
                 }
             }
-            match requests.recv_timeout(HOUSEKEEPING_EVERY) {
+            // Rows waiting to be made durable: no longer than the rest of the gap.
+            let wait = match unsynced.iter().any(|b| *b > 0) {
+                true => ACCT_SYNC_GAP.saturating_sub(synced_at.elapsed()),
+                false => HOUSEKEEPING_EVERY,
+            };
+            match requests.recv_timeout(wait) {
                 Ok(ControlRequest::Acct { shard, batch, records }) => {
                     observer.lock().expect("not poisoned").observe(&records);
                     acct.write(&records);
                     if let Some(b) = unsynced.get_mut(shard as usize) {
                         *b = (*b).max(batch);
                     }
-                    if requests.is_empty() {
+                    if requests.is_empty() && synced_at.elapsed() >= ACCT_SYNC_GAP {
                         confirm(&mut acct, &mut unsynced);
+                        synced_at = std::time::Instant::now();
                     }
                 }
                 Ok(ControlRequest::SuppressAdd { path, list, address, waiting }) => {
@@ -228,6 +240,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                     confirm(&mut acct, &mut unsynced);
+                    synced_at = std::time::Instant::now();
                     acct.flush();
                     housekept = std::time::Instant::now();
                     // Shards have all stopped: take what they sent last, then end.

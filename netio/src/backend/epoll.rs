@@ -3,8 +3,9 @@
 //!
 //! A socket operation is tried at once (non-blocking); when it would block, its descriptor is
 //! armed in epoll (one-shot, for reading or writing) and the operation is tried again when the
-//! descriptor is ready. Writes to spool files run at once (a write to a regular file copies into
-//! the page cache and never waits for readiness); an `fdatasync` runs on the backend's sync
+//! descriptor is ready. Writes to journal files run at once (a write to a regular file copies
+//! into the page cache and never waits for readiness; segment records are copied into their
+//! mapping by the shard, no write at all); an `fdatasync` runs on the backend's sync
 //! thread, which says it is done through an eventfd in the same epoll set, so the shard goes on
 //! receiving and delivering while the disk works (as io_uring's worker does). The one timer is
 //! the `epoll_wait` timeout.

@@ -4,9 +4,9 @@
 //! DSNs, HTTP injections) on their way into the spool.
 
 use super::{ud, Op, Shard};
-use crate::faults::Io;
 use crate::admin::{Injection, ShardStats};
 use crate::backend::{Backend, Sub};
+use crate::faults::Io;
 use crate::mailbox::MsgRef;
 use crate::spool_files::{JournalFile, Segment};
 use sluice_engine::bounce::dsn;
