@@ -42,7 +42,9 @@ fn off_runtime(send: impl FnOnce() + Send + 'static) {
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
 /// Accounting rows are made durable (one fdatasync, then confirmed to the shards) at most this
 /// often: under load a sync per burst of rows cost a system call and a wake-up every few
-/// messages (issue 24), and only the journaling of outcomes waits for it, never a 250.
+/// messages (issue 24), and only the journaling of outcomes waits for it, never a 250. Until
+/// then the reader sleeps rather than waits on the channel (whose waits spin and yield first),
+/// so a request arriving meanwhile waits at most this long.
 const ACCT_SYNC_GAP: Duration = Duration::from_millis(5);
 
 /// Runs the control plane until `stop` closes. Resolutions run as tokio tasks; accounting
@@ -152,12 +154,16 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     }
                 }
             }
-            // Rows waiting to be made durable: no longer than the rest of the gap.
-            let wait = match unsynced.iter().any(|b| *b > 0) {
-                true => ACCT_SYNC_GAP.saturating_sub(synced_at.elapsed()),
-                false => HOUSEKEEPING_EVERY,
-            };
-            match requests.recv_timeout(wait) {
+            // Rows waiting to be made durable and nothing else to do: the rest of the gap asleep,
+            // then they are synced (with whatever came meanwhile).
+            if requests.is_empty() && unsynced.iter().any(|b| *b > 0) {
+                std::thread::sleep(ACCT_SYNC_GAP.saturating_sub(synced_at.elapsed()));
+                if requests.is_empty() {
+                    confirm(&mut acct, &mut unsynced);
+                    synced_at = std::time::Instant::now();
+                }
+            }
+            match requests.recv_timeout(HOUSEKEEPING_EVERY) {
                 Ok(ControlRequest::Acct { shard, batch, records }) => {
                     observer.lock().expect("not poisoned").observe(&records);
                     acct.write(&records);
