@@ -7,6 +7,7 @@
 #   perf/count.sh                       # 30,000 messages, io-backend auto
 #   BACKEND=epoll perf/count.sh         # the relay on its epoll backend
 #   SHARDS=1 RUNS=3 perf/count.sh
+#   SQPOLL=yes perf/count.sh            # io-uring-sqpoll yes: kernel threads poll the rings
 #
 # Rows (with date, commit and machine) are appended to perf/RESULTS.md. Needs root (tracefs).
 set -euo pipefail
@@ -17,6 +18,7 @@ CONNECTIONS=${CONNECTIONS:-20}
 BACKEND=${BACKEND:-auto}
 SHARDS=${SHARDS:-}
 RUNS=${RUNS:-1}
+SQPOLL=${SQPOLL:-no}
 RELAY_PORT=${RELAY_PORT:-2635}
 SINK_PORT=${SINK_PORT:-2636}
 OUT=perf/out/count
@@ -47,6 +49,7 @@ host-name count.sluice
 smtp-listener 127.0.0.1:$RELAY_PORT
 spool $dir/spool
 io-backend $BACKEND
+io-uring-sqpoll $SQPOLL
 ${SHARDS:+shards $SHARDS}
 <source 127.0.0.1>
     always-allow-relaying yes
@@ -84,7 +87,7 @@ report=$OUT/report.md
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id): kernel crossings per message (perf/count.sh)"
     echo
-    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND."
+    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL."
     echo
     echo "| run | backend | relay syscalls | relay io_uring_enter | relay punted | relay ctx switches | relay CPU µs | loadgen syscalls | loadgen CPU µs | sink syscalls | sink CPU µs | relay CPU ÷ (loadgen + sink) |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|"

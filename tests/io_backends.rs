@@ -282,3 +282,24 @@ fn the_shipped_seccomp_profile_runs_sluice_on_io_uring() {
     let mut sink = sink;
     assert!(sink.wait().unwrap().success());
 }
+
+/// `io-uring-sqpoll yes`: the shards' rings are polled by kernel threads; every message is
+/// still relayed once, and the relay stops cleanly.
+#[test]
+fn with_a_polled_submission_queue_every_message_is_relayed() {
+    const N: u64 = 2_000;
+    let sink = SluiceSink::start(&[], N);
+    let body = format!(
+        "io-backend io_uring\nio-uring-sqpoll yes\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+        sink.port
+    );
+    let mut relay = Relay::start(&body, Some(2));
+    let (code, out) = run(Command::new(BIN)
+        .args(["loadgen", "--quiet", "--json", "-", "--messages", &N.to_string(), "--connections", "10"])
+        .args(["--size", "1K:9,50K:1", "--target", &relay.addr().to_string()]));
+    assert_eq!((code, json_u64(&out, "messages_ok")), (0, N), "{out}");
+    let st = sink.finish();
+    assert_eq!((json_u64(&st, "messages"), json_u64(&st, "corrupt")), (N, 0), "{st}");
+    assert_eq!(relay.wait_rows("d", N as usize, Duration::from_secs(30)).len(), N as usize);
+    assert_eq!(relay.terminate(Duration::from_secs(20)), 0, "{}", tail(&relay.log(), 20));
+}

@@ -108,6 +108,9 @@ pub struct Config {
     pub shards: Option<usize>,
     /// `io-backend`: how the shards do their IO.
     pub io_backend: IoBackend,
+    /// `io-uring-sqpoll yes`: each shard's ring gets a kernel thread that polls its
+    /// submission queue (no `io_uring_enter` to submit; a core's worth of CPU while busy).
+    pub io_uring_sqpoll: bool,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
     /// `<mx-rollup-list>`.
@@ -403,6 +406,7 @@ impl Config {
             spool_segment_bytes: 64 << 20,
             shards: None,
             io_backend: IoBackend::Auto,
+            io_uring_sqpoll: false,
             dns_server: None,
             total_max_smtp_in: 10_000,
             total_max_smtp_out: None,

@@ -460,6 +460,7 @@ impl Runtime {
         let mut threads = Vec::new();
         for (id, ((fds, jobs), journals)) in listeners.into_iter().zip(initial).zip(old_journals).enumerate() {
             let id = id as u32;
+            let sqpoll = shared.config.io_uring_sqpoll;
             let shared = shared.clone();
             let core = cores.get(id as usize % cores.len().max(1)).copied();
             let next_seq = recovered.next_seq.get(&id).copied().unwrap_or(1);
@@ -471,7 +472,7 @@ impl Runtime {
                         core_affinity::set_for_current(core);
                     }
                     let started = match backend {
-                        backend::Chosen::IoUring => backend::uring::Uring::new().and_then(|io| {
+                        backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll).and_then(|io| {
                             shard::Shard::new(io, id, shards, shared, fds, jobs, journals, next_seq)
                                 .map(|mut s| s.run())
                         }),

@@ -144,6 +144,13 @@ const DIRECTIVES: &[Directive<()>] = &[
     Directive { name: "spool-segment-size", set: segment_size },
     Directive { name: "shards", set: shards },
     Directive {
+        name: "io-uring-sqpoll",
+        set: |b, _, l| {
+            b.config.io_uring_sqpoll = l.bool()?;
+            Ok(())
+        },
+    },
+    Directive {
         name: "io-backend",
         set: |b, _, l| {
             use crate::IoBackend::*;

@@ -163,7 +163,7 @@ pub fn choose(wanted: sluice_config::IoBackend) -> Result<Chosen, std::io::Error
 /// through a box costs them nothing measurable).
 pub(crate) fn open_auto() -> std::io::Result<Box<dyn Backend>> {
     Ok(match choose(sluice_config::IoBackend::Auto)? {
-        Chosen::IoUring => Box::new(uring::Uring::new()?),
+        Chosen::IoUring => Box::new(uring::Uring::new(false)?),
         Chosen::Epoll => Box::new(epoll::Epoll::new()?),
     })
 }

@@ -8,6 +8,9 @@ use sluice_engine::time::Now;
 /// Submission queue entries; the completion queue holds 16 times as many (a socket operation
 /// per connection, spool writes); past it, `push` reaps instead.
 const RING_ENTRIES: u32 = 4096;
+/// With `io-uring-sqpoll`: how long the kernel's polling thread spins on an empty submission
+/// queue before it sleeps (and the next submission wakes it with an `io_uring_enter`).
+const SQPOLL_IDLE_MS: u32 = 10;
 
 pub(crate) struct Uring {
     ring: IoUring,
@@ -24,12 +27,18 @@ pub(crate) fn probe() -> std::io::Result<()> {
 }
 
 impl Uring {
-    pub(crate) fn new() -> std::io::Result<Uring> {
-        Uring::with_entries(RING_ENTRIES, RING_ENTRIES * 16)
+    /// A ring; with `sqpoll`, a kernel thread polls its submission queue (`io-uring-sqpoll`).
+    pub(crate) fn new(sqpoll: bool) -> std::io::Result<Uring> {
+        Uring::with_entries(RING_ENTRIES, RING_ENTRIES * 16, sqpoll)
     }
 
-    fn with_entries(sq: u32, cq: u32) -> std::io::Result<Uring> {
-        let ring = IoUring::builder().setup_cqsize(cq).build(sq)?;
+    fn with_entries(sq: u32, cq: u32, sqpoll: bool) -> std::io::Result<Uring> {
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(cq);
+        if sqpoll {
+            builder.setup_sqpoll(SQPOLL_IDLE_MS);
+        }
+        let ring = builder.build(sq)?;
         Ok(Uring { ring, timespec: Box::new(types::Timespec::new()), reaped: Vec::new() })
     }
 
@@ -106,7 +115,7 @@ mod tests {
     /// completion is handed over exactly once (issue 22: `submit().expect` on EBUSY).
     #[test]
     fn a_full_completion_queue_loses_and_breaks_nothing() {
-        let mut ring = Uring::with_entries(4, 8).expect("io_uring");
+        let mut ring = Uring::with_entries(4, 8, false).expect("io_uring");
         const OPS: u64 = 1_000;
         for i in 0..OPS {
             // SAFETY: a NOP holds no pointer.
