@@ -125,7 +125,8 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         // group commit, whose size grows with the load.
         let mut unsynced: Vec<u64> = vec![0; responder.shards() as usize];
         let mut synced_at = std::time::Instant::now();
-        let confirm = |acct: &mut AcctWriter, unsynced: &mut Vec<u64>| {
+        // `synced_at`: when it last ran (the gap counts from there).
+        let confirm = |acct: &mut AcctWriter, unsynced: &mut Vec<u64>, synced_at: &mut std::time::Instant| {
             if unsynced.iter().any(|b| *b > 0) {
                 acct.sync();
                 for (shard, batch) in unsynced.iter_mut().enumerate() {
@@ -134,11 +135,11 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     }
                 }
             }
+            *synced_at = std::time::Instant::now();
         };
         loop {
             if housekept.elapsed() >= HOUSEKEEPING_EVERY {
-                confirm(&mut acct, &mut unsynced);
-                synced_at = std::time::Instant::now();
+                confirm(&mut acct, &mut unsynced, &mut synced_at);
                 acct.flush();
                 housekept = std::time::Instant::now();
             }
@@ -159,8 +160,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
             if requests.is_empty() && unsynced.iter().any(|b| *b > 0) {
                 std::thread::sleep(ACCT_SYNC_GAP.saturating_sub(synced_at.elapsed()));
                 if requests.is_empty() {
-                    confirm(&mut acct, &mut unsynced);
-                    synced_at = std::time::Instant::now();
+                    confirm(&mut acct, &mut unsynced, &mut synced_at);
                 }
             }
             match requests.recv_timeout(HOUSEKEEPING_EVERY) {
@@ -171,8 +171,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                         *b = (*b).max(batch);
                     }
                     if requests.is_empty() && synced_at.elapsed() >= ACCT_SYNC_GAP {
-                        confirm(&mut acct, &mut unsynced);
-                        synced_at = std::time::Instant::now();
+                        confirm(&mut acct, &mut unsynced, &mut synced_at);
                     }
                 }
                 Ok(ControlRequest::SuppressAdd { path, list, address, waiting }) => {
@@ -245,8 +244,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
                     });
                 }
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                    confirm(&mut acct, &mut unsynced);
-                    synced_at = std::time::Instant::now();
+                    confirm(&mut acct, &mut unsynced, &mut synced_at);
                     acct.flush();
                     housekept = std::time::Instant::now();
                     // Shards have all stopped: take what they sent last, then end.

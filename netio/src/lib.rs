@@ -85,7 +85,7 @@ impl std::fmt::Display for StartError {
                 "io_uring is not available ({e}) and `io-backend io_uring` asks for it. \
                  Check `sysctl kernel.io_uring_disabled` (must be 0), and, in a container, a seccomp profile \
                  that allows io_uring_setup, io_uring_enter and io_uring_register \
-                 (packaging/seccomp-io_uring.json); Linux 5.19 or newer is required. \
+                 (packaging/seccomp.json); Linux 5.19 or newer is required. \
                  `io-backend auto` (the default) uses epoll where io_uring is refused"
             ),
             StartError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
@@ -167,9 +167,7 @@ impl Shared {
             bounces: s.bounces,
         }
     }
-}
 
-impl Shared {
     /// What message preparation reads besides the message (`sluice_engine::prepare`).
     pub(crate) fn world(&self) -> sluice_engine::prepare::World<'_> {
         sluice_engine::prepare::World {
@@ -471,17 +469,12 @@ impl Runtime {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let started = match backend {
-                        backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll).and_then(|io| {
-                            shard::Shard::new(io, id, shards, shared, fds, jobs, journals, next_seq)
-                                .map(|mut s| s.run())
-                        }),
-                        backend::Chosen::Epoll => backend::epoll::Epoll::new().and_then(|io| {
-                            shard::Shard::new(io, id, shards, shared, fds, jobs, journals, next_seq)
-                                .map(|mut s| s.run())
-                        }),
+                    let start = shard::Start { id, shards, shared, listeners: fds, initial: jobs, journals, next_seq };
+                    let ran = match backend {
+                        backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll).and_then(|io| start.run(io)),
+                        backend::Chosen::Epoll => backend::epoll::Epoll::new().and_then(|io| start.run(io)),
                     };
-                    if let Err(e) = started {
+                    if let Err(e) = ran {
                         tracing::error!(shard = id, error = %e, "shard failed to start");
                         std::process::exit(1);
                     }

@@ -110,38 +110,45 @@ pub(crate) fn tcp_socket(addr: SocketAddr) -> std::io::Result<RawFd> {
 pub(crate) fn bind_only(addr: SocketAddr) -> std::io::Result<()> {
     let fd = tcp_socket(addr)?;
     // SAFETY: fd is fresh and ours (closed when `_owned` drops); plain socket syscalls.
-    unsafe {
-        let _owned = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
-        let (storage, len) = sockaddr(addr);
-        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    let _owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_reuse(fd, false);
+    bind(fd, addr)
+}
+
+/// Binds a socket to `addr` (port 0: any free one).
+pub(crate) fn bind(fd: RawFd, addr: SocketAddr) -> std::io::Result<()> {
+    let (storage, len) = sockaddr(addr);
+    // SAFETY: bind on a descriptor the caller owns, with a valid address.
+    if unsafe { libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// SO_REUSEADDR, and SO_REUSEPORT with `port`.
+fn set_reuse(fd: RawFd, port: bool) {
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt on a descriptor the caller owns.
+    unsafe {
+        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
+        if port {
+            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, (&one as *const libc::c_int).cast(), 4);
+        }
+    }
 }
 
 /// A listening socket; `reuse_port` lets every shard bind the same address.
 pub(crate) fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<OwnedFd> {
     let fd = tcp_socket(addr)?;
-    // SAFETY: fd is fresh and ours; plain socket syscalls follow.
-    unsafe {
-        let owned = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4);
-        if reuse_port {
-            libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, (&one as *const libc::c_int).cast(), 4);
-        }
-        let (storage, len) = sockaddr(addr);
-        if libc::bind(fd, (&storage as *const libc::sockaddr_storage).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if libc::listen(fd, 4096) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(owned)
+    // SAFETY: fd is fresh and ours.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_reuse(fd, reuse_port);
+    bind(fd, addr)?;
+    // SAFETY: listen on our bound descriptor.
+    if unsafe { libc::listen(fd, 4096) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(owned)
 }
 
 /// The address a listening socket got (for port 0).

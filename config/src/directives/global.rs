@@ -91,13 +91,7 @@ const DIRECTIVES: &[Directive<()>] = &[
             Ok(())
         },
     },
-    Directive {
-        name: "mailmerge-expands-undefined-variables",
-        set: |b, _, l| {
-            b.config.mailmerge_expands_undefined = l.bool()?;
-            Ok(())
-        },
-    },
+    config_flag!("mailmerge-expands-undefined-variables", mailmerge_expands_undefined),
     Directive {
         name: "pickup-remove-dot",
         set: |b, _, l| {
@@ -134,22 +128,10 @@ const DIRECTIVES: &[Directive<()>] = &[
             Ok(())
         },
     },
-    Directive {
-        name: "spool-sync",
-        set: |b, _, l| {
-            b.config.spool_sync = l.bool()?;
-            Ok(())
-        },
-    },
+    config_flag!("spool-sync", spool_sync),
     Directive { name: "spool-segment-size", set: segment_size },
     Directive { name: "shards", set: shards },
-    Directive {
-        name: "io-uring-sqpoll",
-        set: |b, _, l| {
-            b.config.io_uring_sqpoll = l.bool()?;
-            Ok(())
-        },
-    },
+    config_flag!("io-uring-sqpoll", io_uring_sqpoll),
     Directive {
         name: "io-backend",
         set: |b, _, l| {

@@ -16,6 +16,19 @@ macro_rules! flag {
     };
 }
 
+/// A global yes/no directive setting one field of the `Config`.
+macro_rules! config_flag {
+    ($name:literal, $field:ident) => {
+        Directive {
+            name: $name,
+            set: |b, _, l| {
+                b.config.$field = l.bool()?;
+                Ok(())
+            },
+        }
+    };
+}
+
 /// A directive whose value one parser of `Line` gives, set into one field.
 macro_rules! value {
     ($name:literal, $parse:ident, $($field:ident).+) => {

@@ -40,7 +40,7 @@ const SYNCS_DONE: u64 = u64::MAX;
 /// puts the result in `done` and writes the eventfd.
 struct Syncer {
     /// Dropped with the backend: the thread then ends.
-    queue: Option<crossbeam_channel::Sender<(RawFd, u64)>>,
+    queue: crossbeam_channel::Sender<(RawFd, u64)>,
     done: Arc<Mutex<Vec<(u64, i32)>>>,
     eventfd: Arc<OwnedFd>,
     in_flight: usize,
@@ -68,12 +68,12 @@ impl Syncer {
                 unsafe { libc::write(thread_eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
             }
         })?;
-        Ok(Syncer { queue: Some(queue), done, eventfd, in_flight: 0 })
+        Ok(Syncer { queue, done, eventfd, in_flight: 0 })
     }
 
     fn submit(&mut self, fd: RawFd, user_data: u64) {
         self.in_flight += 1;
-        self.queue.as_ref().expect("running").send((fd, user_data)).expect("the sync thread runs while we do");
+        self.queue.send((fd, user_data)).expect("the sync thread runs while we do");
     }
 
     /// Moves finished syncs into `ready`.
@@ -84,12 +84,6 @@ impl Syncer {
         let mut done = self.done.lock().expect("not poisoned");
         self.in_flight -= done.len();
         ready.append(&mut done);
-    }
-}
-
-impl Drop for Syncer {
-    fn drop(&mut self) {
-        self.queue = None;
     }
 }
 
@@ -142,7 +136,6 @@ unsafe fn attempt(sub: &Sub) -> Option<i32> {
                 Sub::SendMsg { fd, msg } => libc::sendmsg(fd, msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
                 Sub::Read { fd, buf, len } => libc::read(fd, buf.cast(), len as usize),
                 Sub::Write { fd, buf, len, offset } => libc::pwrite(fd, buf.cast(), len as usize, offset as i64),
-                Sub::Fdatasync { fd } => libc::fdatasync(fd) as isize,
                 Sub::Connect { fd, .. } => {
                     let mut err: libc::c_int = 0;
                     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
@@ -156,6 +149,7 @@ unsafe fn attempt(sub: &Sub) -> Option<i32> {
                     return Some(if r < 0 { -errno() } else { -err });
                 }
                 Sub::Timeout { .. } | Sub::Cancel { .. } => unreachable!("not a system call"),
+                Sub::Fdatasync { .. } => unreachable!("on the sync thread (`Syncer`)"),
             }
         };
         let r = result(r);

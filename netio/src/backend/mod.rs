@@ -94,10 +94,7 @@ pub(crate) trait Backend {
     fn tcp_socket(&mut self, to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<RawFd> {
         let fd = crate::sys::tcp_socket(to)?;
         if let Some(ip) = from {
-            let (addr, len) = crate::sys::sockaddr(SocketAddr::new(ip, 0));
-            // SAFETY: bind on our fresh descriptor with a valid address.
-            if unsafe { libc::bind(fd, (&addr as *const libc::sockaddr_storage).cast(), len) } != 0 {
-                let e = std::io::Error::last_os_error();
+            if let Err(e) = crate::sys::bind(fd, SocketAddr::new(ip, 0)) {
                 crate::sys::close(fd);
                 return Err(e);
             }

@@ -131,10 +131,10 @@ impl<B: Backend> Shard<B> {
 
     /// A session for a client at `ip` on listener `listener`, as its `<source>` says.
     fn new_session(&mut self, ip: IpAddr, listener: usize, immediate_tls: bool) -> Session {
+        let (id, number) = self.next_number();
+        let session_id = (id as u64) << 48 | number;
         let shared = &self.shared;
         let policy = shared.config.policy_for(ip, &listener_source(&shared.config, listener));
-        self.session_counter += 1;
-        let session_id = (self.id as u64) << 48 | self.session_counter;
         let auth = (policy.allow_auth && !shared.users.is_empty()).then(|| shared.users.clone());
         let starttls = shared.tls.is_some() && policy.allow_starttls && !immediate_tls;
         let auth_blocked = auth.is_some() && auth_failures_over(shared, ip, policy.max_auth_failure_rate, 0, self.now);
@@ -410,15 +410,12 @@ impl<B: Backend> Shard<B> {
         if m.merge.is_some() {
             return self.store_merge(slot, m, policy);
         }
-        let restrictions = self.ins.get_mut(slot).m.session().restrictions().clone();
-        let way = Way {
-            vmta: None,
-            restrictions: &restrictions,
-            ours_first: policy.add_received_header,
-            number: self.next_number(),
-            reports: true,
+        let number = self.next_number();
+        let prepared = {
+            let restrictions = self.ins.get_mut(slot).m.session().restrictions();
+            let way = Way { vmta: None, restrictions, ours_first: policy.add_received_header, number, reports: true };
+            prepare::prepare(&shared.world(), policy, &mut m, &way, now.unix_ms)
         };
-        let prepared = prepare::prepare(&shared.world(), policy, &mut m, &way, now.unix_ms);
         let Prepared { vmta, records, suppress: suppress_add } = match prepared {
             Ok(p) => p,
             Err(reply) => return self.ins.get_mut(slot).m.message_refused(&reply),
@@ -491,9 +488,7 @@ impl<B: Backend> Shard<B> {
                 Ok(prepared) => prepared.vmta,
                 Err(reply) => return self.ins.get_mut(slot).m.message_refused(&format!("{reply} (for {rcpt})")),
             };
-            if !prepare::sign(&shared.dkim, config, &one.recipients, &vmta, &mut one.data) {
-                ShardStats::add(&self.stats.dkim_unsignable, 1);
-            }
+            self.sign(&one.recipients, &vmta, &mut one.data);
             let mut store = Spooling::boxed(one.data, one.mail_from, one.recipients, now, vmta);
             origin.stamp(&mut store);
             store.job_id = one.job_id;
@@ -541,25 +536,20 @@ impl<B: Backend> Shard<B> {
     /// never loses a complaint that was answered 250. Returns whether the session's reply
     /// is settled here (it waits for the entry, or is refused).
     fn suppress_complainer(&mut self, slot: u32, add: prepare::SuppressAdd, only_reports: bool) -> bool {
-        let prepare::SuppressAdd { path, list, address } = add;
         let gen = self.ins.gen(slot);
         let waiting = only_reports.then_some((self.id, slot, gen));
-        let sent = self.shared.core.control.try_send(ControlRequest::SuppressAdd { path, list, address, waiting });
+        let sent = self.send_suppress(add, waiting);
         let c = self.ins.get_mut(slot);
-        match sent {
-            Ok(()) if waiting.is_some() => {
+        match (sent, waiting.is_some()) {
+            (true, true) => {
                 c.reporting = true;
                 true
             }
-            Ok(()) => false,
-            Err(_) if waiting.is_some() => {
+            (false, true) => {
                 c.m.message_refused("451 4.3.0 Cannot record the complaint now, try again later");
                 true
             }
-            Err(_) => {
-                tracing::error!(shard = self.id, "control plane busy: complainer not added to the suppression file");
-                false
-            }
+            (_, false) => false,
         }
     }
 
@@ -632,9 +622,7 @@ impl<B: Backend> Shard<B> {
     /// Signs (DKIM) and spools an accepted message; the reply waits for its fsync.
     fn sign_and_spool(&mut self, slot: u32, mut m: Message, vmta: String, auth: String) {
         // DKIM: signed once here, before it is spooled, so no delivery attempt signs again.
-        if !prepare::sign(&self.shared.dkim, &self.shared.config, &m.recipients, &vmta, &mut m.data) {
-            ShardStats::add(&self.stats.dkim_unsignable, 1);
-        }
+        self.sign(&m.recipients, &vmta, &mut m.data);
         let gen = self.ins.gen(slot);
         let c = self.ins.get_mut(slot);
         let origin = Origin::of(c, &m.helo, m.auth_user.as_deref());

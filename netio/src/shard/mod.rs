@@ -124,6 +124,24 @@ fn cancel_sock<B: Backend>(io: &mut B, sock: &mut Sock, gen: u16, slot: u32) {
 /// Work found in the spool at start, by queue (destination domain, VMTA).
 pub(crate) type Recovered = HashMap<(String, String), ParkedList>;
 
+/// What a shard starts with, whichever backend it runs on.
+pub(crate) struct Start {
+    pub id: u32,
+    pub shards: u32,
+    pub shared: Arc<Shared>,
+    pub listeners: Vec<RawFd>,
+    pub initial: Recovered,
+    pub journals: Vec<OldJournal>,
+    pub next_seq: u64,
+}
+
+impl Start {
+    /// Builds the shard on `io` and runs it until shutdown.
+    pub fn run<B: Backend>(self, io: B) -> std::io::Result<()> {
+        Shard::new(io, self).map(|mut shard| shard.run())
+    }
+}
+
 pub(crate) struct Shard<B: Backend> {
     id: u32,
     shared: Arc<Shared>,
@@ -167,17 +185,8 @@ pub(crate) struct Shard<B: Backend> {
 }
 
 impl<B: Backend> Shard<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        io: B,
-        id: u32,
-        shards: u32,
-        shared: Arc<Shared>,
-        listeners: Vec<RawFd>,
-        initial: Recovered,
-        old_journals: Vec<OldJournal>,
-        next_seq: u64,
-    ) -> std::io::Result<Shard<B>> {
+    pub fn new(io: B, start: Start) -> std::io::Result<Shard<B>> {
+        let Start { id, shards, shared, listeners, initial, journals: old_journals, next_seq } = start;
         let dir = spool_files::shard_dir(&shared.config.spool_dir, id);
         std::fs::create_dir_all(&dir)?;
         let segment_bytes = shared.config.spool_segment_bytes;
@@ -392,6 +401,25 @@ impl<B: Backend> Shard<B> {
     fn next_number(&mut self) -> (u32, u64) {
         self.session_counter += 1;
         (self.id, self.session_counter)
+    }
+
+    /// Signs a message about to be spooled (`prepare::sign`), counting one it cannot sign.
+    fn sign(&self, recipients: &[String], vmta: &str, data: &mut Vec<u8>) {
+        if !sluice_engine::prepare::sign(&self.shared.dkim, &self.shared.config, recipients, vmta, data) {
+            ShardStats::add(&self.stats.dkim_unsignable, 1);
+        }
+    }
+
+    /// Asks the control plane to add an address to its suppression list (the list's file,
+    /// fsynced; the fleet's set); `waiting`: the session whose reply waits for it. False when
+    /// the control plane is busy (logged when nobody waits).
+    fn send_suppress(&self, add: sluice_engine::prepare::SuppressAdd, waiting: Option<(u32, u32, u16)>) -> bool {
+        let sluice_engine::prepare::SuppressAdd { path, list, address } = add;
+        let sent = self.shared.core.control.try_send(ControlRequest::SuppressAdd { path, list, address, waiting });
+        if sent.is_err() && waiting.is_none() {
+            tracing::error!(shard = self.id, "control plane busy: an address not added to its suppression file");
+        }
+        sent.is_ok()
     }
 
     fn record(&mut self, r: Record) {

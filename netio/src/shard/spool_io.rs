@@ -1,10 +1,11 @@
-//! The spool side of the IO room: the spool machine's operations as writes and
-//! fdatasyncs on segment and journal files (creations and deletions synchronously), its
+//! The spool side of the IO room: the spool machine's operations on segment and journal files
+//! (records copied into their segment's mapping, journal writes, fdatasyncs; creations and
+//! deletions synchronously), its
 //! answers to the sessions waiting on them, and the messages sluice makes itself (RFC 3464
 //! DSNs, HTTP injections) on their way into the spool.
 
 use super::{ud, Op, Shard};
-use crate::admin::{Injection, ShardStats};
+use crate::admin::Injection;
 use crate::backend::{Backend, Sub};
 use crate::faults::Io;
 use crate::mailbox::MsgRef;
@@ -398,22 +399,13 @@ impl<B: Backend> Shard<B> {
                     self.record(r);
                 }
                 for add in suppress {
-                    let prepare::SuppressAdd { path, list, address } = add;
-                    let request = crate::ControlRequest::SuppressAdd { path, list, address, waiting: None };
-                    if self.shared.core.control.try_send(request).is_err() {
-                        tracing::error!(
-                            shard = self.id,
-                            "control plane busy: an address not added to its suppression file"
-                        );
-                    }
+                    self.send_suppress(add, None);
                 }
                 if m.recipients.is_empty() {
                     let _ = inj.done.send(Ok("report".into()));
                     return;
                 }
-                if !prepare::sign(&self.shared.dkim, &config, &m.recipients, &vmta, &mut m.data) {
-                    ShardStats::add(&self.stats.dkim_unsignable, 1);
-                }
+                self.sign(&m.recipients, &vmta, &mut m.data);
                 // The name the submission path goes by (`http`, `pickup`): the srcMta column's.
                 (vmta, inj.src_mta.split(' ').next().unwrap_or("http").to_string())
             }
