@@ -47,10 +47,20 @@ const PANIC_WORDS: [&[u8]; 2] = [b"XFAULT-CONN-PANIC", b"XFAULT-SHARD-PANIC"];
 
 impl Faults {
     pub fn from_env(shard: u32) -> Faults {
+        let spec = std::env::var("SLUICE_FAULTS").ok();
+        let faults = Faults::from_spec(spec.as_deref(), u64::from(shard) + 1);
+        if let (Some(spec), 0) = (spec, shard) {
+            tracing::warn!(%spec, "fault injection is on (SLUICE_FAULTS): spool IO fails on purpose");
+        }
+        faults
+    }
+
+    /// The faults `spec` names (as `SLUICE_FAULTS`), drawn from `seed`.
+    pub fn from_spec(spec: Option<&str>, seed: u64) -> Faults {
         let mut odds = [0; 4];
         let mut panics = [false; 2];
         let mut lose_answers = false;
-        if let Ok(spec) = std::env::var("SLUICE_FAULTS") {
+        if let Some(spec) = spec {
             for item in spec.split(',').filter(|s| !s.is_empty()) {
                 if let Some(i) = PANIC_NAMES.iter().position(|k| *k == item.trim()) {
                     panics[i] = true;
@@ -71,11 +81,8 @@ impl Faults {
                     ),
                 }
             }
-            if shard == 0 {
-                tracing::warn!(%spec, "fault injection is on (SLUICE_FAULTS): spool IO fails on purpose");
-            }
         }
-        Faults { odds, rng: Rng::new(u64::from(shard) + 1), panics, lose_answers }
+        Faults { odds, rng: Rng::new(seed), panics, lose_answers }
     }
 
     /// The panic a client's pending input asks for, when that fault is on.

@@ -10,6 +10,7 @@ pub mod guard;
 pub(crate) mod mailbox;
 mod park;
 mod shard;
+pub mod sim;
 pub mod spool_files;
 pub mod suppress;
 mod sys;
@@ -24,7 +25,7 @@ pub use sluice_engine::route::owner_shard;
 use sluice_engine::sched::limits::SourceLimits;
 use sluice_engine::shape::counts::AddressCounts;
 use std::net::SocketAddr;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -376,17 +377,27 @@ fn probe_free(addr: SocketAddr) -> std::io::Result<()> {
     sys::bind_only(addr)
 }
 
-impl Runtime {
-    /// Recovers the spool, binds the listeners on every shard, and starts the shards.
-    pub fn start(
+/// What start-up builds before any shard runs, whichever backend they run on (the runtime's
+/// threads, or the simulation): the spool recovered, the state the shards share, and what each
+/// shard starts with.
+pub(crate) struct Plan {
+    pub shared: Arc<Shared>,
+    pub starts: Vec<shard::Start>,
+    pub recovered_messages: usize,
+}
+
+impl Plan {
+    /// Recovers the spool and hands its work to the shards that own it; `listen` makes shard
+    /// `id`'s listener for an address (one per listener per shard); each shard's mailbox holds
+    /// `mailbox_capacity` messages.
+    pub(crate) fn make(
         settings: Settings,
         control: crossbeam_channel::Sender<ControlRequest>,
-    ) -> Result<(Runtime, Responder), StartError> {
+        shards: u32,
+        mailbox_capacity: usize,
+        mut listen: impl FnMut(u32, SocketAddr) -> Result<RawFd, StartError>,
+    ) -> Result<Plan, StartError> {
         let config = settings.config.clone();
-        // The backend before anything else, so a failure says what it is.
-        let backend = backend::choose(config.io_backend).map_err(StartError::IoUring)?;
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let shards = config.shards.unwrap_or(cores.len().max(1)) as u32;
         let spool = config.spool_dir.clone();
         let recovery_started = std::time::Instant::now();
         let recovered = spool_files::recover(&spool).map_err(|e| StartError::Spool(spool.clone(), e))?;
@@ -402,7 +413,7 @@ impl Runtime {
         }
         let mut mailboxes = Vec::new();
         for _ in 0..shards {
-            mailboxes.push(Mailbox::new().map_err(StartError::Thread)?);
+            mailboxes.push(Mailbox::new(mailbox_capacity).map_err(StartError::Thread)?);
         }
         let core = Arc::new(Core {
             mailboxes,
@@ -417,13 +428,11 @@ impl Runtime {
             cold: Default::default(),
             acct_durable: (0..shards).map(|_| AtomicU64::new(0)).collect(),
         });
-        let shared = Arc::new(Shared::new(core.clone(), settings));
-        // Listeners: one SO_REUSEPORT socket per listener per shard.
-        let mut listeners: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
-        for addr in config.listeners.iter().map(|l| &l.addr) {
-            probe_free(*addr).map_err(|e| StartError::Listen(*addr, e))?;
-            for l in listeners.iter_mut() {
-                l.push(sys::listen(*addr, true).map_err(|e| StartError::Listen(*addr, e))?);
+        let shared = Arc::new(Shared::new(core, settings));
+        let mut listeners: Vec<Vec<RawFd>> = (0..shards).map(|_| Vec::new()).collect();
+        for addr in config.listeners.iter().map(|l| l.addr) {
+            for (id, l) in listeners.iter_mut().enumerate() {
+                l.push(listen(id as u32, addr)?);
             }
         }
         // Recovered work goes to the shard that owns each recipient's domain.
@@ -455,21 +464,60 @@ impl Runtime {
         for (i, j) in recovered.old_journals.into_iter().enumerate() {
             old_journals[i % shards as usize].push(j);
         }
+        let starts = listeners
+            .into_iter()
+            .zip(initial)
+            .zip(old_journals)
+            .enumerate()
+            .map(|(id, ((listeners, initial), journals))| {
+                let id = id as u32;
+                let next_seq = recovered.next_seq.get(&id).copied().unwrap_or(1);
+                let faults = faults::Faults::from_env(id);
+                shard::Start { id, shards, shared: shared.clone(), listeners, initial, journals, next_seq, faults }
+            })
+            .collect();
+        Ok(Plan { shared, starts, recovered_messages })
+    }
+
+    /// The control plane's handle on these shards.
+    pub(crate) fn responder(&self) -> Responder {
+        Responder { core: self.shared.core.clone(), current: Arc::new(std::sync::Mutex::new(self.shared.clone())) }
+    }
+}
+
+impl Runtime {
+    /// Recovers the spool, binds the listeners on every shard, and starts the shards.
+    pub fn start(
+        settings: Settings,
+        control: crossbeam_channel::Sender<ControlRequest>,
+    ) -> Result<(Runtime, Responder), StartError> {
+        let config = settings.config.clone();
+        // The backend before anything else, so a failure says what it is.
+        let backend = backend::choose(config.io_backend).map_err(StartError::IoUring)?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let shards = config.shards.unwrap_or(cores.len().max(1)) as u32;
+        for addr in config.listeners.iter().map(|l| &l.addr) {
+            probe_free(*addr).map_err(|e| StartError::Listen(*addr, e))?;
+        }
+        // Listeners: one SO_REUSEPORT socket per listener per shard.
+        let listen = |_, addr| {
+            let fd = sys::listen(addr, true).map_err(|e| StartError::Listen(addr, e))?;
+            Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
+        };
+        let plan = Plan::make(settings, control, shards, mailbox::MAILBOX_CAPACITY, listen)?;
+        let responder = plan.responder();
+        let Plan { shared, starts, recovered_messages } = plan;
+        let sqpoll = shared.config.io_uring_sqpoll;
         let mut threads = Vec::new();
-        for (id, ((fds, jobs), journals)) in listeners.into_iter().zip(initial).zip(old_journals).enumerate() {
-            let id = id as u32;
-            let sqpoll = shared.config.io_uring_sqpoll;
-            let shared = shared.clone();
+        for start in starts {
+            let id = start.id;
             let core = cores.get(id as usize % cores.len().max(1)).copied();
-            let next_seq = recovered.next_seq.get(&id).copied().unwrap_or(1);
-            let fds: Vec<RawFd> = fds.into_iter().map(std::os::fd::IntoRawFd::into_raw_fd).collect();
             let handle = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
                     }
-                    let start = shard::Start { id, shards, shared, listeners: fds, initial: jobs, journals, next_seq };
                     let ran = match backend {
                         backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll).and_then(|io| start.run(io)),
                         backend::Chosen::Epoll => backend::epoll::Epoll::new().and_then(|io| start.run(io)),
@@ -482,7 +530,6 @@ impl Runtime {
                 .map_err(StartError::Thread)?;
             threads.push(handle);
         }
-        let responder = Responder { core, current: Arc::new(std::sync::Mutex::new(shared.clone())) };
         Ok((Runtime { shared, threads, shards, recovered_messages, backend }, responder))
     }
 

@@ -98,7 +98,8 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
-    pub fn new() -> std::io::Result<Mailbox> {
+    /// A mailbox holding up to `capacity` messages (`MAILBOX_CAPACITY` in the daemon).
+    pub fn new(capacity: usize) -> std::io::Result<Mailbox> {
         // SAFETY: plain syscall; the descriptor is owned below.
         let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
         if fd < 0 {
@@ -106,7 +107,7 @@ impl Mailbox {
         }
         // SAFETY: fd is a fresh descriptor we own.
         let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Mailbox { queue: ArrayQueue::new(MAILBOX_CAPACITY), notified: AtomicBool::new(false), eventfd })
+        Ok(Mailbox { queue: ArrayQueue::new(capacity), notified: AtomicBool::new(false), eventfd })
     }
 
     /// Pushes a message; gives it back when the mailbox is full (rare: the caller keeps it

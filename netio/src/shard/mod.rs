@@ -133,6 +133,8 @@ pub(crate) struct Start {
     pub initial: Recovered,
     pub journals: Vec<OldJournal>,
     pub next_seq: u64,
+    /// Spool IO failures injected on purpose (`SLUICE_FAULTS`; the simulation's own).
+    pub faults: Faults,
 }
 
 impl Start {
@@ -186,7 +188,7 @@ pub(crate) struct Shard<B: Backend> {
 
 impl<B: Backend> Shard<B> {
     pub fn new(io: B, start: Start) -> std::io::Result<Shard<B>> {
-        let Start { id, shards, shared, listeners, initial, journals: old_journals, next_seq } = start;
+        let Start { id, shards, shared, listeners, initial, journals: old_journals, next_seq, faults } = start;
         let dir = spool_files::shard_dir(&shared.config.spool_dir, id);
         std::fs::create_dir_all(&dir)?;
         let segment_bytes = shared.config.spool_segment_bytes;
@@ -219,7 +221,7 @@ impl<B: Backend> Shard<B> {
             spool,
             journals: HashMap::new(),
             jnl_writes: HashMap::new(),
-            faults: Faults::from_env(id),
+            faults,
             local: spool_io::Locals::default(),
             sched,
             stats,
@@ -236,6 +238,10 @@ impl<B: Backend> Shard<B> {
         Ok(shard)
     }
 
+    pub(crate) fn id(&self) -> u32 {
+        self.id
+    }
+
     fn submit(&mut self, sub: Sub, user_data: u64) {
         // SAFETY: every pointer in an operation refers to memory this shard keeps alive until
         // the operation completes (boxed connections, boxed stores, journal batches, buffers).
@@ -250,7 +256,7 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Arms the listeners, the mailbox and the timer.
-    fn arm(&mut self) {
+    pub(crate) fn arm(&mut self) {
         for i in 0..self.listeners.len() {
             self.arm_accept(i);
         }
@@ -260,7 +266,7 @@ impl<B: Backend> Shard<B> {
 
     /// One turn of the loop: waits for completions, reads the clock, handles them, runs the
     /// machines. False once the shard has finished shutting down.
-    fn turn(&mut self) -> bool {
+    pub(crate) fn turn(&mut self) -> bool {
         // Drain the completion queue first; handle afterwards, never re-entrantly.
         self.io.wait(&mut self.completions);
         self.now = self.io.now();
