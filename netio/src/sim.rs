@@ -17,8 +17,9 @@
 //! - The clock: simulated milliseconds; a `Sub::Timeout` completes once the test has moved the
 //!   clock past it.
 //!
-//! A world is deterministic from its seed up to the shards' hash maps' iteration order (std's
-//! random hashing), which may reorder work within a turn.
+//! A world is meant to replay from its seed: one thread runs it, and every choice is the
+//! seed's. The one thing outside the seed is the order of the shards' hash maps (std's random
+//! hashing); runs of one seed compared so far came out the same.
 
 use crate::backend::{Backend, Sub};
 use crate::faults::Faults;

@@ -562,6 +562,12 @@ impl World {
                 self.control(&mut p);
             }
             let completed = self.net.run_io();
+            // A crash between the kernel's completions and the shard seeing them (a sync done
+            // whose 250 was never sent, a delivery's journal entry written but not known).
+            if self.stats.crashes < CRASHES_MAX && completed > 0 && self.rng.below(3000) == 0 {
+                p = self.crash(p);
+                continue;
+            }
             let ran = p.relay.turn();
             if completed + ran > 0 || p.injectors.iter().any(Option::is_some) || !p.receiving.is_empty() {
                 continue;
