@@ -10,8 +10,12 @@
 //!   a Redis hash, renewed every half second and expiring after `LEASE_MS`, so a host that
 //!   dies frees its slots within that time;
 //! - shared suppression (`redis-set KEY` in an `<address-list>`): the set is read whole when
-//!   Redis (re)connects and every `FULL_SYNC`, and additions arrive over pub/sub at once;
-//!   complaints (`auto-suppress-list`) are added to the set and published;
+//!   Redis (re)connects and every `FULL_SYNC`, and sluice's own additions (complaints,
+//!   `auto-suppress-list`) are added to the set and published, arriving at once. Additions by
+//!   anyone else (an application's unsubscribe handler's plain `SADD`) are followed too: the
+//!   set is read again when Redis says it changed (keyspace notifications, which sluice turns
+//!   on where the server lets it) and, where it does not, when the set's size has changed
+//!   (`SCARD`, asked every `SIZE_POLL`): either way within a second;
 //! - job and queue control: pause, resume and delete made on any host are published to all,
 //!   and pauses are kept in Redis for hosts that start later.
 //!
@@ -38,6 +42,10 @@ const LEASE_MS: u64 = 5_000;
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// The whole of each shared suppression set is read again this often.
 const FULL_SYNC: Duration = Duration::from_secs(30);
+/// Each shared set's size is asked this often (in turns): a changed size has it read again.
+const SIZE_POLL_TURNS: u64 = 5;
+/// The keyspace events sluice needs: keyspace channel (`K`), set commands (`s`).
+const KEYSPACE_EVENTS: &str = "Ks";
 
 const CONTROL_CHANNEL: &str = "sluice:control";
 const SUPPRESS_CHANNEL: &str = "sluice:suppress";
@@ -91,10 +99,12 @@ pub struct Status {
     pub lost_connection: AtomicU64,
 }
 
-/// What the management API asks of the fleet.
+/// What the management API (and the fleet's own listener) asks of the fleet task.
 pub enum Ask {
     /// An operator command to run on every other host (`path`, query string).
     Control { path: String, query: String },
+    /// Redis says shared set `key` changed (a keyspace notification): read it again.
+    SetChanged(String),
 }
 
 /// The control plane's link to the fleet, for the management API.
@@ -127,6 +137,7 @@ pub fn start(config: &Config, responder: Responder, apply: Apply) -> Option<Hand
         }
     };
     let lists = shared_lists(config);
+    let changed = tx.clone();
     let fleet = Fleet {
         client,
         node: cluster.node_name.clone(),
@@ -137,6 +148,10 @@ pub fn start(config: &Config, responder: Responder, apply: Apply) -> Option<Hand
         lists,
         local_carry: HashMap::new(),
         apply,
+        changed,
+        sizes: HashMap::new(),
+        filled: HashMap::new(),
+        dirty: std::collections::BTreeSet::new(),
     };
     tokio::spawn(fleet.run(rx));
     Some(Handle { status, tx })
@@ -166,6 +181,14 @@ struct Fleet {
     /// Fractions of a token owed to a destination while running on the local share.
     local_carry: HashMap<String, f64>,
     apply: Apply,
+    /// Where the listener says a shared set changed.
+    changed: mpsc::UnboundedSender<Ask>,
+    /// Each shared set's size when it was last read.
+    sizes: HashMap<String, u64>,
+    /// The lists last filled from each set (a reload makes new, empty ones).
+    filled: HashMap<String, usize>,
+    /// Shared sets to read again on the next turn.
+    dirty: std::collections::BTreeSet<String>,
 }
 
 impl Fleet {
@@ -175,7 +198,16 @@ impl Fleet {
         let mut turn: u64 = 0;
         let mut last_sync = std::time::Instant::now();
         self.connect().await;
-        tokio::spawn(subscribe(self.client.clone(), self.node.clone(), self.responder.clone(), self.apply.clone()));
+        let keys: Vec<String> = self.lists.iter().map(|(_, k)| k.clone()).collect();
+        let listener = Listener {
+            client: self.client.clone(),
+            node: self.node.clone(),
+            responder: self.responder.clone(),
+            apply: self.apply.clone(),
+            keys,
+            changed: self.changed.clone(),
+        };
+        tokio::spawn(listener.run());
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -186,6 +218,14 @@ impl Fleet {
                     if self.conn.is_some() && last_sync.elapsed() >= FULL_SYNC {
                         last_sync = std::time::Instant::now();
                         self.sync_lists().await;
+                    } else if self.conn.is_some() {
+                        if turn % SIZE_POLL_TURNS == 0 {
+                            self.poll_sizes().await;
+                        }
+                        if !self.dirty.is_empty() {
+                            let keys = std::mem::take(&mut self.dirty);
+                            self.read_sets(&keys).await;
+                        }
                     }
                     self.lease(turn % SLOT_TURNS == 0).await;
                 }
@@ -201,6 +241,7 @@ impl Fleet {
             Ok(Ok(conn)) => {
                 self.conn = Some(conn);
                 self.set_connected(true);
+                self.keyspace_events().await;
                 self.sync_lists().await;
                 self.apply_held().await;
             }
@@ -323,24 +364,95 @@ impl Fleet {
 
     /// Every address of each shared set into its list.
     async fn sync_lists(&mut self) {
+        let keys = self.lists.iter().map(|(_, k)| k.clone()).collect();
+        self.read_sets(&keys).await;
+    }
+
+    /// Reads the shared sets `keys` whole into the lists they back (an address already there
+    /// stays as it is), noting each one's size.
+    async fn read_sets(&mut self, keys: &std::collections::BTreeSet<String>) {
         let lists = self.responder.lists();
-        for (name, key) in self.lists.clone() {
-            let Some(list) = lists.get(&name) else { continue };
+        for key in keys {
             let Some(conn) = self.conn.as_mut() else { return };
             let members = tokio::time::timeout(
                 REDIS_TIMEOUT * 4,
-                redis::cmd("SMEMBERS").arg(&key).query_async::<Vec<String>>(conn),
+                redis::cmd("SMEMBERS").arg(key).query_async::<Vec<String>>(conn),
             )
             .await;
-            match members {
-                Ok(Ok(members)) => {
+            let Ok(Ok(members)) = members else {
+                self.set_connected(false);
+                return;
+            };
+            for (name, _) in self.lists.iter().filter(|(_, k)| k == key) {
+                if let Some(list) = lists.get(name) {
                     for m in &members {
                         list.add(m);
                     }
-                    tracing::debug!(list = %name, key = %key, addresses = members.len(), "cluster: suppression set read");
+                    self.filled.insert(name.clone(), Arc::as_ptr(list) as usize);
                 }
-                _ => self.set_connected(false),
             }
+            self.sizes.insert(key.clone(), members.len() as u64);
+            tracing::debug!(key = %key, addresses = members.len(), "cluster: suppression set read");
+        }
+    }
+
+    /// Asks every shared set's size; one that changed since it was read is read again (what
+    /// follows other writers where keyspace notifications are not to be had), and so is one
+    /// whose list a reload made anew.
+    async fn poll_sizes(&mut self) {
+        if self.lists.is_empty() {
+            return;
+        }
+        let lists = self.responder.lists();
+        for (name, key) in &self.lists {
+            let now = lists.get(name).map(|l| Arc::as_ptr(l) as usize);
+            if now != self.filled.get(name).copied() {
+                self.dirty.insert(key.clone());
+            }
+        }
+        let keys: Vec<String> = self.lists.iter().map(|(_, k)| k.clone()).collect();
+        let Some(conn) = self.conn.as_mut() else { return };
+        let mut pipe = redis::pipe();
+        for k in &keys {
+            pipe.scard(k);
+        }
+        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<Vec<u64>>(conn)).await {
+            Ok(Ok(sizes)) => {
+                for (k, n) in keys.into_iter().zip(sizes) {
+                    if self.sizes.get(&k) != Some(&n) {
+                        self.dirty.insert(k);
+                    }
+                }
+            }
+            _ => self.set_connected(false),
+        }
+    }
+
+    /// Turns on the keyspace notifications for set commands, keeping whatever else the server
+    /// has on; a server that refuses `CONFIG` (a managed Redis) is followed by size instead.
+    async fn keyspace_events(&mut self) {
+        if self.lists.is_empty() {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else { return };
+        let mut get = redis::cmd("CONFIG");
+        get.arg("GET").arg("notify-keyspace-events");
+        let flags = match tokio::time::timeout(REDIS_TIMEOUT, get.query_async::<Vec<String>>(conn)).await {
+            Ok(Ok(v)) => v.get(1).cloned().unwrap_or_default(),
+            _ => String::new(),
+        };
+        let Some(wanted) = keyspace_flags(&flags) else { return };
+        let mut set = redis::cmd("CONFIG");
+        set.arg("SET").arg("notify-keyspace-events").arg(&wanted);
+        match tokio::time::timeout(REDIS_TIMEOUT, set.query_async::<()>(conn)).await {
+            Ok(Ok(())) => {
+                tracing::info!(flags = %wanted, "cluster: Redis keyspace notifications on for the shared suppression sets")
+            }
+            _ => tracing::info!(
+                "cluster: Redis does not let sluice turn on keyspace notifications; other writers' additions to the \
+                 shared suppression sets are followed by the sets' sizes (within a second). \
+                 `notify-keyspace-events Ks` on the server makes it sooner"
+            ),
         }
     }
 
@@ -361,6 +473,7 @@ impl Fleet {
 
     async fn ask(&mut self, ask: Ask) {
         match ask {
+            Ask::SetChanged(key) => drop(self.dirty.insert(key)),
             Ask::Control { path, query } => {
                 let Some(conn) = self.conn.as_mut() else {
                     tracing::warn!(%path, %query, "cluster: Redis unreachable; the command stays on this host");
@@ -400,43 +513,89 @@ pub async fn add_suppressed(client: &redis::Client, key: &str, address: &str) ->
     pipe.query_async::<()>(&mut conn).await
 }
 
+/// The flags for `notify-keyspace-events` that add what sluice needs to `current`; None when
+/// it has them already (`A` stands for every class, `s` among them).
+fn keyspace_flags(current: &str) -> Option<String> {
+    let has = |c: char| current.contains(c);
+    if has('K') && (has('s') || has('A')) {
+        return None;
+    }
+    let mut flags = current.to_string();
+    for c in KEYSPACE_EVENTS.chars().filter(|&c| !has(c)) {
+        flags.push(c);
+    }
+    Some(flags)
+}
+
+/// The keyspace channel of `key` in database `db`.
+fn keyspace_channel(db: i64, key: &str) -> String {
+    format!("__keyspace@{db}__:{key}")
+}
+
 /// Listens to the fleet's channels (reconnecting when Redis goes): operator commands from
-/// other hosts, and addresses added to shared suppression sets.
-async fn subscribe(client: redis::Client, node: String, responder: Responder, apply: Apply) {
-    use futures_util::StreamExt;
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => {
-                if pubsub.subscribe(&[CONTROL_CHANNEL, SUPPRESS_CHANNEL]).await.is_ok() {
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        let text: String = msg.get_payload().unwrap_or_default();
-                        match msg.get_channel_name() {
-                            CONTROL_CHANNEL => {
-                                let mut parts = text.splitn(3, '\n');
-                                let (from, path, query) = (parts.next(), parts.next(), parts.next());
-                                if let (Some(from), Some(path), Some(query)) = (from, path, query) {
-                                    if from != node {
-                                        tracing::info!(%from, %path, %query, "cluster: command from another host");
-                                        // Shard commands block (mailboxes, answers): off
-                                        // the runtime's one thread, which serves DNS too.
-                                        let (apply, path, query) = (apply.clone(), path.to_string(), query.to_string());
-                                        tokio::task::spawn_blocking(move || apply(&path, &query));
+/// other hosts, addresses added to shared suppression sets by sluice hosts, and the sets'
+/// keyspace channels (any writer's change).
+struct Listener {
+    client: redis::Client,
+    node: String,
+    responder: Responder,
+    apply: Apply,
+    /// The shared sets' keys.
+    keys: Vec<String>,
+    changed: mpsc::UnboundedSender<Ask>,
+}
+
+impl Listener {
+    async fn run(self) {
+        use futures_util::StreamExt;
+        let db = self.client.get_connection_info().redis.db;
+        let watched: HashMap<String, String> = self.keys.iter().map(|k| (keyspace_channel(db, k), k.clone())).collect();
+        let mut channels = vec![CONTROL_CHANNEL.to_string(), SUPPRESS_CHANNEL.to_string()];
+        channels.extend(watched.keys().cloned());
+        loop {
+            match self.client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(&channels).await.is_ok() {
+                        // Changes made while not listening: read every set again.
+                        for k in &self.keys {
+                            let _ = self.changed.send(Ask::SetChanged(k.clone()));
+                        }
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            let text: String = msg.get_payload().unwrap_or_default();
+                            match msg.get_channel_name() {
+                                CONTROL_CHANNEL => self.on_control(&text),
+                                SUPPRESS_CHANNEL => {
+                                    if let Some((key, address)) = text.split_once('\n') {
+                                        suppress_locally(&self.responder, key, address);
                                     }
                                 }
-                            }
-                            _ => {
-                                if let Some((key, address)) = text.split_once('\n') {
-                                    suppress_locally(&responder, key, address);
+                                channel => {
+                                    if let Some(key) = watched.get(channel) {
+                                        let _ = self.changed.send(Ask::SetChanged(key.clone()));
+                                    }
                                 }
                             }
                         }
                     }
                 }
+                Err(e) => tracing::debug!(error = %e, "cluster: pub/sub not connected"),
             }
-            Err(e) => tracing::debug!(error = %e, "cluster: pub/sub not connected"),
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    fn on_control(&self, text: &str) {
+        let mut parts = text.splitn(3, '\n');
+        let (Some(from), Some(path), Some(query)) = (parts.next(), parts.next(), parts.next()) else { return };
+        if from == self.node {
+            return;
+        }
+        tracing::info!(%from, %path, %query, "cluster: command from another host");
+        // Shard commands block (mailboxes, answers): off the runtime's one thread, which
+        // serves DNS too.
+        let (apply, path, query) = (self.apply.clone(), path.to_string(), query.to_string());
+        tokio::task::spawn_blocking(move || apply(&path, &query));
     }
 }
 
@@ -456,4 +615,20 @@ fn suppress_locally(responder: &Responder, key: &str, address: &str) {
 /// The Redis set key behind an `<address-list>`, if it is shared.
 pub fn set_of(config: &Config, list: &str) -> Option<String> {
     shared_lists(config).into_iter().find(|(n, _)| n == list).map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_flags_add_only_what_is_missing() {
+        assert_eq!(keyspace_flags("").as_deref(), Some("Ks"));
+        assert_eq!(keyspace_flags("Ex").as_deref(), Some("ExKs"));
+        assert_eq!(keyspace_flags("Kx").as_deref(), Some("Kxs"));
+        assert_eq!(keyspace_flags("KA"), None);
+        assert_eq!(keyspace_flags("Ks"), None);
+        assert_eq!(keyspace_flags("AKE"), None);
+        assert_eq!(keyspace_channel(0, "suppress:global"), "__keyspace@0__:suppress:global");
+    }
 }

@@ -44,11 +44,13 @@ impl Reloader {
                 warnings.push(format!("{what} changes take effect at the next restart"));
             }
         }
-        // Refusal counters go on across the reload.
+        // Refusal counters go on across the reload, and so do the addresses lists were given
+        // while running (a shared set's members, complainers): no gap until they are read again.
         let old_lists = self.responder.lists();
         for (name, list) in &settings.lists {
             if let Some(old) = old_lists.get(name) {
                 list.hits.fetch_add(old.hits(), std::sync::atomic::Ordering::Relaxed);
+                list.carry_added(old);
             }
         }
         self.responder.reload(settings);

@@ -1,7 +1,9 @@
 //! A fleet of three sluice hosts on one real `redis-server`, each sending from its own source
 //! address (127.0.0.2, .3, .4) to one receiver: a `cluster-max-msg-rate` holds for the three
 //! together (where per-host limits alone give three times the rate), a complaint taken by one
-//! host is refused at RCPT by the others within a second, a job paused on one host is held on
+//! host is refused at RCPT by the others within a second, an address any other client adds to
+//! the shared set with a plain `SADD` is refused by every host within a second (with keyspace
+//! notifications, and on a server that refuses `CONFIG`), a job paused on one host is held on
 //! all, and with Redis killed the hosts go on at their local share and rejoin when it is back.
 
 mod common;
@@ -125,6 +127,64 @@ fn a_fleet_rate_holds_for_the_three_hosts_together() {
     assert!(metrics.as_str().unwrap().contains("cluster_connected 1"), "{metrics}");
 }
 
+/// The reply to RCPT TO `rcpt` from the source that uses the shared list (127.0.0.5).
+fn rcpt_reply(h: &Host, rcpt: &str) -> String {
+    let (code, out) = run(std::process::Command::new("python3").arg(py_script("smtp_probe.py")).args([
+        &h.relay.port.to_string(),
+        "127.0.0.5",
+        "news@example.com",
+        rcpt,
+    ]));
+    assert_eq!(code, 0, "{out}");
+    out.trim().to_string()
+}
+
+#[test]
+fn an_address_any_client_adds_to_the_shared_set_is_refused_within_a_second() {
+    let lists = "<address-list fleet-suppress>\n redis-set suppress:global\n</address-list>\n\
+                 <source 127.0.0.5>\n always-allow-relaying yes\n suppression-lists fleet-suppress\n</source>\n";
+    // A server sluice may configure (it turns keyspace notifications on), and one that
+    // refuses CONFIG, as managed services do (sluice follows the set's size).
+    for (redis, notified) in [(Redis::start(), true), (Redis::start_with(&["--rename-command", "CONFIG", ""]), false)] {
+        let sink = SluiceSink::start(&[], 1_000_000);
+        let hosts = fleet(Some(&redis), &format!(" smtp-hosts [127.0.0.1]:{}", sink.port), lists);
+        for h in &hosts {
+            wait_for("the host on the fleet", Duration::from_secs(10), || {
+                let (_, status) = http(h.api, "GET", "/status", None, "");
+                (status["cluster"]["connected"] == true).then_some(())
+            });
+        }
+        for (i, address) in
+            ["unsubscribed@mailbox-provider.example", "later@mailbox-provider.example"].iter().enumerate()
+        {
+            assert_eq!(rcpt_reply(&hosts[i], address), "mail=250 rcpt=250", "not suppressed yet");
+            // An application's unsubscribe handler: a plain SADD, no sluice involved.
+            let added = Instant::now();
+            assert_eq!(redis.cli(&["SADD", "suppress:global", address]), "1");
+            for h in &hosts {
+                wait_for("the address refused", Duration::from_secs(5), || {
+                    (rcpt_reply(h, address) == "mail=250 rcpt=550").then_some(())
+                });
+            }
+            let took = added.elapsed();
+            // The probes themselves take a while: three of them within the second and a half.
+            assert!(took < Duration::from_millis(1500), "within a second (notified {notified}): {took:?}");
+        }
+        // A reload makes the lists anew: the set's addresses are back in them at once.
+        hosts[2].relay.signal(libc::SIGHUP);
+        let reloaded = Instant::now();
+        wait_for("the reload logged", Duration::from_secs(5), || {
+            hosts[2].relay.log().contains("configuration reloaded").then_some(())
+        });
+        let held = (0..10).all(|_| rcpt_reply(&hosts[2], "later@mailbox-provider.example") == "mail=250 rcpt=550");
+        assert!(held, "refused all along after the reload ({:?} after it)", reloaded.elapsed());
+        if notified {
+            let flags = redis.cli(&["CONFIG", "GET", "notify-keyspace-events"]);
+            assert!(flags.contains('K') && flags.contains('s'), "sluice turned keyspace notifications on: {flags}");
+        }
+    }
+}
+
 #[test]
 fn a_complaint_on_one_host_is_refused_by_the_others_within_a_second() {
     let redis = Redis::start();
@@ -134,17 +194,7 @@ fn a_complaint_on_one_host_is_refused_by_the_others_within_a_second() {
                  <address-list>\n address /^fbl@fbl\\.example\\.com$/\n </address-list>\n</feedback-loop-processor>\n\
                  <source 127.0.0.5>\n always-allow-relaying yes\n suppression-lists fleet-suppress\n</source>\n";
     let hosts = fleet(Some(&redis), &format!(" smtp-hosts [127.0.0.1]:{}", sink.port), lists);
-    // The reply to RCPT from the source that uses the list (smtp_probe.py from 127.0.0.5).
-    let rcpt_reply = |h: &Host| {
-        let (code, out) = run(std::process::Command::new("python3").arg(py_script("smtp_probe.py")).args([
-            &h.relay.port.to_string(),
-            "127.0.0.5",
-            "news@example.com",
-            "complainer@mailbox-provider.example",
-        ]));
-        assert_eq!(code, 0, "{out}");
-        out.trim().to_string()
-    };
+    let rcpt_reply = |h: &Host| rcpt_reply(h, "complainer@mailbox-provider.example");
     assert_eq!(rcpt_reply(&hosts[1]), "mail=250 rcpt=250", "not suppressed yet");
     let report =
         std::fs::read_to_string(format!("{}/tests/fixtures/arf/rfc5965-style-abuse.eml", env!("CARGO_MANIFEST_DIR")))

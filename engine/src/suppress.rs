@@ -171,6 +171,17 @@ impl AddressList {
         self.has_added.store(true, Ordering::Release);
     }
 
+    /// Takes over the addresses `old` was given while running (a reload's new list keeps the
+    /// shared set's members and the complainers until they are read again).
+    pub fn carry_added(&self, old: &AddressList) {
+        if !old.has_added.load(Ordering::Acquire) {
+            return;
+        }
+        let from = old.added.read().expect("not poisoned");
+        self.added.write().expect("not poisoned").extend(from.iter().cloned());
+        self.has_added.store(true, Ordering::Release);
+    }
+
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)
     }
@@ -179,6 +190,17 @@ impl AddressList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_list_keeps_what_the_old_was_given() {
+        let old = AddressList::new("s");
+        let new = AddressList::new("s");
+        new.carry_added(&old);
+        assert!(!new.contains("x@y.test"));
+        old.add("X@y.test");
+        new.carry_added(&old);
+        assert!(new.contains("x@Y.test") && !new.contains("z@y.test"));
+    }
 
     #[test]
     fn every_kind_of_entry() {

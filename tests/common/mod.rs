@@ -996,12 +996,19 @@ pub fn unanswering_listener(ip: &str) -> (SocketAddr, Vec<TcpStream>, TcpListene
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    args: Vec<String>,
 }
 
 impl Redis {
     pub fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// A server with more options (`--rename-command CONFIG ""`, as managed Redis services do).
+    pub fn start_with(args: &[&str]) -> Redis {
         require("redis-server");
-        let mut r = Redis { port: free_port("127.0.0.1"), child: None };
+        let mut r =
+            Redis { port: free_port("127.0.0.1"), child: None, args: args.iter().map(|a| a.to_string()).collect() };
         r.spawn();
         r
     }
@@ -1009,12 +1016,22 @@ impl Redis {
     pub fn spawn(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
         wait_port(SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(10));
+    }
+
+    /// Runs one command (as any other client of the server would) and gives its reply as
+    /// `redis-cli` prints it.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out =
+            Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().expect("redis-cli");
+        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// Kills it (as a crash would).
