@@ -32,7 +32,14 @@ impl Reloader {
         let settings = crate::load_settings(config.clone()).map_err(|e| e.to_string())?;
         let old = self.responder.config();
         let mut warnings: Vec<String> = config.warnings.iter().map(|w| w.to_string()).collect();
+        // Which shard owns a queue, and which receives a connection, stays as it was at start.
+        let classes = |c: &sluice_config::Config| {
+            let vmtas: Vec<(String, Option<String>)> =
+                c.vmtas.iter().map(|(n, v)| (n.clone(), v.traffic_class.clone())).collect();
+            (c.traffic_classes.clone(), vmtas)
+        };
         let restart = [
+            (classes(&old) != classes(&config), "traffic-class"),
             (old.listeners != config.listeners, "smtp-listener"),
             (old.spool_dir != config.spool_dir, "spool"),
             (old.shards != config.shards, "shards"),

@@ -60,6 +60,9 @@ pub struct LoadgenArgs {
     headers: Vec<String>,
     #[arg(long, default_value = "loadgen@src.test")]
     from: String,
+    /// Connect from this local address, e.g. 127.0.0.2 (a `<source>` of its own).
+    #[arg(long)]
+    source: Option<std::net::IpAddr>,
     /// Write the summary as JSON to this file ('-' for standard output).
     #[arg(long)]
     json: Option<String>,
@@ -117,6 +120,7 @@ pub fn loadgen(args: LoadgenArgs) -> ExitCode {
         rate: args.rate,
         headers: args.headers,
         from: args.from,
+        source: args.source,
         ehlo: "loadgen.sluice".into(),
     };
     let quiet = args.quiet;

@@ -203,6 +203,8 @@ pub(crate) struct Builder {
     pub vmta_pattern_refs: Vec<(String, Span)>,
     /// `rewrite-list` names, checked once all is read.
     pub rewrite_refs: Vec<(String, Span)>,
+    /// `traffic-class NAME` uses, checked once every `<traffic-class>` is read.
+    pub class_refs: Vec<(String, Span)>,
     /// `<proxy NAME>` blocks, for `use-proxy`.
     pub proxies: crate::names::Names<Proxy>,
     /// Global `smtp-proxy-source-host` and `use-proxy`, inherited by VMTAs once all is read.
@@ -230,6 +232,7 @@ impl Builder {
             spools: Vec::new(),
             vmta_pattern_refs: Vec::new(),
             rewrite_refs: Vec::new(),
+            class_refs: Vec::new(),
             proxies: crate::names::Names::new(),
             global_vmta: VirtualMta::default(),
             pending_remove_dot: None,
@@ -506,6 +509,15 @@ impl Builder {
                     span,
                     format!("pattern-list `{name}` is not defined"),
                     format!("define it with `<pattern-list {name}>`"),
+                ));
+            }
+        }
+        for (name, span) in &self.class_refs {
+            if !c.traffic_classes.iter().any(|t| t.name == *name) {
+                errors.push(ConfigError::at(
+                    span,
+                    format!("traffic-class `{name}` is not defined"),
+                    format!("define it with `<traffic-class {name}> shards 1 </traffic-class>`"),
                 ));
             }
         }

@@ -117,6 +117,8 @@ pub struct Config {
     pub mx_rollups: MxRollupList,
     /// `<cluster>`, when this host is one of a fleet.
     pub cluster: Option<Cluster>,
+    /// `<traffic-class>` blocks, in the order written.
+    pub traffic_classes: Vec<TrafficClass>,
     /// `log-file PATH`: the log is also written there.
     pub log_file: Option<PathBuf>,
     /// `relay-domain` / `relay-address`: recipients accepted from any client.
@@ -295,6 +297,21 @@ impl Config {
 
     /// A VMTA or pool name as it was defined, for a name written in any case (as written when
     /// it names neither).
+    /// The traffic class of mail through VMTA (or pool) `name`: the VMTA's `traffic-class`
+    /// (a pool's: its first member's).
+    pub fn vmta_class(&self, name: &str) -> Option<&str> {
+        let vmta = match self.pools.get(name) {
+            Some(members) => self.vmtas.get(members.first()?)?,
+            None => self.vmtas.get(name)?,
+        };
+        vmta.traffic_class.as_deref()
+    }
+
+    /// Which shards run what (`<traffic-class>`) on a host of `shards` shards.
+    pub fn shard_sets(&self, shards: u32) -> Result<ShardSets, String> {
+        ShardSets::new(&self.traffic_classes, shards)
+    }
+
     pub fn defined_vmta(&self, name: &str) -> String {
         self.vmtas.defined(name).or_else(|| self.pools.defined(name)).unwrap_or(name).to_string()
     }
@@ -414,6 +431,7 @@ impl Config {
             log_file: None,
             mx_rollups: Default::default(),
             cluster: None,
+            traffic_classes: Vec::new(),
             source_ip_limits: HashMap::new(),
             smtp_command_timeout: Duration::from_secs(300),
             smtp_data_timeout: Duration::from_secs(600),
@@ -839,5 +857,47 @@ mod suffix_tests {
             c.domain_settings("x.b.test").queue_to.unwrap(),
             "same answer as the full settings"
         );
+    }
+}
+
+#[cfg(test)]
+mod traffic_class_tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        load("t.conf", text, &mut |_| Err("no includes".into())).map_err(|e| format!("{e:?}"))
+    }
+
+    #[test]
+    fn classes_reserve_the_highest_shards_and_leave_the_rest() {
+        let c = parse(
+            "smtp-listener 127.0.0.1:25\n<traffic-class transactional>\n shards 1\n</traffic-class>\n\
+             <traffic-class alerts>\n shards 2\n</traffic-class>\n\
+             <virtual-mta tx>\n traffic-class transactional\n</virtual-mta>\n<virtual-mta bulk>\n</virtual-mta>\n\
+             <virtual-mta-pool txpool>\n virtual-mta tx\n</virtual-mta-pool>\n\
+             <source 10.1.0.0/16>\n traffic-class alerts\n</source>\n",
+        )
+        .unwrap();
+        let sets = c.shard_sets(6).unwrap();
+        assert_eq!(sets.general, 0..3);
+        assert_eq!(sets.of(Some("transactional")), 3..4);
+        assert_eq!(sets.of(Some("alerts")), 4..6);
+        assert_eq!(sets.of(None), 0..3);
+        assert_eq!(c.vmta_class("tx"), Some("transactional"));
+        assert_eq!(c.vmta_class("txpool"), Some("transactional"));
+        assert_eq!(c.vmta_class("bulk"), None);
+        let policy = c.source_policy("10.1.2.3".parse().unwrap());
+        assert_eq!(policy.traffic_class.as_deref(), Some("alerts"));
+        let err = c.shard_sets(3).unwrap_err();
+        assert!(err.contains("reserve 3 shards") && err.contains("runs 3"), "{err}");
+    }
+
+    #[test]
+    fn a_class_not_defined_is_an_error_at_its_line() {
+        let err = parse("smtp-listener 127.0.0.1:25\n<virtual-mta tx>\n traffic-class transactionl\n</virtual-mta>\n")
+            .unwrap_err();
+        assert!(err.contains("traffic-class `transactionl` is not defined") && err.contains("line: 3"), "{err}");
+        let err = parse("smtp-listener 127.0.0.1:25\n<traffic-class t>\n</traffic-class>\n").unwrap_err();
+        assert!(err.contains("needs `shards N`"), "{err}");
     }
 }

@@ -42,6 +42,9 @@ pub struct SourcePolicy {
     pub smtp_data_timeout: Option<Duration>,
     pub process_x_virtual_mta: bool,
     pub default_virtual_mta: Option<String>,
+    /// `traffic-class NAME`: its connections are received, and its mail spooled and signed,
+    /// on that class's shards only.
+    pub traffic_class: Option<String>,
     /// Keep the `x-virtual-mta:` header when relaying (it is removed by default).
     pub retain_x_virtual_mta: bool,
     /// Refuse a message whose `x-virtual-mta:` names no VMTA or pool (else: the default).
@@ -283,6 +286,7 @@ impl Default for SourcePolicy {
             smtp_data_timeout: None,
             process_x_virtual_mta: false,
             default_virtual_mta: None,
+            traffic_class: None,
             retain_x_virtual_mta: false,
             reject_invalid_virtual_mta: false,
             add_received_header: true,
@@ -805,6 +809,8 @@ pub struct VirtualMta {
     pub(crate) use_proxy: Option<(Vec<String>, crate::ast::Span)>,
     /// `proxy-protocol 1|2` for its `smtp-proxy-source-host` lines.
     pub(crate) proxy_version: Option<u8>,
+    /// `traffic-class NAME`: its queues live on that class's shards only.
+    pub traffic_class: Option<String>,
 }
 
 /// A proxy host that connects to receivers for this one: sluice connects to `server`, writes
@@ -1047,6 +1053,54 @@ impl MxRollupList {
             .filter(|e| e.rollup == rollup && !e.host.starts_with("*."))
             .map(|e| e.host.as_str())
             .collect()
+    }
+}
+
+/// `<traffic-class NAME>`: shards reserved for one stream of mail (transactional apart from
+/// bulk): only the class's sources are received there and only its VMTAs' queues live there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrafficClass {
+    pub name: String,
+    /// `shards N`: how many of the host's shards it reserves.
+    pub shards: u32,
+}
+
+/// Which shards run what: the classes' reserved shards (the highest numbers, in the order the
+/// classes are defined) and the rest, for all other traffic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSets {
+    pub general: std::ops::Range<u32>,
+    pub classes: Vec<(String, std::ops::Range<u32>)>,
+}
+
+impl ShardSets {
+    /// The sets for `shards` shards; Err when the classes leave none for other traffic.
+    pub fn new(classes: &[TrafficClass], shards: u32) -> Result<ShardSets, String> {
+        let reserved: u32 = classes.iter().map(|c| c.shards).sum();
+        if reserved >= shards && !classes.is_empty() {
+            return Err(format!(
+                "the traffic classes reserve {reserved} shards and this host runs {shards}: \
+                 at least one must be left for other traffic (raise `shards`, or reserve fewer)"
+            ));
+        }
+        let mut at = shards - reserved;
+        let general = 0..at;
+        let classes = classes
+            .iter()
+            .map(|c| {
+                let r = at..at + c.shards;
+                at += c.shards;
+                (c.name.clone(), r)
+            })
+            .collect();
+        Ok(ShardSets { general, classes })
+    }
+
+    /// The shards of `class` (None, or a class not defined: the general ones).
+    pub fn of(&self, class: Option<&str>) -> std::ops::Range<u32> {
+        class
+            .and_then(|name| self.classes.iter().find(|(n, _)| n == name))
+            .map_or(self.general.clone(), |(_, r)| r.clone())
     }
 }
 

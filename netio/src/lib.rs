@@ -76,6 +76,8 @@ pub enum StartError {
     Listen(SocketAddr, std::io::Error),
     Spool(std::path::PathBuf, std::io::Error),
     Thread(std::io::Error),
+    /// `<traffic-class>`es reserve more shards than there are.
+    Classes(String),
 }
 
 impl std::fmt::Display for StartError {
@@ -92,6 +94,7 @@ impl std::fmt::Display for StartError {
             StartError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
             StartError::Spool(p, e) => write!(f, "spool {}: {e}", p.display()),
             StartError::Thread(e) => write!(f, "cannot start shard thread: {e}"),
+            StartError::Classes(e) => write!(f, "{e}"),
         }
     }
 }
@@ -115,6 +118,8 @@ pub(crate) struct Core {
     pub error_sessions: AddressCounts,
     /// Cold VMTA warm-up, shared by every shard (`max-cold-virtual-mta-msg`).
     pub cold: sluice_engine::prepare::ColdCounts,
+    /// Which shards run what (`<traffic-class>`), fixed at start.
+    pub sets: sluice_config::ShardSets,
     /// Per shard: the last accounting batch the writer has made durable (`ControlRequest::Acct`).
     /// An atomic rather than a mailbox message: a full mailbox cannot lose it.
     pub acct_durable: Vec<AtomicU64>,
@@ -228,6 +233,11 @@ impl Responder {
         self.core.mailboxes.len() as u32
     }
 
+    /// Which shards run what (`<traffic-class>`).
+    pub fn shard_sets(&self) -> &sluice_config::ShardSets {
+        &self.core.sets
+    }
+
     /// The accounting writer has made `shard`'s batches up to `batch` durable: the shard
     /// journals their outcomes on its next tick.
     pub fn acct_durable(&self, shard: u32, batch: u64) {
@@ -256,9 +266,11 @@ impl Responder {
         Ok(replies)
     }
 
-    /// Hands a message injected over HTTP to a shard (round robin by the caller's `n`).
+    /// Hands a message injected over HTTP to a shard (round robin by the caller's `n`, over
+    /// the shards no traffic class reserves).
     pub fn inject(&self, n: u64, injection: admin::Injection) -> Result<(), String> {
-        let shard = (n % self.shards() as u64) as u32;
+        let general = &self.core.sets.general;
+        let shard = general.start + (n % general.len().max(1) as u64) as u32;
         self.send(shard, ShardMsg::Inject(Box::new(injection))).map_err(|_| "the spool is busy, try again".to_string())
     }
 
@@ -369,6 +381,10 @@ fn recovered_jobs(
         .collect()
 }
 
+/// The niceness of the shards no traffic class reserves, when there are classes: where they
+/// share cores with a class's shards, the class's mail goes first.
+const GENERAL_SHARD_NICE: i32 = 5;
+
 /// Fails with EADDRINUSE when anything already listens on `addr`. The shards' listeners use
 /// SO_REUSEPORT, which would otherwise let a second sluice share the port silently. The probe
 /// binds without listening: a listening probe took in clients that came early and reset them
@@ -398,6 +414,7 @@ impl Plan {
         mut listen: impl FnMut(u32, SocketAddr) -> Result<RawFd, StartError>,
     ) -> Result<Plan, StartError> {
         let config = settings.config.clone();
+        let sets = config.shard_sets(shards).map_err(StartError::Classes)?;
         let spool = config.spool_dir.clone();
         let recovery_started = std::time::Instant::now();
         let recovered = spool_files::recover(&spool).map_err(|e| StartError::Spool(spool.clone(), e))?;
@@ -427,6 +444,7 @@ impl Plan {
             error_sessions: AddressCounts::new(ADDRESS_COUNTS_SLOTS),
             cold: Default::default(),
             acct_durable: (0..shards).map(|_| AtomicU64::new(0)).collect(),
+            sets: sets.clone(),
         });
         let shared = Arc::new(Shared::new(core, settings));
         let mut listeners: Vec<Vec<RawFd>> = (0..shards).map(|_| Vec::new()).collect();
@@ -448,7 +466,7 @@ impl Plan {
         for m in recovered.messages {
             for (domain, vmta, job) in recovered_jobs(&m.segment, m.offset, &m.pending) {
                 let domain = config.queue_domain(&domain);
-                let owner = owner_shard(&domain, shards);
+                let owner = sluice_engine::route::queue_owner(&config, &sets, &domain, &vmta);
                 let queues = &mut initial[owner as usize];
                 match queues.get_mut(&(domain.clone(), vmta.clone())) {
                     Some(jobs) => jobs.push_back(job),
@@ -511,12 +529,18 @@ impl Runtime {
         let mut threads = Vec::new();
         for start in starts {
             let id = start.id;
+            // With traffic classes, the other shards yield the CPU to the classes' shards where
+            // they share cores.
+            let yields = !shared.core.sets.classes.is_empty() && shared.core.sets.general.contains(&id);
             let core = cores.get(id as usize % cores.len().max(1)).copied();
             let handle = std::thread::Builder::new()
                 .name(format!("shard-{id}"))
                 .spawn(move || {
                     if let Some(core) = core {
                         core_affinity::set_for_current(core);
+                    }
+                    if yields {
+                        sys::lower_priority(GENERAL_SHARD_NICE);
                     }
                     let ran = match backend {
                         backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll).and_then(|io| start.run(io)),

@@ -89,6 +89,13 @@ pub enum ShardMsg {
     Reload(Arc<crate::Shared>),
     /// A message injected over HTTP.
     Inject(Box<crate::admin::Injection>),
+    /// A connection another shard accepted for this one's traffic class (`<traffic-class>`):
+    /// its descriptor, client and listener.
+    Accepted {
+        fd: std::os::fd::RawFd,
+        ip: std::net::IpAddr,
+        listener: usize,
+    },
 }
 
 pub struct Mailbox {

@@ -77,6 +77,8 @@ pub struct NetStats {
     pub failed_syncs: u64,
     pub refused: u64,
     pub lost_sectors: u64,
+    /// Connections one shard accepted and another served (a traffic class's).
+    pub handed_over: u64,
 }
 
 struct Pipe {
@@ -86,9 +88,12 @@ struct Pipe {
     to_peer: Vec<u8>,
     /// The listener's address (inbound) or the one dialled (outbound).
     addr: SocketAddr,
+    /// The client's address (inbound).
+    from: IpAddr,
     inbound: bool,
     accepted: bool,
-    /// The shard that accepted or dialled it.
+    /// The shard at the relay's end: the one that accepted or dialled it, then the last one
+    /// that received or sent on it (a connection may be handed to another shard).
     shard: Option<u32>,
     peer_closed: bool,
     relay_closed: bool,
@@ -174,11 +179,11 @@ impl Net {
 
     // ---- The peers' side ------------------------------------------------------------------
 
-    /// A client connects to the relay's listener at `addr` (a shard accepts it when it has an
-    /// accept armed there).
-    pub fn connect(&self, addr: SocketAddr) -> PeerId {
+    /// A client at `from` connects to the relay's listener at `addr` (a shard accepts it
+    /// when it has an accept armed there).
+    pub fn connect(&self, from: IpAddr, addr: SocketAddr) -> PeerId {
         let mut w = self.0.borrow_mut();
-        w.pipes.push(Pipe::new(addr, true));
+        w.pipes.push(Pipe { from, ..Pipe::new(addr, true) });
         w.pipes.len() - 1
     }
 
@@ -326,6 +331,7 @@ impl Pipe {
             to_relay: VecDeque::new(),
             to_peer: Vec::new(),
             addr,
+            from: IpAddr::from([127, 0, 0, 1]),
             inbound,
             accepted: false,
             shard: None,
@@ -374,7 +380,7 @@ impl World {
                 }
                 self.pipes[id].accepted = true;
                 self.pipes[id].shard = Some(p.shard);
-                let peer = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), 10_000 + (id % 50_000) as u16);
+                let peer = SocketAddr::new(self.pipes[id].from, 10_000 + (id % 50_000) as u16);
                 let (storage, n) = crate::sys::sockaddr(peer);
                 // SAFETY: the shard keeps the address buffers alive until the accept completes.
                 unsafe {
@@ -399,6 +405,7 @@ impl World {
             }
             Sub::Recv { fd, buf, len } => {
                 let Some(id) = self.stream(fd) else { return Some(-libc::EBADF) };
+                self.serves(id, p.shard);
                 let pipe = &self.pipes[id];
                 if pipe.reset {
                     return Some(-libc::ECONNRESET);
@@ -418,6 +425,9 @@ impl World {
                 Some(n as i32)
             }
             Sub::Send { fd, buf, len } => {
+                if let Some(id) = self.stream(fd) {
+                    self.serves(id, p.shard);
+                }
                 // SAFETY: the shard keeps `buf` alive and unchanged until the send completes.
                 let bytes = unsafe { std::slice::from_raw_parts(buf, len as usize) }.to_vec();
                 Some(self.send(fd, &[&bytes]))
@@ -483,6 +493,12 @@ impl World {
             }
             Sub::Cancel { .. } => unreachable!("cancels are matched with their targets in run_io"),
         }
+    }
+
+    /// `shard` works on connection `id` (another shard's until now: it was handed over).
+    fn serves(&mut self, id: PeerId, shard: u32) {
+        let was = self.pipes[id].shard.replace(shard);
+        self.stats.handed_over += u64::from(was.is_some_and(|w| w != shard));
     }
 
     fn send(&mut self, fd: RawFd, parts: &[&[u8]]) -> i32 {

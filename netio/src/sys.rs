@@ -172,3 +172,13 @@ pub(crate) fn close(fd: RawFd) {
     // SAFETY: the caller owns fd and no operation uses it any more.
     unsafe { libc::close(fd) };
 }
+
+/// Lowers the calling thread's scheduling priority to niceness `nice` (raising it needs no
+/// privilege; a failure leaves it as it was).
+pub(crate) fn lower_priority(nice: i32) {
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
+    }
+}

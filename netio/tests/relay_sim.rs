@@ -20,7 +20,10 @@
 //!   from what the disk kept.
 //! - Three shards and several destination domains: a message received on one shard is
 //!   delivered by the shard that owns its domain (a cross-shard job through the mailboxes);
-//!   bounced recipients get DSNs (`generate-bounces`), spooled and delivered in turn.
+//!   bounced recipients get DSNs (`generate-bounces`), spooled and delivered in turn. Shard 2
+//!   is a traffic class's: a third of the messages come from its source through its VMTA and
+//!   must be received and delivered there (connections accepted elsewhere handed over), the
+//!   others never there.
 //!
 //! The checker: every acknowledged message reaches the receiver, byte for byte, for every
 //! recipient it takes, and the relay's durable accounting says so (`d`); refused recipients
@@ -62,8 +65,16 @@ const LATER_UNTIL_MS: u64 = 100_000;
 const INJECT_OVER_MS: u64 = 150_000;
 const SENDER: &str = "sender@src.test";
 
+/// A traffic class on shard 2: its source's connections are received there, its VMTA's
+/// queues live there, and nothing else runs there.
+const CLASS_SHARD: u32 = 2;
+const CLASS_SOURCE: &str = "127.0.0.2";
+
 const CONFIG: &str = "smtp-listener 127.0.0.1:25\n\
+    <traffic-class transactional>\n shards 1\n</traffic-class>\n\
+    <virtual-mta tx>\n traffic-class transactional\n</virtual-mta>\n\
     <source 127.0.0.1>\n always-allow-relaying yes\n generate-bounces yes\n</source>\n\
+    <source 127.0.0.2>\n always-allow-relaying yes\n generate-bounces yes\n traffic-class transactional\n default-virtual-mta tx\n</source>\n\
     <domain *>\n retry-after 1s\n bounce-after 1h\n max-rcpt-per-message 3\n max-smtp-out 2\n</domain>\n";
 
 fn listener() -> SocketAddr {
@@ -87,6 +98,11 @@ fn id_of(data: &[u8]) -> Option<u64> {
     let at = data.windows(17).position(|w| w == b"Subject: message ")? + 17;
     let end = at + data[at..].iter().position(|b| !b.is_ascii_digit())?;
     std::str::from_utf8(&data[at..end]).ok()?.parse().ok()
+}
+
+/// Messages of the traffic class: sent over SMTP from its source, every time.
+fn in_class(id: u64) -> bool {
+    id % 3 == 0
 }
 
 /// The message id a simulated recipient address carries (`kind{id}-{i}@destN.test`).
@@ -133,6 +149,8 @@ struct Stats {
 /// An injector's SMTP connection.
 struct Injector {
     peer: PeerId,
+    /// It connects from the traffic class's source (and sends only the class's messages).
+    class: bool,
     client: Client,
     inbox: Vec<u8>,
     msg: Option<u64>,
@@ -298,7 +316,7 @@ impl World {
                 if self.rng.below(20) != 0 {
                     continue;
                 }
-                if self.rng.below(4) == 0 {
+                if self.rng.below(4) == 0 && !in_class(id) {
                     self.inject_http(p, id);
                     continue;
                 }
@@ -306,8 +324,9 @@ impl World {
                 if self.rng.below(2) == 0 {
                     client.disable_pipelining();
                 }
-                let peer = self.net.connect(listener());
-                p.injectors[slot] = Some(Injector { peer, client, inbox: Vec::new(), msg: None });
+                let from = if in_class(id) { CLASS_SOURCE } else { "127.0.0.1" };
+                let peer = self.net.connect(from.parse().expect("an address"), listener());
+                p.injectors[slot] = Some(Injector { peer, class: in_class(id), client, inbox: Vec::new(), msg: None });
             }
             self.drive_injector(p, slot);
         }
@@ -369,7 +388,7 @@ impl World {
                 continue;
             };
             match event {
-                ClientEvent::Ready => match self.outside.next_to_inject(now) {
+                ClientEvent::Ready => match self.outside.next_to_inject(now).filter(|&id| in_class(id) == c.class) {
                     Some(id) if self.rng.below(8) != 0 => {
                         self.outside.sending.insert(id);
                         let rcpts: Vec<&str> = self.outside.messages[id as usize].iter().map(String::as_str).collect();
@@ -394,6 +413,12 @@ impl World {
                     if replies.iter().all(|r| r.code == 250) {
                         self.outside.acked.insert(id);
                         if let Some(shard) = self.net.shard_of(c.peer) {
+                            assert_eq!(
+                                shard == CLASS_SHARD,
+                                in_class(id),
+                                "seed {}: message {id} received on shard {shard}",
+                                self.seed
+                            );
                             self.outside.taken_by.insert(id, shard);
                         }
                         self.stats.smtp_acked += 1;
@@ -473,6 +498,7 @@ impl World {
                         continue;
                     }
                     let by = self.net.shard_of(c.peer);
+                    assert_eq!(by == Some(CLASS_SHARD), in_class(id), "seed {seed}: message {id} delivered by {by:?}");
                     let crossed = self.outside.taken_by.get(&id).is_some_and(|&s| Some(s) != by);
                     self.stats.cross_shard += u64::from(crossed);
                     for r in &m.recipients {
@@ -713,6 +739,7 @@ fn relay_loses_nothing_through_faults_short_io_and_crashes() {
         ("failed syncs", n.failed_syncs),
         ("refused dials", n.refused),
         ("sectors lost at a crash", n.lost_sectors),
+        ("connections handed to their traffic class's shard", n.handed_over),
     ] {
         assert!(count >= 20, "{what} exercised only {count} times: {total:?}");
     }
@@ -741,6 +768,7 @@ fn add(total: &mut Stats, s: &Stats) {
         (&mut total.net.failed_syncs, s.net.failed_syncs),
         (&mut total.net.refused, s.net.refused),
         (&mut total.net.lost_sectors, s.net.lost_sectors),
+        (&mut total.net.handed_over, s.net.handed_over),
     ];
     for (t, v) in fields {
         *t += v;

@@ -126,6 +126,7 @@ fn status_json(api: &Api, snap: &Snapshot) -> Value {
         "uptimeS": now.saturating_sub(api.responder.started_unix_ms()) / 1000,
         "startup": startup_json(&config, now.saturating_sub(api.responder.started_unix_ms()), api.recovered_messages),
         "shards": api.responder.shards(),
+        "trafficClasses": classes_json(api.responder.shard_sets()),
         "traffic": { "total": traffic(totals), "lastHr": traffic(last_hr), "lastMin": traffic(last_min) },
         "conn": { "smtpIn": api.responder.inbound_connections(), "smtpOut": snap.conns_out },
         "queue": {
@@ -137,6 +138,15 @@ fn status_json(api: &Api, snap: &Snapshot) -> Value {
         "spool": { "dir": config.spool_dir.display().to_string(), "files": spool_files, "kb": spool_bytes / 1024 },
         "suppressionLists": lists,
         "cluster": cluster_json(api),
+    })
+}
+
+/// Which shards run what: each `<traffic-class>`'s, and the rest (`general`).
+fn classes_json(sets: &sluice_config::ShardSets) -> Value {
+    let shards = |r: &std::ops::Range<u32>| r.clone().collect::<Vec<u32>>();
+    json!({
+        "general": shards(&sets.general),
+        "classes": sets.classes.iter().map(|(name, r)| json!({ "name": name, "shards": shards(r) })).collect::<Vec<_>>(),
     })
 }
 

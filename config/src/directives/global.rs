@@ -270,6 +270,7 @@ const BLOCKS: &[Block<()>] = &[
     Block { name: "smtp-pattern-list", open: |b, _, r| lists::smtp_pattern_list(b, r) },
     Block { name: "pattern-list", open: |b, _, r| lists::vmta_pattern_list(b, r) },
     Block { name: "cluster", open: |b, _, r| lists::cluster(b, r) },
+    Block { name: "traffic-class", open: |b, _, r| lists::traffic_class(b, r) },
     Block {
         name: "mx-rollup-list",
         open: |b, _, r| {

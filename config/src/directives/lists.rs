@@ -423,6 +423,41 @@ pub(crate) const MX_ROLLUP_LIST: Scope<MxRollupList> = Scope {
     blocks: &[],
 };
 
+/// `<traffic-class NAME>` while it is read: `shards N`.
+pub(crate) const TRAFFIC_CLASS: Scope<Option<u32>> = Scope {
+    name: "traffic-class",
+    directives: &[Directive {
+        name: "shards",
+        set: |_, n, l| {
+            let count = l.count()?;
+            if count == 0 {
+                return Err(l.err("a traffic class needs at least one shard", "`shards 1`"));
+            }
+            *n = Some(count);
+            Ok(())
+        },
+    }],
+    blocks: &[],
+};
+
+/// `<traffic-class NAME>`: shards reserved for one stream of mail.
+pub(crate) fn traffic_class(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> {
+    let name = r.arg.unwrap_or("").trim().to_string();
+    if name.is_empty() {
+        return Err(ConfigError::at(r.span, "<traffic-class> needs a name", "`<traffic-class transactional>`"));
+    }
+    if b.config.traffic_classes.iter().any(|c| c.name == name) {
+        return Err(ConfigError::at(r.span, format!("traffic-class `{name}` is defined twice"), "keep one"));
+    }
+    let mut shards = None;
+    b.run(&TRAFFIC_CLASS, &mut shards, r.children);
+    let Some(shards) = shards else {
+        return Err(ConfigError::at(r.span, format!("<traffic-class {name}> needs `shards N`"), "add `shards 1`"));
+    };
+    b.config.traffic_classes.push(crate::model::TrafficClass { name, shards });
+    Ok(())
+}
+
 /// `<cluster>` while it is read.
 #[derive(Default)]
 pub(crate) struct ClusterBlock {

@@ -76,6 +76,15 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
         },
     },
     Directive {
+        name: "traffic-class",
+        set: |b, o, l| {
+            let name = l.one()?.to_string();
+            b.class_refs.push((name.clone(), l.span.clone()));
+            o.set(move |p| p.traffic_class = Some(name.clone()));
+            Ok(())
+        },
+    },
+    Directive {
         name: "rewrite-list",
         set: |b, o, l| {
             let name = l.one()?.to_string();

@@ -47,6 +47,15 @@ pub(crate) const VMTA: Scope<VirtualMta> = Scope {
             },
         },
         Directive {
+            name: "traffic-class",
+            set: |b, v, l| {
+                let name = l.one()?.to_string();
+                b.class_refs.push((name.clone(), l.span.clone()));
+                v.traffic_class = Some(name);
+                Ok(())
+            },
+        },
+        Directive {
             name: "rewrite-list",
             set: |b, v, l| {
                 let name = l.one()?.to_string();

@@ -49,6 +49,17 @@ pub fn owner_shard(domain: &str, shards: u32) -> u32 {
     (h.finish() % shards as u64) as u32
 }
 
+/// The owner of a domain's queues among the shards `set` (a traffic class's, or the general
+/// ones): `owner_shard` over the set.
+pub fn owner_in(domain: &str, set: std::ops::Range<u32>) -> u32 {
+    set.start + owner_shard(domain, set.len().max(1) as u32)
+}
+
+/// The shard that owns a queue: its domain's, among the shards of its VMTA's traffic class.
+pub fn queue_owner(config: &sluice_config::Config, sets: &sluice_config::ShardSets, domain: &str, vmta: &str) -> u32 {
+    owner_in(domain, sets.of(config.vmta_class(vmta)))
+}
+
 /// The domain whose queue a recipient domain's mail joins (`queue-to`, else itself).
 pub fn queue_domain(config: &Config, domain: &str) -> String {
     config.queue_domain(domain)

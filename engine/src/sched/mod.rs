@@ -183,8 +183,10 @@ struct Avoided {
 
 pub struct Scheduler<M> {
     shard: u32,
-    shards: u32,
     config: Arc<Config>,
+    /// Which shard owns a queue, as the configuration at start said (traffic classes and
+    /// VMTAs' classes change at a restart only: a queue never lives on two shards).
+    owners: (Arc<Config>, sluice_config::ShardSets),
     limits: Arc<SourceLimits>,
     stats: Arc<ShardStats>,
     queues: Vec<Option<QueueState<M>>>,
@@ -224,9 +226,12 @@ impl<M: Message> Scheduler<M> {
         make_backlog: BacklogFactory<M>,
         now: Now,
     ) -> Self {
+        let sets = config
+            .shard_sets(shards)
+            .unwrap_or_else(|_| sluice_config::ShardSets { general: 0..shards, classes: Vec::new() });
         Scheduler {
             shard,
-            shards,
+            owners: (config.clone(), sets),
             config,
             limits,
             stats,
@@ -320,7 +325,7 @@ impl<M: Message> Scheduler<M> {
     /// to the shard that owns the domain's queue (`queue-to` applied).
     pub fn dispatch(&mut self, domain: &str, vmta: String, job: Job<M>) {
         let domain = route::queue_domain(&self.config, domain);
-        let owner = route::owner_shard(&domain, self.shards);
+        let owner = route::queue_owner(&self.owners.0, &self.owners.1, &domain, &vmta);
         if owner == self.shard {
             return self.enqueue(&domain, &vmta, job);
         }

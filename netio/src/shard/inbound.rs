@@ -9,12 +9,14 @@ use crate::backend::{Backend, Sub};
 use crate::conn::inbound::{InEvent, Incoming};
 use crate::conn::Want;
 use crate::faults::PanicAt;
+use crate::mailbox::ShardMsg;
 use crate::sys::ip_of;
 use crate::{ControlRequest, Shared};
 use sluice_engine::acct::Record;
 use sluice_engine::prepare::{self, Prepared, Way};
 use sluice_engine::smtp::server::{Message, Session, SessionPolicy};
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::sync::atomic::Ordering;
 
 /// An untrusted address whose sessions end in too many protocol errors this many times within
@@ -79,6 +81,42 @@ impl<B: Backend> Shard<B> {
         self.arm_accept(i);
         let fd = result;
         let ip = ip_of(&self.accept_addrs[i].0);
+        // A traffic class's connections are received on its shards only, and other traffic
+        // never on them: a connection accepted on the wrong shard is handed over.
+        if let Some(to) = self.receiving_shard(ip, i) {
+            self.outbox.push((to, ShardMsg::Accepted { fd, ip, listener: i }));
+            return;
+        }
+        self.take_in(fd, ip, i);
+    }
+
+    /// The shard that must receive a connection from `ip` on listener `listener`, when it is
+    /// not this one (its source's `traffic-class`).
+    fn receiving_shard(&mut self, ip: IpAddr, listener: usize) -> Option<u32> {
+        let sets = &self.shared.core.sets;
+        if sets.classes.is_empty() {
+            return None;
+        }
+        let config = &self.shared.config;
+        let policy = config.policy_for(ip, &listener_source(config, listener));
+        let set = sets.of(policy.traffic_class.as_deref());
+        if set.contains(&self.id) {
+            return None;
+        }
+        self.handed_over += 1;
+        Some(set.start + (self.handed_over % set.len() as u64) as u32)
+    }
+
+    /// A connection another shard accepted for this one's traffic class.
+    pub(super) fn on_handed_over(&mut self, fd: RawFd, ip: IpAddr, listener: usize) {
+        if self.stopping_since_ms.is_some() {
+            return self.io.close(fd);
+        }
+        self.take_in(fd, ip, listener);
+    }
+
+    /// Starts the session of a connection accepted from `ip` on listener `i`.
+    fn take_in(&mut self, fd: RawFd, ip: IpAddr, i: usize) {
         let config = self.shared.config.clone();
         let immediate_tls = config.listeners.get(i).is_some_and(|l| l.immediate_tls);
         let mut session = self.new_session(ip, i, immediate_tls);

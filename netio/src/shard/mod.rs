@@ -165,6 +165,8 @@ pub(crate) struct Shard<B: Backend> {
     /// The scheduler's connection ids, to their slots.
     out_slots: HashMap<ConnId, u32>,
     session_counter: u64,
+    /// Connections handed to other shards (their traffic class's), for a round robin.
+    handed_over: u64,
     spool: Spool<Arc<Segment>>,
     journals: HashMap<JournalId, JournalFile>,
     /// Journal writes in flight: their journal's descriptor, offset and progress.
@@ -218,6 +220,7 @@ impl<B: Backend> Shard<B> {
             in_log_limit: sluice_engine::sched::loglimit::LogLimit::new(now.ms()),
             out_slots: HashMap::new(),
             session_counter: 0,
+            handed_over: 0,
             spool,
             journals: HashMap::new(),
             jnl_writes: HashMap::new(),
@@ -385,6 +388,7 @@ impl<B: Backend> Shard<B> {
                 }
                 ShardMsg::ReportStored { slot, gen, ok } => self.on_report_stored(slot, gen, ok),
                 ShardMsg::Inject(injection) => self.inject(*injection),
+                ShardMsg::Accepted { fd, ip, listener } => self.on_handed_over(fd, ip, listener),
             }
         }
     }

@@ -47,6 +47,8 @@ pub struct LoadgenOptions {
     pub rate: Option<f64>,
     pub headers: Vec<String>,
     pub from: String,
+    /// The local address connections come from (the kernel's choice when None).
+    pub source: Option<std::net::IpAddr>,
     pub ehlo: String,
 }
 
@@ -269,7 +271,7 @@ impl Loadgen {
     }
 
     fn connect(&mut self, slot: u32) {
-        let fd = match sys::tcp_socket(self.opts.target) {
+        let fd = match self.io.tcp_socket(self.opts.target, self.opts.source) {
             Ok(fd) => fd,
             Err(_) => {
                 self.report.connect_errors += 1;
