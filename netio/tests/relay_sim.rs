@@ -102,7 +102,7 @@ fn id_of(data: &[u8]) -> Option<u64> {
 
 /// Messages of the traffic class: sent over SMTP from its source, every time.
 fn in_class(id: u64) -> bool {
-    id % 3 == 0
+    matches!(id % 3, 0)
 }
 
 /// The message id a simulated recipient address carries (`kind{id}-{i}@destN.test`).
