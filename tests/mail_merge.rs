@@ -74,8 +74,9 @@ fn scenario(xack: bool) {
     ]));
     assert_eq!(code, 0, "{out}\n{}", relay.log());
     assert!(out.starts_with("250 2.0.0 Ok: queued as"), "{out}");
-    // The last 250 came after the fsync of every message.
-    let received = relay.rows_of("r");
+    // The last 250 came after the fsync of every message; their `r` rows follow (the
+    // accounting writer is not on the reply's path).
+    let received = relay.wait_rows("r", 3, Duration::from_secs(10));
     assert_eq!(received.len(), 3, "{received:?}");
     let rows = relay.wait_rows("d", 3, Duration::from_secs(30));
     let files = wait_for("3 messages", Duration::from_secs(10), || {
