@@ -198,13 +198,12 @@ impl Fleet {
         let mut turn: u64 = 0;
         let mut last_sync = std::time::Instant::now();
         self.connect().await;
-        let keys: Vec<String> = self.lists.iter().map(|(_, k)| k.clone()).collect();
         let listener = Listener {
             client: self.client.clone(),
             node: self.node.clone(),
             responder: self.responder.clone(),
             apply: self.apply.clone(),
-            keys,
+            keys: self.set_keys(),
             changed: self.changed.clone(),
         };
         tokio::spawn(listener.run());
@@ -362,9 +361,14 @@ impl Fleet {
         cell.slots.store(granted, Ordering::Release);
     }
 
+    /// The shared sets' keys (two lists may share one).
+    fn set_keys(&self) -> std::collections::BTreeSet<String> {
+        self.lists.iter().map(|(_, k)| k.clone()).collect()
+    }
+
     /// Every address of each shared set into its list.
     async fn sync_lists(&mut self) {
-        let keys = self.lists.iter().map(|(_, k)| k.clone()).collect();
+        let keys = self.set_keys();
         self.read_sets(&keys).await;
     }
 
@@ -410,7 +414,7 @@ impl Fleet {
                 self.dirty.insert(key.clone());
             }
         }
-        let keys: Vec<String> = self.lists.iter().map(|(_, k)| k.clone()).collect();
+        let keys = self.set_keys();
         let Some(conn) = self.conn.as_mut() else { return };
         let mut pipe = redis::pipe();
         for k in &keys {
@@ -541,7 +545,7 @@ struct Listener {
     responder: Responder,
     apply: Apply,
     /// The shared sets' keys.
-    keys: Vec<String>,
+    keys: std::collections::BTreeSet<String>,
     changed: mpsc::UnboundedSender<Ask>,
 }
 

@@ -102,11 +102,14 @@ impl World {
                 self.s.tick(self.now());
             }
             self.s.pump(self.now());
-            self.carry_out(reply);
+            self.answer_intents(reply);
         }
     }
 
-    fn carry_out(&mut self, reply: &dyn Fn(u64, &str) -> Reply) {
+    /// The world answers each of the scheduler's intents at once (resolutions, connections,
+    /// transactions with the reply the test picks). Not the shard's glue: no spool, sockets or
+    /// accounting writer here; the product's shards run in `netio/tests/relay_sim.rs`.
+    fn answer_intents(&mut self, reply: &dyn Fn(u64, &str) -> Reply) {
         let now = self.now();
         while let Some(intent) = self.s.poll_intent() {
             match intent {

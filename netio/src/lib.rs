@@ -403,15 +403,15 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
-    /// Recovers the spool and hands its work to the shards that own it; `listen` makes shard
-    /// `id`'s listener for an address (one per listener per shard); each shard's mailbox holds
-    /// `mailbox_capacity` messages.
+    /// Recovers the spool and hands its work to the shards that own it; `listen` makes one
+    /// shard's listener for an address (called once per listener per shard); each shard's
+    /// mailbox holds `mailbox_capacity` messages.
     pub(crate) fn make(
         settings: Settings,
         control: crossbeam_channel::Sender<ControlRequest>,
         shards: u32,
         mailbox_capacity: usize,
-        mut listen: impl FnMut(u32, SocketAddr) -> Result<RawFd, StartError>,
+        mut listen: impl FnMut(SocketAddr) -> Result<RawFd, StartError>,
     ) -> Result<Plan, StartError> {
         let config = settings.config.clone();
         let sets = config.shard_sets(shards).map_err(StartError::Classes)?;
@@ -449,8 +449,8 @@ impl Plan {
         let shared = Arc::new(Shared::new(core, settings));
         let mut listeners: Vec<Vec<RawFd>> = (0..shards).map(|_| Vec::new()).collect();
         for addr in config.listeners.iter().map(|l| l.addr) {
-            for (id, l) in listeners.iter_mut().enumerate() {
-                l.push(listen(id as u32, addr)?);
+            for l in listeners.iter_mut() {
+                l.push(listen(addr)?);
             }
         }
         // Recovered work goes to the shard that owns each recipient's domain.
@@ -518,7 +518,7 @@ impl Runtime {
             probe_free(*addr).map_err(|e| StartError::Listen(*addr, e))?;
         }
         // Listeners: one SO_REUSEPORT socket per listener per shard.
-        let listen = |_, addr| {
+        let listen = |addr| {
             let fd = sys::listen(addr, true).map_err(|e| StartError::Listen(addr, e))?;
             Ok(std::os::fd::IntoRawFd::into_raw_fd(fd))
         };

@@ -233,10 +233,6 @@ impl Net {
         self.0.borrow().pipes[peer].shard
     }
 
-    pub fn is_reset(&self, peer: PeerId) -> bool {
-        self.0.borrow().pipes[peer].reset
-    }
-
     // ---- Completing operations ------------------------------------------------------------
 
     /// Completes what can complete (each possible completion happens with even odds, so
@@ -616,7 +612,7 @@ impl Relay {
         shards: u32,
     ) -> Result<(Relay, Responder), StartError> {
         net.0.borrow_mut().ready = (0..shards).map(|_| Vec::new()).collect();
-        let plan = Plan::make(settings, control, shards, MAILBOX_CAPACITY, |_, addr| Ok(net.listener(addr)))?;
+        let plan = Plan::make(settings, control, shards, MAILBOX_CAPACITY, |addr| Ok(net.listener(addr)))?;
         let responder = plan.responder();
         let recovered_messages = plan.recovered_messages;
         let mut built = Vec::new();
