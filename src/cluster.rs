@@ -97,6 +97,8 @@ pub struct Status {
     /// Connection slots held now, over every destination.
     pub slots_held: AtomicU64,
     pub lost_connection: AtomicU64,
+    /// `spool-takeover`'s state, when configured.
+    pub takeover: Option<Arc<crate::takeover::Status>>,
 }
 
 /// What the management API (and the fleet's own listener) asks of the fleet task.
@@ -125,9 +127,14 @@ impl Handle {
 pub type Apply = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Starts the fleet task on the control plane's runtime.
-pub fn start(config: &Config, responder: Responder, apply: Apply) -> Option<Handle> {
+pub fn start(
+    config: &Config,
+    responder: Responder,
+    apply: Apply,
+    takeover: Option<Arc<crate::takeover::Status>>,
+) -> Option<Handle> {
     let cluster = config.cluster.clone()?;
-    let status = Arc::new(Status { node: cluster.node_name.clone(), ..Default::default() });
+    let status = Arc::new(Status { node: cluster.node_name.clone(), takeover, ..Default::default() });
     let (tx, rx) = mpsc::unbounded_channel();
     let client = match redis::Client::open(cluster.redis_url.as_str()) {
         Ok(c) => c,

@@ -30,6 +30,8 @@ pub struct Plane {
     /// with their TLS.
     pub transmissions: Vec<(std::net::TcpListener, Arc<tokio_rustls::rustls::ServerConfig>)>,
     pub recovered_messages: usize,
+    /// `spool-takeover`'s state, for `/status` and `/metrics`.
+    pub takeover: Option<Arc<crate::takeover::Status>>,
 }
 
 /// Hands an answer to a shard from a blocking thread: a full mailbox makes `Responder` wait
@@ -62,6 +64,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         mgmt,
         transmissions,
         recovered_messages,
+        takeover,
     } = plane;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let resolver = Arc::new(resolver(&config)?);
@@ -71,7 +74,7 @@ pub fn run(plane: Plane) -> std::io::Result<()> {
         let r = responder.clone();
         let apply: crate::cluster::Apply =
             Arc::new(move |path, query| crate::mgmt::views::apply_remote(&r, path, query));
-        crate::cluster::start(&config, responder.clone(), apply)
+        crate::cluster::start(&config, responder.clone(), apply, takeover)
     };
     let redis = config.cluster.as_ref().and_then(|c| redis::Client::open(c.redis_url.as_str()).ok());
     let api = Arc::new(crate::mgmt::Api::new(

@@ -13,6 +13,7 @@ mod logfile;
 mod mgmt;
 mod pickup;
 mod reload;
+mod takeover;
 mod tools;
 
 use clap::{Parser, Subcommand};
@@ -325,6 +326,18 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // With `spool-takeover`, the spool is this host's only once claimed in Redis.
+    let takeover = match config.cluster.as_ref().map(takeover::start).transpose() {
+        Ok(t) => t.flatten(),
+        Err(takeover::ClaimError::Stopped) => {
+            tracing::info!("signal received while waiting for the spool: stopping");
+            return ExitCode::SUCCESS;
+        }
+        Err(takeover::ClaimError::Bad(e)) => {
+            eprintln!("sluice: spool-takeover: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
     // The spool is recovered inside `start`: meanwhile the management port reports progress.
     let recovered = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -351,6 +364,9 @@ fn run(path: Option<&Path>) -> ExitCode {
         tracing::warn!(spool = %config.spool_dir.display(), "the spool is deliver-only: its mail is delivered, new mail is refused (452)");
     }
     drain::start(config.drain_spools.clone(), responder.clone());
+    if let Some(t) = &takeover {
+        t.attach(responder.clone());
+    }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(p) = config.pickup.clone() {
         tracing::info!(dir = %p.dir.display(), bad = %p.bad_dir.display(), "taking message files from the pickup directory");
@@ -370,6 +386,7 @@ fn run(path: Option<&Path>) -> ExitCode {
         mgmt,
         transmissions,
         recovered_messages: runtime.recovered_messages,
+        takeover: takeover.as_ref().map(|t| t.status.clone()),
     };
     let control = std::thread::Builder::new()
         .name("control".into())

@@ -203,6 +203,8 @@ pub(crate) struct Builder {
     pub vmta_pattern_refs: Vec<(String, Span)>,
     /// `rewrite-list` names, checked once all is read.
     pub rewrite_refs: Vec<(String, Span)>,
+    /// Where `spool-takeover` was given (its check waits for `spool`, which may come later).
+    pub takeover_span: Option<Span>,
     /// `traffic-class NAME` uses, checked once every `<traffic-class>` is read.
     pub class_refs: Vec<(String, Span)>,
     /// `<proxy NAME>` blocks, for `use-proxy`.
@@ -232,10 +234,29 @@ impl Builder {
             spools: Vec::new(),
             vmta_pattern_refs: Vec::new(),
             rewrite_refs: Vec::new(),
+            takeover_span: None,
             class_refs: Vec::new(),
             proxies: crate::names::Names::new(),
             global_vmta: VirtualMta::default(),
             pending_remove_dot: None,
+        }
+    }
+
+    /// `spool-takeover DIR`: peers look for this host's spool at `DIR/<node-name>`.
+    fn check_takeover(&mut self) {
+        let Some(span) = self.takeover_span.clone() else { return };
+        let Some(c) = &self.config.cluster else { return };
+        let Some(root) = &c.spool_takeover else { return };
+        let mine = root.join(&c.node_name);
+        if self.config.spool_dir != mine {
+            let message = format!(
+                "spool-takeover: peers adopt this host's spool from {} but its `spool` is {}: \
+                 set `spool {}` so that a peer finds the mail",
+                mine.display(),
+                self.config.spool_dir.display(),
+                mine.display()
+            );
+            self.warn(&span, message);
         }
     }
 
@@ -491,6 +512,7 @@ impl Builder {
     }
 
     fn check_refs(&mut self) {
+        self.check_takeover();
         // Pool members as their VMTAs were defined (a pool may name them in another case).
         let defined: Vec<Vec<String>> = self
             .config

@@ -478,6 +478,34 @@ mod tests {
         load("t.conf", text, &mut |_| Err("no includes".into()))
     }
 
+    /// `spool-takeover` and `takeover-after` in `<cluster>`: the fleet's spool root and the
+    /// lease; a `spool` elsewhere than `ROOT/<node-name>` (before or after the block) is
+    /// warned about at the directive's line; a lease under a second is an error.
+    #[test]
+    fn spool_takeover_settings() {
+        let c = parse(
+            "smtp-listener 127.0.0.1:25\nspool /shared/spools/mta-2\n<cluster>\n redis-server 10.0.0.5:6379\n node-name mta-2\n \
+             spool-takeover /shared/spools\n takeover-after 12s\n</cluster>\n",
+        )
+        .unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!(cl.spool_takeover.as_deref(), Some(std::path::Path::new("/shared/spools")));
+        assert_eq!(cl.takeover_after, std::time::Duration::from_secs(12));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let c = parse("<cluster>\n redis-server r:6379\n node-name mta-2\n</cluster>\n").unwrap();
+        let cl = c.cluster.as_ref().unwrap();
+        assert_eq!((cl.spool_takeover.as_ref(), cl.takeover_after), (None, std::time::Duration::from_secs(10)));
+        let c = parse(
+            "smtp-listener 127.0.0.1:25\n<cluster>\n redis-server r:6379\n node-name mta-2\n \
+             spool-takeover /shared/spools\n</cluster>\nspool /var/spool/other\n",
+        )
+        .unwrap();
+        let w: Vec<String> = c.warnings.iter().map(|w| w.to_string()).collect();
+        assert!(w.len() == 1 && w[0].contains(":5") && w[0].contains("/shared/spools/mta-2"), "{w:?}");
+        let e = parse("<cluster>\n redis-server r:6379\n takeover-after 500ms\n</cluster>\n").unwrap_err();
+        assert_eq!(e.line, 3, "{e:?}");
+    }
+
     /// Older names and source settings that change what is accepted or returned.
     #[test]
     fn per_hour_rates_hops_and_dsn_return() {

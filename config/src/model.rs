@@ -1113,4 +1113,9 @@ pub struct Cluster {
     pub node_name: String,
     /// `expected-nodes N`: with Redis unreachable, each host takes 1/N of a fleet limit.
     pub expected_nodes: u32,
+    /// `spool-takeover DIR`: every node's spool is `DIR/<node-name>`, and a live peer adopts
+    /// the spool of a node whose lease lapsed (src/takeover.rs).
+    pub spool_takeover: Option<std::path::PathBuf>,
+    /// `takeover-after`: how long a node's lease lasts unrenewed (default 10 s).
+    pub takeover_after: std::time::Duration,
 }

@@ -125,6 +125,42 @@ pub(crate) struct Core {
     pub acct_durable: Vec<AtomicU64>,
 }
 
+/// Whether this process may still deliver from and write to its spool. Always, unless the
+/// host is one of a fleet with `spool-takeover` (src/takeover.rs): then only while its Redis
+/// lease was renewed recently enough that no peer can have adopted the spool. Checked before
+/// each connection and transaction is started and before each message is written; a shard's
+/// clock is not used (the simulation never fences).
+pub struct Fence {
+    until_ns: AtomicU64,
+}
+
+pub static FENCE: Fence = Fence { until_ns: AtomicU64::new(u64::MAX) };
+
+impl Fence {
+    /// The reply a delivery or an injection gets while the fence is down.
+    pub const WHY: &'static str = "4.3.0 this host cannot confirm its spool is still its own (spool-takeover lease)";
+
+    pub fn holds(&self) -> bool {
+        let until = self.until_ns.load(Ordering::Acquire);
+        until == u64::MAX || sys::mono_ns() < until
+    }
+
+    /// Now, on the fence's clock: take it before asking Redis to renew the lease.
+    pub fn now_ns() -> u64 {
+        sys::mono_ns()
+    }
+
+    /// The lease asked for at `asked_ns` was renewed: the fence holds for `valid` from then.
+    pub fn hold_from(&self, asked_ns: u64, valid: std::time::Duration) {
+        self.until_ns.store(asked_ns.saturating_add(valid.as_nanos() as u64).min(u64::MAX - 1), Ordering::Release);
+    }
+
+    /// Down for good: a peer adopted the spool.
+    pub fn close(&self) {
+        self.until_ns.store(0, Ordering::Release);
+    }
+}
+
 /// Client addresses counted at once per table (8 bytes each); beyond that the oldest
 /// windows give way.
 pub(crate) const ADDRESS_COUNTS_SLOTS: usize = 1 << 16;

@@ -225,6 +225,20 @@ impl JournalFile {
     }
 }
 
+/// Marks recipients of a spool this process does not run as final: one new journal, synced,
+/// in the spool's shard directory `shard` with number `seq` (above every file there:
+/// `Recovered::next_seq`). A message moved to another spool is so marked there, so that a
+/// recovery of the old spool after a crash does not move it again.
+pub fn journal_final(spool: &Path, shard: u32, seq: u64, outcomes: &[Outcome]) -> io::Result<()> {
+    let dir = shard_dir(spool, shard);
+    fs::create_dir_all(&dir)?;
+    let bytes = (codec::FILE_HEADER_BYTES + outcomes.len() * codec::OUTCOME_BYTES) as u64;
+    let journal = JournalFile::create(&dir, JournalId { shard, seq }, bytes)?;
+    let entries: Vec<u8> = outcomes.iter().flat_map(codec::encode_outcome).collect();
+    journal.file.write_all_at(&entries, codec::FILE_HEADER_BYTES as u64)?;
+    journal.file.sync_data()
+}
+
 /// Unlinks a journal whose segments are all gone.
 pub fn delete_journal(spool: &Path, id: JournalId) {
     let path = shard_dir(spool, id.shard).join(sluice_spool::journal_name(id.seq));

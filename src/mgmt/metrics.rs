@@ -171,6 +171,23 @@ fn registry(api: &Api) -> Result<Registry, Fail> {
             "Times Redis became unreachable.",
             counter(st.lost_connection.load(Relaxed)),
         );
+        if let Some(t) = &st.takeover {
+            reg.register(
+                "cluster_spool_lease_held",
+                "1 while this host holds its spool-takeover lease (it delivers).",
+                gauge(t.lease_held.load(Relaxed) as u64),
+            );
+            reg.register(
+                "cluster_spool_adoptions",
+                "Spools of lapsed peers adopted by this host.",
+                counter(t.adoptions.load(Relaxed)),
+            );
+            reg.register(
+                "cluster_spool_adopted_messages",
+                "Messages moved here from adopted spools.",
+                counter(t.adopted_messages.load(Relaxed)),
+            );
+        }
     }
     Ok(reg)
 }

@@ -177,6 +177,13 @@ fn cluster_json(api: &Api) -> Value {
         "slotsHeld": st.slots_held.load(Relaxed),
         "redisLost": st.lost_connection.load(Relaxed),
         "limits": limits,
+        "spoolTakeover": st.takeover.as_ref().map(|t| json!({
+            "epoch": t.epoch.load(Relaxed),
+            "leaseHeld": t.lease_held.load(Relaxed),
+            "adoptions": t.adoptions.load(Relaxed),
+            "adoptedMessages": t.adopted_messages.load(Relaxed),
+            "adopting": *t.adopting.lock().expect("no panics under the lock"),
+        })),
     })
 }
 

@@ -693,7 +693,8 @@ impl PyReceiver {
         PyReceiver::start_at(port, &[])
     }
 
-    fn start_at(port: u16, options: &[&str]) -> PyReceiver {
+    /// On a port chosen before, with receiver.py's options.
+    pub fn start_at(port: u16, options: &[&str]) -> PyReceiver {
         assert!(Path::new(VENV_PYTHON).exists(), "{VENV_PYTHON} missing: run scripts/install-test-deps.sh");
         let dir = TempDir::new("received");
         let child = Command::new(VENV_PYTHON)

@@ -2,13 +2,14 @@
 (dot-unstuffed, CRLF line ends), to DIR/NNNNN.eml, its envelope to DIR/NNNNN.env (MAIL FROM,
 the recipients, MAIL's parameters, then the client's address and EHLO name).
 
-Usage: receiver.py HOST PORT DIR [--rcvbuf BYTES] [--tls CERT KEY] [--max-rcpt N] [--no-8bitmime]
+Usage: receiver.py HOST PORT DIR [--rcvbuf BYTES] [--tls CERT KEY] [--max-rcpt N] [--no-8bitmime] [--delay-ms N]
                    [--auth USER PASSWORD [--auth-only MECHANISM]]
 
 --rcvbuf sets SO_RCVBUF on the listening socket (accepted sockets inherit it), so a large
 message comes in through a small window and the sender's writes come back short many times.
 --tls offers STARTTLS. --max-rcpt N answers `452 4.5.3 Too many recipients` past N recipients
-in a transaction (RFC 5321 4.5.3.1.10). --no-8bitmime leaves 8BITMIME out of the EHLO reply.
+in a transaction (RFC 5321 4.5.3.1.10). --no-8bitmime leaves 8BITMIME out of the EHLO reply. --delay-ms N waits
+that long between keeping a message and answering 250 (a sender killed meanwhile does not know).
 --auth requires AUTH (aiosmtpd's PLAIN and LOGIN, and CRAM-MD5 per RFC 2195 here), inside TLS
 when --tls is given; the login name is the .env file's fifth line. --auth-only offers one
 mechanism.
@@ -17,6 +18,7 @@ import base64
 import hashlib
 import hmac
 import argparse
+import asyncio
 import os
 import socket
 import ssl
@@ -35,6 +37,7 @@ ap.add_argument("--max-rcpt", type=int, default=0)
 ap.add_argument("--no-8bitmime", action="store_true")
 ap.add_argument("--auth", nargs=2, metavar=("USER", "PASSWORD"))
 ap.add_argument("--auth-only")
+ap.add_argument("--delay-ms", type=int, default=0)
 args = ap.parse_args()
 
 
@@ -67,6 +70,9 @@ class Keep:
             login = session.auth_data
             f.write(f"{login.decode() if isinstance(login, bytes) else login or ''}\n")
         os.rename(path + ".tmp", path + ".eml")
+        if args.delay_ms:
+            # Kept, not yet acknowledged: a sender that dies now has it delivered unknowingly.
+            await asyncio.sleep(args.delay_ms / 1000)
         return "250 2.0.0 kept"
 
 

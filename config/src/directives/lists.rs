@@ -464,6 +464,8 @@ pub(crate) struct ClusterBlock {
     redis: Option<String>,
     node: Option<String>,
     expected: Option<u32>,
+    takeover: Option<(std::path::PathBuf, crate::ast::Span)>,
+    takeover_after: Option<std::time::Duration>,
 }
 
 pub(crate) const CLUSTER: Scope<ClusterBlock> = Scope {
@@ -498,6 +500,27 @@ pub(crate) const CLUSTER: Scope<ClusterBlock> = Scope {
                 Ok(())
             },
         },
+        Directive {
+            name: "spool-takeover",
+            set: |_, c, l| {
+                c.takeover = Some((l.path(l.one()?), l.span.clone()));
+                Ok(())
+            },
+        },
+        Directive {
+            name: "takeover-after",
+            set: |_, c, l| {
+                let d = l.duration()?;
+                if d < std::time::Duration::from_secs(1) {
+                    return Err(l.err(
+                        format!("takeover-after {d:?} is shorter than a host's pause for a slow disk"),
+                        "use at least 1s (10s is the usual)",
+                    ));
+                }
+                c.takeover_after = Some(d);
+                Ok(())
+            },
+        },
     ],
     blocks: &[],
 };
@@ -510,6 +533,13 @@ pub(crate) fn cluster(b: &mut Builder, r: &BlockRef) -> Result<(), ConfigError> 
         return Err(ConfigError::at(r.span, "<cluster> needs `redis-server`", "add `redis-server 127.0.0.1:6379`"));
     };
     let node_name = c.node.unwrap_or_else(|| b.config.host_name.clone());
-    b.config.cluster = Some(Cluster { redis_url, node_name, expected_nodes: c.expected.unwrap_or(1) });
+    b.takeover_span = c.takeover.as_ref().map(|(_, span)| span.clone());
+    b.config.cluster = Some(Cluster {
+        redis_url,
+        node_name,
+        expected_nodes: c.expected.unwrap_or(1),
+        spool_takeover: c.takeover.map(|(root, _)| root),
+        takeover_after: c.takeover_after.unwrap_or(std::time::Duration::from_secs(10)),
+    });
     Ok(())
 }

@@ -143,6 +143,9 @@ impl<B: Backend> Shard<B> {
 
     /// Connects to the next hop in the plan (or fails the connection when none is left).
     fn connect_next(&mut self, slot: u32) {
+        if !crate::FENCE.holds() {
+            return self.out_fail(slot, Reply::new(451, crate::Fence::WHY));
+        }
         let (gen, now_ms) = (self.outs.gen(slot), self.now.ms());
         let o = self.outs.get_mut(slot);
         if o.sock.fd >= 0 {
@@ -267,6 +270,12 @@ impl<B: Backend> Shard<B> {
         };
         let o = self.outs.get_mut(slot);
         o.idle = false;
+        if !crate::FENCE.holds() {
+            // This host may no longer own its spool: the job stays queued, the session ends.
+            o.m.quit();
+            self.sched.job_back(queue, job);
+            return self.out_drive(slot);
+        }
         o.sock.deadline_ms = u64::MAX;
         if self.begin_txn(slot, job) {
             self.out_drive(slot);
