@@ -42,9 +42,12 @@ pub struct SourcePolicy {
     pub smtp_data_timeout: Option<Duration>,
     pub process_x_virtual_mta: bool,
     pub default_virtual_mta: Option<String>,
-    /// `traffic-class NAME`: its connections are received, and its mail spooled and signed,
-    /// on that class's shards only.
+    /// `traffic-class NAME`: its connections are received, and its mail spooled, signed and
+    /// delivered, on that class's shards only.
     pub traffic_class: Option<String>,
+    /// `process-x-traffic-class`: a message's `x-traffic-class:` header (naming a defined
+    /// class) puts its delivery on that class's shards; without it the header is removed.
+    pub process_x_traffic_class: bool,
     /// Keep the `x-virtual-mta:` header when relaying (it is removed by default).
     pub retain_x_virtual_mta: bool,
     /// Refuse a message whose `x-virtual-mta:` names no VMTA or pool (else: the default).
@@ -287,6 +290,7 @@ impl Default for SourcePolicy {
             process_x_virtual_mta: false,
             default_virtual_mta: None,
             traffic_class: None,
+            process_x_traffic_class: false,
             retain_x_virtual_mta: false,
             reject_invalid_virtual_mta: false,
             add_received_header: true,
@@ -1094,6 +1098,11 @@ impl ShardSets {
             })
             .collect();
         Ok(ShardSets { general, classes })
+    }
+
+    /// The class that reserves `shard` (None: a general shard).
+    pub fn class_of(&self, shard: u32) -> Option<&str> {
+        self.classes.iter().find(|(_, r)| r.contains(&shard)).map(|(n, _)| n.as_str())
     }
 
     /// The shards of `class` (None, or a class not defined: the general ones).

@@ -151,6 +151,11 @@ pub fn prepare(
     if !way.restrictions.vmta_allowed(&vmta) {
         return Err(format!("550 5.7.1 Virtual MTA `{vmta}` is not allowed for this sender (allowed-virtual-mta)"));
     }
+    // `x-traffic-class:` is kept in the spool only when the source may name a class with it
+    // (`route::header_class` reads it there; delivery takes it out).
+    if !policy.process_x_traffic_class && !config.traffic_classes.is_empty() {
+        while take_header(&mut m.data, route::X_TRAFFIC_CLASS, true).is_some() {}
+    }
     if policy.process_x_job {
         let job = take_header(&mut m.data, &policy.jobid_header, !policy.retain_x_job);
         if let Some(job) = job.filter(|_| m.job_id.is_empty()) {
@@ -387,6 +392,13 @@ pub fn for_transaction<'r>(
         // message (the one made at injection covered the 8-bit form).
         resign(t.keys, t.config, t.domain, t.vmta, &mut c);
         converted = Some(c);
+    }
+    let base = converted.as_deref().unwrap_or(data);
+    // The class a message named for itself is the relay's business, not the receiver's.
+    if !t.config.traffic_classes.is_empty() && headers::has_field(base, route::X_TRAFFIC_CLASS) {
+        let mut copy = base.to_vec();
+        headers::remove_fields(&mut copy, &[route::X_TRAFFIC_CLASS.to_string()]);
+        converted = Some(copy);
     }
     let base = converted.as_deref().unwrap_or(data);
     if t.remove_header.iter().any(|h| headers::has_field(base, h)) {

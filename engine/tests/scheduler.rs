@@ -85,7 +85,7 @@ impl World {
 
     fn queue(&mut self, n: u32) {
         for i in 0..n {
-            self.s.dispatch("dest.test", "default".into(), job(i));
+            self.s.dispatch("dest.test", "default".into(), job(i), None);
         }
     }
 
@@ -412,7 +412,7 @@ fn backoff_reroutes_to_another_virtual_mta() {
     );
     let mut w = World::new(conf);
     for i in 0..20 {
-        w.s.dispatch("dest.test", "v1".into(), job(i));
+        w.s.dispatch("dest.test", "v1".into(), job(i), None);
     }
     // v1 is throttled on its third message; v2 takes everything.
     let sent_v1 = std::cell::Cell::new(0);

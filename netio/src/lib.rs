@@ -500,9 +500,13 @@ impl Plan {
             std::fs::create_dir_all(&dir).map_err(|e| StartError::Spool(dir, e))?;
         }
         for m in recovered.messages {
+            // Its class as when it was received: the header it named one with, else the
+            // class of the shard that received it (a source's), if the shards are as they were.
+            let class = sluice_engine::route::header_class(&config, m.segment.data(m.offset));
+            let class = class.as_deref().or(sets.class_of(m.segment.shard));
             for (domain, vmta, job) in recovered_jobs(&m.segment, m.offset, &m.pending) {
                 let domain = config.queue_domain(&domain);
-                let owner = sluice_engine::route::queue_owner(&config, &sets, &domain, &vmta);
+                let owner = sluice_engine::route::queue_owner(&config, &sets, &domain, &vmta, class);
                 let queues = &mut initial[owner as usize];
                 match queues.get_mut(&(domain.clone(), vmta.clone())) {
                     Some(jobs) => jobs.push_back(job),

@@ -108,6 +108,7 @@ const DIRECTIVES: &[Directive<SourceOverrides>] = &[
     flag!("reject-iprev-check-permerror", reject_iprev_permerror),
     flag!("reject-iprev-check-temperror", reject_iprev_temperror),
     flag!("process-x-job", process_x_job),
+    flag!("process-x-traffic-class", process_x_traffic_class),
     flag!("retain-x-job", retain_x_job),
     Directive {
         name: "max-message-size",

@@ -55,9 +55,31 @@ pub fn owner_in(domain: &str, set: std::ops::Range<u32>) -> u32 {
     set.start + owner_shard(domain, set.len().max(1) as u32)
 }
 
-/// The shard that owns a queue: its domain's, among the shards of its VMTA's traffic class.
-pub fn queue_owner(config: &sluice_config::Config, sets: &sluice_config::ShardSets, domain: &str, vmta: &str) -> u32 {
-    owner_in(domain, sets.of(config.vmta_class(vmta)))
+/// The shard that owns a queue: its domain's, among the shards of its traffic class: the
+/// VMTA's, else the message's (`class`: its source's, or its `x-traffic-class:` header's).
+pub fn queue_owner(
+    config: &sluice_config::Config,
+    sets: &sluice_config::ShardSets,
+    domain: &str,
+    vmta: &str,
+    class: Option<&str>,
+) -> u32 {
+    owner_in(domain, sets.of(config.vmta_class(vmta).or(class)))
+}
+
+/// The header that names a message's traffic class (`process-x-traffic-class`).
+pub const X_TRAFFIC_CLASS: &str = "x-traffic-class";
+
+/// The traffic class a stored message's `x-traffic-class:` header names, if it is defined.
+/// The header stays in the spool (so that a restart finds the class again) and is taken
+/// out at delivery; a source that does not process it has it removed before the spool.
+pub fn header_class(config: &Config, data: &[u8]) -> Option<String> {
+    if config.traffic_classes.is_empty() {
+        return None;
+    }
+    let name = header_value(data, X_TRAFFIC_CLASS)?;
+    let name = name.trim();
+    config.traffic_classes.iter().find(|c| c.name.eq_ignore_ascii_case(name)).map(|c| c.name.clone())
 }
 
 /// The domain whose queue a recipient domain's mail joins (`queue-to`, else itself).

@@ -323,9 +323,12 @@ impl<M: Message> Scheduler<M> {
 
     /// A stored message's job for `domain` (its recipients' domain): queued here, or handed
     /// to the shard that owns the domain's queue (`queue-to` applied).
-    pub fn dispatch(&mut self, domain: &str, vmta: String, job: Job<M>) {
+    /// `class`: the traffic class the message named (`x-traffic-class`); else a message
+    /// dispatched on a class's shard stays in that class (its source's).
+    pub fn dispatch(&mut self, domain: &str, vmta: String, job: Job<M>, class: Option<&str>) {
         let domain = route::queue_domain(&self.config, domain);
-        let owner = route::queue_owner(&self.owners.0, &self.owners.1, &domain, &vmta);
+        let (config, sets) = (&self.owners.0, &self.owners.1);
+        let owner = route::queue_owner(config, sets, &domain, &vmta, class.or(sets.class_of(self.shard)));
         if owner == self.shard {
             return self.enqueue(&domain, &vmta, job);
         }
@@ -535,7 +538,7 @@ impl<M: Message> Scheduler<M> {
             HopState::RolledUp { into, .. } => {
                 let (into, vmta) = (into.clone(), st.q.vmta.clone());
                 for job in st.q.take_ready() {
-                    self.dispatch(&into, vmta.clone(), job);
+                    self.dispatch(&into, vmta.clone(), job, None);
                 }
             }
             HopState::Failed { resolution, .. } => {

@@ -315,8 +315,9 @@ impl<B: Backend> Shard<B> {
                 }
             }
         }
+        let class = sluice_engine::route::header_class(&self.shared.config, &store.data);
         for (domain, job) in jobs {
-            self.sched.dispatch(&domain, store.vmta.clone(), job);
+            self.sched.dispatch(&domain, store.vmta.clone(), job, class.as_deref());
         }
     }
 
