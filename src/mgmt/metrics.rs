@@ -151,42 +151,45 @@ fn registry(api: &Api) -> Result<Registry, Fail> {
     if let Some(fleet) = &api.cluster {
         use std::sync::atomic::Ordering::Relaxed;
         let st = &fleet.status;
-        reg.register(
-            "cluster_connected",
-            "1 while Redis answers (fleet limits shared).",
-            gauge(st.connected.load(Relaxed) as u64),
-        );
-        reg.register(
-            "cluster_tokens_granted",
-            "Message tokens leased for fleet rates.",
-            counter(st.tokens_granted.load(Relaxed)),
-        );
-        reg.register(
-            "cluster_slots_held",
-            "Fleet connection slots this host holds.",
-            gauge(st.slots_held.load(Relaxed)),
-        );
-        reg.register(
-            "cluster_redis_lost",
-            "Times Redis became unreachable.",
-            counter(st.lost_connection.load(Relaxed)),
-        );
+        // (name, help, value, a counter rather than a gauge)
+        let mut fleet_metrics = vec![
+            (
+                "cluster_connected",
+                "1 while Redis answers (fleet limits shared).",
+                st.connected.load(Relaxed) as u64,
+                false,
+            ),
+            ("cluster_tokens_granted", "Message tokens leased for fleet rates.", st.tokens_granted.load(Relaxed), true),
+            ("cluster_slots_held", "Fleet connection slots this host holds.", st.slots_held.load(Relaxed), false),
+            ("cluster_redis_lost", "Times Redis became unreachable.", st.lost_connection.load(Relaxed), true),
+        ];
         if let Some(t) = &st.takeover {
-            reg.register(
-                "cluster_spool_lease_held",
-                "1 while this host holds its spool-takeover lease (it delivers).",
-                gauge(t.lease_held.load(Relaxed) as u64),
-            );
-            reg.register(
-                "cluster_spool_adoptions",
-                "Spools of lapsed peers adopted by this host.",
-                counter(t.adoptions.load(Relaxed)),
-            );
-            reg.register(
-                "cluster_spool_adopted_messages",
-                "Messages moved here from adopted spools.",
-                counter(t.adopted_messages.load(Relaxed)),
-            );
+            fleet_metrics.extend([
+                (
+                    "cluster_spool_lease_held",
+                    "1 while this host holds its spool-takeover lease (it delivers).",
+                    t.lease_held.load(Relaxed) as u64,
+                    false,
+                ),
+                (
+                    "cluster_spool_adoptions",
+                    "Spools of lapsed peers adopted by this host.",
+                    t.adoptions.load(Relaxed),
+                    true,
+                ),
+                (
+                    "cluster_spool_adopted_messages",
+                    "Messages moved here from adopted spools.",
+                    t.adopted_messages.load(Relaxed),
+                    true,
+                ),
+            ]);
+        }
+        for (name, help, value, is_counter) in fleet_metrics {
+            match is_counter {
+                true => reg.register(name, help, counter(value)),
+                false => reg.register(name, help, gauge(value)),
+            }
         }
     }
     Ok(reg)

@@ -312,17 +312,21 @@ impl Relay {
 
     /// Segment files left in the spool.
     pub fn segments(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        let spool = self.dir.path().join("spool");
-        for shard in std::fs::read_dir(&spool).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
-                if f.path().extension().is_some_and(|e| e == "seg") {
-                    out.push(f.path());
-                }
+        segments_in(&self.dir.path().join("spool"))
+    }
+}
+
+/// Segment files left in a spool directory (any sluice's).
+pub fn segments_in(spool: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in std::fs::read_dir(spool).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+            if f.path().extension().is_some_and(|e| e == "seg") {
+                out.push(f.path());
             }
         }
-        out
     }
+    out
 }
 
 impl Drop for Relay {
