@@ -8,6 +8,7 @@
 #   BACKEND=epoll perf/count.sh         # the relay on its epoll backend
 #   SHARDS=1 RUNS=3 perf/count.sh
 #   SQPOLL=yes perf/count.sh            # io-uring-sqpoll yes: kernel threads poll the rings
+#   SLUICE_BIN=/tmp/sluice-before perf/count.sh   # another build (A/B runs in one session)
 #
 # Rows (with date, commit and machine) are appended to perf/RESULTS.md. Needs root (tracefs).
 set -euo pipefail
@@ -26,8 +27,10 @@ mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
 mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing
 command -v perf >/dev/null || { echo "perf is not installed (linux-perf)" >&2; exit 1; }
-cargo build --release --locked -q
-BIN=$PWD/target/release/sluice
+if [ -z "${SLUICE_BIN:-}" ]; then
+    cargo build --release --locked -q
+fi
+BIN=${SLUICE_BIN:-$PWD/target/release/sluice}
 EVENTS=raw_syscalls:sys_enter,syscalls:sys_enter_io_uring_enter,io_uring:io_uring_queue_async_work,context-switches,task-clock
 
 # counts FILE MESSAGES: "syscalls io_uring_enter punted switches cpu_us" per message.
@@ -72,7 +75,7 @@ EOF
     perf stat -x, -e "$EVENTS" -o "$OUT/loadgen.stat" -- "$BIN" loadgen --quiet --target "127.0.0.1:$RELAY_PORT" \
         --messages "$MESSAGES" --connections "$CONNECTIONS" --size 1K --json "$OUT/loadgen.json" >/dev/null
     wait "$sink_perf"
-    pkill -TERM -P "$relay_perf" -x sluice
+    pkill -TERM -P "$relay_perf" -x "$(basename "$BIN" | cut -c1-15)"
     wait "$relay_perf" || true
     local delivered
     delivered=$(json "$OUT/sink.json" messages)
@@ -85,7 +88,7 @@ EOF
 report=$OUT/report.md
 {
     echo
-    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id): kernel crossings per message (perf/count.sh)"
+    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id)${SLUICE_BIN:+ (binary $SLUICE_BIN)}: kernel crossings per message (perf/count.sh)"
     echo
     echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL."
     echo

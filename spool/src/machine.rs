@@ -17,6 +17,12 @@ use std::collections::{HashMap, VecDeque};
 
 /// Journal writes in flight per journal file.
 pub const JOURNAL_WRITES_IN_FLIGHT_MAX: usize = 64;
+
+/// The active journal is synced at most this often. Each fdatasync is handed by io_uring to
+/// a kernel worker (a context switch or two, issue 24), and no reply waits on an outcome's
+/// entry: until it is durable, a crash repeats a delivery, never loses one. Segment syncs, which
+/// 250s wait on, are not paced.
+pub const JOURNAL_SYNC_PACE_MS: u64 = 10;
 /// An active segment with no live recipients is retired after this much quiet.
 pub const EMPTY_SEGMENT_IDLE_MS: u64 = 1_000;
 /// After a segment cannot be created (disk full), new messages are refused this long.
@@ -150,6 +156,8 @@ pub struct Spool<S> {
     tickets: HashMap<u64, Ticket<S>>,
     broken_until_ms: u64,
     active_empty_since_ms: Option<u64>,
+    /// When the active journal's last sync was asked for (`JOURNAL_SYNC_PACE_MS`).
+    journal_sync_asked_ms: Option<u64>,
     journal: Option<Journal>,
     closed: Vec<Journal>,
     creating_journal: Option<JournalId>,
@@ -185,6 +193,7 @@ impl<S: SegmentHandle> Spool<S> {
             tickets: HashMap::new(),
             broken_until_ms: 0,
             active_empty_since_ms: None,
+            journal_sync_asked_ms: None,
             journal: None,
             closed,
             creating_journal: None,
@@ -298,7 +307,15 @@ impl<S: SegmentHandle> Spool<S> {
         }
         self.reap();
         self.start_batch(now_ms);
-        for j in self.journal.iter_mut().chain(self.closed.iter_mut()) {
+        let due = self.journal_sync_asked_ms.is_none_or(|t| now_ms >= t + JOURNAL_SYNC_PACE_MS);
+        if let Some(j) = self.journal.as_mut().filter(|_| due) {
+            if j.commit.poll_sync() {
+                self.journal_sync_asked_ms = Some(now_ms);
+                self.ops.push_back(SpoolOp::SyncJournal { journal: j.id });
+            }
+        }
+        // A journal rotated out is synced at once: it takes no more entries.
+        for j in &mut self.closed {
             if j.commit.poll_sync() {
                 self.ops.push_back(SpoolOp::SyncJournal { journal: j.id });
             }
@@ -641,10 +658,32 @@ mod tests {
         for rcpt in 0..1000 {
             s.record_outcome(Outcome { seg_shard: 0, seg_seq: 42, offset: 8, rcpt }, seg.clone());
         }
-        for _ in 0..20 {
-            turn(&mut s, 0);
+        for t in 0..20 {
+            turn(&mut s, t * JOURNAL_SYNC_PACE_MS);
         }
         assert_eq!(seg.life().live(), 0);
         assert!(s.is_quiet());
+    }
+
+    /// Outcomes of turns close together share one journal fdatasync; the next comes once the
+    /// pace allows, and nothing is left unsynced.
+    #[test]
+    fn journal_syncs_are_paced() {
+        let mut s = started();
+        let seg = Seg(Arc::new((42, SegmentLife::default())));
+        seg.life().add_live(3);
+        let mut syncs = Vec::new();
+        for (rcpt, now) in [(0, 100), (1, 101), (2, 105)] {
+            s.record_outcome(Outcome { seg_shard: 0, seg_seq: 42, offset: 8, rcpt }, seg.clone());
+            let seen = turn(&mut s, now);
+            assert!(seen.contains(&"write-jnl"), "each turn's entries are written at once: {seen:?}");
+            syncs.extend(seen.iter().filter(|o| **o == "sync-jnl").map(|_| now));
+        }
+        // The first turn's entry is synced on the next turn (once written), the others wait.
+        assert_eq!(syncs, [101], "one sync for three turns within {JOURNAL_SYNC_PACE_MS} ms");
+        assert_eq!(seg.life().live(), 2, "the later entries wait for the next sync");
+        assert_eq!(turn(&mut s, 110), Vec::<&str>::new());
+        assert_eq!(turn(&mut s, 101 + JOURNAL_SYNC_PACE_MS), ["sync-jnl"]);
+        assert_eq!(seg.life().live(), 0);
     }
 }
