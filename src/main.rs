@@ -326,7 +326,12 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    // With `spool-takeover`, the spool is this host's only once claimed in Redis.
+    let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
+    // The spool is recovered inside `start`: meanwhile the management port reports progress.
+    let recovered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let interim = mgmt.map(|l| mgmt::serve_recovery(l, config.clone(), recovered.clone()));
+    // With `spool-takeover`, the spool is this host's only once claimed in Redis (meanwhile
+    // the management port says the spool is not recovered yet).
     let takeover = match config.cluster.as_ref().map(takeover::start).transpose() {
         Ok(t) => t.flatten(),
         Err(takeover::ClaimError::Stopped) => {
@@ -338,10 +343,6 @@ fn run(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (tx, rx) = crossbeam_channel::bounded(sluice_netio::CONTROL_CHANNEL_CAPACITY);
-    // The spool is recovered inside `start`: meanwhile the management port reports progress.
-    let recovered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let interim = mgmt.map(|l| mgmt::serve_recovery(l, config.clone(), recovered.clone()));
     let started = sluice_netio::Runtime::start(settings, tx);
     recovered.store(true, std::sync::atomic::Ordering::SeqCst);
     let mgmt = interim.map(|t| t.join().expect("the recovery status thread does not panic"));

@@ -43,6 +43,7 @@ impl Reloader {
             (old.listeners != config.listeners, "smtp-listener"),
             (old.spool_dir != config.spool_dir, "spool"),
             (old.shards != config.shards, "shards"),
+            (old.cluster != config.cluster, "<cluster>"),
             (old.source_ip_limits != config.source_ip_limits, "source-ip limits"),
             (old.mgmt.as_ref().map(|m| m.listen) != config.mgmt.as_ref().map(|m| m.listen), "http-mgmt-port"),
         ];

@@ -3,7 +3,8 @@
 //! stopped with SIGSTOP) holding mail; a peer adopts its spool within `takeover-after` and
 //! the receiver (aiosmtpd, tests/py/receiver.py) gets every acknowledged message, once but for
 //! deliveries in flight at the moment of death; host 2, restarted on its old spool, sends none
-//! of it again, and a host that wakes up after its spool was adopted sends nothing and stops.
+//! of it again, a host that wakes up after its spool was adopted sends nothing and stops, and a
+//! host starting while a live peer holds its spool waits for the release.
 
 mod common;
 use common::*;
@@ -195,6 +196,27 @@ fn a_dead_hosts_queue_is_delivered_once_by_a_peer() {
     let paused = of_tag(&received(&rx), "paused");
     assert!(paused.values().all(|n| *n == 1), "the woken host sent nothing again: {paused:?}");
     assert_eq!(adoptions(&[&hosts[0], &hosts[2]]), 2);
+
+    // Host 2 starting while a live peer holds its spool waits for the release before it
+    // recovers anything or listens (the peer here is redis-cli playing one: `mta-9`, alive).
+    redis.cli(&["SET", "sluice:alive:mta-9", "1", "EX", "60"]);
+    redis.cli(&["HSET", "sluice:spool:mta-2", "holder", "mta-9"]);
+    let port = redis.port;
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "HDEL", "sluice:spool:mta-2", "holder"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    });
+    let started = Instant::now();
+    hosts[1].relay.spawn();
+    release.join().unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(3), "host 2 listened while its spool was held");
+    let log = hosts[1].relay.log();
+    assert!(log.contains("taken over by mta-9: waiting for it to be released"), "{}", tail(&log, 20));
+    assert_eq!(redis.cli(&["HGET", "sluice:spool:mta-2", "holder"]), "mta-2", "claimed once released");
 }
 
 /// Host 2 killed with -9 at random moments while it takes and delivers mail (the receiver
