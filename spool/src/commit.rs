@@ -32,6 +32,10 @@ pub struct FileCommit {
     /// `take_poisoning` has told of it.
     poisoning_told: bool,
     failed: Vec<u64>,
+    /// Group commit's hold (`poll_sync_held`): when the tickets now written were first seen
+    /// waiting, and how many the last sync covered.
+    waiting_since_us: Option<u64>,
+    last_group: usize,
 }
 
 impl FileCommit {
@@ -65,6 +69,26 @@ impl FileCommit {
         std::mem::swap(&mut self.syncing, &mut self.written);
         self.sync_in_flight = true;
         true
+    }
+
+    /// As `poll_sync`, holding a group smaller than the last one for up to `hold_us` after
+    /// its first ticket was seen waiting, so that more join it (PostgreSQL's `commit_delay`):
+    /// under load, fewer syncs for as many tickets; a lone ticket after a lone one is never
+    /// held. Err: held, ask again at that time.
+    pub fn poll_sync_held(&mut self, now_us: u64, hold_us: u64) -> Result<bool, u64> {
+        if self.written.is_empty() {
+            return Ok(false);
+        }
+        let since = *self.waiting_since_us.get_or_insert(now_us);
+        if self.sync_in_flight {
+            return Ok(false);
+        }
+        if self.written.len() < self.last_group && now_us < since + hold_us {
+            return Err(since + hold_us);
+        }
+        self.waiting_since_us = None;
+        self.last_group = self.written.len();
+        Ok(self.poll_sync())
     }
 
     /// A sync finished: its tickets are durable, or (on error) failed and the file poisoned.
@@ -213,13 +237,21 @@ impl Appender {
         self.commit(seq).write_completed(ticket, ok);
     }
 
-    /// Segments that need a sync submitted now.
-    pub fn poll_syncs(&mut self, out: &mut Vec<u64>) {
+    /// Segments that need a sync submitted now (`FileCommit::poll_sync_held`); returns when
+    /// to ask again for a group held back, if one is.
+    pub fn poll_syncs(&mut self, out: &mut Vec<u64>, now_us: u64, hold_us: u64) -> Option<u64> {
+        let mut again: Option<u64> = None;
+        let active = self.active.map(|(s, _)| s);
         for (seq, c) in &mut self.files {
-            if c.poll_sync() {
-                out.push(*seq);
+            // A rotated segment takes no more records: nothing would join its group.
+            let hold = if Some(*seq) == active { hold_us } else { 0 };
+            match c.poll_sync_held(now_us, hold) {
+                Ok(true) => out.push(*seq),
+                Ok(false) => {}
+                Err(at) => again = Some(again.map_or(at, |a| a.min(at))),
             }
         }
+        again
     }
 
     pub fn sync_completed(&mut self, seq: u64, ok: bool, out: &mut Vec<(u64, TicketResult)>) {
@@ -250,6 +282,44 @@ impl Appender {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn written(c: &mut FileCommit, tickets: std::ops::Range<u64>) {
+        for t in tickets {
+            c.write_submitted(t);
+            c.write_completed(t, true);
+        }
+    }
+
+    /// Group commit's hold: a group as large as the last goes at once; a smaller one waits
+    /// for more until the hold is over (the caller is told when to ask again); a lone ticket
+    /// after a lone one never waits.
+    #[test]
+    fn a_smaller_group_than_the_last_is_held_a_moment() {
+        let mut c = FileCommit::default();
+        let mut out = Vec::new();
+        written(&mut c, 0..1);
+        assert_eq!(c.poll_sync_held(1_000, 500), Ok(true), "the first ticket is not held");
+        c.sync_completed(true, &mut out);
+        written(&mut c, 1..2);
+        assert_eq!(c.poll_sync_held(2_000, 500), Ok(true), "a lone ticket after a lone one is not held");
+        c.sync_completed(true, &mut out);
+        written(&mut c, 2..8);
+        assert_eq!(c.poll_sync_held(3_000, 500), Ok(true), "a larger group goes at once");
+        c.sync_completed(true, &mut out);
+        written(&mut c, 8..10);
+        assert_eq!(c.poll_sync_held(4_000, 500), Err(4_500), "2 after 6: held");
+        written(&mut c, 10..13);
+        assert_eq!(c.poll_sync_held(4_200, 500), Err(4_500), "5 after 6: still held");
+        assert_eq!(c.poll_sync_held(4_500, 500), Ok(true), "the hold is over");
+        c.sync_completed(true, &mut out);
+        assert_eq!(out.len(), 13);
+        assert!(out.iter().all(|(_, r)| *r == TicketResult::Durable));
+        written(&mut c, 13..15);
+        assert_eq!(c.poll_sync_held(5_000, 0), Ok(true), "no hold asked: at once");
+        c.sync_completed(true, &mut out);
+        written(&mut c, 15..21);
+        assert_eq!(c.poll_sync_held(6_000, 500), Ok(true), "as many as the last group (or more): at once");
+    }
 
     #[test]
     fn out_of_order_completion_waits_for_prefix() {

@@ -23,6 +23,10 @@ pub const JOURNAL_WRITES_IN_FLIGHT_MAX: usize = 64;
 /// entry: until it is durable, a crash repeats a delivery, never loses one. Segment syncs, which
 /// 250s wait on, are not paced.
 pub const JOURNAL_SYNC_PACE_MS: u64 = 10;
+
+/// Group commit's hold: a segment's group smaller than the last one waits this long at most
+/// for more records before its fdatasync (250s wait on it: kept short).
+pub const SEGMENT_SYNC_HOLD_US: u64 = 500;
 /// An active segment with no live recipients is retired after this much quiet.
 pub const EMPTY_SEGMENT_IDLE_MS: u64 = 1_000;
 /// After a segment cannot be created (disk full), new messages are refused this long.
@@ -158,6 +162,8 @@ pub struct Spool<S> {
     active_empty_since_ms: Option<u64>,
     /// When the active journal's last sync was asked for (`JOURNAL_SYNC_PACE_MS`).
     journal_sync_asked_ms: Option<u64>,
+    /// A segment's group held back: flush again then (µs).
+    sync_again_us: Option<u64>,
     journal: Option<Journal>,
     closed: Vec<Journal>,
     creating_journal: Option<JournalId>,
@@ -194,6 +200,7 @@ impl<S: SegmentHandle> Spool<S> {
             broken_until_ms: 0,
             active_empty_since_ms: None,
             journal_sync_asked_ms: None,
+            sync_again_us: None,
             journal: None,
             closed,
             creating_journal: None,
@@ -211,6 +218,11 @@ impl<S: SegmentHandle> Spool<S> {
         spool.creating_journal = Some(first);
         spool.ops.push_back(SpoolOp::CreateJournal { journal: first, bytes: journal_bytes });
         spool
+    }
+
+    /// When the caller should flush again for a group held back (µs), if one is.
+    pub fn sync_again_us(&self) -> Option<u64> {
+        self.sync_again_us
     }
 
     pub fn poll_op(&mut self) -> Option<SpoolOp<S>> {
@@ -299,8 +311,16 @@ impl<S: SegmentHandle> Spool<S> {
     /// Once per turn of the caller's loop: segment syncs due, answers, a journal batch, and
     /// journal syncs due.
     pub fn flush(&mut self, now_ms: u64) {
+        self.flush_at(now_ms * 1000);
+    }
+
+    /// `flush` with the time in microseconds: a segment's group may be held back for
+    /// `SEGMENT_SYNC_HOLD_US` (`FileCommit::poll_sync_held`); `sync_again_us` says when to
+    /// flush again for it.
+    pub fn flush_at(&mut self, now_us: u64) {
+        let now_ms = now_us / 1000;
         let mut seqs = Vec::new();
-        self.appender.poll_syncs(&mut seqs);
+        self.sync_again_us = self.appender.poll_syncs(&mut seqs, now_us, SEGMENT_SYNC_HOLD_US);
         for seq in seqs {
             let segment = self.segments[&seq].clone();
             self.ops.push_back(SpoolOp::SyncSegment { segment });

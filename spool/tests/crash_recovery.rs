@@ -107,7 +107,7 @@ fn run(seed: u64) {
                     app.write_completed(w.seq, ticket, ok);
                 }
                 3 => {
-                    app.poll_syncs(&mut syncs);
+                    app.poll_syncs(&mut syncs, 0, 0);
                     let mut out = Vec::new();
                     for seq in syncs.drain(..) {
                         // A failed fsync: the kernel may have dropped the pages; never acknowledged.

@@ -291,11 +291,19 @@ impl Backend for Epoll {
     }
 
     fn wait(&mut self, out: &mut Vec<(u64, i32)>) {
+        self.wait_at_most(out, None)
+    }
+
+    fn wait_at_most(&mut self, out: &mut Vec<(u64, i32)>, limit_ns: Option<u64>) {
         if !self.ready.is_empty() && self.waiting.is_empty() && self.syncs.in_flight == 0 {
             out.append(&mut self.ready);
             return;
         }
-        let sleep_ms = self.sleep_ms();
+        let sleep_ms = match (self.sleep_ms(), limit_ns.map(|ns| ns.div_ceil(1_000_000).min(60_000) as i32)) {
+            (-1, Some(l)) => l,
+            (s, Some(l)) => s.min(l),
+            (s, None) => s,
+        };
         // SAFETY: the events buffer holds EVENTS_MAX entries.
         let n =
             unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), self.events.as_mut_ptr(), EVENTS_MAX as i32, sleep_ms) };

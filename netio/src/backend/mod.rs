@@ -86,6 +86,14 @@ pub(crate) trait Backend {
     /// every ready one into `out`, oldest first.
     fn wait(&mut self, out: &mut Vec<(u64, i32)>);
 
+    /// As `wait`, returning after `limit_ns` at most (None: no limit) even with nothing
+    /// completed: a group commit held back is due then. A backend whose waits never block
+    /// (the simulation) need not say.
+    fn wait_at_most(&mut self, out: &mut Vec<(u64, i32)>, limit_ns: Option<u64>) {
+        let _ = limit_ns;
+        self.wait(out)
+    }
+
     /// The clocks, read once per turn of the loop.
     fn now(&self) -> Now;
 

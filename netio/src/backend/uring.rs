@@ -102,6 +102,18 @@ impl Backend for Uring {
         out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
     }
 
+    fn wait_at_most(&mut self, out: &mut Vec<(u64, i32)>, limit_ns: Option<u64>) {
+        let Some(limit) = limit_ns.filter(|_| self.reaped.is_empty()) else { return self.wait(out) };
+        let ts = types::Timespec::new().sec(limit / 1_000_000_000).nsec((limit % 1_000_000_000) as u32);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {}
+            Err(e) => panic!("io_uring_enter failed: {e}"),
+        }
+        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+    }
+
     fn now(&self) -> Now {
         super::clock()
     }

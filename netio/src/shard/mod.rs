@@ -271,7 +271,8 @@ impl<B: Backend> Shard<B> {
     /// machines. False once the shard has finished shutting down.
     pub(crate) fn turn(&mut self) -> bool {
         // Drain the completion queue first; handle afterwards, never re-entrantly.
-        self.io.wait(&mut self.completions);
+        let limit_ns = self.spool.sync_again_us().map(|us| (us * 1000).saturating_sub(self.now.ns));
+        self.io.wait_at_most(&mut self.completions, limit_ns);
         self.now = self.io.now();
         let completions = std::mem::take(&mut self.completions);
         for &(user_data, result) in &completions {
@@ -339,12 +340,13 @@ impl<B: Backend> Shard<B> {
     fn after_completions(&mut self) {
         self.drain_mailbox();
         self.release_held(false);
-        self.spool.flush(self.now.ms());
+        self.spool.flush_at(self.now.ns / 1000);
         self.settle_machines();
         self.sched.pump(self.now);
         self.settle_machines();
-        // Records copied into their segments this turn are synced now, not a turn later.
-        self.spool.flush(self.now.ms());
+        // Records copied into their segments this turn are synced now, not a turn later (or,
+        // a group held back to gather more, soon: the wait below is cut short for it).
+        self.spool.flush_at(self.now.ns / 1000);
         self.settle_machines();
         self.flush_outbox();
         self.flush_acct(false);
