@@ -11,6 +11,7 @@
 #
 #   perf/latency.sh
 #   BULK_MESSAGES=100000 BULK_SIZE=10K BULK_CONNECTIONS=50 perf/latency.sh   # the flood
+#   SLUICE_BIN=/tmp/sluice-before perf/latency.sh                            # another build (A/B)
 #
 # Rows (with date, commit and machine) are appended to perf/RESULTS.md.
 set -euo pipefail
@@ -30,8 +31,10 @@ OUT=perf/out/latency
 WORK=/tmp/sluice-latency
 mkdir -p "$OUT"
 ulimit -n "$(ulimit -Hn)"
-cargo build --release --locked -q
-BIN=$PWD/target/release/sluice
+if [ -z "${SLUICE_BIN:-}" ]; then
+    cargo build --release --locked -q
+fi
+BIN=${SLUICE_BIN:-$PWD/target/release/sluice}
 rm -rf "$WORK" && mkdir -p "$WORK"
 KEY=$WORK/dkim.pem
 openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEY" 2>/dev/null
@@ -100,7 +103,7 @@ phase() {
 report=$OUT/report.md
 {
     echo
-    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id): transactional latency, idle and under a bulk flood (perf/latency.sh)"
+    echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id)${SLUICE_BIN:+ (binary $SLUICE_BIN)}: transactional latency, idle and under a bulk flood (perf/latency.sh)"
     echo
     echo "Machine: $(machine_line). $SHARDS shards. Transactional: $TX_MESSAGES messages at $TX_RATE/s on one connection from 127.0.0.2 through VMTA \`tx\` to a receiver answering at once; latency from the load generator's send to the receiver's arrival. Flood: $BULK_MESSAGES × $BULK_SIZE, DKIM-signed (RSA 2048), $BULK_CONNECTIONS connections, 50 domains, to another receiver answering at once."
     echo
