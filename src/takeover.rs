@@ -49,8 +49,14 @@ return {1, tostring(e)}
 ";
 
 /// KEYS: the node's spool, its lease; ARGV: node, epoch, lease (ms). 1: renewed; 0: the
-/// spool is no longer this process's.
+/// spool is no longer this process's. A spool Redis has no record of at all (a Redis that
+/// restarted empty) is recorded again as this process's: no peer can have adopted it, since
+/// adopting needs the record. (One released by an adopter keeps its epoch, so it is not.)
 const RENEW_LUA: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'holder', ARGV[1], 'epoch', ARGV[2])
+  redis.call('SADD', 'sluice:spools', ARGV[1])
+end
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] and redis.call('HGET', KEYS[1], 'epoch') == ARGV[2] then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
   return 1
@@ -135,8 +141,17 @@ pub fn start(cluster: &Cluster) -> Result<Option<Takeover>, ClaimError> {
     status.lease_held.store(true, Ordering::Relaxed);
     tracing::info!(node = %node, epoch, spool = %root.join(&node).display(), "spool-takeover: this host's spool claimed");
     let (attach, attached) = std::sync::mpsc::channel();
-    let keeper =
-        Keeper { conn, node, root, after, epoch, status: status.clone(), responder: None, adopting: HashSet::new() };
+    let keeper = Keeper {
+        client,
+        conn: Some(conn),
+        node,
+        root,
+        after,
+        epoch,
+        status: status.clone(),
+        responder: None,
+        adopting: HashSet::new(),
+    };
     std::thread::Builder::new()
         .name("takeover".into())
         .spawn(move || rt.block_on(keeper.run(attached)))
@@ -207,7 +222,9 @@ async fn claim(client: &redis::Client, node: &str, after: Duration) -> Result<(C
 
 /// Keeps the lease, and adopts spools whose holders are gone.
 struct Keeper {
-    conn: ConnectionManager,
+    client: redis::Client,
+    /// Made again after a failed call (a Redis that restarted, say).
+    conn: Option<ConnectionManager>,
     node: String,
     root: PathBuf,
     after: Duration,
@@ -243,6 +260,27 @@ impl Keeper {
         }
     }
 
+    /// The connection to Redis, made anew if the last call failed; None if Redis does not
+    /// answer now.
+    async fn conn(&mut self) -> Option<ConnectionManager> {
+        if self.conn.is_none() {
+            let made = tokio::time::timeout(Duration::from_secs(1), ConnectionManager::new(self.client.clone())).await;
+            self.conn = made.ok().and_then(Result::ok);
+        }
+        self.conn.clone()
+    }
+
+    /// A call's result; a failure or a timeout drops the connection.
+    fn answered<T, E>(&mut self, r: Result<Result<T, E>, tokio::time::error::Elapsed>) -> Option<T> {
+        match r {
+            Ok(Ok(v)) => Some(v),
+            _ => {
+                self.conn = None;
+                None
+            }
+        }
+    }
+
     async fn renew(&mut self) {
         let asked = Fence::now_ns();
         let script = redis::Script::new(RENEW_LUA);
@@ -253,14 +291,21 @@ impl Keeper {
             .arg(self.epoch)
             .arg(self.after.as_millis() as u64);
         let timeout = renew_every(self.after).max(Duration::from_millis(200));
-        match tokio::time::timeout(timeout, inv.invoke_async::<u8>(&mut self.conn)).await {
-            Ok(Ok(1)) => {
+        let renewed = match self.conn().await {
+            Some(mut conn) => {
+                let r = tokio::time::timeout(timeout, inv.invoke_async::<u8>(&mut conn)).await;
+                self.answered(r)
+            }
+            None => None,
+        };
+        match renewed {
+            Some(1) => {
                 FENCE.hold_from(asked, fence_valid(self.after));
                 if !self.status.lease_held.swap(true, Ordering::Relaxed) {
                     tracing::info!(node = %self.node, "spool-takeover: lease renewed; delivering again");
                 }
             }
-            Ok(Ok(_)) => {
+            Some(_) => {
                 FENCE.close();
                 tracing::error!(
                     node = %self.node,
@@ -270,7 +315,7 @@ impl Keeper {
                 );
                 std::process::exit(75);
             }
-            _ => {
+            None => {
                 if !FENCE.holds() && self.status.lease_held.swap(false, Ordering::Relaxed) {
                     tracing::error!(
                         node = %self.node,
@@ -285,15 +330,13 @@ impl Keeper {
     /// Adopts every spool whose holder's lease is gone, and resumes moving those this host
     /// holds (adopted before a restart of its own).
     async fn adopt_orphans(&mut self, done: &tokio::sync::mpsc::UnboundedSender<(String, Result<usize, String>)>) {
-        let nodes: Vec<String> = match tokio::time::timeout(
+        let Some(mut conn) = self.conn().await else { return };
+        let r = tokio::time::timeout(
             Duration::from_secs(1),
-            redis::cmd("SMEMBERS").arg(SPOOLS_KEY).query_async(&mut self.conn),
+            redis::cmd("SMEMBERS").arg(SPOOLS_KEY).query_async::<Vec<String>>(&mut conn),
         )
-        .await
-        {
-            Ok(Ok(n)) => n,
-            _ => return,
-        };
+        .await;
+        let Some(nodes) = self.answered(r) else { return };
         for other in nodes {
             if other == self.node || self.adopting.contains(&other) {
                 continue;
@@ -301,11 +344,8 @@ impl Keeper {
             let script = redis::Script::new(ADOPT_LUA);
             let mut inv = script.prepare_invoke();
             inv.key(spool_key(&other)).arg(&self.node);
-            let Ok(Ok(epoch)) =
-                tokio::time::timeout(Duration::from_secs(1), inv.invoke_async::<i64>(&mut self.conn)).await
-            else {
-                continue;
-            };
+            let r = tokio::time::timeout(Duration::from_secs(1), inv.invoke_async::<i64>(&mut conn)).await;
+            let Some(epoch) = self.answered(r) else { return };
             if epoch == 0 {
                 continue;
             }
@@ -340,12 +380,17 @@ impl Keeper {
                 let script = redis::Script::new(RELEASE_LUA);
                 let mut inv = script.prepare_invoke();
                 inv.key(spool_key(&node)).arg(&self.node);
-                let released =
-                    tokio::time::timeout(Duration::from_secs(2), inv.invoke_async::<u8>(&mut self.conn)).await;
+                let released = match self.conn().await {
+                    Some(mut conn) => {
+                        let r = tokio::time::timeout(Duration::from_secs(2), inv.invoke_async::<u8>(&mut conn)).await;
+                        self.answered(r)
+                    }
+                    None => None,
+                };
                 tracing::warn!(
                     node = %node,
                     messages = n,
-                    released = matches!(released, Ok(Ok(1))),
+                    released = released == Some(1),
                     "spool-takeover: adopted spool moved here and released"
                 );
             }

@@ -282,3 +282,41 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_deliveries_in_flight(
     }
     println!("seed {seed}: {}", summary.join("; "));
 }
+
+/// Redis restarted empty (no persistence) while the hosts run: meanwhile each host stops
+/// taking mail (4xx: it cannot confirm its spool is its own), and once Redis is back each
+/// records its spool again and goes on. None stops, and no spool changes hands.
+#[test]
+fn a_redis_restarted_empty_stops_no_host() {
+    let mut redis = Redis::start();
+    let root = TempDir::new("spools");
+    let receiver_port = free_port("127.0.0.1");
+    let rx = PyReceiver::start_at(receiver_port, &[]);
+    let mut hosts = fleet(&redis, root.path(), receiver_port);
+    assert_eq!(inject(hosts[0].relay.addr(), "before", 5).len(), 5);
+    redis.kill();
+    // Past half of takeover-after without a renewal: no message is taken.
+    std::thread::sleep(Duration::from_millis(TAKEOVER_AFTER_S * 1000 / 2 + 700));
+    let (mut t, _) = Talk::connect(hosts[0].relay.addr());
+    t.cmd("EHLO injector.test");
+    assert!(t.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
+    assert!(t.cmd("RCPT TO:<u@dest.test>").starts_with("250"));
+    assert!(t.cmd("DATA").starts_with("354"));
+    let refused = t.cmd("Subject: fenced-0\r\n\r\nnot now\r\n.");
+    assert!(refused.starts_with('4'), "{refused}");
+    redis.spawn();
+    wait_for("every host to take mail again", Duration::from_secs(20), || {
+        hosts.iter().all(|h| inject(h.relay.addr(), "probe", 1).len() == 1).then_some(())
+    });
+    let acked = inject(hosts[1].relay.addr(), "after", 5);
+    assert_eq!(acked.len(), 5);
+    wait_for("the messages after Redis came back", Duration::from_secs(20), || {
+        (of_tag(&received(&rx), "after").len() == 5).then_some(())
+    });
+    for (i, h) in hosts.iter_mut().enumerate() {
+        assert!(h.relay.wait_exit(Duration::from_millis(10)).is_none(), "host {} stopped", i + 1);
+        assert_eq!(redis.cli(&["HGET", &format!("sluice:spool:mta-{}", i + 1), "holder"]), format!("mta-{}", i + 1));
+    }
+    assert_eq!(adoptions(&[&hosts[0], &hosts[1], &hosts[2]]), 0);
+    assert!(of_tag(&received(&rx), "fenced").is_empty());
+}

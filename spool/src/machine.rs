@@ -233,14 +233,19 @@ impl<S: SegmentHandle> Spool<S> {
         self.events.pop_front()
     }
 
+    /// A record the caller will not write (it may not write to this spool now): answered
+    /// not durable, as a full disk's, without touching a segment.
+    pub fn refuse(&mut self, ticket: u64, after: Vec<(Outcome, S)>) {
+        self.events.push_back(SpoolEvent::Stored { ticket, durable: false, at: None, after });
+    }
+
     /// A record of `len` bytes for `rcpts` recipients, under the caller's `ticket` (unique
     /// among those in flight). `after`: outcomes to journal once it is durable.
     pub fn submit(&mut self, ticket: u64, len: u64, rcpts: u32, after: Vec<(Outcome, S)>, now_ms: u64) {
         assert!(!self.tickets.contains_key(&ticket), "ticket {ticket} submitted twice");
         if now_ms < self.broken_until_ms {
             // The disk just refused a segment: 452 without trying, for a moment.
-            self.events.push_back(SpoolEvent::Stored { ticket, durable: false, at: None, after });
-            return;
+            return self.refuse(ticket, after);
         }
         let p = self.appender.place(len, ticket);
         self.tickets.insert(ticket, Ticket { rcpts, seq: p.seg_seq, offset: p.offset, placed: false, after });

@@ -151,6 +151,10 @@ impl<B: Backend> Shard<B> {
         store.head = codec::encode_message_head(&env, &store.data);
         store.tail = codec::encode_message_tail(&env);
         let total = (store.head.len() + store.data.len() + store.tail.len()) as u64;
+        if !crate::FENCE.holds() {
+            // This host may no longer own its spool (`spool-takeover`): 4xx, nothing written.
+            return self.spool.refuse(ticket, after);
+        }
         self.spool.submit(ticket, total, store.recipients.len() as u32, after, self.now.ms());
     }
 
