@@ -65,6 +65,8 @@ ${SHARDS:+shards $SHARDS}
     records d,b,t
 </acct-file>
 EOF
+    local busy0
+    busy0=$(busy_jiffies)
     perf stat -x, -e "$EVENTS" -o "$OUT/sink.stat" -- "$BIN" sink --listen "127.0.0.1:$SINK_PORT" \
         --exit-after "$MESSAGES" --json "$OUT/sink.json" >/dev/null 2>&1 &
     local sink_perf=$!
@@ -82,7 +84,12 @@ EOF
     [ "$delivered" = "$MESSAGES" ] || { echo "delivered $delivered of $MESSAGES" >&2; exit 1; }
     local backend
     backend=$(grep -o 'backend="[a-z_]*"' "$dir/sluice.log" | head -1 | cut -d'"' -f2)
-    echo "$backend $(counts "$OUT/relay.stat" "$MESSAGES") $(counts "$OUT/loadgen.stat" "$MESSAGES") $(counts "$OUT/sink.stat" "$MESSAGES")"
+    # The whole machine's busy time (kernel threads included: io_uring's workers are the
+    # relay's threads, but a flush finished by a kernel workqueue is nobody's).
+    local machine_us
+    machine_us=$(awk -v b0="$busy0" -v b1="$(busy_jiffies)" -v n="$MESSAGES" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { printf "%.1f", (b1 - b0) * 1000000 / hz / n }')
+    echo "$backend $(counts "$OUT/relay.stat" "$MESSAGES") $(counts "$OUT/loadgen.stat" "$MESSAGES") $(counts "$OUT/sink.stat" "$MESSAGES") $machine_us $(json "$OUT/loadgen.json" messages_per_s)"
 }
 
 report=$OUT/report.md
@@ -92,14 +99,16 @@ report=$OUT/report.md
     echo
     echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL."
     echo
-    echo "| run | backend | relay syscalls | relay io_uring_enter | relay punted | relay ctx switches | relay CPU µs | loadgen syscalls | loadgen CPU µs | sink syscalls | sink CPU µs | relay CPU ÷ (loadgen + sink) |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "Machine CPU: the whole machine's busy time per message over the run (the three programs, perf, and kernel threads nobody's: a workqueue finishing a flush)."
+    echo
+    echo "| run | backend | relay syscalls | relay io_uring_enter | relay punted | relay ctx switches | relay CPU µs | loadgen syscalls | loadgen CPU µs | sink syscalls | sink CPU µs | relay CPU ÷ (loadgen + sink) | machine CPU µs | msg/s |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 } >"$report"
 for i in $(seq 1 "$RUNS"); do
-    read -r backend rs re rp rc rt ls _ _ _ lt ss _ _ _ st < <(run_once)
+    read -r backend rs re rp rc rt ls _ _ _ lt ss _ _ _ st mt mps < <(run_once)
     ratio=$(awk -v r="$rt" -v l="$lt" -v s="$st" 'BEGIN{printf "%.2f", r / (l + s)}')
-    echo "| $i | $backend | $rs | $re | $rp | $rc | $rt | $ls | $lt | $ss | $st | $ratio× |" >>"$report"
-    echo "run $i ($backend): relay $rs syscalls ($re io_uring_enter, $rp punted), $rc switches, $rt µs CPU per message; loadgen $ls/$lt µs, sink $ss/$st µs" >&2
+    echo "| $i | $backend | $rs | $re | $rp | $rc | $rt | $ls | $lt | $ss | $st | $ratio× | $mt | ${mps%.*} |" >>"$report"
+    echo "run $i ($backend): relay $rs syscalls ($re io_uring_enter, $rp punted), $rc switches, $rt µs CPU per message; loadgen $ls/$lt µs, sink $ss/$st µs; machine $mt µs; ${mps%.*} msg/s" >&2
 done
 cat "$report"
 cat "$report" >>perf/RESULTS.md

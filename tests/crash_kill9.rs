@@ -103,9 +103,7 @@ fn scenario(shards: Option<u32>, faults: Option<&str>) {
     );
     if faults.is_some() {
         let log = relay.log();
-        for failure in
-            ["segment write failed", "segment fdatasync failed", "journal write failed", "journal fsync failed"]
-        {
+        for failure in ["segment write failed", "segment sync failed", "journal write failed", "journal fsync failed"] {
             let n = log.matches(failure).count();
             assert!(n >= 3, "{failure}: {n} times; the fault injection did not exercise it");
             eprintln!("  injected: {failure} × {n}");

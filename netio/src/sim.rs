@@ -10,7 +10,9 @@
 //!   connections, and a crash resets them all.
 //! - The disk: spool files are real files in the spool directory (a tmpfs is best), written
 //!   as the shard writes them (journal writes through `Sub::Write`, segment records through
-//!   their mappings). A `Sub::Fdatasync` makes what the file held when it was asked for
+//!   their mappings, or for a shard drawn to write directly, `Sub::WriteDurable`, durable as
+//!   it completes).
+//!   A `Sub::Fdatasync` makes what the file held when it was asked for
 //!   durable; writes and syncs fail now and then (`EIO`, a write torn half way). At a crash
 //!   (`Relay::crash`) every 512-byte sector that differs from its durable copy is kept or
 //!   lost at random, as a power loss does.
@@ -79,6 +81,9 @@ pub struct NetStats {
     pub lost_sectors: u64,
     /// Connections one shard accepted and another served (a traffic class's).
     pub handed_over: u64,
+    /// A direct segment's `RWF_DSYNC` writes done whole, and cut short.
+    pub durable_writes: u64,
+    pub torn_durable_writes: u64,
 }
 
 struct Pipe {
@@ -454,24 +459,41 @@ impl World {
                 let n = unsafe { libc::read(fd, buf.cast(), len as usize) };
                 Some(if n < 0 { -errno() } else { n as i32 })
             }
-            Sub::Write { fd, buf, len, offset } => {
+            Sub::Write { fd, buf, len, offset } | Sub::WriteDurable { fd, buf, len, offset } => {
                 if self.rng.below(2) == 0 {
                     return None; // the disk is slow now and then
                 }
                 // SAFETY: the shard keeps the batch alive until the write completes.
                 let bytes = unsafe { std::slice::from_raw_parts(buf, len as usize) };
+                // A file opened with O_DIRECT (a direct segment) is written, and torn, in whole
+                // 512-byte sectors, as a disk does.
+                // SAFETY: a plain fcntl on a descriptor the shard holds open.
+                let sector = match unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_DIRECT {
+                    0 => 1,
+                    _ => 512,
+                };
+                let durable = matches!(p.sub, Sub::WriteDurable { .. });
                 let (n, result) = if self.fails() {
                     self.stats.failed_writes += 1;
-                    (bytes.len() / 2, -libc::EIO)
-                } else if self.rng.below(8) == 0 && bytes.len() > 1 {
+                    (bytes.len() / 2 / sector * sector, -libc::EIO)
+                } else if self.rng.below(8) == 0 && bytes.len() > sector {
                     self.stats.torn_writes += 1;
-                    let n = 1 + self.rng.below(bytes.len() as u64 - 1) as usize;
+                    self.stats.torn_durable_writes += u64::from(durable);
+                    let n = (1 + self.rng.below((bytes.len() / sector) as u64 - 1) as usize) * sector;
                     (n, n as i32)
                 } else {
+                    self.stats.durable_writes += u64::from(durable);
                     (bytes.len(), bytes.len() as i32)
                 };
                 // SAFETY: a positioned write to a spool file the shard holds open.
                 let wrote = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), n, offset as libc::off_t) };
+                if wrote >= 0 && result >= 0 && durable {
+                    // Durable as it completes: what the file holds now survives a crash.
+                    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("a spool file's descriptor");
+                    if let Some((ino, bytes)) = read_file(&path) {
+                        self.durable.insert(path, (ino, bytes));
+                    }
+                }
                 Some(if wrote < 0 { -errno() } else { result })
             }
             Sub::Fdatasync { .. } => {
@@ -545,6 +567,9 @@ fn read_file(path: &Path) -> Option<(u64, Vec<u8>)> {
 pub(crate) struct SimIo {
     net: Net,
     shard: u32,
+    /// Whether this shard writes its segments directly (`Backend::direct_spool`): drawn from
+    /// the seed at each start, so that a world runs both ways.
+    direct: bool,
 }
 
 impl Backend for SimIo {
@@ -567,6 +592,10 @@ impl Backend for SimIo {
     fn wait(&mut self, out: &mut Vec<(u64, i32)>) {
         let mut w = self.net.0.borrow_mut();
         out.append(&mut w.ready[self.shard as usize]);
+    }
+
+    fn direct_spool(&self) -> bool {
+        self.direct
     }
 
     fn now(&self) -> Now {
@@ -617,12 +646,12 @@ impl Relay {
         let recovered_messages = plan.recovered_messages;
         let mut built = Vec::new();
         for mut start in plan.starts {
-            let (odds, seed) = {
+            let (odds, seed, direct) = {
                 let mut w = net.0.borrow_mut();
-                (w.odds, w.rng.next_u64())
+                (w.odds, w.rng.next_u64(), w.rng.below(2) == 0)
             };
             start.faults = Faults::from_spec(Some(&format!("seg-write={}", odds.segment_failure)), seed);
-            let io = SimIo { net: net.clone(), shard: start.id };
+            let io = SimIo { net: net.clone(), shard: start.id, direct };
             let mut shard = Shard::new(io, start).map_err(StartError::Thread)?;
             shard.arm();
             built.push(shard);

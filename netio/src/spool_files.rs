@@ -58,8 +58,38 @@ pub struct Segment {
     /// Shared and, for a segment this process created, writable: records are copied in
     /// (`append`) and made durable with the segment's `fdatasync`, no write call. Only whole
     /// records are ever read through it (`record`), each after it was written.
+    /// A direct segment's (`create_direct`) is anonymous memory until `settle`.
     map: MmapRaw,
     life: SegmentLife,
+    /// Opened with `O_DIRECT`: records are copied into `map` and made durable by writing
+    /// their blocks with `RWF_DSYNC` (`direct_range`), not by an `fdatasync`.
+    direct: bool,
+    /// The end of the last record copied in (the owning shard's appends).
+    appended: AtomicU64,
+}
+
+/// Direct segment writes start and end on this boundary (the page size, and the largest
+/// logical block size in use).
+pub const DIRECT_ALIGN: u64 = 4096;
+/// A direct segment's zeros are written at most this much at a time (`zero_step`).
+pub const ZERO_STEP: u64 = 1 << 20;
+
+/// How much of a direct segment of `size` bytes is written with zeros at creation, and then
+/// at a time ahead of its records: a sixteenth, within `DIRECT_ALIGN..=ZERO_STEP`.
+pub fn zero_step(size: u64) -> u64 {
+    (size / 16 / DIRECT_ALIGN * DIRECT_ALIGN).clamp(DIRECT_ALIGN, ZERO_STEP)
+}
+
+/// `ZERO_STEP` zero bytes, page-aligned, for direct writes of zeros.
+pub fn zeros() -> &'static [u8] {
+    static ZEROS: std::sync::OnceLock<memmap2::Mmap> = std::sync::OnceLock::new();
+    ZEROS.get_or_init(|| {
+        MmapOptions::new()
+            .len(ZERO_STEP as usize)
+            .map_anon()
+            .and_then(|m| m.make_read_only())
+            .expect("1 MiB of anonymous memory")
+    })
 }
 
 fn fsync_dir(dir: &Path) -> io::Result<()> {
@@ -92,7 +122,7 @@ impl Segment {
             Ok(map)
         })();
         match result {
-            Ok(map) => Ok(Arc::new(Segment { shard, seq, path, file, map, life: SegmentLife::default() })),
+            Ok(map) => Ok(Arc::new(Segment::new(shard, seq, path, file, map, false))),
             Err(e) => {
                 let _ = fs::remove_file(&path);
                 Err(e)
@@ -100,11 +130,99 @@ impl Segment {
         }
     }
 
+    fn new(shard: u32, seq: u64, path: PathBuf, file: File, map: MmapRaw, direct: bool) -> Segment {
+        let appended = AtomicU64::new(codec::FILE_HEADER_BYTES as u64);
+        Segment { shard, seq, path, file, map, life: SegmentLife::default(), direct, appended }
+    }
+
+    /// As `create`, for direct writes (issue 24): the file is opened with `O_DIRECT` and its
+    /// records are gathered in anonymous memory, then written block-aligned with `RWF_DSYNC`
+    /// (`direct_range`), which io_uring completes without a kernel worker thread when the
+    /// blocks were written before (an `fdatasync` is always handed to one, and writing into
+    /// preallocated but never written blocks converts them, in a journal commit). So the
+    /// file's first `zero_step` bytes are written here (header and zeros), and the owning
+    /// shard writes zeros ahead of its records (`zeros`). Err(EINVAL): the filesystem takes no
+    /// `O_DIRECT` (use `create`).
+    pub fn create_direct(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Arc<Segment>> {
+        let path = dir.join(segment_name(seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
+            .open(&path)?;
+        let result = (|| {
+            preallocate(&file, size)?;
+            let mut map = MmapOptions::new().len(size as usize).map_anon()?;
+            let header = codec::encode_file_header(FileHeader { kind: FileKind::Segment, shard, seq });
+            map[..header.len()].copy_from_slice(&header);
+            // Page-aligned memory, a whole number of blocks: an O_DIRECT write.
+            file.write_all_at(&map[..zero_step(size).min(size) as usize], 0)?;
+            fsync_dir(dir)?;
+            Ok(MmapRaw::from(map))
+        })();
+        match result {
+            Ok(map) => Ok(Arc::new(Segment::new(shard, seq, path, file, map, true))),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    pub fn size(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// The end of the last record copied in.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    /// The memory of `from..to` (a direct segment's, both `DIRECT_ALIGN`ed), to write to the
+    /// file at `from`. Valid while the segment lives; its bytes change only past `appended`.
+    pub fn direct_range(&self, from: u64, to: u64) -> (*const u8, u32) {
+        assert!(self.direct && from <= to && to <= self.map.len() as u64);
+        assert!(from.is_multiple_of(DIRECT_ALIGN) && to.is_multiple_of(DIRECT_ALIGN));
+        // SAFETY: inside the mapping (asserted).
+        (unsafe { self.map.as_ptr().add(from as usize) }, (to - from) as u32)
+    }
+
+    /// A sealed direct segment whose every record is durable: its anonymous memory is
+    /// replaced by a read-only mapping of the file at the same address, so that a backlog
+    /// of sealed segments is page cache the kernel may reclaim, not memory held.
+    pub fn settle(&self) {
+        if !self.direct || self.map.len() == 0 {
+            return;
+        }
+        // SAFETY: MAP_FIXED over this segment's own mapping, same length: the file holds, for
+        // every record ever read through the mapping, the same bytes (all durable: written
+        // with RWF_DSYNC before the segment was sealed), so a reader on another shard sees
+        // no byte change; the mapping is released by `map`'s drop as before.
+        let p = unsafe {
+            libc::mmap(
+                self.map.as_mut_ptr().cast(),
+                self.map.len(),
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            tracing::warn!(seq = self.seq, error = %io::Error::last_os_error(), "cannot map a sealed segment; kept in memory");
+        }
+    }
+
     /// Opens a segment found at recovery; the caller adds its owed recipients, then seals it.
     fn open(path: &Path, shard: u32, seq: u64) -> io::Result<Arc<Segment>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let map = MmapOptions::new().map_raw_read_only(&file)?;
-        Ok(Arc::new(Segment { shard, seq, path: path.to_path_buf(), file, map, life: SegmentLife::default() }))
+        Ok(Arc::new(Segment::new(shard, seq, path.to_path_buf(), file, map, false)))
     }
 
     pub fn fd(&self) -> i32 {
@@ -128,6 +246,7 @@ impl Segment {
             unsafe { std::ptr::copy_nonoverlapping(part.as_ptr(), self.map.as_mut_ptr().add(to), part.len()) };
             to += part.len();
         }
+        self.appended.fetch_max(to as u64, Ordering::Relaxed);
         true
     }
 
@@ -422,6 +541,63 @@ mod tests {
         assert_eq!(recovered.messages[0].pending, vec![1]);
         assert_eq!(recovered.old_journals.len(), 1, "the journal still matters for segment 1");
         assert_eq!(recovered.next_seq[&0], 8, "new segments start above every number the journal names");
+        fs::remove_dir_all(&spool).unwrap();
+    }
+
+    /// A direct segment (issue 24): records written from its memory with RWF_DSYNC read the
+    /// same once its memory is swapped for the file's mapping (`settle`, under readers), and
+    /// a restart finds them in the file. Written the way the shard writes them: a second
+    /// write starts at the first one's last block, which it writes again.
+    #[test]
+    fn a_direct_segment_reads_the_same_after_settling_and_after_a_restart() {
+        let spool = std::env::temp_dir().join(format!("sluice-direct-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&spool);
+        let dir = shard_dir(&spool, 0);
+        fs::create_dir_all(&dir).unwrap();
+        let seg = match Segment::create_direct(&dir, 0, 1, 2 * ZERO_STEP) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                eprintln!("{}: no O_DIRECT on this filesystem; nothing to check", dir.display());
+                return;
+            }
+            created => created.unwrap(),
+        };
+        let write_durable = |from: u64| {
+            let to = seg.appended().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+            let (buf, len) = seg.direct_range(from / DIRECT_ALIGN * DIRECT_ALIGN, to);
+            let at = (from / DIRECT_ALIGN * DIRECT_ALIGN) as libc::off_t;
+            let iov = libc::iovec { iov_base: buf as *mut libc::c_void, iov_len: len as usize };
+            // SAFETY: one iovec over the segment's memory (aligned: `direct_range`).
+            let n = unsafe { libc::pwritev2(seg.fd(), &iov, 1, at, libc::RWF_DSYNC) };
+            assert_eq!(n, len as isize, "{}", io::Error::last_os_error());
+        };
+        let first = test_record(vec!["a@y.test"], "j1");
+        let at1 = codec::FILE_HEADER_BYTES as u64;
+        assert!(seg.append(at1, [&first, b"", b""]));
+        write_durable(0);
+        let at2 = at1 + sluice_spool::Appender::aligned(first.len() as u64);
+        let second = test_record(vec!["b@y.test", "c@y.test"], "j2");
+        assert!(seg.append(at2, [&second, b"", b""]));
+        write_durable(at2);
+        let data_before = seg.data(at2).to_vec();
+        let held = seg.data(at1); // a reader's borrow across the swap
+        let mapped_file = |seg: &Segment| {
+            let start = format!("{:x}-", seg.map.as_ptr() as usize);
+            let maps = fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines().find(|l| l.starts_with(&start)).is_some_and(|l| l.ends_with(&segment_name(1)))
+        };
+        assert!(!mapped_file(&seg), "anonymous memory while written");
+        seg.settle();
+        assert!(mapped_file(&seg), "the file's mapping once settled");
+        assert_eq!(held, b"Subject: x\r\n\r\nbody\r\n");
+        assert_eq!(seg.data(at2), &data_before[..]);
+        assert_eq!(seg.tail(at2).1, "j2");
+        drop(seg);
+        let recovered = recover(&spool).unwrap();
+        let mut pending: Vec<(u64, Vec<u32>)> =
+            recovered.messages.iter().map(|m| (m.offset, m.pending.clone())).collect();
+        pending.sort();
+        assert_eq!(pending, vec![(at1, vec![0]), (at2, vec![0, 1])]);
+        assert_eq!(recovered.torn_records, 0);
         fs::remove_dir_all(&spool).unwrap();
     }
 }

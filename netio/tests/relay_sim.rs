@@ -735,11 +735,13 @@ fn relay_loses_nothing_through_faults_short_io_and_crashes() {
         ("short receives", n.short_recvs),
         ("short sends", n.short_sends),
         ("failed journal writes", n.failed_writes),
-        ("torn journal writes", n.torn_writes),
+        ("torn writes", n.torn_writes),
         ("failed syncs", n.failed_syncs),
         ("refused dials", n.refused),
         ("sectors lost at a crash", n.lost_sectors),
         ("connections handed to their traffic class's shard", n.handed_over),
+        ("direct segment writes (RWF_DSYNC)", n.durable_writes),
+        ("direct segment writes cut short", n.torn_durable_writes),
     ] {
         assert!(count >= 20, "{what} exercised only {count} times: {total:?}");
     }
@@ -769,6 +771,8 @@ fn add(total: &mut Stats, s: &Stats) {
         (&mut total.net.refused, s.net.refused),
         (&mut total.net.lost_sectors, s.net.lost_sectors),
         (&mut total.net.handed_over, s.net.handed_over),
+        (&mut total.net.durable_writes, s.net.durable_writes),
+        (&mut total.net.torn_durable_writes, s.net.torn_durable_writes),
     ];
     for (t, v) in fields {
         *t += v;

@@ -44,6 +44,10 @@ impl SegmentLife {
         self.live.load(Ordering::SeqCst) == 0 && self.mark_deleted()
     }
 
+    pub fn is_sealed(&self) -> bool {
+        self.sealed.load(Ordering::SeqCst)
+    }
+
     fn mark_deleted(&self) -> bool {
         self.deleted.compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst).is_ok()
     }

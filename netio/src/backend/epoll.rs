@@ -136,6 +136,14 @@ unsafe fn attempt(sub: &Sub) -> Option<i32> {
                 Sub::SendMsg { fd, msg } => libc::sendmsg(fd, msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL),
                 Sub::Read { fd, buf, len } => libc::read(fd, buf.cast(), len as usize),
                 Sub::Write { fd, buf, len, offset } => libc::pwrite(fd, buf.cast(), len as usize, offset as i64),
+                // Not asked for here (`direct_spool` is false); done inline, as the contract says.
+                Sub::WriteDurable { fd, buf, len, offset } => {
+                    let n = libc::pwrite(fd, buf.cast(), len as usize, offset as i64);
+                    match n >= 0 && libc::fdatasync(fd) < 0 {
+                        true => -1,
+                        false => n,
+                    }
+                }
                 Sub::Connect { fd, .. } => {
                     let mut err: libc::c_int = 0;
                     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;

@@ -60,6 +60,13 @@ pub(crate) enum Sub {
         len: u32,
         offset: u64,
     },
+    /// A write durable when it completes (`RWF_DSYNC`): a direct segment's records.
+    WriteDurable {
+        fd: RawFd,
+        buf: *const u8,
+        len: u32,
+        offset: u64,
+    },
     Fdatasync {
         fd: RawFd,
     },
@@ -96,6 +103,13 @@ pub(crate) trait Backend {
 
     /// The clocks, read once per turn of the loop.
     fn now(&self) -> Now;
+
+    /// Whether new segments are written directly (`Segment::create_direct`, `WriteDurable`)
+    /// rather than through their mapping and an `fdatasync`: where it saves the kernel work
+    /// (io_uring); elsewhere the mapping is the simpler way.
+    fn direct_spool(&self) -> bool {
+        false
+    }
 
     /// A TCP socket to connect to `to`, bound to `from` when given (a VMTA's
     /// `smtp-source-host`), with TCP_NODELAY.

@@ -80,6 +80,9 @@ impl Backend for Uring {
             }
             Sub::Read { fd, buf, len } => opcode::Read::new(types::Fd(fd), buf, len).build(),
             Sub::Write { fd, buf, len, offset } => opcode::Write::new(types::Fd(fd), buf, len).offset(offset).build(),
+            Sub::WriteDurable { fd, buf, len, offset } => {
+                opcode::Write::new(types::Fd(fd), buf, len).offset(offset).rw_flags(libc::RWF_DSYNC).build()
+            }
             Sub::Fdatasync { fd } => opcode::Fsync::new(types::Fd(fd)).flags(types::FsyncFlags::DATASYNC).build(),
             Sub::Timeout { ms } => {
                 *self.timespec = types::Timespec::new().sec(ms / 1000).nsec((ms % 1000 * 1_000_000) as u32);
@@ -116,6 +119,10 @@ impl Backend for Uring {
 
     fn now(&self) -> Now {
         super::clock()
+    }
+
+    fn direct_spool(&self) -> bool {
+        true
     }
 }
 

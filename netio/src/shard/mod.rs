@@ -63,10 +63,11 @@ enum Op {
     Event,
     Tick,
     Cancel,
+    SegZero,
 }
 
 impl Op {
-    const ALL: [Op; 12] = [
+    const ALL: [Op; 13] = [
         Op::Accept,
         Op::InRecv,
         Op::InSend,
@@ -79,6 +80,7 @@ impl Op {
         Op::Event,
         Op::Tick,
         Op::Cancel,
+        Op::SegZero,
     ];
 
     fn from(v: u8) -> Op {
@@ -171,6 +173,9 @@ pub(crate) struct Shard<B: Backend> {
     journals: HashMap<JournalId, JournalFile>,
     /// Journal writes in flight: their journal's descriptor, offset and progress.
     jnl_writes: HashMap<u64, (RawFd, u64, sluice_spool::Resume)>,
+    /// Direct segments being written (`spool_io::Direct`), by sequence: the active one, and
+    /// any rotated out until their last write is done.
+    direct: HashMap<u64, spool_io::Direct>,
     /// Spool IO failures injected on purpose (`SLUICE_FAULTS`, tests only).
     faults: Faults,
     local: spool_io::Locals,
@@ -224,6 +229,7 @@ impl<B: Backend> Shard<B> {
             spool,
             journals: HashMap::new(),
             jnl_writes: HashMap::new(),
+            direct: HashMap::new(),
             faults,
             local: spool_io::Locals::default(),
             sched,
@@ -293,6 +299,7 @@ impl<B: Backend> Shard<B> {
         std::mem::forget(std::mem::take(&mut self.outs));
         std::mem::forget(std::mem::take(&mut self.local));
         std::mem::forget(std::mem::take(&mut self.jnl_writes));
+        std::mem::forget(std::mem::take(&mut self.direct));
         tracing::debug!(shard = self.id, "shard stopped");
     }
 
@@ -322,6 +329,7 @@ impl<B: Backend> Shard<B> {
                 }
             }
             Op::SegSync => self.on_seg_sync(slot, result),
+            Op::SegZero => self.on_seg_zero(slot, result),
             Op::JnlWrite => self.on_jnl_write(slot, result),
             Op::JnlSync => self.on_jnl_sync(slot, result),
             Op::Event => {
@@ -529,6 +537,7 @@ impl<B: Backend> Shard<B> {
         self.out_deadlines(now.ms());
         self.sched.tick(now);
         self.spool.tick(now.ms());
+        self.settle_direct();
         self.retry_locals();
     }
 

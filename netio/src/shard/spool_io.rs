@@ -9,7 +9,7 @@ use crate::admin::Injection;
 use crate::backend::{Backend, Sub};
 use crate::faults::Io;
 use crate::mailbox::MsgRef;
-use crate::spool_files::{JournalFile, Segment};
+use crate::spool_files::{self, JournalFile, Segment, DIRECT_ALIGN};
 use sluice_engine::bounce::dsn;
 use sluice_engine::prepare::{self, Prepared, Way};
 use sluice_engine::queue::{Job, Recipient};
@@ -27,6 +27,44 @@ use std::sync::Arc;
 const LOCAL_TICKET: u64 = 1 << 63;
 /// A DSN the spool could not take is offered again after this long.
 const LOCAL_RETRY_MS: u64 = 1_000;
+
+/// Zeros are written this many steps (`spool_files::zero_step`) ahead of a direct segment's
+/// records.
+const ZEROS_AHEAD: u64 = 4;
+
+/// A direct segment's writing (`Segment::create_direct`): its records reach the file in
+/// block-aligned `RWF_DSYNC` writes from the segment's memory, one at a time (the spool
+/// machine asks for one sync of a file at a time), and zeros are written ahead of them, so
+/// that those writes find blocks written before and complete without a kernel worker.
+pub(super) struct Direct {
+    segment: Arc<Segment>,
+    /// The durable write in flight: from, to (both aligned) and where the records it covers
+    /// end (the next write starts there, rounded down: its last block is written again).
+    writing: Option<(u64, u64, u64)>,
+    synced_to: u64,
+    /// Zeros are written (or being written) below this; the zero write in flight starts at
+    /// `zeroing`.
+    zeroed_to: u64,
+    zeroing: Option<u64>,
+    /// A sync asked for while the zero write in flight covers some of its blocks (two writes
+    /// of one block at once end in either order): submitted when the zeros are down.
+    held: bool,
+    /// When this shard first saw it sealed with nothing in flight.
+    idle_since_ms: Option<u64>,
+}
+
+/// A sealed direct segment's memory is given back this long after its last write
+/// (`Segment::settle`): its messages are mostly delivered by then, and the rest are read
+/// from the file, through the page cache, when they are tried again.
+const SETTLE_AFTER_MS: u64 = 10_000;
+
+fn align_down(at: u64) -> u64 {
+    at / DIRECT_ALIGN * DIRECT_ALIGN
+}
+
+fn align_up(at: u64) -> u64 {
+    at.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
+}
 
 /// An accepted message on its way to disk: the bytes of its record (head, data, tail), which
 /// stay here, boxed, until the spool answers.
@@ -198,11 +236,12 @@ impl<B: Backend> Shard<B> {
         let sync = self.shared.config.spool_sync;
         match op {
             SpoolOp::CreateSegment { seq, bytes } => {
-                let created = Segment::create(&self.dir, self.id, seq, bytes);
+                let created = self.create_segment(seq, bytes, sync);
                 if let Err(e) = &created {
                     tracing::error!(shard = self.id, error = %e, "cannot create spool segment; answering 452 for a second");
                 }
                 self.spool.segment_created(seq, created.ok(), now_ms);
+                self.zero_ahead(seq);
             }
             SpoolOp::Write { ticket, segment, offset } => {
                 // Copied into the mapped segment: no write call, nothing for a kernel worker;
@@ -215,6 +254,10 @@ impl<B: Backend> Shard<B> {
                     tracing::error!(shard = self.id, seq = segment.seq, offset, copied, "segment write failed");
                 }
                 self.spool.written(ticket, ok);
+                self.zero_ahead(segment.seq);
+            }
+            SpoolOp::SyncSegment { segment } if sync && self.direct.contains_key(&segment.seq) => {
+                self.sync_direct(segment.seq)
             }
             SpoolOp::SyncSegment { segment } if sync => {
                 self.submit(Sub::Fdatasync { fd: segment.fd() }, ud(Op::SegSync, 0, segment.seq));
@@ -253,9 +296,150 @@ impl<B: Backend> Shard<B> {
         }
     }
 
+    /// A new segment: direct where the backend gains by it, the spool syncs and the
+    /// filesystem takes `O_DIRECT` (else mapped).
+    fn create_segment(&mut self, seq: u64, bytes: u64, sync: bool) -> std::io::Result<Arc<Segment>> {
+        static NO_DIRECT_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if sync && self.io.direct_spool() && bytes.is_multiple_of(DIRECT_ALIGN) {
+            match Segment::create_direct(&self.dir, self.id, seq, bytes) {
+                Ok(segment) => {
+                    let zeroed_to = spool_files::zero_step(bytes);
+                    let d = Direct {
+                        segment: segment.clone(),
+                        writing: None,
+                        synced_to: 0,
+                        zeroed_to,
+                        zeroing: None,
+                        held: false,
+                        idle_since_ms: None,
+                    };
+                    self.direct.insert(seq, d);
+                    return Ok(segment);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    if !NO_DIRECT_TOLD.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                        tracing::info!(dir = %self.dir.display(), "the spool's filesystem takes no O_DIRECT: segments are synced with fdatasync");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Segment::create(&self.dir, self.id, seq, bytes)
+    }
+
+    /// Makes a direct segment's records so far durable: one `RWF_DSYNC` write of their
+    /// blocks from the last write's last block on.
+    fn sync_direct(&mut self, seq: u64) {
+        let d = self.direct.get_mut(&seq).expect("a direct segment");
+        let records_end = d.segment.appended();
+        let (from, to) = (align_down(d.synced_to), align_up(records_end).min(d.segment.size()));
+        if d.zeroing.is_some_and(|z| to > z) {
+            d.held = true;
+            return;
+        }
+        if records_end == d.synced_to {
+            // The last write covered these records too (it takes every record copied in by
+            // then, some of the next group's among them): durable already.
+            return self.spool.segment_synced(seq, true);
+        }
+        d.writing = Some((from, to, records_end));
+        self.submit_direct(seq);
+    }
+
+    fn submit_direct(&mut self, seq: u64) {
+        let d = &self.direct[&seq];
+        let (from, to, _) = d.writing.expect("a direct write");
+        assert!(from < to, "an empty direct write ({from}..{to}) would complete with 0, a failure");
+        let (buf, len) = d.segment.direct_range(from, to.min(from + (1 << 30)));
+        let fd = d.segment.fd();
+        // SAFETY (the submit contract): `buf` is the segment's memory, kept alive by `Direct`.
+        self.submit(Sub::WriteDurable { fd, buf, len, offset: from }, ud(Op::SegSync, 0, seq));
+    }
+
+    /// Zeros written ahead of a direct segment's records (one write at a time, never over a
+    /// block a durable write covers or will cover before it is done: those end at the
+    /// records' end, rounded up, and a sync reaching into the zeros waits for them).
+    fn zero_ahead(&mut self, seq: u64) {
+        let Some(d) = self.direct.get_mut(&seq) else { return };
+        let (len, records_to) = (d.segment.size(), align_up(d.segment.appended()));
+        if d.zeroing.is_some()
+            || d.zeroed_to >= len
+            || d.zeroed_to >= records_to + ZEROS_AHEAD * spool_files::zero_step(len)
+        {
+            return;
+        }
+        let from = d.zeroed_to.max(records_to);
+        let to = (from + spool_files::zero_step(len)).min(len);
+        if from >= to {
+            return;
+        }
+        (d.zeroing, d.zeroed_to) = (Some(from), to);
+        let fd = d.segment.fd();
+        let buf = spool_files::zeros().as_ptr();
+        // SAFETY (the submit contract): static memory.
+        self.submit(Sub::Write { fd, buf, len: (to - from) as u32, offset: from }, ud(Op::SegZero, 0, seq));
+    }
+
+    pub(super) fn on_seg_zero(&mut self, seq: u64, result: i32) {
+        let Some(d) = self.direct.get_mut(&seq) else { return };
+        let from = d.zeroing.take().expect("a zero write in flight");
+        if result < 0 || (result as u64) < d.zeroed_to - from {
+            // Records go to blocks never written: slower (their writes convert them), as safe.
+            tracing::debug!(shard = self.id, seq, result, "zeros ahead of a direct segment's records not written");
+            d.zeroed_to = d.segment.size();
+        }
+        if std::mem::take(&mut d.held) {
+            self.sync_direct(seq);
+        }
+        self.zero_ahead(seq);
+    }
+
+    /// Direct segments sealed with nothing in flight leave `direct`: at once when deleted,
+    /// else `SETTLE_AFTER_MS` later (their memory becomes the file's mapping: `settle`).
+    pub(super) fn settle_direct(&mut self) {
+        let now_ms = self.now.ms();
+        self.direct.retain(|_, d| {
+            let sealed = sluice_spool::SegmentFile::life(&*d.segment).is_sealed();
+            if d.writing.is_some() || d.zeroing.is_some() || d.held || !sealed {
+                return true;
+            }
+            if d.segment.is_deleted() {
+                return false;
+            }
+            let since = *d.idle_since_ms.get_or_insert(now_ms);
+            if now_ms.saturating_sub(since) < SETTLE_AFTER_MS {
+                return true;
+            }
+            d.segment.settle();
+            false
+        });
+    }
+
     pub(super) fn on_seg_sync(&mut self, seq: u64, result: i32) {
+        if let Some(d) = self.direct.get_mut(&seq).filter(|d| d.writing.is_some()) {
+            let (from, to, records_end) = d.writing.take().expect("checked");
+            if result > 0 && from + (result as u64) < to {
+                // Short: the rest, from the block where it stopped (durable when all of it is).
+                d.writing = Some((align_down(from + result as u64), to, records_end));
+                return self.submit_direct(seq);
+            }
+            if result > 0 {
+                d.synced_to = records_end;
+            } else {
+                tracing::error!(
+                    shard = self.id,
+                    seq,
+                    result,
+                    from,
+                    to,
+                    "segment sync failed (RWF_DSYNC write); segment retired"
+                );
+            }
+            self.spool.segment_synced(seq, result > 0);
+            return self.zero_ahead(seq);
+        }
         if result < 0 {
-            tracing::error!(shard = self.id, seq, errno = -result, "segment fdatasync failed; segment retired");
+            tracing::error!(shard = self.id, seq, errno = -result, "segment sync failed (fdatasync); segment retired");
         }
         self.spool.segment_synced(seq, result >= 0);
     }
