@@ -29,9 +29,15 @@ use sluice_engine::sched::limits::ClusterCell;
 use sluice_netio::Responder;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+use crate::redis_link::RedisLink;
+
+/// The lease scripts, each built (and hashed) once.
+static RATE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RATE_LUA));
+static SLOTS: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(SLOTS_LUA));
 
 /// How often leases are renewed.
 const TURN: Duration = Duration::from_millis(100);
@@ -146,12 +152,11 @@ pub fn start(
     let lists = shared_lists(config);
     let changed = tx.clone();
     let fleet = Fleet {
-        client,
+        link: RedisLink::new(client),
         node: cluster.node_name.clone(),
         expected: cluster.expected_nodes.max(1),
         responder,
         status: status.clone(),
-        conn: None,
         lists,
         local_carry: HashMap::new(),
         apply,
@@ -178,12 +183,11 @@ fn shared_lists(config: &Config) -> Vec<(String, String)> {
 }
 
 struct Fleet {
-    client: redis::Client,
+    link: RedisLink,
     node: String,
     expected: u32,
     responder: Responder,
     status: Arc<Status>,
-    conn: Option<ConnectionManager>,
     lists: Vec<(String, String)>,
     /// Fractions of a token owed to a destination while running on the local share.
     local_carry: HashMap<String, f64>,
@@ -206,7 +210,7 @@ impl Fleet {
         let mut last_sync = std::time::Instant::now();
         self.connect().await;
         let listener = Listener {
-            client: self.client.clone(),
+            client: self.link.client().clone(),
             node: self.node.clone(),
             responder: self.responder.clone(),
             apply: self.apply.clone(),
@@ -218,13 +222,13 @@ impl Fleet {
             tokio::select! {
                 _ = tick.tick() => {
                     turn += 1;
-                    if self.conn.is_none() && turn % 10 == 0 {
+                    if !self.link.is_up() && turn % 10 == 0 {
                         self.connect().await;
                     }
-                    if self.conn.is_some() && last_sync.elapsed() >= FULL_SYNC {
+                    if self.link.is_up() && last_sync.elapsed() >= FULL_SYNC {
                         last_sync = std::time::Instant::now();
                         self.sync_lists().await;
-                    } else if self.conn.is_some() {
+                    } else if self.link.is_up() {
                         if turn % SIZE_POLL_TURNS == 0 {
                             self.poll_sizes().await;
                         }
@@ -242,16 +246,14 @@ impl Fleet {
 
     /// Connects (or reconnects), then reads the shared sets and the pauses in force.
     async fn connect(&mut self) {
-        let made = tokio::time::timeout(REDIS_TIMEOUT * 2, ConnectionManager::new(self.client.clone())).await;
-        match made {
-            Ok(Ok(conn)) => {
-                self.conn = Some(conn);
+        match self.link.connect(REDIS_TIMEOUT * 2).await {
+            true => {
                 self.set_connected(true);
                 self.keyspace_events().await;
                 self.sync_lists().await;
                 self.apply_held().await;
             }
-            _ => self.set_connected(false),
+            false => self.set_connected(false),
         }
     }
 
@@ -270,40 +272,40 @@ impl Fleet {
             _ => {}
         }
         if !up {
-            self.conn = None;
+            self.link.close();
         }
     }
 
-    /// A Redis call within `REDIS_TIMEOUT`; a failure marks Redis away.
-    async fn call<T: redis::FromRedisValue>(&mut self, cmd: redis::ScriptInvocation<'_>) -> Option<T> {
-        let conn = self.conn.as_mut()?;
-        match tokio::time::timeout(REDIS_TIMEOUT, cmd.invoke_async(conn)).await {
-            Ok(Ok(v)) => Some(v),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "cluster: Redis call failed");
-                self.set_connected(false);
-                None
-            }
-            Err(_) => {
-                self.set_connected(false);
-                None
-            }
+    /// `call` on the connection within `within` (`RedisLink::run`); a lost connection marks
+    /// Redis away.
+    async fn redis<T, F, Fut>(&mut self, within: Duration, call: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let answer = self.link.run(within, call).await;
+        if !self.link.is_up() {
+            self.set_connected(false);
         }
+        answer
+    }
+
+    /// A script within `REDIS_TIMEOUT`.
+    async fn call<T: redis::FromRedisValue>(&mut self, inv: redis::ScriptInvocation<'static>) -> Option<T> {
+        self.redis(REDIS_TIMEOUT, |mut c| async move { inv.invoke_async(&mut c).await }).await
     }
 
     /// One turn: message tokens for every destination with a fleet rate, and (every
     /// `SLOT_TURNS`) connection slots for those with a fleet cap.
     async fn lease(&mut self, slots_turn: bool) {
         let Some(cells) = self.responder.source_limits().cluster.as_ref().map(|c| c.all()) else { return };
-        let rate_script = redis::Script::new(RATE_LUA);
-        let slot_script = redis::Script::new(SLOTS_LUA);
         let mut held = 0u64;
         for (domain, cell) in cells {
             if let Some(rate) = cell.rate {
-                self.lease_tokens(&rate_script, &domain, &cell, rate).await;
+                self.lease_tokens(&domain, &cell, rate).await;
             }
             if let (Some(cap), true) = (cell.cap, slots_turn) {
-                self.lease_slots(&slot_script, &domain, &cell, cap).await;
+                self.lease_slots(&domain, &cell, cap).await;
             }
             held += cell.slots.load(Ordering::Relaxed) as u64;
         }
@@ -312,13 +314,7 @@ impl Fleet {
         }
     }
 
-    async fn lease_tokens(
-        &mut self,
-        script: &redis::Script,
-        domain: &str,
-        cell: &ClusterCell,
-        rate: sluice_config::Rate,
-    ) {
+    async fn lease_tokens(&mut self, domain: &str, cell: &ClusterCell, rate: sluice_config::Rate) {
         let denied = cell.denied.swap(0, Ordering::Relaxed);
         let started = cell.started.swap(0, Ordering::Relaxed);
         let period_us = rate.period.as_micros().max(1) as f64;
@@ -330,10 +326,10 @@ impl Fleet {
         // With demand, a whole turn's worth: what is not used lapses at the next turn, and
         // hosts asking at other moments of the turn get the rest (the GCRA's window is a turn).
         let want = per_turn.ceil().max(1.0) as u64;
-        let granted = match self.conn.is_some() {
+        let granted = match self.link.is_up() {
             true => {
                 let interval_us = (period_us / rate.count.max(1) as f64).max(1.0);
-                let mut inv = script.prepare_invoke();
+                let mut inv = RATE.prepare_invoke();
                 inv.key(format!("sluice:rate:{domain}")).arg(interval_us as u64).arg(TURN.as_micros() as u64).arg(want);
                 self.call::<u64>(inv).await
             }
@@ -351,13 +347,13 @@ impl Fleet {
         self.status.tokens_granted.fetch_add(granted, Ordering::Relaxed);
     }
 
-    async fn lease_slots(&mut self, script: &redis::Script, domain: &str, cell: &ClusterCell, cap: u32) {
+    async fn lease_slots(&mut self, domain: &str, cell: &ClusterCell, cap: u32) {
         let in_use = cell.conns.load(Ordering::Acquire);
         let denied = cell.conn_denied.swap(0, Ordering::Relaxed).min(cap as u64) as u32;
         let want = (in_use + denied).min(cap);
-        let granted = match self.conn.is_some() {
+        let granted = match self.link.is_up() {
             true => {
-                let mut inv = script.prepare_invoke();
+                let mut inv = SLOTS.prepare_invoke();
                 inv.key(format!("sluice:conns:{domain}")).arg(&self.node).arg(want).arg(cap).arg(LEASE_MS);
                 self.call::<u32>(inv).await
             }
@@ -384,16 +380,10 @@ impl Fleet {
     async fn read_sets(&mut self, keys: &std::collections::BTreeSet<String>) {
         let lists = self.responder.lists();
         for key in keys {
-            let Some(conn) = self.conn.as_mut() else { return };
-            let members = tokio::time::timeout(
-                REDIS_TIMEOUT * 4,
-                redis::cmd("SMEMBERS").arg(key).query_async::<Vec<String>>(conn),
-            )
-            .await;
-            let Ok(Ok(members)) = members else {
-                self.set_connected(false);
-                return;
-            };
+            let mut smembers = redis::cmd("SMEMBERS");
+            smembers.arg(key);
+            let read = |mut c: ConnectionManager| async move { smembers.query_async::<Vec<String>>(&mut c).await };
+            let Some(members) = self.redis(REDIS_TIMEOUT * 4, read).await else { return };
             for (name, _) in self.lists.iter().filter(|(_, k)| k == key) {
                 if let Some(list) = lists.get(name) {
                     for m in &members {
@@ -422,20 +412,17 @@ impl Fleet {
             }
         }
         let keys = self.set_keys();
-        let Some(conn) = self.conn.as_mut() else { return };
         let mut pipe = redis::pipe();
         for k in &keys {
             pipe.scard(k);
         }
-        match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<Vec<u64>>(conn)).await {
-            Ok(Ok(sizes)) => {
-                for (k, n) in keys.into_iter().zip(sizes) {
-                    if self.sizes.get(&k) != Some(&n) {
-                        self.dirty.insert(k);
-                    }
+        let read = |mut c: ConnectionManager| async move { pipe.query_async::<Vec<u64>>(&mut c).await };
+        if let Some(sizes) = self.redis(REDIS_TIMEOUT, read).await {
+            for (k, n) in keys.into_iter().zip(sizes) {
+                if self.sizes.get(&k) != Some(&n) {
+                    self.dirty.insert(k);
                 }
             }
-            _ => self.set_connected(false),
         }
     }
 
@@ -445,18 +432,21 @@ impl Fleet {
         if self.lists.is_empty() {
             return;
         }
-        let Some(conn) = self.conn.as_mut() else { return };
         let mut get = redis::cmd("CONFIG");
         get.arg("GET").arg("notify-keyspace-events");
-        let flags = match tokio::time::timeout(REDIS_TIMEOUT, get.query_async::<Vec<String>>(conn)).await {
-            Ok(Ok(v)) => v.get(1).cloned().unwrap_or_default(),
-            _ => String::new(),
+        let read = |mut c: ConnectionManager| async move { get.query_async::<Vec<String>>(&mut c).await };
+        let flags = match self.redis(REDIS_TIMEOUT, read).await {
+            Some(v) => v.get(1).cloned().unwrap_or_default(),
+            None => String::new(),
         };
+        if !self.link.is_up() {
+            return;
+        }
         let Some(wanted) = keyspace_flags(&flags) else { return };
         let mut set = redis::cmd("CONFIG");
         set.arg("SET").arg("notify-keyspace-events").arg(&wanted);
-        match tokio::time::timeout(REDIS_TIMEOUT, set.query_async::<()>(conn)).await {
-            Ok(Ok(())) => {
+        match self.redis(REDIS_TIMEOUT, |mut c| async move { set.query_async::<()>(&mut c).await }).await {
+            Some(()) => {
                 tracing::info!(flags = %wanted, "cluster: Redis keyspace notifications on for the shared suppression sets")
             }
             _ => tracing::info!(
@@ -469,11 +459,10 @@ impl Fleet {
 
     /// The pauses other hosts made, kept in Redis, applied here.
     async fn apply_held(&mut self) {
-        let Some(conn) = self.conn.as_mut() else { return };
-        let held =
-            tokio::time::timeout(REDIS_TIMEOUT * 4, redis::cmd("HKEYS").arg(HELD_KEY).query_async::<Vec<String>>(conn))
-                .await;
-        if let Ok(Ok(held)) = held {
+        let read = |mut c: ConnectionManager| async move {
+            redis::cmd("HKEYS").arg(HELD_KEY).query_async::<Vec<String>>(&mut c).await
+        };
+        if let Some(held) = self.redis(REDIS_TIMEOUT * 4, read).await {
             for h in held {
                 if let Some((path, query)) = h.split_once('?') {
                     (self.apply)(path, query);
@@ -486,10 +475,10 @@ impl Fleet {
         match ask {
             Ask::SetChanged(key) => drop(self.dirty.insert(key)),
             Ask::Control { path, query } => {
-                let Some(conn) = self.conn.as_mut() else {
+                if !self.link.is_up() {
                     tracing::warn!(%path, %query, "cluster: Redis unreachable; the command stays on this host");
                     return;
-                };
+                }
                 // Pauses are kept for hosts that start later; a resume takes its pause away.
                 let held = match path.as_str() {
                     "/pause" | "/pauseJob" => Some((true, path.clone())),
@@ -506,10 +495,9 @@ impl Fleet {
                     };
                 }
                 pipe.publish(CONTROL_CHANNEL, format!("{}\n{path}\n{query}", self.node)).ignore();
-                let sent = tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(conn)).await;
-                if !matches!(sent, Ok(Ok(()))) {
+                let sent = self.redis(REDIS_TIMEOUT, |mut c| async move { pipe.query_async::<()>(&mut c).await }).await;
+                if sent.is_none() {
                     tracing::warn!(%path, %query, "cluster: command not published to the fleet");
-                    self.set_connected(false);
                 }
             }
         }

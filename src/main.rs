@@ -12,6 +12,7 @@ mod drain;
 mod logfile;
 mod mgmt;
 mod pickup;
+mod redis_link;
 mod reload;
 mod takeover;
 mod tools;

@@ -24,13 +24,14 @@
 //! receiver had the message, the outcome was not yet journaled), and, if an adopter dies
 //! while moving, the batch it was moving.
 
+use crate::redis_link::RedisLink;
 use redis::aio::ConnectionManager;
 use sluice_config::Cluster;
 use sluice_netio::{Fence, Responder, FENCE};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 /// The set of nodes that have a spool under takeover.
@@ -81,6 +82,12 @@ const RELEASE_LUA: &str = r"
 if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then redis.call('HDEL', KEYS[1], 'holder') return 1 end
 return 0
 ";
+
+/// The scripts, each built (and hashed) once.
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(CLAIM_LUA));
+static RENEW: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RENEW_LUA));
+static ADOPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(ADOPT_LUA));
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(RELEASE_LUA));
 
 fn spool_key(node: &str) -> String {
     format!("sluice:spool:{node}")
@@ -142,8 +149,7 @@ pub fn start(cluster: &Cluster) -> Result<Option<Takeover>, ClaimError> {
     tracing::info!(node = %node, epoch, spool = %root.join(&node).display(), "spool-takeover: this host's spool claimed");
     let (attach, attached) = std::sync::mpsc::channel();
     let keeper = Keeper {
-        client,
-        conn: Some(conn),
+        link: RedisLink::with(client, conn),
         node,
         root,
         after,
@@ -194,8 +200,7 @@ async fn claim(client: &redis::Client, node: &str, after: Duration) -> Result<(C
         match tokio::time::timeout(Duration::from_secs(2), ConnectionManager::new(client.clone())).await {
             Ok(Ok(mut conn)) => {
                 let asked = Fence::now_ns();
-                let script = redis::Script::new(CLAIM_LUA);
-                let mut inv = script.prepare_invoke();
+                let mut inv = CLAIM.prepare_invoke();
                 inv.key(spool_key(node)).key(alive_key(node)).arg(node).arg(after.as_millis() as u64);
                 let got: Result<(u8, String), _> = inv.invoke_async(&mut conn).await;
                 match got {
@@ -222,9 +227,8 @@ async fn claim(client: &redis::Client, node: &str, after: Duration) -> Result<(C
 
 /// Keeps the lease, and adopts spools whose holders are gone.
 struct Keeper {
-    client: redis::Client,
     /// Made again after a failed call (a Redis that restarted, say).
-    conn: Option<ConnectionManager>,
+    link: RedisLink,
     node: String,
     root: PathBuf,
     after: Duration,
@@ -260,44 +264,29 @@ impl Keeper {
         }
     }
 
-    /// The connection to Redis, made anew if the last call failed; None if Redis does not
-    /// answer now.
-    async fn conn(&mut self) -> Option<ConnectionManager> {
-        if self.conn.is_none() {
-            let made = tokio::time::timeout(Duration::from_secs(1), ConnectionManager::new(self.client.clone())).await;
-            self.conn = made.ok().and_then(Result::ok);
+    /// A script's answer within `within`, the connection made first if the last call failed;
+    /// None if Redis does not answer now.
+    async fn invoke<T: redis::FromRedisValue>(
+        &mut self,
+        within: Duration,
+        inv: redis::ScriptInvocation<'static>,
+    ) -> Option<T> {
+        if !self.link.connect(Duration::from_secs(1)).await {
+            return None;
         }
-        self.conn.clone()
-    }
-
-    /// A call's result; a failure or a timeout drops the connection.
-    fn answered<T, E>(&mut self, r: Result<Result<T, E>, tokio::time::error::Elapsed>) -> Option<T> {
-        match r {
-            Ok(Ok(v)) => Some(v),
-            _ => {
-                self.conn = None;
-                None
-            }
-        }
+        self.link.run(within, |mut c| async move { inv.invoke_async(&mut c).await }).await
     }
 
     async fn renew(&mut self) {
         let asked = Fence::now_ns();
-        let script = redis::Script::new(RENEW_LUA);
-        let mut inv = script.prepare_invoke();
+        let mut inv = RENEW.prepare_invoke();
         inv.key(spool_key(&self.node))
             .key(alive_key(&self.node))
             .arg(&self.node)
             .arg(self.epoch)
             .arg(self.after.as_millis() as u64);
         let timeout = renew_every(self.after).max(Duration::from_millis(200));
-        let renewed = match self.conn().await {
-            Some(mut conn) => {
-                let r = tokio::time::timeout(timeout, inv.invoke_async::<u8>(&mut conn)).await;
-                self.answered(r)
-            }
-            None => None,
-        };
+        let renewed = self.invoke::<u8>(timeout, inv).await;
         match renewed {
             Some(1) => {
                 FENCE.hold_from(asked, fence_valid(self.after));
@@ -330,22 +319,20 @@ impl Keeper {
     /// Adopts every spool whose holder's lease is gone, and resumes moving those this host
     /// holds (adopted before a restart of its own).
     async fn adopt_orphans(&mut self, done: &tokio::sync::mpsc::UnboundedSender<(String, Result<usize, String>)>) {
-        let Some(mut conn) = self.conn().await else { return };
-        let r = tokio::time::timeout(
-            Duration::from_secs(1),
-            redis::cmd("SMEMBERS").arg(SPOOLS_KEY).query_async::<Vec<String>>(&mut conn),
-        )
-        .await;
-        let Some(nodes) = self.answered(r) else { return };
+        if !self.link.connect(Duration::from_secs(1)).await {
+            return;
+        }
+        let members = |mut c: ConnectionManager| async move {
+            redis::cmd("SMEMBERS").arg(SPOOLS_KEY).query_async::<Vec<String>>(&mut c).await
+        };
+        let Some(nodes) = self.link.run(Duration::from_secs(1), members).await else { return };
         for other in nodes {
             if other == self.node || self.adopting.contains(&other) {
                 continue;
             }
-            let script = redis::Script::new(ADOPT_LUA);
-            let mut inv = script.prepare_invoke();
+            let mut inv = ADOPT.prepare_invoke();
             inv.key(spool_key(&other)).arg(&self.node);
-            let r = tokio::time::timeout(Duration::from_secs(1), inv.invoke_async::<i64>(&mut conn)).await;
-            let Some(epoch) = self.answered(r) else { return };
+            let Some(epoch) = self.invoke::<i64>(Duration::from_secs(1), inv).await else { return };
             if epoch == 0 {
                 continue;
             }
@@ -377,16 +364,9 @@ impl Keeper {
         match result {
             Ok(n) => {
                 self.status.adopted_messages.fetch_add(n as u64, Ordering::Relaxed);
-                let script = redis::Script::new(RELEASE_LUA);
-                let mut inv = script.prepare_invoke();
+                let mut inv = RELEASE.prepare_invoke();
                 inv.key(spool_key(&node)).arg(&self.node);
-                let released = match self.conn().await {
-                    Some(mut conn) => {
-                        let r = tokio::time::timeout(Duration::from_secs(2), inv.invoke_async::<u8>(&mut conn)).await;
-                        self.answered(r)
-                    }
-                    None => None,
-                };
+                let released = self.invoke::<u8>(Duration::from_secs(2), inv).await;
                 tracing::warn!(
                     node = %node,
                     messages = n,
