@@ -388,7 +388,7 @@ mod tests {
     fn parked(seg: &Arc<Segment>, offsets: &[u64], i: u64) -> Parked {
         Parked {
             msg: MsgRef { segment: seg.clone(), offset: offsets[i as usize % 3] },
-            rcpts: if i.is_multiple_of(2) { vec![0].into() } else { vec![0, 1].into() },
+            rcpts: if i % 2 == 0 { vec![0].into() } else { vec![0, 1].into() },
             attempts: i as u32,
             size: 10,
             queued_unix_ms: 1_000 + i,
@@ -423,7 +423,7 @@ mod tests {
             let want = expect.next().unwrap_or(JOBS);
             assert_eq!(u64::from(p.attempts), want);
             assert_eq!(p.queued_unix_ms, 1_000 + want);
-            assert_eq!(p.rcpts.len(), if want.is_multiple_of(2) { 1 } else { 2 });
+            assert_eq!(p.rcpts.len(), if want % 2 == 0 { 1 } else { 2 });
             assert_eq!(p.msg.offset, offsets[want as usize % 3]);
         }
         assert!(expect.next().is_none());

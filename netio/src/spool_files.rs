@@ -187,7 +187,7 @@ impl Segment {
     /// file at `from`. Valid while the segment lives; its bytes change only past `appended`.
     pub fn direct_range(&self, from: u64, to: u64) -> (*const u8, u32) {
         assert!(self.direct && from <= to && to <= self.map.len() as u64);
-        assert!(from.is_multiple_of(DIRECT_ALIGN) && to.is_multiple_of(DIRECT_ALIGN));
+        assert!(from % DIRECT_ALIGN == 0 && to % DIRECT_ALIGN == 0);
         // SAFETY: inside the mapping (asserted).
         (unsafe { self.map.as_ptr().add(from as usize) }, (to - from) as u32)
     }

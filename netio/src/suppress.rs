@@ -48,7 +48,7 @@ pub fn hash_table(path: &Path) -> std::io::Result<Box<dyn HashTable>> {
             && &map[..8] == INDEX_MAGIC
             && map[8..16] == size.to_le_bytes()
             && map[16..24] == mtime.to_le_bytes()
-            && (map.len() - INDEX_HEADER).is_multiple_of(32);
+            && (map.len() - INDEX_HEADER) % 32 == 0;
         ok.then_some(map)
     };
     if let Some(map) = fresh(&idx) {

@@ -46,7 +46,7 @@ const OUT_SEQ: usize = OUT_RCPT + 4;
 const OUT_OFFSET: usize = OUT_SEQ + 8;
 const _: () = assert!(OUT_OFFSET + 8 == OUTCOME_BYTES);
 
-const _: () = assert!(FILE_HEADER_BYTES.is_multiple_of(8) && OUTCOME_BYTES.is_multiple_of(8));
+const _: () = assert!(FILE_HEADER_BYTES % 8 == 0 && OUTCOME_BYTES % 8 == 0);
 
 fn u32_at(buf: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))

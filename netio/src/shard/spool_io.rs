@@ -301,7 +301,7 @@ impl<B: Backend> Shard<B> {
     /// filesystem takes `O_DIRECT` (else mapped).
     fn create_segment(&mut self, seq: u64, bytes: u64, sync: bool) -> std::io::Result<Arc<Segment>> {
         static NO_DIRECT_TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if sync && self.io.direct_spool() && bytes.is_multiple_of(DIRECT_ALIGN) {
+        if sync && self.io.direct_spool() && bytes % DIRECT_ALIGN == 0 {
             match Segment::create_direct(&self.dir, self.id, seq, bytes) {
                 Ok(segment) => {
                     let zeroed_to = spool_files::zero_step(bytes);
