@@ -489,8 +489,7 @@ impl World {
                 let wrote = unsafe { libc::pwrite(fd, bytes.as_ptr().cast(), n, offset as libc::off_t) };
                 if wrote >= 0 && result >= 0 && durable {
                     // Durable as it completes: what the file holds now survives a crash.
-                    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("a spool file's descriptor");
-                    if let Some((ino, bytes)) = read_file(&path) {
+                    if let Some((path, ino, bytes)) = snapshot(fd) {
                         self.durable.insert(path, (ino, bytes));
                     }
                 }
@@ -558,6 +557,12 @@ fn spool_files(spool: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// The path, inode and bytes of the spool file open as `fd`.
+fn snapshot(fd: RawFd) -> Option<(PathBuf, u64, Vec<u8>)> {
+    let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("a spool file's descriptor");
+    read_file(&path).map(|(ino, bytes)| (path, ino, bytes))
+}
+
 fn read_file(path: &Path) -> Option<(u64, Vec<u8>)> {
     let ino = std::fs::metadata(path).ok()?.ino();
     Some((ino, std::fs::read(path).ok()?))
@@ -580,10 +585,7 @@ impl Backend for SimIo {
             _ => 0,
         };
         let snapshot = match sub {
-            Sub::Fdatasync { fd } => {
-                let path = std::fs::read_link(format!("/proc/self/fd/{fd}")).expect("a spool file's descriptor");
-                read_file(&path).map(|(ino, bytes)| (path, ino, bytes))
-            }
+            Sub::Fdatasync { fd } => snapshot(fd),
             _ => None,
         };
         w.pending.push(Pending { shard: self.shard, user_data, sub, due_ms, snapshot });

@@ -77,7 +77,16 @@ pub const ZERO_STEP: u64 = 1 << 20;
 /// How much of a direct segment of `size` bytes is written with zeros at creation, and then
 /// at a time ahead of its records: a sixteenth, within `DIRECT_ALIGN..=ZERO_STEP`.
 pub fn zero_step(size: u64) -> u64 {
-    (size / 16 / DIRECT_ALIGN * DIRECT_ALIGN).clamp(DIRECT_ALIGN, ZERO_STEP)
+    align_down(size / 16).clamp(DIRECT_ALIGN, ZERO_STEP)
+}
+
+/// `at` rounded down, and up, to `DIRECT_ALIGN`.
+pub fn align_down(at: u64) -> u64 {
+    at / DIRECT_ALIGN * DIRECT_ALIGN
+}
+
+pub fn align_up(at: u64) -> u64 {
+    at.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
 }
 
 /// `ZERO_STEP` zero bytes, page-aligned, for direct writes of zeros.
@@ -109,25 +118,7 @@ impl Segment {
     /// Creates, preallocates (so ENOSPC shows here, not in a later write) and maps a new
     /// segment, writes its header, and makes its directory entry durable.
     pub fn create(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Arc<Segment>> {
-        let path = dir.join(segment_name(seq));
-        let file =
-            OpenOptions::new().read(true).write(true).create_new(true).custom_flags(libc::O_CLOEXEC).open(&path)?;
-        let result = (|| {
-            preallocate(&file, size)?;
-            file.write_all_at(&codec::encode_file_header(FileHeader { kind: FileKind::Segment, shard, seq }), 0)?;
-            fsync_dir(dir)?;
-            // The file is ours; other processes must not truncate spool files (preallocated:
-            // a page written through the map never waits for room).
-            let map = MmapOptions::new().len(size as usize).map_raw(&file)?;
-            Ok(map)
-        })();
-        match result {
-            Ok(map) => Ok(Arc::new(Segment::new(shard, seq, path, file, map, false))),
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(e)
-            }
-        }
+        Segment::create_as(dir, shard, seq, size, false)
     }
 
     fn new(shard: u32, seq: u64, path: PathBuf, file: File, map: MmapRaw, direct: bool) -> Segment {
@@ -144,34 +135,38 @@ impl Segment {
     /// shard writes zeros ahead of its records (`zeros`). Err(EINVAL): the filesystem takes no
     /// `O_DIRECT` (use `create`).
     pub fn create_direct(dir: &Path, shard: u32, seq: u64, size: u64) -> io::Result<Arc<Segment>> {
+        Segment::create_as(dir, shard, seq, size, true)
+    }
+
+    fn create_as(dir: &Path, shard: u32, seq: u64, size: u64, direct: bool) -> io::Result<Arc<Segment>> {
         let path = dir.join(segment_name(seq));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_DIRECT)
-            .open(&path)?;
+        let flags = libc::O_CLOEXEC | if direct { libc::O_DIRECT } else { 0 };
+        let file = OpenOptions::new().read(true).write(true).create_new(true).custom_flags(flags).open(&path)?;
         let result = (|| {
             preallocate(&file, size)?;
-            let mut map = MmapOptions::new().len(size as usize).map_anon()?;
             let header = codec::encode_file_header(FileHeader { kind: FileKind::Segment, shard, seq });
-            map[..header.len()].copy_from_slice(&header);
-            // Page-aligned memory, a whole number of blocks: an O_DIRECT write.
-            file.write_all_at(&map[..zero_step(size).min(size) as usize], 0)?;
+            let map = if direct {
+                let mut map = MmapOptions::new().len(size as usize).map_anon()?;
+                map[..header.len()].copy_from_slice(&header);
+                // Page-aligned memory, a whole number of blocks: an O_DIRECT write.
+                file.write_all_at(&map[..zero_step(size).min(size) as usize], 0)?;
+                MmapRaw::from(map)
+            } else {
+                file.write_all_at(&header, 0)?;
+                // The file is ours; other processes must not truncate spool files
+                // (preallocated: a page written through the map never waits for room).
+                MmapOptions::new().len(size as usize).map_raw(&file)?
+            };
             fsync_dir(dir)?;
-            Ok(MmapRaw::from(map))
+            Ok(map)
         })();
         match result {
-            Ok(map) => Ok(Arc::new(Segment::new(shard, seq, path, file, map, true))),
+            Ok(map) => Ok(Arc::new(Segment::new(shard, seq, path, file, map, direct))),
             Err(e) => {
                 let _ = fs::remove_file(&path);
                 Err(e)
             }
         }
-    }
-
-    pub fn is_direct(&self) -> bool {
-        self.direct
     }
 
     pub fn size(&self) -> u64 {
@@ -562,9 +557,8 @@ mod tests {
             created => created.unwrap(),
         };
         let write_durable = |from: u64| {
-            let to = seg.appended().div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
-            let (buf, len) = seg.direct_range(from / DIRECT_ALIGN * DIRECT_ALIGN, to);
-            let at = (from / DIRECT_ALIGN * DIRECT_ALIGN) as libc::off_t;
+            let (buf, len) = seg.direct_range(align_down(from), align_up(seg.appended()));
+            let at = align_down(from) as libc::off_t;
             let iov = libc::iovec { iov_base: buf as *mut libc::c_void, iov_len: len as usize };
             // SAFETY: one iovec over the segment's memory (aligned: `direct_range`).
             let n = unsafe { libc::pwritev2(seg.fd(), &iov, 1, at, libc::RWF_DSYNC) };

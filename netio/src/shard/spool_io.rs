@@ -9,7 +9,7 @@ use crate::admin::Injection;
 use crate::backend::{Backend, Sub};
 use crate::faults::Io;
 use crate::mailbox::MsgRef;
-use crate::spool_files::{self, JournalFile, Segment, DIRECT_ALIGN};
+use crate::spool_files::{self, align_down, align_up, JournalFile, Segment, DIRECT_ALIGN};
 use sluice_engine::bounce::dsn;
 use sluice_engine::prepare::{self, Prepared, Way};
 use sluice_engine::queue::{Job, Recipient};
@@ -57,14 +57,6 @@ pub(super) struct Direct {
 /// (`Segment::settle`): its messages are mostly delivered by then, and the rest are read
 /// from the file, through the page cache, when they are tried again.
 const SETTLE_AFTER_MS: u64 = 10_000;
-
-fn align_down(at: u64) -> u64 {
-    at / DIRECT_ALIGN * DIRECT_ALIGN
-}
-
-fn align_up(at: u64) -> u64 {
-    at.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN
-}
 
 /// An accepted message on its way to disk: the bytes of its record (head, data, tail), which
 /// stay here, boxed, until the spool answers.
@@ -244,8 +236,8 @@ impl<B: Backend> Shard<B> {
                 self.zero_ahead(seq);
             }
             SpoolOp::Write { ticket, segment, offset } => {
-                // Copied into the mapped segment: no write call, nothing for a kernel worker;
-                // the segment's next fdatasync makes it durable (issue 24).
+                // Copied into the segment's memory: no write call, nothing for a kernel worker;
+                // the segment's next sync makes it durable (issue 24).
                 let s = self.spooling_of(ticket);
                 // (A host that may no longer own its spool was refused in `place_record`, in the
                 // same turn: the lease outlives the fence by half its length.)
