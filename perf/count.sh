@@ -9,6 +9,8 @@
 #   SHARDS=1 RUNS=3 perf/count.sh
 #   SQPOLL=yes perf/count.sh            # io-uring-sqpoll yes: kernel threads poll the rings
 #   SLUICE_BIN=/tmp/sluice-before perf/count.sh   # another build (A/B runs in one session)
+#   PROFILE=/tmp/relay.perf perf/count.sh   # also records where the relay's CPU goes
+#                                           # (perf record, cpu-clock; the counts then include it)
 #
 # Rows (with date, commit and machine) are appended to perf/RESULTS.md. Needs root (tracefs).
 set -euo pipefail
@@ -74,9 +76,16 @@ EOF
     perf stat -x, -e "$EVENTS" -o "$OUT/relay.stat" -- "$BIN" run -c "$dir/sluice.conf" 2>"$dir/sluice.log" &
     local relay_perf=$!
     wait_port "$RELAY_PORT"
+    local record=""
+    if [ -n "${PROFILE:-}" ]; then
+        perf record -q -e cpu-clock -F 999 --call-graph dwarf,16384 -o "$PROFILE" \
+            -p "$(pgrep -P "$relay_perf" | head -1)" 2>/dev/null &
+        record=$!
+    fi
     perf stat -x, -e "$EVENTS" -o "$OUT/loadgen.stat" -- "$BIN" loadgen --quiet --target "127.0.0.1:$RELAY_PORT" \
         --messages "$MESSAGES" --connections "$CONNECTIONS" --size 1K --json "$OUT/loadgen.json" >/dev/null
     wait "$sink_perf"
+    [ -n "$record" ] && { kill -INT "$record"; wait "$record" || true; }
     pkill -TERM -P "$relay_perf" -x "$(basename "$BIN" | cut -c1-15)"
     wait "$relay_perf" || true
     local delivered

@@ -1,6 +1,8 @@
 //! Time as the engine sees it: a `Now` the caller reads once per turn of its loop and
 //! passes in (the engine never reads a clock), and calendar formatting of Unix times.
 
+use std::cell::Cell;
+
 /// The moment a call happens: the monotonic clock (for timers, retries, rates: it never
 /// jumps) and the wall clock (for accounting times and message ages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,6 +53,11 @@ fn parts(unix_ms: u64) -> (i64, u32, u32, u64, u64, u64, usize) {
 
 /// RFC 5322 §3.3 date-time in UTC: `Fri, 27 Nov 2026 21:29:39 +0000`.
 pub fn rfc5322_date(unix_ms: u64) -> String {
+    thread_local!(static LAST: Cell<(u64, Option<Box<str>>)> = const { Cell::new((u64::MAX, None)) });
+    LAST.with(|last| same_second(last, unix_ms, format_rfc5322))
+}
+
+fn format_rfc5322(unix_ms: u64) -> String {
     const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
     const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     let (y, m, d, hh, mm, ss, wd) = parts(unix_ms);
@@ -59,8 +66,27 @@ pub fn rfc5322_date(unix_ms: u64) -> String {
 
 /// ISO 8601 as PowerMTA writes accounting times: `2026-11-27 21:29:39+0000`.
 pub fn iso8601(unix_ms: u64) -> String {
+    thread_local!(static LAST: Cell<(u64, Option<Box<str>>)> = const { Cell::new((u64::MAX, None)) });
+    LAST.with(|last| same_second(last, unix_ms, format_iso8601))
+}
+
+fn format_iso8601(unix_ms: u64) -> String {
     let (y, m, d, hh, mm, ss, _) = parts(unix_ms);
     format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}+0000")
+}
+
+/// A date formatted once a second per thread: a shard stamps thousands of messages and
+/// accounting rows with the same second, and the formatting cost more than the copy.
+fn same_second(last: &Cell<(u64, Option<Box<str>>)>, unix_ms: u64, format: fn(u64) -> String) -> String {
+    let second = unix_ms / 1000;
+    let (at, text) = last.take();
+    let text = match text {
+        Some(text) if at == second => text,
+        _ => format(unix_ms).into_boxed_str(),
+    };
+    let out = text.to_string();
+    last.set((second, Some(text)));
+    out
 }
 
 #[cfg(test)]
@@ -72,5 +98,15 @@ mod tests {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
         assert_eq!(rfc5322_date(1_795_815_379_000), "Fri, 27 Nov 2026 21:36:19 +0000");
         assert_eq!(iso8601(951_782_400_000), "2000-02-29 00:00:00+0000");
+    }
+
+    /// The second's cache never hands out another second's text, whichever way time goes.
+    #[test]
+    fn each_second_its_own_text() {
+        for ms in [1_795_815_379_000, 1_795_815_379_999, 1_795_815_380_000, 1_795_815_379_500, 0, 86_400_000] {
+            assert_eq!(rfc5322_date(ms), format_rfc5322(ms), "{ms}");
+            assert_eq!(iso8601(ms), format_iso8601(ms), "{ms}");
+        }
+        assert_eq!(rfc5322_date(1_795_815_380_000), "Fri, 27 Nov 2026 21:36:20 +0000");
     }
 }

@@ -9,6 +9,7 @@ use super::mime;
 use crate::time::rfc5322_date;
 use sluice_config::{BareLf, DsnReturn, LongLines, SenderRestrictions};
 use sluice_spool::codec::flags;
+use std::io::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -918,19 +919,18 @@ impl Session {
             (true, false, false) => "ESMTP",
             (false, _, _) => "SMTP",
         };
-        let from = if self.policy.hide_message_source {
-            format!("Received: by {}", self.policy.host_name)
+        // Written straight into the message (the shard does this for every message).
+        let d = &mut self.data;
+        if self.policy.hide_message_source {
+            let _ = write!(d, "Received: by {}", self.policy.host_name);
         } else {
-            format!("Received: from {} ([{}])\r\n\tby {}", helo, self.client_ip, self.policy.host_name)
-        };
-        let for_clause =
-            if self.recipients.len() == 1 { format!("\r\n\tfor <{}>", self.recipients[0]) } else { String::new() };
-        let header = format!(
-            "{from} (sluice) with {with} id {:016x}{for_clause};\r\n\t{}\r\n",
-            self.session_id,
-            rfc5322_date(self.now_unix_ms)
-        );
-        self.data.extend_from_slice(header.as_bytes());
+            let _ = write!(d, "Received: from {} ([{}])\r\n\tby {}", helo, self.client_ip, self.policy.host_name);
+        }
+        let _ = write!(d, " (sluice) with {with} id {:016x}", self.session_id);
+        if let [only] = &self.recipients[..] {
+            let _ = write!(d, "\r\n\tfor <{only}>");
+        }
+        let _ = write!(d, ";\r\n\t{}\r\n", rfc5322_date(self.now_unix_ms));
     }
 
     fn receive_data(&mut self, input: &[u8]) -> (usize, Option<Event>) {
