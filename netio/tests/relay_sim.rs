@@ -141,6 +141,9 @@ struct Stats {
     /// Deliveries made by another shard than the one that took the message in.
     cross_shard: u64,
     duplicates: u64,
+    /// Messages whose next transaction's commands had arrived behind their end of data
+    /// before the receiver answered it (pipelined, RFC 2920 §3.1).
+    pipelined: u64,
     control_full: u64,
     answers_lost: u64,
     net: NetStats,
@@ -482,6 +485,9 @@ impl World {
             c.inbox.drain(..used);
             match event {
                 Some(Event::Message) => {
+                    // Replies go out after this loop: bytes already behind the end of data
+                    // were sent before the relay saw its answer.
+                    self.stats.pipelined += u64::from(!c.inbox.is_empty());
                     let m = c.server.take_message();
                     if m.recipients.iter().all(|r| r == SENDER) {
                         // A DSN: it quotes the bounced message's headers.
@@ -730,6 +736,7 @@ fn relay_loses_nothing_through_faults_short_io_and_crashes() {
         ("outbound resets", total.resets_out),
         ("DSNs delivered", total.dsns),
         ("deliveries by another shard than the receiving one", total.cross_shard),
+        ("transactions pipelined behind an end of data", total.pipelined),
         ("full control channels", total.control_full),
         ("lost DNS answers", total.answers_lost),
         ("short receives", n.short_recvs),
@@ -761,6 +768,7 @@ fn add(total: &mut Stats, s: &Stats) {
         (&mut total.dsns, s.dsns),
         (&mut total.cross_shard, s.cross_shard),
         (&mut total.duplicates, s.duplicates),
+        (&mut total.pipelined, s.pipelined),
         (&mut total.control_full, s.control_full),
         (&mut total.answers_lost, s.answers_lost),
         (&mut total.net.short_recvs, s.net.short_recvs),

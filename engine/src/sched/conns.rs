@@ -195,23 +195,49 @@ impl<M: Message> Scheduler<M> {
 
     /// The next transaction for a ready connection, or QUIT, or wait idle.
     fn next_work(&mut self, conn: ConnId, now: Now) {
+        let id = self.conns[&conn].queue;
+        match self.take_work(conn, now) {
+            Work::Quit => self.intents.push_back(Intent::Quit { conn }),
+            Work::Job(job) => self.start(conn, id, job, now),
+            Work::None => {
+                self.conns.get_mut(&conn).expect("live").idle = true;
+                self.st_mut(id).idle.push(conn);
+                self.intents.push_back(Intent::Idle { conn });
+            }
+        }
+    }
+
+    /// A job for a connection whose body is going out, to pipeline behind it (RFC 2920
+    /// §3.1): what `next_work` would start once the end of data is answered, taken now (the
+    /// same limits and rate grants), or None (the connection then goes on as it would).
+    /// Handed back with `job_back` if the session ends before the job is tried.
+    pub fn pipeline_next(&mut self, conn: ConnId, now: Now) -> Option<(QueueId, Job<M>)> {
+        let id = self.conns.get(&conn)?.queue;
+        match self.take_work(conn, now) {
+            Work::Job(mut job) => {
+                self.claim(conn, &mut job, now);
+                Some((id, job))
+            }
+            Work::Quit | Work::None => None,
+        }
+    }
+
+    /// The connection's next job, if its limits and rates allow one now.
+    fn take_work(&mut self, conn: ConnId, now: Now) -> Work<M> {
         let c = &self.conns[&conn];
         let (id, source_ip, sent, leaving) = (c.queue, c.source_ip, c.messages_sent, c.leaving);
         let limit = self.st(id).q.settings.max_msg_per_connection;
         let at_limit = (limit != 0 && sent >= limit) || leaving;
         if at_limit || self.stopping {
-            return self.intents.push_back(Intent::Quit { conn });
+            return Work::Quit;
         }
         let st = self.st_mut(id);
         st.q.promote_due(now.ms());
         // A message starts only with a grant from the queue's and the source IP's rates.
         if st.q.has_work() && self.rate_grant(id, source_ip, Grant::Message, now) {
-            let job = self.st_mut(id).q.take().expect("ready work");
-            return self.start(conn, id, job, now);
+            return Work::Job(self.st_mut(id).q.take().expect("ready work"));
         }
-        self.conns.get_mut(&conn).expect("live").idle = true;
-        self.st_mut(id).idle.push(conn);
-        self.intents.push_back(Intent::Idle { conn });
+        Work::None
     }
 
     /// A transaction ended with one reply per recipient (`info.hop`: the connected next
@@ -462,4 +488,11 @@ impl<M: Message> Scheduler<M> {
         let HopState::Ready { levels, .. } = &self.st(id).hops else { return String::new() };
         levels.iter().flatten().find(|h| Some(h.addr) == addr).map(|h| h.host.clone()).unwrap_or_default()
     }
+}
+
+/// What a connection does next (`take_work`).
+enum Work<M> {
+    Quit,
+    Job(Job<M>),
+    None,
 }

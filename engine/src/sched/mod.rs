@@ -490,13 +490,18 @@ impl<M: Message> Scheduler<M> {
     }
 
     fn start(&mut self, conn: ConnId, queue: QueueId, mut job: Job<M>, now: Now) {
+        self.claim(conn, &mut job, now);
+        self.intents.push_back(Intent::Start { conn, queue, job });
+    }
+
+    /// A job taken for a connection: its first attempt's time, the connection's count.
+    fn claim(&mut self, conn: ConnId, job: &mut Job<M>, now: Now) {
         if job.first_attempt_unix_ms == 0 {
             job.first_attempt_unix_ms = now.unix_ms;
         }
         let c = self.conns.get_mut(&conn).expect("a live connection");
         c.idle = false;
         c.messages_sent += 1;
-        self.intents.push_back(Intent::Start { conn, queue, job });
     }
 
     fn advance_hops(&mut self, id: QueueId, now: Now) {

@@ -160,6 +160,9 @@ pub struct Client {
     expect: VecDeque<Expect>,
     caps: Capabilities,
     txn: Option<Txn>,
+    /// A transaction started behind the current one's body (`start_next`): it becomes the
+    /// current one when the end of data is answered.
+    next: Option<Txn>,
     out: Vec<u8>,
     failed: bool,
     pipelining_allowed: bool,
@@ -223,6 +226,7 @@ impl Client {
             expect: VecDeque::from([Expect::Greeting]),
             caps: Capabilities::default(),
             txn: None,
+            next: None,
             out: Vec::with_capacity(1024),
             failed: false,
             pipelining_allowed: true,
@@ -291,6 +295,7 @@ impl Client {
             return None;
         }
         let txn = self.txn.take()?;
+        self.next = None;
         self.failed = true;
         self.expect.clear();
         let assumed = Reply::new(
@@ -340,7 +345,19 @@ impl Client {
 
     /// No transaction and no reply outstanding: ready for `start` or `quit`.
     pub fn is_idle(&self) -> bool {
-        self.txn.is_none() && self.expect.is_empty() && !self.failed
+        self.txn.is_none() && self.next.is_none() && self.expect.is_empty() && !self.failed
+    }
+
+    /// Whether a transaction may start behind the current one (`start_next`): the server
+    /// pipelines, the body is handed over (only the end of data's reply is awaited) and no
+    /// transaction waits behind it yet.
+    pub fn can_pipeline_next(&self) -> bool {
+        self.caps.pipelining
+            && !self.failed
+            && self.txn.is_some()
+            && self.next.is_none()
+            && self.expect.len() == 1
+            && self.expect.front() == Some(&Expect::Final)
     }
 
     /// Replies are outstanding: the caller should be reading.
@@ -367,6 +384,34 @@ impl Client {
     /// `params.bdat` says so (the caller checked `uses_bdat`).
     pub fn start_with(&mut self, mail_from: &str, rcpts: &[&str], size: u64, params: &TxnParams) {
         assert!(self.txn.is_none() && self.expect.is_empty() && !rcpts.is_empty());
+        let mut txn = self.transaction(mail_from, rcpts, size, params);
+        if self.caps.pipelining {
+            for (line, e) in txn.unsent.drain(..) {
+                self.send(&line, e);
+            }
+        } else if let Some((line, e)) = txn.unsent.pop_front() {
+            self.send(&line, e);
+        }
+        self.txn = Some(txn);
+    }
+
+    /// Starts a transaction behind the body just handed over (`can_pipeline_next`): its
+    /// MAIL, RCPT and DATA go right after the end of data, in the same write (RFC 2920 §3.1:
+    /// the message content may be the first "command" of a group, DATA its last), so the
+    /// next message waits for no round trip. Its replies follow the end of data's; a session
+    /// that fails before them fails both (the caller gives the second one back untried).
+    pub fn start_next(&mut self, mail_from: &str, rcpts: &[&str], size: u64, params: &TxnParams) {
+        assert!(self.can_pipeline_next() && params.bdat.is_none() && !rcpts.is_empty());
+        let mut txn = self.transaction(mail_from, rcpts, size, params);
+        for (line, e) in txn.unsent.drain(..) {
+            self.send(&line, e);
+        }
+        self.next = Some(txn);
+    }
+
+    /// A transaction's commands: MAIL with its parameters, a RCPT for each recipient, then
+    /// DATA or `BDAT n LAST`.
+    fn transaction(&self, mail_from: &str, rcpts: &[&str], size: u64, params: &TxnParams) -> Txn {
         let dsn = self.caps.dsn && !self.ignore_dsn;
         let mut cmds = VecDeque::new();
         let mut mail = format!("MAIL FROM:<{mail_from}>");
@@ -404,16 +449,7 @@ impl Client {
             Some(n) => cmds.push_back((format!("BDAT {n} LAST"), Expect::BdatBody)),
             None => cmds.push_back(("DATA".to_string(), Expect::Data)),
         }
-        let mut txn =
-            Txn { rcpts: rcpts.len(), mail: None, rcpt_replies: vec![None; rcpts.len()], data: None, unsent: cmds };
-        if self.caps.pipelining {
-            for (line, e) in txn.unsent.drain(..) {
-                self.send(&line, e);
-            }
-        } else if let Some((line, e)) = txn.unsent.pop_front() {
-            self.send(&line, e);
-        }
-        self.txn = Some(txn);
+        Txn { rcpts: rcpts.len(), mail: None, rcpt_replies: vec![None; rcpts.len()], data: None, unsent: cmds }
     }
 
     /// The body and `.\r\n` were sent.
@@ -460,6 +496,7 @@ impl Client {
     fn fail(&mut self, reply: Reply) -> ClientEvent {
         self.failed = true;
         self.txn = None;
+        self.next = None;
         self.expect.clear();
         ClientEvent::Failed(reply)
     }
@@ -512,6 +549,7 @@ impl Client {
             Expect::Mail | Expect::Rcpt(_) | Expect::Data => self.txn_reply(expect, reply),
             Expect::Final => {
                 let txn = self.txn.take().expect("final reply inside a transaction");
+                self.txn = self.next.take();
                 Some(ClientEvent::Done(results(txn, Some(reply))))
             }
             Expect::Rset if reply.code == 250 => Some(ClientEvent::Ready),
@@ -826,6 +864,78 @@ mod tests {
             done,
             Some(ClientEvent::Done(vec![Reply::new(250, "2.0.0 queued"), Reply::new(550, "5.1.1 no such user")]))
         );
+    }
+
+    /// RFC 2920 §3.1: the next transaction goes right behind the end of data; its replies
+    /// follow the end of data's, each settles its own transaction.
+    #[test]
+    fn the_next_transaction_rides_behind_the_body() {
+        let mut c = ready(true);
+        c.start("s@a.test", &["x@b.test"], 10);
+        c.clear_output();
+        assert!(!c.can_pipeline_next(), "not before the body");
+        feed(&mut c, "250 ok\r\n");
+        feed(&mut c, "250 ok\r\n");
+        assert_eq!(feed(&mut c, "354 go\r\n"), Some(ClientEvent::SendBody));
+        c.body_sent();
+        assert!(c.can_pipeline_next());
+        c.start_next("s@a.test", &["y@b.test", "z@b.test"], 20, &TxnParams::default());
+        assert!(!c.can_pipeline_next(), "one behind at a time");
+        assert_eq!(c.output(), b"MAIL FROM:<s@a.test> SIZE=20\r\nRCPT TO:<y@b.test>\r\nRCPT TO:<z@b.test>\r\nDATA\r\n");
+        c.clear_output();
+        // All the replies in one read: the first transaction's end, then the second's.
+        let replies = b"250 2.0.0 first queued\r\n250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n354 go\r\n";
+        let (used, ev) = c.receive(replies);
+        assert_eq!(ev, Some(ClientEvent::Done(vec![Reply::new(250, "2.0.0 first queued")])));
+        assert!(c.in_transaction() && !c.is_idle());
+        let mut at = used;
+        let mut events = Vec::new();
+        while at < replies.len() {
+            let (used, ev) = c.receive(&replies[at..]);
+            at += used;
+            events.extend(ev);
+        }
+        assert_eq!(events, [ClientEvent::SendBody]);
+        c.body_sent();
+        assert_eq!(
+            feed(&mut c, "250 2.0.0 second queued\r\n"),
+            Some(ClientEvent::Done(vec![
+                Reply::new(550, "5.1.1 no such user"),
+                Reply::new(250, "2.0.0 second queued")
+            ]))
+        );
+        assert!(c.is_idle());
+    }
+
+    /// A session that ends at the end of data ends the transaction behind it too: the
+    /// caller gets Failed (and gives that one back untried); nothing of it is reported done.
+    #[test]
+    fn a_421_to_the_end_of_data_takes_the_next_transaction_down_too() {
+        let mut c = ready(true);
+        c.start("s@a.test", &["x@b.test"], 10);
+        feed(&mut c, "250 ok\r\n");
+        feed(&mut c, "250 ok\r\n");
+        feed(&mut c, "354 go\r\n");
+        c.body_sent();
+        c.start_next("s@a.test", &["y@b.test"], 20, &TxnParams::default());
+        assert_eq!(
+            feed(&mut c, "421 4.3.2 shutting down\r\n"),
+            Some(ClientEvent::Failed(Reply::new(421, "4.3.2 shutting down")))
+        );
+        assert!(!c.in_transaction());
+        assert_eq!(c.receive(b"250 ok\r\n").1, None, "a failed session takes nothing more");
+    }
+
+    /// Without PIPELINING nothing rides behind.
+    #[test]
+    fn no_next_transaction_without_pipelining() {
+        let mut c = ready(false);
+        c.start("s@a.test", &["x@b.test"], 10);
+        feed(&mut c, "250 ok\r\n");
+        feed(&mut c, "250 ok\r\n");
+        assert_eq!(feed(&mut c, "354 go\r\n"), Some(ClientEvent::SendBody));
+        c.body_sent();
+        assert!(!c.can_pipeline_next());
     }
 
     #[test]

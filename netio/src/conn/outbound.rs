@@ -141,10 +141,11 @@ impl Outgoing {
     }
 
     pub fn want(&self) -> Want {
-        if !self.out.is_empty() {
-            Want::Send
-        } else if self.body.is_some() {
+        // A body goes before what is written after it (a transaction pipelined behind it).
+        if self.body.is_some() {
             Want::SendBody
+        } else if !self.out.is_empty() {
+            Want::Send
         } else if self.client.awaiting_reply() {
             Want::Recv
         } else {
@@ -179,17 +180,21 @@ impl Outgoing {
         self.out.sent(n);
     }
 
-    /// What is left of the plain-text body and its ".\r\n", from the caller's `data`.
-    pub fn body_rest<'a>(&self, data: &'a [u8]) -> [&'a [u8]; 2] {
-        self.body.as_ref().expect("a body being sent").rest([data, self.body_end])
+    /// What is left of the plain-text body and its ".\r\n", from the caller's `data`, and
+    /// what follows them (the commands of a transaction pipelined behind: `start_next`), to
+    /// go in one write.
+    pub fn body_rest<'a>(&'a self, data: &'a [u8]) -> [&'a [u8]; 3] {
+        let [body, end] = self.body.as_ref().expect("a body being sent").rest([data, self.body_end]);
+        [body, end, self.out.rest()]
     }
 
     /// `n` bytes of `body_rest` went out.
     pub fn body_sent(&mut self, n: usize) {
         let body = self.body.as_mut().expect("a body being sent");
-        if body.advance(n) {
+        let of_body = n.min(body.left());
+        if body.advance(of_body) {
             self.body = None;
-            self.client.body_sent();
+            self.out.sent(n - of_body);
         }
     }
 
@@ -204,10 +209,24 @@ impl Outgoing {
             Some(tls) => {
                 write_out(Some(&mut **tls), data, self.out.buf());
                 write_out(Some(&mut **tls), self.body_end, self.out.buf());
-                self.client.body_sent();
             }
             None => self.body = Some(Resume::of([data, self.body_end])),
         }
+        // Its reply is read once it is out: `want` sends a body before anything else.
+        self.client.body_sent();
+    }
+
+    /// Whether a transaction may start behind the body just handed over (`start_next`):
+    /// the server pipelines and the body ends with ".\r\n" (not a BDAT chunk).
+    pub fn can_pipeline_next(&self) -> bool {
+        self.body_end == END_OF_DATA && self.client.can_pipeline_next()
+    }
+
+    /// A transaction behind the body (`Client::start_next`): its commands follow the body's
+    /// end in the same write.
+    pub fn start_next(&mut self, mail_from: &str, rcpts: &[&str], size: u64, params: &TxnParams) {
+        self.client.start_next(mail_from, rcpts, size, params);
+        self.flush_client();
     }
 
     /// Starts a transaction (the session is ready).

@@ -51,6 +51,9 @@ pub(super) struct OutConn {
     job: Option<Job<MsgRef>>,
     /// The job's message converted for this receiver (8-bit to quoted-printable).
     converted: Option<Vec<u8>>,
+    /// A transaction pipelined behind the body going out (`pipeline_next`): the current one
+    /// once the end of data is answered, given back untried if the session ends first.
+    next: Option<Box<Pipelined>>,
     /// The body is out: the next reply is the end of data's (the longer timeout).
     awaiting_final: bool,
     /// Waiting for work (the scheduler said Idle).
@@ -58,7 +61,8 @@ pub(super) struct OutConn {
     /// Why the last connect failed (the hop and the system's words), for the reply when no
     /// hop answers.
     connect_error: Option<String>,
-    iov: [libc::iovec; 2],
+    /// The body's rest, its end, and the commands pipelined behind it.
+    iov: [libc::iovec; 3],
     msghdr: libc::msghdr,
     info: AttemptInfo,
 }
@@ -112,10 +116,11 @@ impl<B: Backend> Shard<B> {
             addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
             job: None,
             converted: None,
+            next: None,
             awaiting_final: false,
             idle: false,
             connect_error: None,
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2],
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
             // SAFETY: a zeroed msghdr is valid.
             msghdr: unsafe { std::mem::zeroed() },
             info: AttemptInfo::default(),
@@ -277,15 +282,40 @@ impl<B: Backend> Shard<B> {
             return self.out_drive(slot);
         }
         o.sock.deadline_ms = u64::MAX;
-        if self.begin_txn(slot, job) {
+        if self.begin_txn(slot, job, None) {
             self.out_drive(slot);
+        }
+    }
+
+    /// The body is handed over: the connection's next job, if the scheduler has one for it
+    /// now, starts behind it (its commands go in the body's write; RFC 2920 §3.1), so the
+    /// next message waits for no round trip. Not when the host may no longer own its spool.
+    fn pipeline_next(&mut self, slot: u32) {
+        let o = self.outs.get_mut(slot);
+        if o.next.is_some() || !o.m.can_pipeline_next() || !crate::FENCE.holds() {
+            return;
+        }
+        let conn = o.conn;
+        if let Some((queue, job)) = self.sched.pipeline_next(conn, self.now) {
+            self.begin_txn(slot, job, Some(queue));
+        }
+    }
+
+    /// The session ends before the transaction pipelined behind the body was answered: its
+    /// job goes back to the front of its queue, untried (before the current one is settled,
+    /// which then goes in front of it).
+    fn give_back_next(&mut self, slot: u32) {
+        if let Some(next) = self.outs.get_mut(slot).next.take() {
+            let Pipelined { queue, job, .. } = *next;
+            self.sched.job_back(queue, job);
         }
     }
 
     /// Hands `job` to the connection's client with the message as this receiver gets it
     /// (`sluice_engine::prepare::for_transaction`); refused (553 SMTPUTF8, 554
-    /// `downgrade-8bit bounce`): false, and the scheduler has its outcome.
-    fn begin_txn(&mut self, slot: u32, job: Job<MsgRef>) -> bool {
+    /// `downgrade-8bit bounce`): false, and the scheduler has its outcome. `behind`: the
+    /// job's queue, when it is pipelined behind the body going out.
+    fn begin_txn(&mut self, slot: u32, job: Job<MsgRef>, behind: Option<QueueId>) -> bool {
         let o = self.outs.get_mut(slot);
         let data = job.msg.data();
         let origin = job.msg.origin();
@@ -313,7 +343,8 @@ impl<B: Backend> Shard<B> {
             Err(reply) => {
                 let (conn, info) = (o.conn, o.info.clone());
                 let replies = vec![reply; job.rcpts.len()];
-                self.sched.txn_done(conn, job, &replies, info, true, self.now);
+                // Behind a body, the connection is not free for more until that is answered.
+                self.sched.txn_done(conn, job, &replies, info, behind.is_none(), self.now);
                 return false;
             }
         };
@@ -332,9 +363,17 @@ impl<B: Backend> Shard<B> {
             rcpt_dsn,
             bdat: bdat.then_some(size),
         };
-        o.m.start_with(&job.mail_from, &rcpts, size, &params);
-        o.job = Some(job);
-        o.converted = converted;
+        match behind {
+            Some(queue) => {
+                o.m.start_next(&job.mail_from, &rcpts, size, &params);
+                o.next = Some(Box::new(Pipelined { queue, job, converted }));
+            }
+            None => {
+                o.m.start_with(&job.mail_from, &rcpts, size, &params);
+                o.job = Some(job);
+                o.converted = converted;
+            }
+        }
         true
     }
 
@@ -369,11 +408,17 @@ impl<B: Backend> Shard<B> {
                     let data = body_of(&o.converted, &o.job);
                     o.m.body(data);
                     o.awaiting_final = true;
+                    self.pipeline_next(slot);
                 }
                 Some(OutEvent::Done(replies)) => {
                     let job = o.job.take().expect("a transaction had a job");
                     o.converted = None;
                     o.awaiting_final = false;
+                    if let Some(next) = o.next.take() {
+                        // The transaction behind is the current one now.
+                        let Pipelined { job, converted, .. } = *next;
+                        (o.job, o.converted) = (Some(job), converted);
+                    }
                     let (conn, info, ready) = (o.conn, o.info.clone(), o.m.want() == Want::Wait);
                     self.sched.txn_done(conn, job, &replies, info, ready, self.now);
                     continue;
@@ -421,7 +466,7 @@ impl<B: Backend> Shard<B> {
                 let data = body_of(&o.converted, &o.job);
                 o.iov = o.m.body_rest(data).map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() });
                 o.msghdr.msg_iov = o.iov.as_mut_ptr();
-                o.msghdr.msg_iovlen = 2;
+                o.msghdr.msg_iovlen = o.iov.len();
                 o.sock.op = Some(Op::OutSend);
                 o.sock.deadline_ms = now_ms + ms(o.plan.smtp.data_send_timeout);
                 (Sub::SendMsg { fd, msg: &o.msghdr }, Op::OutSend)
@@ -546,6 +591,7 @@ impl<B: Backend> Shard<B> {
             // The operation in flight fails first and brings us back here.
             return cancel_sock(&mut self.io, &mut o.sock, gen, slot);
         }
+        self.give_back_next(slot);
         let reply = self.tls_failure(slot, reply);
         let o = self.outs.get_mut(slot);
         let (conn, job, ever_ready) = (o.conn, o.job.take(), o.m.ever_ready());
@@ -558,6 +604,7 @@ impl<B: Backend> Shard<B> {
     /// transaction goes back to its queue and a fresh session starts with the next hop (or
     /// the connection fails with `reply` when none is left).
     fn out_next_hop(&mut self, slot: u32, reply: Reply) {
+        self.give_back_next(slot);
         let reply = self.tls_failure(slot, reply);
         let o = self.outs.get_mut(slot);
         if o.hop_index >= o.plan.hops.len() {
@@ -576,6 +623,7 @@ impl<B: Backend> Shard<B> {
 
     /// A 5xx greeting with `bounce-upon-5xx-greeting`: the queue's mail bounces.
     fn out_refused(&mut self, slot: u32, reply: Reply) {
+        self.give_back_next(slot);
         let o = self.outs.get_mut(slot);
         let (conn, job, info) = (o.conn, o.job.take(), o.info.clone());
         self.sched.conn_refused(conn, job, reply, info, self.now);
@@ -584,6 +632,7 @@ impl<B: Backend> Shard<B> {
 
     /// The session ended cleanly (QUIT answered).
     fn close_out(&mut self, slot: u32) {
+        self.give_back_next(slot);
         let o = self.outs.get_mut(slot);
         let (conn, job) = (o.conn, o.job.take());
         self.sched.conn_closed(conn, job);
@@ -631,6 +680,13 @@ impl<B: Backend> Shard<B> {
             }
         }
     }
+}
+
+/// A transaction pipelined behind a body (`OutConn::next`).
+struct Pipelined {
+    queue: QueueId,
+    job: Job<MsgRef>,
+    converted: Option<Vec<u8>>,
 }
 
 /// What an attempt's accounting records say of it, for a hop about to be tried.
