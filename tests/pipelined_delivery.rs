@@ -25,15 +25,8 @@ fn deliver_queued(domain_extra: &str) -> String {
         Some(1),
     );
     for i in 0..MESSAGES {
-        let (mut t, greeting) = Talk::connect(relay.addr());
-        assert!(greeting.starts_with("220"), "{greeting}");
-        assert!(t.cmd("EHLO c.example").starts_with("250"));
-        assert!(t.cmd("MAIL FROM:<s@src.test>").starts_with("250"));
-        assert!(t.cmd(&format!("RCPT TO:<r{i}@pipe.test>")).starts_with("250"));
-        assert!(t.cmd("DATA").starts_with("354"));
-        t.send(format!("Subject: queued {i}\r\n\r\nmessage {i}\r\n..dot line\r\n.\r\n").as_bytes());
-        assert!(t.reply().starts_with("250"));
-        t.cmd("QUIT");
+        let data = format!("Subject: queued {i}\r\n\r\nmessage {i}\r\n..dot line\r\n.\r\n");
+        talk_send_data(&relay, "s@src.test", &format!("r{i}@pipe.test"), &data);
     }
     let rows = relay.wait_rows("d", MESSAGES, Duration::from_secs(60));
     assert_eq!(rows.len(), MESSAGES, "{}", tail(&relay.log(), 30));

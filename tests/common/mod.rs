@@ -454,13 +454,18 @@ impl Drop for SmtpSink {
 /// One message from `mail_from` (`""`: the null sender) to `rcpt`, through `Talk`; panics
 /// unless every reply is the expected one and the message gets 250.
 pub fn talk_send(relay: &Relay, mail_from: &str, rcpt: &str) {
+    talk_send_data(relay, mail_from, rcpt, &format!("Subject: to {rcpt}\r\n\r\nhello\r\n.\r\n"));
+}
+
+/// As `talk_send`, with the message's data as sent (transparency form, ending ".\r\n").
+pub fn talk_send_data(relay: &Relay, mail_from: &str, rcpt: &str, data: &str) {
     let (mut t, greeting) = Talk::connect(relay.addr());
     assert!(greeting.starts_with("220"), "{greeting}");
     assert!(t.cmd("EHLO c.example").starts_with("250"));
     assert!(t.cmd(&format!("MAIL FROM:<{mail_from}>")).starts_with("250"));
     assert!(t.cmd(&format!("RCPT TO:<{rcpt}>")).starts_with("250"));
     assert!(t.cmd("DATA").starts_with("354"));
-    t.send(format!("Subject: to {rcpt}\r\n\r\nhello\r\n.\r\n").as_bytes());
+    t.send(data.as_bytes());
     let reply = t.reply();
     assert!(reply.starts_with("250"), "{reply}");
     t.cmd("QUIT");

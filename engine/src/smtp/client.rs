@@ -911,12 +911,7 @@ mod tests {
     /// caller gets Failed (and gives that one back untried); nothing of it is reported done.
     #[test]
     fn a_421_to_the_end_of_data_takes_the_next_transaction_down_too() {
-        let mut c = ready(true);
-        c.start("s@a.test", &["x@b.test"], 10);
-        feed(&mut c, "250 ok\r\n");
-        feed(&mut c, "250 ok\r\n");
-        feed(&mut c, "354 go\r\n");
-        c.body_sent();
+        let mut c = body_out(true);
         c.start_next("s@a.test", &["y@b.test"], 20, &TxnParams::default());
         assert_eq!(
             feed(&mut c, "421 4.3.2 shutting down\r\n"),
@@ -929,13 +924,18 @@ mod tests {
     /// Without PIPELINING nothing rides behind.
     #[test]
     fn no_next_transaction_without_pipelining() {
-        let mut c = ready(false);
+        assert!(!body_out(false).can_pipeline_next());
+    }
+
+    /// A one-recipient transaction with its body handed over (the end of data unanswered).
+    fn body_out(pipelining: bool) -> Client {
+        let mut c = ready(pipelining);
         c.start("s@a.test", &["x@b.test"], 10);
         feed(&mut c, "250 ok\r\n");
         feed(&mut c, "250 ok\r\n");
         assert_eq!(feed(&mut c, "354 go\r\n"), Some(ClientEvent::SendBody));
         c.body_sent();
-        assert!(!c.can_pipeline_next());
+        c
     }
 
     #[test]
