@@ -1,7 +1,7 @@
 //! Time as the engine sees it: a `Now` the caller reads once per turn of its loop and
 //! passes in (the engine never reads a clock), and calendar formatting of Unix times.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
 /// The moment a call happens: the monotonic clock (for timers, retries, rates: it never
 /// jumps) and the wall clock (for accounting times and message ages).
@@ -53,7 +53,7 @@ fn parts(unix_ms: u64) -> (i64, u32, u32, u64, u64, u64, usize) {
 
 /// RFC 5322 §3.3 date-time in UTC: `Fri, 27 Nov 2026 21:29:39 +0000`.
 pub fn rfc5322_date(unix_ms: u64) -> String {
-    thread_local!(static LAST: Cell<(u64, Option<Box<str>>)> = const { Cell::new((u64::MAX, None)) });
+    thread_local!(static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) });
     LAST.with(|last| same_second(last, unix_ms, format_rfc5322))
 }
 
@@ -66,7 +66,7 @@ fn format_rfc5322(unix_ms: u64) -> String {
 
 /// ISO 8601 as PowerMTA writes accounting times: `2026-11-27 21:29:39+0000`.
 pub fn iso8601(unix_ms: u64) -> String {
-    thread_local!(static LAST: Cell<(u64, Option<Box<str>>)> = const { Cell::new((u64::MAX, None)) });
+    thread_local!(static LAST: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) });
     LAST.with(|last| same_second(last, unix_ms, format_iso8601))
 }
 
@@ -77,16 +77,13 @@ fn format_iso8601(unix_ms: u64) -> String {
 
 /// A date formatted once a second per thread: a shard stamps thousands of messages and
 /// accounting rows with the same second, and the formatting cost more than the copy.
-fn same_second(last: &Cell<(u64, Option<Box<str>>)>, unix_ms: u64, format: fn(u64) -> String) -> String {
+fn same_second(last: &RefCell<(u64, String)>, unix_ms: u64, format: fn(u64) -> String) -> String {
+    let mut last = last.borrow_mut();
     let second = unix_ms / 1000;
-    let (at, text) = last.take();
-    let text = match text {
-        Some(text) if at == second => text,
-        _ => format(unix_ms).into_boxed_str(),
-    };
-    let out = text.to_string();
-    last.set((second, Some(text)));
-    out
+    if last.0 != second {
+        *last = (second, format(unix_ms));
+    }
+    last.1.clone()
 }
 
 #[cfg(test)]

@@ -199,7 +199,7 @@ impl<M: Message> Scheduler<M> {
         match self.take_work(conn, now) {
             Work::Quit => self.intents.push_back(Intent::Quit { conn }),
             Work::Job(job) => self.start(conn, id, job, now),
-            Work::None => {
+            Work::Idle => {
                 self.conns.get_mut(&conn).expect("live").idle = true;
                 self.st_mut(id).idle.push(conn);
                 self.intents.push_back(Intent::Idle { conn });
@@ -218,7 +218,7 @@ impl<M: Message> Scheduler<M> {
                 self.claim(conn, &mut job, now);
                 Some((id, job))
             }
-            Work::Quit | Work::None => None,
+            Work::Quit | Work::Idle => None,
         }
     }
 
@@ -237,7 +237,7 @@ impl<M: Message> Scheduler<M> {
         if st.q.has_work() && self.rate_grant(id, source_ip, Grant::Message, now) {
             return Work::Job(self.st_mut(id).q.take().expect("ready work"));
         }
-        Work::None
+        Work::Idle
     }
 
     /// A transaction ended with one reply per recipient (`info.hop`: the connected next
@@ -494,5 +494,6 @@ impl<M: Message> Scheduler<M> {
 enum Work<M> {
     Quit,
     Job(Job<M>),
-    None,
+    /// No job it may take now: it waits, idle.
+    Idle,
 }
