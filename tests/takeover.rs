@@ -101,7 +101,7 @@ fn inject(addr: SocketAddr, tag: &str, n: usize) -> HashSet<String> {
 }
 
 /// How many times the receiver got each message, by Subject.
-fn received(rx: &PyReceiver) -> BTreeMap<String, usize> {
+fn arrivals(rx: &PyReceiver) -> BTreeMap<String, usize> {
     let mut seen = BTreeMap::new();
     for f in rx.files() {
         let text = std::fs::read_to_string(&f).unwrap_or_default();
@@ -146,13 +146,13 @@ fn a_dead_hosts_queue_is_delivered_once_by_a_peer() {
     let killed = Instant::now();
     let rx = PyReceiver::start_at(receiver_port, &[]);
     wait_for("a peer to deliver host 2's 300 messages", Duration::from_secs(60), || {
-        let seen = of_tag(&received(&rx), "dead");
+        let seen = of_tag(&arrivals(&rx), "dead");
         (seen.len() == 300).then_some(())
     });
     let took = killed.elapsed();
     // Let any second copy arrive before counting.
     std::thread::sleep(Duration::from_secs(2));
-    let seen = of_tag(&received(&rx), "dead");
+    let seen = of_tag(&arrivals(&rx), "dead");
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "sent twice: {twice:?}");
     assert_eq!(seen.keys().cloned().collect::<HashSet<_>>(), acked);
@@ -175,7 +175,7 @@ fn a_dead_hosts_queue_is_delivered_once_by_a_peer() {
     // Host 2 comes back on its old spool: nothing of it is sent again.
     hosts[1].relay.spawn();
     std::thread::sleep(Duration::from_secs(3));
-    let again = of_tag(&received(&rx), "dead");
+    let again = of_tag(&arrivals(&rx), "dead");
     assert_eq!(again, seen, "the restarted host sent none of its old mail again");
     assert!(hosts[1].relay.log().contains("spool claimed"), "{}", tail(&hosts[1].relay.log(), 20));
 
@@ -186,14 +186,14 @@ fn a_dead_hosts_queue_is_delivered_once_by_a_peer() {
     hosts[1].relay.signal(19); // SIGSTOP
     let rx = PyReceiver::start_at(receiver_port, &[]);
     wait_for("a peer to deliver the paused host's 50 messages", Duration::from_secs(60), || {
-        (of_tag(&received(&rx), "paused").len() == 50).then_some(())
+        (of_tag(&arrivals(&rx), "paused").len() == 50).then_some(())
     });
     hosts[1].relay.signal(18); // SIGCONT
     let status = hosts[1].relay.wait_exit(Duration::from_secs(10)).expect("the fenced host stops");
     assert_eq!(status.code(), Some(75), "{}", tail(&hosts[1].relay.log(), 20));
     assert!(hosts[1].relay.log().contains("was taken over"), "{}", tail(&hosts[1].relay.log(), 20));
     std::thread::sleep(Duration::from_secs(1));
-    let paused = of_tag(&received(&rx), "paused");
+    let paused = of_tag(&arrivals(&rx), "paused");
     assert!(paused.values().all(|n| *n == 1), "the woken host sent nothing again: {paused:?}");
     assert_eq!(adoptions(&[&hosts[0], &hosts[2]]), 2);
 
@@ -251,13 +251,13 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_deliveries_in_flight(
         // What the receiver had from host 2 before it died (a peer adopts only after the
         // lease lapses, seconds later).
         std::thread::sleep(Duration::from_millis(300));
-        let before = of_tag(&received(&rx), &tag);
+        let before = of_tag(&arrivals(&rx), &tag);
         // Every acknowledged message arrives (from host 2 before it died, or from the adopter).
         wait_for(
             &format!("seed {seed} run {run}: every acknowledged message delivered"),
             Duration::from_secs(60),
             || {
-                let seen = of_tag(&received(&rx), &tag);
+                let seen = of_tag(&arrivals(&rx), &tag);
                 acked.iter().all(|id| seen.contains_key(id)).then_some(())
             },
         );
@@ -265,7 +265,7 @@ fn kill_9_at_random_moments_loses_nothing_and_repeats_only_deliveries_in_flight(
         // Host 2 back on its old spool: it must not send again what the adopter sent.
         hosts[1].relay.spawn();
         std::thread::sleep(Duration::from_secs(2));
-        let seen = of_tag(&received(&rx), &tag);
+        let seen = of_tag(&arrivals(&rx), &tag);
         let twice: Vec<&String> = seen.iter().filter(|(_, n)| **n > 1).map(|(k, _)| k).collect();
         let not_in_flight: Vec<_> = twice.iter().filter(|k| !before.contains_key(**k)).collect();
         assert!(
@@ -311,12 +311,12 @@ fn a_redis_restarted_empty_stops_no_host() {
     let acked = inject(hosts[1].relay.addr(), "after", 5);
     assert_eq!(acked.len(), 5);
     wait_for("the messages after Redis came back", Duration::from_secs(20), || {
-        (of_tag(&received(&rx), "after").len() == 5).then_some(())
+        (of_tag(&arrivals(&rx), "after").len() == 5).then_some(())
     });
     for (i, h) in hosts.iter_mut().enumerate() {
         assert!(h.relay.wait_exit(Duration::from_millis(10)).is_none(), "host {} stopped", i + 1);
         assert_eq!(redis.cli(&["HGET", &format!("sluice:spool:mta-{}", i + 1), "holder"]), format!("mta-{}", i + 1));
     }
     assert_eq!(adoptions(&[&hosts[0], &hosts[1], &hosts[2]]), 0);
-    assert!(of_tag(&received(&rx), "fenced").is_empty());
+    assert!(of_tag(&arrivals(&rx), "fenced").is_empty());
 }

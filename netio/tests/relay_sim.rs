@@ -604,7 +604,7 @@ impl World {
             if completed + ran > 0 || p.injectors.iter().any(Option::is_some) || !p.receiving.is_empty() {
                 continue;
             }
-            if self.finished() {
+            if self.every_outcome_settled() {
                 done = true;
                 break;
             }
@@ -629,7 +629,7 @@ impl World {
 
     /// Every message acknowledged, every recipient delivered or bounced with its durable row,
     /// every bounce's sender told.
-    fn finished(&self) -> bool {
+    fn every_outcome_settled(&self) -> bool {
         let o = &self.outside;
         (0..MESSAGES).all(|id| {
             let rcpts = &o.messages[id as usize];
