@@ -9,6 +9,8 @@
 #   SHARDS=1 RUNS=3 perf/count.sh
 #   SQPOLL=yes perf/count.sh            # io-uring-sqpoll yes: kernel threads poll the rings
 #   SLUICE_BIN=/tmp/sluice-before perf/count.sh   # another build (A/B runs in one session)
+#   SEGMENT=16M MESSAGES=200000 perf/count.sh  # spool-segment-size: segments filled, deleted
+#                                           # and replaced within the run (a long-running relay)
 #   PROFILE=/tmp/relay.perf perf/count.sh   # also records where the relay's CPU goes
 #                                           # (perf record, cpu-clock; the counts then include it)
 #
@@ -22,6 +24,7 @@ BACKEND=${BACKEND:-auto}
 SHARDS=${SHARDS:-}
 RUNS=${RUNS:-1}
 SQPOLL=${SQPOLL:-no}
+SEGMENT=${SEGMENT:-}
 RELAY_PORT=${RELAY_PORT:-2635}
 SINK_PORT=${SINK_PORT:-2636}
 OUT=perf/out/count
@@ -56,6 +59,7 @@ spool $dir/spool
 io-backend $BACKEND
 io-uring-sqpoll $SQPOLL
 ${SHARDS:+shards $SHARDS}
+${SEGMENT:+spool-segment-size $SEGMENT}
 <source 127.0.0.1>
     always-allow-relaying yes
 </source>
@@ -106,7 +110,7 @@ report=$OUT/report.md
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id)${SLUICE_BIN:+ (binary $SLUICE_BIN)}: kernel crossings per message (perf/count.sh)"
     echo
-    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL."
+    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SEGMENT:+ in $SEGMENT segments}${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL."
     echo
     echo "Machine CPU: the whole machine's busy time per message over the run (the three programs, perf, and kernel threads nobody's: a workqueue finishing a flush)."
     echo

@@ -335,6 +335,7 @@ impl<B: Backend> Shard<B> {
             // then, some of the next group's among them): durable already.
             return self.spool.segment_synced(seq, true);
         }
+        d.segment.zero_tail(to);
         d.writing = Some((from, to, records_end));
         self.submit_direct(seq);
     }
