@@ -411,11 +411,14 @@ impl<M> Queue<M> {
 
     /// As `observe`; also says whether the rule asked to leave this hop or source IP.
     fn observe_rule(&mut self, reply: &Reply, now_ms: u64) -> (bool, Avoid) {
-        let line = reply.line();
         let patterns = self.patterns.clone();
+        let back_to_normal =
+            reply.is_positive() && self.settings.backoff_to_normal_after_delivery && self.mode != Mode::Normal;
+        // The reply as one line, only where something reads it (not for each plain delivery).
+        let line = if patterns.is_some() || back_to_normal { reply.line() } else { String::new() };
         let rule = patterns.as_ref().and_then(|p| p.iter().find(|r| r.regex.is_match(&line)));
         self.adapt(reply, rule.is_some());
-        if reply.is_positive() && self.settings.backoff_to_normal_after_delivery && self.mode != Mode::Normal {
+        if back_to_normal {
             self.mode = Mode::Normal;
             self.events.push(format!("mode=normal (clean delivery: {line})"));
         }
