@@ -95,8 +95,8 @@ pub fn drain(dir: &Path, responder: &Responder) -> Result<usize, String> {
     Ok(recovered.messages.len())
 }
 
-/// Hands one recovered message to a shard as it was (envelope, VMTA, envelope id, flags;
-/// not signed again); returns where its answer comes.
+/// Hands one recovered message to a shard as it was (envelope, VMTA, envelope id, flags, AUTH
+/// user, each recipient's DSN parameters; not signed again); returns where its answer comes.
 fn inject(
     responder: &Responder,
     n: u64,
@@ -121,6 +121,12 @@ fn inject(
             envid: env.envid.to_string(),
             flags: env.extras.flags,
             helo: env.extras.helo.to_string(),
+            auth_user: env.extras.auth_user.to_string(),
+            // The moved recipients are numbered anew, from 0 in `pending`'s order.
+            rcpt_dsn: (0..)
+                .zip(&m.pending)
+                .filter_map(|(new, &old)| env.extras.rcpt(old).map(|d| (new, d.notify, d.orcpt.to_string())))
+                .collect(),
         }),
     };
     // A shard's mailbox may be full for a moment: retry for a while.

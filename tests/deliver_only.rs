@@ -82,3 +82,63 @@ fn a_host_whose_spool_is_deliver_only_delivers_and_refuses_new_mail() {
     assert_ne!(code, 0);
     assert!(out.contains("452 4.3.1 Not accepting new mail: the spool is deliver-only"), "{out}");
 }
+
+/// A moved message keeps what its injection said of each recipient still owed: its DSN
+/// parameters (RFC 3461 NOTIFY and ORCPT) go on to a receiver that offers DSN and into the
+/// accounting row, renumbered among the moved recipients (the first recipient, delivered
+/// before the move, stays behind with its NOTIFY=NEVER).
+#[test]
+fn a_moved_message_keeps_its_recipients_dsn_parameters() {
+    let old_mx = ScriptedMx::start(
+        "127.0.0.1",
+        MxScript {
+            rcpt: |c| if c.contains("second") { "451 4.3.0 later".into() } else { "250 2.1.5 ok".into() },
+            ..Default::default()
+        },
+    );
+    let mut old = Relay::start(
+        &format!(
+            "<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n retry-after 1h\n</domain>\n",
+            old_mx.addr.port()
+        ),
+        Some(1),
+    );
+    // Each recipient its own DSN parameters (Python's smtplib, a client nobody here wrote).
+    let script = format!(
+        r#"
+import smtplib
+with smtplib.SMTP("127.0.0.1", {port}, source_address=("127.0.0.1", 0)) as s:
+    s.ehlo("injector.test")
+    s.mail("s@src.test")
+    s.rcpt("first@dest.test", ["NOTIFY=NEVER"])
+    s.rcpt("second@dest.test", ["NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;second-orig+40dest.test"])
+    code, _ = s.data(b"From: s@src.test\r\nSubject: moved\r\n\r\nmoved with its DSN\r\n")
+    print(code)
+"#,
+        port = old.port
+    );
+    let (code, out) = run(std::process::Command::new("python3").arg("-c").arg(script));
+    assert_eq!((code, out.trim()), (0, "250"), "{out}");
+    old.wait_rows("d", 1, Duration::from_secs(20));
+    old.wait_rows("t", 1, Duration::from_secs(20));
+    assert_eq!(old.terminate(Duration::from_secs(20)), 0);
+
+    let new_mx = ScriptedMx::start(
+        "127.0.0.1",
+        MxScript { ehlo: ["PIPELINING", "8BITMIME", "DSN"].map(String::from).to_vec(), ..Default::default() },
+    );
+    let relay = Relay::start(
+        &format!(
+            "<spool {}>\n deliver-only yes\n</spool>\n\
+             <domain *>\n smtp-hosts [127.0.0.1]:{}\n</domain>\n",
+            old.dir.path().join("spool").display(),
+            new_mx.addr.port()
+        ),
+        Some(1),
+    );
+    let d = relay.wait_rows("d", 1, Duration::from_secs(30));
+    assert_eq!((d[0]["rcpt"].as_str(), d[0]["orcpt"].as_str()), ("second@dest.test", "rfc822;second-orig@dest.test"));
+    let rcpts: Vec<String> = new_mx.log().into_iter().filter(|l| l.starts_with("RCPT")).collect();
+    assert_eq!(rcpts, ["RCPT TO:<second@dest.test> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;second-orig@dest.test"]);
+}

@@ -24,7 +24,7 @@ pub struct Injection {
     pub src_mta: String,
     pub done: crossbeam_channel::Sender<Result<String, String>>,
     /// A message moved from another spool (`deliver-only`) keeps its VMTA, envelope id,
-    /// flags and signature; None for a new one.
+    /// flags, AUTH user, recipients' DSN parameters and signature; None for a new one.
     pub moved: Option<Moved>,
 }
 
@@ -34,4 +34,9 @@ pub struct Moved {
     pub envid: String,
     pub flags: u8,
     pub helo: String,
+    /// The SMTP AUTH user who injected it (`rcvSmtpUser`).
+    pub auth_user: String,
+    /// Each moved recipient's DSN `NOTIFY` and `ORCPT` (RFC 3461), by its index among the
+    /// moved recipients: (index, notify, orcpt).
+    pub rcpt_dsn: Vec<(u32, u8, String)>,
 }

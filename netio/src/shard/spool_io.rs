@@ -556,9 +556,11 @@ impl<B: Backend> Shard<B> {
             flags: codec::flags::API,
             ..Message::default()
         };
+        let mut kept = None;
         let (vmta, helo) = match inj.moved {
             Some(moved) => {
                 (m.envid, m.flags) = (moved.envid, moved.flags);
+                kept = Some((moved.auth_user, moved.rcpt_dsn));
                 (moved.vmta, moved.helo)
             }
             None => {
@@ -601,6 +603,9 @@ impl<B: Backend> Shard<B> {
         store.job_id = m.job_id;
         store.envid = m.envid;
         store.flags = m.flags;
+        if let Some((auth_user, rcpt_dsn)) = kept {
+            (store.smtp_user, store.rcpt_dsn) = (auth_user, rcpt_dsn);
+        }
         let client_ip = inj.client_ip;
         self.write_local(LocalMessage { store, client_ip, after: Vec::new(), notify: Notify::Caller(inj.done) });
     }
