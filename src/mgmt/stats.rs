@@ -23,6 +23,8 @@ pub const LATENCY_BUCKETS_S: &[f64] = &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 30
 #[derive(Default)]
 pub struct History {
     samples: VecDeque<(u64, Totals)>,
+    /// Samples were dropped: the oldest kept is not the first.
+    trimmed: bool,
 }
 
 impl History {
@@ -30,14 +32,20 @@ impl History {
         self.samples.push_back((now_ms, t));
         while self.samples.len() > HISTORY_SECONDS {
             self.samples.pop_front();
+            self.trimmed = true;
         }
     }
 
-    /// The change of the totals over the last `seconds` (or since the oldest sample).
+    /// The change of the totals over the last `seconds`; all of them when the process started
+    /// within that window (the first sample, taken a moment after start, may count some).
     pub fn over(&self, seconds: u64, now: Totals) -> Totals {
-        let Some(&(last_ms, _)) = self.samples.back() else { return Totals::default() };
+        let Some(&(last_ms, _)) = self.samples.back() else { return now };
         let since = last_ms.saturating_sub(seconds * 1000);
-        let base = self.samples.iter().find(|(t, _)| *t >= since).map(|(_, v)| *v).unwrap_or_default();
+        let started_within = !self.trimmed && self.samples.front().is_some_and(|(t, _)| *t > since);
+        let base = match started_within {
+            true => Totals::default(),
+            false => self.samples.iter().find(|(t, _)| *t >= since).map(|(_, v)| *v).unwrap_or_default(),
+        };
         diff(now, base)
     }
 
@@ -262,7 +270,20 @@ mod tests {
         }
         let now = at(1190);
         assert_eq!(h.over(60, now).msgs_in, 600);
-        assert_eq!(h.over(3600, now).msgs_in, 1190, "since the oldest sample");
+        assert_eq!(h.over(3600, now).msgs_in, 1190, "since the start");
+        // Up a few seconds, the first sample taken after messages came: the minute and the
+        // hour count all of them, as the totals do (a status read at once once said 4 of 5).
+        let mut young = History::default();
+        young.sample(500, at(1));
+        young.sample(1500, at(3));
+        assert_eq!((young.over(60, at(5)).msgs_in, young.over(3600, at(5)).msgs_in), (5, 5));
+        assert_eq!(History::default().over(60, at(5)).msgs_in, 5, "before any sample");
+        // An hour and more of samples: the oldest ones dropped, the window's start counts.
+        let mut old = History::default();
+        for s in 0..4000u64 {
+            old.sample(s * 1000, at(100 + s));
+        }
+        assert_eq!(old.over(3600, at(4099)).msgs_in, 3600);
         let series = h.series(1, 3);
         assert_eq!(series.len(), 3);
         assert!(series.iter().all(|(_, i, _)| *i == 10));
