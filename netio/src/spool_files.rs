@@ -106,11 +106,15 @@ fn take_spare(shard: u32, size: u64) -> Option<MmapRaw> {
     Some(spares.swap_remove(at).1)
 }
 
-/// Keeps `map` as `shard`'s spare, unless it has one (then `map` is unmapped).
+/// Keeps `map` as `shard`'s spare, unless it has one as small (then `map` is unmapped): the
+/// standard segment size is the smallest, so a large message's own segment never holds the
+/// place a standard one would take again.
 fn keep_spare(shard: u32, map: MmapRaw) {
     let mut spares = SPARES.lock().unwrap_or_else(|e| e.into_inner());
-    if !spares.iter().any(|(s, _)| *s == shard) {
-        spares.push((shard, map));
+    match spares.iter_mut().find(|(s, _)| *s == shard) {
+        Some((_, kept)) if map.len() < kept.len() => *kept = map,
+        Some(_) => {}
+        None => spares.push((shard, map)),
     }
 }
 
@@ -733,5 +737,19 @@ mod tests {
         let padding = at1 as usize + first.len()..at2 as usize;
         assert!(file[padding].iter().all(|&b| b == 0), "old bytes between the records");
         fs::remove_dir_all(&spool).unwrap();
+    }
+
+    /// A shard keeps one spare, the smallest: a large message's own segment dropped first
+    /// gives way to a standard one, and does not take its place after it.
+    #[test]
+    fn a_shards_spare_is_its_smallest_dropped_memory() {
+        let shard = 78; // no other test's: the spares are the process's
+        let anon = |len: usize| MmapRaw::from(MmapOptions::new().len(len).map_anon().unwrap());
+        keep_spare(shard, anon(8 << 20));
+        keep_spare(shard, anon(4 << 20));
+        keep_spare(shard, anon(8 << 20));
+        assert!(take_spare(shard, 8 << 20).is_none());
+        assert!(take_spare(shard, 4 << 20).is_some());
+        assert!(take_spare(shard, 4 << 20).is_none());
     }
 }
