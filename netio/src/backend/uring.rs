@@ -38,7 +38,8 @@ impl Uring {
     /// marks one pending, so that even an enter that waits for nothing takes it). The ring's
     /// one thread is the only one that waits on it, the case the flag is for. On the lab
     /// shape, with the load generator's and the sink's rings cooperative too, the machine's
-    /// CPU a message fell by a fifth (`perf/RESULTS.md`). Older kernels: a plain ring.
+    /// CPU a message fell 12% (four alternating pairs, `perf/RESULTS.md`). Older kernels: a
+    /// plain ring.
     fn with_entries(sq: u32, cq: u32, sqpoll: bool) -> std::io::Result<Uring> {
         let build = |cooperative: bool| {
             let mut builder = IoUring::builder();
