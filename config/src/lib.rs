@@ -177,6 +177,12 @@ pub struct Config {
 }
 
 impl Config {
+    /// Whether some `<acct-file>` records this type: a shard builds no `r` rows nobody writes
+    /// (the management counters read only delivery and feedback rows).
+    pub fn acct_records(&self, kind: RecordType) -> bool {
+        self.acct_files.iter().any(|f| f.records.contains(&kind))
+    }
+
     /// The start-up phase `elapsed_ms` after start.
     pub fn startup(&self, elapsed_ms: u64) -> Startup {
         let delay = self.startup_delivery_delay.as_millis() as u64;
@@ -652,6 +658,10 @@ mod tests {
         assert_eq!(c.acct_headers, ["X-Job", "x-to"]);
         assert_eq!(c.acct_files[1].sink, AcctSink::Pipe("/usr/bin/handler --log x".into()));
         assert_eq!(c.acct_files[1].records.len(), 8);
+        // `r` rows are built only when some file writes them (here the pipe's `all`).
+        assert!(c.acct_records(RecordType::Received));
+        let first_only = parse(&text[..text.find("<acct-file |").unwrap()]).unwrap();
+        assert!(first_only.acct_records(RecordType::Delivered) && !first_only.acct_records(RecordType::Received));
         let err = parse("smtp-listener 127.0.0.1:25\n<acct-file a.csv>\n record-fields d *,dsnStatuss\n</acct-file>\n")
             .unwrap_err();
         assert_eq!(

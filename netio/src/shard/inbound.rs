@@ -709,6 +709,9 @@ impl<B: Backend> Shard<B> {
         ShardStats::add(&self.stats.rcpts_in, store.recipients.len() as u64);
         ShardStats::add(&self.stats.bytes_in, size);
         let config = &self.shared.config;
+        if !config.acct_records(sluice_config::RecordType::Received) {
+            return;
+        }
         let headers: Vec<String> = config
             .acct_headers
             .iter()
