@@ -141,9 +141,11 @@ pub struct Observer {
 }
 
 fn bounded<'a, V: Default>(map: &'a mut BTreeMap<String, V>, key: &str, max: usize) -> &'a mut V {
-    if !map.contains_key(key) && map.len() >= max {
-        return map.entry("other".into()).or_default();
+    // A key seen before costs no allocation (this runs for every delivery row).
+    if map.contains_key(key) {
+        return map.get_mut(key).expect("just seen");
     }
+    let key = if map.len() >= max { "other" } else { key };
     map.entry(key.to_string()).or_default()
 }
 
@@ -169,8 +171,13 @@ impl Observer {
             }
             bounded(&mut self.by_vmta, &r.vmta, VMTA_LABELS_MAX).add(r.kind);
             let domain = sluice_engine::smtp::addr::domain_of(&r.rcpt);
-            let full = self.by_domain.len() >= DOMAIN_COUNTED_MAX && !self.by_domain.contains_key(&domain);
-            self.by_domain.entry(if full { "other".into() } else { domain.clone() }).or_default().add(r.kind);
+            match self.by_domain.get_mut(&domain) {
+                Some(counts) => counts.add(r.kind),
+                None => {
+                    let full = self.by_domain.len() >= DOMAIN_COUNTED_MAX;
+                    self.by_domain.entry(if full { "other".into() } else { domain.clone() }).or_default().add(r.kind);
+                }
+            }
             match r.kind {
                 Kind::Delivered => {
                     let s = r.time_logged_ms.saturating_sub(r.time_queued_ms) as f64 / 1000.0;

@@ -94,7 +94,7 @@ pub fn private_address(address: &str, key: &[u8]) -> String {
 
 /// Appends one CSV field (RFC 4180: quoted when it holds a comma, a quote or a line end).
 pub fn push_field(out: &mut String, field: &str) {
-    if field.contains([',', '"', '\n', '\r']) {
+    if field.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
         out.push('"');
         out.push_str(&field.replace('"', "\"\""));
         out.push('"');
@@ -210,7 +210,11 @@ impl Record {
     /// One column's value (`header_NAME` columns are the writer's: see `headers`).
     pub fn value(&self, field: &AcctField, iso_times: bool) -> Cow<'_, str> {
         use AcctField::*;
-        let s = |v: &str| Cow::Owned(v.to_string());
+        // The record's own strings, borrowed (a copy of every column cost the writer an
+        // allocation per field per row).
+        fn s(v: &str) -> Cow<'_, str> {
+            Cow::Borrowed(v)
+        }
         match field {
             Type => Cow::Borrowed(self.kind.code()),
             TimeLogged => Cow::Owned(time(self.time_logged_ms, iso_times)),

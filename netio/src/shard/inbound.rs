@@ -665,7 +665,7 @@ impl<B: Backend> Shard<B> {
         let c = self.ins.get_mut(slot);
         let origin = Origin::of(c, &m.helo, m.auth_user.as_deref());
         let mut store = Spooling::boxed(m.data, m.mail_from, m.recipients, self.now.unix_ms, vmta);
-        origin.stamp(&mut store);
+        origin.into_store(&mut store);
         store.auth_results = auth;
         store.job_id = m.job_id;
         store.envid = m.envid;
@@ -826,6 +826,15 @@ impl Origin {
             destination_ip: c.local_ip.clone(),
             smtp_user: auth_user.unwrap_or_default().to_string(),
         }
+    }
+
+    /// `stamp` for the transaction's only message: the strings move.
+    fn into_store(self, store: &mut Spooling) {
+        store.src_mta = self.src_mta;
+        store.helo = self.helo;
+        store.rcv_source_ip = self.source_ip;
+        store.rcv_destination_ip = self.destination_ip;
+        store.smtp_user = self.smtp_user;
     }
 
     fn stamp(&self, store: &mut Spooling) {
