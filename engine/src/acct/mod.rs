@@ -94,7 +94,8 @@ pub fn private_address(address: &str, key: &[u8]) -> String {
 
 /// Appends one CSV field (RFC 4180: quoted when it holds a comma, a quote or a line end).
 pub fn push_field(out: &mut String, field: &str) {
-    if field.bytes().any(|b| matches!(b, b',' | b'"' | b'\n' | b'\r')) {
+    let b = field.as_bytes();
+    if memchr::memchr3(b',', b'"', b'\n', b).is_some() || memchr::memchr(b'\r', b).is_some() {
         out.push('"');
         out.push_str(&field.replace('"', "\"\""));
         out.push('"');
