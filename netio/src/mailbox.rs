@@ -40,18 +40,27 @@ impl sluice_engine::sched::Message for MsgRef {
     }
     fn origin(&self) -> sluice_engine::sched::Origin<'_> {
         let (envid, _, extras) = self.segment.tail(self.offset);
-        let flags = extras.flags;
-        sluice_engine::sched::Origin {
-            helo: extras.helo,
-            auth_user: extras.auth_user,
-            api: flags & sluice_spool::codec::flags::API != 0,
-            envid,
-            ret_hdrs: flags & sluice_spool::codec::flags::RET_HDRS != 0,
-            flags,
-        }
+        origin_of(envid, &extras)
     }
     fn rcpt_dsn(&self, index: u32) -> (u8, &str) {
         self.segment.tail(self.offset).2.rcpt(index).map_or((0, ""), |r| (r.notify, r.orcpt))
+    }
+    fn stamped(&self, index: u32) -> sluice_engine::sched::Stamped<'_> {
+        let (client_ip, sender, envid, extras) = self.segment.summary(self.offset);
+        let orcpt = extras.rcpt(index).map_or("", |r| r.orcpt);
+        sluice_engine::sched::Stamped { origin: origin_of(envid, &extras), sender, client_ip, orcpt }
+    }
+}
+
+fn origin_of<'a>(envid: &'a str, extras: &sluice_spool::codec::Extras<'a>) -> sluice_engine::sched::Origin<'a> {
+    let flags = extras.flags;
+    sluice_engine::sched::Origin {
+        helo: extras.helo,
+        auth_user: extras.auth_user,
+        api: flags & sluice_spool::codec::flags::API != 0,
+        envid,
+        ret_hdrs: flags & sluice_spool::codec::flags::RET_HDRS != 0,
+        flags,
     }
 }
 

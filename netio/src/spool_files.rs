@@ -341,6 +341,11 @@ impl Segment {
         codec::part::origin(self.record(offset)).unwrap_or_else(|| self.not_a_record(offset))
     }
 
+    /// The client's address, sender, DSN envelope id and extras of the message at `offset`.
+    pub fn summary(&self, offset: u64) -> (std::net::IpAddr, &str, &str, codec::Extras<'_>) {
+        codec::part::summary(self.record(offset)).unwrap_or_else(|| self.not_a_record(offset))
+    }
+
     /// The DSN envelope id, job id and extras of the message at `offset`.
     pub fn tail(&self, offset: u64) -> (&str, &str, codec::Extras<'_>) {
         codec::part::tail(self.record(offset)).unwrap_or_else(|| self.not_a_record(offset))

@@ -421,6 +421,14 @@ pub mod part {
         r.take(n)
     }
 
+    /// The client's address, the envelope sender, the DSN envelope id and the extras: what
+    /// an accounting row takes of the message, in one read.
+    pub fn summary(buf: &[u8]) -> Option<(IpAddr, &str, &str, Extras<'_>)> {
+        let (front, mut r) = after_recipients(buf)?;
+        let (_, _, extras) = read_rest(&mut r)?;
+        Some((front.client_ip, front.mail_from, front.envid, extras))
+    }
+
     /// The DSN envelope id, the job id and the extras.
     pub fn tail(buf: &[u8]) -> Option<(&str, &str, Extras<'_>)> {
         let (front, mut r) = after_recipients(buf)?;

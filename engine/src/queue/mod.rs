@@ -684,7 +684,10 @@ impl<M> Queue<M> {
         let dsn_mta =
             if info.mx_host.is_empty() { String::new() } else { format!("{} ({})", info.mx_host, info.destination_ip) };
         let vmta = if info.vmta.is_empty() { self.vmta.as_str() } else { info.vmta.as_str() };
-        let mut r = Record::queue_event(unix_ms, &self.name, vmta, format!("smtp;{}", reply.line()));
+        let mut diag = String::with_capacity(9 + reply.text.len());
+        diag.push_str("smtp;");
+        reply.push_line(&mut diag);
+        let mut r = Record::queue_event(unix_ms, &self.name, vmta, diag);
         r.kind = kind;
         r.time_queued_ms = job.queued_unix_ms;
         r.time_first_attempt_ms = job.first_attempt_unix_ms;

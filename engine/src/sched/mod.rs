@@ -78,6 +78,24 @@ pub trait Message: Clone {
     fn rcpt_dsn(&self, _index: u32) -> (u8, &str) {
         (0, "")
     }
+    /// What an accounting row says of the message and one recipient (`stamp`): the four
+    /// above together, for a handle that reads them at once.
+    fn stamped(&self, index: u32) -> Stamped<'_> {
+        Stamped {
+            origin: self.origin(),
+            sender: self.sender(),
+            client_ip: self.client_ip(),
+            orcpt: self.rcpt_dsn(index).1,
+        }
+    }
+}
+
+/// A message's origin, sender and client, and one recipient's `ORCPT` (`Message::stamped`).
+pub struct Stamped<'a> {
+    pub origin: Origin<'a>,
+    pub sender: &'a str,
+    pub client_ip: IpAddr,
+    pub orcpt: &'a str,
 }
 
 /// `NOTIFY` bits (RFC 3461 §4.1), as the spool keeps them; none set: not given.
@@ -986,8 +1004,7 @@ fn hop_text(info: &AttemptInfo) -> String {
 /// What a record says of the message's injection: `srcMta` (`helo (ip)`), `srcType`, the
 /// AUTH user, the DSN `ENVID` and the recipient's `ORCPT`.
 pub(crate) fn stamp<M: Message>(record: &mut Record, msg: &M, rcpt_index: u32) {
-    let o = msg.origin();
-    let ip = msg.client_ip();
+    let Stamped { origin: o, sender, client_ip: ip, orcpt } = msg.stamped(rcpt_index);
     record.src_mta = match (o.helo, ip.is_unspecified()) {
         ("", true) => String::new(),
         ("", false) => format!("({ip})"),
@@ -998,6 +1015,6 @@ pub(crate) fn stamp<M: Message>(record: &mut Record, msg: &M, rcpt_index: u32) {
     record.rcv_smtp_user = o.auth_user.to_string();
     record.env_id = o.envid.to_string();
     // The envelope sender as injected (a VERP return path is per recipient).
-    record.orig = msg.sender().to_string();
-    record.orcpt = msg.rcpt_dsn(rcpt_index).1.to_string();
+    record.orig = sender.to_string();
+    record.orcpt = orcpt.to_string();
 }

@@ -37,7 +37,24 @@ impl Reply {
     }
     /// `250 2.0.0 Ok` as one line, for accounting.
     pub fn line(&self) -> String {
-        format!("{} {}", self.code, self.text)
+        let mut out = String::with_capacity(4 + self.text.len());
+        self.push_line(&mut out);
+        out
+    }
+
+    /// `line` appended to `out` (a delivery row is built for every recipient).
+    pub fn push_line(&self, out: &mut String) {
+        use std::fmt::Write;
+        match self.code {
+            100..=999 => {
+                for d in [self.code / 100, self.code / 10 % 10, self.code % 10] {
+                    out.push(char::from(b'0' + d as u8));
+                }
+            }
+            other => drop(write!(out, "{other}")),
+        }
+        out.push(' ');
+        out.push_str(&self.text);
     }
 }
 
@@ -90,6 +107,16 @@ pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reply_as_one_line() {
+        assert_eq!(Reply::new(250, "2.0.0 Ok: queued").line(), "250 2.0.0 Ok: queued");
+        assert_eq!(Reply::new(421, "").line(), "421 ");
+        assert_eq!(Reply::new(7, "odd").line(), "7 odd");
+        let mut diag = "smtp;".to_string();
+        Reply::new(550, "5.1.1 no such user").push_line(&mut diag);
+        assert_eq!(diag, "smtp;550 5.1.1 no such user");
+    }
 
     #[test]
     fn replies() {
