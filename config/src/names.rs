@@ -11,6 +11,15 @@ pub struct Names<V> {
     map: HashMap<String, (String, V)>,
 }
 
+/// The key for `name`: itself when already lower case (most lookups, on the delivery path:
+/// no allocation), else its lower-cased copy.
+fn lower(name: &str) -> std::borrow::Cow<'_, str> {
+    match name.bytes().any(|b| b.is_ascii_uppercase()) {
+        true => std::borrow::Cow::Owned(name.to_ascii_lowercase()),
+        false => std::borrow::Cow::Borrowed(name),
+    }
+}
+
 impl<V> Default for Names<V> {
     fn default() -> Self {
         Names { map: HashMap::new() }
@@ -23,20 +32,20 @@ impl<V> Names<V> {
     }
 
     pub fn get(&self, name: &str) -> Option<&V> {
-        self.map.get(&name.to_ascii_lowercase()).map(|(_, v)| v)
+        self.map.get(lower(name).as_ref()).map(|(_, v)| v)
     }
 
     pub fn get_mut(&mut self, name: &str) -> Option<&mut V> {
-        self.map.get_mut(&name.to_ascii_lowercase()).map(|(_, v)| v)
+        self.map.get_mut(lower(name).as_ref()).map(|(_, v)| v)
     }
 
     pub fn contains_key(&self, name: &str) -> bool {
-        self.map.contains_key(&name.to_ascii_lowercase())
+        self.map.contains_key(lower(name).as_ref())
     }
 
     /// The name as it was defined, for a name in any case.
     pub fn defined(&self, name: &str) -> Option<&str> {
-        self.map.get(&name.to_ascii_lowercase()).map(|(n, _)| n.as_str())
+        self.map.get(lower(name).as_ref()).map(|(n, _)| n.as_str())
     }
 
     /// Defines `name`; gives back the value of a name defined before in any case.

@@ -269,21 +269,34 @@ fn decode_extras<'a>(r: &mut Reader<'a>, end: usize) -> Option<Extras<'a>> {
 /// in SMTP transparency form (RFC 5321 §4.5.2: dot-stuffed, CRLF lines, without the final
 /// `.CRLF`), so delivery sends it straight from the segment.
 pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
-    assert!(env.recipients.len() <= RECIPIENTS_MAX && !env.recipients.is_empty());
     let x = &env.extras;
-    let strings = [env.mail_from, env.envid, env.vmta, env.job_id, x.helo, x.auth_user];
-    for s in strings.iter().chain(env.recipients.iter()).chain(x.rcpt_dsn.iter().map(|r| &r.orcpt)) {
+    for s in [env.job_id, x.helo, x.auth_user].iter().chain(x.rcpt_dsn.iter().map(|r| &r.orcpt)) {
         assert!(s.len() <= ADDRESS_BYTES_MAX - 5);
     }
     let tail = encode_message_tail(env);
-    let payload_len = envelope_bytes(env) + data.len() + tail.len();
-    assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
     let start = out.len();
+    push_head(env, data.len(), tail.len(), out);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&tail);
+    let crc = crc32c::crc32c(&out[start + RECORD_HEADER_BYTES..]);
+    out[start + REC_CRC..start + RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// The record header (its checksum left zero) and the envelope, up to and with the data's
+/// length, for data and a tail of these lengths.
+fn push_head(env: &Envelope, data_len: usize, tail_len: usize, out: &mut Vec<u8>) {
+    assert!(env.recipients.len() <= RECIPIENTS_MAX && !env.recipients.is_empty());
+    for s in [env.mail_from, env.envid, env.vmta].iter().chain(env.recipients.iter()) {
+        assert!(s.len() <= ADDRESS_BYTES_MAX - 5);
+    }
+    let envelope_len = envelope_bytes(env);
+    let payload_len = envelope_len + data_len + tail_len;
+    assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
     out.reserve(RECORD_HEADER_BYTES + payload_len);
+    let start = out.len();
     out.extend_from_slice(&RECORD_MAGIC.to_le_bytes());
     out.extend_from_slice(&(payload_len as u32).to_le_bytes());
-    out.extend_from_slice(&[0; 4]); // crc, filled below
-    let payload_start = out.len();
+    out.extend_from_slice(&[0; 4]); // crc, filled by the caller
     out.extend_from_slice(&env.queued_unix_ms.to_le_bytes());
     out.extend_from_slice(&ip_bytes(env.client_ip));
     for s in [env.mail_from, env.envid, env.vmta] {
@@ -295,31 +308,26 @@ pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
         out.extend_from_slice(&(r.len() as u16).to_le_bytes());
         out.extend_from_slice(r.as_bytes());
     }
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(data);
-    out.extend_from_slice(&tail);
-    assert_eq!(out.len() - payload_start, payload_len);
-    let crc = crc32c::crc32c(&out[payload_start..]);
-    out[start + REC_CRC..start + RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&(data_len as u32).to_le_bytes());
+    assert_eq!(out.len() - start, RECORD_HEADER_BYTES + envelope_len);
 }
 
 /// The record header and envelope for `data` (the tail, from `encode_message_tail`, follows
 /// the data), with the checksum covering all three, so the runtime can write
 /// `[head, data, tail]` with one vectored write and no copy of the data.
 pub fn encode_message_head(env: &Envelope, data: &[u8]) -> Vec<u8> {
+    encode_message_parts(env, data).0
+}
+
+/// `encode_message_head` and `encode_message_tail` together (the tail encoded once).
+pub fn encode_message_parts(env: &Envelope, data: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let tail = encode_message_tail(env);
-    let no_job = Envelope { job_id: "", extras: Extras::default(), ..env.clone() };
     let mut head = Vec::with_capacity(RECORD_HEADER_BYTES + envelope_bytes(env));
-    encode_message(&no_job, &[], &mut head);
-    let payload_len = head.len() - RECORD_HEADER_BYTES + data.len() + tail.len();
-    assert!(payload_len <= RECORD_PAYLOAD_BYTES_MAX);
-    head.truncate(head.len() - 4);
-    head.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    head[REC_LEN..REC_CRC].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    push_head(env, data.len(), tail.len(), &mut head);
     let crc = crc32c::crc32c_append(crc32c::crc32c(&head[RECORD_HEADER_BYTES..]), data);
     let crc = crc32c::crc32c_append(crc, &tail);
     head[REC_CRC..RECORD_HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
-    head
+    (head, tail)
 }
 
 /// A decoded message record, borrowing from the segment.

@@ -691,7 +691,8 @@ impl<M> Queue<M> {
         r.kind = kind;
         r.time_queued_ms = job.queued_unix_ms;
         r.time_first_attempt_ms = job.first_attempt_unix_ms;
-        r.orig = job.mail_from.clone();
+        // `orig`: the scheduler's `stamp` writes the sender as injected (this job's may be
+        // a VERP return path).
         r.rcpt = rcpt.address.clone();
         r.dsn_status = status;
         r.dsn_mta = dsn_mta;

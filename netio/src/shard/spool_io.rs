@@ -178,8 +178,7 @@ impl<B: Backend> Shard<B> {
                     .collect(),
             },
         };
-        store.head = codec::encode_message_head(&env, &store.data);
-        store.tail = codec::encode_message_tail(&env);
+        (store.head, store.tail) = codec::encode_message_parts(&env, &store.data);
         let total = (store.head.len() + store.data.len() + store.tail.len()) as u64;
         if !crate::FENCE.holds() {
             // This host may no longer own its spool (`spool-takeover`): 4xx, nothing written.
