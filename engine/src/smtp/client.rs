@@ -5,6 +5,7 @@
 use super::reply::{parse_reply, Reply};
 use sluice_config::SmtpOptions;
 use std::collections::VecDeque;
+use std::fmt::Write as _;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
@@ -414,9 +415,13 @@ impl Client {
     fn transaction(&self, mail_from: &str, rcpts: &[&str], size: u64, params: &TxnParams) -> Txn {
         let dsn = self.caps.dsn && !self.ignore_dsn;
         let mut cmds = VecDeque::new();
-        let mut mail = format!("MAIL FROM:<{mail_from}>");
+        // Built in place (a transaction per message: no formatted pieces to copy).
+        let mut mail = String::with_capacity(48 + mail_from.len());
+        mail.push_str("MAIL FROM:<");
+        mail.push_str(mail_from);
+        mail.push('>');
         if self.caps.size_max.is_some() {
-            mail.push_str(&format!(" SIZE={size}"));
+            let _ = write!(mail, " SIZE={size}");
         }
         if self.caps.eight_bit_mime && !self.ignore_8bitmime {
             mail.push_str(" BODY=8BITMIME");
@@ -434,7 +439,10 @@ impl Client {
         }
         cmds.push_back((mail, Expect::Mail));
         for (i, r) in rcpts.iter().enumerate() {
-            let mut line = format!("RCPT TO:<{r}>");
+            let mut line = String::with_capacity(12 + r.len());
+            line.push_str("RCPT TO:<");
+            line.push_str(r);
+            line.push('>');
             if let (true, Some(&(notify, orcpt))) = (dsn, params.rcpt_dsn.get(i)) {
                 if notify != 0 {
                     line.push_str(&format!(" NOTIFY={}", notify_words(notify)));

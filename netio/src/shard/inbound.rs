@@ -51,6 +51,9 @@ pub(super) struct InConn {
     merge_pending: usize,
     merge_failed: usize,
     merge_first: Option<String>,
+    /// The last transaction's origin (a connection's messages share one: copied, not
+    /// formatted again, while its HELO and AUTH user stay).
+    origin: Option<Origin>,
 }
 
 impl<B: Backend> Shard<B> {
@@ -156,6 +159,7 @@ impl<B: Backend> Shard<B> {
             merge_pending: 0,
             merge_failed: 0,
             merge_first: None,
+            origin: None,
         };
         match self.ins.insert(conn) {
             Some((slot, _)) => self.in_drive(slot),
@@ -809,6 +813,7 @@ fn iprev_refusal(policy: &sluice_config::SourcePolicy, summary: &str, client: st
 
 /// What a message taken on a connection records of where it came from (accounting's
 /// srcMta, rcvSourceIp, rcvDestinationIp, rcvSmtpUser): read once per transaction.
+#[derive(Clone)]
 struct Origin {
     src_mta: String,
     helo: String,
@@ -818,14 +823,20 @@ struct Origin {
 }
 
 impl Origin {
-    fn of(c: &InConn, helo: &str, auth_user: Option<&str>) -> Origin {
-        Origin {
+    fn of(c: &mut InConn, helo: &str, auth_user: Option<&str>) -> Origin {
+        let smtp_user = auth_user.unwrap_or_default();
+        if let Some(o) = c.origin.as_ref().filter(|o| o.helo == helo && o.smtp_user == smtp_user) {
+            return o.clone();
+        }
+        let o = Origin {
             src_mta: format!("{helo} ({})", c.client_ip),
             helo: helo.to_string(),
             source_ip: c.client_ip.to_string(),
             destination_ip: c.local_ip.clone(),
-            smtp_user: auth_user.unwrap_or_default().to_string(),
-        }
+            smtp_user: smtp_user.to_string(),
+        };
+        c.origin = Some(o.clone());
+        o
     }
 
     /// `stamp` for the transaction's only message: the strings move.
