@@ -156,3 +156,50 @@ impl Mailbox {
         self.eventfd.as_raw_fd()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_engine::sched::Message;
+    use sluice_spool::codec;
+
+    /// The one read a delivery row takes gives what the four separate reads give.
+    #[test]
+    fn stamped_reads_what_the_four_reads_read() {
+        let dir = std::env::temp_dir().join(format!("sluice-mailbox-stamped-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = codec::Envelope {
+            queued_unix_ms: 1,
+            client_ip: "192.0.2.9".parse().unwrap(),
+            mail_from: "bounces@x.test",
+            envid: "ENV-9",
+            vmta: "",
+            recipients: vec!["a@y.test", "b@y.test"],
+            job_id: "job-1",
+            extras: codec::Extras {
+                helo: "app1.x.test",
+                auth_user: "injector",
+                flags: codec::flags::API,
+                rcpt_dsn: vec![codec::RcptDsn { index: 1, notify: 6, orcpt: "rfc822;b@y.test" }],
+            },
+        };
+        let mut rec = Vec::new();
+        codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
+        let seg = crate::spool_files::Segment::create(&dir, 0, 1, 1 << 16).unwrap();
+        let offset = seg.write_records_for_test(&[rec])[0];
+        let msg = MsgRef { segment: seg, offset };
+        for index in 0..2 {
+            let s = msg.stamped(index);
+            assert_eq!((s.sender, s.client_ip, s.orcpt), (msg.sender(), msg.client_ip(), msg.rcpt_dsn(index).1));
+            let (o, each) = (s.origin, msg.origin());
+            assert_eq!(
+                (o.helo, o.auth_user, o.api, o.envid, o.flags),
+                (each.helo, each.auth_user, each.api, each.envid, each.flags)
+            );
+        }
+        assert_eq!((msg.stamped(1).orcpt, msg.stamped(0).orcpt), ("rfc822;b@y.test", ""));
+        assert_eq!(msg.stamped(0).origin.helo, "app1.x.test");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

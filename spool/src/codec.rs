@@ -656,9 +656,12 @@ mod tests {
             assert_eq!(part::data(&rec), Some(view.data));
             assert_eq!(part::origin(&rec), Some((view.envelope.client_ip, view.envelope.mail_from)));
             assert_eq!(part::tail(&rec), Some((env.envid, env.job_id, env.extras.clone())));
+            let summary = (env.client_ip, env.mail_from, env.envid, env.extras.clone());
+            assert_eq!(part::summary(&rec), Some(summary));
             let len = RECORD_HEADER_BYTES + u32_at(&rec, REC_LEN) as usize;
             assert_eq!(part::data(&rec[..len - 1]), None);
             assert_eq!(part::tail(&rec[..len - 1]), None);
+            assert_eq!(part::summary(&rec[..len - 1]), None);
         }
     }
 

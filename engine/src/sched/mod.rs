@@ -1001,8 +1001,6 @@ fn hop_text(info: &AttemptInfo) -> String {
     }
 }
 
-/// What a record says of the message's injection: `srcMta` (`helo (ip)`), `srcType`, the
-/// AUTH user, the DSN `ENVID` and the recipient's `ORCPT`.
 /// `helo (ip)`, as accounting writes `srcMta`; formatted once for the last client seen on
 /// this thread (a campaign's messages come from a few injecting hosts), copied after.
 fn src_mta(helo: &str, ip: IpAddr) -> String {
@@ -1022,6 +1020,8 @@ fn src_mta(helo: &str, ip: IpAddr) -> String {
     })
 }
 
+/// What a record says of the message's injection: `srcMta` (`helo (ip)`), `srcType`, the
+/// AUTH user, the DSN `ENVID` and the recipient's `ORCPT`.
 pub(crate) fn stamp<M: Message>(record: &mut Record, msg: &M, rcpt_index: u32) {
     let Stamped { origin: o, sender, client_ip: ip, orcpt } = msg.stamped(rcpt_index);
     record.src_mta = src_mta(o.helo, ip);
