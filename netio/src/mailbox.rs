@@ -169,23 +169,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-mailbox-stamped-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let env = codec::Envelope {
-            queued_unix_ms: 1,
-            client_ip: "192.0.2.9".parse().unwrap(),
-            mail_from: "bounces@x.test",
-            envid: "ENV-9",
-            vmta: "",
-            recipients: vec!["a@y.test", "b@y.test"],
-            job_id: "job-1",
-            extras: codec::Extras {
-                helo: "app1.x.test",
-                auth_user: "injector",
-                flags: codec::flags::API,
-                rcpt_dsn: vec![codec::RcptDsn { index: 1, notify: 6, orcpt: "rfc822;b@y.test" }],
-            },
+        let extras = codec::Extras {
+            helo: "app1.x.test",
+            auth_user: "injector",
+            flags: codec::flags::API,
+            rcpt_dsn: vec![codec::RcptDsn { index: 1, notify: 6, orcpt: "rfc822;b@y.test" }],
         };
-        let mut rec = Vec::new();
-        codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
+        let mut env = crate::spool_files::test_envelope(vec!["a@y.test", "b@y.test"], "job-1");
+        (env.client_ip, env.mail_from, env.envid, env.extras) =
+            ("192.0.2.9".parse().unwrap(), "bounces@x.test", "ENV-9", extras);
+        let rec = crate::spool_files::test_record_of(&env);
         let seg = crate::spool_files::Segment::create(&dir, 0, 1, 1 << 16).unwrap();
         let offset = seg.write_records_for_test(&[rec])[0];
         let msg = MsgRef { segment: seg, offset };

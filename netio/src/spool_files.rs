@@ -555,7 +555,13 @@ pub fn recover(spool: &Path) -> io::Result<Recovered> {
 /// A spool record of a small message to `recipients`, of job `job_id` (tests).
 #[cfg(test)]
 pub(crate) fn test_record(recipients: Vec<&str>, job_id: &str) -> Vec<u8> {
-    let env = codec::Envelope {
+    test_record_of(&test_envelope(recipients, job_id))
+}
+
+/// The envelope `test_record` writes (tests change what they need).
+#[cfg(test)]
+pub(crate) fn test_envelope<'a>(recipients: Vec<&'a str>, job_id: &'a str) -> codec::Envelope<'a> {
+    codec::Envelope {
         queued_unix_ms: 1,
         client_ip: "127.0.0.1".parse().unwrap(),
         mail_from: "s@x.test",
@@ -564,9 +570,14 @@ pub(crate) fn test_record(recipients: Vec<&str>, job_id: &str) -> Vec<u8> {
         recipients,
         job_id,
         extras: Default::default(),
-    };
+    }
+}
+
+/// The spool record of a small message with this envelope (tests).
+#[cfg(test)]
+pub(crate) fn test_record_of(env: &codec::Envelope) -> Vec<u8> {
     let mut rec = Vec::new();
-    codec::encode_message(&env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
+    codec::encode_message(env, b"Subject: x\r\n\r\nbody\r\n", &mut rec);
     rec
 }
 
