@@ -214,6 +214,10 @@ pub fn envelope_bytes(env: &Envelope) -> usize {
 /// follow, then each extra as tag(1) length(2) value.
 pub fn encode_message_tail(env: &Envelope) -> Vec<u8> {
     let x = &env.extras;
+    // Each is written with a u16 length (an extra's value takes up to 5 bytes more).
+    for s in [env.job_id, x.helo, x.auth_user].iter().chain(x.rcpt_dsn.iter().map(|r| &r.orcpt)) {
+        assert!(s.len() <= ADDRESS_BYTES_MAX - 5);
+    }
     if env.job_id.is_empty() && x.is_empty() {
         return Vec::new();
     }
@@ -269,10 +273,6 @@ fn decode_extras<'a>(r: &mut Reader<'a>, end: usize) -> Option<Extras<'a>> {
 /// in SMTP transparency form (RFC 5321 §4.5.2: dot-stuffed, CRLF lines, without the final
 /// `.CRLF`), so delivery sends it straight from the segment.
 pub fn encode_message(env: &Envelope, data: &[u8], out: &mut Vec<u8>) {
-    let x = &env.extras;
-    for s in [env.job_id, x.helo, x.auth_user].iter().chain(x.rcpt_dsn.iter().map(|r| &r.orcpt)) {
-        assert!(s.len() <= ADDRESS_BYTES_MAX - 5);
-    }
     let tail = encode_message_tail(env);
     let start = out.len();
     push_head(env, data.len(), tail.len(), out);

@@ -45,16 +45,7 @@ impl Reply {
     /// `line` appended to `out` (a delivery row is built for every recipient).
     pub fn push_line(&self, out: &mut String) {
         use std::fmt::Write;
-        match self.code {
-            100..=999 => {
-                for d in [self.code / 100, self.code / 10 % 10, self.code % 10] {
-                    out.push(char::from(b'0' + d as u8));
-                }
-            }
-            other => drop(write!(out, "{other}")),
-        }
-        out.push(' ');
-        out.push_str(&self.text);
+        let _ = write!(out, "{} {}", self.code, self.text);
     }
 }
 

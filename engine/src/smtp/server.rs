@@ -1251,8 +1251,6 @@ impl Session {
     }
 }
 
-/// `s` without `prefix` (ASCII, any case). Compares bytes: a `str` slice at `prefix.len()`
-/// would panic when that offset falls inside a multi-byte character of the peer's input.
 /// `{:016x}`, without the formatting machinery.
 fn hex16(v: u64) -> [u8; 16] {
     let mut out = [0; 16];
@@ -1262,6 +1260,8 @@ fn hex16(v: u64) -> [u8; 16] {
     out
 }
 
+/// `s` without `prefix` (ASCII, any case). Compares bytes: a `str` slice at `prefix.len()`
+/// would panic when that offset falls inside a multi-byte character of the peer's input.
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     debug_assert!(prefix.is_ascii());
     let head = s.as_bytes().get(..prefix.len())?;

@@ -532,7 +532,7 @@ impl<B: Backend> Shard<B> {
             };
             self.sign(&one.recipients, &vmta, &mut one.data);
             let mut store = Spooling::boxed(one.data, one.mail_from, one.recipients, now, vmta);
-            origin.stamp(&mut store);
+            origin.clone().into_store(&mut store);
             store.job_id = one.job_id;
             store.envid = one.envid;
             store.flags = one.flags;
@@ -839,20 +839,12 @@ impl Origin {
         o
     }
 
-    /// `stamp` for the transaction's only message: the strings move.
+    /// What a message of the transaction records of where it came from.
     fn into_store(self, store: &mut Spooling) {
         store.src_mta = self.src_mta;
         store.helo = self.helo;
         store.rcv_source_ip = self.source_ip;
         store.rcv_destination_ip = self.destination_ip;
         store.smtp_user = self.smtp_user;
-    }
-
-    fn stamp(&self, store: &mut Spooling) {
-        store.src_mta.clone_from(&self.src_mta);
-        store.helo.clone_from(&self.helo);
-        store.rcv_source_ip.clone_from(&self.source_ip);
-        store.rcv_destination_ip.clone_from(&self.destination_ip);
-        store.smtp_user.clone_from(&self.smtp_user);
     }
 }
