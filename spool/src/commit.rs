@@ -121,6 +121,12 @@ impl FileCommit {
         news
     }
 
+    /// Writes submitted and not yet completed (those completed and waiting for a sync are not
+    /// counted).
+    pub fn writes_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Nothing in flight, nothing waiting: the file may be closed.
     pub fn idle(&self) -> bool {
         self.in_flight.is_empty() && self.written.is_empty() && !self.sync_in_flight && self.failed.is_empty()

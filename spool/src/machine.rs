@@ -410,7 +410,11 @@ impl<S: SegmentHandle> Spool<S> {
             return;
         }
         let j = self.journal.as_mut().expect("checked");
-        if !j.commit.idle() && self.batches.len() >= JOURNAL_WRITES_IN_FLIGHT_MAX {
+        // Writes, not batches waiting for a sync: an entry written reaches the page cache and
+        // so survives a SIGKILL, synced or not. Holding writes back behind a slow fdatasync
+        // (hundreds of ms on a busy disk) left every delivery of that time to be repeated
+        // after a crash.
+        if j.commit.writes_in_flight() >= JOURNAL_WRITES_IN_FLIGHT_MAX {
             return;
         }
         let entries: Vec<(Outcome, S)> = self.pending.drain(..n).collect();
@@ -688,6 +692,46 @@ mod tests {
         }
         assert_eq!(seg.life().live(), 0);
         assert!(s.is_quiet());
+    }
+
+    /// A journal fdatasync that takes long holds back no write: each turn's entries reach the
+    /// file (and so survive a SIGKILL) while the sync is out. Only writes still in flight
+    /// count against `JOURNAL_WRITES_IN_FLIGHT_MAX`: outcomes of a busy disk's slow sync used
+    /// to wait unwritten once 64 batches waited for it, and a crash then repeated every
+    /// delivery of those hundreds of milliseconds (seen in `tests/crash_kill9.rs`).
+    #[test]
+    fn a_slow_journal_sync_holds_back_no_write() {
+        // A journal large enough for every entry (no rotation in the way).
+        let mut s: Spool<Seg> = Spool::new(0, 1 << 16, 1 << 16, 1, Vec::new());
+        let Some(SpoolOp::CreateJournal { journal, .. }) = s.poll_op() else { panic!("the first journal at once") };
+        s.journal_created(journal, true, 0);
+        let seg = Seg(Arc::new((42, SegmentLife::default())));
+        let turns = 3 * JOURNAL_WRITES_IN_FLIGHT_MAX as u32;
+        seg.life().add_live(u64::from(turns));
+        let mut syncs = 0;
+        for rcpt in 0..turns {
+            s.record_outcome(Outcome { seg_shard: 0, seg_seq: 42, offset: 8, rcpt }, seg.clone());
+            s.flush(u64::from(rcpt));
+            // Writes complete at once; the sync asked for never does (until the end).
+            let mut wrote = false;
+            while let Some(op) = s.poll_op() {
+                match op {
+                    SpoolOp::WriteJournal { batch, .. } => {
+                        wrote = true;
+                        s.journal_written(batch, true, u64::from(rcpt));
+                    }
+                    SpoolOp::SyncJournal { .. } => syncs += 1,
+                    op => panic!("unexpected {op:?}"),
+                }
+            }
+            assert!(wrote, "turn {rcpt}: its entry is written while the sync is out");
+        }
+        assert_eq!(syncs, 1, "one sync out, none completed");
+        assert_eq!(seg.life().live(), u64::from(turns), "nothing is durable yet");
+        s.journal_synced(journal, true, u64::from(turns));
+        let ops = turn(&mut s, u64::from(turns) + JOURNAL_SYNC_PACE_MS);
+        assert_eq!(ops, ["sync-jnl"], "one sync for everything written meanwhile");
+        assert_eq!(seg.life().live(), 0);
     }
 
     /// Outcomes of turns close together share one journal fdatasync; the next comes once the
