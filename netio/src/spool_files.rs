@@ -355,10 +355,13 @@ impl Segment {
         panic!("segment {}/{} offset {offset}: expected a record", self.shard, self.seq)
     }
 
-    /// Unlinks the file (its work is done; the spool machine said so).
+    /// Unlinks the file (its work is done; the spool machine said so). Journals with entries
+    /// for it may go once it is gone, not before: a file that stays keeps them.
     pub fn delete(&self) {
-        if let Err(e) = fs::remove_file(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment");
+        match fs::remove_file(&self.path) {
+            Ok(()) => self.life.unlinked(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.life.unlinked(),
+            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment"),
         }
     }
 

@@ -7,14 +7,19 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A segment's live-recipient count and sealed and deleted flags.
+/// A segment's live-recipient count, sealed and deleted flags, and whether its file is gone.
 #[derive(Debug, Default)]
 pub struct SegmentLife {
     live: AtomicU64,
     sealed: AtomicBool,
-    /// Shared with journals, which need to know when the segment is gone but must not keep
-    /// its file (and so its disk space) alive.
-    deleted: Arc<AtomicBool>,
+    /// Claimed for deletion: one caller (of any shard) unlinks the file.
+    deleted: AtomicBool,
+    /// Set by that caller once the file is unlinked (`unlinked`). Shared with journals, which
+    /// need to know when the segment is gone but must not keep its file (and so its disk
+    /// space) alive. Not the claim: a journal of another shard deleted between the claim and
+    /// the unlink would leave, after a crash there, a segment without the entries that say its
+    /// recipients were delivered, and all of them would be delivered again.
+    gone: Arc<AtomicBool>,
 }
 
 impl SegmentLife {
@@ -55,6 +60,13 @@ impl SegmentLife {
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::SeqCst)
     }
+
+    /// The caller that was told to delete the file has unlinked it: journals holding entries
+    /// for it may go.
+    pub fn unlinked(&self) {
+        debug_assert!(self.is_deleted(), "unlinked before deletion was claimed");
+        self.gone.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The segments a journal holds entries for, by (shard, sequence).
@@ -65,12 +77,13 @@ pub struct JournalRefs {
 
 impl JournalRefs {
     pub fn reference(&mut self, shard: u32, seq: u64, segment: &SegmentLife) {
-        self.refs.entry((shard, seq)).or_insert_with(|| segment.deleted.clone());
+        self.refs.entry((shard, seq)).or_insert_with(|| segment.gone.clone());
     }
 
-    /// True once every referenced segment is deleted: the journal's entries matter no more.
+    /// True once every referenced segment's file is unlinked: the journal's entries matter no
+    /// more.
     pub fn all_gone(&mut self) -> bool {
-        self.refs.retain(|_, deleted| !deleted.load(Ordering::SeqCst));
+        self.refs.retain(|_, gone| !gone.load(Ordering::SeqCst));
         self.refs.is_empty()
     }
 }
@@ -100,8 +113,11 @@ mod tests {
         j.reference(0, 1, &a);
         j.reference(0, 2, &b);
         assert!(!a.seal() && a.release(1));
+        a.unlinked();
         assert!(!j.all_gone(), "segment 2 is still there");
         assert!(!b.seal() && b.release(1));
+        assert!(!j.all_gone(), "segment 2 is to be deleted, not yet unlinked");
+        b.unlinked();
         assert!(j.all_gone());
     }
 }

@@ -586,7 +586,10 @@ mod tests {
                     seen.push("sync-seg");
                     s.segment_synced(segment.seq(), true);
                 }
-                SpoolOp::DeleteSegment { .. } => seen.push("delete-seg"),
+                SpoolOp::DeleteSegment { segment } => {
+                    seen.push("delete-seg");
+                    segment.life().unlinked();
+                }
                 SpoolOp::CreateJournal { journal, .. } => {
                     seen.push("create-jnl");
                     s.journal_created(journal, true, now);

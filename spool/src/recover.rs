@@ -160,8 +160,9 @@ pub fn assemble<S: crate::machine::SegmentHandle>(found: Found<S>) -> Recovery<S
     let (mut old_journals, mut delete_journals) = (Vec::new(), Vec::new());
     for (id, entries) in found.journals {
         let mut refs = crate::life::JournalRefs::default();
+        // Segments to delete count as gone: the caller deletes them before these journals.
         for o in entries {
-            if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)) {
+            if let Some(seg) = by_key.get(&(o.seg_shard, o.seg_seq)).filter(|s| !s.life().is_deleted()) {
                 refs.reference(o.seg_shard, o.seg_seq, seg.life());
             }
         }
