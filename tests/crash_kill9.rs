@@ -85,7 +85,8 @@ fn scenario(shards: Option<u32>, faults: Option<&str>) {
     let duplicates: usize = delivered.values().map(|n| n - 1).sum();
     // A duplicate is a delivery a crash interrupted: at most the transactions in flight on
     // the `max-smtp-out` (20) connections plus the deliveries of the last loop turn whose
-    // journal entries were not yet fsynced. Far fewer than a retry of everything.
+    // journal entries were not yet written (a written entry survives SIGKILL unsynced; a slow
+    // journal sync must hold back no write). Far fewer than a retry of everything.
     assert!(duplicates <= KILLS * DUPLICATES_PER_KILL_MAX, "{duplicates} duplicates after {KILLS} kills");
     // Refused messages (452 after a failed write or fsync) are not delivered after a restart,
     // although their bytes may be on disk; only those a SIGKILL caught between the fsync and
