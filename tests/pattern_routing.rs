@@ -65,6 +65,45 @@ fn skip_mx_default_shards() {
     skip_mx(None);
 }
 
+/// A transaction pipelined behind a body whose reply trips `skip-mx` is not sent on: its
+/// message goes back untried (the session is cut before its body) and is delivered through
+/// the next hop; the skipped host gets one body per connection, not two.
+#[test]
+fn skip_mx_cuts_the_transaction_pipelined_behind() {
+    const MESSAGES: u64 = 10;
+    // Slow to greet, so that every message is queued when the session starts and the second
+    // rides behind the first one's body.
+    let refusing = ScriptedMx::start(
+        "127.0.0.1",
+        MxScript {
+            final_reply: "451 4.7.1 mx-a overloaded, use another MX".into(),
+            greeting_delay: Duration::from_millis(700),
+            ..MxScript::default()
+        },
+    );
+    let accepting = SluiceSink::start(&[], MESSAGES);
+    let relay = Relay::start(
+        &format!(
+            "<smtp-pattern-list moves>\n reply /mx-a overloaded/ skip-mx\n</smtp-pattern-list>\n\
+             <source 127.0.0.1>\n always-allow-relaying yes\n</source>\n\
+             <domain sink.test>\n smtp-hosts [127.0.0.1]:{};[127.0.0.1]:{}\n smtp-pattern-list moves\n retry-after 1h\n max-smtp-out 1\n</domain>\n",
+            refusing.addr.port(),
+            accepting.port
+        ),
+        Some(1),
+    );
+    inject(&relay, MESSAGES);
+    let d = relay.wait_rows("d", MESSAGES as usize, Duration::from_secs(30));
+    assert_eq!(d.len(), MESSAGES as usize);
+    let log: Vec<String> = refusing.log().into_iter().filter(|l| !l.starts_with("BODY")).collect();
+    assert_eq!(refusing.count("MAIL"), 2, "the second transaction was pipelined behind the first body: {log:?}");
+    assert_eq!(refusing.count("MESSAGE"), 1, "no body after the reply that skips the host: {log:?}");
+    let t = relay.rows_of("t");
+    assert_eq!(t.len(), 1, "only the first message was tried at the skipped host: {t:?}");
+    assert!(relay.rows_of("b").is_empty());
+    assert_eq!(json_u64(&accepting.finish(), "messages"), MESSAGES);
+}
+
 fn disable_source_ip(shards: Option<u32>) {
     const MESSAGES: u64 = 60;
     // The receiver blocks 127.0.0.2 and takes mail from 127.0.0.3.

@@ -222,6 +222,13 @@ impl<M: Message> Scheduler<M> {
         }
     }
 
+    /// The connection takes no more transactions: a reply tripped `skip-mx`,
+    /// `disable-source-ip` or `max-errors-per-connection`. A transaction already pipelined
+    /// behind the body that got that reply must not go on either (`job_back` it).
+    pub fn takes_no_more(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.leaving)
+    }
+
     /// The connection's next job, if its limits and rates allow one now.
     fn take_work(&mut self, conn: ConnId, now: Now) -> Work<M> {
         let c = &self.conns[&conn];
