@@ -92,6 +92,25 @@ pub fn private_address(address: &str, key: &[u8]) -> String {
     format!("{hex}@{domain}")
 }
 
+/// `helo (ip)`, as accounting writes `srcMta` (for `r` rows and delivery rows alike: one
+/// format); formatted once for the last client seen on this thread (a campaign's messages come from a few injecting hosts), copied after.
+pub fn src_mta(helo: &str, ip: std::net::IpAddr) -> String {
+    if ip.is_unspecified() {
+        return helo.to_string();
+    }
+    thread_local!(static LAST: std::cell::RefCell<(std::net::IpAddr, String, String)> = const {
+        std::cell::RefCell::new((std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), String::new(), String::new()))
+    });
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != ip || last.1 != helo {
+            let text = if helo.is_empty() { format!("({ip})") } else { format!("{helo} ({ip})") };
+            *last = (ip, helo.to_string(), text);
+        }
+        last.2.clone()
+    })
+}
+
 /// Appends one CSV field (RFC 4180: quoted when it holds a comma, a quote or a line end).
 pub fn push_field(out: &mut String, field: &str) {
     let b = field.as_bytes();
@@ -406,6 +425,24 @@ pub struct Received<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
+
+    /// The one-client cache never answers for another client, however they alternate.
+    #[test]
+    fn src_mta_is_each_clients_own() {
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "2001:db8::2".parse().unwrap();
+        let none = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        for _ in 0..2 {
+            assert_eq!(src_mta("app1", a), "app1 (192.0.2.1)");
+            assert_eq!(src_mta("app1", a), "app1 (192.0.2.1)");
+            assert_eq!(src_mta("app2", a), "app2 (192.0.2.1)");
+            assert_eq!(src_mta("app2", b), "app2 (2001:db8::2)");
+            assert_eq!(src_mta("", b), "(2001:db8::2)");
+            assert_eq!(src_mta("api", none), "api");
+            assert_eq!(src_mta("", none), "");
+        }
+    }
 
     #[test]
     fn values_as_powermta_writes_them() {

@@ -1001,57 +1001,15 @@ fn hop_text(info: &AttemptInfo) -> String {
     }
 }
 
-/// `helo (ip)`, as accounting writes `srcMta`; formatted once for the last client seen on
-/// this thread (a campaign's messages come from a few injecting hosts), copied after.
-fn src_mta(helo: &str, ip: IpAddr) -> String {
-    if ip.is_unspecified() {
-        return helo.to_string();
-    }
-    thread_local!(static LAST: std::cell::RefCell<(IpAddr, String, String)> = const {
-        std::cell::RefCell::new((IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), String::new(), String::new()))
-    });
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if last.0 != ip || last.1 != helo {
-            let text = if helo.is_empty() { format!("({ip})") } else { format!("{helo} ({ip})") };
-            *last = (ip, helo.to_string(), text);
-        }
-        last.2.clone()
-    })
-}
-
 /// What a record says of the message's injection: `srcMta` (`helo (ip)`), `srcType`, the
 /// AUTH user, the DSN `ENVID` and the recipient's `ORCPT`.
 pub(crate) fn stamp<M: Message>(record: &mut Record, msg: &M, rcpt_index: u32) {
     let Stamped { origin: o, sender, client_ip: ip, orcpt } = msg.stamped(rcpt_index);
-    record.src_mta = src_mta(o.helo, ip);
+    record.src_mta = crate::acct::src_mta(o.helo, ip);
     record.src_api = o.api;
     record.rcv_smtp_user = o.auth_user.to_string();
     record.env_id = o.envid.to_string();
     // The envelope sender as injected (a VERP return path is per recipient).
     record.orig = sender.to_string();
     record.orcpt = orcpt.to_string();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::src_mta;
-    use std::net::IpAddr;
-
-    /// The one-client cache never answers for another client, however they alternate.
-    #[test]
-    fn src_mta_is_each_clients_own() {
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let b: IpAddr = "2001:db8::2".parse().unwrap();
-        let none = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
-        for _ in 0..2 {
-            assert_eq!(src_mta("app1", a), "app1 (192.0.2.1)");
-            assert_eq!(src_mta("app1", a), "app1 (192.0.2.1)");
-            assert_eq!(src_mta("app2", a), "app2 (192.0.2.1)");
-            assert_eq!(src_mta("app2", b), "app2 (2001:db8::2)");
-            assert_eq!(src_mta("", b), "(2001:db8::2)");
-            assert_eq!(src_mta("api", none), "api");
-            assert_eq!(src_mta("", none), "");
-        }
-    }
 }

@@ -829,7 +829,7 @@ impl Origin {
             return o.clone();
         }
         let o = Origin {
-            src_mta: format!("{helo} ({})", c.client_ip),
+            src_mta: sluice_engine::acct::src_mta(helo, c.client_ip),
             helo: helo.to_string(),
             source_ip: c.client_ip.to_string(),
             destination_ip: c.local_ip.clone(),
