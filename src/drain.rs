@@ -81,13 +81,17 @@ pub fn drain(dir: &Path, responder: &Responder) -> Result<usize, String> {
         sluice_netio::spool_files::journal_final(dir, shard, seq, &outcomes)
             .map_err(|e| format!("moved, but cannot mark them moved there: {e}"))?;
     }
-    // Every message is durable here: the old spool's files go.
-    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
-        if entry.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()) {
-            for f in std::fs::read_dir(entry.path()).map_err(|e| e.to_string())?.flatten() {
-                let path = f.path();
-                if matches!(path.extension().and_then(|e| e.to_str()), Some("seg" | "jnl")) {
-                    std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // Every message is durable here: the old spool's files go, segments before journals (a
+    // crash between them must not leave a segment without the entries that say it moved: it
+    // would be moved again).
+    for kind in ["seg", "jnl"] {
+        for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+            if entry.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()) {
+                for f in std::fs::read_dir(entry.path()).map_err(|e| e.to_string())?.flatten() {
+                    let path = f.path();
+                    if path.extension().and_then(|e| e.to_str()) == Some(kind) {
+                        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    }
                 }
             }
         }
