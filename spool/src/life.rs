@@ -64,7 +64,6 @@ impl SegmentLife {
     /// The caller that was told to delete the file has unlinked it: journals holding entries
     /// for it may go.
     pub fn unlinked(&self) {
-        debug_assert!(self.is_deleted(), "unlinked before deletion was claimed");
         self.gone.store(true, Ordering::SeqCst);
     }
 }
