@@ -93,7 +93,8 @@ pub fn private_address(address: &str, key: &[u8]) -> String {
 }
 
 /// `helo (ip)`, as accounting writes `srcMta` (for `r` rows and delivery rows alike: one
-/// format); formatted once for the last client seen on this thread (a campaign's messages come from a few injecting hosts), copied after.
+/// format); formatted once for the last client seen on this thread (a campaign's messages
+/// come from a few injecting hosts), copied after.
 pub fn src_mta(helo: &str, ip: std::net::IpAddr) -> String {
     if ip.is_unspecified() {
         return helo.to_string();
