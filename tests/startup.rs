@@ -1,6 +1,6 @@
 //! Configurable start-up: `startup-delivery-delay` accepts mail at once but holds delivery
 //! for its time (status says so), and `startup-ramp` starts rate limits at a fraction of
-//! their value.
+//! their value. The process starts without transparent huge pages.
 
 mod common;
 use common::*;
@@ -72,4 +72,16 @@ fn log_file_is_written_and_reopened_on_sighup() {
         std::fs::read_to_string(&path).ok().filter(|t| !t.is_empty())
     });
     assert!(std::fs::read_to_string(&rotated).unwrap().contains("sluice running"));
+}
+
+/// The relay runs without transparent huge pages (its allocator would otherwise take 2 MiB
+/// pages and clear each whole at its first touch: a fifth of the relay's CPU on a campaign
+/// of large messages, `perf/RESULTS.md`).
+#[test]
+fn the_relay_runs_without_transparent_huge_pages() {
+    let relay = Relay::start("", Some(1));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+    let thp = status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(str::trim);
+    // Kernels before 5.0 do not report it; this one does.
+    assert_eq!(thp, Some("0"), "{status}");
 }

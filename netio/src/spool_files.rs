@@ -199,7 +199,16 @@ impl Segment {
                 // of pages, page-aligned: an O_DIRECT write).
                 let head = unsafe { std::slice::from_raw_parts_mut(map.as_mut_ptr(), first) };
                 head[..header.len()].copy_from_slice(&header);
-                file.write_all_at(head, 0)?;
+                // The header's block from the memory (written above), the zeros after it from
+                // `zeros()`: a write reads the memory it writes from, and fresh memory read
+                // before it is written maps the shared zero page, so that each later record's
+                // first touch of it is a copy-on-write fault with a TLB flush on every CPU the
+                // process runs on (2.3% of the relay's CPU on the campaign shape).
+                let block = DIRECT_ALIGN as usize;
+                file.write_all_at(&head[..block], 0)?;
+                if first > block {
+                    file.write_all_at(&zeros()[..first - block], block as u64)?;
+                }
                 map
             } else {
                 file.write_all_at(&header, 0)?;
