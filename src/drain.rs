@@ -84,17 +84,22 @@ pub fn drain(dir: &Path, responder: &Responder) -> Result<usize, String> {
     // Every message is durable here: the old spool's files go, segments before journals (a
     // crash between them must not leave a segment without the entries that say it moved: it
     // would be moved again).
-    for kind in ["seg", "jnl"] {
-        for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
-            if entry.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()) {
-                for f in std::fs::read_dir(entry.path()).map_err(|e| e.to_string())?.flatten() {
-                    let path = f.path();
-                    if path.extension().and_then(|e| e.to_str()) == Some(kind) {
-                        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-                    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        if entry.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()) {
+            for f in std::fs::read_dir(entry.path()).map_err(|e| e.to_string())?.flatten() {
+                let path = f.path();
+                match path.extension().and_then(|e| e.to_str()) {
+                    Some("seg") => files.push((0, path)),
+                    Some("jnl") => files.push((1, path)),
+                    _ => {}
                 }
             }
         }
+    }
+    files.sort();
+    for (_, path) in files {
+        std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(recovered.messages.len())
 }

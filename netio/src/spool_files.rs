@@ -368,9 +368,10 @@ impl Segment {
     /// for it may go once it is gone, not before: a file that stays keeps them.
     pub fn delete(&self) {
         match fs::remove_file(&self.path) {
-            Ok(()) => self.life.unlinked(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => self.life.unlinked(),
-            Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment"),
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot delete finished segment")
+            }
+            _ => self.life.unlinked(),
         }
     }
 

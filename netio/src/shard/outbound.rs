@@ -414,22 +414,20 @@ impl<B: Backend> Shard<B> {
                     let job = o.job.take().expect("a transaction had a job");
                     o.converted = None;
                     o.awaiting_final = false;
-                    let next = o.next.take();
                     let (conn, info, ready) = (o.conn, o.info.clone(), o.m.want() == Want::Wait);
                     self.sched.txn_done(conn, job, &replies, info, ready, self.now);
-                    if let Some(next) = next {
-                        let Pipelined { queue, job, converted } = *next;
-                        if self.sched.takes_no_more(conn) {
-                            // The reply just settled ends this connection's work (`skip-mx`,
-                            // `disable-source-ip`, `max-errors-per-connection`): the transaction
-                            // behind goes back untried and the session is cut, not finished (its
-                            // DATA may have its 354 already: neither QUIT nor an end of data may
-                            // follow, and the receiver drops an unfinished message).
-                            self.sched.job_back(queue, job);
-                            return self.close_out(slot);
-                        }
+                    let o = self.outs.get_mut(slot);
+                    if o.next.is_some() && self.sched.takes_no_more(conn) {
+                        // The reply just settled ends this connection's work (`skip-mx`,
+                        // `disable-source-ip`, `max-errors-per-connection`): the session is cut,
+                        // not finished, and the transaction behind goes back untried
+                        // (`give_back_next`). Its DATA may have its 354 already: neither QUIT nor
+                        // an end of data may follow, and the receiver drops an unfinished message.
+                        return self.close_out(slot);
+                    }
+                    if let Some(next) = o.next.take() {
                         // The transaction behind is the current one now.
-                        let o = self.outs.get_mut(slot);
+                        let Pipelined { job, converted, .. } = *next;
                         (o.job, o.converted) = (Some(job), converted);
                     }
                     continue;
