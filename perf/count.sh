@@ -8,6 +8,7 @@
 #   BACKEND=epoll perf/count.sh         # the relay on its epoll backend
 #   SHARDS=1 RUNS=3 perf/count.sh
 #   SQPOLL=yes perf/count.sh            # io-uring-sqpoll yes: kernel threads poll the rings
+#   MULTISHOT=yes perf/count.sh         # io-uring-multishot-receive yes
 #   SLUICE_BIN=/tmp/sluice-before perf/count.sh   # another build (A/B runs in one session)
 #   SEGMENT=16M MESSAGES=200000 perf/count.sh  # spool-segment-size: segments filled, deleted
 #                                           # and replaced within the run (a long-running relay)
@@ -24,6 +25,7 @@ BACKEND=${BACKEND:-auto}
 SHARDS=${SHARDS:-}
 RUNS=${RUNS:-1}
 SQPOLL=${SQPOLL:-no}
+MULTISHOT=${MULTISHOT:-} # said only when set: older builds (SLUICE_BIN) lack the directive
 SEGMENT=${SEGMENT:-}
 RELAY_PORT=${RELAY_PORT:-2635}
 SINK_PORT=${SINK_PORT:-2636}
@@ -58,6 +60,7 @@ smtp-listener 127.0.0.1:$RELAY_PORT
 spool $dir/spool
 io-backend $BACKEND
 io-uring-sqpoll $SQPOLL
+${MULTISHOT:+io-uring-multishot-receive $MULTISHOT}
 ${SHARDS:+shards $SHARDS}
 ${SEGMENT:+spool-segment-size $SEGMENT}
 <source 127.0.0.1>
@@ -110,7 +113,7 @@ report=$OUT/report.md
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id)${SLUICE_BIN:+ (binary $SLUICE_BIN)}: kernel crossings per message (perf/count.sh)"
     echo
-    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SEGMENT:+ in $SEGMENT segments}${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL."
+    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SEGMENT:+ in $SEGMENT segments}${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL, io-uring-multishot-receive ${MULTISHOT:-no}."
     echo
     echo "Machine CPU: the whole machine's busy time per message over the run (the three programs, perf, and kernel threads nobody's: a workqueue finishing a flush)."
     echo

@@ -111,6 +111,9 @@ pub struct Config {
     /// `io-uring-sqpoll yes`: each shard's ring gets a kernel thread that polls its
     /// submission queue (no `io_uring_enter` to submit; a core's worth of CPU while busy).
     pub io_uring_sqpoll: bool,
+    /// `io-uring-multishot-receive yes`: each socket reads through one multishot receive
+    /// and the shard's ring of provided buffers (no submission a read; a copy a byte).
+    pub io_uring_multishot_receive: bool,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
     /// `<mx-rollup-list>`.
@@ -430,6 +433,7 @@ impl Config {
             shards: None,
             io_backend: IoBackend::Auto,
             io_uring_sqpoll: false,
+            io_uring_multishot_receive: false,
             dns_server: None,
             total_max_smtp_in: 10_000,
             total_max_smtp_out: None,

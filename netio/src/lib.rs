@@ -566,6 +566,7 @@ impl Runtime {
         let responder = plan.responder();
         let Plan { shared, starts, recovered_messages } = plan;
         let sqpoll = shared.config.io_uring_sqpoll;
+        let multishot = shared.config.io_uring_multishot_receive;
         let mut threads = Vec::new();
         for start in starts {
             let id = start.id;
@@ -583,7 +584,7 @@ impl Runtime {
                         sys::lower_priority(GENERAL_SHARD_NICE);
                     }
                     let ran = match backend {
-                        backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll).and_then(|io| start.run(io)),
+                        backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll, multishot).and_then(|io| start.run(io)),
                         backend::Chosen::Epoll => backend::epoll::Epoll::new().and_then(|io| start.run(io)),
                     };
                     if let Err(e) = ran {

@@ -249,7 +249,7 @@ impl Net {
         let mut kept = Vec::with_capacity(pending.len());
         let mut cancels = Vec::new();
         for p in pending {
-            if let Sub::Cancel { user_data } = p.sub {
+            if let Sub::Cancel { user_data, .. } = p.sub {
                 cancels.push((p.shard, p.user_data, user_data));
                 continue;
             }

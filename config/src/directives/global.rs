@@ -132,6 +132,7 @@ const DIRECTIVES: &[Directive<()>] = &[
     Directive { name: "spool-segment-size", set: segment_size },
     Directive { name: "shards", set: shards },
     config_flag!("io-uring-sqpoll", io_uring_sqpoll),
+    config_flag!("io-uring-multishot-receive", io_uring_multishot_receive),
     Directive {
         name: "io-backend",
         set: |b, _, l| {

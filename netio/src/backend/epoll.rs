@@ -260,7 +260,7 @@ impl Backend for Epoll {
                 self.timer = Some((crate::sys::mono_ns() + ms * 1_000_000, user_data));
                 return;
             }
-            Sub::Cancel { user_data: target } => {
+            Sub::Cancel { user_data: target, .. } => {
                 let found = self.cancel(target);
                 self.ready.push((user_data, if found { 0 } else { -libc::ENOENT }));
                 return;
@@ -393,12 +393,12 @@ mod tests {
         // SAFETY: as above.
         unsafe { io.submit(Sub::Recv { fd: a.as_raw_fd(), buf: buf.as_mut_ptr(), len: 16 }, 2) };
         // SAFETY: a cancel holds no pointer.
-        unsafe { io.submit(Sub::Cancel { user_data: 2 }, 3) };
+        unsafe { io.submit(Sub::Cancel { fd: a.as_raw_fd(), user_data: 2 }, 3) };
         let mut out = Vec::new();
         io.wait(&mut out);
         assert_eq!(out, vec![(2, -libc::ECANCELED), (3, 0)]);
         // SAFETY: as above.
-        unsafe { io.submit(Sub::Cancel { user_data: 2 }, 4) };
+        unsafe { io.submit(Sub::Cancel { fd: a.as_raw_fd(), user_data: 2 }, 4) };
         assert_eq!(wait_for(&mut io, 4), -libc::ENOENT, "nothing left to cancel");
     }
 

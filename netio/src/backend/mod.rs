@@ -12,6 +12,7 @@
 //! A backend also tells the time, read once per turn of the loop.
 
 pub(crate) mod epoll;
+mod multishot;
 pub(crate) mod uring;
 
 use sluice_engine::time::Now;
@@ -74,9 +75,10 @@ pub(crate) enum Sub {
     Timeout {
         ms: u64,
     },
-    /// Cancels the operation submitted with `user_data` (it completes with `-ECANCELED`, or
-    /// with its own result when it finished first).
+    /// Cancels the operation submitted with `user_data` on `fd` (it completes with
+    /// `-ECANCELED`, or with its own result when it finished first).
     Cancel {
+        fd: RawFd,
         user_data: u64,
     },
 }
@@ -182,7 +184,7 @@ pub fn choose(wanted: sluice_config::IoBackend) -> Result<Chosen, std::io::Error
 /// through a box costs them nothing measurable).
 pub(crate) fn open_auto() -> std::io::Result<Box<dyn Backend>> {
     Ok(match choose(sluice_config::IoBackend::Auto)? {
-        Chosen::IoUring => Box::new(uring::Uring::new(false)?),
+        Chosen::IoUring => Box::new(uring::Uring::new(false, false)?),
         Chosen::Epoll => Box::new(epoll::Epoll::new()?),
     })
 }

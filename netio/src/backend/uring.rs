@@ -1,6 +1,7 @@
 //! The io_uring backend: each `Sub` is one submission entry; `wait` submits them all and
 //! waits in one `io_uring_enter`.
 
+use super::multishot::{self, Multishot};
 use super::{Backend, Sub};
 use io_uring::{opcode, squeue, types, IoUring};
 use sluice_engine::time::Now;
@@ -17,8 +18,14 @@ pub(crate) struct Uring {
     /// The one timer's duration (its entry points here until it completes).
     timespec: Box<types::Timespec>,
     /// Completions taken out of a full completion queue by `push` (so the kernel could post
-    /// more); `wait` hands them over first, in order.
+    /// more), and `Recv`s answered at once from a stash; `wait` hands them over first, in order.
     reaped: Vec<(u64, i32)>,
+    /// Sockets' receives as multishot receives (None: one `Recv` submission each).
+    multishot: Option<Multishot>,
+    /// Entries the multishot receives want submitted (armed again, cancelled), and completions
+    /// as the kernel posted them, before they are sorted: kept for their allocations.
+    own: Vec<squeue::Entry>,
+    cqes: Vec<(u64, i32, u32)>,
 }
 
 /// Whether io_uring can be set up here at all.
@@ -27,9 +34,19 @@ pub(crate) fn probe() -> std::io::Result<()> {
 }
 
 impl Uring {
-    /// A ring; with `sqpoll`, a kernel thread polls its submission queue (`io-uring-sqpoll`).
-    pub(crate) fn new(sqpoll: bool) -> std::io::Result<Uring> {
-        Uring::with_entries(RING_ENTRIES, RING_ENTRIES * 16, sqpoll)
+    /// A ring; with `sqpoll`, a kernel thread polls its submission queue (`io-uring-sqpoll`);
+    /// with `multishot`, sockets receive through multishot receives where the kernel has them
+    /// (6.0; before, one `Recv` submission each, said once).
+    pub(crate) fn new(sqpoll: bool, multishot: bool) -> std::io::Result<Uring> {
+        let mut ring = Uring::with_entries(RING_ENTRIES, RING_ENTRIES * 16, sqpoll)?;
+        if multishot {
+            ring.multishot = Multishot::new(&ring.ring.submitter())
+                .inspect_err(|e| {
+                    tracing::info!(error = %e, "no provided buffer rings here (Linux 5.19): one receive submission a read");
+                })
+                .ok();
+        }
+        Ok(ring)
     }
 
     /// Without `sqpoll`, the ring is cooperative (`IORING_SETUP_COOP_TASKRUN`, Linux 5.19):
@@ -55,7 +72,14 @@ impl Uring {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) && !sqpoll => build(false)?,
             built => built?,
         };
-        Ok(Uring { ring, timespec: Box::new(types::Timespec::new()), reaped: Vec::new() })
+        Ok(Uring {
+            ring,
+            timespec: Box::new(types::Timespec::new()),
+            reaped: Vec::new(),
+            multishot: None,
+            own: Vec::new(),
+            cqes: Vec::new(),
+        })
     }
 
     /// Pushes an entry, submitting first when the submission queue is full.
@@ -75,10 +99,40 @@ impl Uring {
         match self.ring.submit() {
             Ok(_) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {
-                self.reaped.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+                let mut reaped = std::mem::take(&mut self.reaped);
+                self.take_completions(&mut reaped);
+                self.reaped = reaped;
             }
             Err(e) => panic!("io_uring submit failed: {e}"),
         }
+    }
+
+    /// Moves the posted completions into `out`, the backend's own (multishot receives, its
+    /// cancels) turned into the shard's `Recv` completions or dropped; then submits what the
+    /// multishot receives want (queued for the next enter).
+    fn take_completions(&mut self, out: &mut Vec<(u64, i32)>) {
+        self.cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result(), c.flags())));
+        for (user_data, result, flags) in self.cqes.drain(..) {
+            match &mut self.multishot {
+                Some(m) if user_data & multishot::OWN_TAG == multishot::OWN_TAG => {
+                    m.complete(user_data, result, flags, &mut self.own, out)
+                }
+                _ => out.push((user_data, result)),
+            }
+        }
+        self.push_own();
+    }
+
+    /// Pushes the entries the multishot receives asked for.
+    fn push_own(&mut self) {
+        let own = std::mem::take(&mut self.own);
+        for entry in &own {
+            // SAFETY: a multishot receive points at the registered buffer ring (never unmapped);
+            // a cancel holds no pointer.
+            unsafe { self.push(entry) };
+        }
+        self.own = own;
+        self.own.clear();
     }
 }
 
@@ -89,7 +143,13 @@ impl Backend for Uring {
                 opcode::Accept::new(types::Fd(fd), addr.cast(), len).flags(libc::SOCK_CLOEXEC).build()
             }
             Sub::Connect { fd, addr, len } => opcode::Connect::new(types::Fd(fd), addr.cast(), len).build(),
-            Sub::Recv { fd, buf, len } => opcode::Recv::new(types::Fd(fd), buf, len).build(),
+            Sub::Recv { fd, buf, len } => match &mut self.multishot {
+                Some(m) => {
+                    m.recv(fd, buf, len, user_data, &mut self.own, &mut self.reaped);
+                    return self.push_own();
+                }
+                None => opcode::Recv::new(types::Fd(fd), buf, len).build(),
+            },
             Sub::Send { fd, buf, len } => opcode::Send::new(types::Fd(fd), buf, len).flags(libc::MSG_NOSIGNAL).build(),
             Sub::SendMsg { fd, msg } => {
                 opcode::SendMsg::new(types::Fd(fd), msg).flags(libc::MSG_NOSIGNAL as u32).build()
@@ -104,7 +164,14 @@ impl Backend for Uring {
                 *self.timespec = types::Timespec::new().sec(ms / 1000).nsec((ms % 1000 * 1_000_000) as u32);
                 opcode::Timeout::new(&*self.timespec).build()
             }
-            Sub::Cancel { user_data } => opcode::AsyncCancel::new(user_data).build(),
+            Sub::Cancel { fd, user_data: target } => {
+                if let Some(m) = &mut self.multishot {
+                    if m.cancel(fd, target, user_data, &mut self.reaped) {
+                        return;
+                    }
+                }
+                opcode::AsyncCancel::new(target).build()
+            }
         };
         // SAFETY: the caller keeps every pointer valid until the completion is taken.
         unsafe { self.push(&entry.user_data(user_data)) };
@@ -113,12 +180,21 @@ impl Backend for Uring {
     fn wait(&mut self, out: &mut Vec<(u64, i32)>) {
         let want = usize::from(self.reaped.is_empty());
         out.append(&mut self.reaped);
-        match self.ring.submit_and_wait(want) {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {}
-            Err(e) => panic!("io_uring_enter failed: {e}"),
+        // The backend's own completions alone (bytes stashed for no waiting Recv) are no reason
+        // to return; bounded by the shard's own operations, one of which completes in the end.
+        let before = out.len();
+        loop {
+            match self.ring.submit_and_wait(want) {
+                Ok(_) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {}
+                Err(e) => panic!("io_uring_enter failed: {e}"),
+            }
+            self.take_completions(out);
+            out.append(&mut self.reaped);
+            if want == 0 || out.len() > before {
+                return;
+            }
         }
-        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
     }
 
     fn wait_at_most(&mut self, out: &mut Vec<(u64, i32)>, limit_ns: Option<u64>) {
@@ -130,7 +206,16 @@ impl Backend for Uring {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EBUSY | libc::EAGAIN | libc::EINTR)) => {}
             Err(e) => panic!("io_uring_enter failed: {e}"),
         }
-        out.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
+        self.take_completions(out);
+        out.append(&mut self.reaped);
+    }
+
+    fn close(&mut self, fd: std::os::fd::RawFd) {
+        if let Some(m) = &mut self.multishot {
+            m.close(fd, &mut self.own);
+            self.push_own();
+        }
+        crate::sys::close(fd);
     }
 
     fn now(&self) -> Now {
@@ -145,6 +230,7 @@ impl Backend for Uring {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::{AsRawFd, IntoRawFd};
 
     /// More operations in flight than the completion queue holds: nothing panics and every
     /// completion is handed over exactly once (issue 22: `submit().expect` on EBUSY).
@@ -168,5 +254,145 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len() as u64, OPS, "every completion once");
         assert!(seen.iter().all(|(_, r)| *r == 0));
+    }
+
+    /// A TCP connection on loopback: (the side the ring reads, the peer that writes).
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let peer = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (ours, _) = l.accept().expect("accept");
+        (ours, peer)
+    }
+
+    /// Submits a Recv and waits for its completion (others that come are kept in `other`).
+    fn recv(ring: &mut Uring, fd: i32, buf: &mut [u8], ud: u64, other: &mut Vec<(u64, i32)>) -> i32 {
+        // SAFETY: `buf` outlives the completion, taken below.
+        unsafe { ring.submit(Sub::Recv { fd, buf: buf.as_mut_ptr(), len: buf.len() as u32 }, ud) };
+        for _ in 0..10_000 {
+            let mut out = Vec::new();
+            ring.wait(&mut out);
+            let mut found = None;
+            for (u, r) in out {
+                if u == ud {
+                    found = Some(r);
+                } else {
+                    other.push((u, r));
+                }
+            }
+            if let Some(r) = found {
+                return r;
+            }
+        }
+        panic!("no completion for Recv {ud}");
+    }
+
+    /// Lets the ring take what the kernel posted for `ms` with no Recv waiting (the bytes go to
+    /// the stash).
+    fn idle(ring: &mut Uring, ms: u64) {
+        // SAFETY: a timeout points at the ring's own timespec.
+        unsafe { ring.submit(Sub::Timeout { ms }, 999) };
+        let mut out = Vec::new();
+        while !out.iter().any(|(u, _)| *u == 999) {
+            ring.wait(&mut out);
+        }
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    /// Multishot receive behind the one-Recv contract: 3 MiB sent in odd pieces arrive whole
+    /// and in order through Recvs of odd sizes, with the stash filled past its bound while no
+    /// Recv waited (the receive cancelled, then armed again); then the peer's end of stream
+    /// is 0 for every later Recv.
+    #[test]
+    fn multishot_receive_keeps_every_byte_in_order() {
+        let mut ring = Uring::new(false, true).expect("io_uring");
+        assert!(ring.multishot.is_some(), "this kernel has provided buffer rings");
+        let (ours, mut peer) = pair();
+        let sent = pattern(3 << 20);
+        let writer = {
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut at = 0;
+                let mut step = 1;
+                while at < sent.len() {
+                    let n = (step * 977 % 70_000 + 1).min(sent.len() - at);
+                    peer.write_all(&sent[at..at + n]).expect("write");
+                    at += n;
+                    step += 1;
+                }
+            })
+        };
+        let fd = ours.as_raw_fd();
+        let mut got = Vec::with_capacity(sent.len());
+        let mut buf = vec![0u8; 100_000];
+        let mut other = Vec::new();
+        let mut ud = 1;
+        let mut idled = false;
+        while got.len() < sent.len() {
+            let len = [1, 13, 4096, 100_000, 555][ud as usize % 5];
+            let n = recv(&mut ring, fd, &mut buf[..len], ud, &mut other);
+            assert!(n > 0, "Recv {ud}: {n} before the end ({} of {})", got.len(), sent.len());
+            got.extend_from_slice(&buf[..n as usize]);
+            ud += 1;
+            if !idled && got.len() > 10_000 {
+                idled = true;
+                idle(&mut ring, 300);
+                let stashed = ring.multishot.as_ref().expect("multishot").stashed(fd);
+                assert!(stashed > 256 * 1024, "the stash filled while no Recv waited: {stashed}");
+            }
+        }
+        writer.join().expect("writer");
+        assert_eq!(got.len(), sent.len());
+        assert!(got == sent, "every byte, in order");
+        assert!(other.iter().all(|(u, _)| *u == 999), "no stray completion: {other:?}");
+        assert_eq!(recv(&mut ring, fd, &mut buf[..10], 9_001, &mut other), 0, "the end of stream");
+        assert_eq!(recv(&mut ring, fd, &mut buf[..10], 9_002, &mut other), 0, "and again");
+        ring.close(ours.into_raw_fd());
+    }
+
+    /// A cancelled Recv completes cancelled and loses nothing: bytes that come after it are
+    /// the next Recv's. A closed socket's receive never feeds the next socket on its fd.
+    #[test]
+    fn multishot_receive_cancel_and_fd_reuse() {
+        use std::io::Write;
+        let mut ring = Uring::new(false, true).expect("io_uring");
+        let (a, mut pa) = pair();
+        let fd = a.as_raw_fd();
+        let mut buf = vec![0u8; 64];
+        let mut other = Vec::new();
+        pa.write_all(b"one").expect("write");
+        assert_eq!(recv(&mut ring, fd, &mut buf, 1, &mut other), 3);
+        // SAFETY: `buf` outlives the completion, taken below.
+        unsafe { ring.submit(Sub::Recv { fd, buf: buf.as_mut_ptr(), len: 64 }, 2) };
+        // SAFETY: a cancel holds no pointer.
+        unsafe { ring.submit(Sub::Cancel { fd, user_data: 2 }, 3) };
+        let mut out = Vec::new();
+        ring.wait(&mut out);
+        assert_eq!(out, vec![(2, -libc::ECANCELED), (3, 0)]);
+        pa.write_all(b"two").expect("write");
+        assert_eq!(recv(&mut ring, fd, &mut buf, 4, &mut other), 3);
+        assert_eq!(&buf[..3], b"two");
+
+        // A's receive is still armed when A closes; bytes sent to A then are nobody's.
+        pa.write_all(b"late").expect("write");
+        let (b, mut pb) = pair();
+        // What `close` does, with B put on A's fd in the same step (dup2), so that no socket of
+        // a test running beside this one can land there in between.
+        let a = a.into_raw_fd();
+        ring.multishot.as_mut().expect("multishot").close(a, &mut ring.own);
+        ring.push_own();
+        // SAFETY: both are open descriptors this test owns.
+        assert_eq!(unsafe { libc::dup2(b.as_raw_fd(), a) }, a);
+        drop(b);
+        idle(&mut ring, 50);
+        pb.write_all(b"bee").expect("write");
+        assert_eq!(recv(&mut ring, fd, &mut buf, 5, &mut other), 3);
+        assert_eq!(&buf[..3], b"bee");
+        assert!(other.iter().all(|(u, _)| *u == 999), "no stray completion: {other:?}");
+        ring.close(fd);
+        drop(pa);
     }
 }

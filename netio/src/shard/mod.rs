@@ -120,7 +120,7 @@ fn cancel_sock<B: Backend>(io: &mut B, sock: &mut Sock, gen: u16, slot: u32) {
         return;
     }
     // SAFETY: a cancel holds no pointer.
-    unsafe { io.submit(Sub::Cancel { user_data: ud(op, gen, slot as u64) }, ud(Op::Cancel, 0, 0)) };
+    unsafe { io.submit(Sub::Cancel { fd: sock.fd, user_data: ud(op, gen, slot as u64) }, ud(Op::Cancel, 0, 0)) };
 }
 
 /// Work found in the spool at start, by queue (destination domain, VMTA).
@@ -547,7 +547,8 @@ impl<B: Backend> Shard<B> {
         tracing::info!(shard = self.id, "shutting down: no new connections");
         self.stopping_since_ms = Some(self.now.ms());
         for i in 0..self.listeners.len() {
-            self.submit(Sub::Cancel { user_data: ud(Op::Accept, 0, i as u64) }, ud(Op::Cancel, 0, 0));
+            let fd = self.listeners[i];
+            self.submit(Sub::Cancel { fd, user_data: ud(Op::Accept, 0, i as u64) }, ud(Op::Cancel, 0, 0));
         }
         self.sched.begin_shutdown();
         self.in_shutdown();
