@@ -584,7 +584,9 @@ impl Runtime {
                         sys::lower_priority(GENERAL_SHARD_NICE);
                     }
                     let ran = match backend {
-                        backend::Chosen::IoUring => backend::uring::Uring::new(sqpoll, multishot).and_then(|io| start.run(io)),
+                        backend::Chosen::IoUring => {
+                            backend::uring::Uring::new(sqpoll, multishot).and_then(|io| start.run(io))
+                        }
                         backend::Chosen::Epoll => backend::epoll::Epoll::new().and_then(|io| start.run(io)),
                     };
                     if let Err(e) = ran {

@@ -219,7 +219,9 @@ impl Multishot {
         let bid = cqueue::buffer_select(flags);
         let data = bid.filter(|_| result > 0).map(|bid| {
             // SAFETY: the kernel wrote `result` bytes into buffer `bid`, which is ours until given back.
-            unsafe { std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * BUFFER_BYTES as usize), result as usize) }
+            unsafe {
+                std::slice::from_raw_parts(self.buffers.add(usize::from(bid) * BUFFER_BYTES as usize), result as usize)
+            }
         });
         if user_data & RECEIVE != 0 {
             let fd = (user_data & 0xFFFF_FFFF) as RawFd;
