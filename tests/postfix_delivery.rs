@@ -87,9 +87,14 @@ fn delivers_exact_bytes_into_postfix() {
     require("python3");
     let port = free_port("127.0.0.1");
     let postfix = Postfix::start(port);
-    // Both shard modes deliver into the same Postfix, one after the other; then once more
-    // with CHUNKING (`ignore-chunking no`): the message goes in one BDAT, unstuffed.
-    let modes = [(SHARD_MODES[0], ""), (SHARD_MODES[1], ""), (Some(1), " ignore-chunking no\n log-commands yes\n")];
+    // Both shard modes deliver into the same Postfix, one after the other, with CHUNKING as
+    // PowerMTA does by default (the message goes in one BDAT, unstuffed); then once more with
+    // `ignore-chunking yes` (DATA, dot-stuffed).
+    let modes = [
+        (SHARD_MODES[0], " log-commands yes\n"),
+        (SHARD_MODES[1], " log-commands yes\n"),
+        (Some(1), " ignore-chunking yes\n log-commands yes\n"),
+    ];
     for (i, (shards, extra)) in modes.into_iter().enumerate() {
         let relay = Relay::start(&format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain pf.test>\n smtp-hosts [127.0.0.1]:{port}\n{extra}</domain>\n"), shards);
         let body = format!(
@@ -120,8 +125,10 @@ fn delivers_exact_bytes_into_postfix() {
         assert!(stored.contains("(using TLSv1.3 with cipher "), "{stored}");
         assert_eq!(d[0]["dlvTlsProtocol"], "TLSv1.3", "{:?}", d[0]);
         assert!(d[0]["dlvTlsCipher"].starts_with("TLS13_"), "{:?}", d[0]);
-        if !extra.is_empty() {
-            let log = relay.log();
+        let log = relay.log();
+        if extra.contains("ignore-chunking yes") {
+            assert!(log.contains("> DATA") && !log.contains("> BDAT"), "{}", tail(&log, 30));
+        } else {
             let bdat = log.lines().find(|l| l.contains("> BDAT ")).unwrap_or_else(|| panic!("{}", tail(&log, 30)));
             assert!(bdat.contains(" LAST"), "{bdat}");
             assert!(!log.contains("> DATA"), "{}", tail(&log, 30));

@@ -431,8 +431,8 @@ pub struct SmtpOptions {
     pub bounce_upon_5xx_greeting: bool,
     /// `assume-delivery-upon-data-termination-timeout` (no).
     pub assume_delivery_upon_data_termination_timeout: bool,
-    /// `ignore-8bitmime`, `ignore-pipelining`, `ignore-dsn`, `ignore-chunking` (yes): the
-    /// extension is not used even when the receiver offers it.
+    /// `ignore-8bitmime`, `ignore-pipelining`, `ignore-dsn`, `ignore-chunking` (all no, as
+    /// in PowerMTA): the extension is not used even when the receiver offers it.
     pub ignore_8bitmime: bool,
     pub ignore_pipelining: bool,
     pub ignore_dsn: bool,
@@ -511,7 +511,7 @@ impl Default for SmtpOptions {
             ignore_8bitmime: false,
             ignore_pipelining: false,
             ignore_dsn: false,
-            ignore_chunking: true,
+            ignore_chunking: false,
             log: SessionLog::default(),
             remove_header: Vec::new(),
             auth_username: String::new(),

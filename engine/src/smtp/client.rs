@@ -237,7 +237,7 @@ impl Client {
             ignore_8bitmime: false,
             invalid_553: true,
             ignore_dsn: false,
-            ignore_chunking: true,
+            ignore_chunking: false,
             body_requested: false,
             partial: None,
             login: None,

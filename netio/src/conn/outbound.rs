@@ -39,6 +39,9 @@ pub struct Outgoing {
     out: SendBuf,
     /// The plain-text body and ".\r\n" being sent.
     body: Option<Resume>,
+    /// Bytes at the front of `out` that go before `body`: the commands ending with the
+    /// `BDAT n LAST` line its chunk follows (one write for both). Zero after DATA.
+    before_body: usize,
     ever_ready: bool,
     /// TLS protocol and cipher once the handshake is done.
     tls_info: Option<(String, String)>,
@@ -62,6 +65,7 @@ impl Outgoing {
             tls_pending: Vec::new(),
             out: SendBuf::default(),
             body: None,
+            before_body: 0,
             ever_ready: false,
             tls_info: None,
             transcript: None,
@@ -180,16 +184,24 @@ impl Outgoing {
         self.out.sent(n);
     }
 
-    /// What is left of the plain-text body and its ".\r\n", from the caller's `data`, and
-    /// what follows them (the commands of a transaction pipelined behind: `start_next`), to
-    /// go in one write.
-    pub fn body_rest<'a>(&'a self, data: &'a [u8]) -> [&'a [u8]; 3] {
+    /// What is left to send of the commands before the plain-text body (a BDAT chunk's
+    /// line), the body and its ".\r\n" from the caller's `data`, and what follows them (the
+    /// commands of a transaction pipelined behind: `start_next`), to go in one write.
+    pub fn body_rest<'a>(&'a self, data: &'a [u8]) -> [&'a [u8]; 4] {
         let [body, end] = self.body.as_ref().expect("a body being sent").rest([data, self.body_end]);
-        [body, end, self.out.rest()]
+        let (before, after) = self.out.rest().split_at(self.before_body);
+        [before, body, end, after]
     }
 
     /// `n` bytes of `body_rest` went out.
     pub fn body_sent(&mut self, n: usize) {
+        let before = n.min(self.before_body);
+        self.out.sent(before);
+        self.before_body -= before;
+        let n = n - before;
+        if self.before_body > 0 {
+            return;
+        }
         let body = self.body.as_mut().expect("a body being sent");
         let of_body = n.min(body.left());
         if body.advance(of_body) {
@@ -201,7 +213,10 @@ impl Outgoing {
     /// After `SendBody`: the message in transparency form. Inside TLS it is encrypted into the
     /// send buffer now; in plain text it goes out from `data` itself (`body_rest`).
     pub fn body(&mut self, data: &[u8]) {
-        assert!(self.out.is_empty() && self.body.is_none(), "the client writes nothing before the body");
+        assert!(self.body.is_none(), "one body at a time");
+        // After DATA the 354 came, so everything written before it is out; a BDAT chunk goes
+        // in the same write as its line (and the commands before it).
+        assert!(self.out.is_empty() || self.body_end.is_empty(), "nothing before a body after DATA");
         if let Some(t) = &self.transcript {
             t.data('>', data);
         }
@@ -210,7 +225,10 @@ impl Outgoing {
                 write_out(Some(&mut **tls), data, self.out.buf());
                 write_out(Some(&mut **tls), self.body_end, self.out.buf());
             }
-            None => self.body = Some(Resume::of([data, self.body_end])),
+            None => {
+                self.before_body = self.out.rest().len();
+                self.body = Some(Resume::of([data, self.body_end]));
+            }
         }
         // Its reply is read once it is out: `want` sends a body before anything else.
         self.client.body_sent();
@@ -264,8 +282,8 @@ impl Outgoing {
     /// come).
     pub fn advance(&mut self) -> Option<OutEvent> {
         loop {
-            // BDAT: once its line is out, the chunk goes.
-            if self.out.is_empty() && self.body.is_none() && self.client.take_body_request() {
+            // BDAT: the chunk goes right behind its line, in the same write.
+            if self.body.is_none() && self.client.take_body_request() {
                 return Some(OutEvent::SendBody);
             }
             if let Some(tls) = self.tls.as_deref_mut() {
@@ -320,5 +338,64 @@ impl Outgoing {
         self.client.tls_started();
         self.flush_client();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(o: &mut Outgoing, bytes: &[u8]) -> Option<OutEvent> {
+        o.recv_buf()[..bytes.len()].copy_from_slice(bytes);
+        o.received(bytes.len());
+        o.advance()
+    }
+
+    /// RFC 3030 §2: a BDAT chunk follows its command line; with PIPELINING the MAIL, RCPT and
+    /// `BDAT n LAST` lines and the chunk go in one write, and a short write resumes across
+    /// them in order.
+    #[test]
+    fn a_bdat_chunk_goes_in_one_write_with_its_commands() {
+        let mut o = Outgoing::new("relay.test", TlsMode::Off, None);
+        o.client_mut().set_options(&sluice_config::SmtpOptions::default());
+        assert_eq!(feed(&mut o, b"220 mx\r\n"), None);
+        o.sent(o.send_buf().len()); // EHLO
+        assert_eq!(feed(&mut o, b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n"), Some(OutEvent::Ready));
+        let data = b"Subject: x\r\n\r\n.dot\r\n";
+        let params = TxnParams { bdat: Some(data.len() as u64), ..TxnParams::default() };
+        o.start_with("a@src.test", &["b@dst.test"], data.len() as u64, &params);
+        assert_eq!(o.advance(), Some(OutEvent::SendBody), "the chunk goes with its line");
+        o.body(data);
+        assert_eq!(o.want(), Want::SendBody);
+        let commands: &[u8] = b"MAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nBDAT 20 LAST\r\n";
+        assert_eq!(o.body_rest(data), [commands, &data[..], b"", b""]);
+        // Short writes: part of the commands, then into the chunk, then the rest.
+        o.body_sent(10);
+        assert_eq!(o.body_rest(data), [&commands[10..], &data[..], b"", b""]);
+        o.body_sent(commands.len() - 10 + 3);
+        assert_eq!(o.body_rest(data), [&b""[..], &data[3..], b"", b""]);
+        o.body_sent(data.len() - 3);
+        assert_eq!(o.want(), Want::Recv, "all out; the replies are awaited");
+        assert!(o.send_buf().is_empty());
+        let done = feed(&mut o, b"250 ok\r\n250 ok\r\n250 2.0.0 queued\r\n");
+        let Some(OutEvent::Done(replies)) = done else { panic!("{done:?}") };
+        assert_eq!(replies.iter().map(|r| r.code).collect::<Vec<_>>(), [250]);
+    }
+
+    /// After DATA the body waits for the 354 and nothing is written before it.
+    #[test]
+    fn a_data_body_waits_for_354() {
+        let mut o = Outgoing::new("relay.test", TlsMode::Off, None);
+        o.client_mut().set_options(&sluice_config::SmtpOptions::default());
+        feed(&mut o, b"220 mx\r\n");
+        o.sent(o.send_buf().len());
+        assert_eq!(feed(&mut o, b"250-mx\r\n250 PIPELINING\r\n"), Some(OutEvent::Ready));
+        o.start("a@src.test", &["b@dst.test"], 5);
+        assert_eq!(o.advance(), None);
+        assert_eq!(o.want(), Want::Send);
+        o.sent(o.send_buf().len());
+        assert_eq!(feed(&mut o, b"250 ok\r\n250 ok\r\n354 go\r\n"), Some(OutEvent::SendBody));
+        o.body(b"x\r\n");
+        assert_eq!(o.body_rest(b"x\r\n"), [&b""[..], b"x\r\n", b".\r\n", b""]);
     }
 }

@@ -62,7 +62,7 @@ pub(super) struct OutConn {
     /// hop answers.
     connect_error: Option<String>,
     /// The body's rest, its end, and the commands pipelined behind it.
-    iov: [libc::iovec; 3],
+    iov: [libc::iovec; 4],
     msghdr: libc::msghdr,
     info: AttemptInfo,
 }
@@ -120,7 +120,7 @@ impl<B: Backend> Shard<B> {
             awaiting_final: false,
             idle: false,
             connect_error: None,
-            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 3],
+            iov: [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 4],
             // SAFETY: a zeroed msghdr is valid.
             msghdr: unsafe { std::mem::zeroed() },
             info: AttemptInfo::default(),
