@@ -110,3 +110,42 @@ fn campaign_shape_through_sluice() {
     let share = first * 100 / rows.len();
     assert!((20..=36).contains(&share) && last * 5 < first, "first domain {first} rows ({share}%), last {last}");
 }
+
+/// RFC 2920 §3.1: a client may pipeline its next MAIL, RCPT and DATA behind an end of data.
+/// The sink answers the end of data and those commands in one write, as a real receiver
+/// does (Postfix's smtpd flushes its replies once it has read its input): five writes for
+/// this session (greeting, EHLO, the first group, the end of data with the group behind it,
+/// the last end of data), not six.
+#[test]
+fn replies_to_commands_pipelined_behind_an_end_of_data_come_in_one_write() {
+    use std::io::{Read, Write};
+    let s = SluiceSink::start(&[], 2);
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Reads until `lines` reply lines have come.
+    let mut replies = |c: &mut std::net::TcpStream, lines: usize| {
+        let (mut got, mut buf) = (String::new(), [0u8; 4096]);
+        while got.matches("\r\n").count() < lines {
+            let n = c.read(&mut buf).unwrap();
+            assert!(n > 0, "the sink closed: {got}");
+            got.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        got
+    };
+    assert!(replies(&mut c, 1).starts_with("220"));
+    c.write_all(b"EHLO client.test\r\n").unwrap();
+    assert!(replies(&mut c, 5).contains("PIPELINING"));
+    c.write_all(b"MAIL FROM:<a@src.test>\r\nRCPT TO:<b@dst.test>\r\nDATA\r\n").unwrap();
+    assert!(replies(&mut c, 3).contains("354"));
+    c.write_all(b"Subject: one\r\n\r\nbody\r\n.\r\nMAIL FROM:<a@src.test>\r\nRCPT TO:<c@dst.test>\r\nDATA\r\n")
+        .unwrap();
+    let group = replies(&mut c, 4);
+    let codes: Vec<&str> = group.lines().map(|l| &l[..3]).collect();
+    assert_eq!(codes, ["250", "250", "250", "354"], "{group:?}");
+    c.write_all(b"Subject: two\r\n\r\nbody\r\n.\r\n").unwrap();
+    assert!(replies(&mut c, 1).starts_with("250"));
+    let st = s.finish();
+    assert_eq!(json_u64(&st, "messages"), 2, "{st}");
+    // A greeting for each connection (the test harness's port probe is one).
+    assert_eq!(json_u64(&st, "reply_writes"), json_u64(&st, "connections") + 4, "{st}");
+}

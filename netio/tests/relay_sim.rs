@@ -265,7 +265,13 @@ impl World {
     // ---- Start and crash ----------------------------------------------------------------
 
     fn start(&mut self) -> Process {
-        let mut config = sluice_config::load("sim.conf", CONFIG, &mut |_| Err("no includes".into())).expect("valid");
+        // The receiver offers CHUNKING: even seeds send with BDAT (the default), odd ones with
+        // DATA and the next transaction pipelined behind its end of data.
+        let text = match self.seed % 2 {
+            0 => CONFIG.to_string(),
+            _ => CONFIG.replace(" max-smtp-out 2\n", " max-smtp-out 2\n ignore-chunking yes\n"),
+        };
+        let mut config = sluice_config::load("sim.conf", &text, &mut |_| Err("no includes".into())).expect("valid");
         config.spool_dir = self.dir.clone();
         config.spool_segment_bytes = SEGMENT_BYTES;
         let config = Arc::new(config);

@@ -51,6 +51,9 @@ pub struct SinkStats {
     pub without_id: AtomicU64,
     pub scripted_4xx: AtomicU64,
     pub scripted_5xx: AtomicU64,
+    /// Writes of replies (a short one resumed is not another): how well the sink groups
+    /// its answers to pipelined commands.
+    pub reply_writes: AtomicU64,
     pub first_message_unix_ms: AtomicU64,
     pub last_message_unix_ms: AtomicU64,
     /// From loadgen's send (`X-Sluice-Sent`) to this sink's acknowledgement, in ms.
@@ -71,7 +74,7 @@ impl SinkStats {
             _ => String::new(),
         };
         format!(
-            "{{\"connections\":{},\"refused_connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"corrupt\":{},\"duplicates\":{},\"without_id\":{},\"scripted_4xx\":{},\"scripted_5xx\":{},\"first_message_unix_ms\":{},\"last_message_unix_ms\":{}{latency}}}",
+            "{{\"connections\":{},\"refused_connections\":{},\"messages\":{},\"recipients\":{},\"bytes\":{},\"corrupt\":{},\"duplicates\":{},\"without_id\":{},\"scripted_4xx\":{},\"scripted_5xx\":{},\"reply_writes\":{},\"first_message_unix_ms\":{},\"last_message_unix_ms\":{}{latency}}}",
             g(&self.connections),
             g(&self.refused_connections),
             g(&self.messages),
@@ -82,6 +85,7 @@ impl SinkStats {
             g(&self.without_id),
             g(&self.scripted_4xx),
             g(&self.scripted_5xx),
+            g(&self.reply_writes),
             g(&self.first_message_unix_ms),
             g(&self.last_message_unix_ms),
         )
@@ -133,6 +137,8 @@ struct Sink {
     accept: Option<Arc<(sluice_engine::shape::gcra::GcraCell, sluice_engine::shape::gcra::Limit)>>,
     tick_ms: u64,
     seed: u64,
+    /// Messages acknowledged in one pass over a connection's input (kept for its allocation).
+    reports: Vec<sluice_engine::smtp::sink::Report>,
 }
 
 /// Binds `opts.listen` and serves until `stop` is set. `ready` gets the bound address.
@@ -163,6 +169,7 @@ pub fn run_sink(
         accept: accept_rate.map(|l| Arc::new((sluice_engine::shape::gcra::GcraCell::new(), l))),
         tick_ms: tick.as_millis() as u64,
         seed: 0x5eed,
+        reports: Vec::new(),
     };
     sink.arm_accept();
     sink.arm_tick();
@@ -284,6 +291,7 @@ impl Sink {
         conn.busy = true;
         if conn.sending.is_done() {
             conn.sending = Resume::new(conn.out.len());
+            self.stats.reply_writes.fetch_add(1, Ordering::Relaxed);
         }
         let [rest] = conn.sending.rest([&conn.out]);
         let sub = Sub::Send { fd: conn.fd, buf: rest.as_ptr(), len: rest.len() as u32 };
@@ -368,7 +376,7 @@ impl Sink {
                 return;
             }
             let mut consumed = 0;
-            let mut report = None;
+            let mut reports = std::mem::take(&mut self.reports);
             let mut scripted = Vec::new();
             conn.session.set_now(sys::mono_ns());
             while conn.ack_due_ms.is_none() {
@@ -378,12 +386,15 @@ impl Sink {
                     Some(SinkEvent::Message(r)) => {
                         // Counted when acknowledged: a delayed ack is counted on the tick.
                         if latency_ms == 0 {
+                            // Acknowledged at once, and the commands pipelined behind the end
+                            // of data are answered in the same write, as a real receiver does
+                            // (Postfix's smtpd flushes its replies only once its input is read).
                             conn.session.ack();
-                            report = Some(r);
-                        } else {
-                            conn.ack_due_ms = Some(now_ms() + latency_ms);
-                            conn.pending = Some(r);
+                            reports.push(r);
+                            continue;
                         }
+                        conn.ack_due_ms = Some(now_ms() + latency_ms);
+                        conn.pending = Some(r);
                         break;
                     }
                     Some(SinkEvent::Scripted(code)) => scripted.push(code),
@@ -397,14 +408,15 @@ impl Sink {
             conn.out.extend_from_slice(conn.session.output());
             conn.session.clear_output();
             let (fd, closing, waiting) = (conn.fd, conn.session.is_closing(), conn.ack_due_ms.is_some());
-            let more = report.is_some() && conn.in_len > 0;
+            let more = !reports.is_empty() && conn.in_len > 0;
             for code in scripted {
                 let counter = if code >= 500 { &self.stats.scripted_5xx } else { &self.stats.scripted_4xx };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(r) = report {
+            for r in reports.drain(..) {
                 self.record(&r);
             }
+            self.reports = reports;
             let reply_latency = self.opts.reply_latency;
             let reply_delay = if reply_latency.is_zero() { 0 } else { self.delay_ms(reply_latency) };
             let conn = self.conns[slot as usize].as_mut().expect("live connection");
