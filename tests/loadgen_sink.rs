@@ -123,7 +123,7 @@ fn replies_to_commands_pipelined_behind_an_end_of_data_come_in_one_write() {
     let mut c = std::net::TcpStream::connect(("127.0.0.1", s.port)).unwrap();
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Reads until `lines` reply lines have come.
-    let mut replies = |c: &mut std::net::TcpStream, lines: usize| {
+    let replies = |c: &mut std::net::TcpStream, lines: usize| {
         let (mut got, mut buf) = (String::new(), [0u8; 4096]);
         while got.matches("\r\n").count() < lines {
             let n = c.read(&mut buf).unwrap();
