@@ -9,6 +9,7 @@
 #   SHARDS=1 RUNS=3 perf/count.sh
 #   SQPOLL=yes perf/count.sh            # io-uring-sqpoll yes: kernel threads poll the rings
 #   MULTISHOT=yes perf/count.sh         # io-uring-multishot-receive yes
+#   SINK_ARGS=--chunking perf/count.sh  # the sink offers CHUNKING: the relay sends BDAT
 #   SLUICE_BIN=/tmp/sluice-before perf/count.sh   # another build (A/B runs in one session)
 #   SEGMENT=16M MESSAGES=200000 perf/count.sh  # spool-segment-size: segments filled, deleted
 #                                           # and replaced within the run (a long-running relay)
@@ -76,8 +77,9 @@ ${SEGMENT:+spool-segment-size $SEGMENT}
 EOF
     local busy0
     busy0=$(busy_jiffies)
+    # shellcheck disable=SC2086 # SINK_ARGS: words
     perf stat -x, -e "$EVENTS" -o "$OUT/sink.stat" -- "$BIN" sink --listen "127.0.0.1:$SINK_PORT" \
-        --exit-after "$MESSAGES" --json "$OUT/sink.json" >/dev/null 2>&1 &
+        --exit-after "$MESSAGES" --json "$OUT/sink.json" ${SINK_ARGS:-} >/dev/null 2>&1 &
     local sink_perf=$!
     wait_port "$SINK_PORT"
     perf stat -x, -e "$EVENTS" -o "$OUT/relay.stat" -- "$BIN" run -c "$dir/sluice.conf" 2>"$dir/sluice.log" &
@@ -113,7 +115,7 @@ report=$OUT/report.md
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id)${SLUICE_BIN:+ (binary $SLUICE_BIN)}: kernel crossings per message (perf/count.sh)"
     echo
-    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SEGMENT:+ in $SEGMENT segments}${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL, io-uring-multishot-receive ${MULTISHOT:-no}."
+    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SEGMENT:+ in $SEGMENT segments}${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL, io-uring-multishot-receive ${MULTISHOT:-no}${SINK_ARGS:+; sink $SINK_ARGS}."
     echo
     echo "Machine CPU: the whole machine's busy time per message over the run (the three programs, perf, and kernel threads nobody's: a workqueue finishing a flush)."
     echo

@@ -12,6 +12,8 @@
 #   BASELINE=8a3fbf51 perf/run.sh  # this build against an older commit's, alternating
 #   CLUSTER_ONLY=1 perf/run.sh  # one host with <cluster> (a local redis-server) vs without
 #   BACKENDS_ONLY=1 perf/run.sh # sluice on its io_uring backend vs its epoll backend (containers)
+#   SINK_ARGS=--chunking perf/run.sh  # the sink offers CHUNKING (as Gmail, Outlook, Postfix
+#                               # do): sluice sends BDAT, Postfix's client DATA (it has no BDAT)
 #
 # Results (with date, commit and machine) are appended to perf/RESULTS.md.
 set -euo pipefail
@@ -86,8 +88,9 @@ stop_postfix() { postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true; sleep 1;
 run_one() {
     local relay=$1 size=$2 domains=$3 messages=$4
     "start_$relay"
+    # shellcheck disable=SC2086 # SINK_ARGS: words
     /usr/bin/time -f "%U %S" -o "$OUT/sink.time" "$BIN" sink --listen "127.0.0.1:$SINK_PORT" \
-        --exit-after "$messages" --json "$OUT/sink.json" >/dev/null 2>&1 &
+        --exit-after "$messages" --json "$OUT/sink.json" ${SINK_ARGS:-} >/dev/null 2>&1 &
     local sink_pid=$!
     wait_port "$SINK_PORT"
     local busy0; busy0=$(busy_jiffies)
@@ -171,7 +174,7 @@ report=$OUT/report.md
 {
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $commit"
     echo
-    echo "Machine: $machine. Loadgen: $CONNECTIONS connections, pipelining; both relays fsync their queues."
+    echo "Machine: $machine. Loadgen: $CONNECTIONS connections, pipelining; both relays fsync their queues${SINK_ARGS:+; sink $SINK_ARGS}."
 } >"$report"
 # alternate TITLE LABEL_A SETUP_A LABEL_B SETUP_B: RUNS alternating runs of the 1 KiB lab shape,
 # each after its setup function (which sets what start_sluice reads), their rows into the report

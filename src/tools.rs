@@ -201,6 +201,10 @@ pub struct SinkArgs {
     /// Connections beyond this are answered 421 (0: no cap).
     #[arg(long, default_value_t = 0)]
     max_connections: u32,
+    /// Offer CHUNKING (RFC 3030) and take messages in BDAT chunks, as Gmail, Outlook,
+    /// Postfix and Exim do.
+    #[arg(long)]
+    chunking: bool,
     /// Play a receiver that accepts at most this rate, e.g. 40/s, with 100 ms worth of burst
     /// (beyond: 451 4.7.1).
     #[arg(long, value_parser = sluice_config::units::parse_rate)]
@@ -280,6 +284,7 @@ pub fn sink(args: SinkArgs) -> ExitCode {
             args.reply_latency
         },
         max_connections: args.max_connections,
+        chunking: args.chunking,
         // A receiver tolerates a little burst: 100 ms worth of its rate.
         accept_rate: args.accept_rate.map(|r| {
             let burst = (r.count as u128 * 100 / r.period.as_millis().max(1)).max(1) as u32;

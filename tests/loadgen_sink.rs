@@ -149,3 +149,20 @@ fn replies_to_commands_pipelined_behind_an_end_of_data_come_in_one_write() {
     // A greeting for each connection (the test harness's port probe is one).
     assert_eq!(json_u64(&st, "reply_writes"), json_u64(&st, "connections") + 4, "{st}");
 }
+
+/// `sluice sink --chunking` offers CHUNKING, and sluice (whose `ignore-chunking` is no by
+/// default, as in PowerMTA) sends every message in one `BDAT n LAST` chunk: all arrive,
+/// their sums good, sizes from 1 KiB to 300 KiB.
+#[test]
+fn through_sluice_to_a_chunking_sink_every_message_comes_in_bdat() {
+    const N: u64 = 600;
+    let s = SluiceSink::start(&["--chunking"], N);
+    let relay = Relay::start(&format!("<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n log-commands yes\n</domain>\n", s.port), None);
+    let lg = loadgen(relay.port, &["--messages", &N.to_string(), "--connections", "10", "--size", "1K:8,50K:1,300K:1"]);
+    assert_eq!(json_u64(&lg, "messages_ok"), N, "{lg}");
+    let st = s.finish();
+    assert_eq!((json_u64(&st, "messages"), json_u64(&st, "corrupt"), json_u64(&st, "duplicates")), (N, 0, 0), "{st}");
+    let log = relay.log();
+    assert_eq!(log.matches("> BDAT ").count() as u64, N, "{}", tail(&log, 20));
+    assert!(!log.contains("> DATA"), "{}", tail(&log, 20));
+}

@@ -82,6 +82,13 @@ pub enum SinkEvent {
 enum State {
     Command,
     Data,
+    /// Inside a BDAT chunk (RFC 3030): `left` bytes to come; `last`: the message ends with
+    /// it; `refused`: no recipient, the chunk is read and answered 554.
+    Chunk {
+        left: u64,
+        last: bool,
+        refused: bool,
+    },
     Acking,
     Closing,
 }
@@ -105,6 +112,11 @@ pub struct SinkSession {
     body_crc: u32,
     bytes: u64,
     out: Vec<u8>,
+    /// CHUNKING is offered (`sluice sink --chunking`).
+    chunking: bool,
+    /// In BDAT chunks: the next byte starts a line (to count and sum a chunk's content in
+    /// the transparency form DATA's content has).
+    line_start: bool,
 }
 
 impl SinkSession {
@@ -130,6 +142,8 @@ impl SinkSession {
             body_crc: 0,
             bytes: 0,
             out: Vec::with_capacity(256),
+            chunking: false,
+            line_start: true,
         };
         s.out.extend_from_slice(format!("220 {} ESMTP sluice-sink\r\n", s.host).as_bytes());
         s
@@ -141,6 +155,12 @@ impl SinkSession {
         accept: Option<std::sync::Arc<(crate::shape::gcra::GcraCell, crate::shape::gcra::Limit)>>,
     ) -> Self {
         self.accept = accept;
+        self
+    }
+
+    /// Offers CHUNKING (RFC 3030): messages may come as BDAT chunks, as big receivers take them.
+    pub fn with_chunking(mut self, chunking: bool) -> Self {
+        self.chunking = chunking;
         self
     }
 
@@ -197,6 +217,7 @@ impl SinkSession {
         match self.state {
             State::Command => self.command(input),
             State::Data => self.data(input),
+            State::Chunk { left, last, refused } => self.chunk(input, left, last, refused),
             State::Acking => (0, None),
             State::Closing => (0, Some(SinkEvent::Close)),
         }
@@ -211,12 +232,14 @@ impl SinkSession {
         let mut event = None;
         match verb.as_str() {
             "EHLO" => self.reply(&format!(
-                "250-{} greets you\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n250 ENHANCEDSTATUSCODES",
-                self.host
+                "250-{} greets you\r\n250-PIPELINING\r\n250-SIZE 0\r\n250-8BITMIME\r\n{}250 ENHANCEDSTATUSCODES",
+                self.host,
+                if self.chunking { "250-CHUNKING\r\n" } else { "" }
             )),
             "HELO" => self.reply(&format!("250 {}", self.host)),
             "MAIL" => {
                 self.recipients = 0;
+                self.new_content();
                 self.reply("250 2.1.0 Ok");
             }
             "RCPT" => event = self.rcpt(&line),
@@ -224,12 +247,13 @@ impl SinkSession {
             "DATA" => {
                 self.reply("354 End data with <CR><LF>.<CR><LF>");
                 self.state = State::Data;
-                self.scanner = DataScanner::default();
-                self.headers.clear();
-                self.in_headers = true;
-                self.body_crc = 0;
-                self.bytes = 0;
+                self.new_content();
             }
+            // RFC 3030 §2: `BDAT <size> [LAST]`; the chunk's bytes follow the line.
+            "BDAT" if self.chunking => match bdat_args(&line) {
+                Some((left, last)) => self.state = State::Chunk { left, last, refused: self.recipients == 0 },
+                None => self.reply("501 5.5.4 Syntax: BDAT <size> [LAST]"),
+            },
             "RSET" => {
                 self.recipients = 0;
                 self.reply("250 2.0.0 Ok");
@@ -275,29 +299,81 @@ impl SinkSession {
         None
     }
 
+    /// A message's content starts (at MAIL, and again at DATA).
+    fn new_content(&mut self) {
+        self.scanner = DataScanner::default();
+        self.headers.clear();
+        self.in_headers = true;
+        self.body_crc = 0;
+        self.bytes = 0;
+        self.line_start = true;
+    }
+
+    /// A chunk's bytes as DATA would have carried them: a line starting with "." gets
+    /// another (RFC 5321 §4.5.2), so that sums agree whichever way a message came.
+    fn chunk_content(&mut self, mut bytes: &[u8]) {
+        while let Some(&first) = bytes.first() {
+            if self.line_start && first == b'.' {
+                self.content(b".");
+            }
+            let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+            self.content(&bytes[..end]);
+            self.line_start = bytes[end - 1] == b'\n';
+            bytes = &bytes[end..];
+        }
+    }
+
+    /// Content of the message (without dot-stuffing): its headers kept, its body summed.
+    fn content(&mut self, content: &[u8]) {
+        self.bytes += content.len() as u64;
+        if !self.in_headers {
+            self.body_crc = crc32c::crc32c_append(self.body_crc, content);
+            return;
+        }
+        let from = self.headers.len().saturating_sub(3);
+        self.headers.extend_from_slice(content);
+        if let Some(k) = find(&self.headers[from..], b"\r\n\r\n").map(|k| k + from) {
+            self.in_headers = false;
+            self.body_crc = crc32c::crc32c_append(self.body_crc, &self.headers[k + 4..]);
+            self.headers.truncate(k + 2);
+        } else if self.headers.len() > HEADER_BYTES_MAX {
+            self.in_headers = false;
+            self.headers.clear();
+        }
+    }
+
     fn data(&mut self, input: &[u8]) -> (usize, Option<SinkEvent>) {
-        let (headers, in_headers, crc, bytes) =
-            (&mut self.headers, &mut self.in_headers, &mut self.body_crc, &mut self.bytes);
-        let (used, done) = self.scanner.scan(input, |content| {
-            *bytes += content.len() as u64;
-            if !*in_headers {
-                *crc = crc32c::crc32c_append(*crc, content);
-                return;
-            }
-            let from = headers.len().saturating_sub(3);
-            headers.extend_from_slice(content);
-            if let Some(k) = find(&headers[from..], b"\r\n\r\n").map(|k| k + from) {
-                *in_headers = false;
-                *crc = crc32c::crc32c_append(*crc, &headers[k + 4..]);
-                headers.truncate(k + 2);
-            } else if headers.len() > HEADER_BYTES_MAX {
-                *in_headers = false;
-                headers.clear();
-            }
-        });
+        let mut scanner = std::mem::take(&mut self.scanner);
+        let (used, done) = scanner.scan(input, |content| self.content(content));
+        self.scanner = scanner;
         if !done {
             return (used, None);
         }
+        (used, Some(self.message()))
+    }
+
+    /// Bytes of a BDAT chunk; its reply once it is whole (the message's, for the last).
+    fn chunk(&mut self, input: &[u8], left: u64, last: bool, refused: bool) -> (usize, Option<SinkEvent>) {
+        let n = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        if !refused {
+            self.chunk_content(&input[..n]);
+        }
+        let left = left - n as u64;
+        if left > 0 {
+            self.state = State::Chunk { left, last, refused };
+            return (n, None);
+        }
+        self.state = State::Command;
+        match (refused, last) {
+            (true, _) => self.reply("554 5.5.1 No valid recipients"),
+            (false, false) => self.reply("250 2.0.0 Chunk received"),
+            (false, true) => return (n, Some(self.message())),
+        }
+        (n, None)
+    }
+
+    /// The whole message is in: its report, and the session waits for `ack`.
+    fn message(&mut self) -> SinkEvent {
         let report = Report {
             id: header_value(&self.headers, ID_HEADER).and_then(|v| v.parse().ok()),
             sent_unix_ms: header_value(&self.headers, SENT_HEADER).and_then(|v| v.parse().ok()),
@@ -310,7 +386,7 @@ impl SinkSession {
             recipients: self.recipients,
         };
         self.state = State::Acking;
-        (used, Some(SinkEvent::Message(report)))
+        SinkEvent::Message(report)
     }
 
     /// Accepts the message that `SinkEvent::Message` reported.
@@ -320,6 +396,18 @@ impl SinkSession {
         self.recipients = 0;
         self.state = State::Command;
     }
+}
+
+/// `BDAT <size> [LAST]`'s size and whether it is the last chunk.
+fn bdat_args(line: &str) -> Option<(u64, bool)> {
+    let mut words = line.get(5..)?.split_ascii_whitespace();
+    let size = words.next()?.parse().ok()?;
+    let last = match words.next() {
+        None => false,
+        Some(w) if w.eq_ignore_ascii_case("LAST") => true,
+        Some(_) => return None,
+    };
+    words.next().is_none().then_some((size, last))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -419,6 +507,60 @@ mod tests {
         let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1);
         let ev = feed(&mut s, corrupt.as_bytes());
         assert!(matches!(&ev[0], SinkEvent::Message(Report { id: Some(8), checksum: Checksum::Bad, .. })), "{ev:?}");
+    }
+
+    /// RFC 3030: with `--chunking` a message may come in BDAT chunks, as it is (no dots
+    /// doubled); it is counted and summed as the same message sent with DATA, however the
+    /// chunks and the reads split it, and each chunk but the last is answered on its own.
+    #[test]
+    fn a_message_in_bdat_chunks_reports_as_with_data() {
+        let stuffed = "id 7\r\n..a dot line\r\nhello\r\n";
+        let raw = "id 7\r\n.a dot line\r\nhello\r\n";
+        let headers = format!("{ID_HEADER}: 7\r\n{SUM_HEADER}: {:08x}\r\n\r\n", body_checksum(stuffed.as_bytes()));
+        let data = format!("EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nDATA\r\n{headers}{stuffed}.\r\n");
+        let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1).with_chunking(true);
+        let ev = feed(&mut s, data.as_bytes());
+        let Some(SinkEvent::Message(want)) = ev.into_iter().next() else { panic!("no message") };
+        assert_eq!((want.checksum, want.id), (Checksum::Good, Some(7)));
+        assert!(String::from_utf8_lossy(s.output()).contains("250-CHUNKING"));
+        let message = format!("{headers}{raw}");
+        for split in [1, 9, 30, message.len() - 1] {
+            let (first, last) = message.split_at(split);
+            let wire = format!(
+                "EHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<c@d.test>\r\nBDAT {}\r\n{first}BDAT {} LAST\r\n{last}",
+                first.len(),
+                last.len()
+            );
+            for read in [1, 2, 5, wire.len()] {
+                let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1).with_chunking(true);
+                let mut reports = Vec::new();
+                let mut pending: Vec<u8> = Vec::new();
+                for c in wire.as_bytes().chunks(read) {
+                    pending.extend_from_slice(c);
+                    loop {
+                        let (used, ev) = s.receive(&pending);
+                        pending.drain(..used);
+                        if let Some(SinkEvent::Message(r)) = ev {
+                            reports.push(r);
+                            s.ack();
+                        } else if used == 0 || pending.is_empty() {
+                            break;
+                        }
+                    }
+                }
+                assert_eq!(reports, vec![want.clone()], "split {split}, reads of {read}");
+                let out = String::from_utf8_lossy(s.output()).into_owned();
+                assert!(out.ends_with("250 2.0.0 Chunk received\r\n250 2.0.0 Ok: queued\r\n"), "{out}");
+            }
+        }
+        // Without recipients the chunk is read and refused; without CHUNKING BDAT is unknown.
+        let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1).with_chunking(true);
+        feed(&mut s, b"EHLO x\r\nMAIL FROM:<a@b>\r\nBDAT 5 LAST\r\nhelloNOOP\r\n");
+        assert!(String::from_utf8_lossy(s.output()).ends_with("554 5.5.1 No valid recipients\r\n250 2.0.0 Ok\r\n"));
+        let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1);
+        feed(&mut s, b"EHLO x\r\nBDAT 5 LAST\r\n");
+        let out = String::from_utf8_lossy(s.output()).into_owned();
+        assert!(!out.contains("CHUNKING") && out.ends_with("500 5.5.2 Command unrecognized\r\n"), "{out}");
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct SinkOptions {
     pub max_connections: u32,
     /// A hidden acceptance rate: recipients beyond it get `451 4.7.1`.
     pub accept_rate: Option<sluice_engine::shape::gcra::Limit>,
+    /// Offer CHUNKING (RFC 3030) and take messages in BDAT chunks.
+    pub chunking: bool,
 }
 
 /// Totals, readable from other threads (the stats port) while the sink runs.
@@ -235,7 +237,8 @@ impl Sink {
         super::next_random(&mut self.seed);
         let mut session = SinkSession::new(&self.opts.host_name, self.rules.clone(), self.rcpt_seen.clone(), self.seed)
             .with_accept_rate(self.accept.clone())
-            .with_client(sys::peer_ip(result));
+            .with_client(sys::peer_ip(result))
+            .with_chunking(self.opts.chunking);
         self.stats.connections.fetch_add(1, Ordering::Relaxed);
         if self.opts.max_connections != 0 && self.open >= self.opts.max_connections {
             self.stats.refused_connections.fetch_add(1, Ordering::Relaxed);
