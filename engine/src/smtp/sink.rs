@@ -455,6 +455,27 @@ mod tests {
         events
     }
 
+    /// Feeds `wire` in reads of `read` bytes (what a read left unparsed waits for the next);
+    /// the messages reported, each acknowledged at once.
+    fn reports_in_reads(s: &mut SinkSession, wire: &[u8], read: usize) -> Vec<Report> {
+        let mut reports = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        for c in wire.chunks(read) {
+            pending.extend_from_slice(c);
+            loop {
+                let (used, ev) = s.receive(&pending);
+                pending.drain(..used);
+                if let Some(SinkEvent::Message(r)) = ev {
+                    reports.push(r);
+                    s.ack();
+                } else if used == 0 || pending.is_empty() {
+                    break;
+                }
+            }
+        }
+        reports
+    }
+
     #[test]
     fn rules_parse() {
         let r = parse_rule("gmail.test:421 4.7.0 try later:5%").unwrap();
@@ -479,21 +500,7 @@ mod tests {
         let expected_bytes = (msg.len() - msg.find("Received").unwrap() - 3) as u64;
         for chunk in [1, 2, 3, 7, 64, msg.len()] {
             let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1);
-            let mut reports = Vec::new();
-            let mut pending: Vec<u8> = Vec::new();
-            for c in msg.as_bytes().chunks(chunk) {
-                pending.extend_from_slice(c);
-                loop {
-                    let (used, ev) = s.receive(&pending);
-                    pending.drain(..used);
-                    if let Some(SinkEvent::Message(r)) = ev {
-                        reports.push(r);
-                        s.ack();
-                    } else if used == 0 || pending.is_empty() {
-                        break;
-                    }
-                }
-            }
+            let reports = reports_in_reads(&mut s, msg.as_bytes(), chunk);
             let want = Report {
                 id: Some(7),
                 sent_unix_ms: Some(1764590000123),
@@ -533,21 +540,7 @@ mod tests {
             );
             for read in [1, 2, 5, wire.len()] {
                 let mut s = SinkSession::new("sink", Arc::new(vec![]), Default::default(), 1).with_chunking(true);
-                let mut reports = Vec::new();
-                let mut pending: Vec<u8> = Vec::new();
-                for c in wire.as_bytes().chunks(read) {
-                    pending.extend_from_slice(c);
-                    loop {
-                        let (used, ev) = s.receive(&pending);
-                        pending.drain(..used);
-                        if let Some(SinkEvent::Message(r)) = ev {
-                            reports.push(r);
-                            s.ack();
-                        } else if used == 0 || pending.is_empty() {
-                            break;
-                        }
-                    }
-                }
+                let reports = reports_in_reads(&mut s, wire.as_bytes(), read);
                 assert_eq!(reports, vec![want.clone()], "split {split}, reads of {read}");
                 let out = String::from_utf8_lossy(s.output()).into_owned();
                 assert!(out.ends_with("250 2.0.0 Chunk received\r\n250 2.0.0 Ok: queued\r\n"), "{out}");
