@@ -17,6 +17,9 @@
 #   BASELINE=8f34c26b perf/campaign.sh
 #                                  # also an older sluice (built from that commit, with this
 #                                  # commit's loadgen and sink), in the same runs: before/after
+#   SINK_ARGS=--chunking perf/campaign.sh
+#                                  # the receivers offer CHUNKING (as Gmail, Outlook, Postfix):
+#                                  # sluice sends BDAT, Postfix's client DATA
 #   FAILURES='*:451 4.7.1 try later:3%;*:550 5.1.1 no such user:2%' perf/campaign.sh
 #                                  # scripted refusals at RCPT (`sluice sink --reply` rules, `;`
 #                                  # between them); both relays retry after 5 s, and a run
@@ -167,9 +170,10 @@ out_conns() { ss -Htn state established "( dport = :$SINK_PORT )" 2>/dev/null | 
 run_one() {
     local relay=$1
     "start_$relay"
+    # shellcheck disable=SC2086 # SINK_ARGS: words
     /usr/bin/time -f "sink CPU %U+%S s" -o "$OUT/sink.time" "$BIN" sink --listen "0.0.0.0:$SINK_PORT" \
         --latency "$LATENCY" --jitter "$JITTER" --reply-latency "$REPLY_LATENCY" --exit-after-final "$MESSAGES" ${SINK_RULES[@]+"${SINK_RULES[@]}"} \
-        --json "$OUT/sink.json" >/dev/null 2>&1 &
+        --json "$OUT/sink.json" ${SINK_ARGS:-} >/dev/null 2>&1 &
     local sink_pid=$!
     wait_port "$SINK_PORT"
     local perf_pid=""
@@ -227,7 +231,7 @@ raw_sign_rate=$(echo "$sign_speed" | grep -o 'aws-lc-rs [0-9]*' | cut -d' ' -f2)
     echo "Machine: $machine. $MESSAGES messages over $DOMAINS domains (Zipf $ZIPF), sizes $SIZES;"
     echo "each domain its own next hop with $PER_DEST connections at most; the receivers answer the end"
     echo "of data after $LATENCY (+ up to $JITTER) and other replies after $REPLY_LATENCY; $INJECT injecting"
-    echo "connections; scripted refusals: ${FAILURES:-none}; both relays fsync. CPU is the machine's busy time per message (the load"
+    echo "connections; scripted refusals: ${FAILURES:-none}${SINK_ARGS:+; sink $SINK_ARGS}; both relays fsync. CPU is the machine's busy time per message (the load"
     echo "generator and the sink included, alike for both). Memory: sluice's peak RSS; for Postfix"
     echo "(and OpenDKIM) the sum of its processes' proportional set sizes, sampled every 0.5 s."
     echo "RSA-2048 signing on one core alone:"
