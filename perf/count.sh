@@ -9,6 +9,7 @@
 #   SHARDS=1 RUNS=3 perf/count.sh
 #   SQPOLL=yes perf/count.sh            # io-uring-sqpoll yes: kernel threads poll the rings
 #   MULTISHOT=yes perf/count.sh         # io-uring-multishot-receive yes
+#   REGISTERED=yes perf/count.sh        # io-uring-registered-files yes
 #   SINK_ARGS=--chunking perf/count.sh  # the sink offers CHUNKING: the relay sends BDAT
 #   SLUICE_BIN=/tmp/sluice-before perf/count.sh   # another build (A/B runs in one session)
 #   SEGMENT=16M MESSAGES=200000 perf/count.sh  # spool-segment-size: segments filled, deleted
@@ -27,6 +28,7 @@ SHARDS=${SHARDS:-}
 RUNS=${RUNS:-1}
 SQPOLL=${SQPOLL:-no}
 MULTISHOT=${MULTISHOT:-} # said only when set: older builds (SLUICE_BIN) lack the directive
+REGISTERED=${REGISTERED:-} # the same
 SEGMENT=${SEGMENT:-}
 RELAY_PORT=${RELAY_PORT:-2635}
 SINK_PORT=${SINK_PORT:-2636}
@@ -62,6 +64,7 @@ spool $dir/spool
 io-backend $BACKEND
 io-uring-sqpoll $SQPOLL
 ${MULTISHOT:+io-uring-multishot-receive $MULTISHOT}
+${REGISTERED:+io-uring-registered-files $REGISTERED}
 ${SHARDS:+shards $SHARDS}
 ${SEGMENT:+spool-segment-size $SEGMENT}
 <source 127.0.0.1>
@@ -115,7 +118,7 @@ report=$OUT/report.md
     echo
     echo "## $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(commit_id)${SLUICE_BIN:+ (binary $SLUICE_BIN)}: kernel crossings per message (perf/count.sh)"
     echo
-    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SEGMENT:+ in $SEGMENT segments}${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL, io-uring-multishot-receive ${MULTISHOT:-no}${SINK_ARGS:+; sink $SINK_ARGS}."
+    echo "Machine: $(machine_line). $MESSAGES × 1 KiB, $CONNECTIONS connections, fsync'd spool${SEGMENT:+ in $SEGMENT segments}${SHARDS:+, $SHARDS shards}; relay io-backend $BACKEND, io-uring-sqpoll $SQPOLL, io-uring-multishot-receive ${MULTISHOT:-no}, io-uring-registered-files ${REGISTERED:-no}${SINK_ARGS:+; sink $SINK_ARGS}."
     echo
     echo "Machine CPU: the whole machine's busy time per message over the run (the three programs, perf, and kernel threads nobody's: a workqueue finishing a flush)."
     echo

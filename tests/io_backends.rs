@@ -304,31 +304,43 @@ fn with_a_polled_submission_queue_every_message_is_relayed() {
     assert_eq!(relay.terminate(Duration::from_secs(20)), 0, "{}", tail(&relay.log(), 20));
 }
 
-/// `io-uring-multishot-receive yes`: sockets read through multishot receives and the shards'
-/// provided buffer rings (16 KiB buffers, a stash bounded at 256 KiB a socket). Messages of
-/// 1 KiB to 4 MiB from 50 connections: every one relayed once and intact (the sink checks
-/// each body's sum), and the relay stops cleanly.
+/// `io-uring-multishot-receive yes` (sockets read through multishot receives and the shards'
+/// provided buffer rings: 16 KiB buffers, a stash bounded at 256 KiB a socket) and
+/// `io-uring-registered-files yes` (sockets in the rings' file tables), each alone and both:
+/// messages of 1 KiB to 4 MiB from 50 connections, every one relayed once and intact (the
+/// sink checks each body's sum), and the relay stops cleanly.
 #[test]
-fn with_multishot_receive_every_message_is_relayed_intact() {
-    const N: u64 = 1_000;
-    let sink = SluiceSink::start(&[], N);
-    let body = format!(
-        "io-backend io_uring\nio-uring-multishot-receive yes\n<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n max-smtp-out 20\n</domain>\n",
-        sink.port
-    );
-    let mut relay = Relay::start(&body, Some(2));
-    let (code, out) = run(Command::new(BIN)
-        .args(["loadgen", "--quiet", "--json", "-", "--messages", &N.to_string(), "--connections", "50"])
-        .args(["--size", "1K:800,20K:150,300K:48,4M:2", "--domains", "30", "--target", &relay.addr().to_string()]));
-    assert_eq!((code, json_u64(&out, "messages_ok")), (0, N), "{out}");
-    let st = sink.finish();
-    assert_eq!(
-        (json_u64(&st, "messages"), json_u64(&st, "corrupt"), json_u64(&st, "duplicates")),
-        (N, 0, 0),
-        "every message delivered once, intact: {st}"
-    );
-    assert_eq!(relay.wait_rows("d", N as usize, Duration::from_secs(30)).len(), N as usize);
-    assert_eq!(relay.terminate(Duration::from_secs(20)), 0, "{}", tail(&relay.log(), 20));
-    let log = relay.log();
-    assert!(log.contains("backend=\"io_uring\"") && !log.contains("no provided buffer rings"), "{}", tail(&log, 30));
+fn with_multishot_receive_and_registered_files_every_message_is_relayed_intact() {
+    const N: u64 = 600;
+    for options in [
+        "io-uring-multishot-receive yes\n",
+        "io-uring-registered-files yes\n",
+        "io-uring-multishot-receive yes\nio-uring-registered-files yes\n",
+    ] {
+        let sink = SluiceSink::start(&[], N);
+        let body = format!(
+            "io-backend io_uring\n{options}<source 127.0.0.1>\n always-allow-relaying yes\n</source>\n<domain *>\n smtp-hosts [127.0.0.1]:{}\n max-smtp-out 20\n</domain>\n",
+            sink.port
+        );
+        let mut relay = Relay::start(&body, Some(2));
+        let (code, out) = run(Command::new(BIN)
+            .args(["loadgen", "--quiet", "--json", "-", "--messages", &N.to_string(), "--connections", "50"])
+            .args(["--size", "1K:800,20K:150,300K:48,4M:2", "--domains", "30", "--target", &relay.addr().to_string()]));
+        assert_eq!((code, json_u64(&out, "messages_ok")), (0, N), "{options}: {out}");
+        let st = sink.finish();
+        assert_eq!(
+            (json_u64(&st, "messages"), json_u64(&st, "corrupt"), json_u64(&st, "duplicates")),
+            (N, 0, 0),
+            "{options}: every message delivered once, intact: {st}"
+        );
+        assert_eq!(relay.wait_rows("d", N as usize, Duration::from_secs(30)).len(), N as usize);
+        assert_eq!(relay.terminate(Duration::from_secs(20)), 0, "{options}: {}", tail(&relay.log(), 20));
+        let log = relay.log();
+        assert!(log.contains("backend=\"io_uring\""), "{}", tail(&log, 30));
+        assert!(
+            !log.contains("no provided buffer rings") && !log.contains("no sparse file table"),
+            "{}",
+            tail(&log, 30)
+        );
+    }
 }

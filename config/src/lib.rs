@@ -114,6 +114,9 @@ pub struct Config {
     /// `io-uring-multishot-receive yes`: each socket reads through one multishot receive
     /// and the shard's ring of provided buffers (no submission a read; a copy a byte).
     pub io_uring_multishot_receive: bool,
+    /// `io-uring-registered-files yes`: sockets go in each ring's file table, and their
+    /// operations name the slot (no file reference per operation; a system call a socket).
+    pub io_uring_registered_files: bool,
     pub dns_server: Option<SocketAddr>,
     pub total_max_smtp_in: u32,
     /// `<mx-rollup-list>`.
@@ -434,6 +437,7 @@ impl Config {
             io_backend: IoBackend::Auto,
             io_uring_sqpoll: false,
             io_uring_multishot_receive: false,
+            io_uring_registered_files: false,
             dns_server: None,
             total_max_smtp_in: 10_000,
             total_max_smtp_out: None,

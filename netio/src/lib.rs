@@ -565,8 +565,11 @@ impl Runtime {
         let plan = Plan::make(settings, control, shards, mailbox::MAILBOX_CAPACITY, listen)?;
         let responder = plan.responder();
         let Plan { shared, starts, recovered_messages } = plan;
-        let sqpoll = shared.config.io_uring_sqpoll;
-        let multishot = shared.config.io_uring_multishot_receive;
+        let ring_options = backend::uring::Options {
+            sqpoll: shared.config.io_uring_sqpoll,
+            multishot: shared.config.io_uring_multishot_receive,
+            registered_files: shared.config.io_uring_registered_files,
+        };
         let mut threads = Vec::new();
         for start in starts {
             let id = start.id;
@@ -585,7 +588,7 @@ impl Runtime {
                     }
                     let ran = match backend {
                         backend::Chosen::IoUring => {
-                            backend::uring::Uring::new(sqpoll, multishot).and_then(|io| start.run(io))
+                            backend::uring::Uring::new(ring_options).and_then(|io| start.run(io))
                         }
                         backend::Chosen::Epoll => backend::epoll::Epoll::new().and_then(|io| start.run(io)),
                     };

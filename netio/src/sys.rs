@@ -182,3 +182,13 @@ pub(crate) fn lower_priority(nice: i32) {
         libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
 }
+
+/// How many files the process may have open (`RLIMIT_NOFILE`'s soft limit; 1024 if unread).
+pub(crate) fn open_files_max() -> u32 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } {
+        0 => u32::try_from(lim.rlim_cur).unwrap_or(u32::MAX),
+        _ => 1024,
+    }
+}

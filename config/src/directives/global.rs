@@ -133,6 +133,7 @@ const DIRECTIVES: &[Directive<()>] = &[
     Directive { name: "shards", set: shards },
     config_flag!("io-uring-sqpoll", io_uring_sqpoll),
     config_flag!("io-uring-multishot-receive", io_uring_multishot_receive),
+    config_flag!("io-uring-registered-files", io_uring_registered_files),
     Directive {
         name: "io-backend",
         set: |b, _, l| {

@@ -116,14 +116,7 @@ pub(crate) trait Backend {
     /// A TCP socket to connect to `to`, bound to `from` when given (a VMTA's
     /// `smtp-source-host`), with TCP_NODELAY.
     fn tcp_socket(&mut self, to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<RawFd> {
-        let fd = crate::sys::tcp_socket(to)?;
-        if let Some(ip) = from {
-            if let Err(e) = crate::sys::bind(fd, SocketAddr::new(ip, 0)) {
-                crate::sys::close(fd);
-                return Err(e);
-            }
-        }
-        Ok(fd)
+        plain_tcp_socket(to, from)
     }
 
     /// A socket an `Accept` gave: TCP_NODELAY (replies are small and must not wait).
@@ -140,6 +133,18 @@ pub(crate) trait Backend {
     fn local_ip(&self, fd: RawFd) -> Option<IpAddr> {
         crate::sys::sock_local_ip(fd)
     }
+}
+
+/// `Backend::tcp_socket` as every backend starts it.
+fn plain_tcp_socket(to: SocketAddr, from: Option<IpAddr>) -> std::io::Result<RawFd> {
+    let fd = crate::sys::tcp_socket(to)?;
+    if let Some(ip) = from {
+        if let Err(e) = crate::sys::bind(fd, SocketAddr::new(ip, 0)) {
+            crate::sys::close(fd);
+            return Err(e);
+        }
+    }
+    Ok(fd)
 }
 
 /// Which backend the shards run: the configuration's `io-backend`, with `auto` settled by
@@ -184,7 +189,7 @@ pub fn choose(wanted: sluice_config::IoBackend) -> Result<Chosen, std::io::Error
 /// through a box costs them nothing measurable).
 pub(crate) fn open_auto() -> std::io::Result<Box<dyn Backend>> {
     Ok(match choose(sluice_config::IoBackend::Auto)? {
-        Chosen::IoUring => Box::new(uring::Uring::new(false, false)?),
+        Chosen::IoUring => Box::new(uring::Uring::new(uring::Options::default())?),
         Chosen::Epoll => Box::new(epoll::Epoll::new()?),
     })
 }

@@ -42,6 +42,8 @@ const OWN_CANCEL: u64 = OWN_TAG;
 struct Stream {
     /// Tells this socket's completions from those of an earlier socket with the same fd.
     gen: u32,
+    /// The socket is in the ring's file table at its fd (`io-uring-registered-files`).
+    fixed: bool,
     /// A multishot receive is in the kernel (until a completion without `F_MORE`).
     armed: bool,
     /// Its cancel is sent (the stash is full, or the socket is closing).
@@ -143,19 +145,19 @@ impl Multishot {
         &mut self.streams[i]
     }
 
-    /// The shard's `Recv`: answered now from the stash (into `done`), or left waiting for the
-    /// socket's multishot receive (armed through `push` if it is not).
+    /// The shard's `Recv` (its user_data, buffer and length): answered now from the stash
+    /// (into `done`), or left waiting for the socket's multishot receive (armed through
+    /// `push` if it is not). `fixed`: the socket is in the ring's file table.
     pub(super) fn recv(
         &mut self,
-        fd: RawFd,
-        buf: *mut u8,
-        len: u32,
-        user_data: u64,
+        (fd, fixed): (RawFd, bool),
+        (user_data, buf, len): (u64, *mut u8, u32),
         push: &mut Vec<squeue::Entry>,
         done: &mut Vec<(u64, i32)>,
     ) {
         let s = self.stream(fd);
         assert!(s.waiting.is_none(), "one Recv at a time on a socket");
+        s.fixed = fixed;
         if s.stashed() > 0 {
             let n = s.read_stash(buf, len);
             return done.push((user_data, n as i32));
@@ -177,7 +179,11 @@ impl Multishot {
             s.gen = gen;
         }
         s.armed = true;
-        push.push(opcode::RecvMulti::new(types::Fd(fd), GROUP).build().user_data(s.user_data(fd)));
+        let entry = match s.fixed {
+            true => opcode::RecvMulti::new(types::Fixed(fd as u32), GROUP).build(),
+            false => opcode::RecvMulti::new(types::Fd(fd), GROUP).build(),
+        };
+        push.push(entry.user_data(s.user_data(fd)));
     }
 
     /// The shard cancels an operation on `fd`: a `Recv` waiting here completes cancelled now

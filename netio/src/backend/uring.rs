@@ -5,6 +5,21 @@ use super::multishot::{self, Multishot};
 use super::{Backend, Sub};
 use io_uring::{opcode, squeue, types, IoUring};
 use sluice_engine::time::Now;
+use std::os::fd::RawFd;
+
+/// Builds an entry on `fd` as the ring knows it: its file table slot when registered, else
+/// the descriptor.
+macro_rules! by_fd {
+    ($ring:expr, $fd:expr, |$f:ident| $build:expr) => {
+        if $ring.is_fixed($fd) {
+            let $f = types::Fixed($fd as u32);
+            $build
+        } else {
+            let $f = types::Fd($fd);
+            $build
+        }
+    };
+}
 
 /// Submission queue entries; the completion queue holds 16 times as many (a socket operation
 /// per connection, spool writes); past it, `push` reaps instead.
@@ -12,6 +27,21 @@ const RING_ENTRIES: u32 = 4096;
 /// With `io-uring-sqpoll`: how long the kernel's polling thread spins on an empty submission
 /// queue before it sleeps (and the next submission wakes it with an `io_uring_enter`).
 const SQPOLL_IDLE_MS: u32 = 10;
+
+/// The most sockets in a ring's file table (`io-uring-registered-files`; slot = fd, so fds
+/// past it go unregistered), and never more than the process may open.
+const FIXED_FILES_MAX: u32 = 65_536;
+
+/// How a ring is set up (the configuration's `io-uring-*` directives).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Options {
+    /// `io-uring-sqpoll`: a kernel thread polls the submission queue.
+    pub sqpoll: bool,
+    /// `io-uring-multishot-receive`.
+    pub multishot: bool,
+    /// `io-uring-registered-files`: sockets in the ring's file table.
+    pub registered_files: bool,
+}
 
 pub(crate) struct Uring {
     ring: IoUring,
@@ -26,6 +56,10 @@ pub(crate) struct Uring {
     /// as the kernel posted them, before they are sorted: kept for their allocations.
     own: Vec<squeue::Entry>,
     cqes: Vec<(u64, i32, u32)>,
+    /// With `io-uring-registered-files`: by fd, whether the socket is in the ring's file table
+    /// at that slot (its operations then name `Fixed(fd)`: no file reference taken and
+    /// dropped by the kernel per operation).
+    fixed: Option<Vec<bool>>,
 }
 
 /// Whether io_uring can be set up here at all.
@@ -37,8 +71,19 @@ impl Uring {
     /// A ring; with `sqpoll`, a kernel thread polls its submission queue (`io-uring-sqpoll`);
     /// with `multishot`, sockets receive through multishot receives where the kernel has them
     /// (6.0; before, one `Recv` submission each, said once).
-    pub(crate) fn new(sqpoll: bool, multishot: bool) -> std::io::Result<Uring> {
+    pub(crate) fn new(options: Options) -> std::io::Result<Uring> {
+        let Options { sqpoll, multishot, registered_files } = options;
         let mut ring = Uring::with_entries(RING_ENTRIES, RING_ENTRIES * 16, sqpoll)?;
+        if registered_files {
+            let slots = FIXED_FILES_MAX.min(crate::sys::open_files_max());
+            ring.fixed = match ring.ring.submitter().register_files_sparse(slots) {
+                Ok(()) => Some(vec![false; slots as usize]),
+                Err(e) => {
+                    tracing::info!(error = %e, "no sparse file table here (Linux 5.19): sockets by fd");
+                    None
+                }
+            };
+        }
         if multishot {
             ring.multishot = Multishot::new(&ring.ring.submitter())
                 .inspect_err(|e| {
@@ -79,6 +124,7 @@ impl Uring {
             multishot: None,
             own: Vec::new(),
             cqes: Vec::new(),
+            fixed: None,
         })
     }
 
@@ -123,6 +169,19 @@ impl Uring {
         self.push_own();
     }
 
+    /// Whether `fd` is in the ring's file table.
+    fn is_fixed(&self, fd: RawFd) -> bool {
+        self.fixed.as_ref().is_some_and(|t| usize::try_from(fd).ok().and_then(|i| t.get(i)).copied() == Some(true))
+    }
+
+    /// Puts a new socket in the ring's file table at its fd (one `io_uring_register` a
+    /// socket); past the table, or refused, it stays by fd.
+    fn register(&mut self, fd: RawFd) {
+        let Some(table) = self.fixed.as_mut() else { return };
+        let Some(slot) = usize::try_from(fd).ok().filter(|&i| i < table.len()) else { return };
+        table[slot] = self.ring.submitter().register_files_update(fd as u32, &[fd]).is_ok();
+    }
+
     /// Pushes the entries the multishot receives asked for.
     fn push_own(&mut self) {
         let own = std::mem::take(&mut self.own);
@@ -142,17 +201,24 @@ impl Backend for Uring {
             Sub::Accept { fd, addr, len } => {
                 opcode::Accept::new(types::Fd(fd), addr.cast(), len).flags(libc::SOCK_CLOEXEC).build()
             }
-            Sub::Connect { fd, addr, len } => opcode::Connect::new(types::Fd(fd), addr.cast(), len).build(),
-            Sub::Recv { fd, buf, len } => match &mut self.multishot {
-                Some(m) => {
-                    m.recv(fd, buf, len, user_data, &mut self.own, &mut self.reaped);
-                    return self.push_own();
+            Sub::Connect { fd, addr, len } => {
+                by_fd!(self, fd, |f| opcode::Connect::new(f, addr.cast(), len).build())
+            }
+            Sub::Recv { fd, buf, len } => {
+                let fixed = self.is_fixed(fd);
+                match &mut self.multishot {
+                    Some(m) => {
+                        m.recv((fd, fixed), (user_data, buf, len), &mut self.own, &mut self.reaped);
+                        return self.push_own();
+                    }
+                    None => by_fd!(self, fd, |f| opcode::Recv::new(f, buf, len).build()),
                 }
-                None => opcode::Recv::new(types::Fd(fd), buf, len).build(),
-            },
-            Sub::Send { fd, buf, len } => opcode::Send::new(types::Fd(fd), buf, len).flags(libc::MSG_NOSIGNAL).build(),
+            }
+            Sub::Send { fd, buf, len } => {
+                by_fd!(self, fd, |f| opcode::Send::new(f, buf, len).flags(libc::MSG_NOSIGNAL).build())
+            }
             Sub::SendMsg { fd, msg } => {
-                opcode::SendMsg::new(types::Fd(fd), msg).flags(libc::MSG_NOSIGNAL as u32).build()
+                by_fd!(self, fd, |f| opcode::SendMsg::new(f, msg).flags(libc::MSG_NOSIGNAL as u32).build())
             }
             Sub::Read { fd, buf, len } => opcode::Read::new(types::Fd(fd), buf, len).build(),
             Sub::Write { fd, buf, len, offset } => opcode::Write::new(types::Fd(fd), buf, len).offset(offset).build(),
@@ -210,7 +276,23 @@ impl Backend for Uring {
         out.append(&mut self.reaped);
     }
 
-    fn close(&mut self, fd: std::os::fd::RawFd) {
+    fn tcp_socket(&mut self, to: std::net::SocketAddr, from: Option<std::net::IpAddr>) -> std::io::Result<RawFd> {
+        let fd = super::plain_tcp_socket(to, from)?;
+        self.register(fd);
+        Ok(fd)
+    }
+
+    fn accepted(&mut self, fd: RawFd) {
+        crate::sys::set_nodelay(fd);
+        self.register(fd);
+    }
+
+    fn close(&mut self, fd: RawFd) {
+        if self.is_fixed(fd) {
+            // Operations still in flight keep their own reference to the socket.
+            let _ = self.ring.submitter().register_files_update(fd as u32, &[-1]);
+            self.fixed.as_mut().expect("a file table")[fd as usize] = false;
+        }
         if let Some(m) = &mut self.multishot {
             m.close(fd, &mut self.own);
             self.push_own();
@@ -307,7 +389,7 @@ mod tests {
     /// is 0 for every later Recv.
     #[test]
     fn multishot_receive_keeps_every_byte_in_order() {
-        let mut ring = Uring::new(false, true).expect("io_uring");
+        let mut ring = Uring::new(Options { multishot: true, ..Options::default() }).expect("io_uring");
         assert!(ring.multishot.is_some(), "this kernel has provided buffer rings");
         let (ours, mut peer) = pair();
         let sent = pattern(3 << 20);
@@ -358,7 +440,7 @@ mod tests {
     #[test]
     fn multishot_receive_cancel_and_fd_reuse() {
         use std::io::Write;
-        let mut ring = Uring::new(false, true).expect("io_uring");
+        let mut ring = Uring::new(Options { multishot: true, ..Options::default() }).expect("io_uring");
         let (a, mut pa) = pair();
         let fd = a.as_raw_fd();
         let mut buf = vec![0u8; 64];
@@ -394,5 +476,43 @@ mod tests {
         assert!(other.iter().all(|(u, _)| *u == 999), "no stray completion: {other:?}");
         ring.close(fd);
         drop(pa);
+    }
+
+    /// `io-uring-registered-files`: an accepted socket goes in the file table at its fd, its
+    /// receives and sends name the slot and carry its bytes (with and without multishot
+    /// receive), and closing it empties the slot.
+    #[test]
+    fn registered_sockets_send_and_receive_by_slot() {
+        use std::io::{Read, Write};
+        for multishot in [false, true] {
+            let mut ring =
+                Uring::new(Options { registered_files: true, multishot, ..Options::default() }).expect("io_uring");
+            let (ours, mut peer) = pair();
+            let fd = ours.into_raw_fd();
+            ring.accepted(fd);
+            assert!(ring.is_fixed(fd), "in the file table");
+            peer.write_all(b"ping").expect("write");
+            let mut buf = [0u8; 16];
+            let mut other = Vec::new();
+            assert_eq!(recv(&mut ring, fd, &mut buf, 1, &mut other), 4);
+            assert_eq!(&buf[..4], b"ping");
+            // SAFETY: the bytes are static.
+            unsafe { ring.submit(Sub::Send { fd, buf: b"pong".as_ptr(), len: 4 }, 2) };
+            let mut out = Vec::new();
+            while !out.iter().any(|(u, _)| *u == 2) {
+                ring.wait(&mut out);
+            }
+            assert!(out.contains(&(2, 4)), "{out:?}");
+            let mut got = [0u8; 4];
+            peer.read_exact(&mut got).expect("read");
+            assert_eq!(&got, b"pong");
+            ring.close(fd);
+            assert!(!ring.is_fixed(fd), "the slot is emptied");
+            // The shard's next turn submits the multishot receive's cancel; so does this.
+            idle(&mut ring, 10);
+            peer.set_read_timeout(Some(std::time::Duration::from_secs(10))).expect("timeout");
+            let mut rest = Vec::new();
+            assert_eq!(peer.read_to_end(&mut rest).expect("the peer sees the end"), 0);
+        }
     }
 }
