@@ -70,7 +70,8 @@ pub(crate) fn probe() -> std::io::Result<()> {
 impl Uring {
     /// A ring; with `sqpoll`, a kernel thread polls its submission queue (`io-uring-sqpoll`);
     /// with `multishot`, sockets receive through multishot receives where the kernel has them
-    /// (6.0; before, one `Recv` submission each, said once).
+    /// (6.0; before, one `Recv` submission each, said once); with `registered_files`, sockets
+    /// go in its file table (5.19; before, by fd, said once).
     pub(crate) fn new(options: Options) -> std::io::Result<Uring> {
         let Options { sqpoll, multishot, registered_files } = options;
         let mut ring = Uring::with_entries(RING_ENTRIES, RING_ENTRIES * 16, sqpoll)?;

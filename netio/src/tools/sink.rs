@@ -371,83 +371,77 @@ impl Sink {
     }
 
     fn drive(&mut self, slot: u32) {
-        loop {
-            let latency = self.opts.latency;
-            let latency_ms = if latency.is_zero() { 0 } else { self.delay_ms(latency) };
-            let conn = self.conns[slot as usize].as_mut().expect("live connection");
-            if conn.busy {
-                return;
-            }
-            let mut consumed = 0;
-            let mut reports = std::mem::take(&mut self.reports);
-            let mut scripted = Vec::new();
-            conn.session.set_now(sys::mono_ns());
-            while conn.ack_due_ms.is_none() {
-                let (used, event) = conn.session.receive(&conn.inbuf[consumed..conn.in_len]);
-                consumed += used;
-                match event {
-                    Some(SinkEvent::Message(r)) => {
-                        // Counted when acknowledged: a delayed ack is counted on the tick.
-                        if latency_ms == 0 {
-                            // Acknowledged at once, and the commands pipelined behind the end
-                            // of data are answered in the same write, as a real receiver does
-                            // (Postfix's smtpd flushes its replies only once its input is read).
-                            conn.session.ack();
-                            reports.push(r);
-                            continue;
-                        }
-                        conn.ack_due_ms = Some(now_ms() + latency_ms);
-                        conn.pending = Some(r);
-                        break;
-                    }
-                    Some(SinkEvent::Scripted(code)) => scripted.push(code),
-                    Some(SinkEvent::Close) => break,
-                    None if used == 0 || consumed == conn.in_len => break,
-                    None => {}
-                }
-            }
-            conn.inbuf.copy_within(consumed..conn.in_len, 0);
-            conn.in_len -= consumed;
-            conn.out.extend_from_slice(conn.session.output());
-            conn.session.clear_output();
-            let (fd, closing, waiting) = (conn.fd, conn.session.is_closing(), conn.ack_due_ms.is_some());
-            let more = !reports.is_empty() && conn.in_len > 0;
-            for code in scripted {
-                let counter = if code >= 500 { &self.stats.scripted_5xx } else { &self.stats.scripted_4xx };
-                counter.fetch_add(1, Ordering::Relaxed);
-            }
-            for r in reports.drain(..) {
-                self.record(&r);
-            }
-            self.reports = reports;
-            let reply_latency = self.opts.reply_latency;
-            let reply_delay = if reply_latency.is_zero() { 0 } else { self.delay_ms(reply_latency) };
-            let conn = self.conns[slot as usize].as_mut().expect("live connection");
-            if !conn.out.is_empty() {
-                // `reply_latency`: the receiver thinks before answering (not again for an
-                // acknowledgement that waited its own latency).
-                if reply_delay > 0 && !std::mem::take(&mut conn.ack_ready) {
-                    conn.reply_due_ms = Some(now_ms() + reply_delay);
-                    return;
-                }
-                return self.send(slot);
-            }
-            if closing {
-                return self.close(slot);
-            }
-            if waiting {
-                return;
-            }
-            if more {
-                continue;
-            }
-            if conn.in_len == conn.inbuf.len() {
-                conn.inbuf.resize(conn.inbuf.len() * 2, 0);
-            }
-            conn.busy = true;
-            let buf = conn.inbuf[conn.in_len..].as_mut_ptr();
-            let len = (conn.inbuf.len() - conn.in_len) as u32;
-            return self.submit(Sub::Recv { fd, buf, len }, ud(Op::Recv, slot));
+        let latency = self.opts.latency;
+        let latency_ms = if latency.is_zero() { 0 } else { self.delay_ms(latency) };
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        if conn.busy {
+            return;
         }
+        let mut consumed = 0;
+        let mut reports = std::mem::take(&mut self.reports);
+        let mut scripted = Vec::new();
+        conn.session.set_now(sys::mono_ns());
+        while conn.ack_due_ms.is_none() {
+            let (used, event) = conn.session.receive(&conn.inbuf[consumed..conn.in_len]);
+            consumed += used;
+            match event {
+                Some(SinkEvent::Message(r)) => {
+                    // Counted when acknowledged: a delayed ack is counted on the tick.
+                    if latency_ms == 0 {
+                        // Acknowledged at once, and the commands pipelined behind the end
+                        // of data are answered in the same write, as a real receiver does
+                        // (Postfix's smtpd flushes its replies only once its input is read).
+                        conn.session.ack();
+                        reports.push(r);
+                        continue;
+                    }
+                    conn.ack_due_ms = Some(now_ms() + latency_ms);
+                    conn.pending = Some(r);
+                    break;
+                }
+                Some(SinkEvent::Scripted(code)) => scripted.push(code),
+                Some(SinkEvent::Close) => break,
+                None if used == 0 || consumed == conn.in_len => break,
+                None => {}
+            }
+        }
+        conn.inbuf.copy_within(consumed..conn.in_len, 0);
+        conn.in_len -= consumed;
+        conn.out.extend_from_slice(conn.session.output());
+        conn.session.clear_output();
+        let (fd, closing, waiting) = (conn.fd, conn.session.is_closing(), conn.ack_due_ms.is_some());
+        for code in scripted {
+            let counter = if code >= 500 { &self.stats.scripted_5xx } else { &self.stats.scripted_4xx };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        for r in reports.drain(..) {
+            self.record(&r);
+        }
+        self.reports = reports;
+        let reply_latency = self.opts.reply_latency;
+        let reply_delay = if reply_latency.is_zero() { 0 } else { self.delay_ms(reply_latency) };
+        let conn = self.conns[slot as usize].as_mut().expect("live connection");
+        if !conn.out.is_empty() {
+            // `reply_latency`: the receiver thinks before answering (not again for an
+            // acknowledgement that waited its own latency).
+            if reply_delay > 0 && !std::mem::take(&mut conn.ack_ready) {
+                conn.reply_due_ms = Some(now_ms() + reply_delay);
+                return;
+            }
+            return self.send(slot);
+        }
+        if closing {
+            return self.close(slot);
+        }
+        if waiting {
+            return;
+        }
+        if conn.in_len == conn.inbuf.len() {
+            conn.inbuf.resize(conn.inbuf.len() * 2, 0);
+        }
+        conn.busy = true;
+        let buf = conn.inbuf[conn.in_len..].as_mut_ptr();
+        let len = (conn.inbuf.len() - conn.in_len) as u32;
+        self.submit(Sub::Recv { fd, buf, len }, ud(Op::Recv, slot));
     }
 }
